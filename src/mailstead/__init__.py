@@ -1,0 +1,3 @@
+"""mailstead: a complete, self-hostable mail server."""
+
+__version__ = "0.1.0"

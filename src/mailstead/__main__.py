@@ -1,0 +1,3 @@
+from mailstead.cli.main import main
+
+main()

@@ -1,0 +1,155 @@
+"""Composition root: builds the concrete objects from the config, starts and stops everything.
+
+Only this module (and the CLI, for admin commands) constructs stores and services. A protocol
+joins ``mailstead serve`` by adding its handler factory to ``_handler_factory``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailstead.auth.ratelimit import AuthLimiter
+from mailstead.config import Config, ListenerConfig
+from mailstead.core.errors import ConfigError
+from mailstead.net.listener import ConnectionCaps, Listener, ProtocolHandler, start_listener
+from mailstead.net.tls import server_context
+from mailstead.obs import log_event
+from mailstead.services.accounts import AccountService
+from mailstead.store.changes import ChangeBus
+from mailstead.store.factory import make_blob_store, make_metadata_store
+from mailstead.store.interfaces import BlobStore, MetadataStore
+
+
+@dataclass
+class Services:
+    """Everything a protocol handler may use. Built once per process by ``App``."""
+
+    cfg: Config
+    store: MetadataStore
+    blobs: BlobStore
+    changes: ChangeBus
+    limiter: AuthLimiter
+    accounts: AccountService
+    caps: ConnectionCaps
+    extra: dict[str, Any] = field(default_factory=dict)  # services added by later layers
+
+
+HandlerFactory = Callable[[Services, str, ListenerConfig], ProtocolHandler]
+
+
+def _handler_factory(protocol: str) -> HandlerFactory | None:
+    """The handler for a listener's protocol, or None while that protocol does not exist yet.
+    Imports are local so a process only loads the protocols it serves."""
+    if protocol in ("smtp", "submission"):
+        from mailstead.net.smtp_server import make_smtp_handler
+
+        return make_smtp_handler
+    if protocol == "imap":
+        from mailstead.net.imap_server import make_imap_handler
+
+        return make_imap_handler
+    if protocol == "pop3":
+        from mailstead.net.pop3_server import make_pop3_handler
+
+        return make_pop3_handler
+    if protocol == "dmtp":
+        from mailstead.net.dmtp_server import make_dmtp_handler
+
+        return make_dmtp_handler
+    if protocol == "dmap":
+        from mailstead.net.dmtp_server import make_dmap_handler
+
+        return make_dmap_handler
+    return None
+
+
+class App:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.changes = ChangeBus()
+        self.store = make_metadata_store(cfg, self.changes)
+        self.blobs = make_blob_store(cfg)
+        self.limiter = AuthLimiter(
+            cfg.auth.max_failures, cfg.auth.lockout_seconds, cfg.auth.failure_delay
+        )
+        self.caps = ConnectionCaps(cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
+        self.services = Services(
+            cfg=cfg,
+            store=self.store,
+            blobs=self.blobs,
+            changes=self.changes,
+            limiter=self.limiter,
+            accounts=AccountService(self.store, cfg.auth, self.limiter),
+            caps=self.caps,
+        )
+        self.listeners: list[Listener] = []
+        self.session_tasks: set[asyncio.Task[None]] = set()
+        self.background: list[asyncio.Task[None]] = []
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cert, key = self.cfg.path(self.cfg.tls.cert), self.cfg.path(self.cfg.tls.key)
+        if not cert.exists() or not key.exists():
+            return None
+        try:
+            return server_context(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"tls.cert/tls.key: cannot load {cert} / {key}: {exc}") from None
+
+    async def start(self) -> list[Listener]:
+        await self.store.open()
+        for domain in self.cfg.domains:
+            if await self.store.get_domain(domain.lower()) is None:
+                await self.store.add_domain(domain.lower())
+        await self._start_services()
+        ctx = self._ssl_context()
+        for name, lc in self.cfg.listeners.items():
+            if not lc.enabled:
+                continue
+            factory = _handler_factory(lc.protocol)
+            if factory is None:
+                log_event("listener.skipped", listener=name, reason="protocol not built yet")
+                continue
+            if lc.tls != "none" and ctx is None:
+                raise ConfigError(
+                    f"listeners.{name}.tls: {lc.tls} needs a certificate at tls.cert "
+                    f"({self.cfg.path(self.cfg.tls.cert)})"
+                )
+            handler = factory(self.services, name, lc)
+            listener = await start_listener(
+                name=name,
+                protocol=lc.protocol,
+                address=lc.address,
+                port=lc.port,
+                tls_mode=lc.tls,
+                ssl_context=ctx if lc.tls != "none" else None,
+                handler=handler,
+                caps=self.caps,
+                tasks=self.session_tasks,
+            )
+            self.listeners.append(listener)
+        return self.listeners
+
+    async def _start_services(self) -> None:
+        """Services other layers add (delivery, queue workers) start here."""
+        from mailstead.services import wiring
+
+        await wiring.start(self.services, self.background)
+
+    async def stop(self) -> None:
+        for listener in self.listeners:
+            listener.server.close()
+        for task in list(self.session_tasks) + self.background:
+            task.cancel()
+        for task in list(self.session_tasks) + self.background:
+            with contextlib.suppress(BaseException):
+                await task
+        for listener in self.listeners:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.server.wait_closed(), 2)
+        self.listeners.clear()
+        await self.store.close()

@@ -1,0 +1,257 @@
+"""Configuration: one TOML file (``mailstead.toml`` in the data directory), validated by pydantic.
+
+Every option has a default and a description; ``mailstead config`` prints the effective
+configuration with those descriptions as comments (``render_toml``). A wrong file raises
+``ConfigError`` whose message names the option and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mailstead.core.errors import ConfigError
+
+CONFIG_FILE = "mailstead.toml"
+DATA_ENV = "MAILSTEAD_DATA"
+DEFAULT_DATA_DIR = "var"
+
+TlsMode = Literal["none", "starttls", "implicit"]
+Protocol = Literal["smtp", "submission", "imap", "pop3", "dmtp", "dmap", "http"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ListenerConfig(_Section):
+    protocol: Protocol = Field(description="what is spoken on this listener")
+    address: str = Field("127.0.0.1", description="IP address to bind (loopback by default)")
+    port: int = Field(description="TCP port; 0 picks a free one", ge=0, le=65535)
+    tls: TlsMode = Field("none", description="none, starttls (offered in plain text) or implicit")
+    enabled: bool = Field(True, description="false to not start this listener")
+
+
+def _default_listeners() -> dict[str, ListenerConfig]:
+    L = ListenerConfig
+    return {
+        "smtp": L(protocol="smtp", port=2525, tls="starttls"),
+        "submission": L(protocol="submission", port=2587, tls="starttls"),
+        "submissions": L(protocol="submission", port=2465, tls="implicit"),
+        "imap": L(protocol="imap", port=2143, tls="starttls"),
+        "imaps": L(protocol="imap", port=2993, tls="implicit"),
+        "pop3": L(protocol="pop3", port=2110, tls="starttls"),
+        "pop3s": L(protocol="pop3", port=2995, tls="implicit"),
+        "dmtp": L(protocol="dmtp", port=2626, enabled=False),
+        "dmap": L(protocol="dmap", port=2627, enabled=False),
+    }
+
+
+class StoreConfig(_Section):
+    url: str = Field(
+        "sqlite:///mailstead.db",
+        description="metadata store: sqlite:///FILE (relative to the data dir) or "
+        "postgresql://user@host:port/dbname",
+    )
+    blob_dir: str = Field("blobs", description="message files (.eml), relative to the data dir")
+    pg_schema: str = Field(
+        "public", description="PostgreSQL schema holding mailstead's tables (one per site)"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+
+class TlsConfig(_Section):
+    cert: str = Field("tls/cert.pem", description="PEM certificate chain, relative to data dir")
+    key: str = Field("tls/key.pem", description="PEM private key, relative to the data dir")
+
+
+class LimitsConfig(_Section):
+    max_message_size: int = Field(
+        26_214_400, description="largest message accepted, in bytes (SMTP SIZE, IMAP APPENDLIMIT)",
+        ge=1024,
+    )
+    max_recipients: int = Field(100, description="recipients per SMTP message", ge=1)
+    max_errors: int = Field(
+        10, description="protocol errors in one session before it is disconnected", ge=1
+    )
+    smtp_idle_timeout: int = Field(300, description="seconds an SMTP client may stay idle", ge=1)
+    imap_idle_timeout: int = Field(
+        1800, description="IMAP autologout: seconds without a command (IDLE re-arms it)", ge=1
+    )
+    pop3_idle_timeout: int = Field(600, description="seconds a POP3 client may stay idle", ge=1)
+    max_connections: int = Field(20_000, description="open connections in total", ge=1)
+    max_connections_per_ip: int = Field(
+        200, description="open connections from one IP address", ge=1
+    )
+    imap_max_commands: int = Field(
+        1_000_000, description="commands in one IMAP session before BYE", ge=1
+    )
+
+
+class AuthConfig(_Section):
+    allow_plaintext_on_loopback: bool = Field(
+        False,
+        description="allow passwords without TLS for clients on 127.0.0.0/8 and ::1",
+    )
+    max_failures: int = Field(
+        5, description="failed logins (per IP or per account) before a temporary lockout", ge=1
+    )
+    lockout_seconds: int = Field(300, description="how long a lockout lasts", ge=1)
+    failure_delay: float = Field(
+        0.5, description="seconds of delay after a failed login, doubled per failure", ge=0
+    )
+    cache_seconds: int = Field(
+        300, description="how long a verified password is remembered in memory", ge=0
+    )
+    min_password_length: int = Field(8, description="shortest password accepted", ge=1)
+
+
+class DmtpConfig(_Section):
+    hmac_secret: str = Field(
+        "", description="shared secret for the DMTP/DMAP 'hash' field (HMAC-SHA256)"
+    )
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+
+class Config(_Section):
+    hostname: str = Field("mail.example.test", description="this server's name (EHLO, banners)")
+    domains: list[str] = Field(
+        default_factory=list,
+        description="mail domains created at start if missing (more: mailstead domain add)",
+    )
+    listeners: dict[str, ListenerConfig] = Field(
+        default_factory=_default_listeners, description="network listeners by name"
+    )
+    store: StoreConfig = Field(default_factory=StoreConfig, description="where data is kept")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS certificate and key")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="limits and timeouts")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="authentication policy")
+    dmtp: DmtpConfig = Field(default_factory=DmtpConfig, description="DMTP/DMAP compatibility")
+    log: LogConfig = Field(default_factory=LogConfig, description="logging")
+
+    # Not read from the file: where it was loaded from.
+    data_dir: Path = Field(default=Path(DEFAULT_DATA_DIR), exclude=True)
+
+    def path(self, relative: str) -> Path:
+        """A path from the config, resolved against the data directory."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if not self.store.url.startswith("sqlite:///"):
+            return None
+        return self.path(self.store.url.removeprefix("sqlite:///"))
+
+
+def resolve_data_dir(data: str | os.PathLike[str] | None) -> Path:
+    """--data, else $MAILSTEAD_DATA, else ./var."""
+    chosen = data if data is not None else os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR
+    return Path(chosen).absolute()
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def load_config(data_dir: Path, *, must_exist: bool = True) -> Config:
+    """Reads ``data_dir/mailstead.toml``. Raises ConfigError with one clear line."""
+    file = data_dir / CONFIG_FILE
+    raw: dict[str, Any] = {}
+    if file.exists():
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    elif must_exist:
+        raise ConfigError(f"{file} does not exist (run 'mailstead init' first)")
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{file}: option {_loc(err['loc'])}: {err['msg']}") from None
+    # Listener entries written partially in the file keep the defaults of the same name.
+    cfg.data_dir = data_dir
+    return cfg
+
+
+def apply_listen_override(cfg: Config, spec: str) -> None:
+    """``--listen NAME=ADDR:PORT`` (e.g. ``imap=127.0.0.1:0``); enables the listener."""
+    name, sep, target = spec.partition("=")
+    if not sep or name not in cfg.listeners:
+        known = ", ".join(cfg.listeners)
+        raise ConfigError(f"--listen {spec!r}: expected NAME=ADDRESS:PORT with NAME one of {known}")
+    address, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not address:
+        raise ConfigError(f"--listen {spec!r}: expected ADDRESS:PORT after '='")
+    listener = cfg.listeners[name]
+    listener.address = address.strip("[]")
+    listener.port = int(port)
+    listener.enabled = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering the effective configuration as commented TOML
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot render {value!r} as TOML")
+
+
+def _render_section(model: BaseModel, header: str | None, out: list[str]) -> None:
+    tables: list[tuple[str, BaseModel | dict[str, BaseModel], str]] = []
+    if header:
+        out.append(f"\n[{header}]")
+    for name, info in type(model).model_fields.items():
+        if info.exclude:
+            continue
+        value = getattr(model, name)
+        if isinstance(value, BaseModel) or (
+            isinstance(value, dict) and all(isinstance(v, BaseModel) for v in value.values())
+        ):
+            tables.append((name, value, info.description or ""))
+            continue
+        default = info.get_default(call_default_factory=True)
+        note = "" if value == default else f" (default: {_toml_value(default)})"
+        out.append(f"# {info.description}{note}")
+        out.append(f"{name} = {_toml_value(value)}")
+    for name, value, description in tables:
+        full = f"{header}.{name}" if header else name
+        if isinstance(value, dict):
+            out.append(f"\n# {description}")
+            for key, sub in value.items():
+                _render_section(sub, f"{full}.{key}", out)
+        else:
+            out.append(f"\n# {description}")
+            _render_section(value, full, out)
+
+
+def render_toml(cfg: Config) -> str:
+    """The effective configuration as TOML, each option preceded by its description."""
+    out = [f"# mailstead configuration ({cfg.data_dir / CONFIG_FILE})"]
+    _render_section(cfg, None, out)
+    return "\n".join(out) + "\n"

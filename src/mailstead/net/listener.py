@@ -1,0 +1,259 @@
+"""asyncio listeners shared by every protocol: TLS (implicit and STARTTLS), connection caps,
+idle timeouts and line framing. No mail logic lives here.
+
+A protocol plugs in with a ``ProtocolHandler``: ``handle(conn)`` runs one session over a
+``Connection``; ``busy_reply`` is what a client hears when the caps refuse it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import secrets
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mailstead.net.tls import describe
+from mailstead.obs import log_event
+
+STREAM_LIMIT = 256 * 1024  # asyncio buffer cap; protocol line limits are checked below it
+
+
+class ConnectionClosed(Exception):
+    """The peer went away (EOF or reset)."""
+
+
+class IdleTimeout(Exception):
+    """The peer sent nothing for longer than the allowed idle time."""
+
+
+class LineTooLong(Exception):
+    """A line exceeded the protocol's limit; the rest of it was read and thrown away."""
+
+
+class ProtocolHandler(Protocol):
+    async def handle(self, conn: Connection) -> None: ...
+
+    def busy_reply(self) -> bytes:
+        """Sent, then the connection closed, when a connection cap is reached."""
+
+
+@dataclass
+class Connection:
+    """One client connection: framing helpers plus what a session needs to know about it."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    listener: str
+    protocol: str
+    tls_mode: str
+    peer_ip: str
+    peer_port: int
+    local_port: int
+    ssl_context: ssl.SSLContext | None
+    session_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    is_tls: bool = False
+
+    @property
+    def is_loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.peer_ip).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def tls_description(self) -> str:
+        obj = self.writer.get_extra_info("ssl_object")
+        return describe(obj) if self.is_tls else ""
+
+    async def readline(self, max_length: int, timeout: float | None) -> bytes:
+        """Reads one line ending in LF (CR LF kept). Raises LineTooLong (after consuming the
+        whole line, so the session can go on), ConnectionClosed, or IdleTimeout."""
+        try:
+            line = await asyncio.wait_for(self._readline_raw(max_length), timeout)
+        except TimeoutError:
+            raise IdleTimeout() from None
+        return line
+
+    async def _readline_raw(self, max_length: int) -> bytes:
+        try:
+            line = await self.reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise ConnectionClosed() from None
+            raise ConnectionClosed() from None
+        except asyncio.LimitOverrunError as exc:
+            await self._discard_line(exc.consumed)
+            raise LineTooLong() from None
+        except (ConnectionError, OSError):
+            raise ConnectionClosed() from None
+        if len(line) > max_length:
+            raise LineTooLong()
+        return line
+
+    async def _discard_line(self, consumed: int) -> None:
+        await self.reader.readexactly(consumed)
+        while True:
+            try:
+                await self.reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as exc:
+                await self.reader.readexactly(exc.consumed)
+            except asyncio.IncompleteReadError:
+                raise ConnectionClosed() from None
+
+    async def readexactly(self, n: int, timeout: float | None) -> bytes:
+        try:
+            return await asyncio.wait_for(self.reader.readexactly(n), timeout)
+        except TimeoutError:
+            raise IdleTimeout() from None
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            raise ConnectionClosed() from None
+
+    def pending_input(self) -> bool:
+        """True when the client has sent bytes we have not read yet (pipelining checks)."""
+        buffer: bytes = getattr(self.reader, "_buffer", b"")
+        return len(buffer) > 0
+
+    def write(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def drain(self) -> None:
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            raise ConnectionClosed() from None
+
+    async def send(self, data: bytes) -> None:
+        self.write(data)
+        await self.drain()
+
+    async def start_tls(self) -> bool:
+        """Upgrades to TLS (STARTTLS/STLS). Anything the client pipelined in plain text after
+        the command is thrown away first (CVE-2011-0411 family); returns True if there was."""
+        if self.ssl_context is None:
+            raise RuntimeError("no TLS context")
+        discarded = self.pending_input()
+        if discarded:
+            buffer = getattr(self.reader, "_buffer", None)
+            if isinstance(buffer, bytearray):
+                buffer.clear()
+        await self.writer.start_tls(self.ssl_context)
+        self.is_tls = True
+        return discarded
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+
+class ConnectionCaps:
+    """Total and per-IP open connection counters shared by all listeners of a process."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.total_limit = total
+        self.per_ip_limit = per_ip
+        self.open_total = 0
+        self.open_by_ip: Counter[str] = Counter()
+        self.open_by_protocol: Counter[str] = Counter()
+
+    def acquire(self, ip: str, protocol: str) -> bool:
+        if self.open_total >= self.total_limit or self.open_by_ip[ip] >= self.per_ip_limit:
+            return False
+        self.open_total += 1
+        self.open_by_ip[ip] += 1
+        self.open_by_protocol[protocol] += 1
+        return True
+
+    def release(self, ip: str, protocol: str) -> None:
+        self.open_total -= 1
+        self.open_by_ip[ip] -= 1
+        if self.open_by_ip[ip] <= 0:
+            del self.open_by_ip[ip]
+        self.open_by_protocol[protocol] -= 1
+
+
+@dataclass
+class Listener:
+    name: str
+    protocol: str
+    address: str
+    port: int
+    tls_mode: str
+    server: asyncio.Server
+
+    @property
+    def bound_port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+async def start_listener(
+    *,
+    name: str,
+    protocol: str,
+    address: str,
+    port: int,
+    tls_mode: str,
+    ssl_context: ssl.SSLContext | None,
+    handler: ProtocolHandler,
+    caps: ConnectionCaps,
+    tasks: set[asyncio.Task[None]] | None = None,
+) -> Listener:
+    """Binds and starts serving. ``tasks`` collects running sessions so shutdown can end them."""
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        sock = writer.get_extra_info("sockname") or ("?", 0)
+        conn = Connection(
+            reader=reader,
+            writer=writer,
+            listener=name,
+            protocol=protocol,
+            tls_mode=tls_mode,
+            peer_ip=str(peer[0]),
+            peer_port=int(peer[1]),
+            local_port=int(sock[1]),
+            ssl_context=ssl_context,
+            is_tls=tls_mode == "implicit",
+        )
+        if not caps.acquire(conn.peer_ip, protocol):
+            log_event("conn.refused", listener=name, client=conn.peer_ip, reason="cap")
+            with contextlib.suppress(Exception):
+                await conn.send(handler.busy_reply())
+            await conn.close()
+            return
+        task = asyncio.current_task()
+        if tasks is not None and task is not None:
+            tasks.add(task)  # type: ignore[arg-type]
+        log_event("conn.open", session=conn.session_id, listener=name, client=conn.peer_ip,
+                  tls=tls_mode)
+        try:
+            await handler.handle(conn)
+        except (ConnectionClosed, ConnectionError, ssl.SSLError, OSError):
+            pass
+        finally:
+            caps.release(conn.peer_ip, protocol)
+            if tasks is not None and task is not None:
+                tasks.discard(task)  # type: ignore[arg-type]
+            await conn.close()
+            log_event("conn.close", session=conn.session_id, listener=name)
+
+    server = await asyncio.start_server(
+        on_connect,
+        host=address,
+        port=port,
+        ssl=ssl_context if tls_mode == "implicit" else None,
+        limit=STREAM_LIMIT,
+        reuse_address=True,
+        backlog=4096,
+    )
+    return Listener(name, protocol, address, port, tls_mode, server)
+
+
+Callback = Callable[[], Awaitable[None]]

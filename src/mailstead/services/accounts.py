@@ -1,0 +1,137 @@
+"""Accounts service: login (with rate limits and a short credential cache), recipient routing
+(accounts, aliases, catch-all, plus-tags) and address ownership for submission."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from mailstead.auth.passwords import DUMMY_HASH, verify_password
+from mailstead.auth.ratelimit import AuthLimiter
+from mailstead.config import AuthConfig
+from mailstead.core.addresses import Address, parse_address
+from mailstead.core.errors import InvalidInput
+from mailstead.obs import log_event
+from mailstead.store.interfaces import Account, MetadataStore
+
+
+class AuthFailed(Exception):
+    """Login refused. ``temporary`` is True for a lockout (SMTP 454 4.7.0, IMAP [UNAVAILABLE]),
+    False for bad credentials (SMTP 535 5.7.8, IMAP [AUTHENTICATIONFAILED])."""
+
+    def __init__(self, message: str, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+@dataclass
+class Route:
+    """Where mail for one RCPT goes: local accounts and/or remote addresses (alias targets)."""
+
+    local: list[Account] = field(default_factory=list)
+    remote: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.local and not self.remote
+
+
+MAX_ALIAS_DEPTH = 8
+
+
+class AccountService:
+    def __init__(self, store: MetadataStore, cfg: AuthConfig, limiter: AuthLimiter) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.limiter = limiter
+        # (password hash, keyed digest of the password) -> expiry. Keyed with a per-process
+        # secret so the cache never holds anything that helps an attacker offline.
+        self._cache: dict[tuple[str, bytes], float] = {}
+        self._cache_key = secrets.token_bytes(32)
+
+    # -- login --
+
+    async def authenticate(self, username: str, password: str, remote_ip: str) -> Account:
+        """Returns the account, or raises AuthFailed after the rate limiter's delay."""
+        ip_key = f"ip:{remote_ip}"
+        try:
+            address = parse_address(username).key
+        except InvalidInput:
+            address = username.lower()
+        acct_key = f"acct:{address}"
+        if self.limiter.is_locked(ip_key, acct_key):
+            log_event("auth.locked", client=remote_ip, user=address)
+            raise AuthFailed("too many failed logins, try again later", temporary=True)
+        account = await self.store.get_account(address)
+        if account is not None and await self._password_ok(account.password_hash, password):
+            self.limiter.record_success(acct_key)
+            return account
+        if account is None:
+            await asyncio.to_thread(verify_password, DUMMY_HASH, password)
+        delay = self.limiter.record_failure(ip_key, acct_key)
+        log_event("auth.failed", client=remote_ip, user=address, delay=f"{delay:.1f}")
+        await asyncio.sleep(delay)
+        raise AuthFailed("invalid credentials")
+
+    async def _password_ok(self, password_hash: str, password: str) -> bool:
+        digest = hmac.new(self._cache_key, password.encode("utf-8"), hashlib.sha256).digest()
+        key = (password_hash, digest)
+        now = time.monotonic()
+        expiry = self._cache.get(key)
+        if expiry is not None and expiry > now:
+            return True
+        ok = await asyncio.to_thread(verify_password, password_hash, password)
+        if ok and self.cfg.cache_seconds > 0:
+            if len(self._cache) > 50_000:
+                self._cache = {k: v for k, v in self._cache.items() if v > now}
+            self._cache[key] = now + self.cfg.cache_seconds
+        return ok
+
+    # -- routing --
+
+    async def is_local_domain(self, domain: str) -> bool:
+        return await self.store.get_domain(domain.lower()) is not None
+
+    async def route(self, address: Address) -> Route:
+        """Expands aliases (recursively, with a depth cap), then the catch-all. Plus-tags are
+        stripped for lookup only. An empty Route means "no such user"."""
+        route = Route()
+        seen: set[str] = set()
+        await self._expand(address, route, seen, 0)
+        return route
+
+    async def _expand(self, address: Address, route: Route, seen: set[str], depth: int) -> None:
+        key = address.without_tag().key
+        if key in seen or depth > MAX_ALIAS_DEPTH:
+            return
+        seen.add(key)
+        if not await self.is_local_domain(address.domain):
+            route.remote.append(str(address))
+            return
+        account = await self.store.get_account(key)
+        if account is not None:
+            if all(a.id != account.id for a in route.local):
+                route.local.append(account)
+            return
+        targets = await self.store.alias_destinations(key)
+        if not targets:
+            targets = await self.store.alias_destinations(f"@{address.domain}")
+        for target in targets:
+            try:
+                parsed = parse_address(target)
+            except InvalidInput:
+                continue
+            await self._expand(parsed, route, seen, depth + 1)
+
+    async def owns_address(self, account: Account, address: Address) -> bool:
+        """May ``account`` use ``address`` as its sender? Its own address (with any +tag) or an
+        alias that delivers to it."""
+        key = address.without_tag().key
+        if key == account.address:
+            return True
+        destinations = await self.store.alias_destinations(key)
+        return account.address in {d.lower() for d in destinations}

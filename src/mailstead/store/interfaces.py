@@ -1,0 +1,385 @@
+"""The two storage interfaces the rest of mailstead uses: metadata and blobs.
+
+Nothing above ``mailstead.store`` writes SQL or touches message files directly. Two metadata
+implementations exist (SQLite, the embedded default, and PostgreSQL for several nodes); both pass
+the same test suite (tests/store).
+
+Durability contract: when an awaitable below that adds or changes data returns, the change is
+committed and fsync'd. A power cut right after it loses nothing. Blobs are made durable by
+``BlobStore.put`` *before* the metadata that references them is committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntFlag
+from typing import Literal, Protocol
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class SystemFlag(IntFlag):
+    """IMAP system flags, stored as a bit mask so "unseen" counts use an index-free integer test."""
+
+    SEEN = 1
+    ANSWERED = 2
+    FLAGGED = 4
+    DELETED = 8
+    DRAFT = 16
+
+
+SYSTEM_FLAG_NAMES: dict[str, SystemFlag] = {
+    "\\Seen": SystemFlag.SEEN,
+    "\\Answered": SystemFlag.ANSWERED,
+    "\\Flagged": SystemFlag.FLAGGED,
+    "\\Deleted": SystemFlag.DELETED,
+    "\\Draft": SystemFlag.DRAFT,
+}
+
+SPECIAL_USES = ("\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged")
+
+# Mailboxes every new account gets (RFC 6154 roles).
+DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    id: int
+    name: str
+    created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: int
+    address: str  # normalised: local part lower-cased, domain IDNA lower-case
+    domain: str
+    password_hash: str
+    quota_bytes: int  # 0 = unlimited
+    quota_messages: int  # 0 = unlimited
+    is_admin: bool
+    created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    source: str  # "user@domain", or "@domain" for the domain's catch-all
+    destination: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    id: int
+    account_id: int
+    name: str  # full hierarchical name, '/' separated, UTF-8; "INBOX" is always upper case
+    special_use: str | None
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    subscribed: bool
+    first_recent_uid: int  # messages with uid >= this are \Recent for the next session to claim
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Header fields parsed once at delivery, for fast listing and search without reading blobs."""
+
+    subject: str = ""
+    from_: str = ""
+    to: str = ""
+    cc: str = ""
+    date: datetime | None = None  # the Date: header, None when missing or unparsable
+    message_id: str = ""
+    in_reply_to: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """What is needed to add a message to a mailbox. UID and MODSEQ are assigned by the store."""
+
+    blob_id: str  # SHA-256 hex of the message bytes, as returned by BlobStore.put
+    size: int
+    internal_date: datetime
+    flags: int = 0  # SystemFlag bits
+    keywords: frozenset[str] = frozenset()
+    envelope: Envelope = field(default_factory=Envelope)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMeta:
+    id: int
+    mailbox_id: int
+    uid: int
+    modseq: int
+    flags: int  # SystemFlag bits
+    keywords: frozenset[str]
+    internal_date: datetime
+    size: int
+    blob_id: str
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class FlagState:
+    """The cheap per-message row used to SELECT and to FETCH FLAGS on huge mailboxes."""
+
+    uid: int
+    modseq: int
+    flags: int
+    keywords: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStatus:
+    messages: int
+    unseen: int
+    recent: int
+    size: int
+    uidnext: int
+    uidvalidity: int
+    highestmodseq: int
+    deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlagUpdate:
+    """Result of a STORE: what changed, and the UIDs refused by UNCHANGEDSINCE (RFC 7162)."""
+
+    changed: list[FlagState]
+    failed_uids: list[int]
+    highestmodseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    """UID mapping of a COPY/MOVE, for COPYUID (RFC 4315)."""
+
+    uidvalidity: int
+    pairs: list[tuple[int, int]]  # (source uid, destination uid)
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed in a mailbox since a MODSEQ (CONDSTORE/QRESYNC)."""
+
+    changed: list[FlagState]
+    vanished: list[int]  # expunged uids with modseq > the one asked for
+    highestmodseq: int
+
+
+RecipientStatus = Literal["pending", "delivered", "failed", "recalled"]
+
+
+@dataclass(slots=True)
+class QueueRecipient:
+    address: str
+    status: RecipientStatus = "pending"
+    last_reply: str = ""  # last SMTP reply or error text for this recipient
+    notify: str = ""  # DSN NOTIFY (RFC 3461), e.g. "FAILURE,DELAY"
+    orcpt: str = ""  # DSN ORCPT, e.g. "rfc822;bob@example.org"
+
+
+QueueState = Literal["queued", "done"]
+
+
+@dataclass(slots=True)
+class QueueEntry:
+    """A message waiting to leave for remote recipients. Recipients carry their own results."""
+
+    id: str  # the queue id shown in the SMTP 250 reply and in logs
+    sender: str  # envelope sender; "" is the null sender (bounces)
+    recipients: list[QueueRecipient]
+    blob_id: str
+    size: int
+    created: datetime
+    next_attempt: datetime
+    attempts: int = 0
+    state: QueueState = "queued"
+    account_id: int | None = None  # the authenticated submitter, who may recall it
+    envid: str = ""  # DSN ENVID
+    ret: str = ""  # DSN RET: "FULL" or "HDRS"
+    requiretls: bool = False  # RFC 8689
+    smtputf8: bool = False
+    body_8bit: bool = False
+    delay_notified: bool = False
+    lease_owner: str = ""
+    lease_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One mailbox to add the message to, as part of ``MetadataStore.store_message``."""
+
+    mailbox_id: int
+    message: NewMessage
+
+
+# ---------------------------------------------------------------------------------------------
+# Interfaces
+
+
+class MetadataStore(Protocol):
+    """Domains, accounts, aliases, mailboxes, message rows and the outbound queue.
+
+    Every method is a single transaction. Write methods are durable when they return.
+    Errors: ``NotFound``, ``Conflict``, ``QuotaExceeded`` from ``mailstead.core.errors``.
+    """
+
+    backend: str  # "sqlite" or "postgresql"
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    async def close(self) -> None: ...
+
+    # -- domains --
+    async def add_domain(self, name: str) -> Domain: ...
+    async def get_domain(self, name: str) -> Domain | None: ...
+    async def list_domains(self) -> list[Domain]: ...
+    async def remove_domain(self, name: str) -> None:
+        """Refuses (Conflict) while accounts or aliases of the domain exist."""
+
+    # -- accounts --
+    async def add_account(
+        self,
+        address: str,
+        password_hash: str,
+        *,
+        quota_bytes: int = 0,
+        quota_messages: int = 0,
+        is_admin: bool = False,
+    ) -> Account:
+        """Creates the account and its DEFAULT_MAILBOXES in one transaction."""
+
+    async def get_account(self, address: str) -> Account | None: ...
+    async def get_account_by_id(self, account_id: int) -> Account | None: ...
+    async def list_accounts(self, domain: str | None = None) -> list[Account]: ...
+    async def set_password(self, address: str, password_hash: str) -> None: ...
+    async def set_quota(self, address: str, quota_bytes: int, quota_messages: int) -> None: ...
+    async def remove_account(self, address: str) -> list[str]:
+        """Deletes the account, its mailboxes and messages; returns blob ids no longer used."""
+
+    async def quota_usage(self, account_id: int) -> tuple[int, int]:
+        """(bytes, messages) currently stored for the account."""
+
+    # -- aliases --
+    async def add_alias(self, source: str, destination: str) -> Alias: ...
+    async def remove_alias(self, source: str, destination: str | None = None) -> int:
+        """Removes one destination, or all of them; returns how many rows went."""
+
+    async def list_aliases(self, domain: str | None = None) -> list[Alias]: ...
+    async def alias_destinations(self, source: str) -> list[str]: ...
+
+    # -- mailboxes --
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None: ...
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
+    async def create_mailbox(
+        self, account_id: int, name: str, special_use: str | None = None
+    ) -> Mailbox: ...
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        """Renames the mailbox and its children ("a/b" with "a"). Renaming INBOX is the
+        caller's business (RFC 3501 moves the messages instead)."""
+
+    async def delete_mailbox(self, account_id: int, name: str) -> list[str]:
+        """Deletes a mailbox and its messages; returns blob ids no longer used."""
+
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+    async def claim_recent(self, mailbox_id: int) -> int:
+        """Atomically hands the \\Recent messages to the caller: returns the old
+        first_recent_uid and moves it to uidnext (RFC 3501 2.3.2)."""
+
+    # -- messages --
+    async def store_message(
+        self, deliveries: Sequence[Delivery], queue_entry: QueueEntry | None = None
+    ) -> list[MessageMeta]:
+        """Adds one blob to several mailboxes and/or the outbound queue, atomically.
+
+        Checks each account's quota inside the transaction (QuotaExceeded, nothing written).
+        Returns the new rows in the order of ``deliveries``.
+        """
+
+    async def list_flags(self, mailbox_id: int) -> list[FlagState]:
+        """Every message's uid, modseq and flags, in UID order (SELECT, FETCH FLAGS)."""
+
+    async def get_messages(
+        self, mailbox_id: int, uids: Iterable[int] | None = None
+    ) -> list[MessageMeta]:
+        """Full rows in UID order; all of them when ``uids`` is None."""
+
+    async def update_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: Literal["add", "remove", "replace"],
+        flags: int,
+        keywords: frozenset[str] = frozenset(),
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate:
+        """Changes flags; each changed message gets a new MODSEQ. Messages whose modseq is
+        above ``unchanged_since`` are left alone and listed in ``failed_uids``."""
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Removes the given messages (or every \\Deleted one when ``uids`` is None); records
+        them as vanished with a new MODSEQ; returns the uids removed."""
+
+    async def copy_messages(
+        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, *, move: bool = False
+    ) -> CopyResult:
+        """Copies (or moves, expunging from the source in the same transaction)."""
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
+
+    async def blob_unused(self, blob_id: str) -> bool:
+        """True when no message and no queue entry references the blob (safe to delete)."""
+
+    async def all_blob_ids(self) -> AsyncIterator[str]:
+        """Every blob id referenced by a message or a queue entry (for ``mailstead check``)."""
+        raise NotImplementedError
+        yield ""  # pragma: no cover
+
+    # -- outbound queue --
+    async def enqueue(self, entry: QueueEntry) -> None: ...
+    async def get_queue_entry(self, queue_id: str) -> QueueEntry | None: ...
+    async def list_queue(self, include_done: bool = False) -> list[QueueEntry]: ...
+    async def claim_due(
+        self, now: datetime, owner: str, lease_seconds: int, limit: int
+    ) -> list[QueueEntry]:
+        """Leases due entries to ``owner`` (PostgreSQL: FOR UPDATE SKIP LOCKED, so two nodes
+        never take the same entry)."""
+
+    async def update_queue_entry(self, entry: QueueEntry) -> None: ...
+    async def delete_queue_entry(self, queue_id: str) -> list[str]:
+        """Removes the entry; returns blob ids no longer used."""
+
+
+class BlobStore(Protocol):
+    """Message files, one per distinct content, named by SHA-256."""
+
+    def put(self, data: bytes) -> str:
+        """Writes the bytes durably (temp file, fsync, rename, directory fsync) and returns
+        the SHA-256 hex id. Idempotent: the same bytes give the same id and one file."""
+
+    def get(self, blob_id: str) -> bytes:
+        """Returns the bytes after checking their hash; raises CorruptBlob if they do not
+        match (changed or truncated on disk) and NotFound if the file is missing."""
+
+    def verify(self, blob_id: str) -> str | None:
+        """None when the blob is good, else the reason it is not."""
+
+    def delete(self, blob_id: str) -> None: ...
+
+    def exists(self, blob_id: str) -> bool: ...
+
+    def iter_ids(self) -> Iterable[str]: ...
