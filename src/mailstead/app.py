@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,30 +43,31 @@ class Services:
 HandlerFactory = Callable[[Services, str, ListenerConfig], ProtocolHandler]
 
 
+# protocol -> (module, factory name). A module is imported only when a listener needs it.
+_HANDLERS: dict[str, tuple[str, str]] = {
+    "smtp": ("mailstead.net.smtp_server", "make_smtp_handler"),
+    "submission": ("mailstead.net.smtp_server", "make_smtp_handler"),
+    "imap": ("mailstead.net.imap_server", "make_imap_handler"),
+    "pop3": ("mailstead.net.pop3_server", "make_pop3_handler"),
+    "dmtp": ("mailstead.net.dmtp_server", "make_dmtp_handler"),
+    "dmap": ("mailstead.net.dmtp_server", "make_dmap_handler"),
+}
+
+
 def _handler_factory(protocol: str) -> HandlerFactory | None:
-    """The handler for a listener's protocol, or None while that protocol does not exist yet.
-    Imports are local so a process only loads the protocols it serves."""
-    if protocol in ("smtp", "submission"):
-        from mailstead.net.smtp_server import make_smtp_handler
-
-        return make_smtp_handler
-    if protocol == "imap":
-        from mailstead.net.imap_server import make_imap_handler
-
-        return make_imap_handler
-    if protocol == "pop3":
-        from mailstead.net.pop3_server import make_pop3_handler
-
-        return make_pop3_handler
-    if protocol == "dmtp":
-        from mailstead.net.dmtp_server import make_dmtp_handler
-
-        return make_dmtp_handler
-    if protocol == "dmap":
-        from mailstead.net.dmtp_server import make_dmap_handler
-
-        return make_dmap_handler
-    return None
+    """The handler factory for a listener's protocol, or None if that protocol is not built."""
+    entry = _HANDLERS.get(protocol)
+    if entry is None:
+        return None
+    module_name, attr = entry
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        return None
+    factory: HandlerFactory = getattr(module, attr)
+    return factory
 
 
 class App:

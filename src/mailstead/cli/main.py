@@ -1,0 +1,151 @@
+"""The ``mailstead`` command: init, serve, config, check, and the admin groups."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from mailstead import __version__, bootstrap
+from mailstead.app import App
+from mailstead.cli.admin import alias, domain, user
+from mailstead.cli.common import config_for, data_option, fail, open_store, run_async
+from mailstead.config import CONFIG_FILE, apply_listen_override, render_toml, resolve_data_dir
+from mailstead.core.errors import ConfigError, CorruptBlob, NotFound
+from mailstead.obs import setup_logging
+
+
+@click.group()
+@click.version_option(__version__, prog_name="mailstead")
+def cli() -> None:
+    """mailstead: a complete, self-hostable mail server."""
+
+
+cli.add_command(domain)
+cli.add_command(user)
+cli.add_command(alias)
+
+
+@cli.command()
+@click.option("--hostname", default="mail.example.test", help="this server's host name")
+@click.option("--domain", "domain_name", default="example.test", help="first mail domain")
+@click.option("--store-url", default=None, help="sqlite:///FILE (default) or postgresql://...")
+@click.option("--demo-user", default="demo", help="local part of the demo account")
+@click.option("--no-demo", is_flag=True, help="create no domain and no account")
+@click.option("--force", is_flag=True, help="rewrite the config of an existing data dir")
+@data_option
+@run_async
+async def init(
+    hostname: str,
+    domain_name: str,
+    store_url: str | None,
+    demo_user: str,
+    no_demo: bool,
+    force: bool,
+    data: Path | None,
+) -> None:
+    """Create a data directory: config, self-signed TLS, store, demo domain and account."""
+    data_dir = resolve_data_dir(data)
+    if (data_dir / CONFIG_FILE).exists() and not force:
+        fail(f"{data_dir / CONFIG_FILE} exists already (use --force to rewrite it)")
+    overrides: dict[str, object] = {"hostname": hostname}
+    if store_url:
+        overrides["store"] = {"url": store_url}
+    try:
+        cfg = bootstrap.build_config(data_dir, overrides)
+    except ValueError as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
+    password = await bootstrap.initialise(
+        cfg, demo_domain=None if no_demo else domain_name, demo_user=demo_user
+    )
+    click.echo(f"initialised {data_dir}")
+    if password is not None:
+        click.echo(f"demo account: {demo_user}@{domain_name}  password: {password}")
+        click.echo(f"(also saved in {data_dir / bootstrap.DEMO_PASSWORD_FILE})")
+
+
+@cli.command()
+@click.option(
+    "--listen",
+    "listen",
+    multiple=True,
+    metavar="NAME=ADDR:PORT",
+    help="override a listener's address (port 0 picks a free one); repeatable",
+)
+@data_option
+def serve(listen: tuple[str, ...], data: Path | None) -> None:
+    """Run the server in the foreground; prints one 'listening' line per listener."""
+    try:
+        cfg = config_for(data)
+        for spec in listen:
+            apply_listen_override(cfg, spec)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    setup_logging(cfg.log.level)
+    try:
+        asyncio.run(_serve(App(cfg)))
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"cannot listen: {exc.strerror or exc}")
+
+
+async def _serve(app: App) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        listeners = await app.start()
+        for listener in listeners:
+            host = listener.address if ":" not in listener.address else f"[{listener.address}]"
+            port = listener.bound_port
+            click.echo(f"listening {listener.name} {host}:{port} {listener.tls_mode}")
+        click.echo(f"mailstead {__version__} ready (data: {app.cfg.data_dir})")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await app.stop()
+
+
+@cli.command("config")
+@data_option
+def show_config(data: Path | None) -> None:
+    """Print the effective configuration, every option with its description."""
+    try:
+        cfg = config_for(data)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    click.echo(render_toml(cfg), nl=False)
+
+
+@cli.command()
+@data_option
+@run_async
+async def check(data: Path | None) -> None:
+    """Verify every stored message against its SHA-256; exit 1 if any is corrupt or missing."""
+    good = corrupt = missing = 0
+    async with open_store(data) as (_cfg, store, blobs):
+        async for blob_id in store.all_blob_ids():
+            try:
+                await asyncio.to_thread(blobs.get, blob_id)
+                good += 1
+            except CorruptBlob as exc:
+                corrupt += 1
+                click.echo(f"corrupt: {blob_id}: {exc.reason}")
+            except NotFound:
+                missing += 1
+                click.echo(f"missing: {blob_id}")
+    click.echo(f"checked {good + corrupt + missing} messages: {good} good, "
+               f"{corrupt} corrupt, {missing} missing")
+    if corrupt or missing:
+        sys.exit(1)
+
+
+def main() -> None:
+    cli(prog_name="mailstead")
