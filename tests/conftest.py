@@ -7,6 +7,7 @@
   ``data_dir=server.data_dir`` to restart on the same data.
 - ``backend``: "sqlite" (default) or "postgresql" (parametrize indirectly to run on both).
 - ``serve_process``: the real CLI ``mailstead serve`` as a subprocess (for SIGKILL tests).
+- ``require_binary(name)``: a real Debian client's path; skip locally, fail in CI if missing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import os
 import re
 import secrets
+import shutil
 import signal
 import ssl
 import subprocess
@@ -41,6 +43,18 @@ PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 LISTEN_NAMES = (
     "smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "dmtp", "dmap",
 )
+
+
+def require_binary(name: str) -> str:
+    """Path of a real client (swaks, mutt, mbsync...). Skips loudly when it is missing on a
+    developer's machine; fails in CI (MAILSTEAD_REQUIRE_CLIENTS=1), where .ci/run installs it."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install it; .ci/run does)"
+        if os.environ.get("MAILSTEAD_REQUIRE_CLIENTS"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 def pg_available() -> bool:
