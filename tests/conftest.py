@@ -32,7 +32,7 @@ import pytest
 
 from mailstead import bootstrap
 from mailstead.app import App, Services
-from mailstead.config import Config
+from mailstead.config import Config, deep_merge
 from mailstead.net.tls import make_self_signed
 
 T = TypeVar("T")
@@ -186,8 +186,8 @@ def make_server(
     def factory(data_dir: Path | None = None, **overrides: Any) -> RunningServer:
         fresh = data_dir is None
         directory = data_dir or tmp_path / f"data{len(started)}"
-        merged = bootstrap.deep_merge(test_config_overrides(), store_overrides)
-        cfg = bootstrap.build_config(directory, bootstrap.deep_merge(merged, overrides))
+        merged = deep_merge(test_config_overrides(), store_overrides)
+        cfg = bootstrap.build_config(directory, deep_merge(merged, overrides))
         if fresh:
             run_outside_loop(bootstrap.initialise(cfg, demo_domain=None, cert_from=tls_files))
         else:

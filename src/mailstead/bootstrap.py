@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mailstead.auth.passwords import check_password_rules, hash_password
-from mailstead.config import CONFIG_FILE, Config, render_toml
+from mailstead.config import CONFIG_FILE, Config, deep_merge, render_toml
 from mailstead.core.addresses import normalize_domain, parse_address
 from mailstead.core.errors import Conflict, InvalidInput
 from mailstead.net.tls import make_self_signed
@@ -19,17 +19,6 @@ from mailstead.store.factory import make_metadata_store
 from mailstead.store.interfaces import Account, MetadataStore
 
 DEMO_PASSWORD_FILE = "demo-password.txt"
-
-
-def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Nested dict update: {"listeners": {"imap": {"port": 0}}} changes only that port."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def build_config(data_dir: Path, overrides: dict[str, Any] | None = None) -> Config:

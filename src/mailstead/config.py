@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticUndefined
 
 from mailstead.core.errors import ConfigError
 
@@ -180,14 +181,27 @@ def load_config(data_dir: Path, *, must_exist: bool = True) -> Config:
             raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
     elif must_exist:
         raise ConfigError(f"{file} does not exist (run 'mailstead init' first)")
+    # Merged over the defaults, so a file that names one listener keeps the others, and a
+    # listener written partially keeps the defaults of the same name.
+    defaults = Config().model_dump(exclude={"data_dir"})
     try:
-        cfg = Config.model_validate(raw)
+        cfg = Config.model_validate(deep_merge(defaults, raw))
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(f"{file}: option {_loc(err['loc'])}: {err['msg']}") from None
-    # Listener entries written partially in the file keep the defaults of the same name.
     cfg.data_dir = data_dir
     return cfg
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict update: {"listeners": {"imap": {"port": 0}}} changes only that port."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def apply_listen_override(cfg: Config, spec: str) -> None:
@@ -236,7 +250,10 @@ def _render_section(model: BaseModel, header: str | None, out: list[str]) -> Non
             tables.append((name, value, info.description or ""))
             continue
         default = info.get_default(call_default_factory=True)
-        note = "" if value == default else f" (default: {_toml_value(default)})"
+        if default is PydanticUndefined or value == default:
+            note = ""
+        else:
+            note = f" (default: {_toml_value(default)})"
         out.append(f"# {info.description}{note}")
         out.append(f"{name} = {_toml_value(value)}")
     for name, value, description in tables:
