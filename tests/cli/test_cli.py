@@ -1,0 +1,199 @@
+"""The admin CLI as a user runs it: real subprocesses, real data directory, exit codes, output."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mailstead.config import load_config
+from mailstead.store.factory import make_blob_store, make_metadata_store
+from mailstead.store.interfaces import Delivery, NewMessage
+from tests.conftest import mailstead_cmd, start_serve_process
+
+GOOD_PW = "a-long-Passw0rd"
+
+
+def ms(data: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        mailstead_cmd(*args, "--data", str(data)),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def ok(data: Path, *args: str, stdin: str | None = None) -> str:
+    proc = ms(data, *args, stdin=stdin)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def err(data: Path, *args: str, stdin: str | None = None, code: int = 1) -> str:
+    proc = ms(data, *args, stdin=stdin)
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    d = tmp_path / "var"
+    out = ok(d, "init", "--hostname", "mx.example.test", "--domain", "example.test")
+    assert "demo account: demo@example.test  password: " in out
+    return d
+
+
+def test_init_creates_everything(data: Path) -> None:
+    assert (data / "mailstead.toml").exists()
+    assert (data / "tls" / "cert.pem").exists()
+    assert (data / "tls" / "key.pem").stat().st_mode & 0o077 == 0
+    address, password = (data / "demo-password.txt").read_text().split()
+    assert address == "demo@example.test" and len(password) >= 12
+    users = json.loads(ok(data, "user", "list", "--json"))
+    assert [u["address"] for u in users] == ["demo@example.test"]
+    assert load_config(data).hostname == "mx.example.test"
+    assert "exists already" in err(data, "init")
+
+
+def test_domain_user_alias_lifecycle(data: Path) -> None:
+    assert "added domain example.org" in ok(data, "domain", "add", "Example.ORG")
+    names = [d["name"] for d in json.loads(ok(data, "domain", "list", "--json"))]
+    assert names == ["example.org", "example.test"] or sorted(names) == names
+    assert "example.org" in names
+
+    ok(data, "user", "add", "Alice@example.org", "--password-stdin", "--quota", "10M",
+       stdin=GOOD_PW + "\n")
+    ok(data, "user", "add", "bob@example.org", "--password-stdin", stdin=GOOD_PW + "\n")
+    users = {u["address"]: u for u in json.loads(ok(data, "user", "list", "--json"))}
+    assert users["alice@example.org"]["quota_bytes"] == 10 * 1024 * 1024
+    assert users["bob@example.org"]["quota_bytes"] == 0
+    table = ok(data, "user", "list")
+    assert table.splitlines()[0].startswith("ADDRESS") and "alice@example.org" in table
+
+    assert "quota 1 GiB, 500 messages" in ok(
+        data, "user", "quota", "alice@example.org", "--bytes", "1G", "--messages", "500"
+    )
+    ok(data, "user", "passwd", "alice@example.org", "--password-stdin", stdin="an0ther-Passw0rd\n")
+
+    ok(data, "alias", "add", "team@example.org", "alice@example.org", "bob@example.org")
+    ok(data, "alias", "add", "@example.org", "alice@example.org")
+    aliases = json.loads(ok(data, "alias", "list", "--json", "--domain", "example.org"))
+    assert {(a["source"], a["destination"]) for a in aliases} == {
+        ("team@example.org", "alice@example.org"),
+        ("team@example.org", "bob@example.org"),
+        ("@example.org", "alice@example.org"),
+    }
+    assert "removed 1" in ok(data, "alias", "remove", "team@example.org", "bob@example.org")
+    assert "removed 1" in ok(data, "alias", "remove", "@example.org")
+
+    assert "example.org" in err(data, "domain", "remove", "example.org")
+    assert "example.org" in ok(data, "domain", "list")
+    ok(data, "alias", "remove", "team@example.org")
+    ok(data, "user", "remove", "alice@example.org")
+    ok(data, "user", "remove", "bob@example.org")
+    ok(data, "domain", "remove", "example.org")
+    assert "example.org" not in ok(data, "domain", "list")
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "needle"),
+    [
+        (("user", "add", "x@nowhere.test", "--password-stdin"), GOOD_PW, "unknown domain"),
+        (("user", "add", "demo@example.test", "--password-stdin"), GOOD_PW, "exists"),
+        (("user", "add", "new@example.test", "--password-stdin"), "", "empty"),
+        (("user", "add", "new@example.test", "--password-stdin"), "short", "shorter"),
+        (("user", "add", "new@example.test", "--password-stdin"), "aaaaaaaaaaaa", "weak"),
+        (("user", "add", "not-an-address", "--password-stdin"), GOOD_PW, "no @domain"),
+        (("user", "add", "a b@example.test", "--password-stdin"), GOOD_PW, "invalid"),
+        (("user", "passwd", "nobody@example.test", "--password-stdin"), GOOD_PW, "no such user"),
+        (("user", "remove", "nobody@example.test"), None, "nobody@example.test"),
+        (("domain", "add", "not_a_domain"), None, "invalid domain"),
+        (("domain", "add", "example.test"), None, "example.test"),
+        (("alias", "add", "x@nowhere.test", "demo@example.test"), None, "unknown domain"),
+        (("alias", "add", "demo@example.test", "x@example.test"), None, "is an account"),
+        (("alias", "remove", "none@example.test"), None, "no alias"),
+    ],
+)
+def test_errors_are_one_line_and_change_nothing(
+    data: Path, args: tuple[str, ...], stdin: str | None, needle: str
+) -> None:
+    before = ok(data, "user", "list", "--json"), ok(data, "alias", "list", "--json")
+    line = err(data, *args, stdin=None if stdin is None else stdin + "\n")
+    assert needle in line, line
+    assert line.startswith("mailstead: ")
+    assert (ok(data, "user", "list", "--json"), ok(data, "alias", "list", "--json")) == before
+
+
+def test_bad_size_is_a_usage_error(data: Path) -> None:
+    proc = ms(data, "user", "add", "q@example.test", "--password-stdin", "--quota", "lots",
+              stdin=GOOD_PW + "\n")
+    assert proc.returncode == 2 and "not a size" in proc.stderr
+
+
+def test_data_from_environment(data: Path) -> None:
+    import os
+
+    proc = subprocess.run(
+        mailstead_cmd("domain", "list"),
+        capture_output=True, text=True, env={**os.environ, "MAILSTEAD_DATA": str(data)},
+    )
+    assert proc.returncode == 0 and "example.test" in proc.stdout
+
+
+def test_config_command_prints_commented_effective_config(data: Path) -> None:
+    out = ok(data, "config")
+    assert 'hostname = "mx.example.test"' in out
+    assert "# this server's name" in out
+
+
+def _store_message(data: Path, body: bytes) -> str:
+    async def go() -> str:
+        cfg = load_config(data)
+        store, blobs = make_metadata_store(cfg), make_blob_store(cfg)
+        await store.open()
+        try:
+            account = await store.get_account("demo@example.test")
+            assert account is not None
+            inbox = await store.get_mailbox(account.id, "INBOX")
+            assert inbox is not None
+            blob_id = blobs.put(body)
+            now = dt.datetime.now(dt.UTC)
+            await store.store_message([Delivery(inbox.id, NewMessage(blob_id, len(body), now))])
+            return blob_id
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def test_check_reports_corrupt_and_truncated_messages(data: Path) -> None:
+    good = _store_message(data, b"Subject: one\r\n\r\nfirst\r\n")
+    bad = _store_message(data, b"Subject: two\r\n\r\nsecond message body\r\n")
+    short = _store_message(data, b"Subject: three\r\n\r\nthird message body\r\n")
+    assert "3 good, 0 corrupt" in ok(data, "check")
+
+    def path_of(blob_id: str) -> Path:
+        return next((data / "blobs").rglob(f"{blob_id}*"))
+
+    p = path_of(bad)
+    p.write_bytes(p.read_bytes().replace(b"second", b"SECOND"))
+    q = path_of(short)
+    q.write_bytes(q.read_bytes()[:10])
+    proc = ms(data, "check")
+    assert proc.returncode == 1
+    assert f"corrupt: {bad}" in proc.stdout and f"corrupt: {short}" in proc.stdout
+    assert "1 good, 2 corrupt, 0 missing" in proc.stdout
+    assert good not in proc.stdout.replace("1 good", "")
+
+
+def test_serve_prints_listeners_and_stops_cleanly(data: Path) -> None:
+    sp = start_serve_process(data, "imap=127.0.0.1:0", "smtp=127.0.0.1:0")
+    assert sp.proc.poll() is None
+    assert sp.terminate() == 0
