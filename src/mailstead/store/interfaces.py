@@ -275,7 +275,8 @@ class MetadataStore(Protocol):
     # -- aliases --
     async def add_alias(self, source: str, destination: str) -> Alias: ...
     async def remove_alias(self, source: str, destination: str | None = None) -> int:
-        """Removes one destination, or all of them; returns how many rows went."""
+        """Removes one destination, or all of them; returns how many rows went (NotFound
+        when none matched)."""
 
     async def list_aliases(self, domain: str | None = None) -> list[Alias]: ...
     async def alias_destinations(self, source: str) -> list[str]: ...
@@ -344,6 +345,11 @@ class MetadataStore(Protocol):
     async def blob_unused(self, blob_id: str) -> bool:
         """True when no message and no queue entry references the blob (safe to delete)."""
 
+    async def reap_blobs(self, limit: int = 1000) -> list[str]:
+        """Blob ids whose last reference went in an expunge or a move (those calls return
+        uids, not blob ids): forgets up to ``limit`` of them and returns them, so the caller
+        deletes the files."""
+
     async def all_blob_ids(self) -> AsyncIterator[str]:
         """Every blob id referenced by a message or a queue entry (for ``mailstead check``)."""
         raise NotImplementedError
@@ -361,7 +367,7 @@ class MetadataStore(Protocol):
 
     async def update_queue_entry(self, entry: QueueEntry) -> None: ...
     async def delete_queue_entry(self, queue_id: str) -> list[str]:
-        """Removes the entry; returns blob ids no longer used."""
+        """Removes the entry; returns blob ids no longer used ([] if it was already gone)."""
 
 
 class BlobStore(Protocol):

@@ -1,0 +1,137 @@
+"""Message files on disk: ``root/ab/cd/<sha256>.eml``, one per distinct content.
+
+A file is written once (temp file in the same directory, fsync, rename, directory fsync) and never
+changed, so a reader either finds the whole file or none. Reads check the SHA-256 against the
+name: a file changed or truncated on disk is reported as corrupt, never served as good.
+Synchronous: callers run these in a thread (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from mailstead.core.errors import CorruptBlob, InvalidInput, NotFound
+
+BLOB_ID = re.compile(r"^[0-9a-f]{64}$")
+SUFFIX = ".eml"
+
+
+def blob_id_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class FsBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, blob_id: str) -> Path:
+        if not BLOB_ID.match(blob_id):
+            raise InvalidInput(f"not a blob id: {blob_id!r}")
+        return self.root / blob_id[:2] / blob_id[2:4] / (blob_id + SUFFIX)
+
+    def put(self, data: bytes) -> str:
+        blob_id = blob_id_of(data)
+        target = self.path(blob_id)
+        if self._intact(target, blob_id):
+            # Refresh the time so a sweeper that spares recently touched files spares this one
+            # while the caller commits the rows that reference it.
+            os.utime(target)
+            return blob_id
+        self._make_dirs(target.parent)
+        temp = target.parent / f".{blob_id}.{secrets.token_hex(4)}.tmp"
+        try:
+            with open(temp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)  # makes the rename itself durable
+        return blob_id
+
+    def get(self, blob_id: str) -> bytes:
+        try:
+            data = self.path(blob_id).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"message blob {blob_id} is missing") from None
+        reason = _mismatch(data, blob_id)
+        if reason is not None:
+            raise CorruptBlob(blob_id, reason)
+        return data
+
+    def verify(self, blob_id: str) -> str | None:
+        try:
+            self.get(blob_id)
+        except NotFound:
+            return "missing"
+        except CorruptBlob as exc:
+            return exc.reason
+        return None
+
+    def delete(self, blob_id: str) -> None:
+        path = self.path(blob_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
+
+    def exists(self, blob_id: str) -> bool:
+        return self.path(blob_id).is_file()
+
+    def iter_ids(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for first in sorted(self.root.iterdir()):
+            if not (first.is_dir() and len(first.name) == 2):
+                continue
+            for second in sorted(first.iterdir()):
+                if not second.is_dir():
+                    continue
+                for file in sorted(second.iterdir()):
+                    name = file.name.removesuffix(SUFFIX)
+                    if file.name.endswith(SUFFIX) and BLOB_ID.match(name):
+                        yield name
+
+    # -- helpers --
+
+    def _intact(self, path: Path, blob_id: str) -> bool:
+        try:
+            return _mismatch(path.read_bytes(), blob_id) is None
+        except FileNotFoundError:
+            return False
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Creates missing directories, fsyncing each parent so the new entries survive."""
+        missing = []
+        d = directory
+        while not d.is_dir():
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(d.parent)
+
+
+def _mismatch(data: bytes, blob_id: str) -> str | None:
+    if blob_id_of(data) == blob_id:
+        return None
+    return f"SHA-256 mismatch ({len(data)} bytes on disk)"
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

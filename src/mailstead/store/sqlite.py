@@ -1,0 +1,241 @@
+"""SQLite metadata store: the embedded default.
+
+Durability with speed: one writer thread owns the only writing connection and GROUP-COMMITS.
+Write calls queue (operation, future); the writer takes every pending operation (up to
+``MAX_BATCH``), runs them in one ``BEGIN IMMEDIATE`` transaction, each inside its own SAVEPOINT
+so a failing one (Conflict, QuotaExceeded...) rolls back alone, then COMMITs once. With WAL and
+``synchronous=FULL`` that COMMIT fsyncs the log, so one fsync covers the whole batch. Futures
+resolve only after COMMIT returned: that is where the durability contract of interfaces.py is kept.
+
+Reads run on a few reader connections in threads; WAL lets them proceed while the writer writes,
+and each read is one transaction, so it sees a consistent snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mailstead.core.errors import Conflict, NotFound
+from mailstead.store.changes import ChangeBus
+from mailstead.store.sql import Db, Row, SqlStore, apply_migrations
+
+T = TypeVar("T")
+
+MAX_BATCH = 256  # operations per group commit
+READERS = 3  # reader connections (threads)
+BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock (e.g. the CLI while serving)
+
+
+class SqliteDb(Db):
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
+        self.conn = conn
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.IntegrityError as exc:
+            raise _translate(exc) from exc
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        try:
+            return self.conn.execute(sql, params).rowcount
+        except sqlite3.IntegrityError as exc:
+            raise _translate(exc) from exc
+
+    def run_many(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        try:
+            self.conn.executemany(sql, params)
+        except sqlite3.IntegrityError as exc:
+            raise _translate(exc) from exc
+
+
+def _translate(exc: sqlite3.IntegrityError) -> Exception:
+    text = str(exc)
+    if "UNIQUE" in text or "PRIMARY KEY" in text:
+        return Conflict(text)
+    if "FOREIGN KEY" in text:
+        return NotFound(text)
+    return exc
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    # FULL: the WAL is fsync'd at every COMMIT, so a committed batch survives a power cut.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+# A pending write: the operation, and where to report its outcome.
+_Job = tuple[Callable[[Db], Any], asyncio.Future[tuple[Any, set[int]]]]
+_STOP = None
+
+
+class SqliteStore(SqlStore):
+    backend = "sqlite"
+
+    def __init__(self, path: Path, changes: ChangeBus) -> None:
+        super().__init__(changes)
+        self.path = Path(path)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await asyncio.to_thread(self._open_writer)
+        self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="sqlite-read")
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn,), name="sqlite-writer", daemon=True
+        )
+        self._writer.start()
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = _connect(self.path)
+        try:
+            # BEGIN IMMEDIATE takes the write lock: two processes opening at once migrate in turn.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                apply_migrations(SqliteDb(conn))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def close(self) -> None:
+        writer, readers = self._writer, self._readers
+        if writer is None or readers is None:
+            return
+        self._writer = self._readers = None
+        self._jobs.put(_STOP)
+        await asyncio.to_thread(writer.join)
+        readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        self._local = threading.local()
+
+    # -- reads --
+
+    async def _run_read(self, op: Callable[[Db], T]) -> T:
+        if self._readers is None:
+            raise RuntimeError("store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_in_thread, op)
+
+    def _read_in_thread(self, op: Callable[[Db], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+            with self._lock:
+                self._reader_conns.append(conn)
+        conn.execute("BEGIN")
+        try:
+            return op(SqliteDb(conn))
+        finally:
+            conn.execute("ROLLBACK")  # nothing to keep: ends the read snapshot
+
+    # -- writes: group commit --
+
+    async def _run_write(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        future: asyncio.Future[tuple[Any, set[int]]] = asyncio.get_running_loop().create_future()
+        self._jobs.put((op, future))
+        value, touched = await future
+        return value, touched
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                first = self._jobs.get()
+                if first is _STOP:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is _STOP:
+                        stop = True
+                        break
+                    batch.append(job)
+                self._commit_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, _future in batch:
+                outcomes.append(self._run_one(conn, op))
+            conn.execute("COMMIT")  # the one fsync for the whole batch
+        except Exception as exc:  # BEGIN or COMMIT failed (disk full, I/O error): all fail
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(False, exc)] * len(batch)
+        _settle(batch, outcomes)
+
+    @staticmethod
+    def _run_one(conn: sqlite3.Connection, op: Callable[[Db], Any]) -> tuple[bool, Any]:
+        db = SqliteDb(conn)
+        conn.execute("SAVEPOINT op")
+        try:
+            value = op(db)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return False, exc
+        conn.execute("RELEASE op")
+        return True, (value, db.touched)
+
+
+def _settle(batch: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
+    """Hands the outcomes to the waiting coroutines, one wake-up per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for (_op, future), (ok, value) in zip(batch, outcomes, strict=True):
+        by_loop.setdefault(future.get_loop(), []).append((future, ok, value))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, items)
+        except RuntimeError:
+            pass  # that loop is closed: nobody is waiting any more
+
+
+def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in items:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
