@@ -1,0 +1,1067 @@
+"""MIME part tree with exact byte offsets, and the IMAP views built on it.
+
+Pure code: bytes in, values out. :func:`parse` never raises, whatever the input; every part
+records offsets into the original message so ``BODY[1.2]`` returns the original octets rather
+than a re-serialisation (RFC 3501 / RFC 9051 section 6.4.5).
+
+Offsets of a :class:`Part` (all into the message bytes passed to :func:`parse`):
+
+- ``header_start .. header_end``: the header, *including* the blank line that ends it (when there
+  is one). This is what ``BODY[HEADER]`` / ``BODY[1.MIME]`` return.
+- ``body_start .. body_end``: the body; ``body_start == header_end`` always. For a part of a
+  multipart the CRLF before the next boundary belongs to the boundary (RFC 2046 section 5.1.1),
+  so it is not in the body.
+
+Section specs (:func:`section`) accept the text between the brackets of ``BODY[...]``, e.g.
+``'1.2.HEADER.FIELDS (FROM TO)'``, or a :class:`SectionSpec` from :func:`parse_section_spec`.
+"""
+
+from __future__ import annotations
+
+import binascii
+import html
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from urllib.parse import unquote_to_bytes
+
+from mailstead.proto.imap_sexpr import Unspaced
+from mailstead.store.interfaces import Envelope
+
+__all__ = [
+    "HeaderField",
+    "Part",
+    "SectionSpec",
+    "SectionSpecError",
+    "UnknownEncoding",
+    "binary_section",
+    "bodystructure",
+    "decoded_header",
+    "envelope",
+    "has_attachment",
+    "header_value",
+    "parse",
+    "parse_envelope_fields",
+    "parse_section_spec",
+    "section",
+    "text_for_search",
+]
+
+# Limits that keep hostile messages from exhausting the stack or memory. Deeper or further
+# parts are kept as opaque leaves, so their bytes are still reachable through their parent.
+MAX_DEPTH = 40
+MAX_PARTS = 10_000
+
+IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+KNOWN_ENCODINGS = IDENTITY_ENCODINGS | {"base64", "quoted-printable"}
+
+
+class UnknownEncoding(Exception):
+    """BINARY asked for a part whose Content-Transfer-Encoding we cannot undo (RFC 3516
+    ``[UNKNOWN-CTE]``)."""
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__(f"unknown Content-Transfer-Encoding {encoding!r}")
+        self.encoding = encoding
+
+
+class SectionSpecError(ValueError):
+    """The section text of BODY[...] / BINARY[...] is not valid RFC 3501 / RFC 9051 syntax."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Part tree
+
+
+@dataclass(eq=False, slots=True)
+class HeaderField:
+    name: str  # as written
+    value: str  # unfolded (line breaks removed), stripped; 8-bit decoded as UTF-8 or Latin-1
+    start: int  # offset of the field name
+    end: int  # offset after the field's last line ending
+
+
+@dataclass(eq=False)
+class Part:
+    header_start: int
+    header_end: int
+    body_start: int
+    body_end: int
+    fields: list[HeaderField] = field(default_factory=list)
+    # Content-Type as written (case kept, for BODYSTRUCTURE) and lower-cased (for logic).
+    raw_type: str = "TEXT"
+    raw_subtype: str = "PLAIN"
+    raw_params: list[tuple[str, str]] = field(default_factory=list)
+    params: dict[str, str] = field(default_factory=dict)  # lower-case names, RFC 2231 decoded
+    type_defaulted: bool = True  # no (valid) Content-Type header
+    raw_transfer_encoding: str = "7BIT"
+    raw_disposition: str | None = None
+    disposition_params: list[tuple[str, str]] = field(default_factory=list)
+    filename: str | None = None
+    lines: int = 0
+    children: list[Part] = field(default_factory=list)
+    encapsulated: Part | None = None
+
+    @property
+    def content_type(self) -> tuple[str, str]:
+        return self.raw_type.lower(), self.raw_subtype.lower()
+
+    @property
+    def mime_type(self) -> str:
+        return "{}/{}".format(*self.content_type)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(f.name, f.value) for f in self.fields]
+
+    @property
+    def size(self) -> int:
+        return self.body_end - self.body_start
+
+    @property
+    def is_multipart(self) -> bool:
+        return self.content_type[0] == "multipart"
+
+    @property
+    def transfer_encoding(self) -> str:
+        return self.raw_transfer_encoding.lower()
+
+    @property
+    def charset(self) -> str | None:
+        if "charset" in self.params:
+            return self.params["charset"]
+        return "us-ascii" if self.content_type[0] == "text" else None
+
+    @property
+    def disposition(self) -> str | None:
+        return self.raw_disposition.lower() if self.raw_disposition else None
+
+    def get(self, name: str) -> str | None:
+        """The first header field called ``name`` (case-insensitive), unfolded, or None."""
+        lname = name.lower()
+        for f in self.fields:
+            if f.name.lower() == lname:
+                return f.value
+        return None
+
+    def walk(self) -> Iterator[Part]:
+        """This part and every part below it, depth first, entering encapsulated messages."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+        if self.encapsulated is not None:
+            yield from self.encapsulated.walk()
+
+
+def parse(data: bytes) -> Part:
+    """Parse a whole message into its part tree. Never raises."""
+    budget = [MAX_PARTS]
+    return _parse_entity(data, 0, len(data), ("text", "plain"), 0, budget)
+
+
+# A header field starts with a name of printable ASCII other than ':' (RFC 5322 section 2.2),
+# optionally followed by white space (obsolete syntax, RFC 5322 section 4.5).
+_FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
+
+
+def _text(b: bytes) -> str:
+    """Header bytes to text: UTF-8 when valid (RFC 6532), else Latin-1 so nothing is lost."""
+    try:
+        s = b.decode("utf-8")
+    except UnicodeDecodeError:
+        s = b.decode("latin-1")
+    return s.replace("\x00", "")
+
+
+def _unfold(b: bytes) -> str:
+    return _text(b.replace(b"\r", b"").replace(b"\n", b"")).strip()
+
+
+def _parse_header(data: bytes, start: int, end: int) -> tuple[list[HeaderField], int]:
+    """Header fields in data[start:end] and the offset where the header ends.
+
+    The header is a run of field and continuation lines; a blank line ends it (and belongs to
+    it), as does the first line that is not a field (which then starts the body).
+    """
+    fields: list[HeaderField] = []
+    pos = start
+    name = ""
+    field_start = value_start = -1
+
+    def finish(at: int) -> None:
+        if field_start >= 0:
+            fields.append(HeaderField(name, _unfold(data[value_start:at]), field_start, at))
+
+    while pos < end:
+        nl = data.find(b"\n", pos, end)
+        line_end = end if nl < 0 else nl + 1
+        first = data[pos : pos + 1]
+        if first in (b"\n", b"\r") and data[pos:line_end].rstrip(b"\r\n") == b"":
+            finish(pos)
+            return fields, line_end
+        if first in (b" ", b"\t") and field_start >= 0:
+            pos = line_end  # continuation of the current field
+            continue
+        m = _FIELD_START.match(data, pos, line_end)
+        if m is None:
+            finish(pos)
+            return fields, pos
+        finish(pos)
+        field_start = pos
+        value_start = m.end()
+        name = data[pos : m.end() - 1].rstrip(b" \t").decode("ascii")
+        pos = line_end
+    finish(end)
+    return fields, end
+
+
+def _count_lines(data: bytes, start: int, end: int) -> int:
+    if start >= end:
+        return 0
+    n = data.count(b"\n", start, end)
+    return n if data[end - 1 : end] == b"\n" else n + 1
+
+
+def _parse_entity(
+    data: bytes,
+    start: int,
+    end: int,
+    default_type: tuple[str, str],
+    depth: int,
+    budget: list[int],
+) -> Part:
+    budget[0] -= 1
+    fields, header_end = _parse_header(data, start, end)
+    part = Part(start, header_end, header_end, end, fields)
+    _apply_content_headers(part, default_type)
+
+    if part.is_multipart:
+        boundary = part.params.get("boundary", "")
+        if boundary and depth < MAX_DEPTH and budget[0] > 0:
+            _split_multipart(data, part, boundary, depth, budget)
+        else:
+            # Unusable multipart: show it as the plain text it effectively is.
+            part.raw_type, part.raw_subtype, part.raw_params, part.params = "TEXT", "PLAIN", [], {}
+    if not part.is_multipart:
+        part.lines = _count_lines(data, part.body_start, part.body_end)
+    if (
+        _is_message(part)
+        and part.transfer_encoding in IDENTITY_ENCODINGS
+        and depth < MAX_DEPTH
+        and budget[0] > 0
+    ):
+        part.encapsulated = _parse_entity(
+            data, part.body_start, part.body_end, ("text", "plain"), depth + 1, budget
+        )
+    return part
+
+
+def _is_message(part: Part) -> bool:
+    # RFC 9051 treats message/global (RFC 6532) like message/rfc822.
+    return part.content_type in (("message", "rfc822"), ("message", "global"))
+
+
+def _split_multipart(data: bytes, part: Part, boundary: str, depth: int, budget: list[int]) -> None:
+    """Find the body parts between boundary delimiter lines (RFC 2046 section 5.1.1)."""
+    delimiter = re.compile(
+        rb"^--" + re.escape(boundary.encode("utf-8", "replace")) + rb"(--)?[ \t]*(?:\r?\n|\Z)",
+        re.MULTILINE,
+    )
+    child_default = ("message", "rfc822") if part.content_type[1] == "digest" else ("text", "plain")
+    content_start: int | None = None  # start of the body part being collected
+    for m in delimiter.finditer(data, part.body_start, part.body_end):
+        if content_start is not None:
+            if budget[0] <= 0:
+                break  # too many parts: the rest stays inside the last one
+            child_end = _before_line_end(data, m.start(), content_start)
+            part.children.append(
+                _parse_entity(data, content_start, child_end, child_default, depth + 1, budget)
+            )
+        content_start = None if m.group(1) else m.end()
+        if content_start is None:
+            break  # close delimiter: the rest is the epilogue
+    if content_start is not None:  # no close delimiter: the last part runs to the end
+        part.children.append(
+            _parse_entity(data, content_start, part.body_end, child_default, depth + 1, budget)
+        )
+    if not part.children:
+        # No delimiter at all. IMAP needs at least one body part, so expose the whole body
+        # as a single header-less text part.
+        whole = _parse_entity(
+            data, part.body_start, part.body_end, ("text", "plain"), MAX_DEPTH, budget
+        )
+        part.children.append(whole)
+
+
+def _before_line_end(data: bytes, pos: int, floor: int) -> int:
+    """Step back over the line ending that precedes a delimiter (it belongs to the delimiter)."""
+    if pos > floor and data[pos - 1 : pos] == b"\n":
+        pos -= 1
+        if pos > floor and data[pos - 1 : pos] == b"\r":
+            pos -= 1
+    return pos
+
+
+# ---------------------------------------------------------------------------------------------
+# Content-Type, Content-Disposition and their parameters (RFC 2045, RFC 2183, RFC 2231)
+
+_TSPECIALS = set('()<>@,;:\\"/[]?=')
+
+
+def _is_token(s: str) -> bool:
+    return bool(s) and all(" " < c < "\x7f" and c not in _TSPECIALS for c in s)
+
+
+def _skip_comment(s: str, i: int) -> int:
+    """Index after the (possibly nested) comment starting at s[i] == '('."""
+    depth = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return i
+
+
+def _parse_mime_value(value: str) -> tuple[str, list[tuple[str, str]]]:
+    """Split ``head; name=value; name="quoted value"`` leniently.
+
+    Comments are dropped, quoted strings unquoted; an unquoted value runs to the next ';' so
+    the common ``name=my file.pdf`` still works. Parameters without '=' are ignored.
+    """
+    n = len(value)
+    i = 0
+    head: list[str] = []
+    while i < n and value[i] != ";":
+        if value[i] == "(":
+            i = _skip_comment(value, i)
+            continue
+        head.append(value[i])
+        i += 1
+    params: list[tuple[str, str]] = []
+    while i < n:
+        i += 1  # the ';'
+        name: list[str] = []
+        while i < n and value[i] not in "=;":
+            if value[i] == "(":
+                i = _skip_comment(value, i)
+                continue
+            name.append(value[i])
+            i += 1
+        if i >= n or value[i] == ";":
+            continue
+        i += 1  # the '='
+        while i < n and value[i] in " \t":
+            i += 1
+        if i < n and value[i] == '"':
+            i += 1
+            chars: list[str] = []
+            while i < n and value[i] != '"':
+                if value[i] == "\\" and i + 1 < n:
+                    i += 1
+                chars.append(value[i])
+                i += 1
+            text = "".join(chars)
+            while i < n and value[i] != ";":
+                i += 1
+        else:
+            stop = value.find(";", i)
+            stop = n if stop < 0 else stop
+            text = re.sub(r"\s*\([^()]*\)\s*$", "", value[i:stop]).strip()
+            i = stop
+        key = "".join(name).strip()
+        if key:
+            params.append((key, text))
+    return "".join(head).strip(), params
+
+
+_SECTION_PARAM = re.compile(r"([^*]+)\*(?:(\d+)(\*)?)?")
+
+
+def _decode_charset(b: bytes, charset: str) -> str:
+    """Decode with a declared charset; unknown or unusable charsets fall back to UTF-8."""
+    name = charset.strip().strip('"').lower()
+    if name and name not in ("us-ascii", "ascii"):  # 8-bit "us-ascii" text is common
+        try:
+            return b.decode(name, "replace")
+        except Exception:  # unknown charset, or a codec that is not text->text
+            pass
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return b.decode("windows-1252", "replace")
+
+
+def _combine_params(raw: list[tuple[str, str]]) -> dict[str, str]:
+    """Lower-case names, RFC 2231 continuations and charset'lang'%XX values decoded."""
+    plain: dict[str, str] = {}
+    sections: dict[str, dict[int, tuple[str, bool]]] = {}
+    for name, value in raw:
+        lname = name.strip().lower()
+        m = _SECTION_PARAM.fullmatch(lname)
+        if m is None:
+            plain.setdefault(lname, value)
+            continue
+        base, index, star = m.groups()
+        if index is None:  # "name*": one encoded section
+            sections.setdefault(base, {}).setdefault(0, (value, True))
+        else:
+            sections.setdefault(base, {}).setdefault(int(index), (value, star is not None))
+    for base, parts in sections.items():
+        charset = ""
+        chunks: list[bytes] = []
+        for index in sorted(parts):
+            value, encoded = parts[index]
+            if encoded:
+                if index == sorted(parts)[0]:
+                    pieces = value.split("'", 2)
+                    if len(pieces) == 3:
+                        charset, _lang, value = pieces
+                chunks.append(unquote_to_bytes(value))
+            else:
+                chunks.append(value.encode("utf-8"))
+        plain[base] = _decode_charset(b"".join(chunks), charset or "utf-8")
+    return plain
+
+
+def _apply_content_headers(part: Part, default_type: tuple[str, str]) -> None:
+    ctype = part.get("Content-Type")
+    parsed = False
+    if ctype is not None:
+        head, params = _parse_mime_value(ctype)
+        head = "".join(head.split())
+        maintype, slash, subtype = head.partition("/")
+        if slash and _is_token(maintype) and _is_token(subtype):
+            part.raw_type, part.raw_subtype, part.raw_params = maintype, subtype, params
+            part.type_defaulted = False
+            parsed = True
+    if not parsed:  # RFC 2045 section 5.2 default (message/rfc822 in a digest, RFC 2046 5.1.5)
+        if default_type == ("message", "rfc822"):
+            part.raw_type, part.raw_subtype, part.raw_params = "MESSAGE", "RFC822", []
+        else:
+            part.raw_type, part.raw_subtype = "TEXT", "PLAIN"
+            part.raw_params = [("CHARSET", "US-ASCII")]
+    part.params = _combine_params(part.raw_params)
+
+    cte = part.get("Content-Transfer-Encoding")
+    if cte:
+        token = re.sub(r"\([^()]*\)", "", cte).strip()
+        if token:
+            part.raw_transfer_encoding = token.split()[0]
+
+    disposition = part.get("Content-Disposition")
+    filename: str | None = None
+    if disposition is not None:
+        head, params = _parse_mime_value(disposition)
+        if _is_token(head):
+            part.raw_disposition = head
+            part.disposition_params = params
+            filename = _combine_params(params).get("filename")
+    if filename is None:
+        filename = part.params.get("name")
+    part.filename = decoded_header(filename) if filename else None
+
+
+# ---------------------------------------------------------------------------------------------
+# RFC 2047 encoded words
+
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_BETWEEN_WORDS = re.compile(r"\s+")
+
+
+def _word_bytes(encoding: str, text: str) -> bytes | None:
+    if encoding in "bB":
+        clean = re.sub(r"[^A-Za-z0-9+/]", "", text)
+        clean = clean[: len(clean) - len(clean) % 4 if len(clean) % 4 == 1 else len(clean)]
+        try:
+            return binascii.a2b_base64(clean + "=" * (-len(clean) % 4))
+        except binascii.Error:
+            return None
+    try:
+        return binascii.a2b_qp(text.encode("ascii", "replace"), header=True)
+    except binascii.Error:
+        return None
+
+
+def decoded_header(value: str) -> str:
+    """Decode RFC 2047 encoded words into Unicode; leaves everything else as it is.
+
+    White space between two adjacent encoded words is dropped (RFC 2047 section 6.2), and
+    adjacent words in the same charset are decoded together so a character split across
+    two words survives.
+    """
+    value = value.replace("\r", "").replace("\n", "")
+    out: list[str] = []
+    pending: list[bytes] = []
+    pending_charset = ""
+    pos = 0
+    after_word = False  # the previous thing consumed was an encoded word
+
+    def flush() -> None:
+        if pending:
+            out.append(_decode_charset(b"".join(pending), pending_charset))
+            pending.clear()
+
+    for m in _ENCODED_WORD.finditer(value):
+        gap = value[pos : m.start()]
+        charset = m.group(1).split("*", 1)[0]  # RFC 2231 section 5: charset*language
+        raw = _word_bytes(m.group(2), m.group(3))
+        if raw is None:
+            continue
+        if gap and not (after_word and _BETWEEN_WORDS.fullmatch(gap)):
+            flush()
+            out.append(gap)
+        elif pending and charset.lower() != pending_charset.lower():
+            flush()
+        pending_charset = charset
+        pending.append(raw)
+        pos = m.end()
+        after_word = True
+    flush()
+    out.append(value[pos:])
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Addresses (RFC 5322 section 3.4), kept raw for ENVELOPE
+
+# One address for ENVELOPE: (name, adl, mailbox, host); group start is (None, None, name, None)
+# and group end (None, None, None, None) (RFC 3501 section 7.4.2).
+Address = tuple[str | None, str | None, str | None, str | None]
+
+_SPECIALS = '<>@,;:.[]"()\\'
+
+
+def _tokenize(value: str) -> list[tuple[str, str, bool]]:
+    """(kind, text, preceded_by_space) tokens: 'atom', 'qs', 'comment', 'dlit' or a special."""
+    tokens: list[tuple[str, str, bool]] = []
+    i, n = 0, len(value)
+    space = False
+    while i < n:
+        c = value[i]
+        if c in " \t\r\n":
+            space = True
+            i += 1
+            continue
+        if c == '"':
+            i += 1
+            chars: list[str] = []
+            while i < n and value[i] != '"':
+                if value[i] == "\\" and i + 1 < n:
+                    i += 1
+                chars.append(value[i])
+                i += 1
+            tokens.append(("qs", "".join(chars), space))
+            i += 1
+        elif c == "(":
+            end = _skip_comment(value, i)
+            tokens.append(("comment", value[i + 1 : end - 1].strip(), space))
+            i = end
+        elif c == "[":
+            end = value.find("]", i)
+            end = n if end < 0 else end + 1
+            tokens.append(("dlit", value[i:end], space))
+            i = end
+        elif c in _SPECIALS:
+            tokens.append((c, c, space))
+            i += 1
+        else:
+            j = i
+            while j < n and value[j] not in _SPECIALS and value[j] not in " \t\r\n":
+                j += 1
+            tokens.append(("atom", value[i:j], space))
+            i = j
+        space = False
+    return tokens
+
+
+def _phrase(tokens: list[tuple[str, str, bool]]) -> str | None:
+    words: list[str] = []
+    for kind, text, space in tokens:
+        if kind == "comment":
+            continue
+        if words and space:
+            words.append(" ")
+        words.append(text)
+    joined = "".join(words).strip()
+    return joined or None
+
+
+def _addr_spec(tokens: list[tuple[str, str, bool]]) -> tuple[str, str]:
+    """(mailbox, host) from addr-spec tokens; white space and comments ignored."""
+    local: list[str] = []
+    domain: list[str] = []
+    target = local
+    for kind, text, _space in tokens:
+        if kind == "comment":
+            continue
+        if kind == "@" and target is local:
+            target = domain
+            continue
+        if kind == "qs":
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        target.append(text)
+    return "".join(local), "".join(domain)
+
+
+def _mailbox(tokens: list[tuple[str, str, bool]]) -> Address | None:
+    """One mailbox: ``phrase <route:addr-spec>`` or ``addr-spec (comment)``."""
+    if not [t for t in tokens if t[0] != "comment"]:
+        return None
+    angle = next((i for i, t in enumerate(tokens) if t[0] == "<"), None)
+    if angle is not None:
+        name = _phrase(tokens[:angle])
+        inner = tokens[angle + 1 :]
+        close = next((i for i, t in enumerate(inner) if t[0] == ">"), len(inner))
+        inner = inner[:close]
+        adl: str | None = None
+        colon = next((i for i, t in enumerate(inner) if t[0] == ":"), None)
+        if colon is not None:  # obsolete source route, RFC 5322 section 4.4
+            adl = "".join(t[1] for t in inner[:colon] if t[0] != "comment") or None
+            inner = inner[colon + 1 :]
+        mailbox, host = _addr_spec(inner)
+        return (name, adl, mailbox, host)
+    comments = [t[1] for t in tokens if t[0] == "comment" and t[1]]
+    mailbox, host = _addr_spec(tokens)
+    if not host and "@" not in [t[0] for t in tokens]:
+        # Not an address at all ("To: friends of mine"): keep the words as the mailbox.
+        mailbox = _phrase(tokens) or mailbox
+    return (comments[0] if comments else None, None, mailbox, host)
+
+
+def parse_addresses(value: str) -> list[Address]:
+    """An address-list header value as ENVELOPE addresses. Lenient, never raises."""
+    result: list[Address] = []
+    current: list[tuple[str, str, bool]] = []
+    in_angle = False
+    in_group = False
+
+    def finish() -> None:
+        addr = _mailbox(current)
+        if addr is not None:
+            result.append(addr)
+        current.clear()
+
+    for token in _tokenize(value):
+        kind = token[0]
+        if in_angle:
+            current.append(token)
+            in_angle = kind != ">"
+        elif kind == "<":
+            current.append(token)
+            in_angle = True
+        elif kind == ",":
+            finish()
+        elif kind == ":" and not in_group:
+            result.append((None, None, _phrase(current) or "", None))
+            current.clear()
+            in_group = True
+        elif kind == ";" and in_group:
+            finish()
+            result.append((None, None, None, None))
+            in_group = False
+        else:
+            current.append(token)
+    finish()
+    if in_group:  # unterminated group
+        result.append((None, None, None, None))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# IMAP views: ENVELOPE, BODYSTRUCTURE
+
+
+def _address_field(part: Part, name: str) -> list[list[str | None]] | None:
+    value = part.get(name)
+    if not value:
+        return None
+    addresses = parse_addresses(value)
+    return [list(a) for a in addresses] or None
+
+
+def _message_envelope(part: Part) -> list[object]:
+    """RFC 3501 section 7.4.2 ENVELOPE of the message whose header is ``part``'s header."""
+    from_ = _address_field(part, "From")
+    sender = _address_field(part, "Sender") or from_
+    reply_to = _address_field(part, "Reply-To") or from_
+    date = part.get("Date")
+    return [
+        date or None,
+        part.get("Subject"),
+        from_,
+        sender,
+        reply_to,
+        _address_field(part, "To"),
+        _address_field(part, "Cc"),
+        _address_field(part, "Bcc"),
+        part.get("In-Reply-To") or None,
+        part.get("Message-ID") or None,
+    ]
+
+
+def envelope(data: bytes, root: Part | None = None) -> list[object]:
+    """The ENVELOPE of a message, ready for :func:`imap_sexpr.encode`. Values stay raw."""
+    return _message_envelope(root if root is not None else parse(data))
+
+
+def _params_list(params: list[tuple[str, str]]) -> list[str] | None:
+    flat = [s for pair in params for s in pair]
+    return flat or None
+
+
+def _extension(part: Part) -> list[object]:
+    """body-fld-dsp, body-fld-lang, body-fld-loc (RFC 3501 section 7.4.2)."""
+    disposition: list[object] | None = None
+    if part.raw_disposition is not None:
+        disposition = [part.raw_disposition, _params_list(part.disposition_params)]
+    language: object = None
+    lang_value = part.get("Content-Language")
+    if lang_value:
+        tags = [t.strip() for t in re.sub(r"\([^()]*\)", "", lang_value).split(",") if t.strip()]
+        language = tags[0] if len(tags) == 1 else (tags or None)
+    return [disposition, language, part.get("Content-Location") or None]
+
+
+def _body(part: Part, extended: bool) -> list[object]:
+    if part.is_multipart:
+        items: list[object] = [
+            Unspaced(_body(child, extended) for child in part.children),
+            part.raw_subtype,
+        ]
+        if extended:
+            items += [_params_list(part.raw_params), *_extension(part)]
+        return items
+
+    raw_type, raw_subtype = part.raw_type, part.raw_subtype
+    if _is_message(part) and part.encapsulated is None:
+        # An encoded message/rfc822 cannot be parsed in place; describe it as opaque data.
+        raw_type, raw_subtype = "APPLICATION", "OCTET-STREAM"
+    params = list(part.raw_params)
+    if part.content_type[0] == "text" and "charset" not in part.params:
+        params.append(("CHARSET", "US-ASCII"))  # RFC 2045 section 5.2 default
+    items = [
+        raw_type,
+        raw_subtype,
+        _params_list(params),
+        part.get("Content-ID") or None,
+        part.get("Content-Description") or None,
+        part.raw_transfer_encoding,
+        part.size,
+    ]
+    if part.encapsulated is not None and _is_message(part):
+        inner = part.encapsulated
+        items += [_message_envelope(inner), _body(inner, extended), part.lines]
+    elif raw_type.lower() == "text":
+        items.append(part.lines)
+    if extended:
+        items += [part.get("Content-MD5") or None, *_extension(part)]
+    return items
+
+
+def bodystructure(data: bytes, root: Part | None = None, extended: bool = True) -> list[object]:
+    """BODYSTRUCTURE (``extended``) or BODY of a message, ready for :func:`imap_sexpr.encode`.
+
+    Content types, parameters and encodings are reported as written in the message; the RFC
+    2045 defaults ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") ... "7BIT") fill what is missing.
+    """
+    return _body(root if root is not None else parse(data), extended)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections: BODY[...] and BINARY[...]
+
+_SECTION_TEXTS = ("HEADER.FIELDS.NOT", "HEADER.FIELDS", "HEADER", "TEXT", "MIME")
+_PART_NUMBERS = re.compile(r"[1-9][0-9]*(?:\.[1-9][0-9]*)*")
+_ATOM_CHARS = re.compile(r"[^(){ \x00-\x1f\x7f%*\"\\\]]+")
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class SectionSpec:
+    """A parsed section: part path, then '' / HEADER / TEXT / MIME / HEADER.FIELDS[.NOT]."""
+
+    part: tuple[int, ...] = ()
+    text: str = ""
+    fields: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        """The canonical form to echo back in the FETCH response, e.g. '1.HEADER.FIELDS (TO)'."""
+        out = ".".join(str(n) for n in self.part)
+        if self.text:
+            out += ("." if out else "") + self.text
+        if self.text.startswith("HEADER.FIELDS"):
+            names = [f if _ATOM_CHARS.fullmatch(f) else _quote(f) for f in self.fields]
+            out += " (" + " ".join(names) + ")"
+        return out
+
+
+def _parse_field_names(text: str) -> tuple[str, ...]:
+    """The ``(name name "name")`` list after HEADER.FIELDS: atoms or quoted strings."""
+    text = text.strip()
+    if not (text.startswith("(") and text.endswith(")")):
+        raise SectionSpecError("HEADER.FIELDS needs a parenthesised list of field names")
+    names: list[str] = []
+    inner = text[1:-1]
+    i, n = 0, len(inner)
+    while i < n:
+        if inner[i] == " ":
+            i += 1
+            continue
+        if inner[i] == '"':
+            i += 1
+            chars: list[str] = []
+            while i < n and inner[i] != '"':
+                if inner[i] == "\\" and i + 1 < n:
+                    i += 1
+                chars.append(inner[i])
+                i += 1
+            if i >= n:
+                raise SectionSpecError("unterminated quoted field name")
+            i += 1
+            names.append("".join(chars))
+        else:
+            m = _ATOM_CHARS.match(inner, i)
+            if m is None:
+                raise SectionSpecError(f"bad character in field name list: {inner[i]!r}")
+            names.append(m.group())
+            i = m.end()
+    if not names:
+        raise SectionSpecError("HEADER.FIELDS needs at least one field name")
+    return tuple(names)
+
+
+def parse_section_spec(text: str) -> SectionSpec:
+    """Parse the text between the brackets of BODY[...] (RFC 3501 / RFC 9051 ``section``).
+
+    Raises :class:`SectionSpecError` on bad syntax (the IMAP side answers BAD).
+    """
+    rest = text
+    numbers: tuple[int, ...] = ()
+    m = _PART_NUMBERS.match(rest)
+    if m is not None and (m.end() == len(rest) or rest[m.end()] == "."):
+        numbers = tuple(int(n) for n in m.group().split("."))
+        rest = rest[m.end() + 1 :] if m.end() < len(rest) else ""
+        if not rest and m.end() < len(text):
+            raise SectionSpecError("section ends with '.'")
+    if not rest:
+        return SectionSpec(numbers)
+    upper = rest.upper()
+    for name in _SECTION_TEXTS:
+        if upper.startswith(name):
+            after = rest[len(name) :]
+            break
+    else:
+        raise SectionSpecError(f"unknown section text {rest!r}")
+    if name == "MIME" and not numbers:
+        raise SectionSpecError("MIME needs a part number")
+    if name.startswith("HEADER.FIELDS"):
+        if not after.startswith(" "):
+            raise SectionSpecError(f"{name} needs a field list")
+        return SectionSpec(numbers, name, _parse_field_names(after[1:]))
+    if after:
+        raise SectionSpecError(f"unexpected {after!r} after {name}")
+    return SectionSpec(numbers, name)
+
+
+def find_part(root: Part, numbers: tuple[int, ...]) -> Part | None:
+    """The part a path like (1, 2) names (RFC 3501 section 6.4.5), or None.
+
+    Entering a message/rfc822 part continues in its encapsulated message; a non-multipart
+    message has exactly one part, numbered 1, which is the message itself.
+    """
+    current = root
+    for n in numbers:
+        if current.encapsulated is not None:
+            current = current.encapsulated
+        if current.is_multipart:
+            if n > len(current.children):
+                return None
+            current = current.children[n - 1]
+        elif n != 1:
+            return None
+    return current
+
+
+def _header_fields(data: bytes, message: Part, names: tuple[str, ...], keep: bool) -> bytes:
+    wanted = {n.lower() for n in names}
+    out: list[bytes] = []
+    for f in message.fields:
+        if (f.name.lower() in wanted) == keep:
+            raw = data[f.start : f.end]
+            out.append(raw if raw.endswith(b"\n") else raw + b"\r\n")
+    out.append(b"\r\n")  # the result ends with the blank line
+    return b"".join(out)
+
+
+def section(data: bytes, root: Part, spec: str | SectionSpec) -> bytes | None:
+    """The octets of BODY[spec], or None when the part does not exist.
+
+    ``spec`` is the text between the brackets (see :func:`parse_section_spec`, which may raise
+    :class:`SectionSpecError`) or an already parsed :class:`SectionSpec`. HEADER, TEXT and
+    HEADER.FIELDS after a part number need that part to be message/rfc822, else None.
+    """
+    if isinstance(spec, str):
+        spec = parse_section_spec(spec)
+    part = find_part(root, spec.part)
+    if part is None:
+        return None
+    if spec.text == "":
+        return data if not spec.part else data[part.body_start : part.body_end]
+    if spec.text == "MIME":
+        return data[part.header_start : part.header_end]
+    message = root if not spec.part else part.encapsulated
+    if message is None:
+        return None
+    if spec.text == "HEADER":
+        return data[message.header_start : message.header_end]
+    if spec.text == "TEXT":
+        return data[message.body_start : message.body_end]
+    return _header_fields(data, message, spec.fields, keep=spec.text == "HEADER.FIELDS")
+
+
+def _base64_decode(b: bytes) -> bytes:
+    clean = re.sub(rb"[^A-Za-z0-9+/]", b"", b)
+    if len(clean) % 4 == 1:  # a lone trailing sextet carries no whole octet
+        clean = clean[:-1]
+    return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
+
+
+def decode_transfer_encoding(body: bytes, encoding: str) -> bytes:
+    """Undo a Content-Transfer-Encoding (RFC 2045 section 6). Raises UnknownEncoding."""
+    encoding = encoding.lower()
+    if encoding in IDENTITY_ENCODINGS or not encoding:
+        return body
+    if encoding == "base64":
+        return _base64_decode(body)
+    if encoding == "quoted-printable":
+        return binascii.a2b_qp(body)
+    raise UnknownEncoding(encoding)
+
+
+def binary_section(data: bytes, root: Part, part_spec: str) -> bytes | None:
+    """The decoded content of BINARY[part_spec] (RFC 3516), or None if there is no such part.
+
+    ``part_spec`` is a part path like "1.2" ("" means the whole message, returned as is).
+    Raises :class:`SectionSpecError` on bad syntax, :class:`UnknownEncoding` for an unknown
+    Content-Transfer-Encoding.
+    """
+    if part_spec == "":
+        return data
+    if not _PART_NUMBERS.fullmatch(part_spec):
+        raise SectionSpecError(f"bad BINARY part specifier {part_spec!r}")
+    part = find_part(root, tuple(int(n) for n in part_spec.split(".")))
+    if part is None:
+        return None
+    body = data[part.body_start : part.body_end]
+    if part.is_multipart:
+        return body
+    return decode_transfer_encoding(body, part.transfer_encoding)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for delivery, SEARCH and flags
+
+
+def header_value(data: bytes, root: Part, name: str) -> str | None:
+    """The first ``name`` field of the message header, unfolded and raw, or None."""
+    return root.get(name)
+
+
+_SCRIPT_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _html_to_text(text: str) -> str:
+    text = _SCRIPT_STYLE.sub(" ", text)
+    return html.unescape(_TAG.sub(" ", text))
+
+
+def text_for_search(data: bytes, root: Part | None = None) -> str:
+    """The decoded text of every text/* part, for SEARCH BODY / TEXT (RFC 3501 6.4.4)."""
+    if root is None:
+        root = parse(data)
+    chunks: list[str] = []
+    for part in root.walk():
+        if part.is_multipart or part.content_type[0] != "text":
+            continue
+        body = data[part.body_start : part.body_end]
+        try:
+            body = decode_transfer_encoding(body, part.transfer_encoding)
+        except (UnknownEncoding, binascii.Error):
+            pass
+        text = _decode_charset(body, part.charset or "utf-8")
+        if part.content_type[1] == "html":
+            text = _html_to_text(text)
+        chunks.append(text)
+    return "\n".join(chunks)
+
+
+def _display_addresses(value: str | None) -> str:
+    """An address list in readable form: 'Alice <alice@example.test>, bob@example.test'."""
+    if not value:
+        return ""
+    out: list[str] = []
+    for name, _adl, mailbox, host in parse_addresses(value):
+        if mailbox is None:
+            continue
+        if host is None:  # group start: the group's name
+            out.append(decoded_header(mailbox) + ":")
+            continue
+        addr = f"{mailbox}@{host}" if host else mailbox
+        if name:
+            display = decoded_header(name)
+            if any(c in display for c in ',;:<>@"'):  # keep the list splittable
+                display = _quote(display)
+            out.append(f"{display} <{addr}>")
+        else:
+            out.append(addr)
+    return ", ".join(out).replace(":, ", ": ")
+
+
+def parse_envelope_fields(data: bytes) -> Envelope:
+    """The store's envelope columns, parsed once at delivery / APPEND time."""
+    root = parse(data)
+    date: datetime | None = None
+    raw_date = root.get("Date")
+    if raw_date:
+        try:
+            date = parsedate_to_datetime(raw_date)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            date = None
+        if date is not None and date.tzinfo is None:  # "-0000": UTC, zone unknown (RFC 5322)
+            date = date.replace(tzinfo=UTC)
+    return Envelope(
+        subject=decoded_header(root.get("Subject") or ""),
+        from_=_display_addresses(root.get("From")),
+        to=_display_addresses(root.get("To")),
+        cc=_display_addresses(root.get("Cc")),
+        date=date,
+        message_id=root.get("Message-ID") or "",
+        in_reply_to=root.get("In-Reply-To") or "",
+    )
+
+
+def has_attachment(root: Part) -> bool:
+    """True when some part is an attachment: disposition "attachment" or a named non-text part."""
+    for part in root.walk():
+        if part.is_multipart or part is root:
+            continue
+        if part.disposition == "attachment":
+            return True
+        if part.filename and part.content_type[0] not in ("text", "multipart"):
+            return True
+    return False
+
