@@ -1,0 +1,259 @@
+"""DMTP, the MailService seed's line protocol for handing a message to a transfer server.
+
+A netcat user types::
+
+    S: ok DMTP2.0
+    C: begin                      S: ok
+    C: from alice@example.test    S: ok
+    C: to bob@example.test,c@x.y  S: ok 2
+    C: subject hello              S: ok
+    C: data one line of text      S: ok
+    C: hash <base64 HMAC>         S: ok
+    C: send                       S: ok
+    C: quit                       S: ok bye
+
+Every problem is answered ``error <reason>`` and the session goes on. ``hash`` is the base64
+HMAC-SHA256, with a secret shared by sites and clients, of from, to (comma-joined), subject
+and data joined by newlines (the seed's ``Email.calculateEmailHash``).
+
+Pure code: recipients are checked and messages sent through a ``DmtpBackend``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+from typing import Protocol
+
+from mailstead.core.addresses import parse_address
+from mailstead.core.errors import InvalidInput
+
+GREETING = "ok DMTP2.0"
+# The whole message travels on the "data" line; this bounds one line (the listener's stream
+# buffer is 256 KiB).
+MAX_LINE = 200 * 1024
+
+HASH_HEADER = "X-DMTP-Hash"
+INTEGRITY_HEADER = "X-DMTP-Integrity"
+INTEGRITY_KEYWORD = "$IntegrityFailed"
+
+
+@dataclass
+class DmtpMessage:
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+    subject: str = ""
+    data: str = ""
+    hash: str | None = None
+
+
+class DmtpRefused(Exception):
+    """Becomes ``error <reason>``."""
+
+
+class DmtpBackend(Protocol):
+    async def check_recipient(self, address: str) -> None:
+        """Raises DmtpRefused (e.g. "unknown recipient x@y") when mail cannot go there."""
+        ...
+
+    async def send(self, message: DmtpMessage) -> None:
+        """Delivers or queues the message. Raises DmtpRefused."""
+        ...
+
+
+# -- integrity hash ------------------------------------------------------------------------
+
+
+def hash_input(sender: str, recipients: Sequence[str], subject: str, data: str) -> bytes:
+    return "\n".join([sender, ",".join(recipients), subject, data]).encode("utf-8")
+
+
+def compute_hash(secret: str, sender: str, recipients: Sequence[str], subject: str,
+                 data: str) -> str:
+    digest = hmac.new(
+        secret.encode("utf-8"), hash_input(sender, recipients, subject, data), hashlib.sha256
+    ).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def hash_verifies(secret: str, message: DmtpMessage) -> bool:
+    """True when the message carries the right HMAC; a missing hash never verifies."""
+    if not message.hash:
+        return False
+    expected = compute_hash(secret, message.sender, message.recipients, message.subject,
+                            message.data)
+    return hmac.compare_digest(expected.encode("ascii"), message.hash.strip().encode("utf-8"))
+
+
+# -- conversion to an Internet message -----------------------------------------------------
+
+
+def _header_safe(text: str) -> str:
+    # Lines arrive split on LF; a stray CR must not become a header line break.
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def to_rfc5322(
+    message: DmtpMessage,
+    *,
+    date: datetime,
+    message_id: str,
+    integrity_failed: bool,
+) -> bytes:
+    """The RFC 5322 message (CRLF line ends) that DMTP ``send`` stores or relays."""
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = _header_safe(message.sender)
+    msg["To"] = ", ".join(_header_safe(r) for r in message.recipients)
+    msg["Subject"] = _header_safe(message.subject)
+    msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = message_id
+    if message.hash:
+        msg[HASH_HEADER] = _header_safe(message.hash.strip())
+    if integrity_failed:
+        msg[INTEGRITY_HEADER] = "fail"
+    msg.set_content(message.data + "\n")
+    return msg.as_bytes()
+
+
+# -- session -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    text: str
+    close: bool = False
+
+    @property
+    def wire(self) -> bytes:
+        return self.text.encode("utf-8") + b"\r\n"
+
+
+class DmtpSession:
+    """Feed each line to ``receive``; send ``Reply.wire``; close when ``Reply.close``."""
+
+    def __init__(self, backend: DmtpBackend, *, max_errors: int) -> None:
+        self.backend = backend
+        # Mistakes are forgiven (netcat users type), but a stream of nothing else ends it.
+        self.max_errors = max_errors
+        self.errors_in_a_row = 0
+        self.message: DmtpMessage | None = None
+
+    def greeting(self) -> bytes:
+        return Reply(GREETING).wire
+
+    def error(self, reason: str) -> Reply:
+        self.errors_in_a_row += 1
+        if self.errors_in_a_row >= self.max_errors:
+            return Reply(f"error {reason}\r\nerror too many errors, closing connection",
+                         close=True)
+        return Reply(f"error {reason}")
+
+    def line_too_long(self) -> Reply:
+        return self.error("line too long")
+
+    async def receive(self, raw: bytes) -> Reply:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        command, _, argument = line.partition(" ")
+        handler = self._COMMANDS.get(command.lower())
+        if handler is None:
+            return self.error("unknown command" if command else "empty line")
+        if command.lower() not in ("begin", "quit") and self.message is None:
+            return self.error("begin first")
+        reply = await handler(self, argument)
+        if not reply.text.startswith("error"):
+            self.errors_in_a_row = 0
+        return reply
+
+    async def _begin(self, argument: str) -> Reply:
+        self.message = DmtpMessage()
+        return Reply("ok")
+
+    async def _from(self, argument: str) -> Reply:
+        assert self.message is not None
+        try:
+            self.message.sender = str(parse_address(argument.strip()))
+        except InvalidInput:
+            return self.error("invalid address")
+        return Reply("ok")
+
+    async def _to(self, argument: str) -> Reply:
+        assert self.message is not None
+        recipients: list[str] = []
+        for item in argument.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                address = str(parse_address(item))
+            except InvalidInput:
+                return self.error(f"invalid address {item}")
+            try:
+                await self.backend.check_recipient(address)
+            except DmtpRefused as refusal:
+                return self.error(str(refusal))
+            if address not in recipients:
+                recipients.append(address)
+        if not recipients:
+            return self.error("recipients expected")
+        self.message.recipients = recipients
+        return Reply(f"ok {len(recipients)}")
+
+    async def _subject(self, argument: str) -> Reply:
+        assert self.message is not None
+        if not argument.strip():
+            return self.error("subject expected")
+        self.message.subject = argument
+        return Reply("ok")
+
+    async def _data(self, argument: str) -> Reply:
+        assert self.message is not None
+        if not argument.strip():
+            return self.error("data expected")
+        self.message.data = argument
+        return Reply("ok")
+
+    async def _hash(self, argument: str) -> Reply:
+        assert self.message is not None
+        if not argument.strip():
+            return self.error("hash expected")
+        self.message.hash = argument.strip()
+        return Reply("ok")
+
+    async def _send(self, argument: str) -> Reply:
+        message = self.message
+        assert message is not None
+        for missing, name in (
+            (not message.sender, "from"),
+            (not message.recipients, "to"),
+            (not message.subject, "subject"),
+            (not message.data, "data"),
+        ):
+            if missing:
+                return self.error(f"no {name}")
+        try:
+            await self.backend.send(message)
+        except DmtpRefused as refusal:
+            return self.error(str(refusal))
+        self.message = None  # the next message starts with a new "begin"
+        return Reply("ok")
+
+    async def _quit(self, argument: str) -> Reply:
+        return Reply("ok bye", close=True)
+
+    _COMMANDS = {
+        "begin": _begin,
+        "from": _from,
+        "to": _to,
+        "subject": _subject,
+        "data": _data,
+        "hash": _hash,
+        "send": _send,
+        "quit": _quit,
+    }
