@@ -375,7 +375,10 @@ def get_domain(db: Db, name: str) -> Domain | None:
 
 
 def list_domains(db: Db) -> list[Domain]:
-    return [_domain(r) for r in db.rows(f"SELECT {DOMAIN_COLS} FROM domains ORDER BY name")]
+    # Sorted here, not by ORDER BY: PostgreSQL collations would order names differently.
+    return sorted(
+        (_domain(r) for r in db.rows(f"SELECT {DOMAIN_COLS} FROM domains")), key=lambda d: d.name
+    )
 
 
 def _domain_id(db: Db, name: str) -> int:
@@ -435,12 +438,10 @@ def get_account_by_id(db: Db, account_id: int) -> Account | None:
 
 def list_accounts(db: Db, domain: str | None) -> list[Account]:
     if domain is None:
-        rows = db.rows(f"SELECT {ACCOUNT_COLS} ORDER BY a.address")
+        rows = db.rows(f"SELECT {ACCOUNT_COLS}")
     else:
-        rows = db.rows(
-            f"SELECT {ACCOUNT_COLS} WHERE d.name = ? ORDER BY a.address", (domain.lower(),)
-        )
-    return [_account(r) for r in rows]
+        rows = db.rows(f"SELECT {ACCOUNT_COLS} WHERE d.name = ?", (domain.lower(),))
+    return sorted((_account(r) for r in rows), key=lambda a: a.address)
 
 
 def _account_id(db: Db, address: str) -> int:
@@ -523,8 +524,7 @@ def list_aliases(db: Db, domain: str | None) -> list[Alias]:
     if domain is not None:
         sql += " JOIN domains d ON d.id = a.domain_id WHERE d.name = ?"
         params = (domain.lower(),)
-    rows = db.rows(sql + " ORDER BY a.source, a.destination", params)
-    return [Alias(source=r[0], destination=r[1]) for r in rows]
+    return [Alias(source=s, destination=d) for s, d in sorted(db.rows(sql, params))]
 
 
 def alias_destinations(db: Db, source: str) -> list[str]:
@@ -539,10 +539,8 @@ def alias_destinations(db: Db, source: str) -> list[str]:
 
 
 def list_mailboxes(db: Db, account_id: int) -> list[Mailbox]:
-    rows = db.rows(
-        f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE account_id = ? ORDER BY name", (account_id,)
-    )
-    return [_mailbox(r) for r in rows]
+    rows = db.rows(f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE account_id = ?", (account_id,))
+    return sorted((_mailbox(r) for r in rows), key=lambda m: m.name)
 
 
 def get_mailbox(db: Db, account_id: int, name: str) -> Mailbox | None:

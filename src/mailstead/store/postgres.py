@@ -1,0 +1,208 @@
+"""PostgreSQL metadata store: several mailstead nodes sharing one database.
+
+The operations of ``sql.py`` run unchanged in threads over a psycopg 3 connection pool, one
+transaction per call (PostgreSQL's synchronous_commit makes COMMIT durable before it returns).
+Tables live in the configured schema (created if missing). Concurrent writers to one mailbox queue
+on its row lock; the outbound queue is claimed with ``FOR UPDATE SKIP LOCKED``.
+
+Change feed across nodes: a commit that touched mailboxes also NOTIFYs ``mailstead_changes`` with
+the mailbox ids (delivered by PostgreSQL only if the transaction commits), and a listener task
+relays other nodes' notifications into the local ChangeBus, so IDLE on one node hears a delivery
+made on another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors, sql
+from psycopg_pool import ConnectionPool
+
+from mailstead.core.errors import Conflict, NotFound
+from mailstead.obs import log_event
+from mailstead.store.changes import ChangeBus
+from mailstead.store.sql import Db, Row, SqlStore, apply_migrations
+
+T = TypeVar("T")
+
+POOL_SIZE = 8
+CHANNEL = "mailstead_changes"
+IDS_PER_NOTIFY = 500  # keeps each payload far below PostgreSQL's 8000-byte limit
+RETRIES = 3  # a deadlock or serialization failure rolls back whole: safe to run again
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+@lru_cache(maxsize=1024)
+def _placeholders(query: str) -> str:
+    """``?`` placeholders -> psycopg's ``%s`` (and literal ``%`` escaped)."""
+    return query.replace("%", "%%").replace("?", "%s")
+
+
+class PgDb(Db):
+    dialect = "postgresql"
+    for_update = " FOR UPDATE"
+
+    def __init__(self, cur: psycopg.Cursor[Row]) -> None:
+        super().__init__()
+        self.cur = cur
+
+    def rows(self, query: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.run(query, params)
+        return self.cur.fetchall() if self.cur.description else []
+
+    def run(self, query: str, params: Sequence[Any] = ()) -> int:
+        try:
+            self.cur.execute(_placeholders(query), params)
+        except errors.UniqueViolation as exc:
+            raise Conflict(str(exc)) from exc
+        except errors.ForeignKeyViolation as exc:
+            raise NotFound(str(exc)) from exc
+        return self.cur.rowcount
+
+    def run_many(self, query: str, params: Iterable[Sequence[Any]]) -> None:
+        batch = list(params)
+        if not batch:
+            return
+        try:
+            self.cur.executemany(_placeholders(query), batch)
+        except errors.UniqueViolation as exc:
+            raise Conflict(str(exc)) from exc
+        except errors.ForeignKeyViolation as exc:
+            raise NotFound(str(exc)) from exc
+
+
+class PostgresStore(SqlStore):
+    backend = "postgresql"
+
+    def __init__(self, url: str, changes: ChangeBus, schema: str = "public") -> None:
+        super().__init__(changes)
+        self.url = url
+        self.schema = schema
+        self.node = secrets.token_hex(8)  # tells our own notifications from other nodes'
+        self._pool: ConnectionPool[Conn] | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    # -- lifecycle --
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        pool: ConnectionPool[Conn] = ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=POOL_SIZE,
+            open=False,
+            configure=self._configure,
+            name=f"mailstead-{self.schema}",
+        )
+        await asyncio.to_thread(pool.open, wait=True, timeout=15)
+        try:
+            await asyncio.to_thread(self._migrate, pool)
+        except BaseException:
+            await asyncio.to_thread(pool.close)
+            raise
+        self._pool = pool
+        self._threads = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="pg")
+        listening = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(listening))
+        # Wait until LISTEN is in place: a change made elsewhere after open() returns is heard.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(listening.wait(), 10)
+
+    def _configure(self, conn: Conn) -> None:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+        conn.commit()
+
+    def _migrate(self, pool: ConnectionPool[Conn]) -> None:
+        with pool.connection() as conn, conn.transaction():
+            # One node migrates at a time; the others wait here, then find nothing to do.
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"mailstead:{self.schema}",)
+            )
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+            )
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(self.schema)))
+            apply_migrations(PgDb(conn.cursor()))
+
+    async def close(self) -> None:
+        pool, threads, listener = self._pool, self._threads, self._listener
+        self._pool = self._threads = self._listener = None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(BaseException):
+                await listener
+        if threads is not None:
+            threads.shutdown(wait=True)
+        if pool is not None:
+            await asyncio.to_thread(pool.close)
+
+    # -- runners --
+
+    async def _run_read(self, op: Callable[[Db], T]) -> T:
+        value, _touched = await self._in_thread(op)
+        return value
+
+    async def _run_write(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
+        return await self._in_thread(op)
+
+    async def _in_thread(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
+        if self._threads is None:
+            raise RuntimeError("store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, self._transaction, op)
+
+    def _transaction(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("store is not open")
+        for attempt in range(RETRIES):
+            try:
+                with pool.connection() as conn, conn.transaction():
+                    db = PgDb(conn.cursor())
+                    value = op(db)
+                    self._notify(db)
+                return value, db.touched
+            except (errors.DeadlockDetected, errors.SerializationFailure):
+                if attempt == RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _notify(self, db: PgDb) -> None:
+        """Queues the change notification in the transaction: sent only if it commits."""
+        ids = sorted(db.touched)
+        for start in range(0, len(ids), IDS_PER_NOTIFY):
+            chunk = " ".join(str(i) for i in ids[start : start + IDS_PER_NOTIFY])
+            db.cur.execute(
+                "SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.schema} {self.node} {chunk}")
+            )
+
+    # -- change feed from other nodes --
+
+    async def _listen(self, listening: asyncio.Event) -> None:
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    listening.set()
+                    async for note in conn.notifies():
+                        self._relay(note.payload)
+            except psycopg.Error as exc:
+                log_event("store.listen_failed", error=str(exc))
+                await asyncio.sleep(1)
+
+    def _relay(self, payload: str) -> None:
+        schema, _, rest = payload.partition(" ")
+        node, _, ids = rest.partition(" ")
+        if schema != self.schema or node == self.node:
+            return  # another site, or our own change (published locally already)
+        self.changes.publish(int(i) for i in ids.split())

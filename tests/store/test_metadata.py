@@ -1,0 +1,610 @@
+"""The MetadataStore contract, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mailstead.core.errors import Conflict, NotFound, QuotaExceeded
+from mailstead.store.interfaces import (
+    DEFAULT_MAILBOXES,
+    Account,
+    Delivery,
+    Envelope,
+    Mailbox,
+    MessageMeta,
+    MetadataStore,
+    NewMessage,
+    QueueEntry,
+    QueueRecipient,
+    SystemFlag,
+)
+
+WHEN = datetime(2024, 5, 17, 9, 30, 15, tzinfo=UTC)
+
+
+def blob(n: int) -> str:
+    return hashlib.sha256(f"message {n}".encode()).hexdigest()
+
+
+def new_message(n: int = 1, size: int = 100, flags: int = 0, **kw: object) -> NewMessage:
+    return NewMessage(blob_id=blob(n), size=size, internal_date=WHEN, flags=flags, **kw)  # type: ignore[arg-type]
+
+
+async def make_account(
+    store: MetadataStore,
+    address: str = "alice@example.test",
+    quota_bytes: int = 0,
+    quota_messages: int = 0,
+) -> Account:
+    domain = address.rpartition("@")[2]
+    if await store.get_domain(domain) is None:
+        await store.add_domain(domain)
+    return await store.add_account(
+        address, "hash", quota_bytes=quota_bytes, quota_messages=quota_messages
+    )
+
+
+async def inbox(store: MetadataStore, account: Account, name: str = "INBOX") -> Mailbox:
+    box = await store.get_mailbox(account.id, name)
+    assert box is not None
+    return box
+
+
+async def deliver(store: MetadataStore, box: Mailbox, n: int = 1, **kw: object) -> MessageMeta:
+    [meta] = await store.store_message([Delivery(box.id, new_message(n, **kw))])  # type: ignore[arg-type]
+    return meta
+
+
+def queue_entry(qid: str = "Q1", n: int = 9, **kw: object) -> QueueEntry:
+    fields: dict[str, object] = {
+        "id": qid,
+        "sender": "alice@example.test",
+        "recipients": [QueueRecipient("bob@remote.example", notify="FAILURE", orcpt="rfc822;bob")],
+        "blob_id": blob(n),
+        "size": 120,
+        "created": WHEN,
+        "next_attempt": WHEN,
+    }
+    return QueueEntry(**(fields | kw))  # type: ignore[arg-type]
+
+
+# -- domains -----------------------------------------------------------------------------------
+
+
+async def test_domains(store: MetadataStore) -> None:
+    d = await store.add_domain("Example.TEST")
+    assert d.name == "example.test"
+    assert d.created.tzinfo is not None
+    await store.add_domain("b.example")
+    assert await store.get_domain("EXAMPLE.test") == d
+    assert await store.get_domain("nope.example") is None
+    assert [x.name for x in await store.list_domains()] == ["b.example", "example.test"]
+    with pytest.raises(Conflict):
+        await store.add_domain("example.test")
+    await store.remove_domain("b.example")
+    assert [x.name for x in await store.list_domains()] == ["example.test"]
+    with pytest.raises(NotFound):
+        await store.remove_domain("b.example")
+
+
+async def test_remove_domain_refused_while_used(store: MetadataStore) -> None:
+    await make_account(store, "alice@example.test")
+    with pytest.raises(Conflict):
+        await store.remove_domain("example.test")
+    await store.add_domain("alias.example")
+    await store.add_alias("info@alias.example", "alice@example.test")
+    with pytest.raises(Conflict):
+        await store.remove_domain("alias.example")
+    await store.remove_alias("info@alias.example")
+    await store.remove_domain("alias.example")
+
+
+# -- accounts ----------------------------------------------------------------------------------
+
+
+async def test_account_gets_default_mailboxes(store: MetadataStore) -> None:
+    a = await make_account(store, "Alice@Example.test", quota_bytes=1000, quota_messages=5)
+    assert (a.address, a.domain, a.quota_bytes, a.quota_messages) == (
+        "alice@example.test",
+        "example.test",
+        1000,
+        5,
+    )
+    assert a.is_admin is False
+    boxes = {m.name: m for m in await store.list_mailboxes(a.id)}
+    assert {name: boxes[name].special_use for name, _ in DEFAULT_MAILBOXES} == dict(
+        DEFAULT_MAILBOXES
+    )
+    assert len({m.uidvalidity for m in boxes.values()}) == len(boxes)
+    assert all(m.uidnext == 1 and m.subscribed for m in boxes.values())
+    assert await store.get_account("ALICE@example.test") == a
+    assert await store.get_account_by_id(a.id) == a
+    assert await store.get_account_by_id(a.id + 100) is None
+
+
+async def test_account_errors(store: MetadataStore) -> None:
+    await make_account(store)
+    with pytest.raises(Conflict):
+        await store.add_account("ALICE@example.test", "h")
+    with pytest.raises(NotFound):
+        await store.add_account("carol@unknown.example", "h")
+    for call in (
+        store.set_password("nobody@example.test", "h"),
+        store.set_quota("nobody@example.test", 1, 1),
+        store.remove_account("nobody@example.test"),
+    ):
+        with pytest.raises(NotFound):
+            await call
+
+
+async def test_list_update_and_remove_accounts(store: MetadataStore) -> None:
+    alice = await make_account(store, "alice@example.test")
+    await make_account(store, "zed@b.example")
+    await store.add_account("admin@b.example", "h", is_admin=True)
+    assert [a.address for a in await store.list_accounts()] == [
+        "admin@b.example",
+        "alice@example.test",
+        "zed@b.example",
+    ]
+    assert [a.address for a in await store.list_accounts("b.example")] == [
+        "admin@b.example",
+        "zed@b.example",
+    ]
+    assert (await store.get_account("admin@b.example")).is_admin  # type: ignore[union-attr]
+    await store.set_password("alice@example.test", "new-hash")
+    await store.set_quota("alice@example.test", 5000, 10)
+    got = await store.get_account("alice@example.test")
+    assert got is not None
+    assert (got.password_hash, got.quota_bytes, got.quota_messages) == ("new-hash", 5000, 10)
+    assert await store.remove_account("alice@example.test") == []
+    assert await store.get_account("alice@example.test") is None
+    assert await store.list_mailboxes(alice.id) == []
+
+
+async def test_remove_account_returns_blobs_only_it_used(store: MetadataStore) -> None:
+    alice = await make_account(store, "alice@example.test")
+    bob = await make_account(store, "bob@example.test")
+    await deliver(store, await inbox(store, alice), 1)
+    await deliver(store, await inbox(store, alice), 2)
+    await deliver(store, await inbox(store, alice, "Sent"), 2)
+    await deliver(store, await inbox(store, bob), 1)  # shared content stays in use
+    assert await store.remove_account("alice@example.test") == [blob(2)]
+    assert not await store.blob_unused(blob(1))
+    assert await store.blob_unused(blob(2))
+
+
+# -- aliases -----------------------------------------------------------------------------------
+
+
+async def test_aliases(store: MetadataStore) -> None:
+    await store.add_domain("example.test")
+    await store.add_domain("b.example")
+    a = await store.add_alias("Team@example.test", "alice@example.test")
+    assert (a.source, a.destination) == ("team@example.test", "alice@example.test")
+    await store.add_alias("team@example.test", "bob@elsewhere.example")
+    await store.add_alias("@b.example", "alice@example.test")
+    with pytest.raises(Conflict):
+        await store.add_alias("team@example.test", "alice@example.test")
+    with pytest.raises(NotFound):
+        await store.add_alias("x@unknown.example", "alice@example.test")
+    assert await store.alias_destinations("TEAM@example.test") == [
+        "alice@example.test",
+        "bob@elsewhere.example",
+    ]
+    assert await store.alias_destinations("@b.example") == ["alice@example.test"]
+    assert [(x.source, x.destination) for x in await store.list_aliases("b.example")] == [
+        ("@b.example", "alice@example.test")
+    ]
+    assert len(await store.list_aliases()) == 3
+    assert await store.remove_alias("team@example.test", "bob@elsewhere.example") == 1
+    assert await store.alias_destinations("team@example.test") == ["alice@example.test"]
+    await store.add_alias("team@example.test", "carol@example.test")
+    assert await store.remove_alias("team@example.test") == 2
+    assert await store.alias_destinations("team@example.test") == []
+    with pytest.raises(NotFound):
+        await store.remove_alias("team@example.test")
+
+
+# -- mailboxes ---------------------------------------------------------------------------------
+
+
+async def test_create_and_subscribe_mailboxes(store: MetadataStore) -> None:
+    a = await make_account(store)
+    box = await store.create_mailbox(a.id, "Projects/2024", "\\Archive")
+    assert (box.name, box.special_use, box.uidnext, box.highestmodseq) == (
+        "Projects/2024",
+        "\\Archive",
+        1,
+        1,
+    )
+    assert await store.get_mailbox(a.id, "Projects/2024") == box
+    assert await store.get_mailbox_by_id(box.id) == box
+    assert await store.get_mailbox(a.id, "projects/2024") is None  # names are case-sensitive
+    with pytest.raises(Conflict):
+        await store.create_mailbox(a.id, "Projects/2024")
+    with pytest.raises(NotFound):
+        await store.create_mailbox(a.id + 99, "X")
+    await store.set_subscribed(a.id, "Projects/2024", False)
+    assert not (await inbox(store, a, "Projects/2024")).subscribed
+    with pytest.raises(NotFound):
+        await store.set_subscribed(a.id, "Missing", True)
+
+
+async def test_recreated_mailbox_gets_new_uidvalidity(store: MetadataStore) -> None:
+    a = await make_account(store)
+    first = await store.create_mailbox(a.id, "Box")
+    await store.delete_mailbox(a.id, "Box")
+    second = await store.create_mailbox(a.id, "Box")
+    assert second.uidvalidity > first.uidvalidity
+
+
+async def test_rename_mailbox_with_children(store: MetadataStore) -> None:
+    a = await make_account(store)
+    for name in ("a", "a/x", "a/x/y", "ab"):
+        await store.create_mailbox(a.id, name)
+    child = await inbox(store, a, "a/x")
+    msg = await deliver(store, child)
+    await store.rename_mailbox(a.id, "a", "b")
+    names = sorted(m.name for m in await store.list_mailboxes(a.id))
+    assert [n for n in names if n[0] in "ab"] == ["ab", "b", "b/x", "b/x/y"]
+    moved = await inbox(store, a, "b/x")
+    assert (moved.id, moved.uidvalidity) == (child.id, child.uidvalidity)
+    assert [m.blob_id for m in await store.get_messages(moved.id)] == [msg.blob_id]
+    with pytest.raises(Conflict):
+        await store.rename_mailbox(a.id, "b", "ab")
+    with pytest.raises(NotFound):
+        await store.rename_mailbox(a.id, "a", "c")
+
+
+async def test_delete_mailbox_returns_unused_blobs(store: MetadataStore) -> None:
+    a = await make_account(store)
+    box = await store.create_mailbox(a.id, "Old")
+    await deliver(store, box, 1, size=10)
+    await deliver(store, box, 2, size=20)
+    await deliver(store, await inbox(store, a), 2, size=20)
+    assert await store.quota_usage(a.id) == (50, 3)
+    assert await store.delete_mailbox(a.id, "Old") == [blob(1)]
+    assert await store.get_mailbox(a.id, "Old") is None
+    assert await store.quota_usage(a.id) == (20, 1)
+    with pytest.raises(NotFound):
+        await store.delete_mailbox(a.id, "Old")
+
+
+async def test_mailbox_status_and_recent(store: MetadataStore) -> None:
+    a = await make_account(store)
+    box = await inbox(store, a)
+    await deliver(store, box, 1, size=10, flags=SystemFlag.SEEN)
+    await deliver(store, box, 2, size=20, flags=SystemFlag.DELETED)
+    await deliver(store, box, 3, size=30)
+    status = await store.mailbox_status(box.id)
+    assert (status.messages, status.unseen, status.recent, status.size, status.deleted) == (
+        3,
+        2,
+        3,
+        60,
+        1,
+    )
+    assert (status.uidnext, status.uidvalidity) == (4, box.uidvalidity)
+    assert await store.claim_recent(box.id) == 1
+    assert await store.claim_recent(box.id) == 4  # nothing new since
+    await deliver(store, box, 4)
+    assert (await store.mailbox_status(box.id)).recent == 1
+    assert await store.claim_recent(box.id) == 4
+    with pytest.raises(NotFound):
+        await store.mailbox_status(box.id + 999)
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+async def test_store_message_to_several_mailboxes(store: MetadataStore) -> None:
+    alice = await make_account(store, "alice@example.test")
+    bob = await make_account(store, "bob@example.test")
+    env = Envelope(
+        subject="Hello ✓",
+        from_="Carol <carol@example.org>",
+        to="alice@example.test",
+        cc="bob@example.test",
+        date=datetime(2024, 5, 17, 11, 0, tzinfo=UTC),
+        message_id="<1@example.org>",
+        in_reply_to="<0@example.org>",
+    )
+    m = NewMessage(
+        blob_id=blob(1),
+        size=321,
+        internal_date=WHEN,
+        flags=SystemFlag.FLAGGED,
+        keywords=frozenset({"$Forwarded", "work"}),
+        envelope=env,
+    )
+    boxes = [await inbox(store, alice), await inbox(store, bob), await inbox(store, alice, "Sent")]
+    metas = await store.store_message([Delivery(b.id, m) for b in boxes])
+    assert [x.mailbox_id for x in metas] == [b.id for b in boxes]
+    assert all(x.uid == 1 and x.modseq > 1 for x in metas)
+    [row] = await store.get_messages(boxes[0].id)
+    assert row == metas[0]
+    assert (row.envelope, row.keywords, row.flags, row.internal_date) == (
+        env,
+        frozenset({"$Forwarded", "work"}),
+        SystemFlag.FLAGGED,
+        WHEN,
+    )
+    assert await store.quota_usage(alice.id) == (642, 2)
+    with pytest.raises(NotFound):
+        await store.store_message([Delivery(boxes[0].id + 999, m)])
+    assert await store.quota_usage(alice.id) == (642, 2)
+
+
+async def test_uid_and_modseq_only_grow(store: MetadataStore) -> None:
+    box = await inbox(store, await make_account(store))
+    seen_modseq = box.highestmodseq
+    for n in range(1, 6):
+        meta = await deliver(store, box, n)
+        assert meta.uid == n
+        assert meta.modseq > seen_modseq
+        seen_modseq = meta.modseq
+    await store.expunge(box.id, [5])
+    meta = await deliver(store, box, 6)
+    assert meta.uid == 6  # UIDs are never reused (RFC 3501 2.3.1.1)
+    after = await store.get_mailbox_by_id(box.id)
+    assert after is not None
+    assert (after.uidnext, after.highestmodseq) == (7, meta.modseq)
+
+
+async def test_list_flags_and_get_messages(store: MetadataStore) -> None:
+    box = await inbox(store, await make_account(store))
+    for n in range(1, 701):
+        await deliver(store, box, n, flags=SystemFlag.SEEN if n % 2 else 0)
+    flags = await store.list_flags(box.id)
+    assert [f.uid for f in flags] == list(range(1, 701))
+    assert [f.flags for f in flags[:2]] == [SystemFlag.SEEN, 0]
+    assert [m.uid for m in await store.get_messages(box.id, [3, 1, 999])] == [1, 3]
+    many = list(range(2, 701, 2))  # more than one IN list's worth
+    assert [m.uid for m in await store.get_messages(box.id, many)] == many
+    assert len(await store.get_messages(box.id)) == 700
+    assert await store.get_messages(box.id, []) == []
+
+
+async def test_update_flags_modes(store: MetadataStore) -> None:
+    box = await inbox(store, await make_account(store))
+    for n in range(1, 4):
+        await deliver(store, box, n, keywords=frozenset({"old"}))
+    res = await store.update_flags(
+        box.id, [1, 2], "add", SystemFlag.SEEN | SystemFlag.FLAGGED, frozenset({"$Label1"})
+    )
+    assert [c.uid for c in res.changed] == [1, 2]
+    assert all(c.modseq == res.highestmodseq for c in res.changed)
+    assert res.changed[0].keywords == frozenset({"old", "$Label1"})
+    assert res.failed_uids == []
+    res2 = await store.update_flags(
+        box.id, [1, 3], "remove", SystemFlag.FLAGGED, frozenset({"old"})
+    )
+    assert res2.highestmodseq > res.highestmodseq
+    assert {c.uid: (c.flags, c.keywords) for c in res2.changed} == {
+        1: (SystemFlag.SEEN, frozenset({"$Label1"})),
+        3: (0, frozenset()),
+    }
+    res3 = await store.update_flags(box.id, [2], "replace", SystemFlag.DRAFT, frozenset({"x"}))
+    assert [(c.flags, c.keywords) for c in res3.changed] == [(SystemFlag.DRAFT, frozenset({"x"}))]
+    # A STORE that changes nothing gives no new MODSEQ.
+    res4 = await store.update_flags(box.id, [2], "add", SystemFlag.DRAFT)
+    assert (res4.changed, res4.highestmodseq) == ([], res3.highestmodseq)
+    states = {f.uid: f for f in await store.list_flags(box.id)}
+    assert states[2].flags == SystemFlag.DRAFT and states[2].modseq == res3.highestmodseq
+    with pytest.raises(NotFound):
+        await store.update_flags(box.id + 999, [1], "add", SystemFlag.SEEN)
+
+
+async def test_update_flags_unchanged_since(store: MetadataStore) -> None:
+    box = await inbox(store, await make_account(store))
+    m1 = await deliver(store, box, 1)
+    await deliver(store, box, 2)
+    touched = await store.update_flags(box.id, [2], "add", SystemFlag.SEEN)
+    # RFC 7162 3.1.3: message 2 changed after m1.modseq, so it fails; message 1 is stored.
+    res = await store.update_flags(
+        box.id, [1, 2], "add", SystemFlag.FLAGGED, unchanged_since=m1.modseq
+    )
+    assert res.failed_uids == [2]
+    assert [c.uid for c in res.changed] == [1]
+    states = {f.uid: f for f in await store.list_flags(box.id)}
+    assert states[2].flags == SystemFlag.SEEN and states[2].modseq == touched.highestmodseq
+
+
+async def test_expunge_and_changes_since(store: MetadataStore) -> None:
+    a = await make_account(store)
+    box = await inbox(store, a)
+    for n in range(1, 6):
+        await deliver(store, box, n, size=10)
+    base = (await store.mailbox_status(box.id)).highestmodseq
+    await store.update_flags(box.id, [2, 4], "add", SystemFlag.DELETED)
+    await store.update_flags(box.id, [1], "add", SystemFlag.SEEN)
+    assert await store.expunge(box.id) == [2, 4]
+    assert await store.expunge(box.id, [5, 99]) == [5]
+    assert await store.expunge(box.id, [5]) == []
+    assert [f.uid for f in await store.list_flags(box.id)] == [1, 3]
+    assert await store.quota_usage(a.id) == (20, 2)
+    changes = await store.changes_since(box.id, base)
+    assert [c.uid for c in changes.changed] == [1]
+    assert changes.vanished == [2, 4, 5]
+    assert changes.highestmodseq == (await store.mailbox_status(box.id)).highestmodseq
+    latest = await store.changes_since(box.id, changes.highestmodseq)
+    assert (latest.changed, latest.vanished) == ([], [])
+    everything = await store.changes_since(box.id, 0)
+    assert [c.uid for c in everything.changed] == [1, 3]
+    with pytest.raises(NotFound):
+        await store.changes_since(box.id + 999, 0)
+
+
+async def test_expunged_blobs_are_reaped(store: MetadataStore) -> None:
+    a = await make_account(store)
+    box = await inbox(store, a)
+    await deliver(store, box, 1)
+    await deliver(store, box, 2)
+    await deliver(store, await inbox(store, a, "Sent"), 2)
+    await store.expunge(box.id, [1, 2])
+    assert await store.blob_unused(blob(1))
+    assert not await store.blob_unused(blob(2))
+    assert [b async for b in store.all_blob_ids()] == [blob(2)]
+    assert await store.reap_blobs() == [blob(1)]
+    assert await store.reap_blobs() == []
+
+
+async def test_blob_reused_before_reaping_is_kept(store: MetadataStore) -> None:
+    box = await inbox(store, await make_account(store))
+    await deliver(store, box, 1)
+    await store.expunge(box.id, [1])
+    await deliver(store, box, 1)  # the same content arrives again
+    assert await store.reap_blobs() == []
+    assert not await store.blob_unused(blob(1))
+
+
+async def test_copy_and_move(store: MetadataStore) -> None:
+    a = await make_account(store)
+    src, dst = await inbox(store, a), await inbox(store, a, "Archive")
+    await deliver(store, src, 10)
+    await deliver(store, dst, 11)
+    for n in range(1, 4):
+        await deliver(store, src, n, size=10, flags=SystemFlag.SEEN, keywords=frozenset({"k"}))
+    copied = await store.copy_messages(src.id, [2, 3, 4, 99], dst.id)
+    assert copied.uidvalidity == dst.uidvalidity
+    assert copied.pairs == [(2, 2), (3, 3), (4, 4)]
+    dst_rows = {m.uid: m for m in await store.get_messages(dst.id)}
+    assert dst_rows[2].blob_id == blob(1) and dst_rows[2].flags == SystemFlag.SEEN
+    assert dst_rows[2].keywords == frozenset({"k"})
+    usage = await store.quota_usage(a.id)
+    moved = await store.copy_messages(src.id, [2], dst.id, move=True)
+    assert moved.pairs == [(2, 5)]
+    assert [m.uid for m in await store.get_messages(src.id)] == [1, 3, 4]
+    assert await store.quota_usage(a.id) == usage  # a move inside an account costs nothing
+    changes = await store.changes_since(src.id, 0)
+    assert changes.vanished == [2]
+    assert (await store.copy_messages(src.id, [42], dst.id)).pairs == []
+    # Every copy holds a reference: blobs 2 and 3 are still in INBOX; blob 1 moved away whole.
+    assert await store.delete_mailbox(a.id, "Archive") == sorted([blob(1), blob(11)])
+
+
+async def test_move_between_accounts_moves_usage(store: MetadataStore) -> None:
+    alice = await make_account(store, "alice@example.test")
+    bob = await make_account(store, "bob@example.test")
+    await deliver(store, await inbox(store, alice), 1, size=70)
+    await store.copy_messages(
+        (await inbox(store, alice)).id, [1], (await inbox(store, bob)).id, move=True
+    )
+    assert await store.quota_usage(alice.id) == (0, 0)
+    assert await store.quota_usage(bob.id) == (70, 1)
+
+
+async def test_quota_refusal_writes_nothing(store: MetadataStore) -> None:
+    alice = await make_account(store, "alice@example.test", quota_bytes=250)
+    bob = await make_account(store, "bob@example.test", quota_messages=2)
+    a_box, b_box = await inbox(store, alice), await inbox(store, bob)
+    await deliver(store, a_box, 1, size=200)
+    before = (await store.mailbox_status(a_box.id), await store.mailbox_status(b_box.id))
+    m = new_message(2, size=100)
+    with pytest.raises(QuotaExceeded):
+        await store.store_message(
+            [Delivery(b_box.id, m), Delivery(a_box.id, m)], queue_entry("QX", 2)
+        )
+    after = (await store.mailbox_status(a_box.id), await store.mailbox_status(b_box.id))
+    assert after == before  # not even bob's copy, nor a UID, nor the queue entry
+    assert await store.quota_usage(bob.id) == (0, 0)
+    assert await store.get_queue_entry("QX") is None
+    assert await store.blob_unused(blob(2))
+    await deliver(store, b_box, 3)
+    await deliver(store, b_box, 4)
+    with pytest.raises(QuotaExceeded):
+        await deliver(store, b_box, 5)
+    assert (await store.mailbox_status(b_box.id)).messages == 2
+    # COPY into a full account is refused as well (RFC 9208 [OVERQUOTA]).
+    with pytest.raises(QuotaExceeded):
+        await store.copy_messages(a_box.id, [1], b_box.id)
+    await store.set_quota("bob@example.test", 0, 0)  # 0 = unlimited
+    await deliver(store, b_box, 5)
+
+
+async def test_timestamps_are_utc(store: MetadataStore) -> None:
+    box = await inbox(store, await make_account(store))
+    local = datetime(2024, 1, 1, 12, 0, tzinfo=UTC).astimezone(
+        __import__("datetime").timezone(timedelta(hours=5))
+    )
+    [meta] = await store.store_message(
+        [Delivery(box.id, NewMessage(blob_id=blob(1), size=1, internal_date=local))]
+    )
+    [row] = await store.get_messages(box.id)
+    assert row.internal_date == local and row.internal_date.utcoffset() == timedelta(0)
+    assert meta.internal_date == local
+
+
+# -- queue -------------------------------------------------------------------------------------
+
+
+async def test_queue_entries(store: MetadataStore) -> None:
+    a = await make_account(store)
+    entry = queue_entry("Q1", account_id=a.id, envid="env1", ret="HDRS", requiretls=True)
+    await store.enqueue(entry)
+    with pytest.raises(Conflict):
+        await store.enqueue(entry)
+    assert await store.get_queue_entry("Q1") == entry
+    assert await store.get_queue_entry("nope") is None
+    assert not await store.blob_unused(blob(9))
+    entry.recipients[0].status = "failed"
+    entry.recipients[0].last_reply = "550 5.1.1 no such user"
+    entry.attempts = 2
+    entry.state = "done"
+    entry.delay_notified = True
+    entry.next_attempt = WHEN + timedelta(minutes=30)
+    await store.update_queue_entry(entry)
+    assert await store.get_queue_entry("Q1") == entry
+    assert await store.list_queue() == []
+    assert await store.list_queue(include_done=True) == [entry]
+    assert await store.delete_queue_entry("Q1") == [blob(9)]
+    assert await store.delete_queue_entry("Q1") == []
+    with pytest.raises(NotFound):
+        await store.update_queue_entry(entry)
+
+
+async def test_store_message_with_queue_entry(store: MetadataStore) -> None:
+    a = await make_account(store)
+    m = new_message(9)
+    await store.store_message([Delivery((await inbox(store, a, "Sent")).id, m)], queue_entry("Q2"))
+    assert (await store.get_queue_entry("Q2")) is not None
+    assert await store.delete_queue_entry("Q2") == []  # the Sent copy still uses the blob
+    await store.store_message([], queue_entry("Q3", 8))
+    assert [e.id for e in await store.list_queue()] == ["Q3"]
+
+
+async def test_claim_due_leases(store: MetadataStore) -> None:
+    now = datetime.now(UTC)
+    await store.enqueue(queue_entry("due1", 1, next_attempt=now - timedelta(minutes=1)))
+    await store.enqueue(queue_entry("due2", 2, next_attempt=now - timedelta(seconds=1)))
+    await store.enqueue(queue_entry("later", 3, next_attempt=now + timedelta(hours=1)))
+    await store.enqueue(queue_entry("done", 4, next_attempt=now, state="done"))
+    first = await store.claim_due(now, "node-a", 60, 10)
+    assert [e.id for e in first] == ["due1", "due2"]
+    assert all(e.lease_owner == "node-a" and e.lease_until is not None for e in first)
+    assert first[0].lease_until == now + timedelta(seconds=60)
+    assert await store.claim_due(now, "node-b", 60, 10) == []  # leased
+    later = now + timedelta(seconds=61)  # the lease ran out (node-a died)
+    assert [e.id for e in await store.claim_due(later, "node-b", 60, 1)] == ["due1"]
+    assert [e.id for e in await store.claim_due(later, "node-b", 60, 5)] == ["due2"]
+
+
+# -- change feed -------------------------------------------------------------------------------
+
+
+async def test_changes_are_published(store: MetadataStore) -> None:
+    a = await make_account(store)
+    box = await inbox(store, a)
+    changes = store.changes  # type: ignore[attr-defined]
+    with changes.watch(box.id) as watch:
+        await deliver(store, box)
+        assert await watch.wait(5)
+        await store.update_flags(box.id, [1], "add", SystemFlag.SEEN)
+        assert await watch.wait(5)
+        await store.expunge(box.id, [1])
+        assert await watch.wait(5)
+        await store.claim_recent(box.id)  # changes nothing anyone sees
+        assert not await watch.wait(0.05)
