@@ -1,0 +1,1186 @@
+"""IMAP command parser (RFC 9051 section 9 and RFC 3501 section 9 grammars, with the extension
+grammars of UIDPLUS, MOVE, CONDSTORE/QRESYNC, LIST-EXTENDED, LIST-STATUS, ESEARCH, ID, QUOTA,
+BINARY, LITERAL+/-, SASL-IR, MULTIAPPEND).
+
+Pure code. Input is one whole command as it came off the wire, literals included inline
+(``{5}\\r\\nhello``), without the final CRLF; output is a ``Command`` whose ``args`` is one of the
+dataclasses below. Anything malformed raises ``ParseError`` (answered with BAD).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+
+# ---------------------------------------------------------------------------------------------
+# Errors and framing
+
+
+class ParseError(Exception):
+    """The command is malformed. ``tag`` is "*" when even the tag could not be read."""
+
+    def __init__(self, message: str, tag: str = "*", code: str = "") -> None:
+        super().__init__(message)
+        self.tag = tag
+        self.code = code  # optional response code, e.g. "BADCHARSET (US-ASCII UTF-8)"
+
+
+@dataclass(frozen=True, slots=True)
+class LiteralMarker:
+    """A literal announced at the end of a line: ``{n}``, ``{n+}`` (LITERAL+/-) or ``~{n}``."""
+
+    size: int
+    synchronizing: bool
+    binary: bool
+
+
+_LITERAL_AT_END = re.compile(rb"(~?)\{([0-9]{1,10})(\+?)\}\r?\n\Z")
+
+NONSYNC_LITERAL_MAX = 4096  # LITERAL- (RFC 7888 section 5), part of IMAP4rev2
+
+
+def literal_marker(line: bytes) -> LiteralMarker | None:
+    """The literal a line (with its CRLF) announces, if any; the framing layer then reads
+    ``size`` bytes and the next line."""
+    m = _LITERAL_AT_END.search(line)
+    if m is None:
+        return None
+    return LiteralMarker(int(m.group(2)), synchronizing=not m.group(3), binary=bool(m.group(1)))
+
+
+_TAG_CMD = re.compile(rb"([^\x00-\x20\x7f(){%*\"\\+]+) +([A-Za-z]+)(?: +([A-Za-z]+))?")
+
+
+def peek_tag_command(line: bytes) -> tuple[str, str]:
+    """Tag and upper-case command name of a first line (("*", "") when unreadable); lets the
+    framing layer pick limits before the whole command is in (APPEND vs the rest)."""
+    m = _TAG_CMD.match(line)
+    if m is None:
+        return "*", ""
+    name = m.group(2).decode().upper()
+    if name == "UID" and m.group(3):
+        name = "UID " + m.group(3).decode().upper()
+    return m.group(1).decode("latin-1"), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceSet:
+    """A sequence-set; 0 stands for "*" (the largest number in use)."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+    def bounds(self, largest: int) -> list[tuple[int, int]]:
+        """Ranges with "*" replaced by ``largest`` and each (low, high) ordered."""
+        out = []
+        for a, b in self.ranges:
+            a = a or largest
+            b = b or largest
+            out.append((a, b) if a <= b else (b, a))
+        return out
+
+    def contains(self, n: int, largest: int) -> bool:
+        return any(lo <= n <= hi for lo, hi in self.bounds(largest))
+
+    def uses_star(self) -> bool:
+        return any(a == 0 or b == 0 for a, b in self.ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A BODY[...] / BINARY[...] section: part path, then the text specifier."""
+
+    part: tuple[int, ...] = ()
+    text: str = ""  # "", HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT, MIME
+    fields: tuple[str, ...] = ()  # upper-cased header names for HEADER.FIELDS[.NOT]
+
+    @property
+    def spec(self) -> str:
+        """Canonical text between the brackets, as echoed in the response."""
+        parts = [".".join(str(p) for p in self.part)] if self.part else []
+        if self.text:
+            parts.append(self.text)
+        spec = ".".join(parts)
+        if self.fields:
+            spec += " (" + " ".join(self.fields) + ")"
+        return spec
+
+
+@dataclass(frozen=True, slots=True)
+class FetchItem:
+    """One FETCH attribute. ``name`` is FLAGS, UID, INTERNALDATE, RFC822.SIZE, ENVELOPE, BODY,
+    BODYSTRUCTURE, MODSEQ, RFC822, RFC822.HEADER, RFC822.TEXT, BODY[] (``section`` set),
+    BINARY, BINARY.SIZE."""
+
+    name: str
+    section: Section | None = None
+    peek: bool = False
+    partial: tuple[int, int] | None = None  # (origin, length)
+
+
+# -- search keys --
+
+
+@dataclass(frozen=True, slots=True)
+class SkAll:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SkAnd:
+    keys: tuple[SearchKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SkOr:
+    left: SearchKey
+    right: SearchKey
+
+
+@dataclass(frozen=True, slots=True)
+class SkNot:
+    key: SearchKey
+
+
+@dataclass(frozen=True, slots=True)
+class SkFlag:
+    """A system flag (``flag``: \\Seen...) or a keyword; set or not set."""
+
+    flag: str
+    present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SkRecent:
+    present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SkSet:
+    numbers: SequenceSet
+    uid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SkSize:
+    larger: bool
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SkDate:
+    sent: bool  # Date: header instead of the internal date
+    op: str  # "BEFORE", "ON", "SINCE"
+    day: date
+
+
+@dataclass(frozen=True, slots=True)
+class SkText:
+    """``where``: a header name (upper-cased), "BODY" or "TEXT"."""
+
+    where: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class SkModseq:
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SkAge:
+    """OLDER / YOUNGER (RFC 5032): internal date compared with now."""
+
+    older: bool
+    seconds: int
+
+
+SearchKey = (
+    SkAll | SkAnd | SkOr | SkNot | SkFlag | SkRecent | SkSet | SkSize | SkDate | SkText
+    | SkModseq | SkAge
+)
+
+# ---------------------------------------------------------------------------------------------
+# Command arguments
+
+
+@dataclass(frozen=True, slots=True)
+class NoArgs:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LoginArgs:
+    user: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticateArgs:
+    mechanism: str
+    initial: str | None  # SASL-IR initial response (base64, "" for "=")
+
+
+@dataclass(frozen=True, slots=True)
+class EnableArgs:
+    capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QresyncParams:
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SelectArgs:
+    mailbox: str
+    condstore: bool = False
+    qresync: QresyncParams | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxArgs:
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateArgs:
+    mailbox: str
+    special_use: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RenameArgs:
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListArgs:
+    reference: str
+    patterns: tuple[str, ...]
+    select_options: frozenset[str] = frozenset()
+    return_options: frozenset[str] = frozenset()
+    status_items: tuple[str, ...] = ()
+    extended: bool = False  # any LIST-EXTENDED syntax was used
+    lsub: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StatusArgs:
+    mailbox: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendMessage:
+    flags: tuple[str, ...]
+    date: datetime | None
+    data: bytes
+    binary: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AppendArgs:
+    mailbox: str
+    messages: tuple[AppendMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchArgs:
+    key: SearchKey
+    charset: str = "US-ASCII"
+    return_options: tuple[str, ...] | None = None  # None: plain SEARCH syntax (no RETURN)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchArgs:
+    numbers: SequenceSet
+    items: tuple[FetchItem, ...]
+    changedsince: int | None = None
+    vanished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoreArgs:
+    numbers: SequenceSet
+    mode: str  # "add", "remove", "replace"
+    silent: bool
+    flags: tuple[str, ...]
+    unchangedsince: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CopyArgs:
+    numbers: SequenceSet
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class UidExpungeArgs:
+    numbers: SequenceSet
+
+
+@dataclass(frozen=True, slots=True)
+class IdArgs:
+    params: tuple[tuple[str, str | None], ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRootArgs:
+    root: str
+
+
+CommandArgs = (
+    NoArgs | LoginArgs | AuthenticateArgs | EnableArgs | SelectArgs | MailboxArgs | CreateArgs
+    | RenameArgs | ListArgs | StatusArgs | AppendArgs | SearchArgs | FetchArgs | StoreArgs
+    | CopyArgs | UidExpungeArgs | IdArgs | QuotaRootArgs
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    tag: str
+    name: str  # upper case; UID commands are "UID FETCH", "UID SEARCH"...
+    args: CommandArgs = field(default_factory=NoArgs)
+
+    @property
+    def uid(self) -> bool:
+        return self.name.startswith("UID ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Lexer
+
+_ATOM_SPECIALS = frozenset(b'(){ %*"\\]') | frozenset(range(0x20)) | {0x7F}
+_ASTRING_SPECIALS = _ATOM_SPECIALS - {ord("]")}
+_LIST_SPECIALS = _ATOM_SPECIALS - {ord("]"), ord("%"), ord("*")}
+_TAG_SPECIALS = _ASTRING_SPECIALS | {ord("+")}
+_NOT_SEQ_CHARS = frozenset(range(256)) - frozenset(b"0123456789:*,")
+_NUMBER = re.compile(rb"[0-9]+")
+_MAX_NUMBER = 2**63 - 1  # mod-sequence-value may reach 2^63-1 (RFC 7162)
+_MAX_DEPTH = 50  # search key nesting
+_INLINE_LITERAL = re.compile(rb"\{([0-9]{1,10})\+?\}\r\n")
+_SECTION_TEXT = re.compile(rb"HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME", re.I)
+
+
+class _Reader:
+    """Cursor over one command's bytes."""
+
+    def __init__(self, data: bytes, tag: str = "*") -> None:
+        self.data = data
+        self.pos = 0
+        self.tag = tag
+
+    def error(self, message: str, code: str = "") -> ParseError:
+        return ParseError(message, self.tag, code)
+
+    # -- primitives --
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.data)
+
+    def peek(self) -> int:
+        return self.data[self.pos] if self.pos < len(self.data) else -1
+
+    def peek_is(self, text: bytes) -> bool:
+        return self.data[self.pos : self.pos + len(text)].upper() == text
+
+    def expect(self, text: bytes) -> None:
+        if not self.peek_is(text):
+            shown = text.decode("latin-1")
+            raise self.error(f"expected {shown!r} at position {self.pos}")
+        self.pos += len(text)
+
+    def sp(self) -> None:
+        if self.peek() != 0x20:
+            raise self.error(f"expected a space at position {self.pos}")
+        self.pos += 1
+
+    def maybe_sp(self) -> bool:
+        if self.peek() == 0x20:
+            self.pos += 1
+            return True
+        return False
+
+    def end(self) -> None:
+        if not self.at_end():
+            raise self.error(f"unexpected text at position {self.pos}")
+
+    def _run(self, specials: frozenset[int]) -> bytes:
+        start = self.pos
+        data = self.data
+        n = len(data)
+        while self.pos < n and data[self.pos] not in specials:
+            self.pos += 1
+        return data[start : self.pos]
+
+    def atom(self) -> str:
+        raw = self._run(_ATOM_SPECIALS)
+        if not raw:
+            raise self.error(f"expected an atom at position {self.pos}")
+        return raw.decode("utf-8", "surrogateescape")
+
+    def flag(self) -> str:
+        """flag / flag-extension: an atom, optionally after a backslash (\\Seen, \\*)."""
+        if self.peek() == ord("\\"):
+            self.pos += 1
+            if self.peek() == ord("*"):
+                self.pos += 1
+                return "\\*"
+            return "\\" + self.atom()
+        return self.atom()
+
+    def number(self, nonzero: bool = False) -> int:
+        m = _NUMBER.match(self.data, self.pos)
+        if m is None:
+            raise self.error(f"expected a number at position {self.pos}")
+        self.pos = m.end()
+        value = int(m.group())
+        if value > _MAX_NUMBER or (nonzero and value == 0):
+            raise self.error(f"number out of range: {value}")
+        return value
+
+    def literal(self, allow_binary: bool = False) -> tuple[bytes, bool]:
+        """A literal ({n}, {n+}, ~{n}) whose bytes follow CRLF; returns (bytes, binary)."""
+        binary = False
+        if self.peek() == ord("~"):
+            if not allow_binary:
+                raise self.error("literal8 is only allowed in APPEND")
+            binary = True
+            self.pos += 1
+        m = _INLINE_LITERAL.match(self.data, self.pos)
+        if m is None:
+            raise self.error(f"bad literal at position {self.pos}")
+        size = int(m.group(1))
+        start = m.end()
+        if start + size > len(self.data):
+            raise self.error("literal is shorter than announced")
+        self.pos = start + size
+        value = self.data[start : self.pos]
+        if not binary and b"\x00" in value:
+            raise self.error("NUL in a literal (RFC 9051 4.3)")
+        return value, binary
+
+    def quoted(self) -> bytes:
+        self.expect(b'"')
+        out = bytearray()
+        data = self.data
+        while True:
+            if self.pos >= len(data):
+                raise self.error("unterminated quoted string")
+            c = data[self.pos]
+            self.pos += 1
+            if c == 0x22:
+                return bytes(out)
+            if c == 0x5C:
+                if self.pos >= len(data) or data[self.pos] not in (0x22, 0x5C):
+                    raise self.error("bad escape in quoted string")
+                c = data[self.pos]
+                self.pos += 1
+            elif c in (0x0D, 0x0A, 0x00):
+                raise self.error("CR, LF or NUL in a quoted string")
+            out.append(c)
+
+    def string_bytes(self) -> bytes:
+        c = self.peek()
+        if c == 0x22:
+            return self.quoted()
+        if c == ord("{"):
+            return self.literal()[0]
+        raise self.error(f"expected a string at position {self.pos}")
+
+    def astring_bytes(self) -> bytes:
+        c = self.peek()
+        if c in (0x22, ord("{")):
+            return self.string_bytes()
+        raw = self._run(_ASTRING_SPECIALS)
+        if not raw:
+            raise self.error(f"expected an astring at position {self.pos}")
+        return raw
+
+    def astring(self) -> str:
+        return self.astring_bytes().decode("utf-8", "surrogateescape")
+
+    def nstring(self) -> str | None:
+        if self.peek_is(b"NIL") and not self._atom_continues(3):
+            self.pos += 3
+            return None
+        return self.string_bytes().decode("utf-8", "surrogateescape")
+
+    def _atom_continues(self, offset: int) -> bool:
+        i = self.pos + offset
+        return i < len(self.data) and self.data[i] not in _ATOM_SPECIALS
+
+    def mailbox(self) -> str:
+        """A mailbox name as sent (still mUTF-7 for rev1 clients); INBOX is case-insensitive
+        (RFC 9051 5.1)."""
+        name = self.astring()
+        return "INBOX" if name.upper() == "INBOX" else name
+
+    def list_mailbox(self) -> str:
+        c = self.peek()
+        if c in (0x22, ord("{")):
+            raw = self.string_bytes()
+        else:
+            raw = self._run(_LIST_SPECIALS)
+            if not raw:
+                raise self.error(f"expected a mailbox pattern at position {self.pos}")
+        return raw.decode("utf-8", "surrogateescape")
+
+    def sequence_set(self) -> SequenceSet:
+        raw = self._run(_NOT_SEQ_CHARS)
+        if not raw:
+            raise self.error(f"expected a sequence set at position {self.pos}")
+        ranges = []
+        for item in raw.split(b","):
+            ends = item.split(b":")
+            if len(ends) > 2:
+                raise self.error(f"bad sequence range {item.decode('latin-1')!r}")
+            values = []
+            for end in ends:
+                if end == b"*":
+                    values.append(0)
+                elif end.isdigit() and int(end) != 0 and int(end) < 2**32:
+                    values.append(int(end))
+                else:
+                    raise self.error(f"bad sequence number {end.decode('latin-1')!r}")
+            ranges.append((values[0], values[-1]))
+        return SequenceSet(tuple(ranges))
+
+    def paren_list(self, item: str) -> list[str]:
+        """"(" [x *(SP x)] ")" of atoms or flags."""
+        self.expect(b"(")
+        out: list[str] = []
+        if self.peek() == ord(")"):
+            self.pos += 1
+            return out
+        while True:
+            out.append(self.flag() if item == "flag" else self.atom())
+            if self.peek() == ord(")"):
+                self.pos += 1
+                return out
+            self.sp()
+
+    def date_time(self) -> datetime:
+        """date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone."""
+        raw = self.quoted().decode("ascii", "replace")
+        m = _DATE_TIME.fullmatch(raw)
+        if m is None or m.group(2).capitalize() not in _MONTHS:
+            raise self.error(f"bad date-time {raw!r}")
+        zone = m.group(7)
+        offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[3:5]))
+        try:
+            return datetime(
+                int(m.group(3)), _MONTHS.index(m.group(2).capitalize()) + 1,
+                int(m.group(1).strip()), int(m.group(4)), int(m.group(5)), int(m.group(6)),
+                tzinfo=timezone(-offset if zone[0] == "-" else offset),
+            )
+        except ValueError:
+            raise self.error(f"bad date-time {raw!r}") from None
+
+    def date(self) -> date:
+        """date = date-text / DQUOTE date-text DQUOTE; date-text = d[d]-Mon-yyyy."""
+        raw = self.quoted() if self.peek() == 0x22 else self._run(_ATOM_SPECIALS)
+        m = re.fullmatch(rb"([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})", raw)
+        month = m.group(2).decode().capitalize() if m else ""
+        if m is None or month not in _MONTHS:
+            raise self.error(f"bad date {raw.decode('latin-1')!r}")
+        try:
+            return date(int(m.group(3)), _MONTHS.index(month) + 1, int(m.group(1)))
+        except ValueError:
+            raise self.error(f"bad date {raw.decode('latin-1')!r}") from None
+
+
+_DATE_TIME = re.compile(
+    r"([ 0-9]?[0-9])-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-][0-9]{4})"
+)
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def parse_command(data: bytes) -> Command:
+    """Parses one complete command (literals inline, no final CRLF)."""
+    r = _Reader(data)
+    raw_tag = r._run(_TAG_SPECIALS)
+    if not raw_tag:
+        raise ParseError("missing or invalid tag")
+    r.tag = raw_tag.decode("latin-1")
+    if not r.maybe_sp():
+        raise r.error("missing command")
+    name = r.atom().upper()
+    if name == "UID":
+        r.sp()
+        name = "UID " + r.atom().upper()
+    handler = _COMMANDS.get(name)
+    if handler is None:
+        raise r.error(f"unknown command {name}")
+    args = handler(r)
+    r.end()
+    return Command(r.tag, name, args)
+
+
+def _no_args(r: _Reader) -> CommandArgs:
+    return NoArgs()
+
+
+def _login(r: _Reader) -> CommandArgs:
+    r.sp()
+    user = r.astring()
+    r.sp()
+    return LoginArgs(user, r.astring())
+
+
+def _authenticate(r: _Reader) -> CommandArgs:
+    r.sp()
+    mechanism = r.atom().upper()
+    initial = None
+    if r.maybe_sp():  # SASL-IR (RFC 4959): base64 or "=" for empty
+        raw = r._run(_ATOM_SPECIALS)
+        if not raw:
+            raise r.error("expected an initial response")
+        initial = "" if raw == b"=" else raw.decode("ascii", "replace")
+    return AuthenticateArgs(mechanism, initial)
+
+
+def _enable(r: _Reader) -> CommandArgs:
+    caps = []
+    while r.maybe_sp():
+        caps.append(r.atom().upper())
+    if not caps:
+        raise r.error("ENABLE needs at least one capability")
+    return EnableArgs(tuple(caps))
+
+
+def _select(r: _Reader) -> CommandArgs:
+    r.sp()
+    mailbox = r.mailbox()
+    condstore = False
+    qresync = None
+    if r.maybe_sp():  # select-params (RFC 4466 2.1, RFC 7162 3.1.8 / 3.2.5)
+        r.expect(b"(")
+        while True:
+            word = r.atom().upper()
+            if word == "CONDSTORE":
+                condstore = True
+            elif word == "QRESYNC":
+                r.sp()
+                qresync = _qresync_params(r)
+            else:
+                raise r.error(f"unknown SELECT parameter {word}")
+            if r.peek() == ord(")"):
+                r.pos += 1
+                break
+            r.sp()
+    return SelectArgs(mailbox, condstore, qresync)
+
+
+def _qresync_params(r: _Reader) -> QresyncParams:
+    r.expect(b"(")
+    uidvalidity = r.number(nonzero=True)
+    r.sp()
+    modseq = r.number(nonzero=True)
+    known = None
+    seq_match = None
+    if r.maybe_sp():
+        if r.peek() != ord("("):
+            known = r.sequence_set()
+            r.maybe_sp()
+        if r.peek() == ord("("):
+            r.pos += 1
+            seqs = r.sequence_set()
+            r.sp()
+            uids = r.sequence_set()
+            r.expect(b")")
+            seq_match = (seqs, uids)
+    r.expect(b")")
+    return QresyncParams(uidvalidity, modseq, known, seq_match)
+
+
+def _mailbox_only(r: _Reader) -> CommandArgs:
+    r.sp()
+    return MailboxArgs(r.mailbox())
+
+
+def _create(r: _Reader) -> CommandArgs:
+    r.sp()
+    mailbox = r.mailbox()
+    uses: list[str] = []
+    if r.maybe_sp():  # CREATE-SPECIAL-USE (RFC 6154 3): (USE (\Sent))
+        r.expect(b"(")
+        word = r.atom().upper()
+        if word != "USE":
+            raise r.error(f"unknown CREATE parameter {word}")
+        r.sp()
+        uses = r.paren_list("flag")
+        r.expect(b")")
+    return CreateArgs(mailbox, tuple(uses))
+
+
+def _rename(r: _Reader) -> CommandArgs:
+    r.sp()
+    old = r.mailbox()
+    r.sp()
+    return RenameArgs(old, r.mailbox())
+
+
+_LIST_SELECT = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+_LIST_RETURN = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS", "MYRIGHTS"}
+
+
+def _list(r: _Reader) -> CommandArgs:
+    r.sp()
+    select: set[str] = set()
+    extended = False
+    if r.peek() == ord("("):  # list-select-opts (RFC 5258 3)
+        extended = True
+        select = {w.upper() for w in r.paren_list("atom")}
+        unknown = select - _LIST_SELECT
+        if unknown:
+            raise r.error(f"unknown LIST selection option {sorted(unknown)[0]}")
+        if "RECURSIVEMATCH" in select and len(select) == 1:
+            raise r.error("RECURSIVEMATCH needs another selection option")
+        r.sp()
+    reference = r.mailbox()
+    r.sp()
+    patterns: list[str] = []
+    if r.peek() == ord("("):
+        extended = True
+        r.pos += 1
+        while True:
+            patterns.append(r.list_mailbox())
+            if r.peek() == ord(")"):
+                r.pos += 1
+                break
+            r.sp()
+    else:
+        patterns.append(r.list_mailbox())
+    returns: set[str] = set()
+    status_items: tuple[str, ...] = ()
+    if r.maybe_sp():
+        extended = True
+        r.expect(b"RETURN")
+        r.sp()
+        r.expect(b"(")
+        while r.peek() != ord(")"):
+            word = r.atom().upper()
+            if word not in _LIST_RETURN:
+                raise r.error(f"unknown LIST return option {word}")
+            returns.add(word)
+            if word == "STATUS":  # LIST-STATUS (RFC 5819)
+                r.sp()
+                status_items = _status_items(r)
+            if r.peek() != ord(")"):
+                r.sp()
+        r.pos += 1
+    return ListArgs(
+        reference, tuple(patterns), frozenset(select), frozenset(returns), status_items,
+        extended,
+    )
+
+
+def _lsub(r: _Reader) -> CommandArgs:
+    r.sp()
+    reference = r.mailbox()
+    r.sp()
+    return ListArgs(reference, (r.list_mailbox(),), lsub=True)
+
+
+STATUS_ITEMS = frozenset(
+    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE",
+     "HIGHESTMODSEQ", "APPENDLIMIT"}
+)
+
+
+def _status_items(r: _Reader) -> tuple[str, ...]:
+    items = [w.upper() for w in r.paren_list("atom")]
+    if not items:
+        raise r.error("STATUS needs at least one item")
+    for item in items:
+        if item not in STATUS_ITEMS:
+            raise r.error(f"unknown STATUS item {item}")
+    return tuple(items)
+
+
+def _status(r: _Reader) -> CommandArgs:
+    r.sp()
+    mailbox = r.mailbox()
+    r.sp()
+    return StatusArgs(mailbox, _status_items(r))
+
+
+def _append(r: _Reader) -> CommandArgs:
+    r.sp()
+    mailbox = r.mailbox()
+    messages: list[AppendMessage] = []
+    while r.maybe_sp():  # MULTIAPPEND (RFC 3502): more messages follow, each with its options
+        flags: list[str] = []
+        when = None
+        if r.peek() == ord("("):
+            flags = r.paren_list("flag")
+            r.sp()
+        if r.peek() == 0x22:
+            when = r.date_time()
+            r.sp()
+        data, binary = r.literal(allow_binary=True)
+        messages.append(AppendMessage(tuple(flags), when, data, binary))
+    if not messages:
+        raise r.error("APPEND needs a message literal")
+    return AppendArgs(mailbox, tuple(messages))
+
+
+def _search(r: _Reader) -> CommandArgs:
+    r.sp()
+    returns: tuple[str, ...] | None = None
+    if r.peek_is(b"RETURN ("):  # ESEARCH (RFC 4731)
+        r.pos += 7
+        options = [w.upper() for w in r.paren_list("atom")]
+        for option in options:
+            if option not in ("MIN", "MAX", "ALL", "COUNT"):
+                raise r.error(f"unknown SEARCH return option {option}")
+        returns = tuple(options) or ("ALL",)
+        r.sp()
+    charset = "US-ASCII"
+    if r.peek_is(b"CHARSET "):
+        r.pos += 8
+        charset = r.astring().upper()
+        if not _charset_known(charset):
+            raise r.error(
+                f"unsupported charset {charset}", code="BADCHARSET (US-ASCII UTF-8)"
+            )
+        r.sp()
+    keys = [_search_key(r, charset, 0)]
+    while r.maybe_sp():
+        keys.append(_search_key(r, charset, 0))
+    key = keys[0] if len(keys) == 1 else SkAnd(tuple(keys))
+    return SearchArgs(key, charset, returns)
+
+
+def _charset_known(charset: str) -> bool:
+    try:
+        "".encode(charset)
+    except LookupError:
+        return False
+    return True
+
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True),
+    "DRAFT": ("\\Draft", True), "FLAGGED": ("\\Flagged", True), "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False), "UNDELETED": ("\\Deleted", False),
+    "UNDRAFT": ("\\Draft", False), "UNFLAGGED": ("\\Flagged", False),
+    "UNSEEN": ("\\Seen", False),
+}
+_DATE_KEYS = {
+    "BEFORE": (False, "BEFORE"), "ON": (False, "ON"), "SINCE": (False, "SINCE"),
+    "SENTBEFORE": (True, "BEFORE"), "SENTON": (True, "ON"), "SENTSINCE": (True, "SINCE"),
+}
+_TEXT_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
+
+
+def _search_string(r: _Reader, charset: str) -> str:
+    raw = r.astring_bytes()
+    try:
+        return raw.decode(charset)
+    except (UnicodeDecodeError, LookupError):
+        raise r.error(f"search string is not valid {charset}") from None
+
+
+def _search_key(r: _Reader, charset: str, depth: int) -> SearchKey:
+    if depth > _MAX_DEPTH:
+        raise r.error("search keys nested too deeply")
+    c = r.peek()
+    if c == ord("("):
+        r.pos += 1
+        keys = [_search_key(r, charset, depth + 1)]
+        while r.peek() != ord(")"):
+            r.sp()
+            keys.append(_search_key(r, charset, depth + 1))
+        r.pos += 1
+        return keys[0] if len(keys) == 1 else SkAnd(tuple(keys))
+    if c == ord("*") or ord("0") <= c <= ord("9"):
+        return SkSet(r.sequence_set(), uid=False)
+    word = r.atom().upper()
+    if word == "ALL":
+        return SkAll()
+    if word in _FLAG_KEYS:
+        flag, present = _FLAG_KEYS[word]
+        return SkFlag(flag, present)
+    if word in ("KEYWORD", "UNKEYWORD"):
+        r.sp()
+        return SkFlag(r.flag(), word == "KEYWORD")
+    if word in ("NEW", "OLD", "RECENT"):
+        if word == "NEW":  # RECENT UNSEEN
+            return SkAnd((SkRecent(True), SkFlag("\\Seen", False)))
+        return SkRecent(word == "RECENT")
+    if word in _DATE_KEYS:
+        r.sp()
+        sent, op = _DATE_KEYS[word]
+        return SkDate(sent, op, r.date())
+    if word in ("LARGER", "SMALLER"):
+        r.sp()
+        return SkSize(word == "LARGER", r.number())
+    if word in _TEXT_KEYS:
+        r.sp()
+        return SkText(word, _search_string(r, charset))
+    if word == "HEADER":
+        r.sp()
+        name = r.astring().upper()
+        r.sp()
+        return SkText(name, _search_string(r, charset))
+    if word == "NOT":
+        r.sp()
+        return SkNot(_search_key(r, charset, depth + 1))
+    if word == "OR":
+        r.sp()
+        left = _search_key(r, charset, depth + 1)
+        r.sp()
+        return SkOr(left, _search_key(r, charset, depth + 1))
+    if word == "UID":
+        r.sp()
+        return SkSet(r.sequence_set(), uid=True)
+    if word == "MODSEQ":  # RFC 7162 3.1.5: MODSEQ [entry-name entry-type] mod-sequence-valzer
+        r.sp()
+        if r.peek() == 0x22:
+            r.quoted()
+            r.sp()
+            r.atom()
+            r.sp()
+        return SkModseq(r.number())
+    if word in ("OLDER", "YOUNGER"):  # WITHIN (RFC 5032)
+        r.sp()
+        return SkAge(word == "OLDER", r.number(nonzero=True))
+    raise r.error(f"unknown search key {word}")
+
+
+_FETCH_MACROS = {
+    "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
+    "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
+    "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
+}
+_SIMPLE_FETCH = frozenset(
+    {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "MODSEQ",
+     "RFC822", "RFC822.HEADER", "RFC822.TEXT", "BODY"}
+)
+
+
+def _fetch(r: _Reader) -> CommandArgs:
+    r.sp()
+    numbers = r.sequence_set()
+    r.sp()
+    items: list[FetchItem] = []
+    if r.peek() == ord("("):
+        r.pos += 1
+        while True:
+            items.append(_fetch_att(r))
+            if r.peek() == ord(")"):
+                r.pos += 1
+                break
+            r.sp()
+    else:
+        save = r.pos
+        word = r._run(_ATOM_SPECIALS).decode("latin-1").upper()
+        if word in _FETCH_MACROS:
+            items = [FetchItem(n) for n in _FETCH_MACROS[word]]
+        else:
+            r.pos = save
+            items.append(_fetch_att(r))
+    changedsince = None
+    vanished = False
+    if r.maybe_sp():  # fetch-modifiers (RFC 7162 3.1.4, 3.2.6)
+        r.expect(b"(")
+        while True:
+            word = r.atom().upper()
+            if word == "CHANGEDSINCE":
+                r.sp()
+                changedsince = r.number(nonzero=True)
+            elif word == "VANISHED":
+                vanished = True
+            else:
+                raise r.error(f"unknown FETCH modifier {word}")
+            if r.peek() == ord(")"):
+                r.pos += 1
+                break
+            r.sp()
+        if vanished and changedsince is None:
+            raise r.error("VANISHED needs CHANGEDSINCE")  # RFC 7162 3.2.6
+    return FetchArgs(numbers, tuple(items), changedsince, vanished)
+
+
+_FETCH_WORD = re.compile(rb"[A-Za-z0-9.]+")
+
+
+def _fetch_att(r: _Reader) -> FetchItem:
+    m = _FETCH_WORD.match(r.data, r.pos)
+    if m is None:
+        raise r.error(f"expected a fetch attribute at position {r.pos}")
+    word = m.group().decode().upper()
+    r.pos = m.end()
+    if r.peek() != ord("["):
+        if word in _SIMPLE_FETCH:
+            return FetchItem(word)
+        raise r.error(f"unknown fetch attribute {word}")
+    if word not in ("BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE"):
+        raise r.error(f"unknown fetch attribute {word}")
+    r.pos += 1
+    binary = word.startswith("BINARY")
+    section = _section_binary(r) if binary else _section(r)
+    r.expect(b"]")
+    partial = None
+    if r.peek() == ord("<"):
+        if word == "BINARY.SIZE":
+            raise r.error("BINARY.SIZE takes no partial")
+        r.pos += 1
+        origin = r.number()
+        r.expect(b".")
+        length = r.number(nonzero=True)
+        r.expect(b">")
+        partial = (origin, length)
+    name = {"BODY.PEEK": "BODY", "BINARY.PEEK": "BINARY"}.get(word, word)
+    return FetchItem(
+        name if binary else "BODY[]", section, word.endswith(".PEEK"), partial,
+    )
+
+
+def _section_binary(r: _Reader) -> Section:
+    parts: list[int] = []
+    while r.peek() != ord("]"):
+        if parts:
+            r.expect(b".")
+        parts.append(r.number(nonzero=True))
+    return Section(tuple(parts))
+
+
+def _section(r: _Reader) -> Section:
+    parts: list[int] = []
+    text = ""
+    while r.peek() != ord("]"):
+        if parts:
+            r.expect(b".")
+        if ord("0") <= r.peek() <= ord("9"):
+            parts.append(r.number(nonzero=True))
+            continue
+        m = _SECTION_TEXT.match(r.data, r.pos)
+        if m is None:
+            raise r.error(f"bad section at position {r.pos}")
+        text = m.group().decode().upper()
+        r.pos = m.end()
+        break
+    if text == "MIME" and not parts:
+        raise r.error("MIME needs a part number")  # RFC 9051 6.4.5
+    fields: list[str] = []
+    if text.startswith("HEADER.FIELDS"):
+        r.sp()
+        r.expect(b"(")
+        while True:
+            fields.append(r.astring().upper())
+            if r.peek() == ord(")"):
+                r.pos += 1
+                break
+            r.sp()
+    return Section(tuple(parts), text, tuple(fields))
+
+
+def _store(r: _Reader) -> CommandArgs:
+    r.sp()
+    numbers = r.sequence_set()
+    r.sp()
+    unchangedsince = None
+    if r.peek() == ord("("):  # store-modifiers (RFC 7162 3.1.3)
+        r.pos += 1
+        word = r.atom().upper()
+        if word != "UNCHANGEDSINCE":
+            raise r.error(f"unknown STORE modifier {word}")
+        r.sp()
+        unchangedsince = r.number()
+        r.expect(b")")
+        r.sp()
+    word = r.atom().upper()
+    mode = "replace"
+    if word[:1] in ("+", "-"):
+        mode = "add" if word[0] == "+" else "remove"
+        word = word[1:]
+    if word not in ("FLAGS", "FLAGS.SILENT"):
+        raise r.error(f"bad STORE item {word}")
+    r.sp()
+    if r.peek() == ord("("):
+        flags = r.paren_list("flag")
+    else:
+        flags = [r.flag()]
+        while r.maybe_sp():
+            flags.append(r.flag())
+    return StoreArgs(numbers, mode, word.endswith(".SILENT"), tuple(flags), unchangedsince)
+
+
+def _copy(r: _Reader) -> CommandArgs:
+    r.sp()
+    numbers = r.sequence_set()
+    r.sp()
+    return CopyArgs(numbers, r.mailbox())
+
+
+def _uid_expunge(r: _Reader) -> CommandArgs:
+    r.sp()
+    return UidExpungeArgs(r.sequence_set())
+
+
+def _id(r: _Reader) -> CommandArgs:
+    r.sp()
+    if r.peek_is(b"NIL"):
+        r.pos += 3
+        return IdArgs(None)
+    r.expect(b"(")
+    params: list[tuple[str, str | None]] = []
+    while r.peek() != ord(")"):
+        key = r.string_bytes().decode("utf-8", "replace")
+        r.sp()
+        params.append((key, r.nstring()))
+        if r.peek() != ord(")"):
+            r.sp()
+        if len(params) > 30:  # RFC 2971 3.3
+            raise r.error("too many ID parameters")
+    r.pos += 1
+    return IdArgs(tuple(params))
+
+
+def _quota_root(r: _Reader) -> CommandArgs:
+    r.sp()
+    return QuotaRootArgs(r.astring())
+
+
+def _setquota(r: _Reader) -> CommandArgs:
+    r.sp()
+    root = r.astring()
+    r.sp()
+    r.expect(b"(")
+    depth = 1
+    while depth and not r.at_end():  # skipped: SETQUOTA is refused anyway
+        c = r.peek()
+        depth += (c == ord("(")) - (c == ord(")"))
+        r.pos += 1
+    return QuotaRootArgs(root)
+
+
+_COMMANDS = {
+    "CAPABILITY": _no_args, "NOOP": _no_args, "LOGOUT": _no_args, "STARTTLS": _no_args,
+    "CHECK": _no_args, "CLOSE": _no_args, "UNSELECT": _no_args, "EXPUNGE": _no_args,
+    "NAMESPACE": _no_args, "IDLE": _no_args,
+    "LOGIN": _login, "AUTHENTICATE": _authenticate, "ENABLE": _enable,
+    "SELECT": _select, "EXAMINE": _select, "CREATE": _create, "DELETE": _mailbox_only,
+    "RENAME": _rename, "SUBSCRIBE": _mailbox_only, "UNSUBSCRIBE": _mailbox_only,
+    "LIST": _list, "LSUB": _lsub, "STATUS": _status, "APPEND": _append,
+    "SEARCH": _search, "FETCH": _fetch, "STORE": _store, "COPY": _copy, "MOVE": _copy,
+    "UID SEARCH": _search, "UID FETCH": _fetch, "UID STORE": _store, "UID COPY": _copy,
+    "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge,
+    "ID": _id, "GETQUOTA": _quota_root, "GETQUOTAROOT": _mailbox_only, "SETQUOTA": _setquota,
+}

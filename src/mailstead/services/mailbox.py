@@ -1,0 +1,511 @@
+"""Mailbox service: folders, flags, UIDs, MODSEQ, APPEND, COPY/MOVE, EXPUNGE, and the per-session
+views that keep each IMAP session's sequence numbers consistent while others change the mailbox.
+
+Used by IMAP (and by the webmail); POP3 and SMTP delivery go to the store directly. Errors are
+those of ``mailstead.core.errors`` (NotFound, Conflict, InvalidInput, QuotaExceeded,
+CorruptBlob); protocols turn them into their reply codes.
+
+How a view stays in sync: it watches its mailbox on the ChangeBus. Before a command answers,
+``refresh`` asks the store what changed since the MODSEQ the view knows (only when the bus said
+something did), and queues new messages, flag changes and expunges. The session then takes them
+with ``take_updates``, saying whether EXPUNGE may be sent at that moment (RFC 9051 7.5.1); until
+then an expunged message keeps its sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from mailstead.core.errors import Conflict, InvalidInput, NotFound
+from mailstead.store.changes import ChangeBus, Watch
+from mailstead.store.interfaces import (
+    BlobStore,
+    CopyResult,
+    Delivery,
+    Envelope,
+    FlagState,
+    FlagUpdate,
+    Mailbox,
+    MailboxStatus,
+    MessageMeta,
+    MetadataStore,
+    NewMessage,
+    SystemFlag,
+)
+
+SEPARATOR = "/"
+MAX_NAME_BYTES = 512
+MAX_LEVELS = 16
+# Above this many wanted messages, read every flag row once instead of an IN (...) query.
+BULK_FLAGS = 500
+
+# ---------------------------------------------------------------------------------------------
+# Names
+
+
+def normalize_name(name: str) -> str:
+    """Checks a mailbox name and returns its stored form ("INBOX" upper-cased as a first level,
+    one trailing separator dropped, RFC 9051 6.3.4). Names that could escape or confuse are
+    refused with InvalidInput: empty levels, leading '/', '.' and '..' levels, NUL and other
+    controls, the LIST wildcards '*' and '%', invalid UTF-8."""
+    if name.endswith(SEPARATOR) and len(name) > 1:
+        name = name[:-1]
+    if not name:
+        raise InvalidInput("empty mailbox name")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput("mailbox name is not valid UTF-8") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidInput("mailbox name too long")
+    if name.startswith(SEPARATOR):
+        raise InvalidInput("mailbox name must not start with '/'")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or c in "*%" for c in name):
+        raise InvalidInput("mailbox name contains a control character or a wildcard")
+    levels = name.split(SEPARATOR)
+    if len(levels) > MAX_LEVELS:
+        raise InvalidInput("mailbox name has too many levels")
+    for level in levels:
+        if level in ("", ".", ".."):
+            raise InvalidInput(f"mailbox name has an invalid level {level!r}")
+    if levels[0].upper() == "INBOX":
+        levels[0] = "INBOX"
+    return SEPARATOR.join(levels)
+
+
+def parents_of(name: str) -> list[str]:
+    """"a/b/c" -> ["a", "a/b"]."""
+    levels = name.split(SEPARATOR)
+    return [SEPARATOR.join(levels[:i]) for i in range(1, len(levels))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Views
+
+
+@dataclass
+class ViewUpdates:
+    """What a session must tell its client: EXPUNGEs (sequence number at the moment of the
+    report, uid), the new message count, the new \\Recent count, and flag changes."""
+
+    expunged: list[tuple[int, int]] = field(default_factory=list)
+    exists: int | None = None
+    recent: int | None = None
+    flags: list[tuple[int, FlagState]] = field(default_factory=list)
+
+
+class MailboxView:
+    """One session's picture of a selected mailbox: the UIDs in sequence order (an expunged
+    message stays until its EXPUNGE could be sent), the MODSEQ it is synced to, and what it
+    has not told its client yet."""
+
+    def __init__(
+        self,
+        service: MailboxService,
+        mailbox: Mailbox,
+        flags: Sequence[FlagState],
+        *,
+        readonly: bool,
+        track_recent: bool,
+        watch: Watch,
+    ) -> None:
+        self.service = service
+        self.store = service.store
+        self.mailbox = mailbox
+        self.readonly = readonly
+        self.track_recent = track_recent
+        self.watch = watch
+        self.uids = array("Q", (f.uid for f in flags))
+        self.modseq = mailbox.highestmodseq
+        last = self.uids[-1] if self.uids else 0
+        self.uidnext = max(mailbox.uidnext, last + 1)
+        self.recent_ranges: list[tuple[int, int]] = []
+        self.pending_expunge: set[int] = set()
+        self.pending_flags: dict[int, FlagState] = {}
+        self.own_changes: dict[int, int] = {}  # uid -> modseq of changes this session made
+        self.reported_exists = len(self.uids)
+        self.reported_recent = 0
+        self.closed = False
+
+    # -- numbers --
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    @property
+    def id(self) -> int:
+        return self.mailbox.id
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid:
+            return i + 1
+        return None
+
+    def uid_at(self, seq: int) -> int:
+        return self.uids[seq - 1]
+
+    def uids_in_seq_ranges(self, ranges: Iterable[tuple[int, int]]) -> list[int]:
+        """UIDs of the given (low, high) sequence ranges, ascending, without duplicates."""
+        picked: list[int] = []
+        for lo, hi in ranges:
+            picked.extend(self.uids[lo - 1 : hi])
+        return sorted(set(picked)) if len(picked) > 1 else picked
+
+    def uids_in_uid_ranges(self, ranges: Iterable[tuple[int, int]]) -> list[int]:
+        picked: list[int] = []
+        count = 0
+        for lo, hi in ranges:
+            i = bisect.bisect_left(self.uids, lo)
+            j = bisect.bisect_right(self.uids, hi)
+            picked.extend(self.uids[i:j])
+            count += 1
+        return sorted(set(picked)) if count > 1 else picked
+
+    @property
+    def last_uid(self) -> int:
+        return self.uids[-1] if self.uids else 0
+
+    # -- \Recent (RFC 3501 2.3.2; IMAP4rev1 only) --
+
+    def is_recent(self, uid: int) -> bool:
+        return any(lo <= uid <= hi for lo, hi in self.recent_ranges)
+
+    def recent_count(self) -> int:
+        total = 0
+        for lo, hi in self.recent_ranges:
+            total += bisect.bisect_right(self.uids, hi) - bisect.bisect_left(self.uids, lo)
+        return total
+
+    async def claim_recent(self) -> None:
+        """Takes the messages nobody has seen yet as this session's \\Recent ones."""
+        if not self.track_recent or self.readonly:
+            return
+        first = await self.store.claim_recent(self.mailbox.id)
+        if first <= self.last_uid:
+            self.recent_ranges.append((first, self.last_uid))
+
+    # -- syncing with the store --
+
+    async def wait_change(self, timeout: float | None) -> bool:
+        """Waits until the mailbox may have changed (IDLE); does not consume the signal."""
+        try:
+            await asyncio.wait_for(self.watch.event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def refresh(self, force: bool = False) -> None:
+        """Pulls changes made by anyone since the last refresh into the pending queues."""
+        if not force and not self.watch.event.is_set():
+            return
+        self.watch.event.clear()
+        changes = await self.store.changes_since(self.mailbox.id, self.modseq)
+        self.modseq = max(self.modseq, changes.highestmodseq)
+        last = self.last_uid
+        new: list[int] = []
+        for state in changes.changed:
+            if state.uid > last:
+                new.append(state.uid)
+            elif self.own_changes.get(state.uid, 0) >= state.modseq:
+                continue
+            elif state.uid not in self.pending_expunge and self.seq_of(state.uid) is not None:
+                self.pending_flags[state.uid] = state
+        self.own_changes.clear()
+        for uid in changes.vanished:
+            if uid <= last and self.seq_of(uid) is not None:
+                self.pending_expunge.add(uid)
+                self.pending_flags.pop(uid, None)
+        if new:
+            self.uids.extend(new)
+            self.uidnext = max(self.uidnext, new[-1] + 1)
+            await self.claim_recent()
+
+    def take_updates(self, allow_expunge: bool) -> ViewUpdates:
+        out = ViewUpdates()
+        if allow_expunge and self.pending_expunge:
+            out.expunged = self._apply_expunges(self.pending_expunge)
+            self.pending_expunge = set()
+        # Each EXPUNGE already lowered the client's count by one.
+        self.reported_exists -= len(out.expunged)
+        if self.exists != self.reported_exists:
+            out.exists = self.exists
+            self.reported_exists = self.exists
+        if self.track_recent:
+            recent = self.recent_count()
+            if recent != self.reported_recent or out.exists is not None:
+                out.recent = recent
+                self.reported_recent = recent
+        for uid, state in sorted(self.pending_flags.items()):
+            seq = self.seq_of(uid)
+            if seq is not None:
+                out.flags.append((seq, state))
+        self.pending_flags.clear()
+        return out
+
+    def _apply_expunges(self, gone: set[int]) -> list[tuple[int, int]]:
+        """Removes expunged UIDs; returns (seq, uid) as reported one after another, each
+        number counted after the previous removals (RFC 9051 7.5.1)."""
+        reported = []
+        removed = 0
+        for index, uid in enumerate(self.uids):
+            if uid in gone:
+                reported.append((index + 1 - removed, uid))
+                removed += 1
+        self.uids = array("Q", (u for u in self.uids if u not in gone))
+        return reported
+
+    # -- reading messages --
+
+    async def flag_states(self, uids: Sequence[int]) -> list[FlagState]:
+        """Current flags of the given UIDs (ascending), without reading message rows when the
+        set is large (FETCH 1:* (FLAGS) on 100,000 messages)."""
+        if not uids:
+            return []
+        if len(uids) > BULK_FLAGS:
+            states = await self.store.list_flags(self.mailbox.id)
+            if len(uids) == len(self.uids):
+                return states
+            wanted = set(uids)
+            return [s for s in states if s.uid in wanted]
+        rows = await self.store.get_messages(self.mailbox.id, uids)
+        return [FlagState(m.uid, m.modseq, m.flags, m.keywords) for m in rows]
+
+    async def messages(self, uids: Sequence[int]) -> list[MessageMeta]:
+        if not uids:
+            return []
+        if len(uids) == len(self.uids):
+            return await self.store.get_messages(self.mailbox.id)
+        return await self.store.get_messages(self.mailbox.id, uids)
+
+    async def body(self, blob_id: str) -> bytes:
+        return await self.service.read_blob(blob_id)
+
+    # -- changing messages --
+
+    async def store_flags(
+        self,
+        uids: Sequence[int],
+        mode: Literal["add", "remove", "replace"],
+        flags: int,
+        keywords: frozenset[str],
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate:
+        self._writable()
+        result = await self.store.update_flags(
+            self.mailbox.id, uids, mode, flags, keywords, unchanged_since
+        )
+        for state in result.changed:
+            self.own_changes[state.uid] = state.modseq
+            self.pending_flags.pop(state.uid, None)
+        return result
+
+    async def expunge(self, uids: Sequence[int] | None = None) -> list[int]:
+        """Removes \\Deleted messages (all of them, or those among ``uids``); the removed
+        ones become pending EXPUNGEs of this view."""
+        self._writable()
+        if uids is None:
+            removed = await self.store.expunge(self.mailbox.id, None)
+        else:
+            states = await self.flag_states(uids)
+            deleted = [s.uid for s in states if s.flags & SystemFlag.DELETED]
+            removed = await self.store.expunge(self.mailbox.id, deleted) if deleted else []
+        self._mark_gone(removed)
+        return removed
+
+    async def copy(self, uids: Sequence[int], target: Mailbox, move: bool) -> CopyResult:
+        if move:
+            self._writable()
+        result = await self.store.copy_messages(self.mailbox.id, uids, target.id, move=move)
+        if move:
+            self._mark_gone([src for src, _dst in result.pairs])
+        return result
+
+    def _mark_gone(self, uids: Iterable[int]) -> None:
+        for uid in uids:
+            if self.seq_of(uid) is not None:
+                self.pending_expunge.add(uid)
+                self.pending_flags.pop(uid, None)
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise InvalidInput("mailbox is open read-only")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.watch.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The service
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Usage and limits (0 = none) of an account (RFC 9208 resources STORAGE and MESSAGE)."""
+
+    used_bytes: int
+    used_messages: int
+    limit_bytes: int
+    limit_messages: int
+
+
+class MailboxService:
+    def __init__(
+        self, store: MetadataStore, blobs: BlobStore, changes: ChangeBus, max_message_size: int
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.changes = changes
+        self.max_message_size = max_message_size
+
+    # -- folders --
+
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
+        return await self.store.list_mailboxes(account_id)
+
+    async def find(self, account_id: int, name: str) -> Mailbox | None:
+        try:
+            name = normalize_name(name)
+        except InvalidInput:
+            return None
+        return await self.store.get_mailbox(account_id, name)
+
+    async def require(self, account_id: int, name: str) -> Mailbox:
+        box = await self.find(account_id, name)
+        if box is None:
+            raise NotFound(f"no mailbox {name}")
+        return box
+
+    async def create(
+        self, account_id: int, name: str, special_use: str | None = None
+    ) -> Mailbox:
+        """Creates the mailbox and any missing parents (RFC 9051 6.3.4)."""
+        name = normalize_name(name)
+        if await self.store.get_mailbox(account_id, name) is not None:
+            raise Conflict(f"mailbox {name} exists already")
+        for parent in parents_of(name):
+            if await self.store.get_mailbox(account_id, parent) is None:
+                with contextlib.suppress(Conflict):  # created meanwhile by another session
+                    await self.store.create_mailbox(account_id, parent)
+        return await self.store.create_mailbox(account_id, name, special_use)
+
+    async def delete(self, account_id: int, name: str) -> None:
+        name = normalize_name(name)
+        if name == "INBOX":
+            raise InvalidInput("INBOX cannot be deleted")
+        await self.require(account_id, name)
+        prefix = name + SEPARATOR
+        if any(b.name.startswith(prefix) for b in await self.store.list_mailboxes(account_id)):
+            raise Conflict("mailbox has children, delete them first")
+        unused = await self.store.delete_mailbox(account_id, name)
+        await self._delete_blobs(unused)
+
+    async def rename(self, account_id: int, old: str, new: str) -> None:
+        old, new = normalize_name(old), normalize_name(new)
+        source = await self.require(account_id, old)
+        if old == new:
+            return
+        if await self.store.get_mailbox(account_id, new) is not None:
+            raise Conflict(f"mailbox {new} exists already")
+        if new.startswith(old + SEPARATOR):
+            raise InvalidInput("a mailbox cannot be moved inside itself")
+        for parent in parents_of(new):
+            if parent != old and await self.store.get_mailbox(account_id, parent) is None:
+                with contextlib.suppress(Conflict):
+                    await self.store.create_mailbox(account_id, parent)
+        if old == "INBOX":
+            # RFC 9051 6.3.6: renaming INBOX moves its messages to the new mailbox; INBOX
+            # stays, empty (its children are not renamed).
+            target = await self.store.create_mailbox(account_id, new)
+            uids = [s.uid for s in await self.store.list_flags(source.id)]
+            if uids:
+                await self.store.copy_messages(source.id, uids, target.id, move=True)
+            return
+        await self.store.rename_mailbox(account_id, old, new)
+
+    async def subscribe(self, account_id: int, name: str, subscribed: bool) -> None:
+        box = await self.require(account_id, name)
+        await self.store.set_subscribed(account_id, box.name, subscribed)
+
+    async def status(self, mailbox: Mailbox) -> MailboxStatus:
+        return await self.store.mailbox_status(mailbox.id)
+
+    async def quota(self, account_id: int) -> Quota:
+        account = await self.store.get_account_by_id(account_id)
+        if account is None:
+            raise NotFound("account is gone")
+        used_bytes, used_messages = await self.store.quota_usage(account_id)
+        return Quota(used_bytes, used_messages, account.quota_bytes, account.quota_messages)
+
+    # -- messages --
+
+    async def append(
+        self,
+        mailbox: Mailbox,
+        data: bytes,
+        flags: int = 0,
+        keywords: frozenset[str] = frozenset(),
+        internal_date: datetime | None = None,
+        envelope: Envelope | None = None,
+    ) -> MessageMeta:
+        """Stores the bytes durably (blob first, then the row) and returns the new message."""
+        if len(data) > self.max_message_size:
+            raise InvalidInput("message too big")
+        blob_id = await asyncio.to_thread(self.blobs.put, data)
+        message = NewMessage(
+            blob_id=blob_id,
+            size=len(data),
+            internal_date=internal_date or datetime.now(UTC),
+            flags=flags,
+            keywords=keywords,
+            envelope=envelope or _envelope(data),
+        )
+        stored = await self.store.store_message([Delivery(mailbox.id, message)])
+        return stored[0]
+
+    async def read_blob(self, blob_id: str) -> bytes:
+        """The message bytes, hash-checked (CorruptBlob rather than bad bytes)."""
+        return await asyncio.to_thread(self.blobs.get, blob_id)
+
+    async def open(
+        self, account_id: int, name: str, *, readonly: bool, track_recent: bool
+    ) -> MailboxView:
+        """SELECT/EXAMINE: a view of the mailbox as it is now, watching for changes."""
+        box = await self.require(account_id, name)
+        watch = self.changes.watch(box.id)  # before reading, so no change slips between
+        try:
+            box = await self.store.get_mailbox_by_id(box.id) or box
+            flags = await self.store.list_flags(box.id)
+        except BaseException:
+            watch.close()
+            raise
+        view = MailboxView(
+            self, box, flags, readonly=readonly, track_recent=track_recent, watch=watch
+        )
+        await view.claim_recent()
+        view.reported_recent = view.recent_count()
+        return view
+
+    async def _delete_blobs(self, blob_ids: Iterable[str]) -> None:
+        for blob_id in blob_ids:
+            with contextlib.suppress(Exception):  # a leftover file is only wasted space
+                await asyncio.to_thread(self.blobs.delete, blob_id)
+
+
+def _envelope(data: bytes) -> Envelope:
+    from mailstead.proto import mime
+
+    try:
+        return mime.parse_envelope_fields(data)
+    except Exception:  # a message too broken to parse is still stored as given
+        return Envelope()
