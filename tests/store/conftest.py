@@ -8,7 +8,7 @@ so a test can open several instances on the same data or reopen after close.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,8 +19,7 @@ from mailstead.store.postgres import PostgresStore
 from mailstead.store.sql import SqlStore
 from mailstead.store.sqlite import SqliteStore
 from tests.conftest import PG_DSN, pg_available
-
-StoreMaker = Callable[..., SqlStore]
+from tests.store.helpers import StoreMaker
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

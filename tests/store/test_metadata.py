@@ -2,74 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from mailstead.core.errors import Conflict, NotFound, QuotaExceeded
 from mailstead.store.interfaces import (
     DEFAULT_MAILBOXES,
-    Account,
     Delivery,
     Envelope,
-    Mailbox,
-    MessageMeta,
     MetadataStore,
     NewMessage,
-    QueueEntry,
-    QueueRecipient,
     SystemFlag,
 )
-
-WHEN = datetime(2024, 5, 17, 9, 30, 15, tzinfo=UTC)
-
-
-def blob(n: int) -> str:
-    return hashlib.sha256(f"message {n}".encode()).hexdigest()
-
-
-def new_message(n: int = 1, size: int = 100, flags: int = 0, **kw: object) -> NewMessage:
-    return NewMessage(blob_id=blob(n), size=size, internal_date=WHEN, flags=flags, **kw)  # type: ignore[arg-type]
-
-
-async def make_account(
-    store: MetadataStore,
-    address: str = "alice@example.test",
-    quota_bytes: int = 0,
-    quota_messages: int = 0,
-) -> Account:
-    domain = address.rpartition("@")[2]
-    if await store.get_domain(domain) is None:
-        await store.add_domain(domain)
-    return await store.add_account(
-        address, "hash", quota_bytes=quota_bytes, quota_messages=quota_messages
-    )
-
-
-async def inbox(store: MetadataStore, account: Account, name: str = "INBOX") -> Mailbox:
-    box = await store.get_mailbox(account.id, name)
-    assert box is not None
-    return box
-
-
-async def deliver(store: MetadataStore, box: Mailbox, n: int = 1, **kw: object) -> MessageMeta:
-    [meta] = await store.store_message([Delivery(box.id, new_message(n, **kw))])  # type: ignore[arg-type]
-    return meta
-
-
-def queue_entry(qid: str = "Q1", n: int = 9, **kw: object) -> QueueEntry:
-    fields: dict[str, object] = {
-        "id": qid,
-        "sender": "alice@example.test",
-        "recipients": [QueueRecipient("bob@remote.example", notify="FAILURE", orcpt="rfc822;bob")],
-        "blob_id": blob(n),
-        "size": 120,
-        "created": WHEN,
-        "next_attempt": WHEN,
-    }
-    return QueueEntry(**(fields | kw))  # type: ignore[arg-type]
-
+from tests.store.helpers import (
+    WHEN,
+    blob,
+    deliver,
+    inbox,
+    make_account,
+    new_message,
+    queue_entry,
+)
 
 # -- domains -----------------------------------------------------------------------------------
 
@@ -527,9 +481,7 @@ async def test_quota_refusal_writes_nothing(store: MetadataStore) -> None:
 
 async def test_timestamps_are_utc(store: MetadataStore) -> None:
     box = await inbox(store, await make_account(store))
-    local = datetime(2024, 1, 1, 12, 0, tzinfo=UTC).astimezone(
-        __import__("datetime").timezone(timedelta(hours=5))
-    )
+    local = datetime(2024, 1, 1, 12, 0, tzinfo=UTC).astimezone(timezone(timedelta(hours=5)))
     [meta] = await store.store_message(
         [Delivery(box.id, NewMessage(blob_id=blob(1), size=1, internal_date=local))]
     )

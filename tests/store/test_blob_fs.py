@@ -1,0 +1,101 @@
+"""Message files: content-addressed, durable writes, corruption always detected."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mailstead.core.errors import CorruptBlob, InvalidInput, NotFound
+from mailstead.store.blob_fs import FsBlobStore
+
+MESSAGE = b"From: a@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> FsBlobStore:
+    return FsBlobStore(tmp_path / "blobs")
+
+
+def test_put_get_round_trip(blobs: FsBlobStore) -> None:
+    blob_id = blobs.put(MESSAGE)
+    assert blob_id == hashlib.sha256(MESSAGE).hexdigest()
+    path = blobs.root / blob_id[:2] / blob_id[2:4] / f"{blob_id}.eml"
+    assert path.read_bytes() == MESSAGE
+    assert blobs.get(blob_id) == MESSAGE
+    assert blobs.exists(blob_id)
+    assert blobs.verify(blob_id) is None
+
+
+def test_put_is_idempotent_and_leaves_no_temp_files(blobs: FsBlobStore) -> None:
+    first = blobs.put(MESSAGE)
+    assert blobs.put(MESSAGE) == first
+    assert blobs.put(b"") != first  # the empty message is a blob like any other
+    files = [p for p in blobs.root.rglob("*") if p.is_file()]
+    assert sorted(p.name for p in files) == sorted(
+        f"{h}.eml" for h in (first, hashlib.sha256(b"").hexdigest())
+    )
+
+
+def test_changed_bytes_are_reported_corrupt(blobs: FsBlobStore) -> None:
+    blob_id = blobs.put(MESSAGE)
+    path = blobs.path(blob_id)
+    path.write_bytes(MESSAGE.replace(b"Hello", b"Jello"))  # same length, one byte changed
+    with pytest.raises(CorruptBlob) as caught:
+        blobs.get(blob_id)
+    assert caught.value.blob_id == blob_id
+    assert "mismatch" in (blobs.verify(blob_id) or "")
+
+
+def test_truncated_file_is_reported_corrupt(blobs: FsBlobStore) -> None:
+    blob_id = blobs.put(MESSAGE)
+    with open(blobs.path(blob_id), "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(CorruptBlob):
+        blobs.get(blob_id)
+    assert blobs.verify(blob_id) is not None
+
+
+def test_put_repairs_a_corrupt_file(blobs: FsBlobStore) -> None:
+    blob_id = blobs.put(MESSAGE)
+    blobs.path(blob_id).write_bytes(b"garbage")
+    assert blobs.put(MESSAGE) == blob_id
+    assert blobs.get(blob_id) == MESSAGE
+
+
+def test_put_of_existing_content_refreshes_its_time(blobs: FsBlobStore) -> None:
+    blob_id = blobs.put(MESSAGE)
+    old = time.time() - 3600
+    os.utime(blobs.path(blob_id), (old, old))
+    blobs.put(MESSAGE)
+    assert blobs.path(blob_id).stat().st_mtime > old + 1800
+
+
+def test_missing_and_deleted(blobs: FsBlobStore) -> None:
+    missing = hashlib.sha256(b"never stored").hexdigest()
+    with pytest.raises(NotFound):
+        blobs.get(missing)
+    assert blobs.verify(missing) == "missing"
+    assert not blobs.exists(missing)
+    blob_id = blobs.put(MESSAGE)
+    blobs.delete(blob_id)
+    blobs.delete(blob_id)  # deleting twice is fine
+    assert not blobs.exists(blob_id)
+    with pytest.raises(NotFound):
+        blobs.get(blob_id)
+
+
+def test_bad_ids_never_reach_the_filesystem(blobs: FsBlobStore) -> None:
+    for bad in ("../../etc/passwd", "ABCDEF" * 10 + "abcd", "", "a" * 63):
+        with pytest.raises(InvalidInput):
+            blobs.get(bad)
+
+
+def test_iter_ids(blobs: FsBlobStore) -> None:
+    assert list(blobs.iter_ids()) == []
+    ids = {blobs.put(f"message {n}".encode()) for n in range(20)}
+    (blobs.root / "stray.txt").write_text("not a blob")
+    assert sorted(blobs.iter_ids()) == sorted(ids)
