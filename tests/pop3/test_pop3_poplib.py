@@ -1,0 +1,306 @@
+"""POP3 over real sockets with Python's poplib (and a raw socket for SASL): STLS and 995, the
+store shared with IMAP, the IN-USE lock, dropped sessions, UIDL stability, dot-stuffing."""
+
+from __future__ import annotations
+
+import base64
+import poplib
+import socket
+import ssl
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import PASSWORD, RunningServer
+from tests.pop3.helpers import (
+    blob_path,
+    deliver,
+    inbox,
+    message,
+    wait_until_unlocked,
+)
+
+ALICE = "alice@example.test"
+
+
+def stls_client(server: RunningServer, user: str = ALICE, login: bool = True) -> poplib.POP3:
+    client = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=30)
+    client.stls(context=server.ssl_context())
+    if login:
+        client.user(user)
+        client.pass_(PASSWORD)
+    return client
+
+
+def ssl_client(server: RunningServer, user: str = ALICE) -> poplib.POP3_SSL:
+    client = poplib.POP3_SSL(
+        "127.0.0.1", server.ports["pop3s"], context=server.ssl_context(), timeout=30
+    )
+    client.user(user)
+    client.pass_(PASSWORD)
+    return client
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_retrieve_and_delete_over_stls_expunges_for_imap(mail_server: RunningServer) -> None:
+    raws = [message(f"note {i}", body=f"body {i}\r\n") for i in range(3)]
+    uids = [deliver(mail_server, ALICE, raw) for raw in raws]
+    client = stls_client(mail_server)
+    count, size = client.stat()
+    assert (count, size) == (3, sum(len(r) for r in raws))
+    _, listing, _ = client.list()
+    assert listing == [f"{i + 1} {len(r)}".encode() for i, r in enumerate(raws)]
+    _, lines, octets = client.retr(2)
+    assert b"\r\n".join(lines) + b"\r\n" == raws[1] and octets == len(raws[1])
+    client.dele(1)
+    client.dele(3)
+    # Nothing is gone before QUIT: an IMAP client still sees all three.
+    assert sorted(inbox(mail_server, ALICE)) == uids
+    assert client.quit().startswith(b"+OK")
+    assert inbox(mail_server, ALICE) == {uids[1]: True}  # the one read is now \Seen
+
+
+def test_implicit_tls_on_995(mail_server: RunningServer) -> None:
+    deliver(mail_server, ALICE, message("over 995"))
+    client = ssl_client(mail_server)
+    _, lines, _ = client.retr(1)
+    assert b"Subject: over 995" in lines
+    client.dele(1)
+    client.quit()
+    assert inbox(mail_server, ALICE) == {}
+
+
+def test_plaintext_login_refused_before_stls(mail_server: RunningServer) -> None:
+    client = poplib.POP3("127.0.0.1", mail_server.ports["pop3"], timeout=30)
+    caps = client.capa()
+    assert "STLS" in caps and "USER" not in caps and "SASL" not in caps
+    with pytest.raises(poplib.error_proto, match=r"-ERR \[AUTH\] TLS required"):
+        client.user(ALICE)
+    client.stls(context=mail_server.ssl_context())
+    caps = client.capa()
+    assert "USER" in caps and caps["SASL"] == ["PLAIN", "LOGIN"] and "STLS" not in caps
+    assert "UIDL" in caps and "TOP" in caps and "RESP-CODES" in caps
+    client.user(ALICE)
+    assert client.pass_(PASSWORD).startswith(b"+OK")
+    client.quit()
+
+
+def test_plaintext_allowed_on_loopback_when_configured(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(auth={"allow_plaintext_on_loopback": True})
+    client = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=30)
+    assert "USER" in client.capa()
+    client.user(ALICE)
+    client.pass_(PASSWORD)
+    assert client.stat() == (0, 0)
+    client.quit()
+
+
+def test_bad_password_answers_auth_code(mail_server: RunningServer) -> None:
+    client = stls_client(mail_server, login=False)
+    client.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"-ERR \[AUTH\] invalid credentials"):
+        client.pass_("wrong password")
+    client.user("nobody@example.test")
+    with pytest.raises(poplib.error_proto, match=r"-ERR \[AUTH\]"):
+        client.pass_(PASSWORD)
+    client.user(ALICE)
+    assert client.pass_(PASSWORD).startswith(b"+OK")
+    client.quit()
+
+
+def test_repeated_failures_lock_out_with_sys_temp(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(auth={"max_failures": 2, "failure_delay": 0})
+    client = stls_client(server, login=False)
+    for _ in range(2):
+        client.user(ALICE)
+        with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+            client.pass_("wrong password")
+    client.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"-ERR \[SYS/TEMP\]"):
+        client.pass_(PASSWORD)
+
+
+def test_uidl_top_and_rset(mail_server: RunningServer) -> None:
+    body = "".join(f"line {i}\r\n" for i in range(10))
+    first = deliver(mail_server, ALICE, message("top me", body=body))
+    second = deliver(mail_server, ALICE, message("other"))
+    uidvalidity = mail_server.run(_uidvalidity(mail_server))
+    client = stls_client(mail_server)
+    _, uidls, _ = client.uidl()
+    assert uidls == [f"1 {uidvalidity}.{first}".encode(), f"2 {uidvalidity}.{second}".encode()]
+    assert client.uidl(2) == f"+OK 2 {uidvalidity}.{second}".encode()
+    _, lines, _ = client.top(1, 2)
+    assert lines[-3:] == [b"", b"line 0", b"line 1"]
+    assert b"Subject: top me" in lines
+    client.dele(1)
+    with pytest.raises(poplib.error_proto, match="already deleted"):
+        client.retr(1)
+    client.rset()
+    assert client.stat()[0] == 2
+    client.quit()
+    assert sorted(inbox(mail_server, ALICE)) == [first, second]
+
+
+async def _uidvalidity(server: RunningServer) -> int:
+    store = server.services.store
+    account = await store.get_account(ALICE)
+    assert account is not None
+    box = await store.get_mailbox(account.id, "INBOX")
+    assert box is not None
+    return box.uidvalidity
+
+
+def test_uidl_stable_across_restart(make_server: Callable[..., RunningServer]) -> None:
+    server = make_server()
+    for i in range(3):
+        deliver(server, ALICE, message(f"keep {i}"))
+    client = stls_client(server)
+    client.dele(2)
+    client.quit()
+    client = stls_client(server)
+    _, before, _ = client.uidl()
+    client.quit()
+    server.stop()
+    restarted = make_server(data_dir=server.data_dir)
+    client = stls_client(restarted)
+    _, after, _ = client.uidl()
+    client.quit()
+    assert after == before and len(after) == 2
+
+
+def test_second_session_gets_in_use(mail_server: RunningServer) -> None:
+    deliver(mail_server, ALICE, message("locked"))
+    first = stls_client(mail_server)
+    second = stls_client(mail_server, login=False)
+    second.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"-ERR \[IN-USE\]"):
+        second.pass_(PASSWORD)
+    # Another user's maildrop is not affected.
+    other = stls_client(mail_server, user="bob@example.test")
+    other.quit()
+    first.quit()
+    second.user(ALICE)
+    assert second.pass_(PASSWORD).startswith(b"+OK")
+    second.quit()
+
+
+def test_dropped_connection_deletes_nothing(mail_server: RunningServer) -> None:
+    uids = [deliver(mail_server, ALICE, message(f"precious {i}")) for i in range(2)]
+    client = stls_client(mail_server)
+    client.dele(1)
+    client.dele(2)
+    client.close()  # the line drops: no QUIT
+    wait_until_unlocked(mail_server)
+    assert sorted(inbox(mail_server, ALICE)) == uids
+    client = stls_client(mail_server)
+    assert client.stat()[0] == 2
+    client.quit()
+
+
+def test_snapshot_taken_at_login(mail_server: RunningServer) -> None:
+    deliver(mail_server, ALICE, message("before"))
+    client = stls_client(mail_server)
+    deliver(mail_server, ALICE, message("after"))
+    assert client.stat()[0] == 1
+    client.quit()
+    client = stls_client(mail_server)
+    assert client.stat()[0] == 2
+    client.quit()
+
+
+def test_dot_stuffing_round_trip(mail_server: RunningServer) -> None:
+    body = ".leading dot\r\n..two dots\r\n.\r\nmiddle\r\n. space\r\nend\r\n"
+    raw = message("dots", body=body)
+    deliver(mail_server, ALICE, raw)
+    client = stls_client(mail_server)
+    # Raw wire bytes: every dot-led line is stuffed, and the end marker is CRLF.CRLF.
+    client._putcmd("RETR 1")
+    wire = b""
+    while not wire.endswith(b"\r\n.\r\n"):
+        chunk = client.file.readline()
+        assert chunk
+        wire += chunk
+    assert b"\r\n..leading dot\r\n...two dots\r\n..\r\nmiddle\r\n.. space\r\nend\r\n.\r\n" in wire
+    # poplib undoes it: the message arrives exactly as stored.
+    _, lines, _ = client.retr(1)
+    assert b"\r\n".join(lines) + b"\r\n" == raw
+    client.quit()
+
+
+def test_corrupt_message_is_refused(mail_server: RunningServer) -> None:
+    bad = message("will rot")
+    deliver(mail_server, ALICE, bad)
+    deliver(mail_server, ALICE, message("fine"))
+    path = blob_path(mail_server, bad)
+    path.chmod(0o644)
+    path.write_bytes(bad.replace(b"Hello", b"Jello"))
+    client = stls_client(mail_server)
+    with pytest.raises(poplib.error_proto, match=r"-ERR \[SYS/PERM\] message 1 is damaged"):
+        client.retr(1)
+    with pytest.raises(poplib.error_proto, match=r"-ERR \[SYS/PERM\]"):
+        client.top(1, 0)
+    _, lines, _ = client.retr(2)
+    assert b"Subject: fine" in lines
+    client.quit()
+
+
+# -- SASL over a raw TLS socket ---------------------------------------------------------------
+
+
+class RawClient:
+    def __init__(self, server: RunningServer) -> None:
+        sock = socket.create_connection(("127.0.0.1", server.ports["pop3s"]), timeout=30)
+        self.sock: ssl.SSLSocket = server.ssl_context().wrap_socket(sock)
+        self.file = self.sock.makefile("rb")
+        assert self.line().startswith(b"+OK")
+
+    def line(self) -> bytes:
+        return self.file.readline()
+
+    def say(self, text: str) -> bytes:
+        self.sock.sendall(text.encode() + b"\r\n")
+        return self.line()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_auth_plain_with_initial_response(mail_server: RunningServer) -> None:
+    client = RawClient(mail_server)
+    assert client.say(f"AUTH PLAIN {b64(chr(0) + ALICE + chr(0) + PASSWORD)}").startswith(
+        b"+OK maildrop has 0 messages"
+    )
+    assert client.say("QUIT").startswith(b"+OK")
+    client.close()
+
+
+def test_auth_plain_continuation_and_login(mail_server: RunningServer) -> None:
+    client = RawClient(mail_server)
+    assert client.say("AUTH PLAIN") == b"+ \r\n"
+    assert client.say(b64(f"\0{ALICE}\0wrong")).startswith(b"-ERR [AUTH] ")
+    assert client.say("AUTH LOGIN") == b"+ VXNlcm5hbWU6\r\n"
+    assert client.say(b64(ALICE)) == b"+ UGFzc3dvcmQ6\r\n"
+    assert client.say(b64(PASSWORD)).startswith(b"+OK")
+    assert client.say("STAT") == b"+OK 0 0\r\n"
+    client.say("QUIT")
+    client.close()
+
+
+def test_garbage_and_long_lines(make_server: Callable[..., RunningServer]) -> None:
+    server = make_server(limits={"max_errors": 3})
+    client = RawClient(server)
+    assert client.say("X" * 5000).startswith(b"-ERR line too long")
+    assert client.say("HELO") == b"-ERR unknown command\r\n"
+    assert client.say("RETR 1") == b"-ERR RETR not allowed in this state\r\n"
+    assert client.line() == b"-ERR too many errors, closing connection\r\n"
+    assert client.line() == b""  # closed
+    client.close()
