@@ -287,11 +287,12 @@ def _split_multipart(data: bytes, part: Part, boundary: str, depth: int, budget:
             _parse_entity(data, content_start, part.body_end, child_default, depth + 1, budget)
         )
     if not part.children:
-        # No delimiter at all. IMAP needs at least one body part, so expose the whole body
-        # as a single header-less text part.
-        whole = _parse_entity(
-            data, part.body_start, part.body_end, ("text", "plain"), MAX_DEPTH, budget
-        )
+        # No delimiter at all. IMAP needs at least one body part (RFC 3501 body-type-mpart),
+        # so expose the whole body as a single header-less text part.
+        whole = Part(part.body_start, part.body_start, part.body_start, part.body_end)
+        whole.raw_params = [("CHARSET", "US-ASCII")]
+        whole.params = {"charset": "US-ASCII"}
+        whole.lines = _count_lines(data, whole.body_start, whole.body_end)
         part.children.append(whole)
 
 
@@ -681,12 +682,15 @@ def parse_addresses(value: str) -> list[Address]:
 # IMAP views: ENVELOPE, BODYSTRUCTURE
 
 
-def _address_field(part: Part, name: str) -> list[list[str | None]] | None:
+def _address_field(part: Part, name: str) -> list[object] | None:
+    """env-from etc.: ``"(" 1*address ")"``, the addresses written with no space between."""
     value = part.get(name)
     if not value:
         return None
     addresses = parse_addresses(value)
-    return [list(a) for a in addresses] or None
+    if not addresses:
+        return None
+    return [Unspaced(list(a) for a in addresses)]
 
 
 def _message_envelope(part: Part) -> list[object]:
@@ -883,8 +887,11 @@ def find_part(root: Part, numbers: tuple[int, ...]) -> Part | None:
     message has exactly one part, numbered 1, which is the message itself.
     """
     current = root
-    for n in numbers:
-        if current.encapsulated is not None:
+    for i, n in enumerate(numbers):
+        if i > 0 and current.encapsulated is not None:
+            # Numbers after a message/rfc822 part index into the encapsulated message. The
+            # root is the message already, so a root of type message/rfc822 is entered only
+            # by its own part 1 ("1.1"), never by "1".
             current = current.encapsulated
         if current.is_multipart:
             if n > len(current.children):
