@@ -15,4 +15,8 @@ if TYPE_CHECKING:
 
 async def start(services: Services, background: list[asyncio.Task[None]]) -> None:
     """Creates the delivery and mailbox services and starts background workers."""
-    return None
+    from mailstead.services.delivery import DeliveryService
+
+    services.extra["delivery"] = DeliveryService(
+        services.store, services.blobs, services.cfg.hostname
+    )

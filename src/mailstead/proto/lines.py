@@ -1,0 +1,133 @@
+"""Line framing for text protocols, and the SMTP DATA reader with its smuggling guard.
+
+Pure code: bytes in, bytes out. The network driver reads; these helpers decide what the bytes mean.
+
+SMTP DATA ends only at <CRLF>.<CRLF> (RFC 5321 4.1.1.4). A lone LF or CR anywhere in the message
+is refused rather than repaired: servers that disagree about where a message ends are how SMTP
+smuggling works (CVE-2023-51764, CVE-2023-51765, CVE-2023-51766), and a message holding a bare
+LF could later be relayed to a server that reads it as a line end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+CRLF = b"\r\n"
+END_OF_DATA = b"\r\n.\r\n"
+# The driver reads DATA up to each occurrence of this; the real end can only finish there.
+DATA_READ_SEPARATOR = b".\r\n"
+
+COMMAND_LINE_MAX = 512  # RFC 5321 4.5.3.1.4, including CRLF
+TEXT_LINE_MAX = 1000  # RFC 5321 4.5.3.1.6, including CRLF, not counting a stuffing dot
+
+
+def strip_eol(line: bytes) -> bytes:
+    """The line without its CRLF (or lone LF) terminator."""
+    if line.endswith(CRLF):
+        return line[:-2]
+    if line.endswith(b"\n"):
+        return line[:-1]
+    return line
+
+
+def has_bare_cr_or_lf(data: bytes) -> bool:
+    """True when a CR or LF appears other than as part of a CRLF pair (RFC 5321 2.3.8)."""
+    pairs = data.count(CRLF)
+    return data.count(b"\r") != pairs or data.count(b"\n") != pairs
+
+
+def longest_line(data: bytes) -> int:
+    """Length in octets of the longest CRLF-terminated line, the CRLF included."""
+    if len(data) <= TEXT_LINE_MAX - 2:
+        return len(data) + 2
+    return max(map(len, data.split(CRLF))) + 2
+
+
+def dot_unstuff(raw: bytes) -> bytes:
+    """Removes the transparency dot of every line that starts with one (RFC 5321 4.5.2)."""
+    if raw.startswith(b"."):
+        raw = raw[1:]
+    return raw.replace(b"\r\n.", b"\r\n")
+
+
+def dot_stuff(content: bytes) -> bytes:
+    """The inverse of ``dot_unstuff``, for clients and tests: doubles each line's leading dot."""
+    if content.startswith(b"."):
+        content = b"." + content
+    return content.replace(b"\r\n.", b"\r\n..")
+
+
+class DataProblem(Enum):
+    """Why a received message is refused; the SMTP session maps each to a reply."""
+
+    TOO_BIG = "too_big"
+    BARE_NEWLINE = "bare_newline"
+    LINE_TOO_LONG = "line_too_long"
+
+
+@dataclass(frozen=True, slots=True)
+class DataOutcome:
+    content: bytes  # the message, unstuffed; empty when refused
+    size: int  # octets received (unstuffed size when kept, raw size when too big)
+    problem: DataProblem | None
+
+
+class DotReader:
+    """Collects the lines after DATA until <CRLF>.<CRLF>.
+
+    ``feed`` takes bytes in any split; it stops at the end marker and hands back what follows it.
+    Past ``max_size`` the content is no longer kept (the sender still has to finish, RFC 1870
+    section 6.3), so a huge message costs no memory.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        # Dot-stuffing can add a third (a line "." becomes ".."); past this raw size the content
+        # cannot fit however much stuffing it carried.
+        self._keep_limit = max_size + max_size // 3 + 3
+        self._parts: list[bytes] = []
+        # The CRLF that ended the DATA command starts the first line, so "." at once is the end.
+        self._recent = CRLF
+        self.raw_size = 0
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Consumes ``chunk`` up to the end marker. Returns the bytes after the marker (empty
+        when there are none); ``done`` tells whether the marker was seen."""
+        if self.done:
+            return chunk
+        window = self._recent + chunk
+        found = window.find(END_OF_DATA)
+        if found < 0:
+            self._keep(chunk)
+            self._recent = window[-4:]
+            return b""
+        cut = found + len(END_OF_DATA) - len(self._recent)
+        self._keep(chunk[:cut])
+        self.done = True
+        return chunk[cut:]
+
+    def _keep(self, part: bytes) -> None:
+        self.raw_size += len(part)
+        if self.raw_size <= self._keep_limit:
+            self._parts.append(part)
+        else:
+            self._parts.clear()
+
+    def finish(self) -> DataOutcome:
+        """The message and its verdict; call once ``done`` is True."""
+        if not self.done:
+            raise ValueError("end of data not reached")
+        if self.raw_size > self._keep_limit:
+            return DataOutcome(b"", self.raw_size, DataProblem.TOO_BIG)
+        raw = b"".join(self._parts)[:-3]  # everything before the final ".\r\n"
+        self._parts.clear()
+        content = dot_unstuff(raw)
+        if len(content) > self.max_size:
+            return DataOutcome(b"", len(content), DataProblem.TOO_BIG)
+        if has_bare_cr_or_lf(content):
+            return DataOutcome(b"", len(content), DataProblem.BARE_NEWLINE)
+        if content and longest_line(content[:-2]) > TEXT_LINE_MAX:
+            return DataOutcome(b"", len(content), DataProblem.LINE_TOO_LONG)
+        return DataOutcome(content, len(content), None)

@@ -1,0 +1,767 @@
+"""The SMTP server session (RFC 5321) as a pure state machine: lines in, replies out.
+
+No sockets and no store: the session asks an ``SmtpBackend`` (routing, login, quota, delivery)
+and tells its driver what to do next through ``Reply.action`` (read a message, read a BDAT chunk,
+start TLS, hang up). The same class serves MX (port 25) and submission (RFC 6409); the policy says
+which.
+
+Extensions: PIPELINING (RFC 2920), SIZE (1870), 8BITMIME (6152), BINARYMIME and CHUNKING (3030),
+SMTPUTF8 (6531), ENHANCEDSTATUSCODES (2034, codes from 3463), DSN (3461), STARTTLS (3207), AUTH
+PLAIN/LOGIN (4954, 4616), REQUIRETLS (8689).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal, Protocol
+
+from mailstead.core.addresses import Address, parse_address
+from mailstead.core.errors import InvalidInput, QuotaExceeded
+from mailstead.proto.lines import (
+    COMMAND_LINE_MAX,
+    DataOutcome,
+    DataProblem,
+    has_bare_cr_or_lf,
+    strip_eol,
+)
+from mailstead.store.interfaces import Account
+
+# Extensions lengthen the 512-octet command line (RFC 5321 4.5.3.1.4): SIZE adds 26 (RFC 1870),
+# DSN 100 to MAIL and 500 to RCPT (RFC 3461 4), AUTH= 500 to MAIL (RFC 4954 5), and the AUTH
+# command with its initial response may reach 12288 (RFC 4954 4). These round the sums up.
+LONGEST_LINE = 12288
+_LINE_LIMITS = {"MAIL": 2048, "RCPT": 1024, "AUTH": LONGEST_LINE}
+
+_XTEXT_RE = re.compile(r"^(?:[!-*,-<>-~]|\+[0-9A-F]{2})*$")  # RFC 3461 4: xchar / hexchar
+_NOTIFY_VALUES = {"SUCCESS", "FAILURE", "DELAY"}
+_HTTP_VERBS = {"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS"}
+
+BodyType = Literal["7BIT", "8BITMIME", "BINARYMIME"]
+QuotaState = Literal["ok", "full", "too_big"]
+
+
+class Action(Enum):
+    """What the driver does after writing a reply."""
+
+    NONE = "none"
+    READ_DATA = "read_data"  # read the message up to <CRLF>.<CRLF>, then call on_data
+    READ_CHUNK = "read_chunk"  # read chunk_size octets (on_chunk), then call on_chunk_end
+    START_TLS = "start_tls"  # handshake, then call tls_started
+    CLOSE = "close"  # hang up
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    lines: tuple[str, ...]
+    action: Action = Action.NONE
+    chunk_size: int = 0  # for READ_CHUNK
+
+    def encode(self) -> bytes:
+        """Wire form: "250-..." for every line but the last, "250 ..." for the last."""
+        last = len(self.lines) - 1
+        return "".join(
+            f"{self.code}{' ' if i == last else '-'}{line}\r\n" for i, line in enumerate(self.lines)
+        ).encode("utf-8")
+
+
+def reply(code: int, status: str, text: str, action: Action = Action.NONE) -> Reply:
+    """A one-line reply with its enhanced status code (RFC 2034)."""
+    return Reply(code, (f"{status} {text}",), action)
+
+
+class AuthRefused(Exception):
+    """The backend refused a login. ``temporary`` marks a lockout (454) rather than bad
+    credentials (535)."""
+
+    def __init__(self, temporary: bool = False) -> None:
+        super().__init__("temporary" if temporary else "invalid credentials")
+        self.temporary = temporary
+
+
+class RouteLike(Protocol):
+    """Where one recipient's mail goes (``mailstead.services.accounts.Route`` fits)."""
+
+    @property
+    def local(self) -> Sequence[Account]: ...
+
+    @property
+    def remote(self) -> Sequence[str]: ...
+
+
+@dataclass(slots=True)
+class Recipient:
+    address: str  # as accepted, domain normalised
+    local: list[Account]
+    remote: list[str]
+    notify: str = ""  # DSN NOTIFY, upper case, comma separated
+    orcpt: str = ""  # DSN ORCPT, xtext decoded: "rfc822;bob@example.org"
+
+
+@dataclass(slots=True)
+class Transaction:
+    """One mail transaction: MAIL, its RCPTs, and how the message was announced."""
+
+    sender: str  # "" is the null reverse-path
+    body: BodyType = "7BIT"
+    smtputf8: bool = False
+    declared_size: int = 0
+    ret: str = ""  # DSN RET: FULL or HDRS
+    envid: str = ""  # DSN ENVID, xtext decoded
+    requiretls: bool = False
+    recipients: list[Recipient] = field(default_factory=list)
+    rcpt_refused: int = 0
+    # Filled in when the message is handed to the backend:
+    helo: str = ""
+    protocol: str = ""  # Received "with" keyword: ESMTP, ESMTPSA, UTF8SMTPS... (RFC 3848, 6531)
+    account: Account | None = None
+    client_ip: str = ""
+
+
+class SmtpBackend(Protocol):
+    """What the session needs from the rest of the server."""
+
+    async def is_local_domain(self, domain: str) -> bool: ...
+
+    async def route(self, address: Address) -> RouteLike:
+        """Accounts and remote addresses that mail for ``address`` goes to; empty if unknown."""
+
+    async def quota_state(self, account: Account, size: int) -> QuotaState:
+        """"full" when the account cannot take more now, "too_big" when ``size`` alone can
+        never fit its quota."""
+
+    async def authenticate(self, username: str, password: str) -> Account:
+        """The account, or AuthRefused (after any rate-limit delay)."""
+
+    async def owns_address(self, account: Account, address: Address) -> bool: ...
+
+    def postmaster(self) -> Address | None:
+        """The address an unqualified ``<postmaster>`` means (RFC 5321 4.5.1)."""
+
+    async def deliver(self, txn: Transaction, message: bytes) -> str:
+        """Stores the message durably for every recipient; returns its queue id. Raises
+        QuotaExceeded when a mailbox cannot take it."""
+
+    def transaction_done(self, txn: Transaction, size: int, result: Reply) -> None:
+        """Called once per finished transaction (accepted or refused), for the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    hostname: str
+    submission: bool  # RFC 6409 rules: AUTH required, sender must be owned, any recipient
+    max_message_size: int
+    max_recipients: int
+    max_errors: int
+    starttls_offered: bool  # this connection may upgrade with STARTTLS
+    plaintext_auth_allowed: bool  # AUTH without TLS is allowed (loopback client, config says so)
+    client_ip: str = ""
+
+
+class _Refusal(Exception):
+    """Raised inside a command handler to answer with ``reply``."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.lines[0])
+        self.reply = reply
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """A BDAT chunk being read: where its bytes go, or the reply that refuses it."""
+
+    last: bool
+    refusal: Reply | None
+
+
+@dataclass(slots=True)
+class _SaslState:
+    mechanism: Literal["PLAIN", "LOGIN"]
+    username: str | None = None
+
+
+LOGIN_USERNAME = base64.b64encode(b"Username:").decode()
+LOGIN_PASSWORD = base64.b64encode(b"Password:").decode()
+
+
+class SmtpSession:
+    def __init__(self, policy: SessionPolicy, backend: SmtpBackend, *, tls_active: bool) -> None:
+        self.policy = policy
+        self.backend = backend
+        self.tls_active = tls_active
+        self.helo: str | None = None
+        self.esmtp = False
+        self.account: Account | None = None
+        self.txn: Transaction | None = None
+        self.errors = 0
+        self._sasl: _SaslState | None = None
+        self._chunk: _Chunk | None = None
+        self._chunking = False  # a BDAT was accepted in this transaction
+        self._chunk_parts: list[bytes] = []
+        self._chunk_size = 0
+        self._handlers: dict[str, Callable[[str], Awaitable[Reply]]] = {
+            "EHLO": self._ehlo,
+            "HELO": self._helo,
+            "MAIL": self._mail,
+            "RCPT": self._rcpt,
+            "DATA": self._data,
+            "BDAT": self._bdat,
+            "RSET": self._rset,
+            "NOOP": self._noop,
+            "QUIT": self._quit,
+            "VRFY": self._vrfy,
+            "EXPN": self._expn,
+            "HELP": self._help,
+            "STARTTLS": self._starttls,
+            "AUTH": self._auth,
+        }
+
+    # -- replies the driver asks for ----------------------------------------------------------
+
+    def greeting(self) -> Reply:
+        return Reply(220, (f"{self.policy.hostname} ESMTP mailstead",))
+
+    def busy_reply(self) -> Reply:
+        return reply(421, "4.7.0", f"{self.policy.hostname} Too many connections, try later",
+                     Action.CLOSE)
+
+    def timeout_reply(self) -> Reply:
+        return reply(421, "4.4.2", f"{self.policy.hostname} Idle timeout, closing connection",
+                     Action.CLOSE)
+
+    def shutdown_reply(self) -> Reply:
+        return reply(421, "4.3.2", f"{self.policy.hostname} Service shutting down",
+                     Action.CLOSE)
+
+    @property
+    def in_auth_exchange(self) -> bool:
+        return self._sasl is not None
+
+    # -- input --------------------------------------------------------------------------------
+
+    async def on_line(self, line: bytes) -> Reply:
+        """One line from the client (with its CRLF): a command, or an AUTH response."""
+        if self._sasl is not None:
+            return self._counted(await self._sasl_step(strip_eol(line)))
+        return self._counted(await self._command(line))
+
+    def on_line_too_long(self) -> Reply:
+        """The driver read and dropped a line longer than LONGEST_LINE."""
+        self._sasl = None
+        return self._counted(reply(500, "5.5.2", "Line too long"))
+
+    async def _command(self, line: bytes) -> Reply:
+        raw = strip_eol(line)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return reply(500, "5.5.2", "Syntax error: command is not valid UTF-8")
+        if "\r" in text or "\n" in text or "\x00" in text:
+            return reply(500, "5.5.2", "Syntax error: control character in command")
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        if len(line) > _LINE_LIMITS.get(verb, COMMAND_LINE_MAX):
+            return reply(500, "5.5.2", "Line too long")
+        handler = self._handlers.get(verb)
+        if handler is None:
+            if verb in _HTTP_VERBS:
+                # Browsers tricked into posting to port 25 (cross-protocol attacks): hang up.
+                return reply(554, "5.7.0", "This is a mail server", Action.CLOSE)
+            return reply(500, "5.5.1", "Command not recognized")
+        try:
+            return await handler(arg)
+        except _Refusal as refusal:
+            return refusal.reply
+
+    def _counted(self, answer: Reply) -> Reply:
+        """Counts error replies; too many end the session (defence against probing)."""
+        if answer.code >= 400 and answer.action is not Action.CLOSE:
+            self.errors += 1
+            if self.errors >= self.policy.max_errors:
+                return reply(421, "4.7.0", f"{self.policy.hostname} Too many errors",
+                             Action.CLOSE)
+        return answer
+
+    # -- session commands ---------------------------------------------------------------------
+
+    async def _ehlo(self, arg: str) -> Reply:
+        return self._greet(arg, extended=True)
+
+    async def _helo(self, arg: str) -> Reply:
+        return self._greet(arg, extended=False)
+
+    def _greet(self, arg: str, *, extended: bool) -> Reply:
+        words = arg.split()
+        if not words:
+            word = "EHLO" if extended else "HELO"
+            return reply(501, "5.5.4", f"Syntax: {word} hostname")
+        self._reset_transaction()  # RFC 5321 4.1.4: EHLO/HELO ends any transaction
+        self.helo = _printable(words[0])[:255]
+        self.esmtp = extended
+        greeting = f"{self.policy.hostname} Hello {self.helo}"
+        if not extended:
+            return Reply(250, (greeting,))
+        return Reply(250, (greeting, *self.extensions()))
+
+    def extensions(self) -> list[str]:
+        ext = [
+            "PIPELINING",
+            f"SIZE {self.policy.max_message_size}",
+            "8BITMIME",
+            "BINARYMIME",
+            "CHUNKING",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "DSN",
+        ]
+        if self.policy.starttls_offered and not self.tls_active:
+            ext.append("STARTTLS")
+        if self.policy.submission and self._auth_allowed() and self.account is None:
+            ext.append("AUTH PLAIN LOGIN")
+        if self.tls_active:
+            ext.append("REQUIRETLS")  # RFC 8689 4.1: only over TLS
+        ext.append("HELP")
+        return ext
+
+    async def _rset(self, arg: str) -> Reply:
+        if arg.strip():
+            return reply(501, "5.5.4", "Syntax: RSET")
+        self._reset_transaction()
+        return reply(250, "2.0.0", "Ok")
+
+    async def _noop(self, arg: str) -> Reply:
+        return reply(250, "2.0.0", "Ok")
+
+    async def _quit(self, arg: str) -> Reply:
+        self._reset_transaction()
+        return reply(221, "2.0.0", f"{self.policy.hostname} Bye", Action.CLOSE)
+
+    async def _vrfy(self, arg: str) -> Reply:
+        if not arg.strip():
+            return reply(501, "5.5.4", "Syntax: VRFY address")
+        # RFC 5321 3.5.3: 252 says neither yes nor no, so VRFY cannot harvest addresses.
+        return reply(252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery")
+
+    async def _expn(self, arg: str) -> Reply:
+        return reply(502, "5.5.1", "EXPN not available")
+
+    async def _help(self, arg: str) -> Reply:
+        commands = "EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH"
+        return Reply(214, (f"2.0.0 Commands: {commands}", "2.0.0 See RFC 5321"))
+
+    async def _starttls(self, arg: str) -> Reply:
+        if arg.strip():
+            return reply(501, "5.5.4", "Syntax: STARTTLS")
+        if self.tls_active:
+            return reply(503, "5.5.1", "TLS already active")
+        if not self.policy.starttls_offered:
+            return reply(454, "4.7.0", "TLS not available")
+        if self.txn is not None:
+            return reply(503, "5.5.1", "STARTTLS not allowed during a mail transaction")
+        return reply(220, "2.0.0", "Ready to start TLS", Action.START_TLS)
+
+    def tls_started(self) -> None:
+        """RFC 3207 4.2: after the handshake the server forgets everything it learnt from the
+        client in plain text; the client must EHLO again."""
+        self.tls_active = True
+        self.helo = None
+        self.esmtp = False
+        self.account = None
+        self._sasl = None
+        self._reset_transaction()
+
+    def _reset_transaction(self) -> None:
+        self.txn = None
+        self._chunk = None
+        self._chunking = False
+        self._chunk_parts = []
+        self._chunk_size = 0
+
+    # -- AUTH (RFC 4954) ----------------------------------------------------------------------
+
+    def _auth_allowed(self) -> bool:
+        return self.tls_active or self.policy.plaintext_auth_allowed
+
+    async def _auth(self, arg: str) -> Reply:
+        if not self.policy.submission:
+            return reply(502, "5.5.1", "AUTH not available on this port")
+        if not self.esmtp:
+            return reply(503, "5.5.1", "Send EHLO first")
+        if self.account is not None:
+            return reply(503, "5.5.1", "Already authenticated")
+        if self.txn is not None:
+            return reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
+        if not self._auth_allowed():
+            # RFC 4954 6: plain-text passwords only over TLS.
+            return reply(538, "5.7.11", "Encryption required for requested authentication "
+                         "mechanism")
+        mechanism, _, initial = arg.strip().partition(" ")
+        mechanism = mechanism.upper()
+        initial = initial.strip()
+        if mechanism == "PLAIN":
+            self._sasl = _SaslState("PLAIN")
+            if not initial:
+                return Reply(334, ("",))
+            return await self._sasl_step(initial.encode("ascii", "replace"))
+        if mechanism == "LOGIN":
+            self._sasl = _SaslState("LOGIN")
+            if not initial:
+                return Reply(334, (LOGIN_USERNAME,))
+            return await self._sasl_step(initial.encode("ascii", "replace"))
+        return reply(504, "5.5.4", "Unrecognized authentication type")
+
+    async def _sasl_step(self, response: bytes) -> Reply:
+        state = self._sasl
+        assert state is not None
+        if response == b"*":
+            self._sasl = None
+            return reply(501, "5.0.0", "Authentication cancelled")
+        try:
+            decoded = base64.b64decode(response, validate=True) if response != b"=" else b""
+            text = decoded.decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            self._sasl = None
+            return reply(501, "5.5.2", "Invalid base64 in authentication response")
+        if state.mechanism == "LOGIN" and state.username is None:
+            state.username = text
+            return Reply(334, (LOGIN_PASSWORD,))
+        self._sasl = None
+        if state.mechanism == "LOGIN":
+            assert state.username is not None
+            return await self._login(state.username, text)
+        # RFC 4616 2: [authzid] NUL authcid NUL passwd
+        parts = text.split("\x00")
+        if len(parts) != 3:
+            return reply(501, "5.5.2", "Malformed PLAIN response")
+        authzid, username, password = parts
+        if authzid and authzid.lower() != username.lower():
+            return reply(535, "5.7.8", "Authentication credentials invalid")
+        return await self._login(username, password)
+
+    async def _login(self, username: str, password: str) -> Reply:
+        try:
+            self.account = await self.backend.authenticate(username, password)
+        except AuthRefused as refused:
+            if refused.temporary:
+                return reply(454, "4.7.0", "Too many failed logins, try again later")
+            return reply(535, "5.7.8", "Authentication credentials invalid")
+        return reply(235, "2.7.0", "Authentication successful")
+
+    # -- mail transaction -------------------------------------------------------------------
+
+    async def _mail(self, arg: str) -> Reply:
+        if self.helo is None:
+            return reply(503, "5.5.1", "Send EHLO or HELO first")
+        if self.txn is not None:
+            return reply(503, "5.5.1", "Sender already given (nested MAIL)")
+        if self.policy.submission and self.account is None:
+            return reply(530, "5.7.0", "Authentication required")  # RFC 4954 6
+        rest = _after_keyword(arg, "FROM:")
+        if rest is None:
+            return reply(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
+        path, params = _split_path(rest, "5.1.7")
+        if params and not self.esmtp:
+            return reply(555, "5.5.4", "Parameters need EHLO")  # RFC 5321 4.1.1.11
+        txn = Transaction(sender="")
+        self._mail_params(params, txn)
+        if path:
+            address = _mailbox(path, "5.1.7", "sender")
+            if not address.is_ascii and not txn.smtputf8:
+                return reply(553, "5.6.7", "Non-ASCII sender requires SMTPUTF8")  # RFC 6531 3.4
+            txn.sender = str(address)
+            if self.account is not None and self.policy.submission and \
+                    not await self.backend.owns_address(self.account, address):
+                return reply(553, "5.7.1", f"Sender address <{txn.sender}> not owned by "
+                             f"{self.account.address}")
+        if txn.declared_size > self.policy.max_message_size:
+            return reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        self.txn = txn
+        return reply(250, "2.1.0", "Sender ok")
+
+    def _mail_params(self, params: list[tuple[str, str | None]], txn: Transaction) -> None:
+        for key, value in params:
+            if key == "SIZE":  # RFC 1870
+                if value is None or not value.isdigit() or len(value) > 20:
+                    raise _Refusal(reply(501, "5.5.4", "Invalid SIZE value"))
+                txn.declared_size = int(value)
+            elif key == "BODY":  # RFC 6152, RFC 3030 3
+                body = (value or "").upper()
+                if body not in ("7BIT", "8BITMIME", "BINARYMIME"):
+                    raise _Refusal(reply(501, "5.5.4", "Invalid BODY value"))
+                txn.body = body  # type: ignore[assignment]
+            elif key == "SMTPUTF8" and value is None:  # RFC 6531 3.4
+                txn.smtputf8 = True
+            elif key == "RET":  # RFC 3461 4.3
+                ret = (value or "").upper()
+                if ret not in ("FULL", "HDRS"):
+                    raise _Refusal(reply(501, "5.5.4", "Invalid RET value"))
+                txn.ret = ret
+            elif key == "ENVID":  # RFC 3461 4.4
+                txn.envid = _xtext(value, 100)
+            elif key == "AUTH":  # RFC 4954 5: accepted; we never trust it from a client
+                if value != "<>":
+                    _xtext(value, 500)
+            elif key == "REQUIRETLS" and value is None and self.tls_active:  # RFC 8689 4.1
+                txn.requiretls = True
+            else:
+                raise _Refusal(reply(555, "5.5.4", f"Unsupported parameter {key}"))
+
+    async def _rcpt(self, arg: str) -> Reply:
+        txn = self.txn
+        if txn is None:
+            return reply(503, "5.5.1", "Need MAIL command first")
+        if self._chunking:
+            return reply(503, "5.5.1", "RCPT not allowed after BDAT")
+        rest = _after_keyword(arg, "TO:")
+        if rest is None:
+            return reply(501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]")
+        if len(txn.recipients) >= self.policy.max_recipients:
+            return reply(452, "4.5.3", "Too many recipients")  # RFC 5321 4.5.3.1.10
+        path, params = _split_path(rest, "5.1.3")
+        if params and not self.esmtp:
+            return reply(555, "5.5.4", "Parameters need EHLO")
+        notify, orcpt = _rcpt_params(params)
+        if not path:
+            return self._refuse_rcpt(txn, reply(501, "5.1.3", "Null recipient not allowed"))
+        if path.lower() == "postmaster":
+            postmaster = self.backend.postmaster()
+            if postmaster is None:
+                return self._refuse_rcpt(txn, reply(550, "5.1.1", "No postmaster here"))
+            address = postmaster
+        else:
+            try:
+                address = _mailbox(path, "5.1.3", "recipient")
+            except _Refusal as refusal:
+                return self._refuse_rcpt(txn, refusal.reply)
+        if not address.is_ascii and not txn.smtputf8:
+            return self._refuse_rcpt(
+                txn, reply(553, "5.6.7", "Non-ASCII recipient requires SMTPUTF8"))
+        if not self.policy.submission and not await self.backend.is_local_domain(address.domain):
+            return self._refuse_rcpt(txn, reply(550, "5.7.1", "Relay access denied"))
+        route = await self.backend.route(address)
+        if not route.local and not route.remote:
+            return self._refuse_rcpt(txn, reply(550, "5.1.1", f"<{address}>: user unknown"))
+        for account in route.local:
+            state = await self.backend.quota_state(account, txn.declared_size)
+            if state == "too_big":
+                return self._refuse_rcpt(
+                    txn, reply(552, "5.2.2", f"<{address}>: message exceeds mailbox quota"))
+            if state == "full":
+                return self._refuse_rcpt(
+                    txn, reply(452, "4.2.2", f"<{address}>: mailbox full, try later"))
+        txn.recipients.append(
+            Recipient(str(address), list(route.local), list(route.remote), notify, orcpt))
+        return reply(250, "2.1.5", "Recipient ok")
+
+    @staticmethod
+    def _refuse_rcpt(txn: Transaction, answer: Reply) -> Reply:
+        txn.rcpt_refused += 1
+        return answer
+
+    def _ready_for_message(self) -> Reply | None:
+        """None when the transaction can take its message, else the refusal (RFC 5321 3.3)."""
+        txn = self.txn
+        if txn is None:
+            return reply(503, "5.5.1", "Need MAIL command first")
+        if not txn.recipients:
+            if txn.rcpt_refused:
+                return reply(554, "5.5.1", "No valid recipients")
+            return reply(503, "5.5.1", "Need RCPT command first")
+        return None
+
+    async def _data(self, arg: str) -> Reply:
+        if arg.strip():
+            return reply(501, "5.5.4", "Syntax: DATA")
+        refusal = self._ready_for_message()
+        if refusal is not None:
+            return refusal
+        assert self.txn is not None
+        if self._chunking:
+            return reply(503, "5.5.1", "DATA not allowed after BDAT")  # RFC 3030 2
+        if self.txn.body == "BINARYMIME":
+            return reply(503, "5.5.1", "BODY=BINARYMIME requires BDAT")  # RFC 3030 3
+        return Reply(354, ("End data with <CR><LF>.<CR><LF>",), Action.READ_DATA)
+
+    async def on_data(self, outcome: DataOutcome) -> Reply:
+        """The message after DATA, as read by the driver with ``lines.DotReader``."""
+        txn = self.txn
+        assert txn is not None
+        self._reset_transaction()
+        if outcome.problem is DataProblem.TOO_BIG:
+            answer = reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        elif outcome.problem is DataProblem.BARE_NEWLINE:
+            # The reply Postfix gives (smtpd_forbid_bare_newline); RFC 5321 2.3.8.
+            answer = reply(550, "5.5.2", "Message refused: bare <CR> or <LF> received")
+        elif outcome.problem is DataProblem.LINE_TOO_LONG:
+            answer = reply(554, "5.6.0", "Message refused: line longer than 1000 octets")
+        else:
+            return self._counted(await self._deliver(txn, outcome.content))
+        self.backend.transaction_done(txn, outcome.size, answer)
+        return self._counted(answer)
+
+    # -- CHUNKING (RFC 3030) ----------------------------------------------------------------
+
+    async def _bdat(self, arg: str) -> Reply:
+        parts = arg.split()
+        if not 1 <= len(parts) <= 2 or not parts[0].isdigit() or len(parts[0]) > 20 or (
+            len(parts) == 2 and parts[1].upper() != "LAST"
+        ):
+            # Without a size we cannot tell where the chunk ends: the rest would be read as
+            # commands, so hang up rather than interpret message bytes.
+            return reply(501, "5.5.4", "Syntax: BDAT size [LAST]", Action.CLOSE)
+        size = int(parts[0])
+        refusal = self._ready_for_message()
+        # RFC 3030 2: the octets are read and thrown away even when the command is refused.
+        self._chunk = _Chunk(last=len(parts) == 2, refusal=refusal)
+        self._chunking = self._chunking or refusal is None
+        return Reply(0, (), Action.READ_CHUNK, size)
+
+    def on_chunk(self, piece: bytes) -> None:
+        """Octets of the current BDAT chunk (any number of pieces)."""
+        chunk = self._chunk
+        if chunk is None or chunk.refusal is not None:
+            return
+        self._chunk_size += len(piece)
+        if self._chunk_size > self.policy.max_message_size:
+            self._chunk_parts = []
+            chunk.refusal = reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+            return
+        self._chunk_parts.append(piece)
+
+    async def on_chunk_end(self) -> Reply:
+        chunk = self._chunk
+        assert chunk is not None
+        self._chunk = None
+        txn = self.txn
+        if chunk.refusal is not None:
+            if txn is not None:
+                # RFC 3030 2: a failed chunk fails the transaction; pipelined chunks after it
+                # find no transaction and are discarded too.
+                self.backend.transaction_done(txn, self._chunk_size, chunk.refusal)
+                self._reset_transaction()
+            return self._counted(chunk.refusal)
+        assert txn is not None
+        if not chunk.last:
+            return reply(250, "2.0.0", f"{self._chunk_size} octets received so far")
+        content = b"".join(self._chunk_parts)
+        self._reset_transaction()
+        if txn.body != "BINARYMIME" and has_bare_cr_or_lf(content):
+            # Only binary bodies may hold lone CR or LF (RFC 3030 3); elsewhere they would turn
+            # into a smuggling vector when the message is relayed with DATA.
+            answer = reply(550, "5.5.2", "Message refused: bare <CR> or <LF> received")
+            self.backend.transaction_done(txn, len(content), answer)
+            return self._counted(answer)
+        return self._counted(await self._deliver(txn, content))
+
+    # -- handing the message over -----------------------------------------------------------
+
+    def _protocol_name(self, txn: Transaction) -> str:
+        """The Received header's "with" keyword (RFC 3848; UTF8SMTP* from RFC 6531 3.7.3)."""
+        if not self.esmtp:
+            return "SMTP"
+        name = "UTF8SMTP" if txn.smtputf8 else "ESMTP"
+        if self.tls_active:
+            name += "S"
+        if self.account is not None:
+            name += "A"
+        return name
+
+    async def _deliver(self, txn: Transaction, content: bytes) -> Reply:
+        txn.helo = self.helo or ""
+        txn.protocol = self._protocol_name(txn)
+        txn.account = self.account
+        txn.client_ip = self.policy.client_ip
+        try:
+            queue_id = await self.backend.deliver(txn, content)
+        except QuotaExceeded:
+            answer = reply(452, "4.2.2", "Mailbox full, try again later")
+        except Exception:  # the backend logged it; the client may retry
+            answer = reply(451, "4.3.0", "Local error in processing, try again later")
+        else:
+            answer = reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+        self.backend.transaction_done(txn, len(content), answer)
+        return answer
+
+
+# -- parsing helpers ---------------------------------------------------------------------------
+
+
+def _printable(text: str) -> str:
+    """Drops control characters, so a HELO name cannot inject header lines."""
+    return "".join(ch for ch in text if ch.isprintable())
+
+
+def _after_keyword(arg: str, keyword: str) -> str | None:
+    """``FROM:<a> X`` -> ``<a> X`` (case-insensitive keyword; spaces after ':' tolerated)."""
+    arg = arg.lstrip(" ")
+    if arg[: len(keyword)].upper() != keyword:
+        return None
+    return arg[len(keyword):].lstrip(" ")
+
+
+def _split_path(rest: str, status: str) -> tuple[str, list[tuple[str, str | None]]]:
+    """``<path> K=V K2`` -> ("path", [("K", "V"), ("K2", None)]); keys upper-cased."""
+    if not rest.startswith("<"):
+        raise _Refusal(reply(501, status, "Address must be in angle brackets: <user@domain>"))
+    end = rest.find(">")
+    if end < 0:
+        raise _Refusal(reply(501, status, "Missing '>' after address"))
+    path = rest[1:end]
+    params: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+    tail = rest[end + 1:]
+    if tail and not tail.startswith(" "):
+        raise _Refusal(reply(501, "5.5.4", "Space expected after address"))
+    for word in tail.split():
+        key, sep, value = word.partition("=")
+        key = key.upper()
+        if not key or key in seen or (sep and not value):
+            raise _Refusal(reply(501, "5.5.4", f"Invalid parameter {word}"))
+        seen.add(key)
+        params.append((key, value if sep else None))
+    return path, params
+
+
+def _mailbox(path: str, status: str, role: str) -> Address:
+    """Parses a path's mailbox, refusing what mail relays are abused with."""
+    if path.startswith("@"):
+        # RFC 5321 3.6.1 lets a server decline source routes; we always do.
+        raise _Refusal(reply(553, status, f"Source routes are not accepted in the {role}"))
+    if path.startswith('"'):
+        raise _Refusal(reply(553, status, f"Quoted local parts are not accepted in the {role}"))
+    try:
+        return parse_address(path)
+    except InvalidInput as exc:
+        raise _Refusal(reply(553, status, f"Bad {role} address: {exc}")) from None
+
+
+def _xtext(value: str | None, max_length: int) -> str:
+    """Validates and decodes RFC 3461 4 xtext (``+2B`` is '+')."""
+    if value is None or len(value) > max_length or not _XTEXT_RE.match(value):
+        raise _Refusal(reply(501, "5.5.4", "Invalid xtext parameter value"))
+    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+
+
+def _rcpt_params(params: list[tuple[str, str | None]]) -> tuple[str, str]:
+    notify = orcpt = ""
+    for key, value in params:
+        if key == "NOTIFY":  # RFC 3461 4.1: NEVER alone, or a list of the others
+            items = (value or "").upper().split(",")
+            if items != ["NEVER"] and not (items and set(items) <= _NOTIFY_VALUES
+                                           and len(set(items)) == len(items)):
+                raise _Refusal(reply(501, "5.5.4", "Invalid NOTIFY value"))
+            notify = ",".join(items)
+        elif key == "ORCPT":  # RFC 3461 4.2: addr-type ";" xtext
+            decoded = _xtext(value, 500)
+            addr_type, sep, original = decoded.partition(";")
+            if not sep or not addr_type or not original:
+                raise _Refusal(reply(501, "5.5.4", "Invalid ORCPT value"))
+            orcpt = decoded
+        else:
+            raise _Refusal(reply(555, "5.5.4", f"Unsupported parameter {key}"))
+    return notify, orcpt

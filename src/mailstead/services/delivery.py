@@ -1,0 +1,185 @@
+"""Inbound delivery: a received message goes into local INBOXes and/or the outbound queue.
+
+One call stores one message for every recipient atomically: the blob is written (and fsync'd)
+once, then every mailbox row and the queue entry are committed in one store transaction. Only
+when ``deliver`` returns may a protocol acknowledge the message (SMTP 250, DMTP OK). A crash
+before that leaves at most an unreferenced blob, which ``mailstead check`` can sweep.
+
+The stored message starts with the trace fields added on receipt (RFC 5321 4.4): Return-Path
+when it is delivered locally, and a Received field. The queue worker removes a leading
+Return-Path before relaying (a relay must not send one, RFC 5321 4.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from mailstead.proto.mime import parse_envelope_fields
+from mailstead.store.interfaces import (
+    Account,
+    BlobStore,
+    Delivery,
+    Envelope,
+    MessageMeta,
+    MetadataStore,
+    NewMessage,
+    QueueEntry,
+    QueueRecipient,
+)
+
+
+@dataclass(slots=True)
+class InboundRecipient:
+    """One accepted recipient with where it routes (``accounts.route`` at RCPT time)."""
+
+    address: str
+    local: Sequence[Account] = ()
+    remote: Sequence[str] = ()
+    notify: str = ""  # DSN NOTIFY (RFC 3461)
+    orcpt: str = ""  # DSN ORCPT, decoded
+
+
+@dataclass(slots=True)
+class InboundEnvelope:
+    sender: str  # "" for the null reverse-path
+    recipients: Sequence[InboundRecipient]
+    protocol: str  # Received "with": ESMTP, ESMTPS, ESMTPSA, UTF8SMTPS..., or "DMTP"
+    client_ip: str = ""
+    helo: str = ""
+    tls: str = ""  # e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"; "" without TLS
+    account: Account | None = None  # the authenticated sender
+    envid: str = ""  # DSN ENVID
+    ret: str = ""  # DSN RET
+    requiretls: bool = False  # RFC 8689
+    smtputf8: bool = False
+    body: str = "7BIT"  # 7BIT, 8BITMIME or BINARYMIME
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    queue_id: str
+    blob_id: str
+    size: int  # of the stored message, trace fields included
+    stored: list[MessageMeta] = field(default_factory=list)  # one row per local mailbox
+    queued: list[str] = field(default_factory=list)  # remote addresses put in the queue
+
+
+def new_queue_id() -> str:
+    """12 upper-case base32 characters (60 random bits): short enough for a log line."""
+    return base64.b32encode(secrets.token_bytes(8)).decode("ascii")[:12]
+
+
+_SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+
+
+def _fold(fields: list[str]) -> str:
+    """Joins parts of a header field into folded lines (RFC 5322 2.2.3)."""
+    return "\r\n\t".join(fields) + "\r\n"
+
+
+class DeliveryService:
+    def __init__(self, store: MetadataStore, blobs: BlobStore, hostname: str) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.hostname = hostname
+
+    def trace_fields(
+        self, envelope: InboundEnvelope, queue_id: str, now: datetime, *, local: bool
+    ) -> bytes:
+        """Return-Path (final delivery only) and Received (RFC 5321 4.4)."""
+        helo = _SAFE_HELO.sub("", envelope.helo) or "unknown"
+        parts = [f"Received: from {helo} ([{envelope.client_ip}])"] if envelope.client_ip \
+            else [f"Received: from {helo}"]
+        if envelope.tls:
+            parts.append(f"(using {envelope.tls})")
+        if envelope.account is not None:
+            parts.append(f"(authenticated as {envelope.account.address})")
+        parts.append(f"by {self.hostname} (mailstead) with {envelope.protocol} id {queue_id}")
+        if len(envelope.recipients) == 1:
+            # Naming the recipient only for a single one: several would expose Bcc (7.2).
+            parts.append(f"for <{envelope.recipients[0].address}>")
+        parts[-1] += f"; {format_datetime(now)}"
+        text = _fold(parts)
+        if local:
+            text = f"Return-Path: <{envelope.sender}>\r\n" + text
+        return text.encode("utf-8")
+
+    async def store_blob(self, data: bytes) -> tuple[str, Envelope]:
+        """Writes a message file durably and parses its envelope fields (for IMAP APPEND too)."""
+        blob_id = await asyncio.to_thread(self.blobs.put, data)
+        return blob_id, parse_envelope_fields(data)
+
+    async def deliver(self, envelope: InboundEnvelope, message: bytes) -> DeliveryResult:
+        """Stores ``message`` for every recipient in one transaction; see the module doc.
+        Raises QuotaExceeded (nothing stored) when a mailbox cannot take it."""
+        now = datetime.now(UTC)
+        queue_id = new_queue_id()
+        accounts = _unique_accounts(envelope.recipients)
+        remote = _remote_recipients(envelope.recipients)
+        if not accounts and not remote:
+            raise ValueError("a delivery needs at least one recipient")
+        data = self.trace_fields(envelope, queue_id, now, local=bool(accounts)) + message
+        blob_id, fields = await self.store_blob(data)
+        deliveries = []
+        for account in accounts:
+            inbox = await self.store.get_mailbox(account.id, "INBOX")
+            if inbox is None:
+                raise LookupError(f"account {account.address} has no INBOX")
+            deliveries.append(Delivery(
+                inbox.id,
+                NewMessage(blob_id=blob_id, size=len(data), internal_date=now, envelope=fields),
+            ))
+        entry = None
+        if remote:
+            entry = QueueEntry(
+                id=queue_id,
+                sender=envelope.sender,
+                recipients=remote,
+                blob_id=blob_id,
+                size=len(data),
+                created=now,
+                next_attempt=now,
+                account_id=envelope.account.id if envelope.account else None,
+                envid=envelope.envid,
+                ret=envelope.ret,
+                requiretls=envelope.requiretls,
+                smtputf8=envelope.smtputf8,
+                body_8bit=envelope.body != "7BIT",
+            )
+        stored = await self.store.store_message(deliveries, entry)
+        return DeliveryResult(queue_id, blob_id, len(data), stored,
+                              [r.address for r in remote])
+
+
+def _unique_accounts(recipients: Sequence[InboundRecipient]) -> list[Account]:
+    """Each account once, however many of its addresses or aliases were named."""
+    seen: dict[int, Account] = {}
+    for recipient in recipients:
+        for account in recipient.local:
+            seen.setdefault(account.id, account)
+    return list(seen.values())
+
+
+def _remote_recipients(recipients: Sequence[InboundRecipient]) -> list[QueueRecipient]:
+    seen: dict[str, QueueRecipient] = {}
+    for recipient in recipients:
+        for address in recipient.remote:
+            seen.setdefault(address.lower(), QueueRecipient(
+                address, notify=recipient.notify, orcpt=recipient.orcpt))
+    return list(seen.values())
+
+
+def delivery_service(services: object) -> DeliveryService:
+    """The process's DeliveryService from ``services.extra`` (created by wiring.start)."""
+    extra: dict[str, object] = getattr(services, "extra")  # noqa: B009
+    found = extra.get("delivery")
+    if not isinstance(found, DeliveryService):
+        raise RuntimeError("the delivery service was not started (services/wiring.py)")
+    return found

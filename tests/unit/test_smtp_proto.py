@@ -1,0 +1,756 @@
+"""The SMTP session state machine and DATA framing, driven with byte strings and a fake backend."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailstead.core.addresses import Address
+from mailstead.core.errors import QuotaExceeded
+from mailstead.proto.lines import (
+    DataProblem,
+    DotReader,
+    dot_stuff,
+    dot_unstuff,
+    has_bare_cr_or_lf,
+)
+from mailstead.proto.smtp import (
+    Action,
+    AuthRefused,
+    QuotaState,
+    Reply,
+    SessionPolicy,
+    SmtpSession,
+    Transaction,
+)
+from mailstead.store.interfaces import Account
+
+PASSWORD = "pw-correct"
+
+
+def account(address: str, account_id: int, quota_bytes: int = 0) -> Account:
+    return Account(account_id, address, address.partition("@")[2], "hash", quota_bytes, 0,
+                   False, datetime.now(UTC))
+
+
+@dataclass
+class Route:
+    local: list[Account] = field(default_factory=list)
+    remote: list[str] = field(default_factory=list)
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.accounts = {
+            "alice@example.test": account("alice@example.test", 1),
+            "bob@example.test": account("bob@example.test", 2),
+            "full@example.test": account("full@example.test", 3, quota_bytes=1000),
+            "josé@example.test": account("josé@example.test", 4),
+            "postmaster@example.test": account("postmaster@example.test", 5),
+        }
+        self.aliases = {
+            "team@example.test": ["alice@example.test", "bob@example.test"],
+            "fwd@example.test": ["friend@remote.test"],
+            "alias-of-alice@example.test": ["alice@example.test"],
+        }
+        self.delivered: list[tuple[Transaction, bytes]] = []
+        self.done: list[tuple[Transaction, int, Reply]] = []
+        self.locked = False
+        self.deliver_error: Exception | None = None
+
+    async def is_local_domain(self, domain: str) -> bool:
+        return domain == "example.test"
+
+    async def route(self, address: Address) -> Route:
+        key = address.without_tag().key
+        if address.domain != "example.test":
+            return Route(remote=[str(address)])
+        if key in self.accounts:
+            return Route(local=[self.accounts[key]])
+        route = Route()
+        for target in self.aliases.get(key, []):
+            if target in self.accounts:
+                route.local.append(self.accounts[target])
+            else:
+                route.remote.append(target)
+        return route
+
+    async def quota_state(self, acct: Account, size: int) -> QuotaState:
+        if acct.quota_bytes and size > acct.quota_bytes:
+            return "too_big"
+        return "full" if acct.quota_bytes else "ok"
+
+    async def authenticate(self, username: str, password: str) -> Account:
+        if self.locked:
+            raise AuthRefused(temporary=True)
+        acct = self.accounts.get(username.lower())
+        if acct is None or password != PASSWORD:
+            raise AuthRefused()
+        return acct
+
+    async def owns_address(self, acct: Account, address: Address) -> bool:
+        key = address.without_tag().key
+        return key == acct.address or acct.address in self.aliases.get(key, [])
+
+    def postmaster(self) -> Address | None:
+        return Address("postmaster", "example.test")
+
+    async def deliver(self, txn: Transaction, message: bytes) -> str:
+        if self.deliver_error is not None:
+            raise self.deliver_error
+        self.delivered.append((txn, message))
+        return f"QID{len(self.delivered)}"
+
+    def transaction_done(self, txn: Transaction, size: int, result: Reply) -> None:
+        self.done.append((txn, size, result))
+
+
+def policy(**overrides: object) -> SessionPolicy:
+    values: dict[str, object] = {
+        "hostname": "mail.example.test",
+        "submission": False,
+        "max_message_size": 10_000,
+        "max_recipients": 5,
+        "max_errors": 10,
+        "starttls_offered": True,
+        "plaintext_auth_allowed": False,
+        "client_ip": "192.0.2.1",
+    }
+    values.update(overrides)
+    return SessionPolicy(**values)  # type: ignore[arg-type]
+
+
+class Client:
+    """Drives a session the way the network driver does."""
+
+    def __init__(self, tls: bool = False, **overrides: object) -> None:
+        self.backend = FakeBackend()
+        self.session = SmtpSession(policy(**overrides), self.backend, tls_active=tls)
+
+    async def cmd(self, line: str | bytes) -> Reply:
+        raw = line if isinstance(line, bytes) else line.encode() + b"\r\n"
+        return await self.session.on_line(raw)
+
+    async def code(self, line: str | bytes) -> str:
+        """"250 2.1.0" style: the code and the first line's enhanced status."""
+        answer = await self.cmd(line)
+        return f"{answer.code} {answer.lines[0].split(' ')[0]}"
+
+    async def data(self, raw: bytes) -> Reply:
+        reader = DotReader(self.session.policy.max_message_size)
+        assert reader.feed(raw) == b""
+        assert reader.done
+        return await self.session.on_data(reader.finish())
+
+    async def bdat(self, payload: bytes, last: bool = False) -> Reply:
+        answer = await self.cmd(f"BDAT {len(payload)}{' LAST' if last else ''}")
+        if answer.action is not Action.READ_CHUNK:
+            return answer
+        assert answer.chunk_size == len(payload)
+        self.session.on_chunk(payload)
+        return await self.session.on_chunk_end()
+
+    async def envelope(self, *rcpts: str, sender: str = "<sender@remote.test>") -> None:
+        assert (await self.cmd("EHLO client.test")).code == 250
+        assert (await self.cmd(f"MAIL FROM:{sender}")).code == 250
+        for rcpt in rcpts:
+            assert (await self.cmd(f"RCPT TO:{rcpt}")).code == 250, rcpt
+
+
+MESSAGE = b"Subject: hi\r\n\r\nHello\r\n..dot line\r\n"
+
+
+def wire(content: bytes) -> bytes:
+    return dot_stuff(content) + b".\r\n"
+
+
+# -- replies and greeting -------------------------------------------------------------------
+
+
+def test_reply_encoding_multiline() -> None:
+    assert Reply(250, ("a", "b", "c")).encode() == b"250-a\r\n250-b\r\n250 c\r\n"
+    assert Reply(334, ("",)).encode() == b"334 \r\n"
+
+
+async def test_greeting_and_ehlo_on_mx() -> None:
+    c = Client()
+    assert c.session.greeting().encode() == b"220 mail.example.test ESMTP mailstead\r\n"
+    answer = await c.cmd("EHLO client.test")
+    assert answer.code == 250
+    ext = answer.lines[1:]
+    for keyword in ("PIPELINING", "SIZE 10000", "8BITMIME", "BINARYMIME", "CHUNKING",
+                    "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN", "STARTTLS", "HELP"):
+        assert keyword in ext
+    assert not any(e.startswith("AUTH") for e in ext)
+    assert "REQUIRETLS" not in ext
+
+
+async def test_ehlo_on_submission_advertises_auth_only_over_tls() -> None:
+    plain = Client(submission=True)
+    ext = (await plain.cmd("EHLO c")).lines
+    assert "AUTH PLAIN LOGIN" not in ext and "STARTTLS" in ext
+    secure = Client(tls=True, submission=True, starttls_offered=False)
+    ext = (await secure.cmd("EHLO c")).lines
+    assert "AUTH PLAIN LOGIN" in ext and "REQUIRETLS" in ext and "STARTTLS" not in ext
+    loopback = Client(submission=True, plaintext_auth_allowed=True)
+    assert "AUTH PLAIN LOGIN" in (await loopback.cmd("EHLO c")).lines
+
+
+async def test_helo_has_no_extensions_and_no_parameters() -> None:
+    c = Client()
+    assert (await c.cmd("HELO client.test")).lines == ("mail.example.test Hello client.test",)
+    assert await c.code("MAIL FROM:<a@remote.test> SIZE=10") == "555 5.5.4"
+    assert await c.code("MAIL FROM:<a@remote.test>") == "250 2.1.0"
+
+
+async def test_simple_commands() -> None:
+    c = Client()
+    assert await c.code("EHLO") == "501 5.5.4"
+    assert await c.code("NOOP") == "250 2.0.0"
+    assert await c.code("VRFY alice") == "252 2.1.5"
+    assert await c.code("EXPN team") == "502 5.5.1"
+    assert (await c.cmd("HELP")).code == 214
+    assert await c.code("FOO bar") == "500 5.5.1"
+    assert await c.code("RSET") == "250 2.0.0"
+    quit_reply = await c.cmd("QUIT")
+    assert quit_reply.code == 221 and quit_reply.action is Action.CLOSE
+
+
+async def test_http_request_hangs_up() -> None:
+    answer = await Client().cmd("POST / HTTP/1.1")
+    assert answer.action is Action.CLOSE and answer.code == 554
+
+
+# -- MX transactions ------------------------------------------------------------------------
+
+
+async def test_mx_delivery_to_users_and_alias() -> None:
+    c = Client()
+    await c.envelope("<alice@example.test>", "<Bob+tag@EXAMPLE.test>", "<team@example.test>")
+    answer = await c.cmd("DATA")
+    assert answer.code == 354 and answer.action is Action.READ_DATA
+    final = await c.data(wire(MESSAGE))
+    assert final.code == 250 and final.lines == ("2.0.0 Ok: queued as QID1",)
+    txn, message = c.backend.delivered[0]
+    assert message == MESSAGE
+    assert txn.sender == "sender@remote.test"
+    assert [r.address for r in txn.recipients] == [
+        "alice@example.test", "Bob+tag@example.test", "team@example.test"]
+    assert [a.address for a in txn.recipients[2].local] == [
+        "alice@example.test", "bob@example.test"]
+    assert txn.protocol == "ESMTP" and txn.helo == "client.test"
+    assert txn.client_ip == "192.0.2.1"
+    assert c.backend.done[0][2] is final
+    # The session is ready for the next transaction.
+    assert await c.code("MAIL FROM:<>") == "250 2.1.0"
+
+
+async def test_mx_alias_forwarding_to_remote_is_accepted() -> None:
+    c = Client()
+    await c.envelope("<fwd@example.test>")
+    assert c.session.txn is not None
+    assert c.session.txn.recipients[0].remote == ["friend@remote.test"]
+
+
+@pytest.mark.parametrize("rcpt, expected", [
+    ("<user@other.test>", "550 5.7.1"),
+    ("<user%other.test@example.test>", "553 5.1.3"),
+    ("<@relay.test:user@other.test>", "553 5.1.3"),
+    ("<@a.test,@b.test:user@example.test>", "553 5.1.3"),
+    ('<"user@other.test"@example.test>', "553 5.1.3"),
+    ("<nobody@example.test>", "550 5.1.1"),
+    ("<>", "501 5.1.3"),
+    ("alice@example.test", "501 5.1.3"),
+    ("<alice@example.test", "501 5.1.3"),
+    ("<alice@example.test> FOO=1", "555 5.5.4"),
+    ("<user!other.test@example.test>", "553 5.1.3"),
+])
+async def test_mx_refuses_relaying_and_bad_recipients(rcpt: str, expected: str) -> None:
+    c = Client()
+    await c.envelope()
+    assert await c.code(f"RCPT TO:{rcpt}") == expected
+    assert await c.code("DATA") in ("554 5.5.1", "503 5.5.1")
+
+
+async def test_postmaster_without_domain() -> None:
+    c = Client()
+    await c.envelope("<Postmaster>")
+    assert c.session.txn is not None
+    assert c.session.txn.recipients[0].address == "postmaster@example.test"
+
+
+async def test_command_sequence_errors() -> None:
+    c = Client()
+    assert await c.code("MAIL FROM:<a@remote.test>") == "503 5.5.1"
+    await c.cmd("EHLO c")
+    assert await c.code("RCPT TO:<alice@example.test>") == "503 5.5.1"
+    assert await c.code("DATA") == "503 5.5.1"
+    assert await c.code("MAIL FROM:<a@remote.test>") == "250 2.1.0"
+    assert await c.code("MAIL FROM:<a@remote.test>") == "503 5.5.1"
+    assert await c.code("DATA") == "503 5.5.1"
+    assert await c.code("DATA now") == "501 5.5.4"
+    assert await c.code("MAIL TO:<x@y.test>") == "503 5.5.1"
+    assert await c.code("RSET") == "250 2.0.0"
+    assert await c.code("MAIL TO:<x@y.test>") == "501 5.5.4"
+    assert await c.code("MAIL FROM: <a@remote.test>") == "250 2.1.0"  # a space is tolerated
+
+
+async def test_sender_syntax_refusals() -> None:
+    c = Client()
+    await c.cmd("EHLO c")
+    assert await c.code("MAIL FROM:<@a.test:x@remote.test>") == "553 5.1.7"
+    assert await c.code("MAIL FROM:<x@bad_domain>") == "553 5.1.7"
+    assert await c.code("MAIL FROM:x@remote.test") == "501 5.1.7"
+
+
+async def test_too_many_recipients() -> None:
+    c = Client(max_recipients=3)
+    await c.envelope("<alice@example.test>", "<bob@example.test>", "<team@example.test>")
+    assert await c.code("RCPT TO:<alice@example.test>") == "452 4.5.3"
+    await c.cmd("DATA")
+    assert (await c.data(wire(MESSAGE))).code == 250
+
+
+async def test_recipient_listed_twice_is_accepted_twice() -> None:
+    c = Client()
+    await c.envelope("<alice@example.test>", "<alice@example.test>")
+    assert c.session.txn is not None and len(c.session.txn.recipients) == 2
+
+
+# -- parameters -----------------------------------------------------------------------------
+
+
+async def test_mail_parameters() -> None:
+    c = Client(tls=True)
+    await c.cmd("EHLO c")
+    answer = await c.code(
+        "MAIL FROM:<a@remote.test> SIZE=100 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=id+2Bx "
+        "REQUIRETLS AUTH=<>")
+    assert answer == "250 2.1.0"
+    txn = c.session.txn
+    assert txn is not None
+    assert (txn.declared_size, txn.body, txn.smtputf8, txn.ret, txn.envid, txn.requiretls) == (
+        100, "8BITMIME", True, "HDRS", "id+x", True)
+    assert await c.code(
+        "RCPT TO:<alice@example.test> NOTIFY=success,failure ORCPT=rfc822;alice+40x") == \
+        "250 2.1.5"
+    assert (txn.recipients[0].notify, txn.recipients[0].orcpt) == ("SUCCESS,FAILURE",
+                                                                   "rfc822;alice@x")
+
+
+@pytest.mark.parametrize("params, expected", [
+    ("SIZE=abc", "501 5.5.4"),
+    ("SIZE=20000", "552 5.3.4"),
+    ("BODY=9BIT", "501 5.5.4"),
+    ("RET=ALL", "501 5.5.4"),
+    ("ENVID=bad=xtext", "501 5.5.4"),
+    ("REQUIRETLS", "555 5.5.4"),  # not advertised without TLS
+    ("FOO=BAR", "555 5.5.4"),
+    ("SIZE=1 SIZE=2", "501 5.5.4"),
+])
+async def test_bad_mail_parameters(params: str, expected: str) -> None:
+    c = Client()
+    await c.cmd("EHLO c")
+    assert await c.code(f"MAIL FROM:<a@remote.test> {params}") == expected
+    assert c.session.txn is None
+
+
+@pytest.mark.parametrize("params", ["NOTIFY=NEVER,SUCCESS", "NOTIFY=", "ORCPT=nosemicolon",
+                                    "NOTIFY=DELAY,DELAY"])
+async def test_bad_rcpt_parameters(params: str) -> None:
+    c = Client()
+    await c.envelope()
+    assert await c.code(f"RCPT TO:<alice@example.test> {params}") == "501 5.5.4"
+
+
+async def test_smtputf8_addresses() -> None:
+    c = Client()
+    await c.envelope()
+    assert await c.code("RCPT TO:<josé@example.test>") == "553 5.6.7"
+    await c.cmd("RSET")
+    assert await c.code("MAIL FROM:<ñ@remote.test>") == "553 5.6.7"
+    assert await c.code("MAIL FROM:<ñ@remote.test> SMTPUTF8") == "250 2.1.0"
+    assert await c.code("RCPT TO:<josé@example.test>") == "250 2.1.5"
+    await c.cmd("DATA")
+    assert (await c.data(wire("Subject: olé\r\n\r\nx\r\n".encode()))).code == 250
+    assert c.backend.delivered[0][0].protocol == "UTF8SMTP"
+
+
+async def test_command_that_is_not_utf8() -> None:
+    c = Client()
+    assert await c.code(b"EHLO \xff\xfe\r\n") == "500 5.5.2"
+
+
+# -- DATA and its defences ------------------------------------------------------------------
+
+
+async def test_data_with_bare_lf_is_refused_and_nothing_stored() -> None:
+    c = Client()
+    await c.envelope("<alice@example.test>")
+    await c.cmd("DATA")
+    smuggled = b"Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<evil@remote.test>\r\n"
+    answer = await c.data(smuggled + b".\r\n")
+    assert (answer.code, answer.lines[0][:5]) == (550, "5.5.2")
+    assert c.backend.delivered == []
+    assert c.backend.done[0][2] is answer
+
+
+async def test_data_with_bare_cr_is_refused() -> None:
+    c = Client()
+    await c.envelope("<alice@example.test>")
+    await c.cmd("DATA")
+    assert (await c.data(b"Subject: x\r\n\r\nhi\r.\r\nmore\r\n.\r\n")).code == 550
+
+
+async def test_data_with_overlong_line() -> None:
+    c = Client()
+    await c.envelope("<alice@example.test>")
+    await c.cmd("DATA")
+    answer = await c.data(wire(b"Subject: x\r\n\r\n" + b"a" * 999 + b"\r\n"))
+    assert (answer.code, answer.lines[0][:5]) == (554, "5.6.0")
+    await c.cmd("MAIL FROM:<>")
+    await c.cmd("RCPT TO:<alice@example.test>")
+    await c.cmd("DATA")
+    assert (await c.data(wire(b"x" * 998 + b"\r\n"))).code == 250  # exactly 1000 with CRLF
+
+
+async def test_data_too_big() -> None:
+    c = Client(max_message_size=2000)
+    await c.envelope("<alice@example.test>")
+    await c.cmd("DATA")
+    answer = await c.data(wire((b"x" * 100 + b"\r\n") * 30))
+    assert (answer.code, answer.lines[0][:5]) == (552, "5.3.4")
+    assert c.backend.delivered == []
+
+
+async def test_declared_size_over_quota() -> None:
+    c = Client()
+    await c.cmd("EHLO c")
+    await c.cmd("MAIL FROM:<a@remote.test> SIZE=5000")
+    assert await c.code("RCPT TO:<full@example.test>") == "552 5.2.2"
+    await c.cmd("RSET")
+    await c.cmd("MAIL FROM:<a@remote.test> SIZE=10")
+    assert await c.code("RCPT TO:<full@example.test>") == "452 4.2.2"
+
+
+async def test_quota_exceeded_at_delivery_is_temporary() -> None:
+    c = Client()
+    c.backend.deliver_error = QuotaExceeded("over")
+    await c.envelope("<alice@example.test>")
+    await c.cmd("DATA")
+    assert (await c.data(wire(MESSAGE))).lines[0].startswith("4.2.2")
+
+
+async def test_store_failure_is_a_temporary_error() -> None:
+    c = Client()
+    c.backend.deliver_error = OSError("disk on fire")
+    await c.envelope("<alice@example.test>")
+    await c.cmd("DATA")
+    answer = await c.data(wire(MESSAGE))
+    assert (answer.code, answer.lines[0][:5]) == (451, "4.3.0")
+
+
+async def test_data_without_valid_recipients() -> None:
+    c = Client()
+    await c.envelope()
+    await c.cmd("RCPT TO:<nobody@example.test>")
+    assert await c.code("DATA") == "554 5.5.1"
+
+
+# -- line limits and errors -----------------------------------------------------------------
+
+
+async def test_line_limits() -> None:
+    c = Client()
+    await c.cmd("EHLO c")
+    assert await c.code("NOOP " + "x" * 600) == "500 5.5.2"
+    long_mail = "MAIL FROM:<a@remote.test> ENVID=" + "x" * 100 + " AUTH=" + "y" * 400
+    assert len(long_mail) > 512
+    assert await c.code(long_mail) == "250 2.1.0"
+    assert c.session.on_line_too_long().code == 500
+
+
+async def test_too_many_errors_closes() -> None:
+    c = Client(max_errors=3)
+    assert (await c.cmd("BAD1")).code == 500
+    assert (await c.cmd("BAD2")).code == 500
+    answer = await c.cmd("BAD3")
+    assert (answer.code, answer.action) == (421, Action.CLOSE)
+
+
+# -- STARTTLS -------------------------------------------------------------------------------
+
+
+async def test_starttls_resets_the_session() -> None:
+    c = Client()
+    await c.cmd("EHLO c")
+    assert await c.code("STARTTLS now") == "501 5.5.4"
+    answer = await c.cmd("STARTTLS")
+    assert (answer.code, answer.action) == (220, Action.START_TLS)
+    c.session.tls_started()
+    assert await c.code("MAIL FROM:<a@remote.test>") == "503 5.5.1"  # EHLO again first
+    ext = (await c.cmd("EHLO c")).lines
+    assert "STARTTLS" not in ext and "REQUIRETLS" in ext
+    assert await c.code("STARTTLS") == "503 5.5.1"
+
+
+async def test_starttls_not_offered_or_in_transaction() -> None:
+    assert await Client(starttls_offered=False).code("STARTTLS") == "454 4.7.0"
+    c = Client()
+    await c.envelope()
+    assert await c.code("STARTTLS") == "503 5.5.1"
+
+
+async def test_mx_delivery_over_tls_is_esmtps() -> None:
+    c = Client(tls=True)
+    await c.envelope("<alice@example.test>")
+    await c.cmd("DATA")
+    await c.data(wire(MESSAGE))
+    assert c.backend.delivered[0][0].protocol == "ESMTPS"
+
+
+# -- AUTH and submission rules --------------------------------------------------------------
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def submission(tls: bool = True, **overrides: object) -> Client:
+    return Client(tls=tls, submission=True, starttls_offered=not tls, **overrides)
+
+
+async def test_auth_plain_with_initial_response() -> None:
+    c = submission()
+    await c.cmd("EHLO c")
+    assert await c.code(f"AUTH PLAIN {b64(chr(0) + 'alice@example.test' + chr(0) + PASSWORD)}") \
+        == "235 2.7.0"
+    assert await c.code("AUTH PLAIN x") == "503 5.5.1"  # once per session
+    assert "AUTH PLAIN LOGIN" not in (await c.cmd("EHLO c")).lines
+    assert c.session.account is not None  # EHLO does not log out
+
+
+async def test_auth_plain_with_challenge() -> None:
+    c = submission()
+    await c.cmd("EHLO c")
+    challenge = await c.cmd("AUTH PLAIN")
+    assert challenge.encode() == b"334 \r\n"
+    assert c.session.in_auth_exchange
+    assert await c.code(b64(f"alice@example.test\0alice@example.test\0{PASSWORD}")) == \
+        "235 2.7.0"
+
+
+async def test_auth_login_both_forms() -> None:
+    c = submission()
+    await c.cmd("EHLO c")
+    assert (await c.cmd("AUTH LOGIN")).encode() == b"334 VXNlcm5hbWU6\r\n"
+    assert (await c.cmd(b64("bob@example.test"))).encode() == b"334 UGFzc3dvcmQ6\r\n"
+    assert await c.code(b64(PASSWORD)) == "235 2.7.0"
+    c2 = submission()
+    await c2.cmd("EHLO c")
+    assert (await c2.cmd(f"AUTH LOGIN {b64('bob@example.test')}")).code == 334
+    assert await c2.code(b64("wrong")) == "535 5.7.8"
+
+
+async def test_auth_failures() -> None:
+    c = submission()
+    await c.cmd("EHLO c")
+    assert await c.code("AUTH CRAM-MD5") == "504 5.5.4"
+    await c.cmd("AUTH PLAIN")
+    assert await c.code("*") == "501 5.0.0"
+    await c.cmd("AUTH PLAIN")
+    assert await c.code("not base64!") == "501 5.5.2"
+    assert await c.code(f"AUTH PLAIN {b64('only-one-part')}") == "501 5.5.2"
+    proxy = b64("other\0alice@example.test\0" + PASSWORD)
+    assert await c.code(f"AUTH PLAIN {proxy}") == "535 5.7.8"  # no proxy authorisation
+    c.backend.locked = True
+    assert await c.code(f"AUTH PLAIN {b64(chr(0) + 'alice@example.test' + chr(0) + PASSWORD)}") \
+        == "454 4.7.0"
+
+
+async def test_auth_refused_before_tls_and_on_mx() -> None:
+    c = submission(tls=False)
+    await c.cmd("EHLO c")
+    assert await c.code("AUTH PLAIN") == "538 5.7.11"
+    assert await c.code("MAIL FROM:<alice@example.test>") == "530 5.7.0"
+    mx = Client(tls=True)
+    await mx.cmd("EHLO c")
+    assert await mx.code("AUTH PLAIN") == "502 5.5.1"
+    loopback = submission(tls=False, plaintext_auth_allowed=True)
+    await loopback.cmd("EHLO c")
+    assert await loopback.code(
+        f"AUTH PLAIN {b64(chr(0) + 'alice@example.test' + chr(0) + PASSWORD)}") == "235 2.7.0"
+
+
+async def test_auth_needs_ehlo_and_no_transaction() -> None:
+    c = submission()
+    assert await c.code("AUTH PLAIN") == "503 5.5.1"
+
+
+async def logged_in(user: str = "alice@example.test") -> Client:
+    c = submission()
+    await c.cmd("EHLO c")
+    assert (await c.cmd(f"AUTH PLAIN {b64(chr(0) + user + chr(0) + PASSWORD)}")).code == 235
+    return c
+
+
+async def test_submission_sender_must_be_owned() -> None:
+    c = await logged_in()
+    assert await c.code("MAIL FROM:<bob@example.test>") == "553 5.7.1"
+    assert await c.code("MAIL FROM:<someone@remote.test>") == "553 5.7.1"
+    assert await c.code("MAIL FROM:<Alice+lists@example.test>") == "250 2.1.0"
+    await c.cmd("RSET")
+    assert await c.code("MAIL FROM:<alias-of-alice@example.test>") == "250 2.1.0"
+
+
+async def test_submission_to_any_recipient() -> None:
+    c = await logged_in()
+    await c.cmd("MAIL FROM:<alice@example.test>")
+    assert await c.code("RCPT TO:<friend@remote.test>") == "250 2.1.5"
+    assert await c.code("RCPT TO:<bob@example.test>") == "250 2.1.5"
+    assert await c.code("RCPT TO:<nobody@example.test>") == "550 5.1.1"
+    await c.cmd("DATA")
+    assert (await c.data(wire(MESSAGE))).code == 250
+    txn = c.backend.delivered[0][0]
+    assert txn.protocol == "ESMTPSA"
+    assert txn.account is not None and txn.account.address == "alice@example.test"
+    assert txn.recipients[0].remote == ["friend@remote.test"]
+
+
+# -- BDAT (RFC 3030) ------------------------------------------------------------------------
+
+
+async def test_bdat_chunks() -> None:
+    c = Client()
+    await c.envelope("<alice@example.test>")
+    first = await c.bdat(b"Subject: x\r\n\r\n")
+    assert (first.code, first.lines[0][:5]) == (250, "2.0.0")
+    assert await c.code("RCPT TO:<bob@example.test>") == "503 5.5.1"
+    assert await c.code("DATA") == "503 5.5.1"
+    last = await c.bdat(b"body\r\n", last=True)
+    assert last.lines == ("2.0.0 Ok: queued as QID1",)
+    assert c.backend.delivered[0][1] == b"Subject: x\r\n\r\nbody\r\n"
+
+
+async def test_bdat_zero_last_and_binarymime() -> None:
+    c = Client()
+    await c.cmd("EHLO c")
+    await c.cmd("MAIL FROM:<a@remote.test> BODY=BINARYMIME")
+    await c.cmd("RCPT TO:<alice@example.test>")
+    assert await c.code("DATA") == "503 5.5.1"
+    binary = b"Content-Type: application/octet-stream\r\n\r\n\x00\n\r\xff"
+    assert (await c.bdat(binary)).code == 250
+    assert (await c.bdat(b"", last=True)).code == 250
+    assert c.backend.delivered[0][1] == binary
+    assert c.backend.delivered[0][0].body == "BINARYMIME"
+
+
+async def test_bdat_bare_lf_refused_unless_binary() -> None:
+    c = Client()
+    await c.envelope("<alice@example.test>")
+    answer = await c.bdat(b"Subject: x\r\n\r\nhi\n.\r\n", last=True)
+    assert (answer.code, answer.lines[0][:5]) == (550, "5.5.2")
+    assert c.backend.delivered == []
+
+
+async def test_bdat_refused_chunk_is_still_consumed() -> None:
+    c = Client()
+    await c.cmd("EHLO c")
+    answer = await c.cmd("BDAT 5")
+    assert (answer.action, answer.chunk_size) == (Action.READ_CHUNK, 5)
+    c.session.on_chunk(b"hello")
+    assert (await c.session.on_chunk_end()).code == 503
+
+
+async def test_bdat_too_big_fails_transaction() -> None:
+    c = Client(max_message_size=1024)
+    await c.envelope("<alice@example.test>")
+    assert (await c.bdat(b"x" * 1000)).code == 250
+    assert (await c.bdat(b"x" * 100)).code == 552
+    # RFC 3030 2: chunks pipelined after the failure are discarded.
+    assert (await c.bdat(b"x", last=True)).code == 503
+    assert c.backend.delivered == []
+
+
+async def test_bdat_bad_syntax_hangs_up() -> None:
+    c = Client()
+    await c.envelope("<alice@example.test>")
+    answer = await c.cmd("BDAT lots")
+    assert (answer.code, answer.action) == (501, Action.CLOSE)
+
+
+# -- the DATA reader (lines.py) -------------------------------------------------------------
+
+
+def test_dot_reader_simple_and_leftover() -> None:
+    reader = DotReader(1000)
+    assert reader.feed(b"a\r\n..b\r\n") == b""
+    assert not reader.done
+    assert reader.feed(b".\r\nQUIT\r\n") == b"QUIT\r\n"
+    outcome = reader.finish()
+    assert outcome.content == b"a\r\n.b\r\n" and outcome.problem is None
+
+
+def test_dot_reader_empty_message() -> None:
+    reader = DotReader(1000)
+    assert reader.feed(b".\r\n") == b""
+    assert reader.done and reader.finish().content == b""
+
+
+def test_smuggling_sequences_do_not_end_data() -> None:
+    for fake_end in (b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\r.\r\n", b"\r\n.\r"):
+        reader = DotReader(1000)
+        reader.feed(b"hello" + fake_end + b"MAIL FROM:<x@y.test>\r\n")
+        assert not reader.done, fake_end
+        reader.feed(b".\r\n")
+        assert reader.done
+        assert reader.finish().problem is DataProblem.BARE_NEWLINE
+
+
+def test_dot_reader_too_big_keeps_no_content() -> None:
+    reader = DotReader(1024)
+    for _ in range(100):
+        reader.feed(b"y" * 998 + b"\r\n")
+    reader.feed(b".\r\n")
+    outcome = reader.finish()
+    assert outcome.problem is DataProblem.TOO_BIG and outcome.content == b""
+    assert reader._parts == []
+
+
+lines_st = st.lists(
+    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+    max_size=20,
+)
+
+
+@given(lines=lines_st, cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=6),
+       after=st.binary(max_size=20))
+def test_dot_reader_round_trip(lines: list[bytes], cuts: list[int], after: bytes) -> None:
+    content = b"".join(line + b"\r\n" for line in lines)
+    stream = dot_stuff(content) + b".\r\n" + after
+    reader = DotReader(100_000)
+    leftover = b""
+    start = 0
+    for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
+        leftover += reader.feed(stream[start:cut]) if not reader.done else stream[start:cut]
+        start = cut
+    assert reader.done
+    assert leftover == after
+    assert reader.finish().content == content
+
+
+@given(st.binary(max_size=200))
+def test_stuffing_round_trip(data: bytes) -> None:
+    content = data.replace(b"\r", b"").replace(b"\n", b"\r\n")
+    assert dot_unstuff(dot_stuff(content)) == content
+
+
+@given(st.binary(max_size=100))
+def test_bare_newline_detection(data: bytes) -> None:
+    expected = b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b"")
+    assert has_bare_cr_or_lf(data) == expected
