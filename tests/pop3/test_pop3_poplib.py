@@ -218,7 +218,7 @@ def test_dot_stuffing_round_trip(mail_server: RunningServer) -> None:
     deliver(mail_server, ALICE, raw)
     client = stls_client(mail_server)
     # Raw wire bytes: every dot-led line is stuffed, and the end marker is CRLF.CRLF.
-    client._putcmd("RETR 1")
+    client.sock.sendall(b"RETR 1\r\n")
     wire = b""
     while not wire.endswith(b"\r\n.\r\n"):
         chunk = client.file.readline()
