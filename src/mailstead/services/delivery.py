@@ -116,8 +116,11 @@ class DeliveryService:
         blob_id = await asyncio.to_thread(self.blobs.put, data)
         return blob_id, parse_envelope_fields(data)
 
-    async def deliver(self, envelope: InboundEnvelope, message: bytes) -> DeliveryResult:
+    async def deliver(
+        self, envelope: InboundEnvelope, message: bytes, keywords: frozenset[str] = frozenset()
+    ) -> DeliveryResult:
         """Stores ``message`` for every recipient in one transaction; see the module doc.
+        ``keywords`` are IMAP keywords set on the local copies (DMTP: $IntegrityFailed).
         Raises QuotaExceeded (nothing stored) when a mailbox cannot take it."""
         now = datetime.now(UTC)
         queue_id = new_queue_id()
@@ -134,7 +137,8 @@ class DeliveryService:
                 raise LookupError(f"account {account.address} has no INBOX")
             deliveries.append(Delivery(
                 inbox.id,
-                NewMessage(blob_id=blob_id, size=len(data), internal_date=now, envelope=fields),
+                NewMessage(blob_id=blob_id, size=len(data), internal_date=now,
+                           keywords=keywords, envelope=fields),
             ))
         entry = None
         if remote:
