@@ -1,0 +1,259 @@
+"""The MX listener against a real server: delivery, pipelining, relay refusal, limits, defences."""
+
+from __future__ import annotations
+
+import logging
+import re
+import smtplib
+
+import pytest
+
+from tests.conftest import DOMAIN, RunningServer
+from tests.smtp.helpers import ALICE, BOB, RawClient, body_of, inbox, message, queue
+
+BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+
+
+def mx(server: RunningServer) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30)
+    client.ehlo("client.remote.test")
+    return client
+
+
+@BOTH
+def test_delivery_to_two_users_and_an_alias(mail_server: RunningServer) -> None:
+    mail_server.add_alias(f"sales@{DOMAIN}", BOB)
+    raw = message("two users and an alias")
+    with mx(mail_server) as client:
+        assert client.mail("carol@remote.test")[0] == 250
+        for rcpt in (ALICE, BOB, f"sales@{DOMAIN}"):
+            assert client.rcpt(rcpt)[0] == 250
+        code, text = client.data(raw)
+    assert code == 250
+    queue_id = re.fullmatch(rb"2\.0\.0 Ok: queued as ([A-Z2-7]{12})", text)
+    assert queue_id is not None
+    [for_alice] = inbox(mail_server, ALICE)
+    [for_bob] = inbox(mail_server, BOB)  # named twice (directly and by the alias), stored once
+    assert for_alice.meta.blob_id == for_bob.meta.blob_id  # one file for both mailboxes
+    assert body_of(for_alice) == raw
+    headers = for_alice.headers
+    assert headers.startswith("Return-Path: <carol@remote.test>\r\nReceived: from client.remote.test")
+    assert f"with ESMTP id {queue_id.group(1).decode()}" in headers
+    assert "for <" not in headers  # several recipients: none is named (RFC 5321 7.2)
+    assert for_alice.meta.envelope.subject == "two users and an alias"
+    assert for_alice.meta.size == len(for_alice.data)
+    assert queue(mail_server) == []
+
+
+def test_single_recipient_is_named_in_received(mail_server: RunningServer) -> None:
+    with mx(mail_server) as client:
+        client.sendmail("carol@remote.test", [f"Alice+news@{DOMAIN}"], message("tagged"))
+    [stored] = inbox(mail_server, ALICE)  # the +tag is stripped for routing
+    assert f"for <Alice+news@{DOMAIN}>;" in stored.headers
+
+
+def test_transaction_is_logged(mail_server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mailstead")
+    with mx(mail_server) as client:
+        client.sendmail("carol@remote.test", [ALICE], message("logged"))
+    lines = [r.getMessage() for r in caplog.records if "smtp.transaction" in r.getMessage()]
+    assert len(lines) == 1
+    line = lines[0]
+    for expected in ("queue_id=", "client=127.0.0.1", "tls=no", "sender=<carol@remote.test>",
+                     f"recipients={ALICE}", "code=250", "size="):
+        assert expected in line, line
+
+
+def test_pipelined_transactions(mail_server: RunningServer) -> None:
+    with RawClient(mail_server.ports["smtp"]) as c:
+        assert "PIPELINING" in c.cmd("EHLO client.test")[1]
+        c.send(b"MAIL FROM:<carol@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
+               b"RCPT TO:<nobody@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        assert [c.reply()[0] for _ in range(5)] == [250, 250, 550, 250, 354]
+        # The message, then a whole second transaction and QUIT, in one write.
+        c.send(b"Subject: first\r\n\r\none\r\n.\r\n"
+               b"RSET\r\nMAIL FROM:<dave@remote.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        assert [c.reply()[0] for _ in range(5)] == [250, 250, 250, 250, 354]
+        c.send(b"Subject: second\r\n\r\ntwo\r\n.\r\nQUIT\r\n")
+        assert c.reply()[0] == 250
+        assert c.reply()[0] == 221
+    assert [s.meta.envelope.subject for s in inbox(mail_server, ALICE)] == ["first"]
+    assert [s.meta.envelope.subject for s in inbox(mail_server, BOB)] == ["first", "second"]
+
+
+@pytest.mark.parametrize("path", [
+    "<user@other.test>",
+    "<user%other.test@example.test>",
+    "<@example.test:user@other.test>",
+    "<@a.example.test,@example.test:alice@example.test>",
+    '<"user@other.test"@example.test>',
+    '<"alice"@example.test>',
+    "<user!other.test@example.test>",
+])
+def test_relay_attempts_are_refused(mail_server: RunningServer, path: str) -> None:
+    with mx(mail_server) as client:
+        client.mail("spammer@remote.test")
+        code, text = client.docmd("RCPT", f"TO:{path}")
+        assert code in (550, 553), text
+        assert text[:4] in (b"5.7.", b"5.1."), text
+        assert client.docmd("DATA")[0] in (503, 554)
+    assert inbox(mail_server, ALICE) == []
+    assert queue(mail_server) == []
+
+
+def test_unknown_local_user(mail_server: RunningServer) -> None:
+    with mx(mail_server) as client:
+        client.mail("carol@remote.test")
+        assert client.rcpt(f"nobody@{DOMAIN}") == (550, f"5.1.1 <nobody@{DOMAIN}>: user unknown"
+                                                   .encode())
+
+
+def test_alias_forwarding_elsewhere_is_queued(mail_server: RunningServer) -> None:
+    mail_server.add_alias(f"fwd@{DOMAIN}", "friend@remote.test")
+    with mx(mail_server) as client:
+        client.sendmail("carol@remote.test", [f"fwd@{DOMAIN}"], message("forwarded"))
+    [entry] = queue(mail_server)
+    assert [r.address for r in entry.recipients] == ["friend@remote.test"]
+    assert entry.sender == "carol@remote.test"
+    assert entry.account_id is None
+
+
+def test_catch_all(mail_server: RunningServer) -> None:
+    mail_server.add_alias(f"@{DOMAIN}", ALICE)
+    with mx(mail_server) as client:
+        client.sendmail("carol@remote.test", [f"anything@{DOMAIN}"], message("caught"))
+    assert len(inbox(mail_server, ALICE)) == 1
+
+
+def test_size_announced_and_enforced(make_server: object) -> None:
+    server: RunningServer = make_server(limits={"max_message_size": 4096})  # type: ignore[operator]
+    with mx(server) as client:
+        assert client.esmtp_features["size"] == "4096"
+        code, text = client.docmd("MAIL", "FROM:<carol@remote.test> SIZE=5000")
+        assert (code, text[:5]) == (552, b"5.3.4")
+        # Undeclared but too big: read to the end, refused, nothing stored, session goes on.
+        client.mail("carol@remote.test")
+        client.rcpt(ALICE)
+        code, text = client.data(message("big", "x" * 70 + "\r\n") * 80)
+        assert (code, text[:5]) == (552, b"5.3.4")
+        assert client.noop()[0] == 250
+        assert client.sendmail("carol@remote.test", [ALICE], message("small")) == {}
+    assert [s.meta.envelope.subject for s in inbox(server, ALICE)] == ["small"]
+
+
+def test_too_many_recipients(mail_server: RunningServer) -> None:
+    with mx(mail_server) as client:
+        client.mail("carol@remote.test")
+        for i in range(100):
+            assert client.rcpt(f"alice+{i}@{DOMAIN}")[0] == 250
+        assert client.rcpt(BOB) == (452, b"4.5.3 Too many recipients")
+        assert client.data(message("crowd"))[0] == 250
+    assert len(inbox(mail_server, ALICE)) == 1
+    assert inbox(mail_server, BOB) == []
+
+
+def test_overlong_lines(mail_server: RunningServer) -> None:
+    with RawClient(mail_server.ports["smtp"]) as c:
+        c.cmd("EHLO client.test")
+        assert c.code("NOOP " + "x" * 600) == "500 5.5.2"
+        assert c.code("NOOP " + "x" * 100_000) == "500 5.5.2"  # far past any buffer
+        assert c.code("NOOP") == "250 2.0.0"
+        c.cmd("MAIL FROM:<carol@remote.test>")
+        c.cmd("RCPT TO:<alice@example.test>")
+        assert c.cmd("DATA")[0] == 354
+        assert c.code(b"Subject: long\r\n\r\n" + b"y" * 1001 + b"\r\n.\r\n") == "554 5.6.0"
+        assert c.code("NOOP") == "250 2.0.0"
+    assert inbox(mail_server, ALICE) == []
+
+
+@pytest.mark.parametrize("fake_end", [b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\r.\r\n"])
+def test_bare_lf_smuggling_is_refused(mail_server: RunningServer, fake_end: bytes) -> None:
+    with RawClient(mail_server.ports["smtp"]) as c:
+        c.cmd("EHLO client.test")
+        c.cmd("MAIL FROM:<carol@remote.test>")
+        c.cmd("RCPT TO:<alice@example.test>")
+        assert c.cmd("DATA")[0] == 354
+        c.send(b"Subject: innocent\r\n\r\nhello" + fake_end
+               + b"MAIL FROM:<ceo@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+               + b"Subject: smuggled\r\n\r\nevil\r\n.\r\n")
+        assert c.reply()[0] == 550  # one reply for the whole thing: nothing was smuggled
+        assert c.code("NOOP") == "250 2.0.0"  # and no stray replies are waiting
+    assert inbox(mail_server, ALICE) == []
+    assert inbox(mail_server, BOB) == []
+
+
+def test_smtputf8_address(mail_server: RunningServer) -> None:
+    mail_server.add_user(f"josé@{DOMAIN}")
+    raw = "From: ñandú@remote.test\r\nSubject: olé\r\n\r\nhola\r\n".encode()
+    with mx(mail_server) as client:
+        assert client.has_extn("smtputf8")
+        refused = client.sendmail("ñandú@remote.test", [f"josé@{DOMAIN}"], raw,
+                                  mail_options=["SMTPUTF8"])
+        assert refused == {}
+        code, _ = client.docmd("MAIL", "FROM:<ñandú@remote.test>")
+        assert code == 553  # RFC 6531: not without SMTPUTF8
+    [stored] = inbox(mail_server, f"josé@{DOMAIN}")
+    assert body_of(stored) == raw
+    assert "with UTF8SMTP id" in stored.headers
+
+
+def test_bdat_chunks_and_binarymime(mail_server: RunningServer) -> None:
+    text = message("chunked")
+    binary = b"Subject: binary\r\nContent-Type: application/octet-stream\r\n\r\n\x00\x01\n\r\xff"
+    with RawClient(mail_server.ports["smtp"]) as c:
+        assert "CHUNKING" in c.cmd("EHLO client.test")[1]
+        c.send(b"MAIL FROM:<carol@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
+               + f"BDAT {len(text) - 10}\r\n".encode() + text[:-10]
+               + b"BDAT 10 LAST\r\n" + text[-10:])
+        assert [c.reply()[0] for _ in range(4)] == [250] * 4
+        c.send(b"MAIL FROM:<carol@remote.test> BODY=BINARYMIME\r\nRCPT TO:<bob@example.test>\r\n"
+               + f"BDAT {len(binary)}\r\n".encode() + binary + b"BDAT 0 LAST\r\n")
+        replies = [c.reply() for _ in range(4)]
+        assert [r[0] for r in replies] == [250] * 4
+        assert replies[3][1].startswith("2.0.0 Ok: queued as")
+        # A chunk with bare LF is refused unless the body is BINARYMIME.
+        bad = b"Subject: x\r\n\r\nhi\n.\r\n"
+        c.send(b"MAIL FROM:<carol@remote.test>\r\nRCPT TO:<bob@example.test>\r\n"
+               + f"BDAT {len(bad)} LAST\r\n".encode() + bad)
+        assert [c.reply()[0] for _ in range(3)] == [250, 250, 550]
+    [chunked] = inbox(mail_server, ALICE)
+    assert body_of(chunked) == text
+    [stored] = inbox(mail_server, BOB)
+    assert body_of(stored) == binary
+
+
+def test_vrfy_reveals_nothing(mail_server: RunningServer) -> None:
+    with mx(mail_server) as client:
+        assert client.verify(ALICE)[0] == 252
+        assert client.verify(f"nobody@{DOMAIN}")[0] == 252
+
+
+def test_quota(make_server: object) -> None:
+    server: RunningServer = make_server()  # type: ignore[operator]
+    server.add_user(f"small@{DOMAIN}", quota_bytes=1500)
+    target = f"small@{DOMAIN}"
+    with mx(server) as client:
+        assert client.sendmail("carol@remote.test", [target], message("fits", "x" * 900)) == {}
+        client.docmd("MAIL", "FROM:<carol@remote.test> SIZE=2000")
+        assert client.rcpt(target)[:1] == (552,)  # can never fit: permanent
+        client.rset()
+        client.docmd("MAIL", "FROM:<carol@remote.test> SIZE=800")
+        assert client.rcpt(target) == (452, f"4.2.2 <{target}>: mailbox full, try later".encode())
+        client.rset()
+        client.mail("carol@remote.test")  # no SIZE: accepted at RCPT, refused at the end
+        assert client.rcpt(target)[0] == 250
+        assert client.data(message("too much", "y" * 900))[0] == 452
+    assert len(inbox(server, target)) == 1
+
+
+def test_too_many_errors_disconnects(mail_server: RunningServer) -> None:
+    with RawClient(mail_server.ports["smtp"]) as c:
+        codes = [c.cmd(f"BOGUS{i}")[0] for i in range(10)]
+        assert codes == [500] * 9 + [421]
+        assert c.closed_by_server()
+
+
+def test_http_post_is_dropped(mail_server: RunningServer) -> None:
+    with RawClient(mail_server.ports["smtp"]) as c:
+        assert c.cmd("POST / HTTP/1.1")[0] == 554
+        assert c.closed_by_server()
