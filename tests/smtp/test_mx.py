@@ -37,7 +37,8 @@ def test_delivery_to_two_users_and_an_alias(mail_server: RunningServer) -> None:
     assert for_alice.meta.blob_id == for_bob.meta.blob_id  # one file for both mailboxes
     assert body_of(for_alice) == raw
     headers = for_alice.headers
-    assert headers.startswith("Return-Path: <carol@remote.test>\r\nReceived: from client.remote.test")
+    assert headers.startswith(
+        "Return-Path: <carol@remote.test>\r\nReceived: from client.remote.test")
     assert f"with ESMTP id {queue_id.group(1).decode()}" in headers
     assert "for <" not in headers  # several recipients: none is named (RFC 5321 7.2)
     assert for_alice.meta.envelope.subject == "two users and an alias"
@@ -52,7 +53,9 @@ def test_single_recipient_is_named_in_received(mail_server: RunningServer) -> No
     assert f"for <Alice+news@{DOMAIN}>;" in stored.headers
 
 
-def test_transaction_is_logged(mail_server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_transaction_is_logged(
+    mail_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="mailstead")
     with mx(mail_server) as client:
         client.sendmail("carol@remote.test", [ALICE], message("logged"))
