@@ -90,7 +90,7 @@ def test_implicit_tls_submission(mail_server: RunningServer) -> None:
 
 def test_auth_refused_before_tls(mail_server: RunningServer) -> None:
     with RawClient(mail_server.ports["submission"]) as c:
-        code, ehlo = c.cmd("EHLO laptop")
+        _, ehlo = c.cmd("EHLO laptop")
         assert "STARTTLS" in ehlo and "AUTH" not in ehlo
         assert c.code(f"AUTH PLAIN {plain_token(ALICE)}") == "538 5.7.11"
         assert c.code("MAIL FROM:<alice@example.test>") == "530 5.7.0"
