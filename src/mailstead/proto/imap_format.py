@@ -6,6 +6,7 @@ Pure code. Strings that may need a literal go through ``imap_sexpr`` (quoted whe
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mailstead.proto import imap_sexpr
@@ -28,6 +29,25 @@ _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep
 
 # Flag lists are formatted for every line of a big FETCH: cache the common combinations.
 _flags_cache: dict[tuple[int, frozenset[str], bool], bytes] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """How a command ends: tagged OK / NO / BAD with an optional response code."""
+
+    status: str
+    text: str
+    code: str = ""
+
+
+class CommandError(Exception):
+    """Raised by a command handler to end the command with a tagged NO or BAD."""
+
+    def __init__(self, status: str, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+        self.code = code
 
 
 class FlagError(ValueError):

@@ -27,6 +27,7 @@ from mailstead.core.errors import Conflict, InvalidInput, NotFound
 from mailstead.store.changes import ChangeBus, Watch
 from mailstead.store.interfaces import (
     BlobStore,
+    Changes,
     CopyResult,
     Delivery,
     Envelope,
@@ -133,6 +134,15 @@ class MailboxView:
         self.reported_exists = len(self.uids)
         self.reported_recent = 0
         self.closed = False
+        # For SELECT: the first unseen message (RFC 3501 [UNSEEN n], 0 = none) and the
+        # keywords in use (FLAGS response).
+        self.first_unseen = next(
+            (i + 1 for i, f in enumerate(flags) if not f.flags & SystemFlag.SEEN), 0
+        )
+        self.keywords: set[str] = set()
+        for f in flags:
+            if f.keywords:
+                self.keywords.update(f.keywords)
 
     # -- numbers --
 
@@ -228,6 +238,10 @@ class MailboxView:
             self.uids.extend(new)
             self.uidnext = max(self.uidnext, new[-1] + 1)
             await self.claim_recent()
+
+    async def changes_since(self, modseq: int) -> Changes:
+        """What changed after ``modseq`` (QRESYNC, VANISHED (EARLIER))."""
+        return await self.store.changes_since(self.mailbox.id, modseq)
 
     def take_updates(self, allow_expunge: bool) -> ViewUpdates:
         out = ViewUpdates()
@@ -406,7 +420,7 @@ class MailboxService:
         await self.require(account_id, name)
         prefix = name + SEPARATOR
         if any(b.name.startswith(prefix) for b in await self.store.list_mailboxes(account_id)):
-            raise Conflict("mailbox has children, delete them first")
+            raise InvalidInput("mailbox has children, delete them first")
         unused = await self.store.delete_mailbox(account_id, name)
         await self._delete_blobs(unused)
 
@@ -472,6 +486,11 @@ class MailboxService:
         )
         stored = await self.store.store_message([Delivery(mailbox.id, message)])
         return stored[0]
+
+    async def remove(self, mailbox: Mailbox, uids: Sequence[int]) -> None:
+        """Takes messages out again (a MULTIAPPEND whose later message failed)."""
+        if uids:
+            await self.store.expunge(mailbox.id, uids)
 
     async def read_blob(self, blob_id: str) -> bytes:
         """The message bytes, hash-checked (CorruptBlob rather than bad bytes)."""

@@ -1,0 +1,198 @@
+"""IMAP listener glue: reads commands off a Connection (lines and literals), runs them through
+the pure ImapSession, and provides STARTTLS, IDLE waiting and the autologout timer.
+
+Framing defences: a line is at most ``MAX_LINE`` octets; a literal's size is checked against
+the limit *before* any of it is read (a synchronising literal is refused instead of invited
+with "+", a non-synchronising one that is too big ends the session since its bytes are
+already on the way); a whole command is capped too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from mailstead.app import Services
+from mailstead.config import ListenerConfig
+from mailstead.net.listener import Connection, IdleTimeout, LineTooLong, ProtocolHandler
+from mailstead.obs import log_event
+from mailstead.proto.imap_backend import LoginRefused
+from mailstead.proto.imap_parse import literal_marker, peek_tag_command
+from mailstead.proto.imap_session import ImapSession, SessionSettings, State
+from mailstead.services.accounts import AccountService, AuthFailed
+from mailstead.services.mailbox import MailboxService
+from mailstead.store.interfaces import Account
+
+MAX_LINE = 64 * 1024
+
+
+class _ConnIO:
+    """The Connection as the session's ClientIO."""
+
+    def __init__(self, conn: Connection, timeout: float) -> None:
+        self.conn = conn
+        self.timeout = timeout
+        self._idle_read: asyncio.Task[bytes] | None = None
+
+    @property
+    def is_tls(self) -> bool:
+        return self.conn.is_tls
+
+    @property
+    def peer_ip(self) -> str:
+        return self.conn.peer_ip
+
+    def write(self, data: bytes) -> None:
+        self.conn.write(data)
+
+    async def drain(self) -> None:
+        await self.conn.drain()
+
+    async def read_line(self) -> bytes:
+        return await self.conn.readline(MAX_LINE, self.timeout)
+
+    async def start_tls(self) -> None:
+        await self.conn.start_tls()
+
+    async def idle_wait(
+        self, wait_change: Callable[[], Awaitable[bool]] | None
+    ) -> bytes | None:
+        # One read stays pending across wake-ups, so no byte of "DONE" is lost; its timeout
+        # is the autologout timer, re-armed by each IDLE (RFC 2177: clients re-IDLE < 30 min).
+        if self._idle_read is None:
+            self._idle_read = asyncio.ensure_future(self.read_line())
+        waiters: set[asyncio.Future[bytes] | asyncio.Future[bool]] = {self._idle_read}
+        change = None
+        if wait_change is not None:
+            change = asyncio.ensure_future(wait_change())
+            waiters.add(change)
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if change is not None and not change.done():
+                change.cancel()
+        if self._idle_read.done():
+            task, self._idle_read = self._idle_read, None
+            return task.result()
+        return None
+
+    def close(self) -> None:
+        if self._idle_read is not None:
+            self._idle_read.cancel()
+            self._idle_read = None
+
+
+class _Auth:
+    """AccountService as the session's Authenticator, with one log line per attempt."""
+
+    def __init__(self, accounts: AccountService, session_id: str) -> None:
+        self.accounts = accounts
+        self.session_id = session_id
+
+    async def login(self, user: str, password: str, ip: str) -> Account:
+        try:
+            account = await self.accounts.authenticate(user, password, ip)
+        except AuthFailed as exc:
+            log_event("imap.login_failed", session=self.session_id, user=user, client=ip)
+            raise LoginRefused(exc.temporary) from None
+        log_event("imap.login", session=self.session_id, user=account.address, client=ip)
+        return account
+
+
+class ImapHandler:
+    def __init__(self, services: Services, listener_name: str, lc: ListenerConfig) -> None:
+        self.services = services
+        self.listener_name = listener_name
+        self.lc = lc
+        cfg = services.cfg
+        existing = services.extra.get("mailbox")
+        if isinstance(existing, MailboxService):
+            self.mailboxes = existing
+        else:
+            self.mailboxes = MailboxService(
+                services.store, services.blobs, services.changes, cfg.limits.max_message_size
+            )
+            services.extra["mailbox"] = self.mailboxes
+        limits = cfg.limits
+        self.timeout = float(limits.imap_idle_timeout)
+        # Whole command, literals included: a message plus room for the command around it.
+        self.max_command = limits.max_message_size + MAX_LINE
+
+    def busy_reply(self) -> bytes:
+        return b"* BYE Too many connections, try again later\r\n"
+
+    def _settings(self, conn: Connection) -> SessionSettings:
+        cfg = self.services.cfg
+        return SessionSettings(
+            hostname=cfg.hostname,
+            starttls_available=self.lc.tls == "starttls" and conn.ssl_context is not None,
+            plaintext_login_ok=cfg.auth.allow_plaintext_on_loopback and conn.is_loopback,
+            max_message_size=cfg.limits.max_message_size,
+            max_errors=cfg.limits.max_errors,
+            max_commands=cfg.limits.imap_max_commands,
+        )
+
+    async def handle(self, conn: Connection) -> None:
+        io = _ConnIO(conn, self.timeout)
+        session = ImapSession(
+            _Auth(self.services.accounts, conn.session_id), self.mailboxes, io,
+            self._settings(conn),
+        )
+        try:
+            conn.write(session.greeting())
+            await conn.drain()
+            while not session.logged_out:
+                try:
+                    data = await self._read_command(conn, session)
+                except LineTooLong:
+                    await session.reject("*", "Line too long")
+                    continue
+                except IdleTimeout:
+                    conn.write(b"* BYE Autologout; idle for too long\r\n")
+                    await conn.drain()
+                    break
+                if data is not None:
+                    await session.execute(data)
+            await conn.drain()
+        except IdleTimeout:  # during IDLE or an AUTHENTICATE exchange
+            with contextlib.suppress(Exception):
+                await conn.send(b"* BYE Autologout; idle for too long\r\n")
+        finally:
+            io.close()
+            session.close_view()
+
+    async def _read_command(self, conn: Connection, session: ImapSession) -> bytes | None:
+        """One whole command with its literals inline, without the final CRLF; None when a
+        literal was refused (already answered)."""
+        line = await conn.readline(MAX_LINE, self.timeout)
+        tag, name = peek_tag_command(line)
+        chunks = [line]
+        total = len(line)
+        marker = literal_marker(line)
+        while marker is not None:
+            if marker.size > session.literal_limit(name) or total + marker.size > self.max_command:
+                if marker.synchronizing:
+                    await session.refuse_literal(tag, name, marker.size)
+                    return None
+                # LITERAL+ data is already on its way and cannot be told apart from commands.
+                conn.write(b"* BYE Literal too big\r\n")
+                session.state = State.LOGOUT
+                return None
+            if marker.synchronizing:
+                await conn.send(b"+ Ready for literal data\r\n")
+            chunks.append(await conn.readexactly(marker.size, self.timeout))
+            line = await conn.readline(MAX_LINE, self.timeout)
+            chunks.append(line)
+            total += marker.size + len(line)
+            marker = literal_marker(line)
+        data = b"".join(chunks)
+        if data.endswith(b"\r\n"):
+            return data[:-2]
+        return data[:-1] if data.endswith(b"\n") else data
+
+
+def make_imap_handler(
+    services: Services, listener_name: str, listener_config: ListenerConfig
+) -> ProtocolHandler:
+    return ImapHandler(services, listener_name, listener_config)

@@ -1,0 +1,149 @@
+"""What the IMAP session needs from the layers around it, as small Protocols.
+
+The session (pure code) talks to the client through ``ClientIO`` and to mail through
+``MailboxBackend`` / ``SelectedView``; the network layer supplies real objects
+(net/imap_server.py with services/mailbox.py), tests may supply fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Literal, Protocol
+
+from mailstead.store.interfaces import (
+    Account,
+    Changes,
+    CopyResult,
+    FlagState,
+    FlagUpdate,
+    Mailbox,
+    MailboxStatus,
+    MessageMeta,
+)
+
+
+class LoginRefused(Exception):
+    """Bad credentials (``temporary`` False) or a lockout (True)."""
+
+    def __init__(self, temporary: bool = False) -> None:
+        super().__init__("login refused")
+        self.temporary = temporary
+
+
+class ClientIO(Protocol):
+    """The connection as the session sees it."""
+
+    @property
+    def is_tls(self) -> bool: ...
+
+    @property
+    def peer_ip(self) -> str: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    async def read_line(self) -> bytes:
+        """One more line from the client (AUTHENTICATE exchanges), CRLF kept."""
+
+    async def start_tls(self) -> None: ...
+
+    async def idle_wait(
+        self, wait_change: Callable[[], Awaitable[bool]] | None
+    ) -> bytes | None:
+        """During IDLE: the client's next line, or None when ``wait_change`` returned first.
+        Ends the connection (autologout) if the client stays silent too long."""
+
+
+class Authenticator(Protocol):
+    async def login(self, user: str, password: str, ip: str) -> Account:
+        """Raises LoginRefused."""
+
+
+class QuotaInfo(Protocol):
+    @property
+    def used_bytes(self) -> int: ...
+    @property
+    def used_messages(self) -> int: ...
+    @property
+    def limit_bytes(self) -> int: ...
+    @property
+    def limit_messages(self) -> int: ...
+
+
+class Updates(Protocol):
+    @property
+    def expunged(self) -> list[tuple[int, int]]: ...
+    @property
+    def exists(self) -> int | None: ...
+    @property
+    def recent(self) -> int | None: ...
+    @property
+    def flags(self) -> list[tuple[int, FlagState]]: ...
+
+
+class SelectedView(Protocol):
+    mailbox: Mailbox
+    readonly: bool
+    modseq: int
+    uidnext: int
+    first_unseen: int
+    keywords: set[str]
+
+    @property
+    def exists(self) -> int: ...
+    @property
+    def last_uid(self) -> int: ...
+    def seq_of(self, uid: int) -> int | None: ...
+    def uid_at(self, seq: int) -> int: ...
+    def uids_in_seq_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[int]: ...
+    def uids_in_uid_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[int]: ...
+    def is_recent(self, uid: int) -> bool: ...
+    def recent_count(self) -> int: ...
+    async def wait_change(self, timeout: float | None) -> bool: ...
+    async def refresh(self, force: bool = False) -> None: ...
+    async def changes_since(self, modseq: int) -> Changes: ...
+    def take_updates(self, allow_expunge: bool) -> Updates: ...
+    async def flag_states(self, uids: Sequence[int]) -> list[FlagState]: ...
+    async def messages(self, uids: Sequence[int]) -> list[MessageMeta]: ...
+    async def body(self, blob_id: str) -> bytes: ...
+    async def store_flags(
+        self,
+        uids: Sequence[int],
+        mode: Literal["add", "remove", "replace"],
+        flags: int,
+        keywords: frozenset[str],
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate: ...
+    async def expunge(self, uids: Sequence[int] | None = None) -> list[int]: ...
+    async def copy(self, uids: Sequence[int], target: Mailbox, move: bool) -> CopyResult: ...
+    def close(self) -> None: ...
+
+
+class MailboxBackend(Protocol):
+    max_message_size: int
+
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
+    async def find(self, account_id: int, name: str) -> Mailbox | None: ...
+    async def require(self, account_id: int, name: str) -> Mailbox: ...
+    async def create(
+        self, account_id: int, name: str, special_use: str | None = None
+    ) -> Mailbox: ...
+    async def delete(self, account_id: int, name: str) -> None: ...
+    async def rename(self, account_id: int, old: str, new: str) -> None: ...
+    async def subscribe(self, account_id: int, name: str, subscribed: bool) -> None: ...
+    async def status(self, mailbox: Mailbox) -> MailboxStatus: ...
+    async def quota(self, account_id: int) -> QuotaInfo: ...
+    async def append(
+        self,
+        mailbox: Mailbox,
+        data: bytes,
+        flags: int = 0,
+        keywords: frozenset[str] = frozenset(),
+        internal_date: datetime | None = None,
+    ) -> MessageMeta: ...
+    async def remove(self, mailbox: Mailbox, uids: Sequence[int]) -> None: ...
+    async def open(
+        self, account_id: int, name: str, *, readonly: bool, track_recent: bool
+    ) -> SelectedView: ...

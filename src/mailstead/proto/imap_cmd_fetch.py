@@ -1,0 +1,283 @@
+"""FETCH and UID FETCH (RFC 9051 6.4.5 with BINARY RFC 3516, CONDSTORE/QRESYNC RFC 7162), and
+the QRESYNC part of SELECT. Pure code.
+
+Large mailboxes: a FETCH that asks only for UID / FLAGS / MODSEQ reads the flag rows alone and
+writes its answer in chunks, draining in between, so ``UID FETCH 1:* (FLAGS)`` on 100,000
+messages never holds more than the flag rows. Other fetches read message rows in chunks and a
+message file only when an item needs its bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from mailstead.proto import imap_format as fmt
+from mailstead.proto import imap_sexpr, mime
+from mailstead.proto.imap_format import CommandError, Reply
+from mailstead.proto.imap_parse import Command, FetchArgs, FetchItem, QresyncParams
+from mailstead.store.interfaces import FlagState, MessageMeta, SystemFlag
+
+if TYPE_CHECKING:
+    from mailstead.proto.imap_session import ImapSession
+
+FLAG_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})
+TEXT_ITEMS = frozenset({"BODY[]", "BINARY", "BINARY.SIZE", "RFC822", "RFC822.HEADER",
+                        "RFC822.TEXT", "ENVELOPE", "BODY", "BODYSTRUCTURE"})
+ROWS_PER_CHUNK = 200
+LINES_PER_WRITE = 2000
+DRAIN_BYTES = 256 * 1024
+
+
+def _sets_seen(item: FetchItem) -> bool:
+    """RFC 9051 6.4.5: BODY[...] and BINARY[...] without .PEEK, RFC822 and RFC822.TEXT."""
+    if item.name in ("BODY[]", "BINARY"):
+        return not item.peek
+    return item.name in ("RFC822", "RFC822.TEXT")
+
+
+async def cmd_fetch(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, FetchArgs)
+    uids = s.resolve(args.numbers, cmd.uid)
+    items = list(args.items)
+    names = {item.name for item in items}
+    if args.changedsince is not None or "MODSEQ" in names:
+        s.enable_condstore()  # RFC 7162 3.1
+    if args.vanished and not (cmd.uid and s.qresync):
+        return Reply("BAD", "VANISHED needs UID FETCH and QRESYNC enabled")  # RFC 7162 3.2.6
+    if cmd.uid and "UID" not in names:  # RFC 9051 6.4.9: UID FETCH always returns the UID
+        items.insert(0, FetchItem("UID"))
+    if args.changedsince is not None and "MODSEQ" not in names:
+        items.append(FetchItem("MODSEQ"))
+    if args.vanished and args.changedsince is not None:
+        await _report_vanished_earlier(s, args, args.changedsince)
+    names = {item.name for item in items}
+    if names <= FLAG_ITEMS:
+        found = await _fetch_flags(s, uids, items, args.changedsince)
+    else:
+        found = await _fetch_messages(s, uids, items, args.changedsince)
+    await s.io.drain()
+    if found < len(uids) and not cmd.uid:
+        # RFC 9051 7.1: another session expunged some of them; their EXPUNGE comes later.
+        return Reply("NO", "Some of the requested messages no longer exist", "EXPUNGEISSUED")
+    return Reply("OK", "Fetch completed")
+
+
+async def _report_vanished_earlier(s: ImapSession, args: FetchArgs, modseq: int) -> None:
+    view = s.require_view()
+    changes = await view.changes_since(modseq)
+    largest = max(view.last_uid, view.uidnext - 1)
+    gone = [u for u in changes.vanished if args.numbers.contains(u, largest)]
+    if gone:
+        s.io.write(fmt.untagged(f"VANISHED (EARLIER) {fmt.sequence_set(gone)}"))
+
+
+async def _fetch_flags(
+    s: ImapSession, uids: Sequence[int], items: list[FetchItem], changedsince: int | None
+) -> int:
+    view = s.require_view()
+    states = await view.flag_states(uids)
+    found = len(states)
+    if changedsince is not None:
+        states = [st for st in states if st.modseq > changedsince]
+    rev1 = not s.rev2
+    seq_of = view.seq_of
+    is_recent = view.is_recent
+    flag_list = fmt.flag_list
+    order = [item.name for item in items]
+    batch: list[bytes] = []
+    for st in states:
+        seq = seq_of(st.uid)
+        if seq is None:
+            continue
+        parts = []
+        for name in order:
+            if name == "UID":
+                parts.append(b"UID %d" % st.uid)
+            elif name == "FLAGS":
+                recent = rev1 and is_recent(st.uid)
+                parts.append(b"FLAGS " + flag_list(st.flags, st.keywords, recent))
+            else:
+                parts.append(b"MODSEQ (%d)" % st.modseq)
+        batch.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
+        if len(batch) >= LINES_PER_WRITE:
+            s.io.write(b"".join(batch))
+            batch.clear()
+            await s.io.drain()
+    if batch:
+        s.io.write(b"".join(batch))
+    return found
+
+
+async def _fetch_messages(
+    s: ImapSession, uids: Sequence[int], items: list[FetchItem], changedsince: int | None
+) -> int:
+    view = s.require_view()
+    set_seen = not view.readonly and any(_sets_seen(item) for item in items)
+    wants_flags = any(item.name == "FLAGS" for item in items)
+    found = 0
+    pending = 0
+    for start in range(0, len(uids), ROWS_PER_CHUNK):
+        metas = await view.messages(uids[start : start + ROWS_PER_CHUNK])
+        found += len(metas)
+        if changedsince is not None:
+            metas = [m for m in metas if m.modseq > changedsince]
+        changed: dict[int, FlagState] = {}
+        if set_seen:
+            unseen = [m.uid for m in metas if not m.flags & SystemFlag.SEEN]
+            if unseen:
+                update = await view.store_flags(unseen, "add", SystemFlag.SEEN, frozenset())
+                changed = {st.uid: st for st in update.changed}
+        for meta in metas:
+            seq = view.seq_of(meta.uid)
+            if seq is None:
+                continue
+            state = changed.get(meta.uid)
+            line = await _render(s, seq, meta, items, state, add_flags=state is not None
+                                 and not wants_flags)
+            s.io.write(line)
+            pending += len(line)
+            if pending >= DRAIN_BYTES:
+                pending = 0
+                await s.io.drain()
+    return found
+
+
+class _Message:
+    """A message's bytes and part tree, loaded on first use."""
+
+    def __init__(self, s: ImapSession, meta: MessageMeta) -> None:
+        self.s = s
+        self.meta = meta
+        self.data: bytes | None = None
+        self.tree: mime.Part | None = None
+
+    async def bytes(self) -> bytes:
+        if self.data is None:
+            self.data = await self.s.require_view().body(self.meta.blob_id)
+        return self.data
+
+    async def root(self) -> mime.Part:
+        data = await self.bytes()
+        if self.tree is None:
+            self.tree = mime.parse(data)
+        return self.tree
+
+
+async def _render(
+    s: ImapSession,
+    seq: int,
+    meta: MessageMeta,
+    items: list[FetchItem],
+    new_state: FlagState | None,
+    add_flags: bool,
+) -> bytes:
+    view = s.require_view()
+    msg = _Message(s, meta)
+    flags, keywords, modseq = meta.flags, meta.keywords, meta.modseq
+    if new_state is not None:
+        flags, keywords, modseq = new_state.flags, new_state.keywords, new_state.modseq
+    recent = not s.rev2 and view.is_recent(meta.uid)
+    parts: list[bytes] = []
+    for item in items:
+        name = item.name
+        if name == "UID":
+            parts.append(b"UID %d" % meta.uid)
+        elif name == "FLAGS":
+            parts.append(b"FLAGS " + fmt.flag_list(flags, keywords, recent))
+        elif name == "MODSEQ":
+            parts.append(b"MODSEQ (%d)" % modseq)
+        elif name == "INTERNALDATE":
+            parts.append(b"INTERNALDATE " + fmt.internal_date(meta.internal_date))
+        elif name == "RFC822.SIZE":
+            parts.append(b"RFC822.SIZE %d" % meta.size)
+        elif name == "ENVELOPE":
+            value = mime.envelope(await msg.bytes(), await msg.root())
+            parts.append(b"ENVELOPE " + imap_sexpr.encode(value, s.utf8))
+        elif name in ("BODY", "BODYSTRUCTURE"):
+            value = mime.bodystructure(await msg.bytes(), await msg.root(), name != "BODY")
+            parts.append(name.encode() + b" " + imap_sexpr.encode(value, s.utf8))
+        elif name == "RFC822":
+            parts.append(b"RFC822 " + imap_sexpr.literal(await msg.bytes()))
+        elif name in ("RFC822.HEADER", "RFC822.TEXT"):
+            spec = mime.SectionSpec((), name.removeprefix("RFC822."))
+            content = mime.section(await msg.bytes(), await msg.root(), spec) or b""
+            parts.append(name.encode() + b" " + imap_sexpr.literal(content))
+        elif name == "BODY[]":
+            parts.append(await _body_section(msg, item))
+        else:
+            parts.append(await _binary_section(msg, item))
+    if add_flags:
+        parts.append(b"FLAGS " + fmt.flag_list(flags, keywords, recent))
+        if s.condstore and not any(item.name == "MODSEQ" for item in items):
+            parts.append(b"MODSEQ (%d)" % modseq)
+    return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+
+
+def _partial(content: bytes, item: FetchItem) -> tuple[bytes, bytes]:
+    """(label suffix "<origin>", the slice) for BODY[...]<origin.length>."""
+    if item.partial is None:
+        return b"", content
+    origin, length = item.partial
+    return b"<%d>" % origin, content[origin : origin + length]
+
+
+async def _body_section(msg: _Message, item: FetchItem) -> bytes:
+    assert item.section is not None
+    section = item.section
+    data = await msg.bytes()
+    label = b"BODY[" + section.spec.encode("utf-8", "surrogateescape") + b"]"
+    if not section.part and not section.text:
+        content: bytes | None = data
+    else:
+        spec = mime.SectionSpec(section.part, section.text, section.fields)
+        content = mime.section(data, await msg.root(), spec)
+    if content is None:  # no such part
+        return label + b" NIL"
+    suffix, content = _partial(content, item)
+    return label + suffix + b" " + imap_sexpr.literal(content)
+
+
+async def _binary_section(msg: _Message, item: FetchItem) -> bytes:
+    assert item.section is not None
+    part = ".".join(str(n) for n in item.section.part)
+    data = await msg.bytes()
+    try:
+        content = mime.binary_section(data, await msg.root(), part)
+    except mime.UnknownEncoding:
+        raise CommandError("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
+    label = item.name.encode() + b"[" + part.encode() + b"]"
+    if content is None:
+        return label + b" NIL"
+    if item.name == "BINARY.SIZE":
+        return label + b" %d" % len(content)
+    suffix, content = _partial(content, item)
+    # RFC 3516 4.3: literal8 only where the content really carries NUL.
+    body = imap_sexpr.literal8(content) if b"\x00" in content else imap_sexpr.literal(content)
+    return label + suffix + b" " + body
+
+
+# ---------------------------------------------------------------------------------------------
+# SELECT (QRESYNC ...) (RFC 7162 3.2.5)
+
+
+async def qresync_select(s: ImapSession, params: QresyncParams) -> None:
+    """Tells a resynchronising client what vanished and what changed since its MODSEQ."""
+    view = s.require_view()
+    if params.uidvalidity != view.mailbox.uidvalidity:
+        return  # the client's cache is void; it starts over
+    changes = await view.changes_since(params.modseq)
+    largest = max(view.last_uid, view.uidnext - 1)
+    gone = [
+        uid for uid in changes.vanished
+        if params.known_uids is None or params.known_uids.contains(uid, largest)
+    ]
+    if gone:
+        s.io.write(fmt.untagged(f"VANISHED (EARLIER) {fmt.sequence_set(gone)}"))
+    lines = []
+    for st in changes.changed:
+        seq = view.seq_of(st.uid)
+        if seq is not None:
+            lines.append(s.flags_fetch_line(seq, st.uid, st.flags, st.keywords, st.modseq))
+    s.io.write(b"".join(lines))

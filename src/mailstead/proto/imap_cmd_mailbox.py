@@ -1,0 +1,301 @@
+"""IMAP mailbox commands: CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST (with
+LIST-EXTENDED, LIST-STATUS, SPECIAL-USE, CHILDREN), LSUB, NAMESPACE, STATUS, APPEND (UIDPLUS,
+MULTIAPPEND, APPENDLIMIT) and QUOTA (RFC 9208). Pure code.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from mailstead.core.errors import InvalidInput, NotFound
+from mailstead.proto import imap_format as fmt
+from mailstead.proto import mutf7
+from mailstead.proto.imap_format import CommandError, Reply
+from mailstead.proto.imap_parse import (
+    AppendArgs,
+    Command,
+    CreateArgs,
+    ListArgs,
+    MailboxArgs,
+    QuotaRootArgs,
+    RenameArgs,
+    StatusArgs,
+)
+from mailstead.store.interfaces import SPECIAL_USES, Mailbox, MailboxStatus
+
+if TYPE_CHECKING:
+    from mailstead.proto.imap_session import ImapSession
+
+_reply = Reply
+_error = CommandError
+
+
+async def _existing(s: ImapSession, raw_name: str) -> Mailbox:
+    account = s.require_account()
+    box = await s.mailboxes.find(account.id, s.mailbox_in(raw_name))
+    if box is None:
+        raise _error("NO", "Mailbox does not exist", "NONEXISTENT")
+    return box
+
+
+# ---------------------------------------------------------------------------------------------
+# CREATE / DELETE / RENAME / (UN)SUBSCRIBE
+
+
+async def cmd_create(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, CreateArgs)
+    account = s.require_account()
+    special_use = None
+    if args.special_use:  # CREATE-SPECIAL-USE (RFC 6154 3)
+        wanted = {u.lower(): u for u in SPECIAL_USES}
+        if len(args.special_use) > 1 or args.special_use[0].lower() not in wanted:
+            return _reply("NO", "Unsupported special-use attribute", "USEATTR")
+        special_use = wanted[args.special_use[0].lower()]
+    name = s.mailbox_in(args.mailbox)
+    if name.rstrip("/").upper() == "INBOX":
+        return _reply("NO", "INBOX exists already", "ALREADYEXISTS")
+    await s.mailboxes.create(account.id, name, special_use)
+    return _reply("OK", "Create completed")
+
+
+async def cmd_delete(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, MailboxArgs)
+    account = s.require_account()
+    box = await _existing(s, args.mailbox)
+    if box.name == "INBOX":
+        return _reply("NO", "INBOX cannot be deleted", "CANNOT")
+    if s.view is not None and s.view.mailbox.id == box.id:
+        s.close_view()
+    await s.mailboxes.delete(account.id, box.name)
+    return _reply("OK", "Delete completed")
+
+
+async def cmd_rename(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, RenameArgs)
+    account = s.require_account()
+    box = await _existing(s, args.old)
+    new = s.mailbox_in(args.new)
+    if new.upper() == "INBOX":
+        return _reply("NO", "INBOX exists already", "ALREADYEXISTS")
+    await s.mailboxes.rename(account.id, box.name, new)
+    return _reply("OK", "Rename completed")
+
+
+async def cmd_subscribe(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, MailboxArgs)
+    account = s.require_account()
+    box = await _existing(s, args.mailbox)
+    await s.mailboxes.subscribe(account.id, box.name, cmd.name == "SUBSCRIBE")
+    return _reply("OK", f"{cmd.name.capitalize()} completed")
+
+
+# ---------------------------------------------------------------------------------------------
+# LIST / LSUB
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """'*' matches anything, '%' anything but the separator (RFC 9051 6.3.9); INBOX matches
+    in any case."""
+    if pattern[:5].upper() == "INBOX" and (len(pattern) == 5 or pattern[5] in "/*%"):
+        pattern = "INBOX" + pattern[5:]
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append("[^/]*")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _sort_key(box: Mailbox) -> tuple[int, str]:
+    return (0 if box.name == "INBOX" else 1, box.name)
+
+
+async def cmd_list(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, ListArgs)
+    account = s.require_account()
+    verb = "LSUB" if args.lsub else "LIST"
+    patterns = [p for p in args.patterns if p != ""]
+    if not patterns:
+        # RFC 9051 6.3.9: an empty pattern asks for the hierarchy separator.
+        if not args.extended or not args.patterns:
+            s.io.write(f'* {verb} (\\Noselect) "/" ""\r\n'.encode())
+        return _reply("OK", f"{verb} completed")
+    regexes = [_pattern_regex(args.reference + p) for p in patterns]
+    boxes = sorted(await s.mailboxes.list_mailboxes(account.id), key=_sort_key)
+    parents = {name for b in boxes for name in _parents(b.name)}
+    subscribed_parents = {name for b in boxes if b.subscribed for name in _parents(b.name)}
+    only_subscribed = args.lsub or "SUBSCRIBED" in args.select_options
+    only_special = "SPECIAL-USE" in args.select_options
+    recursive = "RECURSIVEMATCH" in args.select_options
+    show_subscribed = "SUBSCRIBED" in args.return_options or only_subscribed
+    status_items = args.status_items if "STATUS" in args.return_options else ()
+    if "HIGHESTMODSEQ" in status_items:
+        s.enable_condstore()
+    for box in boxes:
+        client_name = box.name if s.utf8 else mutf7.encode(box.name)
+        if not any(r.fullmatch(client_name) for r in regexes):
+            continue
+        childinfo = False
+        if only_subscribed and not box.subscribed:
+            if not (recursive and box.name in subscribed_parents):
+                continue
+            childinfo = True  # RFC 5258 3.5: listed because a child is subscribed
+        if only_special and box.special_use is None:
+            continue
+        attrs: list[str] = []
+        if not args.lsub:
+            attrs.append("\\HasChildren" if box.name in parents else "\\HasNoChildren")
+            if box.special_use:
+                attrs.append(box.special_use)
+            if show_subscribed and box.subscribed:
+                attrs.append("\\Subscribed")
+        line = f"* {verb} ({' '.join(attrs)}) \"/\" ".encode() + s.mailbox_out(box.name)
+        if childinfo:
+            line += b' ("CHILDINFO" ("SUBSCRIBED"))'
+        s.io.write(line + b"\r\n")
+        if status_items:
+            await _write_status(s, box, status_items)
+    return _reply("OK", f"{verb} completed")
+
+
+def _parents(name: str) -> list[str]:
+    levels = name.split("/")
+    return ["/".join(levels[:i]) for i in range(1, len(levels))]
+
+
+async def cmd_lsub(s: ImapSession, cmd: Command) -> Reply:
+    return await cmd_list(s, cmd)
+
+
+async def cmd_namespace(s: ImapSession, cmd: Command) -> Reply:
+    s.io.write(b'* NAMESPACE (("" "/")) NIL NIL\r\n')  # RFC 2342: one personal namespace
+    return _reply("OK", "Namespace completed")
+
+
+# ---------------------------------------------------------------------------------------------
+# STATUS
+
+
+def _status_value(s: ImapSession, item: str, st: MailboxStatus) -> int:
+    values = {
+        "MESSAGES": st.messages,
+        "RECENT": st.recent,
+        "UIDNEXT": st.uidnext,
+        "UIDVALIDITY": st.uidvalidity,
+        "UNSEEN": st.unseen,
+        "DELETED": st.deleted,
+        "SIZE": st.size,
+        "HIGHESTMODSEQ": st.highestmodseq,
+        "APPENDLIMIT": s.settings.max_message_size,
+    }
+    return values[item]
+
+
+async def _write_status(s: ImapSession, box: Mailbox, items: tuple[str, ...]) -> None:
+    st = await s.mailboxes.status(box)
+    pairs = " ".join(f"{item} {_status_value(s, item, st)}" for item in items)
+    s.io.write(b"* STATUS " + s.mailbox_out(box.name) + f" ({pairs})\r\n".encode())
+
+
+async def cmd_status(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, StatusArgs)
+    box = await _existing(s, args.mailbox)
+    if "HIGHESTMODSEQ" in args.items:  # a CONDSTORE-enabling command (RFC 7162 3.1)
+        s.enable_condstore()
+    await _write_status(s, box, args.items)
+    return _reply("OK", "Status completed")
+
+
+# ---------------------------------------------------------------------------------------------
+# APPEND
+
+
+async def cmd_append(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, AppendArgs)
+    account = s.require_account()
+    try:
+        box = await s.mailboxes.find(account.id, s.mailbox_in(args.mailbox))
+    except InvalidInput:
+        box = None
+    if box is None:  # RFC 9051 6.3.12: the client may CREATE and retry
+        return _reply("NO", "Mailbox does not exist", "TRYCREATE")
+    parsed = []
+    for message in args.messages:
+        if len(message.data) > s.settings.max_message_size:
+            return _reply("NO", "Message too big", "TOOBIG")  # RFC 7889
+        if not message.data:
+            return _reply("NO", "Empty message", "CANNOT")
+        try:
+            bits, keywords = fmt.parse_flags(message.flags)
+        except fmt.FlagError as exc:
+            return _reply("BAD", str(exc))
+        parsed.append((message, bits, keywords))
+    uids: list[int] = []
+    try:
+        for message, bits, keywords in parsed:
+            meta = await s.mailboxes.append(box, message.data, bits, keywords, message.date)
+            uids.append(meta.uid)
+    except BaseException:
+        # RFC 3502 3: MULTIAPPEND is all or nothing.
+        try:
+            await s.mailboxes.remove(box, uids)
+        except (NotFound, OSError):
+            pass
+        raise
+    code = f"APPENDUID {box.uidvalidity} {fmt.sequence_set(uids)}"  # RFC 4315 3
+    return _reply("OK", "Append completed", code)
+
+
+# ---------------------------------------------------------------------------------------------
+# QUOTA (RFC 9208): one quota root "" per account, resources STORAGE (KiB) and MESSAGE
+
+
+async def _quota_line(s: ImapSession) -> bytes | None:
+    account = s.require_account()
+    quota = await s.mailboxes.quota(account.id)
+    resources = []
+    if quota.limit_bytes:
+        used_kib = (quota.used_bytes + 1023) // 1024
+        resources.append(f"STORAGE {used_kib} {quota.limit_bytes // 1024}")
+    if quota.limit_messages:
+        resources.append(f"MESSAGE {quota.used_messages} {quota.limit_messages}")
+    if not resources:
+        return None
+    return f'* QUOTA "" ({" ".join(resources)})\r\n'.encode()
+
+
+async def cmd_getquotaroot(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, MailboxArgs)
+    box = await _existing(s, args.mailbox)
+    line = await _quota_line(s)
+    root = b' ""' if line is not None else b""
+    s.io.write(b"* QUOTAROOT " + s.mailbox_out(box.name) + root + b"\r\n")
+    if line is not None:
+        s.io.write(line)
+    return _reply("OK", "Getquotaroot completed")
+
+
+async def cmd_getquota(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, QuotaRootArgs)
+    line = await _quota_line(s)
+    if args.root != "" or line is None:
+        return _reply("NO", "No such quota root", "NONEXISTENT")
+    s.io.write(line)
+    return _reply("OK", "Getquota completed")
+
+
+async def cmd_setquota(s: ImapSession, cmd: Command) -> Reply:
+    return _reply("NO", "Quotas are set by the administrator", "NOPERM")

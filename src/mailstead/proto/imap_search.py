@@ -1,0 +1,288 @@
+"""SEARCH and UID SEARCH (RFC 9051 6.4.4, ESEARCH RFC 4731, CONDSTORE MODSEQ RFC 7162 3.1.5,
+WITHIN RFC 5032): evaluation of a search key over message rows, reading a message file only
+when a key needs its text, and the SEARCH / ESEARCH responses. Pure code.
+
+Evaluation is three-valued: ``matches`` returns None when the answer depends on the message
+text and the text is not loaded yet; the caller loads it and asks again. So "UNSEEN BODY x"
+reads only unseen messages, and flag-only searches never leave the flag rows.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from mailstead.proto import imap_format as fmt
+from mailstead.proto import mime
+from mailstead.proto.imap_format import Reply
+from mailstead.proto.imap_parse import (
+    Command,
+    SearchArgs,
+    SearchKey,
+    SkAge,
+    SkAll,
+    SkAnd,
+    SkDate,
+    SkFlag,
+    SkModseq,
+    SkNot,
+    SkOr,
+    SkRecent,
+    SkSet,
+    SkSize,
+    SkText,
+)
+from mailstead.store.interfaces import SYSTEM_FLAG_NAMES, MessageMeta
+
+if TYPE_CHECKING:
+    from mailstead.proto.imap_session import ImapSession
+
+CHUNK = 500  # message rows read per store call
+_SYSTEM = {name.upper(): bit for name, bit in SYSTEM_FLAG_NAMES.items()}
+_ENVELOPE_FIELDS = {"FROM": "from_", "TO": "to", "CC": "cc", "SUBJECT": "subject"}
+
+
+class Need(enum.IntEnum):
+    """What a search key reads: flag rows, full rows (dates, sizes, envelope), message text."""
+
+    FLAGS = 0
+    META = 1
+    TEXT = 2
+
+
+def need(key: SearchKey) -> Need:
+    if isinstance(key, SkAnd):
+        return max((need(k) for k in key.keys), default=Need.FLAGS)
+    if isinstance(key, SkOr):
+        return max(need(key.left), need(key.right))
+    if isinstance(key, SkNot):
+        return need(key.key)
+    if isinstance(key, SkDate | SkSize | SkAge):
+        return Need.META
+    if isinstance(key, SkText):
+        return Need.META if key.where in _ENVELOPE_FIELDS else Need.TEXT
+    return Need.FLAGS
+
+
+def uses_modseq(key: SearchKey) -> bool:
+    if isinstance(key, SkModseq):
+        return True
+    if isinstance(key, SkAnd):
+        return any(uses_modseq(k) for k in key.keys)
+    if isinstance(key, SkOr):
+        return uses_modseq(key.left) or uses_modseq(key.right)
+    if isinstance(key, SkNot):
+        return uses_modseq(key.key)
+    return False
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One message being tested."""
+
+    seq: int
+    uid: int
+    modseq: int
+    flags: int
+    keywords: frozenset[str]
+    recent: bool
+    meta: MessageMeta | None = None
+    data: bytes | None = None
+    _root: mime.Part | None = None
+    _body_text: str | None = None
+
+    def root(self) -> mime.Part:
+        assert self.data is not None
+        if self._root is None:
+            self._root = mime.parse(self.data)
+        return self._root
+
+    def body_text(self) -> str:
+        if self._body_text is None:
+            assert self.data is not None
+            self._body_text = mime.text_for_search(self.data, self.root()).casefold()
+        return self._body_text
+
+    def header_values(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [
+            mime.decoded_header(f.value).casefold()
+            for f in self.root().fields
+            if f.name.lower() == lname
+        ]
+
+    def header_text(self) -> str:
+        return "\n".join(
+            f"{f.name}: {mime.decoded_header(f.value)}" for f in self.root().fields
+        ).casefold()
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    largest_seq: int
+    largest_uid: int
+    now: datetime
+
+
+def _and(results: list[bool | None]) -> bool | None:
+    if False in results:
+        return False
+    return None if None in results else True
+
+
+def matches(key: SearchKey, c: Candidate, scope: Scope) -> bool | None:
+    """True / False, or None when the message text is needed and ``c.data`` is not loaded."""
+    if isinstance(key, SkAll):
+        return True
+    if isinstance(key, SkAnd):
+        results: list[bool | None] = []
+        for k in key.keys:
+            r = matches(k, c, scope)
+            if r is False:
+                return False
+            results.append(r)
+        return _and(results)
+    if isinstance(key, SkOr):
+        left = matches(key.left, c, scope)
+        if left is True:
+            return True
+        right = matches(key.right, c, scope)
+        if right is True:
+            return True
+        return None if None in (left, right) else False
+    if isinstance(key, SkNot):
+        r = matches(key.key, c, scope)
+        return None if r is None else not r
+    if isinstance(key, SkFlag):
+        bit = _SYSTEM.get(key.flag.upper())
+        if bit is not None:
+            has = bool(c.flags & bit)
+        else:
+            wanted = key.flag.casefold()
+            has = any(k.casefold() == wanted for k in c.keywords)
+        return has == key.present
+    if isinstance(key, SkRecent):
+        return c.recent == key.present
+    if isinstance(key, SkSet):
+        number, largest = (c.uid, scope.largest_uid) if key.uid else (c.seq, scope.largest_seq)
+        return key.numbers.contains(number, largest)
+    if isinstance(key, SkModseq):
+        return c.modseq >= key.modseq
+    meta = c.meta
+    assert meta is not None, "search key needs message rows"
+    if isinstance(key, SkSize):
+        return meta.size > key.size if key.larger else meta.size < key.size
+    if isinstance(key, SkAge):
+        age = (scope.now - _aware(meta.internal_date)).total_seconds()
+        return age >= key.seconds if key.older else age < key.seconds
+    if isinstance(key, SkDate):
+        when = meta.internal_date
+        if key.sent and meta.envelope.date is not None:
+            when = meta.envelope.date
+        day = when.date()  # RFC 9051 6.4.4: date only, time and zone disregarded
+        if key.op == "BEFORE":
+            return day < key.day
+        if key.op == "ON":
+            return day == key.day
+        return day >= key.day
+    return _text_matches(key, c)
+
+
+def _text_matches(key: SkText, c: Candidate) -> bool | None:
+    needle = key.value.casefold()
+    envelope_field = _ENVELOPE_FIELDS.get(key.where)
+    if envelope_field is not None and c.meta is not None:
+        value = getattr(c.meta.envelope, envelope_field)
+        return needle in value.casefold()
+    if c.data is None:
+        return None
+    if key.where == "BODY":
+        return needle in c.body_text()
+    if key.where == "TEXT":
+        return needle in c.header_text() or needle in c.body_text()
+    values = c.header_values(key.where)
+    if not needle:  # an empty string matches every message that has the field
+        return bool(values)
+    return any(needle in v for v in values)
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, SearchArgs)
+    view = s.require_view()
+    with_modseq = uses_modseq(args.key)
+    if with_modseq:
+        s.enable_condstore()
+    level = need(args.key)
+    scope = Scope(view.exists, view.last_uid, datetime.now(UTC))
+    all_uids = view.uids_in_seq_ranges([(1, view.exists)]) if view.exists else []
+    found: list[tuple[int, int]] = []  # (seq, uid)
+    highest = 0
+    if level is Need.FLAGS:
+        for state in await view.flag_states(all_uids):
+            seq = view.seq_of(state.uid)
+            if seq is None:
+                continue
+            c = Candidate(
+                seq, state.uid, state.modseq, state.flags, state.keywords,
+                not s.rev2 and view.is_recent(state.uid),
+            )
+            if matches(args.key, c, scope):
+                found.append((seq, state.uid))
+                highest = max(highest, state.modseq)
+    else:
+        for start in range(0, len(all_uids), CHUNK):
+            for meta in await view.messages(all_uids[start : start + CHUNK]):
+                seq = view.seq_of(meta.uid)
+                if seq is None:
+                    continue
+                c = Candidate(
+                    seq, meta.uid, meta.modseq, meta.flags, meta.keywords,
+                    not s.rev2 and view.is_recent(meta.uid), meta,
+                )
+                result = matches(args.key, c, scope)
+                if result is None:
+                    c.data = await view.body(meta.blob_id)
+                    result = matches(args.key, c, scope)
+                if result:
+                    found.append((seq, meta.uid))
+                    highest = max(highest, meta.modseq)
+    numbers = sorted(uid if cmd.uid else seq for seq, uid in found)
+    if args.return_options is None and not s.rev2:
+        line = "* SEARCH" + "".join(f" {n}" for n in numbers)
+        if with_modseq and numbers:
+            line += f" (MODSEQ {highest})"
+        s.io.write(line.encode() + b"\r\n")
+    else:
+        options = args.return_options or ("ALL",)
+        s.io.write(_esearch(cmd, options, numbers, highest if with_modseq else 0))
+    return Reply("OK", "Search completed")
+
+
+def _esearch(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq: int) -> bytes:
+    """``* ESEARCH (TAG "a1") UID MIN 2 COUNT 3`` (RFC 4731 3.1)."""
+    parts = [f"* ESEARCH (TAG {fmt.quoted(cmd.tag)})"]
+    if cmd.uid:
+        parts.append("UID")
+    if numbers:
+        if "MIN" in options:
+            parts.append(f"MIN {numbers[0]}")
+        if "MAX" in options:
+            parts.append(f"MAX {numbers[-1]}")
+    if "COUNT" in options:
+        parts.append(f"COUNT {len(numbers)}")
+    if numbers and "ALL" in options:
+        parts.append(f"ALL {fmt.sequence_set(numbers)}")
+    if modseq and numbers:
+        parts.append(f"MODSEQ {modseq}")
+    return (" ".join(parts) + "\r\n").encode()
