@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -9,8 +11,13 @@ from mailstead.core.errors import InvalidInput
 
 _hasher = PasswordHasher()
 
-# Checked against so an unknown user costs as much as a known one (no user enumeration by timing).
-DUMMY_HASH = _hasher.hash("mailstead-dummy-password")
+
+
+@functools.cache
+def dummy_hash() -> str:
+    """Checked against so an unknown user costs as much as a known one (no user enumeration
+    by timing). Made on first use: hashing at import would slow every CLI command."""
+    return _hasher.hash("mailstead-dummy-password")
 
 
 def hash_password(password: str) -> str:

@@ -10,7 +10,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from mailstead.auth.passwords import DUMMY_HASH, verify_password
+from mailstead.auth.passwords import dummy_hash, verify_password
 from mailstead.auth.ratelimit import AuthLimiter
 from mailstead.config import AuthConfig
 from mailstead.core.addresses import Address, parse_address
@@ -71,7 +71,7 @@ class AccountService:
             self.limiter.record_success(acct_key)
             return account
         if account is None:
-            await asyncio.to_thread(verify_password, DUMMY_HASH, password)
+            await asyncio.to_thread(verify_password, dummy_hash(), password)
         delay = self.limiter.record_failure(ip_key, acct_key)
         log_event("auth.failed", client=remote_ip, user=address, delay=f"{delay:.1f}")
         await asyncio.sleep(delay)
