@@ -41,7 +41,7 @@ PASSWORD = "s3cret-Passw0rd!"
 DOMAIN = "example.test"
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 LISTEN_NAMES = (
-    "smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "dmtp", "dmap",
+    "smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "dmtp", "dmap", "http",
 )
 
 

@@ -49,6 +49,7 @@ def _default_listeners() -> dict[str, ListenerConfig]:
         "pop3s": L(protocol="pop3", port=2995, tls="implicit"),
         "dmtp": L(protocol="dmtp", port=2626, enabled=False),
         "dmap": L(protocol="dmap", port=2627, enabled=False),
+        "http": L(protocol="http", port=8080),
     }
 
 
