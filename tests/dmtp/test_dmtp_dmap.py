@@ -119,6 +119,7 @@ def test_listeners_are_off_by_default(mail_server: RunningServer) -> None:
     assert "dmtp" not in mail_server.ports and "dmap" not in mail_server.ports
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_dmtp_send_then_read_over_dmap(server: RunningServer) -> None:
     to = f"{ALICE},{BOB}"
     digest = seed_hash("carol@example.org", to, "greetings", "hello from  the seed")

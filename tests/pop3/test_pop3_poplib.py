@@ -304,3 +304,35 @@ def test_garbage_and_long_lines(make_server: Callable[..., RunningServer]) -> No
     assert client.line() == b"-ERR too many errors, closing connection\r\n"
     assert client.line() == b""  # closed
     client.close()
+
+
+def test_idle_session_is_logged_out_without_deleting(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    server = make_server(limits={"pop3_idle_timeout": 1})
+    uid = deliver(server, ALICE, message("idle"))
+    client = stls_client(server)
+    client.dele(1)
+    # Say nothing: the server ends the session by itself (RFC 1939 autologout, no UPDATE).
+    assert client.file.readline() == b"-ERR autologout: idle for too long\r\n"
+    assert client.file.readline() == b""
+    wait_until_unlocked(server)
+    assert list(inbox(server, ALICE)) == [uid]
+
+
+def test_stls_discards_pipelined_plaintext(mail_server: RunningServer) -> None:
+    sock = socket.create_connection(("127.0.0.1", mail_server.ports["pop3"]), timeout=30)
+    file = sock.makefile("rb")
+    assert file.readline().startswith(b"+OK")
+    # A man in the middle appends a command after STLS; it must not run inside TLS.
+    sock.sendall(b"STLS\r\nUSER injected@example.test\r\n")
+    assert file.readline() == b"+OK Begin TLS negotiation\r\n"
+    file.close()
+    tls = mail_server.ssl_context().wrap_socket(sock)
+    tls_file = tls.makefile("rb")
+    tls.sendall(b"PASS " + PASSWORD.encode() + b"\r\n")
+    assert tls_file.readline() == b"-ERR USER first\r\n"
+    tls.sendall(b"QUIT\r\n")
+    assert tls_file.readline() == b"+OK bye\r\n"
+    tls_file.close()
+    tls.close()
