@@ -5,11 +5,14 @@ shows up as a failing test."""
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from imapclient.response_parser import parse_fetch_response
 
 from mailstead.proto import mime
 from mailstead.proto.imap_sexpr import encode
@@ -970,3 +973,108 @@ def test_message_shaped_input_parses(lines: list[tuple[str, str]], trailing: boo
     text = "".join(fragment + end for fragment, end in lines)
     data = text.encode("latin-1")
     exercise(data if trailing else data.rstrip(b"\r\n"))
+
+
+# --------------------------------------------------------------------------------------------
+# What a real client library makes of our output: imapclient's FETCH response parser.
+
+
+def as_imaplib_response(response: bytes) -> list[bytes | tuple[bytes, bytes]]:
+    """Split a response the way imaplib returns it: each literal as (line, literal data)."""
+    out: list[bytes | tuple[bytes, bytes]] = []
+    pos = 0
+    literal_start = re.compile(rb"\{(\d+)\}\r\n")
+    while (m := literal_start.search(response, pos)) is not None:
+        size = int(m.group(1))
+        out.append((response[pos : m.end() - 2], response[m.end() : m.end() + size]))
+        pos = m.end() + size
+    out.append(response[pos:])
+    return out
+
+
+def client_view(data: bytes) -> dict[bytes, Any]:
+    root = mime.parse(data)
+    response = b"1 (BODYSTRUCTURE %s ENVELOPE %s BODY %s)" % (
+        encode(mime.bodystructure(data, root)),
+        encode(mime.envelope(data, root)),
+        encode(mime.bodystructure(data, root, extended=False)),
+    )
+    parsed = parse_fetch_response(as_imaplib_response(response), uid_is_key=False)
+    return dict(parsed[1])
+
+
+def test_imapclient_reads_mixed_message() -> None:
+    view = client_view(MIXED)
+    structure = view[b"BODYSTRUCTURE"]
+    assert structure.is_multipart
+    alternative, attachment = structure[0]
+    assert structure[1] == b"mixed"
+    assert [p[:2] for p in alternative[0]] == [(b"text", b"plain"), (b"text", b"html")]
+    assert attachment[:2] == (b"application", b"pdf")
+    assert attachment[6] == 28
+    assert attachment[8] == (b"attachment", (b"filename", b"report.pdf"))
+    envelope = view[b"ENVELOPE"]
+    assert envelope.subject == b"Report"
+    assert envelope.from_[0].mailbox == b"carol" and envelope.from_[0].host == b"example.test"
+    assert envelope.to[0].mailbox == b"alice"
+    assert view[b"BODY"][1] == b"mixed"
+
+
+def test_imapclient_reads_forward_and_utf8_and_groups() -> None:
+    structure = client_view(FORWARD)[b"BODYSTRUCTURE"]
+    forwarded = structure[0][1]
+    assert forwarded[:2] == (b"message", b"rfc822")
+    assert forwarded[6] == len(INNER)
+    assert forwarded[7][1] == b"Report"  # the encapsulated envelope
+    # The encapsulated body: imapclient leaves nested multiparts flat, (part, part, subtype, ...).
+    assert forwarded[8][2] == b"alternative"
+
+    envelope = client_view(UTF8_HEADERS)[b"ENVELOPE"]
+    assert envelope.subject.decode() == "Grüße aus Köln"
+    assert envelope.from_[0].name.decode() == "Jörg Müller"
+
+    group_message = crlf("To: friends: a@x.test, b@y.test;, c@z.test\n\nhi\n")
+    to = client_view(group_message)[b"ENVELOPE"].to
+    assert [(a.mailbox, a.host) for a in to] == [
+        (b"friends", None),
+        (b"a", b"x.test"),
+        (b"b", b"y.test"),
+        (None, None),
+        (b"c", b"z.test"),
+    ]
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(FRAGMENTS, LINE_END), max_size=30))
+def test_imapclient_parses_whatever_we_produce(lines: list[tuple[str, str]]) -> None:
+    data = "".join(fragment + end for fragment, end in lines).encode("latin-1")
+    view = client_view(data)
+    assert b"BODYSTRUCTURE" in view and b"ENVELOPE" in view and b"BODY" in view
+
+
+# --------------------------------------------------------------------------------------------
+# More hostile input
+
+
+def test_html_with_many_stray_angle_brackets_is_searchable() -> None:
+    # Would take minutes with a backtracking tag pattern; stays linear.
+    message = b"Content-Type: text/html\r\n\r\n" + b"a < b " * 200_000 + b"<b>end</b>"
+    text = mime.text_for_search(message)
+    assert text.endswith(" end ")
+
+
+def test_nul_octets_never_reach_store_fields() -> None:
+    message = b"Subject: =?utf-8?q?a=00b?= c\x00d\r\n\r\nx\x00y"
+    fields = mime.parse_envelope_fields(message)
+    assert fields.subject == "ab cd"
+    assert "\x00" not in mime.text_for_search(message)
+    assert sec(message, "TEXT") == b"x\x00y"  # the stored bytes themselves are untouched
+
+
+def test_single_part_attachment_message() -> None:
+    message = crlf(
+        "Content-Type: application/zip; name=a.zip\nContent-Transfer-Encoding: base64\n\nUEsFBg==\n"
+    )
+    root = mime.parse(message)
+    assert mime.has_attachment(root)
+    assert mime.binary_section(message, root, "1") == b"PK\x05\x06"

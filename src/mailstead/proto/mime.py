@@ -377,12 +377,21 @@ def _parse_mime_value(value: str) -> tuple[str, list[tuple[str, str]]]:
         else:
             stop = value.find(";", i)
             stop = n if stop < 0 else stop
-            text = re.sub(r"\s*\([^()]*\)\s*$", "", value[i:stop]).strip()
+            text = _strip_trailing_comment(value[i:stop].strip())
             i = stop
         key = "".join(name).strip()
         if key:
             params.append((key, text))
     return "".join(head).strip(), params
+
+
+def _strip_trailing_comment(text: str) -> str:
+    """'value (comment)' -> 'value'; done with rfind, as a regex here could go quadratic."""
+    if text.endswith(")"):
+        opening = text.rfind("(")
+        if opening > 0:
+            return text[:opening].rstrip()
+    return text
 
 
 _SECTION_PARAM = re.compile(r"([^*]+)\*(?:(\d+)(\*)?)?")
@@ -529,7 +538,7 @@ def decoded_header(value: str) -> str:
         after_word = True
     flush()
     out.append(value[pos:])
-    return "".join(out)
+    return "".join(out).replace("\x00", "")  # NUL cannot be stored in a PostgreSQL text column
 
 
 # ---------------------------------------------------------------------------------------------
@@ -987,13 +996,24 @@ def header_value(data: bytes, root: Part, name: str) -> str | None:
     return root.get(name)
 
 
-_SCRIPT_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-_TAG = re.compile(r"<[^>]*>")
+# "[^<>]" keeps both patterns linear: a stray '<' never makes the engine rescan to the end.
+_TAG = re.compile(r"<[^<>]*>")
+_SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b", re.IGNORECASE)
 
 
 def _html_to_text(text: str) -> str:
-    text = _SCRIPT_STYLE.sub(" ", text)
-    return html.unescape(_TAG.sub(" ", text))
+    """Rough HTML to text for SEARCH: drop script/style content and tags, unescape entities."""
+    kept: list[str] = []
+    pos = 0
+    while (m := _SCRIPT_OR_STYLE.search(text, pos)) is not None:
+        kept.append(text[pos : m.start()])
+        close = re.compile(r"</" + m.group(1) + r"[^<>]*>", re.IGNORECASE).search(text, m.end())
+        if close is None:  # unclosed: the rest is script too
+            pos = len(text)
+            break
+        pos = close.end()
+    kept.append(text[pos:])
+    return html.unescape(_TAG.sub(" ", " ".join(kept)))
 
 
 def text_for_search(data: bytes, root: Part | None = None) -> str:
@@ -1013,7 +1033,7 @@ def text_for_search(data: bytes, root: Part | None = None) -> str:
         if part.content_type[1] == "html":
             text = _html_to_text(text)
         chunks.append(text)
-    return "\n".join(chunks)
+    return "\n".join(chunks).replace("\x00", "")
 
 
 def _display_addresses(value: str | None) -> str:
@@ -1064,7 +1084,7 @@ def parse_envelope_fields(data: bytes) -> Envelope:
 def has_attachment(root: Part) -> bool:
     """True when some part is an attachment: disposition "attachment" or a named non-text part."""
     for part in root.walk():
-        if part.is_multipart or part is root:
+        if part.is_multipart:
             continue
         if part.disposition == "attachment":
             return True
