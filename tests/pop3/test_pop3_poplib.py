@@ -336,3 +336,25 @@ def test_stls_discards_pipelined_plaintext(mail_server: RunningServer) -> None:
     assert tls_file.readline() == b"+OK bye\r\n"
     tls_file.close()
     tls.close()
+
+
+def test_imap_session_sees_pop3_deletions(mail_server: RunningServer) -> None:
+    import imaplib
+
+    pytest.importorskip("mailstead.net.imap_server")
+    for i in range(3):
+        deliver(mail_server, ALICE, message(f"shared {i}"))
+    imap = imaplib.IMAP4("127.0.0.1", mail_server.ports["imap"], timeout=30)
+    imap.starttls(mail_server.ssl_context())
+    imap.login(ALICE, PASSWORD)
+    assert imap.select("INBOX") == ("OK", [b"3"])
+    client = stls_client(mail_server)
+    client.dele(2)
+    client.quit()
+    imap.noop()
+    _, data = imap.search(None, "ALL")
+    assert data == [b"1 2"]
+    _, subjects = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    found = b"".join(part[1] for part in subjects if isinstance(part, tuple))
+    assert b"shared 0" in found and b"shared 2" in found and b"shared 1" not in found
+    imap.logout()
