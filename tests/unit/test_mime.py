@@ -738,7 +738,7 @@ png
     assert first.filename == "my report 2025.xlsx"
     assert second.filename == "büro.png"
     assert bs(message) == (
-        b'(("application" "octet-stream" ("name*0*" "UTF-8\'\'%E2%82%AC%20rates" "name*1" ".txt")'
+        b'(("application" "octet-stream" ("name*" "UTF-8\'\'%E2%82%AC%20rates.txt")'
         b' NIL NIL "7BIT" 4 NIL ("attachment" ("filename" "my report 2025.xlsx")) NIL NIL)'
         b'("image" "png" ("name" "=?UTF-8?Q?b=C3=BCro.png?=") "<img1@example.test>" NIL "7BIT" 3'
         b' NIL ("inline" NIL) ("en" "de") "http://example.test/b.png")'
@@ -1078,3 +1078,35 @@ def test_single_part_attachment_message() -> None:
     root = mime.parse(message)
     assert mime.has_attachment(root)
     assert mime.binary_section(message, root, "1") == b"PK\x05\x06"
+
+
+def test_section_with_a_hand_built_spec() -> None:
+    root = mime.parse(MIXED)
+    assert mime.section(MIXED, root, SectionSpec((1, 2), "mime")) == sec(MIXED, "1.2.MIME")
+    assert mime.section(MIXED, root, SectionSpec((0,))) is None
+    assert mime.section(MIXED, root, SectionSpec((1, -1))) is None
+    with pytest.raises(SectionSpecError):
+        mime.section(MIXED, root, SectionSpec((), "BODY"))
+
+
+def test_bodystructure_joins_rfc2231_continuations() -> None:
+    message = crlf(
+        """Content-Type: text/plain; charset=us-ascii;
+ title*0="a long ";
+ title*1="title";
+ NAME*0*=iso-8859-1'fr'caf%E9;
+ name*1=" au lait";
+ other*=utf-8''x
+Content-Disposition: attachment; filename*0="report.";filename*1="txt"
+
+x
+"""
+    )
+    assert bs(message) == (
+        b'("text" "plain" ("charset" "us-ascii" "title" "a long title"'
+        b' "NAME*" "iso-8859-1\'fr\'caf%E9%20au%20lait" "other*" "utf-8\'\'x")'
+        b' NIL NIL "7BIT" 3 1 NIL ("attachment" ("filename" "report.txt")) NIL NIL)'
+    )
+    root = mime.parse(message)
+    assert root.params["name"] == "café au lait"
+    assert root.filename == "report.txt"

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 from mailstead.proto.imap_sexpr import Unspaced
 from mailstead.store.interfaces import Envelope
@@ -727,8 +727,41 @@ def envelope(data: bytes, root: Part | None = None) -> list[object]:
     return _message_envelope(root if root is not None else parse(data))
 
 
+def _joined_continuations(raw: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """RFC 2231 continuations (name*0, name*1*...) joined into one ``name`` or ``name*``.
+
+    Values are not decoded: an extended value stays ``charset'lang'%XX`` under ``name*`` for
+    the client to decode, but clients no longer have to reassemble sections.
+    """
+    out: list[tuple[str, str | None]] = []
+    sections: dict[str, dict[int, tuple[str, bool]]] = {}
+    slot: dict[str, int] = {}
+    for name, value in raw:
+        m = _SECTION_PARAM.fullmatch(name.strip())
+        if m is None or m.group(2) is None:  # plain "name" or single extended "name*"
+            out.append((name, value))
+            continue
+        base, index, star = m.groups()
+        key = base.lower()
+        if key not in slot:
+            slot[key] = len(out)
+            out.append((base, None))
+        sections.setdefault(key, {}).setdefault(int(index), (value, star is not None))
+    for key, parts in sections.items():
+        ordered = [parts[i] for i in sorted(parts)]
+        base = out[slot[key]][0]
+        if not any(encoded for _value, encoded in ordered):
+            out[slot[key]] = (base, "".join(value for value, _encoded in ordered))
+            continue
+        first, first_encoded = ordered[0]
+        pieces = [first if first_encoded else "''" + quote(first, safe="")]
+        pieces += [v if encoded else quote(v, safe="") for v, encoded in ordered[1:]]
+        out[slot[key]] = (base + "*", "".join(pieces))
+    return [(name, value) for name, value in out if value is not None]
+
+
 def _params_list(params: list[tuple[str, str]]) -> list[str] | None:
-    flat = [s for pair in params for s in pair]
+    flat = [s for pair in _joined_continuations(params) for s in pair]
     return flat or None
 
 
@@ -902,6 +935,8 @@ def find_part(root: Part, numbers: tuple[int, ...]) -> Part | None:
             # root is the message already, so a root of type message/rfc822 is entered only
             # by its own part 1 ("1.1"), never by "1".
             current = current.encapsulated
+        if n < 1:
+            return None
         if current.is_multipart:
             if n > len(current.children):
                 return None
@@ -931,21 +966,24 @@ def section(data: bytes, root: Part, spec: str | SectionSpec) -> bytes | None:
     """
     if isinstance(spec, str):
         spec = parse_section_spec(spec)
+    text = spec.text.upper()
+    if text not in ("", *_SECTION_TEXTS):
+        raise SectionSpecError(f"unknown section text {spec.text!r}")
     part = find_part(root, spec.part)
     if part is None:
         return None
-    if spec.text == "":
+    if text == "":
         return data if not spec.part else data[part.body_start : part.body_end]
-    if spec.text == "MIME":
+    if text == "MIME":
         return data[part.header_start : part.header_end]
     message = root if not spec.part else part.encapsulated
     if message is None:
         return None
-    if spec.text == "HEADER":
+    if text == "HEADER":
         return data[message.header_start : message.header_end]
-    if spec.text == "TEXT":
+    if text == "TEXT":
         return data[message.body_start : message.body_end]
-    return _header_fields(data, message, spec.fields, keep=spec.text == "HEADER.FIELDS")
+    return _header_fields(data, message, spec.fields, keep=text == "HEADER.FIELDS")
 
 
 def _base64_decode(b: bytes) -> bytes:
