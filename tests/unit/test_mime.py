@@ -1110,3 +1110,29 @@ x
     root = mime.parse(message)
     assert root.params["name"] == "café au lait"
     assert root.filename == "report.txt"
+
+
+def test_message_global_gets_an_envelope_only_for_imap4rev2() -> None:
+    message = crlf(
+        """Content-Type: multipart/mixed; boundary=b
+
+--b
+Content-Type: message/global
+
+Subject: Grüße
+
+hi
+--b--
+"""
+    )
+    root = mime.parse(message)
+    inner = crlf("Subject: Grüße\n\nhi")
+    rev1 = encode(mime.bodystructure(message, root, extended=False))
+    assert rev1 == b'(("message" "global" NIL NIL NIL "7BIT" %d) "mixed")' % len(inner)
+    rev2 = encode(mime.bodystructure(message, root, extended=False, imap4rev2=True), utf8_ok=True)
+    assert rev2 == (
+        b'(("message" "global" NIL NIL NIL "7BIT" %d' % len(inner)
+        + b' (NIL "Gr\xc3\xbc\xc3\x9fe" NIL NIL NIL NIL NIL NIL NIL NIL)'
+        b' ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 2 1) 3) "mixed")'
+    )
+    assert sec(message, "1.HEADER") == "Subject: Grüße\r\n\r\n".encode()

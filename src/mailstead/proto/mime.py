@@ -778,10 +778,10 @@ def _extension(part: Part) -> list[object]:
     return [disposition, language, part.get("Content-Location") or None]
 
 
-def _body(part: Part, extended: bool) -> list[object]:
+def _body(part: Part, extended: bool, rev2: bool) -> list[object]:
     if part.is_multipart:
         items: list[object] = [
-            Unspaced(_body(child, extended) for child in part.children),
+            Unspaced(_body(child, extended, rev2) for child in part.children),
             part.raw_subtype,
         ]
         if extended:
@@ -804,9 +804,14 @@ def _body(part: Part, extended: bool) -> list[object]:
         part.raw_transfer_encoding,
         part.size,
     ]
-    if part.encapsulated is not None and _is_message(part):
+    # IMAP4rev1 grammar knows only message/rfc822 as body-type-msg; RFC 9051 adds
+    # message/global. Anything else is described with the basic fields only.
+    with_envelope = part.content_type == ("message", "rfc822") or (
+        rev2 and part.content_type == ("message", "global")
+    )
+    if part.encapsulated is not None and with_envelope:
         inner = part.encapsulated
-        items += [_message_envelope(inner), _body(inner, extended), part.lines]
+        items += [_message_envelope(inner), _body(inner, extended, rev2), part.lines]
     elif raw_type.lower() == "text":
         items.append(part.lines)
     if extended:
@@ -814,13 +819,17 @@ def _body(part: Part, extended: bool) -> list[object]:
     return items
 
 
-def bodystructure(data: bytes, root: Part | None = None, extended: bool = True) -> list[object]:
+def bodystructure(
+    data: bytes, root: Part | None = None, extended: bool = True, imap4rev2: bool = False
+) -> list[object]:
     """BODYSTRUCTURE (``extended``) or BODY of a message, ready for :func:`imap_sexpr.encode`.
 
     Content types, parameters and encodings are reported as written in the message; the RFC
     2045 defaults ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") ... "7BIT") fill what is missing.
+    ``imap4rev2``: the session enabled IMAP4rev2, so message/global parts carry an envelope
+    and body like message/rfc822 (RFC 9051 section 7.5.2); IMAP4rev1 parsers would choke.
     """
-    return _body(root if root is not None else parse(data), extended)
+    return _body(root if root is not None else parse(data), extended, imap4rev2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1098,7 +1107,8 @@ def _display_addresses(value: str | None) -> str:
 
 def parse_envelope_fields(data: bytes) -> Envelope:
     """The store's envelope columns, parsed once at delivery / APPEND time."""
-    root = parse(data)
+    fields, header_end = _parse_header(data, 0, len(data))  # the body is not needed here
+    root = Part(0, header_end, header_end, len(data), fields)
     date: datetime | None = None
     raw_date = root.get("Date")
     if raw_date:
