@@ -38,9 +38,12 @@ class FsBlobStore:
         blob_id = blob_id_of(data)
         target = self.path(blob_id)
         if self._intact(target, blob_id):
-            # Refresh the time so a sweeper that spares recently touched files spares this one
-            # while the caller commits the rows that reference it.
+            # Another put may have renamed it in but not yet made it durable: fsync it here too.
+            # The new time also tells a sweeper of unreferenced files to spare it while the
+            # caller commits the rows that reference it.
             os.utime(target)
+            _fsync_path(target)
+            _fsync_dir(target.parent)
             return blob_id
         self._make_dirs(target.parent)
         temp = target.parent / f".{blob_id}.{secrets.token_hex(4)}.tmp"
@@ -48,12 +51,16 @@ class FsBlobStore:
             with open(temp, "wb") as f:
                 f.write(data)
                 f.flush()
+                # Rename first, then fsync: on ext4 the file's fsync then commits the rename in
+                # the same journal transaction, so the directory fsync after it is cheap. Until
+                # put returns nothing references the blob, and a torn file left by a crash is
+                # rewritten by the next put of the same bytes (the hash check above).
+                os.replace(temp, target)
                 os.fsync(f.fileno())
-            os.replace(temp, target)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        _fsync_dir(target.parent)  # makes the rename itself durable
+        _fsync_dir(target.parent)  # POSIX: the directory entry is durable only after this
         return blob_id
 
     def get(self, blob_id: str) -> bytes:
@@ -127,6 +134,14 @@ def _mismatch(data: bytes, blob_id: str) -> str | None:
     if blob_id_of(data) == blob_id:
         return None
     return f"SHA-256 mismatch ({len(data)} bytes on disk)"
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -346,9 +346,9 @@ class MetadataStore(Protocol):
         """True when no message and no queue entry references the blob (safe to delete)."""
 
     async def reap_blobs(self, limit: int = 1000) -> list[str]:
-        """Blob ids whose last reference went in an expunge or a move (those calls return
-        uids, not blob ids): forgets up to ``limit`` of them and returns them, so the caller
-        deletes the files."""
+        """Blob ids whose last reference went in an expunge (which returns uids, not blob
+        ids): forgets up to ``limit`` of them and returns them, so the caller deletes the
+        files."""
 
     async def all_blob_ids(self) -> AsyncIterator[str]:
         """Every blob id referenced by a message or a queue entry (for ``mailstead check``)."""

@@ -167,7 +167,8 @@ class PostgresStore(SqlStore):
         for attempt in range(RETRIES):
             try:
                 with pool.connection() as conn, conn.transaction():
-                    db = PgDb(conn.cursor())
+                    # Binary results: ints and booleans arrive without text parsing.
+                    db = PgDb(conn.cursor(binary=True))
                     value = op(db)
                     self._notify(db)
                 return value, db.touched

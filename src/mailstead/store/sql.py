@@ -251,9 +251,27 @@ def _message(row: Row) -> MessageMeta:
     )
 
 
-def _flag_states(rows: list[Row]) -> list[FlagState]:
+# FlagState is a frozen dataclass: its __init__ goes through object.__setattr__ per field. For
+# the 100,000 rows of a big SELECT, filling the slots directly is more than twice as fast.
+_new_object = object.__new__
+_set_uid = FlagState.uid.__set__  # type: ignore[attr-defined]
+_set_modseq = FlagState.modseq.__set__  # type: ignore[attr-defined]
+_set_flags = FlagState.flags.__set__  # type: ignore[attr-defined]
+_set_keywords = FlagState.keywords.__set__  # type: ignore[attr-defined]
+
+
+def _flag_states(rows: Iterable[Row]) -> list[FlagState]:
     decode = decode_keywords
-    return [FlagState(uid, modseq, flags, decode(kw)) for uid, modseq, flags, kw in rows]
+    out: list[FlagState] = []
+    append = out.append
+    for uid, modseq, flags, keywords in rows:
+        state = _new_object(FlagState)
+        _set_uid(state, uid)
+        _set_modseq(state, modseq)
+        _set_flags(state, flags)
+        _set_keywords(state, decode(keywords))
+        append(state)
+    return out
 
 
 def _queue_entry(row: Row) -> QueueEntry:
@@ -304,12 +322,17 @@ def _domain_of(address: str) -> str:
 # Blob reference counting
 
 
+ADD_BLOB_REFS = (
+    "INSERT INTO blobs (blob_id, refs) VALUES (?, ?) "
+    "ON CONFLICT (blob_id) DO UPDATE SET refs = blobs.refs + excluded.refs"
+)
+
+
 def _add_blob_refs(db: Db, counts: dict[str, int]) -> None:
-    db.run_many(
-        "INSERT INTO blobs (blob_id, refs) VALUES (?, ?) "
-        "ON CONFLICT (blob_id) DO UPDATE SET refs = blobs.refs + excluded.refs",
-        sorted(counts.items()),
-    )
+    if len(counts) == 1:  # the common case: one statement, no batch machinery
+        db.run(ADD_BLOB_REFS, next(iter(counts.items())))
+    else:
+        db.run_many(ADD_BLOB_REFS, sorted(counts.items()))
 
 
 def _release_blobs(db: Db, counts: dict[str, int], *, forget: bool) -> list[str]:

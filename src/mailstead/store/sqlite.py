@@ -8,12 +8,15 @@ so a failing one (Conflict, QuotaExceeded...) rolls back alone, then COMMITs onc
 resolve only after COMMIT returned: that is where the durability contract of interfaces.py is kept.
 
 Reads run on a few reader connections in threads; WAL lets them proceed while the writer writes,
-and each read is one transaction, so it sees a consistent snapshot.
+and each read is one transaction, so it sees a consistent snapshot. WAL checkpoints (copying the
+log into the database file, with its own fsyncs) run in a separate thread, so they never hold up
+a commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -30,6 +33,8 @@ T = TypeVar("T")
 
 MAX_BATCH = 256  # operations per group commit
 READERS = 3  # reader connections (threads)
+CHECKPOINT_EVERY = 64  # commits between two nudges of the checkpointer
+CHECKPOINT_INTERVAL = 1.0  # seconds: the checkpointer also runs this often when idle
 BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock (e.g. the CLI while serving)
 
 
@@ -76,6 +81,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     # FULL: the WAL is fsync'd at every COMMIT, so a committed batch survives a power cut.
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
     return conn
 
 
@@ -96,6 +102,9 @@ class SqliteStore(SqlStore):
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_now = threading.Event()
+        self._closing = threading.Event()
 
     async def open(self) -> None:
         if self._writer is not None:
@@ -107,6 +116,11 @@ class SqliteStore(SqlStore):
             target=self._write_loop, args=(conn,), name="sqlite-writer", daemon=True
         )
         self._writer.start()
+        self._closing.clear()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = _connect(self.path)
@@ -131,6 +145,11 @@ class SqliteStore(SqlStore):
         self._writer = self._readers = None
         self._jobs.put(_STOP)
         await asyncio.to_thread(writer.join)
+        if self._checkpointer is not None:
+            self._closing.set()
+            self._checkpoint_now.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         readers.shutdown(wait=True)
         with self._lock:
             for conn in self._reader_conns:
@@ -170,6 +189,7 @@ class SqliteStore(SqlStore):
         return value, touched
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
+        commits = 0
         try:
             while True:
                 first = self._jobs.get()
@@ -187,6 +207,9 @@ class SqliteStore(SqlStore):
                         break
                     batch.append(job)
                 self._commit_batch(conn, batch)
+                commits += 1
+                if commits % CHECKPOINT_EVERY == 0:
+                    self._checkpoint_now.set()
                 if stop:
                     return
         finally:
@@ -204,6 +227,22 @@ class SqliteStore(SqlStore):
                 conn.execute("ROLLBACK")
             outcomes = [(False, exc)] * len(batch)
         _settle(batch, outcomes)
+
+    def _checkpoint_loop(self) -> None:
+        """PASSIVE checkpoints: copy what readers no longer need, never blocking the writer."""
+        conn = _connect(self.path)
+        try:
+            while not self._closing.is_set():
+                self._checkpoint_now.wait(CHECKPOINT_INTERVAL)
+                self._checkpoint_now.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.OperationalError:
+                    continue  # busy: try again at the next turn
+            with contextlib.suppress(sqlite3.OperationalError):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # leave a short log behind
+        finally:
+            conn.close()
 
     @staticmethod
     def _run_one(conn: sqlite3.Connection, op: Callable[[Db], Any]) -> tuple[bool, Any]:
