@@ -254,10 +254,10 @@ def _message(row: Row) -> MessageMeta:
 # FlagState is a frozen dataclass: its __init__ goes through object.__setattr__ per field. For
 # the 100,000 rows of a big SELECT, filling the slots directly is more than twice as fast.
 _new_object = object.__new__
-_set_uid = FlagState.uid.__set__  # type: ignore[attr-defined]
-_set_modseq = FlagState.modseq.__set__  # type: ignore[attr-defined]
-_set_flags = FlagState.flags.__set__  # type: ignore[attr-defined]
-_set_keywords = FlagState.keywords.__set__  # type: ignore[attr-defined]
+_set_uid = vars(FlagState)["uid"].__set__
+_set_modseq = vars(FlagState)["modseq"].__set__
+_set_flags = vars(FlagState)["flags"].__set__
+_set_keywords = vars(FlagState)["keywords"].__set__
 
 
 def _flag_states(rows: Iterable[Row]) -> list[FlagState]:
