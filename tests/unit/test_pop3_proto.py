@@ -293,7 +293,7 @@ async def test_state_and_unknown_commands() -> None:
     assert await say(session, "FOO") == b"-ERR unknown command\r\n"
     session, _ = await logged_in()
     assert await say(session, "USER x") == b"-ERR USER not allowed in this state\r\n"
-    assert await say(session, "noop") == b"+OK \r\n"
+    assert await say(session, "noop") == b"+OK\r\n"
 
 
 async def test_too_many_errors_disconnects() -> None:

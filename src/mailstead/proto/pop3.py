@@ -83,8 +83,8 @@ class Reply:
     close: bool = False  # the driver must close the connection after sending ``data``
 
 
-def ok(text: str) -> bytes:
-    return b"+OK " + text.encode("utf-8") + CRLF
+def ok(text: str = "") -> bytes:
+    return b"+OK" + (b" " + text.encode("utf-8") if text else b"") + CRLF
 
 
 def err(text: str, code: str | None = None) -> bytes:
@@ -341,7 +341,7 @@ class Pop3Session:
         return Reply(ok(f"bye ({removed} messages deleted)"), close=True)
 
     async def _noop(self, args: str) -> Reply:
-        return Reply(ok(""))
+        return Reply(ok())
 
     # -- TRANSACTION state --
 
