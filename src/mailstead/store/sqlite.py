@@ -221,10 +221,15 @@ class SqliteStore(SqlStore):
             conn.execute("BEGIN IMMEDIATE")
             for op, _future in batch:
                 outcomes.append(self._run_one(conn, op))
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back (disk full, I/O error): the
+                    # operations that "succeeded" before this one are gone too.
+                    raise sqlite3.OperationalError("transaction rolled back by SQLite")
             conn.execute("COMMIT")  # the one fsync for the whole batch
-        except Exception as exc:  # BEGIN or COMMIT failed (disk full, I/O error): all fail
+        except Exception as exc:  # nothing of this batch was committed: every caller hears so
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             outcomes = [(False, exc)] * len(batch)
         _settle(batch, outcomes)
 
@@ -251,8 +256,9 @@ class SqliteStore(SqlStore):
         try:
             value = op(db)
         except Exception as exc:
-            conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
+            if conn.in_transaction:  # else the batch is lost; _commit_batch sees to it
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
             return False, exc
         conn.execute("RELEASE op")
         return True, (value, db.touched)
