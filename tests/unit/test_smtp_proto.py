@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from mailstead.core.addresses import Address
 from mailstead.core.errors import QuotaExceeded
 from mailstead.proto.lines import (
+    LINE_TOO_LONG,
     DataProblem,
     DotReader,
+    InputBuffer,
     dot_stuff,
     dot_unstuff,
     has_bare_cr_or_lf,
@@ -754,3 +756,35 @@ def test_stuffing_round_trip(data: bytes) -> None:
 def test_bare_newline_detection(data: bytes) -> None:
     expected = b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b"")
     assert has_bare_cr_or_lf(data) == expected
+
+
+# -- the input buffer -----------------------------------------------------------------------
+
+
+def test_input_buffer_lines_and_counted_octets() -> None:
+    buffer = InputBuffer()
+    assert buffer.take_line(512) is None
+    buffer.append(b"EHLO a\r\nMAIL FROM:<x@y.test>\r\nBDAT 3\r\nabcNO")
+    assert buffer.take_line(512) == b"EHLO a\r\n"
+    assert buffer.take_line(512) == b"MAIL FROM:<x@y.test>\r\n"
+    assert buffer.take_line(512) == b"BDAT 3\r\n"
+    assert buffer.take(3) == b"abc"
+    assert buffer.take_line(512) is None
+    buffer.append(b"OP\r\n")
+    assert buffer.take_line(512) == b"NOOP\r\n"
+    assert len(buffer) == 0
+
+
+def test_input_buffer_drops_overlong_lines_whole() -> None:
+    buffer = InputBuffer()
+    buffer.append(b"x" * 600)
+    assert buffer.take_line(512) is None
+    assert len(buffer) == 0  # a runaway line is not kept in memory
+    buffer.append(b"y" * 10_000)
+    assert buffer.take_line(512) is None
+    buffer.append(b"zz\r\nNOOP\r\n")
+    assert buffer.take_line(512) is LINE_TOO_LONG
+    assert buffer.take_line(512) == b"NOOP\r\n"
+    buffer.append(b"a" * 520 + b"\r\nQUIT\r\n")  # too long, but its end is already here
+    assert buffer.take_line(512) is LINE_TOO_LONG
+    assert buffer.take_line(512) == b"QUIT\r\n"

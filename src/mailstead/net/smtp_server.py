@@ -1,9 +1,10 @@
 """SMTP and submission listeners: drives ``proto.smtp.SmtpSession`` over a ``Connection``.
 
-The driver owns the socket-side concerns: framing (command lines, DATA up to <CRLF>.<CRLF>, BDAT
-chunks by size), PIPELINING (replies are written together once the client has nothing more
-buffered, RFC 2920), the STARTTLS switch, the idle timeout, and the log line per transaction.
-Everything else is the session's.
+The driver owns the socket-side concerns: framing (command lines, DATA up to <CRLF>.<CRLF>,
+BDAT chunks by size, all through one ``proto.lines.InputBuffer`` filled by large reads),
+PIPELINING (replies are written together once the client has nothing more buffered, RFC 2920),
+the STARTTLS switch, the idle timeout, and the log line per transaction. Everything else is the
+session's.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 
 from mailstead.app import Services
 from mailstead.config import ListenerConfig
@@ -21,11 +23,10 @@ from mailstead.net.listener import (
     Connection,
     ConnectionClosed,
     IdleTimeout,
-    LineTooLong,
     ProtocolHandler,
 )
 from mailstead.obs import log_event
-from mailstead.proto.lines import DATA_READ_SEPARATOR, DataOutcome, DotReader
+from mailstead.proto.lines import DataOutcome, DotReader, InputBuffer, LineTooLong
 from mailstead.proto.smtp import (
     LONGEST_LINE,
     Action,
@@ -46,7 +47,7 @@ from mailstead.services.delivery import (
 )
 from mailstead.store.interfaces import Account
 
-CHUNK_PIECE = 256 * 1024  # BDAT chunks are read in pieces of at most this size
+READ_SIZE = 64 * 1024  # bytes asked of the socket at a time
 
 
 class SessionBackend:
@@ -140,6 +141,56 @@ class SessionBackend:
         self._queue_id = ""
 
 
+class _Input:
+    """The connection's unread bytes, filled by large reads: one read serves many pipelined
+    commands, and a whole small message is usually one read."""
+
+    def __init__(self, conn: Connection, timeout: float) -> None:
+        self.conn = conn
+        self.timeout = timeout
+        self.buffer = InputBuffer()
+
+    def pending(self) -> bool:
+        return len(self.buffer) > 0 or self.conn.pending_input()
+
+    async def fill(self) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                data = await self.conn.reader.read(READ_SIZE)
+        except TimeoutError:
+            raise IdleTimeout() from None
+        except (ConnectionError, OSError):
+            raise ConnectionClosed() from None
+        if not data:
+            raise ConnectionClosed()
+        self.buffer.append(data)
+
+    async def line(self, max_length: int) -> bytes | LineTooLong:
+        while (line := self.buffer.take_line(max_length)) is None:
+            await self.fill()
+        return line
+
+    async def message(self, max_size: int) -> DataOutcome:
+        """The lines after DATA up to <CRLF>.<CRLF>; what follows stays buffered."""
+        reader = DotReader(max_size)
+        rest = reader.feed(self.buffer.take_all())
+        while not reader.done:
+            await self.fill()
+            rest = reader.feed(self.buffer.take_all())
+        self.buffer.append(rest)
+        return reader.finish()
+
+    async def chunk(self, size: int, sink: Callable[[bytes], None]) -> None:
+        """Exactly ``size`` octets (a BDAT chunk), handed to ``sink`` piece by piece."""
+        remaining = size
+        while remaining:
+            if not len(self.buffer):
+                await self.fill()
+            piece = self.buffer.take(remaining)
+            sink(piece)
+            remaining -= len(piece)
+
+
 class SmtpHandler:
     def __init__(self, services: Services, listener_name: str, lc: ListenerConfig) -> None:
         self.services = services
@@ -171,57 +222,50 @@ class SmtpHandler:
         session = self._session(conn)
         pending: list[bytes] = [session.greeting().encode()]
         try:
-            await self._serve(conn, session, pending)
+            await self._serve(conn, session, _Input(conn, self.timeout), pending)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):  # the server is stopping: say so if we can
                 conn.write(b"".join(pending) + session.shutdown_reply().encode())
             raise
 
-    async def _serve(self, conn: Connection, session: SmtpSession, pending: list[bytes]) -> None:
+    async def _serve(
+        self, conn: Connection, session: SmtpSession, data: _Input, pending: list[bytes]
+    ) -> None:
         while True:
-            if not conn.pending_input():
+            if not data.pending():
                 await _flush(conn, pending)  # nothing more pipelined: answer before waiting
             try:
-                line = await conn.readline(LONGEST_LINE + 2, self.timeout)
-                answer = await session.on_line(line)
-            except LineTooLong:
-                answer = session.on_line_too_long()
+                line = await data.line(LONGEST_LINE + 2)
             except IdleTimeout:
                 pending.append(session.timeout_reply().encode())
                 await _flush(conn, pending)
                 return
+            if isinstance(line, LineTooLong):
+                answer = session.on_line_too_long()
+            else:
+                answer = await session.on_line(line)
             if answer.action is Action.READ_DATA:
                 pending.append(answer.encode())
                 await _flush(conn, pending)  # the client waits for 354 before sending
-                answer = await session.on_data(await self._read_data(conn, session))
+                outcome = await data.message(session.policy.max_message_size)
+                answer = await session.on_data(outcome)
             elif answer.action is Action.READ_CHUNK:
-                answer = await self._read_chunk(conn, session, answer.chunk_size)
+                # RFC 3030 2: the chunk is read even when the command is refused.
+                await data.chunk(answer.chunk_size, session.on_chunk)
+                answer = await session.on_chunk_end()
             pending.append(answer.encode())
             if answer.action is Action.CLOSE:
                 await _flush(conn, pending)
                 return
             if answer.action is Action.START_TLS:
                 await _flush(conn, pending)
-                if not await self._start_tls(conn, session):
+                if not await self._start_tls(conn, session, data):
                     return
 
-    async def _read_data(self, conn: Connection, session: SmtpSession) -> DataOutcome:
-        reader = DotReader(session.policy.max_message_size)
-        while not reader.done:
-            reader.feed(await _read_until(conn, DATA_READ_SEPARATOR, self.timeout))
-        return reader.finish()
-
-    async def _read_chunk(self, conn: Connection, session: SmtpSession, size: int) -> Reply:
-        remaining = size
-        while remaining:
-            piece = await conn.readexactly(min(remaining, CHUNK_PIECE), self.timeout)
-            session.on_chunk(piece)
-            remaining -= len(piece)
-        return await session.on_chunk_end()
-
-    async def _start_tls(self, conn: Connection, session: SmtpSession) -> bool:
+    async def _start_tls(self, conn: Connection, session: SmtpSession, data: _Input) -> bool:
+        dropped = data.buffer.clear()
         try:
-            discarded = await conn.start_tls()
+            discarded = await conn.start_tls() or dropped > 0
         except (ssl.SSLError, OSError, ConnectionError) as exc:
             log_event("smtp.tls_failed", session=conn.session_id, client=conn.peer_ip,
                       error=str(exc))
@@ -239,22 +283,6 @@ async def _flush(conn: Connection, pending: list[bytes]) -> None:
         data = b"".join(pending)
         pending.clear()
         await conn.send(data)
-
-
-async def _read_until(conn: Connection, separator: bytes, timeout: float) -> bytes:
-    """Bytes up to and including ``separator``, or (for very long stretches without it) the
-    part that certainly does not hold the start of one. Raises IdleTimeout/ConnectionClosed."""
-    reader = conn.reader
-    try:
-        async with asyncio.timeout(timeout):
-            try:
-                return await reader.readuntil(separator)
-            except asyncio.LimitOverrunError as exc:
-                return await reader.readexactly(exc.consumed)
-    except TimeoutError:
-        raise IdleTimeout() from None
-    except (asyncio.IncompleteReadError, ConnectionError, OSError):
-        raise ConnectionClosed() from None
 
 
 def make_smtp_handler(

@@ -15,8 +15,6 @@ from enum import Enum
 
 CRLF = b"\r\n"
 END_OF_DATA = b"\r\n.\r\n"
-# The driver reads DATA up to each occurrence of this; the real end can only finish there.
-DATA_READ_SEPARATOR = b".\r\n"
 
 COMMAND_LINE_MAX = 512  # RFC 5321 4.5.3.1.4, including CRLF
 TEXT_LINE_MAX = 1000  # RFC 5321 4.5.3.1.6, including CRLF, not counting a stuffing dot
@@ -56,6 +54,62 @@ def dot_stuff(content: bytes) -> bytes:
     if content.startswith(b"."):
         content = b"." + content
     return content.replace(b"\r\n.", b"\r\n..")
+
+
+class LineTooLong:
+    """Returned by ``InputBuffer.take_line`` for a line over the limit (already thrown away)."""
+
+
+LINE_TOO_LONG = LineTooLong()
+
+
+class InputBuffer:
+    """Bytes received and not yet used. A driver appends what the socket gives and takes lines
+    or counted octets out; one large read then serves many pipelined commands (RFC 2920)."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._skipping = False  # inside an over-long line, dropping bytes up to its LF
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def append(self, data: bytes) -> None:
+        self._data += data
+
+    def take_line(self, max_length: int) -> bytes | LineTooLong | None:
+        """The next line with its LF; LINE_TOO_LONG once a line longer than ``max_length``
+        has been dropped whole; None when more input is needed."""
+        end = self._data.find(b"\n")
+        if end < 0:
+            if self._skipping or len(self._data) > max_length:
+                self._skipping = True
+                self._data.clear()  # keep no more than one limit's worth of a runaway line
+            return None
+        line = bytes(self._data[: end + 1])
+        del self._data[: end + 1]
+        if self._skipping or len(line) > max_length:
+            self._skipping = False
+            return LINE_TOO_LONG
+        return line
+
+    def take(self, n: int) -> bytes:
+        """Up to ``n`` octets."""
+        part = bytes(self._data[:n])
+        del self._data[:n]
+        return part
+
+    def take_all(self) -> bytes:
+        part = bytes(self._data)
+        self._data.clear()
+        return part
+
+    def clear(self) -> int:
+        """Drops everything; returns how many octets were dropped."""
+        dropped = len(self._data)
+        self._data.clear()
+        self._skipping = False
+        return dropped
 
 
 class DataProblem(Enum):

@@ -1,0 +1,364 @@
+"""SMTP ingest: mailstead against a minimal aiosmtpd server that fsyncs each message to a file.
+
+Both servers run as subprocesses, one after the other, and get the same load: ``--sessions``
+concurrent SMTP sessions sending ``--messages`` messages of ``--size`` bytes in total, each
+session sending its messages one after another over one connection (with PIPELINING when the
+server offers it, as real MTAs do). Printed: messages per second, p50/p99 latency (MAIL sent ->
+250 received), the ratio, and the server's resident memory before, half-way, after, and with
+``--idle`` extra sessions open and idle.
+
+    .venv/bin/python bench/smtp_ingest.py [--messages 5000] [--sessions 20] [--size 4096]
+    .venv/bin/python bench/smtp_ingest.py --profile /tmp/ms.prof   # cProfile the server
+
+Target (issue 3): mailstead >= 2x the baseline's messages/s, p99 < 100 ms, flat memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import resource
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DOMAIN = "bench.test"
+PASSWORD = "bench-password-1"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- the servers ----------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[str]
+    port: int
+
+    @property
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _wait_for_port(proc: subprocess.Popen[str], pattern: str) -> int:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = re.search(pattern, line)
+        if m:
+            return int(m.group(1))
+    raise RuntimeError(f"server exited with {proc.wait()} before listening")
+
+
+def prepare_mailstead(data_dir: Path, users: int) -> None:
+    sys.path.insert(0, str(ROOT / "src"))
+    from mailstead import bootstrap
+    from mailstead.store.factory import make_metadata_store
+
+    listeners: dict[str, Any] = {
+        name: {"enabled": False}
+        for name in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+    }
+    listeners["smtp"] = {"address": "127.0.0.1", "port": 0}
+    cfg = bootstrap.build_config(data_dir, {
+        "hostname": "mail.bench.test",
+        "listeners": listeners,
+        "limits": {"max_connections_per_ip": 100_000, "max_connections": 100_000},
+    })
+
+    async def setup() -> None:
+        await bootstrap.initialise(cfg, demo_domain=None)
+        store = make_metadata_store(cfg)
+        await store.open()
+        try:
+            await bootstrap.add_domain(store, DOMAIN)
+            for i in range(users):
+                await bootstrap.add_user(store, f"user{i}@{DOMAIN}", PASSWORD)
+        finally:
+            await store.close()
+
+    asyncio.run(setup())
+
+
+def start_mailstead(data_dir: Path, profile: str | None) -> Server:
+    cmd = [sys.executable]
+    if profile:
+        cmd += ["-m", "cProfile", "-o", profile]
+    cmd += ["-m", "mailstead", "serve", "--data", str(data_dir), "--listen", "smtp=127.0.0.1:0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return Server("mailstead", proc, _wait_for_port(proc, r"^listening smtp \S+:(\d+)"))
+
+
+def start_baseline(spool: Path) -> Server:
+    cmd = [sys.executable, __file__, "--baseline-server", str(spool)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return Server("aiosmtpd", proc, _wait_for_port(proc, r"^listening (\d+)"))
+
+
+def run_baseline_server(spool: Path) -> None:
+    """The Python baseline: aiosmtpd, writing each message to its own file with an fsync
+    before answering 250 (the simplest durable server one would write)."""
+    from aiosmtpd.smtp import SMTP
+
+    spool.mkdir(parents=True, exist_ok=True)
+
+    class FsyncHandler:
+        def __init__(self) -> None:
+            self.count = 0
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            self.count += 1
+            path = spool / f"{self.count}.eml"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, envelope.original_content or b"")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return "250 OK"
+
+    async def main() -> None:
+        handler = FsyncHandler()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: SMTP(handler, hostname="baseline"),
+                                          "127.0.0.1", 0, backlog=4096)
+        print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# -- the load -------------------------------------------------------------------------------
+
+
+class Session:
+    """A minimal SMTP client; cheap, so the load generator is not what is measured."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.pipelining = False
+
+    @classmethod
+    async def open(cls, port: int) -> Session:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        session = cls(reader, writer)
+        await session.reply(220)
+        session.writer.write(b"EHLO bench.client\r\n")
+        session.pipelining = "PIPELINING" in await session.reply(250)
+        return session
+
+    async def reply(self, expected: int) -> str:
+        text = []
+        while True:
+            line = (await self.reader.readline()).decode()
+            if not line:
+                raise ConnectionError("server closed the connection")
+            text.append(line)
+            if line[3:4] != "-":
+                break
+        if int(line[:3]) != expected:
+            raise RuntimeError(f"expected {expected}, got {''.join(text)!r}")
+        return "".join(text)
+
+    async def send(self, rcpt: str, message: bytes) -> None:
+        envelope = [f"MAIL FROM:<sender@remote.test>\r\n".encode(),
+                    f"RCPT TO:<{rcpt}>\r\n".encode(), b"DATA\r\n"]
+        if self.pipelining:
+            self.writer.write(b"".join(envelope))
+            for code in (250, 250, 354):
+                await self.reply(code)
+        else:
+            for line, code in zip(envelope, (250, 250, 354), strict=True):
+                self.writer.write(line)
+                await self.reply(code)
+        self.writer.write(message)
+        await self.reply(250)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.write(b"QUIT\r\n")
+            await self.reply(221)
+        self.writer.close()
+
+
+def make_message(size: int, number: int) -> bytes:
+    """A realistic text message of about ``size`` bytes, dot-stuffed and terminated."""
+    head = (f"From: Sender <sender@remote.test>\r\nTo: <someone@{DOMAIN}>\r\n"
+            f"Subject: benchmark message {number}\r\nMessage-ID: <{number}.{secrets.token_hex(6)}"
+            f"@remote.test>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n")
+    line = "The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
+    body = line * max(1, (size - len(head)) // len(line))
+    return (head + body).encode() + b".\r\n"
+
+
+@dataclass
+class RunResult:
+    messages: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
+
+
+async def run_load(port: int, messages: int, sessions: int, size: int, users: int) -> RunResult:
+    result = RunResult()
+    remaining = [messages]
+    bodies = [make_message(size, n) for n in range(64)]
+
+    async def worker(index: int) -> None:
+        session = await Session.open(port)
+        rcpt = f"user{index % users}@{DOMAIN}"
+        try:
+            while remaining[0] > 0:
+                remaining[0] -= 1
+                number = remaining[0]
+                start = time.perf_counter()
+                await session.send(rcpt, bodies[number % len(bodies)])
+                result.latencies.append(time.perf_counter() - start)
+                result.messages += 1
+        finally:
+            await session.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(sessions)))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+async def open_idle(port: int, count: int) -> list[Session]:
+    opened: list[Session] = []
+    for batch in range(0, count, 100):
+        opened += await asyncio.gather(*(Session.open(port) for _ in range(batch, min(count,
+                                                                                     batch + 100))))
+    return opened
+
+
+@dataclass
+class Report:
+    name: str
+    result: RunResult
+    rss: dict[str, float]
+
+
+def measure(server: Server, args: argparse.Namespace) -> Report:
+    rss: dict[str, float] = {}
+    half = args.messages // 2
+    asyncio.run(run_load(server.port, args.warmup, args.sessions, args.size, args.users))
+    rss["start"] = server.rss_mib
+    first = asyncio.run(run_load(server.port, half, args.sessions, args.size, args.users))
+    rss["half"] = server.rss_mib
+    second = asyncio.run(run_load(server.port, args.messages - half, args.sessions, args.size,
+                                  args.users))
+    rss["end"] = server.rss_mib
+    total = RunResult(first.messages + second.messages, first.seconds + second.seconds,
+                      first.latencies + second.latencies)
+
+    async def idle() -> None:
+        sessions = await open_idle(server.port, args.idle)
+        await asyncio.sleep(1)
+        rss["idle"] = server.rss_mib
+        await asyncio.gather(*(s.close() for s in sessions))
+        await asyncio.sleep(1)
+        rss["after_idle"] = server.rss_mib
+
+    if args.idle:
+        asyncio.run(idle())
+    return Report(server.name, total, rss)
+
+
+def print_report(reports: list[Report], args: argparse.Namespace) -> None:
+    print(f"\n{args.messages} messages of {args.size} bytes, {args.sessions} concurrent sessions"
+          f" ({args.users} recipients)\n")
+    print(f"{'server':<10} {'msgs/s':>8} {'p50 ms':>8} {'p99 ms':>8}   RSS MiB: start -> half "
+          f"-> end, with {args.idle} idle sessions -> after they close")
+    for r in reports:
+        m = r.rss
+        print(f"{r.name:<10} {r.result.rate:8.0f} {r.result.percentile(0.5):8.1f} "
+              f"{r.result.percentile(0.99):8.1f}   {m['start']:.1f} -> {m['half']:.1f} -> "
+              f"{m['end']:.1f}, {m.get('idle', float('nan')):.1f} -> "
+              f"{m.get('after_idle', float('nan')):.1f}")
+    if len(reports) == 2 and reports[1].result.rate:
+        ratio = reports[0].result.rate / reports[1].result.rate
+        print(f"\nratio mailstead / baseline: {ratio:.2f}x messages per second")
+    mean = statistics.mean(reports[0].result.latencies) * 1000 if reports[0].result.latencies \
+        else float("nan")
+    print(f"mailstead mean latency {mean:.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--users", type=int, default=20, help="distinct recipients (mailboxes)")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--idle", type=int, default=1000, help="idle sessions to open at the end")
+    parser.add_argument("--only", choices=["mailstead", "baseline"])
+    parser.add_argument("--profile", help="run mailstead under cProfile, writing this file")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    parser.add_argument("--baseline-server", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.baseline_server:
+        run_baseline_server(Path(args.baseline_server))
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.idle * 2 + 1024)), hard))
+    workdir = Path(tempfile.mkdtemp(prefix="smtp-bench-"))
+    reports = []
+    try:
+        if args.only != "baseline":
+            prepare_mailstead(workdir / "mailstead", args.users)
+            server = start_mailstead(workdir / "mailstead", args.profile)
+            try:
+                reports.append(measure(server, args))
+            finally:
+                server.stop()
+        if args.only != "mailstead":
+            server = start_baseline(workdir / "baseline")
+            try:
+                reports.append(measure(server, args))
+            finally:
+                server.stop()
+        print_report(reports, args)
+    finally:
+        if args.keep:
+            print(f"data kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
