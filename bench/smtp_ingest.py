@@ -53,6 +53,12 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    @property
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -74,13 +80,12 @@ def _wait_for_port(proc: subprocess.Popen[str], pattern: str) -> int:
 def prepare_mailstead(data_dir: Path, users: int) -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from mailstead import bootstrap
+    from mailstead.config import Config
     from mailstead.store.factory import make_metadata_store
 
-    listeners: dict[str, Any] = {
-        name: {"enabled": False}
-        for name in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
-    }
-    listeners["smtp"] = {"address": "127.0.0.1", "port": 0}
+    # Only the MX listener: the others are not measured here.
+    listeners: dict[str, Any] = {name: {"enabled": False} for name in Config().listeners}
+    listeners["smtp"] = {"address": "127.0.0.1", "port": 0, "enabled": True}
     cfg = bootstrap.build_config(data_dir, {
         "hostname": "mail.bench.test",
         "listeners": listeners,
@@ -185,7 +190,7 @@ class Session:
         return "".join(text)
 
     async def send(self, rcpt: str, message: bytes) -> None:
-        envelope = [f"MAIL FROM:<sender@remote.test>\r\n".encode(),
+        envelope = [b"MAIL FROM:<sender@remote.test>\r\n",
                     f"RCPT TO:<{rcpt}>\r\n".encode(), b"DATA\r\n"]
         if self.pipelining:
             self.writer.write(b"".join(envelope))
@@ -270,6 +275,7 @@ class Report:
     name: str
     result: RunResult
     rss: dict[str, float]
+    cpu_ms_per_message: float
 
 
 def measure(server: Server, args: argparse.Namespace) -> Report:
@@ -277,11 +283,13 @@ def measure(server: Server, args: argparse.Namespace) -> Report:
     half = args.messages // 2
     asyncio.run(run_load(server.port, args.warmup, args.sessions, args.size, args.users))
     rss["start"] = server.rss_mib
+    cpu_start = server.cpu_seconds
     first = asyncio.run(run_load(server.port, half, args.sessions, args.size, args.users))
     rss["half"] = server.rss_mib
     second = asyncio.run(run_load(server.port, args.messages - half, args.sessions, args.size,
                                   args.users))
     rss["end"] = server.rss_mib
+    cpu = (server.cpu_seconds - cpu_start) * 1000 / args.messages
     total = RunResult(first.messages + second.messages, first.seconds + second.seconds,
                       first.latencies + second.latencies)
 
@@ -295,18 +303,19 @@ def measure(server: Server, args: argparse.Namespace) -> Report:
 
     if args.idle:
         asyncio.run(idle())
-    return Report(server.name, total, rss)
+    return Report(server.name, total, rss, cpu)
 
 
 def print_report(reports: list[Report], args: argparse.Namespace) -> None:
     print(f"\n{args.messages} messages of {args.size} bytes, {args.sessions} concurrent sessions"
           f" ({args.users} recipients)\n")
-    print(f"{'server':<10} {'msgs/s':>8} {'p50 ms':>8} {'p99 ms':>8}   RSS MiB: start -> half "
-          f"-> end, with {args.idle} idle sessions -> after they close")
+    print(f"{'server':<10} {'msgs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/msg':>10}   RSS MiB: "
+          f"start -> half -> end, with {args.idle} idle sessions -> after they close")
     for r in reports:
         m = r.rss
         print(f"{r.name:<10} {r.result.rate:8.0f} {r.result.percentile(0.5):8.1f} "
-              f"{r.result.percentile(0.99):8.1f}   {m['start']:.1f} -> {m['half']:.1f} -> "
+              f"{r.result.percentile(0.99):8.1f} {r.cpu_ms_per_message:10.2f}   "
+              f"{m['start']:.1f} -> {m['half']:.1f} -> "
               f"{m['end']:.1f}, {m.get('idle', float('nan')):.1f} -> "
               f"{m.get('after_idle', float('nan')):.1f}")
     if len(reports) == 2 and reports[1].result.rate:

@@ -19,7 +19,6 @@ from mailstead.store.factory import make_blob_store, make_metadata_store
 from mailstead.store.interfaces import MessageMeta
 from tests.conftest import (
     DOMAIN,
-    LISTEN_NAMES,
     PASSWORD,
     ServeProcess,
     run_outside_loop,
@@ -32,7 +31,7 @@ CLIENTS = 8
 
 def prepare(data_dir: Path, overrides: dict[str, Any], tls_files: tuple[Path, Path]) -> Config:
     # Only the SMTP listener runs: this test is about it alone.
-    only_smtp = {"listeners": {name: {"enabled": name == "smtp"} for name in LISTEN_NAMES}}
+    only_smtp = {"listeners": {name: {"enabled": name == "smtp"} for name in Config().listeners}}
     cfg = bootstrap.build_config(
         data_dir, deep_merge(deep_merge(server_overrides(), only_smtp), overrides))
 

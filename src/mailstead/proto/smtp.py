@@ -541,9 +541,12 @@ class SmtpSession:
         if not address.is_ascii and not txn.smtputf8:
             return self._refuse_rcpt(
                 txn, reply(553, "5.6.7", "Non-ASCII recipient requires SMTPUTF8"))
-        if not self.policy.submission and not await self.backend.is_local_domain(address.domain):
-            return self._refuse_rcpt(txn, reply(550, "5.7.1", "Relay access denied"))
         route = await self.backend.route(address)
+        # MX never relays: only our domains' addresses (an alias of ours may forward elsewhere).
+        # An address with local accounts is ours, which spares the domain lookup.
+        if not route.local and not self.policy.submission \
+                and not await self.backend.is_local_domain(address.domain):
+            return self._refuse_rcpt(txn, reply(550, "5.7.1", "Relay access denied"))
         if not route.local and not route.remote:
             return self._refuse_rcpt(txn, reply(550, "5.1.1", f"<{address}>: user unknown"))
         for account in route.local:

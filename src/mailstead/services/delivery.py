@@ -17,6 +17,7 @@ import base64
 import re
 import secrets
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -84,11 +85,20 @@ def _fold(fields: list[str]) -> str:
     return "\r\n\t".join(fields) + "\r\n"
 
 
+BLOB_WRITERS = 16  # threads writing message files: concurrent fsyncs share journal commits
+
+
 class DeliveryService:
     def __init__(self, store: MetadataStore, blobs: BlobStore, hostname: str) -> None:
         self.store = store
         self.blobs = blobs
         self.hostname = hostname
+        # Own threads for message files, so many sessions' fsyncs run at once without
+        # queueing behind unrelated asyncio.to_thread work.
+        self._writers = ThreadPoolExecutor(BLOB_WRITERS, thread_name_prefix="blob-writer")
+
+    def close(self) -> None:
+        self._writers.shutdown(wait=False)
 
     def trace_fields(
         self, envelope: InboundEnvelope, queue_id: str, now: datetime, *, local: bool
@@ -113,8 +123,18 @@ class DeliveryService:
 
     async def store_blob(self, data: bytes) -> tuple[str, Envelope]:
         """Writes a message file durably and parses its envelope fields (for IMAP APPEND too)."""
-        blob_id = await asyncio.to_thread(self.blobs.put, data)
-        return blob_id, parse_envelope_fields(data)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writers, self._write_and_parse, data)
+
+    def _write_and_parse(self, data: bytes) -> tuple[str, Envelope]:
+        return self.blobs.put(data), parse_envelope_fields(data)
+
+    async def _inbox_ids(self, accounts: Sequence[Account]) -> list[int]:
+        boxes = await asyncio.gather(*(self.store.get_mailbox(a.id, "INBOX") for a in accounts))
+        for account, box in zip(accounts, boxes, strict=True):
+            if box is None:
+                raise LookupError(f"account {account.address} has no INBOX")
+        return [box.id for box in boxes if box is not None]
 
     async def deliver(
         self, envelope: InboundEnvelope, message: bytes, keywords: frozenset[str] = frozenset()
@@ -129,17 +149,12 @@ class DeliveryService:
         if not accounts and not remote:
             raise ValueError("a delivery needs at least one recipient")
         data = self.trace_fields(envelope, queue_id, now, local=bool(accounts)) + message
-        blob_id, fields = await self.store_blob(data)
-        deliveries = []
-        for account in accounts:
-            inbox = await self.store.get_mailbox(account.id, "INBOX")
-            if inbox is None:
-                raise LookupError(f"account {account.address} has no INBOX")
-            deliveries.append(Delivery(
-                inbox.id,
-                NewMessage(blob_id=blob_id, size=len(data), internal_date=now,
-                           keywords=keywords, envelope=fields),
-            ))
+        # The file is written while the mailboxes are looked up; rows come only after both.
+        (blob_id, fields), inbox_ids = await asyncio.gather(
+            self.store_blob(data), self._inbox_ids(accounts))
+        new = NewMessage(blob_id=blob_id, size=len(data), internal_date=now, keywords=keywords,
+                         envelope=fields)
+        deliveries = [Delivery(inbox_id, new) for inbox_id in inbox_ids]
         entry = None
         if remote:
             entry = QueueEntry(
