@@ -47,19 +47,23 @@ class FsBlobStore:
             return blob_id
         self._make_dirs(target.parent)
         temp = target.parent / f".{blob_id}.{secrets.token_hex(4)}.tmp"
+        # Plain os calls: no buffering layer, no isatty/seek probes; 0600, mail is private.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            with open(temp, "wb") as f:
-                f.write(data)
-                f.flush()
-                # Rename first, then fsync: on ext4 the file's fsync then commits the rename in
-                # the same journal transaction, so the directory fsync after it is cheap. Until
-                # put returns nothing references the blob, and a torn file left by a crash is
-                # rewritten by the next put of the same bytes (the hash check above).
-                os.replace(temp, target)
-                os.fsync(f.fileno())
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            # Rename first, then fsync: on ext4 the file's fsync then commits the rename in the
+            # same journal transaction, so the directory fsync after it is cheap. Until put
+            # returns nothing references the blob, and a torn file left by a crash is rewritten
+            # by the next put of the same bytes (the hash check above).
+            os.replace(temp, target)
+            os.fsync(fd)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
+        finally:
+            os.close(fd)
         _fsync_dir(target.parent)  # POSIX: the directory entry is durable only after this
         return blob_id
 
