@@ -15,7 +15,7 @@ BOB = f"bob@{DOMAIN}"
 def message(subject: str, body: str = "Hello.\r\n", sender: str = "carol@example.org",
             to: str = ALICE, extra: str = "") -> bytes:
     return (
-        f"From: Carol <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
         f"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n"
         f"Message-ID: <{subject.replace(' ', '.')}@example.org>\r\n{extra}\r\n{body}"
     ).encode()

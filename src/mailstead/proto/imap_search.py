@@ -9,9 +9,11 @@ reads only unseen messages, and flag-only searches never leave the flag rows.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 from mailstead.proto import imap_format as fmt
@@ -178,9 +180,12 @@ def matches(key: SearchKey, c: Candidate, scope: Scope) -> bool | None:
         age = (scope.now - _aware(meta.internal_date)).total_seconds()
         return age >= key.seconds if key.older else age < key.seconds
     if isinstance(key, SkDate):
-        when = meta.internal_date
-        if key.sent and meta.envelope.date is not None:
-            when = meta.envelope.date
+        when: datetime | None = meta.internal_date
+        if key.sent:
+            when = _sent_date(c)
+            if when is None:
+                return None  # read the Date: header from the message
+        assert when is not None
         day = when.date()  # RFC 9051 6.4.4: date only, time and zone disregarded
         if key.op == "BEFORE":
             return day < key.day
@@ -190,12 +195,30 @@ def matches(key: SearchKey, c: Candidate, scope: Scope) -> bool | None:
     return _text_matches(key, c)
 
 
+def _sent_date(c: Candidate) -> datetime | None:
+    """The Date: header (from the stored envelope, else the message), falling back to the
+    internal date when there is none (RFC 9051 6.4.4 leaves this to the server)."""
+    assert c.meta is not None
+    if c.meta.envelope.date is not None:
+        return c.meta.envelope.date
+    if c.data is None:
+        return None
+    raw = c.root().get("Date")
+    if raw:
+        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+            return parsedate_to_datetime(raw)
+    return c.meta.internal_date
+
+
 def _text_matches(key: SkText, c: Candidate) -> bool | None:
     needle = key.value.casefold()
     envelope_field = _ENVELOPE_FIELDS.get(key.where)
     if envelope_field is not None and c.meta is not None:
+        # The envelope parsed at delivery answers without reading the file; a row stored
+        # without one falls back to the message's own header.
         value = getattr(c.meta.envelope, envelope_field)
-        return needle in value.casefold()
+        if value:
+            return needle in value.casefold()
     if c.data is None:
         return None
     if key.where == "BODY":

@@ -96,6 +96,7 @@ class ImapSession:
         self.errors = 0
         self.commands = 0
         self.current: Command | None = None
+        self.force_refresh = False
 
     # -- modes --
 
@@ -231,8 +232,9 @@ class ImapSession:
         view = self.view
         if view is None:
             return
+        force, self.force_refresh = self.force_refresh, False
         try:
-            await view.refresh()
+            await view.refresh(force)
         except NotFound:
             self.io.write(fmt.untagged("BYE Selected mailbox was deleted"))
             self.close_view()
@@ -328,8 +330,7 @@ class ImapSession:
         return Reply("OK", "Capability completed")
 
     async def cmd_noop(self, cmd: Command) -> Reply:
-        if self.view is not None:
-            await self.view.refresh(force=True)
+        self.force_refresh = True  # ask the store even if no change was announced
         return Reply("OK", f"{cmd.name.capitalize()} completed")
 
     async def cmd_logout(self, cmd: Command) -> Reply:
