@@ -100,6 +100,9 @@ def test_config_overrides() -> dict[str, Any]:
         "listeners": {name: {"address": "127.0.0.1", "port": 0} for name in LISTEN_NAMES},
         "auth": {"failure_delay": 0.01},
         "dmtp": {"hmac_secret": "test-secret"},
+        # No outbound queue workers: mail for remote domains stays queued where tests look at
+        # it, and no lookup ever reaches the system's resolver (tests/delivery turns them on).
+        "delivery": {"workers": 0},
     }
 
 

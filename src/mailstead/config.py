@@ -124,6 +124,87 @@ class DmtpConfig(_Section):
     )
 
 
+class SmartHostConfig(_Section):
+    host: str = Field(
+        "", description="relay all outbound mail through this host instead of looking up MX "
+        "records; empty: deliver directly"
+    )
+    port: int = Field(587, description="the smart host's port", ge=1, le=65535)
+    username: str = Field("", description="AUTH user name at the smart host; empty: no AUTH")
+    password: str = Field("", description="AUTH password at the smart host")
+    tls: Literal["starttls", "implicit", "none"] = Field(
+        "starttls", description="starttls (required), implicit (TLS from the first byte) or none"
+    )
+    verify: bool = Field(
+        True, description="check the smart host's certificate (system CAs and "
+        "delivery.tls_ca_file)"
+    )
+
+
+class DeliveryConfig(_Section):
+    workers: int = Field(
+        4, description="outbound queue workers in this process; 0 leaves outbound mail queued",
+        ge=0,
+    )
+    poll_interval: float = Field(
+        1.0, description="seconds between looks at the queue while nothing is due", gt=0
+    )
+    batch_size: int = Field(
+        20, description="queue entries a worker takes at once (mail for one domain shares a "
+        "connection)", ge=1,
+    )
+    lease_seconds: int = Field(
+        900, description="how long a claimed entry stays reserved for its worker (another "
+        "node takes it over after a crash)", ge=10,
+    )
+    resolvers: list[str] = Field(
+        default_factory=list,
+        description='DNS resolvers as "IP" or "IP:PORT"; empty: the system\'s (/etc/resolv.conf)',
+    )
+    dns_timeout: float = Field(10.0, description="seconds one DNS lookup may take", gt=0)
+    mx_port: int = Field(
+        25, description="TCP port remote mail exchangers are contacted on", ge=1, le=65535
+    )
+    bind_address: str = Field(
+        "", description="local IP address outbound connections come from; empty: the system's "
+        "choice"
+    )
+    connect_timeout: float = Field(30.0, description="seconds to wait for a TCP connect", gt=0)
+    retry_initial: float = Field(
+        300.0, description="seconds before the first retry after a temporary failure", gt=0
+    )
+    retry_factor: float = Field(
+        2.0, description="each later retry waits this many times longer", ge=1
+    )
+    retry_max: float = Field(3600.0, description="longest wait between two attempts", gt=0)
+    lifetime: float = Field(
+        432_000.0, description="seconds a message may wait in the queue before it bounces "
+        "(5 days)", gt=0,
+    )
+    delay_notice: float = Field(
+        14_400.0, description="seconds after which the sender is told a message is delayed "
+        "(4 hours); 0: never", ge=0,
+    )
+    keep_done: float = Field(
+        86_400.0, description="seconds a finished entry stays listed (queue show, recall) "
+        "before it is removed", ge=0,
+    )
+    tls_policy: Literal["opportunistic", "required"] = Field(
+        "opportunistic", description="opportunistic: STARTTLS when offered, else plain text; "
+        "required: never send without TLS",
+    )
+    tls_verify: bool = Field(
+        False, description="check MX certificates against the MX host name (REQUIRETLS "
+        "messages are always checked, RFC 8689)"
+    )
+    tls_ca_file: str = Field(
+        "", description="extra CA certificates (PEM) trusted when checking certificates"
+    )
+    smart_host: SmartHostConfig = Field(
+        default_factory=SmartHostConfig, description="relay through another server"
+    )
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
@@ -142,6 +223,9 @@ class Config(_Section):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="limits and timeouts")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="authentication policy")
     dmtp: DmtpConfig = Field(default_factory=DmtpConfig, description="DMTP/DMAP compatibility")
+    delivery: DeliveryConfig = Field(
+        default_factory=DeliveryConfig, description="outbound delivery: queue, DNS, retries"
+    )
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
 
     # Not read from the file: where it was loaded from.

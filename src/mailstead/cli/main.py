@@ -14,6 +14,7 @@ from mailstead import __version__, bootstrap
 from mailstead.app import App
 from mailstead.cli.admin import alias, domain, user
 from mailstead.cli.common import config_for, data_option, fail, open_store, run_async
+from mailstead.cli.queue import queue
 from mailstead.config import CONFIG_FILE, apply_listen_override, render_toml, resolve_data_dir
 from mailstead.core.errors import ConfigError, CorruptBlob, NotFound
 from mailstead.obs import setup_logging
@@ -28,6 +29,7 @@ def cli() -> None:
 cli.add_command(domain)
 cli.add_command(user)
 cli.add_command(alias)
+cli.add_command(queue)
 
 
 @cli.command()

@@ -1,0 +1,141 @@
+"""DNS lookups for mail: MX, addresses, TXT, behind a small ``Resolver`` Protocol.
+
+DNS is always injected, never global: ``app``/``wiring`` builds one resolver from the config
+(``[delivery] resolvers``, default the system's /etc/resolv.conf) and hands it to whoever needs
+it (the queue's routing now, SPF/DKIM/DMARC later). Lookups raise ``DnsNotFound`` when the name
+does not exist (NXDOMAIN: a permanent answer) and ``DnsTemporaryError`` for timeouts and server
+failures (the caller retries later); a name that exists without records of the type is an empty
+list, not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from mailstead.config import DeliveryConfig
+from mailstead.core.errors import ConfigError
+
+
+class DnsError(Exception):
+    """A lookup that gave no usable answer."""
+
+
+class DnsNotFound(DnsError):
+    """NXDOMAIN: the name does not exist."""
+
+
+class DnsTemporaryError(DnsError):
+    """Timeout, SERVFAIL, no server answering: try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class MxRecord:
+    preference: int
+    exchange: str  # host name without the trailing dot; "" for the null MX "." (RFC 7505)
+
+
+class Resolver(Protocol):
+    async def mx(self, domain: str) -> list[MxRecord]:
+        """MX records as published (unsorted); [] when the domain has none (NODATA)."""
+
+    async def addresses(self, host: str) -> list[str]:
+        """IPv4 addresses, then IPv6 ones; [] when the host has neither (or does not exist)."""
+
+    async def txt(self, name: str) -> list[str]:
+        """TXT records, each one's strings joined; [] when there are none."""
+
+
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """"192.0.2.1", "192.0.2.1:5353", "2001:db8::1" or "[2001:db8::1]:5353" -> (ip, port)."""
+    text = spec.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]")
+        port = port.removeprefix(":")
+        if not sep:
+            raise ConfigError(f"delivery.resolvers: {spec!r}: missing ']'")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if not host or (port and not port.isdigit()):
+        raise ConfigError(f'delivery.resolvers: {spec!r}: expected "IP" or "IP:PORT"')
+    return host, int(port) if port else 53
+
+
+class DnsPythonResolver:
+    """The real resolver: dnspython's stub resolver with a small cache (TTLs respected)."""
+
+    def __init__(self, nameservers: list[tuple[str, int]] | None, timeout: float = 10.0) -> None:
+        if nameservers:
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(host, port) for host, port in nameservers
+            ]
+        else:
+            self._resolver = dns.asyncresolver.Resolver(configure=True)
+        self._resolver.lifetime = timeout
+        self._resolver.cache = dns.resolver.LRUCache(4096)
+
+    async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
+        """The answer, or None for NODATA. NXDOMAIN -> DnsNotFound; failures -> temporary."""
+        try:
+            answer = await self._resolver.resolve(
+                name, rdtype, search=False, raise_on_no_answer=False
+            )
+        except dns.resolver.NXDOMAIN:
+            raise DnsNotFound(f"{name}: no such domain") from None
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+            raise DnsTemporaryError(f"{name} {rdtype}: {exc}") from None
+        except dns.exception.DNSException as exc:
+            raise DnsTemporaryError(f"{name} {rdtype}: {type(exc).__name__}: {exc}") from None
+        return answer if answer.rrset is not None else None
+
+    async def mx(self, domain: str) -> list[MxRecord]:
+        answer = await self._query(domain, "MX")
+        if answer is None:
+            return []
+        return [
+            MxRecord(int(r.preference), r.exchange.to_text(omit_final_dot=True)
+                     if r.exchange != dns.name.root else "")
+            for r in answer
+        ]
+
+    async def addresses(self, host: str) -> list[str]:
+        results = await asyncio.gather(
+            self._query(host, "A"), self._query(host, "AAAA"), return_exceptions=True
+        )
+        found: list[str] = []
+        temporary: DnsTemporaryError | None = None
+        for result in results:
+            if isinstance(result, DnsTemporaryError):
+                temporary = result
+            elif isinstance(result, DnsNotFound) or result is None:
+                continue
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                found.extend(r.to_text() for r in result)
+        if not found and temporary is not None:
+            raise temporary
+        return found
+
+    async def txt(self, name: str) -> list[str]:
+        answer = await self._query(name, "TXT")
+        if answer is None:
+            return []
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
+
+def make_resolver(cfg: DeliveryConfig) -> Resolver:
+    """The resolver the config asks for: its ``resolvers``, else the system's."""
+    servers = [parse_nameserver(spec) for spec in cfg.resolvers]
+    return DnsPythonResolver(servers or None, cfg.dns_timeout)

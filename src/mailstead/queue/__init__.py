@@ -1,0 +1,1 @@
+"""Outbound delivery: the queue workers, MX routing, the SMTP client, DSNs and recall."""
