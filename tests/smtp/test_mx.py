@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import smtplib
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -260,3 +262,44 @@ def test_http_post_is_dropped(mail_server: RunningServer) -> None:
     with RawClient(mail_server.ports["smtp"]) as c:
         assert c.cmd("POST / HTTP/1.1")[0] == 554
         assert c.closed_by_server()
+
+
+def test_idle_timeout(make_server: Callable[..., RunningServer]) -> None:
+    server = make_server(limits={"smtp_idle_timeout": 1})
+    with RawClient(server.ports["smtp"]) as c:
+        c.cmd("EHLO client.test")
+        code, text = c.reply()  # nothing sent: the server gives up on us
+        assert (code, text[:5]) == (421, "4.4.2")
+        assert c.closed_by_server()
+    with RawClient(server.ports["smtp"]) as c:
+        c.cmd("EHLO client.test")
+        c.cmd("MAIL FROM:<carol@remote.test>")
+        c.cmd("RCPT TO:<alice@example.test>")
+        assert c.cmd("DATA")[0] == 354
+        c.send(b"Subject: never finished\r\n\r\nhalf a mess")  # ... and then silence
+        assert c.reply()[0] == 421
+        assert c.closed_by_server()
+    assert inbox(server, ALICE) == []
+
+
+def test_connection_cap_per_ip(make_server: Callable[..., RunningServer]) -> None:
+    server = make_server(limits={"max_connections_per_ip": 2})
+    port = server.ports["smtp"]
+    first, second = RawClient(port), RawClient(port)
+    try:
+        assert first.greeting[0] == second.greeting[0] == 220
+        with RawClient(port) as third:
+            assert third.greeting[0] == 421 and third.greeting[1].startswith("4.7.0")
+            assert third.closed_by_server()
+        assert first.code("QUIT") == "221 2.0.0"
+        first.close()
+        for _ in range(100):  # the server frees the slot once it has seen the close
+            with RawClient(port) as again:
+                if again.greeting[0] == 220:
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the freed connection slot was never reused")
+    finally:
+        first.close()
+        second.close()

@@ -223,10 +223,22 @@ class SmtpHandler:
         pending: list[bytes] = [session.greeting().encode()]
         try:
             await self._serve(conn, session, _Input(conn, self.timeout), pending)
+        except IdleTimeout:
+            pending.append(session.timeout_reply().encode())
+            with contextlib.suppress(Exception):
+                await _flush(conn, pending)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):  # the server is stopping: say so if we can
                 conn.write(b"".join(pending) + session.shutdown_reply().encode())
             raise
+        except (ConnectionClosed, ConnectionError, ssl.SSLError, OSError):
+            raise  # the client went away; the listener closes and logs
+        except Exception as exc:  # a bug: tell the client to retry later, keep the process up
+            log_event("smtp.internal_error", logging.ERROR, session=conn.session_id,
+                      error=f"{type(exc).__name__}: {exc}")
+            pending.append(session.internal_error_reply().encode())
+            with contextlib.suppress(Exception):
+                await _flush(conn, pending)
 
     async def _serve(
         self, conn: Connection, session: SmtpSession, data: _Input, pending: list[bytes]
@@ -234,12 +246,7 @@ class SmtpHandler:
         while True:
             if not data.pending():
                 await _flush(conn, pending)  # nothing more pipelined: answer before waiting
-            try:
-                line = await data.line(LONGEST_LINE + 2)
-            except IdleTimeout:
-                pending.append(session.timeout_reply().encode())
-                await _flush(conn, pending)
-                return
+            line = await data.line(LONGEST_LINE + 2)
             if isinstance(line, LineTooLong):
                 answer = session.on_line_too_long()
             else:

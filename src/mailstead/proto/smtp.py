@@ -234,6 +234,10 @@ class SmtpSession:
         return reply(421, "4.4.2", f"{self.policy.hostname} Idle timeout, closing connection",
                      Action.CLOSE)
 
+    def internal_error_reply(self) -> Reply:
+        return reply(421, "4.3.0", f"{self.policy.hostname} Internal error, try again later",
+                     Action.CLOSE)
+
     def shutdown_reply(self) -> Reply:
         return reply(421, "4.3.2", f"{self.policy.hostname} Service shutting down",
                      Action.CLOSE)
