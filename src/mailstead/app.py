@@ -92,6 +92,7 @@ class App:
         self.listeners: list[Listener] = []
         self.session_tasks: set[asyncio.Task[None]] = set()
         self.background: list[asyncio.Task[None]] = []
+        self.web_servers: list[Any] = []  # mailstead.web.server.WebServer, imported lazily
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         cert, key = self.cfg.path(self.cfg.tls.cert), self.cfg.path(self.cfg.tls.key)
@@ -111,6 +112,9 @@ class App:
         ctx = self._ssl_context()
         for name, lc in self.cfg.listeners.items():
             if not lc.enabled:
+                continue
+            if lc.protocol == "http":  # an ASGI app under uvicorn, not a ProtocolHandler
+                self.listeners.append(await self._start_web(name, lc, ctx))
                 continue
             factory = _handler_factory(lc.protocol)
             if factory is None:
@@ -136,6 +140,16 @@ class App:
             self.listeners.append(listener)
         return self.listeners
 
+    async def _start_web(
+        self, name: str, lc: ListenerConfig, ctx: ssl.SSLContext | None
+    ) -> Listener:
+        from mailstead.web.server import start_web
+
+        web = await start_web(self.services, name, lc, ctx, self.listeners)
+        self.web_servers.append(web)
+        listener: Listener = web.listener
+        return listener
+
     async def _start_services(self) -> None:
         """Services other layers add (delivery, queue workers) start here."""
         from mailstead.services import wiring
@@ -143,6 +157,10 @@ class App:
         await wiring.start(self.services, self.background)
 
     async def stop(self) -> None:
+        for web in self.web_servers:
+            with contextlib.suppress(Exception):
+                await web.stop()
+        self.web_servers.clear()
         for listener in self.listeners:
             listener.server.close()
         for task in list(self.session_tasks) + self.background:

@@ -124,6 +124,39 @@ class DmtpConfig(_Section):
     )
 
 
+class WebConfig(_Section):
+    signup: Literal["off", "open", "invite"] = Field(
+        "off", description="self sign-up on the web: off, open to anyone, or invite (needs a code)"
+    )
+    signup_domains: list[str] = Field(
+        default_factory=list,
+        description="domains offered at sign-up (empty: every local domain)",
+    )
+    invite_codes: list[str] = Field(
+        default_factory=list, description="invitation codes for signup = invite (each works once)"
+    )
+    signup_per_ip_per_day: int = Field(
+        3, description="sign-ups accepted from one IP address per 24 hours", ge=1
+    )
+    new_account_days: int = Field(
+        7, description="for this many days after creation an account counts as new", ge=0
+    )
+    new_account_daily_cap: int = Field(
+        50, description="recipients a new (non-admin) account may send to per day (0: no cap)",
+        ge=0,
+    )
+    users_manage_aliases: bool = Field(
+        False, description="let users add and remove aliases of their own address"
+    )
+    session_secret_file: str = Field(
+        "web/session.key",
+        description="key signing web sessions and API tokens (created at start; share it "
+        "between nodes), relative to the data dir",
+    )
+    session_hours: int = Field(12, description="hours a web login lasts", ge=1)
+    page_size: int = Field(50, description="messages per page in the webmail list", ge=5, le=500)
+
+
 class SmartHostConfig(_Section):
     host: str = Field(
         "", description="relay all outbound mail through this host instead of looking up MX "
@@ -225,6 +258,9 @@ class Config(_Section):
     dmtp: DmtpConfig = Field(default_factory=DmtpConfig, description="DMTP/DMAP compatibility")
     delivery: DeliveryConfig = Field(
         default_factory=DeliveryConfig, description="outbound delivery: queue, DNS, retries"
+    )
+    web: WebConfig = Field(
+        default_factory=WebConfig, description="webmail, sign-up, admin console and API"
     )
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from typing import Any
 
 _logger = logging.getLogger("mailstead")
+# How many times each event happened in this process (the admin console's live statistics).
+EVENT_COUNTS: Counter[str] = Counter()
 
 
 def setup_logging(level: str = "info") -> None:
@@ -27,6 +30,7 @@ def _quote(value: Any) -> str:
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
     """``log_event("smtp.delivered", session="ab12", queue_id="...", size=123)``."""
+    EVENT_COUNTS[event] += 1
     if not _logger.isEnabledFor(level):
         return
     parts = [event] + [f"{k}={_quote(v)}" for k, v in fields.items() if v is not None]

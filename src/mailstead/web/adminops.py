@@ -1,0 +1,278 @@
+"""Administrator operations: domains and the DNS records to publish, users and quotas,
+aliases, the outbound queue (retry, recall) and live statistics."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from mailstead import bootstrap
+from mailstead.auth.passwords import check_password_rules, hash_password
+from mailstead.core.addresses import normalize_domain, parse_address
+from mailstead.core.errors import Conflict, InvalidInput, NotFound
+from mailstead.obs import EVENT_COUNTS, log_event
+from mailstead.store.interfaces import Account, QueueEntry
+from mailstead.web.state import WebState
+
+
+@dataclass(frozen=True, slots=True)
+class DnsRecord:
+    name: str
+    type: str
+    value: str
+    purpose: str
+
+
+def dns_records(state: WebState, domain: str) -> list[DnsRecord]:
+    """What to publish so the world can deliver to ``domain`` and trust its mail."""
+    host = state.cfg.hostname
+    ports = {name: port for name, (_p, port, _t) in state.listener_ports().items()}
+    records = [
+        DnsRecord(domain, "MX", f"10 {host}.", "mail for the domain goes to this server"),
+        DnsRecord(domain, "TXT", f"v=spf1 mx a:{host} -all",
+                  "SPF: only this server sends the domain's mail (RFC 7208)"),
+        DnsRecord(f"_dmarc.{domain}", "TXT",
+                  f"v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:postmaster@{domain}",
+                  "DMARC: what receivers do with mail failing SPF and DKIM (RFC 7489)"),
+        DnsRecord(f"autoconfig.{domain}", "CNAME", f"{host}.",
+                  "mail clients find their settings (Thunderbird autoconfig)"),
+    ]
+    provider = state.services.extra.get("dkim")
+    if provider is not None and hasattr(provider, "dns_record"):
+        name, value = provider.dns_record(domain)
+        records.insert(2, DnsRecord(name, "TXT", value, "DKIM public key (RFC 6376)"))
+    else:
+        records.insert(2, DnsRecord(f"<selector>._domainkey.{domain}", "TXT", "(not set up)",
+                                    "DKIM: appears here once DKIM signing is configured"))
+    srv = [("_submissions._tcp", "submissions"), ("_imaps._tcp", "imaps"),
+           ("_pop3s._tcp", "pop3s")]
+    for label, listener in srv:
+        if listener in ports:
+            records.append(DnsRecord(f"{label}.{domain}", "SRV",
+                                     f"0 1 {ports[listener]} {host}.",
+                                     "client service discovery (RFC 6186, RFC 8314)"))
+    return records
+
+
+# -- domains, users, aliases --
+
+
+async def add_domain(state: WebState, name: str) -> str:
+    domain = normalize_domain(name)
+    if await state.store.get_domain(domain) is not None:
+        raise Conflict(f"domain {domain} exists already")
+    await state.store.add_domain(domain)
+    log_event("web.admin", action="domain_add", domain=domain)
+    return domain
+
+
+async def remove_domain(state: WebState, name: str) -> None:
+    domain = normalize_domain(name)
+    if await state.store.get_domain(domain) is None:
+        raise NotFound(f"no domain {domain}")
+    await state.store.remove_domain(domain)
+    log_event("web.admin", action="domain_remove", domain=domain)
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    account: Account
+    used_bytes: int
+    used_messages: int
+
+
+async def users(state: WebState, domain: str | None = None) -> list[UserRow]:
+    rows = []
+    for account in await state.store.list_accounts(domain):
+        used_bytes, used_messages = await state.store.quota_usage(account.id)
+        rows.append(UserRow(account, used_bytes, used_messages))
+    return rows
+
+
+async def add_user(state: WebState, address: str, password: str, *, quota_bytes: int = 0,
+                   quota_messages: int = 0) -> Account:
+    if quota_bytes < 0 or quota_messages < 0:
+        raise InvalidInput("quotas cannot be negative")
+    key = parse_address(address).key
+    if await state.store.get_account(key) is not None:
+        raise Conflict(f"{key} exists already")
+    account = await bootstrap.add_user(
+        state.store, address, password, min_password_length=state.cfg.auth.min_password_length,
+        quota_bytes=quota_bytes, quota_messages=quota_messages,
+    )
+    log_event("web.admin", action="user_add", user=account.address)
+    return account
+
+
+async def require_user(state: WebState, address: str) -> Account:
+    try:
+        key = parse_address(address).key
+    except InvalidInput:
+        raise NotFound(f"no user {address}") from None
+    account = await state.store.get_account(key)
+    if account is None:
+        raise NotFound(f"no user {key}")
+    return account
+
+
+async def remove_user(state: WebState, address: str, acting: Account) -> None:
+    account = await require_user(state, address)
+    if account.id == acting.id:
+        raise InvalidInput("you cannot remove your own account while logged in with it")
+    unused = await state.store.remove_account(account.address)
+    for blob_id in unused:
+        try:
+            state.services.blobs.delete(blob_id)
+        except Exception:  # a leftover file is only wasted space
+            pass
+    log_event("web.admin", action="user_remove", user=account.address)
+
+
+async def update_user(state: WebState, address: str, *, quota_bytes: int | None = None,
+                      quota_messages: int | None = None, password: str | None = None) -> Account:
+    account = await require_user(state, address)
+    if quota_bytes is not None or quota_messages is not None:
+        new_bytes = account.quota_bytes if quota_bytes is None else quota_bytes
+        new_messages = account.quota_messages if quota_messages is None else quota_messages
+        if new_bytes < 0 or new_messages < 0:
+            raise InvalidInput("quotas cannot be negative")
+        await state.store.set_quota(account.address, new_bytes, new_messages)
+    if password is not None:
+        check_password_rules(password, state.cfg.auth.min_password_length)
+        await state.store.set_password(account.address, hash_password(password))
+    log_event("web.admin", action="user_update", user=account.address)
+    return await require_user(state, account.address)
+
+
+def alias_source(text: str) -> str:
+    text = text.strip()
+    if text.startswith("@"):
+        return "@" + normalize_domain(text[1:])
+    return parse_address(text).key
+
+
+async def add_alias(state: WebState, source: str, destination: str) -> tuple[str, str]:
+    src = alias_source(source)
+    dst = str(parse_address(destination))
+    domain = src.rpartition("@")[2]
+    if await state.store.get_domain(domain) is None:
+        raise InvalidInput(f"unknown domain {domain} (add it first)")
+    if not src.startswith("@") and await state.store.get_account(src) is not None:
+        raise Conflict(f"{src} is an account; an alias cannot shadow it")
+    if dst.lower() in [d.lower() for d in await state.store.alias_destinations(src)]:
+        raise Conflict(f"{src} already delivers to {dst}")
+    await state.store.add_alias(src, dst)
+    log_event("web.admin", action="alias_add", source=src, destination=dst)
+    return src, dst
+
+
+async def remove_alias(state: WebState, source: str, destination: str | None) -> int:
+    src = alias_source(source)
+    dst = str(parse_address(destination)) if destination else None
+    try:
+        removed = await state.store.remove_alias(src, dst)
+    except NotFound:
+        removed = 0
+    if removed == 0:
+        raise NotFound(f"no alias {src}" + (f" -> {dst}" if dst else ""))
+    log_event("web.admin", action="alias_remove", source=src)
+    return removed
+
+
+# -- queue --
+
+
+async def queue_entries(state: WebState, include_done: bool = False) -> list[QueueEntry]:
+    entries = await state.store.list_queue(include_done)
+    return sorted(entries, key=lambda e: e.created, reverse=True)
+
+
+async def require_entry(state: WebState, queue_id: str) -> QueueEntry:
+    entry = await state.store.get_queue_entry(queue_id) if len(queue_id) <= 64 else None
+    if entry is None:
+        raise NotFound(f"no queued message {queue_id}")
+    return entry
+
+
+def _queue_hook(state: WebState, name: str) -> Callable[..., Any] | None:
+    """The outbound queue service's own ``recall``/``retry`` when it runs (issue 6)."""
+    service = state.services.extra.get("queue")
+    hook = getattr(service, name, None)
+    return hook if callable(hook) else None
+
+
+async def retry(state: WebState, queue_id: str) -> QueueEntry:
+    """Makes the entry due now (the queue workers pick it up on their next round)."""
+    entry = await require_entry(state, queue_id)
+    if entry.state == "done":
+        raise InvalidInput(f"{queue_id} is finished; nothing to retry")
+    hook = _queue_hook(state, "retry")
+    if hook is not None:
+        result = hook(queue_id)
+        if inspect.isawaitable(result):
+            await result
+    else:
+        entry.next_attempt = datetime.now(UTC)
+        await state.store.update_queue_entry(entry)
+    log_event("web.admin", action="queue_retry", queue_id=queue_id)
+    return await require_entry(state, queue_id)
+
+
+async def recall(state: WebState, queue_id: str, account: Account | None = None) -> QueueEntry:
+    """Stops delivery to the recipients not reached yet. ``account``: only its own entries."""
+    entry = await require_entry(state, queue_id)
+    if account is not None and entry.account_id != account.id:
+        raise NotFound(f"no queued message {queue_id}")
+    if entry.state == "done":
+        raise InvalidInput(f"{queue_id} is finished; it can no longer be recalled")
+    hook = _queue_hook(state, "recall")
+    if hook is not None:
+        result = hook(queue_id)
+        if inspect.isawaitable(result):
+            await result
+    else:
+        for recipient in entry.recipients:
+            if recipient.status == "pending":
+                recipient.status = "recalled"
+                recipient.last_reply = "recalled by the administrator"
+        entry.state = "done"
+        await state.store.update_queue_entry(entry)
+    log_event("web.admin", action="queue_recall", queue_id=queue_id)
+    return await require_entry(state, queue_id)
+
+
+# -- statistics --
+
+
+def _sum(prefixes: tuple[str, ...], names: tuple[str, ...] = ()) -> int:
+    return sum(n for event, n in EVENT_COUNTS.items()
+               if event in names or any(event.startswith(p) for p in prefixes))
+
+
+async def statistics(state: WebState) -> dict[str, Any]:
+    """Counters since this process started, and what is happening now."""
+    queue = await state.store.list_queue(False)
+    caps = state.services.caps
+    spam = {event.split(".", 1)[1]: n for event, n in EVENT_COUNTS.items()
+            if event.startswith("spam.")}
+    return {
+        "uptime_seconds": int(time.time() - state.started),
+        "messages_in": _sum((), ("smtp.transaction", "dmtp.delivered")),
+        "messages_sent_web": EVENT_COUNTS.get("web.sent", 0),
+        "messages_out": _sum(("queue.delivered", "queue.sent")),
+        "queue_size": len(queue),
+        "queue_recipients": sum(1 for e in queue for r in e.recipients
+                                if r.status == "pending"),
+        "connections": {k: v for k, v in sorted(caps.open_by_protocol.items()) if v > 0},
+        "connections_total": caps.open_total,
+        "logins_failed": EVENT_COUNTS.get("auth.failed", 0),
+        "lockouts": EVENT_COUNTS.get("auth.locked", 0),
+        "spam_verdicts": spam,
+        "accounts": len(await state.store.list_accounts(None)),
+        "domains": len(await state.store.list_domains()),
+        "events": dict(sorted(EVENT_COUNTS.items())),
+    }
