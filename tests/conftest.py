@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import secrets
@@ -32,6 +33,7 @@ import pytest
 
 from mailstead import bootstrap
 from mailstead.app import App, Services
+from mailstead.auth.passwords import hash_password
 from mailstead.config import Config, deep_merge
 from mailstead.net.tls import make_self_signed
 
@@ -43,6 +45,11 @@ PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 LISTEN_NAMES = (
     "smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "dmtp", "dmap", "http",
 )
+
+
+@functools.cache
+def password_hash() -> str:
+    return hash_password(PASSWORD)
 
 
 def require_binary(name: str) -> str:
@@ -174,6 +181,9 @@ class RunningServer:
         return self.run(bootstrap.add_domain(self.services.store, name))
 
     def add_user(self, address: str, password: str = PASSWORD, **kwargs: Any) -> Any:
+        if password == PASSWORD and not kwargs:
+            # argon2 is slow on purpose; the shared test password is hashed once per run.
+            return self.run(self.services.store.add_account(address, password_hash()))
         return self.run(bootstrap.add_user(self.services.store, address, password, **kwargs))
 
     def add_alias(self, source: str, destination: str) -> Any:
