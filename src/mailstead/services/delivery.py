@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import secrets
 from collections.abc import Sequence
@@ -85,7 +86,9 @@ def _fold(fields: list[str]) -> str:
     return "\r\n\t".join(fields) + "\r\n"
 
 
-BLOB_WRITERS = 16  # threads writing message files: concurrent fsyncs share journal commits
+# Threads writing message files: concurrent fsyncs share the filesystem's journal commits, but
+# each thread also competes for the GIL, so few per core (measured with bench/smtp_ingest.py).
+BLOB_WRITERS = min(16, 2 * (os.cpu_count() or 1) + 2)
 
 
 class DeliveryService:
