@@ -563,6 +563,7 @@ async def test_auth_failures() -> None:
     c = submission()
     await c.cmd("EHLO c")
     assert await c.code("AUTH CRAM-MD5") == "504 5.5.4"
+    assert await c.code("AUTH") == "501 5.5.4"
     await c.cmd("AUTH PLAIN")
     assert await c.code("*") == "501 5.0.0"
     await c.cmd("AUTH PLAIN")

@@ -226,10 +226,6 @@ class SmtpSession:
     def greeting(self) -> Reply:
         return Reply(220, (f"{self.policy.hostname} ESMTP mailstead",))
 
-    def busy_reply(self) -> Reply:
-        return reply(421, "4.7.0", f"{self.policy.hostname} Too many connections, try later",
-                     Action.CLOSE)
-
     def timeout_reply(self) -> Reply:
         return reply(421, "4.4.2", f"{self.policy.hostname} Idle timeout, closing connection",
                      Action.CLOSE)
@@ -407,6 +403,8 @@ class SmtpSession:
         mechanism, _, initial = arg.strip().partition(" ")
         mechanism = mechanism.upper()
         initial = initial.strip()
+        if not mechanism:
+            return reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
         if mechanism == "PLAIN":
             self._sasl = _SaslState("PLAIN")
             if not initial:
