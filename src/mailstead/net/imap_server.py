@@ -28,12 +28,17 @@ MAX_LINE = 64 * 1024
 
 
 class _ConnIO:
-    """The Connection as the session's ClientIO."""
+    """The Connection as the session's ClientIO. Responses are gathered and sent together at
+    each drain (or every WRITE_CHUNK bytes): one send per command instead of one per line."""
+
+    WRITE_CHUNK = 64 * 1024
 
     def __init__(self, conn: Connection, timeout: float) -> None:
         self.conn = conn
         self.timeout = timeout
         self._idle_read: asyncio.Task[bytes] | None = None
+        self._out: list[bytes] = []
+        self._pending = 0
 
     @property
     def is_tls(self) -> bool:
@@ -44,9 +49,19 @@ class _ConnIO:
         return self.conn.peer_ip
 
     def write(self, data: bytes) -> None:
-        self.conn.write(data)
+        self._out.append(data)
+        self._pending += len(data)
+        if self._pending >= self.WRITE_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._out:
+            self.conn.write(b"".join(self._out))
+            self._out.clear()
+            self._pending = 0
 
     async def drain(self) -> None:
+        self.flush()
         await self.conn.drain()
 
     async def read_line(self) -> bytes:
@@ -140,29 +155,31 @@ class ImapHandler:
             self._settings(conn),
         )
         try:
-            conn.write(session.greeting())
-            await conn.drain()
+            io.write(session.greeting())
+            await io.drain()
             while not session.logged_out:
                 try:
-                    data = await self._read_command(conn, session)
+                    data = await self._read_command(conn, io, session)
                 except LineTooLong:
                     await session.reject("*", "Line too long")
                     continue
                 except IdleTimeout:
-                    conn.write(b"* BYE Autologout; idle for too long\r\n")
-                    await conn.drain()
+                    io.write(b"* BYE Autologout; idle for too long\r\n")
                     break
                 if data is not None:
                     await session.execute(data)
-            await conn.drain()
+            await io.drain()
         except IdleTimeout:  # during IDLE or an AUTHENTICATE exchange
             with contextlib.suppress(Exception):
-                await conn.send(b"* BYE Autologout; idle for too long\r\n")
+                io.write(b"* BYE Autologout; idle for too long\r\n")
+                await io.drain()
         finally:
             io.close()
             session.close_view()
 
-    async def _read_command(self, conn: Connection, session: ImapSession) -> bytes | None:
+    async def _read_command(
+        self, conn: Connection, io: _ConnIO, session: ImapSession
+    ) -> bytes | None:
         """One whole command with its literals inline, without the final CRLF; None when a
         literal was refused (already answered)."""
         line = await conn.readline(MAX_LINE, self.timeout)
@@ -176,11 +193,12 @@ class ImapHandler:
                     await session.refuse_literal(tag, name, marker.size)
                     return None
                 # LITERAL+ data is already on its way and cannot be told apart from commands.
-                conn.write(b"* BYE Literal too big\r\n")
+                io.write(b"* BYE Literal too big\r\n")
                 session.state = State.LOGOUT
                 return None
             if marker.synchronizing:
-                await conn.send(b"+ Ready for literal data\r\n")
+                io.write(b"+ Ready for literal data\r\n")
+                await io.drain()
             chunks.append(await conn.readexactly(marker.size, self.timeout))
             line = await conn.readline(MAX_LINE, self.timeout)
             chunks.append(line)

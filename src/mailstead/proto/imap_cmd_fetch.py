@@ -9,7 +9,7 @@ message file only when an item needs its bytes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from mailstead.proto import imap_format as fmt
@@ -19,6 +19,7 @@ from mailstead.proto.imap_parse import Command, FetchArgs, FetchItem, QresyncPar
 from mailstead.store.interfaces import FlagState, MessageMeta, SystemFlag
 
 if TYPE_CHECKING:
+    from mailstead.proto.imap_backend import SelectedView
     from mailstead.proto.imap_session import ImapSession
 
 FLAG_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})
@@ -81,33 +82,56 @@ async def _fetch_flags(
     found = len(states)
     if changedsince is not None:
         states = [st for st in states if st.modseq > changedsince]
-    rev1 = not s.rev2
-    seq_of = view.seq_of
-    is_recent = view.is_recent
-    flag_list = fmt.flag_list
-    order = [item.name for item in items]
-    batch: list[bytes] = []
-    for st in states:
-        seq = seq_of(st.uid)
-        if seq is None:
-            continue
-        parts = []
-        for name in order:
-            if name == "UID":
-                parts.append(b"UID %d" % st.uid)
-            elif name == "FLAGS":
-                recent = rev1 and is_recent(st.uid)
-                parts.append(b"FLAGS " + flag_list(st.flags, st.keywords, recent))
-            else:
-                parts.append(b"MODSEQ (%d)" % st.modseq)
-        batch.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
-        if len(batch) >= LINES_PER_WRITE:
-            s.io.write(b"".join(batch))
-            batch.clear()
+    seqs = view.seqs_of([st.uid for st in states])
+    render = _flags_renderer(tuple(item.name for item in items), not s.rev2, view)
+    for start in range(0, len(states), LINES_PER_WRITE):
+        end = start + LINES_PER_WRITE
+        s.io.write(render(seqs[start:end], states[start:end]))
+        if end < len(states):
             await s.io.drain()
-    if batch:
-        s.io.write(b"".join(batch))
     return found
+
+
+Renderer = Callable[[Sequence[int | None], Sequence[FlagState]], bytes]
+
+
+def _flags_renderer(order: tuple[str, ...], rev1: bool, view: SelectedView) -> Renderer:
+    """Formats ``* n FETCH (...)`` lines of UID / FLAGS / MODSEQ items for a slice of
+    messages. The usual orders are spelled out as comprehensions: this runs once per message
+    of FETCH 1:* on huge mailboxes (a None sequence number is a message not in the view)."""
+    recent = view.recent_checker() if rev1 else (lambda uid: False)
+    flags = fmt.flag_list
+
+    def render(seqs: Sequence[int | None], states: Sequence[FlagState]) -> bytes:
+        pairs = zip(seqs, states, strict=True)
+        if order == ("UID", "FLAGS"):
+            return b"".join([
+                b"* %d FETCH (UID %d FLAGS %s)\r\n"
+                % (q, st.uid, flags(st.flags, st.keywords, recent(st.uid)))
+                for q, st in pairs if q is not None
+            ])
+        if order == ("FLAGS",):
+            return b"".join([
+                b"* %d FETCH (FLAGS %s)\r\n" % (q, flags(st.flags, st.keywords, recent(st.uid)))
+                for q, st in pairs if q is not None
+            ])
+        return b"".join([_general(order, q, st, recent) for q, st in pairs if q is not None])
+
+    return render
+
+
+def _general(
+    order: tuple[str, ...], seq: int, st: FlagState, recent: Callable[[int], bool]
+) -> bytes:
+    parts = []
+    for name in order:
+        if name == "UID":
+            parts.append(b"UID %d" % st.uid)
+        elif name == "FLAGS":
+            parts.append(b"FLAGS " + fmt.flag_list(st.flags, st.keywords, recent(st.uid)))
+        else:
+            parts.append(b"MODSEQ (%d)" % st.modseq)
+    return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
 
 async def _fetch_messages(

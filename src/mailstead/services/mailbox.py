@@ -18,7 +18,7 @@ import asyncio
 import bisect
 import contextlib
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -189,6 +189,22 @@ class MailboxView:
     def is_recent(self, uid: int) -> bool:
         return any(lo <= uid <= hi for lo, hi in self.recent_ranges)
 
+    def recent_checker(self) -> Callable[[int], bool]:
+        """A fast ``is_recent`` for loops over many messages."""
+        if not self.recent_ranges:
+            return lambda uid: False
+        if len(self.recent_ranges) == 1:
+            lo, hi = self.recent_ranges[0]
+            return lambda uid: lo <= uid <= hi
+        return self.is_recent
+
+    def seqs_of(self, uids: Sequence[int]) -> list[int | None]:
+        """Sequence numbers of ascending UIDs (None for those not in the view); linear when
+        they are the whole view, as in FETCH 1:*."""
+        if len(uids) == len(self.uids) and self.uids.tolist() == list(uids):
+            return list(range(1, len(uids) + 1))
+        return [self.seq_of(uid) for uid in uids]
+
     def recent_count(self) -> int:
         total = 0
         for lo, hi in self.recent_ranges:
@@ -284,9 +300,12 @@ class MailboxView:
         set is large (FETCH 1:* (FLAGS) on 100,000 messages)."""
         if not uids:
             return []
-        if len(uids) > BULK_FLAGS:
+        if len(uids) > BULK_FLAGS or len(uids) == len(self.uids):
             states = await self.store.list_flags(self.mailbox.id)
-            if len(uids) == len(self.uids):
+            if len(uids) == len(self.uids):  # the whole view: skip messages newer than it
+                last = uids[-1]
+                if states and states[-1].uid > last:
+                    return [s for s in states if s.uid <= last]
                 return states
             wanted = set(uids)
             return [s for s in states if s.uid in wanted]

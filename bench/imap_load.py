@@ -1,0 +1,369 @@
+"""IMAP load benchmark against a real ``mailstead serve`` process.
+
+    .venv/bin/python bench/imap_load.py [--clients 20] [--seconds 10] [--idle 1000]
+                                        [--big 100000] [--inbox 200]
+
+Phases, each printing its figures:
+1. ``UID FETCH 1:* (FLAGS)`` on a mailbox of ``--big`` messages (and the SELECT before it).
+2. ``--clients`` busy clients for ``--seconds``, each looping over a steady mix: UID FETCH 1:*
+   (FLAGS), UID FETCH n (BODY.PEEK[]), UID STORE +/-FLAGS, UID SEARCH UNSEEN, NOOP, IDLE/DONE,
+   and every 50 commands LOGOUT + reconnect + LOGIN (the credential cache at work). Prints
+   commands per second and p50/p99 latency, overall and per command.
+3. ``--idle`` connections logged in, INBOX selected, in IDLE: the server's resident memory
+   before and after (per connection, and extrapolated to 10,000), then how long until every
+   one of them hears about a message APPENDed by another client.
+
+Targets on 2 cores: UID FETCH 1:* (FLAGS) on 100,000 messages < 0.5 s; >= 2,000 commands/s
+with 20 busy clients; 10,000 idle connections < 300 MB server RSS.
+The server runs in its own process (plaintext IMAP on 127.0.0.1, loopback login allowed) so
+its memory can be read from /proc and the load generator does not share its interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mailstead import bootstrap
+from mailstead.config import Config
+from mailstead.store.factory import make_blob_store, make_metadata_store
+from mailstead.store.interfaces import Delivery, NewMessage, SystemFlag
+
+USER = "bench@example.test"
+PASSWORD = "bench-Passw0rd!"
+
+
+# ---------------------------------------------------------------------------------------------
+# A minimal IMAP client
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.n = 0
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+        client = cls(reader, writer)
+        await reader.readline()  # greeting
+        return client
+
+    async def command(self, text: str) -> bytes:
+        """Sends a command, returns everything up to and including its tagged reply."""
+        self.n += 1
+        tag = f"b{self.n}".encode()
+        self.writer.write(tag + b" " + text.encode() + b"\r\n")
+        return await self.until(tag)
+
+    async def until(self, tag: bytes) -> bytes:
+        chunks = []
+        prefix = tag + b" "
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                raise ConnectionError("server closed the connection")
+            chunks.append(line)
+            m = re.search(rb"\{(\d+)\}\r\n$", line)
+            if m:
+                chunks.append(await self.reader.readexactly(int(m.group(1))))
+                continue
+            if line.startswith(prefix):
+                if not line[len(prefix):].startswith(b"OK"):
+                    raise RuntimeError(f"{line!r}")
+                return b"".join(chunks)
+
+    async def command_bulk(self, text: str) -> bytes:
+        """Like ``command`` for answers without literals, read in big chunks so the client
+        is not what is being measured (UID FETCH 1:* (FLAGS) on 100,000 messages)."""
+        self.n += 1
+        tag = f"b{self.n}".encode()
+        self.writer.write(tag + b" " + text.encode() + b"\r\n")
+        marker = b"\r\n" + tag + b" OK"
+        buffer = bytearray()
+        while True:
+            chunk = await self.reader.read(1 << 20)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buffer += chunk
+            if buffer.endswith(b"\r\n") and marker in buffer[-200:]:
+                return bytes(buffer)
+
+    async def idle_start(self) -> bytes:
+        self.n += 1
+        tag = f"b{self.n}".encode()
+        self.writer.write(tag + b" IDLE\r\n")
+        line = await self.reader.readline()
+        assert line.startswith(b"+"), line
+        return tag
+
+    async def idle_done(self, tag: bytes) -> None:
+        self.writer.write(b"DONE\r\n")
+        await self.until(tag)
+
+    async def login(self) -> None:
+        await self.command(f'LOGIN {USER} "{PASSWORD}"')
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: data directory, mail, the server process
+
+
+def sample_message(n: int) -> bytes:
+    body = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 60 + "\r\n") * 1
+    return (
+        f"From: sender{n % 17}@example.org\r\nTo: {USER}\r\nSubject: message {n}\r\n"
+        f"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\nMessage-ID: <{n}@bench.example>\r\n\r\n"
+        f"{body}"
+    ).encode()
+
+
+async def populate(cfg: Config, inbox: int, big: int) -> None:
+    store = make_metadata_store(cfg)
+    blobs = make_blob_store(cfg)
+    await store.open()
+    try:
+        await store.add_domain("example.test")
+        await bootstrap.add_user(store, USER, PASSWORD)
+        account = await store.get_account(USER)
+        assert account is not None
+        box = await store.get_mailbox(account.id, "INBOX")
+        big_box = await store.create_mailbox(account.id, "Big")
+        assert box is not None
+        now = datetime.now(UTC)
+        for n in range(inbox):
+            data = sample_message(n)
+            blob_id = blobs.put(data)
+            flags = SystemFlag.SEEN if n % 3 else 0
+            msg = NewMessage(blob_id=blob_id, size=len(data), internal_date=now, flags=flags)
+            await store.store_message([Delivery(box.id, msg)])
+        # The big mailbox: a few distinct files, each referenced by many messages.
+        templates = []
+        for n in range(20):
+            data = sample_message(1_000_000 + n)
+            templates.append((blobs.put(data), len(data)))
+        batch = 1000
+        for start in range(0, big, batch):
+            blob_id, size = templates[(start // batch) % len(templates)]
+            deliveries = [
+                Delivery(big_box.id, NewMessage(
+                    blob_id=blob_id, size=size, internal_date=now,
+                    flags=SystemFlag.SEEN if (start + i) % 4 else 0,
+                ))
+                for i in range(min(batch, big - start))
+            ]
+            await store.store_message(deliveries)
+    finally:
+        await store.close()
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
+    profile = os.environ.get("MAILSTEAD_BENCH_PROFILE")  # cProfile output file, for digging
+    python = [sys.executable, "-m", "cProfile", "-o", profile] if profile else [sys.executable]
+    proc = subprocess.Popen(
+        [*python, "-m", "mailstead", "serve", "--data", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    port = 0
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = re.match(r"listening imap \S+:(\d+)", line.strip())
+        if m:
+            port = int(m.group(1))
+        if "ready" in line:
+            break
+    if not port:
+        proc.kill()
+        raise RuntimeError("the server did not start an IMAP listener")
+    return proc, port
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Phases
+
+
+async def big_fetch(port: int) -> None:
+    client = await Client.connect(port)
+    await client.login()
+    start = time.perf_counter()
+    answer = await client.command("SELECT Big")
+    select_time = time.perf_counter() - start
+    exists = re.search(rb"\* (\d+) EXISTS", answer)
+    times = []
+    size = 0
+    for _ in range(5):
+        start = time.perf_counter()
+        answer = await client.command_bulk("UID FETCH 1:* (FLAGS)")
+        times.append(time.perf_counter() - start)
+        size = len(answer)
+    client.close()
+    count = int(exists.group(1)) if exists else 0
+    print(f"big mailbox: {count} messages; SELECT {select_time * 1000:.0f} ms")
+    print(f"  UID FETCH 1:* (FLAGS): best {min(times) * 1000:.0f} ms, "
+          f"median {statistics.median(times) * 1000:.0f} ms ({size / 1e6:.1f} MB answer)")
+
+
+async def busy(port: int, clients: int, seconds: float, inbox: int) -> None:
+    latencies: dict[str, list[float]] = defaultdict(list)
+    deadline = time.perf_counter() + seconds
+
+    async def timed(kind: str, coro: object) -> None:
+        start = time.perf_counter()
+        await coro  # type: ignore[misc]
+        latencies[kind].append(time.perf_counter() - start)
+
+    async def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.perf_counter() < deadline:
+            client = await Client.connect(port)
+            await timed("LOGIN", client.login())
+            await timed("SELECT", client.command("SELECT INBOX"))
+            for _ in range(50):
+                if time.perf_counter() >= deadline:
+                    break
+                uid = rng.randint(1, inbox)
+                choice = rng.random()
+                if choice < 0.2:
+                    await timed("FETCH FLAGS 1:*", client.command("UID FETCH 1:* (FLAGS)"))
+                elif choice < 0.45:
+                    await timed("FETCH BODY", client.command(f"UID FETCH {uid} (BODY.PEEK[])"))
+                elif choice < 0.7:
+                    sign = rng.choice("+-")
+                    await timed("STORE", client.command(f"UID STORE {uid} {sign}FLAGS (\\Flagged)"))
+                elif choice < 0.8:
+                    await timed("SEARCH", client.command("UID SEARCH UNSEEN"))
+                elif choice < 0.9:
+                    await timed("NOOP", client.command("NOOP"))
+                else:
+                    start = time.perf_counter()
+                    tag = await client.idle_start()
+                    await client.idle_done(tag)
+                    latencies["IDLE+DONE"].append(time.perf_counter() - start)
+            await timed("LOGOUT", client.command("LOGOUT"))
+            client.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    elapsed = time.perf_counter() - started
+    every = [v for values in latencies.values() for v in values]
+    print(f"busy: {clients} clients for {elapsed:.1f} s: {len(every) / elapsed:,.0f} commands/s, "
+          f"p50 {pct(every, 50) * 1000:.1f} ms, p99 {pct(every, 99) * 1000:.1f} ms")
+    for kind, values in sorted(latencies.items()):
+        print(f"  {kind:<16} {len(values):>7} x  p50 {pct(values, 50) * 1000:6.1f} ms  "
+              f"p99 {pct(values, 99) * 1000:6.1f} ms")
+
+
+async def idle_connections(port: int, count: int, pid: int) -> None:
+    before = rss_mb(pid)
+    clients: list[tuple[Client, bytes]] = []
+
+    async def open_one() -> None:
+        client = await Client.connect(port)
+        await client.login()
+        await client.command("SELECT INBOX")
+        clients.append((client, await client.idle_start()))
+
+    for start in range(0, count, 200):
+        await asyncio.gather(*(open_one() for _ in range(min(200, count - start))))
+    await asyncio.sleep(1)
+    after = rss_mb(pid)
+    per = (after - before) / max(count, 1) * 1024
+    print(f"idle: {count} connections in IDLE: server RSS {before:.0f} MB -> {after:.0f} MB "
+          f"({per:.0f} KiB each; 10,000 would be about {before + per * 10_000 / 1024:.0f} MB)")
+    # Fan-out: one APPEND, every idler must hear EXISTS.
+    writer = await Client.connect(port)
+    await writer.login()
+    start = time.perf_counter()
+    message = sample_message(424242)
+    writer.writer.write(b"w1 APPEND INBOX {%d+}\r\n" % len(message) + message + b"\r\n")
+    await writer.until(b"w1")
+
+    async def hears(client: Client) -> float:
+        while b"EXISTS" not in await client.reader.readline():
+            pass
+        return time.perf_counter() - start
+
+    delays = await asyncio.gather(*(hears(c) for c, _tag in clients))
+    print(f"  new mail reached all {count} idlers in {max(delays) * 1000:.0f} ms "
+          f"(p50 {pct(list(delays), 50) * 1000:.0f} ms)")
+    for client, _tag in clients:
+        client.close()
+    writer.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--big", type=int, default=100_000)
+    parser.add_argument("--inbox", type=int, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mailstead-imap-bench-") as tmp:
+        data_dir = Path(tmp)
+        overrides = {
+            "listeners": {name: {"enabled": False} for name in bootstrap.build_config(
+                data_dir).listeners} | {"imap": {"address": "127.0.0.1", "port": 0,
+                                                  "enabled": True, "tls": "none"}},
+            "auth": {"allow_plaintext_on_loopback": True},
+            "limits": {"max_connections": 20_000, "max_connections_per_ip": 20_000},
+        }
+        cfg = bootstrap.build_config(data_dir, overrides)
+        await bootstrap.initialise(cfg, demo_domain=None)
+        start = time.perf_counter()
+        await populate(cfg, args.inbox, args.big)
+        print(f"setup: {args.inbox} + {args.big} messages stored in "
+              f"{time.perf_counter() - start:.1f} s; {os.cpu_count()} CPUs")
+        proc, port = start_server(data_dir)
+        try:
+            print(f"server pid {proc.pid}: RSS {rss_mb(proc.pid):.0f} MB at start")
+            if args.big:
+                await big_fetch(port)
+            cpu = cpu_seconds(proc.pid)
+            if args.clients:
+                await busy(port, args.clients, args.seconds, args.inbox)
+                print(f"  server CPU during the busy phase: {cpu_seconds(proc.pid) - cpu:.1f} s")
+            if args.idle:
+                await idle_connections(port, args.idle, proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
