@@ -150,3 +150,18 @@ def test_bad_search_syntax(raw: Raw) -> None:
     for bad in ["SEARCH", "SEARCH BOGUS", "SEARCH SINCE 32-Foo-2020", "SEARCH OR SEEN",
                 "SEARCH (SEEN", "SEARCH LARGER x"]:
         assert status_of(raw.cmd(bad)) == b"BAD", bad
+
+
+def test_searchres_saves_results_for_dollar(raw: Raw) -> None:
+    lines = raw.cmd("SEARCH RETURN (SAVE) UNSEEN")
+    assert len(lines) == 1 and status_of(lines) == b"OK"  # SAVE alone: no ESEARCH
+    lines = raw.cmd("FETCH $ (UID)")
+    assert lines[:-1] == [b"* 2 FETCH (UID 2)", b"* 3 FETCH (UID 3)", b"* 4 FETCH (UID 4)"]
+    assert search(raw, "$ FROM carol") == [4]
+    raw.cmd("UID SEARCH RETURN (SAVE MIN) UNSEEN")
+    assert raw.cmd("UID FETCH $ (UID)")[:-1] == [b"* 2 FETCH (UID 2)"]
+    raw.cmd("UID STORE $ +FLAGS.SILENT (\\Seen)")
+    assert search(raw, "SEEN") == [1, 2]
+    raw.cmd("UNSELECT")
+    raw.cmd("SELECT INBOX")
+    assert raw.cmd("FETCH $ (UID)")[:-1] == []  # cleared by SELECT

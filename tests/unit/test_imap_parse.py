@@ -153,6 +153,10 @@ def test_select_qresync_and_misc() -> None:
     assert parse(b"a STATUS x (MESSAGES SIZE)").args == p.StatusArgs("x", ("MESSAGES", "SIZE"))
     assert parse(b"a UID EXPUNGE 3:4").args == p.UidExpungeArgs(p.SequenceSet(((3, 4),)))
     assert parse(b"a uid move 1 Trash").name == "UID MOVE"
+    saved = parse(b"a UID COPY $ Trash").args
+    assert isinstance(saved, p.CopyArgs) and saved.numbers.saved
+    search = parse(b"a SEARCH RETURN (SAVE) $ SEEN").args
+    assert isinstance(search, p.SearchArgs) and search.return_options == ("SAVE",)
 
 
 @pytest.mark.parametrize(

@@ -70,9 +70,11 @@ def peek_tag_command(line: bytes) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class SequenceSet:
-    """A sequence-set; 0 stands for "*" (the largest number in use)."""
+    """A sequence-set; 0 stands for "*" (the largest number in use). ``saved`` is "$", the
+    result of the last SEARCH RETURN (SAVE) (SEARCHRES, RFC 5182, part of IMAP4rev2)."""
 
     ranges: tuple[tuple[int, int], ...]
+    saved: bool = False
 
     def bounds(self, largest: int) -> list[tuple[int, int]]:
         """Ranges with "*" replaced by ``largest`` and each (low, high) ordered."""
@@ -536,6 +538,9 @@ class _Reader:
         return raw.decode("utf-8", "surrogateescape")
 
     def sequence_set(self) -> SequenceSet:
+        if self.peek() == ord("$"):
+            self.pos += 1
+            return SequenceSet((), saved=True)
         raw = self._run(_NOT_SEQ_CHARS)
         if not raw:
             raise self.error(f"expected a sequence set at position {self.pos}")
@@ -846,7 +851,7 @@ def _search(r: _Reader) -> CommandArgs:
         r.pos += 7
         options = [w.upper() for w in r.paren_list("atom")]
         for option in options:
-            if option not in ("MIN", "MAX", "ALL", "COUNT"):
+            if option not in ("MIN", "MAX", "ALL", "COUNT", "SAVE"):
                 raise r.error(f"unknown SEARCH return option {option}")
         returns = tuple(options) or ("ALL",)
         r.sp()
@@ -908,7 +913,7 @@ def _search_key(r: _Reader, charset: str, depth: int) -> SearchKey:
             keys.append(_search_key(r, charset, depth + 1))
         r.pos += 1
         return keys[0] if len(keys) == 1 else SkAnd(tuple(keys))
-    if c == ord("*") or ord("0") <= c <= ord("9"):
+    if c in (ord("*"), ord("$")) or ord("0") <= c <= ord("9"):
         return SkSet(r.sequence_set(), uid=False)
     word = r.atom().upper()
     if word == "ALL":

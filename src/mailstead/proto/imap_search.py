@@ -126,6 +126,7 @@ class Scope:
     largest_seq: int
     largest_uid: int
     now: datetime
+    saved: frozenset[int] = frozenset()  # UIDs of "$" (SEARCHRES)
 
 
 def _and(results: list[bool | None]) -> bool | None:
@@ -168,6 +169,8 @@ def matches(key: SearchKey, c: Candidate, scope: Scope) -> bool | None:
     if isinstance(key, SkRecent):
         return c.recent == key.present
     if isinstance(key, SkSet):
+        if key.numbers.saved:
+            return c.uid in scope.saved
         number, largest = (c.uid, scope.largest_uid) if key.uid else (c.seq, scope.largest_seq)
         return key.numbers.contains(number, largest)
     if isinstance(key, SkModseq):
@@ -247,7 +250,8 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     if with_modseq:
         s.enable_condstore()
     level = need(args.key)
-    scope = Scope(view.exists, view.last_uid, datetime.now(UTC))
+    scope = Scope(view.exists, view.last_uid, datetime.now(UTC), frozenset(s.saved_uids))
+    s.saved_uids = []  # a failing SEARCH leaves "$" empty (RFC 5182 2.1)
     all_uids = view.uids_in_seq_ranges([(1, view.exists)]) if view.exists else []
     found: list[tuple[int, int]] = []  # (seq, uid)
     highest = 0
@@ -281,6 +285,11 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
                     found.append((seq, meta.uid))
                     highest = max(highest, meta.modseq)
     numbers = sorted(uid if cmd.uid else seq for seq, uid in found)
+    options = args.return_options or ()
+    if "SAVE" in options:
+        s.saved_uids = _saved(options, sorted(uid for _seq, uid in found))
+        if options == ("SAVE",):  # RFC 5182 2.1: nothing else asked, nothing sent
+            return Reply("OK", "Search completed (result saved)")
     if args.return_options is None and not s.rev2:
         line = "* SEARCH" + "".join(f" {n}" for n in numbers)
         if with_modseq and numbers:
@@ -290,6 +299,18 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
         options = args.return_options or ("ALL",)
         s.io.write(_esearch(cmd, options, numbers, highest if with_modseq else 0))
     return Reply("OK", "Search completed")
+
+
+def _saved(options: tuple[str, ...], uids: list[int]) -> list[int]:
+    """What SAVE keeps: everything, or only MIN and/or MAX when those were asked for."""
+    if not uids or not ({"MIN", "MAX"} & set(options)) or "ALL" in options or "COUNT" in options:
+        return uids
+    keep = set()
+    if "MIN" in options:
+        keep.add(uids[0])
+    if "MAX" in options:
+        keep.add(uids[-1])
+    return sorted(keep)
 
 
 def _esearch(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq: int) -> bytes:

@@ -97,6 +97,7 @@ class ImapSession:
         self.commands = 0
         self.current: Command | None = None
         self.force_refresh = False
+        self.saved_uids: list[int] = []  # SEARCHRES "$" (RFC 5182)
 
     # -- modes --
 
@@ -141,7 +142,7 @@ class ImapSession:
             return " ".join(caps)
         caps += [
             "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
-            "WITHIN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "CHILDREN",
+            "SEARCHRES", "WITHIN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "CHILDREN",
             "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
             f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY",
             "STATUS=SIZE",
@@ -283,6 +284,8 @@ class ImapSession:
     def resolve(self, numbers: SequenceSet, uid: bool) -> list[int]:
         """UIDs named by a sequence set (message numbers or UIDs), ascending."""
         view = self.require_view()
+        if numbers.saved:
+            return [u for u in self.saved_uids if view.seq_of(u) is not None]
         if uid:
             largest = view.last_uid
             if largest == 0:
@@ -317,6 +320,7 @@ class ImapSession:
             self.io.write(fmt.untagged(f"OK [HIGHESTMODSEQ {self.view.modseq}] Highest"))
 
     def close_view(self) -> None:
+        self.saved_uids = []
         if self.view is not None:
             self.view.close()
             self.view = None
