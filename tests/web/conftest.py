@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DOMAIN, PASSWORD, RunningServer
+from mailstead import bootstrap
+from mailstead.config import deep_merge
+from tests.conftest import (
+    DOMAIN,
+    PASSWORD,
+    RunningServer,
+    run_outside_loop,
+    test_config_overrides,
+)
 from tests.web.helpers import WebClient
 
 ADMIN = f"admin@{DOMAIN}"
@@ -32,6 +40,35 @@ def web_server(make_server: Callable[..., RunningServer]) -> RunningServer:
     server = make_server(**web_overrides())
     server.add_user(ADMIN, is_admin=True)
     return server
+
+
+@pytest.fixture(scope="module")
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory, tls_files: tuple[Any, Any]
+) -> Iterator[RunningServer]:
+    """One server for a whole test module (SQLite): tests make their own users with
+    ``new_user`` so they do not see each other's mail."""
+    directory = tmp_path_factory.mktemp("web")
+    cfg = bootstrap.build_config(directory, deep_merge(test_config_overrides(), web_overrides()))
+    run_outside_loop(bootstrap.initialise(cfg, demo_domain=None, cert_from=tls_files))
+    server = RunningServer(cfg).start()
+    try:
+        server.add_domain(DOMAIN)
+        for user in (ALICE, BOB):
+            server.add_user(user)
+        server.add_user(ADMIN, is_admin=True)
+        yield server
+    finally:
+        server.stop()
+
+
+_counter = iter(range(1, 1_000_000))
+
+
+def new_user(server: RunningServer, prefix: str = "user", **kwargs: Any) -> str:
+    address = f"{prefix}{next(_counter)}@{DOMAIN}"
+    server.add_user(address, **kwargs)
+    return address
 
 
 def base_url(server: RunningServer) -> str:

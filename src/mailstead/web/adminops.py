@@ -3,11 +3,8 @@ aliases, the outbound queue (retry, recall) and live statistics."""
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from mailstead import bootstrap
@@ -15,8 +12,12 @@ from mailstead.auth.passwords import check_password_rules, hash_password
 from mailstead.core.addresses import normalize_domain, parse_address
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
 from mailstead.obs import EVENT_COUNTS, log_event
+from mailstead.queue.manage import retry_now
+from mailstead.queue.recall import RecallReport, recall_and_tell
 from mailstead.store.interfaces import Account, QueueEntry
 from mailstead.web.state import WebState
+
+RECALL_WAIT = 20.0  # seconds to wait for a worker holding the entry before marking it
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,51 +199,32 @@ async def require_entry(state: WebState, queue_id: str) -> QueueEntry:
     return entry
 
 
-def _queue_hook(state: WebState, name: str) -> Callable[..., Any] | None:
-    """The outbound queue service's own ``recall``/``retry`` when it runs (issue 6)."""
-    service = state.services.extra.get("queue")
-    hook = getattr(service, name, None)
-    return hook if callable(hook) else None
-
-
 async def retry(state: WebState, queue_id: str) -> QueueEntry:
     """Makes the entry due now (the queue workers pick it up on their next round)."""
     entry = await require_entry(state, queue_id)
     if entry.state == "done":
         raise InvalidInput(f"{queue_id} is finished; nothing to retry")
-    hook = _queue_hook(state, "retry")
-    if hook is not None:
-        result = hook(queue_id)
-        if inspect.isawaitable(result):
-            await result
-    else:
-        entry.next_attempt = datetime.now(UTC)
-        await state.store.update_queue_entry(entry)
+    await retry_now(state.store, queue_id)
     log_event("web.admin", action="queue_retry", queue_id=queue_id)
     return await require_entry(state, queue_id)
 
 
-async def recall(state: WebState, queue_id: str, account: Account | None = None) -> QueueEntry:
-    """Stops delivery to the recipients not reached yet. ``account``: only its own entries."""
+async def recall(state: WebState, queue_id: str, account: Account | None = None
+                 ) -> RecallReport:
+    """Stops delivery to the recipients not reached yet and tells the sender (issue 6's
+    recall). ``account``: only that account's own messages (others are "not found")."""
     entry = await require_entry(state, queue_id)
     if account is not None and entry.account_id != account.id:
         raise NotFound(f"no queued message {queue_id}")
     if entry.state == "done":
         raise InvalidInput(f"{queue_id} is finished; it can no longer be recalled")
-    hook = _queue_hook(state, "recall")
-    if hook is not None:
-        result = hook(queue_id)
-        if inspect.isawaitable(result):
-            await result
-    else:
-        for recipient in entry.recipients:
-            if recipient.status == "pending":
-                recipient.status = "recalled"
-                recipient.last_reply = "recalled by the administrator"
-        entry.state = "done"
-        await state.store.update_queue_entry(entry)
-    log_event("web.admin", action="queue_recall", queue_id=queue_id)
-    return await require_entry(state, queue_id)
+    services = state.services
+    report = await recall_and_tell(
+        state.store, services.blobs, state.delivery, services.accounts, queue_id,
+        account=account, wait_seconds=RECALL_WAIT,
+    )
+    log_event("web.recall", queue_id=queue_id, by=account.address if account else "admin")
+    return report
 
 
 # -- statistics --

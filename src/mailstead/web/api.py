@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mailstead.core.errors import InvalidInput, NotFound
+from mailstead.queue.recall import RecallReport
 from mailstead.services.accounts import AuthFailed
 from mailstead.store.interfaces import Account, Mailbox, MessageMeta, QueueEntry, SystemFlag
 from mailstead.web import accountops, adminops, security, sending
@@ -551,6 +552,16 @@ async def send_message(ctx: Ctx) -> m.SendOut:
                      queued=result.queued, sent_uid=result.sent_uid)
 
 
+@endpoint("POST", "/api/messages/{queue_id}/recall",
+          "Recall a message you sent that still waits in the queue (the queue_id from send)",
+          "mail", response=m.RecallOut, params=(Param("queue_id", "path", {"type": "string"},
+                                                      required=True),),
+          errors=(400, 401, 404))
+async def recall_own(ctx: Ctx) -> m.RecallOut:
+    return _recall_out(await adminops.recall(ctx.state, ctx.request.path_params["queue_id"],
+                                             account=ctx.user))
+
+
 @endpoint("POST", "/api/drafts", "Save a draft in Drafts", "mail", body=m.MessageIn,
           response=m.DraftOut, status=201, errors=(*COMMON, 422))
 async def save_draft(ctx: Ctx) -> m.DraftOut:
@@ -712,11 +723,16 @@ async def admin_queue_retry(ctx: Ctx) -> m.QueueItem:
     return _queue_item(await adminops.retry(ctx.state, ctx.request.path_params["queue_id"]))
 
 
+def _recall_out(report: RecallReport) -> m.RecallOut:
+    return m.RecallOut(queue_id=report.queue_id, recalled=report.recalled,
+                       delivered=report.delivered, failed=report.failed)
+
+
 @endpoint("POST", "/api/admin/queue/{queue_id}/recall",
-          "Recall: recipients not reached yet will not get it", "admin", response=m.QueueItem,
-          params=(QUEUE_ID,), admin=True, errors=(400, 401, 403, 404))
-async def admin_queue_recall(ctx: Ctx) -> m.QueueItem:
-    return _queue_item(await adminops.recall(ctx.state, ctx.request.path_params["queue_id"]))
+          "Recall any queued message: recipients not reached yet will not get it", "admin",
+          response=m.RecallOut, params=(QUEUE_ID,), admin=True, errors=(400, 401, 403, 404))
+async def admin_queue_recall(ctx: Ctx) -> m.RecallOut:
+    return _recall_out(await adminops.recall(ctx.state, ctx.request.path_params["queue_id"]))
 
 
 async def openapi_document(request: Request) -> Response:

@@ -234,6 +234,13 @@ class QueueItem(BaseModel):
     state: str
 
 
+class RecallOut(BaseModel):
+    queue_id: str
+    recalled: list[str] = Field(description="recipients that will not get the message")
+    delivered: list[str] = Field(description="recipients that had it already")
+    failed: list[str] = Field(description="recipients it had bounced for already")
+
+
 class Stats(BaseModel):
     model_config = ConfigDict(extra="allow")
 

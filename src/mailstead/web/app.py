@@ -192,6 +192,7 @@ def build_app(state: WebState) -> Starlette:
     env.filters["size"] = _size
     env.filters["when"] = _when
     env.filters["name"] = _name
+    env.filters["sentence"] = lambda text: text[:1].upper() + text[1:]
     env.filters["dict_merge"] = lambda base, extra: {**base, **extra}
     env.filters["safe_html"] = lambda value: Markup(clean_html(value or "").html)
     env.globals["now"] = lambda: datetime.now(UTC)

@@ -151,8 +151,11 @@ async def queue_action(request: Request) -> Response:
     form = await read_form(request)
     queue_id = field(form, "id")
     if field(form, "action") == "recall":
-        await adminops.recall(state, queue_id)
-        return redirect("/admin/queue", f"Message {queue_id} recalled: it will not be sent.")
+        report = await adminops.recall(state, queue_id)
+        text = f"Message {queue_id} recalled: {len(report.recalled)} recipient(s) will not get it"
+        if report.delivered:
+            text += f"; already delivered to {', '.join(report.delivered)}"
+        return redirect("/admin/queue", text + ". The sender was told.")
     await adminops.retry(state, queue_id)
     return redirect("/admin/queue", f"Message {queue_id} will be retried now.")
 

@@ -80,7 +80,8 @@ async def _box(room: Mailroom, request: Request) -> Mailbox:
 @page
 async def mail_home(request: Request) -> Response:
     inbox = await mailroom(request).inbox()
-    return RedirectResponse(f"/mail/{inbox.id}", status_code=303)
+    query = f"?{request.url.query}" if request.url.query else ""
+    return RedirectResponse(f"/mail/{inbox.id}{query}", status_code=303)
 
 
 @page

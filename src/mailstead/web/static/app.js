@@ -209,4 +209,5 @@
   }
 
   bindList();
+  document.body.dataset.js = "ready";  // tests (and curious readers) can tell the script ran
 })();
