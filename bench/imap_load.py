@@ -217,7 +217,7 @@ def pct(values: list[float], p: float) -> float:
 # Phases
 
 
-async def big_fetch(port: int) -> None:
+async def big_fetch(port: int, pid: int) -> None:
     client = await Client.connect(port)
     await client.login()
     start = time.perf_counter()
@@ -225,20 +225,23 @@ async def big_fetch(port: int) -> None:
     select_time = time.perf_counter() - start
     exists = re.search(rb"\* (\d+) EXISTS", answer)
     times = []
+    cpu = []
     size = 0
     for _ in range(5):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds(pid)
         answer = await client.command_bulk("UID FETCH 1:* (FLAGS)")
         times.append(time.perf_counter() - start)
+        cpu.append(cpu_seconds(pid) - cpu_start)
         size = len(answer)
     client.close()
     count = int(exists.group(1)) if exists else 0
     print(f"big mailbox: {count} messages; SELECT {select_time * 1000:.0f} ms")
     print(f"  UID FETCH 1:* (FLAGS): best {min(times) * 1000:.0f} ms, "
-          f"median {statistics.median(times) * 1000:.0f} ms ({size / 1e6:.1f} MB answer)")
+          f"median {statistics.median(times) * 1000:.0f} ms ({size / 1e6:.1f} MB answer; "
+          f"server CPU {statistics.median(cpu) * 1000:.0f} ms)")
 
 
-async def busy(port: int, clients: int, seconds: float, inbox: int) -> None:
+async def busy(port: int, clients: int, seconds: float, inbox: int, pid: int) -> None:
     latencies: dict[str, list[float]] = defaultdict(list)
     deadline = time.perf_counter() + seconds
 
@@ -277,12 +280,14 @@ async def busy(port: int, clients: int, seconds: float, inbox: int) -> None:
             await timed("LOGOUT", client.command("LOGOUT"))
             client.close()
 
-    started = time.perf_counter()
+    started, cpu_start = time.perf_counter(), cpu_seconds(pid)
     await asyncio.gather(*(worker(i) for i in range(clients)))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(pid) - cpu_start
     every = [v for values in latencies.values() for v in values]
     print(f"busy: {clients} clients for {elapsed:.1f} s: {len(every) / elapsed:,.0f} commands/s, "
           f"p50 {pct(every, 50) * 1000:.1f} ms, p99 {pct(every, 99) * 1000:.1f} ms")
+    print(f"  server CPU {cpu:.1f} s: {len(every) / max(cpu, 1e-9):,.0f} commands per CPU-second; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for kind, values in sorted(latencies.items()):
         print(f"  {kind:<16} {len(values):>7} x  p50 {pct(values, 50) * 1000:6.1f} ms  "
               f"p99 {pct(values, 99) * 1000:6.1f} ms")
@@ -353,11 +358,9 @@ async def main() -> None:
         try:
             print(f"server pid {proc.pid}: RSS {rss_mb(proc.pid):.0f} MB at start")
             if args.big:
-                await big_fetch(port)
-            cpu = cpu_seconds(proc.pid)
+                await big_fetch(port, proc.pid)
             if args.clients:
-                await busy(port, args.clients, args.seconds, args.inbox)
-                print(f"  server CPU during the busy phase: {cpu_seconds(proc.pid) - cpu:.1f} s")
+                await busy(port, args.clients, args.seconds, args.inbox, proc.pid)
             if args.idle:
                 await idle_connections(port, args.idle, proc.pid)
         finally:

@@ -26,6 +26,7 @@ FLAG_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})
 TEXT_ITEMS = frozenset({"BODY[]", "BINARY", "BINARY.SIZE", "RFC822", "RFC822.HEADER",
                         "RFC822.TEXT", "ENVELOPE", "BODY", "BODYSTRUCTURE"})
 ROWS_PER_CHUNK = 200
+SEEN = int(SystemFlag.SEEN)  # plain ints: IntFlag arithmetic is slow in per-message loops
 LINES_PER_WRITE = 2000
 DRAIN_BYTES = 256 * 1024
 
@@ -149,9 +150,9 @@ async def _fetch_messages(
             metas = [m for m in metas if m.modseq > changedsince]
         changed: dict[int, FlagState] = {}
         if set_seen:
-            unseen = [m.uid for m in metas if not m.flags & SystemFlag.SEEN]
+            unseen = [m.uid for m in metas if not m.flags & SEEN]
             if unseen:
-                update = await view.store_flags(unseen, "add", SystemFlag.SEEN, frozenset())
+                update = await view.store_flags(unseen, "add", SEEN, frozenset())
                 changed = {st.uid: st for st in update.changed}
         for meta in metas:
             seq = view.seq_of(meta.uid)

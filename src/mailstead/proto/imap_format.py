@@ -16,14 +16,14 @@ CRLF = b"\r\n"
 
 # Bit -> name, in the order clients usually show them.
 _FLAG_ORDER = (
-    (SystemFlag.ANSWERED, b"\\Answered"),
-    (SystemFlag.FLAGGED, b"\\Flagged"),
-    (SystemFlag.DELETED, b"\\Deleted"),
-    (SystemFlag.SEEN, b"\\Seen"),
-    (SystemFlag.DRAFT, b"\\Draft"),
+    (int(SystemFlag.ANSWERED), b"\\Answered"),
+    (int(SystemFlag.FLAGGED), b"\\Flagged"),
+    (int(SystemFlag.DELETED), b"\\Deleted"),
+    (int(SystemFlag.SEEN), b"\\Seen"),
+    (int(SystemFlag.DRAFT), b"\\Draft"),
 )
 SYSTEM_FLAGS = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
-_UPPER_SYSTEM = {name.upper(): bit for name, bit in SYSTEM_FLAG_NAMES.items()}
+_UPPER_SYSTEM = {name.upper(): int(bit) for name, bit in SYSTEM_FLAG_NAMES.items()}
 _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
            b"Nov", b"Dec")
 

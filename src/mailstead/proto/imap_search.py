@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
     from mailstead.proto.imap_session import ImapSession
 
 CHUNK = 500  # message rows read per store call
-_SYSTEM = {name.upper(): bit for name, bit in SYSTEM_FLAG_NAMES.items()}
+# Plain ints: IntFlag's "&" runs Python code, too slow for a test per message.
+_SYSTEM = {name.upper(): int(bit) for name, bit in SYSTEM_FLAG_NAMES.items()}
 _ENVELOPE_FIELDS = {"FROM": "from_", "TO": "to", "CC": "cc", "SUBJECT": "subject"}
 
 
@@ -129,88 +131,139 @@ class Scope:
     saved: frozenset[int] = frozenset()  # UIDs of "$" (SEARCHRES)
 
 
-def _and(results: list[bool | None]) -> bool | None:
-    if False in results:
-        return False
-    return None if None in results else True
+Predicate = Callable[[Candidate], "bool | None"]
 
 
-def matches(key: SearchKey, c: Candidate, scope: Scope) -> bool | None:
-    """True / False, or None when the message text is needed and ``c.data`` is not loaded."""
+def compile_key(key: SearchKey, scope: Scope) -> Predicate:
+    """Turns a search key into a function of one message, so the per-message work is a few
+    attribute tests (SEARCH runs it over every message of the mailbox)."""
     if isinstance(key, SkAll):
-        return True
+        return lambda c: True
     if isinstance(key, SkAnd):
-        results: list[bool | None] = []
-        for k in key.keys:
-            r = matches(k, c, scope)
+        return _all_of([compile_key(k, scope) for k in key.keys])
+    if isinstance(key, SkOr):
+        return _any_of(compile_key(key.left, scope), compile_key(key.right, scope))
+    if isinstance(key, SkNot):
+        inner = compile_key(key.key, scope)
+
+        def negated(c: Candidate) -> bool | None:
+            r = inner(c)
+            return None if r is None else not r
+
+        return negated
+    if isinstance(key, SkFlag):
+        return _flag_test(key)
+    if isinstance(key, SkRecent):
+        present = key.present
+        return lambda c: c.recent == present
+    if isinstance(key, SkSet):
+        return _set_test(key, scope)
+    if isinstance(key, SkModseq):
+        floor = key.modseq
+        return lambda c: c.modseq >= floor
+    if isinstance(key, SkSize):
+        size, larger = key.size, key.larger
+        if larger:
+            return lambda c: _meta(c).size > size
+        return lambda c: _meta(c).size < size
+    if isinstance(key, SkAge):
+        seconds, older, now = key.seconds, key.older, scope.now
+
+        def age_test(c: Candidate) -> bool:
+            age = (now - _aware(_meta(c).internal_date)).total_seconds()
+            return age >= seconds if older else age < seconds
+
+        return age_test
+    if isinstance(key, SkDate):
+        return _date_test(key)
+    text_key = key
+    return lambda c: _text_matches(text_key, c)
+
+
+def _all_of(preds: list[Predicate]) -> Predicate:
+    def all_of(c: Candidate) -> bool | None:
+        unknown = False
+        for pred in preds:
+            r = pred(c)
             if r is False:
                 return False
-            results.append(r)
-        return _and(results)
-    if isinstance(key, SkOr):
-        left = matches(key.left, c, scope)
-        if left is True:
+            if r is None:
+                unknown = True
+        return None if unknown else True
+
+    return all_of
+
+
+def _any_of(left: Predicate, right: Predicate) -> Predicate:
+    def any_of(c: Candidate) -> bool | None:
+        a = left(c)
+        if a is True:
             return True
-        right = matches(key.right, c, scope)
-        if right is True:
+        b = right(c)
+        if b is True:
             return True
-        return None if None in (left, right) else False
-    if isinstance(key, SkNot):
-        r = matches(key.key, c, scope)
-        return None if r is None else not r
-    if isinstance(key, SkFlag):
-        bit = _SYSTEM.get(key.flag.upper())
-        if bit is not None:
-            has = bool(c.flags & bit)
-        else:
-            wanted = key.flag.casefold()
-            has = any(k.casefold() == wanted for k in c.keywords)
-        return has == key.present
-    if isinstance(key, SkRecent):
-        return c.recent == key.present
-    if isinstance(key, SkSet):
-        if key.numbers.saved:
-            return c.uid in scope.saved
-        number, largest = (c.uid, scope.largest_uid) if key.uid else (c.seq, scope.largest_seq)
-        return key.numbers.contains(number, largest)
-    if isinstance(key, SkModseq):
-        return c.modseq >= key.modseq
-    meta = c.meta
-    assert meta is not None, "search key needs message rows"
-    if isinstance(key, SkSize):
-        return meta.size > key.size if key.larger else meta.size < key.size
-    if isinstance(key, SkAge):
-        age = (scope.now - _aware(meta.internal_date)).total_seconds()
-        return age >= key.seconds if key.older else age < key.seconds
-    if isinstance(key, SkDate):
-        when: datetime | None = meta.internal_date
-        if key.sent:
-            when = _sent_date(c)
-            if when is None:
-                return None  # read the Date: header from the message
-        assert when is not None
-        day = when.date()  # RFC 9051 6.4.4: date only, time and zone disregarded
-        if key.op == "BEFORE":
-            return day < key.day
-        if key.op == "ON":
-            return day == key.day
-        return day >= key.day
-    return _text_matches(key, c)
+        return None if None in (a, b) else False
+
+    return any_of
+
+
+def _flag_test(key: SkFlag) -> Predicate:
+    bit = _SYSTEM.get(key.flag.upper())
+    present = key.present
+    if bit is not None:
+        if present:
+            return lambda c: c.flags & bit != 0
+        return lambda c: c.flags & bit == 0
+    wanted = key.flag.casefold()  # keywords compare without case (RFC 9051 2.3.2)
+    return lambda c: any(k.casefold() == wanted for k in c.keywords) == present
+
+
+def _set_test(key: SkSet, scope: Scope) -> Predicate:
+    if key.numbers.saved:
+        saved = scope.saved
+        return lambda c: c.uid in saved
+    largest = scope.largest_uid if key.uid else scope.largest_seq
+    bounds = key.numbers.bounds(largest)
+    if key.uid:
+        return lambda c: any(lo <= c.uid <= hi for lo, hi in bounds)
+    return lambda c: any(lo <= c.seq <= hi for lo, hi in bounds)
+
+
+def _date_test(key: SkDate) -> Predicate:
+    op, day, sent = key.op, key.day, key.sent
+
+    def date_test(c: Candidate) -> bool | None:
+        when = _sent_date(c) if sent else _meta(c).internal_date
+        if when is None:
+            return None  # read the Date: header from the message
+        value = when.date()  # RFC 9051 6.4.4: date only, time and zone disregarded
+        if op == "BEFORE":
+            return value < day
+        if op == "ON":
+            return value == day
+        return value >= day
+
+    return date_test
+
+
+def _meta(c: Candidate) -> MessageMeta:
+    assert c.meta is not None, "search key needs message rows"
+    return c.meta
 
 
 def _sent_date(c: Candidate) -> datetime | None:
     """The Date: header (from the stored envelope, else the message), falling back to the
     internal date when there is none (RFC 9051 6.4.4 leaves this to the server)."""
-    assert c.meta is not None
-    if c.meta.envelope.date is not None:
-        return c.meta.envelope.date
+    meta = _meta(c)
+    if meta.envelope.date is not None:
+        return meta.envelope.date
     if c.data is None:
         return None
     raw = c.root().get("Date")
     if raw:
         with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
             return parsedate_to_datetime(raw)
-    return c.meta.internal_date
+    return meta.internal_date
 
 
 def _text_matches(key: SkText, c: Candidate) -> bool | None:
@@ -252,35 +305,33 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     level = need(args.key)
     scope = Scope(view.exists, view.last_uid, datetime.now(UTC), frozenset(s.saved_uids))
     s.saved_uids = []  # a failing SEARCH leaves "$" empty (RFC 5182 2.1)
+    test = compile_key(args.key, scope)
+    recent = view.recent_checker() if not s.rev2 else (lambda uid: False)
     all_uids = view.uids_in_seq_ranges([(1, view.exists)]) if view.exists else []
     found: list[tuple[int, int]] = []  # (seq, uid)
     highest = 0
     if level is Need.FLAGS:
-        for state in await view.flag_states(all_uids):
-            seq = view.seq_of(state.uid)
+        states = await view.flag_states(all_uids)
+        for seq, st in zip(view.seqs_of([st.uid for st in states]), states, strict=True):
             if seq is None:
                 continue
-            c = Candidate(
-                seq, state.uid, state.modseq, state.flags, state.keywords,
-                not s.rev2 and view.is_recent(state.uid),
-            )
-            if matches(args.key, c, scope):
-                found.append((seq, state.uid))
-                highest = max(highest, state.modseq)
+            c = Candidate(seq, st.uid, st.modseq, st.flags, st.keywords, recent(st.uid))
+            if test(c):
+                found.append((seq, st.uid))
+                highest = max(highest, st.modseq)
     else:
         for start in range(0, len(all_uids), CHUNK):
-            for meta in await view.messages(all_uids[start : start + CHUNK]):
-                seq = view.seq_of(meta.uid)
+            metas = await view.messages(all_uids[start : start + CHUNK])
+            for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
                 if seq is None:
                     continue
                 c = Candidate(
-                    seq, meta.uid, meta.modseq, meta.flags, meta.keywords,
-                    not s.rev2 and view.is_recent(meta.uid), meta,
+                    seq, meta.uid, meta.modseq, meta.flags, meta.keywords, recent(meta.uid), meta
                 )
-                result = matches(args.key, c, scope)
+                result = test(c)
                 if result is None:
                     c.data = await view.body(meta.blob_id)
-                    result = matches(args.key, c, scope)
+                    result = test(c)
                 if result:
                     found.append((seq, meta.uid))
                     highest = max(highest, meta.modseq)

@@ -46,6 +46,9 @@ MAX_NAME_BYTES = 512
 MAX_LEVELS = 16
 # Above this many wanted messages, read every flag row once instead of an IN (...) query.
 BULK_FLAGS = 500
+# Plain ints: IntFlag's "&" runs Python code, too slow in loops over 100,000 messages.
+_SEEN = int(SystemFlag.SEEN)
+_DELETED = int(SystemFlag.DELETED)
 
 # ---------------------------------------------------------------------------------------------
 # Names
@@ -137,7 +140,7 @@ class MailboxView:
         # For SELECT: the first unseen message (RFC 3501 [UNSEEN n], 0 = none) and the
         # keywords in use (FLAGS response).
         self.first_unseen = next(
-            (i + 1 for i, f in enumerate(flags) if not f.flags & SystemFlag.SEEN), 0
+            (i + 1 for i, f in enumerate(flags) if not f.flags & _SEEN), 0
         )
         self.keywords: set[str] = set()
         for f in flags:
@@ -349,7 +352,7 @@ class MailboxView:
             removed = await self.store.expunge(self.mailbox.id, None)
         else:
             states = await self.flag_states(uids)
-            deleted = [s.uid for s in states if s.flags & SystemFlag.DELETED]
+            deleted = [s.uid for s in states if s.flags & _DELETED]
             removed = await self.store.expunge(self.mailbox.id, deleted) if deleted else []
         self._mark_gone(removed)
         return removed
@@ -520,9 +523,10 @@ class MailboxService:
     ) -> MailboxView:
         """SELECT/EXAMINE: a view of the mailbox as it is now, watching for changes."""
         box = await self.require(account_id, name)
-        watch = self.changes.watch(box.id)  # before reading, so no change slips between
+        # Watch before listing: a change after the list wakes the view. One made between
+        # reading ``box`` and the list is in the list already; at worst it is reported again.
+        watch = self.changes.watch(box.id)
         try:
-            box = await self.store.get_mailbox_by_id(box.id) or box
             flags = await self.store.list_flags(box.id)
         except BaseException:
             watch.close()
@@ -530,7 +534,8 @@ class MailboxService:
         view = MailboxView(
             self, box, flags, readonly=readonly, track_recent=track_recent, watch=watch
         )
-        await view.claim_recent()
+        if box.first_recent_uid <= view.last_uid:  # else no write: nothing new to claim
+            await view.claim_recent()
         view.reported_recent = view.recent_count()
         return view
 
