@@ -1,10 +1,12 @@
 """A small DNS hierarchy on loopback for delivery tests and benchmarks.
 
-- 127.0.53.1:53 — authoritative for the root "." and for "test." (our own root: nothing here
+- 127.53.N.1:53 — authoritative for the root "." and for "test." (our own root: nothing here
   knows the real one). "test." delegates "sub.gamma.test." to the next server.
-- 127.0.53.2:53 — authoritative for "sub.gamma.test." (the child zone).
-- 127.0.53.53:53 — Debian's ``unbound`` as the recursive resolver mailstead instances use, with
-  root hints naming only 127.0.53.1, so it resolves by walking the delegations like a real one.
+- 127.53.N.2:53 — authoritative for "sub.gamma.test." (the child zone).
+- 127.53.N.53:53 — Debian's ``unbound`` as the recursive resolver mailstead instances use, with
+  root hints naming only 127.53.N.1, so it resolves by walking the delegations like a real one.
+
+N is picked at random among free ones, so two test runs on one machine do not collide.
 
 The two authoritative servers are written here on dnspython (asyncio UDP and TCP, in a thread).
 Every address in every zone is in 127.0.0.0/8 and unbound is told to send from 127.0.53.53, so
@@ -16,14 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -34,32 +40,28 @@ import dns.resolver
 import dns.rrset
 import dns.zone
 
-ROOT_SERVER = "127.0.53.1"
-CHILD_SERVER = "127.0.53.2"
-RESOLVER = "127.0.53.53"
-
 TTL = 5  # short, so a test can rely on fresh answers soon after the world changes
 
-ROOT_ZONE = f"""
+ROOT_ZONE = """
 $TTL {TTL}
 .            SOA ns.test. hostmaster.test. 1 3600 600 86400 {TTL}
 .            NS  ns.test.
 test.        NS  ns.test.
-ns.test.     A   {ROOT_SERVER}
+ns.test.     A   {root}
 """
 
-TEST_ZONE = f"""
+TEST_ZONE = """
 $TTL {TTL}
 test.               SOA ns.test. hostmaster.test. 1 3600 600 86400 {TTL}
 test.               NS  ns.test.
-ns.test.            A   {ROOT_SERVER}
+ns.test.            A   {root}
 ; the three mail domains of the end-to-end test
 alpha.test.         MX  10 mx.alpha.test.
 mx.alpha.test.      A   127.0.0.2
 beta.test.          MX  10 mx.beta.test.
 mx.beta.test.       A   127.0.0.3
 sub.gamma.test.     NS  ns.sub.gamma.test.
-ns.sub.gamma.test.  A   {CHILD_SERVER}
+ns.sub.gamma.test.  A   {child}
 ; a domain whose server starts late (recall)
 delta.test.         MX  10 mx.delta.test.
 mx.delta.test.      A   127.0.0.5
@@ -70,22 +72,25 @@ mx.plain.test.      A   127.0.0.6
 multi.test.         MX  10 dead.multi.test.
 multi.test.         MX  20 mx.beta.test.
 dead.multi.test.    A   127.0.0.9
+; a smart host (relay) run by aiosmtpd
+smart.test.         A   127.0.0.8
 ; RFC 7505 null MX, and a name with neither MX nor address
 null.test.          MX  0 .
 nomail.test.        TXT "no mail here"
 """
 
-CHILD_ZONE = f"""
+CHILD_ZONE = """
 $TTL {TTL}
 sub.gamma.test.       SOA ns.sub.gamma.test. hostmaster.gamma.test. 1 3600 600 86400 {TTL}
 sub.gamma.test.       NS  ns.sub.gamma.test.
-ns.sub.gamma.test.    A   {CHILD_SERVER}
+ns.sub.gamma.test.    A   {child}
 ; no MX: mail goes to the address of the domain itself (implicit MX, RFC 5321 5.1)
 mail.sub.gamma.test.  A   127.0.0.4
 """
 
 
-def _zone(text: str, origin: str) -> dns.zone.Zone:
+def _zone(template: str, origin: str, **addresses: str) -> dns.zone.Zone:
+    text = template.format(TTL=TTL, **addresses)
     return dns.zone.from_text(text, origin=origin, relativize=False, check_origin=True)
 
 
@@ -253,30 +258,62 @@ remote-control:
 """
 
 
+def _port_53_free(addresses: list[str]) -> bool:
+    for address in addresses:
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind((address, 53))
+                except OSError:
+                    return False
+    return True
+
+
+def _pick_network() -> str:
+    """A 127.53.N prefix whose .1, .2 and .53 have port 53 free."""
+    for n in random.sample(range(256), 256):
+        prefix = f"127.53.{n}"
+        if _port_53_free([f"{prefix}.1", f"{prefix}.2", f"{prefix}.53"]):
+            return prefix
+    raise RuntimeError("no free 127.53.N.x addresses for the test DNS servers")
+
+
 class DnsWorld:
     """Starts the authoritative servers and unbound; ``resolver`` is what mailstead uses."""
 
     def __init__(self) -> None:
+        prefix = _pick_network()
+        self.root_server = f"{prefix}.1"
+        self.child_server = f"{prefix}.2"
+        self.resolver = f"{prefix}.53"
         self.directory = Path(tempfile.mkdtemp(prefix="mailstead-dns-"))
-        self.auth = AuthServers({
-            ROOT_SERVER: Authority([_zone(ROOT_ZONE, "."), _zone(TEST_ZONE, "test.")]),
-            CHILD_SERVER: Authority([_zone(CHILD_ZONE, "sub.gamma.test.")]),
-        })
+        addresses = {"root": self.root_server, "child": self.child_server}
+        self.root = Authority([_zone(ROOT_ZONE, ".", **addresses),
+                               _zone(TEST_ZONE, "test.", **addresses)])
+        self.child = Authority([_zone(CHILD_ZONE, "sub.gamma.test.", **addresses)])
+        self.auth = AuthServers({self.root_server: self.root, self.child_server: self.child})
         self.unbound: subprocess.Popen[bytes] | None = None
-        self.resolver = RESOLVER
+        self._log: IO[bytes] | None = None
 
     def start(self, unbound: str, timeout: float = 15.0) -> DnsWorld:
+        try:
+            self._start(unbound, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, unbound: str, timeout: float) -> None:
         self.auth.start()
         (self.directory / "root.hints").write_text(
-            f".  3600000  NS  ns.test.\nns.test.  3600000  A  {ROOT_SERVER}\n")
+            f".  3600000  NS  ns.test.\nns.test.  3600000  A  {self.root_server}\n")
         conf = self.directory / "unbound.conf"
-        conf.write_text(UNBOUND_CONF.format(resolver=RESOLVER, directory=self.directory, ttl=TTL))
-        log = open(self.directory / "unbound.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.unbound = subprocess.Popen([unbound, "-d", "-c", str(conf)], stdout=log,
+        conf.write_text(UNBOUND_CONF.format(
+            resolver=self.resolver, directory=self.directory, ttl=TTL))
+        self._log = open(self.directory / "unbound.log", "wb")  # noqa: SIM115 - see stop()
+        self.unbound = subprocess.Popen([unbound, "-d", "-c", str(conf)], stdout=self._log,
                                         stderr=subprocess.STDOUT)
-        self._log = log
         self._wait_ready(timeout)
-        return self
 
     def _wait_ready(self, timeout: float) -> None:
         probe = self.stub()
@@ -296,7 +333,7 @@ class DnsWorld:
     def stub(self) -> dns.resolver.Resolver:
         """A dnspython stub resolver asking our unbound (for checks in tests)."""
         resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [RESOLVER]
+        resolver.nameservers = [self.resolver]
         return resolver
 
     def log_text(self) -> str:
@@ -311,9 +348,10 @@ class DnsWorld:
             except subprocess.TimeoutExpired:
                 self.unbound.kill()
                 self.unbound.wait(5)
-        if getattr(self, "_log", None) is not None:
+        if self._log is not None:
             self._log.close()
-        self.auth.stop()
+        if self.auth.thread.is_alive():
+            self.auth.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -322,5 +360,5 @@ def can_run() -> str | None:
     if find_unbound() is None:
         return "unbound is not installed (apt-get install unbound; .ci/run does)"
     if os.geteuid() != 0:
-        return "the test DNS servers need port 53 on 127.0.53.x (run as root, as CI does)"
+        return "the test DNS servers need port 53 on 127.53.N.x (run as root, as CI does)"
     return None

@@ -80,7 +80,8 @@ def mx_port() -> int:
 
 
 @pytest.fixture
-def pg_schema() -> Iterator[Callable[[], str]]:
+def pg_schema(make_server: Callable[..., RunningServer]) -> Iterator[Callable[[], str]]:
+    """Depends on make_server so the servers stop before their schemas are dropped."""
     made: list[str] = []
 
     def make() -> str:
@@ -168,13 +169,19 @@ def make_node(
         *,
         users: tuple[str, ...] = (),
         store: dict[str, Any] | None = None,
+        join: bool = False,
         **extra: Any,
     ) -> Node:
+        """``join``: another node on a store that already holds the domain and users (no
+        set-up, a new data directory)."""
         overrides = node_overrides(ip=ip, hostname=hostname, world=dns_world, ca=world_ca,
                                    port=mx_port, cert_dir=cert_dir)
         if store is not None:
             overrides["store"] = store
         overrides = deep_merge(overrides, extra)
+        if join:
+            server = make_server(data_dir=tmp_path / f"join-{hostname}", **overrides)
+            return Node(server, ip, hostname, domain, overrides)
         server = make_server(**overrides)
         server.add_domain(domain)
         for user in users:

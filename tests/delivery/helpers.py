@@ -106,8 +106,11 @@ def report_parts(message: email.message.EmailMessage) -> tuple[str, list[dict[st
     assert message.get_content_type() == "multipart/report", message.get_content_type()
     assert message.get_param("report-type") == "delivery-status"
     human, status, returned = message.iter_parts()
-    # The email package parses a delivery-status body as one header block per group.
-    fields = [{name.lower(): str(value) for name, value in block.items()}
-              for block in status.get_payload()]
+    # The body of the status part: "Name: value" lines, one block per group.
+    raw = status.as_bytes().replace(b"\r\n", b"\n").split(b"\n\n", 1)[1]
+    blocks = [[(line.partition(":")[0], line.partition(":")[2]) for line in b.split("\n")]
+              for b in raw.decode("utf-8").split("\n\n") if b.strip()]
+    fields = [{name.strip().lower(): str(value).strip() for name, value in block}
+              for block in blocks]
     text = human.get_content()
     return text, fields, returned.get_content_type()

@@ -72,8 +72,7 @@ def test_one_message_reaches_two_domains_over_dns(
     for recipient in entry.recipients:
         assert "TLSv1.3" in recipient.last_reply and recipient.last_reply.startswith("250 ")
     # gamma's address came from the child zone's own server, through the delegation.
-    child = dns_world.auth.servers[dnsworld.CHILD_SERVER]
-    assert ("mail.sub.gamma.test.", "A") in child.asked
+    assert ("mail.sub.gamma.test.", "A") in dns_world.child.asked
 
 
 def test_message_waits_while_the_server_is_down_then_arrives(
