@@ -303,3 +303,19 @@ def test_connection_cap_per_ip(make_server: Callable[..., RunningServer]) -> Non
     finally:
         first.close()
         second.close()
+
+
+@BOTH
+def test_account_removed_and_created_again(mail_server: RunningServer) -> None:
+    carl = f"carl@{DOMAIN}"
+    mail_server.add_user(carl)
+    with mx(mail_server) as client:
+        assert client.sendmail("carol@remote.test", [carl], message("before")) == {}
+    mail_server.run(mail_server.services.store.remove_account(carl))
+    with mx(mail_server) as client:
+        client.mail("carol@remote.test")
+        assert client.rcpt(carl)[0] == 550
+    mail_server.add_user(carl)  # a new account: may even get the old one's ids back
+    with mx(mail_server) as client:
+        assert client.sendmail("carol@remote.test", [carl], message("after")) == {}
+    assert [s.meta.envelope.subject for s in inbox(mail_server, carl)] == ["after"]

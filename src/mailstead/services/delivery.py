@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from mailstead.core.errors import NotFound
 from mailstead.proto.mime import parse_envelope_fields
 from mailstead.store.interfaces import (
     Account,
@@ -99,6 +100,10 @@ class DeliveryService:
         # Own threads for message files, so many sessions' fsyncs run at once without
         # queueing behind unrelated asyncio.to_thread work.
         self._writers = ThreadPoolExecutor(BLOB_WRITERS, thread_name_prefix="blob-writer")
+        # INBOX mailbox id per account. An account's INBOX row lives as long as the account
+        # (it cannot be deleted; RENAME INBOX moves messages, RFC 9051 6.3.6), and the key
+        # holds the creation time, so a re-created account never meets an old entry.
+        self._inboxes: dict[tuple[int, datetime], int] = {}
 
     def close(self) -> None:
         self._writers.shutdown(wait=False)
@@ -133,11 +138,15 @@ class DeliveryService:
         return self.blobs.put(data), parse_envelope_fields(data)
 
     async def _inbox_ids(self, accounts: Sequence[Account]) -> list[int]:
-        boxes = await asyncio.gather(*(self.store.get_mailbox(a.id, "INBOX") for a in accounts))
-        for account, box in zip(accounts, boxes, strict=True):
+        missing = [a for a in accounts if (a.id, a.created) not in self._inboxes]
+        boxes = await asyncio.gather(*(self.store.get_mailbox(a.id, "INBOX") for a in missing))
+        if len(self._inboxes) > 100_000:
+            self._inboxes.clear()  # entries of deleted accounts are never hit again
+        for account, box in zip(missing, boxes, strict=True):
             if box is None:
                 raise LookupError(f"account {account.address} has no INBOX")
-        return [box.id for box in boxes if box is not None]
+            self._inboxes[account.id, account.created] = box.id
+        return [self._inboxes[a.id, a.created] for a in accounts]
 
     async def deliver(
         self, envelope: InboundEnvelope, message: bytes, keywords: frozenset[str] = frozenset()
@@ -175,7 +184,12 @@ class DeliveryService:
                 smtputf8=envelope.smtputf8,
                 body_8bit=envelope.body != "7BIT",
             )
-        stored = await self.store.store_message(deliveries, entry)
+        try:
+            stored = await self.store.store_message(deliveries, entry)
+        except NotFound:
+            for account in accounts:  # an account went away since RCPT: look INBOXes up afresh
+                self._inboxes.pop((account.id, account.created), None)
+            raise
         return DeliveryResult(queue_id, blob_id, len(data), stored,
                               [r.address for r in remote])
 
