@@ -789,3 +789,25 @@ def test_input_buffer_drops_overlong_lines_whole() -> None:
     buffer.append(b"a" * 520 + b"\r\nQUIT\r\n")  # too long, but its end is already here
     assert buffer.take_line(512) is LINE_TOO_LONG
     assert buffer.take_line(512) == b"QUIT\r\n"
+
+
+# -- layering -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["smtp", "lines"])
+def test_protocol_modules_are_pure(module: str) -> None:
+    """DESIGN.md: proto/ reaches the world only through Protocols (no asyncio, sockets, store)."""
+    import ast
+    from pathlib import Path
+
+    import mailstead.proto
+
+    source = (Path(mailstead.proto.__file__).parent / f"{module}.py").read_text()
+    forbidden = ("asyncio", "socket", "ssl", "sqlite3", "psycopg", "threading", "mailstead.net",
+                 "mailstead.services", "mailstead.app", "mailstead.obs")
+    for node in ast.walk(ast.parse(source)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        for name in names:
+            assert not name.startswith(forbidden), name
+            assert not name.startswith("mailstead.store") or name == "mailstead.store.interfaces"
