@@ -108,7 +108,8 @@ def report_parts(message: email.message.EmailMessage) -> tuple[str, list[dict[st
     human, status, returned = message.iter_parts()
     # The body of the status part: "Name: value" lines, one block per group.
     raw = status.as_bytes().replace(b"\r\n", b"\n").split(b"\n\n", 1)[1]
-    blocks = [[(line.partition(":")[0], line.partition(":")[2]) for line in b.split("\n")]
+    blocks = [[(line.partition(":")[0], line.partition(":")[2])
+               for line in b.split("\n") if line.strip()]
               for b in raw.decode("utf-8").split("\n\n") if b.strip()]
     fields = [{name.strip().lower(): str(value).strip() for name, value in block}
               for block in blocks]

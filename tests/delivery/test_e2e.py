@@ -163,3 +163,25 @@ def test_recalled_message_never_arrives_and_sender_learns_who_had_it(
     assert {r.address: r.status for r in entry.recipients} == {BOB: "delivered",
                                                                 dave: "recalled"}
     assert [m["Subject"] for m in fetch_inbox(delta, dave)] == ["After the recall"]
+
+
+def test_bounce_travels_back_to_a_remote_sender(trio: tuple[Node, Node, Node]) -> None:
+    alpha, beta, _gamma = trio
+    # beta forwards fwd@beta.test to a user gamma does not have: beta's bounce goes back to
+    # alice at alpha through beta's own queue, from the null sender.
+    beta.server.add_alias("fwd@beta.test", "nobody@mail.sub.gamma.test")
+    submit(alpha, ALICE, ["fwd@beta.test"], make_message(ALICE, ["fwd@beta.test"], "Forward me"))
+
+    [bounce] = inbox_with(alpha, ALICE)
+    assert bounce["Return-Path"] == "<>"
+    hops = [" ".join(hop.split()) for hop in bounce.get_all("Received")]
+    assert hops[0].startswith("from mx.beta.test ([127.0.0.3])")
+    assert "by mx.alpha.test (mailstead) with ESMTPS" in hops[0]
+    _human, fields, _ = report_parts(bounce)
+    assert fields[0]["reporting-mta"] == "dns; mx.beta.test"
+    assert fields[1]["final-recipient"] == "rfc822; nobody@mail.sub.gamma.test"
+    assert fields[1]["status"] == "5.1.1"
+    # The bounce itself left beta's queue with the null sender, and was delivered.
+    entries = beta.server.run(beta.server.services.store.list_queue(include_done=True))
+    [notice_entry] = [e for e in entries if e.sender == ""]
+    assert entry_done(beta, notice_entry.id).recipients[0].status == "delivered"

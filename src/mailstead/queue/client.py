@@ -235,12 +235,15 @@ class SmtpClient:
         except (ConnectionError, OSError) as exc:
             raise SmtpConnectionError(f"connection lost: {exc}") from None
 
-    async def command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> Reply:
-        await self._write(_command_bytes(line), timeout)
+    async def _reply(self, timeout: float) -> Reply:
         reply = await self.read_reply(timeout)
         if reply.code == 421:  # RFC 5321 3.8: the server is closing the channel
             raise SmtpConnectionError(f"server closing: {reply}", reply)
         return reply
+
+    async def command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> Reply:
+        await self._write(_command_bytes(line), timeout)
+        return await self._reply(timeout)
 
     # -- session set-up --
 
@@ -338,9 +341,9 @@ class SmtpClient:
             # RFC 2920 3.1: MAIL, the RCPTs and DATA go together; DATA is the last one.
             await self._write(b"".join(_command_bytes(c) for c in [mail, *rcpts, "DATA"]),
                               MAIL_TIMEOUT)
-            mail_reply = await self.read_reply(MAIL_TIMEOUT)
-            rcpt_replies = [await self.read_reply(RCPT_TIMEOUT) for _ in rcpts]
-            data_reply: Reply | None = await self.read_reply(DATA_INIT_TIMEOUT)
+            mail_reply = await self._reply(MAIL_TIMEOUT)
+            rcpt_replies = [await self._reply(RCPT_TIMEOUT) for _ in rcpts]
+            data_reply: Reply | None = await self._reply(DATA_INIT_TIMEOUT)
         else:
             mail_reply = await self.command(mail, MAIL_TIMEOUT)
             rcpt_replies = []
@@ -349,9 +352,6 @@ class SmtpClient:
                 rcpt_replies = [await self.command(c, RCPT_TIMEOUT) for c in rcpts]
                 if any(r.ok for r in rcpt_replies):
                     data_reply = await self.command("DATA", DATA_INIT_TIMEOUT)
-        for reply in (mail_reply, *rcpt_replies, data_reply):
-            if reply is not None and reply.code == 421:
-                raise SmtpConnectionError(f"server closing: {reply}", reply)
         results: dict[str, Reply] = {}
         accepted: list[str] = []
         for recipient, reply in zip(envelope.recipients, rcpt_replies, strict=False):
@@ -370,8 +370,6 @@ class SmtpClient:
                 await self.reset()
             return results
         final = await self._send_data(data if accepted else b"")
-        if final.code == 421:
-            raise SmtpConnectionError(f"server closing: {final}", final)
         for address in accepted:
             results[address] = final
         return results
@@ -384,7 +382,7 @@ class SmtpClient:
         for start in range(0, len(stuffed), DATA_PIECE):
             await self._write(stuffed[start:start + DATA_PIECE], DATA_BLOCK_TIMEOUT)
         await self._write(b".\r\n", DATA_BLOCK_TIMEOUT)
-        return await self.read_reply(DATA_END_TIMEOUT)
+        return await self._reply(DATA_END_TIMEOUT)
 
     async def reset(self) -> None:
         reply = await self.command("RSET")
