@@ -93,6 +93,15 @@ def test_autologout(make_server: Callable[..., RunningServer]) -> None:
     assert idle.readline() == b"* BYE Autologout; idle for too long"
 
 
+def test_shutdown_says_bye(make_server: Callable[..., RunningServer]) -> None:
+    server = make_server()
+    raw = Raw(server)
+    raw.login()
+    raw.cmd("SELECT INBOX")
+    server.stop()
+    assert raw.readline() == b"* BYE Server shutting down"
+
+
 def test_corrupt_message_file_is_not_served(mail_server: RunningServer) -> None:
     raw_message = message("precious", body="original text\r\n")
     deliver(mail_server, raw_message)

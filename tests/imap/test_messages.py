@@ -6,6 +6,8 @@ from __future__ import annotations
 import imaplib
 import re
 
+import pytest
+
 from tests.conftest import RunningServer
 from tests.imap.helpers import Raw, connect, deliver, message, ok, status_of
 
@@ -89,6 +91,7 @@ def test_multiappend_and_limits(mail_server: RunningServer) -> None:
     assert raw.cmd("STATUS INBOX (MESSAGES)")[0] == b'* STATUS "INBOX" (MESSAGES 0)'
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_fetch_items(mail_server: RunningServer) -> None:
     deliver(mail_server, MULTIPART)
     client = connect(mail_server)
@@ -191,6 +194,7 @@ def test_store_flags(mail_server: RunningServer) -> None:
     ]
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_copy_move_expunge(mail_server: RunningServer) -> None:
     for i in range(5):
         deliver(mail_server, message(f"m{i}"))
@@ -238,6 +242,17 @@ def test_imaplib_expunge_and_recent(mail_server: RunningServer) -> None:
     finally:
         first.logout()
         second.logout()
+
+
+def test_empty_mailbox_star_ranges(mail_server: RunningServer) -> None:
+    raw = Raw(mail_server)
+    raw.login()
+    raw.cmd("SELECT Drafts")
+    lines = raw.cmd("FETCH 1:* (FLAGS)")
+    assert len(lines) == 1 and status_of(lines) == b"OK"
+    assert status_of(raw.cmd("UID FETCH 1:* (FLAGS)")) == b"OK"
+    assert raw.cmd("SEARCH ALL")[0] == b"* SEARCH"
+    assert status_of(raw.cmd("FETCH 1 (FLAGS)")) == b"BAD"
 
 
 def test_unknown_and_wrong_state_commands(mail_server: RunningServer) -> None:

@@ -92,6 +92,7 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_search_keys(raw: Raw) -> None:
     wrong = {}
     for criteria, expected in CASES:

@@ -24,6 +24,7 @@ def _opened(server: RunningServer, *commands: str) -> Raw:
     return raw
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_two_sessions_see_each_other(mail_server: RunningServer) -> None:
     for i in range(3):
         deliver(mail_server, message(f"m{i}"))
@@ -70,6 +71,7 @@ def test_mailbox_deleted_under_a_session(mail_server: RunningServer) -> None:
     assert a.closed()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_idle_wakes_on_smtp_delivery(mail_server: RunningServer) -> None:
     raw = _opened(mail_server, "SELECT INBOX")
     raw.send(b"i1 IDLE\r\n")

@@ -173,6 +173,11 @@ class ImapHandler:
             with contextlib.suppress(Exception):
                 io.write(b"* BYE Autologout; idle for too long\r\n")
                 await io.drain()
+        except asyncio.CancelledError:  # the server is stopping
+            with contextlib.suppress(Exception):
+                io.write(b"* BYE Server shutting down\r\n")
+                io.flush()
+            raise
         finally:
             io.close()
             session.close_view()

@@ -292,6 +292,8 @@ class ImapSession:
                 return []
             return view.uids_in_uid_ranges(numbers.bounds(largest))
         exists = view.exists
+        if exists == 0 and numbers.uses_star():
+            return []  # "1:*" in an empty mailbox: nothing, as clients expect
         bounds = numbers.bounds(exists)
         for lo, hi in bounds:
             if lo < 1 or hi > exists:  # RFC 9051 9 (seq-number): only existing numbers

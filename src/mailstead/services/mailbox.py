@@ -218,9 +218,15 @@ class MailboxView:
         """Takes the messages nobody has seen yet as this session's \\Recent ones."""
         if not self.track_recent or self.readonly:
             return
+        claimed = self.service.claimed_upto
+        key = (self.mailbox.id, self.mailbox.uidvalidity)
+        last = self.last_uid
+        if last <= claimed.get(key, 0):
+            return  # another session of this process took them: no write needed
         first = await self.store.claim_recent(self.mailbox.id)
-        if first <= self.last_uid:
-            self.recent_ranges.append((first, self.last_uid))
+        claimed[key] = max(claimed.get(key, 0), last)
+        if first <= last:
+            self.recent_ranges.append((first, last))
 
     # -- syncing with the store --
 
@@ -403,6 +409,9 @@ class MailboxService:
         self.blobs = blobs
         self.changes = changes
         self.max_message_size = max_message_size
+        # (mailbox id, UIDVALIDITY) -> highest UID some session here has claimed as \Recent:
+        # lets the other sessions skip the (durable) claim write for messages already taken.
+        self.claimed_upto: dict[tuple[int, int], int] = {}
 
     # -- folders --
 
