@@ -180,7 +180,7 @@ class _Message:
 
     async def bytes(self) -> bytes:
         if self.data is None:
-            self.data = await self.s.require_view().body(self.meta.blob_id)
+            self.data = await self.s.require_view().body(self.meta.blob_id, self.meta.size)
         return self.data
 
     async def root(self) -> mime.Part:

@@ -39,8 +39,12 @@ async def cmd_store(s: ImapSession, cmd: Command) -> Reply:
     )
     failed = set(result.failed_uids)
     if not args.silent:
-        # RFC 9051 6.4.6: the new flags of every message in the set.
-        states = await view.flag_states([u for u in uids if u not in failed])
+        # RFC 9051 6.4.6: the new flags of every message in the set (read again only when
+        # some of them did not change, so their flags are not in the result).
+        wanted = [u for u in uids if u not in failed]
+        states = result.changed
+        if len(states) != len(wanted):
+            states = await view.flag_states(wanted)
         lines = []
         for st in states:
             seq = view.seq_of(st.uid)

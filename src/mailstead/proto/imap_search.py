@@ -330,7 +330,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
                 )
                 result = test(c)
                 if result is None:
-                    c.data = await view.body(meta.blob_id)
+                    c.data = await view.body(meta.blob_id, meta.size)
                     result = test(c)
                 if result:
                     found.append((seq, meta.uid))
