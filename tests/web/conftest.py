@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
 
 
 def web_overrides(**web: Any) -> dict[str, Any]:
-    settings = {"signup": "open", "users_manage_aliases": True, **web}
+    settings = {"signup": "open", "users_manage_aliases": True, "page_size": 5, **web}
     return {"web": settings, "auth": {"failure_delay": 0.01}}
 
 

@@ -74,3 +74,12 @@ def send_smtp(port: int, sender: str, recipients: list[str], message: bytes) -> 
 
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
         smtp.sendmail(sender, recipients, message)
+
+
+def api_client(base_url: str, user: str, password: str = PASSWORD) -> httpx.Client:
+    """An httpx client carrying a Bearer token got with HTTP Basic from POST /api/token."""
+    client = httpx.Client(base_url=base_url, timeout=30)
+    response = client.post("/api/token", auth=(user, password))
+    assert response.status_code == 200, response.text
+    client.headers["Authorization"] = f"Bearer {response.json()['token']}"
+    return client

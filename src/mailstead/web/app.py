@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -84,7 +84,12 @@ class BodyLimit:
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                response = JSONResponse({"error": "request body too large"}, status_code=413)
+                text = f"request body too large (the limit is {self.limit} bytes)"
+                response: Response = (
+                    JSONResponse({"error": text}, status_code=413)
+                    if scope["path"].startswith("/api/")
+                    else PlainTextResponse(text[:1].upper() + text[1:] + ".\n", status_code=413)
+                )
                 await response(scope, receive, send)
                 return
         received = 0
