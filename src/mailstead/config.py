@@ -186,6 +186,10 @@ class DeliveryConfig(_Section):
         20, description="queue entries a worker takes at once (mail for one domain shares a "
         "connection)", ge=1,
     )
+    connections_per_destination: int = Field(
+        4, description="connections one worker opens at once to one domain (or the smart "
+        "host); its messages are spread over them", ge=1,
+    )
     lease_seconds: int = Field(
         900, description="how long a claimed entry stays reserved for its worker (another "
         "node takes it over after a crash)", ge=10,

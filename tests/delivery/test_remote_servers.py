@@ -117,7 +117,7 @@ def test_one_connection_carries_several_messages(
     make_node: Callable[..., Node], plain: Collector
 ) -> None:
     alpha = make_node("127.0.0.2", "mx.alpha.test", "alpha.test", users=("alice",),
-                      delivery={"workers": 1})
+                      delivery={"workers": 1, "connections_per_destination": 1})
     services = alpha.server.services
     due = datetime.now(UTC) + timedelta(seconds=1)
 

@@ -13,6 +13,7 @@ advertises REQUIRETLS; when no host qualifies it bounces with 5.7.30.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import random
@@ -187,10 +188,13 @@ class Transfer:
                 return
         plain = [j for j in jobs if not j.entry.requiretls]
         strict = [j for j in jobs if j.entry.requiretls]
-        if plain:
-            await self._deliver_with(hosts, port, plain, self._policy(False), results)
-        if strict:
-            await self._deliver_with(hosts, port, strict, self._policy(True), results)
+        # The messages are spread over a few connections opened at once; each connection
+        # carries its share one message after another.
+        width = self.delivery.connections_per_destination
+        runs = [(plain[i::width], self._policy(False)) for i in range(width)]
+        runs += [(strict[i::width], self._policy(True)) for i in range(width)]
+        await asyncio.gather(*(self._deliver_with(hosts, port, share, policy, results)
+                               for share, policy in runs if share))
 
     async def _deliver_with(
         self, hosts: list[str], port: int, jobs: list[Job], policy: _Policy, results: Results
