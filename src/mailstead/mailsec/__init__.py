@@ -1,0 +1,1 @@
+"""Mail authentication: SPF, DKIM, DMARC, ARC, Authentication-Results, MTA-STS."""
