@@ -439,3 +439,53 @@ def test_serve_prints_the_http_listener(tmp_path: object, tls_files: tuple[objec
         assert response.status_code == 200 and "mailstead" in response.text
     finally:
         assert process.terminate() == 0
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_webmail_round_trip_on_postgresql(make_server: MakeServer) -> None:
+    server = make_server(**web_overrides())
+    writer, reader = WebClient(base_url(server)), WebClient(base_url(server))
+    writer.login(ALICE)
+    reader.login(BOB)
+    sent = writer.post("/compose", data={"csrf": writer.csrf(), "to": BOB,
+                                         "subject": "On PostgreSQL", "text": "hello",
+                                         "action": "send"},
+                       files={"attachment": ("n.txt", b"notes", "text/plain")})
+    assert "Message sent." in sent.text
+    inbox = _inbox_id(reader)
+    uid = _first_uid(reader, inbox)
+    page = reader.get(f"/mail/{inbox}/{uid}").text
+    assert "On PostgreSQL" in page and "n.txt" in page
+    assert "On PostgreSQL" in reader.get(f"/mail/{inbox}?body=hello&attach=1").text
+    deleted = reader.post(f"/mail/{inbox}/action", data={
+        "csrf": reader.csrf(), "action": "delete", "uid": str(uid)})
+    assert "1 message deleted." in deleted.text
+    assert "This folder is empty" in reader.get(f"/mail/{inbox}").text
+    writer.close()
+    reader.close()
+
+
+def test_stopping_the_server_ends_live_update_streams(make_server: MakeServer) -> None:
+    import threading
+
+    server = make_server(**web_overrides())
+    client = WebClient(base_url(server))
+    client.login(ALICE)
+    lines: list[str] = []
+    opened = threading.Event()
+
+    def listen() -> None:
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in client.cookies.items())}
+        with httpx.stream("GET", base_url(server) + "/events", headers=headers,
+                          timeout=60) as response:
+            for line in response.iter_lines():
+                lines.append(line)
+                opened.set()
+
+    reader = threading.Thread(target=listen)
+    reader.start()
+    assert opened.wait(30)
+    server.stop()  # must not hang on the open stream
+    reader.join(30)
+    assert not reader.is_alive() and lines[0] == "retry: 3000"
+    client.close()

@@ -61,10 +61,6 @@ async def signup_domains(state: WebState) -> list[str]:
     return [d for d in wanted if d in existing] if wanted else existing
 
 
-def _invites_file(state: WebState) -> os.PathLike[str]:
-    return state.cfg.path("web/invites-used")
-
-
 def _code_digest(code: str) -> str:
     return hashlib.sha256(code.encode("utf-8")).hexdigest()
 

@@ -245,7 +245,7 @@ async def statistics(state: WebState) -> dict[str, Any]:
         "uptime_seconds": int(time.time() - state.started),
         "messages_in": _sum((), ("smtp.transaction", "dmtp.delivered")),
         "messages_sent_web": EVENT_COUNTS.get("web.sent", 0),
-        "messages_out": _sum(("queue.delivered", "queue.sent")),
+        "messages_out": EVENT_COUNTS.get("queue.attempt", 0),
         "queue_size": len(queue),
         "queue_recipients": sum(1 for e in queue for r in e.recipients
                                 if r.status == "pending"),

@@ -245,8 +245,8 @@ class Stats(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     uptime_seconds: int
-    messages_in: int
-    messages_out: int
+    messages_in: int = Field(description="SMTP and DMTP transactions received")
+    messages_out: int = Field(description="delivery attempts to other servers")
     messages_sent_web: int
     queue_size: int
     queue_recipients: int
