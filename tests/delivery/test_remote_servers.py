@@ -6,6 +6,7 @@ REQUIRETLS; smart.test (127.0.0.8) is a relay demanding STARTTLS and AUTH.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -226,3 +227,42 @@ def test_smart_host_with_starttls_and_auth(
     assert got.tls and got.login == b"relay"
     assert sorted(got.recipients) == sorted([far, BOB])  # one transaction for both
     assert entry_done(alpha, queue_id).recipients[0].status == "delivered"
+
+
+@dataclass
+class SlowFirst(Collector):
+    """Holds the first DATA until ``gate`` opens, then refuses it (451); takes the rest."""
+
+    entered: threading.Event = field(default_factory=threading.Event)
+    gate: threading.Event = field(default_factory=threading.Event)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if not self.entered.is_set():
+            self.entered.set()
+            while not self.gate.is_set():
+                await asyncio.sleep(0.02)
+            return "451 4.3.0 too slow"
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_stopping_mid_delivery_gives_the_entry_back_at_once(
+    make_node: Callable[..., Node], restart_node: Callable[[Node], Node], mx_port: int
+) -> None:
+    slow = SlowFirst()
+    controller = _start(slow, "127.0.0.6", mx_port, server_hostname="mx.plain.test",
+                        enable_SMTPUTF8=False)
+    try:
+        alpha = make_node("127.0.0.2", "mx.alpha.test", "alpha.test", users=("alice",))
+        queue_id = submit(alpha, ALICE, [XAVIER], make_message(ALICE, [XAVIER], "Interrupted"))
+        wait_for(slow.entered.is_set, "the first DATA to reach mx.plain.test")
+        alpha.server.stop()  # the worker is waiting for the reply to the final dot
+        slow.gate.set()
+
+        # The entry is not left leased for lease_seconds (900): after a restart it goes at once.
+        restart_node(alpha)
+        wait_for(lambda: slow.messages, "the retried message")
+        entry = entry_done(alpha, queue_id)
+        assert entry.recipients[0].status == "delivered"
+        assert [m.data.count(b"Subject: Interrupted") for m in slow.messages] == [1]
+    finally:
+        controller.stop()

@@ -146,6 +146,15 @@ def test_queue_cli_list_show_retry_delete(make_node: Callable[..., Node]) -> Non
     assert proc.returncode == 0 and "1 entry due now" in proc.stdout
     wait_for(lambda: queue_entry(alpha, first).attempts == 2, "the retry")
 
+    # Only the submitter may recall it (--as acts for an account).
+    alpha.server.add_user("eve@alpha.test")
+    refused = _cli(alpha, "recall", first, "--as", "eve@alpha.test")
+    assert refused.returncode == 1 and f"no queued message {first} of yours" in refused.stderr
+    recalled = _cli(alpha, "recall", first, "--as", ALICE)
+    assert recalled.returncode == 0, recalled.stderr
+    assert f"recalled (will not receive it): {DAVE}" in recalled.stdout
+    assert queue_entry(alpha, first).recipients[0].status == "recalled"
+
     proc = _cli(alpha, "delete", second)
     assert proc.returncode == 0, proc.stderr
     assert alpha.server.run(alpha.server.services.store.get_queue_entry(second)) is None

@@ -161,6 +161,7 @@ class QueueRunner:
                 by_destination.setdefault(domain, []).append(Job(entry, recipients, data))
         # Finish well inside the lease, so no other node takes these entries while we work.
         budget = max(self.settings.lease_seconds - 60, self.settings.lease_seconds / 2)
+        stopping = False
         try:
             async with asyncio.timeout(budget):
                 outcomes = await asyncio.gather(
@@ -174,12 +175,18 @@ class QueueRunner:
                               error=f"{type(outcome).__name__}: {outcome}")
         except TimeoutError:
             log_event("queue.batch_timeout", logging.WARNING, seconds=budget)
+        except asyncio.CancelledError:
+            # The server is stopping: record what is known and give the entries back now,
+            # rather than leaving them leased (and untouched) until the lease runs out.
+            stopping = True
         for entry in entries:
             try:
                 await self.finish(entry, results, messages.get(entry.id, b""))
             except Exception as exc:
                 log_event("queue.finish_failed", logging.ERROR, queue_id=entry.id,
                           error=f"{type(exc).__name__}: {exc}")
+        if stopping:
+            raise asyncio.CancelledError
 
     async def _still_pending(self, job: Job) -> list[QueueRecipient]:
         """The job's recipients still pending in the store (a recall may have come in)."""

@@ -231,8 +231,12 @@ class Transfer:
                     # The outcome of the job in flight is unknown: it stays pending and goes to
                     # the next address (RFC 5321 6.1: better twice than never).
                     errors.add(f"{client.peer}: {exc.text}", "temporary")
-                finally:
-                    await client.quit()
+                    client.close()
+                    continue
+                except BaseException:  # cancelled (the server stops): no polite QUIT
+                    client.close()
+                    raise
+                await client.quit()
         if remaining:
             self._record_all(remaining, self._failure(hosts, policy, errors), results)
 
