@@ -127,6 +127,7 @@ class MailboxView:
         self.readonly = readonly
         self.track_recent = track_recent
         self.watch = watch
+        service.attach_feed(mailbox.id)
         self.uids = array("Q", (f.uid for f in flags))
         self.modseq = mailbox.highestmodseq
         last = self.uids[-1] if self.uids else 0
@@ -233,6 +234,9 @@ class MailboxView:
 
     async def wait_change(self, timeout: float | None) -> bool:
         """Waits until the mailbox may have changed (IDLE); does not consume the signal."""
+        if timeout is None:  # no wait_for: in Python 3.11 it costs a task per call
+            await self.watch.event.wait()
+            return True
         try:
             await asyncio.wait_for(self.watch.event.wait(), timeout)
         except TimeoutError:
@@ -244,7 +248,7 @@ class MailboxView:
         if not force and not self.watch.event.is_set():
             return
         self.watch.event.clear()
-        changes = await self.store.changes_since(self.mailbox.id, self.modseq)
+        changes = await self.service.changes_for(self.mailbox.id, self.modseq)
         self.modseq = max(self.modseq, changes.highestmodseq)
         last = self.last_uid
         new: list[int] = []
@@ -386,10 +390,29 @@ class MailboxView:
         if not self.closed:
             self.closed = True
             self.watch.close()
+            self.service.detach_feed(self.mailbox.id)
 
 
 # ---------------------------------------------------------------------------------------------
 # The service
+
+
+@dataclass
+class _Feed:
+    """The change queries of one mailbox, shared by every view of it in this process: views
+    woken by the same delivery ask the same question ("what changed since MODSEQ m"), and
+    one store query answers them all (10,000 IDLE sessions, or a team on one mailbox).
+
+    A query is shared only within a *generation*: a publish seen after a query started makes
+    the next caller start a new one, so nobody gets an answer older than the change that
+    woke it."""
+
+    watch: Watch
+    users: int = 0
+    generation: int = 0
+    since: int = -1
+    result: asyncio.Future[Changes] | None = None
+    result_generation: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +436,39 @@ class MailboxService:
         # (mailbox id, UIDVALIDITY) -> highest UID some session here has claimed as \Recent:
         # lets the other sessions skip the (durable) claim write for messages already taken.
         self.claimed_upto: dict[tuple[int, int], int] = {}
+        self._feeds: dict[int, _Feed] = {}
+
+    # -- shared change queries --
+
+    def attach_feed(self, mailbox_id: int) -> None:
+        feed = self._feeds.get(mailbox_id)
+        if feed is None:
+            feed = self._feeds[mailbox_id] = _Feed(self.changes.watch(mailbox_id))
+        feed.users += 1
+
+    def detach_feed(self, mailbox_id: int) -> None:
+        feed = self._feeds.get(mailbox_id)
+        if feed is not None:
+            feed.users -= 1
+            if feed.users <= 0:
+                feed.watch.close()
+                del self._feeds[mailbox_id]
+
+    async def changes_for(self, mailbox_id: int, since: int) -> Changes:
+        """``store.changes_since``, with one query in flight per mailbox and generation."""
+        feed = self._feeds.get(mailbox_id)
+        if feed is None:
+            return await self.store.changes_since(mailbox_id, since)
+        if feed.watch.event.is_set():
+            feed.watch.event.clear()
+            feed.generation += 1
+        shared = feed.result
+        if shared is None or feed.result_generation != feed.generation or feed.since != since:
+            shared = asyncio.ensure_future(self.store.changes_since(mailbox_id, since))
+            shared.add_done_callback(_forget_failure(feed))
+            feed.result, feed.result_generation, feed.since = shared, feed.generation, since
+        # shield: a session that goes away must not cancel the answer others wait for
+        return await asyncio.shield(shared)
 
     # -- folders --
 
@@ -556,6 +612,17 @@ class MailboxService:
         for blob_id in blob_ids:
             with contextlib.suppress(Exception):  # a leftover file is only wasted space
                 await asyncio.to_thread(self.blobs.delete, blob_id)
+
+
+def _forget_failure(feed: _Feed) -> Callable[[asyncio.Future[Changes]], None]:
+    """A failed shared query is not kept for the next caller (and its error is retrieved, so
+    asyncio does not warn about it when every waiter has gone)."""
+
+    def done(future: asyncio.Future[Changes]) -> None:
+        if (future.cancelled() or future.exception() is not None) and feed.result is future:
+            feed.result = None
+
+    return done
 
 
 def _envelope(data: bytes) -> Envelope:
