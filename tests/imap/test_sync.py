@@ -177,3 +177,22 @@ def test_qresync_resync_after_changes(mail_server: RunningServer) -> None:
     lines = again.cmd("SELECT INBOX (QRESYNC (1 1))")
     assert lines[0] == b"* OK [CLOSED] Previous mailbox closed"
     assert not any(b"VANISHED" in ln for ln in lines)
+
+
+def test_many_idlers_on_one_mailbox_all_hear_every_change(mail_server: RunningServer) -> None:
+    idlers = [_opened(mail_server, "SELECT INBOX") for _ in range(5)]
+    for raw in idlers:
+        raw.send(b"i IDLE\r\n")
+        assert raw.readline() == b"+ idling"
+    writer = _opened(mail_server)
+    for n in range(3):  # back-to-back changes: none may be lost between shared queries
+        writer.cmd(f"APPEND INBOX {{{len(message(str(n)))}+}}\r\n".encode() + message(str(n)))
+    for raw in idlers:
+        seen = 0
+        while seen < 3:
+            line = raw.readline()
+            m = re.match(rb"\* (\d+) EXISTS", line)
+            if m:
+                seen = int(m.group(1))
+        raw.send(b"DONE\r\n")
+        assert status_of(raw.until("i")) == b"OK"
