@@ -181,7 +181,7 @@ async def user_remove(address: str, data: Path | None) -> None:
         key = parse_address(address).key
         unused = await store.remove_account(key)
         for blob_id in unused:
-            blobs.delete(blob_id)
+            blobs.discard_unused(blob_id, 0)
     click.echo(f"removed user {key}")
 
 

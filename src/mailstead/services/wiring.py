@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mailstead.obs import log_event
+
 if TYPE_CHECKING:
     from mailstead.app import Services
 
@@ -32,6 +34,36 @@ async def start(services: Services, background: list[asyncio.Task[None]]) -> Non
                         services.accounts)
     services.extra["queue"] = queue
     queue.start(background)
+
+    background.append(asyncio.create_task(_sweep_unused_blobs(services)))
+
+
+BLOB_SWEEP_INTERVAL = 60.0
+BLOB_GRACE_SECONDS = 600.0
+
+
+async def _sweep_unused_blobs(services: Services) -> None:
+    """Removes message files whose last reference went (expunge, account removal...)."""
+    while True:
+        await asyncio.sleep(BLOB_SWEEP_INTERVAL)
+        try:
+            await sweep_unused_blobs(services, BLOB_GRACE_SECONDS)
+        except Exception as exc:  # a failed sweep is retried next time; it never loses mail
+            log_event("blobs.sweep_failed", error=str(exc))
+
+
+async def sweep_unused_blobs(services: Services, grace_seconds: float) -> int:
+    removed = 0
+    while True:
+        unused = await services.store.reap_blobs(1000)
+        for blob_id in unused:
+            if await asyncio.to_thread(services.blobs.discard_unused, blob_id, grace_seconds):
+                removed += 1
+        if len(unused) < 1000:
+            break
+    if removed:
+        log_event("blobs.swept", removed=removed)
+    return removed
 
 
 async def _close_on_stop(close: Callable[[], None]) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,12 +40,15 @@ class FsBlobStore:
         target = self.path(blob_id)
         if self._intact(target, blob_id):
             # Another put may have renamed it in but not yet made it durable: fsync it here too.
-            # The new time also tells a sweeper of unreferenced files to spare it while the
-            # caller commits the rows that reference it.
-            os.utime(target)
-            _fsync_path(target)
-            _fsync_dir(target.parent)
-            return blob_id
+            # The new time also tells the sweeper of unreferenced files (discard_unused) to
+            # spare it while the caller commits the rows that reference it.
+            try:
+                os.utime(target)
+                _fsync_path(target)
+                _fsync_dir(target.parent)
+                return blob_id
+            except FileNotFoundError:
+                pass  # the sweeper took it just now: write it again below
         self._make_dirs(target.parent)
         temp = target.parent / f".{blob_id}.{secrets.token_hex(4)}.tmp"
         # Plain os calls: no buffering layer, no isatty/seek probes; 0600, mail is private.
@@ -93,6 +97,26 @@ class FsBlobStore:
         except FileNotFoundError:
             return
         _fsync_dir(path.parent)
+
+    def discard_unused(self, blob_id: str, grace_seconds: float) -> bool:
+        """Deletes the file of a blob the metadata store no longer references, unless a put
+        touched it within ``grace_seconds`` (a delivery of the same bytes about to commit).
+
+        The file is first renamed aside, so a concurrent put either ran before (fresh time:
+        the file is put back) or runs after (it finds no file and writes its own). Content is
+        addressed by hash, so putting back over a newly written copy changes nothing."""
+        path = self.path(blob_id)
+        aside = path.with_name(f".{blob_id}.{secrets.token_hex(4)}.reap")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        if time.time() - aside.stat().st_mtime < grace_seconds:
+            os.replace(aside, path)
+            return False
+        aside.unlink()
+        _fsync_dir(path.parent)
+        return True
 
     def exists(self, blob_id: str) -> bool:
         return self.path(blob_id).is_file()

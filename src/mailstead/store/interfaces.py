@@ -386,6 +386,10 @@ class BlobStore(Protocol):
 
     def delete(self, blob_id: str) -> None: ...
 
+    def discard_unused(self, blob_id: str, grace_seconds: float) -> bool:
+        """Deletes an unreferenced blob unless a put touched it within ``grace_seconds``;
+        True if the file went. Safe against a concurrent put of the same bytes."""
+
     def exists(self, blob_id: str) -> bool: ...
 
     def iter_ids(self) -> Iterable[str]: ...
