@@ -268,3 +268,24 @@ def test_unknown_and_wrong_state_commands(mail_server: RunningServer) -> None:
         client.fetch("1", "(FLAGS)")
     except imaplib.IMAP4.error as exc:
         assert "Invalid message sequence number" in str(exc)
+
+
+def test_binary_append_special_use_create_and_rfc822_items(mail_server: RunningServer) -> None:
+    raw = Raw(mail_server)
+    raw.login()
+    assert status_of(raw.cmd("CREATE Outbox (USE (\\Sent))")) == b"OK"
+    assert b'* LIST (\\HasNoChildren \\Sent) "/" "Outbox"' in raw.cmd('LIST "" Outbox')
+    assert status_of(raw.cmd("CREATE Odd (USE (\\Bogus))")) == b"NO [USEATTR]"
+    # BINARY (RFC 3516): a literal8 may carry NUL octets; they come back byte for byte.
+    data = b"Subject: bin\r\nContent-Type: application/octet-stream\r\n\r\n\x00\x01\xff\r\n"
+    raw.send(b"b1 APPEND INBOX ~{%d}\r\n" % len(data))
+    assert raw.readline() == b"+ Ready for literal data"
+    raw.send(data + b"\r\n")
+    assert status_of(raw.until("b1")).startswith(b"OK [APPENDUID")
+    raw.cmd("SELECT INBOX")
+    lines = raw.cmd("FETCH 1 (BINARY.PEEK[] RFC822.HEADER)")
+    assert lines[0].startswith(b"* 1 FETCH (BINARY[] ~{%d}\r\n" % len(data) + data)
+    assert b"RFC822.HEADER {" in lines[0]
+    lines = raw.cmd("FETCH 1 (RFC822.TEXT)")
+    assert b"RFC822.TEXT {5}" in lines[0] and b"\\Seen" in lines[0]  # TEXT sets \Seen
+    assert status_of(raw.cmd("CHECK")) == b"OK"
