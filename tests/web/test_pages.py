@@ -173,6 +173,8 @@ def test_no_page_of_one_user_shows_another_users_mail(shared_server: RunningServ
                  {"action": "move", "uid": str(uid), "target": str(box)}):
         response = intruder.post(f"/mail/{box}/action", data={"csrf": token, **data})
         assert response.status_code == 404
+    for url in (f"/mail/{2**70}", f"/mail/{box}/{2**70}", f"/mail/{_inbox_id(intruder)}/1"):
+        assert intruder.get(url).status_code == 404, url
     own_box = _inbox_id(intruder)
     moved = intruder.post(f"/mail/{own_box}/action", data={
         "csrf": token, "action": "move", "uid": str(uid), "target": str(box)})

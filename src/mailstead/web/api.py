@@ -27,13 +27,19 @@ from mailstead.store.interfaces import Account, Mailbox, MessageMeta, QueueEntry
 from mailstead.web import accountops, adminops, security, sending
 from mailstead.web import api_models as m
 from mailstead.web.compose import Draft, Upload
-from mailstead.web.mailroom import ListQuery, Mailroom, Row, SearchQuery, SummaryCache
+from mailstead.web.mailroom import (
+    MAX_ID,
+    ListQuery,
+    Mailroom,
+    Row,
+    SearchQuery,
+    SummaryCache,
+)
 from mailstead.web.messages import part_content, read_message
 from mailstead.web.pages import web_state
 from mailstead.web.routes_mail import part_response
 from mailstead.web.sanitize import clean_html
 
-MAX_ID = 2**62  # larger path numbers cannot name anything (and would overflow SQL integers)
 Auth = Literal["token", "basic", "none"]
 
 

@@ -22,6 +22,7 @@ from mailstead.store.interfaces import Account, Mailbox, MessageMeta, SystemFlag
 # Display order of the special folders; the others follow alphabetically.
 ROLE_ORDER = {None: 0, "\\Drafts": 1, "\\Sent": 2, "\\Archive": 3, "\\Junk": 4, "\\Trash": 5}
 SORT_KEYS = ("date", "from", "subject", "size")
+MAX_ID = 2**62  # larger numbers name nothing (and would overflow the store's integers)
 SEARCH_SCAN_LIMIT = 5000  # body / attachment search reads at most this many newest messages
 SUMMARY_CACHE = 20_000
 FLAG_NAMES = {"seen": SystemFlag.SEEN, "flagged": SystemFlag.FLAGGED,
@@ -245,7 +246,8 @@ class Mailroom:
 
     async def folder(self, mailbox_id: int) -> Mailbox:
         """The account's mailbox with this id; NotFound for any other (even if it exists)."""
-        box = await self.store.get_mailbox_by_id(mailbox_id)
+        box = await self.store.get_mailbox_by_id(mailbox_id) if 0 <= mailbox_id <= MAX_ID \
+            else None
         if box is None or box.account_id != self.account.id:
             raise NotFound("no such folder")
         return box
@@ -359,7 +361,7 @@ class Mailroom:
     # -- reading --
 
     async def message(self, box: Mailbox, uid: int) -> MessageMeta:
-        rows = await self.store.get_messages(box.id, [uid])
+        rows = await self.store.get_messages(box.id, [uid]) if 0 < uid <= MAX_ID else []
         if not rows:
             raise NotFound("no such message")
         return rows[0]
@@ -389,7 +391,7 @@ class Mailroom:
             view.close()
 
     async def _existing(self, box: Mailbox, uids: Iterable[int]) -> list[int]:
-        wanted = sorted({int(u) for u in uids})
+        wanted = sorted({int(u) for u in uids if 0 < int(u) <= MAX_ID})
         if not wanted:
             return []
         return [m.uid for m in await self.store.get_messages(box.id, wanted)]
