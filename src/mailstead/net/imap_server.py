@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable
 
 from mailstead.app import Services
 from mailstead.config import ListenerConfig
-from mailstead.net.listener import Connection, IdleTimeout, LineTooLong, ProtocolHandler
+from mailstead.net.listener import (
+    Connection,
+    ConnectionClosed,
+    IdleTimeout,
+    LineTooLong,
+    ProtocolHandler,
+)
 from mailstead.obs import log_event
-from mailstead.proto.imap_backend import LoginRefused
+from mailstead.proto.imap_backend import ClientGone, ClientTimeout, LoginRefused
 from mailstead.proto.imap_parse import literal_marker, peek_tag_command
 from mailstead.proto.imap_session import ImapSession, SessionSettings, State
 from mailstead.services.accounts import AccountService, AuthFailed
@@ -62,13 +69,24 @@ class _ConnIO:
 
     async def drain(self) -> None:
         self.flush()
-        await self.conn.drain()
+        try:
+            await self.conn.drain()
+        except ConnectionClosed:
+            raise ClientGone() from None
 
     async def read_line(self) -> bytes:
-        return await self.conn.readline(MAX_LINE, self.timeout)
+        try:
+            return await self.conn.readline(MAX_LINE, self.timeout)
+        except ConnectionClosed:
+            raise ClientGone() from None
+        except IdleTimeout:
+            raise ClientTimeout() from None
 
     async def start_tls(self) -> None:
-        await self.conn.start_tls()
+        try:
+            await self.conn.start_tls()
+        except (ssl.SSLError, ConnectionError, OSError):
+            raise ClientGone() from None  # a failed handshake leaves nothing to talk over
 
     async def idle_wait(
         self, wait_change: Callable[[], Awaitable[bool]] | None
@@ -169,10 +187,12 @@ class ImapHandler:
                 if data is not None:
                     await session.execute(data)
             await io.drain()
-        except IdleTimeout:  # during IDLE or an AUTHENTICATE exchange
+        except (IdleTimeout, ClientTimeout):  # during IDLE or an AUTHENTICATE exchange
             with contextlib.suppress(Exception):
                 io.write(b"* BYE Autologout; idle for too long\r\n")
                 await io.drain()
+        except ClientGone:
+            pass
         except asyncio.CancelledError:  # the server is stopping
             with contextlib.suppress(Exception):
                 io.write(b"* BYE Server shutting down\r\n")

@@ -31,6 +31,14 @@ class LoginRefused(Exception):
         self.temporary = temporary
 
 
+class ClientGone(Exception):
+    """The client closed the connection (raised by ClientIO)."""
+
+
+class ClientTimeout(Exception):
+    """The client stayed silent past the autologout time (raised by ClientIO)."""
+
+
 class ClientIO(Protocol):
     """The connection as the session sees it."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,11 +26,14 @@ from mailstead.core.errors import (
     NotFound,
     QuotaExceeded,
 )
+from mailstead.obs import log_event
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import mutf7
 from mailstead.proto.imap_backend import (
     Authenticator,
+    ClientGone,
     ClientIO,
+    ClientTimeout,
     LoginRefused,
     MailboxBackend,
     SelectedView,
@@ -221,6 +225,11 @@ class ImapSession:
             return Reply("NO", _clean(exc), "CANNOT")
         except CorruptBlob:
             return Reply("NO", "A message file is damaged; it was not sent", "CORRUPTION")
+        except (ClientGone, ClientTimeout):
+            raise  # the connection's business, not the command's
+        except Exception as exc:  # a bug must cost one command, not the session
+            log_event("imap.error", logging.ERROR, command=cmd.name, error=repr(exc))
+            return Reply("NO", "Internal server error", "SERVERBUG")
 
     # -- mailbox change reporting (RFC 9051 7.5.1) --
 
@@ -240,6 +249,9 @@ class ImapSession:
             self.io.write(fmt.untagged("BYE Selected mailbox was deleted"))
             self.close_view()
             self.state = State.LOGOUT
+            return
+        except Exception as exc:  # the store hiccuped: report next time
+            log_event("imap.error", logging.ERROR, command="(updates)", error=repr(exc))
             return
         updates = view.take_updates(allow_expunge)
         out = self.io.write

@@ -248,7 +248,11 @@ class MailboxView:
         if not force and not self.watch.event.is_set():
             return
         self.watch.event.clear()
-        changes = await self.service.changes_for(self.mailbox.id, self.modseq)
+        try:
+            changes = await self.service.changes_for(self.mailbox.id, self.modseq)
+        except BaseException:
+            self.watch.event.set()  # not learnt: ask again next time
+            raise
         self.modseq = max(self.modseq, changes.highestmodseq)
         last = self.last_uid
         new: list[int] = []
