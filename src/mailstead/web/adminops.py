@@ -42,13 +42,10 @@ def dns_records(state: WebState, domain: str) -> list[DnsRecord]:
         DnsRecord(f"autoconfig.{domain}", "CNAME", f"{host}.",
                   "mail clients find their settings (Thunderbird autoconfig)"),
     ]
-    provider = state.services.extra.get("dkim")
-    if provider is not None and hasattr(provider, "dns_record"):
-        name, value = provider.dns_record(domain)
-        records.insert(2, DnsRecord(name, "TXT", value, "DKIM public key (RFC 6376)"))
-    else:
-        records.insert(2, DnsRecord(f"<selector>._domainkey.{domain}", "TXT", "(not set up)",
-                                    "DKIM: appears here once DKIM signing is configured"))
+    dkim = _dkim_records(state, domain)
+    records[2:2] = dkim or [DnsRecord(
+        f"<selector>._domainkey.{domain}", "TXT", "(no key yet)",
+        "DKIM: the keys are made the first time the domain signs mail; then they show here")]
     srv = [("_submissions._tcp", "submissions"), ("_imaps._tcp", "imaps"),
            ("_pop3s._tcp", "pop3s")]
     for label, listener in srv:
@@ -57,6 +54,21 @@ def dns_records(state: WebState, domain: str) -> list[DnsRecord]:
                                      f"0 1 {ports[listener]} {host}.",
                                      "client service discovery (RFC 6186, RFC 8314)"))
     return records
+
+
+def _dkim_records(state: WebState, domain: str) -> list[DnsRecord]:
+    """The domain's DKIM public keys, when the trust layer has made them."""
+    directory = getattr(getattr(state.cfg, "trust", None), "dkim_dir", None)
+    if not isinstance(directory, str):
+        return []
+    try:
+        from mailstead.mailsec.dkim import published_records
+
+        found = published_records(state.cfg.path(directory), domain)
+    except Exception:  # no keys yet, or unreadable: the page still shows the rest
+        return []
+    return [DnsRecord(name, "TXT", value, "DKIM public key (RFC 6376, RFC 8463)")
+            for name, value in found]
 
 
 # -- domains, users, aliases --
