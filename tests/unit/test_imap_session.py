@@ -58,7 +58,7 @@ class StoreAuth:
 
 
 @pytest.fixture
-async def backend(tmp_path: Path) -> AsyncIterator[tuple[MetadataStore, MailboxService]]:
+async def parts(tmp_path: Path) -> AsyncIterator[tuple[MetadataStore, MailboxService]]:
     cfg = bootstrap.build_config(tmp_path, {})
     bus = ChangeBus()
     store = make_metadata_store(cfg, bus)
@@ -69,16 +69,16 @@ async def backend(tmp_path: Path) -> AsyncIterator[tuple[MetadataStore, MailboxS
     await store.close()
 
 
-def session(backend: tuple[MetadataStore, MailboxService], io: RecordingIO,
+def session(parts: tuple[MetadataStore, MailboxService], io: RecordingIO,
             plaintext_ok: bool = False, starttls: bool = False) -> ImapSession:
-    store, mailboxes = backend
+    store, mailboxes = parts
     settings = SessionSettings("mail.example.test", starttls, plaintext_ok, 1_000_000, 5, 1000)
     return ImapSession(StoreAuth(store), mailboxes, io, settings)
 
 
-async def test_not_authenticated_transcript(backend: tuple[MetadataStore, MailboxService]) -> None:
+async def test_not_authenticated_transcript(parts: tuple[MetadataStore, MailboxService]) -> None:
     io = RecordingIO(tls=False)
-    s = session(backend, io, starttls=True)
+    s = session(parts, io, starttls=True)
     assert s.greeting().startswith(b"* OK [CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ")
     assert b"STARTTLS LOGINDISABLED]" in s.greeting()
     await s.execute(b"a LOGIN alice@example.test right")
@@ -94,10 +94,10 @@ async def test_not_authenticated_transcript(backend: tuple[MetadataStore, Mailbo
 
 
 async def test_select_append_fetch_transcript(
-    backend: tuple[MetadataStore, MailboxService],
+    parts: tuple[MetadataStore, MailboxService],
 ) -> None:
     io = RecordingIO()
-    s = session(backend, io)
+    s = session(parts, io)
     await s.execute(b"a LOGIN alice@example.test right")
     io.take()
     await s.execute(b"b APPEND INBOX (\\Flagged) {19}\r\nSubject: hi\r\n\r\nyo\r\n")
@@ -119,9 +119,9 @@ async def test_select_append_fetch_transcript(
     assert io.take() == b"* BYE Logging out\r\nf OK Logout completed\r\n" and s.logged_out
 
 
-async def test_errors_count_towards_bye(backend: tuple[MetadataStore, MailboxService]) -> None:
+async def test_errors_count_towards_bye(parts: tuple[MetadataStore, MailboxService]) -> None:
     io = RecordingIO()
-    s = session(backend, io)
+    s = session(parts, io)
     for n in range(4):
         await s.execute(b"x%d FROB" % n)
     assert not s.logged_out
