@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import ssl
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,11 @@ class App:
             raise ConfigError(f"tls.cert/tls.key: cannot load {cert} / {key}: {exc}") from None
 
     async def start(self) -> list[Listener]:
+        # Blob writes, password hashes and store reads run in threads; the default pool
+        # (cores + 4) queues them under load, measured slower than 32 (bench/store.py).
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=32, thread_name_prefix="mailstead")
+        )
         await self.store.open()
         for domain in self.cfg.domains:
             if await self.store.get_domain(domain.lower()) is None:

@@ -102,32 +102,30 @@ def test_domain_user_alias_lifecycle(data: Path) -> None:
     assert "example.org" not in ok(data, "domain", "list")
 
 
-@pytest.mark.parametrize(
-    ("args", "stdin", "needle"),
-    [
-        (("user", "add", "x@nowhere.test", "--password-stdin"), GOOD_PW, "unknown domain"),
-        (("user", "add", "demo@example.test", "--password-stdin"), GOOD_PW, "exists"),
-        (("user", "add", "new@example.test", "--password-stdin"), "", "empty"),
-        (("user", "add", "new@example.test", "--password-stdin"), "short", "shorter"),
-        (("user", "add", "new@example.test", "--password-stdin"), "aaaaaaaaaaaa", "weak"),
-        (("user", "add", "not-an-address", "--password-stdin"), GOOD_PW, "no @domain"),
-        (("user", "add", "a b@example.test", "--password-stdin"), GOOD_PW, "invalid"),
-        (("user", "passwd", "nobody@example.test", "--password-stdin"), GOOD_PW, "no such user"),
-        (("user", "remove", "nobody@example.test"), None, "nobody@example.test"),
-        (("domain", "add", "not_a_domain"), None, "invalid domain"),
-        (("domain", "add", "example.test"), None, "example.test"),
-        (("alias", "add", "x@nowhere.test", "demo@example.test"), None, "unknown domain"),
-        (("alias", "add", "demo@example.test", "x@example.test"), None, "is an account"),
-        (("alias", "remove", "none@example.test"), None, "no alias"),
-    ],
-)
-def test_errors_are_one_line_and_change_nothing(
-    data: Path, args: tuple[str, ...], stdin: str | None, needle: str
-) -> None:
+ERROR_CASES = [
+    (("user", "add", "x@nowhere.test", "--password-stdin"), GOOD_PW, "unknown domain"),
+    (("user", "add", "demo@example.test", "--password-stdin"), GOOD_PW, "exists"),
+    (("user", "add", "new@example.test", "--password-stdin"), "", "empty"),
+    (("user", "add", "new@example.test", "--password-stdin"), "short", "shorter"),
+    (("user", "add", "new@example.test", "--password-stdin"), "aaaaaaaaaaaa", "weak"),
+    (("user", "add", "not-an-address", "--password-stdin"), GOOD_PW, "no @domain"),
+    (("user", "add", "a b@example.test", "--password-stdin"), GOOD_PW, "invalid"),
+    (("user", "passwd", "nobody@example.test", "--password-stdin"), GOOD_PW, "no such user"),
+    (("user", "remove", "nobody@example.test"), None, "nobody@example.test"),
+    (("domain", "add", "not_a_domain"), None, "invalid domain"),
+    (("domain", "add", "example.test"), None, "example.test"),
+    (("alias", "add", "x@nowhere.test", "demo@example.test"), None, "unknown domain"),
+    (("alias", "add", "demo@example.test", "x@example.test"), None, "is an account"),
+    (("alias", "remove", "none@example.test"), None, "no alias"),
+]
+
+
+def test_errors_are_one_line_and_change_nothing(data: Path) -> None:
     before = ok(data, "user", "list", "--json"), ok(data, "alias", "list", "--json")
-    line = err(data, *args, stdin=None if stdin is None else stdin + "\n")
-    assert needle in line, line
-    assert line.startswith("mailstead: ")
+    for args, stdin, needle in ERROR_CASES:
+        line = err(data, *args, stdin=None if stdin is None else stdin + "\n")
+        assert needle in line, (args, line)
+        assert line.startswith("mailstead: "), line
     assert (ok(data, "user", "list", "--json"), ok(data, "alias", "list", "--json")) == before
 
 
