@@ -242,6 +242,47 @@ class DeliveryConfig(_Section):
     )
 
 
+class TrustConfig(_Section):
+    sign_outbound: bool = Field(
+        True, description="DKIM-sign mail our users send from our domains (RSA and Ed25519)"
+    )
+    verify_inbound: bool = Field(
+        True, description="check SPF, DKIM, ARC and DMARC of mail arriving on the MX and add "
+        "Authentication-Results"
+    )
+    enforce_dmarc: bool = Field(
+        True, description="honour DMARC policies: p=reject refused with 550 5.7.1, "
+        "p=quarantine delivered to Junk"
+    )
+    trust_arc: bool = Field(
+        True, description="keep a DMARC-failing message whose ARC chain passes (forwarded mail)"
+    )
+    arc_seal: bool = Field(
+        True, description="add an ARC set to mail forwarded by aliases to remote addresses"
+    )
+    arc_domain: str = Field(
+        "", description="domain whose keys seal ARC sets; empty: the hostname's parent domain"
+    )
+    verify_timeout: float = Field(
+        20.0, description="seconds all checks of one message may take before it is accepted "
+        "unjudged", gt=0,
+    )
+    dkim_dir: str = Field("dkim", description="where DKIM keys are kept (relative: data dir)")
+    mta_sts: bool = Field(
+        True, description="fetch receiving domains' MTA-STS policies (RFC 8461) and require "
+        "verified TLS when they say enforce"
+    )
+    mta_sts_port: int = Field(
+        443, description="HTTPS port MTA-STS policies are fetched from", ge=1, le=65535
+    )
+    mta_sts_ca_file: str = Field(
+        "", description="extra CA certificates (PEM) trusted for MTA-STS policy hosts"
+    )
+    mta_sts_mode: Literal["none", "testing", "enforce"] = Field(
+        "testing", description="mode of the MTA-STS policy we serve for our own domains"
+    )
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
@@ -265,6 +306,9 @@ class Config(_Section):
     )
     web: WebConfig = Field(
         default_factory=WebConfig, description="webmail, sign-up, admin console and API"
+    )
+    trust: TrustConfig = Field(
+        default_factory=TrustConfig, description="DKIM, SPF, DMARC, ARC and MTA-STS"
     )
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
 

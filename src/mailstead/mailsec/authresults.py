@@ -74,7 +74,9 @@ def authentication_results(
         parts.append(f"dkim={result.result} header.d={_value(result.domain)} "
                      f"header.s={_value(result.selector)} header.a={_value(result.algorithm)}")
     dmarc_line = f"dmarc={dmarc.result}"
-    if dmarc.from_domain:
+    if dmarc.result == "none":
+        dmarc_line += f" header.from={_value(dmarc.from_domain)}" if dmarc.from_domain else ""
+    elif dmarc.from_domain:
         dmarc_line += f" (p={dmarc.policy} dis={dmarc.disposition}) " \
                       f"header.from={_value(dmarc.from_domain)}"
     parts.append(dmarc_line)

@@ -19,6 +19,7 @@ from mailstead.app import Services
 from mailstead.config import ListenerConfig
 from mailstead.core.addresses import Address, parse_address
 from mailstead.core.errors import InvalidInput, QuotaExceeded
+from mailstead.mailsec.inbound import trust_service
 from mailstead.net.listener import (
     Connection,
     ConnectionClosed,
@@ -31,6 +32,7 @@ from mailstead.proto.smtp import (
     LONGEST_LINE,
     Action,
     AuthRefused,
+    MessageRefused,
     QuotaState,
     Reply,
     RouteLike,
@@ -112,8 +114,17 @@ class SessionBackend:
             smtputf8=txn.smtputf8,
             body=txn.body,
         )
+        junk, auth_results = False, b""
+        trust = trust_service(self.services)
+        if trust is not None and txn.account is None:  # MX traffic, not our users' submissions
+            verdict = await trust.verify_inbound(txn.client_ip, txn.helo, txn.sender, message)
+            if verdict.action == "reject":
+                raise MessageRefused(verdict.reason)
+            message, junk, auth_results = verdict.message, verdict.action == "junk", \
+                verdict.headers
         try:
-            result = await self.delivery.deliver(envelope, message)
+            result = await self.delivery.deliver(envelope, message, junk=junk,
+                                                 auth_results=auth_results)
         except QuotaExceeded:
             raise
         except Exception as exc:

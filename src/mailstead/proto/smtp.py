@@ -75,6 +75,14 @@ def reply(code: int, status: str, text: str, action: Action = Action.NONE) -> Re
     return Reply(code, (f"{status} {text}",), action)
 
 
+class MessageRefused(Exception):
+    """Raised by ``SmtpBackend.deliver`` to refuse a message for good (e.g. DMARC reject)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
 class AuthRefused(Exception):
     """The backend refused a login. ``temporary`` marks a lockout (454) rather than bad
     credentials (535)."""
@@ -685,6 +693,8 @@ class SmtpSession:
             queue_id = await self.backend.deliver(txn, content)
         except QuotaExceeded:
             answer = reply(452, "4.2.2", "Mailbox full, try again later")
+        except MessageRefused as refused:
+            answer = reply(550, "5.7.1", _printable(refused.text))
         except Exception:  # the backend logged it; the client may retry
             answer = reply(451, "4.3.0", "Local error in processing, try again later")
         else:

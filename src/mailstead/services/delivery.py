@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import Protocol
 
 from mailstead.core.errors import NotFound
 from mailstead.proto.mime import parse_envelope_fields
@@ -36,6 +37,12 @@ from mailstead.store.interfaces import (
     QueueEntry,
     QueueRecipient,
 )
+
+
+class TrustHooks(Protocol):
+    async def sign_outbound(self, message: bytes) -> bytes: ...
+
+    async def seal_forwarded(self, message: bytes, auth_results: bytes) -> bytes: ...
 
 
 @dataclass(slots=True)
@@ -104,6 +111,7 @@ class DeliveryService:
         # (it cannot be deleted; RENAME INBOX moves messages, RFC 9051 6.3.6), and the key
         # holds the creation time, so a re-created account never meets an old entry.
         self._inboxes: dict[tuple[int, datetime], int] = {}
+        self.trust: TrustHooks | None = None  # DKIM signing and ARC sealing (mailsec)
 
     def close(self) -> None:
         self._writers.shutdown(wait=False)
@@ -148,8 +156,16 @@ class DeliveryService:
             self._inboxes[account.id, account.created] = box.id
         return [self._inboxes[a.id, a.created] for a in accounts]
 
+    async def _junk_ids(self, accounts: Sequence[Account]) -> list[int]:
+        """Each account's Junk mailbox (INBOX when it has none): DMARC quarantine."""
+        boxes = await asyncio.gather(*(self.store.get_mailbox(a.id, "Junk") for a in accounts))
+        inboxes = await self._inbox_ids(accounts)
+        return [box.id if box is not None else inbox for box, inbox in zip(boxes, inboxes,
+                                                                         strict=True)]
+
     async def deliver(
-        self, envelope: InboundEnvelope, message: bytes, keywords: frozenset[str] = frozenset()
+        self, envelope: InboundEnvelope, message: bytes, keywords: frozenset[str] = frozenset(),
+        *, junk: bool = False, auth_results: bytes = b"",
     ) -> DeliveryResult:
         """Stores ``message`` for every recipient in one transaction; see the module doc.
         ``keywords`` are IMAP keywords set on the local copies (DMTP: $IntegrityFailed).
@@ -160,10 +176,18 @@ class DeliveryService:
         remote = _remote_recipients(envelope.recipients)
         if not accounts and not remote:
             raise ValueError("a delivery needs at least one recipient")
-        data = self.trace_fields(envelope, queue_id, now, local=bool(accounts)) + message
+        if self.trust is not None:
+            # Signed (our users' mail) or sealed (forwarded mail) before the one blob is
+            # written, so every copy and the queue entry carry the same bytes.
+            if envelope.account is not None:
+                message = await self.trust.sign_outbound(message)
+            elif remote:
+                message = await self.trust.seal_forwarded(message, auth_results)
+        data = self.trace_fields(envelope, queue_id, now, local=bool(accounts)) + \
+            auth_results + message
         # The file is written while the mailboxes are looked up; rows come only after both.
         (blob_id, fields), inbox_ids = await asyncio.gather(
-            self.store_blob(data), self._inbox_ids(accounts))
+            self.store_blob(data), self._junk_ids(accounts) if junk else self._inbox_ids(accounts))
         new = NewMessage(blob_id=blob_id, size=len(data), internal_date=now, keywords=keywords,
                          envelope=fields)
         deliveries = [Delivery(inbox_id, new) for inbox_id in inbox_ids]

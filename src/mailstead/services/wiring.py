@@ -30,6 +30,11 @@ async def start(services: Services, background: list[asyncio.Task[None]]) -> Non
 
     resolver = make_resolver(services.cfg.delivery)
     services.extra["dns"] = resolver
+    from mailstead.mailsec.inbound import TrustService
+
+    trust = TrustService(services.cfg, resolver, services.accounts.is_local_domain)
+    services.extra["trust"] = trust
+    delivery.trust = trust
     queue = QueueRunner(services.cfg, services.store, services.blobs, resolver, delivery,
                         services.accounts)
     services.extra["queue"] = queue
