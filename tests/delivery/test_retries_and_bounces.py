@@ -155,8 +155,8 @@ def test_queue_cli_list_show_retry_delete(make_node: Callable[..., Node]) -> Non
     assert f"recalled (will not receive it): {DAVE}" in recalled.stdout
     assert queue_entry(alpha, first).recipients[0].status == "recalled"
 
-    proc = _cli(alpha, "delete", second)
-    assert proc.returncode == 0, proc.stderr
+    proc = _cli(alpha, "delete", second, "--json")
+    assert json.loads(proc.stdout) == {"deleted": second}, proc.stderr
     assert alpha.server.run(alpha.server.services.store.get_queue_entry(second)) is None
 
     missing = _cli(alpha, "show", "NOSUCHID")

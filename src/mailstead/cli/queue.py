@@ -129,8 +129,11 @@ async def queue_show(queue_id: str, data: Path | None, as_json: bool) -> None:
 @click.argument("queue_ids", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="every waiting entry")
 @data_option
+@json_option
 @run_async
-async def queue_retry(queue_ids: tuple[str, ...], every: bool, data: Path | None) -> None:
+async def queue_retry(
+    queue_ids: tuple[str, ...], every: bool, data: Path | None, as_json: bool
+) -> None:
     """Try waiting entries again now instead of at their next retry time."""
     if not queue_ids and not every:
         raise click.UsageError("name queue ids, or --all")
@@ -138,6 +141,9 @@ async def queue_retry(queue_ids: tuple[str, ...], every: bool, data: Path | None
         ids = [e.id for e in await store.list_queue()] if every else list(queue_ids)
         for queue_id in ids:
             await retry_now(store, queue_id)
+    if as_json:
+        click.echo(json.dumps({"due_now": ids}))
+        return
     click.echo(f"{len(ids)} entr{'y' if len(ids) == 1 else 'ies'} due now")
 
 
@@ -183,10 +189,11 @@ async def queue_recall(queue_id: str, as_user: str | None, wait_seconds: float,
 @queue.command("delete")
 @click.argument("queue_id")
 @data_option
+@json_option
 @run_async
-async def queue_delete(queue_id: str, data: Path | None) -> None:
+async def queue_delete(queue_id: str, data: Path | None, as_json: bool) -> None:
     """Delete an entry without telling anyone (its undelivered recipients never get it)."""
     async with open_store(data) as (_cfg, store, blobs):
         if not await delete_entry(store, blobs, queue_id):
             raise NotFound(f"no queue entry {queue_id}")
-    click.echo(f"deleted {queue_id}")
+    click.echo(json.dumps({"deleted": queue_id}) if as_json else f"deleted {queue_id}")
