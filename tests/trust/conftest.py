@@ -1,0 +1,29 @@
+"""Trust tests reuse the delivery DNS world and nodes, with SPF/DKIM/DMARC published in it.
+
+Our domains (alpha-t.test, beta-t.test, gamma-t.test) are added to the world's "test." zone
+here, apart from the delivery tests' names, so their policies never meet those tests.
+"""
+
+from __future__ import annotations
+
+import dns.name
+import dns.rdataset
+
+from tests import dnsworld
+from tests.delivery.conftest import dns_world, make_node, mx_port, world_ca  # noqa: F401
+
+TTL = 5
+
+
+def _quoted(value: str) -> str:
+    """A TXT value as zone-file strings of at most 255 octets each."""
+    chunks = [value[i:i + 250] for i in range(0, len(value), 250)] or [""]
+    return " ".join('"' + c.replace('"', '\\"') + '"' for c in chunks)
+
+
+def publish(world: dnsworld.DnsWorld, name: str, rdtype: str, *values: str) -> None:
+    """Adds (replaces) records in the world's "test." zone."""
+    zone = next(z for z in world.root.zones if z.origin == dns.name.from_text("test."))
+    texts = [_quoted(v) if rdtype == "TXT" else v for v in values]
+    rdataset = dns.rdataset.from_text("IN", rdtype, TTL, *texts)
+    zone.replace_rdataset(dns.name.from_text(name), rdataset)

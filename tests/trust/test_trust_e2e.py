@@ -1,0 +1,177 @@
+"""Trust end to end over the DNS world: alpha-t signs, beta-t verifies, gamma-t gets forwards.
+
+Each node is a real mailstead on its own 127.0.0.x; DNS answers come from the loopback
+authoritative servers through unbound. Results are read the way a user would: the
+Authentication-Results field of the message fetched over IMAP.
+"""
+
+from __future__ import annotations
+
+import email.message
+import shutil
+import smtplib
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mailstead.mailsec import dkim
+from tests import dnsworld
+from tests.delivery.conftest import Node
+from tests.delivery.helpers import fetch_inbox, inbox_with, make_message, submit, wait_for
+from tests.trust.conftest import publish
+
+ALPHA, BETA, GAMMA = "alpha-t.test", "beta-t.test", "gamma-t.test"
+
+
+def _publish_domain(world: dnsworld.DnsWorld, node: Node, dmarc: str) -> None:
+    domain = node.domain
+    publish(world, domain, "MX", f"10 mx.{domain}.")
+    publish(world, f"mx.{domain}", "A", node.ip)
+    publish(world, domain, "TXT", f"v=spf1 ip4:{node.ip} -all")
+    publish(world, f"_dmarc.{domain}", "TXT", dmarc)
+    root = node.data_dir / "dkim"
+    dkim.create_keys(root, domain)
+    for name, value in dkim.published_records(root, domain):
+        publish(world, name, "TXT", value)
+
+
+@pytest.fixture
+def nodes(make_node: Callable[..., Node], dns_world: dnsworld.DnsWorld
+          ) -> tuple[Node, Node, Node]:
+    alpha = make_node("127.0.0.2", f"mx.{ALPHA}", ALPHA, users=("alice",))
+    beta = make_node("127.0.0.3", f"mx.{BETA}", BETA, users=("bob",))
+    gamma = make_node("127.0.0.4", f"mx.{GAMMA}", GAMMA, users=("carol",))
+    _publish_domain(dns_world, alpha, "v=DMARC1; p=reject; sp=quarantine")
+    _publish_domain(dns_world, beta, "v=DMARC1; p=reject")
+    _publish_domain(dns_world, gamma, "v=DMARC1; p=none")
+    beta.server.add_alias(f"fwd@{BETA}", f"carol@{GAMMA}")
+    return alpha, beta, gamma
+
+
+def _results(message: email.message.EmailMessage, host: str) -> dict[str, list[str]]:
+    """method -> results, from our Authentication-Results field."""
+    fields = [str(v) for v in message.get_all("Authentication-Results", [])]
+    ours = [f for f in fields if f.split(";", 1)[0].strip() == host]
+    assert len(ours) == 1, fields
+    found: dict[str, list[str]] = {}
+    for part in ours[0].split(";")[1:]:
+        method, _, rest = part.strip().partition("=")
+        found.setdefault(method, []).append(rest.split()[0])
+    return found
+
+
+def _send_to_mx(node: Node, mx_port: int, sender: str, recipient: str, message: bytes,
+                source: str = "127.0.0.1") -> tuple[int, bytes]:
+    with smtplib.SMTP(node.ip, mx_port, timeout=30,
+                      source_address=(source, 0)) as smtp:
+        smtp.ehlo(f"client.{source}")
+        smtp.mail(sender)
+        smtp.rcpt(recipient)
+        return smtp.data(message)
+
+
+def test_alpha_to_beta_passes_everything_and_forward_to_gamma_keeps_passing(
+        nodes: tuple[Node, Node, Node], dns_world: dnsworld.DnsWorld) -> None:
+    alpha, beta, gamma = nodes
+    submit(alpha, f"alice@{ALPHA}", [f"bob@{BETA}", f"fwd@{BETA}"],
+           make_message(f"alice@{ALPHA}", [f"bob@{BETA}", f"fwd@{BETA}"], "signed"))
+    [arrived] = inbox_with(beta, f"bob@{BETA}")
+    results = _results(arrived, beta.hostname)
+    assert results["spf"] == ["pass"]
+    assert results["dkim"] == ["pass", "pass"]  # RSA and Ed25519
+    assert results["dmarc"] == ["pass"]
+    assert str(arrived["Received-SPF"]).startswith("pass")
+    # The alias forwarded it from beta's address: SPF of alpha fails there, yet the message
+    # still passes DMARC at gamma.
+    [forwarded] = inbox_with(gamma, f"carol@{GAMMA}")
+    at_gamma = _results(forwarded, gamma.hostname)
+    assert at_gamma["spf"] == ["fail"]
+    assert at_gamma["dmarc"] == ["pass"]
+    assert "pass" in at_gamma["dkim"]
+
+
+def test_signature_verifies_with_an_independent_verifier(
+        nodes: tuple[Node, Node, Node], dns_world: dnsworld.DnsWorld, tmp_path: Path) -> None:
+    """Perl's Mail::DKIM (Debian libmail-dkim-perl), asking the DNS world for the keys."""
+    if shutil.which("perl") is None or subprocess.run(
+            ["perl", "-MMail::DKIM::Verifier", "-MNet::DNS", "-e1"]).returncode != 0:
+        pytest.skip("libmail-dkim-perl is not installed")
+    alpha, beta, _ = nodes
+    submit(alpha, f"alice@{ALPHA}", [f"bob@{BETA}"],
+           make_message(f"alice@{ALPHA}", [f"bob@{BETA}"], "independent"))
+    [arrived] = inbox_with(beta, f"bob@{BETA}")
+    raw = arrived.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    script = (
+        "use Mail::DKIM::Verifier; use Mail::DKIM::DNS; use Net::DNS;"
+        f"Mail::DKIM::DNS::resolver(Net::DNS::Resolver->new(nameservers=>['{dns_world.resolver}'],"
+        "recurse=>1));"
+        "my $v = Mail::DKIM::Verifier->new; local $/; $v->PRINT(<STDIN>); $v->CLOSE;"
+        "print join(' ', map { $_->algorithm . '=' . $_->result } $v->signatures), qq(\\n);"
+    )
+    out = subprocess.run(["perl", "-e", script], input=raw, capture_output=True, check=True)
+    assert sorted(out.stdout.decode().split()) == ["ed25519-sha256=pass", "rsa-sha256=pass"], \
+        out
+
+
+def test_forged_from_is_rejected_under_reject_and_junked_under_quarantine(
+        nodes: tuple[Node, Node, Node], mx_port: int) -> None:
+    _, beta, _ = nodes
+    forged = make_message(f"ceo@{ALPHA}", [f"bob@{BETA}"], "wire the money")
+    code, reply = _send_to_mx(beta, mx_port, "mallory@elsewhere.test", f"bob@{BETA}", forged)
+    assert (code, reply[:5]) == (550, b"5.7.1")
+    # A subdomain of alpha: its policy is sp=quarantine, so the message goes to Junk.
+    junk = make_message(f"billing@pay.{ALPHA}", [f"bob@{BETA}"], "invoice")
+    code, _ = _send_to_mx(beta, mx_port, "mallory@elsewhere.test", f"bob@{BETA}", junk)
+    assert code == 250
+    box = wait_for(lambda: _mailbox(beta, f"bob@{BETA}", "Junk"), "a message in Junk")
+    assert [m["Subject"] for m in box] == ["invoice"]
+    assert fetch_inbox(beta, f"bob@{BETA}") == []
+
+
+def _mailbox(node: Node, user: str, name: str) -> list[email.message.EmailMessage]:
+    import imaplib
+
+    from tests.conftest import PASSWORD
+    from tests.delivery.helpers import client_context
+
+    with imaplib.IMAP4(node.ip, node.port("imap"), timeout=30) as imap:
+        imap.starttls(client_context())
+        imap.login(user, PASSWORD)
+        imap.select(name, readonly=True)
+        _, data = imap.uid("SEARCH", "ALL")
+        out = []
+        for uid in (data[0].split() if data and data[0] else []):
+            _, parts = imap.uid("FETCH", uid, "(BODY.PEEK[])")
+            raw = next(p[1] for p in parts if isinstance(p, tuple))
+            out.append(email.message_from_bytes(raw, policy=email.policy.default))
+        return out
+
+
+def test_message_altered_in_transit_fails_dkim(
+        nodes: tuple[Node, Node, Node], mx_port: int) -> None:
+    alpha, beta, _ = nodes
+    original = make_message(f"alice@{ALPHA}", [f"bob@{BETA}"], "amount", body="Pay 10 EUR.\r\n")
+    signed = dkim.sign_message(alpha.data_dir / "dkim", ALPHA, original) + original
+    altered = signed.replace(b"Pay 10 EUR.", b"Pay 9999 EUR.")
+    # Sent from alpha's address, so SPF (and through it DMARC) still passes.
+    code, _ = _send_to_mx(beta, mx_port, f"alice@{ALPHA}", f"bob@{BETA}", altered,
+                          source=alpha.ip)
+    assert code == 250
+    [arrived] = inbox_with(beta, f"bob@{BETA}")
+    results = _results(arrived, beta.hostname)
+    assert results["dkim"] == ["fail", "fail"]
+    assert results["spf"] == ["pass"]
+
+
+def test_incoming_authentication_results_claiming_us_are_removed(
+        nodes: tuple[Node, Node, Node], mx_port: int) -> None:
+    _, beta, _ = nodes
+    spoof = make_message(f"someone@{GAMMA}", [f"bob@{BETA}"], "trust me",
+                         extra=f"Authentication-Results: {beta.hostname}; dkim=pass\r\n")
+    code, _ = _send_to_mx(beta, mx_port, f"someone@{GAMMA}", f"bob@{BETA}", spoof)
+    assert code == 250
+    [arrived] = inbox_with(beta, f"bob@{BETA}")
+    results = _results(arrived, beta.hostname)  # exactly one: ours
+    assert results["dmarc"] == ["fail"]  # p=none at gamma: delivered, marked
