@@ -53,9 +53,14 @@ def ensure_certificate(cfg: Config, copy_from: tuple[Path, Path] | None = None) 
     make_self_signed(cfg.hostname, cert, key)
 
 
-async def add_domain(store: MetadataStore, name: str) -> str:
+async def add_domain(store: MetadataStore, name: str, cfg: Config | None = None) -> str:
+    """Adds the domain; with ``cfg``, also creates its DKIM keys (trust.dkim_dir)."""
     domain = normalize_domain(name)
     await store.add_domain(domain)
+    if cfg is not None:
+        from mailstead.mailsec.dkim import ensure_keys
+
+        ensure_keys(cfg.path(cfg.trust.dkim_dir), domain)
     return domain
 
 

@@ -56,8 +56,8 @@ def domain() -> None:
 @run_async
 async def domain_add(name: str, data: Path | None) -> None:
     """Add a mail domain."""
-    async with open_store(data) as (_cfg, store, _blobs):
-        added = await bootstrap.add_domain(store, name)
+    async with open_store(data) as (cfg, store, _blobs):
+        added = await bootstrap.add_domain(store, name, cfg)
     click.echo(f"added domain {added}")
 
 

@@ -14,6 +14,8 @@ from mailstead import __version__, bootstrap
 from mailstead.app import App
 from mailstead.cli.admin import alias, domain, user
 from mailstead.cli.common import config_for, data_option, fail, open_store, run_async
+from mailstead.cli.dkim import dkim
+from mailstead.cli.dns_cmd import dns
 from mailstead.cli.queue import queue
 from mailstead.config import CONFIG_FILE, apply_listen_override, render_toml, resolve_data_dir
 from mailstead.core.errors import ConfigError, CorruptBlob, NotFound
@@ -30,6 +32,8 @@ cli.add_command(domain)
 cli.add_command(user)
 cli.add_command(alias)
 cli.add_command(queue)
+cli.add_command(dkim)
+cli.add_command(dns)
 
 
 @cli.command()

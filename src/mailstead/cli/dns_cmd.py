@@ -1,0 +1,34 @@
+"""``mailstead dns <domain>``: the records to publish; ``--check`` looks them up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mailstead.cli.common import config_for, data_option, fail, run_async
+from mailstead.core.addresses import normalize_domain
+from mailstead.dns import make_resolver
+from mailstead.mailsec import dnsrecords
+
+
+@click.command("dns")
+@click.argument("domain")
+@click.option("--check", "check_", is_flag=True, help="look the records up and report problems")
+@data_option
+@run_async
+async def dns(domain: str, check_: bool, data: Path | None) -> None:
+    """Print the DNS records DOMAIN must publish, in zone-file form."""
+    cfg = config_for(data)
+    domain = normalize_domain(domain)
+    if not check_:
+        click.echo(dnsrecords.zone_text(cfg, domain), nl=False)
+        return
+    results = await dnsrecords.check(make_resolver(cfg.delivery), cfg, domain)
+    bad = 0
+    for record, problem in results:
+        status = problem or "ok"
+        bad += bool(problem) and not problem.startswith("not checked")
+        click.echo(f"{record.rdtype:5} {record.name}: {status}")
+    if bad:
+        fail(f"{bad} record(s) missing or wrong")

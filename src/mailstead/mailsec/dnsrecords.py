@@ -1,0 +1,106 @@
+"""The DNS records a mail domain served by mailstead must publish, and checking them.
+
+Used by ``mailstead dns <domain>`` (zone-file form) and ``mailstead dns --check <domain>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailstead.config import Config
+from mailstead.dns import DnsError, Resolver
+from mailstead.mailsec import dkim
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    name: str  # absolute, without the trailing dot
+    rdtype: str
+    value: str  # as it appears in a zone file (TXT values unquoted here)
+    why: str
+
+    def zone_line(self) -> str:
+        value = self.value
+        if self.rdtype == "TXT":
+            chunks = [value[i:i + 250] for i in range(0, len(value), 250)] or [""]
+            value = " ".join(f'"{c}"' for c in chunks)
+        return f"{self.name}.\t3600\tIN\t{self.rdtype}\t{value}"
+
+
+def mta_sts_id(dkim_root: Path, domain: str) -> str:
+    """The policy id changes whenever the policy could (RFC 8461 3.1): the active selector."""
+    active = dkim.read_selectors(dkim_root, domain).get("active")
+    return str(active or "1")
+
+
+def expected_records(cfg: Config, domain: str) -> list[Record]:
+    host = cfg.hostname
+    root = cfg.path(cfg.trust.dkim_dir)
+    dkim.ensure_keys(root, domain)
+    records = [
+        Record(domain, "MX", f"10 {host}.", "mail for the domain goes to this server"),
+        Record(domain, "TXT", "v=spf1 mx -all", "SPF (RFC 7208): only our MX sends for it"),
+    ]
+    for name, value in dkim.published_records(root, domain):
+        records.append(Record(name, "TXT", value, "DKIM public key (RFC 6376, RFC 8463)"))
+    records += [
+        Record(f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}",
+               "DMARC policy (RFC 7489)"),
+        Record(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={mta_sts_id(root, domain)}",
+               "MTA-STS policy announcement (RFC 8461)"),
+        Record(f"mta-sts.{domain}", "CNAME", f"{host}.", "MTA-STS policy host (HTTPS)"),
+        Record(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:postmaster@{domain}",
+               "TLS reporting (RFC 8460)"),
+        Record(f"_submissions._tcp.{domain}", "SRV", f"0 1 465 {host}.",
+               "mail client autoconfiguration (RFC 6186, RFC 8314)"),
+        Record(f"_submission._tcp.{domain}", "SRV", f"0 1 587 {host}.", "RFC 6186"),
+        Record(f"_imaps._tcp.{domain}", "SRV", f"0 1 993 {host}.", "RFC 6186"),
+        Record(f"_imap._tcp.{domain}", "SRV", f"0 1 143 {host}.", "RFC 6186"),
+        Record(f"_pop3s._tcp.{domain}", "SRV", f"10 1 995 {host}.", "RFC 6186"),
+        Record(f"_autodiscover._tcp.{domain}", "SRV", f"0 1 443 {host}.",
+               "Outlook autodiscover"),
+        Record(f"autoconfig.{domain}", "CNAME", f"{host}.", "Thunderbird autoconfig"),
+    ]
+    return records
+
+
+def zone_text(cfg: Config, domain: str) -> str:
+    lines = [f"; DNS records for {domain} (served by {cfg.hostname})"]
+    for record in expected_records(cfg, domain):
+        lines.append(f"; {record.why}")
+        lines.append(record.zone_line())
+    return "\n".join(lines) + "\n"
+
+
+async def check(resolver: Resolver, cfg: Config, domain: str) -> list[tuple[Record, str]]:
+    """(record, problem) for each expected record; problem "" when it is published as
+    expected. Only MX and TXT are looked up (the Resolver's types); others say so."""
+    out: list[tuple[Record, str]] = []
+    for record in expected_records(cfg, domain):
+        try:
+            if record.rdtype == "MX":
+                found = [f"{m.preference} {m.exchange}." for m in await resolver.mx(record.name)]
+                problem = "" if record.value.lower() in [f.lower() for f in found] else \
+                    f"missing (found: {', '.join(found) or 'nothing'})"
+            elif record.rdtype == "TXT":
+                found = await resolver.txt(record.name)
+                problem = _txt_problem(record, found)
+            else:
+                problem = "not checked (look it up by hand)"
+        except DnsError as exc:
+            problem = f"lookup failed: {exc}"
+        out.append((record, problem))
+    return out
+
+
+def _txt_problem(record: Record, found: list[str]) -> str:
+    prefix = record.value.split(";", 1)[0].split(" ", 1)[0].lower()  # v=spf1, v=DKIM1...
+    same_kind = [f for f in found if f.lower().startswith(prefix)]
+    if not same_kind:
+        return "missing"
+    if record.name.startswith(("_dmarc.", "_smtp._tls.", "_mta-sts.")):
+        return ""  # any valid policy of the domain's own choosing is fine
+    if record.value in same_kind:
+        return ""
+    return f"different value published: {same_kind[0][:80]}"
