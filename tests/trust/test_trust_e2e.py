@@ -179,3 +179,27 @@ def test_incoming_authentication_results_claiming_us_are_removed(
     [arrived] = inbox_with(beta, f"bob@{BETA}")
     results = _results(arrived, beta.hostname)  # exactly one: ours
     assert results["dmarc"] == ["fail"]  # p=none at gamma: delivered, marked
+
+
+def test_dns_check_names_missing_records(
+        make_node: Callable[..., Node], dns_world: dnsworld.DnsWorld) -> None:
+    from click.testing import CliRunner
+
+    from mailstead.cli.main import cli
+
+    delta = make_node("127.0.0.5", "mx.delta-t.test", "delta-t.test", users=("dave",))
+    runner = CliRunner()
+    zone = runner.invoke(cli, ["dns", "delta-t.test", "--data", str(delta.data_dir)])
+    assert zone.exit_code == 0, zone.output
+    publish(dns_world, "delta-t.test", "MX", "10 mx.delta-t.test.")
+    publish(dns_world, "delta-t.test", "TXT", "v=spf1 mx -all")
+    for name, value in dkim.published_records(delta.data_dir / "dkim", "delta-t.test"):
+        assert name in zone.output
+        publish(dns_world, name, "TXT", value)
+    checked = runner.invoke(cli, ["dns", "--check", "delta-t.test", "--data", str(delta.data_dir)])
+    assert checked.exit_code != 0
+    lines = dict(line.split(": ", 1) for line in checked.output.splitlines() if ": " in line)
+    assert lines["MX    delta-t.test"] == "ok"
+    assert lines["TXT   delta-t.test"] == "ok"
+    assert all(v == "ok" for k, v in lines.items() if "_domainkey" in k)
+    assert lines["TXT   _dmarc.delta-t.test"] == "missing"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailstead.config import Config
-from mailstead.dns import DnsError, Resolver
+from mailstead.dns import DnsError, DnsNotFound, Resolver
 from mailstead.mailsec import dkim
 
 
@@ -88,6 +88,8 @@ async def check(resolver: Resolver, cfg: Config, domain: str) -> list[tuple[Reco
                 problem = _txt_problem(record, found)
             else:
                 problem = "not checked (look it up by hand)"
+        except DnsNotFound:
+            problem = "missing"
         except DnsError as exc:
             problem = f"lookup failed: {exc}"
         out.append((record, problem))
