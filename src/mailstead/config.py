@@ -175,6 +175,11 @@ class SmartHostConfig(_Section):
 
 
 class DeliveryConfig(_Section):
+    internet: bool = Field(
+        False,
+        description="send outbound mail beyond this machine (system resolvers, any MX address); "
+        "off by default so a new install sends nothing off loopback until you turn it on",
+    )
     workers: int = Field(
         4, description="outbound queue workers in this process; 0 leaves outbound mail queued",
         ge=0,
@@ -268,19 +273,6 @@ class TrustConfig(_Section):
         "unjudged", gt=0,
     )
     dkim_dir: str = Field("dkim", description="where DKIM keys are kept (relative: data dir)")
-    mta_sts: bool = Field(
-        True, description="fetch receiving domains' MTA-STS policies (RFC 8461) and require "
-        "verified TLS when they say enforce"
-    )
-    mta_sts_port: int = Field(
-        443, description="HTTPS port MTA-STS policies are fetched from", ge=1, le=65535
-    )
-    mta_sts_ca_file: str = Field(
-        "", description="extra CA certificates (PEM) trusted for MTA-STS policy hosts"
-    )
-    mta_sts_mode: Literal["none", "testing", "enforce"] = Field(
-        "testing", description="mode of the MTA-STS policy we serve for our own domains"
-    )
 
 
 class LogConfig(_Section):
