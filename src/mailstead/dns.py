@@ -11,6 +11,7 @@ list, not an error.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -135,7 +136,40 @@ class DnsPythonResolver:
         return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
 
 
+class OfflineResolver:
+    """Stands in while ``[delivery] internet`` is off and no resolver is configured: every
+    lookup fails temporarily, so no query leaves this machine (mail waits in the queue)."""
+
+    REASON = "outbound mail to the internet is off ([delivery] internet = false)"
+
+    async def mx(self, domain: str) -> list[MxRecord]:
+        raise DnsTemporaryError(f"{domain} MX: {self.REASON}")
+
+    async def addresses(self, host: str) -> list[str]:
+        raise DnsTemporaryError(f"{host} A: {self.REASON}")
+
+    async def txt(self, name: str) -> list[str]:
+        raise DnsTemporaryError(f"{name} TXT: {self.REASON}")
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def make_resolver(cfg: DeliveryConfig) -> Resolver:
-    """The resolver the config asks for: its ``resolvers``, else the system's."""
+    """The resolver the config asks for: its ``resolvers``, else the system's. While
+    ``internet`` is off only loopback resolvers are used, and none by default."""
     servers = [parse_nameserver(spec) for spec in cfg.resolvers]
+    if not cfg.internet:
+        for host, _port in servers:
+            if not is_loopback(host):
+                raise ConfigError(
+                    f"delivery.resolvers: {host} is not on loopback; set delivery.internet = "
+                    "true to send DNS queries off this machine"
+                )
+        if not servers:
+            return OfflineResolver()
     return DnsPythonResolver(servers or None, cfg.dns_timeout)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mailstead.config import Config
-from mailstead.dns import DnsNotFound, DnsTemporaryError, Resolver
+from mailstead.dns import DnsNotFound, DnsTemporaryError, Resolver, is_loopback
 from mailstead.obs import log_event
 from mailstead.queue.client import (
     OutgoingEnvelope,
@@ -267,6 +267,11 @@ class Transfer:
     async def _connect(
         self, host: str, address: str, port: int, implicit: ssl.SSLContext | None
     ) -> SmtpClient:
+        if not self.delivery.internet and not is_loopback(address):
+            raise SmtpConnectionError(
+                f"{address} is not on loopback and outbound mail to the internet is off "
+                "([delivery] internet = false)"
+            )
         client = await SmtpClient.connect(
             host, address, port,
             connect_timeout=self.delivery.connect_timeout,

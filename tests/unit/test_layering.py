@@ -1,5 +1,6 @@
-"""The IMAP protocol modules are pure: no asyncio, sockets, TLS or store implementation
-(DESIGN.md layering); they reach the world only through imap_backend's Protocols."""
+"""Layering (DESIGN.md): every protocol module under proto/ and everything in core/ is pure: no
+asyncio, sockets, TLS, threads or store implementation. Protocols reach the world only through
+small interfaces (e.g. imap_backend's Protocols, SmtpBackend), so they are tested with bytes."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+import mailstead.core
 import mailstead.proto
 
-PROTO = Path(mailstead.proto.__file__).parent
-MODULES = [*sorted(PROTO.glob("imap_*.py")), PROTO / "mutf7.py"]
+MODULES = [
+    *sorted(Path(mailstead.proto.__file__).parent.glob("*.py")),
+    *sorted(Path(mailstead.core.__file__).parent.glob("*.py")),
+]
 FORBIDDEN = ("asyncio", "socket", "ssl", "sqlite3", "psycopg", "threading", "mailstead.net",
              "mailstead.services", "mailstead.app")
 ALLOWED_STORE = ("mailstead.store.interfaces",)
