@@ -32,6 +32,7 @@ from mailstead.proto.smtp import (
     LONGEST_LINE,
     Action,
     AuthRefused,
+    MessageDeferred,
     MessageRefused,
     QuotaState,
     Reply,
@@ -47,6 +48,8 @@ from mailstead.services.delivery import (
     InboundRecipient,
     delivery_service,
 )
+from mailstead.services.sendcap import SendingCapExceeded
+from mailstead.services.wiring import sending_cap
 from mailstead.store.interfaces import Account
 
 READ_SIZE = 64 * 1024  # bytes asked of the socket at a time
@@ -122,6 +125,12 @@ class SessionBackend:
                 raise MessageRefused(verdict.reason)
             message, junk, auth_results = verdict.message, verdict.action == "junk", \
                 verdict.headers
+        cap = sending_cap(self.services)
+        if txn.account is not None:
+            try:
+                cap.check(txn.account, len(txn.recipients))
+            except SendingCapExceeded as exc:
+                raise MessageDeferred(str(exc)) from None
         try:
             result = await self.delivery.deliver(envelope, message, junk=junk,
                                                  auth_results=auth_results)
@@ -131,6 +140,8 @@ class SessionBackend:
             log_event("smtp.delivery_error", logging.ERROR, session=self.conn.session_id,
                       error=f"{type(exc).__name__}: {exc}")
             raise
+        if txn.account is not None:
+            cap.record(txn.account, len(txn.recipients))
         self._queue_id = result.queue_id
         return result.queue_id
 

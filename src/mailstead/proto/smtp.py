@@ -83,6 +83,14 @@ class MessageRefused(Exception):
         self.text = text
 
 
+class MessageDeferred(Exception):
+    """Raised by ``SmtpBackend.deliver`` to refuse a message for now (e.g. a sending cap)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
 class AuthRefused(Exception):
     """The backend refused a login. ``temporary`` marks a lockout (454) rather than bad
     credentials (535)."""
@@ -695,6 +703,8 @@ class SmtpSession:
             answer = reply(452, "4.2.2", "Mailbox full, try again later")
         except MessageRefused as refused:
             answer = reply(550, "5.7.1", _printable(refused.text))
+        except MessageDeferred as deferred:  # a policy limit, not a fault: RFC 3463 4.7.x
+            answer = reply(450, "4.7.1", _printable(deferred.text))
         except Exception:  # the backend logged it; the client may retry
             answer = reply(451, "4.3.0", "Local error in processing, try again later")
         else:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mailstead.obs import log_event
+from mailstead.services.sendcap import SendingCap
 
 if TYPE_CHECKING:
     from mailstead.app import Services
@@ -22,6 +23,7 @@ async def start(services: Services, background: list[asyncio.Task[None]]) -> Non
 
     delivery = DeliveryService(services.store, services.blobs, services.cfg.hostname)
     services.extra["delivery"] = delivery
+    services.extra["sendcap"] = SendingCap(services.cfg.web)
     background.append(asyncio.create_task(_close_on_stop(delivery.close)))
 
     # Outbound queue workers (delivery.workers of them; 0 leaves mail queued).
@@ -69,6 +71,15 @@ async def sweep_unused_blobs(services: Services, grace_seconds: float) -> int:
     if removed:
         log_event("blobs.swept", removed=removed)
     return removed
+
+
+def sending_cap(services: Services) -> SendingCap:
+    """The process's daily sending cap of new accounts (made on first use in tests that
+    build services without ``start``)."""
+    cap = services.extra.get("sendcap")
+    if not isinstance(cap, SendingCap):
+        cap = services.extra["sendcap"] = SendingCap(services.cfg.web)
+    return cap
 
 
 async def _close_on_stop(close: Callable[[], None]) -> None:

@@ -5,14 +5,14 @@ drafts are kept in Drafts. New accounts have a daily cap on recipients."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
-from mailstead.config import Config
 from mailstead.core.addresses import parse_address
 from mailstead.core.errors import InvalidInput
 from mailstead.obs import log_event
 from mailstead.services.accounts import AccountService
 from mailstead.services.delivery import InboundEnvelope, InboundRecipient
+from mailstead.services.sendcap import SendingCapExceeded
+from mailstead.services.wiring import sending_cap
 from mailstead.store.interfaces import Account, Mailbox, SystemFlag
 from mailstead.web.compose import Draft, build_message, envelope_recipients
 from mailstead.web.mailroom import Mailroom
@@ -31,12 +31,6 @@ class SendResult:
     sent_uid: int  # the copy in Sent
 
 
-def is_new_account(cfg: Config, account: Account, now: datetime | None = None) -> bool:
-    now = now or datetime.now(UTC)
-    created = account.created if account.created.tzinfo else account.created.replace(tzinfo=UTC)
-    return not account.is_admin and now - created < timedelta(days=cfg.web.new_account_days)
-
-
 async def sender_addresses(accounts: AccountService, account: Account) -> list[str]:
     """The account's own address and the aliases that deliver only to it."""
     own = [account.address]
@@ -51,25 +45,10 @@ async def sender_addresses(accounts: AccountService, account: Account) -> list[s
 
 
 def check_cap(state: WebState, account: Account, count: int) -> None:
-    cap = state.cfg.web.new_account_daily_cap
-    if cap == 0 or not is_new_account(state.cfg, account):
-        return
-    key = (account.id, datetime.now(UTC).date().isoformat())
-    used = state.sent_today.get(key, 0)
-    if used + count > cap:
-        raise SendRefused(
-            f"new accounts may send to {cap} recipients a day during their first "
-            f"{state.cfg.web.new_account_days} days; {used} used today, this message has "
-            f"{count}. The limit resets at midnight UTC."
-        )
-
-
-def _count(state: WebState, account: Account, count: int) -> None:
-    key = (account.id, datetime.now(UTC).date().isoformat())
-    state.sent_today[key] = state.sent_today.get(key, 0) + count
-    today = key[1]
-    for stale in [k for k in state.sent_today if k[1] != today]:
-        del state.sent_today[stale]
+    try:
+        sending_cap(state.services).check(account, count)
+    except SendingCapExceeded as exc:
+        raise SendRefused(str(exc)) from None
 
 
 async def send(state: WebState, room: Mailroom, draft: Draft, *, client_ip: str,
@@ -112,7 +91,7 @@ async def send(state: WebState, room: Mailroom, draft: Draft, *, client_ip: str,
         body="8BITMIME" if any(b > 0x7F for b in outgoing) else "7BIT",
     )
     result = await state.delivery.deliver(envelope, outgoing)
-    _count(state, account, len(recipients))
+    sending_cap(state.services).record(account, len(recipients))
     sent_copy = build_message(draft, hostname=hostname, include_bcc=True, message_id=message_id)
     sent_box = await room.by_role("\\Sent")
     stored = await room.mailboxes.append(sent_box, sent_copy, flags=int(SystemFlag.SEEN))

@@ -83,7 +83,6 @@ class WebState:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.signups = SlidingWindow(self.cfg.web.signup_per_ip_per_day, 86_400)
         # Per (account id, UTC day): recipients sent from the web, for the new-account cap.
-        self.sent_today: dict[tuple[int, str], int] = {}
         self.revoked_sessions: dict[str, float] = {}  # session nonce -> expiry (logout)
 
     @property
