@@ -273,6 +273,19 @@ class TrustConfig(_Section):
         "unjudged", gt=0,
     )
     dkim_dir: str = Field("dkim", description="where DKIM keys are kept (relative: data dir)")
+    mta_sts: bool = Field(
+        True, description="fetch receiving domains' MTA-STS policies (RFC 8461): under "
+        "'enforce' deliver only to the MX hosts they name, over TLS with a verified certificate "
+        "(CA: delivery.tls_ca_file, else the system's)"
+    )
+    mta_sts_port: int = Field(
+        443, description="HTTPS port MTA-STS policies are fetched from", ge=1, le=65535
+    )
+    mta_sts_mode: Literal["none", "testing", "enforce"] = Field(
+        "testing", description="mode of the MTA-STS policy served for our own domains at "
+        "https://mta-sts.<domain>/.well-known/mta-sts.txt (publish the TXT record 'mailstead "
+        "dns' prints; 'enforce' once your certificate is a real one)"
+    )
 
 
 class LogConfig(_Section):

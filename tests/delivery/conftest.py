@@ -121,8 +121,9 @@ def node_overrides(
     ca: tuple[trustme.CA, Path],
     port: int,
     cert_dir: Path,
+    cert_names: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    cert = ca[0].issue_cert(hostname)
+    cert = ca[0].issue_cert(hostname, *cert_names)
     cert_file, key_file = cert_dir / f"{hostname}.pem", cert_dir / f"{hostname}.key"
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
@@ -170,12 +171,13 @@ def make_node(
         users: tuple[str, ...] = (),
         store: dict[str, Any] | None = None,
         join: bool = False,
+        cert_names: tuple[str, ...] = (),
         **extra: Any,
     ) -> Node:
         """``join``: another node on a store that already holds the domain and users (no
-        set-up, a new data directory)."""
+        set-up, a new data directory). ``cert_names``: more names its certificate is for."""
         overrides = node_overrides(ip=ip, hostname=hostname, world=dns_world, ca=world_ca,
-                                   port=mx_port, cert_dir=cert_dir)
+                                   port=mx_port, cert_dir=cert_dir, cert_names=cert_names)
         if store is not None:
             overrides["store"] = store
         overrides = deep_merge(overrides, extra)

@@ -203,3 +203,59 @@ def test_dns_check_names_missing_records(
     assert lines["TXT   delta-t.test"] == "ok"
     assert all(v == "ok" for k, v in lines.items() if "_domainkey" in k)
     assert lines["TXT   _dmarc.delta-t.test"] == "missing"
+
+
+def _without_fields(raw: bytes, names: tuple[str, ...]) -> bytes:
+    """``raw`` without the header fields called ``names`` (and their continuation lines)."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = line.split(b":", 1)[0].strip().lower().decode() in names
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept) + b"\r\n\r\n" + body
+
+
+def test_forward_changed_by_beta_passes_dmarc_at_gamma_only_through_arc(
+        nodes: tuple[Node, Node, Node], mx_port: int) -> None:
+    """Beta adds a footer to what its alias forwards, the way a mailing list does: alpha's
+    DKIM signature breaks, SPF names beta, so DMARC fails at gamma under alpha's p=reject;
+    beta's ARC set (sealed after the footer) carries beta's verdict and gamma keeps it."""
+    alpha, beta, gamma = nodes
+    trust = beta.server.services.extra["trust"]
+    seal = trust.seal_forwarded
+
+    async def seal_with_footer(message: bytes, auth_results: bytes) -> bytes:
+        return await seal(message + b"-- \r\nSent through beta's forwarder\r\n", auth_results)
+
+    trust.seal_forwarded = seal_with_footer
+    submit(alpha, f"alice@{ALPHA}", [f"fwd@{BETA}"],
+           make_message(f"alice@{ALPHA}", [f"fwd@{BETA}"], "footered"))
+    [forwarded] = inbox_with(gamma, f"carol@{GAMMA}")
+    assert forwarded.get_content().endswith("Sent through beta's forwarder\n")
+    at_gamma = _results(forwarded, gamma.hostname)
+    assert at_gamma["dkim"] == ["fail", "fail"]
+    assert at_gamma["spf"] == ["fail"]
+    assert at_gamma["dmarc"] == ["fail"]
+    assert at_gamma["arc"] == ["pass"]
+    # Beta's own verdict travels in its ARC-Authentication-Results (i=1).
+    [aar] = [str(v) for v in forwarded.get_all("ARC-Authentication-Results", [])]
+    assert aar.startswith(f"i=1; {beta.hostname}")
+    assert "dkim=pass" in aar and "dmarc=pass" in aar
+    assert [str(v).split(";")[0] for v in forwarded.get_all("ARC-Seal", [])] == ["i=1"]
+    # The same bytes without the ARC set, sent again from beta's address: refused.
+    raw = forwarded.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    raw = _without_fields(raw, ("authentication-results", "received-spf", "received"))
+    code, reply = _send_to_mx(gamma, mx_port, f"fwd@{BETA}", f"carol@{GAMMA}", raw,
+                              source=beta.ip)
+    assert code == 250, reply
+    stripped = _without_fields(raw, ("arc-seal", "arc-message-signature",
+                                     "arc-authentication-results"))
+    code, reply = _send_to_mx(gamma, mx_port, f"fwd@{BETA}", f"carol@{GAMMA}", stripped,
+                              source=beta.ip)
+    assert (code, reply[:5]) == (550, b"5.7.1"), reply

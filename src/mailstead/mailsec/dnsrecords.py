@@ -6,11 +6,10 @@ Used by ``mailstead dns <domain>`` (zone-file form) and ``mailstead dns --check 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from mailstead.config import Config
 from mailstead.dns import DnsError, DnsNotFound, Resolver
-from mailstead.mailsec import dkim
+from mailstead.mailsec import dkim, mta_sts
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,16 +27,16 @@ class Record:
         return f"{self.name}.\t3600\tIN\t{self.rdtype}\t{value}"
 
 
-def mta_sts_id(dkim_root: Path, domain: str) -> str:
-    """The policy id changes whenever the policy could (RFC 8461 3.1): the active selector."""
-    active = dkim.read_selectors(dkim_root, domain).get("active")
-    return str(active or "1")
+def served_mta_sts_policy(cfg: Config) -> str:
+    """The MTA-STS policy the web listener serves for each of our domains: our MX host."""
+    return mta_sts.policy_text(cfg.trust.mta_sts_mode, [cfg.hostname])
 
 
 def expected_records(cfg: Config, domain: str) -> list[Record]:
     host = cfg.hostname
     root = cfg.path(cfg.trust.dkim_dir)
     dkim.ensure_keys(root, domain)
+    sts_id = mta_sts.policy_id(served_mta_sts_policy(cfg))
     records = [
         Record(domain, "MX", f"10 {host}.", "mail for the domain goes to this server"),
         Record(domain, "TXT", "v=spf1 mx -all", "SPF (RFC 7208): only our MX sends for it"),
@@ -47,9 +46,10 @@ def expected_records(cfg: Config, domain: str) -> list[Record]:
     records += [
         Record(f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}",
                "DMARC policy (RFC 7489)"),
-        Record(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={mta_sts_id(root, domain)}",
+        Record(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={sts_id}",
                "MTA-STS policy announcement (RFC 8461)"),
-        Record(f"mta-sts.{domain}", "CNAME", f"{host}.", "MTA-STS policy host (HTTPS)"),
+        Record(f"mta-sts.{domain}", "CNAME", f"{host}.",
+               "MTA-STS policy host: the http listener on 443 with tls = implicit"),
         Record(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:postmaster@{domain}",
                "TLS reporting (RFC 8460)"),
         Record(f"_submissions._tcp.{domain}", "SRV", f"0 1 465 {host}.",

@@ -8,7 +8,9 @@ with an ``Outcome``: delivered, temporary (retry later) or permanent (bounce).
 TLS: STARTTLS whenever offered (opportunistic, RFC 3207; a failed handshake falls back to a new
 plain-text connection unless the policy requires TLS). A message with REQUIRETLS (RFC 8689
 4.2.1) goes only over TLS with a certificate valid for the MX host name, to a server that
-advertises REQUIRETLS; when no host qualifies it bounces with 5.7.30.
+advertises REQUIRETLS; when no host qualifies it bounces with 5.7.30. A domain whose MTA-STS
+policy (RFC 8461) says ``enforce`` gets mail only through the MX hosts the policy names, over
+TLS with a verified certificate; when none qualifies the mail waits (4.7.10) and is retried.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Literal
 
 from mailstead.config import Config
 from mailstead.dns import DnsNotFound, DnsTemporaryError, Resolver, is_loopback
+from mailstead.mailsec.mta_sts import MtaStsPolicies, Policy
 from mailstead.obs import log_event
 from mailstead.queue.client import (
     OutgoingEnvelope,
@@ -149,6 +152,12 @@ class Transfer:
         self._verifying = make_client_context(True, ca_file)
         smart = self.delivery.smart_host
         self._smart_context = make_client_context(smart.verify, ca_file)
+        self.mta_sts: MtaStsPolicies | None = None
+        if cfg.trust.mta_sts:
+            self.mta_sts = MtaStsPolicies(
+                resolver, self._verifying, port=cfg.trust.mta_sts_port,
+                timeout=self.delivery.connect_timeout,
+                cache_file=cfg.path("mta-sts/policies.json"), may_connect=self._may_connect)
 
     @property
     def smart_host(self) -> str:
@@ -156,7 +165,10 @@ class Transfer:
 
     # -- policies --
 
-    def _policy(self, requiretls: bool) -> _Policy:
+    def _may_connect(self, address: str) -> bool:
+        return self.delivery.internet or is_loopback(address)
+
+    def _policy(self, requiretls: bool, sts_enforced: bool = False) -> _Policy:
         smart = self.delivery.smart_host
         auth = (smart.username, smart.password) if smart.host and smart.username else None
         if requiretls:
@@ -167,15 +179,35 @@ class Transfer:
             if smart.tls == "none":
                 return _Policy(None, False, False, False, auth)
             return _Policy(self._smart_context, True, False, smart.tls == "implicit", auth)
+        if sts_enforced:  # RFC 8461 4.2: a certificate valid for the MX host, or no delivery
+            return _Policy(self._verifying, True, False)
         required = self.delivery.tls_policy == "required"
         return _Policy(self._opportunistic, required, False)
+
+    async def _apply_mta_sts(self, domain: str, hosts: list[str]) -> tuple[list[str], bool]:
+        """The MX hosts we may use under the domain's MTA-STS policy, and whether it is
+        enforced. Under 'testing' nothing changes; what would have been refused is logged."""
+        policy: Policy | None = None
+        if self.mta_sts is not None:
+            policy = await self.mta_sts.policy_for(domain)
+        if policy is None or policy.mode == "none":
+            return hosts, False
+        allowed = [h for h in hosts if policy.allows(h)]
+        refused = [h for h in hosts if h not in allowed]
+        if refused:
+            log_event("queue.mta_sts_mismatch", logging.WARNING, domain=domain,
+                      mode=policy.mode, hosts=",".join(refused), policy_mx=",".join(policy.mx))
+        if policy.mode == "testing":
+            return hosts, False
+        return allowed, True
 
     # -- the delivery of one destination's jobs --
 
     async def deliver(self, domain: str, jobs: list[Job], results: Results) -> None:
         """Delivers ``jobs`` (all for ``domain``, or all for the smart host) and records every
         recipient's outcome in ``results`` as soon as it is known."""
-        if self.smart_host:
+        sts_enforced = False
+        if self.smart_host:  # MTA-STS is about MX hosts; the smart host has its own TLS rules
             hosts = [self.smart_host]
             port = self.delivery.smart_host.port
         else:
@@ -186,12 +218,20 @@ class Transfer:
                 kind: OutcomeKind = "permanent" if failure.permanent else "temporary"
                 self._record_all(jobs, Outcome(kind, failure.status, failure.text), results)
                 return
+            hosts, sts_enforced = await self._apply_mta_sts(domain, hosts)
+            if not hosts:
+                # RFC 8461 5.1: never a permanent failure before the policy could be refreshed.
+                self._record_all(jobs, Outcome(
+                    "temporary", "4.7.10",
+                    f"the MTA-STS policy of {domain} names none of its MX hosts"), results)
+                return
         plain = [j for j in jobs if not j.entry.requiretls]
         strict = [j for j in jobs if j.entry.requiretls]
         # The messages are spread over a few connections opened at once; each connection
         # carries its share one message after another.
         width = self.delivery.connections_per_destination
-        runs = [(plain[i::width], self._policy(False)) for i in range(width)]
+        plain_policy = self._policy(False, sts_enforced)
+        runs = [(plain[i::width], plain_policy) for i in range(width)]
         runs += [(strict[i::width], self._policy(True)) for i in range(width)]
         await asyncio.gather(*(self._deliver_with(hosts, port, share, policy, results)
                                for share, policy in runs if share))
@@ -267,7 +307,7 @@ class Transfer:
     async def _connect(
         self, host: str, address: str, port: int, implicit: ssl.SSLContext | None
     ) -> SmtpClient:
-        if not self.delivery.internet and not is_loopback(address):
+        if not self._may_connect(address):
             raise SmtpConnectionError(
                 f"{address} is not on loopback and outbound mail to the internet is off "
                 "([delivery] internet = false)"

@@ -1,4 +1,5 @@
-"""Log in and out, sign up, account settings, and client autoconfiguration."""
+"""Log in and out, sign up, account settings, client autoconfiguration, and the MTA-STS
+policy of our domains."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from starlette.routing import Route
 
 from mailstead.core.addresses import parse_address
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
+from mailstead.mailsec import dnsrecords, mta_sts
 from mailstead.obs import log_event
 from mailstead.services.accounts import AuthFailed
 from mailstead.web import accountops, security
@@ -240,6 +242,18 @@ async def autoconfig(request: Request) -> Response:
                     headers={"Cache-Control": "public, max-age=3600"})
 
 
+async def mta_sts_policy(request: Request) -> Response:
+    """RFC 8461 3.3: the policy of <domain>, served on mta-sts.<domain> (text/plain)."""
+    state = web_state(request)
+    host = (request.url.hostname or "").lower()
+    domain = host.removeprefix("mta-sts.")
+    if domain == host or await state.store.get_domain(domain) is None:
+        return Response(f"no MTA-STS policy for {host}\n", status_code=404,
+                        media_type="text/plain")
+    return Response(dnsrecords.served_mta_sts_policy(state.cfg), media_type="text/plain",
+                    headers={"Cache-Control": "no-store"})
+
+
 routes = [
     Route("/", index),
     Route("/login", login_page),
@@ -253,4 +267,5 @@ routes = [
     Route("/settings/token", settings_token, methods=["POST"]),
     Route("/.well-known/autoconfig/mail/config-v1.1.xml", autoconfig),
     Route("/mail/config-v1.1.xml", autoconfig),
+    Route(mta_sts.POLICY_PATH, mta_sts_policy),
 ]
