@@ -260,7 +260,12 @@ class TrustConfig(_Section):
         "p=quarantine delivered to Junk"
     )
     trust_arc: bool = Field(
-        True, description="keep a DMARC-failing message whose ARC chain passes (forwarded mail)"
+        True, description="keep a DMARC-failing message whose ARC chain passes and was sealed "
+        "by one of arc_trusted_sealers, after DMARC passed there (forwarded mail)"
+    )
+    arc_trusted_sealers: list[str] = Field(
+        default_factory=list, description="domains (ARC-Seal d=) of forwarders and mailing "
+        "lists whose ARC verdicts we believe; empty: no ARC chain overrides DMARC"
     )
     arc_seal: bool = Field(
         True, description="add an ARC set to mail forwarded by aliases to remote addresses"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mailstead.mailsec import dkim
+from mailstead.mailsec import arc, dkim
 from tests import dnsworld
 from tests.delivery.conftest import Node
 from tests.delivery.helpers import fetch_inbox, inbox_with, make_message, submit, wait_for
@@ -42,7 +42,8 @@ def nodes(make_node: Callable[..., Node], dns_world: dnsworld.DnsWorld
           ) -> tuple[Node, Node, Node]:
     alpha = make_node("127.0.0.2", f"mx.{ALPHA}", ALPHA, users=("alice",))
     beta = make_node("127.0.0.3", f"mx.{BETA}", BETA, users=("bob",))
-    gamma = make_node("127.0.0.4", f"mx.{GAMMA}", GAMMA, users=("carol",))
+    gamma = make_node("127.0.0.4", f"mx.{GAMMA}", GAMMA, users=("carol",),
+                      trust={"arc_trusted_sealers": [BETA]})
     _publish_domain(dns_world, alpha, "v=DMARC1; p=reject; sp=quarantine")
     _publish_domain(dns_world, beta, "v=DMARC1; p=reject")
     _publish_domain(dns_world, gamma, "v=DMARC1; p=none")
@@ -237,7 +238,8 @@ def test_forward_changed_by_beta_passes_dmarc_at_gamma_only_through_arc(
     submit(alpha, f"alice@{ALPHA}", [f"fwd@{BETA}"],
            make_message(f"alice@{ALPHA}", [f"fwd@{BETA}"], "footered"))
     [forwarded] = inbox_with(gamma, f"carol@{GAMMA}")
-    assert forwarded.get_content().endswith("Sent through beta's forwarder\n")
+    assert forwarded.get_content().replace("\r\n", "\n").endswith(
+        "Sent through beta's forwarder\n")
     at_gamma = _results(forwarded, gamma.hostname)
     assert at_gamma["dkim"] == ["fail", "fail"]
     assert at_gamma["spf"] == ["fail"]
@@ -258,4 +260,17 @@ def test_forward_changed_by_beta_passes_dmarc_at_gamma_only_through_arc(
                                      "arc-authentication-results"))
     code, reply = _send_to_mx(gamma, mx_port, f"fwd@{BETA}", f"carol@{GAMMA}", stripped,
                               source=beta.ip)
+    assert (code, reply[:5]) == (550, b"5.7.1"), reply
+
+
+def test_an_arc_seal_of_a_sealer_not_trusted_does_not_overrule_dmarc(
+        nodes: tuple[Node, Node, Node], mx_port: int) -> None:
+    """A forger seals its forgery with keys of its own (gamma's here, which beta can verify):
+    the chain is valid, yet beta does not trust gamma as a sealer, so p=reject stands."""
+    _, beta, gamma = nodes
+    forged = make_message(f"ceo@{ALPHA}", [f"bob@{BETA}"], "sealed forgery")
+    claims = f"Authentication-Results: {gamma.hostname}; dkim=pass; dmarc=pass\r\n".encode()
+    sealed = arc.seal(gamma.data_dir / "dkim", GAMMA, gamma.hostname, forged, claims)
+    assert b"ARC-Seal:" in sealed
+    code, reply = _send_to_mx(beta, mx_port, "mallory@elsewhere.test", f"bob@{BETA}", sealed)
     assert (code, reply[:5]) == (550, b"5.7.1"), reply

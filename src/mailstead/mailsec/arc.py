@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
@@ -49,6 +52,34 @@ async def verify(resolver: Resolver, message: bytes) -> str:
     cache = KeyCache()
     await prefetch_keys(resolver, message, cache, ARC_FIELDS)
     return await asyncio.to_thread(_verify_chain, message, cache)
+
+
+def _tags(value: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for part in value.split(";"):
+        key, sep, val = part.partition("=")
+        if sep:
+            tags.setdefault(key.strip().lower(), "".join(val.split()))
+    return tags
+
+
+def newest_set(message: bytes) -> tuple[str, str]:
+    """(the domain that sealed the newest ARC set, the ``dmarc=`` result its
+    ARC-Authentication-Results recorded); "" for what is missing. Only meaningful once
+    ``verify`` said "pass": then the seal of that domain is genuine."""
+    head = BytesHeaderParser(policy=compat32).parsebytes(message.split(b"\r\n\r\n", 1)[0])
+    seals = {t.get("i", ""): t.get("d", "").lower()
+             for t in (_tags(str(v)) for v in head.get_all("ARC-Seal", []))}
+    newest = max((i for i in seals if i.isdigit()), key=int, default="")
+    if not newest:
+        return "", ""
+    dmarc = ""
+    for value in head.get_all("ARC-Authentication-Results", []):
+        text = " ".join(str(value).split())
+        if _tags(text.split(";", 1)[0]).get("i") == newest:
+            found = re.search(r"(?:^|;)\s*dmarc\s*=\s*([A-Za-z]+)", text)
+            dmarc = found.group(1).lower() if found else ""
+    return seals[newest], dmarc
 
 
 def seal(dkim_root: Path, domain: str, authserv_id: str, message: bytes,

@@ -99,10 +99,13 @@ class TrustService:
         action: Action = "accept"
         reason = ""
         if dmarc_result.result == "fail" and self.cfg.trust.enforce_dmarc:
-            # RFC 7489 6.7 lets a receiver override the policy: a message whose ARC chain
-            # passes (it was forwarded by someone we can trace) is kept, not refused.
-            if arc_result == "pass" and self.cfg.trust.trust_arc:
-                reason = "DMARC failed but the ARC chain passes"
+            # RFC 7489 6.7 lets a receiver override the policy, RFC 8617 7.2 says how: a
+            # valid ARC chain proves only who sealed it, so the override needs a sealer we
+            # trust whose own checks found DMARC passing (anyone can seal a forgery).
+            sealer, sealed_dmarc = arc.newest_set(message) if arc_result == "pass" else ("", "")
+            if (self.cfg.trust.trust_arc and sealed_dmarc == "pass"
+                    and sealer in {d.lower() for d in self.cfg.trust.arc_trusted_sealers}):
+                reason = f"DMARC failed but the ARC chain passes, sealed by {sealer}"
             elif dmarc_result.disposition == "reject":
                 action, reason = "reject", f"DMARC policy of {dmarc_result.from_domain} " \
                                            "rejects this message"
