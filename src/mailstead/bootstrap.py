@@ -110,7 +110,7 @@ async def initialise(
             return None
         domain = normalize_domain(demo_domain)
         if await store.get_domain(domain) is None:
-            await store.add_domain(domain)
+            await add_domain(store, domain, cfg)
         address = f"{demo_user}@{domain}"
         if await store.get_account(address) is not None:
             return None

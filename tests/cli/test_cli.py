@@ -195,3 +195,22 @@ def test_serve_prints_listeners_and_stops_cleanly(data: Path) -> None:
     sp = start_serve_process(data, "imap=127.0.0.1:0", "smtp=127.0.0.1:0")
     assert sp.proc.poll() is None
     assert sp.terminate() == 0
+
+
+def test_dkim_rotate_list_and_remove_a_retired_selector(data: Path) -> None:
+    first = json.loads(ok(data, "dkim", "list", "example.test", "--json"))
+    assert [row["active"] for row in first] == [True]
+    old = first[0]["selector"]
+    out = ok(data, "dkim", "rotate", "example.test")
+    new = out.split()[2]
+    assert new != old and f"{new}-rsa._domainkey.example.test." in out
+    listed = ok(data, "dkim", "list", "example.test")
+    assert listed.split("\n")[1:3] == [f"{old}  False", f"{new}  True"]
+    # Both selectors are published until the old one is removed; the active one cannot go.
+    assert f"{old}-ed._domainkey" in ok(data, "dns", "example.test")
+    assert "is the active selector" in err(data, "dkim", "remove", "example.test", new)
+    assert "no DKIM selector 'nope'" in err(data, "dkim", "remove", "example.test", "nope")
+    assert "removed selector" in ok(data, "dkim", "remove", "example.test", old)
+    assert old not in ok(data, "dns", "example.test")
+    assert [r["selector"] for r in json.loads(
+        ok(data, "dkim", "list", "example.test", "--json"))] == [new]

@@ -96,6 +96,21 @@ def create_keys(dkim_root: Path, domain: str, selector: str | None = None) -> st
     return selector
 
 
+def remove_selector(dkim_root: Path, domain: str, selector: str) -> None:
+    """Forgets a retired selector and deletes its keys (unpublish its records first). The
+    active selector signs today's mail and cannot be removed: rotate first."""
+    data = read_selectors(dkim_root, domain)
+    kept = [s for s in data.get("all", []) if isinstance(s, str)]  # type: ignore[attr-defined]
+    if selector not in kept:
+        raise KeyError(f"{domain} has no DKIM selector {selector!r}")
+    if selector == data.get("active"):
+        raise ValueError(f"{selector} is the active selector of {domain}: rotate first")
+    _write_selectors(dkim_root, domain,
+                     {"active": data.get("active"), "all": [s for s in kept if s != selector]})
+    for algorithm in ALGORITHMS:
+        (key_dir(dkim_root, domain) / f"{selector}.{algorithm}.pem").unlink(missing_ok=True)
+
+
 def ensure_keys(dkim_root: Path, domain: str) -> str:
     """The active selector, creating keys the first time a domain signs."""
     active = read_selectors(dkim_root, domain).get("active")
