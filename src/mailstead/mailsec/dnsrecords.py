@@ -32,7 +32,26 @@ def served_mta_sts_policy(cfg: Config) -> str:
     return mta_sts.policy_text(cfg.trust.mta_sts_mode, [cfg.hostname])
 
 
-def expected_records(cfg: Config, domain: str) -> list[Record]:
+# RFC 6186 / RFC 8314 service labels by (protocol, TLS mode) of a listener; SRV priority.
+_SERVICES = {
+    ("submission", "implicit"): ("_submissions._tcp", 0),
+    ("submission", "starttls"): ("_submission._tcp", 0),
+    ("imap", "implicit"): ("_imaps._tcp", 0),
+    ("imap", "starttls"): ("_imap._tcp", 0),
+    ("pop3", "implicit"): ("_pop3s._tcp", 10),  # IMAP first: clients that can, should
+    ("pop3", "starttls"): ("_pop3._tcp", 10),
+}
+
+
+def configured_listeners(cfg: Config) -> list[tuple[str, int, str]]:
+    """(protocol, port, TLS mode) of each enabled listener as the config says."""
+    return [(li.protocol, li.port, li.tls) for li in cfg.listeners.values() if li.enabled]
+
+
+def expected_records(cfg: Config, domain: str,
+                     listeners: list[tuple[str, int, str]] | None = None) -> list[Record]:
+    """Every record ``domain`` should publish. ``listeners`` (protocol, port, TLS mode) give
+    the SRV ports: the running ones when known, else those of the config."""
     host = cfg.hostname
     root = cfg.path(cfg.trust.dkim_dir)
     dkim.ensure_keys(root, domain)
@@ -52,16 +71,16 @@ def expected_records(cfg: Config, domain: str) -> list[Record]:
                "MTA-STS policy host: the http listener on 443 with tls = implicit"),
         Record(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:postmaster@{domain}",
                "TLS reporting (RFC 8460)"),
-        Record(f"_submissions._tcp.{domain}", "SRV", f"0 1 465 {host}.",
-               "mail client autoconfiguration (RFC 6186, RFC 8314)"),
-        Record(f"_submission._tcp.{domain}", "SRV", f"0 1 587 {host}.", "RFC 6186"),
-        Record(f"_imaps._tcp.{domain}", "SRV", f"0 1 993 {host}.", "RFC 6186"),
-        Record(f"_imap._tcp.{domain}", "SRV", f"0 1 143 {host}.", "RFC 6186"),
-        Record(f"_pop3s._tcp.{domain}", "SRV", f"10 1 995 {host}.", "RFC 6186"),
-        Record(f"_autodiscover._tcp.{domain}", "SRV", f"0 1 443 {host}.",
-               "Outlook autodiscover"),
-        Record(f"autoconfig.{domain}", "CNAME", f"{host}.", "Thunderbird autoconfig"),
     ]
+    seen: set[str] = set()
+    for protocol, port, tls in configured_listeners(cfg) if listeners is None else listeners:
+        label, priority = _SERVICES.get((protocol, tls), ("", 0))
+        if label and label not in seen and port:
+            seen.add(label)
+            records.append(Record(f"{label}.{domain}", "SRV", f"{priority} 1 {port} {host}.",
+                                  "mail client service discovery (RFC 6186, RFC 8314)"))
+    records.append(Record(f"autoconfig.{domain}", "CNAME", f"{host}.",
+                          "Thunderbird autoconfig (the http listener)"))
     return records
 
 

@@ -11,6 +11,7 @@ from mailstead import bootstrap
 from mailstead.auth.passwords import check_password_rules, hash_password
 from mailstead.core.addresses import normalize_domain, parse_address
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
+from mailstead.mailsec import dnsrecords
 from mailstead.obs import EVENT_COUNTS, log_event
 from mailstead.queue.manage import retry_now
 from mailstead.queue.recall import RecallReport, recall_and_tell
@@ -20,55 +21,10 @@ from mailstead.web.state import WebState
 RECALL_WAIT = 20.0  # seconds to wait for a worker holding the entry before marking it
 
 
-@dataclass(frozen=True, slots=True)
-class DnsRecord:
-    name: str
-    type: str
-    value: str
-    purpose: str
-
-
-def dns_records(state: WebState, domain: str) -> list[DnsRecord]:
-    """What to publish so the world can deliver to ``domain`` and trust its mail."""
-    host = state.cfg.hostname
-    ports = {name: port for name, (_p, port, _t) in state.listener_ports().items()}
-    records = [
-        DnsRecord(domain, "MX", f"10 {host}.", "mail for the domain goes to this server"),
-        DnsRecord(domain, "TXT", f"v=spf1 mx a:{host} -all",
-                  "SPF: only this server sends the domain's mail (RFC 7208)"),
-        DnsRecord(f"_dmarc.{domain}", "TXT",
-                  f"v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:postmaster@{domain}",
-                  "DMARC: what receivers do with mail failing SPF and DKIM (RFC 7489)"),
-        DnsRecord(f"autoconfig.{domain}", "CNAME", f"{host}.",
-                  "mail clients find their settings (Thunderbird autoconfig)"),
-    ]
-    dkim = _dkim_records(state, domain)
-    records[2:2] = dkim or [DnsRecord(
-        f"<selector>._domainkey.{domain}", "TXT", "(no key yet)",
-        "DKIM: the keys are made the first time the domain signs mail; then they show here")]
-    srv = [("_submissions._tcp", "submissions"), ("_imaps._tcp", "imaps"),
-           ("_pop3s._tcp", "pop3s")]
-    for label, listener in srv:
-        if listener in ports:
-            records.append(DnsRecord(f"{label}.{domain}", "SRV",
-                                     f"0 1 {ports[listener]} {host}.",
-                                     "client service discovery (RFC 6186, RFC 8314)"))
-    return records
-
-
-def _dkim_records(state: WebState, domain: str) -> list[DnsRecord]:
-    """The domain's DKIM public keys, when the trust layer has made them."""
-    directory = getattr(getattr(state.cfg, "trust", None), "dkim_dir", None)
-    if not isinstance(directory, str):
-        return []
-    try:
-        from mailstead.mailsec.dkim import published_records
-
-        found = published_records(state.cfg.path(directory), domain)
-    except Exception:  # no keys yet, or unreadable: the page still shows the rest
-        return []
-    return [DnsRecord(name, "TXT", value, "DKIM public key (RFC 6376, RFC 8463)")
-            for name, value in found]
+def dns_records(state: WebState, domain: str) -> list[dnsrecords.Record]:
+    """What to publish so the world can deliver to ``domain`` and trust its mail: the same
+    records as ``mailstead dns``, with the ports of the listeners running now."""
+    return dnsrecords.expected_records(state.cfg, domain, list(state.listener_ports().values()))
 
 
 # -- domains, users, aliases --

@@ -619,7 +619,7 @@ async def admin_domain_dns(ctx: Ctx) -> list[m.DnsRecord]:
     name = normalize_domain(ctx.request.path_params["name"])
     if await ctx.state.store.get_domain(name) is None:
         raise NotFound(f"no domain {name}")
-    return [m.DnsRecord(name=r.name, type=r.type, value=r.value, purpose=r.purpose)
+    return [m.DnsRecord(name=r.name, type=r.rdtype, value=r.value, purpose=r.why)
             for r in adminops.dns_records(ctx.state, name)]
 
 
