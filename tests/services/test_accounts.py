@@ -79,3 +79,38 @@ def test_login_success_failure_and_lockout(make_server: object) -> None:
     assert locked.value.temporary
     # Another IP is not locked, and bob's account has one failure only.
     assert s.run(accounts.authenticate("bob@example.test", PASSWORD, "127.0.0.10"))
+
+
+def test_logins_share_and_cache_the_password_hash(
+        make_server: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client opening many connections at once pays the slow hash once, and a reconnect
+    within auth.cache_seconds pays nothing; a wrong password is always hashed."""
+    import asyncio
+
+    from mailstead.services import accounts as module
+
+    s: RunningServer = make_server()  # type: ignore[operator]
+    hashed: list[str] = []
+    real = module.verify_password
+
+    def counting(password_hash: str, password: str) -> bool:
+        hashed.append(password)
+        return real(password_hash, password)
+
+    monkeypatch.setattr(module, "verify_password", counting)
+    accounts = s.services.accounts
+
+    async def logins(password: str, n: int) -> list[object]:
+        return await asyncio.gather(
+            *(accounts.authenticate("alice@example.test", password, "127.0.0.9")
+              for _ in range(n)), return_exceptions=True)
+
+    assert all(getattr(a, "address", "") == "alice@example.test"
+               for a in s.run(logins(PASSWORD, 10)))
+    assert hashed == [PASSWORD]
+    s.run(logins(PASSWORD, 3))
+    assert hashed == [PASSWORD]  # cached
+    for _ in range(2):  # failures are never cached: each attempt pays the hash
+        [refused] = s.run(logins("not-the-password", 1))
+        assert isinstance(refused, AuthFailed)
+    assert hashed[1:] == ["not-the-password"] * 2

@@ -52,6 +52,7 @@ class AccountService:
         # secret so the cache never holds anything that helps an attacker offline.
         self._cache: dict[tuple[str, bytes], float] = {}
         self._cache_key = secrets.token_bytes(32)
+        self._verifying: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
 
     # -- login --
 
@@ -84,7 +85,16 @@ class AccountService:
         expiry = self._cache.get(key)
         if expiry is not None and expiry > now:
             return True
-        ok = await asyncio.to_thread(verify_password, password_hash, password)
+        # Clients that open several connections at once (mbsync, Thunderbird) log in with the
+        # same credentials together: they share one hash computation.
+        pending = self._verifying.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = asyncio.ensure_future(
+            asyncio.to_thread(verify_password, password_hash, password))
+        self._verifying[key] = pending
+        pending.add_done_callback(lambda _: self._verifying.pop(key, None))
+        ok = await asyncio.shield(pending)  # a cancelled waiter leaves the hash to the others
         if ok and self.cfg.cache_seconds > 0:
             if len(self._cache) > 50_000:
                 self._cache = {k: v for k, v in self._cache.items() if v > now}
