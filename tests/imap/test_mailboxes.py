@@ -170,3 +170,9 @@ def test_quota(mail_server: RunningServer) -> None:
     assert status_of(lines) == b"NO [OVERQUOTA]"
     raw.cmd("SELECT INBOX")
     assert status_of(raw.cmd("COPY 1 Archive")) == b"NO [OVERQUOTA]"
+    # RFC 9208 4.2.2: what an EXPUNGE would give back, in the units of STORAGE.
+    assert raw.cmd("STATUS INBOX (DELETED DELETED-STORAGE)")[0] == \
+        b'* STATUS "INBOX" (DELETED 0 DELETED-STORAGE 0)'
+    raw.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    assert raw.cmd("STATUS INBOX (DELETED DELETED-STORAGE)")[0] == \
+        b'* STATUS "INBOX" (DELETED 1 DELETED-STORAGE 4)'

@@ -194,6 +194,8 @@ def _status_value(s: ImapSession, item: str, st: MailboxStatus) -> int:
         "UNSEEN": st.unseen,
         "DELETED": st.deleted,
         "SIZE": st.size,
+        # RFC 9208 4.2.2: what EXPUNGE would give back, in units of 1024 octets like STORAGE.
+        "DELETED-STORAGE": (st.deleted_size + 1023) // 1024,
         "HIGHESTMODSEQ": st.highestmodseq,
         "APPENDLIMIT": s.settings.max_message_size,
     }

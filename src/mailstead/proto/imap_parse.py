@@ -803,7 +803,7 @@ def _lsub(r: _Reader) -> CommandArgs:
 
 STATUS_ITEMS = frozenset(
     {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE",
-     "HIGHESTMODSEQ", "APPENDLIMIT"}
+     "HIGHESTMODSEQ", "APPENDLIMIT", "DELETED-STORAGE"}
 )
 
 

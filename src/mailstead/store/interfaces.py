@@ -149,6 +149,7 @@ class MailboxStatus:
     uidvalidity: int
     highestmodseq: int
     deleted: int
+    deleted_size: int = 0  # octets of the messages marked \Deleted (RFC 9208 DELETED-STORAGE)
 
 
 @dataclass(frozen=True, slots=True)

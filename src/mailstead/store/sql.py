@@ -678,12 +678,13 @@ def mailbox_status(db: Db, mailbox_id: int) -> MailboxStatus:
         "COALESCE(SUM(CASE WHEN sysflags & 1 = 0 THEN 1 ELSE 0 END), 0), "
         "COALESCE(SUM(CASE WHEN uid >= ? THEN 1 ELSE 0 END), 0), "
         "COALESCE(SUM(size), 0), "
-        "COALESCE(SUM(CASE WHEN sysflags & 8 <> 0 THEN 1 ELSE 0 END), 0) "
+        "COALESCE(SUM(CASE WHEN sysflags & 8 <> 0 THEN 1 ELSE 0 END), 0), "
+        "COALESCE(SUM(CASE WHEN sysflags & 8 <> 0 THEN size ELSE 0 END), 0) "
         "FROM messages WHERE mailbox_id = ?",
         (first_recent, mailbox_id),
     )
     assert row is not None
-    messages, unseen, recent, size, deleted = (int(v) for v in row)
+    messages, unseen, recent, size, deleted, deleted_size = (int(v) for v in row)
     return MailboxStatus(
         messages=messages,
         unseen=unseen,
@@ -693,6 +694,7 @@ def mailbox_status(db: Db, mailbox_id: int) -> MailboxStatus:
         uidvalidity=uidvalidity,
         highestmodseq=highestmodseq,
         deleted=deleted,
+        deleted_size=deleted_size,
     )
 
 
