@@ -544,6 +544,46 @@ async def test_claim_due_leases(store: MetadataStore) -> None:
     assert [e.id for e in await store.claim_due(later, "node-b", 60, 5)] == ["due2"]
 
 
+async def test_settled_recipients_stay_settled_whoever_writes_last(
+        store: MetadataStore) -> None:
+    """A worker holding an entry and a recall (or a retry) at the same moment: neither can
+    put back to pending what the other settled, and the recall leaves the lease alone."""
+    from mailstead.store.interfaces import QueueRecipient
+
+    now = datetime.now(UTC)
+    recipients = [QueueRecipient("a@remote.example"), QueueRecipient("b@remote.example")]
+    await store.enqueue(queue_entry("race", 5, recipients=recipients,
+                                    next_attempt=now - timedelta(seconds=1)))
+    [held] = await store.claim_due(now, "worker", 60, 1)  # the worker's copy, all pending
+    recalled = await store.recall_pending("race", now, "recalled by the sender")
+    assert [r.status for r in recalled.recipients] == ["recalled", "recalled"]
+    assert recalled.state == "done"
+    stored = await store.get_queue_entry("race")
+    assert stored is not None and stored.lease_owner == "worker"  # still the worker's
+    # The worker delivered to a just before the recall and records it from its stale copy.
+    held.recipients[0].status = "delivered"
+    held.lease_owner, held.lease_until = "", None
+    await store.update_queue_entry(held)
+    final = await store.get_queue_entry("race")
+    assert final is not None
+    assert [r.status for r in final.recipients] == ["delivered", "recalled"]
+    assert final.state == "done" and final.lease_owner == ""
+    # Nothing is left to make due, and nothing goes back to pending.
+    assert not await store.make_due("race", now)
+    with pytest.raises(NotFound):
+        await store.recall_pending("nope", now, "x")
+
+
+async def test_make_due_moves_only_the_attempt_time(store: MetadataStore) -> None:
+    now = datetime.now(UTC)
+    later = now + timedelta(hours=1)
+    await store.enqueue(queue_entry("wait", 6, next_attempt=later, attempts=3))
+    assert await store.make_due("wait", now)
+    entry = await store.get_queue_entry("wait")
+    assert entry is not None and (entry.next_attempt, entry.attempts) == (now, 3)
+    assert not await store.make_due("missing", now)
+
+
 # -- change feed -------------------------------------------------------------------------------
 
 

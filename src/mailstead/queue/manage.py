@@ -25,5 +25,5 @@ async def retry_now(store: MetadataStore, queue_id: str) -> None:
         raise NotFound(f"no queue entry {queue_id}")
     if entry.state != "queued":
         raise NotFound(f"queue entry {queue_id} is finished; nothing to retry")
-    entry.next_attempt = datetime.now(UTC)
-    await store.update_queue_entry(entry)
+    if not await store.make_due(queue_id, datetime.now(UTC)):
+        raise NotFound(f"queue entry {queue_id} finished meanwhile; nothing to retry")

@@ -76,18 +76,8 @@ async def recall(
     entry = await store.get_queue_entry(queue_id)
     if entry is None or (account is not None and entry.account_id != account.id):
         raise NotFound(f"no queued message {queue_id}" + (" of yours" if account else ""))
-    entry = await _when_free(store, queue_id, wait_seconds)
-    marked = 0
-    for recipient in entry.recipients:
-        if recipient.status == "pending":
-            recipient.status = "recalled"
-            recipient.last_reply = "recalled by the sender"
-            marked += 1
-    if marked:
-        if all(r.status != "pending" for r in entry.recipients):
-            entry.state = "done"
-            entry.next_attempt = datetime.now(UTC)
-        await store.update_queue_entry(entry)
+    await _when_free(store, queue_id, wait_seconds)
+    await store.recall_pending(queue_id, datetime.now(UTC), "recalled by the sender")
     # A worker that claimed the entry just before our write may be sending: let it finish,
     # so the report says what really happened.
     final = await _when_free(store, queue_id, wait_seconds)

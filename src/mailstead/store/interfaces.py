@@ -366,7 +366,17 @@ class MetadataStore(Protocol):
         """Leases due entries to ``owner`` (PostgreSQL: FOR UPDATE SKIP LOCKED, so two nodes
         never take the same entry)."""
 
-    async def update_queue_entry(self, entry: QueueEntry) -> None: ...
+    async def update_queue_entry(self, entry: QueueEntry) -> None:
+        """The lease holder records an attempt. A recipient another writer settled meanwhile
+        (recalled, say) stays settled: statuses only ever move away from "pending"."""
+
+    async def make_due(self, queue_id: str, now: datetime) -> bool:
+        """A waiting entry becomes due at ``now``; False when it is not waiting (gone, done)."""
+
+    async def recall_pending(self, queue_id: str, now: datetime, reason: str) -> QueueEntry:
+        """Marks every pending recipient ``recalled`` (the entry is done when none is left),
+        atomically and without touching a worker's lease; returns the entry as stored."""
+
     async def delete_queue_entry(self, queue_id: str) -> list[str]:
         """Removes the entry; returns blob ids no longer used ([] if it was already gone)."""
 

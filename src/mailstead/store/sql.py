@@ -1065,8 +1065,49 @@ def claim_due(
     return [e for e in claimed if e is not None]
 
 
+def _locked_queue_entry(db: Db, queue_id: str) -> QueueEntry:
+    lock = " FOR UPDATE" if db.for_update else ""  # SQLite: the write transaction serialises
+    row = db.one(f"SELECT {QUEUE_COLS} FROM queue WHERE id = ?{lock}", (queue_id,))
+    if row is None:
+        raise NotFound(f"no queue entry {queue_id}")
+    return _queue_entry(row)
+
+
+def _keep_settled(stored: QueueEntry, e: QueueEntry) -> None:
+    """A recipient settled in the store (delivered, failed, recalled) never goes back to
+    pending because a writer read the entry before it was settled."""
+    settled = {r.address: r for r in stored.recipients if r.status != "pending"}
+    for recipient in e.recipients:
+        before = settled.get(recipient.address)
+        if before is not None and recipient.status == "pending":
+            recipient.status, recipient.last_reply = before.status, before.last_reply
+    if all(r.status != "pending" for r in e.recipients):
+        e.state = "done"
+
+
+def make_due(db: Db, queue_id: str, now: datetime) -> bool:
+    return db.run("UPDATE queue SET next_attempt = ? WHERE id = ? AND state = 'queued'",
+                  (to_micros(now), queue_id)) > 0
+
+
+def recall_pending(db: Db, queue_id: str, now: datetime, reason: str) -> QueueEntry:
+    e = _locked_queue_entry(db, queue_id)
+    marked = 0
+    for recipient in e.recipients:
+        if recipient.status == "pending":
+            recipient.status, recipient.last_reply = "recalled", reason
+            marked += 1
+    if marked and all(r.status != "pending" for r in e.recipients):
+        e.state, e.next_attempt = "done", now
+    if marked:
+        db.run("UPDATE queue SET recipients = ?, state = ?, next_attempt = ? WHERE id = ?",
+               (_recipients_json(e), e.state, to_micros(e.next_attempt), queue_id))
+    return e
+
+
 def update_queue_entry(db: Db, e: QueueEntry) -> None:
     """Writes every mutable field; the blob and creation time of an entry never change."""
+    _keep_settled(_locked_queue_entry(db, e.id), e)
     updated = db.run(
         "UPDATE queue SET sender = ?, recipients = ?, next_attempt = ?, attempts = ?, state = ?, "
         "account_id = ?, envid = ?, ret = ?, requiretls = ?, smtputf8 = ?, body_8bit = ?, "
@@ -1304,6 +1345,12 @@ class SqlStore(ABC):
 
     async def update_queue_entry(self, entry: QueueEntry) -> None:
         await self._write(update_queue_entry, entry)
+
+    async def make_due(self, queue_id: str, now: datetime) -> bool:
+        return await self._write(make_due, queue_id, now)
+
+    async def recall_pending(self, queue_id: str, now: datetime, reason: str) -> QueueEntry:
+        return await self._write(recall_pending, queue_id, now, reason)
 
     async def delete_queue_entry(self, queue_id: str) -> list[str]:
         return await self._write(delete_queue_entry, queue_id)
