@@ -99,3 +99,54 @@ def test_iter_ids(blobs: FsBlobStore) -> None:
     ids = {blobs.put(f"message {n}".encode()) for n in range(20)}
     (blobs.root / "stray.txt").write_text("not a blob")
     assert sorted(blobs.iter_ids()) == sorted(ids)
+
+
+def test_concurrent_puts_share_filesystem_flushes(tmp_path: Path) -> None:
+    """Puts running together are made durable by a few flushes (syncfs on Linux), and each put
+    returns only after a flush that began once its file was in place."""
+    import threading
+
+    from mailstead.store.blob_fs import GroupSync
+
+    blobs = FsBlobStore(tmp_path / "blobs")
+    if blobs._group is None:
+        pytest.skip("no syncfs here: every put fsyncs its own file")
+    flushes: list[int] = []
+    real = blobs._group._flush
+
+    def counted() -> None:
+        flushes.append(len(list(blobs.iter_ids())))  # files in place when the flush began
+        time.sleep(0.005)
+        real()
+
+    blobs._group = GroupSync(counted)
+    made: list[str] = []
+
+    def put(n: int) -> None:
+        blob_id = blobs.put(MESSAGE + str(n).encode())
+        assert len(flushes) >= 1 and flushes[-1] >= 1
+        made.append(blob_id)
+
+    threads = [threading.Thread(target=put, args=(n,)) for n in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 40 and all(blobs.get(b) for b in made)
+    assert 1 <= len(flushes) < 40
+
+
+def test_a_failed_flush_fails_the_puts_it_covered() -> None:
+    from mailstead.store.blob_fs import GroupSync
+
+    outcomes = iter([OSError(5, "Input/output error"), None])
+
+    def flush() -> None:
+        error = next(outcomes)
+        if error is not None:
+            raise error
+
+    group = GroupSync(flush)
+    with pytest.raises(OSError, match="flushing message files: Input/output error"):
+        group.wait()
+    group.wait()  # the next flush works: so does the next put

@@ -1,19 +1,29 @@
 """Message files on disk: ``root/ab/cd/<sha256>.eml``, one per distinct content.
 
-A file is written once (temp file in the same directory, fsync, rename, directory fsync) and never
+A file is written once (temp file in the same directory, rename, then made durable) and never
 changed, so a reader either finds the whole file or none. Reads check the SHA-256 against the
 name: a file changed or truncated on disk is reported as corrupt, never served as good.
 Synchronous: callers run these in a thread (``asyncio.to_thread``).
+
+Durability is a group commit: on Linux one ``syncfs`` makes every file (and new directory)
+written before it durable, so puts running at the same time share one flush of the filesystem
+instead of paying a file fsync and a directory fsync each. Elsewhere each put fsyncs its file
+and directory. Either way ``put`` returns only once the file survives a power cut.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import re
 import secrets
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mailstead.core.errors import CorruptBlob, InvalidInput, NotFound
@@ -26,9 +36,79 @@ def blob_id_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _syncfs_call() -> Callable[[int], int] | None:
+    """libc's syncfs(2) (Linux), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        call: Callable[[int], int] = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    return call
+
+
+class GroupSync:
+    """Flushes a filesystem for many waiting threads at once (leader and followers).
+
+    A thread that has written its file calls ``wait``; if no flush is running it runs one, and
+    every thread that arrived before that flush began is covered by it. Threads arriving
+    during a flush wait for the next, which one of them leads."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+        self._cond = threading.Condition()
+        self._arrived = 0  # tickets handed out
+        self._durable = 0  # every ticket up to this one is durable
+        # (first ticket, last ticket, error) of recent flushes that failed
+        self._failed: deque[tuple[int, int, OSError]] = deque(maxlen=100)
+        self._running = False
+
+    def wait(self) -> None:
+        with self._cond:
+            self._arrived += 1
+            ticket = self._arrived
+            while self._durable < ticket:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                first, covers = self._durable + 1, self._arrived
+                self._cond.release()
+                error: OSError | None = None
+                try:
+                    self._flush()
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                if error is not None:
+                    self._failed.append((first, covers, error))
+                self._durable = covers
+                self._cond.notify_all()
+            for start, end, failure in self._failed:
+                if start <= ticket <= end:
+                    raise OSError(failure.errno, f"flushing message files: {failure.strerror}")
+
+
 class FsBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        syncfs = _syncfs_call()
+        self._group: GroupSync | None = None
+        if syncfs is not None:
+            self._group = GroupSync(lambda: self._syncfs(syncfs))
+
+    def _syncfs(self, syncfs: Callable[[int], int]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
 
     def path(self, blob_id: str) -> Path:
         if not BLOB_ID.match(blob_id):
@@ -44,8 +124,11 @@ class FsBlobStore:
             # spare it while the caller commits the rows that reference it.
             try:
                 os.utime(target)
-                _fsync_path(target)
-                _fsync_dir(target.parent)
+                if self._group is not None:
+                    self._group.wait()
+                else:
+                    _fsync_path(target)
+                    _fsync_dir(target.parent)
                 return blob_id
             except FileNotFoundError:
                 pass  # the sweeper took it just now: write it again below
@@ -62,13 +145,17 @@ class FsBlobStore:
             # returns nothing references the blob, and a torn file left by a crash is rewritten
             # by the next put of the same bytes (the hash check above).
             os.replace(temp, target)
-            os.fsync(fd)
+            if self._group is None:
+                os.fsync(fd)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
         finally:
             os.close(fd)
-        _fsync_dir(target.parent)  # POSIX: the directory entry is durable only after this
+        if self._group is not None:
+            self._group.wait()  # file, rename and new directories, with everyone else's
+        else:
+            _fsync_dir(target.parent)  # POSIX: the directory entry is durable only after this
         return blob_id
 
     def get(self, blob_id: str) -> bytes:
@@ -155,7 +242,8 @@ class FsBlobStore:
                 d.mkdir()
             except FileExistsError:
                 continue
-            _fsync_dir(d.parent)
+            if self._group is None:  # else the put's filesystem flush covers it
+                _fsync_dir(d.parent)
 
 
 def _mismatch(data: bytes, blob_id: str) -> str | None:
