@@ -70,6 +70,15 @@ def test_delete_rename_subscribe(mail_server: RunningServer) -> None:
     assert b'* LSUB () "/" "Old"' in lsub
     assert status_of(raw.cmd("UNSUBSCRIBE Old")) == b"OK"
     assert b'"Old"' not in b"".join(raw.cmd('LSUB "" "*"'))
+    # RFC 3501 6.3.9: "%" stops at the unsubscribed parent of a subscribed child, \Noselect.
+    raw.cmd("CREATE Lists/Python")
+    raw.cmd("SUBSCRIBE Lists/Python")
+    raw.cmd("UNSUBSCRIBE Lists")
+    top = raw.cmd('LSUB "" "%"')
+    assert b'* LSUB (\\Noselect) "/" "Lists"' in top
+    assert b'"Lists/Python"' not in b"".join(top)
+    every = b"".join(raw.cmd('LSUB "" "*"'))
+    assert b'* LSUB () "/" "Lists/Python"' in every and b'"Lists"\r\n' not in every
 
 
 def test_list_extended_and_status(mail_server: RunningServer) -> None:

@@ -144,14 +144,21 @@ async def cmd_list(s: ImapSession, cmd: Command) -> Reply:
         client_name = box.name if s.utf8 else mutf7.encode(box.name)
         if not any(r.fullmatch(client_name) for r in regexes):
             continue
-        childinfo = False
+        childinfo = noselect = False
         if only_subscribed and not box.subscribed:
-            if not (recursive and box.name in subscribed_parents):
+            if args.lsub and box.name in subscribed_parents and not any(
+                    r.fullmatch(name) for r in regexes
+                    for name in _subscribed_below(boxes, box.name, s.utf8)):
+                # RFC 3501 6.3.9: LSUB "%" shows the unsubscribed parent of a subscribed
+                # child the pattern does not reach, marked \Noselect.
+                noselect = True
+            elif not (recursive and box.name in subscribed_parents):
                 continue
-            childinfo = True  # RFC 5258 3.5: listed because a child is subscribed
+            else:
+                childinfo = True  # RFC 5258 3.5: listed because a child is subscribed
         if only_special and box.special_use is None:
             continue
-        attrs: list[str] = []
+        attrs: list[str] = ["\\Noselect"] if noselect else []
         if not args.lsub:
             attrs.append("\\HasChildren" if box.name in parents else "\\HasNoChildren")
             if box.special_use:
@@ -165,6 +172,12 @@ async def cmd_list(s: ImapSession, cmd: Command) -> Reply:
         if status_items:
             await _write_status(s, box, status_items)
     return _reply("OK", f"{verb} completed")
+
+
+def _subscribed_below(boxes: list[Mailbox], name: str, utf8: bool) -> list[str]:
+    """Client names of the subscribed mailboxes under ``name``."""
+    return [b.name if utf8 else mutf7.encode(b.name) for b in boxes
+            if b.subscribed and b.name.startswith(name + "/")]
 
 
 def _parents(name: str) -> list[str]:
