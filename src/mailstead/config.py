@@ -415,7 +415,9 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot render {value!r} as TOML")
 
 
-def _render_section(model: BaseModel, header: str | None, out: list[str]) -> None:
+def _render_section(model: BaseModel, header: str | None, out: list[str],
+                    defaults: BaseModel | None = None) -> None:
+    """``defaults``: the model's own defaults where they differ per entry (each listener)."""
     tables: list[tuple[str, BaseModel | dict[str, BaseModel], str]] = []
     if header:
         out.append(f"\n[{header}]")
@@ -428,7 +430,8 @@ def _render_section(model: BaseModel, header: str | None, out: list[str]) -> Non
         ):
             tables.append((name, value, info.description or ""))
             continue
-        default = info.get_default(call_default_factory=True)
+        default = getattr(defaults, name) if defaults is not None else \
+            info.get_default(call_default_factory=True)
         if default is PydanticUndefined or value == default:
             note = ""
         else:
@@ -439,8 +442,9 @@ def _render_section(model: BaseModel, header: str | None, out: list[str]) -> Non
         full = f"{header}.{name}" if header else name
         if isinstance(value, dict):
             out.append(f"\n# {description}")
+            entry_defaults = _default_listeners() if name == "listeners" else {}
             for key, sub in value.items():
-                _render_section(sub, f"{full}.{key}", out)
+                _render_section(sub, f"{full}.{key}", out, entry_defaults.get(key))
         else:
             out.append(f"\n# {description}")
             _render_section(value, full, out)

@@ -64,6 +64,11 @@ def test_rendered_config_is_valid_commented_toml(tmp_path: Path) -> None:
     again = Config.model_validate(parsed)
     assert again.limits.max_recipients == 50
     assert again.listeners == cfg.listeners
+    # Each listener's defaults are its own: smtp's TLS is starttls, so nothing is noted there;
+    # a changed port names the listener's default port.
+    moved = load_config(write(tmp_path, "[listeners.smtp]\nport = 25\n"))
+    smtp = render_toml(moved).split("[listeners.smtp]")[1].split("\n[")[0]
+    assert "(default: 2525)" in smtp and "(default: \"none\")" not in smtp
 
 
 def test_listen_override(tmp_path: Path) -> None:
