@@ -114,3 +114,19 @@ def test_logins_share_and_cache_the_password_hash(
         [refused] = s.run(logins("not-the-password", 1))
         assert isinstance(refused, AuthFailed)
     assert hashed[1:] == ["not-the-password"] * 2
+
+
+def test_failures_from_many_addresses_lock_the_account(make_server: object) -> None:
+    """A guesser spreading attempts over many addresses still locks the account out; the
+    real user's address on its own is not locked out of other accounts."""
+    s: RunningServer = make_server(  # type: ignore[operator]
+        auth={"max_failures": 3, "lockout_seconds": 60})
+    accounts = s.services.accounts
+    for n in range(3):
+        with pytest.raises(AuthFailed) as failed:
+            s.run(accounts.authenticate("alice@example.test", "guess", f"127.0.1.{n}"))
+        assert not failed.value.temporary
+    with pytest.raises(AuthFailed) as locked:
+        s.run(accounts.authenticate("alice@example.test", PASSWORD, "127.0.2.1"))
+    assert locked.value.temporary
+    assert s.run(accounts.authenticate("bob@example.test", PASSWORD, "127.0.1.0"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import smtplib
+import socket
 import time
 from collections.abc import Callable
 
@@ -302,6 +303,28 @@ def test_connection_cap_per_ip(make_server: Callable[..., RunningServer]) -> Non
             time.sleep(0.05)
         else:
             pytest.fail("the freed connection slot was never reused")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_connection_cap_in_total_spans_addresses_and_listeners(
+        make_server: Callable[..., RunningServer]) -> None:
+    """limits.max_connections counts every open connection of the process, from any address
+    and on any listener."""
+    import imaplib
+
+    server = make_server(limits={"max_connections": 2, "max_connections_per_ip": 100})
+    port = server.ports["smtp"]
+    first = RawClient(port)
+    second = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+    try:
+        assert first.greeting[0] == 220
+        assert second.recv(100).startswith(b"220 ")
+        with RawClient(port) as third:
+            assert third.greeting[0] == 421 and third.closed_by_server()
+        with pytest.raises(imaplib.IMAP4.error, match="BYE Too many connections"):
+            imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=10)
     finally:
         first.close()
         second.close()
