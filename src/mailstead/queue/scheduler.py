@@ -59,6 +59,14 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
+def retry_delay(attempts: int, initial: float, factor: float, longest: float,
+                rng: random.Random) -> float:
+    """Seconds to wait after ``attempts`` failed attempts: exponential, capped, and spread by
+    up to 10% so entries that failed together do not all come back at once."""
+    delay = min(initial * factor ** max(attempts - 1, 0), longest)
+    return delay * rng.uniform(1.0, 1.1)
+
+
 class QueueRunner:
     def __init__(
         self,
@@ -200,8 +208,7 @@ class QueueRunner:
 
     def _backoff(self, attempts: int) -> float:
         s = self.settings
-        delay = min(s.retry_initial * s.retry_factor ** max(attempts - 1, 0), s.retry_max)
-        return delay * self.rng.uniform(1.0, 1.1)  # spread retries of many entries a little
+        return retry_delay(attempts, s.retry_initial, s.retry_factor, s.retry_max, self.rng)
 
     async def finish(self, entry: QueueEntry, results: Results, data: bytes) -> None:
         now = datetime.now(UTC)
