@@ -400,6 +400,19 @@ def test_thunderbird_autoconfig(shared_server: RunningServer, path: str) -> None
     assert unknown.status_code == 404
 
 
+def test_autoconfig_host_form_finds_the_domain_from_the_name(make_server: MakeServer) -> None:
+    """Thunderbird asks http://autoconfig.<domain>/mail/config-v1.1.xml, often without the
+    address: the domain comes from the Host name."""
+    server = make_server(**web_overrides())
+    server.add_domain("second.example")
+    for domain in (DOMAIN, "second.example"):
+        response = httpx.get(base_url(server) + "/mail/config-v1.1.xml",
+                             headers={"Host": f"autoconfig.{domain}"}, timeout=30)
+        assert response.status_code == 200
+        provider = ET.fromstring(response.text).find("emailProvider")
+        assert provider is not None and provider.get("id") == domain
+
+
 # -- transport --
 
 
