@@ -30,14 +30,39 @@ SHOTS = Path(__file__).resolve().parents[2] / "screenshots"
 pytestmark = pytest.mark.slow
 
 
+LOOPBACK = re.compile(r"^(https?|wss?)://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?/")
+OUTSIDE: dict[int, list[str]] = {}  # page id -> URLs the page asked for beyond loopback
+
+
+def outside_requests(page: Page) -> list[str]:
+    return OUTSIDE[id(page)]
+
+
 @pytest.fixture
 def page(chromium: Browser) -> Iterator[Page]:
+    """Every request beyond loopback is refused and recorded: the product must work offline
+    (no CDN), and the tests send nothing off this machine."""
     context = chromium.new_context(viewport={"width": 1320, "height": 820},
                                    accept_downloads=True)
     context.set_default_timeout(15_000)
+    asked: list[str] = []
+
+    def guard(route: Any) -> None:
+        url = route.request.url
+        if LOOPBACK.match(url) or url.startswith(("data:", "blob:", "about:")):
+            route.continue_()
+        else:
+            asked.append(url)
+            route.abort()
+
+    context.route("**/*", guard)
     page = context.new_page()
+    OUTSIDE[id(page)] = asked
     yield page
     context.close()
+    del OUTSIDE[id(page)]
+    # Only the remote image the reader asked for may have been wanted (and was refused).
+    assert all(u.startswith("http://tracker.northwind.example/") for u in asked), asked
 
 
 def shot(page: Page, name: str) -> None:
@@ -115,6 +140,7 @@ def test_read_smtp_message_and_open_attachment(shared_server: RunningServer, pag
     expect(body.locator("img")).not_to_have_attribute("src", re.compile("tracker"))
     assert page.title() != "pwned"
     shot(page, "04-message-html")
+    assert outside_requests(page) == []  # not one request beyond this server so far
     page.click("#show-images")
     expect(page.frame_locator("#message-body").locator("img")).to_have_attribute(
         "src", re.compile("tracker.northwind.example"))
