@@ -54,6 +54,9 @@ class Resolver(Protocol):
     async def txt(self, name: str) -> list[str]:
         """TXT records, each one's strings joined; [] when there are none."""
 
+    async def records(self, name: str, rdtype: str) -> list[str]:
+        """Records of any other type in zone-file text (SRV, CNAME...); [] when none."""
+
 
 def parse_nameserver(spec: str) -> tuple[str, int]:
     """"192.0.2.1", "192.0.2.1:5353", "2001:db8::1" or "[2001:db8::1]:5353" -> (ip, port)."""
@@ -135,6 +138,10 @@ class DnsPythonResolver:
             return []
         return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
 
+    async def records(self, name: str, rdtype: str) -> list[str]:
+        answer = await self._query(name, rdtype)
+        return [] if answer is None else [r.to_text() for r in answer]
+
 
 class OfflineResolver:
     """Stands in while ``[delivery] internet`` is off and no resolver is configured: every
@@ -150,6 +157,9 @@ class OfflineResolver:
 
     async def txt(self, name: str) -> list[str]:
         raise DnsTemporaryError(f"{name} TXT: {self.REASON}")
+
+    async def records(self, name: str, rdtype: str) -> list[str]:
+        raise DnsTemporaryError(f"{name} {rdtype}: {self.REASON}")
 
 
 def is_loopback(address: str) -> bool:

@@ -11,6 +11,7 @@ import email.message
 import os
 import shutil
 import smtplib
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -192,12 +193,20 @@ def test_dns_check_names_missing_records(
 
     from mailstead.cli.main import cli
 
-    delta = make_node("127.0.0.5", "mx.delta-t.test", "delta-t.test", users=("dave",))
+    with socket.socket() as s:  # a fixed port, so the config names it for the SRV record
+        s.bind(("127.0.0.5", 0))
+        imaps_port = int(s.getsockname()[1])
+    delta = make_node("127.0.0.5", "mx.delta-t.test", "delta-t.test", users=("dave",),
+                      listeners={"imaps": {"enabled": True, "port": imaps_port}})
     runner = CliRunner()
     zone = runner.invoke(cli, ["dns", "delta-t.test", "--data", str(delta.data_dir)])
     assert zone.exit_code == 0, zone.output
     publish(dns_world, "delta-t.test", "MX", "10 mx.delta-t.test.")
     publish(dns_world, "delta-t.test", "TXT", "v=spf1 mx -all")
+    publish(dns_world, "mx.delta-t.test", "A", delta.ip)
+    publish(dns_world, "autoconfig.delta-t.test", "CNAME", "mx.delta-t.test.")
+    publish(dns_world, "mta-sts.delta-t.test", "A", delta.ip)  # A records do as well
+    publish(dns_world, "_imaps._tcp.delta-t.test", "SRV", f"0 1 {imaps_port} mx.delta-t.test.")
     for name, value in dkim.published_records(delta.data_dir / "dkim", "delta-t.test"):
         assert name in zone.output
         publish(dns_world, name, "TXT", value)
@@ -208,6 +217,9 @@ def test_dns_check_names_missing_records(
     assert lines["TXT   delta-t.test"] == "ok"
     assert all(v == "ok" for k, v in lines.items() if "_domainkey" in k)
     assert lines["TXT   _dmarc.delta-t.test"] == "missing"
+    assert lines["CNAME autoconfig.delta-t.test"] == "ok"
+    assert lines["CNAME mta-sts.delta-t.test"] == "ok"
+    assert lines["SRV   _imaps._tcp.delta-t.test"] == "ok"
 
 
 def _without_fields(raw: bytes, names: tuple[str, ...]) -> bytes:

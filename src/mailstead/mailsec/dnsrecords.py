@@ -94,7 +94,7 @@ def zone_text(cfg: Config, domain: str) -> str:
 
 async def check(resolver: Resolver, cfg: Config, domain: str) -> list[tuple[Record, str]]:
     """(record, problem) for each expected record; problem "" when it is published as
-    expected. Only MX and TXT are looked up (the Resolver's types); others say so."""
+    expected."""
     out: list[tuple[Record, str]] = []
     for record in expected_records(cfg, domain):
         try:
@@ -105,14 +105,36 @@ async def check(resolver: Resolver, cfg: Config, domain: str) -> list[tuple[Reco
             elif record.rdtype == "TXT":
                 found = await resolver.txt(record.name)
                 problem = _txt_problem(record, found)
+            elif record.rdtype == "CNAME":
+                problem = await _alias_problem(resolver, record)
             else:
-                problem = "not checked (look it up by hand)"
+                found = await resolver.records(record.name, record.rdtype)
+                problem = "" if _same(record.value, found) else \
+                    f"missing (found: {', '.join(found) or 'nothing'})"
         except DnsNotFound:
             problem = "missing"
         except DnsError as exc:
             problem = f"lookup failed: {exc}"
         out.append((record, problem))
     return out
+
+
+def _same(value: str, found: list[str]) -> bool:
+    return value.lower().rstrip(".") in [f.lower().rstrip(".") for f in found]
+
+
+async def _alias_problem(resolver: Resolver, record: Record) -> str:
+    """A CNAME to our host, or address records equal to our host's, both do."""
+    try:
+        if _same(record.value, await resolver.records(record.name, "CNAME")):
+            return ""
+    except DnsNotFound:
+        return "missing"
+    ours = set(await resolver.addresses(record.value.rstrip(".")))
+    theirs = set(await resolver.addresses(record.name))
+    if ours and theirs == ours:
+        return ""
+    return "missing" if not theirs else f"points elsewhere ({', '.join(sorted(theirs))})"
 
 
 def _txt_problem(record: Record, found: list[str]) -> str:
