@@ -344,3 +344,26 @@ def test_account_removed_and_created_again(mail_server: RunningServer) -> None:
     with mx(mail_server) as client:
         assert client.sendmail("carol@remote.test", [carl], message("after")) == {}
     assert [s.meta.envelope.subject for s in inbox(mail_server, carl)] == ["after"]
+
+
+def test_notify_success_gets_a_delivered_notice(mail_server: RunningServer) -> None:
+    """We advertise DSN: a recipient delivered here with NOTIFY=SUCCESS makes a 'delivered'
+    report for the sender (RFC 3461 6.2.2); without NOTIFY, or for the null sender, none."""
+    with mx(mail_server) as client:
+        client.mail("carol@remote.test", ["RET=FULL", "ENVID=carol-42"])
+        assert client.rcpt(ALICE, ["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;{ALICE}"])[0] == 250
+        assert client.rcpt(BOB)[0] == 250  # no NOTIFY: no success report for bob
+        assert client.data(message("tell me"))[0] == 250
+        client.mail("<>")
+        assert client.rcpt(ALICE, ["NOTIFY=SUCCESS"])[0] == 250
+        assert client.data(message("a bounce", sender="MAILER-DAEMON@remote.test"))[0] == 250
+    [report] = [e for e in queue(mail_server) if e.sender == ""]
+    assert [r.address for r in report.recipients] == ["carol@remote.test"]
+    text = mail_server.services.blobs.get(report.blob_id).decode()
+    assert "Subject: Successful Mail Delivery Report" in text
+    assert "report-type=delivery-status" in text
+    assert f"Final-Recipient: rfc822; {ALICE}" in text and "Action: delivered" in text
+    assert f"Original-Recipient: rfc822;{ALICE}" in text
+    assert "Original-Envelope-Id: carol-42" in text and "Status: 2.0.0" in text
+    assert f"Final-Recipient: rfc822; {BOB}" not in text
+    assert "Hello." not in text  # the header section only

@@ -1,9 +1,10 @@
 """Delivery status notifications (RFC 3464): the multipart/report a sender gets back.
 
-Pure code: builds the bytes of a notice from what the queue knows. Three kinds are made here:
-``failed`` (the message bounced), ``delayed`` (still queued after the delay-notice time) and
-``relayed`` (NOTIFY=SUCCESS, but the next server does not do DSN, RFC 3461 6.2.3.2). Who gets one
-and when is the scheduler's decision: never for the null sender, never for a bounce.
+Pure code: builds the bytes of a notice from what the queue knows. Four kinds are made here:
+``failed`` (the message bounced), ``delayed`` (still queued after the delay-notice time),
+``relayed`` (NOTIFY=SUCCESS, but the next server does not do DSN, RFC 3461 6.2.3.2) and
+``delivered`` (NOTIFY=SUCCESS and we put it in the mailbox, RFC 3461 6.2.2). Who gets one and
+when is the caller's decision: never for the null sender, never for a bounce.
 
 A notice about a message with UTF-8 addresses or header fields uses the RFC 6533 types
 (message/global-delivery-status, message/global, message/global-headers).
@@ -19,7 +20,7 @@ from typing import Literal
 
 from mailstead.proto.mime import parse_envelope_fields
 
-Action = Literal["failed", "delayed", "relayed"]
+Action = Literal["failed", "delayed", "relayed", "delivered"]
 
 # Returned in full up to this size unless RET=HDRS asks for the header only (RFC 3461 4.3
 # leaves the default to us); bigger messages come back as their header section.
@@ -55,6 +56,7 @@ _SUBJECTS = {
     "failed": "Undelivered Mail Returned to Sender",
     "delayed": "Delayed Mail (still being retried)",
     "relayed": "Relayed Mail (no delivery notice will follow)",
+    "delivered": "Successful Mail Delivery Report",
 }
 
 _INTRO = {
@@ -64,6 +66,8 @@ _INTRO = {
                "the queue and will be retried; you need not send it again.",
     "relayed": "Your message was passed on for the recipients below to a server that sends "
                "no delivery notices, so no confirmation of its delivery will follow.",
+    "delivered": "Your message was delivered to the mailboxes of the recipients below, as you "
+                 "asked to be told.",
 }
 
 
@@ -82,7 +86,8 @@ def wants_notice(notify: str, action: Action) -> bool:
         return action in ("failed", "delayed")
     if "NEVER" in words:
         return False
-    wanted = {"failed": "FAILURE", "delayed": "DELAY", "relayed": "SUCCESS"}[action]
+    wanted = {"failed": "FAILURE", "delayed": "DELAY", "relayed": "SUCCESS",
+              "delivered": "SUCCESS"}[action]
     return wanted in words
 
 
@@ -119,8 +124,8 @@ def _recipient_fields(report: RecipientReport, utf8: bool) -> list[str]:
 def build_notice(notice: Notice, now: datetime) -> bytes:
     """The whole notice message (header and multipart/report body), CRLF line ends."""
     actions = {r.action for r in notice.recipients}
-    action: Action = "failed" if "failed" in actions else (
-        "delayed" if "delayed" in actions else "relayed")
+    order: tuple[Action, ...] = ("failed", "delayed", "relayed", "delivered")
+    action = next(a for a in order if a in actions)
     addresses = [notice.sender, *(r.address for r in notice.recipients)]
     utf8 = (not all(a.isascii() for a in addresses)
             or not _header_section(notice.original).isascii())

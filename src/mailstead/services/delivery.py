@@ -17,7 +17,7 @@ import base64
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,6 +81,9 @@ class DeliveryResult:
     queued: list[str] = field(default_factory=list)  # remote addresses put in the queue
 
 
+AfterDelivery = Callable[[InboundEnvelope, DeliveryResult, bytes], Awaitable[None]]
+
+
 def new_queue_id() -> str:
     """12 upper-case base32 characters (60 random bits): short enough for a log line."""
     return base64.b32encode(secrets.token_bytes(8)).decode("ascii")[:12]
@@ -112,6 +115,8 @@ class DeliveryService:
         # holds the creation time, so a re-created account never meets an old entry.
         self._inboxes: dict[tuple[int, datetime], int] = {}
         self.trust: TrustHooks | None = None  # DKIM signing and ARC sealing (mailsec)
+        # Runs once local copies are committed (the 'delivered' DSNs of queue.delivered).
+        self.after_local_delivery: AfterDelivery | None = None
 
     def close(self) -> None:
         self._writers.shutdown(wait=False)
@@ -214,8 +219,11 @@ class DeliveryService:
             for account in accounts:  # an account went away since RCPT: look INBOXes up afresh
                 self._inboxes.pop((account.id, account.created), None)
             raise
-        return DeliveryResult(queue_id, blob_id, len(data), stored,
-                              [r.address for r in remote])
+        result = DeliveryResult(queue_id, blob_id, len(data), stored,
+                                [r.address for r in remote])
+        if accounts and self.after_local_delivery is not None:
+            await self.after_local_delivery(envelope, result, data)
+        return result
 
 
 def _unique_accounts(recipients: Sequence[InboundRecipient]) -> list[Account]:

@@ -41,6 +41,9 @@ async def start(services: Services, background: list[asyncio.Task[None]]) -> Non
                         services.accounts)
     services.extra["queue"] = queue
     queue.start(background)
+    from mailstead.queue.delivered import DeliveredNotices
+
+    delivery.after_local_delivery = DeliveredNotices(delivery, services.accounts)
 
     background.append(asyncio.create_task(_sweep_unused_blobs(services)))
 
