@@ -185,3 +185,25 @@ def test_bounce_travels_back_to_a_remote_sender(trio: tuple[Node, Node, Node]) -
     entries = beta.server.run(beta.server.services.store.list_queue(include_done=True))
     [notice_entry] = [e for e in entries if e.sender == ""]
     assert entry_done(beta, notice_entry.id).recipients[0].status == "delivered"
+
+
+def test_dsn_parameters_travel_and_the_last_server_reports_delivery(
+        trio: tuple[Node, Node, Node]) -> None:
+    """NOTIFY, ORCPT and ENVID given at submission to alpha are passed on to beta, which
+    delivers and sends alpha's user a 'delivered' report naming them (RFC 3461)."""
+    alpha, beta, _ = trio
+    submit(alpha, ALICE, [BOB], make_message(ALICE, [BOB], "Tell me it arrived"),
+           mail_options=["ENVID=order-1234", "RET=HDRS"],
+           rcpt_options=["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;{BOB}"])
+    inbox_with(beta, BOB)
+    [report] = inbox_with(alpha, ALICE)
+    assert report["Subject"] == "Successful Mail Delivery Report"
+    assert report["Return-Path"] == "<>"
+    human, fields, returned_type = report_parts(report)
+    assert BOB in human
+    assert fields[0]["reporting-mta"] == "dns; mx.beta.test"  # the server that delivered
+    assert fields[0]["original-envelope-id"] == "order-1234"
+    [recipient] = fields[1:]
+    assert recipient["action"] == "delivered" and recipient["status"] == "2.0.0"
+    assert recipient["original-recipient"] == f"rfc822;{BOB}"
+    assert returned_type == "text/rfc822-headers"
