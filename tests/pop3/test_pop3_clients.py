@@ -1,5 +1,5 @@
-"""Debian's own POP3 clients against mailstead: fetchmail and curl, over STLS and 995, with
-the server certificate verified."""
+"""Debian's own POP3 clients against mailstead: fetchmail, getmail6 and curl, over STLS and
+995, with the server certificate verified."""
 
 from __future__ import annotations
 
@@ -87,3 +87,34 @@ def test_curl_lists_retrieves_and_deletes(mail_server: RunningServer, scheme: st
     assert curl(mail_server, f"{base}/2", *tls) == raws[1]
     curl(mail_server, f"{base}/1", *tls, "-X", "DELE", "-I")
     assert len(inbox(mail_server, ALICE)) == 1
+
+
+def test_getmail_retrieves_and_deletes_over_pop3s(
+        mail_server: RunningServer, tmp_path: Path) -> None:
+    """Debian's getmail6 over 995 with the certificate checked, each message handed to a
+    command that writes it to a file of its own (getmail refuses Maildirs as root)."""
+    getmail = require_binary("getmail")
+    for i in range(2):
+        deliver(mail_server, ALICE, message(f"getmail {i}", body=f"..two dots {i}\r\n"))
+    out = tmp_path / "got"
+    out.mkdir()
+    rc = tmp_path / "getmailrc"
+    rc.write_text(
+        "[retriever]\ntype = SimplePOP3SSLRetriever\nserver = 127.0.0.1\n"
+        f"port = {mail_server.ports['pop3s']}\nusername = {ALICE}\npassword = {PASSWORD}\n"
+        f"ca_certs = {mail_server.cert_file}\nssl_cert_hostname = localhost\n\n"
+        "[destination]\ntype = MDA_external\npath = /bin/sh\n"
+        f"arguments = (\"-c\", \"cat > $(mktemp -p {out} msg.XXXXXX)\")\n"
+        "allow_root_commands = true\n\n"
+        "[options]\nread_all = true\ndelete = true\n"
+    )
+    result = subprocess.run(
+        [getmail, "--rcfile", str(rc), "--getmaildir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    texts = sorted(p.read_bytes().replace(b"\r\n", b"\n") for p in out.iterdir())
+    assert len(texts) == 2
+    assert all(b"Subject: getmail " in t for t in texts)
+    assert any(b"\n..two dots 0\n" in t for t in texts)  # stuffed on the wire, undone
+    assert inbox(mail_server, ALICE) == {}  # deleted on the server
