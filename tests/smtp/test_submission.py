@@ -6,6 +6,7 @@ import base64
 import logging
 import re
 import smtplib
+import time
 from collections.abc import Callable
 
 import pytest
@@ -185,3 +186,33 @@ def test_dsn_and_size_parameters_on_bdat_submission(mail_server: RunningServer) 
     assert entry.body_8bit and entry.recipients[0].notify == "NEVER"
     stored = mail_server.services.blobs.get(entry.blob_id)
     assert stored.endswith(raw) and not stored.startswith(b"Return-Path:")
+
+
+def test_session_and_transaction_lines_in_the_log(
+        mail_server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    """One line when the connection opens, one per transaction (with TLS and the login), one
+    when it closes, all carrying the same session id."""
+    caplog.set_level(logging.INFO, logger="mailstead")
+    with starttls_client(mail_server) as client:
+        client.login(ALICE, PASSWORD)
+        client.sendmail(ALICE, [BOB], message("logged", sender=ALICE))
+    lines = [r.getMessage() for r in caplog.records]
+
+    def one(event: str) -> str:
+        found = [line for line in lines if line.startswith(event + " ")]
+        assert len(found) == 1, (event, lines)
+        return found[0]
+
+    opened, done = one("conn.open"), one("smtp.transaction")
+    [session] = re.findall(r"session=(\S+)", opened)
+    assert "listener=submission" in opened and "client=127.0.0.1" in opened
+    for expected in (f"session={session}", 'tls="TLSv1.3', f"auth={ALICE}",
+                     f"sender=<{ALICE}>", f"recipients={BOB}", "code=250", "queue_id="):
+        assert expected in done, done
+    for _ in range(100):  # the close is logged once the server has seen it
+        closes = [line for line in (r.getMessage() for r in caplog.records)
+                  if line.startswith("conn.close ") and f"session={session}" in line]
+        if closes:
+            break
+        time.sleep(0.05)
+    assert closes, lines
