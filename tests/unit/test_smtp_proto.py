@@ -475,6 +475,14 @@ async def test_line_limits() -> None:
     assert len(long_mail) > 512
     assert await c.code(long_mail) == "250 2.1.0"
     assert c.session.on_line_too_long().code == 500
+    # RCPT may be longer than 512 for its DSN parameters (up to 1024), never beyond.
+    orcpt = "RCPT TO:<alice@example.test> ORCPT=rfc822;" + "o" * 600
+    assert 512 < len(orcpt) <= 1024
+    assert (await c.code(orcpt))[:3] != "500"
+    assert await c.code("RCPT TO:<alice@example.test> ORCPT=rfc822;" + "o" * 1000) == \
+        "500 5.5.2"
+    assert await c.code("RSET") == "250 2.0.0"
+    assert await c.code("MAIL FROM:<a@remote.test> ENVID=" + "x" * 2100) == "500 5.5.2"
 
 
 async def test_too_many_errors_closes() -> None:
