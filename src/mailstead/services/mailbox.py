@@ -46,6 +46,7 @@ MAX_NAME_BYTES = 512
 MAX_LEVELS = 16
 # Above this many wanted messages, read every flag row once instead of an IN (...) query.
 BULK_FLAGS = 500
+LOG_ENTRIES = 20_000  # changes each shared mailbox state remembers for its views
 SMALL_BLOB = 128 * 1024  # read without a thread hop
 # Plain ints: IntFlag's "&" runs Python code, too slow in loops over 100,000 messages.
 _SEEN = int(SystemFlag.SEEN)
@@ -120,6 +121,8 @@ class MailboxView:
         readonly: bool,
         track_recent: bool,
         watch: Watch,
+        modseq: int,
+        uids: array[int] | None = None,
     ) -> None:
         self.service = service
         self.store = service.store
@@ -127,9 +130,8 @@ class MailboxView:
         self.readonly = readonly
         self.track_recent = track_recent
         self.watch = watch
-        service.attach_feed(mailbox.id)
-        self.uids = array("Q", (f.uid for f in flags))
-        self.modseq = mailbox.highestmodseq
+        self.uids = array("Q", uids) if uids is not None else array("Q", (f.uid for f in flags))
+        self.modseq = modseq  # what ``flags`` reflect
         last = self.uids[-1] if self.uids else 0
         self.uidnext = max(mailbox.uidnext, last + 1)
         self.recent_ranges: list[tuple[int, int]] = []
@@ -249,7 +251,7 @@ class MailboxView:
             return
         self.watch.event.clear()
         try:
-            changes = await self.service.changes_for(self.mailbox.id, self.modseq)
+            changes = await self.service.changes_for(self.mailbox.id, self.modseq, force)
         except BaseException:
             self.watch.event.set()  # not learnt: ask again next time
             raise
@@ -314,10 +316,29 @@ class MailboxView:
     # -- reading messages --
 
     async def flag_states(self, uids: Sequence[int]) -> list[FlagState]:
-        """Current flags of the given UIDs (ascending), without reading message rows when the
-        set is large (FETCH 1:* (FLAGS) on 100,000 messages)."""
+        """Current flags of the given UIDs (ascending), from the mailbox's shared state after
+        it caught up with every published change (FETCH 1:* (FLAGS) on 100,000 messages
+        without a query); from the store when no shared state is loaded."""
         if not uids:
             return []
+        shared = await self.service.sync(self.mailbox.id)
+        if shared is None:
+            return await self._stored_flag_states(uids)
+        if len(uids) == len(self.uids) and len(shared.uids) >= len(uids):
+            # The whole view, usually identical to the shared UIDs (or a prefix of them).
+            n = len(uids)
+            if shared.uids[n - 1] == uids[-1] and shared.uids[:n] == self.uids:
+                return shared.states[:n]
+        states = shared.states
+        out = []
+        for uid in uids:
+            i = shared.index_of(uid)
+            if i >= 0:
+                out.append(states[i])
+        return out
+
+    async def _stored_flag_states(self, uids: Sequence[int]) -> list[FlagState]:
+        """Flags read from the store itself (EXPUNGE decides on them)."""
         if len(uids) > BULK_FLAGS or len(uids) == len(self.uids):
             states = await self.store.list_flags(self.mailbox.id)
             if len(uids) == len(self.uids):  # the whole view: skip messages newer than it
@@ -366,7 +387,7 @@ class MailboxView:
         if uids is None:
             removed = await self.store.expunge(self.mailbox.id, None)
         else:
-            states = await self.flag_states(uids)
+            states = await self._stored_flag_states(uids)
             deleted = [s.uid for s in states if s.flags & _DELETED]
             removed = await self.store.expunge(self.mailbox.id, deleted) if deleted else []
         self._mark_gone(removed)
@@ -401,22 +422,106 @@ class MailboxView:
 # The service
 
 
-@dataclass
-class _Feed:
-    """The change queries of one mailbox, shared by every view of it in this process: views
-    woken by the same delivery ask the same question ("what changed since MODSEQ m"), and
-    one store query answers them all (10,000 IDLE sessions, or a team on one mailbox).
+class _Shared:
+    """What every view of one mailbox in this process shares: the mailbox's current UIDs and
+    flags, and a log of recent changes, kept in step with the store by one ``changes_since``
+    query per round of published changes (not one per view and command). Views read flags
+    (FETCH FLAGS, SEARCH on flags) and their own updates from here, so 20 busy sessions or
+    10,000 idle ones on a mailbox cost one copy of its flags and one query per change.
 
-    A query is shared only within a *generation*: a publish seen after a query started makes
-    the next caller start a new one, so nobody gets an answer older than the change that
-    woke it."""
+    ``generation`` counts rounds of changes heard on the bus (or forced by NOOP); the state
+    reflects the store as of generation ``applied``. Only one catch-up query runs at a time, so
+    answers are applied in order."""
 
-    watch: Watch
-    users: int = 0
-    generation: int = 0
-    since: int = -1
-    result: asyncio.Future[Changes] | None = None
-    result_generation: int = -1
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+        self.users = 0
+        self.generation = 0
+        self.applied = -1  # -1: no state loaded yet (the first SELECT loads it)
+        self.inflight: asyncio.Task[None] | None = None
+        self.modseq = 0
+        self.uids = array("Q")
+        self.states: list[FlagState] = []
+        # Changes in MODSEQ order; complete for any "since" >= floor.
+        self.floor = 0
+        self.log_modseqs: list[int] = []
+        self.log_states: list[FlagState] = []
+        self.vanished_modseqs: list[int] = []
+        self.vanished_uids: list[int] = []
+
+    @property
+    def loaded(self) -> bool:
+        return self.applied >= 0
+
+    def install(self, states: list[FlagState], modseq: int, generation: int) -> None:
+        self.uids = array("Q", (f.uid for f in states))
+        self.states = states
+        self.modseq = self.floor = modseq
+        self.applied = generation
+
+    def index_of(self, uid: int) -> int:
+        i = bisect.bisect_left(self.uids, uid)
+        return i if i < len(self.uids) and self.uids[i] == uid else -1
+
+    def apply(self, changes: Changes) -> None:
+        last = self.uids[-1] if self.uids else 0
+        new_uids: list[int] = []
+        new_states: list[FlagState] = []
+        for st in changes.changed:
+            if st.uid > last:
+                new_uids.append(st.uid)
+                new_states.append(st)
+                continue
+            i = self.index_of(st.uid)
+            if i >= 0:
+                self.states[i] = st
+        if changes.vanished:
+            gone = set(changes.vanished)
+            if any(self.index_of(u) >= 0 for u in gone):
+                keep = [i for i, u in enumerate(self.uids) if u not in gone]
+                self.uids = array("Q", (self.uids[i] for i in keep))
+                self.states = [self.states[i] for i in keep]
+            new = [(u, st) for u, st in zip(new_uids, new_states, strict=True) if u not in gone]
+            new_uids = [u for u, _st in new]
+            new_states = [st for _u, st in new]
+        self.uids.extend(new_uids)
+        self.states.extend(new_states)
+        top = max(self.modseq, changes.highestmodseq)
+        for st in sorted(changes.changed, key=_by_modseq):
+            self.log_modseqs.append(st.modseq)
+            self.log_states.append(st)
+        for uid in changes.vanished:  # their exact MODSEQ is unknown: at most ``top``
+            self.vanished_modseqs.append(top)
+            self.vanished_uids.append(uid)
+        self.modseq = top
+        self._trim()
+
+    def _trim(self) -> None:
+        if len(self.log_modseqs) > LOG_ENTRIES:
+            cut = len(self.log_modseqs) - LOG_ENTRIES // 2
+            self.floor = max(self.floor, self.log_modseqs[cut - 1])
+            del self.log_modseqs[:cut], self.log_states[:cut]
+        if len(self.vanished_modseqs) > LOG_ENTRIES:
+            cut = len(self.vanished_modseqs) - LOG_ENTRIES // 2
+            self.floor = max(self.floor, self.vanished_modseqs[cut - 1])
+            del self.vanished_modseqs[:cut], self.vanished_uids[:cut]
+
+    def changes_after(self, since: int) -> Changes:
+        """What the store's ``changes_since(since)`` would say now (since >= floor)."""
+        latest: dict[int, FlagState] = {}
+        for st in self.log_states[bisect.bisect_right(self.log_modseqs, since):]:
+            latest[st.uid] = st  # the log is in MODSEQ order: the last one is current
+        vanished = sorted(set(self.vanished_uids[
+            bisect.bisect_right(self.vanished_modseqs, since):
+        ]))
+        for uid in vanished:
+            latest.pop(uid, None)
+        changed = [latest[uid] for uid in sorted(latest)]
+        return Changes(changed=changed, vanished=vanished, highestmodseq=max(since, self.modseq))
+
+
+def _by_modseq(st: FlagState) -> int:
+    return st.modseq
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,39 +545,63 @@ class MailboxService:
         # (mailbox id, UIDVALIDITY) -> highest UID some session here has claimed as \Recent:
         # lets the other sessions skip the (durable) claim write for messages already taken.
         self.claimed_upto: dict[tuple[int, int], int] = {}
-        self._feeds: dict[int, _Feed] = {}
+        self._feeds: dict[int, _Shared] = {}
 
-    # -- shared change queries --
+    # -- the shared state of each selected mailbox --
 
-    def attach_feed(self, mailbox_id: int) -> None:
-        feed = self._feeds.get(mailbox_id)
-        if feed is None:
-            feed = self._feeds[mailbox_id] = _Feed(self.changes.watch(mailbox_id))
-        feed.users += 1
+    def attach_feed(self, mailbox_id: int) -> _Shared:
+        shared = self._feeds.get(mailbox_id)
+        if shared is None:
+            shared = self._feeds[mailbox_id] = _Shared(self.changes.watch(mailbox_id))
+        shared.users += 1
+        return shared
 
     def detach_feed(self, mailbox_id: int) -> None:
-        feed = self._feeds.get(mailbox_id)
-        if feed is not None:
-            feed.users -= 1
-            if feed.users <= 0:
-                feed.watch.close()
+        shared = self._feeds.get(mailbox_id)
+        if shared is not None:
+            shared.users -= 1
+            if shared.users <= 0:
+                shared.watch.close()
                 del self._feeds[mailbox_id]
 
-    async def changes_for(self, mailbox_id: int, since: int) -> Changes:
-        """``store.changes_since``, with one query in flight per mailbox and generation."""
-        feed = self._feeds.get(mailbox_id)
-        if feed is None:
+    def _round(self, shared: _Shared, force: bool) -> int:
+        """The generation a caller must see: a new one if a change was published since the
+        last round started (or ``force``: ask the store even without news)."""
+        if force or shared.watch.event.is_set():
+            shared.watch.event.clear()
+            shared.generation += 1
+        return shared.generation
+
+    async def sync(self, mailbox_id: int, force: bool = False) -> _Shared | None:
+        """The mailbox's shared state, caught up with every change published before this call
+        (None when no state is loaded: callers ask the store)."""
+        shared = self._feeds.get(mailbox_id)
+        if shared is None or not shared.loaded:
+            return None
+        wanted = self._round(shared, force)
+        while shared.applied < wanted:
+            if shared.inflight is None:
+                shared.inflight = asyncio.ensure_future(self._catch_up(mailbox_id, shared))
+                shared.inflight.add_done_callback(_retrieve)
+            # shield: a session that goes away must not cancel the query others wait for
+            await asyncio.shield(shared.inflight)
+        return shared
+
+    async def _catch_up(self, mailbox_id: int, shared: _Shared) -> None:
+        generation = shared.generation
+        try:
+            changes = await self.store.changes_since(mailbox_id, shared.modseq)
+            shared.apply(changes)
+            shared.applied = max(shared.applied, generation)
+        finally:
+            shared.inflight = None
+
+    async def changes_for(self, mailbox_id: int, since: int, force: bool = False) -> Changes:
+        """``store.changes_since``, answered from the shared state when it can be."""
+        shared = await self.sync(mailbox_id, force)
+        if shared is None or since < shared.floor:
             return await self.store.changes_since(mailbox_id, since)
-        if feed.watch.event.is_set():
-            feed.watch.event.clear()
-            feed.generation += 1
-        shared = feed.result
-        if shared is None or feed.result_generation != feed.generation or feed.since != since:
-            shared = asyncio.ensure_future(self.store.changes_since(mailbox_id, since))
-            shared.add_done_callback(_forget_failure(feed))
-            feed.result, feed.result_generation, feed.since = shared, feed.generation, since
-        # shield: a session that goes away must not cancel the answer others wait for
-        return await asyncio.shield(shared)
+        return shared.changes_after(since)
 
     # -- folders --
 
@@ -599,14 +728,24 @@ class MailboxService:
         # Watch before listing: a change after the list wakes the view. One made between
         # reading ``box`` and the list is in the list already; at worst it is reported again.
         watch = self.changes.watch(box.id)
+        shared = self.attach_feed(box.id)
         try:
-            flags = await self.store.list_flags(box.id)
+            uids = None
+            if await self.sync(box.id) is not None:  # another view keeps it current
+                flags, modseq, uids = shared.states, shared.modseq, shared.uids
+            else:
+                generation = self._round(shared, False)
+                flags, modseq = await self.store.list_flags(box.id), box.highestmodseq
+                if not shared.loaded:
+                    shared.install(flags, modseq, generation)
+            view = MailboxView(
+                self, box, flags, readonly=readonly, track_recent=track_recent, watch=watch,
+                modseq=modseq, uids=uids,
+            )
         except BaseException:
             watch.close()
+            self.detach_feed(box.id)
             raise
-        view = MailboxView(
-            self, box, flags, readonly=readonly, track_recent=track_recent, watch=watch
-        )
         if box.first_recent_uid <= view.last_uid:  # else no write: nothing new to claim
             await view.claim_recent()
         view.reported_recent = view.recent_count()
@@ -618,15 +757,11 @@ class MailboxService:
                 await asyncio.to_thread(self.blobs.delete, blob_id)
 
 
-def _forget_failure(feed: _Feed) -> Callable[[asyncio.Future[Changes]], None]:
-    """A failed shared query is not kept for the next caller (and its error is retrieved, so
-    asyncio does not warn about it when every waiter has gone)."""
-
-    def done(future: asyncio.Future[Changes]) -> None:
-        if (future.cancelled() or future.exception() is not None) and feed.result is future:
-            feed.result = None
-
-    return done
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Takes a failed catch-up's error, so asyncio does not warn when every waiter has gone
+    (each waiter got it already; the next caller asks again)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _envelope(data: bytes) -> Envelope:
