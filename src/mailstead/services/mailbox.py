@@ -18,8 +18,9 @@ import asyncio
 import bisect
 import contextlib
 from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -48,6 +49,11 @@ MAX_LEVELS = 16
 BULK_FLAGS = 500
 LOG_ENTRIES = 20_000  # changes each shared mailbox state remembers for its views
 SMALL_BLOB = 128 * 1024  # read without a thread hop
+# Message files are immutable (named by their hash): small ones read lately are kept.
+BLOB_CACHE_BYTES = 16 * 1024 * 1024
+# Message rows (less their flags) that a shared mailbox state keeps for small FETCHes.
+META_CACHE = 2000
+META_CACHED_FETCH = 50  # larger FETCHes read rows in bulk anyway
 # Plain ints: IntFlag's "&" runs Python code, too slow in loops over 100,000 messages.
 _SEEN = int(SystemFlag.SEEN)
 _DELETED = int(SystemFlag.DELETED)
@@ -354,9 +360,36 @@ class MailboxView:
     async def messages(self, uids: Sequence[int]) -> list[MessageMeta]:
         if not uids:
             return []
-        if len(uids) == len(self.uids):
-            return await self.store.get_messages(self.mailbox.id)
-        return await self.store.get_messages(self.mailbox.id, uids)
+        if len(uids) > META_CACHED_FETCH:
+            if len(uids) == len(self.uids):
+                return await self.store.get_messages(self.mailbox.id)
+            return await self.store.get_messages(self.mailbox.id, uids)
+        # A row changes only in its flags: cached rows get their flags from the shared
+        # state, which has caught up with every published change.
+        shared = await self.service.sync(self.mailbox.id)
+        if shared is None:
+            return await self.store.get_messages(self.mailbox.id, uids)
+        cached = shared.metas
+        if any(uid not in cached for uid in uids):
+            rows = await self.store.get_messages(self.mailbox.id, uids)
+            if len(cached) + len(rows) > META_CACHE:
+                cached.clear()
+            for meta in rows:
+                cached[meta.uid] = meta
+            shared = await self.service.sync(self.mailbox.id)  # flags may have moved on
+            if shared is None:
+                return rows
+        out = []
+        for uid in uids:
+            i = shared.index_of(uid)
+            row = cached.get(uid)
+            if i < 0 or row is None:
+                continue  # expunged
+            st = shared.states[i]
+            if st.modseq > row.modseq:  # else the row read is as new or newer
+                row = replace(row, modseq=st.modseq, flags=st.flags, keywords=st.keywords)
+            out.append(row)
+        return out
 
     async def body(self, blob_id: str, size: int | None = None) -> bytes:
         return await self.service.read_blob(blob_id, size)
@@ -448,6 +481,7 @@ class _Shared:
         self.log_states: list[FlagState] = []
         self.vanished_modseqs: list[int] = []
         self.vanished_uids: list[int] = []
+        self.metas: dict[int, MessageMeta] = {}  # uid -> row as read (its flags may be old)
 
     @property
     def loaded(self) -> bool:
@@ -477,6 +511,8 @@ class _Shared:
                 self.states[i] = st
         if changes.vanished:
             gone = set(changes.vanished)
+            for uid in gone:
+                self.metas.pop(uid, None)
             if any(self.index_of(u) >= 0 for u in gone):
                 keep = [i for i, u in enumerate(self.uids) if u not in gone]
                 self.uids = array("Q", (self.uids[i] for i in keep))
@@ -546,6 +582,8 @@ class MailboxService:
         # lets the other sessions skip the (durable) claim write for messages already taken.
         self.claimed_upto: dict[tuple[int, int], int] = {}
         self._feeds: dict[int, _Shared] = {}
+        self._blob_cache: OrderedDict[str, bytes] = OrderedDict()
+        self._blob_cache_bytes = 0
 
     # -- the shared state of each selected mailbox --
 
@@ -716,9 +754,20 @@ class MailboxService:
     async def read_blob(self, blob_id: str, size: int | None = None) -> bytes:
         """The message bytes, hash-checked (CorruptBlob rather than bad bytes). A small file
         is read right here: that costs less than handing it to a thread and back."""
-        if size is not None and size <= SMALL_BLOB:
-            return self.blobs.get(blob_id)
-        return await asyncio.to_thread(self.blobs.get, blob_id)
+        if size is None or size > SMALL_BLOB:
+            return await asyncio.to_thread(self.blobs.get, blob_id)
+        cache = self._blob_cache
+        data = cache.get(blob_id)
+        if data is not None:
+            cache.move_to_end(blob_id)
+            return data
+        data = self.blobs.get(blob_id)
+        cache[blob_id] = data
+        self._blob_cache_bytes += len(data)
+        while self._blob_cache_bytes > BLOB_CACHE_BYTES:
+            _old, dropped = cache.popitem(last=False)
+            self._blob_cache_bytes -= len(dropped)
+        return data
 
     async def open(
         self, account_id: int, name: str, *, readonly: bool, track_recent: bool
