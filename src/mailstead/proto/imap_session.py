@@ -74,6 +74,8 @@ class SessionSettings:
 
 
 _AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
+_Handler = Callable[["ImapSession", Command], Awaitable[Reply]]
+_HANDLERS: dict[str, tuple[frozenset[State], _Handler]] | None = None  # imap_commands.HANDLERS
 
 # RFC 9051 7.5.1: no EXPUNGE while answering these (sequence numbers must not shift).
 _NO_EXPUNGE = frozenset({"FETCH", "STORE", "SEARCH", "COPY"})
@@ -206,9 +208,12 @@ class ImapSession:
         await self.reject(tag, f"Literal of {size} octets is too big")
 
     async def _run(self, cmd: Command) -> Reply:
-        from mailstead.proto.imap_commands import HANDLERS  # the handler table
+        global _HANDLERS
+        if _HANDLERS is None:  # imap_commands imports this module: look it up once, late
+            from mailstead.proto.imap_commands import HANDLERS
 
-        states, handler = HANDLERS[cmd.name]
+            _HANDLERS = HANDLERS
+        states, handler = _HANDLERS[cmd.name]
         if self.state not in states:
             return Reply("BAD", f"{cmd.name} is not allowed in the {self.state.value} state")
         try:
