@@ -207,6 +207,17 @@ def _any_of(left: Predicate, right: Predicate) -> Predicate:
     return any_of
 
 
+def _system_flag(key: SearchKey) -> tuple[int, bool] | None:
+    """(bit, present) when the whole key is one system flag test such as UNSEEN."""
+    while isinstance(key, SkAnd) and len(key.keys) == 1:
+        key = key.keys[0]
+    if isinstance(key, SkFlag):
+        bit = _SYSTEM.get(key.flag.upper())
+        if bit is not None:
+            return bit, key.present
+    return None
+
+
 def _flag_test(key: SkFlag) -> Predicate:
     bit = _SYSTEM.get(key.flag.upper())
     present = key.present
@@ -310,7 +321,17 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     all_uids = view.uids_in_seq_ranges([(1, view.exists)]) if view.exists else []
     found: list[tuple[int, int]] = []  # (seq, uid)
     highest = 0
-    if level is Need.FLAGS:
+    system = _system_flag(args.key)
+    if level is Need.FLAGS and system is not None:
+        # UNSEEN, FLAGGED...: the commonest searches, tested on the flag bits directly.
+        bit, present = system
+        states = await view.flag_states(all_uids)
+        pairs = zip(view.seqs_of([st.uid for st in states]), states, strict=True)
+        hits = [(seq, st) for seq, st in pairs if seq is not None and (st.flags & bit != 0)
+                == present]
+        found = [(seq, st.uid) for seq, st in hits]
+        highest = max((st.modseq for _seq, st in hits), default=0)
+    elif level is Need.FLAGS:
         states = await view.flag_states(all_uids)
         for seq, st in zip(view.seqs_of([st.uid for st in states]), states, strict=True):
             if seq is None:
