@@ -1,0 +1,49 @@
+"""The shared per-mailbox flag state behind IMAP views (services/mailbox.py ``_Shared``): what
+it answers for "changes since m" must match what the store would say."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailstead.services import mailbox
+from mailstead.services.mailbox import _Shared
+from mailstead.store.changes import ChangeBus
+from mailstead.store.interfaces import Changes, FlagState
+
+
+def _state(*states: FlagState) -> _Shared:
+    shared = _Shared(ChangeBus().watch(1))
+    shared.install(list(states), modseq=10, generation=0)
+    return shared
+
+
+def test_changes_after_keeps_the_newest_state_and_drops_expunged() -> None:
+    shared = _state(FlagState(1, 5, 0, frozenset()), FlagState(2, 6, 0, frozenset()))
+    shared.apply(Changes([FlagState(1, 11, 8, frozenset())], [], 11))
+    shared.apply(Changes([FlagState(1, 12, 0, frozenset()), FlagState(3, 12, 0, frozenset())],
+                         [], 12))
+    shared.apply(Changes([], [2], 13))
+    assert list(shared.uids) == [1, 3]
+    assert [st.modseq for st in shared.states] == [12, 12]
+    after = shared.changes_after(10)
+    assert [(st.uid, st.modseq) for st in after.changed] == [(1, 12), (3, 12)]
+    assert after.vanished == [2]
+    assert after.highestmodseq == 13
+    assert shared.changes_after(12).changed == []  # modseq 12 is known already
+    assert shared.changes_after(12).vanished == [2]
+
+
+def test_new_message_expunged_in_the_same_round_never_appears() -> None:
+    shared = _state(FlagState(1, 5, 0, frozenset()))
+    shared.apply(Changes([FlagState(2, 11, 0, frozenset())], [2], 12))
+    assert list(shared.uids) == [1]
+    assert shared.changes_after(10).changed == []
+
+
+def test_trimmed_log_raises_the_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mailbox, "LOG_ENTRIES", 4)
+    shared = _state(FlagState(1, 5, 0, frozenset()))
+    for m in range(11, 17):
+        shared.apply(Changes([FlagState(1, m, m % 2, frozenset())], [], m))
+    assert shared.floor > 10  # a view synced to 10 must ask the store instead
+    assert [st.modseq for st in shared.changes_after(shared.floor).changed] == [16]
