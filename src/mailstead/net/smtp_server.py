@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from mailstead.app import Services
 from mailstead.config import ListenerConfig
@@ -52,7 +54,14 @@ from mailstead.services.sendcap import SendingCapExceeded
 from mailstead.services.wiring import sending_cap
 from mailstead.store.interfaces import Account
 
+T = TypeVar("T")
+
 READ_SIZE = 64 * 1024  # bytes asked of the socket at a time
+# How long one session reuses a recipient's route or a domain lookup. Each is two store reads
+# in a thread per RCPT otherwise; a new session always looks afresh, and a removal (made here,
+# by the CLI or by another node) reaches open sessions within this time.
+ROUTE_CACHE_SECONDS = 1.0
+ROUTE_CACHE_ENTRIES = 256
 
 
 class SessionBackend:
@@ -63,12 +72,32 @@ class SessionBackend:
         self.delivery = delivery
         self.conn = conn
         self._queue_id = ""
+        self._routes: dict[str, tuple[float, RouteLike]] = {}
+        self._domains: dict[str, tuple[float, bool]] = {}
 
     async def is_local_domain(self, domain: str) -> bool:
-        return await self.services.accounts.is_local_domain(domain)
+        key = domain.lower()
+        now = time.monotonic()
+        cached = self._domains.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        local = await self.services.accounts.is_local_domain(domain)
+        _remember(self._domains, key, (now + ROUTE_CACHE_SECONDS, local))
+        return local
 
     async def route(self, address: Address) -> RouteLike:
-        return await self.services.accounts.route(address)
+        key = str(address)
+        now = time.monotonic()
+        cached = self._routes.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found = await self.services.accounts.route(address)
+        _remember(self._routes, key, (now + ROUTE_CACHE_SECONDS, found))
+        return found
+
+    def forget_routes(self) -> None:
+        self._routes.clear()
+        self._domains.clear()
 
     async def quota_state(self, account: Account, size: int) -> QuotaState:
         if not account.quota_bytes and not account.quota_messages:
@@ -137,6 +166,7 @@ class SessionBackend:
         except QuotaExceeded:
             raise
         except Exception as exc:
+            self.forget_routes()  # e.g. an account removed since RCPT: the retry looks afresh
             log_event("smtp.delivery_error", logging.ERROR, session=self.conn.session_id,
                       error=f"{type(exc).__name__}: {exc}")
             raise
@@ -161,6 +191,12 @@ class SessionBackend:
             code=result.code,
         )
         self._queue_id = ""
+
+
+def _remember(cache: dict[str, tuple[float, T]], key: str, entry: tuple[float, T]) -> None:
+    if len(cache) >= ROUTE_CACHE_ENTRIES:
+        cache.clear()  # a session naming many recipients gains nothing from keeping them
+    cache[key] = entry
 
 
 class _Input:
