@@ -298,8 +298,16 @@ def _verify_all(message: bytes, cache: KeyCache) -> list[DkimResult]:
     return results
 
 
+def may_be_signed(message: bytes) -> bool:
+    """False when the header holds no DKIM-Signature field for sure (most mail on an MX
+    is unsigned: no key lookups and no thread then)."""
+    return b"dkim-signature" in message.split(b"\r\n\r\n", 1)[0].lower()
+
+
 async def verify_message(resolver: Resolver, message: bytes) -> list[DkimResult]:
     """One result per DKIM-Signature field (RFC 6376 6); [] when there is none."""
+    if not may_be_signed(message):
+        return []
     cache = KeyCache()
     await prefetch_keys(resolver, message, cache)
     return await asyncio.to_thread(_verify_all, message, cache)

@@ -85,9 +85,12 @@ class TrustService:
                       message: bytes) -> Verdict:
         spf_task = check_sender(ResolverSpfDns(self.resolver), client_ip, mail_from, helo,
                                 self.hostname)
-        (spf, identity), dkim_results, arc_result = await asyncio.gather(
-            spf_task, dkim.verify_message(self.resolver, message),
-            arc.verify(self.resolver, message))
+        if dkim.may_be_signed(message) or arc.has_seal(message):
+            (spf, identity), dkim_results, arc_result = await asyncio.gather(
+                spf_task, dkim.verify_message(self.resolver, message),
+                arc.verify(self.resolver, message))
+        else:  # only SPF has lookups to make: no tasks to run side by side
+            (spf, identity), dkim_results, arc_result = await spf_task, [], "none"
         spf_subject = mail_from if identity == "mailfrom" else helo
         dmarc_result = await dmarc.evaluate(self.resolver, message, spf.result,
                                             _spf_domain(spf), dkim_results)
