@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Protocol
 
@@ -117,6 +117,7 @@ class DeliveryService:
         self.trust: TrustHooks | None = None  # DKIM signing and ARC sealing (mailsec)
         # Runs once local copies are committed (the 'delivered' DSNs of queue.delivered).
         self.after_local_delivery: AfterDelivery | None = None
+        self._date: tuple[tuple[int, timedelta | None], str] = ((-1, None), "")
 
     def close(self) -> None:
         self._writers.shutdown(wait=False)
@@ -136,11 +137,18 @@ class DeliveryService:
         if len(envelope.recipients) == 1:
             # Naming the recipient only for a single one: several would expose Bcc (7.2).
             parts.append(f"for <{envelope.recipients[0].address}>")
-        parts[-1] += f"; {format_datetime(now)}"
+        parts[-1] += f"; {self._date_text(now)}"
         text = _fold(parts)
         if local:
             text = f"Return-Path: <{envelope.sender}>\r\n" + text
         return text.encode("utf-8")
+
+    def _date_text(self, now: datetime) -> str:
+        """``format_datetime(now)``, made once a second (it shows whole seconds)."""
+        key = (int(now.timestamp()), now.utcoffset())
+        if key != self._date[0]:
+            self._date = (key, format_datetime(now))
+        return self._date[1]
 
     async def store_blob(self, data: bytes) -> tuple[str, Envelope]:
         """Writes a message file durably and parses its envelope fields (for IMAP APPEND too)."""
@@ -149,6 +157,13 @@ class DeliveryService:
 
     def _write_and_parse(self, data: bytes) -> tuple[str, Envelope]:
         return self.blobs.put(data), parse_envelope_fields(data)
+
+    def _known_inbox_ids(self, accounts: Sequence[Account]) -> list[int] | None:
+        """The INBOX ids when every one is cached, else None."""
+        try:
+            return [self._inboxes[a.id, a.created] for a in accounts]
+        except KeyError:
+            return None
 
     async def _inbox_ids(self, accounts: Sequence[Account]) -> list[int]:
         missing = [a for a in accounts if (a.id, a.created) not in self._inboxes]
@@ -190,9 +205,14 @@ class DeliveryService:
                 message = await self.trust.seal_forwarded(message, auth_results)
         data = self.trace_fields(envelope, queue_id, now, local=bool(accounts)) + \
             auth_results + message
-        # The file is written while the mailboxes are looked up; rows come only after both.
-        (blob_id, fields), inbox_ids = await asyncio.gather(
-            self.store_blob(data), self._junk_ids(accounts) if junk else self._inbox_ids(accounts))
+        known = None if junk else self._known_inbox_ids(accounts)
+        if known is not None:  # the usual case: no lookup to overlap, so no tasks for one
+            (blob_id, fields), inbox_ids = await self.store_blob(data), known
+        else:
+            # The file is written while the mailboxes are looked up; rows come only after both.
+            (blob_id, fields), inbox_ids = await asyncio.gather(
+                self.store_blob(data),
+                self._junk_ids(accounts) if junk else self._inbox_ids(accounts))
         new = NewMessage(blob_id=blob_id, size=len(data), internal_date=now, keywords=keywords,
                          envelope=fields)
         deliveries = [Delivery(inbox_id, new) for inbox_id in inbox_ids]
