@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from mailstead.core.errors import InvalidInput
 
@@ -22,8 +23,10 @@ MAX_DOMAIN = 255  # RFC 5321 4.5.3.1.2
 MAX_PATH = 256  # RFC 5321 4.5.3.1.3
 
 
+@lru_cache(maxsize=4096)
 def normalize_domain(domain: str) -> str:
-    """Lower-case a domain and turn Unicode labels into their IDNA (xn--) form."""
+    """Lower-case a domain and turn Unicode labels into their IDNA (xn--) form. Memoised: the
+    idna codec is slow, and the same few domains come with every command."""
     domain = domain.strip().rstrip(".")
     if not domain:
         raise InvalidInput("empty domain")
