@@ -115,7 +115,18 @@ def from_domain(message: bytes) -> str | None:
             values.append(current)
     if len(values) != 1:
         return None
-    addresses = getaddresses(["".join(values[0])])
+    value = "".join(values[0])
+    if len(value) <= _MEMO_LIMIT:
+        return _single_domain(value)
+    return _single_domain.__wrapped__(value)
+
+
+_MEMO_LIMIT = 256  # longer From fields are parsed each time, so the memo stays small
+
+
+@lru_cache(maxsize=1024)  # the same senders come again and again; getaddresses is slow
+def _single_domain(value: str) -> str | None:
+    addresses = getaddresses([value])
     domains = {addr.rpartition("@")[2].lower() for _, addr in addresses if "@" in addr}
     return domains.pop() if len(domains) == 1 else None
 

@@ -12,6 +12,7 @@ import re
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal, Protocol
 
 from mailstead.dns import DnsNotFound, DnsTemporaryError, Resolver
@@ -284,6 +285,7 @@ class _Budget:
             raise _PermError("too many void DNS lookups (RFC 7208 4.6.4)")
 
 
+@lru_cache(maxsize=1024)  # clients send many messages; parsing the address is not cheap
 def _ip_of(text: str) -> IpAddress:
     ip = ipaddress.ip_address(text)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
