@@ -285,6 +285,22 @@ def test_idle_timeout(make_server: Callable[..., RunningServer]) -> None:
     assert inbox(server, ALICE) == []
 
 
+def test_idle_timeout_counts_from_each_wait(make_server: Callable[..., RunningServer]) -> None:
+    """Every wait for the client gets the whole idle time: a command every 0.6 s keeps a
+    session with a 1 s timeout open for longer than 1 s, and silence still ends it."""
+    server = make_server(limits={"smtp_idle_timeout": 1})
+    with RawClient(server.ports["smtp"]) as c:
+        assert c.cmd("EHLO client.test")[0] == 250
+        started = time.monotonic()
+        for _ in range(4):
+            time.sleep(0.6)
+            assert c.cmd("NOOP")[0] == 250
+        code, text = c.reply()
+        assert (code, text[:5]) == (421, "4.4.2")
+        assert time.monotonic() - started >= 3.4  # four pauses, then the full second
+        assert c.closed_by_server()
+
+
 def test_connection_cap_per_ip(make_server: Callable[..., RunningServer]) -> None:
     server = make_server(limits={"max_connections_per_ip": 2})
     port = server.ports["smtp"]
