@@ -13,9 +13,11 @@ and directory. Either way ``put`` returns only once the file survives a power cu
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
+import itertools
 import os
 import re
 import secrets
@@ -30,6 +32,7 @@ from mailstead.core.errors import CorruptBlob, InvalidInput, NotFound
 
 BLOB_ID = re.compile(r"^[0-9a-f]{64}$")
 SUFFIX = ".eml"
+_temp_numbers = itertools.count()  # next() on it is atomic under the GIL: safe across threads
 
 
 def blob_id_of(data: bytes) -> str:
@@ -95,6 +98,7 @@ class GroupSync:
 class FsBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         syncfs = _syncfs_call()
         self._group: GroupSync | None = None
         if syncfs is not None:
@@ -116,9 +120,12 @@ class FsBlobStore:
         return self.root / blob_id[:2] / blob_id[2:4] / (blob_id + SUFFIX)
 
     def put(self, data: bytes) -> str:
+        # Plain strings and os calls on this path, not pathlib: a put runs thousands of times a
+        # second, and every system call it saves is one less GIL hand-over among the threads.
         blob_id = blob_id_of(data)
-        target = self.path(blob_id)
-        if self._intact(target, blob_id):
+        directory = f"{self._root}/{blob_id[:2]}/{blob_id[2:4]}"
+        target = f"{directory}/{blob_id}{SUFFIX}"
+        if _intact(target, blob_id):
             # Another put may have renamed it in but not yet made it durable: fsync it here too.
             # The new time also tells the sweeper of unreferenced files (discard_unused) to
             # spare it while the caller commits the rows that reference it.
@@ -127,15 +134,20 @@ class FsBlobStore:
                 if self._group is not None:
                     self._group.wait()
                 else:
-                    _fsync_path(target)
-                    _fsync_dir(target.parent)
+                    _fsync_path(Path(target))
+                    _fsync_dir(Path(directory))
                 return blob_id
             except FileNotFoundError:
                 pass  # the sweeper took it just now: write it again below
-        self._make_dirs(target.parent)
-        temp = target.parent / f".{blob_id}.{secrets.token_hex(4)}.tmp"
-        # Plain os calls: no buffering layer, no isatty/seek probes; 0600, mail is private.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        # pid and a counter make the name unique without asking the kernel for random bytes;
+        # O_EXCL still refuses a name left behind by a crashed process of the same pid.
+        temp = f"{directory}/.{blob_id}.{os.getpid()}-{next(_temp_numbers)}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(temp, flags, 0o600)  # 0600: mail is private
+        except FileNotFoundError:  # first blob under this ab/cd: make the directories
+            self._make_dirs(Path(directory))
+            fd = os.open(temp, flags, 0o600)
         try:
             view = memoryview(data)
             while view:
@@ -148,14 +160,15 @@ class FsBlobStore:
             if self._group is None:
                 os.fsync(fd)
         except BaseException:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
             raise
         finally:
             os.close(fd)
         if self._group is not None:
             self._group.wait()  # file, rename and new directories, with everyone else's
         else:
-            _fsync_dir(target.parent)  # POSIX: the directory entry is durable only after this
+            _fsync_dir(Path(directory))  # POSIX: the directory entry is durable only after this
         return blob_id
 
     def get(self, blob_id: str) -> bytes:
@@ -224,12 +237,6 @@ class FsBlobStore:
 
     # -- helpers --
 
-    def _intact(self, path: Path, blob_id: str) -> bool:
-        try:
-            return _mismatch(path.read_bytes(), blob_id) is None
-        except FileNotFoundError:
-            return False
-
     def _make_dirs(self, directory: Path) -> None:
         """Creates missing directories, fsyncing each parent so the new entries survive."""
         missing = []
@@ -244,6 +251,15 @@ class FsBlobStore:
                 continue
             if self._group is None:  # else the put's filesystem flush covers it
                 _fsync_dir(d.parent)
+
+
+def _intact(path: str, blob_id: str) -> bool:
+    try:
+        with open(path, "rb", buffering=0) as file:
+            data = file.read()
+    except FileNotFoundError:
+        return False
+    return _mismatch(data, blob_id) is None
 
 
 def _mismatch(data: bytes, blob_id: str) -> str | None:
