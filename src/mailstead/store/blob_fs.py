@@ -33,6 +33,8 @@ from mailstead.core.errors import CorruptBlob, InvalidInput, NotFound
 BLOB_ID = re.compile(r"^[0-9a-f]{64}$")
 SUFFIX = ".eml"
 _temp_numbers = itertools.count()  # next() on it is atomic under the GIL: safe across threads
+# Random once per process: nodes sharing a blob directory may run under the same pid.
+_TEMP_TAG = f"{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def blob_id_of(data: bytes) -> str:
@@ -139,9 +141,9 @@ class FsBlobStore:
                 return blob_id
             except FileNotFoundError:
                 pass  # the sweeper took it just now: write it again below
-        # pid and a counter make the name unique without asking the kernel for random bytes;
-        # O_EXCL still refuses a name left behind by a crashed process of the same pid.
-        temp = f"{directory}/.{blob_id}.{os.getpid()}-{next(_temp_numbers)}.tmp"
+        # A per-process tag and a counter make the name unique without asking the kernel for
+        # random bytes on every put; O_EXCL still refuses any name that exists.
+        temp = f"{directory}/.{blob_id}.{_TEMP_TAG}-{next(_temp_numbers)}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
             fd = os.open(temp, flags, 0o600)  # 0600: mail is private
