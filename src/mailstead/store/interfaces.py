@@ -390,6 +390,13 @@ class BlobStore(Protocol):
         """Writes the bytes durably (temp file, fsync, rename, directory fsync) and returns
         the SHA-256 hex id. Idempotent: the same bytes give the same id and one file."""
 
+    def write(self, data: bytes) -> str:
+        """``put`` without waiting for durability: the file is durable once ``flush`` (called
+        after this returned) returns. For writing many files with one flush."""
+
+    def flush(self) -> None:
+        """Makes every file an earlier ``write`` returned durable."""
+
     def get(self, blob_id: str) -> bytes:
         """Returns the bytes after checking their hash; raises CorruptBlob if they do not
         match (changed or truncated on disk) and NotFound if the file is missing."""
