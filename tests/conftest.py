@@ -32,6 +32,7 @@ import psycopg
 import pytest
 
 from mailstead import bootstrap
+from mailstead import loop as event_loop
 from mailstead.app import App, Services
 from mailstead.auth.passwords import hash_password
 from mailstead.config import Config, deep_merge
@@ -138,7 +139,7 @@ class RunningServer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.data_dir = cfg.data_dir
-        self.loop = asyncio.new_event_loop()
+        self.loop = event_loop.new_event_loop()  # the loop `mailstead serve` runs on
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.app = App(cfg)
         self.ports: dict[str, int] = {}

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from mailstead import __version__, bootstrap
+from mailstead import loop as event_loop
 from mailstead.app import App
 from mailstead.cli.admin import alias, domain, user
 from mailstead.cli.common import config_for, data_option, fail, open_store, run_async
@@ -93,7 +94,7 @@ def serve(listen: tuple[str, ...], data: Path | None) -> None:
         fail(str(exc), 2)
     setup_logging(cfg.log.level)
     try:
-        asyncio.run(_serve(App(cfg)))
+        event_loop.run(_serve(App(cfg)))
     except ConfigError as exc:
         fail(str(exc), 2)
     except OSError as exc:
