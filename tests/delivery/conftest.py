@@ -67,8 +67,8 @@ def _free_everywhere(port: int, addresses: list[str]) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def mx_port() -> int:
+def port_free_on_all_nodes() -> int:
+    """A TCP port free on every node address 127.0.0.2-9, so all nodes can use the same."""
     addresses = [f"127.0.0.{n}" for n in range(2, 10)]
     for _ in range(50):
         with socket.socket() as s:
@@ -77,6 +77,11 @@ def mx_port() -> int:
         if _free_everywhere(port, addresses):
             return port
     raise RuntimeError("no TCP port free on 127.0.0.2-9")
+
+
+@pytest.fixture(scope="session")
+def mx_port() -> int:
+    return port_free_on_all_nodes()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ waits in alpha's queue, under ``testing`` it goes.
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import urllib.request
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import pytest
 from mailstead import obs
 from mailstead.mailsec import dnsrecords
 from tests import dnsworld
-from tests.delivery.conftest import Node, _free_everywhere
+from tests.delivery.conftest import Node, port_free_on_all_nodes
 from tests.delivery.helpers import (
     inbox_with,
     make_message,
@@ -40,15 +39,8 @@ SPOOFED = {"enforce": "other-e.test", "testing": "other-t.test"}
 
 @pytest.fixture(scope="module")
 def https_port() -> int:
-    """One port free on 127.0.0.2-9: alpha fetches policies from it, beta serves them on it."""
-    addresses = [f"127.0.0.{n}" for n in range(2, 10)]
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.3", 0))
-            port = int(s.getsockname()[1])
-        if _free_everywhere(port, addresses):
-            return port
-    raise RuntimeError("no TCP port free on 127.0.0.2-9")
+    """Alpha fetches policies from it, beta serves them on it."""
+    return port_free_on_all_nodes()
 
 
 def _nodes(make_node: Callable[..., Node], world: dnsworld.DnsWorld, https_port: int,

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from mailstead.app import Services
@@ -76,24 +76,12 @@ class SessionBackend:
         self._domains: dict[str, tuple[float, bool]] = {}
 
     async def is_local_domain(self, domain: str) -> bool:
-        key = domain.lower()
-        now = time.monotonic()
-        cached = self._domains.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        local = await self.services.accounts.is_local_domain(domain)
-        _remember(self._domains, key, (now + ROUTE_CACHE_SECONDS, local))
-        return local
+        return await _recent(self._domains, domain.lower(),
+                             lambda: self.services.accounts.is_local_domain(domain))
 
     async def route(self, address: Address) -> RouteLike:
-        key = str(address)
-        now = time.monotonic()
-        cached = self._routes.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        found = await self.services.accounts.route(address)
-        _remember(self._routes, key, (now + ROUTE_CACHE_SECONDS, found))
-        return found
+        return await _recent(self._routes, str(address),
+                             lambda: self.services.accounts.route(address))
 
     def forget_routes(self) -> None:
         self._routes.clear()
@@ -193,10 +181,18 @@ class SessionBackend:
         self._queue_id = ""
 
 
-def _remember(cache: dict[str, tuple[float, T]], key: str, entry: tuple[float, T]) -> None:
+async def _recent(cache: dict[str, tuple[float, T]], key: str,
+                  look_up: Callable[[], Awaitable[T]]) -> T:
+    """``look_up()``, or its answer of less than ROUTE_CACHE_SECONDS ago in ``cache``."""
+    now = time.monotonic()
+    cached = cache.get(key)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    found = await look_up()
     if len(cache) >= ROUTE_CACHE_ENTRIES:
         cache.clear()  # a session naming many recipients gains nothing from keeping them
-    cache[key] = entry
+    cache[key] = (now + ROUTE_CACHE_SECONDS, found)
+    return found
 
 
 class _Input:
