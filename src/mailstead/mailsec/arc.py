@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import re
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
@@ -23,8 +21,10 @@ from mailstead.mailsec.dkim import (
     _load_private,
     dns_selector,
     ensure_keys,
+    header_fields,
     key_dir,
     prefetch_keys,
+    signature_tags,
 )
 
 ARC_FIELDS = ("ARC-Seal", "ARC-Message-Signature")
@@ -59,29 +59,19 @@ async def verify(resolver: Resolver, message: bytes) -> str:
     return await asyncio.to_thread(_verify_chain, message, cache)
 
 
-def _tags(value: str) -> dict[str, str]:
-    tags: dict[str, str] = {}
-    for part in value.split(";"):
-        key, sep, val = part.partition("=")
-        if sep:
-            tags.setdefault(key.strip().lower(), "".join(val.split()))
-    return tags
-
-
 def newest_set(message: bytes) -> tuple[str, str]:
     """(the domain that sealed the newest ARC set, the ``dmarc=`` result its
     ARC-Authentication-Results recorded); "" for what is missing. Only meaningful once
     ``verify`` said "pass": then the seal of that domain is genuine."""
-    head = BytesHeaderParser(policy=compat32).parsebytes(message.split(b"\r\n\r\n", 1)[0])
     seals = {t.get("i", ""): t.get("d", "").lower()
-             for t in (_tags(str(v)) for v in head.get_all("ARC-Seal", []))}
+             for t in map(signature_tags, header_fields(message, "ARC-Seal"))}
     newest = max((i for i in seals if i.isdigit()), key=int, default="")
     if not newest:
         return "", ""
     dmarc = ""
-    for value in head.get_all("ARC-Authentication-Results", []):
-        text = " ".join(str(value).split())
-        if _tags(text.split(";", 1)[0]).get("i") == newest:
+    for value in header_fields(message, "ARC-Authentication-Results"):
+        text = " ".join(value.decode("utf-8", "replace").split())
+        if signature_tags(text.split(";", 1)[0].encode()).get("i") == newest:
             found = re.search(r"(?:^|;)\s*dmarc\s*=\s*([A-Za-z]+)", text)
             dmarc = found.group(1).lower() if found else ""
     return seals[newest], dmarc
