@@ -141,14 +141,15 @@ class FsBlobStore:
         directory = f"{self._root}/{blob_id[:2]}/{blob_id[2:4]}"
         target = f"{directory}/{blob_id}{SUFFIX}"
         if _intact(target, blob_id):
-            # Another put may have renamed it in but not yet made it durable: fsync it here too.
+            # Another put may have renamed it in but not yet made it durable: make it durable
+            # here too (fsync, or the caller's flush).
             # The new time also tells the sweeper of unreferenced files (discard_unused) to
             # spare it while the caller commits the rows that reference it.
             try:
                 os.utime(target)
                 if self._group is None:  # else the flush covers it
-                    _fsync_path(Path(target))
-                    _fsync_dir(Path(directory))
+                    _fsync_path(target)
+                    _fsync_dir(directory)
                 return blob_id
             except FileNotFoundError:
                 pass  # the sweeper took it just now: write it again below
@@ -179,7 +180,7 @@ class FsBlobStore:
         finally:
             os.close(fd)
         if self._group is None:
-            _fsync_dir(Path(directory))  # POSIX: the directory entry is durable only after this
+            _fsync_dir(directory)  # POSIX: the directory entry is durable only after this
         return blob_id
 
     def get(self, blob_id: str) -> bytes:
@@ -279,7 +280,7 @@ def _mismatch(data: bytes, blob_id: str) -> str | None:
     return f"SHA-256 mismatch ({len(data)} bytes on disk)"
 
 
-def _fsync_path(path: Path) -> None:
+def _fsync_path(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -287,7 +288,7 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: str | Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -1101,8 +1101,8 @@ def recall_pending(db: Db, queue_id: str, now: datetime, reason: str) -> QueueEn
 
 def update_queue_entry(db: Db, e: QueueEntry) -> None:
     """Writes every mutable field; the blob and creation time of an entry never change."""
-    _keep_settled(_locked_queue_entry(db, e.id), e)
-    updated = db.run(
+    _keep_settled(_locked_queue_entry(db, e.id), e)  # NotFound when it is gone; else row-locked
+    db.run(
         "UPDATE queue SET sender = ?, recipients = ?, next_attempt = ?, attempts = ?, state = ?, "
         "account_id = ?, envid = ?, ret = ?, requiretls = ?, smtputf8 = ?, body_8bit = ?, "
         "delay_notified = ?, lease_owner = ?, lease_until = ? WHERE id = ?",
@@ -1124,8 +1124,6 @@ def update_queue_entry(db: Db, e: QueueEntry) -> None:
             e.id,
         ),
     )
-    if updated == 0:
-        raise NotFound(f"no queue entry {e.id}")
 
 
 def delete_queue_entry(db: Db, queue_id: str) -> list[str]:
