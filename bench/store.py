@@ -4,10 +4,9 @@ the flags of a 100,000-message mailbox, on SQLite and/or PostgreSQL.
     .venv/bin/python bench/store.py [--backend sqlite|postgresql|both] [--messages N]
 
 Deliveries are what SMTP does before its 250: write the blob (fsync'd) and commit the rows
-(fsync'd), here from ``--writers`` concurrent tasks, once into a fresh blob tree (most puts also
-create a directory) and once into a warm one (every ab/cd directory exists, as in a store past
-a few hundred thousand messages). The big mailbox is filled through the public
-API (store_message calls of many deliveries each), then ``list_flags`` is timed several times.
+(fsync'd), here from ``--writers`` concurrent tasks, twice: into a new store, then again into
+the same store. The big mailbox is filled through the public API (store_message calls of
+many deliveries each), then ``list_flags`` is timed several times.
 Targets on a 2-core machine: >= 2,000 deliveries/s on SQLite, list_flags(100,000) < 0.2 s.
 """
 
@@ -65,15 +64,6 @@ async def deliveries_per_second(
     await asyncio.gather(*(writer() for _ in range(writers)))
     files.close()
     return messages / (time.perf_counter() - start), messages / (time.process_time() - cpu)
-
-
-def make_blob_dirs(root: Path) -> None:
-    """The 65,536 ab/cd directories a store has once it holds a few hundred thousand messages.
-    In a fresh tree nearly every put also creates (and fsyncs) a directory."""
-    for first in range(256):
-        for second in range(256):
-            (root / f"{first:02x}" / f"{second:02x}").mkdir(parents=True, exist_ok=True)
-    os.sync()
 
 
 async def fill(store: MetadataStore, mailbox_id: int, count: int) -> float:
@@ -135,16 +125,14 @@ async def bench(backend: str, args: argparse.Namespace) -> None:
                 assert inbox is not None
                 inboxes.append(inbox.id)
             big = await store.create_mailbox(account.id, "Big")
-            for tree in ("fresh", "warm"):
-                blobs = FsBlobStore(Path(tmp) / f"blobs-{tree}")
-                if tree == "warm":
-                    await asyncio.to_thread(make_blob_dirs, blobs.root)
+            blobs = FsBlobStore(Path(tmp) / "blobs")
+            for phase in ("new store", "second round"):
                 rate, cpu_rate = await deliveries_per_second(
                     store, blobs, inboxes, args.messages, args.writers
                 )
                 print(
                     f"{backend:10} deliveries: {rate:8.0f} messages/s durable, blob + rows, "
-                    f"{tree} blob tree ({args.messages} x 4 KiB, {args.writers} concurrent "
+                    f"{phase} ({args.messages} x 4 KiB, {args.writers} concurrent "
                     f"writers, {args.mailboxes} mailboxes; {cpu_rate:.0f}/s of CPU time)"
                 )
             fill_rate = await fill(store, big.id, args.list_size)

@@ -109,7 +109,7 @@ def test_corrupt_message_file_is_not_served(mail_server: RunningServer) -> None:
 
     blob_id = hashlib.sha256(raw_message).hexdigest()
     root = mail_server.cfg.path(mail_server.cfg.store.blob_dir)
-    path = root / blob_id[:2] / blob_id[2:4] / f"{blob_id}.eml"
+    path = root / blob_id[:2] / f"{blob_id}.eml"
     path.write_bytes(raw_message.replace(b"original", b"tampered"))
     raw = Raw(mail_server)
     raw.login()

@@ -53,7 +53,7 @@ def blob_path(server: RunningServer, raw: bytes) -> Path:
 
     blob_id = hashlib.sha256(raw).hexdigest()
     root = server.cfg.path(server.cfg.store.blob_dir)
-    return root / blob_id[:2] / blob_id[2:4] / f"{blob_id}.eml"
+    return root / blob_id[:2] / f"{blob_id}.eml"
 
 
 def wait_until_unlocked(server: RunningServer, limit: float = 30) -> None:

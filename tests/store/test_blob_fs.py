@@ -23,7 +23,7 @@ def blobs(tmp_path: Path) -> FsBlobStore:
 def test_put_get_round_trip(blobs: FsBlobStore) -> None:
     blob_id = blobs.put(MESSAGE)
     assert blob_id == hashlib.sha256(MESSAGE).hexdigest()
-    path = blobs.root / blob_id[:2] / blob_id[2:4] / f"{blob_id}.eml"
+    path = blobs.root / blob_id[:2] / f"{blob_id}.eml"
     assert path.read_bytes() == MESSAGE
     assert blobs.get(blob_id) == MESSAGE
     assert blobs.exists(blob_id)
@@ -190,3 +190,24 @@ async def test_batched_writes_share_flushes_and_fail_alone(tmp_path: Path) -> No
             await batcher.submit(b"not durable")
     finally:
         batcher.close()
+
+
+def test_earlier_two_level_layout_is_moved_over_once(tmp_path: Path) -> None:
+    """A store written as ab/cd/<sha256>.eml is served after the upgrade, every file whole,
+    and a temp file an interrupted put left behind is gone."""
+    root = tmp_path / "blobs"
+    datas = [MESSAGE + str(n).encode() for n in range(5)]
+    for data in datas:
+        blob_id = hashlib.sha256(data).hexdigest()
+        old = root / blob_id[:2] / blob_id[2:4]
+        old.mkdir(parents=True, exist_ok=True)
+        (old / f"{blob_id}.eml").write_bytes(data)
+    (old / f".{blob_id}.1-0.tmp").write_bytes(b"torn")
+    blobs = FsBlobStore(root)
+    assert blobs.upgrade_layout() == 5
+    assert [blobs.get(hashlib.sha256(d).hexdigest()) for d in datas] == datas
+    assert sorted(blobs.iter_ids()) == sorted(hashlib.sha256(d).hexdigest() for d in datas)
+    assert not [p for p in root.rglob("*") if p.is_dir() and p.parent != root]
+    assert blobs.upgrade_layout() == 0  # done once: the marker says so
+    fresh = FsBlobStore(tmp_path / "new")
+    assert fresh.upgrade_layout() == 0 and blobs.put(b"x") and fresh.put(b"x")

@@ -1,9 +1,14 @@
-"""Message files on disk: ``root/ab/cd/<sha256>.eml``, one per distinct content.
+"""Message files on disk: ``root/ab/<sha256>.eml``, one per distinct content.
 
 A file is written once (temp file in the same directory, rename, then made durable) and never
 changed, so a reader either finds the whole file or none. Reads check the SHA-256 against the
 name: a file changed or truncated on disk is reported as corrupt, never served as good.
 Synchronous: callers run these in a thread (``asyncio.to_thread``).
+
+One level of 256 directories: they all exist after the first few hundred messages, so a put
+never pays a directory creation (git's object store has the same shape; ext4's hashed
+directories keep tens of thousands of entries cheap to look up). Stores written with the
+earlier ``ab/cd/`` layout are moved over once, by ``upgrade_layout``.
 
 Durability is a group commit: on Linux one ``syncfs`` makes every file (and new directory)
 written before it durable, so puts running at the same time share one flush of the filesystem
@@ -32,6 +37,8 @@ from mailstead.core.errors import CorruptBlob, InvalidInput, NotFound
 
 BLOB_ID = re.compile(r"^[0-9a-f]{64}$")
 SUFFIX = ".eml"
+LAYOUT_FILE = "LAYOUT"  # in the root: names the layout, so the upgrade check is one stat
+LAYOUT = "ab/<sha256>.eml\n"
 _temp_numbers = itertools.count()  # next() on it is atomic under the GIL: safe across threads
 # Random once per process: nodes sharing a blob directory may run under the same pid.
 _TEMP_TAG = f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -119,7 +126,7 @@ class FsBlobStore:
     def path(self, blob_id: str) -> Path:
         if not BLOB_ID.match(blob_id):
             raise InvalidInput(f"not a blob id: {blob_id!r}")
-        return self.root / blob_id[:2] / blob_id[2:4] / (blob_id + SUFFIX)
+        return self.root / blob_id[:2] / (blob_id + SUFFIX)
 
     def put(self, data: bytes) -> str:
         """Writes the message file; returns once it is durable."""
@@ -138,28 +145,19 @@ class FsBlobStore:
         # Plain strings and os calls on this path, not pathlib: a put runs thousands of times a
         # second, and every system call it saves is one less GIL hand-over among the threads.
         blob_id = blob_id_of(data)
-        directory = f"{self._root}/{blob_id[:2]}/{blob_id[2:4]}"
+        directory = f"{self._root}/{blob_id[:2]}"
         target = f"{directory}/{blob_id}{SUFFIX}"
-        if _intact(target, blob_id):
-            # Another put may have renamed it in but not yet made it durable: make it durable
-            # here too (fsync, or the caller's flush).
-            # The new time also tells the sweeper of unreferenced files (discard_unused) to
-            # spare it while the caller commits the rows that reference it.
-            try:
-                os.utime(target)
-                if self._group is None:  # else the flush covers it
-                    _fsync_path(target)
-                    _fsync_dir(directory)
-                return blob_id
-            except FileNotFoundError:
-                pass  # the sweeper took it just now: write it again below
+        # No look for an existing copy first: renaming the same bytes over it costs less than
+        # the failed open almost every put would make, repairs a torn copy left by a crash,
+        # and gives the file a new time, which tells the sweeper of unreferenced files
+        # (discard_unused) to spare it while the caller commits the rows that reference it.
         # A per-process tag and a counter make the name unique without asking the kernel for
         # random bytes on every put; O_EXCL still refuses any name that exists.
         temp = f"{directory}/.{blob_id}.{_TEMP_TAG}-{next(_temp_numbers)}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
             fd = os.open(temp, flags, 0o600)  # 0600: mail is private
-        except FileNotFoundError:  # first blob under this ab/cd: make the directories
+        except FileNotFoundError:  # first blob under this ab/: make the directories
             self._make_dirs(Path(directory))
             fd = os.open(temp, flags, 0o600)
         try:
@@ -168,8 +166,7 @@ class FsBlobStore:
                 view = view[os.write(fd, view) :]
             # Rename first, then fsync: on ext4 the file's fsync then commits the rename in the
             # same journal transaction, so the directory fsync after it is cheap. Until put
-            # returns nothing references the blob, and a torn file left by a crash is rewritten
-            # by the next put of the same bytes (the hash check above).
+            # returns nothing references the blob.
             os.replace(temp, target)
             if self._group is None:
                 os.fsync(fd)
@@ -239,13 +236,44 @@ class FsBlobStore:
         for first in sorted(self.root.iterdir()):
             if not (first.is_dir() and len(first.name) == 2):
                 continue
+            for file in sorted(first.iterdir()):
+                name = file.name.removesuffix(SUFFIX)
+                if file.name.endswith(SUFFIX) and BLOB_ID.match(name):
+                    yield name
+
+    def upgrade_layout(self) -> int:
+        """Moves files of the earlier ``ab/cd/<sha256>.eml`` layout to ``ab/``, once; returns
+        how many moved. A rename within one filesystem is atomic: a crash midway leaves every
+        file in one place or the other, and the next run finishes the move."""
+        marker = self.root / LAYOUT_FILE
+        if marker.exists():
+            return 0
+        moved = 0
+        self.root.mkdir(parents=True, exist_ok=True)
+        for first in sorted(self.root.iterdir()):
+            if not (first.is_dir() and len(first.name) == 2):
+                continue
             for second in sorted(first.iterdir()):
-                if not second.is_dir():
+                if not (second.is_dir() and len(second.name) == 2):
                     continue
-                for file in sorted(second.iterdir()):
-                    name = file.name.removesuffix(SUFFIX)
-                    if file.name.endswith(SUFFIX) and BLOB_ID.match(name):
-                        yield name
+                # FileNotFoundError: another node sharing the directory moved it first.
+                for file in second.iterdir():
+                    with contextlib.suppress(FileNotFoundError):
+                        if file.name.endswith(SUFFIX) and BLOB_ID.match(file.name[:-4]):
+                            os.replace(file, first / file.name)
+                            moved += 1
+                        else:  # a temp file of an interrupted put: nothing references it
+                            file.unlink()
+                _fsync_dir(first)
+                with contextlib.suppress(FileNotFoundError):
+                    second.rmdir()
+            _fsync_dir(first)
+        temp = self.root / f".{LAYOUT_FILE}.{_TEMP_TAG}.tmp"
+        temp.write_text(LAYOUT)
+        _fsync_path(temp)
+        os.replace(temp, marker)
+        _fsync_dir(self.root)
+        return moved
 
     # -- helpers --
 
@@ -263,15 +291,6 @@ class FsBlobStore:
                 continue
             if self._group is None:  # else the put's filesystem flush covers it
                 _fsync_dir(d.parent)
-
-
-def _intact(path: str, blob_id: str) -> bool:
-    try:
-        with open(path, "rb", buffering=0) as file:
-            data = file.read()
-    except FileNotFoundError:
-        return False
-    return _mismatch(data, blob_id) is None
 
 
 def _mismatch(data: bytes, blob_id: str) -> str | None:

@@ -22,4 +22,6 @@ def make_metadata_store(cfg: Config, changes: ChangeBus | None = None) -> Metada
 def make_blob_store(cfg: Config) -> BlobStore:
     from mailstead.store.blob_fs import FsBlobStore
 
-    return FsBlobStore(cfg.path(cfg.store.blob_dir))
+    blobs = FsBlobStore(cfg.path(cfg.store.blob_dir))
+    blobs.upgrade_layout()  # one stat once done; moves an earlier layout's files the first time
+    return blobs
