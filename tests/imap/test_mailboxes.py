@@ -81,6 +81,30 @@ def test_delete_rename_subscribe(mail_server: RunningServer) -> None:
     assert b'* LSUB () "/" "Lists/Python"' in every and b'"Lists"\r\n' not in every
 
 
+def test_subscription_outlives_delete_and_follows_rename(mail_server: RunningServer) -> None:
+    """RFC 9051 6.3.7: DELETE must not drop the name from the subscription list; LIST
+    (SUBSCRIBED) shows it \\NonExistent (RFC 5258 5.3), UNSUBSCRIBE still removes it. A
+    renamed mailbox keeps its subscription under the new name."""
+    raw = Raw(mail_server)
+    raw.login()
+    raw.cmd("CREATE Projects/Old")
+    assert status_of(raw.cmd("DELETE Projects/Old")) == b"OK"
+    lines = raw.cmd('LIST (SUBSCRIBED) "" "Projects/*"')
+    assert lines[0] == b'* LIST (\\NonExistent \\Subscribed) "/" "Projects/Old"'
+    assert b'* LSUB () "/" "Projects/Old"' in raw.cmd('LSUB "" "*"')
+    assert b"Projects/Old" not in b"".join(raw.cmd('LIST "" "*"'))  # not a mailbox
+    raw.cmd("CREATE Projects/Old")  # back again: subscribed as before
+    assert b'\\Subscribed' in raw.cmd('LIST "" "Projects/Old" RETURN (SUBSCRIBED)')[0]
+    raw.cmd("DELETE Projects/Old")
+    assert status_of(raw.cmd("UNSUBSCRIBE Projects/Old")) == b"OK"
+    assert b"Projects/Old" not in b"".join(raw.cmd('LSUB "" "*"'))
+    raw.cmd("CREATE Work/Plans")
+    assert status_of(raw.cmd("RENAME Work Job")) == b"OK"
+    subscribed = b"".join(raw.cmd('LSUB "" "*"'))
+    assert b'"Job"' in subscribed and b'"Job/Plans"' in subscribed
+    assert b'"Work' not in subscribed
+
+
 def test_list_extended_and_status(mail_server: RunningServer) -> None:
     deliver(mail_server, message("one"))
     deliver(mail_server, message("two"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -185,6 +186,25 @@ async def test_create_and_subscribe_mailboxes(store: MetadataStore) -> None:
     assert not (await inbox(store, a, "Projects/2024")).subscribed
     with pytest.raises(NotFound):
         await store.set_subscribed(a.id, "Missing", True)
+
+
+async def test_subscriptions_are_names_that_outlive_their_mailbox(store: MetadataStore) -> None:
+    """RFC 9051 6.3.7: deleting a mailbox keeps its name subscribed; unsubscribing a gone name
+    works; renaming carries the subscriptions of the mailbox and its children along."""
+    a = await make_account(store)
+    await store.create_mailbox(a.id, "Lists/Python")
+    await store.delete_mailbox(a.id, "Lists/Python")
+    assert "Lists/Python" in await store.list_subscriptions(a.id)
+    await store.set_subscribed(a.id, "Lists/Python", False)
+    assert "Lists/Python" not in await store.list_subscriptions(a.id)
+    await store.create_mailbox(a.id, "Work")
+    await store.create_mailbox(a.id, "Work/Plans")
+    await store.set_subscribed(a.id, "Work", False)
+    await store.rename_mailbox(a.id, "Work", "Job")
+    names = await store.list_subscriptions(a.id)
+    assert "Job/Plans" in names and "Job" not in names and not any(
+        n.startswith("Work") for n in names)
+    assert (await inbox(store, a, "Job/Plans")).subscribed
 
 
 async def test_recreated_mailbox_gets_new_uidvalidity(store: MetadataStore) -> None:
@@ -600,3 +620,34 @@ async def test_changes_are_published(store: MetadataStore) -> None:
         assert await watch.wait(5)
         await store.claim_recent(box.id)  # changes nothing anyone sees
         assert not await watch.wait(0.05)
+
+
+async def test_version_1_subscription_flags_become_subscriptions(tmp_path: Path) -> None:
+    """A store made before migration 0002 keeps exactly its subscribed mailboxes."""
+    import sqlite3
+
+    from mailstead.store.changes import ChangeBus
+    from mailstead.store.sql import load_migrations, split_statements
+    from mailstead.store.sqlite import SqliteStore
+
+    path = tmp_path / "meta.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    [(_, first)] = [m for m in load_migrations() if m[0] == 1]
+    for statement in split_statements(first, "sqlite"):
+        conn.execute(statement)
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied BIGINT)")
+    conn.execute("INSERT INTO schema_version VALUES (1, 0)")
+    conn.execute("INSERT INTO domains (name, created) VALUES ('example.test', 0)")
+    conn.execute("INSERT INTO accounts (address, domain_id, password_hash, created) "
+                 "VALUES ('alice@example.test', 1, 'hash', 0)")
+    conn.execute("INSERT INTO mailboxes (account_id, name, uidvalidity, subscribed) VALUES "
+                 "(1, 'INBOX', 1, TRUE), (1, 'Old news', 2, FALSE)")
+    conn.close()
+    store = SqliteStore(path, ChangeBus())
+    await store.open()
+    try:
+        assert await store.list_subscriptions(1) == ["INBOX"]
+        boxes = {b.name: b.subscribed for b in await store.list_mailboxes(1)}
+        assert boxes == {"INBOX": True, "Old news": False}
+    finally:
+        await store.close()

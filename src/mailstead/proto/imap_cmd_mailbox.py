@@ -89,8 +89,13 @@ async def cmd_subscribe(s: ImapSession, cmd: Command) -> Reply:
     args = cmd.args
     assert isinstance(args, MailboxArgs)
     account = s.require_account()
-    box = await _existing(s, args.mailbox)
-    await s.mailboxes.subscribe(account.id, box.name, cmd.name == "SUBSCRIBE")
+    if cmd.name == "SUBSCRIBE":
+        box = await _existing(s, args.mailbox)
+        await s.mailboxes.subscribe(account.id, box.name, True)
+    else:  # the name may outlive its mailbox (RFC 9051 6.3.7), so it must be removable
+        name = s.mailbox_in(args.mailbox)
+        found = await s.mailboxes.find(account.id, name)
+        await s.mailboxes.subscribe(account.id, found.name if found else name, False)
     return _reply("OK", f"{cmd.name.capitalize()} completed")
 
 
@@ -131,8 +136,9 @@ async def cmd_list(s: ImapSession, cmd: Command) -> Reply:
         return _reply("OK", f"{verb} completed")
     regexes = [_pattern_regex(args.reference + p) for p in patterns]
     boxes = sorted(await s.mailboxes.list_mailboxes(account.id), key=_sort_key)
+    subscribed = set(await s.mailboxes.subscriptions(account.id))
     parents = {name for b in boxes for name in _parents(b.name)}
-    subscribed_parents = {name for b in boxes if b.subscribed for name in _parents(b.name)}
+    subscribed_parents = {name for sub in subscribed for name in _parents(sub)}
     only_subscribed = args.lsub or "SUBSCRIBED" in args.select_options
     only_special = "SPECIAL-USE" in args.select_options
     recursive = "RECURSIVEMATCH" in args.select_options
@@ -145,10 +151,10 @@ async def cmd_list(s: ImapSession, cmd: Command) -> Reply:
         if not any(r.fullmatch(client_name) for r in regexes):
             continue
         childinfo = noselect = False
-        if only_subscribed and not box.subscribed:
+        if only_subscribed and box.name not in subscribed:
             if args.lsub and box.name in subscribed_parents and not any(
                     r.fullmatch(name) for r in regexes
-                    for name in _subscribed_below(boxes, box.name, s.utf8)):
+                    for name in _subscribed_below(subscribed, box.name, s.utf8)):
                 # RFC 3501 6.3.9: LSUB "%" shows the unsubscribed parent of a subscribed
                 # child the pattern does not reach, marked \Noselect.
                 noselect = True
@@ -163,7 +169,7 @@ async def cmd_list(s: ImapSession, cmd: Command) -> Reply:
             attrs.append("\\HasChildren" if box.name in parents else "\\HasNoChildren")
             if box.special_use:
                 attrs.append(box.special_use)
-            if show_subscribed and box.subscribed:
+            if show_subscribed and box.name in subscribed:
                 attrs.append("\\Subscribed")
         line = f"* {verb} ({' '.join(attrs)}) \"/\" ".encode() + s.mailbox_out(box.name)
         if childinfo:
@@ -171,13 +177,21 @@ async def cmd_list(s: ImapSession, cmd: Command) -> Reply:
         s.io.write(line + b"\r\n")
         if status_items:
             await _write_status(s, box, status_items)
+    if only_subscribed:
+        # Subscribed names whose mailbox is gone (RFC 9051 6.3.7, RFC 5258 example 5.3).
+        attrs_text = "" if args.lsub else "\\NonExistent \\Subscribed"
+        for name in sorted(subscribed - {b.name for b in boxes}):
+            client_name = name if s.utf8 else mutf7.encode(name)
+            if any(r.fullmatch(client_name) for r in regexes):
+                s.io.write(f"* {verb} ({attrs_text}) \"/\" ".encode() + s.mailbox_out(name)
+                           + b"\r\n")
     return _reply("OK", f"{verb} completed")
 
 
-def _subscribed_below(boxes: list[Mailbox], name: str, utf8: bool) -> list[str]:
-    """Client names of the subscribed mailboxes under ``name``."""
-    return [b.name if utf8 else mutf7.encode(b.name) for b in boxes
-            if b.subscribed and b.name.startswith(name + "/")]
+def _subscribed_below(subscribed: set[str], name: str, utf8: bool) -> list[str]:
+    """Client names of the subscribed names under ``name``."""
+    return [sub if utf8 else mutf7.encode(sub) for sub in subscribed
+            if sub.startswith(name + "/")]
 
 
 def _parents(name: str) -> list[str]:

@@ -707,8 +707,13 @@ class MailboxService:
         await self.store.rename_mailbox(account_id, old, new)
 
     async def subscribe(self, account_id: int, name: str, subscribed: bool) -> None:
-        box = await self.require(account_id, name)
-        await self.store.set_subscribed(account_id, box.name, subscribed)
+        """Subscribing needs the mailbox; unsubscribing takes any name (it may be gone)."""
+        if subscribed:
+            name = (await self.require(account_id, name)).name
+        await self.store.set_subscribed(account_id, name, subscribed)
+
+    async def subscriptions(self, account_id: int) -> list[str]:
+        return await self.store.list_subscriptions(account_id)
 
     async def status(self, mailbox: Mailbox) -> MailboxStatus:
         return await self.store.mailbox_status(mailbox.id)

@@ -298,7 +298,12 @@ class MetadataStore(Protocol):
     async def delete_mailbox(self, account_id: int, name: str) -> list[str]:
         """Deletes a mailbox and its messages; returns blob ids no longer used."""
 
-    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        """SUBSCRIBE (the mailbox must exist) / UNSUBSCRIBE (any name). A subscription is a
+        name: it outlives DELETE of its mailbox (RFC 9051 6.3.7) and follows RENAME."""
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        """Every subscribed name, including those whose mailbox no longer exists."""
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
     async def claim_recent(self, mailbox_id: int) -> int:
         """Atomically hands the \\Recent messages to the caller: returns the old

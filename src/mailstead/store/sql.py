@@ -185,9 +185,12 @@ ACCOUNT_COLS = (
     "a.id, a.address, d.name, a.password_hash, a.quota_bytes, a.quota_messages, a.is_admin, "
     "a.created FROM accounts a JOIN domains d ON d.id = a.domain_id"
 )
+_MAILBOX_TABLE_COLS = (
+    "id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, first_recent_uid"
+)
 MAILBOX_COLS = (
-    "id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed, "
-    "first_recent_uid"
+    f"{_MAILBOX_TABLE_COLS}, EXISTS (SELECT 1 FROM subscriptions s "
+    "WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name)"
 )
 MESSAGE_COLS = (
     "id, mailbox_id, uid, modseq, sysflags, keywords, internal_date, size, blob_id, env_subject, "
@@ -226,8 +229,8 @@ def _mailbox(row: Row) -> Mailbox:
         uidvalidity=row[4],
         uidnext=row[5],
         highestmodseq=row[6],
-        subscribed=bool(row[7]),
-        first_recent_uid=row[8],
+        first_recent_uid=row[7],
+        subscribed=bool(row[8]),
     )
 
 
@@ -586,11 +589,12 @@ def _new_uidvalidity(db: Db) -> int:
 
 
 def create_mailbox(db: Db, account_id: int, name: str, special_use: str | None) -> Mailbox:
+    """A new mailbox starts subscribed (what clients that never SUBSCRIBE expect)."""
     uidvalidity = _new_uidvalidity(db)
     try:
         row = db.one(
             "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) "
-            f"VALUES (?, ?, ?, ?) RETURNING {MAILBOX_COLS}",
+            f"VALUES (?, ?, ?, ?) RETURNING {_MAILBOX_TABLE_COLS}, TRUE",
             (account_id, name, special_use, uidvalidity),
         )
     except Conflict:
@@ -598,8 +602,16 @@ def create_mailbox(db: Db, account_id: int, name: str, special_use: str | None) 
     except NotFound:
         raise NotFound(f"no account with id {account_id}") from None
     assert row is not None
+    _subscribe(db, account_id, [name])
     db.touched.add(row[0])
     return _mailbox(row)
+
+
+def _subscribe(db: Db, account_id: int, names: Iterable[str]) -> None:
+    db.run_many(
+        "INSERT INTO subscriptions (account_id, name) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        [(account_id, name) for name in names],
+    )
 
 
 def _mailbox_id(db: Db, account_id: int, name: str) -> int:
@@ -627,6 +639,18 @@ def rename_mailbox(db: Db, account_id: int, old: str, new: str) -> None:
         db.run_many("UPDATE mailboxes SET name = ? WHERE id = ?", renames)
     except Conflict:
         raise Conflict(f"mailbox {new} exists already") from None
+    # A renamed mailbox keeps its subscription under the new name (as users of a client that
+    # renames a folder expect); the old name stays subscribed only if it was subscribed anew.
+    old_names = [old] + [name for _, name in children]
+    marks = ",".join("?" * len(old_names))
+    subscribed = {r[0] for r in db.rows(
+        f"SELECT name FROM subscriptions WHERE account_id = ? AND name IN ({marks})",
+        (account_id, *old_names))}
+    new_names = [name for name, _ in renames]
+    moved = [n for o, n in zip(old_names, new_names, strict=True) if o in subscribed]
+    db.run_many("DELETE FROM subscriptions WHERE account_id = ? AND name = ?",
+                [(account_id, name) for name in subscribed])
+    _subscribe(db, account_id, moved)
     db.touched.update(i for _, i in renames)
 
 
@@ -652,10 +676,19 @@ def delete_mailbox(db: Db, account_id: int, name: str) -> list[str]:
 
 
 def set_subscribed(db: Db, account_id: int, name: str, subscribed: bool) -> None:
-    db.run(
-        "UPDATE mailboxes SET subscribed = ? WHERE id = ?",
-        (subscribed, _mailbox_id(db, account_id, name)),
-    )
+    """Subscribing needs the mailbox to exist; unsubscribing a name whose mailbox is gone
+    works (else a client could never drop it, RFC 9051 6.3.8)."""
+    if subscribed:
+        _mailbox_id(db, account_id, name)
+        _subscribe(db, account_id, [name])
+    else:
+        db.run("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, name))
+
+
+def list_subscriptions(db: Db, account_id: int) -> list[str]:
+    rows = db.rows("SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name",
+                   (account_id,))
+    return [r[0] for r in rows]
 
 
 def mailbox_status(db: Db, mailbox_id: int) -> MailboxStatus:
@@ -1259,6 +1292,9 @@ class SqlStore(ABC):
 
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
         await self._write(set_subscribed, account_id, name, subscribed)
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        return await self._read(list_subscriptions, account_id)
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         return await self._read(mailbox_status, mailbox_id)
