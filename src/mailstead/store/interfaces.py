@@ -86,7 +86,6 @@ class Mailbox:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    subscribed: bool
     first_recent_uid: int  # messages with uid >= this are \Recent for the next session to claim
 
 

@@ -185,12 +185,8 @@ ACCOUNT_COLS = (
     "a.id, a.address, d.name, a.password_hash, a.quota_bytes, a.quota_messages, a.is_admin, "
     "a.created FROM accounts a JOIN domains d ON d.id = a.domain_id"
 )
-_MAILBOX_TABLE_COLS = (
-    "id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, first_recent_uid"
-)
 MAILBOX_COLS = (
-    f"{_MAILBOX_TABLE_COLS}, EXISTS (SELECT 1 FROM subscriptions s "
-    "WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name)"
+    "id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, first_recent_uid"
 )
 MESSAGE_COLS = (
     "id, mailbox_id, uid, modseq, sysflags, keywords, internal_date, size, blob_id, env_subject, "
@@ -230,7 +226,6 @@ def _mailbox(row: Row) -> Mailbox:
         uidnext=row[5],
         highestmodseq=row[6],
         first_recent_uid=row[7],
-        subscribed=bool(row[8]),
     )
 
 
@@ -594,7 +589,7 @@ def create_mailbox(db: Db, account_id: int, name: str, special_use: str | None) 
     try:
         row = db.one(
             "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) "
-            f"VALUES (?, ?, ?, ?) RETURNING {_MAILBOX_TABLE_COLS}, TRUE",
+            f"VALUES (?, ?, ?, ?) RETURNING {MAILBOX_COLS}",
             (account_id, name, special_use, uidvalidity),
         )
     except Conflict:
@@ -640,17 +635,15 @@ def rename_mailbox(db: Db, account_id: int, old: str, new: str) -> None:
     except Conflict:
         raise Conflict(f"mailbox {new} exists already") from None
     # A renamed mailbox keeps its subscription under the new name (as users of a client that
-    # renames a folder expect); the old name stays subscribed only if it was subscribed anew.
+    # renames a folder expect), and the old name is no longer subscribed.
     old_names = [old] + [name for _, name in children]
-    marks = ",".join("?" * len(old_names))
-    subscribed = {r[0] for r in db.rows(
-        f"SELECT name FROM subscriptions WHERE account_id = ? AND name IN ({marks})",
-        (account_id, *old_names))}
-    new_names = [name for name, _ in renames]
-    moved = [n for o, n in zip(old_names, new_names, strict=True) if o in subscribed]
+    db.run_many(
+        "INSERT INTO subscriptions (account_id, name) SELECT account_id, ? FROM subscriptions "
+        "WHERE account_id = ? AND name = ? ON CONFLICT DO NOTHING",
+        [(name, account_id, was) for (name, _), was in zip(renames, old_names, strict=True)],
+    )
     db.run_many("DELETE FROM subscriptions WHERE account_id = ? AND name = ?",
-                [(account_id, name) for name in subscribed])
-    _subscribe(db, account_id, moved)
+                [(account_id, name) for name in old_names])
     db.touched.update(i for _, i in renames)
 
 
