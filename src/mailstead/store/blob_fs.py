@@ -231,15 +231,11 @@ class FsBlobStore:
         return self.path(blob_id).is_file()
 
     def iter_ids(self) -> Iterator[str]:
-        if not self.root.is_dir():
-            return
-        for first in sorted(self.root.iterdir()):
-            if not (first.is_dir() and len(first.name) == 2):
-                continue
+        for first in self._fan_dirs(self.root):
             for file in sorted(first.iterdir()):
-                name = file.name.removesuffix(SUFFIX)
-                if file.name.endswith(SUFFIX) and BLOB_ID.match(name):
-                    yield name
+                blob_id = _blob_id_named(file)
+                if blob_id is not None:
+                    yield blob_id
 
     def upgrade_layout(self) -> int:
         """Moves files of the earlier ``ab/cd/<sha256>.eml`` layout to ``ab/``, once; returns
@@ -250,16 +246,12 @@ class FsBlobStore:
             return 0
         moved = 0
         self.root.mkdir(parents=True, exist_ok=True)
-        for first in sorted(self.root.iterdir()):
-            if not (first.is_dir() and len(first.name) == 2):
-                continue
-            for second in sorted(first.iterdir()):
-                if not (second.is_dir() and len(second.name) == 2):
-                    continue
+        for first in self._fan_dirs(self.root):
+            for second in self._fan_dirs(first):
                 # FileNotFoundError: another node sharing the directory moved it first.
                 for file in second.iterdir():
                     with contextlib.suppress(FileNotFoundError):
-                        if file.name.endswith(SUFFIX) and BLOB_ID.match(file.name[:-4]):
+                        if _blob_id_named(file) is not None:
                             os.replace(file, first / file.name)
                             moved += 1
                         else:  # a temp file of an interrupted put: nothing references it
@@ -277,6 +269,15 @@ class FsBlobStore:
 
     # -- helpers --
 
+    @staticmethod
+    def _fan_dirs(parent: Path) -> Iterator[Path]:
+        """The two-hex-digit directories in ``parent``, sorted."""
+        if not parent.is_dir():
+            return
+        for entry in sorted(parent.iterdir()):
+            if entry.is_dir() and len(entry.name) == 2:
+                yield entry
+
     def _make_dirs(self, directory: Path) -> None:
         """Creates missing directories, fsyncing each parent so the new entries survive."""
         missing = []
@@ -291,6 +292,12 @@ class FsBlobStore:
                 continue
             if self._group is None:  # else the put's filesystem flush covers it
                 _fsync_dir(d.parent)
+
+
+def _blob_id_named(file: Path) -> str | None:
+    """The blob id a message file's name gives, None for any other file (temp files...)."""
+    blob_id = file.name.removesuffix(SUFFIX)
+    return blob_id if file.name.endswith(SUFFIX) and BLOB_ID.match(blob_id) else None
 
 
 def _mismatch(data: bytes, blob_id: str) -> str | None:
