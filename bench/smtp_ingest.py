@@ -46,18 +46,35 @@ class Server:
     proc: subprocess.Popen[str]
     port: int
 
+    def _pids(self) -> list[str]:
+        """The server's process and its helper processes (mailstead writes message files in
+        one), so CPU and memory figures include every process doing the server's work."""
+        pids = [str(self.proc.pid)]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if stat.read_text().rsplit(")", 1)[1].split()[1] == pids[0]:
+                    pids.append(stat.parent.name)
+            except OSError:
+                continue  # a process that just ended
+        return pids
+
     @property
     def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        kib = 0
+        for pid in self._pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    kib += int(line.split()[1])
+        return kib / 1024
 
     @property
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used (all its threads)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time of the server's processes (all their threads)."""
+        ticks = 0
+        for pid in self._pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psycopg
 
-from mailstead.store.blob_batch import BlobBatcher
+from mailstead.services.message_files import MessageFileWriter
 from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.changes import ChangeBus
 from mailstead.store.interfaces import Delivery, MetadataStore, NewMessage, SystemFlag
@@ -42,13 +42,13 @@ async def deliveries_per_second(
     """(deliveries per second of wall time, per second of this process's CPU time)."""
     body = b"X" * 4000 + b"\r\n"
     counter = iter(range(messages))
-    files = BlobBatcher(blobs, blobs.write)  # as the delivery service writes them
+    files = MessageFileWriter(blobs.root)  # as the delivery service writes them
 
     async def writer() -> None:
         for n in counter:
             mailbox_id = mailbox_ids[n % len(mailbox_ids)]
             data = f"Message-Id: <{n}.{secrets.token_hex(4)}@bench>\r\n".encode() + body
-            blob_id = await files.submit(data)
+            blob_id, _fields = await files.submit(data)
             await store.store_message(
                 [
                     Delivery(
@@ -62,7 +62,7 @@ async def deliveries_per_second(
 
     start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(writer() for _ in range(writers)))
-    files.close()
+    await files.close()
     return messages / (time.perf_counter() - start), messages / (time.process_time() - cpu)
 
 

@@ -152,46 +152,6 @@ def test_a_failed_flush_fails_the_puts_it_covered() -> None:
     group.wait()  # the next flush works: so does the next put
 
 
-async def test_batched_writes_share_flushes_and_fail_alone(tmp_path: Path) -> None:
-    """Files submitted together are written by one thread and made durable by one flush per
-    batch; a file that cannot be written fails alone, a failed flush fails its whole batch."""
-    import asyncio
-
-    from mailstead.store.blob_batch import BlobBatcher
-
-    flushes: list[int] = []
-    fail_flush = False
-
-    class Counting(FsBlobStore):
-        def flush(self) -> None:
-            flushes.append(len(list(self.iter_ids())))
-            if fail_flush:
-                raise OSError(5, "Input/output error")
-            super().flush()
-
-    blobs = Counting(tmp_path / "blobs")
-
-    def write(data: bytes) -> str:
-        if data == b"refused":
-            raise ValueError("not this one")
-        return blobs.write(data)
-
-    batcher = BlobBatcher(blobs, write)
-    try:
-        datas = [MESSAGE + str(n).encode() for n in range(30)]
-        ids = await asyncio.gather(*(batcher.submit(d) for d in datas))
-        assert [blobs.get(i) for i in ids] == datas
-        assert 1 <= len(flushes) < 30 and flushes[-1] == 30  # every file in place when flushed
-        outcomes = await asyncio.gather(batcher.submit(b"refused"), batcher.submit(b"fine"),
-                                        return_exceptions=True)
-        assert isinstance(outcomes[0], ValueError) and blobs.get(str(outcomes[1])) == b"fine"
-        fail_flush = True
-        with pytest.raises(OSError, match="Input/output error"):
-            await batcher.submit(b"not durable")
-    finally:
-        batcher.close()
-
-
 def test_earlier_two_level_layout_is_moved_over_once(tmp_path: Path) -> None:
     """A store written as ab/cd/<sha256>.eml is served after the upgrade, every file whole,
     and a temp file an interrupted put left behind is gone."""

@@ -174,7 +174,7 @@ async def queue_recall(queue_id: str, as_user: str | None, wait_seconds: float,
                 store, blobs, delivery, AccountService(store, cfg.auth, limiter), queue_id,
                 account=account, wait_seconds=wait_seconds)
         finally:
-            delivery.close()
+            await delivery.close()
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return

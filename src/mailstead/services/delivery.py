@@ -23,8 +23,8 @@ from email.utils import format_datetime
 from typing import Protocol
 
 from mailstead.core.errors import NotFound
-from mailstead.proto.mime import parse_envelope_fields
-from mailstead.store.blob_batch import BlobBatcher
+from mailstead.services.message_files import MessageFileWriter
+from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.interfaces import (
     Account,
     BlobStore,
@@ -101,9 +101,11 @@ class DeliveryService:
         self.store = store
         self.blobs = blobs
         self.hostname = hostname
-        # Message files of all sessions are written by one thread in batches, one flush each
-        # (measured with bench/smtp_ingest.py: far fewer thread hops than a pool).
-        self._files = BlobBatcher(blobs, self._write_and_parse)
+        if not isinstance(blobs, FsBlobStore):
+            raise TypeError("delivery writes message files: it needs an FsBlobStore")
+        # Message files of all sessions are written and parsed by a helper process in
+        # batches, one flush each (why a process: services/message_files.py).
+        self._files = MessageFileWriter(blobs.root)
         # INBOX mailbox id per account. An account's INBOX row lives as long as the account
         # (it cannot be deleted; RENAME INBOX moves messages, RFC 9051 6.3.6), and the key
         # holds the creation time, so a re-created account never meets an old entry.
@@ -113,8 +115,8 @@ class DeliveryService:
         self.after_local_delivery: AfterDelivery | None = None
         self._date: tuple[tuple[int, timedelta | None], str] = ((-1, None), "")
 
-    def close(self) -> None:
-        self._files.close()
+    async def close(self) -> None:
+        await self._files.close()
 
     def trace_fields(
         self, envelope: InboundEnvelope, queue_id: str, now: datetime, *, local: bool
@@ -147,9 +149,6 @@ class DeliveryService:
     async def store_blob(self, data: bytes) -> tuple[str, Envelope]:
         """Writes a message file durably and parses its envelope fields (for IMAP APPEND too)."""
         return await self._files.submit(data)
-
-    def _write_and_parse(self, data: bytes) -> tuple[str, Envelope]:
-        return self.blobs.write(data), parse_envelope_fields(data)
 
     def _known_inbox_ids(self, accounts: Sequence[Account]) -> list[int] | None:
         """The INBOX ids when every one is cached, else None."""

@@ -7,7 +7,7 @@ Kept apart from app.py so each service layer adds itself here in one place:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from mailstead.obs import log_event
@@ -85,9 +85,9 @@ def sending_cap(services: Services) -> SendingCap:
     return cap
 
 
-async def _close_on_stop(close: Callable[[], None]) -> None:
+async def _close_on_stop(close: Callable[[], Awaitable[None]]) -> None:
     """Runs ``close`` when App.stop cancels the background tasks."""
     try:
         await asyncio.Event().wait()
     finally:
-        close()
+        await close()
