@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from mailstead.services.message_files import MessageFileWriter, WriterStopped, write_batch
+from mailstead.services.message_files import (
+    MessageFileWriter,
+    WriterStopped,
+    _Helper,
+    write_batch,
+)
 from mailstead.store.blob_fs import FsBlobStore
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: bob@example.test\r\n"
@@ -50,13 +55,28 @@ def test_a_failed_file_fails_alone_and_a_failed_flush_fails_its_batch(tmp_path: 
                 raise OSError(5, "Input/output error")
             super().flush()
 
+    class Answers(_Helper):
+        def __init__(self) -> None:
+            self.unread = bytearray()
+            self.got: list[tuple[bool, bytes]] = []
+
+        def _answer(self, ok: bool, payload: bytes) -> None:
+            self.got.append((ok, payload))
+
+    def answers(batch: list[bytes]) -> list[tuple[bool, bytes]]:
+        reader = Answers()
+        data = write_batch(blobs, batch)
+        for n in range(0, len(data), 7):  # answers split anywhere by the pipe
+            reader.pipe_data_received(1, data[n : n + 7])
+        return reader.got
+
     blobs = Failing(tmp_path / "blobs")
-    lines = write_batch(blobs, [MESSAGE, b"refused", MESSAGE + b"2"]).splitlines()
-    assert [line[:1] for line in lines] == [b"+", b"-", b"+"]
-    assert b"No space left on device" in lines[1]
+    got = answers([MESSAGE, b"refused", MESSAGE + b"2"])
+    assert [ok for ok, _ in got] == [True, False, True]
+    assert got[1][1] == b"writing the message file: [Errno 28] No space left on device"
     fail_flush = True
-    lines = write_batch(blobs, [MESSAGE + b"3", MESSAGE + b"4"]).splitlines()
-    assert lines == [b"-flushing message files: [Errno 5] Input/output error"] * 2
+    got = answers([MESSAGE + b"3", MESSAGE + b"4"])
+    assert got == [(False, b"flushing message files: [Errno 5] Input/output error")] * 2
 
 
 async def test_a_dead_helper_fails_what_it_did_not_answer_and_is_restarted(
