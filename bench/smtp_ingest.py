@@ -290,42 +290,61 @@ async def open_idle(port: int, count: int) -> list[Session]:
 @dataclass
 class Report:
     name: str
-    result: RunResult
-    rss: dict[str, float]
-    cpu_ms_per_message: float
+    server: Server
+    result: RunResult = field(default_factory=RunResult)
+    rounds: list[float] = field(default_factory=list)  # msgs/s of each round
+    rss: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
+
+    @property
+    def cpu_ms_per_message(self) -> float:
+        return self.cpu_seconds * 1000 / self.result.messages if self.result.messages else 0.0
+
+    def run_round(self, messages: int, args: argparse.Namespace) -> None:
+        cpu = self.server.cpu_seconds
+        result = asyncio.run(run_load(self.server.port, messages, args.sessions, args.size,
+                                      args.users))
+        self.cpu_seconds += self.server.cpu_seconds - cpu
+        self.result.messages += result.messages
+        self.result.seconds += result.seconds
+        self.result.latencies += result.latencies
+        self.rounds.append(result.rate)
 
 
-def measure(server: Server, args: argparse.Namespace) -> Report:
-    rss: dict[str, float] = {}
-    half = args.messages // 2
-    asyncio.run(run_load(server.port, args.warmup, args.sessions, args.size, args.users))
-    rss["start"] = server.rss_mib
-    cpu_start = server.cpu_seconds
-    first = asyncio.run(run_load(server.port, half, args.sessions, args.size, args.users))
-    rss["half"] = server.rss_mib
-    second = asyncio.run(run_load(server.port, args.messages - half, args.sessions, args.size,
-                                  args.users))
-    rss["end"] = server.rss_mib
-    cpu = (server.cpu_seconds - cpu_start) * 1000 / args.messages
-    total = RunResult(first.messages + second.messages, first.seconds + second.seconds,
-                      first.latencies + second.latencies)
+def measure(reports: list[Report], args: argparse.Namespace) -> None:
+    """Warms every server up, then runs ``--rounds`` rounds for each, alternating between the
+    servers in the order A B B A A B ..., so a machine that speeds up or slows down during
+    the run (this one does, by a third and more) weighs on both alike."""
+    for report in reports:
+        asyncio.run(run_load(report.server.port, args.warmup, args.sessions, args.size,
+                             args.users))
+        report.rss["start"] = report.server.rss_mib
+    per_round = [args.messages // args.rounds + (1 if n < args.messages % args.rounds else 0)
+                 for n in range(args.rounds)]
+    for n, messages in enumerate(per_round):
+        for report in reports if n % 2 == 0 else reports[::-1]:
+            report.run_round(messages, args)
+            if n == (args.rounds - 1) // 2:
+                report.rss["half"] = report.server.rss_mib
+    for report in reports:
+        report.rss["end"] = report.server.rss_mib
 
-    async def idle() -> None:
-        sessions = await open_idle(server.port, args.idle)
+    async def idle(report: Report) -> None:
+        sessions = await open_idle(report.server.port, args.idle)
         await asyncio.sleep(1)
-        rss["idle"] = server.rss_mib
+        report.rss["idle"] = report.server.rss_mib
         await asyncio.gather(*(s.close() for s in sessions))
         await asyncio.sleep(1)
-        rss["after_idle"] = server.rss_mib
+        report.rss["after_idle"] = report.server.rss_mib
 
     if args.idle:
-        asyncio.run(idle())
-    return Report(server.name, total, rss, cpu)
+        for report in reports:
+            asyncio.run(idle(report))
 
 
 def print_report(reports: list[Report], args: argparse.Namespace) -> None:
-    print(f"\n{args.messages} messages of {args.size} bytes, {args.sessions} concurrent sessions"
-          f" ({args.users} recipients)\n")
+    print(f"\n{args.messages} messages of {args.size} bytes per server, {args.sessions} concurrent"
+          f" sessions ({args.users} recipients), in {args.rounds} alternating rounds\n")
     print(f"{'server':<10} {'msgs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/msg':>10}   RSS MiB: "
           f"start -> half -> end, with {args.idle} idle sessions -> after they close")
     for r in reports:
@@ -335,12 +354,17 @@ def print_report(reports: list[Report], args: argparse.Namespace) -> None:
               f"{m['start']:.1f} -> {m['half']:.1f} -> "
               f"{m['end']:.1f}, {m.get('idle', float('nan')):.1f} -> "
               f"{m.get('after_idle', float('nan')):.1f}")
+    print()
+    for r in reports:
+        print(f"{r.name:<10} msgs/s of each round: {', '.join(f'{x:.0f}' for x in r.rounds)}")
     if len(reports) == 2 and reports[1].result.rate:
         ratio = reports[0].result.rate / reports[1].result.rate
-        print(f"\nratio mailstead / baseline: {ratio:.2f}x messages per second")
+        pairs = [a / b for a, b in zip(reports[0].rounds, reports[1].rounds, strict=True) if b]
+        print(f"\nratio mailstead / baseline: {ratio:.2f}x messages per second "
+              f"(median of the rounds' ratios: {statistics.median(pairs):.2f}x)")
     mean = statistics.mean(reports[0].result.latencies) * 1000 if reports[0].result.latencies \
         else float("nan")
-    print(f"mailstead mean latency {mean:.1f} ms")
+    print(f"{reports[0].name} mean latency {mean:.1f} ms")
 
 
 def main() -> None:
@@ -351,6 +375,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--users", type=int, default=20, help="distinct recipients (mailboxes)")
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per server, alternating")
     parser.add_argument("--idle", type=int, default=1000, help="idle sessions to open at the end")
     parser.add_argument("--only", choices=["mailstead", "baseline"])
     parser.add_argument("--profile", help="run mailstead under cProfile, writing this file")
@@ -363,23 +388,19 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.idle * 2 + 1024)), hard))
     workdir = Path(tempfile.mkdtemp(prefix="smtp-bench-"))
-    reports = []
+    reports: list[Report] = []
     try:
         if args.only != "baseline":
             prepare_mailstead(workdir / "mailstead", args.users)
-            server = start_mailstead(workdir / "mailstead", args.profile)
-            try:
-                reports.append(measure(server, args))
-            finally:
-                server.stop()
+            reports.append(Report("mailstead", start_mailstead(workdir / "mailstead",
+                                                               args.profile)))
         if args.only != "mailstead":
-            server = start_baseline(workdir / "baseline")
-            try:
-                reports.append(measure(server, args))
-            finally:
-                server.stop()
+            reports.append(Report("aiosmtpd", start_baseline(workdir / "baseline")))
+        measure(reports, args)
         print_report(reports, args)
     finally:
+        for report in reports:
+            report.server.stop()
         if args.keep:
             print(f"data kept in {workdir}")
         else:

@@ -648,8 +648,30 @@ def _mailbox(tokens: list[tuple[str, str, bool]]) -> Address | None:
     return (comments[0] if comments else None, None, mailbox, host)
 
 
+# One plain address, as most fields hold: "Name <local@host>", "<local@host>", "local@host",
+# with the name made of atoms only. Read by one regex; anything else goes to the tokenizer,
+# which gives the same answer for these (tests/unit/test_mime_addresses.py checks that).
+_ATOM = r'[^ \t\r\n<>@,;:.\[\]"()\\]+'
+_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
+_FWS = r"[ \t\r\n]"
+_PLAIN_ADDRESS = re.compile(
+    rf"{_FWS}*(?:((?:{_ATOM}{_FWS}+)*{_ATOM})?{_FWS}*<({_DOT_ATOM})@({_DOT_ATOM})>"
+    rf"|({_DOT_ATOM})@({_DOT_ATOM})){_FWS}*")
+_FWS_RUN = re.compile(rf"{_FWS}+")
+
+
 def parse_addresses(value: str) -> list[Address]:
     """An address-list header value as ENVELOPE addresses. Lenient, never raises."""
+    plain = _PLAIN_ADDRESS.fullmatch(value)
+    if plain is not None:
+        name, local, host, bare_local, bare_host = plain.groups()
+        if local is None:
+            return [(None, None, bare_local, bare_host)]
+        return [(_FWS_RUN.sub(" ", name) if name else None, None, local, host)]
+    return _parse_address_list(value)
+
+
+def _parse_address_list(value: str) -> list[Address]:
     result: list[Address] = []
     current: list[tuple[str, str, bool]] = []
     in_angle = False
@@ -1107,10 +1129,12 @@ def _display_addresses(value: str | None) -> str:
 
 def parse_envelope_fields(data: bytes) -> Envelope:
     """The store's envelope columns, parsed once at delivery / APPEND time."""
-    fields, header_end = _parse_header(data, 0, len(data))  # the body is not needed here
-    root = Part(0, header_end, header_end, len(data), fields)
+    fields, _header_end = _parse_header(data, 0, len(data))  # the body is not needed here
+    first: dict[str, str] = {}  # the first field of each name, as Part.get finds it
+    for f in fields:
+        first.setdefault(f.name.lower(), f.value)
     date: datetime | None = None
-    raw_date = root.get("Date")
+    raw_date = first.get("date")
     if raw_date:
         try:
             date = parsedate_to_datetime(raw_date)
@@ -1119,13 +1143,13 @@ def parse_envelope_fields(data: bytes) -> Envelope:
         if date is not None and date.tzinfo is None:  # "-0000": UTC, zone unknown (RFC 5322)
             date = date.replace(tzinfo=UTC)
     return Envelope(
-        subject=decoded_header(root.get("Subject") or ""),
-        from_=_display_addresses(root.get("From")),
-        to=_display_addresses(root.get("To")),
-        cc=_display_addresses(root.get("Cc")),
+        subject=decoded_header(first.get("subject", "")),
+        from_=_display_addresses(first.get("from")),
+        to=_display_addresses(first.get("to")),
+        cc=_display_addresses(first.get("cc")),
         date=date,
-        message_id=root.get("Message-ID") or "",
-        in_reply_to=root.get("In-Reply-To") or "",
+        message_id=first.get("message-id", ""),
+        in_reply_to=first.get("in-reply-to", ""),
     )
 
 

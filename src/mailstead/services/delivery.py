@@ -154,7 +154,7 @@ class DeliveryService:
         return self._date[1]
 
     async def store_blob(self, data: bytes) -> tuple[str, Envelope]:
-        """Writes a message file durably and parses its envelope fields (for IMAP APPEND too)."""
+        """Writes a message file durably and parses its envelope fields (in the helper)."""
         return await self._files.submit(data)
 
     def _known_inbox_ids(self, accounts: Sequence[Account]) -> list[int] | None:
