@@ -1,11 +1,13 @@
 """SMTP ingest: mailstead against a minimal aiosmtpd server that fsyncs each message to a file.
 
-Both servers run as subprocesses, one after the other, and get the same load: ``--sessions``
-concurrent SMTP sessions sending ``--messages`` messages of ``--size`` bytes in total, each
-session sending its messages one after another over one connection (with PIPELINING when the
-server offers it, as real MTAs do). Printed: messages per second, p50/p99 latency (MAIL sent ->
-250 received), the ratio, and the server's resident memory before, half-way, after, and with
-``--idle`` extra sessions open and idle.
+Both servers run as subprocesses and get the same load: ``--sessions`` concurrent SMTP sessions,
+each sending its messages one after another over one connection (with PIPELINING when the server
+offers it, as real MTAs do), ``--messages`` messages of ``--size`` bytes per server in all. The
+load runs in ``--rounds`` rounds per server, alternating between the two (A B B A A B ...), since
+this machine's speed drifts during a run by a third and more. Printed: messages per second, p50
+and p99 latency (MAIL sent -> 250 received), CPU per message and resident memory of the server's
+processes (mailstead's include its message file helper) before, half-way, after, and with
+``--idle`` extra sessions open and idle; each round's rate, and the ratio.
 
     .venv/bin/python bench/smtp_ingest.py [--messages 5000] [--sessions 20] [--size 4096]
     .venv/bin/python bench/smtp_ingest.py --profile /tmp/ms.prof   # cProfile the server
