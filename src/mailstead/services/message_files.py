@@ -234,4 +234,7 @@ def serve(root: Path, stdin: int = 0, stdout: int = 1) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m mailstead.services.message_files BLOB_DIR (the server starts "
+                 "this itself)")
     serve(Path(sys.argv[1]))
