@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mailstead.obs import EVENT_COUNTS
 from mailstead.services.message_files import (
     MessageFileWriter,
     WriterStopped,
@@ -83,6 +84,7 @@ async def test_a_dead_helper_fails_what_it_did_not_answer_and_is_restarted(
         tmp_path: Path) -> None:
     writer = MessageFileWriter(tmp_path / "blobs")
     try:
+        exits = EVENT_COUNTS["blobs.writer_exited"]
         first_id, _ = await writer.submit(MESSAGE)
         helper = writer._helper
         assert helper is not None and helper.transport is not None
@@ -94,6 +96,7 @@ async def test_a_dead_helper_fails_what_it_did_not_answer_and_is_restarted(
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(WriterStopped):
             await asyncio.wait_for(waiting, 10)
+        assert EVENT_COUNTS["blobs.writer_exited"] == exits + 1  # logged for the operator
         again_id, _ = await writer.submit(MESSAGE + b"again")  # a new helper takes over
         blobs = FsBlobStore(tmp_path / "blobs")
         assert blobs.get(first_id) == MESSAGE and blobs.get(again_id) == MESSAGE + b"again"
@@ -109,5 +112,7 @@ async def test_the_helper_ends_with_its_input(tmp_path: Path) -> None:
     assert helper is not None and helper.transport is not None
     os.kill(helper.transport.get_pid(), signal.SIGINT)
     await writer.submit(MESSAGE + b"after ctrl-c")
+    exits = EVENT_COUNTS["blobs.writer_exited"]
     await writer.close()
     assert helper.exited.done() and helper.transport.get_returncode() == 0
+    assert EVENT_COUNTS["blobs.writer_exited"] == exits  # an asked-for exit is no error

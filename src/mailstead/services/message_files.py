@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import marshal
 import os
 import signal
@@ -35,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import cast
 
+from mailstead.obs import log_event
 from mailstead.proto.mime import parse_envelope_fields
 from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.interfaces import Envelope
@@ -107,6 +109,7 @@ class _Helper(asyncio.SubprocessProtocol):
         self.stdin: asyncio.WriteTransport | None = None
         self.unread = bytearray()
         self.waiting: deque[asyncio.Future[tuple[str, Envelope]]] = deque()
+        self.stopping = False  # stop() was called: its exit is expected
         self.exited = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -146,6 +149,9 @@ class _Helper(asyncio.SubprocessProtocol):
         # Called once the process has exited and both pipes are read to the end, so every
         # answer it wrote has been taken before the futures still waiting are failed.
         self.owner._lost(self)
+        if not self.stopping:
+            code = self.transport.get_returncode() if self.transport is not None else None
+            log_event("blobs.writer_exited", logging.ERROR, code=code, waiting=len(self.waiting))
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -154,6 +160,7 @@ class _Helper(asyncio.SubprocessProtocol):
             self.exited.set_result(None)
 
     async def stop(self) -> None:
+        self.stopping = True
         if self.stdin is not None:
             self.stdin.close()  # the helper reads the end of its input and exits
         try:
