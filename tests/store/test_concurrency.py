@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -296,3 +297,31 @@ async def test_blob_refs_under_concurrency(store: MetadataStore) -> None:
     assert not await store.blob_unused(blob(7))
     await store.expunge(box.id, [30])
     assert await store.reap_blobs() == [blob(7)]
+
+
+async def test_sqlite_deliveries_wait_for_another_process_without_blocking_the_loop(
+        tmp_path: Path) -> None:
+    """While another process holds SQLite's write lock (as the CLI does while it writes), the
+    writer thread waits for it; the event loop goes on meanwhile, and every delivery is stored
+    once the lock is free."""
+    import sqlite3
+
+    store = SqliteStore(tmp_path / "meta.db", ChangeBus())
+    await store.open()
+    try:
+        box = await inbox(store, await make_account(store))
+        other = sqlite3.connect(tmp_path / "meta.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        deliveries = asyncio.gather(*(deliver(store, box, n) for n in range(20)))
+        ticks = 0
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 20 and not deliveries.done()  # the loop ran; nothing committed yet
+        other.execute("COMMIT")
+        other.close()
+        stored = await asyncio.wait_for(deliveries, 30)
+        assert sorted(m.uid for m in stored) == list(range(1, 21))
+        assert (await store.mailbox_status(box.id)).messages == 20
+    finally:
+        await store.close()
