@@ -8,13 +8,13 @@ The helper has an interpreter of its own: it writes the files, parses their enve
 and flushes them while the event loop goes on, and the event loop pays one pipe write per
 message and one read per batch of answers.
 
-The pipes carry frames of a 4-byte big-endian length and the bytes. To the helper: the message.
-From the helper, one per message and in the same order: ``+`` with the SHA-256 (64 hex digits)
-and the envelope fields (``marshal``: both ends run the same interpreter, and it costs a tenth
-of JSON) once the file is durable, or ``-`` with the reason. The helper answers a batch only
-after the one flush that covers it (``FsBlobStore.flush``), so a ``+`` means what
-``FsBlobStore.put`` returning means. While it flushes, the next messages gather in the pipe:
-that is the batching.
+The pipes carry frames. To the helper: a 4-byte big-endian length, then the message. From the
+helper, one per message and in the same order: a status byte and a 4-byte length, then for
+``+`` the SHA-256 (64 hex digits) and the envelope fields (``marshal``: both ends run the same
+interpreter, and it costs a tenth of JSON) once the file is durable, for ``-`` the reason.
+The helper answers a batch only after the one flush that covers it (``FsBlobStore.flush``), so
+a ``+`` means what ``FsBlobStore.put`` returning means. While it flushes, the next messages
+gather in the pipe: that is the batching.
 
 The helper ends when its input closes. If this process dies, even by SIGKILL, the kernel
 closes the pipe: the helper finishes the batch in hand and exits. Files written for messages
