@@ -8,10 +8,11 @@ The helper has an interpreter of its own: it writes the files, parses their enve
 and flushes them while the event loop goes on, and the event loop pays one pipe write per
 message and one read per batch of answers.
 
-The pipes carry frames. To the helper: a 4-byte big-endian length, then the message. From the
-helper, one per message and in the same order: a status byte and a 4-byte length, then for
-``+`` the SHA-256 (64 hex digits) and the envelope fields (``marshal``: both ends run the same
-interpreter, and it costs a tenth of JSON) once the file is durable, for ``-`` the reason.
+Both pipes carry the same frames: a tag byte, a 4-byte big-endian length, then the payload.
+To the helper: ``m`` and the message. From the helper, one per message and in the same order:
+``+`` with the SHA-256 (64 hex digits) and the envelope fields (``marshal``: both ends run the
+same interpreter, and it costs a tenth of JSON) once the file is durable, or ``-`` with the
+reason.
 The helper answers a batch only after the one flush that covers it (``FsBlobStore.flush``), so
 a ``+`` means what ``FsBlobStore.put`` returning means. While it flushes, the next messages
 gather in the pipe: that is the batching.
@@ -41,8 +42,7 @@ from mailstead.proto.mime import parse_envelope_fields
 from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.interfaces import Envelope
 
-_LENGTH = struct.Struct(">I")
-_ANSWER = struct.Struct(">cI")  # "+" or "-", then the length of what follows
+_FRAME = struct.Struct(">cI")  # tag, then the length of the payload that follows
 READ_SIZE = 1 << 20
 STOP_TIMEOUT = 30.0  # seconds the helper gets to finish its batch when we stop
 
@@ -68,7 +68,7 @@ class MessageFileWriter:
         if helper is None:
             helper = await self._start()
         future: asyncio.Future[tuple[str, Envelope]] = asyncio.get_running_loop().create_future()
-        helper.send(_LENGTH.pack(len(data)) + data, future)
+        helper.send(_FRAME.pack(b"m", len(data)) + data, future)
         return await future
 
     async def _start(self) -> _Helper:
@@ -125,15 +125,8 @@ class _Helper(asyncio.SubprocessProtocol):
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         self.unread += data
-        pos = 0
-        while len(self.unread) - pos >= _ANSWER.size:
-            status, length = _ANSWER.unpack_from(self.unread, pos)
-            start = pos + _ANSWER.size
-            if len(self.unread) - start < length:
-                break
-            self._answer(status == b"+", bytes(self.unread[start : start + length]))
-            pos = start + length
-        del self.unread[:pos]
+        for tag, payload in _take_frames(self.unread):
+            self._answer(tag == b"+", payload)
 
     def _answer(self, ok: bool, payload: bytes) -> None:
         future = self.waiting.popleft()
@@ -188,16 +181,17 @@ def _envelope_from_bytes(data: bytes) -> Envelope:
 # -- the helper process ----------------------------------------------------------------------
 
 
-def _take_frames(buffer: bytearray) -> list[bytes]:
-    """The complete frames at the start of ``buffer``, removed from it."""
+def _take_frames(buffer: bytearray) -> list[tuple[bytes, bytes]]:
+    """The complete (tag, payload) frames at the start of ``buffer``, removed from it (both
+    ends read with this)."""
     frames = []
     pos = 0
-    while len(buffer) - pos >= _LENGTH.size:
-        (length,) = _LENGTH.unpack_from(buffer, pos)
-        start = pos + _LENGTH.size
+    while len(buffer) - pos >= _FRAME.size:
+        tag, length = _FRAME.unpack_from(buffer, pos)
+        start = pos + _FRAME.size
         if len(buffer) - start < length:
             break
-        frames.append(bytes(buffer[start : start + length]))
+        frames.append((tag, bytes(buffer[start : start + length])))
         pos = start + length
     del buffer[:pos]
     return frames
@@ -205,7 +199,7 @@ def _take_frames(buffer: bytearray) -> list[bytes]:
 
 def _failure(text: str) -> bytes:
     payload = text.encode("utf-8", "replace")
-    return _ANSWER.pack(b"-", len(payload)) + payload
+    return _FRAME.pack(b"-", len(payload)) + payload
 
 
 def write_batch(blobs: FsBlobStore, batch: list[bytes]) -> bytes:
@@ -214,7 +208,7 @@ def write_batch(blobs: FsBlobStore, batch: list[bytes]) -> bytes:
     for data in batch:
         try:
             payload = blobs.write(data).encode() + _envelope_to_bytes(parse_envelope_fields(data))
-            answers.append(_ANSWER.pack(b"+", len(payload)) + payload)
+            answers.append(_FRAME.pack(b"+", len(payload)) + payload)
         except Exception as exc:  # this file failed; the others of the batch go on
             answers.append(_failure(f"writing the message file: {exc}"))
     try:
@@ -233,7 +227,7 @@ def serve(root: Path, stdin: int = 0, stdout: int = 1) -> None:
     buffer = bytearray()
     while chunk := os.read(stdin, READ_SIZE):
         buffer += chunk
-        batch = _take_frames(buffer)
+        batch = [message for _tag, message in _take_frames(buffer)]
         if batch:
             answer = memoryview(write_batch(blobs, batch))
             while answer:

@@ -254,9 +254,7 @@ class SqliteStore(SqlStore):
                 values.append(op(db))
             conn.execute("COMMIT")  # the one fsync for the whole batch
         except Exception:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+            _roll_back(conn)
             return None
         return [(True, (value, db.touched)) for value, db in zip(values, dbs, strict=True)]
 
@@ -274,9 +272,7 @@ class SqliteStore(SqlStore):
                     raise sqlite3.OperationalError("transaction rolled back by SQLite")
             conn.execute("COMMIT")
         except Exception as exc:  # nothing of this batch was committed: every caller hears so
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+            _roll_back(conn)
             outcomes = [(False, exc)] * len(batch)
         return outcomes
 
@@ -309,6 +305,13 @@ class SqliteStore(SqlStore):
             return False, exc
         conn.execute("RELEASE op")
         return True, (value, db.touched)
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """Ends a failed batch's transaction, if SQLite has not already ended it."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def _settle(batch: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
