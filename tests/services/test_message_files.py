@@ -13,9 +13,12 @@ import pytest
 
 from mailstead.obs import EVENT_COUNTS
 from mailstead.services.message_files import (
+    _FRAME,
     MessageFileWriter,
     WriterStopped,
     _Helper,
+    _take_frames,
+    serve,
     write_batch,
 )
 from mailstead.store.blob_fs import FsBlobStore
@@ -116,3 +119,32 @@ async def test_the_helper_ends_with_its_input(tmp_path: Path) -> None:
     await writer.close()
     assert helper.exited.done() and helper.transport.get_returncode() == 0
     assert EVENT_COUNTS["blobs.writer_exited"] == exits  # an asked-for exit is no error
+
+
+def test_messages_waiting_together_share_one_flush(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper's loop, run here: 30 messages already in the pipe when it reads are written
+    and answered after one flush, every file in place when it runs."""
+    flushes: list[int] = []
+
+    def counting_flush(self: FsBlobStore) -> None:
+        flushes.append(len(list(self.iter_ids())))
+
+    monkeypatch.setattr(FsBlobStore, "flush", counting_flush)
+    to_helper, from_us = os.pipe()
+    to_us, from_helper = os.pipe()
+    datas = [MESSAGE + str(n).encode() for n in range(30)]
+    os.write(from_us, b"".join(_FRAME.pack(b"m", len(d)) + d for d in datas))
+    os.close(from_us)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        serve(tmp_path / "blobs", to_helper, from_helper)
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+        os.close(to_helper)
+        os.close(from_helper)
+    answers = bytearray(os.read(to_us, 1 << 20))
+    os.close(to_us)
+    assert flushes == [30]
+    assert [tag for tag, _ in _take_frames(answers)] == [b"+"] * 30
