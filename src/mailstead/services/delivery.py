@@ -106,7 +106,6 @@ def _fold(fields: list[str]) -> str:
 class DeliveryService:
     def __init__(self, store: MetadataStore, blobs: BlobStore, hostname: str) -> None:
         self.store = store
-        self.blobs = blobs
         self.hostname = hostname
         if not isinstance(blobs, FsBlobStore):
             raise TypeError("delivery writes message files: it needs an FsBlobStore")
