@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mailstead.core.errors import QuotaExceeded
 from mailstead.obs import EVENT_COUNTS
 from mailstead.services.message_files import (
     _FRAME,
@@ -22,6 +23,9 @@ from mailstead.services.message_files import (
     write_batch,
 )
 from mailstead.store.blob_fs import FsBlobStore
+from mailstead.store.changes import ChangeBus
+from mailstead.store.interfaces import Delivery, NewMessage
+from mailstead.store.sqlite import SqliteStore
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: bob@example.test\r\n"
            b"Subject: =?utf-8?q?caf=C3=A9?=\r\nDate: Mon, 1 Jan 2024 10:00:00 +0200\r\n"
@@ -64,12 +68,12 @@ def test_a_failed_file_fails_alone_and_a_failed_flush_fails_its_batch(tmp_path: 
             self.unread = bytearray()
             self.got: list[tuple[bool, bytes]] = []
 
-        def _answer(self, ok: bool, payload: bytes) -> None:
-            self.got.append((ok, payload))
+        def _answer(self, tag: bytes, payload: bytes) -> None:
+            self.got.append((tag == b"+", payload))
 
     def answers(batch: list[bytes]) -> list[tuple[bool, bytes]]:
         reader = Answers()
-        data = write_batch(blobs, batch)
+        data = write_batch(blobs, [(b"m", message) for message in batch])
         for n in range(0, len(data), 7):  # answers split anywhere by the pipe
             reader.pipe_data_received(1, data[n : n + 7])
         return reader.got
@@ -148,3 +152,44 @@ def test_messages_waiting_together_share_one_flush(tmp_path: Path,
     os.close(to_us)
     assert flushes == [30]
     assert [tag for tag, _ in _take_frames(answers)] == [b"+"] * 30
+
+
+async def test_deliveries_commit_their_rows_after_the_flush_and_a_refused_one_fails_alone(
+        tmp_path: Path) -> None:
+    """With a SQLite store the helper commits the rows too: every message of the batch lands
+    with its file in place, and the one over its quota is refused with QuotaExceeded."""
+    store = SqliteStore(tmp_path / "meta.db", ChangeBus())
+    await store.open()
+    writer = MessageFileWriter(tmp_path / "blobs", store.path)
+    try:
+        await store.add_domain("example.test")
+        alice = await store.add_account("alice@example.test", "x")
+        bob = await store.add_account("bob@example.test", "x", quota_messages=1)
+        boxes = [await store.get_mailbox(a.id, "INBOX") for a in (alice, bob)]
+        alice_inbox, bob_inbox = (box.id for box in boxes if box is not None)
+        now = datetime.now(UTC)
+
+        def to(mailbox_id: int, data: bytes) -> list[Delivery]:
+            return [Delivery(mailbox_id, NewMessage(blob_id="", size=len(data),
+                                                    internal_date=now))]
+
+        datas = [MESSAGE + str(n).encode() for n in range(6)]
+        outcomes = await asyncio.gather(
+            *(writer.deliver(d, to(alice_inbox, d), None) for d in datas[:4]),
+            writer.deliver(datas[4], to(bob_inbox, datas[4]), None),
+            writer.deliver(datas[5], to(bob_inbox, datas[5]), None),  # bob's second: over quota
+            return_exceptions=True)
+        assert isinstance(outcomes[5], QuotaExceeded)
+        delivered = [o for o in outcomes[:5] if not isinstance(o, BaseException)]
+        assert len(delivered) == 5
+        blobs = FsBlobStore(tmp_path / "blobs")
+        for (blob_id, stored, touched), data in zip(delivered, datas, strict=False):
+            assert blobs.get(blob_id) == data
+            assert stored[0].blob_id == blob_id and stored[0].envelope.subject == "café"
+            assert touched == {stored[0].mailbox_id}
+        assert [m.uid for m in await store.get_messages(alice_inbox)] == [1, 2, 3, 4]
+        assert len(await store.get_messages(bob_inbox)) == 1
+        assert await store.quota_usage(bob.id) == (len(datas[4]), 1)
+    finally:
+        await writer.close()
+        await store.close()

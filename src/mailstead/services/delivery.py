@@ -16,7 +16,7 @@ import asyncio
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Protocol
@@ -35,6 +35,7 @@ from mailstead.store.interfaces import (
     QueueEntry,
     QueueRecipient,
 )
+from mailstead.store.sqlite import SqliteStore
 
 
 class TrustHooks(Protocol):
@@ -110,8 +111,11 @@ class DeliveryService:
         if not isinstance(blobs, FsBlobStore):
             raise TypeError("delivery writes message files: it needs an FsBlobStore")
         # Message files of all sessions are written and parsed by a helper process in
-        # batches, one flush each (why a process: services/message_files.py).
-        self._files = MessageFileWriter(blobs.root)
+        # batches, one flush each (why a process: services/message_files.py). With SQLite it
+        # commits their rows too, after the flush.
+        self._sqlite = store if isinstance(store, SqliteStore) else None
+        self._files = MessageFileWriter(blobs.root,
+                                        None if self._sqlite is None else self._sqlite.path)
         # INBOX mailbox id per account. An account's INBOX row lives as long as the account
         # (it cannot be deleted; RENAME INBOX moves messages, RFC 9051 6.3.6), and the key
         # holds the creation time, so a re-created account never meets an old entry.
@@ -181,6 +185,20 @@ class DeliveryService:
         return [box.id if box is not None else inbox for box, inbox in zip(boxes, inboxes,
                                                                          strict=True)]
 
+    async def _store(self, data: bytes, deliveries: list[Delivery], entry: QueueEntry | None
+                     ) -> tuple[str, list[MessageMeta]]:
+        """The file, then the rows naming it: in one request to the helper with SQLite,
+        else the file from the helper and the rows from the store."""
+        if self._sqlite is not None:
+            blob_id, stored, touched = await self._files.deliver(data, deliveries, entry)
+            self._sqlite.changes.publish(touched)  # as the store does after its commits
+            return blob_id, stored
+        blob_id, fields = await self.store_blob(data)
+        filled = [Delivery(d.mailbox_id, replace(d.message, blob_id=blob_id, envelope=fields))
+                  for d in deliveries]
+        queued = None if entry is None else replace(entry, blob_id=blob_id)
+        return blob_id, await self.store.store_message(filled, queued)
+
     async def deliver(
         self, envelope: InboundEnvelope, message: bytes, keywords: frozenset[str] = frozenset(),
         *, junk: bool = False, auth_results: bytes = b"",
@@ -203,16 +221,13 @@ class DeliveryService:
                 message = await self.trust.seal_forwarded(message, auth_results)
         data = self.trace_fields(envelope, queue_id, now, local=bool(accounts)) + \
             auth_results + message
-        known = None if junk else self._known_inbox_ids(accounts)
-        if known is not None:  # the usual case: no lookup to overlap, so no tasks for one
-            (blob_id, fields), inbox_ids = await self.store_blob(data), known
+        if junk:
+            inbox_ids = await self._junk_ids(accounts)
         else:
-            # The file is written while the mailboxes are looked up; rows come only after both.
-            (blob_id, fields), inbox_ids = await asyncio.gather(
-                self.store_blob(data),
-                self._junk_ids(accounts) if junk else self._inbox_ids(accounts))
-        new = NewMessage(blob_id=blob_id, size=len(data), internal_date=now, keywords=keywords,
-                         envelope=fields)
+            known = self._known_inbox_ids(accounts)
+            inbox_ids = known if known is not None else await self._inbox_ids(accounts)
+        # Blob id and envelope are filled in once the file is written.
+        new = NewMessage(blob_id="", size=len(data), internal_date=now, keywords=keywords)
         deliveries = [Delivery(inbox_id, new) for inbox_id in inbox_ids]
         entry = None
         if remote:
@@ -220,7 +235,7 @@ class DeliveryService:
                 id=queue_id,
                 sender=envelope.sender,
                 recipients=remote,
-                blob_id=blob_id,
+                blob_id="",
                 size=len(data),
                 created=now,
                 next_attempt=now,
@@ -232,7 +247,7 @@ class DeliveryService:
                 body_8bit=envelope.body != "7BIT",
             )
         try:
-            stored = await self.store.store_message(deliveries, entry)
+            blob_id, stored = await self._store(data, deliveries, entry)
         except NotFound:
             for account in accounts:  # an account went away since RCPT: look INBOXes up afresh
                 self._inboxes.pop((account.id, account.created), None)

@@ -8,6 +8,10 @@ operation inside its own SAVEPOINT, so the failing one rolls back alone. With WA
 ``synchronous=FULL`` that COMMIT fsyncs the log, so one fsync covers the whole batch. Futures
 resolve only after COMMIT returned: that is where the durability contract of interfaces.py is kept.
 
+The rows of delivered mail have a second writer: the message file helper process commits them
+on its own connection right after flushing their files (services/message_files.py says why).
+SQLite's write lock takes the two in turn (BEGIN IMMEDIATE waits up to the busy timeout).
+
 Reads run on a few reader connections in threads; WAL lets them proceed while the writer writes,
 and each read is one transaction, so it sees a consistent snapshot. WAL checkpoints (copying the
 log into the database file, with its own fsyncs) run in a separate thread, so they never hold up
@@ -75,7 +79,7 @@ def _translate(exc: sqlite3.IntegrityError) -> Exception:
     return exc
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -141,7 +145,7 @@ class SqliteStore(SqlStore):
         self._checkpointer.start()
 
     def _open_writer(self) -> sqlite3.Connection:
-        conn = _connect(self.path)
+        conn = connect(self.path)
         try:
             # BEGIN IMMEDIATE takes the write lock: two processes opening at once migrate in turn.
             conn.execute("BEGIN IMMEDIATE")
@@ -186,7 +190,7 @@ class SqliteStore(SqlStore):
     def _read_in_thread(self, op: Callable[[Db], T]) -> T:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _connect(self.path)
+            conn = connect(self.path)
             self._local.conn = conn
             with self._lock:
                 self._reader_conns.append(conn)
@@ -234,51 +238,11 @@ class SqliteStore(SqlStore):
             conn.close()
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes = self._commit_all_or_none(conn, batch)
-        if outcomes is None:  # one operation failed: run them again, each in its SAVEPOINT
-            outcomes = self._commit_each_alone(conn, batch)
-        _settle(batch, outcomes)
-
-    @staticmethod
-    def _commit_all_or_none(
-        conn: sqlite3.Connection, batch: list[_Job]
-    ) -> list[tuple[bool, Any]] | None:
-        """The usual case, every operation succeeding, without a SAVEPOINT each: two statements
-        less per operation, and each statement is a hand-over of the interpreter lock between
-        this thread and the event loop. None (all rolled back) when one of them raised."""
-        dbs = [SqliteDb(conn) for _ in batch]
-        values = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for (op, _future), db in zip(batch, dbs, strict=True):
-                values.append(op(db))
-            conn.execute("COMMIT")  # the one fsync for the whole batch
-        except Exception:
-            _roll_back(conn)
-            return None
-        return [(True, (value, db.touched)) for value, db in zip(values, dbs, strict=True)]
-
-    def _commit_each_alone(
-        self, conn: sqlite3.Connection, batch: list[_Job]
-    ) -> list[tuple[bool, Any]]:
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op, _future in batch:
-                outcomes.append(self._run_one(conn, op))
-                if not conn.in_transaction:
-                    # SQLite rolled the whole transaction back (disk full, I/O error): the
-                    # operations that "succeeded" before this one are gone too.
-                    raise sqlite3.OperationalError("transaction rolled back by SQLite")
-            conn.execute("COMMIT")
-        except Exception as exc:  # nothing of this batch was committed: every caller hears so
-            _roll_back(conn)
-            outcomes = [(False, exc)] * len(batch)
-        return outcomes
+        _settle(batch, commit_batch(conn, [op for op, _future in batch]))
 
     def _checkpoint_loop(self) -> None:
         """PASSIVE checkpoints: copy what readers no longer need, never blocking the writer."""
-        conn = _connect(self.path)
+        conn = connect(self.path)
         try:
             while not self._closing.is_set():
                 self._checkpoint_now.wait(CHECKPOINT_INTERVAL)
@@ -292,19 +256,68 @@ class SqliteStore(SqlStore):
         finally:
             conn.close()
 
-    @staticmethod
-    def _run_one(conn: sqlite3.Connection, op: Callable[[Db], Any]) -> tuple[bool, Any]:
-        db = SqliteDb(conn)
-        conn.execute("SAVEPOINT op")
-        try:
-            value = op(db)
-        except Exception as exc:
-            if conn.in_transaction:  # else the batch is lost; _commit_batch sees to it
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-            return False, exc
-        conn.execute("RELEASE op")
-        return True, (value, db.touched)
+
+Outcome = tuple[bool, Any]  # (True, (value, touched mailbox ids)) or (False, the exception)
+
+
+def commit_batch(conn: sqlite3.Connection, ops: Sequence[Callable[[Db], Any]]) -> list[Outcome]:
+    """Runs ``ops`` in one transaction with one COMMIT (the group commit); when one of them
+    fails, runs them again each in its SAVEPOINT, so the failing one rolls back alone. Also
+    used by the message file helper for the rows of the deliveries it writes."""
+    outcomes = _commit_all_or_none(conn, ops)
+    if outcomes is None:
+        outcomes = _commit_each_alone(conn, ops)
+    return outcomes
+
+
+def _commit_all_or_none(conn: sqlite3.Connection, ops: Sequence[Callable[[Db], Any]]
+                        ) -> list[Outcome] | None:
+    """The usual case, every operation succeeding, without a SAVEPOINT each: two statements
+    less per operation, and each statement is a hand-over of the interpreter lock between
+    this thread and the event loop. None (all rolled back) when one of them raised."""
+    dbs = [SqliteDb(conn) for _ in ops]
+    values = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for op, db in zip(ops, dbs, strict=True):
+            values.append(op(db))
+        conn.execute("COMMIT")  # the one fsync for the whole batch
+    except Exception:
+        _roll_back(conn)
+        return None
+    return [(True, (value, db.touched)) for value, db in zip(values, dbs, strict=True)]
+
+
+def _commit_each_alone(conn: sqlite3.Connection, ops: Sequence[Callable[[Db], Any]]
+                       ) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for op in ops:
+            outcomes.append(_run_one(conn, op))
+            if not conn.in_transaction:
+                # SQLite rolled the whole transaction back (disk full, I/O error): the
+                # operations that "succeeded" before this one are gone too.
+                raise sqlite3.OperationalError("transaction rolled back by SQLite")
+        conn.execute("COMMIT")
+    except Exception as exc:  # nothing of this batch was committed: every caller hears so
+        _roll_back(conn)
+        outcomes = [(False, exc)] * len(ops)
+    return outcomes
+
+
+def _run_one(conn: sqlite3.Connection, op: Callable[[Db], Any]) -> Outcome:
+    db = SqliteDb(conn)
+    conn.execute("SAVEPOINT op")
+    try:
+        value = op(db)
+    except Exception as exc:
+        if conn.in_transaction:  # else the batch is lost; _commit_each_alone sees to it
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+        return False, exc
+    conn.execute("RELEASE op")
+    return True, (value, db.touched)
 
 
 def _roll_back(conn: sqlite3.Connection) -> None:
@@ -314,7 +327,7 @@ def _roll_back(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
-def _settle(batch: list[_Job], outcomes: list[tuple[bool, Any]]) -> None:
+def _settle(batch: list[_Job], outcomes: list[Outcome]) -> None:
     """Hands the outcomes to the waiting coroutines, one wake-up per event loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
     for (_op, future), (ok, value) in zip(batch, outcomes, strict=True):
