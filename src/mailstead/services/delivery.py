@@ -160,23 +160,20 @@ class DeliveryService:
         """Writes a message file durably and parses its envelope fields (in the helper)."""
         return await self._files.submit(data)
 
-    def _known_inbox_ids(self, accounts: Sequence[Account]) -> list[int] | None:
-        """The INBOX ids when every one is cached, else None."""
-        try:
-            return [self._inboxes[a.id, a.created] for a in accounts]
-        except KeyError:
-            return None
-
     async def _inbox_ids(self, accounts: Sequence[Account]) -> list[int]:
-        missing = [a for a in accounts if (a.id, a.created) not in self._inboxes]
-        boxes = await asyncio.gather(*(self.store.get_mailbox(a.id, "INBOX") for a in missing))
-        if len(self._inboxes) > 100_000:
-            self._inboxes.clear()  # entries of deleted accounts are never hit again
-        for account, box in zip(missing, boxes, strict=True):
-            if box is None:
-                raise LookupError(f"account {account.address} has no INBOX")
-            self._inboxes[account.id, account.created] = box.id
-        return [self._inboxes[a.id, a.created] for a in accounts]
+        cache = self._inboxes
+        if len(cache) > 100_000:
+            cache.clear()  # entries of deleted accounts are never hit again
+        ids = {a.id: cache[a.id, a.created] for a in accounts if (a.id, a.created) in cache}
+        missing = [a for a in accounts if a.id not in ids]
+        if missing:  # else no lookup, and no tasks for one: the usual case
+            boxes = await asyncio.gather(*(self.store.get_mailbox(a.id, "INBOX")
+                                           for a in missing))
+            for account, box in zip(missing, boxes, strict=True):
+                if box is None:
+                    raise LookupError(f"account {account.address} has no INBOX")
+                ids[account.id] = cache[account.id, account.created] = box.id
+        return [ids[a.id] for a in accounts]
 
     async def _junk_ids(self, accounts: Sequence[Account]) -> list[int]:
         """Each account's Junk mailbox (INBOX when it has none): DMARC quarantine."""
@@ -221,11 +218,7 @@ class DeliveryService:
                 message = await self.trust.seal_forwarded(message, auth_results)
         data = self.trace_fields(envelope, queue_id, now, local=bool(accounts)) + \
             auth_results + message
-        if junk:
-            inbox_ids = await self._junk_ids(accounts)
-        else:
-            known = self._known_inbox_ids(accounts)
-            inbox_ids = known if known is not None else await self._inbox_ids(accounts)
+        inbox_ids = await (self._junk_ids(accounts) if junk else self._inbox_ids(accounts))
         # Blob id and envelope are filled in once the file is written.
         new = NewMessage(blob_id="", size=len(data), internal_date=now, keywords=keywords)
         deliveries = [Delivery(inbox_id, new) for inbox_id in inbox_ids]
