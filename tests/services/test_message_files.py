@@ -24,7 +24,7 @@ from mailstead.services.message_files import (
 )
 from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.changes import ChangeBus
-from mailstead.store.interfaces import Delivery, NewMessage
+from mailstead.store.interfaces import Delivery, NewMessage, SystemFlag
 from mailstead.store.sqlite import SqliteStore
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: bob@example.test\r\n"
@@ -190,6 +190,37 @@ async def test_deliveries_commit_their_rows_after_the_flush_and_a_refused_one_fa
         assert [m.uid for m in await store.get_messages(alice_inbox)] == [1, 2, 3, 4]
         assert len(await store.get_messages(bob_inbox)) == 1
         assert await store.quota_usage(bob.id) == (len(datas[4]), 1)
+    finally:
+        await writer.close()
+        await store.close()
+
+
+async def test_the_helper_and_the_store_writer_take_turns(tmp_path: Path) -> None:
+    """The helper's connection is a second writer beside the store's own: deliveries and flag
+    changes made at the same time all commit, none refused as locked."""
+    store = SqliteStore(tmp_path / "meta.db", ChangeBus())
+    await store.open()
+    writer = MessageFileWriter(tmp_path / "blobs", store.path)
+    try:
+        await store.add_domain("example.test")
+        alice = await store.add_account("alice@example.test", "x")
+        inbox = await store.get_mailbox(alice.id, "INBOX")
+        assert inbox is not None
+        now = datetime.now(UTC)
+
+        async def deliver(n: int) -> None:
+            data = MESSAGE + str(n).encode()
+            await writer.deliver(data, [Delivery(inbox.id, NewMessage(
+                blob_id="", size=len(data), internal_date=now))], None)
+
+        await asyncio.gather(*(deliver(n) for n in range(20)))
+        await asyncio.gather(
+            *(deliver(n) for n in range(20, 60)),
+            *(store.update_flags(inbox.id, [uid], "add", SystemFlag.SEEN)
+              for uid in range(1, 21)))
+        messages = await store.get_messages(inbox.id)
+        assert [m.uid for m in messages] == list(range(1, 61))
+        assert [m.uid for m in messages if m.flags & SystemFlag.SEEN] == list(range(1, 21))
     finally:
         await writer.close()
         await store.close()
