@@ -33,7 +33,7 @@ closes the pipe: the helper finishes the batch in hand and exits. Files written 
 nobody acknowledged are unreferenced, and the sweeper removes them like any other. Rows the
 helper commits for such a message (SQLite) deliver it although its client never heard 250;
 the client sends it again, and the recipient may get it twice: a duplicate, never a loss
-(RFC 5321 6.1 accepts this for a reply lost on the way).
+(the case of a 250 lost on the way, RFC 1047).
 """
 
 from __future__ import annotations
