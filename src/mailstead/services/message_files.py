@@ -13,8 +13,9 @@ once the batch's files are flushed, one transaction adds every message row and q
 the batch, and its fsync'd COMMIT is the batch's second and last wait. Files are durable before
 any row naming them commits, as with the store's own writer, and the rows skip a round trip
 through the event loop and the writer thread, whose every statement waits for the interpreter
-lock (bench/smtp_ingest.py: 17% more messages per second, median of five A/B pairs). The helper's connection is a
-second writer beside the store's thread; SQLite's lock takes them in turn.
+lock (bench/smtp_ingest.py: 17% more messages per second, median of five A/B pairs). The
+helper's connection is a second writer beside the store's thread; SQLite's lock takes them in
+turn.
 
 Both pipes carry the same frames: a tag byte, a 4-byte big-endian length, then the payload.
 To the helper: ``m`` and the message, or ``d`` and a pickle of (message, deliveries, queue
