@@ -4,8 +4,9 @@ the flags of a 100,000-message mailbox, on SQLite and/or PostgreSQL.
     .venv/bin/python bench/store.py [--backend sqlite|postgresql|both] [--messages N]
 
 Deliveries are what SMTP does before its 250: write the blob (fsync'd) and commit the rows
-(fsync'd; with SQLite both in the message file helper, as the delivery service does), here from ``--writers`` concurrent tasks, twice: into a new store, then again into
-the same store. The big mailbox is filled through the public API (store_message calls of
+(fsync'd; with SQLite both in the message file helper, as the delivery service does), here
+from ``--writers`` concurrent tasks, twice: into a new store, then again into the same store.
+The big mailbox is filled through the public API (store_message calls of
 many deliveries each), then ``list_flags`` is timed several times.
 Targets on a 2-core machine: >= 2,000 deliveries/s on SQLite, list_flags(100,000) < 0.2 s.
 """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -154,73 +155,74 @@ def test_messages_waiting_together_share_one_flush(tmp_path: Path,
     assert [tag for tag, _ in _take_frames(answers)] == [b"+"] * 30
 
 
+@pytest.fixture
+async def with_rows(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, MessageFileWriter]]:
+    """A SQLite store (domain example.test) and a writer whose helper commits its rows."""
+    store = SqliteStore(tmp_path / "meta.db", ChangeBus())
+    await store.open()
+    writer = MessageFileWriter(tmp_path / "blobs", store.path)
+    try:
+        await store.add_domain("example.test")
+        yield store, writer
+    finally:
+        await writer.close()
+        await store.close()
+
+
 async def test_deliveries_commit_their_rows_after_the_flush_and_a_refused_one_fails_alone(
-        tmp_path: Path) -> None:
+        tmp_path: Path, with_rows: tuple[SqliteStore, MessageFileWriter]) -> None:
     """With a SQLite store the helper commits the rows too: every message of the batch lands
     with its file in place, and the one over its quota is refused with QuotaExceeded."""
-    store = SqliteStore(tmp_path / "meta.db", ChangeBus())
-    await store.open()
-    writer = MessageFileWriter(tmp_path / "blobs", store.path)
-    try:
-        await store.add_domain("example.test")
-        alice = await store.add_account("alice@example.test", "x")
-        bob = await store.add_account("bob@example.test", "x", quota_messages=1)
-        boxes = [await store.get_mailbox(a.id, "INBOX") for a in (alice, bob)]
-        alice_inbox, bob_inbox = (box.id for box in boxes if box is not None)
-        now = datetime.now(UTC)
+    store, writer = with_rows
+    alice = await store.add_account("alice@example.test", "x")
+    bob = await store.add_account("bob@example.test", "x", quota_messages=1)
+    boxes = [await store.get_mailbox(a.id, "INBOX") for a in (alice, bob)]
+    alice_inbox, bob_inbox = (box.id for box in boxes if box is not None)
+    now = datetime.now(UTC)
 
-        def to(mailbox_id: int, data: bytes) -> list[Delivery]:
-            return [Delivery(mailbox_id, NewMessage(blob_id="", size=len(data),
-                                                    internal_date=now))]
+    def to(mailbox_id: int, data: bytes) -> list[Delivery]:
+        return [Delivery(mailbox_id, NewMessage(blob_id="", size=len(data),
+                                                internal_date=now))]
 
-        datas = [MESSAGE + str(n).encode() for n in range(6)]
-        outcomes = await asyncio.gather(
-            *(writer.deliver(d, to(alice_inbox, d), None) for d in datas[:4]),
-            writer.deliver(datas[4], to(bob_inbox, datas[4]), None),
-            writer.deliver(datas[5], to(bob_inbox, datas[5]), None),  # bob's second: over quota
-            return_exceptions=True)
-        assert isinstance(outcomes[5], QuotaExceeded)
-        delivered = [o for o in outcomes[:5] if not isinstance(o, BaseException)]
-        assert len(delivered) == 5
-        blobs = FsBlobStore(tmp_path / "blobs")
-        for (blob_id, stored, touched), data in zip(delivered, datas, strict=False):
-            assert blobs.get(blob_id) == data
-            assert stored[0].blob_id == blob_id and stored[0].envelope.subject == "café"
-            assert touched == {stored[0].mailbox_id}
-        assert [m.uid for m in await store.get_messages(alice_inbox)] == [1, 2, 3, 4]
-        assert len(await store.get_messages(bob_inbox)) == 1
-        assert await store.quota_usage(bob.id) == (len(datas[4]), 1)
-    finally:
-        await writer.close()
-        await store.close()
+    datas = [MESSAGE + str(n).encode() for n in range(6)]
+    outcomes = await asyncio.gather(
+        *(writer.deliver(d, to(alice_inbox, d), None) for d in datas[:4]),
+        writer.deliver(datas[4], to(bob_inbox, datas[4]), None),
+        writer.deliver(datas[5], to(bob_inbox, datas[5]), None),  # bob's second: over quota
+        return_exceptions=True)
+    assert isinstance(outcomes[5], QuotaExceeded)
+    delivered = [o for o in outcomes[:5] if not isinstance(o, BaseException)]
+    assert len(delivered) == 5
+    blobs = FsBlobStore(tmp_path / "blobs")
+    for (blob_id, stored, touched), data in zip(delivered, datas, strict=False):
+        assert blobs.get(blob_id) == data
+        assert stored[0].blob_id == blob_id and stored[0].envelope.subject == "café"
+        assert touched == {stored[0].mailbox_id}
+    assert [m.uid for m in await store.get_messages(alice_inbox)] == [1, 2, 3, 4]
+    assert len(await store.get_messages(bob_inbox)) == 1
+    assert await store.quota_usage(bob.id) == (len(datas[4]), 1)
 
 
-async def test_the_helper_and_the_store_writer_take_turns(tmp_path: Path) -> None:
+async def test_the_helper_and_the_store_writer_take_turns(
+        with_rows: tuple[SqliteStore, MessageFileWriter]) -> None:
     """The helper's connection is a second writer beside the store's own: deliveries and flag
     changes made at the same time all commit, none refused as locked."""
-    store = SqliteStore(tmp_path / "meta.db", ChangeBus())
-    await store.open()
-    writer = MessageFileWriter(tmp_path / "blobs", store.path)
-    try:
-        await store.add_domain("example.test")
-        alice = await store.add_account("alice@example.test", "x")
-        inbox = await store.get_mailbox(alice.id, "INBOX")
-        assert inbox is not None
-        now = datetime.now(UTC)
+    store, writer = with_rows
+    alice = await store.add_account("alice@example.test", "x")
+    inbox = await store.get_mailbox(alice.id, "INBOX")
+    assert inbox is not None
+    now = datetime.now(UTC)
 
-        async def deliver(n: int) -> None:
-            data = MESSAGE + str(n).encode()
-            await writer.deliver(data, [Delivery(inbox.id, NewMessage(
-                blob_id="", size=len(data), internal_date=now))], None)
+    async def deliver(n: int) -> None:
+        data = MESSAGE + str(n).encode()
+        await writer.deliver(data, [Delivery(inbox.id, NewMessage(
+            blob_id="", size=len(data), internal_date=now))], None)
 
-        await asyncio.gather(*(deliver(n) for n in range(20)))
-        await asyncio.gather(
-            *(deliver(n) for n in range(20, 60)),
-            *(store.update_flags(inbox.id, [uid], "add", SystemFlag.SEEN)
-              for uid in range(1, 21)))
-        messages = await store.get_messages(inbox.id)
-        assert [m.uid for m in messages] == list(range(1, 61))
-        assert [m.uid for m in messages if m.flags & SystemFlag.SEEN] == list(range(1, 21))
-    finally:
-        await writer.close()
-        await store.close()
+    await asyncio.gather(*(deliver(n) for n in range(20)))
+    await asyncio.gather(
+        *(deliver(n) for n in range(20, 60)),
+        *(store.update_flags(inbox.id, [uid], "add", SystemFlag.SEEN)
+          for uid in range(1, 21)))
+    messages = await store.get_messages(inbox.id)
+    assert [m.uid for m in messages] == list(range(1, 61))
+    assert [m.uid for m in messages if m.flags & SystemFlag.SEEN] == list(range(1, 21))
