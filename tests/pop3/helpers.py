@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mailstead.store.interfaces import Delivery, NewMessage, SystemFlag
-from tests.conftest import RunningServer
+from tests.conftest import DOMAIN, RunningServer
 
 
 def message(subject: str, body: str = "Hello.\r\n", sender: str = "carol@example.org") -> bytes:
@@ -56,10 +56,18 @@ def blob_path(server: RunningServer, raw: bytes) -> Path:
     return root / blob_id[:2] / f"{blob_id}.eml"
 
 
-def wait_until_unlocked(server: RunningServer, limit: float = 30) -> None:
-    """Waits for the server to notice a dropped POP3 connection and release its lock."""
+def wait_until_unlocked(server: RunningServer, address: str = f"alice@{DOMAIN}",
+                        limit: float = 30) -> None:
+    """Waits for the server to notice a dropped POP3 connection and give the maildrop lock
+    of ``address`` back (the store's lock, as another node would find it)."""
+    store = server.services.store
+    account = server.run(store.get_account(address))
+    assert account is not None
+    box = server.run(store.get_mailbox(account.id, "INBOX"))
+    assert box is not None
     deadline = time.monotonic() + limit
-    while server.services.extra.get("pop3_locks"):
+    while not server.run(store.lock_maildrop(box.id, "test probe", 0)):
         if time.monotonic() > deadline:
             raise AssertionError("the POP3 lock was never released")
         time.sleep(0.02)
+    server.run(store.unlock_maildrop(box.id, "test probe"))

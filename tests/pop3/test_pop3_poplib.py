@@ -8,6 +8,7 @@ import poplib
 import socket
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -172,13 +173,19 @@ def test_uidl_stable_across_restart(make_server: Callable[..., RunningServer]) -
     assert after == before and len(after) == 2
 
 
+def refused_in_use(server: RunningServer) -> poplib.POP3:
+    """A client whose login as Alice got [IN-USE] (RFC 2449), still connected."""
+    client = stls_client(server, login=False)
+    client.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"-ERR \[IN-USE\]"):
+        client.pass_(PASSWORD)
+    return client
+
+
 def test_second_session_gets_in_use(mail_server: RunningServer) -> None:
     deliver(mail_server, ALICE, message("locked"))
     first = stls_client(mail_server)
-    second = stls_client(mail_server, login=False)
-    second.user(ALICE)
-    with pytest.raises(poplib.error_proto, match=r"-ERR \[IN-USE\]"):
-        second.pass_(PASSWORD)
+    second = refused_in_use(mail_server)
     # Another user's maildrop is not affected.
     other = stls_client(mail_server, user="bob@example.test")
     other.quit()
@@ -186,6 +193,26 @@ def test_second_session_gets_in_use(mail_server: RunningServer) -> None:
     second.user(ALICE)
     assert second.pass_(PASSWORD).startswith(b"+OK")
     second.quit()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_maildrop_lock_holds_across_nodes(
+    make_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """Two nodes sharing PostgreSQL (and the message files): a POP3 session on one locks the
+    maildrop for the other as well, until its QUIT."""
+    shared = {"blob_dir": str(tmp_path / "blobs")}
+    first = make_server(store=shared)
+    second = make_server(data_dir=tmp_path / "second", store=shared, tls={
+        "cert": str(first.cert_file), "key": str(first.cfg.path(first.cfg.tls.key))})
+    deliver(first, ALICE, message("shared"))
+    holder = stls_client(first)
+    other = refused_in_use(second)
+    holder.quit()
+    other.user(ALICE)
+    assert other.pass_(PASSWORD).startswith(b"+OK")
+    assert other.stat()[0] == 1
+    other.quit()
 
 
 def test_dropped_connection_deletes_nothing(mail_server: RunningServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -205,6 +206,23 @@ async def test_subscriptions_are_names_that_outlive_their_mailbox(store: Metadat
     names = await store.list_subscriptions(a.id)
     assert "Job/Plans" in names and "Job" not in names and not any(
         n.startswith("Work") for n in names)
+
+
+async def test_maildrop_locks_are_leases_with_one_holder(store: MetadataStore) -> None:
+    """The POP3 lock: one owner at a time, renewable by its holder, free again when given back
+    or when its lease has run out; a given-back lock of another owner stays."""
+    a = await make_account(store)
+    box = await inbox(store, a)
+    assert await store.lock_maildrop(box.id, "node-a:1", 60)
+    assert not await store.lock_maildrop(box.id, "node-b:1", 60)
+    assert await store.lock_maildrop(box.id, "node-a:1", 60)  # renewed by its holder
+    await store.unlock_maildrop(box.id, "node-b:1")  # not b's: nothing happens
+    assert not await store.lock_maildrop(box.id, "node-b:1", 60)
+    await store.unlock_maildrop(box.id, "node-a:1")
+    assert await store.lock_maildrop(box.id, "node-b:1", 0.05)
+    assert not await store.lock_maildrop(box.id, "node-a:1", 60)
+    await asyncio.sleep(0.1)  # b's lease runs out: its node died without unlocking
+    assert await store.lock_maildrop(box.id, "node-a:1", 60)
 
 
 async def test_recreated_mailbox_gets_new_uidvalidity(store: MetadataStore) -> None:

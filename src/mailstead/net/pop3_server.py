@@ -4,9 +4,10 @@ of the same store IMAP uses.
 - The maildrop is a snapshot of INBOX taken at login (RFC 1939 section 8: messages arriving
   later show up in the next session). UIDL is ``<uidvalidity>.<uid>``: stable across
   sessions and restarts, and never reused for another message.
-- One POP3 session per mailbox at a time: the lock registry lives in ``services.extra`` so
-  the pop3 and pop3s listeners of a process share it. (Several nodes on PostgreSQL each have
-  their own registry: the lock is per node.)
+- One POP3 session per mailbox at a time, across every listener and every node sharing the
+  store: the lock is a lease in the store (``lock_maildrop``), renewed while the session
+  lives and given back when it ends; a node that dies without giving it back frees it when
+  the lease runs out.
 - Deletions reach the store only at QUIT (UPDATE state), as one ``expunge``: IMAP sessions
   then see the messages gone. Retrieved messages are marked \\Seen at the same time.
 """
@@ -14,6 +15,7 @@ of the same store IMAP uses.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,13 +38,7 @@ from mailstead.store.interfaces import MessageMeta, SystemFlag
 if TYPE_CHECKING:
     from mailstead.app import Services
 
-LOCKS_KEY = "pop3_locks"
-
-
-def _locks(services: Services) -> set[int]:
-    """Mailbox ids that have a POP3 session in this process."""
-    locks: set[int] = services.extra.setdefault(LOCKS_KEY, set())
-    return locks
+LOCK_LEASE = 60.0  # seconds a maildrop lock lasts unless renewed (every third of that)
 
 
 class StoreMaildrop:
@@ -50,14 +46,18 @@ class StoreMaildrop:
 
     def __init__(
         self, services: Services, mailbox_id: int, uidvalidity: int, rows: Sequence[MessageMeta],
-        session_id: str,
+        session_id: str, owner: str,
     ) -> None:
         self.services = services
         self.mailbox_id = mailbox_id
         self.rows = list(rows)
         self.session_id = session_id
+        self.owner = owner  # of the maildrop lock, taken before this was made
         self._messages = [Pop3Message(f"{uidvalidity}.{row.uid}", row.size) for row in rows]
         self._locked = True
+        self._lost = False  # the lease ran out and someone else may hold the lock now
+        self._renewer = asyncio.ensure_future(self._renew())
+        self._unlocking: asyncio.Future[None] | None = None
 
     @property
     def messages(self) -> Sequence[Pop3Message]:
@@ -77,7 +77,25 @@ class StoreMaildrop:
         except (NotFound, OSError):
             raise Refused(None, f"message {index + 1} is no longer available") from None
 
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(LOCK_LEASE / 3)
+            try:
+                held = await self.services.store.lock_maildrop(self.mailbox_id, self.owner,
+                                                               LOCK_LEASE)
+            except Exception as exc:  # the store is away for now: try again at the next turn
+                log_event("pop3.lock_renew_failed", session=self.session_id, error=str(exc))
+                continue
+            if not held:
+                self._lost = True
+                log_event("pop3.lock_lost", session=self.session_id, mailbox=self.mailbox_id)
+                return
+
     async def commit(self, deleted: Sequence[int], retrieved: Sequence[int]) -> int:
+        if self._lost:
+            # Another session may have the maildrop now: deleting from a stale snapshot could
+            # remove what that one is showing.
+            raise Refused("SYS/TEMP", "the maildrop lock was lost")
         store = self.services.store
         gone = {self.rows[i].uid for i in deleted}
         seen = [self.rows[i].uid for i in retrieved if self.rows[i].uid not in gone]
@@ -90,18 +108,34 @@ class StoreMaildrop:
             raise Refused("SYS/TEMP", "could not update the mailbox") from None
         log_event("pop3.update", session=self.session_id, mailbox=self.mailbox_id,
                   deleted=len(removed), seen=len(seen))
+        await self._unlock()  # the end of UPDATE: unlocked before QUIT's +OK goes out
         return len(removed)
 
+    async def _unlock(self) -> None:
+        if not self._locked:
+            return
+        self._locked = False
+        self._renewer.cancel()
+        try:
+            await self.services.store.unlock_maildrop(self.mailbox_id, self.owner)
+        except Exception as exc:  # its lease runs out instead
+            log_event("pop3.unlock_failed", session=self.session_id, error=str(exc))
+
     def release(self) -> None:
-        if self._locked:
-            _locks(self.services).discard(self.mailbox_id)
-            self._locked = False
+        if self._locked and self._unlocking is None:
+            self._unlocking = asyncio.ensure_future(self._unlock())
+
+    async def released(self) -> None:
+        """Waits for the unlock that ``release`` started."""
+        if self._unlocking is not None:
+            await self._unlocking
 
 
 @dataclass
 class StoreBackend:
     services: Services
     conn: Connection
+    maildrop: StoreMaildrop | None = None
 
     async def open_maildrop(self, username: str, password: str) -> Maildrop:
         services = self.services
@@ -113,19 +147,20 @@ class StoreBackend:
         inbox = await services.store.get_mailbox(account.id, "INBOX")
         if inbox is None:
             raise Refused("SYS/PERM", "this account has no INBOX")
-        locks = _locks(services)
-        if inbox.id in locks:
+        owner = f"{services.cfg.hostname} {os.getpid()} {self.conn.session_id}"
+        if not await services.store.lock_maildrop(inbox.id, owner, LOCK_LEASE):
             # RFC 2449 section 8.1.1 [IN-USE]: the maildrop lock is held by another session.
             raise Refused("IN-USE", "mailbox in use by another POP3 session")
-        locks.add(inbox.id)
         try:
             rows = await services.store.get_messages(inbox.id)
         except BaseException:
-            locks.discard(inbox.id)
+            await services.store.unlock_maildrop(inbox.id, owner)
             raise
         log_event("pop3.login", session=self.conn.session_id, user=account.address,
                   messages=len(rows))
-        return StoreMaildrop(services, inbox.id, inbox.uidvalidity, rows, self.conn.session_id)
+        self.maildrop = StoreMaildrop(services, inbox.id, inbox.uidvalidity, rows,
+                                      self.conn.session_id, owner)
+        return self.maildrop
 
 
 class Pop3Handler:
@@ -139,8 +174,9 @@ class Pop3Handler:
 
     async def handle(self, conn: Connection) -> None:
         cfg = self.services.cfg
+        backend = StoreBackend(self.services, conn)
         session = Pop3Session(
-            StoreBackend(self.services, conn),
+            backend,
             tls_active=conn.is_tls,
             tls_available=self.config.tls == "starttls" and conn.ssl_context is not None,
             plaintext_allowed=cfg.auth.allow_plaintext_on_loopback and conn.is_loopback,
@@ -167,6 +203,8 @@ class Pop3Handler:
                     return
         finally:
             session.abort()  # releases the lock; deletes nothing unless QUIT committed
+            if backend.maildrop is not None:
+                await backend.maildrop.released()
 
 
 def make_pop3_handler(

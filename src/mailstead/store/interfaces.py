@@ -303,6 +303,14 @@ class MetadataStore(Protocol):
 
     async def list_subscriptions(self, account_id: int) -> list[str]:
         """Every subscribed name, including those whose mailbox no longer exists."""
+
+    async def lock_maildrop(self, mailbox_id: int, owner: str, lease_seconds: float) -> bool:
+        """Takes or renews the POP3 lock of a mailbox for ``lease_seconds``: True when
+        ``owner`` holds it now, False when another owner's lease has not run out. Every node
+        sharing the store sees the same locks."""
+
+    async def unlock_maildrop(self, mailbox_id: int, owner: str) -> None:
+        """Gives the lock back, if ``owner`` still holds it."""
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
     async def claim_recent(self, mailbox_id: int) -> int:
         """Atomically hands the \\Recent messages to the caller: returns the old

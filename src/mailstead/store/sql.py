@@ -684,6 +684,26 @@ def list_subscriptions(db: Db, account_id: int) -> list[str]:
     return [r[0] for r in rows]
 
 
+# One statement, so two nodes asking at once cannot both win: the row is inserted, or taken
+# over when it is ours or its lease has run out; no row back means someone else holds it.
+LOCK_MAILDROP = (
+    "INSERT INTO maildrop_locks (mailbox_id, owner, expires) VALUES (?, ?, ?) "
+    "ON CONFLICT (mailbox_id) DO UPDATE SET owner = excluded.owner, expires = excluded.expires "
+    "WHERE maildrop_locks.owner = excluded.owner OR maildrop_locks.expires <= ? "
+    "RETURNING owner"
+)
+
+
+def lock_maildrop(db: Db, mailbox_id: int, owner: str, lease_seconds: float) -> bool:
+    now = _now()
+    expires = now + int(lease_seconds * 1_000_000)
+    return db.one(LOCK_MAILDROP, (mailbox_id, owner, expires, now)) is not None
+
+
+def unlock_maildrop(db: Db, mailbox_id: int, owner: str) -> None:
+    db.run("DELETE FROM maildrop_locks WHERE mailbox_id = ? AND owner = ?", (mailbox_id, owner))
+
+
 def mailbox_status(db: Db, mailbox_id: int) -> MailboxStatus:
     box = db.one(
         "SELECT uidnext, uidvalidity, highestmodseq, first_recent_uid FROM mailboxes WHERE id = ?",
@@ -1288,6 +1308,12 @@ class SqlStore(ABC):
 
     async def list_subscriptions(self, account_id: int) -> list[str]:
         return await self._read(list_subscriptions, account_id)
+
+    async def lock_maildrop(self, mailbox_id: int, owner: str, lease_seconds: float) -> bool:
+        return await self._write(lock_maildrop, mailbox_id, owner, lease_seconds)
+
+    async def unlock_maildrop(self, mailbox_id: int, owner: str) -> None:
+        await self._write(unlock_maildrop, mailbox_id, owner)
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         return await self._read(mailbox_status, mailbox_id)
