@@ -4,14 +4,19 @@ store shared with IMAP, the IN-USE lock, dropped sessions, UIDL stability, dot-s
 from __future__ import annotations
 
 import base64
+import contextlib
 import poplib
 import socket
+import sqlite3
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from mailstead.net import pop3_server
+from mailstead.obs import EVENT_COUNTS
 from tests.conftest import PASSWORD, RunningServer
 from tests.pop3.helpers import (
     blob_path,
@@ -213,6 +218,31 @@ def test_the_maildrop_lock_holds_across_nodes(
     assert other.pass_(PASSWORD).startswith(b"+OK")
     assert other.stat()[0] == 1
     other.quit()
+
+
+def test_a_session_that_lost_its_lock_deletes_nothing(
+    make_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session whose lease was taken over (its node paused longer than the lease, and
+    another session got the maildrop) refuses its QUIT's deletions: they would come from a
+    snapshot the other session may be changing."""
+    monkeypatch.setattr(pop3_server, "LOCK_LEASE", 0.3)  # renewed every 0.1 s
+    server = make_server()
+    uid = deliver(server, ALICE, message("keep me"))
+    client = stls_client(server)
+    client.dele(1)
+    assert server.cfg.sqlite_path is not None
+    with contextlib.closing(sqlite3.connect(server.cfg.sqlite_path)) as db, db:
+        db.execute("UPDATE maildrop_locks SET owner = 'another node', expires = ?",
+                   (2**62,))
+    lost = EVENT_COUNTS["pop3.lock_lost"]
+    deadline = time.monotonic() + 10
+    while EVENT_COUNTS["pop3.lock_lost"] == lost:  # until a renewal finds the lock gone
+        assert time.monotonic() < deadline, "the session never noticed"
+        time.sleep(0.05)
+    with pytest.raises(poplib.error_proto, match=r"-ERR \[SYS/TEMP\] the maildrop lock was lost"):
+        client.quit()
+    assert list(inbox(server, ALICE)) == [uid]
 
 
 def test_dropped_connection_deletes_nothing(mail_server: RunningServer) -> None:
