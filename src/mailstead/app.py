@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import importlib
 import ssl
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Services:
     accounts: AccountService
     caps: ConnectionCaps
     extra: dict[str, Any] = field(default_factory=dict)  # services added by later layers
+    started: float = field(default_factory=time.time)  # when this process's services began
 
 
 HandlerFactory = Callable[[Services, str, ListenerConfig], ProtocolHandler]

@@ -293,6 +293,42 @@ class TrustConfig(_Section):
     )
 
 
+class MetricsConfig(_Section):
+    prometheus: bool = Field(
+        True, description="serve Prometheus metrics at /metrics on the http listeners"
+    )
+    allow_from: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="networks that may read /metrics without the token",
+    )
+    token: str = Field(
+        "", description="a bearer token that may read /metrics from anywhere (empty: none)"
+    )
+    statsd: str = Field(
+        "", description="host:port to send StatsD usage statistics to over UDP (empty: off)"
+    )
+    statsd_interval: float = Field(
+        10.0, description="seconds between two StatsD reports", gt=0
+    )
+    statsd_prefix: str = Field("mailstead", description="prefix of every StatsD metric name")
+
+    @field_validator("statsd")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        if value:
+            host_and_port(value)
+        return value
+
+
+def host_and_port(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6); ValueError when it is not that."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return host, int(port)
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
@@ -319,6 +355,9 @@ class Config(_Section):
     )
     trust: TrustConfig = Field(
         default_factory=TrustConfig, description="DKIM, SPF, DMARC, ARC and MTA-STS"
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="monitoring: Prometheus and StatsD"
     )
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
 

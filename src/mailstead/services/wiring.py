@@ -46,6 +46,10 @@ async def start(services: Services, background: list[asyncio.Task[None]]) -> Non
     delivery.after_local_delivery = DeliveredNotices(delivery, services.accounts)
 
     background.append(asyncio.create_task(_sweep_unused_blobs(services)))
+    if services.cfg.metrics.statsd:
+        from mailstead.services.metrics import report_to_statsd
+
+        background.append(asyncio.create_task(report_to_statsd(services)))
 
 
 BLOB_SWEEP_INTERVAL = 60.0

@@ -3,7 +3,6 @@ aliases, the outbound queue (retry, recall) and live statistics."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +11,10 @@ from mailstead.auth.passwords import check_password_rules, hash_password
 from mailstead.core.addresses import normalize_domain, parse_address
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
 from mailstead.mailsec import dnsrecords
-from mailstead.obs import EVENT_COUNTS, log_event
+from mailstead.obs import log_event
 from mailstead.queue.manage import retry_now
 from mailstead.queue.recall import RecallReport, recall_and_tell
+from mailstead.services import metrics
 from mailstead.store.interfaces import Account, QueueEntry
 from mailstead.web.state import WebState
 
@@ -198,31 +198,7 @@ async def recall(state: WebState, queue_id: str, account: Account | None = None
 # -- statistics --
 
 
-def _sum(prefixes: tuple[str, ...], names: tuple[str, ...] = ()) -> int:
-    return sum(n for event, n in EVENT_COUNTS.items()
-               if event in names or any(event.startswith(p) for p in prefixes))
-
-
 async def statistics(state: WebState) -> dict[str, Any]:
-    """Counters since this process started, and what is happening now."""
-    queue = await state.store.list_queue(False)
-    caps = state.services.caps
-    spam = {event.split(".", 1)[1]: n for event, n in EVENT_COUNTS.items()
-            if event.startswith("spam.")}
-    return {
-        "uptime_seconds": int(time.time() - state.started),
-        "messages_in": _sum((), ("smtp.transaction", "dmtp.delivered")),
-        "messages_sent_web": EVENT_COUNTS.get("web.sent", 0),
-        "messages_out": EVENT_COUNTS.get("queue.attempt", 0),
-        "queue_size": len(queue),
-        "queue_recipients": sum(1 for e in queue for r in e.recipients
-                                if r.status == "pending"),
-        "connections": {k: v for k, v in sorted(caps.open_by_protocol.items()) if v > 0},
-        "connections_total": caps.open_total,
-        "logins_failed": EVENT_COUNTS.get("auth.failed", 0),
-        "lockouts": EVENT_COUNTS.get("auth.locked", 0),
-        "spam_verdicts": spam,
-        "accounts": len(await state.store.list_accounts(None)),
-        "domains": len(await state.store.list_domains()),
-        "events": dict(sorted(EVENT_COUNTS.items())),
-    }
+    """Counters since this process started, and what is happening now (services/metrics.py,
+    which /metrics and StatsD read too)."""
+    return await metrics.statistics(state.services)

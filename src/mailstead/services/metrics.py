@@ -1,0 +1,181 @@
+"""Monitoring: this process's usage figures, as Prometheus metrics and as StatsD reports.
+
+One source of figures (``statistics``) feeds the admin console, the JSON API, ``/metrics``
+and StatsD, so they never disagree. Counters count since the process started: one per log
+event (``obs.EVENT_COUNTS``: ``smtp.transaction``, ``auth.failed``, ``queue.attempt``...).
+Gauges say what is happening now: the outbound queue, open connections, accounts.
+
+StatsD gets the counters as deltas since the last report (``|c``) and the gauges as values
+(``|g``), every ``metrics.statsd_interval`` seconds over UDP, several lines a datagram.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from mailstead.config import host_and_port
+from mailstead.obs import EVENT_COUNTS, log_event
+
+if TYPE_CHECKING:
+    from mailstead.app import Services
+
+DATAGRAM_SIZE = 1400  # bytes: below a typical MTU, so a report is never fragmented
+
+
+def _sum(prefixes: tuple[str, ...], names: tuple[str, ...] = ()) -> int:
+    return sum(n for event, n in EVENT_COUNTS.items()
+               if event in names or any(event.startswith(p) for p in prefixes))
+
+
+async def statistics(services: Services) -> dict[str, Any]:
+    """Counters since this process started, and what is happening now."""
+    queue = await services.store.list_queue(False)
+    caps = services.caps
+    spam = {event.split(".", 1)[1]: n for event, n in EVENT_COUNTS.items()
+            if event.startswith("spam.")}
+    return {
+        "uptime_seconds": int(time.time() - services.started),
+        "messages_in": _sum((), ("smtp.transaction", "dmtp.delivered")),
+        "messages_sent_web": EVENT_COUNTS.get("web.sent", 0),
+        "messages_out": EVENT_COUNTS.get("queue.attempt", 0),
+        "queue_size": len(queue),
+        "queue_recipients": sum(1 for e in queue for r in e.recipients
+                                if r.status == "pending"),
+        "connections": {k: v for k, v in sorted(caps.open_by_protocol.items()) if v > 0},
+        "connections_total": caps.open_total,
+        "logins_failed": EVENT_COUNTS.get("auth.failed", 0),
+        "lockouts": EVENT_COUNTS.get("auth.locked", 0),
+        "spam_verdicts": spam,
+        "accounts": len(await services.store.list_accounts(None)),
+        "domains": len(await services.store.list_domains()),
+        "events": dict(sorted(EVENT_COUNTS.items())),
+    }
+
+
+# -- Prometheus --------------------------------------------------------------------------------
+
+_GAUGES = (  # (figure, metric name, help)
+    ("queue_size", "mailstead_queue_messages", "messages waiting in the outbound queue"),
+    ("queue_recipients", "mailstead_queue_recipients_pending",
+     "recipients not yet delivered, over the queued messages"),
+    ("connections_total", "mailstead_connections_open", "open client connections"),
+    ("accounts", "mailstead_accounts", "accounts in the store"),
+    ("domains", "mailstead_domains", "mail domains in the store"),
+    ("uptime_seconds", "mailstead_uptime_seconds", "seconds since this process started"),
+)
+
+
+class _Figures:
+    """A prometheus_client collector over one ``statistics`` result."""
+
+    def __init__(self, figures: dict[str, Any]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        events = CounterMetricFamily("mailstead_events", "events logged since the process "
+                                     "started, by name (one log line each)", labels=["event"])
+        for name, count in self.figures["events"].items():
+            events.add_metric([name], count)
+        yield events
+        by_protocol = GaugeMetricFamily("mailstead_connections", "open client connections "
+                                        "by protocol", labels=["protocol"])
+        for protocol, count in self.figures["connections"].items():
+            by_protocol.add_metric([protocol], count)
+        yield by_protocol
+        for figure, name, text in _GAUGES:
+            yield GaugeMetricFamily(name, text, value=self.figures[figure])
+
+
+def prometheus_text(figures: dict[str, Any]) -> bytes:
+    """The figures in Prometheus' text format, with the process's CPU time, memory and open
+    files (prometheus_client's process collector)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Figures(figures))
+    ProcessCollector(registry=registry)
+    return generate_latest(registry)
+
+
+def may_read_metrics(client_ip: str, authorization: str, allow_from: Iterable[str],
+                     token: str) -> bool:
+    """Whether a client may read /metrics: from an allowed network, or with the token."""
+    if token and authorization == f"Bearer {token}":
+        return True
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(network, strict=False) for network in allow_from)
+
+
+# -- StatsD ------------------------------------------------------------------------------------
+
+
+def _metric_name(text: str) -> str:
+    """A StatsD name part: dots kept (they make the hierarchy), other separators out."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+def statsd_lines(figures: dict[str, Any], reported: Counter[str], prefix: str) -> list[str]:
+    """The report for ``figures``: counters as the deltas since ``reported`` (updated), gauges
+    as they are."""
+    lines = []
+    for event, count in figures["events"].items():
+        delta = count - reported[event]
+        if delta > 0:
+            lines.append(f"{prefix}.events.{_metric_name(event)}:{delta}|c")
+            reported[event] = count
+    for figure, name, _text in _GAUGES:
+        lines.append(f"{prefix}.{name.removeprefix('mailstead_')}:{figures[figure]}|g")
+    for protocol, count in figures["connections"].items():
+        lines.append(f"{prefix}.connections.{_metric_name(protocol)}:{count}|g")
+    return lines
+
+
+def datagrams(lines: list[str], size: int = DATAGRAM_SIZE) -> list[bytes]:
+    """Lines joined by newlines into datagrams of at most ``size`` bytes (a longer line goes
+    alone)."""
+    packets: list[bytes] = []
+    current = b""
+    for line in lines:
+        data = line.encode("utf-8")
+        if current and len(current) + 1 + len(data) > size:
+            packets.append(current)
+            current = b""
+        current = data if not current else current + b"\n" + data
+    if current:
+        packets.append(current)
+    return packets
+
+
+async def report_to_statsd(services: Services) -> None:
+    """Sends a report every ``statsd_interval`` seconds until cancelled."""
+    cfg = services.cfg.metrics
+    host, port = host_and_port(cfg.statsd)  # checked when the config was loaded
+    loop = asyncio.get_running_loop()
+    transport, _protocol = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=(host, port), family=socket.AF_UNSPEC)
+    reported: Counter[str] = Counter()
+    try:
+        while True:
+            await asyncio.sleep(cfg.statsd_interval)
+            try:
+                figures = await statistics(services)
+            except Exception as exc:  # the store is away for now: the next report catches up
+                log_event("metrics.statsd_failed", logging.WARNING, error=str(exc))
+                continue
+            for packet in datagrams(statsd_lines(figures, reported, cfg.statsd_prefix)):
+                transport.sendto(packet)  # UDP: a lost report is only a lost report
+    finally:
+        with contextlib.suppress(Exception):
+            transport.close()
