@@ -7,7 +7,8 @@ load runs in ``--rounds`` rounds per server, alternating between the two (A B B 
 this machine's speed drifts during a run by a third and more. Printed: messages per second, p50
 and p99 latency (MAIL sent -> 250 received), CPU per message and resident memory of the server's
 processes (mailstead's include its message file helper) before, half-way, after, and with
-``--idle`` extra sessions open and idle; each round's rate, and the ratio.
+``--idle`` extra sessions open and idle; each round's rate, the ratio, and what a file fsync
+costs on this disk (it sets the baseline's pace).
 
     .venv/bin/python bench/smtp_ingest.py [--messages 5000] [--sessions 20] [--size 4096]
     .venv/bin/python bench/smtp_ingest.py --profile /tmp/ms.prof   # cProfile the server
@@ -344,6 +345,26 @@ def measure(reports: list[Report], args: argparse.Namespace) -> None:
             asyncio.run(idle(report))
 
 
+def fsync_ms(directory: Path, size: int, samples: int = 200) -> float:
+    """Median time to create a file of ``size`` bytes and fsync it, as the baseline does for
+    each message: what the disk charges per message decides how fast the baseline can go, and
+    so what the ratio means on the day (the issue's 400-500 msgs/s came from a slow disk)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = secrets.token_bytes(size)
+    times = []
+    for n in range(samples):
+        start = time.perf_counter()
+        fd = os.open(directory / f"{n}.probe", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        times.append(time.perf_counter() - start)
+    shutil.rmtree(directory, ignore_errors=True)
+    return statistics.median(times) * 1000
+
+
 def print_report(reports: list[Report], args: argparse.Namespace) -> None:
     print(f"\n{args.messages} messages of {args.size} bytes per server, {args.sessions} concurrent"
           f" sessions ({args.users} recipients), in {args.rounds} alternating rounds\n")
@@ -398,8 +419,11 @@ def main() -> None:
                                                                args.profile)))
         if args.only != "mailstead":
             reports.append(Report("aiosmtpd", start_baseline(workdir / "baseline")))
+        disk = fsync_ms(workdir / "probe", args.size)
         measure(reports, args)
         print_report(reports, args)
+        print(f"disk: creating a {args.size}-byte file and fsyncing it takes {disk:.2f} ms "
+              f"(median), so one fsync at a time could not pass {1000 / disk:.0f} msgs/s")
     finally:
         for report in reports:
             report.server.stop()
