@@ -245,13 +245,12 @@ def _take_frames(buffer: bytearray) -> list[tuple[bytes, bytes]]:
     return frames
 
 
-def _failure(text: str) -> bytes:
-    payload = text.encode("utf-8", "replace")
-    return _FRAME.pack(b"-", len(payload)) + payload
-
-
 def _frame(tag: bytes, payload: bytes) -> bytes:
     return _FRAME.pack(tag, len(payload)) + payload
+
+
+def _failure(text: str) -> bytes:
+    return _frame(b"-", text.encode("utf-8", "replace"))
 
 
 class _Rows:
