@@ -24,7 +24,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -33,34 +32,11 @@ import smtp_ingest  # noqa: E402  (the server start-up and SMTP client of the in
 
 
 def prepare(data_dir: Path, users: int) -> None:
-    sys.path.insert(0, str(ROOT / "src"))
-    from mailstead import bootstrap
-    from mailstead.config import Config
-    from mailstead.store.factory import make_metadata_store
-
-    listeners: dict[str, Any] = {name: {"enabled": False} for name in Config().listeners}
-    listeners["smtp"] = {"address": "127.0.0.1", "port": 0, "enabled": True}
-    listeners["imap"] = {"address": "127.0.0.1", "port": 0, "enabled": True, "tls": "none"}
-    cfg = bootstrap.build_config(data_dir, {
-        "hostname": "mail.bench.test",
-        "listeners": listeners,
+    smtp_ingest.prepare_mailstead(data_dir, users, {
+        "listeners": {"imap": {"address": "127.0.0.1", "port": 0, "enabled": True,
+                               "tls": "none"}},
         "auth": {"allow_plaintext_on_loopback": True},
-        "limits": {"max_connections_per_ip": 100_000, "max_connections": 100_000},
     })
-
-    async def setup() -> None:
-        await bootstrap.initialise(cfg, demo_domain=None)
-        store = make_metadata_store(cfg)
-        await store.open()
-        try:
-            await bootstrap.add_domain(store, smtp_ingest.DOMAIN)
-            for i in range(users):
-                await bootstrap.add_user(store, f"user{i}@{smtp_ingest.DOMAIN}",
-                                         smtp_ingest.PASSWORD)
-        finally:
-            await store.close()
-
-    asyncio.run(setup())
 
 
 def start(data_dir: Path) -> tuple[smtp_ingest.Server, int]:

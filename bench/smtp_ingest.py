@@ -97,20 +97,22 @@ def _wait_for_port(proc: subprocess.Popen[str], pattern: str) -> int:
     raise RuntimeError(f"server exited with {proc.wait()} before listening")
 
 
-def prepare_mailstead(data_dir: Path, users: int) -> None:
+def prepare_mailstead(data_dir: Path, users: int, more: dict[str, Any] | None = None) -> None:
+    """A data directory with ``users`` users; ``more``: listeners and options to add (another
+    bench's)."""
     sys.path.insert(0, str(ROOT / "src"))
     from mailstead import bootstrap
-    from mailstead.config import Config
+    from mailstead.config import Config, deep_merge
     from mailstead.store.factory import make_metadata_store
 
     # Only the MX listener: the others are not measured here.
     listeners: dict[str, Any] = {name: {"enabled": False} for name in Config().listeners}
     listeners["smtp"] = {"address": "127.0.0.1", "port": 0, "enabled": True}
-    cfg = bootstrap.build_config(data_dir, {
+    cfg = bootstrap.build_config(data_dir, deep_merge({
         "hostname": "mail.bench.test",
         "listeners": listeners,
         "limits": {"max_connections_per_ip": 100_000, "max_connections": 100_000},
-    })
+    }, more or {}))
 
     async def setup() -> None:
         await bootstrap.initialise(cfg, demo_domain=None)
