@@ -78,7 +78,6 @@ class WebState:
         self.listeners = listeners
         self.https = https
         self.closing = asyncio.Event()
-        self.started = time.time()
         self.secret = load_or_create_secret(self.cfg.path(self.cfg.web.session_secret_file))
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.signups = SlidingWindow(self.cfg.web.signup_per_ip_per_day, 86_400)
