@@ -16,13 +16,13 @@ import asyncio
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Protocol
 
 from mailstead.core.errors import NotFound
-from mailstead.services.message_files import MessageFileWriter
+from mailstead.services.message_files import MessageFileWriter, with_blob
 from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.interfaces import (
     Account,
@@ -191,9 +191,7 @@ class DeliveryService:
             self._sqlite.changes.publish(touched)  # as the store does after its commits
             return blob_id, stored
         blob_id, fields = await self.store_blob(data)
-        filled = [Delivery(d.mailbox_id, replace(d.message, blob_id=blob_id, envelope=fields))
-                  for d in deliveries]
-        queued = None if entry is None else replace(entry, blob_id=blob_id)
+        filled, queued = with_blob(deliveries, entry, blob_id, fields)
         return blob_id, await self.store.store_message(filled, queued)
 
     async def deliver(

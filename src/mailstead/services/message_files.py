@@ -272,9 +272,10 @@ def _storing(deliveries: list[Delivery], entry: QueueEntry | None
     return lambda db: store_message(db, deliveries, entry)
 
 
-def _with_blob(deliveries: list[Delivery], entry: QueueEntry | None, blob_id: str,
-               envelope: Envelope) -> tuple[list[Delivery], QueueEntry | None]:
-    """The rows to commit for a message whose file is now ``blob_id``."""
+def with_blob(deliveries: Sequence[Delivery], entry: QueueEntry | None, blob_id: str,
+              envelope: Envelope) -> tuple[list[Delivery], QueueEntry | None]:
+    """The rows to commit for a message whose file is now ``blob_id`` (here, and in the
+    delivery service when the store is not SQLite)."""
     filled = [Delivery(d.mailbox_id, dataclasses.replace(d.message, blob_id=blob_id,
                                                          envelope=envelope)) for d in deliveries]
     return filled, None if entry is None else dataclasses.replace(entry, blob_id=blob_id)
@@ -307,8 +308,8 @@ def write_batch(blobs: FsBlobStore, batch: list[tuple[bytes, bytes]],
             answers.append(_failure(f"writing the message file: {exc}"))
             continue
         if tag == b"d":
-            pending.append((len(answers), blob_id, _with_blob(deliveries, entry, blob_id,
-                                                              envelope)))
+            pending.append((len(answers), blob_id, with_blob(deliveries, entry, blob_id,
+                                                             envelope)))
             answers.append(b"")  # once the rows are committed
         else:
             answers.append(_frame(b"+", blob_id.encode() + _envelope_to_bytes(envelope)))
