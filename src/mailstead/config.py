@@ -329,6 +329,30 @@ def host_and_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class SpamConfig(_Section):
+    enabled: bool = Field(
+        True, description="score mail arriving on the MX (rules plus each recipient's learning "
+        "filter), add X-Spam-Flag, X-Spam-Score and X-Spam-Status, file spam in Junk"
+    )
+    junk_score: float = Field(
+        5.0, description="score from which a message is spam: flagged YES and filed in Junk"
+    )
+    reject_score: float = Field(
+        15.0, description="rules score from which the MX refuses a message (550 5.7.1); "
+        "0 never refuses", ge=0,
+    )
+    bayes: bool = Field(
+        True, description="each user's learning filter, trained by moving mail into and out "
+        "of Junk and by the $Junk / $NotJunk keywords"
+    )
+    bayes_min_spam: int = Field(
+        20, description="spam messages a user must have trained before the filter speaks", ge=1
+    )
+    bayes_min_ham: int = Field(
+        20, description="good messages a user must have trained before the filter speaks", ge=1
+    )
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
@@ -358,6 +382,9 @@ class Config(_Section):
     )
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig, description="monitoring: Prometheus and StatsD"
+    )
+    spam: SpamConfig = Field(
+        default_factory=SpamConfig, description="spam scoring and the learning filter"
     )
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
 

@@ -58,7 +58,8 @@ def body_of(stored: Stored) -> bytes:
         while data[end + 2:end + 3] in (b" ", b"\t"):
             end = data.index(b"\r\n", end + 2)
         data = data[end + 2:]
-    while data.startswith((b"Authentication-Results:", b"Received-SPF:", b"DKIM-Signature:")):
+    while data.startswith((b"Authentication-Results:", b"Received-SPF:", b"DKIM-Signature:",
+                           b"X-Spam-")):
         end = data.index(b"\r\n", 0)
         while data[end + 2:end + 3] in (b" ", b"\t"):
             end = data.index(b"\r\n", end + 2)

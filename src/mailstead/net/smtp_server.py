@@ -49,8 +49,10 @@ from mailstead.services.delivery import (
     InboundEnvelope,
     InboundRecipient,
     delivery_service,
+    unique_accounts,
 )
 from mailstead.services.sendcap import SendingCapExceeded
+from mailstead.services.spam import spam_service, strip_spam_fields
 from mailstead.services.wiring import sending_cap
 from mailstead.store.interfaces import Account
 
@@ -72,6 +74,7 @@ class SessionBackend:
         self.delivery = delivery
         self.conn = conn
         self._queue_id = ""
+        self._spam_score: float | None = None
         self._routes: dict[str, tuple[float, RouteLike]] = {}
         self._domains: dict[str, tuple[float, bool]] = {}
 
@@ -142,6 +145,17 @@ class SessionBackend:
                 raise MessageRefused(verdict.reason)
             message, junk, auth_results = verdict.message, verdict.action == "junk", \
                 verdict.headers
+        spam, spam_fields = None, b""
+        scorer = spam_service(self.services)
+        if scorer is not None and txn.account is None:  # MX traffic only, as for trust
+            message = strip_spam_fields(message)
+            base = scorer.rules_verdict(message, auth_results)
+            self._spam_score = base.score
+            if scorer.refuses(base):
+                raise MessageRefused(f"this message looks like spam (score {base.score:.1f})")
+            spam = await scorer.judge(message, base, unique_accounts(envelope.recipients))
+            spam_fields = base.header_fields()
+            self._spam_score = max(v.score for v in spam.values()) if spam else base.score
         cap = sending_cap(self.services)
         if txn.account is not None:
             try:
@@ -150,7 +164,8 @@ class SessionBackend:
                 raise MessageDeferred(str(exc)) from None
         try:
             result = await self.delivery.deliver(envelope, message, junk=junk,
-                                                 auth_results=auth_results)
+                                                 auth_results=auth_results, spam=spam,
+                                                 spam_fields=spam_fields)
         except QuotaExceeded:
             raise
         except Exception as exc:
@@ -175,10 +190,12 @@ class SessionBackend:
             sender=f"<{txn.sender}>",
             recipients=",".join(r.address for r in txn.recipients),
             size=size,
+            spam=self._spam_score,
             result=" ".join(result.lines),
             code=result.code,
         )
         self._queue_id = ""
+        self._spam_score = None
 
 
 async def _recent(cache: dict[str, tuple[float, T]], key: str,

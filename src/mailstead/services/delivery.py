@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -23,6 +23,7 @@ from typing import Protocol
 
 from mailstead.core.errors import NotFound
 from mailstead.services.message_files import MessageFileWriter, with_blob
+from mailstead.services.spam import SpamVerdict
 from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.interfaces import (
     Account,
@@ -175,35 +176,52 @@ class DeliveryService:
                 ids[account.id] = cache[account.id, account.created] = box.id
         return [ids[a.id] for a in accounts]
 
-    async def _junk_ids(self, accounts: Sequence[Account]) -> list[int]:
-        """Each account's Junk mailbox (INBOX when it has none): DMARC quarantine."""
-        boxes = await asyncio.gather(*(self.store.get_mailbox(a.id, "Junk") for a in accounts))
+    async def _box_ids(self, accounts: Sequence[Account], in_junk: Sequence[bool]) -> list[int]:
+        """Each account's INBOX, or its Junk mailbox where ``in_junk`` says so (INBOX when it
+        has none)."""
         inboxes = await self._inbox_ids(accounts)
-        return [box.id if box is not None else inbox for box, inbox in zip(boxes, inboxes,
-                                                                         strict=True)]
+        boxes = await asyncio.gather(*(self.store.get_mailbox(a.id, "Junk")
+                                       for a, junk in zip(accounts, in_junk, strict=True) if junk))
+        found = iter(boxes)
+        ids = []
+        for inbox, junk in zip(inboxes, in_junk, strict=True):
+            box = next(found) if junk else None
+            ids.append(box.id if box is not None else inbox)
+        return ids
 
-    async def _store(self, data: bytes, deliveries: list[Delivery], entry: QueueEntry | None
-                     ) -> tuple[str, list[MessageMeta]]:
-        """The file, then the rows naming it: in one request to the helper with SQLite,
-        else the file from the helper and the rows from the store."""
+    async def _store(self, parts: list[tuple[bytes, list[Delivery]]], entry: QueueEntry | None,
+                     entry_part: int) -> tuple[list[str], list[MessageMeta]]:
+        """The files, then the rows naming them: in one request to the helper with SQLite,
+        else the files from the helper and the rows from the store (one transaction)."""
         if self._sqlite is not None:
-            blob_id, stored, touched = await self._files.deliver(data, deliveries, entry)
+            blob_ids, stored, touched = await self._files.deliver_parts(parts, entry, entry_part)
             self._sqlite.changes.publish(touched)  # as the store does after its commits
-            return blob_id, stored
-        blob_id, fields = await self.store_blob(data)
-        filled, queued = with_blob(deliveries, entry, blob_id, fields)
-        return blob_id, await self.store.store_message(filled, queued)
+            return blob_ids, stored
+        blob_ids, filled, queued = [], [], None
+        for index, (data, deliveries) in enumerate(parts):
+            blob_id, fields = await self.store_blob(data)
+            part_rows, part_entry = with_blob(deliveries, entry if index == entry_part else None,
+                                              blob_id, fields)
+            blob_ids.append(blob_id)
+            filled += part_rows
+            queued = part_entry or queued
+        return blob_ids, await self.store.store_message(filled, queued)
 
     async def deliver(
         self, envelope: InboundEnvelope, message: bytes, keywords: frozenset[str] = frozenset(),
         *, junk: bool = False, auth_results: bytes = b"",
+        spam: Mapping[int, SpamVerdict] | None = None, spam_fields: bytes = b"",
     ) -> DeliveryResult:
         """Stores ``message`` for every recipient in one transaction; see the module doc.
         ``keywords`` are IMAP keywords set on the local copies (DMTP: $IntegrityFailed).
+        ``junk`` files every local copy in Junk (DMARC quarantine). ``spam`` holds each
+        recipient account's verdict: its X-Spam fields head that account's copy (one file per
+        distinct set of fields), and a spam verdict files the copy in Junk with $Junk set.
+        ``spam_fields`` head the copy that is queued for remote recipients.
         Raises QuotaExceeded (nothing stored) when a mailbox cannot take it."""
         now = datetime.now(UTC)
         queue_id = new_queue_id()
-        accounts = _unique_accounts(envelope.recipients)
+        accounts = unique_accounts(envelope.recipients)
         remote = _remote_recipients(envelope.recipients)
         if not accounts and not remote:
             raise ValueError("a delivery needs at least one recipient")
@@ -214,12 +232,27 @@ class DeliveryService:
                 message = await self.trust.sign_outbound(message)
             elif remote:
                 message = await self.trust.seal_forwarded(message, auth_results)
-        data = self.trace_fields(envelope, queue_id, now, local=bool(accounts)) + \
-            auth_results + message
-        inbox_ids = await (self._junk_ids(accounts) if junk else self._inbox_ids(accounts))
-        # Blob id and envelope are filled in once the file is written.
-        new = NewMessage(blob_id="", size=len(data), internal_date=now, keywords=keywords)
-        deliveries = [Delivery(inbox_id, new) for inbox_id in inbox_ids]
+        head = self.trace_fields(envelope, queue_id, now, local=bool(accounts)) + auth_results
+        spam = spam or {}
+        in_junk = [junk or (a.id in spam and spam[a.id].is_spam) for a in accounts]
+        boxes = await self._inbox_ids(accounts) if not any(in_junk) else await self._box_ids(
+            accounts, in_junk)
+        # One file per distinct header: usually one, since verdicts differ only once the
+        # recipients have trained their filters. Blob id and envelope are filled in once
+        # each file is written.
+        parts: dict[bytes, list[Delivery]] = {}
+        for account, box_id in zip(accounts, boxes, strict=True):
+            fields = spam[account.id].header_fields() if account.id in spam else b""
+            is_spam = account.id in spam and spam[account.id].is_spam
+            flagged = keywords | {"$Junk"} if is_spam else keywords
+            data_len = len(head) + len(fields) + len(message)
+            parts.setdefault(fields, []).append(Delivery(box_id, NewMessage(
+                blob_id="", size=data_len, internal_date=now, keywords=flagged)))
+        if remote:
+            parts.setdefault(spam_fields, [])
+        ordered = list(parts.items())
+        entry_part = [f for f, _d in ordered].index(spam_fields) if remote else 0
+        datas = [(head + fields + message, deliveries) for fields, deliveries in ordered]
         entry = None
         if remote:
             entry = QueueEntry(
@@ -227,7 +260,7 @@ class DeliveryService:
                 sender=envelope.sender,
                 recipients=remote,
                 blob_id="",
-                size=len(data),
+                size=len(datas[entry_part][0]),
                 created=now,
                 next_attempt=now,
                 account_id=envelope.account.id if envelope.account else None,
@@ -238,19 +271,20 @@ class DeliveryService:
                 body_8bit=envelope.body != "7BIT",
             )
         try:
-            blob_id, stored = await self._store(data, deliveries, entry)
+            blob_ids, stored = await self._store(datas, entry, entry_part)
         except NotFound:
             for account in accounts:  # an account went away since RCPT: look INBOXes up afresh
                 self._inboxes.pop((account.id, account.created), None)
             raise
-        result = DeliveryResult(queue_id, blob_id, len(data), stored,
+        first = datas[0][0]
+        result = DeliveryResult(queue_id, blob_ids[0], len(first), stored,
                                 [r.address for r in remote])
         if accounts and self.after_local_delivery is not None:
-            await self.after_local_delivery(envelope, result, data)
+            await self.after_local_delivery(envelope, result, first)
         return result
 
 
-def _unique_accounts(recipients: Sequence[InboundRecipient]) -> list[Account]:
+def unique_accounts(recipients: Sequence[InboundRecipient]) -> list[Account]:
     """Each account once, however many of its addresses or aliases were named."""
     seen: dict[int, Account] = {}
     for recipient in recipients:

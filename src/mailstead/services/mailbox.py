@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
 from mailstead.store.changes import ChangeBus, Watch
@@ -411,6 +411,11 @@ class MailboxView:
         for state in result.changed:
             self.own_changes[state.uid] = state.modseq
             self.pending_flags.pop(state.uid, None)
+        if mode != "remove" and result.changed:
+            # $Junk / $NotJunk: what a client says the user thinks (RFC 5788's registry).
+            named = {k.lower() for k in keywords}
+            if "$junk" in named or "$notjunk" in named:
+                await self._train([s.uid for s in result.changed], "$junk" in named)
         return result
 
     async def expunge(self, uids: Sequence[int] | None = None) -> list[int]:
@@ -429,10 +434,27 @@ class MailboxView:
     async def copy(self, uids: Sequence[int], target: Mailbox, move: bool) -> CopyResult:
         if move:
             self._writable()
+        # Into Junk is "this is spam", out of it (not to Trash) "this is not".
+        to_junk, from_junk = is_junk(target), is_junk(self.mailbox)
+        learn = to_junk != from_junk and target.special_use != "\\Trash" \
+            and self.service.trainer is not None
+        metas = await self.messages(uids) if learn else []
         result = await self.store.copy_messages(self.mailbox.id, uids, target.id, move=move)
         if move:
             self._mark_gone([src for src, _dst in result.pairs])
+        if metas:
+            moved = {src for src, _dst in result.pairs}
+            await self._learn([m.blob_id for m in metas if m.uid in moved], to_junk)
         return result
+
+    async def _train(self, uids: Sequence[int], is_spam: bool) -> None:
+        if self.service.trainer is not None:
+            await self._learn([m.blob_id for m in await self.messages(uids)], is_spam)
+
+    async def _learn(self, blob_ids: list[str], is_spam: bool) -> None:
+        trainer = self.service.trainer
+        if trainer is not None and blob_ids:
+            await trainer.train(self.mailbox.account_id, blob_ids, is_spam)
 
     def _mark_gone(self, uids: Iterable[int]) -> None:
         for uid in uids:
@@ -584,6 +606,7 @@ class MailboxService:
         self._feeds: dict[int, _Shared] = {}
         self._blob_cache: OrderedDict[str, bytes] = OrderedDict()
         self._blob_cache_bytes = 0
+        self.trainer: SpamTrainer | None = None  # the spam filter, taught by Junk moves
 
     # -- the shared state of each selected mailbox --
 
@@ -809,6 +832,14 @@ class MailboxService:
         for blob_id in blob_ids:
             with contextlib.suppress(Exception):  # a leftover file is only wasted space
                 await asyncio.to_thread(self.blobs.delete, blob_id)
+
+
+class SpamTrainer(Protocol):
+    async def train(self, account_id: int, blob_ids: Sequence[str], is_spam: bool) -> int: ...
+
+
+def is_junk(mailbox: Mailbox) -> bool:
+    return mailbox.special_use == "\\Junk"
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -18,11 +18,12 @@ helper's connection is a second writer beside the store's thread; SQLite's lock 
 turn.
 
 Both pipes carry the same frames: a tag byte, a 4-byte big-endian length, then the payload.
-To the helper: ``m`` and the message, or ``d`` and a pickle of (message, deliveries, queue
-entry), their blob ids and envelopes left for the helper to fill in. From the helper, one per
+To the helper: ``m`` and the message, or ``d`` and a pickle of (parts, queue entry, the
+entry's part), each part a (message file, its deliveries), their blob ids and envelopes left
+for the helper to fill in. From the helper, one per
 request and in the same order: for ``m``, ``+`` with the SHA-256 (64 hex digits) and the
 envelope fields (``marshal``: both ends run the same interpreter, and it costs a tenth of
-JSON) once the file is durable; for ``d``, ``*`` with a pickle of (blob id, stored rows,
+JSON) once the file is durable; for ``d``, ``*`` with a pickle of (blob ids, stored rows,
 touched mailbox ids) once the rows are committed, or ``!`` with the pickled exception that
 refused them (QuotaExceeded, NotFound); for either, ``-`` with the reason the file failed.
 The helper answers a batch only after the one flush that covers it (``FsBlobStore.flush``), so
@@ -72,8 +73,8 @@ class WriterStopped(OSError):
     """The helper process went away before it answered: the file is not known to be durable."""
 
 
-# What the helper answers: (blob id, envelope) for ``m``, (blob id, rows, touched) for ``d``.
-_Answer = tuple[str, Envelope] | tuple[str, list[MessageMeta], set[int]]
+# What the helper answers: (blob id, envelope) for ``m``, (blob ids, rows, touched) for ``d``.
+_Answer = tuple[str, Envelope] | tuple[list[str], list[MessageMeta], set[int]]
 
 
 class MessageFileWriter:
@@ -100,11 +101,21 @@ class MessageFileWriter:
         """Writes the file, then commits ``deliveries`` and ``queue_entry`` with its blob id
         and envelope filled in; returns the blob id, the stored rows and the mailbox ids to
         publish. Raises what ``store_message`` raised (nothing committed then)."""
+        blob_ids, stored, touched = await self.deliver_parts([(data, deliveries)], queue_entry)
+        return blob_ids[0], stored, touched
+
+    async def deliver_parts(self, parts: Sequence[tuple[bytes, Sequence[Delivery]]],
+                            queue_entry: QueueEntry | None, entry_part: int = 0
+                            ) -> tuple[list[str], list[MessageMeta], set[int]]:
+        """``deliver`` for a message stored as several files (each recipient group's copy
+        with its own header fields), all rows in one transaction; the queue entry names the
+        file of ``parts[entry_part]``. Returns each part's blob id."""
         if self.database is None:
             raise RuntimeError("deliver needs the writer to know the SQLite database")
-        request = pickle.dumps((data, list(deliveries), queue_entry), pickle.HIGHEST_PROTOCOL)
-        blob_id, stored, touched = await self._request(b"d", request)
-        return cast(str, blob_id), cast(list[MessageMeta], stored), cast(set[int], touched)
+        request = pickle.dumps(([(data, list(d)) for data, d in parts], queue_entry, entry_part),
+                               pickle.HIGHEST_PROTOCOL)
+        blob_ids, stored, touched = await self._request(b"d", request)
+        return cast(list[str], blob_ids), cast(list[MessageMeta], stored), cast(set[int], touched)
 
     async def _request(self, tag: bytes, payload: bytes) -> tuple[Any, ...]:
         helper = self._helper
@@ -296,33 +307,42 @@ def write_batch(blobs: FsBlobStore, batch: list[tuple[bytes, bytes]],
     """The answers for ``batch``: its files written and flushed, then its deliveries' rows
     committed in one transaction."""
     answers: list[bytes] = []
-    pending: list[tuple[int, str, tuple[list[Delivery], QueueEntry | None]]] = []
+    pending: list[tuple[int, list[str], tuple[list[Delivery], QueueEntry | None]]] = []
     for tag, payload in batch:
         try:
-            data, deliveries, entry = pickle.loads(payload) if tag == b"d" else (payload, [], None)
-            if tag == b"d" and rows is None:
-                raise RuntimeError("this helper has no database for the rows")
-            blob_id = blobs.write(data)
-            envelope = parse_envelope_fields(data)
-        except Exception as exc:  # this file failed; the others of the batch go on
+            if tag == b"d":
+                if rows is None:
+                    raise RuntimeError("this helper has no database for the rows")
+                parts, entry, entry_part = pickle.loads(payload)
+            else:
+                parts, entry, entry_part = [(payload, [])], None, 0
+            blob_ids: list[str] = []
+            filled: list[Delivery] = []
+            for data, deliveries in parts:
+                blob_ids.append(blobs.write(data))
+                envelope = parse_envelope_fields(data)
+                part_rows, _ = with_blob(deliveries, None, blob_ids[-1], envelope)
+                filled += part_rows
+        except Exception as exc:  # this message failed; the others of the batch go on
             answers.append(_failure(f"writing the message file: {exc}"))
             continue
         if tag == b"d":
-            pending.append((len(answers), blob_id, with_blob(deliveries, entry, blob_id,
-                                                             envelope)))
+            queued = None if entry is None else dataclasses.replace(
+                entry, blob_id=blob_ids[entry_part])
+            pending.append((len(answers), blob_ids, (filled, queued)))
             answers.append(b"")  # once the rows are committed
         else:
-            answers.append(_frame(b"+", blob_id.encode() + _envelope_to_bytes(envelope)))
+            answers.append(_frame(b"+", blob_ids[0].encode() + _envelope_to_bytes(envelope)))
     try:
         blobs.flush()
     except OSError as exc:  # nothing in this batch is known to be durable
         return _failure(f"flushing message files: {exc}") * len(answers)
     if pending and rows is not None:
-        outcomes = rows.commit([item for _index, _blob_id, item in pending])
-        for (index, blob_id, _item), (ok, value) in zip(pending, outcomes, strict=True):
+        outcomes = rows.commit([item for _index, _blob_ids, item in pending])
+        for (index, blob_ids, _item), (ok, value) in zip(pending, outcomes, strict=True):
             if ok:
                 stored, touched = value
-                answers[index] = _frame(b"*", pickle.dumps((blob_id, stored, touched),
+                answers[index] = _frame(b"*", pickle.dumps((blob_ids, stored, touched),
                                                            pickle.HIGHEST_PROTOCOL))
             else:
                 answers[index] = _frame(b"!", _pickled_error(value))

@@ -311,6 +311,19 @@ class MetadataStore(Protocol):
 
     async def unlock_maildrop(self, mailbox_id: int, owner: str) -> None:
         """Gives the lock back, if ``owner`` still holds it."""
+
+    # -- the learning spam filter --
+    async def spam_totals(self, account_id: int) -> tuple[int, int]:
+        """(spam, good) messages the account has trained."""
+
+    async def spam_token_counts(self, account_id: int, tokens: Sequence[int]
+                                ) -> dict[int, tuple[int, int]]:
+        """(spam, good) counts of those ``tokens`` (hashes) the account has seen."""
+
+    async def train_spam(self, account_id: int, message: str, tokens: Sequence[int],
+                         is_spam: bool) -> bool:
+        """Counts ``message`` (any stable key: its blob id) and its tokens as spam or good;
+        a message trained in the other class before moves over. False when nothing changed."""
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
     async def claim_recent(self, mailbox_id: int) -> int:
         """Atomically hands the \\Recent messages to the caller: returns the old

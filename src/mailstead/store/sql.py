@@ -704,6 +704,63 @@ def unlock_maildrop(db: Db, mailbox_id: int, owner: str) -> None:
     db.run("DELETE FROM maildrop_locks WHERE mailbox_id = ? AND owner = ?", (mailbox_id, owner))
 
 
+# -- the learning spam filter (spam/) --
+
+SPAM_TOKEN_CHUNK = 500  # tokens per IN (...) list: far below either backend's parameter cap
+ADD_SPAM_TOKEN = (
+    "INSERT INTO spam_tokens (account_id, token, spam, ham) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (account_id, token) DO UPDATE SET spam = spam_tokens.spam + excluded.spam, "
+    "ham = spam_tokens.ham + excluded.ham"
+)
+
+
+def spam_totals(db: Db, account_id: int) -> tuple[int, int]:
+    """(spam, good) messages the account has trained."""
+    rows = db.rows("SELECT is_spam, COUNT(*) FROM spam_trained WHERE account_id = ? "
+                   "GROUP BY is_spam", (account_id,))
+    counts = {bool(is_spam): int(n) for is_spam, n in rows}
+    return counts.get(True, 0), counts.get(False, 0)
+
+
+def spam_token_counts(db: Db, account_id: int, tokens: Sequence[int]
+                      ) -> dict[int, tuple[int, int]]:
+    """(spam, good) counts of those ``tokens`` the account has seen."""
+    found: dict[int, tuple[int, int]] = {}
+    for start in range(0, len(tokens), SPAM_TOKEN_CHUNK):
+        chunk = tokens[start : start + SPAM_TOKEN_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        for token, spam, ham in db.rows(
+                f"SELECT token, spam, ham FROM spam_tokens WHERE account_id = ? "
+                f"AND token IN ({marks})", (account_id, *chunk)):
+            found[int(token)] = (int(spam), int(ham))
+    return found
+
+
+def train_spam(db: Db, account_id: int, message: str, tokens: Sequence[int],
+               is_spam: bool) -> bool:
+    """Counts ``message`` (its tokens) as spam or good for the account; one trained before
+    in the other class moves over. False when it was trained so already (nothing changes)."""
+    before = db.value(f"SELECT is_spam FROM spam_trained WHERE account_id = ? AND message = ?"
+                      f"{db.for_update}", (account_id, message))
+    if before is not None and bool(before) == is_spam:
+        return False
+    if before is not None:
+        db.run("UPDATE spam_trained SET is_spam = ? WHERE account_id = ? AND message = ?",
+               (is_spam, account_id, message))
+    else:
+        db.run("INSERT INTO spam_trained (account_id, message, is_spam) VALUES (?, ?, ?)",
+               (account_id, message, is_spam))
+    spam, ham = (1, 0) if is_spam else (0, 1)
+    if before is not None:  # take it out of the class it was in
+        spam, ham = (1, -1) if is_spam else (-1, 1)
+    # In token order, so two writers on PostgreSQL lock the rows in the same order.
+    db.run_many(ADD_SPAM_TOKEN, [(account_id, t, spam, ham) for t in sorted(set(tokens))])
+    if before is not None:
+        db.run("DELETE FROM spam_tokens WHERE account_id = ? AND spam <= 0 AND ham <= 0",
+               (account_id,))
+    return True
+
+
 def mailbox_status(db: Db, mailbox_id: int) -> MailboxStatus:
     box = db.one(
         "SELECT uidnext, uidvalidity, highestmodseq, first_recent_uid FROM mailboxes WHERE id = ?",
@@ -1314,6 +1371,17 @@ class SqlStore(ABC):
 
     async def unlock_maildrop(self, mailbox_id: int, owner: str) -> None:
         await self._write(unlock_maildrop, mailbox_id, owner)
+
+    async def spam_totals(self, account_id: int) -> tuple[int, int]:
+        return await self._read(spam_totals, account_id)
+
+    async def spam_token_counts(self, account_id: int, tokens: Sequence[int]
+                                ) -> dict[int, tuple[int, int]]:
+        return await self._read(spam_token_counts, account_id, list(tokens))
+
+    async def train_spam(self, account_id: int, message: str, tokens: Sequence[int],
+                         is_spam: bool) -> bool:
+        return await self._write(train_spam, account_id, message, list(tokens), is_spam)
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         return await self._read(mailbox_status, mailbox_id)

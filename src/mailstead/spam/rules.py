@@ -1,0 +1,130 @@
+"""Fixed rules that score a message, SpamAssassin-style: each that matches adds its score. Pure.
+
+The rules read the header and the raw body (no MIME decoding: they run on every message the
+MX takes, so they must be cheap) and the Authentication-Results our own checks wrote. The
+learning filter (bayes.py) does the reading of words; these catch what needs no training.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+# The Generic Test for Unsolicited Bulk Email: a message holding it is spam by definition, so
+# anyone can check that the filter is on (https://spamassassin.apache.org/gtube/).
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+_PHRASES = (
+    b"viagra", b"cialis", b"you have won", b"lottery", b"wire transfer", b"100% free",
+    b"click here to claim", b"act now", b"risk-free", b"cheap meds", b"bitcoin investment",
+    b"unclaimed funds", b"dear beneficiary", b"limited time offer",
+)
+_IP_URL = re.compile(rb"(?i)https?://\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
+_ADDRESS_IN_NAME = re.compile(r"[\w.+-]+@([\w-]+(?:\.[\w-]+)+)")
+_AUTH = re.compile(rb"\b(spf|dkim|dmarc)=([a-z]+)")
+HitSink = Callable[[str, float, str], None]  # records one rule that matched
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    name: str
+    score: float
+    description: str
+
+
+def headers_of(message: bytes) -> tuple[dict[str, str], bytes]:
+    """The header fields (lower-case name -> first value, unfolded) and the body."""
+    end = message.find(b"\r\n\r\n")
+    head, body = (message, b"") if end < 0 else (message[:end], message[end + 4 :])
+    fields: dict[str, str] = {}
+    for line in re.sub(rb"\r\n[ \t]+", b" ", head).split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep and name and b" " not in name:
+            fields.setdefault(name.decode("ascii", "replace").lower(),
+                              value.strip().decode("utf-8", "replace"))
+    return fields, body
+
+
+def score(message: bytes, auth_results: bytes, now: datetime) -> list[Hit]:
+    """The rules ``message`` matches."""
+    fields, body = headers_of(message)
+    hits: list[Hit] = []
+
+    def hit(name: str, points: float, description: str) -> None:
+        hits.append(Hit(name, points, description))
+
+    if GTUBE in body:
+        hit("GTUBE", 1000.0, "the GTUBE test string")
+    for name, rule, points in (("date", "MISSING_DATE", 1.0), ("from", "MISSING_FROM", 2.0),
+                               ("message-id", "MISSING_MID", 0.5),
+                               ("subject", "MISSING_SUBJECT", 0.5), ("to", "MISSING_TO", 0.5)):
+        if name not in fields:
+            hit(rule, points, f"no {name.title()} field")
+    _date_rules(fields.get("date"), now, hit)
+    subject = fields.get("subject", "")
+    letters = [c for c in subject if c.isalpha()]
+    if len(letters) >= 10 and all(c.isupper() for c in letters):
+        hit("SUBJ_ALL_CAPS", 1.5, "the subject is all capitals")
+    if "!!" in subject:
+        hit("SUBJ_EXCLAIM", 1.0, "the subject shouts")
+    _from_rules(fields.get("from", ""), hit)
+    content_type = fields.get("content-type", "").lower()
+    if content_type.startswith("text/html"):
+        hit("HTML_ONLY", 0.7, "HTML without a plain text part")
+    if b"://" in body and _IP_URL.search(body):  # the test first: the regex costs more
+        hit("URL_NUMERIC_IP", 1.5, "a link to a bare IP address")
+    lowered = (subject.encode("utf-8", "replace") + b"\n" + body[:100_000]).lower()
+    phrases = sum(1 for p in _PHRASES if p in lowered)
+    if phrases:
+        hit("SPAM_PHRASES", min(phrases, 3) * 1.0, f"{phrases} phrase(s) common in spam")
+    _auth_rules(auth_results, hit)
+    return hits
+
+
+def _date_rules(value: str | None, now: datetime, hit: HitSink) -> None:
+    if not value:
+        return
+    try:
+        date = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        hit("INVALID_DATE", 1.0, "a Date field that does not parse")
+        return
+    if date.tzinfo is None:
+        return  # RFC 5322 4.3 "-0000": no zone known, so no comparison
+    if date > now + timedelta(days=1):
+        hit("DATE_IN_FUTURE", 1.5, "dated more than a day ahead")
+    elif date < now - timedelta(days=7):
+        hit("DATE_IN_PAST", 1.0, "dated more than a week ago")
+
+
+def _from_rules(value: str, hit: HitSink) -> None:
+    """A display name that holds an address of another domain ("paypal.com" <x@evil.test>)."""
+    name, _, address = value.rpartition("<")
+    if not name:
+        return
+    domain = address.rstrip("> ").rpartition("@")[2].lower()
+    named = _ADDRESS_IN_NAME.search(name)
+    if named and named.group(1).lower() != domain:
+        hit("FROM_NAME_SPOOF", 2.0, "the From name shows another address")
+
+
+def _auth_rules(auth_results: bytes, hit: HitSink) -> None:
+    """Points from our own SPF, DKIM and DMARC results (mailsec), read from the header."""
+    found: dict[bytes, bytes] = {}
+    for method, result in _AUTH.findall(auth_results.lower()):
+        found.setdefault(method, result)
+    table = {
+        (b"spf", b"fail"): ("SPF_FAIL", 2.0, "SPF says the sender may not use this server"),
+        (b"spf", b"softfail"): ("SPF_SOFTFAIL", 1.0, "SPF softfail"),
+        (b"dkim", b"fail"): ("DKIM_INVALID", 1.0, "a DKIM signature that does not verify"),
+        (b"dmarc", b"fail"): ("DMARC_FAIL", 2.5, "DMARC fails"),
+        (b"dmarc", b"pass"): ("DMARC_PASS", -0.5, "DMARC passes"),
+    }
+    for key in found.items():
+        rule = table.get(key)
+        if rule is not None:
+            hit(*rule)
+

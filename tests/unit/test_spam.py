@@ -1,0 +1,110 @@
+"""The pure parts of spam scoring: tokens, the learning filter's arithmetic, the rules and
+the X-Spam header fields."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailstead.services.spam import SpamVerdict, strip_spam_fields
+from mailstead.spam import bayes, rules, tokenize
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+def test_tokens_name_where_they_were_found() -> None:
+    raw = (b"From: Shop <deals@shop.test>\r\nSubject: Great Deals\r\nX-Mailer: BulkMail 9\r\n"
+           b"Content-Type: text/html\r\n\r\n<p>Buy <b>now</b> at "
+           b"<a href=\"http://cheap.test/x\">our store</a>&nbsp;today</p>\r\n")
+    found = tokenize.tokens(raw)
+    assert {"subject:great", "subject:deals", "from-domain:shop.test", "x-mailer:bulkmail",
+            "url:cheap.test", "buy", "now", "store", "today"} <= found
+    assert not any("<" in t or "href" in t for t in found)
+
+
+def test_tokens_of_a_base64_text_part_are_its_words() -> None:
+    body = base64.b64encode("Grüße aus München".encode()).decode()
+    raw = ("Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+           "--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64"
+           f"\r\n\r\n{body}\r\n--b\r\nContent-Type: application/pdf\r\nContent-Disposition: "
+           "attachment; filename=a.pdf\r\n\r\nJVBERi0=\r\n--b--\r\n").encode()
+    assert {"grüße", "aus", "münchen"} <= tokenize.tokens(raw)
+
+
+@given(st.binary(max_size=2000))
+def test_any_bytes_give_tokens_without_error(data: bytes) -> None:
+    assert len(tokenize.tokens(data)) <= tokenize.MAX_TOKENS
+
+
+def test_hashes_are_stable_signed_64_bit() -> None:
+    [a] = tokenize.hashed({"viagra"})
+    assert tokenize.hashed({"viagra"}) == [a]
+    assert -(2**63) <= a < 2**63
+
+
+def test_bayes_says_spam_good_and_unsure() -> None:
+    spammy = {i: (20, 0) for i in range(15)}
+    hammy = {i: (0, 20) for i in range(15)}
+    assert bayes.spam_probability(spammy, 20, 20) > 0.99
+    assert bayes.spam_probability(hammy, 20, 20) < 0.01
+    assert bayes.spam_probability({}, 20, 20) == 0.5
+    mixed = {**spammy, **{100 + i: v for i, v in hammy.items()}}
+    assert 0.3 < bayes.spam_probability(mixed, 20, 20) < 0.7  # evidence both ways: unsure
+
+
+def test_a_rare_token_says_little() -> None:
+    assert 0.5 < bayes.token_probability(1, 0, 100, 100) < 0.9
+    assert bayes.token_probability(50, 0, 100, 100) > 0.99
+    assert bayes.token_probability(0, 0, 100, 100) == 0.5
+
+
+def test_bands() -> None:
+    assert bayes.band(0.999) == ("BAYES_99", 5.0)
+    assert bayes.band(0.5)[0] == "BAYES_50"
+    assert bayes.band(0.0) == ("BAYES_00", -3.0)
+
+
+def names(raw: bytes, auth: bytes = b"") -> set[str]:
+    return {h.name for h in rules.score(raw, auth, NOW)}
+
+
+def test_rules_on_a_proper_message() -> None:
+    raw = (b"From: Carol <carol@remote.test>\r\nTo: a@b.test\r\nSubject: Lunch\r\n"
+           b"Date: Wed, 02 Dec 2026 11:00:00 +0000\r\nMessage-ID: <1@remote.test>\r\n\r\nhi\r\n")
+    assert names(raw) == set()
+    assert names(raw, b"Authentication-Results: mx; spf=pass; dmarc=pass") == {"DMARC_PASS"}
+
+
+def test_rules_that_catch_spam() -> None:
+    raw = (b"From: \"alerts@bank.test\" <x@evil.test>\r\nSubject: URGENT ACCOUNT NOTICE!!\r\n"
+           b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\nContent-Type: text/html\r\n\r\n"
+           b"<a href=http://198.51.100.1/>Act now</a>\r\n")
+    assert names(raw, b"spf=fail dkim=fail dmarc=fail") == {
+        "FROM_NAME_SPOOF", "SUBJ_ALL_CAPS", "SUBJ_EXCLAIM", "DATE_IN_PAST", "HTML_ONLY",
+        "URL_NUMERIC_IP", "SPAM_PHRASES", "MISSING_MID", "MISSING_TO", "SPF_FAIL",
+        "DKIM_INVALID", "DMARC_FAIL"}
+
+
+def test_gtube_and_dates() -> None:
+    assert "GTUBE" in names(b"Subject: t\r\n\r\n" + rules.GTUBE + b"\r\n")
+    assert "DATE_IN_FUTURE" in names(b"Date: Fri, 01 Jan 2027 10:00:00 +0000\r\n\r\n")
+    assert "INVALID_DATE" in names(b"Date: tomorrow\r\n\r\n")
+    assert "DATE_IN_PAST" not in names(b"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\n\r\n")
+
+
+def test_spam_fields_are_stripped_from_the_header_only() -> None:
+    raw = (b"X-Spam-Flag: NO\r\nSubject: s\r\nx-spam-score: -5\r\n\tmore\r\n\r\n"
+           b"X-Spam-Flag: this is body text\r\n")
+    assert strip_spam_fields(raw) == b"Subject: s\r\n\r\nX-Spam-Flag: this is body text\r\n"
+    assert strip_spam_fields(b"Subject: s\r\n\r\nbody") == b"Subject: s\r\n\r\nbody"
+
+
+def test_header_fields_read_as_spamassassin_writes_them() -> None:
+    fields = SpamVerdict(7.25, True, ("BAYES_99", "GTUBE"), 5.0).header_fields()
+    assert fields == (b"X-Spam-Flag: YES\r\nX-Spam-Score: 7.2\r\nX-Spam-Level: *******\r\n"
+                      b"X-Spam-Status: Yes, score=7.2 required=5.0\r\n"
+                      b"\ttests=BAYES_99,GTUBE\r\n")
+    assert b"X-Spam-Level: \r\n" in SpamVerdict(-1.0, False, (), 5.0).header_fields()
