@@ -405,6 +405,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["mailstead", "baseline"])
     parser.add_argument("--profile", help="run mailstead under cProfile, writing this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    parser.add_argument("--no-spam", action="store_true",
+                        help="turn mailstead's spam scoring off (spam.enabled = false)")
     parser.add_argument("--baseline-server", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
@@ -416,7 +418,8 @@ def main() -> None:
     reports: list[Report] = []
     try:
         if args.only != "baseline":
-            prepare_mailstead(workdir / "mailstead", args.users)
+            prepare_mailstead(workdir / "mailstead", args.users,
+                              {"spam": {"enabled": False}} if args.no_spam else None)
             reports.append(Report("mailstead", start_mailstead(workdir / "mailstead",
                                                                args.profile)))
         if args.only != "mailstead":

@@ -1,0 +1,319 @@
+"""A mail user's connection to any IMAP server and SMTP submission server: what the terminal
+client and the ``mailstead mail`` commands do, with no user interface.
+
+IMAP goes through IMAPClient (it parses FETCH, LIST and modified UTF-7 folder names, and knows
+MOVE and SPECIAL-USE); sending through smtplib, with the sent message appended to the Sent
+folder as clients do. Calls block: the terminal client runs them in a worker thread, one at a
+time.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import html
+import mimetypes
+import re
+import smtplib
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, getaddresses, make_msgid, parseaddr
+from pathlib import Path
+from typing import Any, Literal
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+
+TlsMode = Literal["implicit", "starttls", "none"]
+
+
+class ClientError(Exception):
+    """What went wrong, in one line a user can act on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    user: str
+    password: str
+    host: str = "127.0.0.1"
+    imap_port: int = 993
+    imap_tls: TlsMode = "implicit"
+    smtp_port: int = 465
+    smtp_tls: TlsMode = "implicit"
+    cafile: str | None = None  # e.g. the server's self-signed certificate
+    verify: bool = True  # False: accept any certificate (never for a server you do not own)
+    timeout: float = 30.0
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.cafile)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+@dataclass(frozen=True, slots=True)
+class Folder:
+    name: str
+    role: str | None  # special use (RFC 6154): "\\Junk", "\\Trash", "\\Sent"...
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    uid: int
+    sender: str
+    subject: str
+    date: datetime | None
+    flags: frozenset[str]
+    size: int
+
+    @property
+    def seen(self) -> bool:
+        return "\\Seen" in self.flags
+
+    @property
+    def flagged(self) -> bool:
+        return "\\Flagged" in self.flags
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    uid: int
+    message: EmailMessage
+    text: str  # what to show: the plain text part, or the HTML part as text
+    attachments: list[str] = field(default_factory=list)
+
+    def header(self, name: str) -> str:
+        return str(self.message.get(name, ""))
+
+
+class MailClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._imap: IMAPClient | None = None
+        self._selected: str | None = None
+        self._folders: list[Folder] = []
+
+    # -- the IMAP session --
+
+    def connect(self) -> None:
+        s = self.settings
+        try:
+            imap = IMAPClient(s.host, port=s.imap_port, ssl=s.imap_tls == "implicit",
+                              ssl_context=s.ssl_context(), timeout=s.timeout)
+            if s.imap_tls == "starttls":
+                imap.starttls(s.ssl_context())
+            imap.login(s.user, s.password)
+        except IMAPClientError as exc:
+            raise ClientError(f"IMAP login to {s.host}:{s.imap_port} failed: "
+                              f"{_text(exc)}") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ClientError(f"cannot reach IMAP at {s.host}:{s.imap_port}: {exc}") from None
+        self._imap = imap
+
+    def close(self) -> None:
+        if self._imap is not None:
+            try:
+                self._imap.logout()
+            except (IMAPClientError, OSError):
+                pass  # the connection is going anyway
+            self._imap = None
+
+    @property
+    def imap(self) -> IMAPClient:
+        if self._imap is None:
+            self.connect()
+        assert self._imap is not None
+        return self._imap
+
+    def folders(self) -> list[Folder]:
+        found = []
+        for flags, _delimiter, name in self.imap.list_folders():
+            names = {f.decode() if isinstance(f, bytes) else str(f) for f in flags}
+            if "\\Noselect" in names or "\\NonExistent" in names:
+                continue
+            role = next((n for n in names if n in _ROLES), None)
+            found.append(Folder(str(name), role))
+        found.sort(key=lambda f: (f.name.upper() != "INBOX", f.role is None, f.name.lower()))
+        self._folders = found
+        return found
+
+    def folder_with(self, role: str) -> str | None:
+        """The name of the folder with this special use, if the server has one."""
+        for folder in self._folders or self.folders():
+            if folder.role == role:
+                return folder.name
+        return None
+
+    def _select(self, folder: str) -> None:
+        if self._selected != folder:
+            self.imap.select_folder(folder)
+            self._selected = folder
+
+    def summaries(self, folder: str, limit: int = 500) -> list[Summary]:
+        """The newest ``limit`` messages of the folder, newest first."""
+        self._select(folder)
+        uids = sorted(self.imap.search("ALL"))[-limit:]
+        if not uids:
+            return []
+        fetched = self.imap.fetch(uids, ["FLAGS", "RFC822.SIZE",
+                                         "BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)]"])
+        out = []
+        for uid, data in fetched.items():
+            head = data.get(b"BODY[HEADER.FIELDS (FROM SUBJECT DATE)]", b"")
+            parsed = email.message_from_bytes(head, policy=email.policy.default)
+            name, address = parseaddr(str(parsed.get("From", "")))
+            try:
+                date = parsed["Date"].datetime if parsed.get("Date") else None
+            except (AttributeError, TypeError, ValueError):
+                date = None
+            out.append(Summary(
+                uid=uid, sender=name or address, subject=str(parsed.get("Subject", "")),
+                date=date, flags=frozenset(_flag_text(f) for f in data.get(b"FLAGS", ())),
+                size=int(data.get(b"RFC822.SIZE", 0))))
+        out.sort(key=lambda s: s.uid, reverse=True)
+        return out
+
+    def read(self, folder: str, uid: int) -> Letter:
+        """The whole message; reading it marks it \\Seen, as in any client."""
+        self._select(folder)
+        fetched = self.imap.fetch([uid], ["BODY[]"])
+        if uid not in fetched:
+            raise ClientError(f"no message with UID {uid} in {folder}")
+        raw = fetched[uid][b"BODY[]"]
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        return Letter(uid, message, readable_text(message), [
+            part.get_filename() or "(unnamed)" for part in message.iter_attachments()])
+
+    def set_flag(self, folder: str, uids: Sequence[int], flag: str, on: bool) -> None:
+        self._select(folder)
+        if on:
+            self.imap.add_flags(list(uids), [flag])
+        else:
+            self.imap.remove_flags(list(uids), [flag])
+
+    def move(self, folder: str, uids: Sequence[int], target: str) -> None:
+        self._select(folder)
+        if self.imap.has_capability("MOVE"):
+            self.imap.move(list(uids), target)
+        else:
+            self.imap.copy(list(uids), target)
+            self.imap.delete_messages(list(uids))
+            self.imap.expunge()
+
+    def delete(self, folder: str, uids: Sequence[int]) -> None:
+        """Into Trash; from Trash itself (or with no Trash), for good."""
+        trash = self.folder_with("\\Trash")
+        if trash is not None and trash != folder:
+            self.move(folder, uids, trash)
+            return
+        self._select(folder)
+        self.imap.delete_messages(list(uids))
+        self.imap.expunge()
+
+    def junk(self, folder: str, uids: Sequence[int], is_junk: bool) -> str:
+        """Marks messages as spam (into Junk, with $Junk) or as good (back to INBOX, with
+        $NotJunk): the server's filter learns from both. Returns where they went."""
+        target = (self.folder_with("\\Junk") or "Junk") if is_junk else "INBOX"
+        self._select(folder)
+        keyword, other = ("$Junk", "$NotJunk") if is_junk else ("$NotJunk", "$Junk")
+        self.imap.remove_flags(list(uids), [other])
+        self.imap.add_flags(list(uids), [keyword])
+        if target != folder:
+            self.move(folder, uids, target)
+        return target
+
+    # -- sending --
+
+    def compose(self, to: str, subject: str, body: str, *, cc: str = "",
+                attachments: Sequence[Path] = (), reply_to: Letter | None = None
+                ) -> EmailMessage:
+        message = EmailMessage()
+        message["From"] = self.settings.user
+        message["To"] = to
+        if cc:
+            message["Cc"] = cc
+        message["Subject"] = subject
+        message["Date"] = format_datetime(datetime.now().astimezone())
+        message["Message-ID"] = make_msgid(domain=self.settings.user.rpartition("@")[2] or None)
+        if reply_to is not None:
+            parent = reply_to.header("Message-ID")
+            if parent:
+                message["In-Reply-To"] = parent
+                message["References"] = " ".join(
+                    filter(None, [reply_to.header("References"), parent]))
+        message.set_content(body)
+        for path in attachments:
+            kind, _ = mimetypes.guess_type(path.name)
+            maintype, _, subtype = (kind or "application/octet-stream").partition("/")
+            message.add_attachment(path.read_bytes(), maintype=maintype, subtype=subtype,
+                                   filename=path.name)
+        return message
+
+    def send(self, message: EmailMessage) -> list[str]:
+        """Submits it (AUTH over TLS), files a copy in Sent, returns the recipients."""
+        s = self.settings
+        recipients = [a for _n, a in getaddresses(
+            [str(v) for key in ("To", "Cc", "Bcc") for v in message.get_all(key, [])]) if a]
+        if not recipients:
+            raise ClientError("the message has no recipient")
+        del message["Bcc"]
+        try:
+            smtp: smtplib.SMTP
+            if s.smtp_tls == "implicit":
+                smtp = smtplib.SMTP_SSL(s.host, s.smtp_port, timeout=s.timeout,
+                                        context=s.ssl_context())
+            else:
+                smtp = smtplib.SMTP(s.host, s.smtp_port, timeout=s.timeout)
+                if s.smtp_tls == "starttls":
+                    smtp.starttls(context=s.ssl_context())
+            with smtp:
+                smtp.login(s.user, s.password)
+                smtp.send_message(message, from_addr=s.user, to_addrs=recipients)
+        except smtplib.SMTPResponseException as exc:
+            raise ClientError(f"the server refused the message: {exc.smtp_code} "
+                              f"{_text(exc.smtp_error)}") from None
+        except smtplib.SMTPRecipientsRefused as exc:
+            refused = ", ".join(exc.recipients)
+            raise ClientError(f"the server refused the recipients: {refused}") from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise ClientError(f"cannot send through {s.host}:{s.smtp_port}: {exc}") from None
+        sent = self.folder_with("\\Sent")
+        if sent is not None:
+            self.imap.append(sent, message.as_bytes(policy=email.policy.SMTP), [b"\\Seen"])
+        return recipients
+
+
+_ROLES = {"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged"}
+_TAG = re.compile(r"(?s)<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]*>")
+_BLOCK = re.compile(r"(?i)<\s*(br|/p|/div|/tr|/h\d|/li)\b[^>]*>")
+
+
+def readable_text(message: EmailMessage) -> str:
+    """The part a terminal shows: text/plain if there is one, else the HTML as text."""
+    part = message.get_body(preferencelist=("plain", "html"))
+    if part is None:
+        return ""
+    try:
+        content: Any = part.get_content()
+    except (LookupError, ValueError):  # an unknown charset: show the bytes as best we can
+        payload = part.get_payload(decode=True)
+        content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+    text = str(content)
+    if part.get_content_subtype() == "html":
+        text = html.unescape(_TAG.sub("", _BLOCK.sub("\n", text)))
+        text = re.sub(r"\n\s*\n+", "\n\n", text).strip() + "\n"
+    return text
+
+
+def _flag_text(flag: object) -> str:
+    return flag.decode() if isinstance(flag, bytes) else str(flag)
+
+
+def _text(value: object) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text.strip().splitlines()[0] if text.strip() else "(no reason given)"

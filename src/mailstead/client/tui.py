@@ -1,0 +1,252 @@
+"""The terminal mail client (Textual): folders on the left, the folder's messages above, the
+message below. Works with any IMAP server and SMTP submission server (connection.py).
+
+Keys: Enter reads, c composes, r replies, f flags, d deletes (to Trash), j marks as spam
+(to Junk), n as not spam (back to INBOX), g refreshes, q quits. In the compose screen,
+Ctrl+S sends and Escape cancels. Every server call runs in a worker thread, one at a time,
+so the screen never freezes on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from imapclient.exceptions import IMAPClientError
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, DataTable, Footer, Input, Label, OptionList, Static, TextArea
+from textual.widgets.option_list import Option
+
+from mailstead.client.connection import ClientError, Letter, MailClient, Summary
+
+T = TypeVar("T")
+
+
+class ComposeScreen(ModalScreen[dict[str, str] | None]):
+    """To, Cc, Subject, attachments (paths, comma-separated) and the text; dismissed with
+    what was written, or None when cancelled."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+s", "send", "Send"), Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    ComposeScreen { align: center middle; }
+    #compose { width: 90%; height: 90%; border: round $accent; padding: 0 1; }
+    #compose TextArea { height: 1fr; }
+    #compose Horizontal { height: auto; }
+    """
+
+    def __init__(self, to: str = "", subject: str = "", body: str = "") -> None:
+        super().__init__()
+        self.initial = {"to": to, "subject": subject, "body": body}
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="compose"):
+            yield Input(self.initial["to"], placeholder="To", id="to")
+            yield Input(placeholder="Cc", id="cc")
+            yield Input(self.initial["subject"], placeholder="Subject", id="subject")
+            yield Input(placeholder="Attach files (paths, comma-separated)", id="attach")
+            yield TextArea(self.initial["body"], id="body")
+            with Horizontal():
+                yield Button("Send (Ctrl+S)", id="send", variant="primary")
+                yield Button("Cancel (Esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#body" if self.initial["to"] else "#to").focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "send":
+            self.action_send()
+        else:
+            self.action_cancel()
+
+    def action_send(self) -> None:
+        fields = {name: self.query_one(f"#{name}", Input).value
+                  for name in ("to", "cc", "subject", "attach")}
+        fields["body"] = self.query_one("#body", TextArea).text
+        self.dismiss(fields)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class MailApp(App[None]):
+    TITLE = "mailstead"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("c", "compose", "Compose"), Binding("r", "reply", "Reply"),
+        Binding("f", "flag", "Flag"), Binding("d", "delete", "Delete"),
+        Binding("j", "junk", "Spam"), Binding("n", "not_junk", "Not spam"),
+        Binding("g", "refresh", "Refresh"), Binding("q", "quit", "Quit"),
+    ]
+    DEFAULT_CSS = """
+    #folders { width: 26; border-right: solid $primary; }
+    #messages { height: 45%; }
+    #reader { height: 1fr; border-top: solid $primary; padding: 0 1; }
+    #status { height: 1; background: $panel; padding: 0 1; }
+    """
+
+    def __init__(self, client: MailClient) -> None:
+        super().__init__()
+        self.client = client
+        self.folder = "INBOX"
+        self.summaries: list[Summary] = []
+        self.letter: Letter | None = None
+        self._lock = asyncio.Lock()
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield OptionList(id="folders")
+            with Vertical():
+                table: DataTable[str] = DataTable(id="messages", cursor_type="row")
+                yield table
+                with VerticalScroll(id="reader"):
+                    yield Static("", id="letter", markup=False)
+        yield Label("", id="status")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        table = self.query_one("#messages", DataTable)
+        table.add_columns(" ", "From", "Subject", "Date")
+        await self.load_folders()
+        await self.load_messages()
+        table.focus()
+
+    # -- talking to the server --
+
+    async def call(self, func: Callable[..., T], *args: Any) -> T | None:
+        """``func(*args)`` in a worker thread; a failure is shown on the status line."""
+        async with self._lock:
+            try:
+                return await asyncio.to_thread(func, *args)
+            except (ClientError, IMAPClientError, OSError) as exc:
+                self.status(f"error: {exc}")
+                return None
+
+    def status(self, text: str) -> None:
+        self.query_one("#status", Label).update(text)
+
+    async def load_folders(self) -> None:
+        folders = await self.call(self.client.folders) or []
+        menu = self.query_one("#folders", OptionList)
+        menu.clear_options()
+        menu.add_options([Option(f.name, id=f.name) for f in folders])
+        names = [f.name for f in folders]
+        if self.folder in names:
+            menu.highlighted = names.index(self.folder)
+
+    async def load_messages(self) -> None:
+        found = await self.call(self.client.summaries, self.folder)
+        self.summaries = found or []
+        table = self.query_one("#messages", DataTable)
+        table.clear()
+        for s in self.summaries:
+            mark = ("*" if s.flagged else " ") + (" " if s.seen else "N")
+            when = s.date.strftime("%Y-%m-%d %H:%M") if s.date else ""
+            table.add_row(mark, s.sender[:30], s.subject[:80], when, key=str(s.uid))
+        self.status(f"{self.folder}: {len(self.summaries)} messages")
+
+    def current(self) -> Summary | None:
+        table = self.query_one("#messages", DataTable)
+        if not self.summaries or table.cursor_row is None:
+            return None
+        if 0 <= table.cursor_row < len(self.summaries):
+            return self.summaries[table.cursor_row]
+        return None
+
+    # -- events --
+
+    async def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.folder = str(event.option.id)
+        self.letter = None
+        self.query_one("#letter", Static).update("")
+        await self.load_messages()
+        self.query_one("#messages", DataTable).focus()
+
+    async def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        summary = self.current()
+        if summary is None:
+            return
+        letter = await self.call(self.client.read, self.folder, summary.uid)
+        if letter is None:
+            return
+        self.letter = letter
+        lines = [f"From:    {letter.header('From')}", f"To:      {letter.header('To')}"]
+        if letter.header("Cc"):
+            lines.append(f"Cc:      {letter.header('Cc')}")
+        lines += [f"Date:    {letter.header('Date')}", f"Subject: {letter.header('Subject')}"]
+        spam = letter.header("X-Spam-Status")
+        if spam:
+            lines.append(f"Spam:    {spam}")
+        if letter.attachments:
+            lines.append("Attached: " + ", ".join(letter.attachments))
+        self.query_one("#letter", Static).update("\n".join(lines) + "\n\n" + letter.text)
+        self.status(f"{self.folder}: message {summary.uid}")
+
+    # -- actions --
+
+    def action_compose(self) -> None:
+        self.push_screen(ComposeScreen(), self._send)
+
+    def action_reply(self) -> None:
+        letter = self.letter
+        if letter is None:
+            self.status("open a message first (Enter)")
+            return
+        subject = letter.header("Subject")
+        if not subject.lower().startswith("re:"):
+            subject = f"Re: {subject}"
+        quoted = "".join(f"> {line}\n" for line in letter.text.splitlines())
+        to = letter.header("Reply-To") or letter.header("From")
+        self.push_screen(ComposeScreen(to, subject, f"\n\n{letter.header('From')} wrote:\n"
+                                       f"{quoted}"), lambda fields: self._send(fields, letter))
+
+    async def _send(self, fields: dict[str, str] | None, reply_to: Letter | None = None) -> None:
+        if fields is None:
+            self.status("not sent")
+            return
+        attachments = [Path(p.strip()).expanduser() for p in fields["attach"].split(",")
+                       if p.strip()]
+        missing = [str(p) for p in attachments if not p.is_file()]
+        if missing:
+            self.status(f"error: no such file: {', '.join(missing)}")
+            return
+        message = self.client.compose(fields["to"], fields["subject"], fields["body"],
+                                      cc=fields["cc"], attachments=attachments,
+                                      reply_to=reply_to)
+        self.status("sending...")
+        sent_to = await self.call(self.client.send, message)
+        if sent_to is not None:
+            self.status(f"sent to {', '.join(sent_to)}")
+
+    async def _change(self, what: str, func: Callable[..., Any], *args: Any) -> None:
+        summary = self.current()
+        if summary is None:
+            return
+        await self.call(func, self.folder, [summary.uid], *args)
+        self.letter = None
+        self.query_one("#letter", Static).update("")
+        await self.load_messages()
+        self.status(f"{what}: {summary.subject[:60]}")
+
+    async def action_flag(self) -> None:
+        summary = self.current()
+        if summary is not None:
+            await self._change("flagged" if not summary.flagged else "unflagged",
+                               self.client.set_flag, "\\Flagged", not summary.flagged)
+
+    async def action_delete(self) -> None:
+        await self._change("deleted", self.client.delete)
+
+    async def action_junk(self) -> None:
+        await self._change("marked as spam", self.client.junk, True)
+
+    async def action_not_junk(self) -> None:
+        await self._change("marked as not spam", self.client.junk, False)
+
+    async def action_refresh(self) -> None:
+        await self.load_folders()
+        await self.load_messages()
