@@ -65,12 +65,13 @@ def submit(node: Node, user: str, recipients: Sequence[str], message: bytes,
     return reply.decode().rsplit(" ", 1)[-1]  # "250 2.0.0 OK queued as ID"
 
 
-def fetch_inbox(node: Node, user: str) -> list[email.message.EmailMessage]:
-    """Every message in the user's INBOX, read over IMAP (STARTTLS, LOGIN)."""
+def fetch_inbox(node: Node, user: str, mailbox: str = "INBOX"
+                ) -> list[email.message.EmailMessage]:
+    """Every message in the user's INBOX (or ``mailbox``), read over IMAP (STARTTLS, LOGIN)."""
     with imaplib.IMAP4(node.ip, node.port("imap"), timeout=30) as imap:
         imap.starttls(client_context())
         imap.login(user, PASSWORD)
-        imap.select("INBOX", readonly=True)
+        imap.select(mailbox, readonly=True)
         _, data = imap.uid("SEARCH", "ALL")
         uids = data[0].split() if data and data[0] else []
         messages = []
@@ -82,12 +83,13 @@ def fetch_inbox(node: Node, user: str) -> list[email.message.EmailMessage]:
     return messages  # type: ignore[return-value]
 
 
-def inbox_with(node: Node, user: str, count: int = 1) -> list[email.message.EmailMessage]:
+def inbox_with(node: Node, user: str, count: int = 1, mailbox: str = "INBOX"
+               ) -> list[email.message.EmailMessage]:
     def enough() -> list[email.message.EmailMessage] | None:
-        messages = fetch_inbox(node, user)
+        messages = fetch_inbox(node, user, mailbox)
         return messages if len(messages) >= count else None
 
-    return wait_for(enough, f"{count} message(s) in {user}'s INBOX")
+    return wait_for(enough, f"{count} message(s) in {user}'s {mailbox}")
 
 
 def queue_entry(node: Node, queue_id: str) -> QueueEntry:

@@ -4,6 +4,7 @@ by moving mail into and out of Junk with a real IMAP client (imaplib)."""
 
 from __future__ import annotations
 
+import logging
 import smtplib
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -170,3 +171,11 @@ async def _totals(server: RunningServer, address: str) -> tuple[int, int]:
     account = await server.services.store.get_account(address)
     assert account is not None
     return await server.services.store.spam_totals(account.id)
+
+
+def test_the_score_is_in_the_transaction_log(mail_server: RunningServer,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mailstead")
+    send(mail_server, mail("lunch", "noon?"))
+    [line] = [r.getMessage() for r in caplog.records if "smtp.transaction" in r.getMessage()]
+    assert "spam=" in line and "code=250" in line

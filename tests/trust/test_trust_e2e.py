@@ -182,9 +182,12 @@ def test_incoming_authentication_results_claiming_us_are_removed(
                          extra=f"Authentication-Results: {beta.hostname}; dkim=pass\r\n")
     code, _ = _send_to_mx(beta, mx_port, f"someone@{GAMMA}", f"bob@{BETA}", spoof)
     assert code == 250
-    [arrived] = inbox_with(beta, f"bob@{BETA}")
+    # p=none at gamma: delivered, marked; failing SPF and DMARC, it is filed as spam.
+    [arrived] = inbox_with(beta, f"bob@{BETA}", mailbox="Junk")
     results = _results(arrived, beta.hostname)  # exactly one: ours
-    assert results["dmarc"] == ["fail"]  # p=none at gamma: delivered, marked
+    assert results["dmarc"] == ["fail"]
+    assert arrived["X-Spam-Flag"] == "YES"
+    assert "DMARC_FAIL" in arrived["X-Spam-Status"] and "SPF_FAIL" in arrived["X-Spam-Status"]
 
 
 def test_dns_check_names_missing_records(

@@ -108,3 +108,10 @@ def test_header_fields_read_as_spamassassin_writes_them() -> None:
                       b"X-Spam-Status: Yes, score=7.2 required=5.0\r\n"
                       b"\ttests=BAYES_99,GTUBE\r\n")
     assert b"X-Spam-Level: \r\n" in SpamVerdict(-1.0, False, (), 5.0).header_fields()
+
+
+def test_a_trusted_forward_is_not_blamed_for_failing_authentication() -> None:
+    raw = b"From: a@b.test\r\nTo: c@d.test\r\nSubject: s\r\nMessage-ID: <m@b>\r\n\r\nx\r\n"
+    hits = {h.name for h in rules.score(raw, b"spf=fail dkim=fail dmarc=fail", NOW,
+                                        trusted_forward=True)}
+    assert hits == {"MISSING_DATE", "ARC_ALLOW"}

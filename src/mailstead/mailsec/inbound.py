@@ -30,6 +30,7 @@ class Verdict:
     headers: bytes  # Authentication-Results and Received-SPF to prepend
     message: bytes  # the message with forged Authentication-Results removed
     reason: str = ""
+    trusted_forward: bool = False  # a sealer we trust vouches for it (ARC, RFC 8617)
 
 
 class TrustService:
@@ -101,6 +102,7 @@ class TrustService:
                                                identity)
         action: Action = "accept"
         reason = ""
+        trusted = False
         if dmarc_result.result == "fail" and self.cfg.trust.enforce_dmarc:
             # RFC 7489 6.7 lets a receiver override the policy, RFC 8617 7.2 says how: a
             # valid ARC chain proves only who sealed it, so the override needs a sealer we
@@ -109,12 +111,13 @@ class TrustService:
             if (self.cfg.trust.trust_arc and sealed_dmarc == "pass"
                     and sealer in {d.lower() for d in self.cfg.trust.arc_trusted_sealers}):
                 reason = f"DMARC failed but the ARC chain passes, sealed by {sealer}"
+                trusted = True
             elif dmarc_result.disposition == "reject":
                 action, reason = "reject", f"DMARC policy of {dmarc_result.from_domain} " \
                                            "rejects this message"
             elif dmarc_result.disposition == "quarantine":
                 action, reason = "junk", f"DMARC policy of {dmarc_result.from_domain}: quarantine"
-        return Verdict(action, fields.encode("utf-8"), message, reason)
+        return Verdict(action, fields.encode("utf-8"), message, reason, trusted)
 
 
 def _spf_domain(result: SpfResult) -> str:

@@ -137,7 +137,7 @@ class SessionBackend:
             smtputf8=txn.smtputf8,
             body=txn.body,
         )
-        junk, auth_results = False, b""
+        junk, auth_results, trusted_forward = False, b"", False
         trust = trust_service(self.services)
         if trust is not None and txn.account is None:  # MX traffic, not our users' submissions
             verdict = await trust.verify_inbound(txn.client_ip, txn.helo, txn.sender, message)
@@ -145,11 +145,12 @@ class SessionBackend:
                 raise MessageRefused(verdict.reason)
             message, junk, auth_results = verdict.message, verdict.action == "junk", \
                 verdict.headers
+            trusted_forward = verdict.trusted_forward
         spam, spam_fields = None, b""
         scorer = spam_service(self.services)
         if scorer is not None and txn.account is None:  # MX traffic only, as for trust
             message = strip_spam_fields(message)
-            base = scorer.rules_verdict(message, auth_results)
+            base = scorer.rules_verdict(message, auth_results, trusted_forward)
             self._spam_score = base.score
             if scorer.refuses(base):
                 raise MessageRefused(f"this message looks like spam (score {base.score:.1f})")

@@ -66,8 +66,9 @@ class SpamService:
         self.blobs = blobs
         self._totals: dict[int, tuple[float, tuple[int, int]]] = {}
 
-    def rules_verdict(self, message: bytes, auth_results: bytes) -> SpamVerdict:
-        hits = rules.score(message, auth_results, datetime.now(UTC))
+    def rules_verdict(self, message: bytes, auth_results: bytes,
+                      trusted_forward: bool = False) -> SpamVerdict:
+        hits = rules.score(message, auth_results, datetime.now(UTC), trusted_forward)
         return self._verdict([h.name for h in hits], sum(h.score for h in hits))
 
     def refuses(self, verdict: SpamVerdict) -> bool:

@@ -62,8 +62,10 @@ def headers_of(message: bytes) -> tuple[dict[str, str], bytes]:
     return fields, body
 
 
-def score(message: bytes, auth_results: bytes, now: datetime) -> list[Hit]:
-    """The rules ``message`` matches."""
+def score(message: bytes, auth_results: bytes, now: datetime,
+          trusted_forward: bool = False) -> list[Hit]:
+    """The rules ``message`` matches. ``trusted_forward``: a forwarder we trust vouches for
+    it by ARC, so the SPF, DKIM and DMARC failures its forwarding caused do not count."""
     fields, body = headers_of(message)
     hits: list[Hit] = []
 
@@ -95,7 +97,10 @@ def score(message: bytes, auth_results: bytes, now: datetime) -> list[Hit]:
     phrases = sum(1 for p in _PHRASES if p in lowered)
     if phrases:
         hit("SPAM_PHRASES", min(phrases, 3) * 1.0, f"{phrases} phrase(s) common in spam")
-    _auth_rules(auth_results, hit)
+    if trusted_forward:
+        hit("ARC_ALLOW", -1.0, "forwarded by a sealer we trust (ARC)")
+    else:
+        _auth_rules(auth_results, hit)
     return hits
 
 
