@@ -238,10 +238,12 @@ def test_read_flag_move_junk_delete(shared_server: RunningServer, api: Api) -> N
 
     junked = client.post(f"/api/folders/{archive}/messages/{new_uid}/junk", json={"junk": True})
     assert junked.status_code == 200
+    assert _spam_totals(shared_server, user) == (1, 0)  # the user's filter learnt: spam
     junk = _folder(client, "Junk")
     junk_uid = _uid(client, junk, "weekly digest")
     assert client.post(f"/api/folders/{junk}/messages/{junk_uid}/junk",
                        json={"junk": False}).status_code == 200
+    assert _spam_totals(shared_server, user) == (0, 1)  # and now: not spam after all
     back_uid = _uid(client, inbox, "weekly digest")
 
     assert client.delete(f"/api/folders/{inbox}/messages/{back_uid}").status_code == 200
@@ -249,6 +251,15 @@ def test_read_flag_move_junk_delete(shared_server: RunningServer, api: Api) -> N
     trash_uid = _uid(client, trash, "weekly digest")
     assert client.delete(f"/api/folders/{trash}/messages/{trash_uid}").json()["count"] == 1
     assert client.get(f"/api/folders/{trash}/messages").json()["total"] == 0
+
+
+def _spam_totals(server: RunningServer, address: str) -> tuple[int, int]:
+    async def totals() -> tuple[int, int]:
+        account = await server.services.store.get_account(address)
+        assert account is not None
+        return await server.services.store.spam_totals(account.id)
+
+    return server.run(totals())
 
 
 def test_raw_and_attachments(shared_server: RunningServer, api: Api) -> None:
