@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-import html
 import mimetypes
-import re
 import smtplib
 import ssl
 from collections.abc import Sequence
@@ -26,6 +24,8 @@ from typing import Any, Literal
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
+
+from mailstead.web.sanitize import html_to_text
 
 TlsMode = Literal["implicit", "starttls", "none"]
 
@@ -289,8 +289,6 @@ class MailClient:
 
 
 _ROLES = {"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged"}
-_TAG = re.compile(r"(?s)<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]*>")
-_BLOCK = re.compile(r"(?i)<\s*(br|/p|/div|/tr|/h\d|/li)\b[^>]*>")
 
 
 def readable_text(message: EmailMessage) -> str:
@@ -304,10 +302,8 @@ def readable_text(message: EmailMessage) -> str:
         payload = part.get_payload(decode=True)
         content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
     text = str(content)
-    if part.get_content_subtype() == "html":
-        text = html.unescape(_TAG.sub("", _BLOCK.sub("\n", text)))
-        text = re.sub(r"\n\s*\n+", "\n\n", text).strip() + "\n"
-    return text
+    # The webmail's reading of HTML as text (for its reply quotes): the same job.
+    return html_to_text(text) if part.get_content_subtype() == "html" else text
 
 
 def _flag_text(flag: object) -> str:

@@ -42,11 +42,13 @@ __all__ = [
     "envelope",
     "has_attachment",
     "header_value",
+    "html_to_text",
     "parse",
     "parse_envelope_fields",
     "parse_section_spec",
     "section",
     "text_for_search",
+    "text_parts",
 ]
 
 # Limits that keep hostile messages from exhausting the stack or memory. Deeper or further
@@ -1070,7 +1072,7 @@ _TAG = re.compile(r"<[^<>]*>")
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b", re.IGNORECASE)
 
 
-def _html_to_text(text: str) -> str:
+def html_to_text(text: str) -> str:
     """Rough HTML to text for SEARCH: drop script/style content and tags, unescape entities."""
     kept: list[str] = []
     pos = 0
@@ -1085,11 +1087,12 @@ def _html_to_text(text: str) -> str:
     return html.unescape(_TAG.sub(" ", " ".join(kept)))
 
 
-def text_for_search(data: bytes, root: Part | None = None) -> str:
-    """The decoded text of every text/* part, for SEARCH BODY / TEXT (RFC 3501 6.4.4)."""
+def text_parts(data: bytes, root: Part | None = None) -> list[tuple[Part, str]]:
+    """Every text/* part with its decoded text (transfer encoding and charset undone; HTML
+    left as HTML), for SEARCH and the spam filter's tokens."""
     if root is None:
         root = parse(data)
-    chunks: list[str] = []
+    found: list[tuple[Part, str]] = []
     for part in root.walk():
         if part.is_multipart or part.content_type[0] != "text":
             continue
@@ -1098,10 +1101,14 @@ def text_for_search(data: bytes, root: Part | None = None) -> str:
             body = decode_transfer_encoding(body, part.transfer_encoding)
         except (UnknownEncoding, binascii.Error):
             pass
-        text = _decode_charset(body, part.charset or "utf-8")
-        if part.content_type[1] == "html":
-            text = _html_to_text(text)
-        chunks.append(text)
+        found.append((part, _decode_charset(body, part.charset or "utf-8")))
+    return found
+
+
+def text_for_search(data: bytes, root: Part | None = None) -> str:
+    """The decoded text of every text/* part, for SEARCH BODY / TEXT (RFC 3501 6.4.4)."""
+    chunks = [html_to_text(text) if part.content_type[1] == "html" else text
+              for part, text in text_parts(data, root)]
     return "\n".join(chunks).replace("\x00", "")
 
 
