@@ -180,6 +180,8 @@ class DeliveryService:
         """Each account's INBOX, or its Junk mailbox where ``in_junk`` says so (INBOX when it
         has none)."""
         inboxes = await self._inbox_ids(accounts)
+        if not any(in_junk):  # the usual case: no lookups, and no tasks for none
+            return inboxes
         boxes = await asyncio.gather(*(self.store.get_mailbox(a.id, "Junk")
                                        for a, junk in zip(accounts, in_junk, strict=True) if junk))
         found = iter(boxes)
@@ -234,17 +236,16 @@ class DeliveryService:
                 message = await self.trust.seal_forwarded(message, auth_results)
         head = self.trace_fields(envelope, queue_id, now, local=bool(accounts)) + auth_results
         spam = spam or {}
-        in_junk = [junk or (a.id in spam and spam[a.id].is_spam) for a in accounts]
-        boxes = await self._inbox_ids(accounts) if not any(in_junk) else await self._box_ids(
-            accounts, in_junk)
+        verdicts = [spam.get(a.id) for a in accounts]
+        is_spam = [v is not None and v.is_spam for v in verdicts]
+        boxes = await self._box_ids(accounts, [junk or s for s in is_spam])
         # One file per distinct header: usually one, since verdicts differ only once the
         # recipients have trained their filters. Blob id and envelope are filled in once
         # each file is written.
         parts: dict[bytes, list[Delivery]] = {}
-        for account, box_id in zip(accounts, boxes, strict=True):
-            fields = spam[account.id].header_fields() if account.id in spam else b""
-            is_spam = account.id in spam and spam[account.id].is_spam
-            flagged = keywords | {"$Junk"} if is_spam else keywords
+        for box_id, verdict, spammy in zip(boxes, verdicts, is_spam, strict=True):
+            fields = verdict.header_fields() if verdict is not None else b""
+            flagged = keywords | {"$Junk"} if spammy else keywords
             data_len = len(head) + len(fields) + len(message)
             parts.setdefault(fields, []).append(Delivery(box_id, NewMessage(
                 blob_id="", size=data_len, internal_date=now, keywords=flagged)))

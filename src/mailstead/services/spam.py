@@ -81,12 +81,15 @@ class SpamService:
         verdicts = {a.id: base for a in accounts}
         if not self.cfg.bayes:
             return verdicts
-        trained = [a for a in accounts if await self._trained_enough(a.id)]
+        trained = []
+        for account in accounts:
+            spam_n, ham_n = await self._totals_of(account.id)
+            if spam_n >= self.cfg.bayes_min_spam and ham_n >= self.cfg.bayes_min_ham:
+                trained.append((account, spam_n, ham_n))
         if not trained:
             return verdicts
         hashes = tokenize.hashed(tokenize.tokens(message))
-        for account in trained:
-            spam_n, ham_n = await self._totals_of(account.id)
+        for account, spam_n, ham_n in trained:
             counts = await self.store.spam_token_counts(account.id, hashes)
             name, points = bayes.band(bayes.spam_probability(counts, spam_n, ham_n))
             verdicts[account.id] = self._verdict((*base.tests, name), base.score + points)
@@ -96,10 +99,6 @@ class SpamService:
         total = round(total, 1)
         return SpamVerdict(total, total >= self.cfg.junk_score, tuple(sorted(names)),
                            self.cfg.junk_score)
-
-    async def _trained_enough(self, account_id: int) -> bool:
-        spam_n, ham_n = await self._totals_of(account_id)
-        return spam_n >= self.cfg.bayes_min_spam and ham_n >= self.cfg.bayes_min_ham
 
     async def _totals_of(self, account_id: int) -> tuple[int, int]:
         now = time.monotonic()

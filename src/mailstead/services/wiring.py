@@ -51,11 +51,11 @@ async def start(services: Services, background: list[asyncio.Task[None]]) -> Non
     # One MailboxService for IMAP and the webmail, built here so it knows the spam filter.
     mailboxes = MailboxService(services.store, services.blobs, services.changes,
                                services.cfg.limits.max_message_size)
-    services.extra.setdefault("mailbox", mailboxes)
+    services.extra["mailbox"] = mailboxes
     if services.cfg.spam.enabled:
         spam = SpamService(services.cfg.spam, services.store, services.blobs)
         services.extra["spam"] = spam
-        services.extra["mailbox"].trainer = spam
+        mailboxes.trainer = spam
 
     background.append(asyncio.create_task(_sweep_unused_blobs(services)))
     if services.cfg.metrics.statsd:
