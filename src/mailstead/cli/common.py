@@ -9,7 +9,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
@@ -25,7 +25,7 @@ EXIT_ERROR = 1
 EXIT_CONFIG = 2
 
 
-def fail(message: str, code: int = EXIT_ERROR) -> None:
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """One line saying what is wrong, then exit non-zero."""
     click.echo(f"mailstead: {message}", err=True)
     sys.exit(code)

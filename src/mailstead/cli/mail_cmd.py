@@ -68,12 +68,10 @@ def _settings(user: str, host: str | None, imap_port: int | None, smtp_port: int
         cfg = load_config(resolve_data_dir(data))
     except ConfigError as exc:
         fail(f"{exc} (or name a server with --host)")
-        raise  # not reached: fail exits
     imap_name, smtp_name = ("imap", "submission") if starttls else ("imaps", "submissions")
     imap, smtp = cfg.listeners.get(imap_name), cfg.listeners.get(smtp_name)
     if imap is None or smtp is None or not (imap.enabled and smtp.enabled):
         fail(f"the local server has no enabled {imap_name} and {smtp_name} listeners")
-        raise SystemExit(1)
     address = "127.0.0.1" if imap.address in ("0.0.0.0", "::", "") else imap.address
     return Settings(user, password, address, imap_port or imap.port, tls,
                     smtp_port or smtp.port, tls, cafile or str(cfg.path(cfg.tls.cert)),
