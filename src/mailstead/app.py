@@ -22,6 +22,7 @@ from mailstead.core.errors import ConfigError
 from mailstead.net.listener import ConnectionCaps, Listener, ProtocolHandler, start_listener
 from mailstead.net.tls import server_context
 from mailstead.obs import log_event
+from mailstead.services import metrics
 from mailstead.services.accounts import AccountService
 from mailstead.store.changes import ChangeBus
 from mailstead.store.factory import make_blob_store, make_metadata_store
@@ -41,6 +42,10 @@ class Services:
     caps: ConnectionCaps
     extra: dict[str, Any] = field(default_factory=dict)  # services added by later layers
     started: float = field(default_factory=time.time)  # when this process's services began
+
+    async def statistics(self) -> dict[str, Any]:
+        """This process's figures for the admin console, the API, /metrics and StatsD."""
+        return await metrics.statistics(self.store, self.caps.open_by_protocol, self.started)
 
 
 HandlerFactory = Callable[[Services, str, ListenerConfig], ProtocolHandler]
@@ -160,7 +165,7 @@ class App:
 
     async def _start_services(self) -> None:
         """Services other layers add (delivery, queue workers) start here."""
-        from mailstead.services import wiring
+        from mailstead import wiring
 
         await wiring.start(self.services, self.background)
 

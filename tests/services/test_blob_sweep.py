@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from mailstead.services.wiring import sweep_unused_blobs
 from mailstead.store.interfaces import Delivery, NewMessage
+from mailstead.wiring import sweep_unused_blobs
 from tests.conftest import RunningServer
 
 

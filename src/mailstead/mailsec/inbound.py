@@ -1,6 +1,6 @@
 """The trust service: signs what our users send, judges what arrives on the MX.
 
-``TrustService`` is created by services/wiring.py with the process's Resolver and reached by
+``TrustService`` is created by wiring.py with the process's Resolver and reached by
 DeliveryService (signing, before the blob is written, so every copy carries the same
 signature and the queued blob stays as stored) and by the SMTP backend (verification at end
 of data, before the message is acknowledged).

@@ -51,9 +51,8 @@ from mailstead.services.delivery import (
     delivery_service,
     unique_accounts,
 )
-from mailstead.services.sendcap import SendingCapExceeded
+from mailstead.services.sendcap import SendingCapExceeded, sending_cap
 from mailstead.services.spam import spam_service, strip_spam_fields
-from mailstead.services.wiring import sending_cap
 from mailstead.store.interfaces import Account
 
 T = TypeVar("T")
@@ -157,7 +156,7 @@ class SessionBackend:
             spam = await scorer.judge(message, base, unique_accounts(envelope.recipients))
             spam_fields = base.header_fields()
             self._spam_score = max(v.score for v in spam.values()) if spam else base.score
-        cap = sending_cap(self.services)
+        cap = sending_cap(self.services.extra, self.services.cfg.web)
         if txn.account is not None:
             try:
                 cap.check(txn.account, len(txn.recipients))

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Literal, Protocol
 
-from mailstead.store.interfaces import (
+from mailstead.core.models import (
     Account,
     Changes,
     CopyResult,

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from mailstead.core.models import FlagState, MessageMeta, SystemFlag
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import imap_sexpr, mime
 from mailstead.proto.imap_format import CommandError, Reply
 from mailstead.proto.imap_parse import Command, FetchArgs, FetchItem, QresyncParams
-from mailstead.store.interfaces import FlagState, MessageMeta, SystemFlag
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_backend import SelectedView

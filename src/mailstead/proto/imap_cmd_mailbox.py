@@ -9,6 +9,7 @@ import re
 from typing import TYPE_CHECKING
 
 from mailstead.core.errors import InvalidInput, NotFound
+from mailstead.core.models import SPECIAL_USES, Mailbox, MailboxStatus
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import mutf7
 from mailstead.proto.imap_format import CommandError, Reply
@@ -22,7 +23,6 @@ from mailstead.proto.imap_parse import (
     RenameArgs,
     StatusArgs,
 )
-from mailstead.store.interfaces import SPECIAL_USES, Mailbox, MailboxStatus
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_session import ImapSession

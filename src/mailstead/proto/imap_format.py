@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from mailstead.core.models import SYSTEM_FLAG_NAMES, SystemFlag
 from mailstead.proto import imap_sexpr
-from mailstead.store.interfaces import SYSTEM_FLAG_NAMES, SystemFlag
 
 CRLF = b"\r\n"
 

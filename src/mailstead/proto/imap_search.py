@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
+from mailstead.core.models import SYSTEM_FLAG_NAMES, MessageMeta
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import mime
 from mailstead.proto.imap_format import Reply
@@ -37,7 +38,6 @@ from mailstead.proto.imap_parse import (
     SkSize,
     SkText,
 )
-from mailstead.store.interfaces import SYSTEM_FLAG_NAMES, MessageMeta
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_session import ImapSession

@@ -26,6 +26,7 @@ from mailstead.core.errors import (
     NotFound,
     QuotaExceeded,
 )
+from mailstead.core.models import Account
 from mailstead.obs import log_event
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import mutf7
@@ -50,7 +51,6 @@ from mailstead.proto.imap_parse import (
     SequenceSet,
     parse_command,
 )
-from mailstead.store.interfaces import Account
 
 SERVER_NAME = "mailstead"
 SERVER_VERSION = "0.1.0"

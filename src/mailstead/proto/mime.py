@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote, unquote_to_bytes
 
+from mailstead.core.models import Envelope
 from mailstead.proto.imap_sexpr import Unspaced
-from mailstead.store.interfaces import Envelope
 
 __all__ = [
     "HeaderField",

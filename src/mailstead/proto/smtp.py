@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 
 from mailstead.core.addresses import Address, parse_address
 from mailstead.core.errors import InvalidInput, QuotaExceeded
+from mailstead.core.models import Account
 from mailstead.proto.lines import (
     COMMAND_LINE_MAX,
     DataOutcome,
@@ -29,7 +30,6 @@ from mailstead.proto.lines import (
     has_bare_cr_or_lf,
     strip_eol,
 )
-from mailstead.store.interfaces import Account
 
 # Extensions lengthen the 512-octet command line (RFC 5321 4.5.3.1.4): SIZE adds 26 (RFC 1870),
 # DSN 100 to MAIL and 500 to RCPT (RFC 3461 4), AUTH= 500 to MAIL (RFC 4954 5), and the AUTH

@@ -308,5 +308,5 @@ def delivery_service(services: object) -> DeliveryService:
     extra: dict[str, object] = getattr(services, "extra")  # noqa: B009
     found = extra.get("delivery")
     if not isinstance(found, DeliveryService):
-        raise RuntimeError("the delivery service was not started (services/wiring.py)")
+        raise RuntimeError("the delivery service was not started (wiring.py)")
     return found

@@ -18,17 +18,15 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from mailstead.config import host_and_port
+from mailstead.config import MetricsConfig, host_and_port
 from mailstead.obs import EVENT_COUNTS, log_event
-
-if TYPE_CHECKING:
-    from mailstead.app import Services
+from mailstead.store.interfaces import MetadataStore
 
 DATAGRAM_SIZE = 1400  # bytes: below a typical MTU, so a report is never fragmented
 
@@ -38,27 +36,29 @@ def _sum(prefixes: tuple[str, ...], names: tuple[str, ...] = ()) -> int:
                if event in names or any(event.startswith(p) for p in prefixes))
 
 
-async def statistics(services: Services) -> dict[str, Any]:
-    """Counters since this process started, and what is happening now."""
-    queue = await services.store.list_queue(False)
-    caps = services.caps
+async def statistics(
+    store: MetadataStore, connections: Mapping[str, int], started: float
+) -> dict[str, Any]:
+    """Counters since this process started (at ``started``, a time.time()), and what is
+    happening now: ``connections`` are the open ones by protocol."""
+    queue = await store.list_queue(False)
     spam = {event.split(".", 1)[1]: n for event, n in EVENT_COUNTS.items()
             if event.startswith("spam.")}
     return {
-        "uptime_seconds": int(time.time() - services.started),
+        "uptime_seconds": int(time.time() - started),
         "messages_in": _sum((), ("smtp.transaction", "dmtp.delivered")),
         "messages_sent_web": EVENT_COUNTS.get("web.sent", 0),
         "messages_out": EVENT_COUNTS.get("queue.attempt", 0),
         "queue_size": len(queue),
         "queue_recipients": sum(1 for e in queue for r in e.recipients
                                 if r.status == "pending"),
-        "connections": {k: v for k, v in sorted(caps.open_by_protocol.items()) if v > 0},
-        "connections_total": caps.open_total,
+        "connections": {k: v for k, v in sorted(connections.items()) if v > 0},
+        "connections_total": sum(connections.values()),
         "logins_failed": EVENT_COUNTS.get("auth.failed", 0),
         "lockouts": EVENT_COUNTS.get("auth.locked", 0),
         "spam_verdicts": spam,
-        "accounts": len(await services.store.list_accounts(None)),
-        "domains": len(await services.store.list_domains()),
+        "accounts": len(await store.list_accounts(None)),
+        "domains": len(await store.list_domains()),
         "events": dict(sorted(EVENT_COUNTS.items())),
     }
 
@@ -158,9 +158,10 @@ def datagrams(lines: list[str], size: int = DATAGRAM_SIZE) -> list[bytes]:
     return packets
 
 
-async def report_to_statsd(services: Services) -> None:
-    """Sends a report every ``statsd_interval`` seconds until cancelled."""
-    cfg = services.cfg.metrics
+async def report_to_statsd(
+    cfg: MetricsConfig, figures_now: Callable[[], Awaitable[dict[str, Any]]]
+) -> None:
+    """Sends a report of ``figures_now()`` every ``statsd_interval`` seconds until cancelled."""
     host, port = host_and_port(cfg.statsd)  # checked when the config was loaded
     loop = asyncio.get_running_loop()
     transport, _protocol = await loop.create_datagram_endpoint(
@@ -170,7 +171,7 @@ async def report_to_statsd(services: Services) -> None:
         while True:
             await asyncio.sleep(cfg.statsd_interval)
             try:
-                figures = await statistics(services)
+                figures = await figures_now()
             except Exception as exc:  # the store is away for now: the next report catches up
                 log_event("metrics.statsd_failed", logging.WARNING, error=str(exc))
                 continue

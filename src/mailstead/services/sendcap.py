@@ -4,6 +4,7 @@ so a fresh sign-up cannot become a spam cannon through any of them."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from mailstead.config import WebConfig
 from mailstead.store.interfaces import Account
@@ -50,3 +51,12 @@ class SendingCap:
         self._sent[key] = self._sent.get(key, 0) + count
         for stale in [k for k in self._sent if k[1] != today]:
             del self._sent[stale]
+
+
+def sending_cap(extra: dict[str, Any], cfg: WebConfig) -> SendingCap:
+    """The process's daily sending cap of new accounts, kept in the services' ``extra`` (made
+    on first use in tests that build services without starting them)."""
+    cap = extra.get("sendcap")
+    if not isinstance(cap, SendingCap):
+        cap = extra["sendcap"] = SendingCap(cfg)
+    return cap

@@ -12,219 +12,58 @@ committed and fsync'd. A power cut right after it loses nothing. Blobs are made 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from enum import IntFlag
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, Protocol
 
-# ---------------------------------------------------------------------------------------------
-# Models
-
-
-class SystemFlag(IntFlag):
-    """IMAP system flags, stored as a bit mask so "unseen" counts use an index-free integer test."""
-
-    SEEN = 1
-    ANSWERED = 2
-    FLAGGED = 4
-    DELETED = 8
-    DRAFT = 16
-
-
-SYSTEM_FLAG_NAMES: dict[str, SystemFlag] = {
-    "\\Seen": SystemFlag.SEEN,
-    "\\Answered": SystemFlag.ANSWERED,
-    "\\Flagged": SystemFlag.FLAGGED,
-    "\\Deleted": SystemFlag.DELETED,
-    "\\Draft": SystemFlag.DRAFT,
-}
-
-SPECIAL_USES = ("\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged")
-
-# Mailboxes every new account gets (RFC 6154 roles).
-DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
-    ("INBOX", None),
-    ("Sent", "\\Sent"),
-    ("Drafts", "\\Drafts"),
-    ("Trash", "\\Trash"),
-    ("Junk", "\\Junk"),
-    ("Archive", "\\Archive"),
+from mailstead.core.models import (
+    DEFAULT_MAILBOXES,
+    SPECIAL_USES,
+    SYSTEM_FLAG_NAMES,
+    Account,
+    Alias,
+    Changes,
+    CopyResult,
+    Delivery,
+    Domain,
+    Envelope,
+    FlagState,
+    FlagUpdate,
+    Mailbox,
+    MailboxStatus,
+    MessageMeta,
+    NewMessage,
+    QueueEntry,
+    QueueRecipient,
+    QueueState,
+    RecipientStatus,
+    SystemFlag,
 )
 
-
-@dataclass(frozen=True, slots=True)
-class Domain:
-    id: int
-    name: str
-    created: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    id: int
-    address: str  # normalised: local part lower-cased, domain IDNA lower-case
-    domain: str
-    password_hash: str
-    quota_bytes: int  # 0 = unlimited
-    quota_messages: int  # 0 = unlimited
-    is_admin: bool
-    created: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Alias:
-    source: str  # "user@domain", or "@domain" for the domain's catch-all
-    destination: str
-
-
-@dataclass(frozen=True, slots=True)
-class Mailbox:
-    id: int
-    account_id: int
-    name: str  # full hierarchical name, '/' separated, UTF-8; "INBOX" is always upper case
-    special_use: str | None
-    uidvalidity: int
-    uidnext: int
-    highestmodseq: int
-    first_recent_uid: int  # messages with uid >= this are \Recent for the next session to claim
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """Header fields parsed once at delivery, for fast listing and search without reading blobs."""
-
-    subject: str = ""
-    from_: str = ""
-    to: str = ""
-    cc: str = ""
-    date: datetime | None = None  # the Date: header, None when missing or unparsable
-    message_id: str = ""
-    in_reply_to: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    """What is needed to add a message to a mailbox. UID and MODSEQ are assigned by the store."""
-
-    blob_id: str  # SHA-256 hex of the message bytes, as returned by BlobStore.put
-    size: int
-    internal_date: datetime
-    flags: int = 0  # SystemFlag bits
-    keywords: frozenset[str] = frozenset()
-    envelope: Envelope = field(default_factory=Envelope)
-
-
-@dataclass(frozen=True, slots=True)
-class MessageMeta:
-    id: int
-    mailbox_id: int
-    uid: int
-    modseq: int
-    flags: int  # SystemFlag bits
-    keywords: frozenset[str]
-    internal_date: datetime
-    size: int
-    blob_id: str
-    envelope: Envelope
-
-
-class FlagState(NamedTuple):
-    """The cheap per-message row used to SELECT and to FETCH FLAGS on huge mailboxes.
-
-    A NamedTuple, not a dataclass: a store builds 100,000 of these for one SELECT, and a tuple
-    subclass can be made in C (``tuple.__new__``) without running Python code per row."""
-
-    uid: int
-    modseq: int
-    flags: int
-    keywords: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class MailboxStatus:
-    messages: int
-    unseen: int
-    recent: int
-    size: int
-    uidnext: int
-    uidvalidity: int
-    highestmodseq: int
-    deleted: int
-    deleted_size: int = 0  # octets of the messages marked \Deleted (RFC 9208 DELETED-STORAGE)
-
-
-@dataclass(frozen=True, slots=True)
-class FlagUpdate:
-    """Result of a STORE: what changed, and the UIDs refused by UNCHANGEDSINCE (RFC 7162)."""
-
-    changed: list[FlagState]
-    failed_uids: list[int]
-    highestmodseq: int
-
-
-@dataclass(frozen=True, slots=True)
-class CopyResult:
-    """UID mapping of a COPY/MOVE, for COPYUID (RFC 4315)."""
-
-    uidvalidity: int
-    pairs: list[tuple[int, int]]  # (source uid, destination uid)
-
-
-@dataclass(frozen=True, slots=True)
-class Changes:
-    """What changed in a mailbox since a MODSEQ (CONDSTORE/QRESYNC)."""
-
-    changed: list[FlagState]
-    vanished: list[int]  # expunged uids with modseq > the one asked for
-    highestmodseq: int
-
-
-RecipientStatus = Literal["pending", "delivered", "failed", "recalled"]
-
-
-@dataclass(slots=True)
-class QueueRecipient:
-    address: str
-    status: RecipientStatus = "pending"
-    last_reply: str = ""  # last SMTP reply or error text for this recipient
-    notify: str = ""  # DSN NOTIFY (RFC 3461), e.g. "FAILURE,DELAY"
-    orcpt: str = ""  # DSN ORCPT, e.g. "rfc822;bob@example.org"
-
-
-QueueState = Literal["queued", "done"]
-
-
-@dataclass(slots=True)
-class QueueEntry:
-    """A message waiting to leave for remote recipients. Recipients carry their own results."""
-
-    id: str  # the queue id shown in the SMTP 250 reply and in logs
-    sender: str  # envelope sender; "" is the null sender (bounces)
-    recipients: list[QueueRecipient]
-    blob_id: str
-    size: int
-    created: datetime
-    next_attempt: datetime
-    attempts: int = 0
-    state: QueueState = "queued"
-    account_id: int | None = None  # the authenticated submitter, who may recall it
-    envid: str = ""  # DSN ENVID
-    ret: str = ""  # DSN RET: "FULL" or "HDRS"
-    requiretls: bool = False  # RFC 8689
-    smtputf8: bool = False
-    body_8bit: bool = False
-    delay_notified: bool = False
-    lease_owner: str = ""
-    lease_until: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One mailbox to add the message to, as part of ``MetadataStore.store_message``."""
-
-    mailbox_id: int
-    message: NewMessage
-
+__all__ = [
+    "DEFAULT_MAILBOXES",
+    "SPECIAL_USES",
+    "SYSTEM_FLAG_NAMES",
+    "Account",
+    "Alias",
+    "BlobStore",
+    "Changes",
+    "CopyResult",
+    "Delivery",
+    "Domain",
+    "Envelope",
+    "FlagState",
+    "FlagUpdate",
+    "Mailbox",
+    "MailboxStatus",
+    "MessageMeta",
+    "MetadataStore",
+    "NewMessage",
+    "QueueEntry",
+    "QueueRecipient",
+    "QueueState",
+    "RecipientStatus",
+    "SystemFlag",
+]
 
 # ---------------------------------------------------------------------------------------------
 # Interfaces

@@ -14,7 +14,6 @@ from mailstead.mailsec import dnsrecords
 from mailstead.obs import log_event
 from mailstead.queue.manage import retry_now
 from mailstead.queue.recall import RecallReport, recall_and_tell
-from mailstead.services import metrics
 from mailstead.store.interfaces import Account, QueueEntry
 from mailstead.web.state import WebState
 
@@ -201,4 +200,4 @@ async def recall(state: WebState, queue_id: str, account: Account | None = None
 async def statistics(state: WebState) -> dict[str, Any]:
     """Counters since this process started, and what is happening now (services/metrics.py,
     which /metrics and StatsD read too)."""
-    return await metrics.statistics(state.services)
+    return await state.services.statistics()

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from mailstead.services.metrics import may_read_metrics, prometheus_text, statistics
+from mailstead.services.metrics import may_read_metrics, prometheus_text
 from mailstead.web.pages import web_state
 from mailstead.web.security import client_ip
 
@@ -26,7 +26,7 @@ async def metrics(request: Request) -> Response:
                             cfg.allow_from, cfg.token):
         return PlainTextResponse("metrics are readable from metrics.allow_from or with "
                                  "metrics.token only\n", 403)
-    body = prometheus_text(await statistics(state.services))
+    body = prometheus_text(await state.services.statistics())
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -11,8 +11,7 @@ from mailstead.core.errors import InvalidInput
 from mailstead.obs import log_event
 from mailstead.services.accounts import AccountService
 from mailstead.services.delivery import InboundEnvelope, InboundRecipient
-from mailstead.services.sendcap import SendingCapExceeded
-from mailstead.services.wiring import sending_cap
+from mailstead.services.sendcap import SendingCapExceeded, sending_cap
 from mailstead.store.interfaces import Account, Mailbox, SystemFlag
 from mailstead.web.compose import Draft, build_message, envelope_recipients
 from mailstead.web.mailroom import Mailroom
@@ -46,7 +45,7 @@ async def sender_addresses(accounts: AccountService, account: Account) -> list[s
 
 def check_cap(state: WebState, account: Account, count: int) -> None:
     try:
-        sending_cap(state.services).check(account, count)
+        sending_cap(state.services.extra, state.services.cfg.web).check(account, count)
     except SendingCapExceeded as exc:
         raise SendRefused(str(exc)) from None
 
@@ -91,7 +90,7 @@ async def send(state: WebState, room: Mailroom, draft: Draft, *, client_ip: str,
         body="8BITMIME" if any(b > 0x7F for b in outgoing) else "7BIT",
     )
     result = await state.delivery.deliver(envelope, outgoing)
-    sending_cap(state.services).record(account, len(recipients))
+    sending_cap(state.services.extra, state.services.cfg.web).record(account, len(recipients))
     sent_copy = build_message(draft, hostname=hostname, include_bcc=True, message_id=message_id)
     sent_box = await room.by_role("\\Sent")
     stored = await room.mailboxes.append(sent_box, sent_copy, flags=int(SystemFlag.SEEN))

@@ -1,7 +1,6 @@
-"""Builds the services that sit between protocols and the store, and starts background tasks.
-
-Kept apart from app.py so each service layer adds itself here in one place:
-``services.extra["delivery"]`` (SMTP/DMTP inbound delivery), later the queue workers.
+"""Part of the composition root (with app.py): builds the services that sit between protocols
+and the store, and starts their background tasks. Each service adds itself here in one place
+(``services.extra["delivery"]``, the queue workers...); services never import this module.
 """
 
 from __future__ import annotations
@@ -61,7 +60,8 @@ async def start(services: Services, background: list[asyncio.Task[None]]) -> Non
     if services.cfg.metrics.statsd:
         from mailstead.services.metrics import report_to_statsd
 
-        background.append(asyncio.create_task(report_to_statsd(services)))
+        background.append(asyncio.create_task(
+            report_to_statsd(services.cfg.metrics, services.statistics)))
 
 
 BLOB_SWEEP_INTERVAL = 60.0
@@ -92,13 +92,6 @@ async def sweep_unused_blobs(services: Services, grace_seconds: float) -> int:
     return removed
 
 
-def sending_cap(services: Services) -> SendingCap:
-    """The process's daily sending cap of new accounts (made on first use in tests that
-    build services without ``start``)."""
-    cap = services.extra.get("sendcap")
-    if not isinstance(cap, SendingCap):
-        cap = services.extra["sendcap"] = SendingCap(services.cfg.web)
-    return cap
 
 
 async def _close_on_stop(close: Callable[[], Awaitable[None]]) -> None:
