@@ -121,7 +121,9 @@ class App:
         for domain in self.cfg.domains:
             if await self.store.get_domain(domain.lower()) is None:
                 await self.store.add_domain(domain.lower())
-        await self._start_services()
+        from mailstead import wiring
+
+        wiring.build(self.services)
         ctx = self._ssl_context()
         for name, lc in self.cfg.listeners.items():
             if not lc.enabled:
@@ -151,6 +153,9 @@ class App:
                 tasks=self.session_tasks,
             )
             self.listeners.append(listener)
+        # Background work (queue workers...) starts only once every listener is bound: a second
+        # `serve` on the same data fails at its first bind and leaves the queue alone.
+        wiring.start(self.services, self.background)
         return self.listeners
 
     async def _start_web(
@@ -162,12 +167,6 @@ class App:
         self.web_servers.append(web)
         listener: Listener = web.listener
         return listener
-
-    async def _start_services(self) -> None:
-        """Services other layers add (delivery, queue workers) start here."""
-        from mailstead import wiring
-
-        await wiring.start(self.services, self.background)
 
     async def stop(self) -> None:
         for web in self.web_servers:

@@ -16,36 +16,28 @@ if TYPE_CHECKING:
     from mailstead.app import Services
 
 
-async def start(services: Services, background: list[asyncio.Task[None]]) -> None:
-    """Creates the delivery and mailbox services and starts background workers."""
+def build(services: Services) -> None:
+    """Creates the delivery, queue, trust, mailbox and spam services (no background work yet:
+    the listeners are bound between ``build`` and ``start``)."""
+    from mailstead.dns import make_resolver
+    from mailstead.mailsec.inbound import TrustService
+    from mailstead.queue.delivered import DeliveredNotices
+    from mailstead.queue.scheduler import QueueRunner
     from mailstead.services.delivery import DeliveryService
+    from mailstead.services.mailbox import MailboxService
+    from mailstead.services.spam import SpamService
 
     delivery = DeliveryService(services.store, services.blobs, services.cfg.hostname)
     services.extra["delivery"] = delivery
     services.extra["sendcap"] = SendingCap(services.cfg.web)
-    background.append(asyncio.create_task(_close_on_stop(delivery.close)))
-
-    # Outbound queue workers (delivery.workers of them; 0 leaves mail queued).
-    from mailstead.dns import make_resolver
-    from mailstead.queue.scheduler import QueueRunner
-
     resolver = make_resolver(services.cfg.delivery)
     services.extra["dns"] = resolver
-    from mailstead.mailsec.inbound import TrustService
-
     trust = TrustService(services.cfg, resolver, services.accounts.is_local_domain)
     services.extra["trust"] = trust
     delivery.trust = trust
-    queue = QueueRunner(services.cfg, services.store, services.blobs, resolver, delivery,
-                        services.accounts)
-    services.extra["queue"] = queue
-    queue.start(background)
-    from mailstead.queue.delivered import DeliveredNotices
-
+    services.extra["queue"] = QueueRunner(services.cfg, services.store, services.blobs, resolver,
+                                          delivery, services.accounts)
     delivery.after_local_delivery = DeliveredNotices(delivery, services.accounts)
-
-    from mailstead.services.mailbox import MailboxService
-    from mailstead.services.spam import SpamService
 
     # One MailboxService for IMAP and the webmail, built here so it knows the spam filter.
     mailboxes = MailboxService(services.store, services.blobs, services.changes,
@@ -56,6 +48,17 @@ async def start(services: Services, background: list[asyncio.Task[None]]) -> Non
         services.extra["spam"] = spam
         mailboxes.trainer = spam
 
+
+def start(services: Services, background: list[asyncio.Task[None]]) -> None:
+    """Starts the background work of the services ``build`` made: the outbound queue workers
+    (``delivery.workers`` of them; 0 leaves mail queued), the blob sweeper, StatsD reports."""
+    from mailstead.queue.scheduler import QueueRunner
+    from mailstead.services.delivery import delivery_service
+
+    background.append(asyncio.create_task(_close_on_stop(delivery_service(services).close)))
+    queue = services.extra["queue"]
+    assert isinstance(queue, QueueRunner)
+    queue.start(background)
     background.append(asyncio.create_task(_sweep_unused_blobs(services)))
     if services.cfg.metrics.statsd:
         from mailstead.services.metrics import report_to_statsd

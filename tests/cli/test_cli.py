@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from mailstead.config import load_config
 from mailstead.store.factory import make_blob_store, make_metadata_store
-from mailstead.store.interfaces import Delivery, NewMessage
+from mailstead.store.interfaces import Delivery, NewMessage, QueueEntry, QueueRecipient
 from tests.conftest import mailstead_cmd, start_serve_process
 
 GOOD_PW = "a-long-Passw0rd"
@@ -195,6 +197,57 @@ def test_serve_prints_listeners_and_stops_cleanly(data: Path) -> None:
     sp = start_serve_process(data, "imap=127.0.0.1:0", "smtp=127.0.0.1:0")
     assert sp.proc.poll() is None
     assert sp.terminate() == 0
+
+
+def _queue(data: Path, entry: QueueEntry | None = None) -> list[QueueEntry]:
+    """Adds ``entry`` to the outbound queue (if given); returns the queue as stored."""
+    async def go() -> list[QueueEntry]:
+        cfg = load_config(data)
+        store, blobs = make_metadata_store(cfg), make_blob_store(cfg)
+        await store.open()
+        try:
+            if entry is not None:
+                body = b"Subject: waiting\r\n\r\nfor the queue\r\n"
+                entry.blob_id, entry.size = blobs.put(body), len(body)
+                await store.enqueue(entry)
+            return await store.list_queue(True)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def test_second_serve_on_busy_ports_fails_at_once_and_leaves_the_queue(data: Path) -> None:
+    """Issue 22.4: every listener is bound before the queue workers start, so a second serve
+    (its ports taken) fails with one line and claims nothing, not even a due message."""
+    now = dt.datetime.now(dt.UTC)
+    _queue(data, QueueEntry(
+        id="Q-busy-ports", sender="demo@example.test",
+        recipients=[QueueRecipient("someone@remote.test")], blob_id="", size=0,
+        created=now, next_attempt=now - dt.timedelta(minutes=1),
+    ))
+    before = _queue(data)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    try:
+        listen = [f"{name}=127.0.0.1:0" for name in
+                  ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")]
+        started = time.monotonic()
+        proc = ms(data, "serve", *(a for spec in listen for a in ("--listen", spec)),
+                  "--listen", f"http=127.0.0.1:{taken}")
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.strip().startswith("mailstead: cannot listen"), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert time.monotonic() - started < 30
+    finally:
+        holder.close()
+    after = _queue(data)
+    assert [(e.id, e.attempts, e.lease_owner, e.lease_until, e.next_attempt, e.state)
+            for e in after] == [(e.id, e.attempts, e.lease_owner, e.lease_until,
+                                 e.next_attempt, e.state) for e in before]
+    assert after[0].attempts == 0 and not after[0].lease_owner
 
 
 def test_dkim_rotate_list_and_remove_a_retired_selector(data: Path) -> None:

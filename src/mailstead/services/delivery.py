@@ -304,7 +304,7 @@ def _remote_recipients(recipients: Sequence[InboundRecipient]) -> list[QueueReci
 
 
 def delivery_service(services: object) -> DeliveryService:
-    """The process's DeliveryService from ``services.extra`` (created by wiring.start)."""
+    """The process's DeliveryService from ``services.extra`` (created by wiring.build)."""
     extra: dict[str, object] = getattr(services, "extra")  # noqa: B009
     found = extra.get("delivery")
     if not isinstance(found, DeliveryService):
