@@ -226,11 +226,19 @@ class MailboxView:
 
     async def claim_recent(self) -> None:
         """Takes the messages nobody has seen yet as this session's \\Recent ones."""
-        if not self.track_recent or self.readonly:
+        if not self.track_recent:
             return
         claimed = self.service.claimed_upto
         key = (self.mailbox.id, self.mailbox.uidvalidity)
         last = self.last_uid
+        if self.readonly:
+            # RFC 3501 6.3.2: EXAMINE reports \\Recent as SELECT would, but leaves it in place
+            # for the next read-write session (so no store write, and no claim).
+            first = max(self.mailbox.first_recent_uid, claimed.get(key, 0) + 1,
+                        self.recent_ranges[-1][1] + 1 if self.recent_ranges else 0)
+            if first <= last:
+                self.recent_ranges.append((first, last))
+            return
         if last <= claimed.get(key, 0):
             return  # another session of this process took them: no write needed
         first = await self.store.claim_recent(self.mailbox.id)
