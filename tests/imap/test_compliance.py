@@ -43,3 +43,77 @@ def test_examine_reports_recent_like_select_and_leaves_it(mail_server: RunningSe
         first.logout()
         second.logout()
         watcher.close()
+
+
+def _flags_before_fetch(lines: list[bytes], known: set[str]) -> set[str]:
+    """Checks, the way a strict client does, that every keyword a FETCH shows was named by a
+    FLAGS response before it; returns the FLAGS known after ``lines``."""
+    for line in lines:
+        if line.startswith(b"* FLAGS ("):
+            known = set(line[len(b"* FLAGS ("):line.index(b")")].decode().split())
+        elif b" FETCH (" in line and b"FLAGS (" in line:
+            start = line.index(b"FLAGS (") + len(b"FLAGS (")
+            shown = line[start:line.index(b")", start)].decode().split()
+            unknown = {f for f in shown if not f.startswith("\\")} - known
+            assert not unknown, f"keyword {unknown} used without being in FLAGS: {lines}"
+    return known
+
+
+@BOTH
+def test_new_keywords_are_announced_by_flags_before_any_fetch(
+    mail_server: RunningServer,
+) -> None:
+    """RFC 3501 7.2.6, RFC 9051 7.3.5: a keyword new to the mailbox, brought by STORE, APPEND,
+    COPY or MOVE from any session, reaches every session with the mailbox selected as an
+    untagged FLAGS (and PERMANENTFLAGS) before a FETCH shows it."""
+    deliver(mail_server, message("one"))
+    deliver(mail_server, message("two"), mailbox="Archive")
+    watcher, actor = Raw(mail_server), Raw(mail_server)
+    watcher.login()
+    actor.login()
+    try:
+        lines = watcher.cmd("SELECT INBOX")
+        known = _flags_before_fetch(lines, set())
+        assert "$Important" not in known
+
+        # Another session's STORE.
+        actor.cmd("SELECT INBOX")
+        actor.cmd("STORE 1 +FLAGS ($Important)")
+        lines = watcher.cmd("NOOP")
+        flags_at = next(i for i, x in enumerate(lines) if x.startswith(b"* FLAGS ("))
+        assert lines[flags_at + 1].startswith(b"* OK [PERMANENTFLAGS (")
+        assert b"$Important" in lines[flags_at + 1]
+        fetch_at = next(i for i, x in enumerate(lines) if b" FETCH " in x)
+        assert flags_at < fetch_at
+        known = _flags_before_fetch(lines, known)
+        assert "$Important" in known
+
+        # APPEND with a keyword, then a COPY and a MOVE bringing others.
+        data = b"Subject: three\r\n\r\nthree\r\n"
+        actor.send(b"a1 APPEND INBOX ($Label1) {%d+}\r\n" % len(data) + data + b"\r\n")
+        assert actor.until("a1")[-1].startswith(b"a1 OK")
+        actor.cmd("SELECT Archive")
+        actor.cmd("STORE 1 +FLAGS (Junk-ish)")
+        actor.cmd("COPY 1 INBOX")
+        actor.cmd("STORE 1 +FLAGS (MovedTag)")
+        actor.cmd("MOVE 1 INBOX")
+        lines = watcher.cmd("FETCH 1:* (FLAGS)")
+        known = _flags_before_fetch(lines, known)
+        assert {"$Label1", "Junk-ish", "MovedTag"} <= known
+        lines = watcher.cmd("NOOP")
+        known = _flags_before_fetch(lines, known)
+
+        # The session's own STORE, even .SILENT, adds to FLAGS; a removal does not.
+        lines = watcher.cmd("STORE 1 +FLAGS.SILENT (OwnWord)")
+        assert any(x.startswith(b"* FLAGS (") and b"OwnWord" in x for x in lines)
+        known = _flags_before_fetch(lines, known)
+        lines = watcher.cmd("STORE 1 -FLAGS (NeverSeen)")
+        assert not any(x.startswith(b"* FLAGS (") for x in lines)
+        _flags_before_fetch(watcher.cmd("FETCH 1:* (UID FLAGS)"), known)
+        # A fresh SELECT names them all at once.
+        lines = watcher.cmd("SELECT INBOX")
+        assert {"$Important", "$Label1", "Junk-ish", "MovedTag", "OwnWord"} <= (
+            _flags_before_fetch(lines, set()))
+    finally:
+        watcher.close()
+        actor.close()

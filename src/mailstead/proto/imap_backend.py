@@ -89,6 +89,8 @@ class Updates(Protocol):
     def recent(self) -> int | None: ...
     @property
     def flags(self) -> list[tuple[int, FlagState]]: ...
+    @property
+    def keywords(self) -> set[str]: ...
 
 
 class SelectedView(Protocol):
@@ -97,7 +99,7 @@ class SelectedView(Protocol):
     modseq: int
     uidnext: int
     first_unseen: int
-    keywords: set[str]
+    keywords: set[str]  # the keywords this session's client was told of (FLAGS response)
 
     @property
     def exists(self) -> int: ...

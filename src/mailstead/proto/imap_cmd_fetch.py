@@ -84,6 +84,8 @@ async def _fetch_flags(
     if changedsince is not None:
         states = [st for st in states if st.modseq > changedsince]
     seqs = view.seqs_of([st.uid for st in states])
+    if any(item.name == "FLAGS" for item in items):
+        s.announce_keywords([st.keywords for st in states])
     render = _flags_renderer(tuple(item.name for item in items), not s.rev2, view)
     for start in range(0, len(states), LINES_PER_WRITE):
         end = start + LINES_PER_WRITE
@@ -154,6 +156,8 @@ async def _fetch_messages(
             if unseen:
                 update = await view.store_flags(unseen, "add", SEEN, frozenset())
                 changed = {st.uid: st for st in update.changed}
+        if wants_flags or changed:
+            s.announce_keywords([m.keywords for m in metas])
         for meta in metas:
             seq = view.seq_of(meta.uid)
             if seq is None:
@@ -300,6 +304,7 @@ async def qresync_select(s: ImapSession, params: QresyncParams) -> None:
     ]
     if gone:
         s.io.write(fmt.untagged(f"VANISHED (EARLIER) {fmt.sequence_set(gone)}"))
+    s.announce_keywords([st.keywords for st in changes.changed])
     lines = []
     for st in changes.changed:
         seq = view.seq_of(st.uid)

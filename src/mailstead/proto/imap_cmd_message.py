@@ -38,6 +38,8 @@ async def cmd_store(s: ImapSession, cmd: Command) -> Reply:
         uids, mode, bits, keywords, args.unchangedsince  # type: ignore[arg-type]
     )
     failed = set(result.failed_uids)
+    if mode != "remove":  # the mailbox's FLAGS list grows, silent or not (RFC 9051 7.3.5)
+        s.announce_keywords([keywords])
     if not args.silent:
         # RFC 9051 6.4.6: the new flags of every message in the set (read again only when
         # some of them did not change, so their flags are not in the result).
@@ -45,6 +47,7 @@ async def cmd_store(s: ImapSession, cmd: Command) -> Reply:
         states = result.changed
         if len(states) != len(wanted):
             states = await view.flag_states(wanted)
+        s.announce_keywords([st.keywords for st in states])
         lines = []
         for st in states:
             seq = view.seq_of(st.uid)

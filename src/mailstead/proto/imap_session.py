@@ -16,7 +16,8 @@ import base64
 import binascii
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from mailstead.core.errors import (
@@ -259,6 +260,7 @@ class ImapSession:
             log_event("imap.error", logging.ERROR, command="(updates)", error=repr(exc))
             return
         updates = view.take_updates(allow_expunge)
+        self.announce_keywords([updates.keywords])
         out = self.io.write
         if updates.expunged:
             if self.qresync:  # RFC 7162 3.2.10: VANISHED replaces EXPUNGE
@@ -272,6 +274,33 @@ class ImapSession:
             out(b"* %d RECENT\r\n" % updates.recent)
         for seq, state in updates.flags:
             out(self.flags_fetch_line(seq, state.uid, state.flags, state.keywords, state.modseq))
+
+    def announce_keywords(self, keyword_sets: Iterable[AbstractSet[str]]) -> None:
+        """Sends FLAGS (and PERMANENTFLAGS) again when keywords the client was not told of
+        are about to be shown: RFC 3501 7.2.6 / RFC 9051 7.3.5, the FLAGS response lists the
+        flags in use, and clients refuse a keyword in a FETCH that FLAGS did not name."""
+        view = self.view
+        if view is None:
+            return
+        known = view.keywords
+        new: set[str] = set()
+        for keywords in keyword_sets:
+            if keywords and not keywords <= known:
+                new.update(keywords)
+        new -= known
+        if new:
+            known.update(new)
+            self.io.write(self.flags_responses(view))
+
+    def flags_responses(self, view: SelectedView) -> bytes:
+        """``* FLAGS (...)`` and ``* OK [PERMANENTFLAGS (...)]`` for the selected mailbox."""
+        keywords = " ".join(sorted(view.keywords))
+        flags = fmt.SYSTEM_FLAGS.decode() + (" " + keywords if keywords else "")
+        if view.readonly:
+            permanent = fmt.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox")
+        else:
+            permanent = fmt.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted")
+        return fmt.untagged(f"FLAGS ({flags})") + permanent
 
     def flags_fetch_line(
         self, seq: int, uid: int, flags: int, keywords: frozenset[str], modseq: int,
@@ -456,13 +485,7 @@ class ImapSession:
         except (NotFound, InvalidInput):
             return Reply("NO", "Mailbox does not exist", "NONEXISTENT")
         out = self.io.write
-        keywords = " ".join(sorted(view.keywords))
-        flags = fmt.SYSTEM_FLAGS.decode() + (" " + keywords if keywords else "")
-        out(fmt.untagged(f"FLAGS ({flags})"))
-        if readonly:
-            out(fmt.untagged("OK [PERMANENTFLAGS ()] Read-only mailbox"))
-        else:
-            out(fmt.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted"))
+        out(self.flags_responses(view))
         out(b"* %d EXISTS\r\n" % view.exists)
         if not self.rev2:
             out(b"* %d RECENT\r\n" % view.recent_count())

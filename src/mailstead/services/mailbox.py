@@ -111,6 +111,7 @@ class ViewUpdates:
     exists: int | None = None
     recent: int | None = None
     flags: list[tuple[int, FlagState]] = field(default_factory=list)
+    keywords: set[str] = field(default_factory=set)  # in the changes: new, or to check
 
 
 class MailboxView:
@@ -143,6 +144,7 @@ class MailboxView:
         self.recent_ranges: list[tuple[int, int]] = []
         self.pending_expunge: set[int] = set()
         self.pending_flags: dict[int, FlagState] = {}
+        self.pending_keywords: set[str] = set()  # keywords of new messages since the last report
         self.own_changes: dict[int, int] = {}  # uid -> modseq of changes this session made
         self.reported_exists = len(self.uids)
         self.reported_recent = 0
@@ -275,6 +277,8 @@ class MailboxView:
         for state in changes.changed:
             if state.uid > last:
                 new.append(state.uid)
+                if state.keywords:
+                    self.pending_keywords.update(state.keywords)
             elif self.own_changes.get(state.uid, 0) >= state.modseq:
                 continue
             elif state.uid not in self.pending_expunge and self.seq_of(state.uid) is not None:
@@ -312,7 +316,10 @@ class MailboxView:
             seq = self.seq_of(uid)
             if seq is not None:
                 out.flags.append((seq, state))
+                out.keywords.update(state.keywords)
         self.pending_flags.clear()
+        out.keywords.update(self.pending_keywords)
+        self.pending_keywords.clear()
         return out
 
     def _apply_expunges(self, gone: set[int]) -> list[tuple[int, int]]:
