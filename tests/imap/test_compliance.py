@@ -117,3 +117,43 @@ def test_new_keywords_are_announced_by_flags_before_any_fetch(
     finally:
         watcher.close()
         actor.close()
+
+
+@BOTH
+def test_subscriptions_are_the_users_own_and_list_extended_reports_them(
+    mail_server: RunningServer,
+) -> None:
+    """RFC 3501 6.3.3/6.3.9 and RFC 5258: CREATE subscribes nothing (not the new mailbox, not
+    the parents it makes); LSUB shows a subscribed child's unsubscribed parent as \\Noselect;
+    LIST (SUBSCRIBED RECURSIVEMATCH) gives CHILDINFO without claiming \\Subscribed; a lone
+    RECURSIVEMATCH (or with REMOTE only) is BAD."""
+    raw = Raw(mail_server)
+    raw.login()
+    try:
+        assert raw.cmd("CREATE Family/Kids/School")[-1].split()[1] == b"OK"
+        lsub = raw.cmd('LSUB "" "*"')
+        assert not any(b"Family" in line for line in lsub)
+        listed = raw.cmd('LIST "" "Family*" RETURN (SUBSCRIBED)')
+        assert len(listed) == 4 and not any(b"\\Subscribed" in x for x in listed), listed
+        # New accounts' folders start subscribed.
+        assert {b'"INBOX"', b'"Sent"', b'"Drafts"', b'"Trash"', b'"Junk"', b'"Archive"'} <= {
+            line.rsplit(b" ", 1)[1] for line in lsub[:-1]}
+
+        raw.cmd("SUBSCRIBE Family/Kids/School")
+        assert raw.cmd('LSUB "" "Family/%"')[:-1] == [b'* LSUB (\\Noselect) "/" "Family/Kids"']
+        assert raw.cmd('LSUB "" "Family/*"')[:-1] == [b'* LSUB () "/" "Family/Kids/School"']
+        lines = raw.cmd('LIST (SUBSCRIBED RECURSIVEMATCH) "" "Family"')
+        assert lines[:-1] == [b'* LIST (\\HasChildren) "/" "Family" ("CHILDINFO" ("SUBSCRIBED"))']
+        raw.cmd("SUBSCRIBE Family")
+        lines = raw.cmd('LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"')
+        assert (b'* LIST (\\HasChildren \\Subscribed) "/" "Family" ("CHILDINFO" ("SUBSCRIBED"))'
+                in lines)
+        assert b'* LIST (\\HasNoChildren \\Subscribed) "/" "INBOX"' in lines
+        lines = raw.cmd('LIST (SUBSCRIBED) "" "%"')
+        assert not any(b"CHILDINFO" in x for x in lines)  # only asked for by RECURSIVEMATCH
+
+        for options in ("(RECURSIVEMATCH)", "(REMOTE RECURSIVEMATCH)"):
+            assert raw.cmd(f'LIST {options} "" "*"')[-1].split()[1] == b"BAD"
+        assert raw.cmd('LIST (REMOTE SUBSCRIBED RECURSIVEMATCH) "" "%"')[-1].split()[1] == b"OK"
+    finally:
+        raw.close()

@@ -88,6 +88,7 @@ def test_subscription_outlives_delete_and_follows_rename(mail_server: RunningSer
     raw = Raw(mail_server)
     raw.login()
     raw.cmd("CREATE Projects/Old")
+    raw.cmd("SUBSCRIBE Projects/Old")
     assert status_of(raw.cmd("DELETE Projects/Old")) == b"OK"
     lines = raw.cmd('LIST (SUBSCRIBED) "" "Projects/*"')
     assert lines[0] == b'* LIST (\\NonExistent \\Subscribed) "/" "Projects/Old"'
@@ -99,6 +100,8 @@ def test_subscription_outlives_delete_and_follows_rename(mail_server: RunningSer
     assert status_of(raw.cmd("UNSUBSCRIBE Projects/Old")) == b"OK"
     assert b"Projects/Old" not in b"".join(raw.cmd('LSUB "" "*"'))
     raw.cmd("CREATE Work/Plans")
+    raw.cmd("SUBSCRIBE Work")
+    raw.cmd("SUBSCRIBE Work/Plans")
     assert status_of(raw.cmd("RENAME Work Job")) == b"OK"
     subscribed = b"".join(raw.cmd('LSUB "" "*"'))
     assert b'"Job"' in subscribed and b'"Job/Plans"' in subscribed

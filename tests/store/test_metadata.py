@@ -192,16 +192,21 @@ async def test_create_and_subscribe_mailboxes(store: MetadataStore) -> None:
 
 async def test_subscriptions_are_names_that_outlive_their_mailbox(store: MetadataStore) -> None:
     """RFC 9051 6.3.7: deleting a mailbox keeps its name subscribed; unsubscribing a gone name
-    works; renaming carries the subscriptions of the mailbox and its children along."""
+    works; renaming carries the subscriptions of the mailbox and its children along. Creating
+    a mailbox subscribes nothing (RFC 3501 6.3.3); a new account's folders start subscribed."""
     a = await make_account(store)
+    assert {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"} == set(
+        await store.list_subscriptions(a.id))
     await store.create_mailbox(a.id, "Lists/Python")
+    assert "Lists/Python" not in await store.list_subscriptions(a.id)
+    await store.set_subscribed(a.id, "Lists/Python", True)
     await store.delete_mailbox(a.id, "Lists/Python")
     assert "Lists/Python" in await store.list_subscriptions(a.id)
     await store.set_subscribed(a.id, "Lists/Python", False)
     assert "Lists/Python" not in await store.list_subscriptions(a.id)
     await store.create_mailbox(a.id, "Work")
     await store.create_mailbox(a.id, "Work/Plans")
-    await store.set_subscribed(a.id, "Work", False)
+    await store.set_subscribed(a.id, "Work/Plans", True)
     await store.rename_mailbox(a.id, "Work", "Job")
     names = await store.list_subscriptions(a.id)
     assert "Job/Plans" in names and "Job" not in names and not any(

@@ -128,6 +128,10 @@ async def cmd_list(s: ImapSession, cmd: Command) -> Reply:
     assert isinstance(args, ListArgs)
     account = s.require_account()
     verb = "LSUB" if args.lsub else "LIST"
+    if "RECURSIVEMATCH" in args.select_options and not (
+            set(args.select_options) - {"RECURSIVEMATCH", "REMOTE"}):
+        # RFC 5258 3.1: RECURSIVEMATCH alone (or with REMOTE only) MUST get a tagged BAD.
+        return _reply("BAD", "RECURSIVEMATCH needs another selection option")
     patterns = [p for p in args.patterns if p != ""]
     if not patterns:
         # RFC 9051 6.3.9: an empty pattern asks for the hierarchy separator.
@@ -160,8 +164,10 @@ async def cmd_list(s: ImapSession, cmd: Command) -> Reply:
                 noselect = True
             elif not (recursive and box.name in subscribed_parents):
                 continue
-            else:
-                childinfo = True  # RFC 5258 3.5: listed because a child is subscribed
+        if recursive and only_subscribed and not args.lsub and box.name in subscribed_parents:
+            # RFC 5258 3.1/3.5: a child matches the selection (listed for it, if the mailbox
+            # itself is not subscribed; as in the RFC's example 8, also when it is).
+            childinfo = True
         if only_special and box.special_use is None:
             continue
         attrs: list[str] = ["\\Noselect"] if noselect else []

@@ -435,6 +435,8 @@ def add_account(
         raise Conflict(f"account {address} exists already") from None
     for name, special_use in DEFAULT_MAILBOXES:
         create_mailbox(db, account_id, name, special_use)
+    # A new account's folders start subscribed, for clients that show only subscribed ones.
+    _subscribe(db, account_id, [name for name, _use in DEFAULT_MAILBOXES])
     account = get_account_by_id(db, account_id)
     assert account is not None
     return account
@@ -584,7 +586,8 @@ def _new_uidvalidity(db: Db) -> int:
 
 
 def create_mailbox(db: Db, account_id: int, name: str, special_use: str | None) -> Mailbox:
-    """A new mailbox starts subscribed (what clients that never SUBSCRIBE expect)."""
+    """A new mailbox is not subscribed: subscriptions are the user's own list, changed only by
+    SUBSCRIBE and UNSUBSCRIBE (RFC 3501 6.3.6, 6.3.3: CREATE does not subscribe)."""
     uidvalidity = _new_uidvalidity(db)
     try:
         row = db.one(
@@ -597,7 +600,6 @@ def create_mailbox(db: Db, account_id: int, name: str, special_use: str | None) 
     except NotFound:
         raise NotFound(f"no account with id {account_id}") from None
     assert row is not None
-    _subscribe(db, account_id, [name])
     db.touched.add(row[0])
     return _mailbox(row)
 
