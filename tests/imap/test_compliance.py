@@ -157,3 +157,79 @@ def test_subscriptions_are_the_users_own_and_list_extended_reports_them(
         assert raw.cmd('LIST (REMOTE SUBSCRIBED RECURSIVEMATCH) "" "%"')[-1].split()[1] == b"OK"
     finally:
         raw.close()
+
+
+def _append(raw: Raw, data: bytes, binary: bool = False) -> int:
+    """APPENDs ``data`` (a literal8 when ``binary``) to INBOX; returns its UID."""
+    marker = b"~{%d+}" if binary else b"{%d+}"
+    tag = raw.tag()
+    raw.send(tag.encode() + b" APPEND INBOX " + marker % len(data) + b"\r\n" + data + b"\r\n")
+    lines = raw.until(tag)
+    assert lines[-1].split()[1] == b"OK", lines
+    return int(lines[-1].split(b"APPENDUID ")[1].split()[1].rstrip(b"]"))
+
+
+@BOTH
+def test_binary_of_a_quoted_printable_part_is_its_decoded_content(
+    mail_server: RunningServer,
+) -> None:
+    """RFC 3516 with RFC 2045 6.7: blanks ending an encoded line are padding, and "=" followed
+    by blanks is a soft line break; BINARY.SIZE counts the decoded octets."""
+    encoded = (b"Padding goes away   \r\n"
+               b"a soft break =  \r\n"
+               b"joins lines=3D, tab\t\r\n"
+               b"last line\r\n")
+    # The line break before the boundary belongs to the boundary (RFC 2046 5.1.1).
+    decoded = b"Padding goes away\r\na soft break joins lines=, tab\r\nlast line"
+    data = (b"From: a@example.org\r\nSubject: qp\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+            b"--b\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + encoded +
+            b"--b--\r\n")
+    raw = Raw(mail_server)
+    raw.login()
+    try:
+        uid = _append(raw, data)
+        raw.cmd("SELECT INBOX")
+        lines = raw.cmd(f"UID FETCH {uid} (BINARY.SIZE[1] BINARY.PEEK[1])")
+        assert b"BINARY.SIZE[1] %d" % len(decoded) in lines[0]
+        assert lines[0].endswith(b"BINARY[1] {%d}\r\n" % len(decoded) + decoded + b")")
+    finally:
+        raw.close()
+
+
+@BOTH
+def test_binary_appended_parts_never_reach_an_ordinary_literal(
+    mail_server: RunningServer,
+) -> None:
+    """RFC 3516 4.3: a part APPENDed in a literal8 holding NUL is served as base64 to BODY[]
+    (an ordinary literal carries no NUL, RFC 9051 4.3), and byte for byte by BINARY[]."""
+    payload = bytes(range(256)) * 3
+    data = (b"From: a@example.org\r\nSubject: binary\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n"
+            b"--zz\r\nContent-Type: text/plain\r\n\r\nsee the attachment\r\n"
+            b"--zz\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: binary\r\n\r\n" + payload + b"\r\n--zz--\r\n")
+    single = b"Subject: whole\r\nContent-Type: application/octet-stream\r\n\r\n\x00\x01\x02end"
+    raw = Raw(mail_server)
+    raw.login()
+    try:
+        uid = _append(raw, data, binary=True)
+        whole_uid = _append(raw, single, binary=True)
+        raw.cmd("SELECT INBOX")
+        body = b"".join(raw.cmd(f"UID FETCH {uid} (BODY.PEEK[] BODYSTRUCTURE)")[:-1])
+        assert b"\x00" not in body and b'"BASE64"' in body.upper()
+        assert b"see the attachment" in body  # the text part is untouched
+        lines = raw.cmd(f"UID FETCH {uid} (BODY.PEEK[2] BINARY.PEEK[2] BINARY.SIZE[2])")
+        fetched = b"".join(lines[:-1])
+        assert b"BINARY.SIZE[2] %d" % len(payload) in fetched
+        assert b"BINARY[2] ~{%d}\r\n" % len(payload) + payload in fetched
+        text = fetched.split(b"BODY[2] {")[1]
+        size, rest = text.split(b"}\r\n", 1)
+        assert b"\x00" not in rest[: int(size)]
+        lines = raw.cmd(f"UID FETCH {whole_uid} (BODY.PEEK[TEXT] BINARY.PEEK[1])")
+        fetched = b"".join(lines[:-1])
+        assert b"BINARY[1] ~{6}\r\n\x00\x01\x02end" in fetched
+        assert b"BODY[TEXT] {" in fetched and b"AAECZW5k" in fetched
+    finally:
+        raw.close()

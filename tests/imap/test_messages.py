@@ -276,16 +276,18 @@ def test_binary_append_special_use_create_and_rfc822_items(mail_server: RunningS
     assert status_of(raw.cmd("CREATE Outbox (USE (\\Sent))")) == b"OK"
     assert b'* LIST (\\HasNoChildren \\Sent) "/" "Outbox"' in raw.cmd('LIST "" Outbox')
     assert status_of(raw.cmd("CREATE Odd (USE (\\Bogus))")) == b"NO [USEATTR]"
-    # BINARY (RFC 3516): a literal8 may carry NUL octets; they come back byte for byte.
-    data = b"Subject: bin\r\nContent-Type: application/octet-stream\r\n\r\n\x00\x01\xff\r\n"
+    # BINARY (RFC 3516): a literal8 may carry NUL octets; they come back byte for byte from
+    # BINARY[1], while the message is kept with that content base64-encoded (RFC 3516 4.3).
+    content = b"\x00\x01\xff\r\n"
+    data = b"Subject: bin\r\nContent-Type: application/octet-stream\r\n\r\n" + content
     raw.send(b"b1 APPEND INBOX ~{%d}\r\n" % len(data))
     assert raw.readline() == b"+ Ready for literal data"
     raw.send(data + b"\r\n")
     assert status_of(raw.until("b1")).startswith(b"OK [APPENDUID")
     raw.cmd("SELECT INBOX")
-    lines = raw.cmd("FETCH 1 (BINARY.PEEK[] RFC822.HEADER)")
-    assert lines[0].startswith(b"* 1 FETCH (BINARY[] ~{%d}\r\n" % len(data) + data)
-    assert b"RFC822.HEADER {" in lines[0]
+    lines = raw.cmd("FETCH 1 (BINARY.PEEK[1] RFC822.HEADER)")
+    assert lines[0].startswith(b"* 1 FETCH (BINARY[1] ~{%d}\r\n" % len(content) + content)
+    assert b"RFC822.HEADER {" in lines[0] and b"Content-Transfer-Encoding: base64" in lines[0]
     lines = raw.cmd("FETCH 1 (RFC822.TEXT)")
-    assert b"RFC822.TEXT {5}" in lines[0] and b"\\Seen" in lines[0]  # TEXT sets \Seen
+    assert b"RFC822.TEXT {8}\r\nAAH/DQo=" in lines[0] and b"\\Seen" in lines[0]  # sets \Seen
     assert status_of(raw.cmd("CHECK")) == b"OK"

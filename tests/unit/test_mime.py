@@ -17,6 +17,7 @@ from imapclient.response_parser import parse_fetch_response
 from mailstead.proto import mime
 from mailstead.proto.imap_sexpr import encode
 from mailstead.proto.mime import Part, SectionSpec, SectionSpecError, UnknownEncoding
+from mailstead.proto.mime_encoding import decode_quoted_printable
 
 
 def crlf(text: str) -> bytes:
@@ -1136,3 +1137,15 @@ hi
         b' ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 2 1) 3) "mixed")'
     )
     assert sec(message, "1.HEADER") == "Subject: Grüße\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize(("encoded", "decoded"), [
+    (b"abc   \r\nxyz", b"abc\r\nxyz"),  # RFC 2045 6.7 (3): padding blanks go
+    (b"soft =  \r\nbreak", b"soft break"),  # (5): "=" then blanks is a soft break
+    (b"tab\t\nlf only= \nend", b"tab\nlf onlyend"),
+    (b"=3D=20\r\n", b"= \r\n"),  # encoded blanks stay
+    (b" " * 100_000 + b"x", b" " * 100_000 + b"x"),  # blanks mid-line stay (and cost little)
+    (b"", b""),
+])
+def test_quoted_printable_decoding_follows_rfc_2045(encoded: bytes, decoded: bytes) -> None:
+    assert decode_quoted_printable(encoded) == decoded

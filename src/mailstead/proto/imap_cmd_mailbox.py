@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from mailstead.core.errors import InvalidInput, NotFound
 from mailstead.core.models import SPECIAL_USES, Mailbox, MailboxStatus
 from mailstead.proto import imap_format as fmt
-from mailstead.proto import mutf7
+from mailstead.proto import mime, mime_encoding, mutf7
 from mailstead.proto.imap_format import CommandError, Reply
 from mailstead.proto.imap_parse import (
     AppendArgs,
@@ -279,7 +279,10 @@ async def cmd_append(s: ImapSession, cmd: Command) -> Reply:
     uids: list[int] = []
     try:
         for message, bits, keywords in parsed:
-            meta = await s.mailboxes.append(box, message.data, bits, keywords, message.date)
+            data = message.data
+            if message.binary:  # RFC 3516 4.3: binary parts are kept as base64
+                data = mime_encoding.base64_binary_parts(data, mime.parse(data))
+            meta = await s.mailboxes.append(box, data, bits, keywords, message.date)
             uids.append(meta.uid)
     except BaseException:
         # RFC 3502 3: MULTIAPPEND is all or nothing.

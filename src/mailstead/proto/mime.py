@@ -29,6 +29,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from mailstead.core.models import Envelope
 from mailstead.proto.imap_sexpr import Unspaced
+from mailstead.proto.mime_encoding import decode_quoted_printable
 
 __all__ = [
     "HeaderField",
@@ -1034,7 +1035,7 @@ def decode_transfer_encoding(body: bytes, encoding: str) -> bytes:
     if encoding == "base64":
         return _base64_decode(body)
     if encoding == "quoted-printable":
-        return binascii.a2b_qp(body)
+        return decode_quoted_printable(body)
     raise UnknownEncoding(encoding)
 
 
