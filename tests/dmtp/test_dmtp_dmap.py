@@ -465,3 +465,82 @@ def test_key_survives_restart(make_server: Callable[..., RunningServer]) -> None
     client.handshake(second.cfg.hostname)
     assert client.say(f"login {ALICE} {PASSWORD}") == ["ok"]
     client.conn.close()
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+
+def assert_dmtp_served_promptly(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.ports["dmtp"]), timeout=2) as sock:
+        assert sock.makefile("rb").readline() == b"ok DMTP2.0\r\n"
+
+
+def test_dmtp_hostile_input(server: RunningServer) -> None:
+    client = LineClient(server.ports["dmtp"])
+    assert client.line() == "ok DMTP2.0"
+    assert client.say("begin") == "ok"
+    many = ",".join(f"user{i}@example.test" for i in range(5_000))
+    assert client.say(f"to {many}") == "error too many recipients (at most 100)"
+    assert_dmtp_served_promptly(server)
+    assert client.say("data " + "y" * 1_000_000) == "error line too long"  # past the buffer too
+    assert client.say("\x00\x01\x02\x7f\x1b[2J") == "error unknown command"
+    client.sock.sendall(bytes(range(256)).replace(b"\n", b"") + b"\n")
+    assert client.line() == "error unknown command"
+    assert_dmtp_served_promptly(server)
+    # Control characters in the fields still make a well-formed message.
+    assert client.say(f"to {ALICE}") == "ok 1"
+    assert client.say("from bob@example.test") == "ok"
+    assert client.say("subject evil\x0b\x0c\x1c\x85\u2028 subject\x00") == "ok"
+    assert client.say("data nul\x00 and\rcr") == "ok"
+    assert client.say("send") == "ok"
+    for _ in range(10):
+        client.send("junk")
+    replies = [client.line() for _ in range(11)]
+    assert replies == ["error unknown command"] * 10 + [
+        "error too many errors, closing connection"
+    ]
+    assert client.line() == ""
+    client.close()
+    [(uid, _f, _k)] = inbox_rows(server, ALICE)
+    raw = stored_message(server, ALICE, uid)
+    assert b"\x00" not in raw and b"Subject: evil" in raw
+    reader = dmap_login(server)
+    shown = reader.until_ok(f"show {uid}")
+    assert shown[2].startswith("subject evil") and shown[3].startswith("data nul")
+    reader.close()
+
+
+def test_dmap_hostile_input(server: RunningServer) -> None:
+    client = dmap_login(server)
+    assert client.say("list " + "z" * 100_000) == "error line too long"
+    client.sock.sendall(bytes(range(256)).replace(b"\n", b"") + b"\n")
+    assert client.line() == "error unknown command"
+    assert client.say("show \u00b2") == "error usage: show <id>"
+    assert client.say("show 99999999999999999999999999") == "error unknown message id"
+    assert client.say("delete 4294967296") == "error unknown message id"
+    assert_served_promptly(server)
+    client.close()
+
+    # Failed handshakes (an RSA decryption each) count as errors and end the session.
+    client = LineClient(server.ports["dmap"])
+    client.line()
+    garbage = base64.b64encode(os.urandom(256)).decode()
+    answers = []
+    for _ in range(10):
+        assert client.say("startsecure").startswith("ok ")
+        client.send(garbage)
+        answers.append(client.line())
+    assert answers == ["error startsecure failed"] * 10
+    assert client.line() == "error too many errors, closing connection"
+    assert client.line() == ""
+    client.close()
+    assert_served_promptly(server)
+
+    # Inside the secure channel, an over-long line ends the session too.
+    secure = SecureClient(server)
+    secure.handshake(server.cfg.hostname)
+    secure.send_raw("A" * 20_000)
+    assert secure.open(secure.line_raw()) == "error line too long, closing connection"
+    assert secure.conn.line() == ""
+    secure.conn.close()
+    assert_served_promptly(server)

@@ -142,6 +142,49 @@ def test_to_rfc5322() -> None:
     assert body is not None and body.get_content() == "text ünïcode\r\n"
 
 
+@pytest.mark.parametrize("text", [
+    "nul\x00here", "tab\there", "vt\x0bff\x0cfs\x1c", "esc\x1b[31m", "nel\x85ls\u2028ps\u2029",
+    "del\x7f", "cr\rlf\n", "\ufffd\ufffe",
+])
+def test_to_rfc5322_survives_control_characters(text: str) -> None:
+    message = DmtpMessage("a@x.test", ["b@x.test"], text, text, text)
+    raw = to_rfc5322(message, date=datetime(2024, 1, 2, tzinfo=UTC), message_id="<1@x.test>",
+                     integrity_failed=False)
+    assert b"\x00" not in raw
+    assert b"\n" not in raw.replace(b"\r\n", b"") and b"\r" not in raw.replace(b"\r\n", b"")
+    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+    assert not any(ord(c) < 0x20 and c not in "\t\r\n" for c in head)
+    parsed = message_from_bytes(raw, policy=default)
+    assert isinstance(parsed, EmailMessage) and parsed["From"] == "a@x.test"
+    assert str(parsed["Subject"]).startswith(text[:2])  # the rest of the text is kept
+
+
+async def test_dmtp_too_many_recipients_costs_no_lookups() -> None:
+    class Counting(FakeTransfer):
+        checked = 0
+
+        async def check_recipient(self, address: str) -> None:
+            self.checked += 1
+
+    backend = Counting()
+    session = DmtpSession(backend, max_errors=10, max_recipients=5)
+    await dmtp(session, "begin")
+    many = ",".join(f"u{i}@example.test" for i in range(10_000))
+    assert await dmtp(session, f"to {many}") == "error too many recipients (at most 5)"
+    assert backend.checked == 0
+    five = ",".join(f"u{i}@example.test" for i in range(5))
+    assert await dmtp(session, f"to {five},,") == "ok 5"
+
+
+async def test_dmtp_binary_garbage() -> None:
+    session = DmtpSession(FakeTransfer(), max_errors=3)
+    garbage = bytes(range(256)).replace(b"\n", b"") + b"\n"
+    assert (await session.receive(garbage)).text == "error unknown command"
+    assert (await session.receive(b"\xff\xfe\x00\n")).text == "error unknown command"
+    reply = await session.receive(b"\x00\n")
+    assert reply.close
+
+
 # -- DMAP ------------------------------------------------------------------------------------
 
 
@@ -486,6 +529,26 @@ async def test_client_half_checks_the_challenge_and_the_nonce() -> None:
         client.finish(" ".join(tampered), answer)
     with pytest.raises(dmap_crypto.HandshakeError):
         client.finish("ok mail.example.test", answer)
+
+
+@pytest.mark.parametrize("argument", ["\u00b2", "\u0661", "1.5", "-1", "99999999999999999999999",
+                                      "4294967296", "0"])
+async def test_dmap_odd_message_ids(argument: str) -> None:
+    session = DmapSession(FakeMailboxServer(), max_errors=50)
+    await dmap(session, "login alice@example.test pw pw")
+    for command in ("show", "delete"):
+        answer = await dmap(session, f"{command} {argument}")
+        assert answer in (f"error usage: {command} <id>\r\n", "error unknown message id\r\n")
+
+
+async def test_dmap_failed_handshakes_add_up() -> None:
+    session = DmapSession(FakeMailboxServer(), max_errors=3)
+    garbage = base64.b64encode(b"x" * 256).decode()
+    replies = []
+    for _ in range(3):
+        assert (await dmap(session, "startsecure")).startswith("ok mail.example.test ")
+        replies.append(await session.receive(garbage.encode() + b"\r\n"))
+    assert [r.close for r in replies] == [False, False, True]
 
 
 def test_public_key_pem_round_trip() -> None:

@@ -111,7 +111,8 @@ class DmtpHandler:
     async def handle(self, conn: Connection) -> None:
         limits = self.services.cfg.limits
         session = dmtp.DmtpSession(DeliveryBackend(self.services, conn),
-                                   max_errors=limits.max_errors)
+                                   max_errors=limits.max_errors,
+                                   max_recipients=limits.max_recipients)
         await conn.send(session.greeting())
         while True:
             try:

@@ -204,7 +204,8 @@ class DmapSession:
         if self.channel is Channel.SECURE:
             return self._error("already secure")
         self.channel = Channel.AWAIT_HELLO
-        self.errors_in_a_row = 0
+        # errors_in_a_row is not reset: failed handshakes (an RSA decryption each) add up to
+        # max_errors like any other error and end the session.
         # Fresh for every startsecure: the channel's keys depend on it (see dmap_crypto).
         self.server_nonce = new_server_nonce()
         nonce = base64.b64encode(self.server_nonce).decode("ascii")
@@ -223,7 +224,11 @@ class DmapSession:
         return self._ok()
 
     def _message_id(self, argument: str) -> int | None:
-        return int(argument) if argument.isdigit() else None
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses. Ids are UIDs,
+        # 32-bit (RFC 9051 section 2.3.1.1); a larger number is no message's (0 stands in).
+        if not (argument.isascii() and argument.isdigit()):
+            return None
+        return int(argument) if len(argument) <= 10 and int(argument) < 2**32 else 0
 
     async def _list(self, argument: str) -> Reply:
         if self.mailbox is None:
