@@ -483,6 +483,10 @@ def test_dmtp_hostile_input(server: RunningServer) -> None:
     assert client.say(f"to {many}") == "error too many recipients (at most 100)"
     assert_dmtp_served_promptly(server)
     assert client.say("data " + "y" * 1_000_000) == "error line too long"  # past the buffer too
+    assert client.say("subject " + "x " * 100_000) == (
+        "error subject too long (at most 998 characters)"
+    )
+    assert client.say("hash " + "h" * 1_000) == "error hash too long (at most 256 characters)"
     assert client.say("\x00\x01\x02\x7f\x1b[2J") == "error unknown command"
     client.sock.sendall(bytes(range(256)).replace(b"\n", b"") + b"\n")
     assert client.line() == "error unknown command"
@@ -493,6 +497,14 @@ def test_dmtp_hostile_input(server: RunningServer) -> None:
     assert client.say("subject evil\x0b\x0c\x1c\x85\u2028 subject\x00") == "ok"
     assert client.say("data nul\x00 and\rcr") == "ok"
     assert client.say("send") == "ok"
+    # A big awkward message (every CR becomes a line) while someone else connects.
+    assert client.say("begin") == "ok"
+    assert client.say(f"to {ALICE}") == "ok 1"
+    for line in ["from bob@example.test", "subject big", "data " + "a\r" * 95_000]:
+        assert client.say(line) == "ok"
+    client.send("send")
+    assert_dmtp_served_promptly(server)
+    assert client.line() == "ok"
     for _ in range(10):
         client.send("junk")
     replies = [client.line() for _ in range(11)]
@@ -501,9 +513,10 @@ def test_dmtp_hostile_input(server: RunningServer) -> None:
     ]
     assert client.line() == ""
     client.close()
-    [(uid, _f, _k)] = inbox_rows(server, ALICE)
+    [(uid, _f, _k), (big, _f2, _k2)] = inbox_rows(server, ALICE)
     raw = stored_message(server, ALICE, uid)
     assert b"\x00" not in raw and b"Subject: evil" in raw
+    assert stored_message(server, ALICE, big).count(b"\r\n") > 95_000
     reader = dmap_login(server)
     shown = reader.until_ok(f"show {uid}")
     assert shown[2].startswith("subject evil") and shown[3].startswith("data nul")

@@ -176,6 +176,19 @@ async def test_dmtp_too_many_recipients_costs_no_lookups() -> None:
     assert await dmtp(session, f"to {five},,") == "ok 5"
 
 
+async def test_dmtp_header_fields_are_bounded() -> None:
+    session = DmtpSession(FakeTransfer(), max_errors=10)
+    await dmtp(session, "begin")
+    assert await dmtp(session, "subject " + "s" * 999) == (
+        "error subject too long (at most 998 characters)"
+    )
+    assert await dmtp(session, "subject " + "s" * 998) == "ok"
+    assert await dmtp(session, "hash " + "h" * 257) == (
+        "error hash too long (at most 256 characters)"
+    )
+    assert await dmtp(session, "hash " + "h" * 44) == "ok"
+
+
 async def test_dmtp_binary_garbage() -> None:
     session = DmtpSession(FakeTransfer(), max_errors=3)
     garbage = bytes(range(256)).replace(b"\n", b"") + b"\n"

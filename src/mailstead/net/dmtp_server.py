@@ -70,7 +70,10 @@ class DeliveryBackend:
         # Integrity (the seed's DMTP2 hash): a message that fails still arrives, marked.
         secret = cfg.dmtp.hmac_secret
         failed = bool(secret) and not dmtp.hash_verifies(secret, message)
-        raw = dmtp.to_rfc5322(
+        # In a thread: building a message of a 200 KiB data line takes a while, and the
+        # event loop serves everyone else meanwhile.
+        raw = await asyncio.to_thread(
+            dmtp.to_rfc5322,
             message,
             date=datetime.now(UTC),
             message_id=f"<{secrets.token_hex(12)}@{cfg.hostname}>",

@@ -40,6 +40,12 @@ GREETING = "ok DMTP2.0"
 # buffer is 256 KiB).
 MAX_LINE = 200 * 1024
 
+# Header fields are folded by the email package, whose cost grows faster than their length: a
+# subject is held to one RFC 5322 line (section 2.1.1: at most 998 characters), the hash (44
+# characters of base64 when well-formed) to a little more than it needs.
+MAX_SUBJECT = 998
+MAX_HASH = 256
+
 HASH_HEADER = "X-DMTP-Hash"
 INTEGRITY_HEADER = "X-DMTP-Integrity"
 INTEGRITY_KEYWORD = "$IntegrityFailed"
@@ -229,6 +235,8 @@ class DmtpSession:
         assert self.message is not None
         if not argument.strip():
             return self.error("subject expected")
+        if len(argument) > MAX_SUBJECT:
+            return self.error(f"subject too long (at most {MAX_SUBJECT} characters)")
         self.message.subject = argument
         return Reply("ok")
 
@@ -243,6 +251,8 @@ class DmtpSession:
         assert self.message is not None
         if not argument.strip():
             return self.error("hash expected")
+        if len(argument.strip()) > MAX_HASH:
+            return self.error(f"hash too long (at most {MAX_HASH} characters)")
         self.message.hash = argument.strip()
         return Reply("ok")
 
