@@ -179,7 +179,8 @@ class InboxView:
             raise DmapRefused("message is damaged and cannot be shown") from None
         except NotFound:
             raise DmapRefused("unknown message id") from None
-        return self._shown(raw)
+        # Parsing a large message takes a while: not on the event loop.
+        return await asyncio.to_thread(self._shown, raw)
 
     def _shown(self, raw: bytes) -> ShownMessage:
         parsed = message_from_bytes(raw, policy=default_policy)
