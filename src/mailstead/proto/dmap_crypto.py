@@ -128,7 +128,8 @@ def derive_keys(secret_key: bytes, iv: bytes, server_nonce: bytes) -> tuple[byte
 
 
 class _Direction:
-    """One direction's key and line counter."""
+    """One direction's key and line counter: the deterministic GCM nonce of NIST SP 800-38D
+    section 8.2.1 (a fixed field, then an invocation counter that never repeats)."""
 
     def __init__(self, key: bytes, label: str) -> None:
         self.aead = AESGCM(key)
