@@ -287,6 +287,17 @@ class AppendMessage:
     date: datetime | None
     data: bytes
     binary: bool
+    # CATENATE (RFC 4469): the message is these parts joined; ``data`` is then empty.
+    parts: tuple[CatenatePart, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CatenatePart:
+    """One ``TEXT literal`` (``url`` None) or ``URL "imap-url"`` of a CATENATE (RFC 4469 5)."""
+
+    text: bytes = b""
+    binary: bool = False
+    url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -837,11 +848,36 @@ def _append(r: _Reader) -> CommandArgs:
         if r.peek() == 0x22:
             when = r.date_time()
             r.sp()
+        if r.peek_is(b"CATENATE ("):
+            r.pos += len(b"CATENATE (")
+            parts = _catenate_parts(r)
+            messages.append(AppendMessage(tuple(flags), when, b"",
+                                          any(p.binary for p in parts), parts))
+            continue
         data, binary = r.literal(allow_binary=True)
         messages.append(AppendMessage(tuple(flags), when, data, binary))
     if not messages:
         raise r.error("APPEND needs a message literal")
     return AppendArgs(mailbox, tuple(messages))
+
+
+def _catenate_parts(r: _Reader) -> tuple[CatenatePart, ...]:
+    """``cat-part *(SP cat-part) ")"`` (RFC 4469 5), after ``CATENATE (``."""
+    parts: list[CatenatePart] = []
+    while True:
+        if r.peek_is(b"TEXT "):
+            r.pos += len(b"TEXT ")
+            text, binary = r.literal(allow_binary=True)  # RFC 4469 5 with RFC 3516 literal8
+            parts.append(CatenatePart(text, binary))
+        elif r.peek_is(b"URL "):
+            r.pos += len(b"URL ")
+            parts.append(CatenatePart(url=r.astring()))
+        else:
+            raise r.error(f"expected TEXT or URL at position {r.pos}")
+        if r.peek() == ord(")"):
+            r.pos += 1
+            return tuple(parts)
+        r.sp()
 
 
 def _search(r: _Reader) -> CommandArgs:

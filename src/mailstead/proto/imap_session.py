@@ -151,7 +151,7 @@ class ImapSession:
             "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
             "SEARCHRES", "WITHIN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "CHILDREN",
             "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
-            f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY",
+            f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY", "CATENATE",
             "STATUS=SIZE",
         ]
         return " ".join(caps)

@@ -794,6 +794,11 @@ class MailboxService:
         if uids:
             await self.store.expunge(mailbox.id, uids)
 
+    async def message_bytes(self, mailbox: Mailbox, uid: int) -> bytes | None:
+        """The bytes of one message of any mailbox (CATENATE's URLs), None if there is none."""
+        rows = await self.store.get_messages(mailbox.id, [uid])
+        return await self.read_blob(rows[0].blob_id, rows[0].size) if rows else None
+
     async def read_blob(self, blob_id: str, size: int | None = None) -> bytes:
         """The message bytes, hash-checked (CorruptBlob rather than bad bytes). A small file
         is read right here: that costs less than handing it to a thread and back."""
