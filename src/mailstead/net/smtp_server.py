@@ -355,12 +355,12 @@ class SmtpHandler:
                 outcome = await data.message(session.policy.max_message_size)
                 answer = await session.on_data(outcome)
             elif answer.action is Action.READ_CHUNK:
-                # RFC 3030 2: the chunk is read even when the command is refused.
                 await data.chunk(answer.chunk_size, session.on_chunk)
                 answer = await session.on_chunk_end()
             elif answer.action is Action.DISCARD_CHUNK:
                 # Refused from the command alone (no transaction, too big): the reply goes out
-                # at once and the octets already on their way are dropped as they come.
+                # at once, and the octets on their way are read and dropped as they come (RFC
+                # 3030 2: a refused chunk is still consumed).
                 pending.append(answer.encode())
                 await _flush(conn, pending)
                 await data.chunk(answer.chunk_size, _drop)
