@@ -37,6 +37,11 @@ def next_code(c: RawClient) -> str:
     return f"{code} {text.split(' ')[0]}"
 
 
+def error_text(exc: smtplib.SMTPResponseException) -> str:
+    error = exc.smtp_error
+    return error.decode() if isinstance(error, bytes) else error
+
+
 def submission_client(server: RunningServer, user: str = ALICE) -> smtplib.SMTP:
     client = smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=30)
     client.starttls(context=server.ssl_context())
@@ -240,7 +245,7 @@ def test_routing_loop_on_submission(mail_server: RunningServer) -> None:
         with pytest.raises(smtplib.SMTPDataError) as refused:
             client.sendmail(ALICE, [BOB], looping)
         assert refused.value.smtp_code == 554
-        assert refused.value.smtp_error.startswith(b"5.4.6 Routing loop detected")
+        assert error_text(refused.value).startswith("5.4.6 Routing loop detected")
         assert client.sendmail(ALICE, [BOB], message("fine", sender=ALICE)) == {}
     assert [s.meta.envelope.subject for s in inbox(mail_server, BOB)] == ["fine"]
     greeted_promptly(mail_server, "submission")
@@ -297,7 +302,7 @@ def test_submission_from_not_owned_is_refused(mail_server: RunningServer, from_f
         with pytest.raises(smtplib.SMTPDataError) as refused:
             client.sendmail(ALICE, [BOB, "friend@remote.test"], with_from(from_field))
         assert refused.value.smtp_code == 550
-        assert refused.value.smtp_error.decode().startswith(f"5.7.1 {text}")
+        assert error_text(refused.value).startswith(f"5.7.1 {text}")
         # The session goes on.
         assert client.sendmail(ALICE, [BOB], with_from(f"From: {ALICE}\r\n")) == {}
     assert len(inbox(mail_server, BOB)) == 1
