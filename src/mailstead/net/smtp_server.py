@@ -354,9 +354,16 @@ class SmtpHandler:
                 outcome = await data.message(session.policy.max_message_size)
                 answer = await session.on_data(outcome)
             elif answer.action is Action.READ_CHUNK:
-                # RFC 3030 2: the chunk is read even when the command is refused.
                 await data.chunk(answer.chunk_size, session.on_chunk)
                 answer = await session.on_chunk_end()
+            elif answer.action is Action.DISCARD_CHUNK:
+                # Refused from the command alone (no transaction, too big): the reply goes out
+                # at once, and the octets on their way are read and dropped as they come (RFC
+                # 3030 2: a refused chunk is still consumed).
+                pending.append(answer.encode())
+                await _flush(conn, pending)
+                await data.chunk(answer.chunk_size, _drop)
+                continue
             pending.append(answer.encode())
             if answer.action is Action.CLOSE:
                 await _flush(conn, pending)
@@ -380,6 +387,10 @@ class SmtpHandler:
             log_event("smtp.pipelined_after_starttls", session=conn.session_id,
                       client=conn.peer_ip)
         return True
+
+
+def _drop(piece: bytes) -> None:
+    """A sink for octets that are read and not kept."""
 
 
 async def _flush(conn: Connection, pending: list[bytes]) -> None:
