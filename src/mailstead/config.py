@@ -93,10 +93,18 @@ class LimitsConfig(_Section):
     pop3_idle_timeout: int = Field(600, description="seconds a POP3 client may stay idle", ge=1)
     max_connections: int = Field(20_000, description="open connections in total", ge=1)
     max_connections_per_ip: int = Field(
-        200, description="open connections from one IP address", ge=1
+        50, description="open connections from one IP address", ge=1
     )
     imap_max_commands: int = Field(
         1_000_000, description="commands in one IMAP session before BYE", ge=1
+    )
+    imap_max_errors: int = Field(
+        20, description="IMAP commands answered BAD in one session before BYE (clients probe "
+        "for extensions more than SMTP/POP3 clients, which max_errors bounds)", ge=1
+    )
+    imap_sessions_per_user_ip: int = Field(
+        10, description="logged-in IMAP sessions of one user from one IP address; one more is "
+        "refused at LOGIN with NO [LIMIT]", ge=1
     )
 
 
