@@ -69,6 +69,22 @@ def test_long_line_without_a_tag_ends_the_session(mail_server: RunningServer) ->
     served_promptly(mail_server)
 
 
+def test_long_line_inside_authenticate_and_idle(mail_server: RunningServer) -> None:
+    raw = Raw(mail_server)
+    raw.send(b"a1 AUTHENTICATE PLAIN\r\n")
+    assert raw.readline() == b"+ "
+    raw.send(b"A" * 70_000 + b"\r\n")
+    assert raw.readline() == b"a1 BAD Line too long"
+    raw.login()
+    raw.cmd("SELECT INBOX")
+    raw.send(b"i1 IDLE\r\n")
+    assert raw.readline() == b"+ idling"
+    raw.send(b"DONE" + b" " * 70_000 + b"\r\n")
+    assert raw.readline() == b"i1 BAD Line too long"
+    assert status_of(raw.cmd("NOOP")) == b"OK"
+    served_promptly(mail_server)
+
+
 # -- other protocols on the IMAP port ---------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from mailstead.proto.imap_backend import (
     LoginRefused,
     TooManySessions,
 )
+from mailstead.proto.imap_format import CommandError
 from mailstead.proto.imap_parse import literal_marker, peek_tag_command
 from mailstead.proto.imap_session import ImapSession, SessionSettings, State
 from mailstead.proto.lines import is_http_request, is_tls_handshake
@@ -88,6 +89,8 @@ class _ConnIO:
             raise ClientGone() from None
         except IdleTimeout:
             raise ClientTimeout() from None
+        except LineTooLong:  # an AUTHENTICATE response or a line in IDLE: the command fails
+            raise CommandError("BAD", "Line too long") from None
 
     async def start_tls(self) -> None:
         try:
