@@ -275,6 +275,7 @@ def test_damaged_file_is_never_served(
     bad = message("precious", body="original text\r\n" * 20)
     deliver(mail_server, good)
     deliver(mail_server, bad)
+    deliver(mail_server, message("after", body="later text\r\n"))
     path = blob_file(mail_server, bad)
     path.chmod(0o644)
     changed = (bad.replace(b"original", b"tampered") if damage == "same length"
@@ -294,8 +295,14 @@ def test_damaged_file_is_never_served(
     lines = raw.cmd("FETCH 1 (BODY.PEEK[])")
     assert status_of(lines) == b"OK"
     assert b"fine text" in lines[0]
+    # A range holding the damaged message: the others are sent, the command ends NO.
+    lines = raw.cmd("FETCH 1:3 (BODY.PEEK[])")
+    assert status_of(lines) == b"NO [CORRUPTION]"
+    fetched = [line for line in lines if line.startswith(b"* ")]
+    assert [line.split()[1] for line in fetched] == [b"1", b"3"]
+    assert b"later text" in fetched[1]
     logged = [r.getMessage() for r in caplog.records if "imap.corrupt" in r.getMessage()]
-    assert len(logged) >= 7
+    assert len(logged) >= 8
     assert hashlib.sha256(bad).hexdigest() in logged[0]
     assert "SHA-256 mismatch" in logged[0]
     served_promptly(mail_server)
