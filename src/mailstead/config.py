@@ -84,7 +84,8 @@ class LimitsConfig(_Section):
     )
     max_recipients: int = Field(100, description="recipients per SMTP message", ge=1)
     max_errors: int = Field(
-        10, description="protocol errors in one session before it is disconnected", ge=1
+        10, description="protocol errors in one SMTP, POP3 or DMTP/DMAP session before it is "
+        "disconnected (IMAP: imap_max_errors)", ge=1
     )
     smtp_idle_timeout: int = Field(300, description="seconds an SMTP client may stay idle", ge=1)
     imap_idle_timeout: int = Field(

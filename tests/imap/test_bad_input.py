@@ -306,3 +306,18 @@ def test_damaged_file_is_never_served(
     assert hashlib.sha256(bad).hexdigest() in logged[0]
     assert "SHA-256 mismatch" in logged[0]
     served_promptly(mail_server)
+
+
+def test_silent_client_is_logged_out(make_server: Callable[..., RunningServer]) -> None:
+    """The look for a TLS handshake at the start waits no longer than the idle limit."""
+    server = make_server(limits={"imap_idle_timeout": 1, "pop3_idle_timeout": 1})
+    raw = Raw(server, port="imap", tls=False)
+    assert raw.readline() == b"* BYE Autologout; idle for too long"
+    assert raw.closed()
+    sock = socket.create_connection(("127.0.0.1", server.ports["pop3"]), timeout=10)
+    try:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        assert reader.readline() == b"-ERR autologout: idle for too long\r\n"
+    finally:
+        sock.close()
