@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mailstead.config import LimitsConfig
+from mailstead.proto import mutf7
 from tests.conftest import PASSWORD, RunningServer
 from tests.imap.helpers import ALICE, BOB, Raw, connect, deliver, message, status_of
 
@@ -231,8 +232,11 @@ def test_sessions_per_user_and_ip(make_server: Callable[..., RunningServer]) -> 
 # -- mailbox names ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["~", "~alice", "~/mail", "..", "a/../b", "a/..", "../etc",
-                                  "a/./b", ".", "a//b"])
+@pytest.mark.parametrize("name", [
+    "~", "~alice", "~/mail", "..", "a/../b", "a/..", "../etc", "a/./b", ".", "a//b",
+    # RFC 9051 5.1: no C1 control (NEL here) and no LINE SEPARATOR, sent in modified UTF-7
+    mutf7.encode("a\u0085b"), mutf7.encode("a\u2028b"),
+])
 def test_path_like_mailbox_names_are_refused(mail_server: RunningServer, name: str) -> None:
     client = connect(mail_server)
     try:
