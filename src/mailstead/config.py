@@ -84,7 +84,8 @@ class LimitsConfig(_Section):
     )
     max_recipients: int = Field(100, description="recipients per SMTP message", ge=1)
     max_errors: int = Field(
-        10, description="protocol errors in one session before it is disconnected", ge=1
+        10, description="protocol errors in one SMTP, POP3 or DMTP/DMAP session before it is "
+        "disconnected (IMAP: imap_max_errors)", ge=1
     )
     smtp_idle_timeout: int = Field(300, description="seconds an SMTP client may stay idle", ge=1)
     imap_idle_timeout: int = Field(
@@ -93,10 +94,18 @@ class LimitsConfig(_Section):
     pop3_idle_timeout: int = Field(600, description="seconds a POP3 client may stay idle", ge=1)
     max_connections: int = Field(20_000, description="open connections in total", ge=1)
     max_connections_per_ip: int = Field(
-        200, description="open connections from one IP address", ge=1
+        50, description="open connections from one IP address", ge=1
     )
     imap_max_commands: int = Field(
         1_000_000, description="commands in one IMAP session before BYE", ge=1
+    )
+    imap_max_errors: int = Field(
+        20, description="IMAP commands answered BAD in one session before BYE (clients probe "
+        "for extensions more than SMTP/POP3 clients, which max_errors bounds)", ge=1
+    )
+    imap_sessions_per_user_ip: int = Field(
+        10, description="logged-in IMAP sessions of one user from one IP address; one more is "
+        "refused at LOGIN with NO [LIMIT]", ge=1
     )
 
 

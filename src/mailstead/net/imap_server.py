@@ -18,15 +18,23 @@ from mailstead.app import Services
 from mailstead.config import ListenerConfig
 from mailstead.net.listener import (
     Connection,
+    ConnectionCaps,
     ConnectionClosed,
     IdleTimeout,
     LineTooLong,
     ProtocolHandler,
 )
 from mailstead.obs import log_event
-from mailstead.proto.imap_backend import ClientGone, ClientTimeout, LoginRefused
+from mailstead.proto.imap_backend import (
+    ClientGone,
+    ClientTimeout,
+    LoginRefused,
+    TooManySessions,
+)
+from mailstead.proto.imap_format import CommandError
 from mailstead.proto.imap_parse import literal_marker, peek_tag_command
 from mailstead.proto.imap_session import ImapSession, SessionSettings, State
+from mailstead.proto.lines import is_http_request, is_tls_handshake
 from mailstead.services.accounts import AccountService, AuthFailed
 from mailstead.services.mailbox import MailboxService
 from mailstead.store.interfaces import Account
@@ -81,6 +89,8 @@ class _ConnIO:
             raise ClientGone() from None
         except IdleTimeout:
             raise ClientTimeout() from None
+        except LineTooLong:  # an AUTHENTICATE response or a line in IDLE: the command fails
+            raise CommandError("BAD", "Line too long") from None
 
     async def start_tls(self) -> None:
         try:
@@ -117,11 +127,19 @@ class _ConnIO:
 
 
 class _Auth:
-    """AccountService as the session's Authenticator, with one log line per attempt."""
+    """AccountService as the session's Authenticator, with one log line per attempt. A login
+    also takes one of the user's session slots for its address (given back by ``release``
+    when the connection ends)."""
 
-    def __init__(self, accounts: AccountService, session_id: str) -> None:
+    def __init__(
+        self, accounts: AccountService, session_id: str, caps: ConnectionCaps,
+        sessions_per_user_ip: int,
+    ) -> None:
         self.accounts = accounts
         self.session_id = session_id
+        self.caps = caps
+        self.sessions_per_user_ip = sessions_per_user_ip
+        self.slot: tuple[str, str] | None = None  # (user, ip) counted in caps
 
     async def login(self, user: str, password: str, ip: str) -> Account:
         try:
@@ -129,8 +147,18 @@ class _Auth:
         except AuthFailed as exc:
             log_event("imap.login_failed", session=self.session_id, user=user, client=ip)
             raise LoginRefused(exc.temporary) from None
+        if not self.caps.acquire_session("imap", account.address, ip, self.sessions_per_user_ip):
+            log_event("imap.login_refused", session=self.session_id, user=account.address,
+                      client=ip, reason="sessions per user and IP")
+            raise TooManySessions()
+        self.slot = (account.address, ip)
         log_event("imap.login", session=self.session_id, user=account.address, client=ip)
         return account
+
+    def release(self) -> None:
+        if self.slot is not None:
+            self.caps.release_session("imap", *self.slot)
+            self.slot = None
 
 
 class ImapHandler:
@@ -162,30 +190,37 @@ class ImapHandler:
             starttls_available=self.lc.tls == "starttls" and conn.ssl_context is not None,
             plaintext_login_ok=cfg.auth.allow_plaintext_on_loopback and conn.is_loopback,
             max_message_size=cfg.limits.max_message_size,
-            max_errors=cfg.limits.max_errors,
+            max_errors=cfg.limits.imap_max_errors,
             max_commands=cfg.limits.imap_max_commands,
         )
 
     async def handle(self, conn: Connection) -> None:
         io = _ConnIO(conn, self.timeout)
-        session = ImapSession(
-            _Auth(self.services.accounts, conn.session_id), self.mailboxes, io,
-            self._settings(conn),
-        )
+        auth = _Auth(self.services.accounts, conn.session_id, self.services.caps,
+                     self.services.cfg.limits.imap_sessions_per_user_ip)
+        session = ImapSession(auth, self.mailboxes, io, self._settings(conn))
         try:
             io.write(session.greeting())
             await io.drain()
+            if not conn.is_tls and is_tls_handshake(await conn.peek(3, self.timeout)):
+                self._hang_up(conn, io, session, "TLS handshake on a plaintext port",
+                              "tls_on_plaintext")
             while not session.logged_out:
                 try:
                     data = await self._read_command(conn, io, session)
-                except LineTooLong:
-                    await session.reject("*", "Line too long")
+                except LineTooLong as exc:
+                    await self._line_too_long(conn, io, session, exc.prefix)
                     continue
                 except IdleTimeout:
                     io.write(b"* BYE Autologout; idle for too long\r\n")
                     break
-                if data is not None:
-                    await session.execute(data)
+                if data is None:
+                    continue
+                if is_http_request(data):  # a browser made to post here (cross-protocol)
+                    self._hang_up(conn, io, session, "This is an IMAP server, not HTTP",
+                                  "http_request")
+                    continue
+                await session.execute(data)
             await io.drain()
         except (IdleTimeout, ClientTimeout):  # during IDLE or an AUTHENTICATE exchange
             with contextlib.suppress(Exception):
@@ -201,6 +236,26 @@ class ImapHandler:
         finally:
             io.close()
             session.close_view()
+            auth.release()
+
+    def _hang_up(
+        self, conn: Connection, io: _ConnIO, session: ImapSession, text: str, reason: str
+    ) -> None:
+        """Input that is not IMAP at all: BYE (RFC 9051 7.1.5) and the session ends."""
+        log_event("imap.hang_up", session=conn.session_id, client=conn.peer_ip, reason=reason)
+        io.write(b"* BYE " + text.encode() + b"\r\n")
+        session.state = State.LOGOUT
+
+    async def _line_too_long(
+        self, conn: Connection, io: _ConnIO, session: ImapSession, prefix: bytes
+    ) -> None:
+        """A line over MAX_LINE (already read and dropped): BAD with the command's tag when its
+        first bytes name one, else BYE, as an untagged BAD would leave the client waiting."""
+        tag, _name = peek_tag_command(prefix)
+        if tag == "*":
+            self._hang_up(conn, io, session, "Line too long", "line_too_long")
+            return
+        await session.reject(tag, "Line too long")
 
     async def _read_command(
         self, conn: Connection, io: _ConnIO, session: ImapSession

@@ -29,7 +29,13 @@ from mailstead.net.listener import (
     ProtocolHandler,
 )
 from mailstead.obs import log_event
-from mailstead.proto.lines import DataOutcome, DotReader, InputBuffer, LineTooLong
+from mailstead.proto.lines import (
+    DataOutcome,
+    DotReader,
+    InputBuffer,
+    LineTooLong,
+    is_tls_handshake,
+)
 from mailstead.proto.smtp import (
     LONGEST_LINE,
     Action,
@@ -317,6 +323,15 @@ class SmtpHandler:
         pending: list[bytes] = [session.greeting().encode()]
         data = _Input(conn, self.timeout)
         try:
+            if not conn.is_tls:
+                await _flush(conn, pending)
+                # A client speaking TLS to a plaintext port (it wanted 465): no line will come.
+                if is_tls_handshake(await conn.peek(3, self.timeout)):
+                    log_event("smtp.hang_up", session=conn.session_id, client=conn.peer_ip,
+                              reason="tls_on_plaintext")
+                    await conn.send(f"421 4.7.0 {self.services.cfg.hostname} TLS handshake "
+                                    "on a plaintext port\r\n".encode())
+                    return
             await self._serve(conn, session, data, pending)
         except IdleTimeout:
             pending.append(session.timeout_reply().encode())

@@ -31,6 +31,11 @@ class LoginRefused(Exception):
         self.temporary = temporary
 
 
+class TooManySessions(Exception):
+    """The credentials were right, but the user has as many sessions open from this address
+    as allowed (answered NO [LIMIT], RFC 5530)."""
+
+
 class ClientGone(Exception):
     """The client closed the connection (raised by ClientIO)."""
 
@@ -66,7 +71,7 @@ class ClientIO(Protocol):
 
 class Authenticator(Protocol):
     async def login(self, user: str, password: str, ip: str) -> Account:
-        """Raises LoginRefused."""
+        """Raises LoginRefused or TooManySessions."""
 
 
 class QuotaInfo(Protocol):

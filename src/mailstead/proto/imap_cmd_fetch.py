@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from mailstead.core.errors import CorruptBlob
 from mailstead.core.models import FlagState, MessageMeta, SystemFlag
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import imap_sexpr, mime
@@ -145,6 +146,7 @@ async def _fetch_messages(
     wants_flags = any(item.name == "FLAGS" for item in items)
     found = 0
     pending = 0
+    damaged: CorruptBlob | None = None
     for start in range(0, len(uids), ROWS_PER_CHUNK):
         metas = await view.messages(uids[start : start + ROWS_PER_CHUNK])
         found += len(metas)
@@ -163,13 +165,21 @@ async def _fetch_messages(
             if seq is None:
                 continue
             state = changed.get(meta.uid)
-            line = await _render(s, seq, meta, items, state, add_flags=state is not None
-                                 and not wants_flags)
+            try:
+                line = await _render(s, seq, meta, items, state, add_flags=state is not None
+                                     and not wants_flags)
+            except CorruptBlob as exc:
+                # Nothing of this message is sent; the others still are, and the command
+                # ends NO [CORRUPTION] (imap_session) so the client knows one is missing.
+                damaged = damaged or exc
+                continue
             s.io.write(line)
             pending += len(line)
             if pending >= DRAIN_BYTES:
                 pending = 0
                 await s.io.drain()
+    if damaged is not None:
+        raise damaged
     return found
 
 

@@ -39,6 +39,7 @@ from mailstead.proto.imap_backend import (
     LoginRefused,
     MailboxBackend,
     SelectedView,
+    TooManySessions,
 )
 from mailstead.proto.imap_format import CommandError, Reply
 from mailstead.proto.imap_parse import (
@@ -229,7 +230,11 @@ class ImapSession:
             return Reply("NO", "Quota exceeded", "OVERQUOTA")
         except InvalidInput as exc:
             return Reply("NO", _clean(exc), "CANNOT")
-        except CorruptBlob:
+        except CorruptBlob as exc:
+            # RFC 5530 3: CORRUPTION says stored data is damaged (the details go to the log);
+            # the bytes that fail their hash are never sent.
+            log_event("imap.corrupt", logging.ERROR, command=cmd.name, blob=exc.blob_id,
+                      reason=exc.reason)
             return Reply("NO", "A message file is damaged; it was not sent", "CORRUPTION")
         except (ClientGone, ClientTimeout):
             raise  # the connection's business, not the command's
@@ -443,6 +448,8 @@ class ImapSession:
             if exc.temporary:
                 return Reply("NO", "Too many failed logins, try later", "UNAVAILABLE")
             return Reply("NO", "Invalid credentials", "AUTHENTICATIONFAILED")
+        except TooManySessions:  # RFC 5530 3: LIMIT, an implementation limit was reached
+            return Reply("NO", "Too many sessions", "LIMIT")
         self.state = State.AUTHENTICATED
         return Reply("OK", "Logged in", f"CAPABILITY {self.capabilities()}")
 
