@@ -139,6 +139,7 @@ class AuthLimiter:
         if self._expired(rec, now):
             del self._records[key]
             return None
+        self._records.move_to_end(key)  # least recently used goes first when memory is full
         return rec
 
     def _get(self, key: str, now: float) -> _Record:
@@ -146,8 +147,6 @@ class AuthLimiter:
         if rec is None:
             rec = self._records[key] = _Record()
             self._prune(now)
-        else:
-            self._records.move_to_end(key)
         return rec
 
     def _prune(self, now: float) -> None:
@@ -272,6 +271,11 @@ class AuthLimiter:
         self._trusted.move_to_end(key)
         while len(self._trusted) > self.max_records:
             self._trusted.popitem(last=False)
+
+    def failures_from(self, ip: str) -> int:
+        """Failures counted against an address now (for tests, metrics and the admin)."""
+        now = self._clock()
+        return self._failures(self._peek(f"ip:{normal_ip(ip)}", now), now)
 
     def __len__(self) -> int:
         """Records held (for tests and metrics)."""
