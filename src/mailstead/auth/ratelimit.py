@@ -27,8 +27,9 @@ c. Account. ``account_max_failures_per_minute`` failures on one account, from an
 An address that logged in to an account successfully in the last ``TRUSTED_SECONDS`` is only
 ever held back by its own failures (a): its owner is not queued behind someone else's attack.
 
-Memory is bounded: the records live in one insertion-ordered map capped at ``max_records``;
-when full, expired records go first and then the least recently touched ones.
+Memory is bounded: the records live in one map in least-recently-used order, capped at
+``max_records`` (and the trusted pairs in another); expired records are dropped from its front
+as new ones come, and when it is full the least recently touched record goes.
 """
 
 from __future__ import annotations
@@ -145,16 +146,19 @@ class AuthLimiter:
     def _get(self, key: str, now: float) -> _Record:
         rec = self._peek(key, now)
         if rec is None:
+            self._prune(now, room=1)
             rec = self._records[key] = _Record()
-            self._prune(now)
         return rec
 
-    def _prune(self, now: float) -> None:
-        if len(self._records) <= self.max_records:
-            return
-        for key in [k for k, r in self._records.items() if self._expired(r, now)]:
-            del self._records[key]
-        while len(self._records) > self.max_records:  # least recently touched first
+    def _prune(self, now: float, room: int) -> None:
+        """Amortised O(1): the map is in least-recently-used order, so expired records gather
+        at its front; a few go with each new record, and the cap drops the oldest."""
+        for _ in range(4):
+            oldest = next(iter(self._records.items()), None)
+            if oldest is None or not self._expired(oldest[1], now):
+                break
+            del self._records[oldest[0]]
+        while self._records and len(self._records) + room > self.max_records:
             self._records.popitem(last=False)
 
     def _failures(self, rec: _Record | None, now: float) -> int:
