@@ -140,7 +140,7 @@ def test_login_failures_use_the_shared_limiter(make_server: MakeServer) -> None:
     token = csrf_of(client.get("/login").text)
     locked = client.post("/login", data={"username": ALICE, "password": PASSWORD, "csrf": token})
     assert locked.status_code == 429 and "Too many failed logins" in locked.text
-    # The same limiter guards IMAP: the account is locked there too.
+    # The same limiter guards IMAP: this address is blocked there too.
     with imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"],
                            ssl_context=server.ssl_context()) as imap, \
             pytest.raises(imaplib.IMAP4.error, match=r"UNAVAILABLE|later"):
