@@ -179,3 +179,18 @@ def test_memory_stays_bounded_under_a_spray() -> None:
             assert lim.admit("192.0.2.1", ALICE, "right").refused
         clock.now += 0.001
         assert len(lim) <= 2 * 500
+
+
+def test_the_same_wrong_password_again_is_not_counted_again() -> None:
+    """A phone still using last month's password retries it: one failure, not a block."""
+    clock = Clock()
+    lim = limiter(clock)
+    for _ in range(20):
+        fail(lim, "192.0.2.7", guess="old-password")
+        clock.now += 1
+    assert lim.failures_from("192.0.2.7") == 1
+    assert succeed(lim, "192.0.2.7") == 0.0
+    # Distinct guesses still count.
+    for n in range(4):
+        fail(lim, "192.0.2.7", guess=f"g{n}")
+    assert lim.admit("192.0.2.7", ALICE, "right").refused

@@ -53,6 +53,7 @@ class _Record:
     next_slot: float = 0.0  # the probation queue of (b) and (c): when the next one may go
     recent: list[float] = field(default_factory=list)  # (c): times of the latest failures
     pending: dict[str, int] = field(default_factory=dict)  # (a): guesses being checked
+    failed_guesses: list[str] = field(default_factory=list)  # (a): the latest wrong ones
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class AuthLimiter:
         rec = self._peek(key, now)
         if rec is None:
             self._prune(now, room=1)
-            rec = self._records[key] = _Record()
+            rec = self._records[key] = _Record(last_failure=now)  # lives a window at least
         return rec
 
     def _prune(self, now: float, room: int) -> None:
@@ -241,17 +242,27 @@ class AuthLimiter:
 
     def record_failure(self, ip: str, account: str, guess: str = "") -> float:
         """Counts a failure against the address, its network, the account and the pair;
-        returns how long the caller should wait before answering."""
+        returns how long the caller should wait before answering. The same wrong password
+        again from the same address (a mail client with an outdated saved password) is not
+        counted again: it tells the guesser nothing new (Dovecot's auth_penalty does the
+        same)."""
         now = self._clock()
         ip = normal_ip(ip)
         self.release(ip, guess)
-        ip_rec = self._count(f"ip:{ip}", now, self.max_failures)
-        self._count(f"net:{network_of(ip)}", now, self.network_max_failures)
-        self._count(f"pair:{account}|{ip}", now, None)
-        acct = self._get(f"acct:{account}", now)
-        acct.last_failure = now
-        acct.recent = [*acct.recent, now][-self.account_max_failures:]
-        doublings = min(ip_rec.failures - 1, 30)  # 2.0 ** n overflows past n = 1023
+        ip_rec = self._get(f"ip:{ip}", now)
+        if self._failures(ip_rec, now) == 0:
+            ip_rec.failed_guesses.clear()
+        tag = guess[:16]
+        if not tag or tag not in ip_rec.failed_guesses:
+            if tag:
+                ip_rec.failed_guesses = [*ip_rec.failed_guesses, tag][-8:]
+            self._count(f"ip:{ip}", now, self.max_failures)
+            self._count(f"net:{network_of(ip)}", now, self.network_max_failures)
+            self._count(f"pair:{account}|{ip}", now, None)
+            acct = self._get(f"acct:{account}", now)
+            acct.last_failure = now
+            acct.recent = [*acct.recent, now][-self.account_max_failures:]
+        doublings = min(max(ip_rec.failures, 1) - 1, 30)  # 2.0 ** n overflows past n = 1023
         return min(self.failure_delay * 2.0 ** doublings, self.MAX_DELAY)
 
     def _count(self, key: str, now: float, limit: int | None) -> _Record:
