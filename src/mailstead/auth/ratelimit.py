@@ -34,6 +34,7 @@ as new ones come, and when it is full the least recently touched record goes.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import OrderedDict
@@ -45,7 +46,7 @@ from mailstead.config import AuthConfig
 ACCOUNT_WINDOW = 60.0  # seconds: the "per minute" of account_max_failures_per_minute
 
 
-@dataclass
+@dataclass(slots=True)
 class _Record:
     failures: int = 0
     last_failure: float = 0.0
@@ -66,27 +67,28 @@ class Verdict:
     reason: str = ""
 
 
-def network_of(ip: str) -> str:
-    """The /24 (IPv4) or /64 (IPv6) an address belongs to; a non-address is its own network."""
+@functools.lru_cache(maxsize=4096)
+def source_of(ip: str) -> tuple[str, str]:
+    """An address in one spelling (IPv4-mapped IPv6 is the IPv4 address, no zone) and its
+    network: the /24 (IPv4) or /64 (IPv6). A non-address is its own network."""
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
-        return ip
+        return ip, ip
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    prefix = 24 if addr.version == 4 else 64
-    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+    text = str(addr)
+    if isinstance(addr, ipaddress.IPv4Address):
+        return text, text.rsplit(".", 1)[0] + ".0/24"
+    return text, f"{ipaddress.IPv6Address(addr.packed[:8] + bytes(8))}/64"
+
+
+def network_of(ip: str) -> str:
+    return source_of(ip)[1]
 
 
 def normal_ip(ip: str) -> str:
-    """One spelling per address (IPv4-mapped IPv6 is the IPv4 address)."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
+    return source_of(ip)[0]
 
 
 class AuthLimiter:
@@ -199,7 +201,7 @@ class AuthLimiter:
         not refused, the caller must end with ``record_success`` or ``record_failure`` (or
         ``release`` if it gives up) with the same arguments."""
         now = self._clock()
-        ip = normal_ip(ip)
+        ip, network = source_of(ip)
         ip_rec = self._peek(f"ip:{ip}", now)
         if ip_rec is not None and ip_rec.blocked_until > now:
             return Verdict(True, retry_after=ip_rec.blocked_until - now, reason="address")
@@ -210,7 +212,7 @@ class AuthLimiter:
                 return Verdict(True, retry_after=self.PROBATION_SPACING, reason="address")
         waits = [0.0]
         if not self._is_trusted(account, ip, now):
-            net = self._peek(f"net:{network_of(ip)}", now)
+            net = self._peek(f"net:{network}", now)
             if net is not None and net.blocked_until > now:
                 if ip_failures > 0:
                     return Verdict(True, retry_after=net.blocked_until - now, reason="network")
@@ -247,7 +249,7 @@ class AuthLimiter:
         counted again: it tells the guesser nothing new (Dovecot's auth_penalty does the
         same)."""
         now = self._clock()
-        ip = normal_ip(ip)
+        ip, network = source_of(ip)
         self.release(ip, guess)
         ip_rec = self._get(f"ip:{ip}", now)
         if self._failures(ip_rec, now) == 0:
@@ -257,7 +259,7 @@ class AuthLimiter:
             if tag:
                 ip_rec.failed_guesses = [*ip_rec.failed_guesses, tag][-8:]
             self._count(f"ip:{ip}", now, self.max_failures)
-            self._count(f"net:{network_of(ip)}", now, self.network_max_failures)
+            self._count(f"net:{network}", now, self.network_max_failures)
             self._count(f"pair:{account}|{ip}", now, None)
             acct = self._get(f"acct:{account}", now)
             acct.last_failure = now
