@@ -223,3 +223,27 @@ def test_api_guesses_block_the_api_caller(make_server: MakeServer) -> None:
     api = api_client(base, ALICE)
     assert api.get("/api/me").json()["address"] == ALICE
     api.close()
+
+
+def test_delayed_failures_do_not_hold_up_other_clients(make_server: MakeServer) -> None:
+    """The delay before a failed answer is a pause of that session only: while five attackers
+    wait for theirs (8 s), an ordinary client logs in and is answered (5 s timeout; bob logged
+    in once before, so his password check is the cached one, not behind theirs on the CPU)."""
+    import threading
+
+    server = make_server(auth={"failure_delay": 8.0})
+    ordinary_imap_client_is_served(server)
+    results: list[str] = []
+    attackers = [threading.Thread(target=lambda n=n: results.append(
+        imap_login(server, f"127.0.0.{n}", ALICE, f"guess{n}"))) for n in range(2, 7)]
+    for thread in attackers:
+        thread.start()
+    with imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=server.ssl_context(),
+                           timeout=5) as client:
+        assert client.login(BOB, PASSWORD)[0] == "OK"
+        assert client.noop()[0] == "OK"
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=5) as other:
+        assert other.noop()[0] == 250
+    for thread in attackers:
+        thread.join(60)
+    assert results == ["AUTHENTICATIONFAILED"] * 5
