@@ -247,3 +247,22 @@ def test_delayed_failures_do_not_hold_up_other_clients(make_server: MakeServer) 
     for thread in attackers:
         thread.join(60)
     assert results == ["AUTHENTICATIONFAILED"] * 5
+
+
+def test_api_password_change_guesses_answer_429(make_server: MakeServer) -> None:
+    """Guessing the current password through /api/password (with a stolen token) counts
+    like a login: 400 for a wrong one, then 429 with Retry-After for the address."""
+    server = make_server(**web_overrides())
+    base = f"http://127.0.0.1:{server.ports['http']}"
+    with httpx.Client(base_url=base, timeout=30,
+                      transport=httpx.HTTPTransport(local_address="127.0.0.5")) as thief:
+        token = thief.post("/api/token", auth=(ALICE, PASSWORD)).json()["token"]
+        thief.headers["Authorization"] = f"Bearer {token}"
+        answers = [thief.post("/api/password", json={"current": f"g{n}", "new": "x" * 12})
+                   for n in range(6)]
+        assert [a.status_code for a in answers] == [400] * 5 + [429]
+        assert int(answers[-1].headers["retry-after"]) >= 1
+        assert "try again later" in answers[-1].json()["error"]
+    api = api_client(base, ALICE)  # alice elsewhere is not concerned
+    assert api.get("/api/me").json()["address"] == ALICE
+    api.close()

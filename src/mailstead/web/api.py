@@ -302,7 +302,7 @@ async def me(ctx: Ctx) -> m.Me:
 
 
 @endpoint("POST", "/api/password", "Change your password (ends other sessions and tokens)",
-          "account", body=m.PasswordIn, response=m.TokenOut, errors=COMMON)
+          "account", body=m.PasswordIn, response=m.TokenOut, errors=(*COMMON, 429))
 async def change_password(ctx: Ctx) -> m.TokenOut:
     body: m.PasswordIn = ctx.body
     account = await accountops.change_password(
