@@ -115,11 +115,24 @@ class AuthConfig(_Section):
         description="allow passwords without TLS for clients on 127.0.0.0/8 and ::1",
     )
     max_failures: int = Field(
-        5, description="failed logins (per IP or per account) before a temporary lockout", ge=1
+        5, description="failed logins from one IP address before that address is blocked "
+        "(the account itself is never locked)", ge=1
     )
-    lockout_seconds: int = Field(300, description="how long a lockout lasts", ge=1)
+    lockout_seconds: int = Field(
+        300, description="how long an address or network stays blocked; failures further "
+        "apart than this are not added up", ge=1
+    )
     failure_delay: float = Field(
-        0.5, description="seconds of delay after a failed login, doubled per failure", ge=0
+        0.5, description="seconds before answering a failed login, doubled per failure from "
+        "the same address (at most 8)", ge=0
+    )
+    network_max_failures: int = Field(
+        20, description="failed logins from one network (IPv4 /24, IPv6 /64) before its "
+        "failing addresses are blocked and new ones queued one a second", ge=1
+    )
+    account_max_failures_per_minute: int = Field(
+        10, description="failed logins on one account within a minute (from anywhere) before "
+        "addresses that failed on it are refused and new ones queued one a second", ge=1
     )
     cache_seconds: int = Field(
         300, description="how long a verified password is remembered in memory", ge=0
