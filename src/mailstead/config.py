@@ -98,6 +98,12 @@ class LimitsConfig(_Section):
     imap_max_commands: int = Field(
         1_000_000, description="commands in one IMAP session before BYE", ge=1
     )
+    imap_command_seconds: float = Field(
+        30.0,
+        description="CPU seconds of work one IMAP command may cost (SEARCH, FETCH...) before "
+        "it fails with NO [LIMIT]; waiting for the client or the store is not counted",
+        gt=0,
+    )
 
 
 class AuthConfig(_Section):

@@ -25,13 +25,18 @@ from mailstead.net.listener import (
 )
 from mailstead.obs import log_event
 from mailstead.proto.imap_backend import ClientGone, ClientTimeout, LoginRefused
-from mailstead.proto.imap_parse import literal_marker, peek_tag_command
+from mailstead.proto.imap_parse import LiteralMarker, literal_marker, peek_tag_command
 from mailstead.proto.imap_session import ImapSession, SessionSettings, State
 from mailstead.services.accounts import AccountService, AuthFailed
 from mailstead.services.mailbox import MailboxService
 from mailstead.store.interfaces import Account
 
 MAX_LINE = 64 * 1024
+# Bounded work per command (issue 16): literals in one command, and the size of any command
+# other than APPEND (whose limit is a message). A legitimate command needs a handful of
+# literals (MULTIAPPEND: one a message); 100,000 one-byte ones are an attack on the parser.
+MAX_LITERALS = 1000
+MAX_OTHER_COMMAND = 1024 * 1024
 
 
 class _ConnIO:
@@ -81,6 +86,9 @@ class _ConnIO:
             raise ClientGone() from None
         except IdleTimeout:
             raise ClientTimeout() from None
+
+    async def pause(self) -> None:
+        await asyncio.sleep(0)
 
     async def start_tls(self) -> None:
         try:
@@ -164,6 +172,7 @@ class ImapHandler:
             max_message_size=cfg.limits.max_message_size,
             max_errors=cfg.limits.max_errors,
             max_commands=cfg.limits.imap_max_commands,
+            command_seconds=cfg.limits.imap_command_seconds,
         )
 
     async def handle(self, conn: Connection) -> None:
@@ -211,9 +220,15 @@ class ImapHandler:
         tag, name = peek_tag_command(line)
         chunks = [line]
         total = len(line)
+        literals = 0
+        max_command = self.max_command if name == "APPEND" else MAX_OTHER_COMMAND
         marker = literal_marker(line)
         while marker is not None:
-            if marker.size > session.literal_limit(name) or total + marker.size > self.max_command:
+            literals += 1
+            if literals > MAX_LITERALS:
+                await self._skip_command(conn, io, session, tag, marker, total)
+                return None
+            if marker.size > session.literal_limit(name) or total + marker.size > max_command:
                 if marker.synchronizing:
                     await session.refuse_literal(tag, name, marker.size)
                     return None
@@ -233,6 +248,27 @@ class ImapHandler:
         if data.endswith(b"\r\n"):
             return data[:-2]
         return data[:-1] if data.endswith(b"\n") else data
+
+    async def _skip_command(
+        self, conn: Connection, io: _ConnIO, session: ImapSession, tag: str,
+        marker: LiteralMarker | None, total: int,
+    ) -> None:
+        """A command with too many literals: refused with BAD. A synchronising literal is
+        simply not invited (RFC 9051 7.5: BAD instead of "+"); LITERAL+ bytes already on their
+        way are read and dropped up to the end of the command (bounded by the command size
+        limit, past which the session ends)."""
+        while marker is not None and not marker.synchronizing:
+            total += marker.size
+            if total > self.max_command:
+                io.write(b"* BYE Too many literals in one command\r\n")
+                session.state = State.LOGOUT
+                return
+            await conn.readexactly(marker.size, self.timeout)
+            line = await conn.readline(MAX_LINE, self.timeout)
+            total += len(line)
+            marker = literal_marker(line)
+        await session.reject(tag, f"Too many literals in one command (at most {MAX_LITERALS})",
+                             "LIMIT")
 
 
 def make_imap_handler(

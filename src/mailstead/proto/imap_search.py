@@ -9,6 +9,7 @@ reads only unseen messages, and flag-only searches never leave the flag rows.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import enum
 from collections.abc import Callable
@@ -94,8 +95,13 @@ class Candidate:
     recent: bool
     meta: MessageMeta | None = None
     data: bytes | None = None
+    # Text keys already answered for this message (see ``prepare``).
+    hits: dict[SkText, bool] | None = None
     _root: mime.Part | None = None
     _body_text: str | None = None
+    # Header fields decoded once per message and SEARCH, however many keys read them.
+    _fields: dict[str, list[str]] | None = None
+    _header_text: str | None = None
 
     def root(self) -> mime.Part:
         assert self.data is not None
@@ -109,18 +115,63 @@ class Candidate:
             self._body_text = mime.text_for_search(self.data, self.root()).casefold()
         return self._body_text
 
+    def _decode_fields(self) -> dict[str, list[str]]:
+        if self._fields is None:
+            by_name: dict[str, list[str]] = {}
+            lines = []
+            for f in self.root().fields:
+                value = mime.decoded_header(f.value)
+                by_name.setdefault(f.name.lower(), []).append(value.casefold())
+                lines.append(f"{f.name}: {value}")
+            self._fields = by_name
+            self._header_text = "\n".join(lines).casefold()
+        return self._fields
+
     def header_values(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [
-            mime.decoded_header(f.value).casefold()
-            for f in self.root().fields
-            if f.name.lower() == lname
-        ]
+        return self._decode_fields().get(name.lower(), [])
 
     def header_text(self) -> str:
-        return "\n".join(
-            f"{f.name}: {mime.decoded_header(f.value)}" for f in self.root().fields
-        ).casefold()
+        self._decode_fields()
+        assert self._header_text is not None
+        return self._header_text
+
+
+def text_keys(key: SearchKey) -> list[SkText]:
+    """The distinct keys that read the message's own text (headers or body)."""
+    found: dict[SkText, None] = {}
+    stack = [key]
+    while stack:
+        k = stack.pop()
+        if isinstance(k, SkAnd):
+            stack.extend(k.keys)
+        elif isinstance(k, SkOr):
+            stack += [k.left, k.right]
+        elif isinstance(k, SkNot):
+            stack.append(k.key)
+        elif isinstance(k, SkText):
+            found[k] = None
+    return list(found)
+
+
+async def prepare(c: Candidate, keys: list[SkText], s: ImapSession) -> None:
+    """Answers every text key for a loaded message, one step at a time with a checkpoint
+    between steps (parse, header decoding, body text, each key's scan): the other sessions
+    run in between, and the command's budget is checked, however big the message and however
+    many keys (issue 16)."""
+    c.root()
+    await s.checkpoint()
+    c.hits = {}
+    if any(k.where != "BODY" for k in keys):
+        c.header_text()
+        await s.checkpoint()
+    if any(k.where in ("BODY", "TEXT") for k in keys):
+        c.body_text()
+        await s.checkpoint()
+    for key in keys:
+        result = _text_matches(key, c)
+        if result is not None:
+            c.hits[key] = result
+        await s.checkpoint()
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,10 +285,32 @@ def _set_test(key: SkSet, scope: Scope) -> Predicate:
         saved = scope.saved
         return lambda c: c.uid in saved
     largest = scope.largest_uid if key.uid else scope.largest_seq
-    bounds = key.numbers.bounds(largest)
+    inside = _in_ranges(key.numbers.bounds(largest))
     if key.uid:
-        return lambda c: any(lo <= c.uid <= hi for lo, hi in bounds)
-    return lambda c: any(lo <= c.seq <= hi for lo, hi in bounds)
+        return lambda c: inside(c.uid)
+    return lambda c: inside(c.seq)
+
+
+def _in_ranges(bounds: list[tuple[int, int]]) -> Callable[[int], bool]:
+    """Membership in a union of ranges in O(log n): a sequence set may hold thousands of
+    ranges, tested once per message."""
+    merged: list[list[int]] = []
+    for lo, hi in sorted(bounds):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    if len(merged) == 1:
+        lo, hi = merged[0]
+        return lambda n: lo <= n <= hi
+    starts = [lo for lo, _hi in merged]
+    ends = [hi for _lo, hi in merged]
+
+    def inside(n: int) -> bool:
+        i = bisect.bisect_right(starts, n) - 1
+        return i >= 0 and n <= ends[i]
+
+    return inside
 
 
 def _date_test(key: SkDate) -> Predicate:
@@ -278,6 +351,10 @@ def _sent_date(c: Candidate) -> datetime | None:
 
 
 def _text_matches(key: SkText, c: Candidate) -> bool | None:
+    if c.hits is not None:
+        hit = c.hits.get(key)
+        if hit is not None:
+            return hit
     needle = key.value.casefold()
     envelope_field = _ENVELOPE_FIELDS.get(key.where)
     if envelope_field is not None and c.meta is not None:
@@ -334,6 +411,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     elif level is Need.FLAGS:
         states = await view.flag_states(all_uids)
         for seq, st in zip(view.seqs_of([st.uid for st in states]), states, strict=True):
+            await s.checkpoint()  # a thousand keys on 100,000 messages is real work
             if seq is None:
                 continue
             c = Candidate(seq, st.uid, st.modseq, st.flags, st.keywords, recent(st.uid))
@@ -341,9 +419,12 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
                 found.append((seq, st.uid))
                 highest = max(highest, st.modseq)
     else:
+        keys = text_keys(args.key)
         for start in range(0, len(all_uids), CHUNK):
-            metas = await view.messages(all_uids[start : start + CHUNK])
+            with s.waiting():
+                metas = await view.messages(all_uids[start : start + CHUNK])
             for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
+                await s.checkpoint()
                 if seq is None:
                     continue
                 c = Candidate(
@@ -351,7 +432,9 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
                 )
                 result = test(c)
                 if result is None:
-                    c.data = await view.body(meta.blob_id, meta.size)
+                    with s.waiting():
+                        c.data = await view.body(meta.blob_id, meta.size)
+                    await prepare(c, keys, s)
                     result = test(c)
                 if result:
                     found.append((seq, meta.uid))

@@ -55,6 +55,10 @@ __all__ = [
 # parts are kept as opaque leaves, so their bytes are still reachable through their parent.
 MAX_DEPTH = 40
 MAX_PARTS = 10_000
+# Header fields kept per header: past this many the rest of the header is skipped at C speed
+# (its bytes stay in BODY[HEADER]); 100,000 one-line fields would otherwise cost seconds of
+# CPU on the event loop for every reader of the message (issue 16).
+MAX_FIELDS = 10_000
 
 IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 KNOWN_ENCODINGS = IDENTITY_ENCODINGS | {"base64", "quoted-printable"}
@@ -166,6 +170,8 @@ def parse(data: bytes) -> Part:
 # A header field starts with a name of printable ASCII other than ':' (RFC 5322 section 2.2),
 # optionally followed by white space (obsolete syntax, RFC 5322 section 4.5).
 _FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
+# A run of field and continuation lines (the same rules as the loop in _parse_header).
+_FIELD_LINES = re.compile(rb"(?:(?:[!-9;-~]++[ \t]*+:|[ \t])[^\n]*+(?:\n|\Z))*+")
 
 
 def _text(b: bytes) -> str:
@@ -197,6 +203,8 @@ def _parse_header(data: bytes, start: int, end: int) -> tuple[list[HeaderField],
             fields.append(HeaderField(name, _unfold(data[value_start:at]), field_start, at))
 
     while pos < end:
+        if len(fields) >= MAX_FIELDS:
+            return fields, _skip_fields(data, pos, end)
         nl = data.find(b"\n", pos, end)
         line_end = end if nl < 0 else nl + 1
         first = data[pos : pos + 1]
@@ -217,6 +225,18 @@ def _parse_header(data: bytes, start: int, end: int) -> tuple[list[HeaderField],
         pos = line_end
     finish(end)
     return fields, end
+
+
+def _skip_fields(data: bytes, pos: int, end: int) -> int:
+    """Where a header ends, from ``pos`` (the start of a line inside it) on, without building
+    its fields: after the blank line, or at the first line that is not a field."""
+    m = _FIELD_LINES.match(data, pos, end)
+    pos = m.end() if m is not None else pos
+    nl = data.find(b"\n", pos, end)
+    line_end = end if nl < 0 else nl + 1
+    if data[pos : pos + 1] in (b"\n", b"\r") and data[pos:line_end].rstrip(b"\r\n") == b"":
+        return line_end
+    return pos
 
 
 def _count_lines(data: bytes, start: int, end: int) -> int:
