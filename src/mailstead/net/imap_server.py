@@ -226,7 +226,7 @@ class ImapHandler:
         while marker is not None:
             literals += 1
             if literals > MAX_LITERALS:
-                await self._skip_command(conn, io, session, tag, marker, total)
+                await self._skip_command(conn, io, session, tag, marker, total, max_command)
                 return None
             if marker.size > session.literal_limit(name) or total + marker.size > max_command:
                 if marker.synchronizing:
@@ -251,15 +251,15 @@ class ImapHandler:
 
     async def _skip_command(
         self, conn: Connection, io: _ConnIO, session: ImapSession, tag: str,
-        marker: LiteralMarker | None, total: int,
+        marker: LiteralMarker | None, total: int, max_command: int,
     ) -> None:
         """A command with too many literals: refused with BAD. A synchronising literal is
-        simply not invited (RFC 9051 7.5: BAD instead of "+"); LITERAL+ bytes already on their
+        simply not invited (RFC 3501 7.5: BAD instead of "+"); LITERAL+ bytes already on their
         way are read and dropped up to the end of the command (bounded by the command size
         limit, past which the session ends)."""
         while marker is not None and not marker.synchronizing:
             total += marker.size
-            if total > self.max_command:
+            if total > max_command:
                 io.write(b"* BYE Too many literals in one command\r\n")
                 session.state = State.LOGOUT
                 return

@@ -170,8 +170,6 @@ def parse(data: bytes) -> Part:
 # A header field starts with a name of printable ASCII other than ':' (RFC 5322 section 2.2),
 # optionally followed by white space (obsolete syntax, RFC 5322 section 4.5).
 _FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
-# A run of field and continuation lines (the same rules as the loop in _parse_header).
-_FIELD_LINES = re.compile(rb"(?:(?:[!-9;-~]++[ \t]*+:|[ \t])[^\n]*+(?:\n|\Z))*+")
 
 
 def _text(b: bytes) -> str:
@@ -204,7 +202,9 @@ def _parse_header(data: bytes, start: int, end: int) -> tuple[list[HeaderField],
 
     while pos < end:
         if len(fields) >= MAX_FIELDS:
-            return fields, _skip_fields(data, pos, end)
+            header_end = _skip_fields(data, pos, end)
+            fields += _late_fields(data, field_start, header_end)
+            return fields, header_end
         nl = data.find(b"\n", pos, end)
         line_end = end if nl < 0 else nl + 1
         first = data[pos : pos + 1]
@@ -227,16 +227,59 @@ def _parse_header(data: bytes, start: int, end: int) -> tuple[list[HeaderField],
     return fields, end
 
 
+# Fields still looked for past MAX_FIELDS (each name found with bytes.find, so at C speed):
+# what the envelope, SEARCH on the usual headers and the MIME structure read.
+_KEY_FIELDS = (
+    b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"date", b"message-id",
+    b"in-reply-to", b"references", b"mime-version", b"content-type",
+    b"content-transfer-encoding", b"content-disposition",
+)
+_COLON = re.compile(rb"[ \t]*:")
+_FIELD_VALUE = re.compile(rb"[^\n]*+(?:\n[ \t][^\n]*+)*+")
+MAX_LATE_FIELDS = 100
+MAX_LATE_MISSES = 1000
+LATE_WINDOW = 256 * 1024
+
+
+def _late_fields(data: bytes, start: int, end: int) -> list[HeaderField]:
+    """The key fields among those past MAX_FIELDS, in their order. Only the header's last
+    LATE_WINDOW bytes are read: relays add their trace fields on top, so a message's own
+    From, Subject... come last; the cost stays bounded whatever the header holds."""
+    if end - start > LATE_WINDOW:
+        cut = data.find(b"\n", end - LATE_WINDOW, end)
+        start = end if cut < 0 else cut + 1
+    lower = data[start - 1 : end].lower()  # from the line end before it: "\nname" needles
+    start -= 1
+    found: list[HeaderField] = []
+    misses = 0
+    for key in _KEY_FIELDS:
+        needle = b"\n" + key
+        at = lower.find(needle)
+        while at >= 0 and len(found) < MAX_LATE_FIELDS and misses < MAX_LATE_MISSES:
+            name_start = start + at + 1
+            colon = _COLON.match(data, name_start + len(key), end)
+            if colon is None:
+                misses += 1
+            else:
+                value = _FIELD_VALUE.match(data, colon.end(), end)
+                value_end = value.end() if value is not None else colon.end()
+                name = data[name_start : name_start + len(key)].decode("ascii")
+                found.append(HeaderField(name, _unfold(data[colon.end() : value_end]),
+                                         name_start, min(value_end + 1, end)))
+            at = lower.find(needle, at + 1)
+    found.sort(key=lambda f: f.start)
+    return found
+
+
 def _skip_fields(data: bytes, pos: int, end: int) -> int:
-    """Where a header ends, from ``pos`` (the start of a line inside it) on, without building
-    its fields: after the blank line, or at the first line that is not a field."""
-    m = _FIELD_LINES.match(data, pos, end)
-    pos = m.end() if m is not None else pos
-    nl = data.find(b"\n", pos, end)
-    line_end = end if nl < 0 else nl + 1
-    if data[pos : pos + 1] in (b"\n", b"\r") and data[pos:line_end].rstrip(b"\r\n") == b"":
-        return line_end
-    return pos
+    """Where a header with more than MAX_FIELDS fields ends: after its first blank line (so
+    at C speed; a stray line that is no field does not end such a header early)."""
+    ends = [at for at in (data.find(b"\n\n", pos - 1, end), data.find(b"\n\r\n", pos - 1, end))
+            if at >= 0]
+    if not ends:
+        return end
+    at = min(ends)
+    return data.find(b"\n", at + 1, end) + 1
 
 
 def _count_lines(data: bytes, start: int, end: int) -> int:
