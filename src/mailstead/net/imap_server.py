@@ -216,6 +216,10 @@ class ImapHandler:
     ) -> bytes | None:
         """One whole command with its literals inline, without the final CRLF; None when a
         literal was refused (already answered)."""
+        if conn.pending_input():
+            # Pipelined commands are read without waiting, so without this one session's
+            # stream of them would hold the loop (issue 16): the others get a turn between.
+            await asyncio.sleep(0)
         line = await conn.readline(MAX_LINE, self.timeout)
         tag, name = peek_tag_command(line)
         chunks = [line]
@@ -226,8 +230,10 @@ class ImapHandler:
         while marker is not None:
             literals += 1
             if literals > MAX_LITERALS:
-                await self._skip_command(conn, io, session, tag, marker, total, max_command)
+                await self._skip_command(conn, io, session, tag, marker)
                 return None
+            if literals % 64 == 0:
+                await asyncio.sleep(0)  # buffered literals are read without a pause too
             if marker.size > session.literal_limit(name) or total + marker.size > max_command:
                 if marker.synchronizing:
                     await session.refuse_literal(tag, name, marker.size)
@@ -251,21 +257,22 @@ class ImapHandler:
 
     async def _skip_command(
         self, conn: Connection, io: _ConnIO, session: ImapSession, tag: str,
-        marker: LiteralMarker | None, total: int, max_command: int,
+        marker: LiteralMarker | None,
     ) -> None:
         """A command with too many literals: refused with BAD. A synchronising literal is
         simply not invited (RFC 3501 7.5: BAD instead of "+"); LITERAL+ bytes already on their
-        way are read and dropped up to the end of the command (bounded by the command size
-        limit, past which the session ends)."""
+        way are read and dropped up to the end of the command if it ends within MAX_LINE more
+        octets, else the session ends (reading tiny literals one by one costs real CPU)."""
+        left = MAX_LINE
         while marker is not None and not marker.synchronizing:
-            total += marker.size
-            if total > max_command:
+            left -= marker.size
+            if left < 0:
                 io.write(b"* BYE Too many literals in one command\r\n")
                 session.state = State.LOGOUT
                 return
             await conn.readexactly(marker.size, self.timeout)
             line = await conn.readline(MAX_LINE, self.timeout)
-            total += len(line)
+            left -= len(line)
             marker = literal_marker(line)
         await session.reject(tag, f"Too many literals in one command (at most {MAX_LITERALS})",
                              "LIMIT")
