@@ -185,6 +185,8 @@ class Pop3Handler:
         try:
             await conn.send(session.greeting())
             while not session.closed:
+                if conn.pending_input():  # pipelined commands: the others get a turn between
+                    await asyncio.sleep(0)
                 try:
                     line = await conn.readline(MAX_LINE, cfg.limits.pop3_idle_timeout)
                 except LineTooLong:
