@@ -1154,7 +1154,7 @@ def test_header_of_many_fields_is_capped_but_keeps_its_extent_and_key_fields() -
     assert mime.decoded_header(root.get("Subject") or "") == "café ole"
     assert root.get("From") == "Carol <carol@example.org>"
     assert root.charset == "utf-8"
-    late = [f for f in root.fields if f.name == "Subject"][0]
+    late = next(f for f in root.fields if f.name == "Subject")
     assert data[late.start:late.end] == b"Subject: =?utf-8?q?caf=C3=A9?=\r\n ole\r\n"
     envelope = mime.parse_envelope_fields(data)
     assert envelope.subject == "café ole" and envelope.from_ == "Carol <carol@example.org>"
