@@ -59,6 +59,7 @@ MAX_PARTS = 10_000
 # (its bytes stay in BODY[HEADER]); 100,000 one-line fields would otherwise cost seconds of
 # CPU on the event loop for every reader of the message (issue 16).
 MAX_FIELDS = 10_000
+MAX_TOTAL_FIELDS = 20_000  # the same over all the headers of one message (its parts')
 
 IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 KNOWN_ENCODINGS = IDENTITY_ENCODINGS | {"base64", "quoted-printable"}
@@ -163,7 +164,7 @@ class Part:
 
 def parse(data: bytes) -> Part:
     """Parse a whole message into its part tree. Never raises."""
-    budget = [MAX_PARTS]
+    budget = [MAX_PARTS, MAX_TOTAL_FIELDS]
     return _parse_entity(data, 0, len(data), ("text", "plain"), 0, budget)
 
 
@@ -185,7 +186,9 @@ def _unfold(b: bytes) -> str:
     return _text(b.replace(b"\r", b"").replace(b"\n", b"")).strip()
 
 
-def _parse_header(data: bytes, start: int, end: int) -> tuple[list[HeaderField], int]:
+def _parse_header(
+    data: bytes, start: int, end: int, limit: int = MAX_FIELDS
+) -> tuple[list[HeaderField], int]:
     """Header fields in data[start:end] and the offset where the header ends.
 
     The header is a run of field and continuation lines; a blank line ends it (and belongs to
@@ -201,9 +204,12 @@ def _parse_header(data: bytes, start: int, end: int) -> tuple[list[HeaderField],
             fields.append(HeaderField(name, _unfold(data[value_start:at]), field_start, at))
 
     while pos < end:
-        if len(fields) >= MAX_FIELDS:
+        if len(fields) >= limit:
             header_end = _skip_fields(data, pos, end)
-            fields += _late_fields(data, field_start, header_end)
+            # Once the whole message's budget is spent, only what shapes the part tree.
+            keys = _KEY_FIELDS if limit == MAX_FIELDS else _MIME_FIELDS
+            fields += _late_fields(data, field_start if field_start >= 0 else pos, header_end,
+                                   keys)
             return fields, header_end
         nl = data.find(b"\n", pos, end)
         line_end = end if nl < 0 else nl + 1
@@ -238,21 +244,27 @@ _COLON = re.compile(rb"[ \t]*:")
 _FIELD_VALUE = re.compile(rb"[^\n]*+(?:\n[ \t][^\n]*+)*+")
 MAX_LATE_FIELDS = 100
 MAX_LATE_MISSES = 1000
-LATE_WINDOW = 256 * 1024
+LATE_WINDOW = 64 * 1024
 
 
-def _late_fields(data: bytes, start: int, end: int) -> list[HeaderField]:
+_MIME_FIELDS = (b"content-type", b"content-transfer-encoding", b"content-disposition")
+
+
+def _late_fields(
+    data: bytes, start: int, end: int, keys: tuple[bytes, ...] = _KEY_FIELDS
+) -> list[HeaderField]:
     """The key fields among those past MAX_FIELDS, in their order. Only the header's last
     LATE_WINDOW bytes are read: relays add their trace fields on top, so a message's own
     From, Subject... come last; the cost stays bounded whatever the header holds."""
     if end - start > LATE_WINDOW:
         cut = data.find(b"\n", end - LATE_WINDOW, end)
         start = end if cut < 0 else cut + 1
-    lower = data[start - 1 : end].lower()  # from the line end before it: "\nname" needles
+    # From the line end before it, so every field starts after a "\n" (one is made up at 0).
+    lower = b"\n" + data[:end].lower() if start == 0 else data[start - 1 : end].lower()
     start -= 1
     found: list[HeaderField] = []
     misses = 0
-    for key in _KEY_FIELDS:
+    for key in keys:
         needle = b"\n" + key
         at = lower.find(needle)
         while at >= 0 and len(found) < MAX_LATE_FIELDS and misses < MAX_LATE_MISSES:
@@ -274,7 +286,14 @@ def _late_fields(data: bytes, start: int, end: int) -> list[HeaderField]:
 def _skip_fields(data: bytes, pos: int, end: int) -> int:
     """Where a header with more than MAX_FIELDS fields ends: after its first blank line (so
     at C speed; a stray line that is no field does not end such a header early)."""
-    ends = [at for at in (data.find(b"\n\n", pos - 1, end), data.find(b"\n\r\n", pos - 1, end))
+    for blank in (b"\n", b"\r\n"):
+        if data.startswith(blank, pos, end):
+            return pos + len(blank)
+    nl = data.find(b"\n", pos, end)
+    if data[pos : pos + 1] not in (b" ", b"\t") and not _FIELD_START.match(
+            data, pos, end if nl < 0 else nl + 1):
+        return pos  # not a field: the header ends here (a part without one, say)
+    ends = [at for at in (data.find(b"\n\n", pos, end), data.find(b"\n\r\n", pos, end))
             if at >= 0]
     if not ends:
         return end
@@ -298,7 +317,8 @@ def _parse_entity(
     budget: list[int],
 ) -> Part:
     budget[0] -= 1
-    fields, header_end = _parse_header(data, start, end)
+    fields, header_end = _parse_header(data, start, end, min(MAX_FIELDS, max(budget[1], 0)))
+    budget[1] -= len(fields)
     part = Part(start, header_end, header_end, end, fields)
     _apply_content_headers(part, default_type)
 
