@@ -95,8 +95,10 @@ class Candidate:
     recent: bool
     meta: MessageMeta | None = None
     data: bytes | None = None
-    # Text keys already answered for this message (see ``prepare``).
+    # Text keys already answered for this message, and those a test is waiting for
+    # (see ``resolve``).
     hits: dict[SkText, bool] | None = None
+    wanted: list[SkText] | None = None
     _root: mime.Part | None = None
     _body_text: str | None = None
     # Header fields decoded once per message and SEARCH, however many keys read them.
@@ -136,42 +138,26 @@ class Candidate:
         return self._header_text
 
 
-def text_keys(key: SearchKey) -> list[SkText]:
-    """The distinct keys that read the message's own text (headers or body)."""
-    found: dict[SkText, None] = {}
-    stack = [key]
-    while stack:
-        k = stack.pop()
-        if isinstance(k, SkAnd):
-            stack.extend(k.keys)
-        elif isinstance(k, SkOr):
-            stack += [k.left, k.right]
-        elif isinstance(k, SkNot):
-            stack.append(k.key)
-        elif isinstance(k, SkText):
-            found[k] = None
-    return list(found)
-
-
-async def prepare(c: Candidate, keys: list[SkText], s: ImapSession) -> None:
-    """Answers every text key for a loaded message, one step at a time with a checkpoint
-    between steps (parse, header decoding, body text, each key's scan): the other sessions
-    run in between, and the command's budget is checked, however big the message and however
-    many keys (issue 16)."""
-    c.root()
+async def resolve(c: Candidate, test: Predicate, s: ImapSession) -> bool | None:
+    """Tests a message whose bytes are loaded, scanning its text for one key at a time (in
+    the order the test asks for them, so a failing key early in an AND spares the rest), with
+    a checkpoint after each scan: the other sessions run in between and the command's budget
+    holds, however big the message and however many keys (issue 16). Keys asked twice are
+    scanned once, and the header is decoded once per message."""
+    c.root()  # the parse: one step of its own
     await s.checkpoint()
     c.hits = {}
-    if any(k.where != "BODY" for k in keys):
-        c.header_text()
-        await s.checkpoint()
-    if any(k.where in ("BODY", "TEXT") for k in keys):
-        c.body_text()
-        await s.checkpoint()
-    for key in keys:
-        result = _text_matches(key, c)
-        if result is not None:
-            c.hits[key] = result
-        await s.checkpoint()
+    batch = 1
+    while True:
+        c.wanted = []
+        result = test(c)
+        if result is not None or not c.wanted:
+            return result
+        for key in c.wanted[:batch]:  # batches double: few re-tests for many keys
+            if key not in c.hits:
+                c.hits[key] = _scan(key, c)
+                await s.checkpoint()
+        batch *= 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,20 +337,26 @@ def _sent_date(c: Candidate) -> datetime | None:
 
 
 def _text_matches(key: SkText, c: Candidate) -> bool | None:
-    if c.hits is not None:
-        hit = c.hits.get(key)
-        if hit is not None:
-            return hit
-    needle = key.value.casefold()
     envelope_field = _ENVELOPE_FIELDS.get(key.where)
     if envelope_field is not None and c.meta is not None:
         # The envelope parsed at delivery answers without reading the file; a row stored
         # without one falls back to the message's own header.
         value = getattr(c.meta.envelope, envelope_field)
         if value:
-            return needle in value.casefold()
+            return key.value.casefold() in value.casefold()
     if c.data is None:
         return None
+    if c.hits is None:
+        return _scan(key, c)
+    hit = c.hits.get(key)
+    if hit is None and c.wanted is not None:
+        c.wanted.append(key)  # ``resolve`` scans for it, then tests again
+    return hit
+
+
+def _scan(key: SkText, c: Candidate) -> bool:
+    """Whether the message's text holds the key's string (its bytes are loaded)."""
+    needle = key.value.casefold()
     if key.where == "BODY":
         return needle in c.body_text()
     if key.where == "TEXT":
@@ -419,7 +411,6 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
                 found.append((seq, st.uid))
                 highest = max(highest, st.modseq)
     else:
-        keys = text_keys(args.key)
         for start in range(0, len(all_uids), CHUNK):
             with s.waiting():
                 metas = await view.messages(all_uids[start : start + CHUNK])
@@ -434,8 +425,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
                 if result is None:
                     with s.waiting():
                         c.data = await view.body(meta.blob_id, meta.size)
-                    await prepare(c, keys, s)
-                    result = test(c)
+                    result = await resolve(c, test, s)
                 if result:
                     found.append((seq, meta.uid))
                     highest = max(highest, meta.modseq)
