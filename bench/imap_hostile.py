@@ -53,11 +53,13 @@ def received_message(lines: int) -> bytes:
 
 
 BODY_LINE = b"plain words of a very long body, nothing to find in it at all\r\n"
+# The last line: keys taken from it match, but only after a scan of the whole body.
+LAST_LINE = "zebra quixotic jumbled fjord nymph vexing gawky sphinx of black quartz judge my vow"
 
 
 def big_body_message(size: int = 7_000_000) -> bytes:
     return (b"From: carol@example.org\r\nSubject: big body\r\n\r\n"
-            + BODY_LINE * (size // len(BODY_LINE)))
+            + BODY_LINE * (size // len(BODY_LINE)) + LAST_LINE.encode() + b"\r\n")
 
 
 async def populate(cfg: Config, lines: int) -> None:
@@ -204,9 +206,11 @@ async def many_keys(port: int, keys: int) -> bytes:
 
 
 def body_keys() -> str:
-    """999 distinct BODY keys that all match the 7 MB bodies (none ends the AND early)."""
-    line = BODY_LINE.decode().strip()
-    words = sorted({line[i : i + n] for n in range(4, 40) for i in range(len(line) - n)})
+    """999 distinct BODY keys that all match the 7 MB bodies, each only at their end (none
+    ends the AND early, each reads the whole body)."""
+    line = LAST_LINE
+    words = sorted(w for w in {line[i : i + n] for n in range(8, 60) for i in range(len(line) - n)}
+                   if w not in BODY_LINE.decode())
     return "a1 SEARCH " + " ".join(f'BODY "{w}"' for w in words[:999])
 
 

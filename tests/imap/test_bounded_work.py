@@ -38,12 +38,14 @@ def received_message(lines: int = 100_000) -> bytes:
 
 
 BODY_LINE = b"plain words of a very long body, nothing to find in it at all\r\n"
+# The last line: keys taken from it match, but only after a scan of the whole body.
+LAST_LINE = "zebra quixotic jumbled fjord nymph vexing gawky sphinx of black quartz judge my vow"
 
 
 def big_body_message(size: int = 7_000_000) -> bytes:
     line = BODY_LINE
     return (b"From: carol@example.org\r\nTo: alice@example.test\r\nSubject: big body\r\n\r\n"
-            + line * (size // len(line)))
+            + line * (size // len(line)) + LAST_LINE.encode() + b"\r\n")
 
 
 def greeting_latency(port: int) -> float:
@@ -215,10 +217,10 @@ def hostile_search_keys(count: int = 36) -> str:
 
 
 def matching_body_keys(count: int) -> str:
-    """``count`` distinct BODY keys that all match big_body_message()."""
-    line = BODY_LINE.decode().strip()
-    words = {line[i : i + n] for n in range(4, 40) for i in range(len(line) - n)}
-    chosen = sorted(w for w in words if '"' not in w and "\\" not in w)[:count]
+    """``count`` distinct BODY keys that all match big_body_message(), each only at its end."""
+    line = LAST_LINE
+    words = {line[i : i + n] for n in range(8, 60) for i in range(len(line) - n)}
+    chosen = sorted(w for w in words if w.casefold() not in BODY_LINE.decode())[:count]
     assert len(chosen) == count
     return " ".join(f'BODY "{w}"' for w in chosen)
 
