@@ -186,6 +186,15 @@ def test_too_many_fetch_items_and_flags(mail_server: RunningServer) -> None:
     assert lines[0].count(b"BODY[]") == 1
 
 
+def test_fetch_asking_for_many_copies_of_a_message(mail_server: RunningServer) -> None:
+    deliver(mail_server, b"Subject: big\r\n\r\n" + b"x" * 1_000_000 + b"\r\n")
+    raw = selected(mail_server)
+    partials = " ".join(f"BODY.PEEK[]<{i}.1000000>" for i in range(12))
+    assert status_of(raw.cmd(f"FETCH 1 ({partials})")) == b"NO [LIMIT]"
+    lines = raw.cmd("FETCH 1 (BODY.PEEK[] RFC822.HEADER BODY.PEEK[TEXT])")  # a sane request
+    assert status_of(lines) == b"OK"
+
+
 def test_too_many_ranges_in_one_command(mail_server: RunningServer) -> None:
     deliver(mail_server, b"Subject: one\r\n\r\nbody\r\n")
     raw = selected(mail_server)

@@ -214,7 +214,7 @@ async def _render(
     parts: list[bytes] = []
     # One message's answer holds at most a few copies of the message (BODY[] and RFC822
     # together, say), not a hundred: each item is built in memory before it is sent.
-    room = 4 * max(s.settings.max_message_size, meta.size)
+    room = 4 * meta.size + (1 << 20)
     for item in items:
         if sum(len(p) for p in parts) > room:
             raise CommandError("NO", "Too much data asked for one message", "LIMIT")
