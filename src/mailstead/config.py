@@ -107,6 +107,12 @@ class LimitsConfig(_Section):
         10, description="logged-in IMAP sessions of one user from one IP address; one more is "
         "refused at LOGIN with NO [LIMIT]", ge=1
     )
+    imap_command_seconds: float = Field(
+        30.0,
+        description="CPU seconds of work one IMAP command may cost (SEARCH, FETCH...) before "
+        "it fails with NO [LIMIT]; waiting for the client or the store is not counted",
+        gt=0,
+    )
 
 
 class AuthConfig(_Section):

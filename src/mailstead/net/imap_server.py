@@ -32,7 +32,7 @@ from mailstead.proto.imap_backend import (
     TooManySessions,
 )
 from mailstead.proto.imap_format import CommandError
-from mailstead.proto.imap_parse import literal_marker, peek_tag_command
+from mailstead.proto.imap_parse import LiteralMarker, literal_marker, peek_tag_command
 from mailstead.proto.imap_session import ImapSession, SessionSettings, State
 from mailstead.proto.lines import is_http_request, is_tls_handshake
 from mailstead.services.accounts import AccountService, AuthFailed
@@ -40,6 +40,11 @@ from mailstead.services.mailbox import MailboxService
 from mailstead.store.interfaces import Account
 
 MAX_LINE = 64 * 1024
+# Bounded work per command (issue 16): literals in one command, and the size of any command
+# other than APPEND (whose limit is a message). A legitimate command needs a handful of
+# literals (MULTIAPPEND: one a message); 100,000 one-byte ones are an attack on the parser.
+MAX_LITERALS = 1000
+MAX_OTHER_COMMAND = 1024 * 1024
 
 
 class _ConnIO:
@@ -91,6 +96,9 @@ class _ConnIO:
             raise ClientTimeout() from None
         except LineTooLong:  # an AUTHENTICATE response or a line in IDLE: the command fails
             raise CommandError("BAD", "Line too long") from None
+
+    async def pause(self) -> None:
+        await asyncio.sleep(0)
 
     async def start_tls(self) -> None:
         try:
@@ -192,6 +200,7 @@ class ImapHandler:
             max_message_size=cfg.limits.max_message_size,
             max_errors=cfg.limits.imap_max_errors,
             max_commands=cfg.limits.imap_max_commands,
+            command_seconds=cfg.limits.imap_command_seconds,
         )
 
     async def handle(self, conn: Connection) -> None:
@@ -262,13 +271,25 @@ class ImapHandler:
     ) -> bytes | None:
         """One whole command with its literals inline, without the final CRLF; None when a
         literal was refused (already answered)."""
+        if conn.pending_input():
+            # Pipelined commands are read without waiting, so without this one session's
+            # stream of them would hold the loop (issue 16): the others get a turn between.
+            await asyncio.sleep(0)
         line = await conn.readline(MAX_LINE, self.timeout)
         tag, name = peek_tag_command(line)
         chunks = [line]
         total = len(line)
+        literals = 0
+        max_command = self.max_command if name == "APPEND" else MAX_OTHER_COMMAND
         marker = literal_marker(line)
         while marker is not None:
-            if marker.size > session.literal_limit(name) or total + marker.size > self.max_command:
+            literals += 1
+            if literals > MAX_LITERALS:
+                await self._skip_command(conn, io, session, tag, marker)
+                return None
+            if literals % 64 == 0:
+                await asyncio.sleep(0)  # buffered literals are read without a pause too
+            if marker.size > session.literal_limit(name) or total + marker.size > max_command:
                 if marker.synchronizing:
                     await session.refuse_literal(tag, name, marker.size)
                     return None
@@ -288,6 +309,28 @@ class ImapHandler:
         if data.endswith(b"\r\n"):
             return data[:-2]
         return data[:-1] if data.endswith(b"\n") else data
+
+    async def _skip_command(
+        self, conn: Connection, io: _ConnIO, session: ImapSession, tag: str,
+        marker: LiteralMarker | None,
+    ) -> None:
+        """A command with too many literals: refused with BAD. A synchronising literal is
+        simply not invited (RFC 3501 7.5: BAD instead of "+"); LITERAL+ bytes already on their
+        way are read and dropped up to the end of the command if it ends within MAX_LINE more
+        octets, else the session ends (reading tiny literals one by one costs real CPU)."""
+        left = MAX_LINE
+        while marker is not None and not marker.synchronizing:
+            left -= marker.size
+            if left < 0:
+                io.write(b"* BYE Too many literals in one command\r\n")
+                session.state = State.LOGOUT
+                return
+            await conn.readexactly(marker.size, self.timeout)
+            line = await conn.readline(MAX_LINE, self.timeout)
+            left -= len(line)
+            marker = literal_marker(line)
+        await session.reject(tag, f"Too many literals in one command (at most {MAX_LITERALS})",
+                             "LIMIT")
 
 
 def make_imap_handler(

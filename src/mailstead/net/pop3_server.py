@@ -200,6 +200,8 @@ class Pop3Handler:
                 await self._hang_up(conn, "TLS handshake on a plaintext port", "tls_on_plaintext")
                 return
             while not session.closed:
+                if conn.pending_input():  # pipelined commands: the others get a turn between
+                    await asyncio.sleep(0)
                 try:
                     line = await conn.readline(MAX_LINE, timeout)
                 except LineTooLong:

@@ -358,6 +358,10 @@ class SmtpHandler:
         while True:
             if not data.pending():
                 await _flush(conn, pending)  # nothing more pipelined: answer before waiting
+            else:
+                # Pipelined lines are read without waiting: without a turn here one client's
+                # stream of commands would hold every other session (issue 16).
+                await asyncio.sleep(0)
             line = await data.line(LONGEST_LINE + 2)
             if isinstance(line, LineTooLong):
                 answer = session.on_line_too_long()

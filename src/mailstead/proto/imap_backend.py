@@ -62,6 +62,10 @@ class ClientIO(Protocol):
 
     async def start_tls(self) -> None: ...
 
+    async def pause(self) -> None:
+        """Lets the other sessions of the process run for a moment (one turn of the event
+        loop), so a long command never stalls them; a stopping server cancels here."""
+
     async def idle_wait(
         self, wait_change: Callable[[], Awaitable[bool]] | None
     ) -> bytes | None:

@@ -380,6 +380,12 @@ _NOT_SEQ_CHARS = frozenset(range(256)) - frozenset(b"0123456789:*,")
 _NUMBER = re.compile(rb"[0-9]+")
 _MAX_NUMBER = 2**63 - 1  # mod-sequence-value may reach 2^63-1 (RFC 7162)
 _MAX_DEPTH = 50  # search key nesting
+# Bounded work per command (issue 16): what one command may ask for. A sane client stays far
+# below these; a hostile one gets BAD at once instead of making every later step (evaluation
+# per message, responses per item) pay for each item.
+MAX_ITEMS = 1000  # search keys, flags, fetch attributes, header names, patterns... in total
+MAX_FETCH_ITEMS = 100  # attributes in one FETCH
+MAX_RANGES = 20_000  # ranges in all the sequence sets of one command
 _INLINE_LITERAL = re.compile(rb"\{([0-9]{1,10})\+?\}\r\n")
 _SECTION_TEXT = re.compile(rb"HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME", re.I)
 
@@ -391,6 +397,14 @@ class _Reader:
         self.data = data
         self.pos = 0
         self.tag = tag
+        self.items = 0  # list items and search keys read so far (MAX_ITEMS)
+        self.ranges = 0  # sequence ranges read so far (MAX_RANGES)
+
+    def count(self, n: int = 1) -> None:
+        """Counts list items / search keys against MAX_ITEMS."""
+        self.items += n
+        if self.items > MAX_ITEMS:
+            raise self.error(f"too many items in one command (at most {MAX_ITEMS})", "LIMIT")
 
     def error(self, message: str, code: str = "") -> ParseError:
         return ParseError(message, self.tag, code)
@@ -556,7 +570,11 @@ class _Reader:
         if not raw:
             raise self.error(f"expected a sequence set at position {self.pos}")
         ranges = []
-        for item in raw.split(b","):
+        pieces = raw.split(b",")
+        self.ranges += len(pieces)
+        if self.ranges > MAX_RANGES:
+            raise self.error(f"too many ranges in one command (at most {MAX_RANGES})", "LIMIT")
+        for item in pieces:
             ends = item.split(b":")
             if len(ends) > 2:
                 raise self.error(f"bad sequence range {item.decode('latin-1')!r}")
@@ -579,6 +597,7 @@ class _Reader:
             self.pos += 1
             return out
         while True:
+            self.count()
             out.append(self.flag() if item == "flag" else self.atom())
             if self.peek() == ord(")"):
                 self.pos += 1
@@ -672,6 +691,7 @@ def _authenticate(r: _Reader) -> CommandArgs:
 def _enable(r: _Reader) -> CommandArgs:
     caps = []
     while r.maybe_sp():
+        r.count()
         caps.append(r.atom().upper())
     if not caps:
         raise r.error("ENABLE needs at least one capability")
@@ -774,6 +794,7 @@ def _list(r: _Reader) -> CommandArgs:
         extended = True
         r.pos += 1
         while True:
+            r.count()
             patterns.append(r.list_mailbox())
             if r.peek() == ord(")"):
                 r.pos += 1
@@ -939,7 +960,8 @@ def _search_string(r: _Reader, charset: str) -> str:
 
 def _search_key(r: _Reader, charset: str, depth: int) -> SearchKey:
     if depth > _MAX_DEPTH:
-        raise r.error("search keys nested too deeply")
+        raise r.error("search keys nested too deeply", "LIMIT")
+    r.count()
     c = r.peek()
     if c == ord("("):
         r.pos += 1
@@ -1023,6 +1045,9 @@ def _fetch(r: _Reader) -> CommandArgs:
     if r.peek() == ord("("):
         r.pos += 1
         while True:
+            if len(items) >= MAX_FETCH_ITEMS:
+                raise r.error(f"too many FETCH attributes (at most {MAX_FETCH_ITEMS})", "LIMIT")
+            r.count()
             items.append(_fetch_att(r))
             if r.peek() == ord(")"):
                 r.pos += 1
@@ -1124,6 +1149,7 @@ def _section(r: _Reader) -> Section:
         r.sp()
         r.expect(b"(")
         while True:
+            r.count()
             fields.append(r.astring().upper())
             if r.peek() == ord(")"):
                 r.pos += 1
@@ -1159,6 +1185,7 @@ def _store(r: _Reader) -> CommandArgs:
     else:
         flags = [r.flag()]
         while r.maybe_sp():
+            r.count()
             flags.append(r.flag())
     return StoreArgs(numbers, mode, word.endswith(".SILENT"), tuple(flags), unchangedsince)
 

@@ -9,6 +9,7 @@ reads only unseen messages, and flag-only searches never leave the flag rows.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import enum
 from collections.abc import Callable
@@ -94,8 +95,15 @@ class Candidate:
     recent: bool
     meta: MessageMeta | None = None
     data: bytes | None = None
+    # Text keys already answered for this message, and those a test is waiting for
+    # (see ``resolve``).
+    hits: dict[SkText, bool] | None = None
+    wanted: list[SkText] | None = None
     _root: mime.Part | None = None
     _body_text: str | None = None
+    # Header fields decoded once per message and SEARCH, however many keys read them.
+    _fields: dict[str, list[str]] | None = None
+    _header_text: str | None = None
 
     def root(self) -> mime.Part:
         assert self.data is not None
@@ -109,18 +117,47 @@ class Candidate:
             self._body_text = mime.text_for_search(self.data, self.root()).casefold()
         return self._body_text
 
+    def _decode_fields(self) -> dict[str, list[str]]:
+        if self._fields is None:
+            by_name: dict[str, list[str]] = {}
+            lines = []
+            for f in self.root().fields:
+                value = mime.decoded_header(f.value)
+                by_name.setdefault(f.name.lower(), []).append(value.casefold())
+                lines.append(f"{f.name}: {value}")
+            self._fields = by_name
+            self._header_text = "\n".join(lines).casefold()
+        return self._fields
+
     def header_values(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [
-            mime.decoded_header(f.value).casefold()
-            for f in self.root().fields
-            if f.name.lower() == lname
-        ]
+        return self._decode_fields().get(name.lower(), [])
 
     def header_text(self) -> str:
-        return "\n".join(
-            f"{f.name}: {mime.decoded_header(f.value)}" for f in self.root().fields
-        ).casefold()
+        self._decode_fields()
+        assert self._header_text is not None
+        return self._header_text
+
+
+async def resolve(c: Candidate, test: Predicate, s: ImapSession) -> bool | None:
+    """Tests a message whose bytes are loaded, scanning its text for one key at a time (in
+    the order the test asks for them, so a failing key early in an AND spares the rest), with
+    a checkpoint after each scan: the other sessions run in between and the command's budget
+    holds, however big the message and however many keys (issue 16). Keys asked twice are
+    scanned once, and the header is decoded once per message."""
+    c.root()  # the parse: one step of its own
+    await s.checkpoint()
+    c.hits = {}
+    batch = 1
+    while True:
+        c.wanted = []
+        result = test(c)
+        if result is not None or not c.wanted:
+            return result
+        for key in c.wanted[:batch]:  # batches double: few re-tests for many keys
+            if key not in c.hits:
+                c.hits[key] = _scan(key, c)
+                await s.checkpoint()
+        batch *= 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,10 +271,32 @@ def _set_test(key: SkSet, scope: Scope) -> Predicate:
         saved = scope.saved
         return lambda c: c.uid in saved
     largest = scope.largest_uid if key.uid else scope.largest_seq
-    bounds = key.numbers.bounds(largest)
+    inside = _in_ranges(key.numbers.bounds(largest))
     if key.uid:
-        return lambda c: any(lo <= c.uid <= hi for lo, hi in bounds)
-    return lambda c: any(lo <= c.seq <= hi for lo, hi in bounds)
+        return lambda c: inside(c.uid)
+    return lambda c: inside(c.seq)
+
+
+def _in_ranges(bounds: list[tuple[int, int]]) -> Callable[[int], bool]:
+    """Membership in a union of ranges in O(log n): a sequence set may hold thousands of
+    ranges, tested once per message."""
+    merged: list[list[int]] = []
+    for lo, hi in sorted(bounds):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    if len(merged) == 1:
+        lo, hi = merged[0]
+        return lambda n: lo <= n <= hi
+    starts = [lo for lo, _hi in merged]
+    ends = [hi for _lo, hi in merged]
+
+    def inside(n: int) -> bool:
+        i = bisect.bisect_right(starts, n) - 1
+        return i >= 0 and n <= ends[i]
+
+    return inside
 
 
 def _date_test(key: SkDate) -> Predicate:
@@ -278,16 +337,26 @@ def _sent_date(c: Candidate) -> datetime | None:
 
 
 def _text_matches(key: SkText, c: Candidate) -> bool | None:
-    needle = key.value.casefold()
     envelope_field = _ENVELOPE_FIELDS.get(key.where)
     if envelope_field is not None and c.meta is not None:
         # The envelope parsed at delivery answers without reading the file; a row stored
         # without one falls back to the message's own header.
         value = getattr(c.meta.envelope, envelope_field)
         if value:
-            return needle in value.casefold()
+            return key.value.casefold() in value.casefold()
     if c.data is None:
         return None
+    if c.hits is None:
+        return _scan(key, c)
+    hit = c.hits.get(key)
+    if hit is None and c.wanted is not None:
+        c.wanted.append(key)  # ``resolve`` scans for it, then tests again
+    return hit
+
+
+def _scan(key: SkText, c: Candidate) -> bool:
+    """Whether the message's text holds the key's string (its bytes are loaded)."""
+    needle = key.value.casefold()
     if key.where == "BODY":
         return needle in c.body_text()
     if key.where == "TEXT":
@@ -334,6 +403,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     elif level is Need.FLAGS:
         states = await view.flag_states(all_uids)
         for seq, st in zip(view.seqs_of([st.uid for st in states]), states, strict=True):
+            await s.checkpoint()  # a thousand keys on 100,000 messages is real work
             if seq is None:
                 continue
             c = Candidate(seq, st.uid, st.modseq, st.flags, st.keywords, recent(st.uid))
@@ -342,8 +412,10 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
                 highest = max(highest, st.modseq)
     else:
         for start in range(0, len(all_uids), CHUNK):
-            metas = await view.messages(all_uids[start : start + CHUNK])
+            with s.waiting():
+                metas = await view.messages(all_uids[start : start + CHUNK])
             for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
+                await s.checkpoint()
                 if seq is None:
                     continue
                 c = Candidate(
@@ -351,8 +423,9 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
                 )
                 result = test(c)
                 if result is None:
-                    c.data = await view.body(meta.blob_id, meta.size)
-                    result = test(c)
+                    with s.waiting():
+                        c.data = await view.body(meta.blob_id, meta.size)
+                    result = await resolve(c, test, s)
                 if result:
                     found.append((seq, meta.uid))
                     highest = max(highest, meta.modseq)
