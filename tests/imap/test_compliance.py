@@ -323,3 +323,66 @@ def test_catenate_past_the_size_limit_is_toobig(make_server: Callable[..., Runni
         assert raw.cmd("NOOP")[-1].split()[1] == b"OK"
     finally:
         raw.close()
+
+
+@BOTH
+def test_sent_date_searches_use_the_day_in_the_senders_zone(mail_server: RunningServer) -> None:
+    """RFC 3501 6.4.4: SENTBEFORE/SENTON/SENTSINCE compare the Date: header's day, ignoring
+    time and zone: 01:30 +0200 on 25 March was 24 March in UTC but is sent on the 25th."""
+    dates = {
+        "east": "Sun, 25 Mar 2007 01:30:00 +0200",  # 24 Mar 23:30 UTC
+        "west": "Sat, 24 Mar 2007 23:30:00 -0500",  # 25 Mar 04:30 UTC
+        "noon": "Sun, 25 Mar 2007 12:00:00 +0000",
+        "far": "Mon, 01 Jan 2024 10:00:00 +0000",
+    }
+    raw = Raw(mail_server)
+    raw.login()
+    try:
+        for name, when in dates.items():
+            _append(raw, f"Date: {when}\r\nSubject: {name}\r\n\r\n{name}\r\n".encode())
+        deliver(mail_server, b"Date: Sun, 25 Mar 2007 00:10:00 +0100\r\nSubject: raw\r\n\r\nx\r\n")
+        raw.cmd("SELECT INBOX")
+
+        def search(criteria: str) -> list[int]:
+            line = raw.cmd(f"SEARCH {criteria}")[0]
+            return [int(n) for n in line.split()[2:]]
+
+        assert search("SENTBEFORE 25-Mar-2007") == [2]
+        assert search("SENTON 25-Mar-2007") == [1, 3, 5]
+        assert search("SENTON 24-Mar-2007") == [2]
+        assert search("SENTSINCE 25-Mar-2007") == [1, 3, 4, 5]
+        assert search("SENTSINCE 26-Mar-2007") == [4]
+        assert search("NOT SENTON 25-Mar-2007") == [2, 4]
+    finally:
+        raw.close()
+
+
+@BOTH
+def test_esearch_modseq_is_that_of_the_messages_returned(mail_server: RunningServer) -> None:
+    """RFC 7162 3.1.5 with RFC 4731 3.2: ESEARCH RETURN (MIN) / (MAX) carries the MODSEQ of the
+    message it returns; with ALL or COUNT the highest of all matches."""
+    for i in range(3):
+        deliver(mail_server, message(f"m{i}"))
+    raw = Raw(mail_server)
+    raw.login()
+    try:
+        raw.cmd("SELECT INBOX (CONDSTORE)")
+        raw.cmd("STORE 3 +FLAGS (\\Flagged)")
+        raw.cmd("STORE 1 +FLAGS (\\Flagged)")
+        modseq = {}
+        for line in raw.cmd("FETCH 1:3 (MODSEQ)")[:-1]:
+            modseq[int(line.split()[1])] = int(line.split(b"MODSEQ (")[1].rstrip(b"))"))
+        assert modseq[1] > modseq[3] > modseq[2]
+
+        def esearch(returns: str) -> bytes:
+            return raw.cmd(f"SEARCH RETURN ({returns}) MODSEQ 1")[0]
+
+        assert esearch("MIN").endswith(b"MIN 1 MODSEQ %d" % modseq[1])
+        assert esearch("MAX").endswith(b"MAX 3 MODSEQ %d" % modseq[3])
+        assert esearch("MIN MAX").endswith(b"MODSEQ %d" % max(modseq[1], modseq[3]))
+        lines = raw.cmd("SEARCH RETURN (MAX) FLAGGED MODSEQ 1")[0]
+        assert lines.endswith(b"MAX 3 MODSEQ %d" % modseq[3])
+        assert esearch("COUNT").endswith(b"COUNT 3 MODSEQ %d" % max(modseq.values()))
+        assert esearch("ALL").endswith(b"MODSEQ %d" % max(modseq.values()))
+    finally:
+        raw.close()

@@ -14,7 +14,7 @@ import contextlib
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
@@ -299,21 +299,46 @@ def _in_ranges(bounds: list[tuple[int, int]]) -> Callable[[int], bool]:
     return inside
 
 
-def _date_test(key: SkDate) -> Predicate:
-    op, day, sent = key.op, key.day, key.sent
+# Time zones run from UTC-12:00 to UTC+14:00: a Date: stored as an instant (its zone not kept)
+# fell on one of the days that range spans, in the sender's own zone.
+_WEST = timedelta(hours=12)
+_EAST = timedelta(hours=14)
 
-    def date_test(c: Candidate) -> bool | None:
-        when = _sent_date(c) if sent else _meta(c).internal_date
-        if when is None:
-            return None  # read the Date: header from the message
-        value = when.date()  # RFC 9051 6.4.4: date only, time and zone disregarded
+
+def _date_test(key: SkDate) -> Predicate:
+    op, day = key.op, key.day
+
+    def compare(value: date) -> bool:
         if op == "BEFORE":
             return value < day
         if op == "ON":
             return value == day
         return value >= day
 
-    return date_test
+    if not key.sent:
+        # RFC 9051 6.4.4: the internal date's day, time and zone disregarded.
+        return lambda c: compare(_meta(c).internal_date.date())
+
+    def sent_test(c: Candidate) -> bool | None:
+        # RFC 3501 6.4.4 / RFC 9051 6.4.4: SENT* compare the day of the Date: header as written,
+        # in the sender's own zone, not converted to ours.
+        meta = _meta(c)
+        if c.data is None:
+            stored = meta.envelope.date
+            if stored is None:
+                return None  # read the Date: header from the message
+            instant = _aware(stored)
+            earliest, latest = (instant - _WEST).date(), (instant + _EAST).date()
+            # BEFORE and SINCE are monotonic in the day: the two ends agreeing settles them.
+            # ON may hold for a day strictly between the ends (26 hours can touch 3 days).
+            settled = compare(earliest) == compare(latest) and (
+                op != "ON" or not earliest <= day <= latest)
+            if earliest == latest or settled:
+                return compare(earliest)
+            return None  # near midnight somewhere: the header says which day it was
+        return compare(_sent_day(c))
+
+    return sent_test
 
 
 def _meta(c: Candidate) -> MessageMeta:
@@ -321,19 +346,14 @@ def _meta(c: Candidate) -> MessageMeta:
     return c.meta
 
 
-def _sent_date(c: Candidate) -> datetime | None:
-    """The Date: header (from the stored envelope, else the message), falling back to the
-    internal date when there is none (RFC 9051 6.4.4 leaves this to the server)."""
-    meta = _meta(c)
-    if meta.envelope.date is not None:
-        return meta.envelope.date
-    if c.data is None:
-        return None
+def _sent_day(c: Candidate) -> date:
+    """The day of the message's Date: header in its own zone, or of the internal date when
+    it has none that parses (RFC 9051 6.4.4 leaves that case to the server)."""
     raw = c.root().get("Date")
     if raw:
         with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-            return parsedate_to_datetime(raw)
-    return meta.internal_date
+            return parsedate_to_datetime(raw).date()
+    return _meta(c).internal_date.date()
 
 
 def _text_matches(key: SkText, c: Candidate) -> bool | None:
@@ -388,8 +408,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     test = compile_key(args.key, scope)
     recent = view.recent_checker() if not s.rev2 else (lambda uid: False)
     all_uids = view.uids_in_seq_ranges([(1, view.exists)]) if view.exists else []
-    found: list[tuple[int, int]] = []  # (seq, uid)
-    highest = 0
+    found: list[tuple[int, int, int]] = []  # (seq, uid, modseq)
     system = _system_flag(args.key)
     if level is Need.FLAGS and system is not None:
         # UNSEEN, FLAGGED...: the commonest searches, tested on the flag bits directly.
@@ -398,8 +417,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
         pairs = zip(view.seqs_of([st.uid for st in states]), states, strict=True)
         hits = [(seq, st) for seq, st in pairs if seq is not None and (st.flags & bit != 0)
                 == present]
-        found = [(seq, st.uid) for seq, st in hits]
-        highest = max((st.modseq for _seq, st in hits), default=0)
+        found = [(seq, st.uid, st.modseq) for seq, st in hits]
     elif level is Need.FLAGS:
         states = await view.flag_states(all_uids)
         for seq, st in zip(view.seqs_of([st.uid for st in states]), states, strict=True):
@@ -408,8 +426,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
                 continue
             c = Candidate(seq, st.uid, st.modseq, st.flags, st.keywords, recent(st.uid))
             if test(c):
-                found.append((seq, st.uid))
-                highest = max(highest, st.modseq)
+                found.append((seq, st.uid, st.modseq))
     else:
         for start in range(0, len(all_uids), CHUNK):
             with s.waiting():
@@ -427,12 +444,13 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
                         c.data = await view.body(meta.blob_id, meta.size)
                     result = await resolve(c, test, s)
                 if result:
-                    found.append((seq, meta.uid))
-                    highest = max(highest, meta.modseq)
-    numbers = sorted(uid if cmd.uid else seq for seq, uid in found)
+                    found.append((seq, meta.uid, meta.modseq))
+    found.sort()
+    numbers = [uid if cmd.uid else seq for seq, uid, _modseq in found]
+    highest = max((modseq for _seq, _uid, modseq in found), default=0)
     options = args.return_options or ()
     if "SAVE" in options:
-        s.saved_uids = _saved(options, sorted(uid for _seq, uid in found))
+        s.saved_uids = _saved(options, sorted(uid for _seq, uid, _modseq in found))
         if options == ("SAVE",):  # RFC 5182 2.1: nothing else asked, nothing sent
             return Reply("OK", "Search completed (result saved)")
     if args.return_options is None and not s.rev2:
@@ -442,8 +460,25 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
         s.io.write(line.encode() + b"\r\n")
     else:
         options = args.return_options or ("ALL",)
-        s.io.write(_esearch(cmd, options, numbers, highest if with_modseq else 0))
+        modseq = _esearch_modseq(options, found) if with_modseq else 0
+        s.io.write(_esearch(cmd, options, numbers, modseq))
     return Reply("OK", "Search completed")
+
+
+def _esearch_modseq(options: tuple[str, ...], found: list[tuple[int, int, int]]) -> int:
+    """The MODSEQ of an ESEARCH answer (RFC 7162 3.1.5, RFC 4731 3.2): the highest of the
+    messages it returns. Only MIN and/or MAX asked: the modseq of those messages; with ALL or
+    COUNT: of every match. ``found`` is in sequence order (so in UID order too)."""
+    if not found:
+        return 0
+    if "ALL" in options or "COUNT" in options or not {"MIN", "MAX"} & set(options):
+        return max(modseq for _seq, _uid, modseq in found)
+    returned = []
+    if "MIN" in options:
+        returned.append(found[0][2])
+    if "MAX" in options:
+        returned.append(found[-1][2])
+    return max(returned)
 
 
 def _saved(options: tuple[str, ...], uids: list[int]) -> list[int]:
