@@ -3,6 +3,8 @@ SQLite and PostgreSQL where the store decides the answer."""
 
 from __future__ import annotations
 
+import time
+import zlib
 from collections.abc import Callable
 
 import pytest
@@ -386,3 +388,101 @@ def test_esearch_modseq_is_that_of_the_messages_returned(mail_server: RunningSer
         assert esearch("ALL").endswith(b"MODSEQ %d" % max(modseq.values()))
     finally:
         raw.close()
+
+
+class Deflated:
+    """The client side of COMPRESS=DEFLATE (RFC 4978) over a Raw connection."""
+
+    def __init__(self, raw: Raw) -> None:
+        self.raw = raw
+        self.out = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self.inflater = zlib.decompressobj(-15)
+        self.text = b""
+
+    def send(self, data: bytes) -> None:
+        self.raw.sock.sendall(self.out.compress(data) + self.out.flush(zlib.Z_SYNC_FLUSH))
+
+    def _fill(self) -> None:
+        chunk = self.raw.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed; partial: {self.text!r}")
+        self.text += self.inflater.decompress(chunk)
+
+    def readline(self) -> bytes:
+        """One response line, with a literal it announces read inline (as Raw does)."""
+        while b"\r\n" not in self.text:
+            self._fill()
+        line, _, self.text = self.text.partition(b"\r\n")
+        if line.endswith(b"}") and b"{" in line:
+            size = int(line[line.rindex(b"{") + 1 : -1])
+            while len(self.text) < size:
+                self._fill()
+            literal, self.text = self.text[:size], self.text[size:]
+            return line + b"\r\n" + literal + self.readline()
+        return line
+
+    def cmd(self, tag: str, command: bytes) -> list[bytes]:
+        self.send(tag.encode() + b" " + command + b"\r\n")
+        lines = [self.readline()]
+        while not lines[-1].startswith(tag.encode() + b" "):
+            lines.append(self.readline())
+        return lines
+
+
+@BOTH
+def test_compress_deflate_carries_the_whole_session(mail_server: RunningServer) -> None:
+    """RFC 4978: after the tagged OK both directions are raw DEFLATE, every response burst
+    flushed; literals, FETCH and IDLE work through it; a second COMPRESS is NO
+    [COMPRESSIONACTIVE]; before login the command is not valid."""
+    deliver(mail_server, message("squeezed", body="compressible " * 200 + "\r\n"))
+    early = Raw(mail_server)
+    assert early.cmd("COMPRESS DEFLATE")[-1].split()[1] == b"BAD"
+    early.close()
+    raw = Raw(mail_server)
+    raw.login()
+    assert b"COMPRESS=DEFLATE" in b"".join(raw.cmd("CAPABILITY"))
+    assert raw.cmd("COMPRESS DEFLATE")[-1].split()[1] == b"OK"
+    z = Deflated(raw)
+    try:
+        lines = z.cmd("c1", b"SELECT INBOX")
+        assert b"* 1 EXISTS" in lines and lines[-1].startswith(b"c1 OK")
+        lines = z.cmd("c2", b"FETCH 1 (BODY.PEEK[TEXT])")
+        assert b"compressible compressible" in lines[0]
+        z.send(b"c3 APPEND INBOX {22}\r\n")
+        assert z.readline().startswith(b"+ ")
+        z.send(b"Subject: via deflate\r\n\r\n")
+        lines = [z.readline()]
+        while not lines[-1].startswith(b"c3 "):
+            lines.append(z.readline())
+        assert lines[-1].startswith(b"c3 OK")
+        assert z.cmd("c4", b"COMPRESS DEFLATE")[-1].startswith(b"c4 NO [COMPRESSIONACTIVE]")
+        z.send(b"c5 IDLE\r\n")
+        assert z.readline().startswith(b"+ ")
+        deliver(mail_server, message("during idle"))
+        assert b"EXISTS" in z.readline()  # flushed to us while the session waits
+        z.send(b"DONE\r\n")
+        while not z.readline().startswith(b"c5 OK"):
+            pass
+        assert z.cmd("c6", b"LOGOUT")[0].startswith(b"* BYE")
+    finally:
+        raw.close()
+
+
+def test_compress_garbage_gets_bye_and_others_are_served(mail_server: RunningServer) -> None:
+    """A client whose compressed stream does not inflate gets BYE (compressed), nothing more,
+    and the server goes on serving others promptly."""
+    raw = Raw(mail_server)
+    raw.login()
+    assert raw.cmd("COMPRESS DEFLATE")[-1].split()[1] == b"OK"
+    z = Deflated(raw)
+    raw.sock.sendall(b"\xff\xfe garbage that is no deflate stream \x00" * 50)
+    assert z.readline().startswith(b"* BYE")
+    assert raw.closed()
+    other = Raw(mail_server)
+    try:
+        started = time.monotonic()
+        other.login()
+        assert other.cmd("NOOP")[-1].split()[1] == b"OK"
+        assert time.monotonic() - started < 2
+    finally:
+        other.close()

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from mailstead.app import Services
 from mailstead.config import ListenerConfig
+from mailstead.net.deflate import BadCompressedData, start_deflate
 from mailstead.net.listener import (
     Connection,
     ConnectionCaps,
@@ -90,6 +91,8 @@ class _ConnIO:
     async def read_line(self) -> bytes:
         try:
             return await self.conn.readline(MAX_LINE, self.timeout)
+        except BadCompressedData:
+            raise  # answered BYE by the handler
         except ConnectionClosed:
             raise ClientGone() from None
         except IdleTimeout:
@@ -99,6 +102,9 @@ class _ConnIO:
 
     async def pause(self) -> None:
         await asyncio.sleep(0)
+
+    def start_compression(self) -> None:
+        start_deflate(self.conn)
 
     async def start_tls(self) -> None:
         try:
@@ -237,6 +243,12 @@ class ImapHandler:
                 await io.drain()
         except ClientGone:
             pass
+        except BadCompressedData:  # RFC 4978: nothing more can be read from this client
+            log_event("imap.hang_up", session=conn.session_id, client=conn.peer_ip,
+                      reason="bad_compressed_data")
+            with contextlib.suppress(Exception):
+                io.write(b"* BYE Bad compressed data\r\n")
+                await io.drain()
         except asyncio.CancelledError:  # the server is stopping
             with contextlib.suppress(Exception):
                 io.write(b"* BYE Server shutting down\r\n")

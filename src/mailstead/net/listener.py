@@ -65,6 +65,9 @@ class Connection:
     ssl_context: ssl.SSLContext | None
     session_id: str = field(default_factory=lambda: secrets.token_hex(6))
     is_tls: bool = False
+    # COMPRESS=DEFLATE (net/deflate.py): what each write goes through, and the inflating task.
+    compress: Callable[[bytes], bytes] | None = None
+    pump: asyncio.Future[None] | None = None
 
     @property
     def is_loopback(self) -> bool:
@@ -154,7 +157,7 @@ class Connection:
 
     def write(self, data: bytes) -> None:
         if not self.writer.is_closing():
-            self.writer.write(data)
+            self.writer.write(data if self.compress is None else self.compress(data))
 
     async def drain(self) -> None:
         try:
@@ -181,6 +184,8 @@ class Connection:
         return discarded
 
     async def close(self) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
         with contextlib.suppress(Exception):
             self.writer.close()
             await asyncio.wait_for(self.writer.wait_closed(), 2)

@@ -62,6 +62,9 @@ class ClientIO(Protocol):
 
     async def start_tls(self) -> None: ...
 
+    def start_compression(self) -> None:
+        """COMPRESS=DEFLATE from the next octet on, both ways (RFC 4978)."""
+
     async def pause(self) -> None:
         """Lets the other sessions of the process run for a moment (one turn of the event
         loop), so a long command never stalls them; a stopping server cancels here."""

@@ -27,6 +27,7 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "LOGIN": (NOT_AUTH, S.cmd_login),
     "AUTHENTICATE": (NOT_AUTH, S.cmd_authenticate),
     "ENABLE": (AUTH, S.cmd_enable),
+    "COMPRESS": (AUTH, S.cmd_compress),
     "SELECT": (AUTH, S.cmd_select),
     "EXAMINE": (AUTH, S.cmd_select),
     "IDLE": (AUTH, S.cmd_idle),

@@ -233,6 +233,11 @@ class EnableArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class CompressArgs:
+    mechanism: str  # RFC 4978: DEFLATE is the only one
+
+
+@dataclass(frozen=True, slots=True)
 class QresyncParams:
     uidvalidity: int
     modseq: int
@@ -354,7 +359,7 @@ class QuotaRootArgs:
 CommandArgs = (
     NoArgs | LoginArgs | AuthenticateArgs | EnableArgs | SelectArgs | MailboxArgs | CreateArgs
     | RenameArgs | ListArgs | StatusArgs | AppendArgs | SearchArgs | FetchArgs | StoreArgs
-    | CopyArgs | UidExpungeArgs | IdArgs | QuotaRootArgs
+    | CopyArgs | UidExpungeArgs | IdArgs | QuotaRootArgs | CompressArgs
 )
 
 
@@ -686,6 +691,11 @@ def _authenticate(r: _Reader) -> CommandArgs:
             raise r.error("expected an initial response")
         initial = "" if raw == b"=" else raw.decode("ascii", "replace")
     return AuthenticateArgs(mechanism, initial)
+
+
+def _compress(r: _Reader) -> CommandArgs:
+    r.sp()
+    return CompressArgs(r.atom())
 
 
 def _enable(r: _Reader) -> CommandArgs:
@@ -1243,7 +1253,7 @@ _COMMANDS = {
     "CAPABILITY": _no_args, "NOOP": _no_args, "LOGOUT": _no_args, "STARTTLS": _no_args,
     "CHECK": _no_args, "CLOSE": _no_args, "UNSELECT": _no_args, "EXPUNGE": _no_args,
     "NAMESPACE": _no_args, "IDLE": _no_args,
-    "LOGIN": _login, "AUTHENTICATE": _authenticate, "ENABLE": _enable,
+    "LOGIN": _login, "AUTHENTICATE": _authenticate, "ENABLE": _enable, "COMPRESS": _compress,
     "SELECT": _select, "EXAMINE": _select, "CREATE": _create, "DELETE": _mailbox_only,
     "RENAME": _rename, "SUBSCRIBE": _mailbox_only, "UNSUBSCRIBE": _mailbox_only,
     "LIST": _list, "LSUB": _lsub, "STATUS": _status, "APPEND": _append,

@@ -47,6 +47,7 @@ from mailstead.proto.imap_format import CommandError, Reply
 from mailstead.proto.imap_parse import (
     AuthenticateArgs,
     Command,
+    CompressArgs,
     EnableArgs,
     IdArgs,
     LoginArgs,
@@ -152,6 +153,7 @@ class ImapSession:
         self.current: Command | None = None
         self.force_refresh = False
         self.saved_uids: list[int] = []  # SEARCHRES "$" (RFC 5182)
+        self.compressed = False  # COMPRESS=DEFLATE (RFC 4978) is on
         self.work: WorkBudget | None = None  # the running command's budget
 
     # -- modes --
@@ -200,6 +202,7 @@ class ImapSession:
             "SEARCHRES", "WITHIN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "CHILDREN",
             "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
             f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY", "CATENATE",
+            "COMPRESS=DEFLATE",
             "STATUS=SIZE",
         ]
         return " ".join(caps)
@@ -478,6 +481,20 @@ class ImapSession:
         self.io.write(fmt.tagged(cmd.tag, "OK", "Begin TLS negotiation now"))
         await self.io.drain()
         await self.io.start_tls()
+        return Reply("", "")
+
+    async def cmd_compress(self, cmd: Command) -> Reply:
+        """RFC 4978 3: after the tagged OK both sides speak raw DEFLATE; once per session."""
+        assert isinstance(cmd.args, CompressArgs)
+        if self.compressed:
+            return Reply("NO", "Compression is already on", "COMPRESSIONACTIVE")
+        if cmd.args.mechanism.upper() != "DEFLATE":
+            return Reply("BAD", "Unknown compression mechanism")
+        self.io.write(fmt.tagged(cmd.tag, "OK", "DEFLATE active"))
+        await self.io.drain()
+        self.io.start_compression()
+        self.compressed = True
+        log_event("imap.compress", user=self.account.address if self.account else "")
         return Reply("", "")
 
     async def cmd_login(self, cmd: Command) -> Reply:
