@@ -1,0 +1,280 @@
+"""SORT and UID SORT (RFC 5256 3, SORT=DISPLAY RFC 5957, ESORT RFC 5267 3) and THREAD and UID
+THREAD (RFC 5256 3, ORDEREDSUBJECT and REFERENCES). Pure code.
+
+The messages are chosen by the SEARCH evaluator (imap_search.compile_key), over the same
+stored rows; what a sort needs of a message (subject, addresses, Date:, Message-ID,
+In-Reply-To) is the envelope parsed at delivery, and the message file is read only when a
+search key needs its text, when a row was stored without an envelope, or for the References
+field that THREAD=REFERENCES reads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from mailstead.core.models import Envelope, MessageMeta
+from mailstead.proto import imap_format as fmt
+from mailstead.proto import mime
+from mailstead.proto.base_subject import SubjectKeys, casemap
+from mailstead.proto.imap_format import Reply
+from mailstead.proto.imap_parse import SORT_CHARSETS, Command, SortArgs, ThreadArgs
+from mailstead.proto.imap_search import CHUNK, Candidate, Scope, compile_key, uses_modseq
+from mailstead.proto.imap_thread import (
+    ThreadMessage,
+    format_threads,
+    ordered_subject,
+    references,
+)
+
+if TYPE_CHECKING:
+    from mailstead.proto.imap_session import ImapSession
+
+THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
+_EMPTY = Envelope()
+_REFERENCES = re.compile(rb"(?im)^references[ \t]*:((?:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*))")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+async def _checkpoint(s: ImapSession) -> None:
+    """A turn for the other sessions between steps of a long command. The session's
+    per-command work budget (``ImapSession.checkpoint``, bounded work per command, issue 16)
+    provides it where present; the store awaits between chunks of rows yield in any case."""
+    checkpoint: Callable[[], Any] | None = getattr(s, "checkpoint", None)
+    if checkpoint is not None:
+        await checkpoint()
+
+
+@dataclass(slots=True)
+class Found:
+    """One matching message with what sorting and threading read of it."""
+
+    seq: int
+    uid: int
+    meta: MessageMeta
+    envelope: Envelope
+    data: bytes | None = None
+
+
+async def _matching(s: ImapSession, cmd: Command, key: Any, text: bool) -> tuple[list[Found], int]:
+    """The messages the search key selects, in mailbox order, and their highest MODSEQ.
+    ``text``: the message files are wanted too (References for THREAD=REFERENCES)."""
+    view = s.require_view()
+    scope = Scope(view.exists, view.last_uid, datetime.now(UTC), frozenset(s.saved_uids))
+    test = compile_key(key, scope)
+    recent = view.recent_checker() if not s.rev2 else (lambda uid: False)
+    all_uids = view.uids_in_seq_ranges([(1, view.exists)]) if view.exists else []
+    found: list[Found] = []
+    highest = 0
+    for start in range(0, len(all_uids), CHUNK):
+        metas = await view.messages(all_uids[start : start + CHUNK])
+        for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
+            if seq is None:
+                continue
+            c = Candidate(seq, meta.uid, meta.modseq, meta.flags, meta.keywords,
+                          recent(meta.uid), meta)
+            result = test(c)
+            if result is None:
+                c.data = await view.body(meta.blob_id, meta.size)
+                result = test(c)
+            if not result:
+                continue
+            envelope = meta.envelope
+            if (envelope == _EMPTY or text) and c.data is None:
+                # A row stored without its envelope: the message's own header answers.
+                c.data = await view.body(meta.blob_id, meta.size)
+            if envelope == _EMPTY and c.data is not None:
+                envelope = mime.parse_envelope_fields(c.data)
+            found.append(Found(seq, meta.uid, meta, envelope, c.data if text else None))
+            highest = max(highest, meta.modseq)
+        await _checkpoint(s)
+    return found, highest
+
+
+def _charset_ok(charset: str) -> Reply | None:
+    if charset in SORT_CHARSETS:
+        return None
+    # RFC 5256 3: an unsupported charset is NO with the BADCHARSET response code.
+    return Reply("NO", f"Unsupported charset {charset}",
+                 "BADCHARSET (" + " ".join(SORT_CHARSETS) + ")")
+
+
+# ---------------------------------------------------------------------------------------------
+# SORT
+
+
+def _timestamp(when: datetime) -> float:
+    """RFC 5256 2.2: a date without a time zone is taken as UTC."""
+    return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
+
+
+def sent_date(f: Found) -> float:
+    """The Date: header, else the internal date (RFC 5256 2.2)."""
+    when = f.envelope.date
+    return _timestamp(when if when is not None else f.meta.internal_date)
+
+
+class _Addresses:
+    """First address of an address field, memoised per distinct field value."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, bool], str] = {}
+
+    def key(self, value: str, display: bool) -> str:
+        found = self._seen.get((value, display))
+        if found is None:
+            found = casemap(self._first(value, display))
+            if len(self._seen) < 100_000:
+                self._seen[(value, display)] = found
+        return found
+
+    @staticmethod
+    def _first(value: str, display: bool) -> str:
+        for name, _adl, mailbox, host in mime.parse_addresses(value) if value else []:
+            if mailbox is None or host is None:
+                continue  # a group's start or end: its members follow
+            if not display:
+                return mailbox  # RFC 5256 3: the addr-mailbox of the first address
+            # RFC 5957 3: the decoded display name when there is one, else the addr-spec
+            shown = mime.decoded_header(name).strip() if name else ""
+            return shown or f"{mailbox}@{host}"
+        return ""
+
+
+SortKey = Callable[[Found], Any]
+
+
+def _sort_key(criterion: str, subjects: SubjectKeys, addresses: _Addresses) -> SortKey:
+    if criterion == "ARRIVAL":
+        return lambda f: _timestamp(f.meta.internal_date)
+    if criterion == "DATE":
+        return sent_date
+    if criterion == "SIZE":
+        return lambda f: f.meta.size
+    if criterion == "SUBJECT":
+        return lambda f: subjects.get(f.envelope.subject)[2]
+    field = {"FROM": "from_", "DISPLAYFROM": "from_", "TO": "to", "DISPLAYTO": "to",
+             "CC": "cc"}[criterion]
+    display = criterion.startswith("DISPLAY")
+    return lambda f: addresses.key(getattr(f.envelope, field), display)
+
+
+async def sort_found(s: ImapSession, found: list[Found],
+                     criteria: tuple[tuple[str, bool], ...]) -> list[Found]:
+    """Sorted by the criteria in turn, REVERSE turning one around; messages equal under every
+    criterion stay in mailbox order (RFC 5256 3). One stable sort per criterion, the last
+    criterion first: Python's sort keeps equal items in order even with reverse=True."""
+    ordered = list(found)  # mailbox order already
+    subjects, addresses = SubjectKeys(), _Addresses()
+    for criterion, reverse in reversed(criteria):
+        key = _sort_key(criterion, subjects, addresses)
+        keys = [key(f) for f in ordered]
+        await _checkpoint(s)
+        index = sorted(range(len(ordered)), key=keys.__getitem__, reverse=reverse)
+        ordered = [ordered[i] for i in index]
+        await _checkpoint(s)
+    return ordered
+
+
+async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, SortArgs)
+    s.require_view()
+    refused = _charset_ok(args.charset)
+    if refused is not None:
+        return refused
+    with_modseq = uses_modseq(args.key)
+    if with_modseq:
+        s.enable_condstore()
+    found, highest = await _matching(s, cmd, args.key, text=False)
+    ordered = await sort_found(s, found, args.criteria)
+    numbers = [f.uid if cmd.uid else f.seq for f in ordered]
+    if args.return_options is None:
+        line = "* SORT" + "".join(f" {n}" for n in numbers)
+        if with_modseq and numbers:
+            line += f" (MODSEQ {highest})"  # RFC 7162 3.1.5
+        s.io.write(line.encode() + b"\r\n")
+    else:
+        s.io.write(_esort(cmd, args.return_options, numbers, highest if with_modseq else 0))
+    return Reply("OK", "Sort completed")
+
+
+def _esort(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq: int) -> bytes:
+    """RFC 5267 3: the ESEARCH response, where MIN and MAX are the first and last message of
+    the sorted result and ALL lists the result in sort order."""
+    parts = [f"* ESEARCH (TAG {fmt.quoted(cmd.tag)})"]
+    if cmd.uid:
+        parts.append("UID")
+    if numbers:
+        if "MIN" in options:
+            parts.append(f"MIN {numbers[0]}")
+        if "MAX" in options:
+            parts.append(f"MAX {numbers[-1]}")
+    if "COUNT" in options:
+        parts.append(f"COUNT {len(numbers)}")
+    if numbers and "ALL" in options:
+        parts.append(f"ALL {ordered_set(numbers)}")
+    if modseq and numbers:
+        parts.append(f"MODSEQ {modseq}")
+    return (" ".join(parts) + "\r\n").encode()
+
+
+def ordered_set(numbers: list[int]) -> str:
+    """A sequence-set that keeps the given order: only ascending runs become ranges."""
+    out: list[str] = []
+    i = 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        out.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# THREAD
+
+
+def references_field(data: bytes | None) -> str:
+    """The References field of a message's header (unfolded), or ""."""
+    if not data:
+        return ""
+    end = _HEADER_END.search(data)
+    header = data if end is None else data[: end.start() + 1]
+    m = _REFERENCES.search(header)
+    return "" if m is None else m.group(1).decode("latin-1").replace("\r", "").replace("\n", "")
+
+
+async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
+    args = cmd.args
+    assert isinstance(args, ThreadArgs)
+    s.require_view()
+    if args.algorithm not in THREAD_ALGORITHMS:
+        return Reply("BAD", f"Unknown threading algorithm {args.algorithm}")
+    refused = _charset_ok(args.charset)
+    if refused is not None:
+        return refused
+    if uses_modseq(args.key):
+        s.enable_condstore()
+    wants_refs = args.algorithm == "REFERENCES"
+    found, _highest = await _matching(s, cmd, args.key, text=wants_refs)
+    messages = [
+        ThreadMessage(
+            f.uid if cmd.uid else f.seq, f.seq, sent_date(f), f.envelope.subject,
+            f.envelope.message_id, f.envelope.in_reply_to,
+            references_field(f.data) if wants_refs else "",
+        )
+        for f in found
+    ]
+    await _checkpoint(s)
+    subjects = SubjectKeys()
+    if wants_refs:
+        text = format_threads(references(messages, subjects))
+    else:
+        text = ordered_subject(messages, subjects)
+    s.io.write(("* THREAD" + (" " + text if text else "")).encode() + b"\r\n")
+    return Reply("OK", "Thread completed")
