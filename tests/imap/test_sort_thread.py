@@ -131,8 +131,9 @@ def test_sort_errors(raw: Raw, mail_server: RunningServer) -> None:
     lines = raw.cmd("THREAD REFERENCES ISO-8859-1 ALL")
     assert status_of(lines) == b"NO [BADCHARSET (US-ASCII UTF-8)]"
     for bad in ("SORT (FOO) UTF-8 ALL", "SORT (REVERSE) UTF-8 ALL", "SORT () UTF-8 ALL",
-                "SORT DATE UTF-8 ALL", "SORT (DATE) UTF-8", "SORT (REVERSE REVERSE DATE) UTF-8 ALL",
-                "THREAD FOO UTF-8 ALL", "THREAD REFERENCES UTF-8", "SORT RETURN (SAVE) (DATE) UTF-8 ALL",
+                "SORT DATE UTF-8 ALL", "SORT (DATE) UTF-8",
+                "SORT (REVERSE REVERSE DATE) UTF-8 ALL", "THREAD FOO UTF-8 ALL",
+                "THREAD REFERENCES UTF-8", "SORT RETURN (SAVE) (DATE) UTF-8 ALL",
                 "SORT (DATE) US-ASCII SUBJECT \"\xc3\x89\""):
         assert status_of(raw.cmd(bad.encode("latin-1"))) == b"BAD", bad
     other = Raw(mail_server)
