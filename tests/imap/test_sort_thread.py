@@ -207,7 +207,8 @@ def test_thread_reply_tree_with_missing_parent(mail_server: RunningServer) -> No
 def test_rows_without_envelope_read_the_message(mail_server: RunningServer) -> None:
     """Messages stored without the envelope columns still sort by their own header."""
     deliver(mail_server, message("Zebra"))
-    deliver(mail_server, message("Re: apple").replace(b"Mon, 01 Jan 2024", b"Sun, 31 Dec 2023"))
+    deliver(mail_server, message("Re: apple", extra="References: <Zebra@example.org>\r\n")
+            .replace(b"Mon, 01 Jan 2024", b"Sun, 31 Dec 2023"))
     deliver(mail_server, message("Mango", sender="Ann <ann@example.org>"))
     raw = Raw(mail_server)
     raw.login()
@@ -215,6 +216,7 @@ def test_rows_without_envelope_read_the_message(mail_server: RunningServer) -> N
     assert sort(raw, "SORT (SUBJECT) UTF-8 ALL") == [2, 3, 1]
     assert sort(raw, "SORT (DATE) UTF-8 ALL") == [2, 1, 3]
     assert sort(raw, "SORT (DISPLAYFROM FROM) UTF-8 ALL") == [3, 1, 2]
+    assert thread(raw, "THREAD REFERENCES UTF-8 ALL") == b"(1 2)(3)"
 
 
 def test_capabilities_advertised(mail_server: RunningServer) -> None:

@@ -90,6 +90,9 @@ class Envelope:
     date: datetime | None = None  # the Date: header, None when missing or unparsable
     message_id: str = ""
     in_reply_to: str = ""
+    # The References field (unfolded), for THREAD=REFERENCES; None when unknown (rows stored
+    # before it was kept, or without an envelope): the message file then answers.
+    references: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,8 @@ field that THREAD=REFERENCES reads.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +34,6 @@ if TYPE_CHECKING:
 
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 _EMPTY = Envelope()
-_REFERENCES = re.compile(rb"(?im)^references[ \t]*:((?:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*))")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 async def _checkpoint(s: ImapSession) -> None:
@@ -56,12 +53,11 @@ class Found:
     uid: int
     meta: MessageMeta
     envelope: Envelope
-    data: bytes | None = None
 
 
 async def _matching(s: ImapSession, cmd: Command, key: Any, text: bool) -> tuple[list[Found], int]:
     """The messages the search key selects, in mailbox order, and their highest MODSEQ.
-    ``text``: the message files are wanted too (References for THREAD=REFERENCES)."""
+    ``text``: the References field is wanted too (THREAD=REFERENCES)."""
     view = s.require_view()
     scope = Scope(view.exists, view.last_uid, datetime.now(UTC), frozenset(s.saved_uids))
     test = compile_key(key, scope)
@@ -83,12 +79,15 @@ async def _matching(s: ImapSession, cmd: Command, key: Any, text: bool) -> tuple
             if not result:
                 continue
             envelope = meta.envelope
-            if (envelope == _EMPTY or text) and c.data is None:
-                # A row stored without its envelope: the message's own header answers.
-                c.data = await view.body(meta.blob_id, meta.size)
-            if envelope == _EMPTY and c.data is not None:
-                envelope = mime.parse_envelope_fields(c.data)
-            found.append(Found(seq, meta.uid, meta, envelope, c.data if text else None))
+            if envelope == _EMPTY or (text and envelope.references is None):
+                # A row stored without its envelope, or before References was kept: the
+                # message's own header answers.
+                if c.data is None:
+                    c.data = await view.body(meta.blob_id, meta.size)
+                fresh = mime.parse_envelope_fields(c.data)
+                envelope = fresh if envelope == _EMPTY else envelope
+                envelope = replace(envelope, references=fresh.references)
+            found.append(Found(seq, meta.uid, meta, envelope))
             highest = max(highest, meta.modseq)
         await _checkpoint(s)
     return found, highest
@@ -239,16 +238,6 @@ def ordered_set(numbers: list[int]) -> str:
 # THREAD
 
 
-def references_field(data: bytes | None) -> str:
-    """The References field of a message's header (unfolded), or ""."""
-    if not data:
-        return ""
-    end = _HEADER_END.search(data)
-    header = data if end is None else data[: end.start() + 1]
-    m = _REFERENCES.search(header)
-    return "" if m is None else m.group(1).decode("latin-1").replace("\r", "").replace("\n", "")
-
-
 async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
     args = cmd.args
     assert isinstance(args, ThreadArgs)
@@ -266,7 +255,7 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
         ThreadMessage(
             f.uid if cmd.uid else f.seq, f.seq, sent_date(f), f.envelope.subject,
             f.envelope.message_id, f.envelope.in_reply_to,
-            references_field(f.data) if wants_refs else "",
+            f.envelope.references or "",
         )
         for f in found
     ]

@@ -190,7 +190,7 @@ MAILBOX_COLS = (
 )
 MESSAGE_COLS = (
     "id, mailbox_id, uid, modseq, sysflags, keywords, internal_date, size, blob_id, env_subject, "
-    "env_from, env_to, env_cc, env_date, env_message_id, env_in_reply_to"
+    "env_from, env_to, env_cc, env_date, env_message_id, env_in_reply_to, env_references"
 )
 FLAG_COLS = "uid, modseq, sysflags, keywords"
 QUEUE_COLS = (
@@ -248,6 +248,7 @@ def _message(row: Row) -> MessageMeta:
             date=None if row[13] is None else from_micros(row[13]),
             message_id=row[14],
             in_reply_to=row[15],
+            references=row[16],
         ),
     )
 
@@ -831,8 +832,8 @@ def _next_modseq(db: Db, mailbox_id: int) -> int:
 
 INSERT_MESSAGE = (
     "INSERT INTO messages (mailbox_id, uid, modseq, sysflags, keywords, internal_date, size, "
-    "blob_id, env_subject, env_from, env_to, env_cc, env_date, env_message_id, env_in_reply_to) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "blob_id, env_subject, env_from, env_to, env_cc, env_date, env_message_id, env_in_reply_to, "
+    "env_references) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -880,6 +881,7 @@ def store_message(
                 None if env.date is None else to_micros(env.date),
                 env.message_id,
                 env.in_reply_to,
+                env.references,
             ),
         )
         db.touched.add(delivery.mailbox_id)
