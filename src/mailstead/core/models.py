@@ -121,6 +121,26 @@ class MessageMeta:
     envelope: Envelope
 
 
+class SortFields(NamedTuple):
+    """What SORT and THREAD read of one message (RFC 5256), as stored: dates in microseconds
+    since the epoch, no datetime objects, so a store builds 100,000 of these quickly (a tuple
+    subclass made in C, like FlagState). ``date`` is the Date: header, None when missing;
+    ``references`` None when not recorded (older rows)."""
+
+    uid: int
+    internal_date: int
+    size: int
+    blob_id: str
+    subject: str
+    from_: str
+    to: str
+    cc: str
+    date: int | None
+    message_id: str
+    in_reply_to: str
+    references: str | None
+
+
 class FlagState(NamedTuple):
     """The cheap per-message row used to SELECT and to FETCH FLAGS on huge mailboxes.
 

@@ -20,6 +20,7 @@ from mailstead.core.models import (
     Mailbox,
     MailboxStatus,
     MessageMeta,
+    SortFields,
 )
 
 
@@ -119,6 +120,9 @@ class SelectedView(Protocol):
     def take_updates(self, allow_expunge: bool) -> Updates: ...
     async def flag_states(self, uids: Sequence[int]) -> list[FlagState]: ...
     async def messages(self, uids: Sequence[int]) -> list[MessageMeta]: ...
+    async def sort_fields(self) -> list[SortFields]:
+        """SORT/THREAD fields of every stored message of the mailbox (UID order); may
+        include messages this view has not announced yet."""
     async def body(self, blob_id: str, size: int | None = None) -> bytes: ...
     async def store_flags(
         self,

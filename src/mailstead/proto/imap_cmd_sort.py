@@ -11,17 +11,32 @@ field that THREAD=REFERENCES reads.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from mailstead.core.models import Envelope, MessageMeta
+from mailstead.core.models import SortFields
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import mime
 from mailstead.proto.base_subject import SubjectKeys, casemap
 from mailstead.proto.imap_format import Reply
-from mailstead.proto.imap_parse import SORT_CHARSETS, Command, SortArgs, ThreadArgs
-from mailstead.proto.imap_search import CHUNK, Candidate, Scope, compile_key, uses_modseq
+from mailstead.proto.imap_parse import (
+    SORT_CHARSETS,
+    Command,
+    SearchKey,
+    SkAll,
+    SortArgs,
+    ThreadArgs,
+)
+from mailstead.proto.imap_search import (
+    CHUNK,
+    Candidate,
+    Need,
+    Scope,
+    compile_key,
+    need,
+    uses_modseq,
+)
 from mailstead.proto.imap_thread import (
     ThreadMessage,
     format_threads,
@@ -33,7 +48,6 @@ if TYPE_CHECKING:
     from mailstead.proto.imap_session import ImapSession
 
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
-_EMPTY = Envelope()
 
 
 async def _checkpoint(s: ImapSession) -> None:
@@ -50,46 +64,89 @@ class Found:
     """One matching message with what sorting and threading read of it."""
 
     seq: int
-    uid: int
-    meta: MessageMeta
-    envelope: Envelope
+    fields: SortFields
 
 
-async def _matching(s: ImapSession, cmd: Command, key: Any, text: bool) -> tuple[list[Found], int]:
-    """The messages the search key selects, in mailbox order, and their highest MODSEQ.
-    ``text``: the References field is wanted too (THREAD=REFERENCES)."""
+def _micros(when: datetime) -> int:
+    """RFC 5256 2.2: a date without a time zone is taken as UTC."""
+    aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return round(aware.timestamp() * 1_000_000)
+
+
+def _unparsed(f: SortFields) -> bool:
+    """A row stored without its envelope columns (the message file has the fields)."""
+    return f.date is None and not (f.subject or f.from_ or f.to or f.cc or f.message_id
+                                   or f.in_reply_to or f.references)
+
+
+def _from_message(f: SortFields, data: bytes) -> SortFields:
+    env = mime.parse_envelope_fields(data)
+    if not _unparsed(f):  # only References was missing
+        return f._replace(references=env.references)
+    return f._replace(
+        subject=env.subject, from_=env.from_, to=env.to, cc=env.cc,
+        date=None if env.date is None else _micros(env.date), message_id=env.message_id,
+        in_reply_to=env.in_reply_to, references=env.references,
+    )
+
+
+async def _matching(
+    s: ImapSession, key: SearchKey, text: bool
+) -> tuple[list[Found], int]:
+    """The messages the search key selects (the SEARCH evaluator, imap_search.compile_key),
+    in mailbox order, with their sort fields, and their highest MODSEQ. ``text``: the
+    References field is wanted too (THREAD=REFERENCES)."""
     view = s.require_view()
     scope = Scope(view.exists, view.last_uid, datetime.now(UTC), frozenset(s.saved_uids))
     test = compile_key(key, scope)
     recent = view.recent_checker() if not s.rev2 else (lambda uid: False)
     all_uids = view.uids_in_seq_ranges([(1, view.exists)]) if view.exists else []
-    found: list[Found] = []
+    matches: list[tuple[int, int]] = []  # (seq, uid)
     highest = 0
-    for start in range(0, len(all_uids), CHUNK):
-        metas = await view.messages(all_uids[start : start + CHUNK])
-        for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
+    if need(key) is Need.FLAGS:
+        # Flag, set and MODSEQ keys (and ALL) are answered from the flag rows.
+        states = await view.flag_states(all_uids)
+        everything = isinstance(key, SkAll)
+        for n, (seq, st) in enumerate(
+            zip(view.seqs_of([st.uid for st in states]), states, strict=True)
+        ):
+            if n % 1000 == 999:
+                await _checkpoint(s)
             if seq is None:
                 continue
-            c = Candidate(seq, meta.uid, meta.modseq, meta.flags, meta.keywords,
-                          recent(meta.uid), meta)
-            result = test(c)
-            if result is None:
-                c.data = await view.body(meta.blob_id, meta.size)
+            if everything or test(
+                Candidate(seq, st.uid, st.modseq, st.flags, st.keywords, recent(st.uid))
+            ):
+                matches.append((seq, st.uid))
+                highest = max(highest, st.modseq)
+    else:
+        for start in range(0, len(all_uids), CHUNK):
+            metas = await view.messages(all_uids[start : start + CHUNK])
+            for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
+                if seq is None:
+                    continue
+                c = Candidate(seq, meta.uid, meta.modseq, meta.flags, meta.keywords,
+                              recent(meta.uid), meta)
                 result = test(c)
-            if not result:
-                continue
-            envelope = meta.envelope
-            if envelope == _EMPTY or (text and envelope.references is None):
-                # A row stored without its envelope, or before References was kept: the
-                # message's own header answers.
-                if c.data is None:
+                if result is None:
                     c.data = await view.body(meta.blob_id, meta.size)
-                fresh = mime.parse_envelope_fields(c.data)
-                envelope = fresh if envelope == _EMPTY else envelope
-                envelope = replace(envelope, references=fresh.references)
-            found.append(Found(seq, meta.uid, meta, envelope))
-            highest = max(highest, meta.modseq)
-        await _checkpoint(s)
+                    result = test(c)
+                if result:
+                    matches.append((seq, meta.uid))
+                    highest = max(highest, meta.modseq)
+            await _checkpoint(s)
+    rows = await view.sort_fields()
+    await _checkpoint(s)
+    by_uid = dict(zip([r.uid for r in rows], rows, strict=True))
+    found: list[Found] = []
+    for seq, uid in matches:
+        f = by_uid.get(uid)
+        if f is None:
+            continue  # expunged meanwhile by another session
+        if _unparsed(f) or (text and f.references is None):
+            f = _from_message(f, await view.body(f.blob_id, f.size))
+        found.append(Found(seq, f))
+    await _checkpoint(s)
     return found, highest
 
 
@@ -105,15 +162,10 @@ def _charset_ok(charset: str) -> Reply | None:
 # SORT
 
 
-def _timestamp(when: datetime) -> float:
-    """RFC 5256 2.2: a date without a time zone is taken as UTC."""
-    return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
-
-
-def sent_date(f: Found) -> float:
-    """The Date: header, else the internal date (RFC 5256 2.2)."""
-    when = f.envelope.date
-    return _timestamp(when if when is not None else f.meta.internal_date)
+def sent_date(f: Found) -> int:
+    """The Date: header, else the internal date (RFC 5256 2.2), in microseconds."""
+    date = f.fields.date
+    return f.fields.internal_date if date is None else date
 
 
 class _Addresses:
@@ -148,17 +200,17 @@ SortKey = Callable[[Found], Any]
 
 def _sort_key(criterion: str, subjects: SubjectKeys, addresses: _Addresses) -> SortKey:
     if criterion == "ARRIVAL":
-        return lambda f: _timestamp(f.meta.internal_date)
+        return lambda f: f.fields.internal_date
     if criterion == "DATE":
         return sent_date
     if criterion == "SIZE":
-        return lambda f: f.meta.size
+        return lambda f: f.fields.size
     if criterion == "SUBJECT":
-        return lambda f: subjects.get(f.envelope.subject)[2]
+        return lambda f: subjects.get(f.fields.subject)[2]
     field = {"FROM": "from_", "DISPLAYFROM": "from_", "TO": "to", "DISPLAYTO": "to",
              "CC": "cc"}[criterion]
     display = criterion.startswith("DISPLAY")
-    return lambda f: addresses.key(getattr(f.envelope, field), display)
+    return lambda f: addresses.key(getattr(f.fields, field), display)
 
 
 async def sort_found(s: ImapSession, found: list[Found],
@@ -188,9 +240,9 @@ async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
     with_modseq = uses_modseq(args.key)
     if with_modseq:
         s.enable_condstore()
-    found, highest = await _matching(s, cmd, args.key, text=False)
+    found, highest = await _matching(s, args.key, text=False)
     ordered = await sort_found(s, found, args.criteria)
-    numbers = [f.uid if cmd.uid else f.seq for f in ordered]
+    numbers = [f.fields.uid if cmd.uid else f.seq for f in ordered]
     if args.return_options is None:
         line = "* SORT" + "".join(f" {n}" for n in numbers)
         if with_modseq and numbers:
@@ -250,12 +302,11 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
     if uses_modseq(args.key):
         s.enable_condstore()
     wants_refs = args.algorithm == "REFERENCES"
-    found, _highest = await _matching(s, cmd, args.key, text=wants_refs)
+    found, _highest = await _matching(s, args.key, text=wants_refs)
     messages = [
         ThreadMessage(
-            f.uid if cmd.uid else f.seq, f.seq, sent_date(f), f.envelope.subject,
-            f.envelope.message_id, f.envelope.in_reply_to,
-            f.envelope.references or "",
+            f.fields.uid if cmd.uid else f.seq, f.seq, sent_date(f), f.fields.subject,
+            f.fields.message_id, f.fields.in_reply_to, f.fields.references or "",
         )
         for f in found
     ]

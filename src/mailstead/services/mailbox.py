@@ -39,6 +39,7 @@ from mailstead.store.interfaces import (
     MessageMeta,
     MetadataStore,
     NewMessage,
+    SortFields,
     SystemFlag,
 )
 
@@ -371,6 +372,9 @@ class MailboxView:
             return [s for s in states if s.uid in wanted]
         rows = await self.store.get_messages(self.mailbox.id, uids)
         return [FlagState(m.uid, m.modseq, m.flags, m.keywords) for m in rows]
+
+    async def sort_fields(self) -> list[SortFields]:
+        return await self.store.sort_fields(self.mailbox.id)
 
     async def messages(self, uids: Sequence[int]) -> list[MessageMeta]:
         if not uids:

@@ -36,6 +36,7 @@ from mailstead.core.models import (
     QueueRecipient,
     QueueState,
     RecipientStatus,
+    SortFields,
     SystemFlag,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "QueueRecipient",
     "QueueState",
     "RecipientStatus",
+    "SortFields",
     "SystemFlag",
 ]
 
@@ -185,6 +187,9 @@ class MetadataStore(Protocol):
         self, mailbox_id: int, uids: Iterable[int] | None = None
     ) -> list[MessageMeta]:
         """Full rows in UID order; all of them when ``uids`` is None."""
+
+    async def sort_fields(self, mailbox_id: int) -> list[SortFields]:
+        """Every message's SORT/THREAD fields, in UID order."""
 
     async def update_flags(
         self,

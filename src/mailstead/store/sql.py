@@ -46,6 +46,7 @@ from mailstead.store.interfaces import (
     MessageMeta,
     QueueEntry,
     QueueRecipient,
+    SortFields,
 )
 
 P = ParamSpec("P")
@@ -938,6 +939,25 @@ def list_flags(db: Db, mailbox_id: int) -> list[FlagState]:
         return _flag_states(rows)
 
 
+SORT_COLS = (
+    "uid, internal_date, size, blob_id, env_subject, env_from, env_to, env_cc, env_date, "
+    "env_message_id, env_in_reply_to, env_references"
+)
+
+
+def sort_fields(db: Db, mailbox_id: int) -> list[SortFields]:
+    with gc_paused():
+        rows = db.rows(
+            f"SELECT {SORT_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
+        )
+        return list(map(_new_sort_fields, repeat(SortFields), rows))
+
+
+_new_sort_fields: Callable[[type[SortFields], Iterable[Any]], SortFields] = (
+    tuple.__new__  # type: ignore[assignment]
+)
+
+
 def get_messages(db: Db, mailbox_id: int, uids: Iterable[int] | None) -> list[MessageMeta]:
     return [_message(r) for r in _select_by_uids(db, MESSAGE_COLS, mailbox_id, uids, 2)]
 
@@ -1406,6 +1426,9 @@ class SqlStore(ABC):
         self, mailbox_id: int, uids: Iterable[int] | None = None
     ) -> list[MessageMeta]:
         return await self._read(get_messages, mailbox_id, None if uids is None else list(uids))
+
+    async def sort_fields(self, mailbox_id: int) -> list[SortFields]:
+        return await self._read(sort_fields, mailbox_id)
 
     async def update_flags(
         self,
