@@ -48,6 +48,10 @@ if TYPE_CHECKING:
     from mailstead.proto.imap_session import ImapSession
 
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
+_WANTED = {  # the stored field each sort criterion reads (SortFields)
+    "ARRIVAL": "", "CC": "cc", "DATE": "date", "FROM": "from_", "SIZE": "size",
+    "SUBJECT": "subject", "TO": "to", "DISPLAYFROM": "from_", "DISPLAYTO": "to",
+}
 
 
 async def _checkpoint(s: ImapSession) -> None:
@@ -73,15 +77,9 @@ def _micros(when: datetime) -> int:
     return round(aware.timestamp() * 1_000_000)
 
 
-def _unparsed(f: SortFields) -> bool:
-    """A row stored without its envelope columns (the message file has the fields)."""
-    return f.date is None and not (f.subject or f.from_ or f.to or f.cc or f.message_id
-                                   or f.in_reply_to or f.references)
-
-
 def _from_message(f: SortFields, data: bytes) -> SortFields:
     env = mime.parse_envelope_fields(data)
-    if not _unparsed(f):  # only References was missing
+    if not f.bare:  # only References was missing
         return f._replace(references=env.references)
     return f._replace(
         subject=env.subject, from_=env.from_, to=env.to, cc=env.cc,
@@ -91,11 +89,11 @@ def _from_message(f: SortFields, data: bytes) -> SortFields:
 
 
 async def _matching(
-    s: ImapSession, key: SearchKey, text: bool
+    s: ImapSession, key: SearchKey, wanted: frozenset[str]
 ) -> tuple[list[Found], int]:
     """The messages the search key selects (the SEARCH evaluator, imap_search.compile_key),
-    in mailbox order, with their sort fields, and their highest MODSEQ. ``text``: the
-    References field is wanted too (THREAD=REFERENCES)."""
+    in mailbox order, with the sort fields ``wanted`` (see SortFields), and their highest
+    MODSEQ."""
     view = s.require_view()
     scope = Scope(view.exists, view.last_uid, datetime.now(UTC), frozenset(s.saved_uids))
     test = compile_key(key, scope)
@@ -135,7 +133,7 @@ async def _matching(
                     matches.append((seq, meta.uid))
                     highest = max(highest, meta.modseq)
             await _checkpoint(s)
-    rows = await view.sort_fields()
+    rows = await view.sort_fields(wanted)
     await _checkpoint(s)
     by_uid = dict(zip([r.uid for r in rows], rows, strict=True))
     found: list[Found] = []
@@ -143,7 +141,7 @@ async def _matching(
         f = by_uid.get(uid)
         if f is None:
             continue  # expunged meanwhile by another session
-        if _unparsed(f) or (text and f.references is None):
+        if f.bare or ("references" in wanted and f.references is None):
             f = _from_message(f, await view.body(f.blob_id, f.size))
         found.append(Found(seq, f))
     await _checkpoint(s)
@@ -240,7 +238,8 @@ async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
     with_modseq = uses_modseq(args.key)
     if with_modseq:
         s.enable_condstore()
-    found, highest = await _matching(s, args.key, text=False)
+    wanted = frozenset(_WANTED[criterion] for criterion, _reverse in args.criteria) - {""}
+    found, highest = await _matching(s, args.key, wanted)
     ordered = await sort_found(s, found, args.criteria)
     numbers = [f.fields.uid if cmd.uid else f.seq for f in ordered]
     if args.return_options is None:
@@ -302,7 +301,10 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
     if uses_modseq(args.key):
         s.enable_condstore()
     wants_refs = args.algorithm == "REFERENCES"
-    found, _highest = await _matching(s, args.key, text=wants_refs)
+    wanted = {"subject", "date"}
+    if wants_refs:
+        wanted |= {"message_id", "in_reply_to", "references"}
+    found, _highest = await _matching(s, args.key, frozenset(wanted))
     messages = [
         ThreadMessage(
             f.fields.uid if cmd.uid else f.seq, f.seq, sent_date(f), f.fields.subject,

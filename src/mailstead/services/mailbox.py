@@ -19,7 +19,7 @@ import bisect
 import contextlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
@@ -373,8 +373,8 @@ class MailboxView:
         rows = await self.store.get_messages(self.mailbox.id, uids)
         return [FlagState(m.uid, m.modseq, m.flags, m.keywords) for m in rows]
 
-    async def sort_fields(self) -> list[SortFields]:
-        return await self.store.sort_fields(self.mailbox.id)
+    async def sort_fields(self, wanted: Collection[str]) -> list[SortFields]:
+        return await self.store.sort_fields(self.mailbox.id, wanted)
 
     async def messages(self, uids: Sequence[int]) -> list[MessageMeta]:
         if not uids:

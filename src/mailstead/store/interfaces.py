@@ -11,12 +11,13 @@ committed and fsync'd. A power cut right after it loses nothing. Blobs are made 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Literal, Protocol
 
 from mailstead.core.models import (
     DEFAULT_MAILBOXES,
+    SORT_FIELDS,
     SPECIAL_USES,
     SYSTEM_FLAG_NAMES,
     Account,
@@ -42,6 +43,7 @@ from mailstead.core.models import (
 
 __all__ = [
     "DEFAULT_MAILBOXES",
+    "SORT_FIELDS",
     "SPECIAL_USES",
     "SYSTEM_FLAG_NAMES",
     "Account",
@@ -188,8 +190,11 @@ class MetadataStore(Protocol):
     ) -> list[MessageMeta]:
         """Full rows in UID order; all of them when ``uids`` is None."""
 
-    async def sort_fields(self, mailbox_id: int) -> list[SortFields]:
-        """Every message's SORT/THREAD fields, in UID order."""
+    async def sort_fields(
+        self, mailbox_id: int, wanted: Collection[str] = SORT_FIELDS
+    ) -> list[SortFields]:
+        """Every message's SORT/THREAD fields, in UID order: uid, internal_date, blob_id and
+        bare always, the others when named in ``wanted`` (a subset of SORT_FIELDS)."""
 
     async def update_flags(
         self,

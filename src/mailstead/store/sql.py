@@ -20,7 +20,7 @@ import json
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -32,6 +32,7 @@ from mailstead.store.changes import ChangeBus
 from mailstead.store.gcpause import gc_paused
 from mailstead.store.interfaces import (
     DEFAULT_MAILBOXES,
+    SORT_FIELDS,
     Account,
     Alias,
     Changes,
@@ -939,16 +940,33 @@ def list_flags(db: Db, mailbox_id: int) -> list[FlagState]:
         return _flag_states(rows)
 
 
-SORT_COLS = (
-    "uid, internal_date, size, blob_id, env_subject, env_from, env_to, env_cc, env_date, "
-    "env_message_id, env_in_reply_to, env_references"
+# SortFields' columns in order: (field, column, what stands in when it is not wanted). Reading
+# only the columns a SORT needs makes 100,000 rows several times cheaper.
+_SORT_COLUMNS = (
+    ("size", "size", "0"), ("blob_id", "blob_id", None), ("subject", "env_subject", "''"),
+    ("from_", "env_from", "''"), ("to", "env_to", "''"), ("cc", "env_cc", "''"),
+    ("date", "env_date", "NULL"), ("message_id", "env_message_id", "''"),
+    ("in_reply_to", "env_in_reply_to", "''"), ("references", "env_references", "NULL"),
+)
+_BARE = (
+    "(env_subject = '' AND env_from = '' AND env_to = '' AND env_cc = '' AND env_date IS NULL "
+    "AND env_message_id = '' AND env_in_reply_to = '')"
 )
 
 
-def sort_fields(db: Db, mailbox_id: int) -> list[SortFields]:
+def sort_fields(db: Db, mailbox_id: int, wanted: Collection[str]) -> list[SortFields]:
+    unknown = set(wanted) - SORT_FIELDS
+    if unknown:
+        raise ValueError(f"unknown sort fields {sorted(unknown)}")
+    cols = ", ".join(
+        column if blank is None or name in wanted else blank
+        for name, column, blank in _SORT_COLUMNS
+    )
     with gc_paused():
         rows = db.rows(
-            f"SELECT {SORT_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
+            f"SELECT uid, internal_date, {cols}, {_BARE} FROM messages WHERE mailbox_id = ? "
+            "ORDER BY uid",
+            (mailbox_id,),
         )
         return list(map(_new_sort_fields, repeat(SortFields), rows))
 
@@ -1427,8 +1445,10 @@ class SqlStore(ABC):
     ) -> list[MessageMeta]:
         return await self._read(get_messages, mailbox_id, None if uids is None else list(uids))
 
-    async def sort_fields(self, mailbox_id: int) -> list[SortFields]:
-        return await self._read(sort_fields, mailbox_id)
+    async def sort_fields(
+        self, mailbox_id: int, wanted: Collection[str] = SORT_FIELDS
+    ) -> list[SortFields]:
+        return await self._read(sort_fields, mailbox_id, frozenset(wanted))
 
     async def update_flags(
         self,
