@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, cast
 
 from mailstead.core.models import SortFields
 from mailstead.proto import imap_format as fmt
@@ -38,10 +39,11 @@ from mailstead.proto.imap_search import (
     uses_modseq,
 )
 from mailstead.proto.imap_thread import (
+    Node,
     ThreadMessage,
     format_threads,
     ordered_subject,
-    references,
+    references_steps,
 )
 
 if TYPE_CHECKING:
@@ -65,10 +67,12 @@ async def _checkpoint(s: ImapSession) -> None:
 
 @dataclass(slots=True)
 class Found:
-    """One matching message with what sorting and threading read of it."""
+    """The matching messages, in mailbox order: sequence numbers and sort fields side by
+    side (lists, so the per-message work runs in C where it can)."""
 
-    seq: int
-    fields: SortFields
+    seqs: list[int]
+    rows: list[SortFields]
+    highest_modseq: int = 0
 
 
 def _micros(when: datetime) -> int:
@@ -88,9 +92,7 @@ def _from_message(f: SortFields, data: bytes) -> SortFields:
     )
 
 
-async def _matching(
-    s: ImapSession, key: SearchKey, wanted: frozenset[str]
-) -> tuple[list[Found], int]:
+async def _matching(s: ImapSession, key: SearchKey, wanted: frozenset[str]) -> Found:
     """The messages the search key selects (the SEARCH evaluator, imap_search.compile_key),
     in mailbox order, with the sort fields ``wanted`` (see SortFields), and their highest
     MODSEQ."""
@@ -101,10 +103,11 @@ async def _matching(
     all_uids = view.uids_in_seq_ranges([(1, view.exists)]) if view.exists else []
     matches: list[tuple[int, int]] = []  # (seq, uid)
     highest = 0
-    if need(key) is Need.FLAGS:
+    if isinstance(key, SkAll):
+        matches = list(enumerate(all_uids, 1))  # every message: no test to run
+    elif need(key) is Need.FLAGS:
         # Flag, set and MODSEQ keys (and ALL) are answered from the flag rows.
         states = await view.flag_states(all_uids)
-        everything = isinstance(key, SkAll)
         for n, (seq, st) in enumerate(
             zip(view.seqs_of([st.uid for st in states]), states, strict=True)
         ):
@@ -112,9 +115,7 @@ async def _matching(
                 await _checkpoint(s)
             if seq is None:
                 continue
-            if everything or test(
-                Candidate(seq, st.uid, st.modseq, st.flags, st.keywords, recent(st.uid))
-            ):
+            if test(Candidate(seq, st.uid, st.modseq, st.flags, st.keywords, recent(st.uid))):
                 matches.append((seq, st.uid))
                 highest = max(highest, st.modseq)
     else:
@@ -133,19 +134,20 @@ async def _matching(
                     matches.append((seq, meta.uid))
                     highest = max(highest, meta.modseq)
             await _checkpoint(s)
-    rows = await view.sort_fields(wanted)
+    stored = await view.sort_fields(wanted)
     await _checkpoint(s)
-    by_uid = dict(zip([r.uid for r in rows], rows, strict=True))
-    found: list[Found] = []
-    for seq, uid in matches:
-        f = by_uid.get(uid)
-        if f is None:
-            continue  # expunged meanwhile by another session
-        if f.bare or ("references" in wanted and f.references is None):
-            f = _from_message(f, await view.body(f.blob_id, f.size))
-        found.append(Found(seq, f))
+    by_uid = dict(zip([r.uid for r in stored], stored, strict=True))
+    seqs = [seq for seq, _uid in matches]
+    rows = list(map(by_uid.get, [uid for _seq, uid in matches]))
+    if None in rows:  # expunged meanwhile by another session
+        kept = [(seq, r) for seq, r in zip(seqs, rows, strict=True) if r is not None]
+        seqs, rows = [seq for seq, _r in kept], [r for _seq, r in kept]
+    found = Found(seqs, cast(list[SortFields], rows), highest)
+    for i, row in enumerate(found.rows):
+        if row.bare or ("references" in wanted and row.references is None):
+            found.rows[i] = _from_message(row, await view.body(row.blob_id, row.size))
     await _checkpoint(s)
-    return found, highest
+    return found
 
 
 def _charset_ok(charset: str) -> Reply | None:
@@ -160,10 +162,10 @@ def _charset_ok(charset: str) -> Reply | None:
 # SORT
 
 
-def sent_date(f: Found) -> int:
+def sent_date(f: SortFields) -> int:
     """The Date: header, else the internal date (RFC 5256 2.2), in microseconds."""
-    date = f.fields.date
-    return f.fields.internal_date if date is None else date
+    date = f.date
+    return f.internal_date if date is None else date
 
 
 class _Addresses:
@@ -193,39 +195,39 @@ class _Addresses:
         return ""
 
 
-SortKey = Callable[[Found], Any]
-
-
-def _sort_key(criterion: str, subjects: SubjectKeys, addresses: _Addresses) -> SortKey:
+def _sort_keys(criterion: str, rows: list[SortFields], subjects: SubjectKeys,
+               addresses: _Addresses) -> list[Any]:
+    """Each row's key for one criterion (RFC 5256 3, RFC 5957 4)."""
     if criterion == "ARRIVAL":
-        return lambda f: f.fields.internal_date
+        return list(map(attrgetter("internal_date"), rows))
     if criterion == "DATE":
-        return sent_date
+        return list(map(sent_date, rows))
     if criterion == "SIZE":
-        return lambda f: f.fields.size
+        return list(map(attrgetter("size"), rows))
     if criterion == "SUBJECT":
-        return lambda f: subjects.get(f.fields.subject)[2]
+        subject_key = subjects.get
+        return [subject_key(r.subject)[2] for r in rows]
     field = {"FROM": "from_", "DISPLAYFROM": "from_", "TO": "to", "DISPLAYTO": "to",
              "CC": "cc"}[criterion]
     display = criterion.startswith("DISPLAY")
-    return lambda f: addresses.key(getattr(f.fields, field), display)
+    address_key = addresses.key
+    return [address_key(value, display) for value in map(attrgetter(field), rows)]
 
 
-async def sort_found(s: ImapSession, found: list[Found],
-                     criteria: tuple[tuple[str, bool], ...]) -> list[Found]:
-    """Sorted by the criteria in turn, REVERSE turning one around; messages equal under every
-    criterion stay in mailbox order (RFC 5256 3). One stable sort per criterion, the last
-    criterion first: Python's sort keeps equal items in order even with reverse=True."""
-    ordered = list(found)  # mailbox order already
+async def sort_order(s: ImapSession, rows: list[SortFields],
+                     criteria: tuple[tuple[str, bool], ...]) -> list[int]:
+    """The positions of ``rows`` (in mailbox order) sorted by the criteria in turn, REVERSE
+    turning one around; rows equal under every criterion stay in mailbox order (RFC 5256 3).
+    One stable sort per criterion, the last criterion first: Python's sort keeps equal items
+    in their order even with reverse=True."""
+    order = list(range(len(rows)))
     subjects, addresses = SubjectKeys(), _Addresses()
     for criterion, reverse in reversed(criteria):
-        key = _sort_key(criterion, subjects, addresses)
-        keys = [key(f) for f in ordered]
+        keys = _sort_keys(criterion, rows, subjects, addresses)
         await _checkpoint(s)
-        index = sorted(range(len(ordered)), key=keys.__getitem__, reverse=reverse)
-        ordered = [ordered[i] for i in index]
+        order.sort(key=keys.__getitem__, reverse=reverse)
         await _checkpoint(s)
-    return ordered
+    return order
 
 
 async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
@@ -239,11 +241,13 @@ async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
     if with_modseq:
         s.enable_condstore()
     wanted = frozenset(_WANTED[criterion] for criterion, _reverse in args.criteria) - {""}
-    found, highest = await _matching(s, args.key, wanted)
-    ordered = await sort_found(s, found, args.criteria)
-    numbers = [f.fields.uid if cmd.uid else f.seq for f in ordered]
+    found = await _matching(s, args.key, wanted)
+    order = await sort_order(s, found.rows, args.criteria)
+    shown = [r.uid for r in found.rows] if cmd.uid else found.seqs
+    numbers = [shown[i] for i in order]
+    highest = found.highest_modseq
     if args.return_options is None:
-        line = "* SORT" + "".join(f" {n}" for n in numbers)
+        line = "* SORT" + (" " + " ".join(map(str, numbers)) if numbers else "")
         if with_modseq and numbers:
             line += f" (MODSEQ {highest})"  # RFC 7162 3.1.5
         s.io.write(line.encode() + b"\r\n")
@@ -304,18 +308,25 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
     wanted = {"subject", "date"}
     if wants_refs:
         wanted |= {"message_id", "in_reply_to", "references"}
-    found, _highest = await _matching(s, args.key, frozenset(wanted))
+    found = await _matching(s, args.key, frozenset(wanted))
+    shown = [r.uid for r in found.rows] if cmd.uid else found.seqs
     messages = [
-        ThreadMessage(
-            f.fields.uid if cmd.uid else f.seq, f.seq, sent_date(f), f.fields.subject,
-            f.fields.message_id, f.fields.in_reply_to, f.fields.references or "",
-        )
-        for f in found
+        ThreadMessage(number, seq, sent_date(r), r.subject, r.message_id, r.in_reply_to,
+                      r.references or "")
+        for number, seq, r in zip(shown, found.seqs, found.rows, strict=True)
     ]
     await _checkpoint(s)
     subjects = SubjectKeys()
     if wants_refs:
-        text = format_threads(references(messages, subjects))
+        steps = references_steps(messages, subjects)
+        while True:  # a turn for the other sessions between steps
+            try:
+                next(steps)
+            except StopIteration as done:
+                top: list[Node] = done.value
+                break
+            await _checkpoint(s)
+        text = format_threads(top)
     else:
         text = ordered_subject(messages, subjects)
     s.io.write(("* THREAD" + (" " + text if text else "")).encode() + b"\r\n")

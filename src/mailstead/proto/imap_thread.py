@@ -8,12 +8,18 @@ recursion would hit Python's limit.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 from mailstead.proto.base_subject import SubjectKeys
 
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
+STEP = 2000  # messages between two pauses of a long threading run
+T = TypeVar("T")
+# A long computation cut in steps: it yields None between steps, so the caller can let other
+# work run (the IMAP command awaits its session's checkpoint there), and returns its result.
+Steps = Generator[None, None, T]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,20 +116,16 @@ def _order(node: Node) -> tuple[float, int]:
     return node.msg.date, node.msg.seq
 
 
-def build_tree(messages: Iterable[ThreadMessage]) -> list[Node]:
+def build_tree(messages: Iterable[ThreadMessage]) -> Steps[list[Node]]:
     """Steps 1 and 2 of THREAD=REFERENCES: the parent/child links from References (or the
-    first msg-id of In-Reply-To), with dummies for messages not present; returns the roots."""
+    first msg-id of In-Reply-To), with dummies for messages not present; returns the roots.
+    A generator (see ``Steps``) that pauses every STEP messages."""
     table: dict[str, Node] = {}
     order: list[Node] = []  # every container, in creation order
-
-    def container(msg_id: str) -> Node:
-        node = table.get(msg_id)
-        if node is None:
-            node = table[msg_id] = Node()  # a dummy until its message turns up
-            order.append(node)
-        return node
-
-    for m in sorted(messages, key=lambda m: m.seq):
+    get = table.get
+    for n, m in enumerate(sorted(messages, key=lambda m: m.seq)):
+        if n % STEP == STEP - 1:
+            yield
         ids = message_ids(m.message_id)
         own = table.get(ids[0]) if ids else None
         if own is not None and own.msg is None:
@@ -142,7 +144,10 @@ def build_tree(messages: Iterable[ThreadMessage]) -> list[Node]:
         # a loop (the References field may be truncated or reordered by a MUA)
         previous: Node | None = None
         for ref in refs:
-            node = container(ref)
+            node = get(ref)
+            if node is None:
+                node = table[ref] = Node()  # a dummy until its message turns up
+                order.append(node)
             if previous is not None and node.parent is None and not _is_ancestor(node, previous):
                 _link(previous, node)
             previous = node
@@ -249,15 +254,32 @@ def _sort_siblings(top: list[Node]) -> list[Node]:
     return sorted(top, key=_order)
 
 
-def references(messages: Iterable[ThreadMessage], keys: SubjectKeys) -> list[Node]:
-    """RFC 5256 THREAD=REFERENCES: the top-level threads, each sorted."""
-    top = _prune(build_tree(messages))  # steps 1-3
+def references_steps(messages: Iterable[ThreadMessage], keys: SubjectKeys) -> Steps[list[Node]]:
+    """RFC 5256 THREAD=REFERENCES: the top-level threads, each sorted (see ``Steps``)."""
+    roots = yield from build_tree(messages)  # steps 1-2
+    top = _prune(roots)  # (3)
+    yield
     for node in top:  # (4) a dummy sorts as its earliest child
         if node.msg is None:
             node.children.sort(key=_order)
     top.sort(key=_order)
+    yield
     top = _group_by_subject(top, keys)  # (5)
+    yield
     return _sort_siblings(top)  # (6)
+
+
+def references(messages: Iterable[ThreadMessage], keys: SubjectKeys) -> list[Node]:
+    return run(references_steps(messages, keys))
+
+
+def run(steps: Steps[T]) -> T:
+    """Runs a ``Steps`` generator to its end without pausing."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(T, done.value)
 
 
 def format_threads(top: list[Node]) -> str:
