@@ -10,7 +10,9 @@ field that THREAD=REFERENCES reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import gc
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -75,6 +77,22 @@ class Found:
     highest_modseq: int = 0
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Holds the cyclic garbage collector off during one synchronous step that builds many
+    acyclic objects (rows, thread tree nodes): its collections would re-scan them all, for
+    nothing, several times (as store/gcpause.py does for big listings; this module may not
+    import the store). Never held across an await. Should a store thread pause and resume
+    the collector meanwhile, every interleaving still leaves it on in the end."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def _micros(when: datetime) -> int:
     """RFC 5256 2.2: a date without a time zone is taken as UTC."""
     aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
@@ -101,10 +119,11 @@ async def _matching(s: ImapSession, key: SearchKey, wanted: frozenset[str]) -> F
     test = compile_key(key, scope)
     recent = view.recent_checker() if not s.rev2 else (lambda uid: False)
     all_uids = view.uids_in_seq_ranges([(1, view.exists)]) if view.exists else []
-    matches: list[tuple[int, int]] = []  # (seq, uid)
+    seqs: list[int] = []
+    uids: list[int] = []
     highest = 0
     if isinstance(key, SkAll):
-        matches = list(enumerate(all_uids, 1))  # every message: no test to run
+        seqs, uids = list(range(1, len(all_uids) + 1)), all_uids  # no test to run
     elif need(key) is Need.FLAGS:
         # Flag, set and MODSEQ keys (and ALL) are answered from the flag rows.
         states = await view.flag_states(all_uids)
@@ -116,7 +135,8 @@ async def _matching(s: ImapSession, key: SearchKey, wanted: frozenset[str]) -> F
             if seq is None:
                 continue
             if test(Candidate(seq, st.uid, st.modseq, st.flags, st.keywords, recent(st.uid))):
-                matches.append((seq, st.uid))
+                seqs.append(seq)
+                uids.append(st.uid)
                 highest = max(highest, st.modseq)
     else:
         for start in range(0, len(all_uids), CHUNK):
@@ -131,14 +151,15 @@ async def _matching(s: ImapSession, key: SearchKey, wanted: frozenset[str]) -> F
                     c.data = await view.body(meta.blob_id, meta.size)
                     result = test(c)
                 if result:
-                    matches.append((seq, meta.uid))
+                    seqs.append(seq)
+                    uids.append(meta.uid)
                     highest = max(highest, meta.modseq)
             await _checkpoint(s)
     stored = await view.sort_fields(wanted)
     await _checkpoint(s)
-    by_uid = dict(zip([r.uid for r in stored], stored, strict=True))
-    seqs = [seq for seq, _uid in matches]
-    rows = list(map(by_uid.get, [uid for _seq, uid in matches]))
+    with collector_paused():
+        by_uid = dict(zip([r.uid for r in stored], stored, strict=True))
+        rows = list(map(by_uid.get, uids))
     if None in rows:  # expunged meanwhile by another session
         kept = [(seq, r) for seq, r in zip(seqs, rows, strict=True) if r is not None]
         seqs, rows = [seq for seq, _r in kept], [r for _seq, r in kept]
@@ -223,9 +244,11 @@ async def sort_order(s: ImapSession, rows: list[SortFields],
     order = list(range(len(rows)))
     subjects, addresses = SubjectKeys(), _Addresses()
     for criterion, reverse in reversed(criteria):
-        keys = _sort_keys(criterion, rows, subjects, addresses)
+        with collector_paused():
+            keys = _sort_keys(criterion, rows, subjects, addresses)
         await _checkpoint(s)
-        order.sort(key=keys.__getitem__, reverse=reverse)
+        with collector_paused():
+            order.sort(key=keys.__getitem__, reverse=reverse)
         await _checkpoint(s)
     return order
 
@@ -310,24 +333,28 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
         wanted |= {"message_id", "in_reply_to", "references"}
     found = await _matching(s, args.key, frozenset(wanted))
     shown = [r.uid for r in found.rows] if cmd.uid else found.seqs
-    messages = [
-        ThreadMessage(number, seq, sent_date(r), r.subject, r.message_id, r.in_reply_to,
-                      r.references or "")
-        for number, seq, r in zip(shown, found.seqs, found.rows, strict=True)
-    ]
+    with collector_paused():
+        messages = [
+            ThreadMessage(number, seq, sent_date(r), r.subject, r.message_id, r.in_reply_to,
+                          r.references or "")
+            for number, seq, r in zip(shown, found.seqs, found.rows, strict=True)
+        ]
     await _checkpoint(s)
     subjects = SubjectKeys()
     if wants_refs:
         steps = references_steps(messages, subjects)
         while True:  # a turn for the other sessions between steps
             try:
-                next(steps)
+                with collector_paused():
+                    next(steps)
             except StopIteration as done:
                 top: list[Node] = done.value
                 break
             await _checkpoint(s)
-        text = format_threads(top)
+        with collector_paused():
+            text = format_threads(top)
     else:
-        text = ordered_subject(messages, subjects)
+        with collector_paused():
+            text = ordered_subject(messages, subjects)
     s.io.write(("* THREAD" + (" " + text if text else "")).encode() + b"\r\n")
     return Reply("OK", "Thread completed")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import NamedTuple, TypeVar, cast
 
 from mailstead.proto.base_subject import SubjectKeys
 
@@ -22,11 +22,11 @@ T = TypeVar("T")
 Steps = Generator[None, None, T]
 
 
-@dataclass(frozen=True, slots=True)
-class ThreadMessage:
+class ThreadMessage(NamedTuple):
     """What threading needs of one message. ``number`` is what the response shows (sequence
     number or UID); ``seq`` breaks ties (RFC 5256 2.2: order in the mailbox); ``date`` is the
-    sent date as a POSIX timestamp (the internal date when the Date: header is unusable)."""
+    sent date, any comparable number (the internal date when the Date: header is unusable).
+    A NamedTuple: a THREAD builds one per message of the mailbox."""
 
     number: int
     seq: int
