@@ -253,3 +253,25 @@ def test_imapclient_sort_and_thread(raw: Raw, mail_server: RunningServer) -> Non
 def test_sort_answers_through_parenthesised_response_format(raw: Raw) -> None:
     line = raw.cmd("SORT (DATE) UTF-8 ALL")[0]
     assert re.fullmatch(rb"\* SORT( \d+)+", line)
+
+
+def test_hostile_subjects_stay_cheap(mail_server: RunningServer) -> None:
+    """Subjects stacking tens of thousands of prefixes (each removal step is linear in the
+    subject, never quadratic): SORT and THREAD answer, and another client is served."""
+    raw = Raw(mail_server)
+    raw.login()
+    hostile = ["Re: " * 20000 + "zz", "[a] " * 20000 + "b", "[fwd: " * 5000 + "m" + "]" * 5000,
+               "Re: [l] " * 10000 + "(fwd) " * 5000]
+    for subject in hostile:
+        append(raw, build("h@example.org", ALICE, "", subject, "Mon, 01 Jan 2024 10:00:00 +0000",
+                          None, "", 10), "01-Feb-2024 10:00:00 +0000")
+    raw.cmd("SELECT INBOX")
+    # base subjects: "zz", "b", "m", "" (empty sorts first)
+    assert sort(raw, "SORT (SUBJECT) UTF-8 ALL") == [4, 2, 3, 1]
+    assert thread(raw, "THREAD ORDEREDSUBJECT UTF-8 ALL") == b"(1)(2)(3)(4)"
+    assert thread(raw, "THREAD REFERENCES UTF-8 ALL") == b"(1)(2)(3)(4)"
+    other = Raw(mail_server)
+    other.login()
+    started = time.monotonic()
+    assert status_of(other.cmd("NOOP")) == b"OK"
+    assert time.monotonic() - started < 2

@@ -132,7 +132,6 @@ class SortFields(NamedTuple):
     uid: int
     internal_date: int
     size: int
-    blob_id: str
     subject: str
     from_: str
     to: str

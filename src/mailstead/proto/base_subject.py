@@ -15,13 +15,12 @@ import unicodedata
 
 # Step 1: tabs, continuations (folded lines) and runs of blanks become one space.
 _BLANKS = re.compile(r"[ \t\r\n]{2,}|[\t\r\n]")
-# subj-blob = "[" *BLOBCHAR "]" *WSP, BLOBCHAR = any CHAR except "[" and "]"
-_BLOB = r"\[[^\[\]]*\][ \t]*"
+# subj-blob = "[" *BLOBCHAR "]" *WSP, BLOBCHAR = any CHAR except "[" and "]". A run of them,
+# possessive: the scans below never backtrack, so the work stays linear in the subject's
+# length however many prefixes a hostile subject stacks up.
+_BLOBS = re.compile(r"(?:\[[^\[\]]*\][ \t]*)*+")
 # subj-refwd = ("re" / ("fw" ["d"])) *WSP [subj-blob] ":"
-_REFWD = r"(?:re|fwd?)[ \t]*(?:" + _BLOB + r")?:"
-# subj-leader = (*subj-blob subj-refwd) / WSP
-_LEADER = re.compile(r"(?:" + _BLOB + r")*" + _REFWD + r"|[ \t]", re.IGNORECASE)
-_BLOB_RE = re.compile(_BLOB)
+_REFWD = re.compile(r"(?:re|fwd?)[ \t]*+(?:\[[^\[\]]*\][ \t]*+)?:", re.IGNORECASE)
 # Anything that could make the base subject differ from the subject itself.
 _SPECIAL = re.compile(r"[\[:(\t\r\n]|  |^ | $")
 _CACHE_MAX = 100_000
@@ -31,42 +30,52 @@ def base_subject(subject: str) -> tuple[str, bool]:
     """(base subject, is a reply or forward) of an already RFC 2047-decoded subject.
 
     The second value is True when the extraction removed a "Re:"/"Fw:"/"Fwd:" leader, a
-    "(fwd)" trailer or a "[fwd: ...]" wrapper: THREAD=REFERENCES (RFC 5256 section 4, step
-    5) needs it."""
+    "(fwd)" trailer or a "[fwd: ...]" wrapper: THREAD=REFERENCES (RFC 5256 section 5, step
+    5) needs it. The text is never copied while prefixes go: ``start`` and ``end`` move."""
     if not _SPECIAL.search(subject):
         return subject, False  # the common case: nothing to remove
     s = _BLANKS.sub(" ", subject)  # (1)
+    start, end = 0, len(s)
     refwd = False
     while True:
         # (2) remove subj-trailer ("(fwd)" / WSP) at the end, as long as there is one
-        while True:
-            if s.endswith((" ", "\t")):
-                s = s[:-1]
-            elif s[-5:].lower() == "(fwd)":
-                s = s[:-5]
+        while end > start:
+            if s[end - 1] in " \t":
+                end -= 1
+            elif end - start >= 5 and s[end - 5 : end].lower() == "(fwd)":
+                end -= 5
                 refwd = True
             else:
                 break
-        # (3) remove subj-leader prefixes; (4) a subj-blob prefix when a non-empty base
-        # remains; (5) repeat both until nothing matches
-        while True:
-            m = _LEADER.match(s)
-            if m is not None:
-                if m.group().strip(" \t"):
-                    refwd = True
-                s = s[m.end() :]
+        # (3) remove subj-leader prefixes (*subj-blob subj-refwd / WSP); (4) a subj-blob
+        # prefix when a non-empty base remains; (5) repeat both until nothing matches
+        while start < end:
+            if s[start] in " \t":
+                start += 1
                 continue
-            m = _BLOB_RE.match(s)
-            if m is not None and m.end() < len(s):
-                s = s[m.end() :]
+            blobs = _BLOBS.match(s, start, end)
+            after = blobs.end() if blobs is not None else start
+            leader = _REFWD.match(s, after, end)
+            if leader is not None:
+                start = leader.end()
+                refwd = True
                 continue
-            break
+            if after == start:
+                break
+            if after < end:  # every blob of the run can go: text remains after them
+                start = after
+                continue
+            last = s.rfind("[", start, end)  # all but the last blob (it is the base)
+            if last <= start:
+                break
+            start = last
         # (6) "[fwd:" subject "]": remove the wrapper and start again from step (2)
-        if s[:5].lower() == "[fwd:" and s.endswith("]"):
-            s = s[5:-1]
+        if end - start >= 6 and s[start : start + 5].lower() == "[fwd:" and s[end - 1] == "]":
+            start += 5
+            end -= 1
             refwd = True
             continue
-        return s, refwd  # (7)
+        return s[start:end], refwd  # (7)
 
 
 def casemap(text: str) -> str:

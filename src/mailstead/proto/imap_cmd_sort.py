@@ -164,9 +164,16 @@ async def _matching(s: ImapSession, key: SearchKey, wanted: frozenset[str]) -> F
         kept = [(seq, r) for seq, r in zip(seqs, rows, strict=True) if r is not None]
         seqs, rows = [seq for seq, _r in kept], [r for _seq, r in kept]
     found = Found(seqs, cast(list[SortFields], rows), highest)
-    for i, row in enumerate(found.rows):
-        if row.bare or ("references" in wanted and row.references is None):
-            found.rows[i] = _from_message(row, await view.body(row.blob_id, row.size))
+    refs = "references" in wanted
+    unknown = [i for i, row in enumerate(found.rows)
+               if row.bare or (refs and row.references is None)]
+    if unknown:  # rows stored without (some) envelope columns: the message file answers
+        files = {m.uid: m for m in await view.messages([found.rows[i].uid for i in unknown])}
+        for i in unknown:
+            stored_row = files.get(found.rows[i].uid)
+            if stored_row is not None:
+                data = await view.body(stored_row.blob_id, stored_row.size)
+                found.rows[i] = _from_message(found.rows[i], data)
     await _checkpoint(s)
     return found
 

@@ -193,8 +193,8 @@ class MetadataStore(Protocol):
     async def sort_fields(
         self, mailbox_id: int, wanted: Collection[str] = SORT_FIELDS
     ) -> list[SortFields]:
-        """Every message's SORT/THREAD fields, in UID order: uid, internal_date, blob_id and
-        bare always, the others when named in ``wanted`` (a subset of SORT_FIELDS)."""
+        """Every message's SORT/THREAD fields, in UID order: uid, internal_date and bare
+        always, the others when named in ``wanted`` (a subset of SORT_FIELDS)."""
 
     async def update_flags(
         self,

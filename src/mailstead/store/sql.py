@@ -943,7 +943,7 @@ def list_flags(db: Db, mailbox_id: int) -> list[FlagState]:
 # SortFields' columns in order: (field, column, what stands in when it is not wanted). Reading
 # only the columns a SORT needs makes 100,000 rows several times cheaper.
 _SORT_COLUMNS = (
-    ("size", "size", "0"), ("blob_id", "blob_id", None), ("subject", "env_subject", "''"),
+    ("size", "size", "0"), ("subject", "env_subject", "''"),
     ("from_", "env_from", "''"), ("to", "env_to", "''"), ("cc", "env_cc", "''"),
     ("date", "env_date", "NULL"), ("message_id", "env_message_id", "''"),
     ("in_reply_to", "env_in_reply_to", "''"), ("references", "env_references", "NULL"),
@@ -958,10 +958,7 @@ def sort_fields(db: Db, mailbox_id: int, wanted: Collection[str]) -> list[SortFi
     unknown = set(wanted) - SORT_FIELDS
     if unknown:
         raise ValueError(f"unknown sort fields {sorted(unknown)}")
-    cols = ", ".join(
-        column if blank is None or name in wanted else blank
-        for name, column, blank in _SORT_COLUMNS
-    )
+    cols = ", ".join(column if name in wanted else blank for name, column, blank in _SORT_COLUMNS)
     with gc_paused():
         rows = db.rows(
             f"SELECT uid, internal_date, {cols}, {_BARE} FROM messages WHERE mailbox_id = ? "
