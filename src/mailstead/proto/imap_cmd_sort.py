@@ -158,8 +158,12 @@ async def _matching(s: ImapSession, key: SearchKey, wanted: frozenset[str]) -> F
     stored = await view.sort_fields(wanted)
     await _checkpoint(s)
     with collector_paused():
-        by_uid = dict(zip([r.uid for r in stored], stored, strict=True))
-        rows = list(map(by_uid.get, uids))
+        stored_uids = list(map(attrgetter("uid"), stored))
+        rows: list[SortFields | None]
+        if stored_uids[: len(uids)] == uids:  # the usual case: the whole mailbox, in order
+            rows = list(stored[: len(uids)])
+        else:
+            rows = list(map(dict(zip(stored_uids, stored, strict=True)).get, uids))
     if None in rows:  # expunged meanwhile by another session
         kept = [(seq, r) for seq, r in zip(seqs, rows, strict=True) if r is not None]
         seqs, rows = [seq for seq, _r in kept], [r for _seq, r in kept]
