@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import NamedTuple, TypeVar, cast
 
 from mailstead.proto.base_subject import SubjectKeys
@@ -50,15 +51,23 @@ def ordered_subject(messages: Iterable[ThreadMessage], keys: SubjectKeys) -> str
     """RFC 5256 THREAD=ORDEREDSUBJECT: messages sorted by base subject then sent date; one
     thread per base subject whose first message is the parent of all the others (siblings),
     threads ordered by the sent date of their first message."""
-    ordered = sorted(messages, key=lambda m: (keys.get(m.subject)[2], m.date, m.seq))
+    msgs = list(messages)
+    subject_key = keys.get
+    subjects = [subject_key(m.subject)[2] for m in msgs]
+    # Three stable sorts of positions, the last key first (the keys are plain lists, so the
+    # comparisons run in C): mailbox order, then sent date, then base subject.
+    order = list(range(len(msgs)))
+    order.sort(key=list(map(attrgetter("seq"), msgs)).__getitem__)
+    order.sort(key=list(map(attrgetter("date"), msgs)).__getitem__)
+    order.sort(key=subjects.__getitem__)
     threads: list[list[ThreadMessage]] = []
     last_key: str | None = None
-    for m in ordered:
-        key = keys.get(m.subject)[2]
+    for i in order:
+        key = subjects[i]
         if key != last_key:
             threads.append([])
             last_key = key
-        threads[-1].append(m)
+        threads[-1].append(msgs[i])
     threads.sort(key=lambda t: (t[0].date, t[0].seq))
     out = []
     for t in threads:
@@ -123,10 +132,11 @@ def build_tree(messages: Iterable[ThreadMessage]) -> Steps[list[Node]]:
     table: dict[str, Node] = {}
     order: list[Node] = []  # every container, in creation order
     get = table.get
-    for n, m in enumerate(sorted(messages, key=lambda m: m.seq)):
+    find_ids = _MSG_ID.findall
+    for n, m in enumerate(sorted(messages, key=attrgetter("seq"))):
         if n % STEP == STEP - 1:
             yield
-        ids = message_ids(m.message_id)
+        ids = find_ids(m.message_id)
         own = table.get(ids[0]) if ids else None
         if own is not None and own.msg is None:
             own.msg = m  # a dummy created by an earlier reference
@@ -137,9 +147,9 @@ def build_tree(messages: Iterable[ThreadMessage]) -> Steps[list[Node]]:
             order.append(own)
             if ids and ids[0] not in table:
                 table[ids[0]] = own
-        refs = message_ids(m.references)
-        if not refs:
-            refs = message_ids(m.in_reply_to)[:1]
+        refs: list[str] = find_ids(m.references) if m.references else []
+        if not refs and m.in_reply_to:
+            refs = find_ids(m.in_reply_to)[:1]
         # (1.A) link the references in order, never changing an existing parent nor making
         # a loop (the References field may be truncated or reordered by a MUA)
         previous: Node | None = None
@@ -162,13 +172,13 @@ def build_tree(messages: Iterable[ThreadMessage]) -> Steps[list[Node]]:
 def _prune(roots: list[Node]) -> list[Node]:
     """Step 3: dummies without children go; a dummy's children take its place, except at the
     top level when there are several of them. Children are pruned before their parent."""
-    stack: list[tuple[Node, bool]] = [(r, False) for r in roots]
+    preorder: list[Node] = []
+    stack = list(roots)
     while stack:
-        node, done = stack.pop()
-        if not done:
-            stack.append((node, True))
-            stack.extend((c, False) for c in node.children)
-            continue
+        node = stack.pop()
+        preorder.append(node)
+        stack.extend(node.children)
+    for node in reversed(preorder):  # every node after all of its descendants
         if not node.children:
             continue
         kept: list[Node] = []
