@@ -1,11 +1,16 @@
 """SORT and UID SORT (RFC 5256 3, SORT=DISPLAY RFC 5957, ESORT RFC 5267 3) and THREAD and UID
 THREAD (RFC 5256 3, ORDEREDSUBJECT and REFERENCES). Pure code.
 
-The messages are chosen by the SEARCH evaluator (imap_search.compile_key), over the same
-stored rows; what a sort needs of a message (subject, addresses, Date:, Message-ID,
-In-Reply-To) is the envelope parsed at delivery, and the message file is read only when a
-search key needs its text, when a row was stored without an envelope, or for the References
-field that THREAD=REFERENCES reads.
+The messages are chosen by the SEARCH evaluator (imap_search.compile_key): flag-only keys
+from the flag rows, others over the full rows. What a sort needs of a message (subject,
+addresses, Date:, Message-ID, In-Reply-To, References) comes from the envelope columns
+parsed at delivery, read in one query of only the columns wanted (SelectedView.sort_fields);
+a message file is read only when a search key needs its text, or for a row stored without
+envelope columns (or, for THREAD=REFERENCES, before References was kept).
+
+The per-message work is cut in steps with ``_checkpoint`` between them (the session's
+per-command work budget, where the session has one), and the cyclic collector is held off
+while a step builds its many acyclic objects.
 """
 
 from __future__ import annotations
