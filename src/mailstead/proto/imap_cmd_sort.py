@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mailstead.core.models import SortFields
 from mailstead.proto import imap_format as fmt
@@ -46,10 +46,10 @@ from mailstead.proto.imap_search import (
     uses_modseq,
 )
 from mailstead.proto.imap_thread import (
-    Node,
+    Steps,
     ThreadMessage,
     format_threads,
-    ordered_subject,
+    ordered_subject_steps,
     references_steps,
 )
 
@@ -70,6 +70,21 @@ async def _checkpoint(s: ImapSession) -> None:
     checkpoint: Callable[[], Any] | None = getattr(s, "checkpoint", None)
     if checkpoint is not None:
         await checkpoint()
+
+
+T = TypeVar("T")
+
+
+async def _drive(s: ImapSession, steps: Steps[T]) -> T:
+    """Runs a stepped computation (imap_thread.Steps), the other sessions getting a turn
+    between its steps."""
+    while True:
+        try:
+            with collector_paused():
+                next(steps)
+        except StopIteration as done:
+            return cast(T, done.value)
+        await _checkpoint(s)
 
 
 @dataclass(slots=True)
@@ -358,19 +373,10 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
     await _checkpoint(s)
     subjects = SubjectKeys()
     if wants_refs:
-        steps = references_steps(messages, subjects)
-        while True:  # a turn for the other sessions between steps
-            try:
-                with collector_paused():
-                    next(steps)
-            except StopIteration as done:
-                top: list[Node] = done.value
-                break
-            await _checkpoint(s)
+        top = await _drive(s, references_steps(messages, subjects))
         with collector_paused():
             text = format_threads(top)
     else:
-        with collector_paused():
-            text = ordered_subject(messages, subjects)
+        text = await _drive(s, ordered_subject_steps(messages, subjects))
     s.io.write(("* THREAD" + (" " + text if text else "")).encode() + b"\r\n")
     return Reply("OK", "Thread completed")

@@ -48,27 +48,39 @@ def message_ids(value: str) -> list[str]:
 
 
 def ordered_subject(messages: Iterable[ThreadMessage], keys: SubjectKeys) -> str:
+    return run(ordered_subject_steps(messages, keys))
+
+
+def ordered_subject_steps(messages: Iterable[ThreadMessage], keys: SubjectKeys) -> Steps[str]:
     """RFC 5256 THREAD=ORDEREDSUBJECT: messages sorted by base subject then sent date; one
     thread per base subject whose first message is the parent of all the others (siblings),
-    threads ordered by the sent date of their first message."""
+    threads ordered by the sent date of their first message. Returns the thread lists of
+    the THREAD response (see ``Steps``)."""
     msgs = list(messages)
     subject_key = keys.get
-    subjects = [subject_key(m.subject)[2] for m in msgs]
+    subjects: list[str] = []
+    for start in range(0, len(msgs), STEP):
+        subjects += [subject_key(m.subject)[2] for m in msgs[start : start + STEP]]
+        yield
     # Three stable sorts of positions, the last key first (the keys are plain lists, so the
     # comparisons run in C): mailbox order, then sent date, then base subject.
     order = list(range(len(msgs)))
     order.sort(key=list(map(attrgetter("seq"), msgs)).__getitem__)
     order.sort(key=list(map(attrgetter("date"), msgs)).__getitem__)
     order.sort(key=subjects.__getitem__)
+    yield
     threads: list[list[ThreadMessage]] = []
     last_key: str | None = None
-    for i in order:
+    for n, i in enumerate(order):
+        if n % STEP == STEP - 1:
+            yield
         key = subjects[i]
         if key != last_key:
             threads.append([])
             last_key = key
         threads[-1].append(msgs[i])
     threads.sort(key=lambda t: (t[0].date, t[0].seq))
+    yield
     out = []
     for t in threads:
         head = str(t[0].number)
@@ -169,7 +181,7 @@ def build_tree(messages: Iterable[ThreadMessage]) -> Steps[list[Node]]:
     return [node for node in order if node.parent is None]  # (2)
 
 
-def _prune(roots: list[Node]) -> list[Node]:
+def _prune(roots: list[Node]) -> Steps[list[Node]]:
     """Step 3: dummies without children go; a dummy's children take its place, except at the
     top level when there are several of them. Children are pruned before their parent."""
     preorder: list[Node] = []
@@ -178,7 +190,9 @@ def _prune(roots: list[Node]) -> list[Node]:
         node = stack.pop()
         preorder.append(node)
         stack.extend(node.children)
-    for node in reversed(preorder):  # every node after all of its descendants
+    for n, node in enumerate(reversed(preorder)):  # every node after its descendants
+        if n % STEP == STEP - 1:
+            yield
         if not node.children:
             continue
         kept: list[Node] = []
@@ -202,7 +216,7 @@ def _prune(roots: list[Node]) -> list[Node]:
     return top
 
 
-def _group_by_subject(top: list[Node], keys: SubjectKeys) -> list[Node]:
+def _group_by_subject(top: list[Node], keys: SubjectKeys) -> Steps[list[Node]]:
     """Step 5: top-level threads whose (non-empty) base subjects are equal are gathered."""
 
     def subject_of(node: Node) -> tuple[str, bool]:
@@ -212,7 +226,9 @@ def _group_by_subject(top: list[Node], keys: SubjectKeys) -> list[Node]:
         return key, refwd and node.msg is not None
 
     table: dict[str, Node] = {}
-    for node in top:  # (5.B)
+    for n, node in enumerate(top):  # (5.B)
+        if n % STEP == STEP - 1:
+            yield
         key, refwd = subject_of(node)
         if not key:
             continue
@@ -224,7 +240,9 @@ def _group_by_subject(top: list[Node], keys: SubjectKeys) -> list[Node]:
         if held is None or better:
             table[key] = node
     result = list(top)
-    for node in top:  # (5.C)
+    for n, node in enumerate(top):  # (5.C)
+        if n % STEP == STEP - 1:
+            yield
         if node.parent is not None or node.dead:
             continue  # gathered under another thread already
         key, refwd = subject_of(node)
@@ -250,7 +268,7 @@ def _group_by_subject(top: list[Node], keys: SubjectKeys) -> list[Node]:
     return [n for n in result if n.parent is None and not n.dead]
 
 
-def _sort_siblings(top: list[Node]) -> list[Node]:
+def _sort_siblings(top: list[Node]) -> Steps[list[Node]]:
     """Step 6: every set of siblings by sent date, the deepest ones first."""
     post: list[Node] = []
     stack = list(top)
@@ -258,7 +276,9 @@ def _sort_siblings(top: list[Node]) -> list[Node]:
         node = stack.pop()
         post.append(node)
         stack.extend(node.children)
-    for node in reversed(post):  # children before their parents
+    for n, node in enumerate(reversed(post)):  # children before their parents
+        if n % STEP == STEP - 1:
+            yield
         if len(node.children) > 1:
             node.children.sort(key=_order)
     return sorted(top, key=_order)
@@ -267,16 +287,15 @@ def _sort_siblings(top: list[Node]) -> list[Node]:
 def references_steps(messages: Iterable[ThreadMessage], keys: SubjectKeys) -> Steps[list[Node]]:
     """RFC 5256 THREAD=REFERENCES: the top-level threads, each sorted (see ``Steps``)."""
     roots = yield from build_tree(messages)  # steps 1-2
-    top = _prune(roots)  # (3)
-    yield
+    top = yield from _prune(roots)  # (3)
     for node in top:  # (4) a dummy sorts as its earliest child
         if node.msg is None:
             node.children.sort(key=_order)
     top.sort(key=_order)
     yield
-    top = _group_by_subject(top, keys)  # (5)
+    top = yield from _group_by_subject(top, keys)  # (5)
     yield
-    return _sort_siblings(top)  # (6)
+    return (yield from _sort_siblings(top))  # (6)
 
 
 def references(messages: Iterable[ThreadMessage], keys: SubjectKeys) -> list[Node]:
