@@ -443,7 +443,8 @@ async def main() -> None:
                 data_dir).listeners} | {"imap": {"address": "127.0.0.1", "port": 0,
                                                   "enabled": True, "tls": "none"}},
             "auth": {"allow_plaintext_on_loopback": True},
-            "limits": {"max_connections": 20_000, "max_connections_per_ip": 20_000},
+            "limits": {"max_connections": 20_000, "max_connections_per_ip": 20_000,
+                       "imap_sessions_per_user_ip": 20_000},
         }
         cfg = bootstrap.build_config(data_dir, overrides)
         await bootstrap.initialise(cfg, demo_domain=None)

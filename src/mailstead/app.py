@@ -84,9 +84,7 @@ class App:
         self.changes = ChangeBus()
         self.store = make_metadata_store(cfg, self.changes)
         self.blobs = make_blob_store(cfg)
-        self.limiter = AuthLimiter(
-            cfg.auth.max_failures, cfg.auth.lockout_seconds, cfg.auth.failure_delay
-        )
+        self.limiter = AuthLimiter.from_config(cfg.auth)
         self.caps = ConnectionCaps(cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
         self.services = Services(
             cfg=cfg,

@@ -84,7 +84,8 @@ class LimitsConfig(_Section):
     )
     max_recipients: int = Field(100, description="recipients per SMTP message", ge=1)
     max_errors: int = Field(
-        10, description="protocol errors in one session before it is disconnected", ge=1
+        10, description="protocol errors in one SMTP, POP3 or DMTP/DMAP session before it is "
+        "disconnected (IMAP: imap_max_errors)", ge=1
     )
     smtp_idle_timeout: int = Field(300, description="seconds an SMTP client may stay idle", ge=1)
     imap_idle_timeout: int = Field(
@@ -93,10 +94,24 @@ class LimitsConfig(_Section):
     pop3_idle_timeout: int = Field(600, description="seconds a POP3 client may stay idle", ge=1)
     max_connections: int = Field(20_000, description="open connections in total", ge=1)
     max_connections_per_ip: int = Field(
-        200, description="open connections from one IP address", ge=1
+        50, description="open connections from one IP address", ge=1
     )
     imap_max_commands: int = Field(
         1_000_000, description="commands in one IMAP session before BYE", ge=1
+    )
+    imap_max_errors: int = Field(
+        20, description="IMAP commands answered BAD in one session before BYE (clients probe "
+        "for extensions more than SMTP/POP3 clients, which max_errors bounds)", ge=1
+    )
+    imap_sessions_per_user_ip: int = Field(
+        10, description="logged-in IMAP sessions of one user from one IP address; one more is "
+        "refused at LOGIN with NO [LIMIT]", ge=1
+    )
+    imap_command_seconds: float = Field(
+        30.0,
+        description="CPU seconds of work one IMAP command may cost (SEARCH, FETCH...) before "
+        "it fails with NO [LIMIT]; waiting for the client or the store is not counted",
+        gt=0,
     )
 
 
@@ -106,11 +121,24 @@ class AuthConfig(_Section):
         description="allow passwords without TLS for clients on 127.0.0.0/8 and ::1",
     )
     max_failures: int = Field(
-        5, description="failed logins (per IP or per account) before a temporary lockout", ge=1
+        5, description="failed logins from one IP address before that address is blocked "
+        "(the account itself is never locked)", ge=1
     )
-    lockout_seconds: int = Field(300, description="how long a lockout lasts", ge=1)
+    lockout_seconds: int = Field(
+        300, description="how long an address or network stays blocked; failures further "
+        "apart than this are not added up", ge=1
+    )
     failure_delay: float = Field(
-        0.5, description="seconds of delay after a failed login, doubled per failure", ge=0
+        0.5, description="seconds before answering a failed login, doubled per failure from "
+        "the same address (at most 8)", ge=0
+    )
+    network_max_failures: int = Field(
+        20, description="failed logins from one network (IPv4 /24, IPv6 /64) before its "
+        "failing addresses are blocked and new ones queued one a second", ge=1
+    )
+    account_max_failures_per_minute: int = Field(
+        10, description="failed logins on one account within a minute (from anywhere) before "
+        "addresses that failed on it are refused and new ones queued one a second", ge=1
     )
     cache_seconds: int = Field(
         300, description="how long a verified password is remembered in memory", ge=0

@@ -3,6 +3,8 @@ SQLite and PostgreSQL where the store decides the answer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from tests.conftest import RunningServer
@@ -231,5 +233,156 @@ def test_binary_appended_parts_never_reach_an_ordinary_literal(
         fetched = b"".join(lines[:-1])
         assert b"BINARY[1] ~{6}\r\n\x00\x01\x02end" in fetched
         assert b"BODY[TEXT] {" in fetched and b"AAECZW5k" in fetched
+    finally:
+        raw.close()
+
+
+def _uidvalidity(raw: Raw, mailbox: str) -> int:
+    line = raw.cmd(f"STATUS {mailbox} (UIDVALIDITY)")[0]
+    return int(line.rsplit(b" ", 1)[1].rstrip(b")"))
+
+
+@BOTH
+def test_catenate_builds_a_message_from_text_and_urls(mail_server: RunningServer) -> None:
+    """RFC 4469 (the section 3 example): a draft's header and first part, new text, and a
+    whole other message, joined into one new message; with MULTIAPPEND, PARTIAL, and the
+    BADURL / TOOBIG refusals."""
+    boundary = b"--------------030308070208000400050907"
+    draft = (b"From: alice@example.test\r\nSubject: Fwd: report\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: multipart/mixed; boundary=\"" + boundary[2:] + b"\"\r\n\r\n"
+             + boundary + b"\r\nContent-Type: text/plain\r\n\r\nSee below.\r\n"
+             + boundary + b"--\r\n")
+    forwarded = b"From: carol@example.org\r\nSubject: report\r\n\r\nThe report.\r\n"
+    raw = Raw(mail_server)
+    raw.login()
+    try:
+        draft_uid = _append(raw, draft)
+        fwd_uid = _append(raw, forwarded)
+        v = _uidvalidity(raw, "INBOX")
+        base = f"/INBOX;UIDVALIDITY={v}/;UID={draft_uid}"
+        sep = b"\r\n" + boundary + b"\r\n"
+        tag = raw.tag()
+        raw.send(f'{tag} APPEND Drafts (\\Seen \\Draft $MDNSent) CATENATE '
+                 f'(URL "{base}/;section=HEADER" TEXT {{{len(sep)}}}\r\n'.encode())
+        assert raw.readline().startswith(b"+ ")  # a synchronising literal mid-CATENATE
+        raw.send(sep + f' URL "{base}/;section=1.MIME" URL "{base}/;section=1" '
+                 f'TEXT {{{len(sep)}+}}\r\n'.encode() + sep
+                 + f' URL "/INBOX;UIDVALIDITY={v}/;UID={fwd_uid}" TEXT '.encode())
+        end = b"\r\n" + boundary + b"--\r\n"
+        raw.send(b"{%d+}\r\n" % len(end) + end + b")\r\n")
+        lines = raw.until(tag)
+        assert lines[-1].split()[1] == b"OK", lines
+        raw.cmd("SELECT Drafts")
+        body = b"".join(raw.cmd("FETCH 1 (FLAGS BODY.PEEK[])")[:-1])
+        header = draft.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+        expected = (header + sep + b"Content-Type: text/plain\r\n\r\n" + b"See below."
+                    + sep + forwarded + end)
+        assert b"BODY[] {%d}\r\n" % len(expected) + expected in body
+        assert b"\\Seen" in body and b"$MDNSent" in body
+
+        # MULTIAPPEND with a CATENATE beside a plain literal; an absolute URL and PARTIAL.
+        tag = raw.tag()
+        plain = b"Subject: plain\r\n\r\nplain\r\n"
+        url = (f"imap://alice%40example.test@localhost/INBOX;UIDVALIDITY={v}/;UID={fwd_uid}"
+               f"/;PARTIAL=0.35")
+        raw.send(f'{tag} APPEND Drafts CATENATE (URL "{url}" TEXT {{8+}}\r\n'.encode()
+                 + b"\r\n\r\nhi\r\n" + b") {%d+}\r\n" % len(plain) + plain + b"\r\n")
+        lines = raw.until(tag)
+        assert lines[-1].split()[1] == b"OK" and b"APPENDUID" in lines[-1], lines
+        raw.cmd("SELECT Drafts")
+        fetched = b"".join(raw.cmd("FETCH 2:3 (BODY.PEEK[])")[:-1])
+        assert forwarded[:35] + b"\r\n\r\nhi\r\n" in fetched and plain in fetched
+
+        # What names nothing of ours is BADURL; nothing is stored.
+        for bad in (f"/INBOX;UIDVALIDITY={v + 1}/;UID={fwd_uid}",
+                    f"/INBOX;UIDVALIDITY={v}/;UID=999",
+                    f"/Nope;UIDVALIDITY={v}/;UID={fwd_uid}",
+                    f"/INBOX/;UID={fwd_uid}/;SECTION=7",
+                    f"imap://bob%40example.test@localhost/INBOX/;UID={fwd_uid}",
+                    f"/INBOX/;UID={fwd_uid};URLAUTH=anonymous:internal:0123",
+                    "http://example.org/x"):
+            lines = raw.cmd(f'APPEND Drafts CATENATE (URL "{bad}")')
+            assert lines[-1].split()[1:3] == [b"NO", b"[BADURL"], (bad, lines)
+        assert raw.cmd("STATUS Drafts (MESSAGES)")[0].endswith(b"(MESSAGES 3)")
+        assert b"CATENATE" in b"".join(raw.cmd("CAPABILITY"))
+    finally:
+        raw.close()
+
+
+def test_catenate_past_the_size_limit_is_toobig(make_server: Callable[..., RunningServer]) -> None:
+    server = make_server(limits={"max_message_size": 4096})
+    raw = Raw(server)
+    raw.login()
+    try:
+        uid = _append(raw, b"Subject: part\r\n\r\n" + b"x" * 2000 + b"\r\n")
+        text = b"y" * 2500
+        lines = raw.cmd(b'APPEND INBOX CATENATE (URL "/INBOX/;UID=%d" TEXT {%d+}\r\n'
+                        % (uid, len(text)) + text + b")")
+        assert lines[-1].split()[1:3] == [b"NO", b"[TOOBIG]"], lines[-1]
+        assert raw.cmd("STATUS INBOX (MESSAGES)")[0].endswith(b"(MESSAGES 1)")
+        assert raw.cmd("NOOP")[-1].split()[1] == b"OK"
+    finally:
+        raw.close()
+
+
+@BOTH
+def test_sent_date_searches_use_the_day_in_the_senders_zone(mail_server: RunningServer) -> None:
+    """RFC 3501 6.4.4: SENTBEFORE/SENTON/SENTSINCE compare the Date: header's day, ignoring
+    time and zone: 01:30 +0200 on 25 March was 24 March in UTC but is sent on the 25th."""
+    dates = {
+        "east": "Sun, 25 Mar 2007 01:30:00 +0200",  # 24 Mar 23:30 UTC
+        "west": "Sat, 24 Mar 2007 23:30:00 -0500",  # 25 Mar 04:30 UTC
+        "noon": "Sun, 25 Mar 2007 12:00:00 +0000",
+        "far": "Mon, 01 Jan 2024 10:00:00 +0000",
+    }
+    raw = Raw(mail_server)
+    raw.login()
+    try:
+        for name, when in dates.items():
+            _append(raw, f"Date: {when}\r\nSubject: {name}\r\n\r\n{name}\r\n".encode())
+        deliver(mail_server, b"Date: Sun, 25 Mar 2007 00:10:00 +0100\r\nSubject: raw\r\n\r\nx\r\n")
+        raw.cmd("SELECT INBOX")
+
+        def search(criteria: str) -> list[int]:
+            line = raw.cmd(f"SEARCH {criteria}")[0]
+            return [int(n) for n in line.split()[2:]]
+
+        assert search("SENTBEFORE 25-Mar-2007") == [2]
+        assert search("SENTON 25-Mar-2007") == [1, 3, 5]
+        assert search("SENTON 24-Mar-2007") == [2]
+        assert search("SENTSINCE 25-Mar-2007") == [1, 3, 4, 5]
+        assert search("SENTSINCE 26-Mar-2007") == [4]
+        assert search("NOT SENTON 25-Mar-2007") == [2, 4]
+    finally:
+        raw.close()
+
+
+@BOTH
+def test_esearch_modseq_is_that_of_the_messages_returned(mail_server: RunningServer) -> None:
+    """RFC 7162 3.1.5 with RFC 4731 3.2: ESEARCH RETURN (MIN) / (MAX) carries the MODSEQ of the
+    message it returns; with ALL or COUNT the highest of all matches."""
+    for i in range(3):
+        deliver(mail_server, message(f"m{i}"))
+    raw = Raw(mail_server)
+    raw.login()
+    try:
+        raw.cmd("SELECT INBOX (CONDSTORE)")
+        raw.cmd("STORE 3 +FLAGS (\\Flagged)")
+        raw.cmd("STORE 1 +FLAGS (\\Flagged)")
+        modseq = {}
+        for line in raw.cmd("FETCH 1:3 (MODSEQ)")[:-1]:
+            modseq[int(line.split()[1])] = int(line.split(b"MODSEQ (")[1].rstrip(b"))"))
+        assert modseq[1] > modseq[3] > modseq[2]
+
+        def esearch(returns: str) -> bytes:
+            return raw.cmd(f"SEARCH RETURN ({returns}) MODSEQ 1")[0]
+
+        assert esearch("MIN").endswith(b"MIN 1 MODSEQ %d" % modseq[1])
+        assert esearch("MAX").endswith(b"MAX 3 MODSEQ %d" % modseq[3])
+        assert esearch("MIN MAX").endswith(b"MODSEQ %d" % max(modseq[1], modseq[3]))
+        lines = raw.cmd("SEARCH RETURN (MAX) FLAGGED MODSEQ 1")[0]
+        assert lines.endswith(b"MAX 3 MODSEQ %d" % modseq[3])
+        assert esearch("COUNT").endswith(b"COUNT 3 MODSEQ %d" % max(modseq.values()))
+        assert esearch("ALL").endswith(b"MODSEQ %d" % max(modseq.values()))
     finally:
         raw.close()

@@ -121,10 +121,10 @@ def test_repeated_failures_lock_out_with_sys_temp(
 ) -> None:
     server = make_server(auth={"max_failures": 2, "failure_delay": 0})
     client = stls_client(server, login=False)
-    for _ in range(2):
+    for n in range(2):  # distinct guesses (the same wrong one again is not counted again)
         client.user(ALICE)
         with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
-            client.pass_("wrong password")
+            client.pass_(f"wrong password {n}")
     client.user(ALICE)
     with pytest.raises(poplib.error_proto, match=r"-ERR \[SYS/TEMP\]"):
         client.pass_(PASSWORD)

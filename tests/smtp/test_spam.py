@@ -98,7 +98,8 @@ def test_submission_is_not_scored(mail_server: RunningServer) -> None:
     with smtplib.SMTP("127.0.0.1", mail_server.ports["submission"], timeout=30) as client:
         client.starttls(context=mail_server.ssl_context())
         client.login(BOB, PASSWORD)
-        client.sendmail(BOB, [ALICE], mail("from bob", "hi"))
+        raw = mail("from bob", "hi").replace(b"Carol <carol@remote.test>", BOB.encode())
+        client.sendmail(BOB, [ALICE], raw)
     [stored] = inbox(mail_server, ALICE)
     assert "X-Spam-" not in stored.headers
 

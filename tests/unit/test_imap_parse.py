@@ -182,3 +182,24 @@ def test_sequence_set_round_trip(ranges: list[tuple[int, int]]) -> None:
     text = ",".join(f"{a}:{b}" for a, b in ranges).encode()
     cmd = p.parse_command(b"a FETCH " + text + b" FLAGS")
     assert isinstance(cmd.args, p.FetchArgs) and list(cmd.args.numbers.ranges) == ranges
+
+
+# -- bounded work per command (issue 16) --
+
+
+def test_caps_on_items_keys_and_ranges() -> None:
+    keys = " ".join(f'TEXT "k{i}"' for i in range(p.MAX_ITEMS + 1))
+    with pytest.raises(p.ParseError) as info:
+        p.parse_command(b"a SEARCH " + keys.encode())
+    assert info.value.code == "LIMIT" and info.value.tag == "a"
+    ok = " ".join(f'TEXT "k{i}"' for i in range(p.MAX_ITEMS))
+    assert isinstance(p.parse_command(b"a SEARCH " + ok.encode()).args, p.SearchArgs)
+    with pytest.raises(p.ParseError, match="FETCH attributes"):
+        p.parse_command(b"a FETCH 1 (" + b" ".join([b"UID"] * (p.MAX_FETCH_ITEMS + 1)) + b")")
+    with pytest.raises(p.ParseError, match="too many items"):
+        p.parse_command(b"a STORE 1 +FLAGS (" + b" ".join(b"k%d" % i for i in range(1001)) + b")")
+    ranges = b",".join(b"%d" % (2 * i + 1) for i in range(p.MAX_RANGES + 1))
+    with pytest.raises(p.ParseError, match="too many ranges"):
+        p.parse_command(b"a UID FETCH " + ranges + b" FLAGS")
+    with pytest.raises(p.ParseError, match="nested too deeply"):
+        p.parse_command(b"a SEARCH " + b"NOT " * 60 + b"ALL")

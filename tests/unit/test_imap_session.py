@@ -38,6 +38,9 @@ class RecordingIO:
     async def start_tls(self) -> None:
         self.is_tls = True
 
+    async def pause(self) -> None:
+        pass
+
     async def idle_wait(self, wait_change: Callable[[], Awaitable[bool]] | None) -> bytes | None:
         return self.lines.pop(0)
 

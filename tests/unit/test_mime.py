@@ -1149,3 +1149,32 @@ hi
 ])
 def test_quoted_printable_decoding_follows_rfc_2045(encoded: bytes, decoded: bytes) -> None:
     assert decode_quoted_printable(encoded) == decoded
+
+
+# -- bounded work on hostile headers (issue 16) --
+
+
+def test_header_of_many_fields_is_capped_but_keeps_its_extent_and_key_fields() -> None:
+    trace = b"".join(b"Received: from relay%d\r\n\tby mx.example.test\r\n" % i
+                     for i in range(mime.MAX_FIELDS + 5000))
+    data = (trace + b"From: Carol <carol@example.org>\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n"
+            b" ole\r\nContent-Type: text/plain; charset=utf-8\r\nX-Late: dropped\r\n\r\nbody\r\n")
+    root = mime.parse(data)
+    assert root.header_end == data.index(b"\r\n\r\n") + 4  # BODY[HEADER] is still all of it
+    assert data[root.body_start:] == b"body\r\n"
+    assert len(root.fields) <= mime.MAX_FIELDS + mime.MAX_LATE_FIELDS
+    assert root.get("X-Late") is None  # past the cap only the key fields are kept
+    assert mime.decoded_header(root.get("Subject") or "") == "café ole"
+    assert root.get("From") == "Carol <carol@example.org>"
+    assert root.charset == "utf-8"
+    late = next(f for f in root.fields if f.name == "Subject")
+    assert data[late.start:late.end] == b"Subject: =?utf-8?q?caf=C3=A9?=\r\n ole\r\n"
+    envelope = mime.parse_envelope_fields(data)
+    assert envelope.subject == "café ole" and envelope.from_ == "Carol <carol@example.org>"
+
+
+def test_header_of_many_tiny_fields_parses_in_linear_time() -> None:
+    data = b"a:\r\n" * 1_000_000 + b"\r\nbody\r\n"  # would be seconds field by field
+    root = mime.parse(data)
+    assert len(root.fields) == mime.MAX_FIELDS
+    assert data[root.body_start:] == b"body\r\n"

@@ -318,6 +318,22 @@ async def test_too_many_recipients() -> None:
     assert (await c.data(wire(MESSAGE))).code == 250
 
 
+async def test_too_many_recipients_is_not_an_error() -> None:
+    # RFC 5321 4.5.3.1.10: far more 452s than max_errors, and the session and its transaction
+    # go on; the message reaches the recipients accepted.
+    c = Client(max_recipients=3, max_errors=2)
+    await c.envelope("<alice@example.test>", "<bob@example.test>", "<fwd@example.test>")
+    for _ in range(50):
+        answer = await c.cmd("RCPT TO:<team@example.test>")
+        assert (answer.code, answer.lines[0][:5], answer.action) == (452, "4.5.3", Action.NONE)
+    assert c.session.errors == 0
+    assert await c.code("DATA") == "354 End"
+    assert (await c.data(wire(MESSAGE))).code == 250
+    [(txn, _message)] = c.backend.delivered
+    assert [r.address for r in txn.recipients] == [
+        "alice@example.test", "bob@example.test", "fwd@example.test"]
+
+
 async def test_recipient_listed_twice_is_accepted_twice() -> None:
     c = Client()
     await c.envelope("<alice@example.test>", "<alice@example.test>")
@@ -381,6 +397,26 @@ async def test_smtputf8_addresses() -> None:
     await c.cmd("DATA")
     assert (await c.data(wire("Subject: olé\r\n\r\nx\r\n".encode()))).code == 250
     assert c.backend.delivered[0][0].protocol == "UTF8SMTP"
+
+
+@pytest.mark.parametrize("line", [b"NOOP\n", b"EHLO c\n", b"MAIL FROM:<a@remote.test>\n",
+                                  b"QUIT\n", b"NOOP\r", b"NOOP\r\r\n", b"NO\rOP\r\n"])
+async def test_command_line_must_end_with_crlf(line: bytes) -> None:
+    # RFC 5321 2.3.8: a bare LF, like a bare CR, is no line end, and nothing is done.
+    c = Client()
+    answer = await c.cmd(line)
+    assert (answer.code, answer.lines[0][:5], answer.action) == (500, "5.5.2", Action.NONE)
+    assert c.session.helo is None and c.session.txn is None
+    assert await c.code("NOOP") == "250 2.0.0"
+
+
+async def test_auth_response_with_bare_lf_is_refused() -> None:
+    c = submission()
+    await c.cmd("EHLO c")
+    assert (await c.cmd("AUTH PLAIN")).code == 334
+    answer = await c.cmd(b64("\0alice@example.test\0" + PASSWORD).encode() + b"\n")
+    assert (answer.code, answer.lines[0][:5]) == (500, "5.5.2")
+    assert c.session.account is None and not c.session.in_auth_exchange
 
 
 async def test_command_that_is_not_utf8() -> None:
@@ -626,7 +662,7 @@ async def test_submission_to_any_recipient() -> None:
     assert await c.code("RCPT TO:<bob@example.test>") == "250 2.1.5"
     assert await c.code("RCPT TO:<nobody@example.test>") == "550 5.1.1"
     await c.cmd("DATA")
-    assert (await c.data(wire(MESSAGE))).code == 250
+    assert (await c.data(wire(b"From: alice@example.test\r\n" + MESSAGE))).code == 250
     txn = c.backend.delivered[0][0]
     assert txn.protocol == "ESMTPSA"
     assert txn.account is not None and txn.account.address == "alice@example.test"
@@ -673,18 +709,32 @@ async def test_bdat_refused_chunk_is_still_consumed() -> None:
     c = Client()
     await c.cmd("EHLO c")
     answer = await c.cmd("BDAT 5")
-    assert (answer.action, answer.chunk_size) == (Action.READ_CHUNK, 5)
-    c.session.on_chunk(b"hello")
-    assert (await c.session.on_chunk_end()).code == 503
+    # Answered at once; the driver then reads the 5 octets and drops them.
+    assert (answer.code, answer.action, answer.chunk_size) == (503, Action.DISCARD_CHUNK, 5)
 
 
-async def test_bdat_too_big_fails_transaction() -> None:
+async def test_bdat_too_big_fails_transaction_at_once() -> None:
     c = Client(max_message_size=1024)
     await c.envelope("<alice@example.test>")
     assert (await c.bdat(b"x" * 1000)).code == 250
-    assert (await c.bdat(b"x" * 100)).code == 552
+    # The size alone tells: 552 before any of the chunk is read, and none of it is kept.
+    answer = await c.cmd("BDAT 100")
+    assert (answer.code, answer.lines[0][:5]) == (552, "5.3.4")
+    assert (answer.action, answer.chunk_size) == (Action.DISCARD_CHUNK, 100)
     # RFC 3030 2: chunks pipelined after the failure are discarded.
     assert (await c.bdat(b"x", last=True)).code == 503
+    assert c.backend.delivered == []
+    assert [r.code for _t, _s, r in c.backend.done] == [552]
+    # The session goes on: a new transaction works.
+    await c.cmd("RSET")
+    assert await c.code("MAIL FROM:<a@remote.test>") == "250 2.1.0"
+
+
+async def test_bdat_chunk_larger_than_any_message_hangs_up() -> None:
+    c = Client(max_message_size=1024)
+    await c.envelope("<alice@example.test>")
+    answer = await c.cmd(f"BDAT {10**18} LAST")
+    assert (answer.code, answer.lines[0][:5], answer.action) == (552, "5.3.4", Action.CLOSE)
     assert c.backend.delivered == []
 
 
@@ -819,3 +869,112 @@ def test_protocol_modules_are_pure(module: str) -> None:
         for name in names:
             assert not name.startswith(forbidden), name
             assert not name.startswith("mailstead.store") or name == "mailstead.store.interfaces"
+
+
+# -- header checks: loops (RFC 5321 6.3) and the submitted From: ---------------------------
+
+
+def received(n: int) -> bytes:
+    return b"".join(b"Received: from hop%d.example.org by x; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+                    % i for i in range(n))
+
+
+@pytest.mark.parametrize("hops,expected", [(100, 250), (101, 554)])
+async def test_routing_loop_by_received_count(hops: int, expected: int) -> None:
+    c = Client(max_message_size=100_000)
+    await c.envelope("<alice@example.test>")
+    await c.cmd("DATA")
+    answer = await c.data(wire(received(hops) + MESSAGE))
+    assert answer.code == expected
+    if expected == 554:
+        assert answer.lines[0].startswith("5.4.6 Routing loop detected")
+        assert c.backend.delivered == []
+        assert [r.code for _t, _s, r in c.backend.done] == [554]
+
+
+async def test_received_fields_in_the_body_do_not_count() -> None:
+    c = Client(max_message_size=100_000)
+    await c.envelope("<alice@example.test>")
+    answer = await c.bdat(b"Subject: fwd\r\n\r\n" + received(150), last=True)
+    assert answer.code == 250
+    # Case and obsolete white space before the colon are still the same field.
+    await c.envelope("<alice@example.test>")
+    answer = await c.bdat(received(60) + received(41).replace(b"Received:", b"rECEIVED :")
+                          + MESSAGE, last=True)
+    assert (answer.code, answer.lines[0][:5]) == (554, "5.4.6")
+
+
+async def test_routing_loop_on_submission_too() -> None:
+    c = await logged_in()
+    await c.cmd("MAIL FROM:<alice@example.test>")
+    await c.cmd("RCPT TO:<bob@example.test>")
+    answer = await c.bdat(received(101) + b"From: alice@example.test\r\n" + MESSAGE, last=True)
+    assert (answer.code, answer.lines[0][:5]) == (554, "5.4.6")
+
+
+async def submit(header: bytes, user: str = "alice@example.test") -> Reply:
+    c = await logged_in(user)
+    assert await c.code(f"MAIL FROM:<{user}>") == "250 2.1.0"
+    assert await c.code("RCPT TO:<friend@remote.test>") == "250 2.1.5"
+    await c.cmd("DATA")
+    answer = await c.data(wire(header + b"Subject: hi\r\n\r\nHello\r\n"))
+    assert (answer.code == 250) == bool(c.backend.delivered)
+    return answer
+
+
+@pytest.mark.parametrize("header", [
+    b"From: alice@example.test\r\n",
+    b"From: Alice <alice@example.test>\r\n",
+    b"From: \"Alice, at home\" <Alice+home@Example.Test>\r\n",
+    b"from : Alice Q. Liddell (me) <alice@example.test> (really)\r\n",
+    b"From: Alice\r\n <alice@example.test>\r\n",  # folded
+    b"From: =?utf-8?q?Al=C3=AFce?= <alice@example.test>, alias-of-alice@example.test\r\n",
+    "From: Alïce <alice@example.test>\r\n".encode(),  # RFC 6532
+])
+async def test_submitted_from_owned_is_accepted(header: bytes) -> None:
+    assert (await submit(header)).code == 250
+
+
+@pytest.mark.parametrize("header,shown", [
+    (b"From: bob@example.test\r\n", "bob@example.test"),
+    (b"From: Alice <bob@example.test>\r\n", "bob@example.test"),
+    (b"From: alice@example.test, someone@remote.test\r\n", "someone@remote.test"),
+    (b"From: \"alice@example.test\" <ceo@remote.test>\r\n", "ceo@remote.test"),
+    (b"From: Alice <alice@example.test.evil.test>\r\n", "alice@example.test.evil.test"),
+    (b"From: \"alice\"@example.test\r\n", '"alice"@example.test'),
+])
+async def test_submitted_from_not_owned_is_refused(header: bytes, shown: str) -> None:
+    answer = await submit(header)
+    assert (answer.code, answer.lines[0]) == (
+        550, f"5.7.1 From: header address <{shown}> not owned by alice@example.test")
+
+
+@pytest.mark.parametrize("header,text", [
+    (b"", "no From: header field"),
+    (b"Subject: From: alice@example.test\r\n", "no From: header field"),
+    (b"From: alice@example.test\r\nFrom: alice@example.test\r\n", "more than one From:"),
+    (b"From:\r\n", "Cannot read"),
+    (b"From: undisclosed-senders:;\r\n", "Cannot read"),
+    (b"From: friends: alice@example.test;\r\n", "Cannot read"),
+    (b"From: alice@example.test <bob@example.test>\r\n", "Cannot read"),
+    (b"From: alice@example.test,\r\n", "Cannot read"),
+    (b"From: ,alice@example.test\r\n", "Cannot read"),
+    (b"From: <alice@example.test\r\n", "Cannot read"),
+    (b"From: \"Alice <alice@example.test>\r\n", "Cannot read"),
+    (b"From: (Alice <alice@example.test>\r\n", "Cannot read"),
+    (b"From: alice@[192.0.2.1]\r\n", "Cannot read"),
+    (b"From: <@relay.test:alice@example.test>\r\n", "Cannot read"),
+    (b"From: alice@example.test\x00@evil.test\r\n", "Cannot read"),
+    (b"From: Alice <alice@example.test> <bob@example.test>\r\n", "Cannot read"),
+])
+async def test_submitted_from_missing_or_unreadable_is_refused(header: bytes, text: str) -> None:
+    answer = await submit(header)
+    assert (answer.code, answer.lines[0][:5]) == (550, "5.7.1")
+    assert text in answer.lines[0]
+
+
+async def test_from_is_not_checked_on_mx() -> None:
+    c = Client()
+    await c.envelope("<alice@example.test>")
+    await c.cmd("DATA")
+    assert (await c.data(wire(b"From: someone@remote.test\r\n" + MESSAGE))).code == 250

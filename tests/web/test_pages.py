@@ -132,15 +132,15 @@ def test_open_redirects_are_refused(shared_server: RunningServer) -> None:
 def test_login_failures_use_the_shared_limiter(make_server: MakeServer) -> None:
     server = make_server(**deep_merge(web_overrides(), {"auth": {"max_failures": 3}}))
     client = WebClient(base_url(server))
-    for _ in range(3):
+    for n in range(3):  # distinct guesses: a repeated wrong one counts once
         token = csrf_of(client.get("/login").text)
-        wrong = client.post("/login", data={"username": ALICE, "password": "nope",
+        wrong = client.post("/login", data={"username": ALICE, "password": f"nope{n}",
                                             "csrf": token})
         assert wrong.status_code in (401, 429)
     token = csrf_of(client.get("/login").text)
     locked = client.post("/login", data={"username": ALICE, "password": PASSWORD, "csrf": token})
     assert locked.status_code == 429 and "Too many failed logins" in locked.text
-    # The same limiter guards IMAP: the account is locked there too.
+    # The same limiter guards IMAP: this address is blocked there too.
     with imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"],
                            ssl_context=server.ssl_context()) as imap, \
             pytest.raises(imaplib.IMAP4.error, match=r"UNAVAILABLE|later"):

@@ -167,8 +167,7 @@ async def queue_recall(queue_id: str, as_user: str | None, wait_seconds: float,
             if account is None:
                 raise NotFound(f"no account {as_user}")
         delivery = DeliveryService(store, blobs, cfg.hostname)
-        limiter = AuthLimiter(cfg.auth.max_failures, cfg.auth.lockout_seconds,
-                              cfg.auth.failure_delay)
+        limiter = AuthLimiter.from_config(cfg.auth)
         try:
             report = await recall_and_tell(
                 store, blobs, delivery, AccountService(store, cfg.auth, limiter), queue_id,

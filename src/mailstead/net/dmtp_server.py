@@ -70,7 +70,10 @@ class DeliveryBackend:
         # Integrity (the seed's DMTP2 hash): a message that fails still arrives, marked.
         secret = cfg.dmtp.hmac_secret
         failed = bool(secret) and not dmtp.hash_verifies(secret, message)
-        raw = dmtp.to_rfc5322(
+        # In a thread: building a message of a 200 KiB data line takes a while, and the
+        # event loop serves everyone else meanwhile.
+        raw = await asyncio.to_thread(
+            dmtp.to_rfc5322,
             message,
             date=datetime.now(UTC),
             message_id=f"<{secrets.token_hex(12)}@{cfg.hostname}>",
@@ -111,7 +114,8 @@ class DmtpHandler:
     async def handle(self, conn: Connection) -> None:
         limits = self.services.cfg.limits
         session = dmtp.DmtpSession(DeliveryBackend(self.services, conn),
-                                   max_errors=limits.max_errors)
+                                   max_errors=limits.max_errors,
+                                   max_recipients=limits.max_recipients)
         await conn.send(session.greeting())
         while True:
             try:
@@ -155,11 +159,14 @@ class InboxView:
 
     async def list(self) -> list[ListedMessage]:
         rows = await self.services.store.get_messages(self.inbox.id)
-        return [
-            ListedMessage(row.uid, first_address(row.envelope.from_) or row.envelope.from_,
-                          row.envelope.subject)
-            for row in rows
-        ]
+        listed = []
+        for n, row in enumerate(rows):
+            if n % 1000 == 999:  # parseaddr costs microseconds: a huge INBOX shares the loop
+                await asyncio.sleep(0)
+            listed.append(ListedMessage(
+                row.uid, first_address(row.envelope.from_) or row.envelope.from_,
+                row.envelope.subject))
+        return listed
 
     async def _row(self, message_id: int) -> MessageMeta:
         rows = await self.services.store.get_messages(self.inbox.id, [message_id])
@@ -175,7 +182,8 @@ class InboxView:
             raise DmapRefused("message is damaged and cannot be shown") from None
         except NotFound:
             raise DmapRefused("unknown message id") from None
-        return self._shown(raw)
+        # Parsing a large message takes a while: not on the event loop.
+        return await asyncio.to_thread(self._shown, raw)
 
     def _shown(self, raw: bytes) -> ShownMessage:
         parsed = message_from_bytes(raw, policy=default_policy)

@@ -18,20 +18,33 @@ from mailstead.app import Services
 from mailstead.config import ListenerConfig
 from mailstead.net.listener import (
     Connection,
+    ConnectionCaps,
     ConnectionClosed,
     IdleTimeout,
     LineTooLong,
     ProtocolHandler,
 )
 from mailstead.obs import log_event
-from mailstead.proto.imap_backend import ClientGone, ClientTimeout, LoginRefused
-from mailstead.proto.imap_parse import literal_marker, peek_tag_command
+from mailstead.proto.imap_backend import (
+    ClientGone,
+    ClientTimeout,
+    LoginRefused,
+    TooManySessions,
+)
+from mailstead.proto.imap_format import CommandError
+from mailstead.proto.imap_parse import LiteralMarker, literal_marker, peek_tag_command
 from mailstead.proto.imap_session import ImapSession, SessionSettings, State
+from mailstead.proto.lines import is_http_request, is_tls_handshake
 from mailstead.services.accounts import AccountService, AuthFailed
 from mailstead.services.mailbox import MailboxService
 from mailstead.store.interfaces import Account
 
 MAX_LINE = 64 * 1024
+# Bounded work per command (issue 16): literals in one command, and the size of any command
+# other than APPEND (whose limit is a message). A legitimate command needs a handful of
+# literals (MULTIAPPEND: one a message); 100,000 one-byte ones are an attack on the parser.
+MAX_LITERALS = 1000
+MAX_OTHER_COMMAND = 1024 * 1024
 
 
 class _ConnIO:
@@ -81,6 +94,11 @@ class _ConnIO:
             raise ClientGone() from None
         except IdleTimeout:
             raise ClientTimeout() from None
+        except LineTooLong:  # an AUTHENTICATE response or a line in IDLE: the command fails
+            raise CommandError("BAD", "Line too long") from None
+
+    async def pause(self) -> None:
+        await asyncio.sleep(0)
 
     async def start_tls(self) -> None:
         try:
@@ -117,11 +135,19 @@ class _ConnIO:
 
 
 class _Auth:
-    """AccountService as the session's Authenticator, with one log line per attempt."""
+    """AccountService as the session's Authenticator, with one log line per attempt. A login
+    also takes one of the user's session slots for its address (given back by ``release``
+    when the connection ends)."""
 
-    def __init__(self, accounts: AccountService, session_id: str) -> None:
+    def __init__(
+        self, accounts: AccountService, session_id: str, caps: ConnectionCaps,
+        sessions_per_user_ip: int,
+    ) -> None:
         self.accounts = accounts
         self.session_id = session_id
+        self.caps = caps
+        self.sessions_per_user_ip = sessions_per_user_ip
+        self.slot: tuple[str, str] | None = None  # (user, ip) counted in caps
 
     async def login(self, user: str, password: str, ip: str) -> Account:
         try:
@@ -129,8 +155,18 @@ class _Auth:
         except AuthFailed as exc:
             log_event("imap.login_failed", session=self.session_id, user=user, client=ip)
             raise LoginRefused(exc.temporary) from None
+        if not self.caps.acquire_session("imap", account.address, ip, self.sessions_per_user_ip):
+            log_event("imap.login_refused", session=self.session_id, user=account.address,
+                      client=ip, reason="sessions per user and IP")
+            raise TooManySessions()
+        self.slot = (account.address, ip)
         log_event("imap.login", session=self.session_id, user=account.address, client=ip)
         return account
+
+    def release(self) -> None:
+        if self.slot is not None:
+            self.caps.release_session("imap", *self.slot)
+            self.slot = None
 
 
 class ImapHandler:
@@ -162,30 +198,38 @@ class ImapHandler:
             starttls_available=self.lc.tls == "starttls" and conn.ssl_context is not None,
             plaintext_login_ok=cfg.auth.allow_plaintext_on_loopback and conn.is_loopback,
             max_message_size=cfg.limits.max_message_size,
-            max_errors=cfg.limits.max_errors,
+            max_errors=cfg.limits.imap_max_errors,
             max_commands=cfg.limits.imap_max_commands,
+            command_seconds=cfg.limits.imap_command_seconds,
         )
 
     async def handle(self, conn: Connection) -> None:
         io = _ConnIO(conn, self.timeout)
-        session = ImapSession(
-            _Auth(self.services.accounts, conn.session_id), self.mailboxes, io,
-            self._settings(conn),
-        )
+        auth = _Auth(self.services.accounts, conn.session_id, self.services.caps,
+                     self.services.cfg.limits.imap_sessions_per_user_ip)
+        session = ImapSession(auth, self.mailboxes, io, self._settings(conn))
         try:
             io.write(session.greeting())
             await io.drain()
+            if not conn.is_tls and is_tls_handshake(await conn.peek(3, self.timeout)):
+                self._hang_up(conn, io, session, "TLS handshake on a plaintext port",
+                              "tls_on_plaintext")
             while not session.logged_out:
                 try:
                     data = await self._read_command(conn, io, session)
-                except LineTooLong:
-                    await session.reject("*", "Line too long")
+                except LineTooLong as exc:
+                    await self._line_too_long(conn, io, session, exc.prefix)
                     continue
                 except IdleTimeout:
                     io.write(b"* BYE Autologout; idle for too long\r\n")
                     break
-                if data is not None:
-                    await session.execute(data)
+                if data is None:
+                    continue
+                if is_http_request(data):  # a browser made to post here (cross-protocol)
+                    self._hang_up(conn, io, session, "This is an IMAP server, not HTTP",
+                                  "http_request")
+                    continue
+                await session.execute(data)
             await io.drain()
         except (IdleTimeout, ClientTimeout):  # during IDLE or an AUTHENTICATE exchange
             with contextlib.suppress(Exception):
@@ -201,19 +245,51 @@ class ImapHandler:
         finally:
             io.close()
             session.close_view()
+            auth.release()
+
+    def _hang_up(
+        self, conn: Connection, io: _ConnIO, session: ImapSession, text: str, reason: str
+    ) -> None:
+        """Input that is not IMAP at all: BYE (RFC 9051 7.1.5) and the session ends."""
+        log_event("imap.hang_up", session=conn.session_id, client=conn.peer_ip, reason=reason)
+        io.write(b"* BYE " + text.encode() + b"\r\n")
+        session.state = State.LOGOUT
+
+    async def _line_too_long(
+        self, conn: Connection, io: _ConnIO, session: ImapSession, prefix: bytes
+    ) -> None:
+        """A line over MAX_LINE (already read and dropped): BAD with the command's tag when its
+        first bytes name one, else BYE, as an untagged BAD would leave the client waiting."""
+        tag, _name = peek_tag_command(prefix)
+        if tag == "*":
+            self._hang_up(conn, io, session, "Line too long", "line_too_long")
+            return
+        await session.reject(tag, "Line too long")
 
     async def _read_command(
         self, conn: Connection, io: _ConnIO, session: ImapSession
     ) -> bytes | None:
         """One whole command with its literals inline, without the final CRLF; None when a
         literal was refused (already answered)."""
+        if conn.pending_input():
+            # Pipelined commands are read without waiting, so without this one session's
+            # stream of them would hold the loop (issue 16): the others get a turn between.
+            await asyncio.sleep(0)
         line = await conn.readline(MAX_LINE, self.timeout)
         tag, name = peek_tag_command(line)
         chunks = [line]
         total = len(line)
+        literals = 0
+        max_command = self.max_command if name == "APPEND" else MAX_OTHER_COMMAND
         marker = literal_marker(line)
         while marker is not None:
-            if marker.size > session.literal_limit(name) or total + marker.size > self.max_command:
+            literals += 1
+            if literals > MAX_LITERALS:
+                await self._skip_command(conn, io, session, tag, marker)
+                return None
+            if literals % 64 == 0:
+                await asyncio.sleep(0)  # buffered literals are read without a pause too
+            if marker.size > session.literal_limit(name) or total + marker.size > max_command:
                 if marker.synchronizing:
                     await session.refuse_literal(tag, name, marker.size)
                     return None
@@ -233,6 +309,28 @@ class ImapHandler:
         if data.endswith(b"\r\n"):
             return data[:-2]
         return data[:-1] if data.endswith(b"\n") else data
+
+    async def _skip_command(
+        self, conn: Connection, io: _ConnIO, session: ImapSession, tag: str,
+        marker: LiteralMarker | None,
+    ) -> None:
+        """A command with too many literals: refused with BAD. A synchronising literal is
+        simply not invited (RFC 3501 7.5: BAD instead of "+"); LITERAL+ bytes already on their
+        way are read and dropped up to the end of the command if it ends within MAX_LINE more
+        octets, else the session ends (reading tiny literals one by one costs real CPU)."""
+        left = MAX_LINE
+        while marker is not None and not marker.synchronizing:
+            left -= marker.size
+            if left < 0:
+                io.write(b"* BYE Too many literals in one command\r\n")
+                session.state = State.LOGOUT
+                return
+            await conn.readexactly(marker.size, self.timeout)
+            line = await conn.readline(MAX_LINE, self.timeout)
+            left -= len(line)
+            marker = literal_marker(line)
+        await session.reject(tag, f"Too many literals in one command (at most {MAX_LITERALS})",
+                             "LIMIT")
 
 
 def make_imap_handler(

@@ -32,7 +32,15 @@ class IdleTimeout(Exception):
 
 
 class LineTooLong(Exception):
-    """A line exceeded the protocol's limit; the rest of it was read and thrown away."""
+    """A line exceeded the protocol's limit; the rest of it was read and thrown away.
+    ``prefix`` keeps its first bytes (up to ``KEPT_PREFIX``), so an IMAP tag can still be
+    answered."""
+
+    KEPT_PREFIX = 1024
+
+    def __init__(self, prefix: bytes = b"") -> None:
+        super().__init__("line too long")
+        self.prefix = prefix[: self.KEPT_PREFIX]
 
 
 class ProtocolHandler(Protocol):
@@ -88,20 +96,24 @@ class Connection:
                 raise ConnectionClosed() from None
             raise ConnectionClosed() from None
         except asyncio.LimitOverrunError as exc:
-            await self._discard_line(exc.consumed)
-            raise LineTooLong() from None
+            prefix = await self._discard_line(exc.consumed)
+            raise LineTooLong(prefix) from None
         except (ConnectionError, OSError):
             raise ConnectionClosed() from None
         if len(line) > max_length:
-            raise LineTooLong()
+            raise LineTooLong(line)
         return line
 
-    async def _discard_line(self, consumed: int) -> None:
-        await self.reader.readexactly(consumed)
+    async def _discard_line(self, consumed: int) -> bytes:
+        """Reads and drops the rest of an over-long line; returns its first bytes."""
+        try:
+            head = await self.reader.readexactly(consumed)
+        except asyncio.IncompleteReadError:
+            raise ConnectionClosed() from None
         while True:
             try:
                 await self.reader.readuntil(b"\n")
-                return
+                return head[: LineTooLong.KEPT_PREFIX]
             except asyncio.LimitOverrunError as exc:
                 await self.reader.readexactly(exc.consumed)
             except asyncio.IncompleteReadError:
@@ -115,6 +127,25 @@ class Connection:
             raise IdleTimeout() from None
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             raise ConnectionClosed() from None
+
+    async def peek(self, size: int, timeout: float | None) -> bytes:
+        """Up to ``size`` bytes the client has sent, left unread: waits for the first byte
+        (b"" at end of input). Lets a plaintext listener see a TLS ClientHello before it
+        reads lines."""
+        reader = self.reader
+        buffer = getattr(reader, "_buffer", None)
+        wait = getattr(reader, "_wait_for_data", None)
+        if not isinstance(buffer, bytearray) or wait is None:
+            return b""  # not asyncio's StreamReader: nothing to peek at
+        try:
+            async with asyncio.timeout(timeout):
+                while not buffer and not reader.at_eof():
+                    await wait("peek")
+        except TimeoutError:
+            raise IdleTimeout() from None
+        except (ConnectionError, OSError):
+            raise ConnectionClosed() from None
+        return bytes(buffer[:size])
 
     def pending_input(self) -> bool:
         """True when the client has sent bytes we have not read yet (pipelining checks)."""
@@ -156,7 +187,9 @@ class Connection:
 
 
 class ConnectionCaps:
-    """Total and per-IP open connection counters shared by all listeners of a process."""
+    """Total and per-IP open connection counters shared by all listeners of a process, and
+    the logged-in sessions per (protocol, user, IP). Kept in process memory for now; this
+    class is the one place that would ask the store instead when caps span workers."""
 
     def __init__(self, total: int, per_ip: int) -> None:
         self.total_limit = total
@@ -164,6 +197,22 @@ class ConnectionCaps:
         self.open_total = 0
         self.open_by_ip: Counter[str] = Counter()
         self.open_by_protocol: Counter[str] = Counter()
+        self.sessions_by_user_ip: Counter[tuple[str, str, str]] = Counter()
+
+    def acquire_session(self, protocol: str, user: str, ip: str, limit: int) -> bool:
+        """Counts one more logged-in session of ``user`` from ``ip``; False (nothing counted)
+        when ``limit`` of them are open already. Give it back with ``release_session``."""
+        key = (protocol, user.lower(), ip)
+        if self.sessions_by_user_ip[key] >= limit:
+            return False
+        self.sessions_by_user_ip[key] += 1
+        return True
+
+    def release_session(self, protocol: str, user: str, ip: str) -> None:
+        key = (protocol, user.lower(), ip)
+        self.sessions_by_user_ip[key] -= 1
+        if self.sessions_by_user_ip[key] <= 0:
+            del self.sessions_by_user_ip[key]
 
     def acquire(self, ip: str, protocol: str) -> bool:
         if self.open_total >= self.total_limit or self.open_by_ip[ip] >= self.per_ip_limit:

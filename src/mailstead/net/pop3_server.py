@@ -24,6 +24,7 @@ from mailstead.config import ListenerConfig
 from mailstead.core.errors import CorruptBlob, MailsteadError, NotFound
 from mailstead.net.listener import Connection, IdleTimeout, LineTooLong
 from mailstead.obs import log_event
+from mailstead.proto.lines import is_http_request, is_tls_handshake
 from mailstead.proto.pop3 import (
     MAX_LINE,
     Maildrop,
@@ -65,6 +66,11 @@ class StoreMaildrop:
 
     async def fetch(self, index: int) -> bytes:
         row = self.rows[index]
+        # The snapshot may be stale: a message expunged since (over IMAP, or on another node)
+        # is gone, not served from its file. One lookup by primary key.
+        if not await self.services.store.get_messages(self.mailbox_id, [row.uid]):
+            log_event("pop3.gone", session=self.session_id, uid=row.uid)
+            raise Refused(None, "no such message")
         try:
             return await asyncio.to_thread(self.services.blobs.get, row.blob_id)
         except CorruptBlob as exc:
@@ -182,11 +188,22 @@ class Pop3Handler:
             plaintext_allowed=cfg.auth.allow_plaintext_on_loopback and conn.is_loopback,
             max_errors=cfg.limits.max_errors,
         )
+        timeout = cfg.limits.pop3_idle_timeout
         try:
             await conn.send(session.greeting())
+            try:
+                first = b"" if conn.is_tls else await conn.peek(3, timeout)
+            except IdleTimeout:
+                await conn.send(err("autologout: idle for too long"))
+                return
+            if is_tls_handshake(first):
+                await self._hang_up(conn, "TLS handshake on a plaintext port", "tls_on_plaintext")
+                return
             while not session.closed:
+                if conn.pending_input():  # pipelined commands: the others get a turn between
+                    await asyncio.sleep(0)
                 try:
-                    line = await conn.readline(MAX_LINE, cfg.limits.pop3_idle_timeout)
+                    line = await conn.readline(MAX_LINE, timeout)
                 except LineTooLong:
                     reply = session.line_too_long()
                 except IdleTimeout:
@@ -194,6 +211,10 @@ class Pop3Handler:
                     await conn.send(err("autologout: idle for too long"))
                     return
                 else:
+                    if is_http_request(line):  # a browser made to post here: hang up
+                        await self._hang_up(conn, "this is a POP3 server, not HTTP",
+                                            "http_request")
+                        return
                     reply = await session.receive(line)
                 await conn.send(reply.data)
                 if reply.start_tls:
@@ -205,6 +226,13 @@ class Pop3Handler:
             session.abort()  # releases the lock; deletes nothing unless QUIT committed
             if backend.maildrop is not None:
                 await backend.maildrop.released()
+
+
+    @staticmethod
+    async def _hang_up(conn: Connection, text: str, reason: str) -> None:
+        """Input that is not POP3 at all: -ERR and close (nothing is deleted)."""
+        log_event("pop3.hang_up", session=conn.session_id, client=conn.peer_ip, reason=reason)
+        await conn.send(err(text))
 
 
 def make_pop3_handler(

@@ -29,7 +29,13 @@ from mailstead.net.listener import (
     ProtocolHandler,
 )
 from mailstead.obs import log_event
-from mailstead.proto.lines import DataOutcome, DotReader, InputBuffer, LineTooLong
+from mailstead.proto.lines import (
+    DataOutcome,
+    DotReader,
+    InputBuffer,
+    LineTooLong,
+    is_tls_handshake,
+)
 from mailstead.proto.smtp import (
     LONGEST_LINE,
     Action,
@@ -317,6 +323,15 @@ class SmtpHandler:
         pending: list[bytes] = [session.greeting().encode()]
         data = _Input(conn, self.timeout)
         try:
+            if not conn.is_tls:
+                await _flush(conn, pending)
+                # A client speaking TLS to a plaintext port (it wanted 465): no line will come.
+                if is_tls_handshake(await conn.peek(3, self.timeout)):
+                    log_event("smtp.hang_up", session=conn.session_id, client=conn.peer_ip,
+                              reason="tls_on_plaintext")
+                    await conn.send(f"421 4.7.0 {self.services.cfg.hostname} TLS handshake "
+                                    "on a plaintext port\r\n".encode())
+                    return
             await self._serve(conn, session, data, pending)
         except IdleTimeout:
             pending.append(session.timeout_reply().encode())
@@ -343,6 +358,10 @@ class SmtpHandler:
         while True:
             if not data.pending():
                 await _flush(conn, pending)  # nothing more pipelined: answer before waiting
+            else:
+                # Pipelined lines are read without waiting: without a turn here one client's
+                # stream of commands would hold every other session (issue 16).
+                await asyncio.sleep(0)
             line = await data.line(LONGEST_LINE + 2)
             if isinstance(line, LineTooLong):
                 answer = session.on_line_too_long()
@@ -354,9 +373,16 @@ class SmtpHandler:
                 outcome = await data.message(session.policy.max_message_size)
                 answer = await session.on_data(outcome)
             elif answer.action is Action.READ_CHUNK:
-                # RFC 3030 2: the chunk is read even when the command is refused.
                 await data.chunk(answer.chunk_size, session.on_chunk)
                 answer = await session.on_chunk_end()
+            elif answer.action is Action.DISCARD_CHUNK:
+                # Refused from the command alone (no transaction, too big): the reply goes out
+                # at once, and the octets on their way are read and dropped as they come (RFC
+                # 3030 2: a refused chunk is still consumed).
+                pending.append(answer.encode())
+                await _flush(conn, pending)
+                await data.chunk(answer.chunk_size, _drop)
+                continue
             pending.append(answer.encode())
             if answer.action is Action.CLOSE:
                 await _flush(conn, pending)
@@ -380,6 +406,10 @@ class SmtpHandler:
             log_event("smtp.pipelined_after_starttls", session=conn.session_id,
                       client=conn.peer_ip)
         return True
+
+
+def _drop(piece: bytes) -> None:
+    """A sink for octets that are read and not kept."""
 
 
 async def _flush(conn: Connection, pending: list[bytes]) -> None:

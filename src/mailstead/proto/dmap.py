@@ -14,16 +14,19 @@
     C: logout                              S: ok
     C: quit                                S: ok bye
 
-``startsecure`` switches to an encrypted channel (see ``dmap_crypto``). Once secure, a reply
-of several lines is encrypted as one unit, its lines joined by LF, and sent as one base64
-line: that is how the seed's client reads ``list`` and ``show``. Problems are answered
-``error <reason>`` and the session goes on.
+``startsecure`` switches to an encrypted, authenticated channel (see ``dmap_crypto``). Once
+secure, a reply of several lines is sealed as one unit, its lines joined by LF, and sent as one
+base64 line: that is how the seed's client reads ``list`` and ``show``. Problems are answered
+``error <reason>`` and the session goes on, except that a line the secure channel refuses
+(altered, replayed, out of order, not base64, too long) ends the session: ``error <reason>``,
+sealed, then close.
 
 Pure code: the mailbox is reached through a ``DmapBackend``.
 """
 
 from __future__ import annotations
 
+import base64
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +34,13 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from mailstead.proto.dmap_crypto import HandshakeError, LineCipher, open_client_hello
+from mailstead.proto.dmap_crypto import (
+    ChannelError,
+    HandshakeError,
+    SecureChannel,
+    new_server_nonce,
+    open_client_hello,
+)
 
 GREETING = "ok DMAP2.0"
 MAX_LINE = 8192
@@ -86,7 +95,7 @@ def one_line(text: str) -> str:
 
 class Channel(enum.Enum):
     PLAIN = "plain"
-    AWAIT_HELLO = "await_hello"  # sent "ok <component-id>", waiting for the RSA message
+    AWAIT_HELLO = "await_hello"  # sent "ok <component-id> <nonce>", waiting for the RSA message
     AWAIT_CONFIRM = "await_confirm"  # sent the encrypted "ok <challenge>", waiting for "ok"
     SECURE = "secure"
 
@@ -103,7 +112,8 @@ class DmapSession:
         self.max_errors = max_errors
         self.errors_in_a_row = 0
         self.channel = Channel.PLAIN
-        self.cipher: LineCipher | None = None
+        self.cipher: SecureChannel | None = None
+        self.server_nonce = b""
         self.mailbox: DmapMailbox | None = None
 
     def greeting(self) -> bytes:
@@ -114,7 +124,7 @@ class DmapSession:
     def _frame(self, lines: list[str], close: bool = False) -> Reply:
         if self.channel is Channel.SECURE:
             assert self.cipher is not None
-            return Reply(self.cipher.encrypt("\n".join(lines)).encode("ascii") + b"\r\n", close)
+            return Reply(self.cipher.seal("\n".join(lines)).encode("ascii") + b"\r\n", close)
         return Reply("".join(line + "\r\n" for line in lines).encode("utf-8"), close)
 
     def _error(self, reason: str) -> Reply:
@@ -124,9 +134,18 @@ class DmapSession:
             return self._frame([*lines, "error too many errors, closing connection"], True)
         return self._frame(lines)
 
+    def _fatal(self, reason: str) -> Reply:
+        """The secure channel refused a line: say why (sealed, so the client can read it)
+        and close. Nothing after a bad line is accepted, so nothing can be slipped in."""
+        return self._frame([f"error {reason}"], close=True)
+
     def line_too_long(self) -> Reply:
-        if self.channel in (Channel.AWAIT_HELLO, Channel.AWAIT_CONFIRM):
-            self.channel, self.cipher = Channel.PLAIN, None  # the handshake is abandoned
+        if self.channel is Channel.AWAIT_HELLO:
+            self.channel = Channel.PLAIN  # the handshake is abandoned
+        elif self.channel is not Channel.PLAIN:
+            # The client counted the line; we cannot: the two counters would disagree.
+            self.channel = Channel.SECURE
+            return self._fatal("line too long, closing connection")
         return self._error("line too long")
 
     async def receive(self, raw: bytes) -> Reply:
@@ -138,36 +157,35 @@ class DmapSession:
         if self.channel is Channel.SECURE:
             assert self.cipher is not None
             try:
-                line = self.cipher.decrypt(line)
-            except ValueError:
-                return self._error("expected a base64 encrypted line")
+                line = self.cipher.open(line)
+            except ChannelError as refusal:
+                return self._fatal(f"{refusal}, closing connection")
         return await self._command(line)
 
     # -- startsecure --
 
     def _hello(self, line: str) -> Reply:
         try:
-            handshake = open_client_hello(self.backend.server_key(), line)
+            handshake = open_client_hello(self.backend.server_key(), line, self.server_nonce)
         except HandshakeError:
             self.channel = Channel.PLAIN
             return self._error("startsecure failed")
-        self.cipher = handshake.cipher
+        self.cipher = handshake.channel
         self.channel = Channel.AWAIT_CONFIRM
-        return Reply(self.cipher.encrypt(f"ok {handshake.challenge}").encode("ascii") + b"\r\n")
+        return Reply(self.cipher.seal(f"ok {handshake.challenge}").encode("ascii") + b"\r\n")
 
     def _confirm(self, line: str) -> Reply:
         assert self.cipher is not None
-        # The seed's own client sends "ok" in clear; its test sends it encrypted. Take both.
+        # Only a sealed "ok" (the seed's client also took a clear one: no longer).
+        self.channel = Channel.SECURE
         try:
-            decrypted = self.cipher.decrypt(line)
-        except ValueError:
-            decrypted = ""
-        if line.strip() == "ok" or decrypted.strip() == "ok":
-            self.channel = Channel.SECURE
-            self.errors_in_a_row = 0
-            return Reply(b"")
-        self.channel, self.cipher = Channel.PLAIN, None
-        return self._error("startsecure not confirmed")
+            confirmed = self.cipher.open(line) == "ok"
+        except ChannelError:
+            confirmed = False
+        if not confirmed:
+            return self._fatal("startsecure not confirmed, closing connection")
+        self.errors_in_a_row = 0
+        return Reply(b"")
 
     # -- commands --
 
@@ -186,8 +204,12 @@ class DmapSession:
         if self.channel is Channel.SECURE:
             return self._error("already secure")
         self.channel = Channel.AWAIT_HELLO
-        self.errors_in_a_row = 0
-        return Reply(f"ok {self.backend.component_id}\r\n".encode())
+        # errors_in_a_row is not reset: failed handshakes (an RSA decryption each) add up to
+        # max_errors like any other error and end the session.
+        # Fresh for every startsecure: the channel's keys depend on it (see dmap_crypto).
+        self.server_nonce = new_server_nonce()
+        nonce = base64.b64encode(self.server_nonce).decode("ascii")
+        return Reply(f"ok {self.backend.component_id} {nonce}\r\n".encode())
 
     async def _login(self, argument: str) -> Reply:
         if self.mailbox is not None:
@@ -202,7 +224,11 @@ class DmapSession:
         return self._ok()
 
     def _message_id(self, argument: str) -> int | None:
-        return int(argument) if argument.isdigit() else None
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses. Ids are UIDs,
+        # 32-bit (RFC 9051 section 2.3.1.1); a larger number is no message's (0 stands in).
+        if not (argument.isascii() and argument.isdigit()):
+            return None
+        return int(argument) if len(argument) <= 10 and int(argument) < 2**32 else 0
 
     async def _list(self, argument: str) -> Reply:
         if self.mailbox is None:

@@ -40,6 +40,12 @@ GREETING = "ok DMTP2.0"
 # buffer is 256 KiB).
 MAX_LINE = 200 * 1024
 
+# Header fields are folded by the email package, whose cost grows faster than their length: a
+# subject is held to one RFC 5322 line (section 2.1.1: at most 998 characters), the hash (44
+# characters of base64 when well-formed) to a little more than it needs.
+MAX_SUBJECT = 998
+MAX_HASH = 256
+
 HASH_HEADER = "X-DMTP-Hash"
 INTEGRITY_HEADER = "X-DMTP-Integrity"
 INTEGRITY_KEYWORD = "$IntegrityFailed"
@@ -95,9 +101,25 @@ def hash_verifies(secret: str, message: DmtpMessage) -> bool:
 # -- conversion to an Internet message -----------------------------------------------------
 
 
+# Every control character but TAB, and everything str.splitlines() breaks on (which the email
+# package would refuse in a header), becomes a space: RFC 5322 section 2.2 allows only
+# printable characters and WSP in a field body, and a stray CR must not break the header.
+_HEADER_UNSAFE = {
+    **{c: " " for c in range(0x20) if c != 0x09},
+    0x7F: " ",
+    **{c: " " for c in range(0x80, 0xA0)},
+    0x2028: " ",
+    0x2029: " ",
+}
+
+
 def _header_safe(text: str) -> str:
-    # Lines arrive split on LF; a stray CR must not become a header line break.
-    return text.replace("\r", " ").replace("\n", " ")
+    return text.translate(_HEADER_UNSAFE)
+
+
+def _body_safe(text: str) -> str:
+    # NUL may not appear in 8bit text (RFC 2045 section 2.8); CR and LF become CRLF.
+    return text.replace("\x00", " ")
 
 
 def to_rfc5322(
@@ -118,7 +140,7 @@ def to_rfc5322(
         msg[HASH_HEADER] = _header_safe(message.hash.strip())
     if integrity_failed:
         msg[INTEGRITY_HEADER] = "fail"
-    msg.set_content(message.data + "\n")
+    msg.set_content(_body_safe(message.data) + "\n")
     return msg.as_bytes()
 
 
@@ -138,8 +160,11 @@ class Reply:
 class DmtpSession:
     """Feed each line to ``receive``; send ``Reply.wire``; close when ``Reply.close``."""
 
-    def __init__(self, backend: DmtpBackend, *, max_errors: int) -> None:
+    def __init__(self, backend: DmtpBackend, *, max_errors: int, max_recipients: int = 100
+                 ) -> None:
         self.backend = backend
+        # Like SMTP's limit (RFC 5321 section 4.5.3.1.8: at least 100 must be accepted).
+        self.max_recipients = max_recipients
         # Mistakes are forgiven (netcat users type), but a stream of nothing else ends it.
         self.max_errors = max_errors
         self.errors_in_a_row = 0
@@ -185,11 +210,12 @@ class DmtpSession:
 
     async def _to(self, argument: str) -> Reply:
         assert self.message is not None
+        items = [item.strip() for item in argument.split(",") if item.strip()]
+        if len(items) > self.max_recipients:
+            # Checked before any lookup, so a long list costs no work.
+            return self.error(f"too many recipients (at most {self.max_recipients})")
         recipients: list[str] = []
-        for item in argument.split(","):
-            item = item.strip()
-            if not item:
-                continue
+        for item in items:
             try:
                 address = str(parse_address(item))
             except InvalidInput:
@@ -209,6 +235,8 @@ class DmtpSession:
         assert self.message is not None
         if not argument.strip():
             return self.error("subject expected")
+        if len(argument) > MAX_SUBJECT:
+            return self.error(f"subject too long (at most {MAX_SUBJECT} characters)")
         self.message.subject = argument
         return Reply("ok")
 
@@ -223,6 +251,8 @@ class DmtpSession:
         assert self.message is not None
         if not argument.strip():
             return self.error("hash expected")
+        if len(argument.strip()) > MAX_HASH:
+            return self.error(f"hash too long (at most {MAX_HASH} characters)")
         self.message.hash = argument.strip()
         return Reply("ok")
 

@@ -32,6 +32,11 @@ class LoginRefused(Exception):
         self.temporary = temporary
 
 
+class TooManySessions(Exception):
+    """The credentials were right, but the user has as many sessions open from this address
+    as allowed (answered NO [LIMIT], RFC 5530)."""
+
+
 class ClientGone(Exception):
     """The client closed the connection (raised by ClientIO)."""
 
@@ -58,6 +63,10 @@ class ClientIO(Protocol):
 
     async def start_tls(self) -> None: ...
 
+    async def pause(self) -> None:
+        """Lets the other sessions of the process run for a moment (one turn of the event
+        loop), so a long command never stalls them; a stopping server cancels here."""
+
     async def idle_wait(
         self, wait_change: Callable[[], Awaitable[bool]] | None
     ) -> bytes | None:
@@ -67,7 +76,7 @@ class ClientIO(Protocol):
 
 class Authenticator(Protocol):
     async def login(self, user: str, password: str, ip: str) -> Account:
-        """Raises LoginRefused."""
+        """Raises LoginRefused or TooManySessions."""
 
 
 class QuotaInfo(Protocol):
@@ -162,6 +171,7 @@ class MailboxBackend(Protocol):
         internal_date: datetime | None = None,
     ) -> MessageMeta: ...
     async def remove(self, mailbox: Mailbox, uids: Sequence[int]) -> None: ...
+    async def message_bytes(self, mailbox: Mailbox, uid: int) -> bytes | None: ...
     async def open(
         self, account_id: int, name: str, *, readonly: bool, track_recent: bool
     ) -> SelectedView: ...

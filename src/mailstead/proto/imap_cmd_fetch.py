@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from mailstead.core.errors import CorruptBlob
 from mailstead.core.models import FlagState, MessageMeta, SystemFlag
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import imap_sexpr, mime
@@ -42,7 +43,7 @@ async def cmd_fetch(s: ImapSession, cmd: Command) -> Reply:
     args = cmd.args
     assert isinstance(args, FetchArgs)
     uids = s.resolve(args.numbers, cmd.uid)
-    items = list(args.items)
+    items = list(dict.fromkeys(args.items))  # an item asked twice is answered once
     names = {item.name for item in items}
     if args.changedsince is not None or "MODSEQ" in names:
         s.enable_condstore()  # RFC 7162 3.1
@@ -91,7 +92,9 @@ async def _fetch_flags(
         end = start + LINES_PER_WRITE
         s.io.write(render(seqs[start:end], states[start:end]))
         if end < len(states):
-            await s.io.drain()
+            with s.waiting():
+                await s.io.drain()
+            await s.checkpoint()
     return found
 
 
@@ -145,8 +148,10 @@ async def _fetch_messages(
     wants_flags = any(item.name == "FLAGS" for item in items)
     found = 0
     pending = 0
+    damaged: CorruptBlob | None = None
     for start in range(0, len(uids), ROWS_PER_CHUNK):
-        metas = await view.messages(uids[start : start + ROWS_PER_CHUNK])
+        with s.waiting():
+            metas = await view.messages(uids[start : start + ROWS_PER_CHUNK])
         found += len(metas)
         if changedsince is not None:
             metas = [m for m in metas if m.modseq > changedsince]
@@ -159,17 +164,27 @@ async def _fetch_messages(
         if wants_flags or changed:
             s.announce_keywords([m.keywords for m in metas])
         for meta in metas:
+            await s.checkpoint()  # other sessions run between messages; the budget holds
             seq = view.seq_of(meta.uid)
             if seq is None:
                 continue
             state = changed.get(meta.uid)
-            line = await _render(s, seq, meta, items, state, add_flags=state is not None
-                                 and not wants_flags)
+            try:
+                line = await _render(s, seq, meta, items, state, add_flags=state is not None
+                                     and not wants_flags)
+            except CorruptBlob as exc:
+                # Nothing of this message is sent; the others still are, and the command
+                # ends NO [CORRUPTION] (imap_session) so the client knows one is missing.
+                damaged = damaged or exc
+                continue
             s.io.write(line)
             pending += len(line)
             if pending >= DRAIN_BYTES:
                 pending = 0
-                await s.io.drain()
+                with s.waiting():  # a slow reader costs time, not work
+                    await s.io.drain()
+    if damaged is not None:
+        raise damaged
     return found
 
 
@@ -184,13 +199,15 @@ class _Message:
 
     async def bytes(self) -> bytes:
         if self.data is None:
-            self.data = await self.s.require_view().body(self.meta.blob_id, self.meta.size)
+            with self.s.waiting():
+                self.data = await self.s.require_view().body(self.meta.blob_id, self.meta.size)
         return self.data
 
     async def root(self) -> mime.Part:
         data = await self.bytes()
         if self.tree is None:
             self.tree = mime.parse(data)
+            await self.s.checkpoint()
         return self.tree
 
 
@@ -209,7 +226,13 @@ async def _render(
         flags, keywords, modseq = new_state.flags, new_state.keywords, new_state.modseq
     recent = not s.rev2 and view.is_recent(meta.uid)
     parts: list[bytes] = []
+    # One message's answer holds at most a few copies of the message (BODY[] and RFC822
+    # together, say), not a hundred: each item is built in memory before it is sent.
+    room = 4 * meta.size + (1 << 20)
     for item in items:
+        if sum(len(p) for p in parts) > room:
+            raise CommandError("NO", "Too much data asked for one message", "LIMIT")
+        await s.checkpoint()
         name = item.name
         if name == "UID":
             parts.append(b"UID %d" % meta.uid)

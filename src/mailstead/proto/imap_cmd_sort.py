@@ -8,16 +8,16 @@ parsed at delivery, read in one query of only the columns wanted (SelectedView.s
 a message file is read only when a search key needs its text, or for a row stored without
 envelope columns (or, for THREAD=REFERENCES, before References was kept).
 
-The per-message work is cut in steps with ``_checkpoint`` between them (the session's
-per-command work budget, where the session has one), and the cyclic collector is held off
-while a step builds its many acyclic objects.
+The per-message work is cut in steps with ``ImapSession.checkpoint`` between them (a turn
+for the other sessions every few milliseconds, and the per-command work budget, issue 16),
+and the cyclic collector is held off while a step builds its many acyclic objects.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -43,6 +43,7 @@ from mailstead.proto.imap_search import (
     Scope,
     compile_key,
     need,
+    resolve,
     uses_modseq,
 )
 from mailstead.proto.imap_thread import (
@@ -63,15 +64,6 @@ _WANTED = {  # the stored field each sort criterion reads (SortFields)
 }
 
 
-async def _checkpoint(s: ImapSession) -> None:
-    """A turn for the other sessions between steps of a long command. The session's
-    per-command work budget (``ImapSession.checkpoint``, bounded work per command, issue 16)
-    provides it where present; the store awaits between chunks of rows yield in any case."""
-    checkpoint: Callable[[], Any] | None = getattr(s, "checkpoint", None)
-    if checkpoint is not None:
-        await checkpoint()
-
-
 T = TypeVar("T")
 
 
@@ -84,7 +76,7 @@ async def _drive(s: ImapSession, steps: Steps[T]) -> T:
                 next(steps)
         except StopIteration as done:
             return cast(T, done.value)
-        await _checkpoint(s)
+        await s.checkpoint()
 
 
 @dataclass(slots=True)
@@ -146,12 +138,10 @@ async def _matching(s: ImapSession, key: SearchKey, wanted: frozenset[str]) -> F
         seqs, uids = list(range(1, len(all_uids) + 1)), all_uids  # no test to run
     elif need(key) is Need.FLAGS:
         # Flag, set and MODSEQ keys (and ALL) are answered from the flag rows.
-        states = await view.flag_states(all_uids)
-        for n, (seq, st) in enumerate(
-            zip(view.seqs_of([st.uid for st in states]), states, strict=True)
-        ):
-            if n % 1000 == 999:
-                await _checkpoint(s)
+        with s.waiting():
+            states = await view.flag_states(all_uids)
+        for seq, st in zip(view.seqs_of([st.uid for st in states]), states, strict=True):
+            await s.checkpoint()  # cheap unless a turn for the others is due
             if seq is None:
                 continue
             if test(Candidate(seq, st.uid, st.modseq, st.flags, st.keywords, recent(st.uid))):
@@ -160,23 +150,26 @@ async def _matching(s: ImapSession, key: SearchKey, wanted: frozenset[str]) -> F
                 highest = max(highest, st.modseq)
     else:
         for start in range(0, len(all_uids), CHUNK):
-            metas = await view.messages(all_uids[start : start + CHUNK])
+            with s.waiting():
+                metas = await view.messages(all_uids[start : start + CHUNK])
             for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
+                await s.checkpoint()
                 if seq is None:
                     continue
                 c = Candidate(seq, meta.uid, meta.modseq, meta.flags, meta.keywords,
                               recent(meta.uid), meta)
                 result = test(c)
-                if result is None:
-                    c.data = await view.body(meta.blob_id, meta.size)
-                    result = test(c)
+                if result is None:  # as SEARCH does: the text, one key scan at a time
+                    with s.waiting():
+                        c.data = await view.body(meta.blob_id, meta.size)
+                    result = await resolve(c, test, s)
                 if result:
                     seqs.append(seq)
                     uids.append(meta.uid)
                     highest = max(highest, meta.modseq)
-            await _checkpoint(s)
-    stored = await view.sort_fields(wanted)
-    await _checkpoint(s)
+    with s.waiting():
+        stored = await view.sort_fields(wanted)
+    await s.checkpoint()
     with collector_paused():
         stored_uids = list(map(attrgetter("uid"), stored))
         rows: list[SortFields | None]
@@ -192,13 +185,17 @@ async def _matching(s: ImapSession, key: SearchKey, wanted: frozenset[str]) -> F
     unknown = [i for i, row in enumerate(found.rows)
                if row.bare or (refs and row.references is None)]
     if unknown:  # rows stored without (some) envelope columns: the message file answers
-        files = {m.uid: m for m in await view.messages([found.rows[i].uid for i in unknown])}
+        with s.waiting():
+            metas = await view.messages([found.rows[i].uid for i in unknown])
+        files = {m.uid: m for m in metas}
         for i in unknown:
             stored_row = files.get(found.rows[i].uid)
             if stored_row is not None:
-                data = await view.body(stored_row.blob_id, stored_row.size)
+                with s.waiting():
+                    data = await view.body(stored_row.blob_id, stored_row.size)
                 found.rows[i] = _from_message(found.rows[i], data)
-    await _checkpoint(s)
+                await s.checkpoint()
+    await s.checkpoint()
     return found
 
 
@@ -277,10 +274,10 @@ async def sort_order(s: ImapSession, rows: list[SortFields],
     for criterion, reverse in reversed(criteria):
         with collector_paused():
             keys = _sort_keys(criterion, rows, subjects, addresses)
-        await _checkpoint(s)
+        await s.checkpoint()
         with collector_paused():
             order.sort(key=keys.__getitem__, reverse=reverse)
-        await _checkpoint(s)
+        await s.checkpoint()
     return order
 
 
@@ -370,7 +367,7 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
                           r.references or "")
             for number, seq, r in zip(shown, found.seqs, found.rows, strict=True)
         ]
-    await _checkpoint(s)
+    await s.checkpoint()
     subjects = SubjectKeys()
     if wants_refs:
         top = await _drive(s, references_steps(messages, subjects))

@@ -287,6 +287,17 @@ class AppendMessage:
     date: datetime | None
     data: bytes
     binary: bool
+    # CATENATE (RFC 4469): the message is these parts joined; ``data`` is then empty.
+    parts: tuple[CatenatePart, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CatenatePart:
+    """One ``TEXT literal`` (``url`` None) or ``URL "imap-url"`` of a CATENATE (RFC 4469 5)."""
+
+    text: bytes = b""
+    binary: bool = False
+    url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +399,12 @@ _NOT_SEQ_CHARS = frozenset(range(256)) - frozenset(b"0123456789:*,")
 _NUMBER = re.compile(rb"[0-9]+")
 _MAX_NUMBER = 2**63 - 1  # mod-sequence-value may reach 2^63-1 (RFC 7162)
 _MAX_DEPTH = 50  # search key nesting
+# Bounded work per command (issue 16): what one command may ask for. A sane client stays far
+# below these; a hostile one gets BAD at once instead of making every later step (evaluation
+# per message, responses per item) pay for each item.
+MAX_ITEMS = 1000  # search keys, flags, fetch attributes, header names, patterns... in total
+MAX_FETCH_ITEMS = 100  # attributes in one FETCH
+MAX_RANGES = 20_000  # ranges in all the sequence sets of one command
 _INLINE_LITERAL = re.compile(rb"\{([0-9]{1,10})\+?\}\r\n")
 _SECTION_TEXT = re.compile(rb"HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME", re.I)
 
@@ -399,6 +416,14 @@ class _Reader:
         self.data = data
         self.pos = 0
         self.tag = tag
+        self.items = 0  # list items and search keys read so far (MAX_ITEMS)
+        self.ranges = 0  # sequence ranges read so far (MAX_RANGES)
+
+    def count(self, n: int = 1) -> None:
+        """Counts list items / search keys against MAX_ITEMS."""
+        self.items += n
+        if self.items > MAX_ITEMS:
+            raise self.error(f"too many items in one command (at most {MAX_ITEMS})", "LIMIT")
 
     def error(self, message: str, code: str = "") -> ParseError:
         return ParseError(message, self.tag, code)
@@ -564,7 +589,11 @@ class _Reader:
         if not raw:
             raise self.error(f"expected a sequence set at position {self.pos}")
         ranges = []
-        for item in raw.split(b","):
+        pieces = raw.split(b",")
+        self.ranges += len(pieces)
+        if self.ranges > MAX_RANGES:
+            raise self.error(f"too many ranges in one command (at most {MAX_RANGES})", "LIMIT")
+        for item in pieces:
             ends = item.split(b":")
             if len(ends) > 2:
                 raise self.error(f"bad sequence range {item.decode('latin-1')!r}")
@@ -587,6 +616,7 @@ class _Reader:
             self.pos += 1
             return out
         while True:
+            self.count()
             out.append(self.flag() if item == "flag" else self.atom())
             if self.peek() == ord(")"):
                 self.pos += 1
@@ -680,6 +710,7 @@ def _authenticate(r: _Reader) -> CommandArgs:
 def _enable(r: _Reader) -> CommandArgs:
     caps = []
     while r.maybe_sp():
+        r.count()
         caps.append(r.atom().upper())
     if not caps:
         raise r.error("ENABLE needs at least one capability")
@@ -782,6 +813,7 @@ def _list(r: _Reader) -> CommandArgs:
         extended = True
         r.pos += 1
         while True:
+            r.count()
             patterns.append(r.list_mailbox())
             if r.peek() == ord(")"):
                 r.pos += 1
@@ -856,11 +888,36 @@ def _append(r: _Reader) -> CommandArgs:
         if r.peek() == 0x22:
             when = r.date_time()
             r.sp()
+        if r.peek_is(b"CATENATE ("):
+            r.pos += len(b"CATENATE (")
+            parts = _catenate_parts(r)
+            messages.append(AppendMessage(tuple(flags), when, b"",
+                                          any(p.binary for p in parts), parts))
+            continue
         data, binary = r.literal(allow_binary=True)
         messages.append(AppendMessage(tuple(flags), when, data, binary))
     if not messages:
         raise r.error("APPEND needs a message literal")
     return AppendArgs(mailbox, tuple(messages))
+
+
+def _catenate_parts(r: _Reader) -> tuple[CatenatePart, ...]:
+    """``cat-part *(SP cat-part) ")"`` (RFC 4469 5), after ``CATENATE (``."""
+    parts: list[CatenatePart] = []
+    while True:
+        if r.peek_is(b"TEXT "):
+            r.pos += len(b"TEXT ")
+            text, binary = r.literal(allow_binary=True)  # RFC 4469 5 with RFC 3516 literal8
+            parts.append(CatenatePart(text, binary))
+        elif r.peek_is(b"URL "):
+            r.pos += len(b"URL ")
+            parts.append(CatenatePart(url=r.astring()))
+        else:
+            raise r.error(f"expected TEXT or URL at position {r.pos}")
+        if r.peek() == ord(")"):
+            r.pos += 1
+            return tuple(parts)
+        r.sp()
 
 
 def _search(r: _Reader) -> CommandArgs:
@@ -922,7 +979,8 @@ def _search_string(r: _Reader, charset: str) -> str:
 
 def _search_key(r: _Reader, charset: str, depth: int) -> SearchKey:
     if depth > _MAX_DEPTH:
-        raise r.error("search keys nested too deeply")
+        raise r.error("search keys nested too deeply", "LIMIT")
+    r.count()
     c = r.peek()
     if c == ord("("):
         r.pos += 1
@@ -1006,6 +1064,9 @@ def _fetch(r: _Reader) -> CommandArgs:
     if r.peek() == ord("("):
         r.pos += 1
         while True:
+            if len(items) >= MAX_FETCH_ITEMS:
+                raise r.error(f"too many FETCH attributes (at most {MAX_FETCH_ITEMS})", "LIMIT")
+            r.count()
             items.append(_fetch_att(r))
             if r.peek() == ord(")"):
                 r.pos += 1
@@ -1107,6 +1168,7 @@ def _section(r: _Reader) -> Section:
         r.sp()
         r.expect(b"(")
         while True:
+            r.count()
             fields.append(r.astring().upper())
             if r.peek() == ord(")"):
                 r.pos += 1
@@ -1142,6 +1204,7 @@ def _store(r: _Reader) -> CommandArgs:
     else:
         flags = [r.flag()]
         while r.maybe_sp():
+            r.count()
             flags.append(r.flag())
     return StoreArgs(numbers, mode, word.endswith(".SILENT"), tuple(flags), unchangedsince)
 

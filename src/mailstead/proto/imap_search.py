@@ -9,11 +9,12 @@ reads only unseen messages, and flag-only searches never leave the flag rows.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
@@ -94,8 +95,15 @@ class Candidate:
     recent: bool
     meta: MessageMeta | None = None
     data: bytes | None = None
+    # Text keys already answered for this message, and those a test is waiting for
+    # (see ``resolve``).
+    hits: dict[SkText, bool] | None = None
+    wanted: list[SkText] | None = None
     _root: mime.Part | None = None
     _body_text: str | None = None
+    # Header fields decoded once per message and SEARCH, however many keys read them.
+    _fields: dict[str, list[str]] | None = None
+    _header_text: str | None = None
 
     def root(self) -> mime.Part:
         assert self.data is not None
@@ -109,18 +117,47 @@ class Candidate:
             self._body_text = mime.text_for_search(self.data, self.root()).casefold()
         return self._body_text
 
+    def _decode_fields(self) -> dict[str, list[str]]:
+        if self._fields is None:
+            by_name: dict[str, list[str]] = {}
+            lines = []
+            for f in self.root().fields:
+                value = mime.decoded_header(f.value)
+                by_name.setdefault(f.name.lower(), []).append(value.casefold())
+                lines.append(f"{f.name}: {value}")
+            self._fields = by_name
+            self._header_text = "\n".join(lines).casefold()
+        return self._fields
+
     def header_values(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [
-            mime.decoded_header(f.value).casefold()
-            for f in self.root().fields
-            if f.name.lower() == lname
-        ]
+        return self._decode_fields().get(name.lower(), [])
 
     def header_text(self) -> str:
-        return "\n".join(
-            f"{f.name}: {mime.decoded_header(f.value)}" for f in self.root().fields
-        ).casefold()
+        self._decode_fields()
+        assert self._header_text is not None
+        return self._header_text
+
+
+async def resolve(c: Candidate, test: Predicate, s: ImapSession) -> bool | None:
+    """Tests a message whose bytes are loaded, scanning its text for one key at a time (in
+    the order the test asks for them, so a failing key early in an AND spares the rest), with
+    a checkpoint after each scan: the other sessions run in between and the command's budget
+    holds, however big the message and however many keys (issue 16). Keys asked twice are
+    scanned once, and the header is decoded once per message."""
+    c.root()  # the parse: one step of its own
+    await s.checkpoint()
+    c.hits = {}
+    batch = 1
+    while True:
+        c.wanted = []
+        result = test(c)
+        if result is not None or not c.wanted:
+            return result
+        for key in c.wanted[:batch]:  # batches double: few re-tests for many keys
+            if key not in c.hits:
+                c.hits[key] = _scan(key, c)
+                await s.checkpoint()
+        batch *= 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,27 +271,74 @@ def _set_test(key: SkSet, scope: Scope) -> Predicate:
         saved = scope.saved
         return lambda c: c.uid in saved
     largest = scope.largest_uid if key.uid else scope.largest_seq
-    bounds = key.numbers.bounds(largest)
+    inside = _in_ranges(key.numbers.bounds(largest))
     if key.uid:
-        return lambda c: any(lo <= c.uid <= hi for lo, hi in bounds)
-    return lambda c: any(lo <= c.seq <= hi for lo, hi in bounds)
+        return lambda c: inside(c.uid)
+    return lambda c: inside(c.seq)
+
+
+def _in_ranges(bounds: list[tuple[int, int]]) -> Callable[[int], bool]:
+    """Membership in a union of ranges in O(log n): a sequence set may hold thousands of
+    ranges, tested once per message."""
+    merged: list[list[int]] = []
+    for lo, hi in sorted(bounds):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    if len(merged) == 1:
+        lo, hi = merged[0]
+        return lambda n: lo <= n <= hi
+    starts = [lo for lo, _hi in merged]
+    ends = [hi for _lo, hi in merged]
+
+    def inside(n: int) -> bool:
+        i = bisect.bisect_right(starts, n) - 1
+        return i >= 0 and n <= ends[i]
+
+    return inside
+
+
+# Time zones run from UTC-12:00 to UTC+14:00: a Date: stored as an instant (its zone not kept)
+# fell on one of the days that range spans, in the sender's own zone.
+_WEST = timedelta(hours=12)
+_EAST = timedelta(hours=14)
 
 
 def _date_test(key: SkDate) -> Predicate:
-    op, day, sent = key.op, key.day, key.sent
+    op, day = key.op, key.day
 
-    def date_test(c: Candidate) -> bool | None:
-        when = _sent_date(c) if sent else _meta(c).internal_date
-        if when is None:
-            return None  # read the Date: header from the message
-        value = when.date()  # RFC 9051 6.4.4: date only, time and zone disregarded
+    def compare(value: date) -> bool:
         if op == "BEFORE":
             return value < day
         if op == "ON":
             return value == day
         return value >= day
 
-    return date_test
+    if not key.sent:
+        # RFC 9051 6.4.4: the internal date's day, time and zone disregarded.
+        return lambda c: compare(_meta(c).internal_date.date())
+
+    def sent_test(c: Candidate) -> bool | None:
+        # RFC 3501 6.4.4 / RFC 9051 6.4.4: SENT* compare the day of the Date: header as written,
+        # in the sender's own zone, not converted to ours.
+        meta = _meta(c)
+        if c.data is None:
+            stored = meta.envelope.date
+            if stored is None:
+                return None  # read the Date: header from the message
+            instant = _aware(stored)
+            earliest, latest = (instant - _WEST).date(), (instant + _EAST).date()
+            # BEFORE and SINCE are monotonic in the day: the two ends agreeing settles them.
+            # ON may hold for a day strictly between the ends (26 hours can touch 3 days).
+            settled = compare(earliest) == compare(latest) and (
+                op != "ON" or not earliest <= day <= latest)
+            if earliest == latest or settled:
+                return compare(earliest)
+            return None  # near midnight somewhere: the header says which day it was
+        return compare(_sent_day(c))
+
+    return sent_test
 
 
 def _meta(c: Candidate) -> MessageMeta:
@@ -262,32 +346,37 @@ def _meta(c: Candidate) -> MessageMeta:
     return c.meta
 
 
-def _sent_date(c: Candidate) -> datetime | None:
-    """The Date: header (from the stored envelope, else the message), falling back to the
-    internal date when there is none (RFC 9051 6.4.4 leaves this to the server)."""
-    meta = _meta(c)
-    if meta.envelope.date is not None:
-        return meta.envelope.date
-    if c.data is None:
-        return None
+def _sent_day(c: Candidate) -> date:
+    """The day of the message's Date: header in its own zone, or of the internal date when
+    it has none that parses (RFC 9051 6.4.4 leaves that case to the server)."""
     raw = c.root().get("Date")
     if raw:
         with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-            return parsedate_to_datetime(raw)
-    return meta.internal_date
+            return parsedate_to_datetime(raw).date()
+    return _meta(c).internal_date.date()
 
 
 def _text_matches(key: SkText, c: Candidate) -> bool | None:
-    needle = key.value.casefold()
     envelope_field = _ENVELOPE_FIELDS.get(key.where)
     if envelope_field is not None and c.meta is not None:
         # The envelope parsed at delivery answers without reading the file; a row stored
         # without one falls back to the message's own header.
         value = getattr(c.meta.envelope, envelope_field)
         if value:
-            return needle in value.casefold()
+            return key.value.casefold() in value.casefold()
     if c.data is None:
         return None
+    if c.hits is None:
+        return _scan(key, c)
+    hit = c.hits.get(key)
+    if hit is None and c.wanted is not None:
+        c.wanted.append(key)  # ``resolve`` scans for it, then tests again
+    return hit
+
+
+def _scan(key: SkText, c: Candidate) -> bool:
+    """Whether the message's text holds the key's string (its bytes are loaded)."""
+    needle = key.value.casefold()
     if key.where == "BODY":
         return needle in c.body_text()
     if key.where == "TEXT":
@@ -319,8 +408,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     test = compile_key(args.key, scope)
     recent = view.recent_checker() if not s.rev2 else (lambda uid: False)
     all_uids = view.uids_in_seq_ranges([(1, view.exists)]) if view.exists else []
-    found: list[tuple[int, int]] = []  # (seq, uid)
-    highest = 0
+    found: list[tuple[int, int, int]] = []  # (seq, uid, modseq)
     system = _system_flag(args.key)
     if level is Need.FLAGS and system is not None:
         # UNSEEN, FLAGGED...: the commonest searches, tested on the flag bits directly.
@@ -329,21 +417,22 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
         pairs = zip(view.seqs_of([st.uid for st in states]), states, strict=True)
         hits = [(seq, st) for seq, st in pairs if seq is not None and (st.flags & bit != 0)
                 == present]
-        found = [(seq, st.uid) for seq, st in hits]
-        highest = max((st.modseq for _seq, st in hits), default=0)
+        found = [(seq, st.uid, st.modseq) for seq, st in hits]
     elif level is Need.FLAGS:
         states = await view.flag_states(all_uids)
         for seq, st in zip(view.seqs_of([st.uid for st in states]), states, strict=True):
+            await s.checkpoint()  # a thousand keys on 100,000 messages is real work
             if seq is None:
                 continue
             c = Candidate(seq, st.uid, st.modseq, st.flags, st.keywords, recent(st.uid))
             if test(c):
-                found.append((seq, st.uid))
-                highest = max(highest, st.modseq)
+                found.append((seq, st.uid, st.modseq))
     else:
         for start in range(0, len(all_uids), CHUNK):
-            metas = await view.messages(all_uids[start : start + CHUNK])
+            with s.waiting():
+                metas = await view.messages(all_uids[start : start + CHUNK])
             for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
+                await s.checkpoint()
                 if seq is None:
                     continue
                 c = Candidate(
@@ -351,15 +440,17 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
                 )
                 result = test(c)
                 if result is None:
-                    c.data = await view.body(meta.blob_id, meta.size)
-                    result = test(c)
+                    with s.waiting():
+                        c.data = await view.body(meta.blob_id, meta.size)
+                    result = await resolve(c, test, s)
                 if result:
-                    found.append((seq, meta.uid))
-                    highest = max(highest, meta.modseq)
-    numbers = sorted(uid if cmd.uid else seq for seq, uid in found)
+                    found.append((seq, meta.uid, meta.modseq))
+    found.sort()
+    numbers = [uid if cmd.uid else seq for seq, uid, _modseq in found]
+    highest = max((modseq for _seq, _uid, modseq in found), default=0)
     options = args.return_options or ()
     if "SAVE" in options:
-        s.saved_uids = _saved(options, sorted(uid for _seq, uid in found))
+        s.saved_uids = _saved(options, sorted(uid for _seq, uid, _modseq in found))
         if options == ("SAVE",):  # RFC 5182 2.1: nothing else asked, nothing sent
             return Reply("OK", "Search completed (result saved)")
     if args.return_options is None and not s.rev2:
@@ -369,8 +460,25 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
         s.io.write(line.encode() + b"\r\n")
     else:
         options = args.return_options or ("ALL",)
-        s.io.write(_esearch(cmd, options, numbers, highest if with_modseq else 0))
+        modseq = _esearch_modseq(options, found) if with_modseq else 0
+        s.io.write(_esearch(cmd, options, numbers, modseq))
     return Reply("OK", "Search completed")
+
+
+def _esearch_modseq(options: tuple[str, ...], found: list[tuple[int, int, int]]) -> int:
+    """The MODSEQ of an ESEARCH answer (RFC 7162 3.1.5, RFC 4731 3.2): the highest of the
+    messages it returns. Only MIN and/or MAX asked: the modseq of those messages; with ALL or
+    COUNT: of every match. ``found`` is in sequence order (so in UID order too)."""
+    if not found:
+        return 0
+    if "ALL" in options or "COUNT" in options or not {"MIN", "MAX"} & set(options):
+        return max(modseq for _seq, _uid, modseq in found)
+    returned = []
+    if "MIN" in options:
+        returned.append(found[0][2])
+    if "MAX" in options:
+        returned.append(found[-1][2])
+    return max(returned)
 
 
 def _saved(options: tuple[str, ...], uids: list[int]) -> list[int]:

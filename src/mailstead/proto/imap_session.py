@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -39,6 +41,7 @@ from mailstead.proto.imap_backend import (
     LoginRefused,
     MailboxBackend,
     SelectedView,
+    TooManySessions,
 )
 from mailstead.proto.imap_format import CommandError, Reply
 from mailstead.proto.imap_parse import (
@@ -72,6 +75,50 @@ class SessionSettings:
     max_message_size: int
     max_errors: int
     max_commands: int
+    command_seconds: float = 30.0  # work one command may cost (cfg.limits.imap_command_seconds)
+
+
+class WorkBudget:
+    """The work one command may cost, and its turns on the shared event loop (issue 16).
+
+    Work is the CPU time of the thread running the session (``time.thread_time``) while the
+    command runs, so waiting for the client, for the store or for the other sessions is not
+    counted (``waiting`` marks such waits; a yield at ``due`` is one too). Long loops call
+    ``ImapSession.checkpoint`` per message: every ``SLICE`` seconds it yields to the other
+    sessions, and past ``limit`` the command fails with NO [LIMIT] (RFC 5530)."""
+
+    SLICE = 0.005  # longest run between two turns of the other sessions
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.used = 0.0
+        self._cpu = time.thread_time()
+        self._wall = time.perf_counter()
+
+    def due(self) -> bool:
+        return time.perf_counter() - self._wall >= self.SLICE
+
+    def stop(self) -> bool:
+        """Adds the work since the last resume; True when the budget is spent."""
+        self.used += time.thread_time() - self._cpu
+        return self.used > self.limit
+
+    def resume(self) -> None:
+        self._cpu = time.thread_time()
+        self._wall = time.perf_counter()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        self.stop()
+        try:
+            yield
+        finally:
+            self.resume()
+
+
+class BudgetSpent(CommandError):
+    def __init__(self) -> None:
+        super().__init__("NO", "Command used up its share of server time", "LIMIT")
 
 
 _AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
@@ -105,6 +152,7 @@ class ImapSession:
         self.current: Command | None = None
         self.force_refresh = False
         self.saved_uids: list[int] = []  # SEARCHRES "$" (RFC 5182)
+        self.work: WorkBudget | None = None  # the running command's budget
 
     # -- modes --
 
@@ -151,7 +199,7 @@ class ImapSession:
             "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
             "SEARCHRES", "WITHIN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "CHILDREN",
             "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
-            f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY",
+            f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY", "CATENATE",
             "STATUS=SIZE", "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
         ]
@@ -178,10 +226,12 @@ class ImapSession:
             await self.reject(exc.tag, f"Error in IMAP command: {exc}", exc.code)
             return
         self.current = cmd
+        self.work = WorkBudget(self.settings.command_seconds)
         try:
             reply = await self._run(cmd)
         finally:
             self.current = None
+            self.work = None
         if not reply.status:  # answered already (STARTTLS)
             return
         if self.state is not State.LOGOUT:
@@ -230,7 +280,11 @@ class ImapSession:
             return Reply("NO", "Quota exceeded", "OVERQUOTA")
         except InvalidInput as exc:
             return Reply("NO", _clean(exc), "CANNOT")
-        except CorruptBlob:
+        except CorruptBlob as exc:
+            # RFC 5530 3: CORRUPTION says stored data is damaged (the details go to the log);
+            # the bytes that fail their hash are never sent.
+            log_event("imap.corrupt", logging.ERROR, command=cmd.name, blob=exc.blob_id,
+                      reason=exc.reason)
             return Reply("NO", "A message file is damaged; it was not sent", "CORRUPTION")
         except (ClientGone, ClientTimeout):
             raise  # the connection's business, not the command's
@@ -317,6 +371,26 @@ class ImapSession:
         return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
     # -- helpers for command handlers --
+
+    async def checkpoint(self) -> None:
+        """Called often (per message) by long commands: gives the other sessions their turn
+        every few milliseconds and ends the command once its budget is spent (BudgetSpent,
+        answered NO [LIMIT]). Cheap when nothing is due."""
+        work = self.work
+        if work is None or not work.due():
+            return
+        if work.stop():
+            name = self.current.name if self.current is not None else "?"
+            log_event("imap.command_limit", command=name, seconds=round(work.used, 3),
+                      client=self.io.peer_ip)
+            raise BudgetSpent()
+        await self.io.pause()
+        work.resume()
+
+    def waiting(self) -> contextlib.AbstractContextManager[None]:
+        """Wraps an await that waits (store, slow client): not counted as work."""
+        work = self.work
+        return contextlib.nullcontext() if work is None else work.waiting()
 
     def require_view(self) -> SelectedView:
         if self.view is None:
@@ -444,6 +518,8 @@ class ImapSession:
             if exc.temporary:
                 return Reply("NO", "Too many failed logins, try later", "UNAVAILABLE")
             return Reply("NO", "Invalid credentials", "AUTHENTICATIONFAILED")
+        except TooManySessions:  # RFC 5530 3: LIMIT, an implementation limit was reached
+            return Reply("NO", "Too many sessions", "LIMIT")
         self.state = State.AUTHENTICATED
         return Reply("OK", "Logged in", f"CAPABILITY {self.capabilities()}")
 

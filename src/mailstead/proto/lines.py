@@ -56,6 +56,28 @@ def dot_stuff(content: bytes) -> bytes:
     return content.replace(b"\r\n.", b"\r\n..")
 
 
+# Cross-protocol input on a mail port: a browser tricked into posting to it (the request line
+# of RFC 9112 3) or a client speaking TLS to a plaintext port (a TLS record starts with content
+# type 22, handshake, then major version 3; RFC 8446 5.1). Neither is ever a valid command.
+_HTTP_METHODS = (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"CONNECT",
+                 b"PATCH", b"TRACE")
+
+
+def is_http_request(line: bytes) -> bool:
+    """True for an HTTP request line such as ``GET / HTTP/1.1`` (method, target, version)."""
+    parts = line.rstrip(b"\r\n").split(b" ")
+    return (
+        len(parts) == 3 and parts[0].upper() in _HTTP_METHODS
+        and parts[2].upper().startswith(b"HTTP/")
+    )
+
+
+def is_tls_handshake(first: bytes) -> bool:
+    """True when the first bytes a client sent begin a TLS handshake record (a ClientHello):
+    0x16, and 0x03 next if that byte has arrived. 0x16 (SYN) starts no valid text command."""
+    return first[:1] == b"\x16" and (len(first) < 2 or first[1:2] == b"\x03")
+
+
 class LineTooLong:
     """Returned by ``InputBuffer.take_line`` for a line over the limit (already thrown away)."""
 

@@ -56,6 +56,11 @@ __all__ = [
 # parts are kept as opaque leaves, so their bytes are still reachable through their parent.
 MAX_DEPTH = 40
 MAX_PARTS = 10_000
+# Header fields kept per header: past this many the rest of the header is skipped at C speed
+# (its bytes stay in BODY[HEADER]); 100,000 one-line fields would otherwise cost seconds of
+# CPU on the event loop for every reader of the message (issue 16).
+MAX_FIELDS = 10_000
+MAX_TOTAL_FIELDS = 20_000  # the same over all the headers of one message (its parts')
 
 IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 KNOWN_ENCODINGS = IDENTITY_ENCODINGS | {"base64", "quoted-printable"}
@@ -160,7 +165,7 @@ class Part:
 
 def parse(data: bytes) -> Part:
     """Parse a whole message into its part tree. Never raises."""
-    budget = [MAX_PARTS]
+    budget = [MAX_PARTS, MAX_TOTAL_FIELDS]
     return _parse_entity(data, 0, len(data), ("text", "plain"), 0, budget)
 
 
@@ -182,7 +187,9 @@ def _unfold(b: bytes) -> str:
     return _text(b.replace(b"\r", b"").replace(b"\n", b"")).strip()
 
 
-def _parse_header(data: bytes, start: int, end: int) -> tuple[list[HeaderField], int]:
+def _parse_header(
+    data: bytes, start: int, end: int, limit: int = MAX_FIELDS
+) -> tuple[list[HeaderField], int]:
     """Header fields in data[start:end] and the offset where the header ends.
 
     The header is a run of field and continuation lines; a blank line ends it (and belongs to
@@ -198,6 +205,13 @@ def _parse_header(data: bytes, start: int, end: int) -> tuple[list[HeaderField],
             fields.append(HeaderField(name, _unfold(data[value_start:at]), field_start, at))
 
     while pos < end:
+        if len(fields) >= limit:
+            header_end = _skip_fields(data, pos, end)
+            # Once the whole message's budget is spent, only what shapes the part tree.
+            keys = _KEY_FIELDS if limit == MAX_FIELDS else _MIME_FIELDS
+            fields += _late_fields(data, field_start if field_start >= 0 else pos, header_end,
+                                   keys)
+            return fields, header_end
         nl = data.find(b"\n", pos, end)
         line_end = end if nl < 0 else nl + 1
         first = data[pos : pos + 1]
@@ -220,6 +234,74 @@ def _parse_header(data: bytes, start: int, end: int) -> tuple[list[HeaderField],
     return fields, end
 
 
+# Fields still looked for past MAX_FIELDS (each name found with bytes.find, so at C speed):
+# what the envelope, SEARCH on the usual headers and the MIME structure read.
+_KEY_FIELDS = (
+    b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"date", b"message-id",
+    b"in-reply-to", b"references", b"mime-version", b"content-type",
+    b"content-transfer-encoding", b"content-disposition",
+)
+_COLON = re.compile(rb"[ \t]*:")
+_FIELD_VALUE = re.compile(rb"[^\n]*+(?:\n[ \t][^\n]*+)*+")
+MAX_LATE_FIELDS = 100
+MAX_LATE_MISSES = 1000
+LATE_WINDOW = 64 * 1024
+
+
+_MIME_FIELDS = (b"content-type", b"content-transfer-encoding", b"content-disposition")
+
+
+def _late_fields(
+    data: bytes, start: int, end: int, keys: tuple[bytes, ...] = _KEY_FIELDS
+) -> list[HeaderField]:
+    """The key fields among those past MAX_FIELDS, in their order. Only the header's last
+    LATE_WINDOW bytes are read: relays add their trace fields on top, so a message's own
+    From, Subject... come last; the cost stays bounded whatever the header holds."""
+    if end - start > LATE_WINDOW:
+        cut = data.find(b"\n", end - LATE_WINDOW, end)
+        start = end if cut < 0 else cut + 1
+    # From the line end before it, so every field starts after a "\n" (one is made up at 0).
+    lower = b"\n" + data[:end].lower() if start == 0 else data[start - 1 : end].lower()
+    start -= 1
+    found: list[HeaderField] = []
+    misses = 0
+    for key in keys:
+        needle = b"\n" + key
+        at = lower.find(needle)
+        while at >= 0 and len(found) < MAX_LATE_FIELDS and misses < MAX_LATE_MISSES:
+            name_start = start + at + 1
+            colon = _COLON.match(data, name_start + len(key), end)
+            if colon is None:
+                misses += 1
+            else:
+                value = _FIELD_VALUE.match(data, colon.end(), end)
+                value_end = value.end() if value is not None else colon.end()
+                name = data[name_start : name_start + len(key)].decode("ascii")
+                found.append(HeaderField(name, _unfold(data[colon.end() : value_end]),
+                                         name_start, min(value_end + 1, end)))
+            at = lower.find(needle, at + 1)
+    found.sort(key=lambda f: f.start)
+    return found
+
+
+def _skip_fields(data: bytes, pos: int, end: int) -> int:
+    """Where a header with more than MAX_FIELDS fields ends: after its first blank line (so
+    at C speed; a stray line that is no field does not end such a header early)."""
+    for blank in (b"\n", b"\r\n"):
+        if data.startswith(blank, pos, end):
+            return pos + len(blank)
+    nl = data.find(b"\n", pos, end)
+    if data[pos : pos + 1] not in (b" ", b"\t") and not _FIELD_START.match(
+            data, pos, end if nl < 0 else nl + 1):
+        return pos  # not a field: the header ends here (a part without one, say)
+    ends = [at for at in (data.find(b"\n\n", pos, end), data.find(b"\n\r\n", pos, end))
+            if at >= 0]
+    if not ends:
+        return end
+    at = min(ends)
+    return data.find(b"\n", at + 1, end) + 1
+
+
 def _count_lines(data: bytes, start: int, end: int) -> int:
     if start >= end:
         return 0
@@ -236,7 +318,8 @@ def _parse_entity(
     budget: list[int],
 ) -> Part:
     budget[0] -= 1
-    fields, header_end = _parse_header(data, start, end)
+    fields, header_end = _parse_header(data, start, end, min(MAX_FIELDS, max(budget[1], 0)))
+    budget[1] -= len(fields)
     part = Part(start, header_end, header_end, end, fields)
     _apply_content_headers(part, default_type)
 

@@ -23,6 +23,12 @@ from typing import Literal, Protocol
 from mailstead.core.addresses import Address, parse_address
 from mailstead.core.errors import InvalidInput, QuotaExceeded
 from mailstead.core.models import Account
+from mailstead.proto.headers import (
+    count_received,
+    from_fields,
+    header_section,
+    parse_mailbox_list,
+)
 from mailstead.proto.lines import (
     COMMAND_LINE_MAX,
     DataOutcome,
@@ -41,6 +47,12 @@ _XTEXT_RE = re.compile(r"^(?:[!-*,-<>-~]|\+[0-9A-F]{2})*$")  # RFC 3461 4: xchar
 _NOTIFY_VALUES = {"SUCCESS", "FAILURE", "DELAY"}
 _HTTP_VERBS = {"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS"}
 
+# RFC 5321 6.3: a message that has passed more hops than this is looping. The RFC asks for a limit
+# of at least 100 Received fields; one more than that is refused.
+MAX_RECEIVED = 100
+# Distinct addresses a submitted From: field may name (each is one ownership look-up).
+MAX_FROM_MAILBOXES = 100
+
 BodyType = Literal["7BIT", "8BITMIME", "BINARYMIME"]
 QuotaState = Literal["ok", "full", "too_big"]
 
@@ -51,6 +63,7 @@ class Action(Enum):
     NONE = "none"
     READ_DATA = "read_data"  # read the message up to <CRLF>.<CRLF>, then call on_data
     READ_CHUNK = "read_chunk"  # read chunk_size octets (on_chunk), then call on_chunk_end
+    DISCARD_CHUNK = "discard_chunk"  # write the reply now, then read and drop chunk_size octets
     START_TLS = "start_tls"  # handshake, then call tls_started
     CLOSE = "close"  # hang up
 
@@ -60,7 +73,7 @@ class Reply:
     code: int
     lines: tuple[str, ...]
     action: Action = Action.NONE
-    chunk_size: int = 0  # for READ_CHUNK
+    chunk_size: int = 0  # for READ_CHUNK and DISCARD_CHUNK
 
     def encode(self) -> bytes:
         """Wire form: "250-..." for every line but the last, "250 ..." for the last."""
@@ -73,6 +86,11 @@ class Reply:
 def reply(code: int, status: str, text: str, action: Action = Action.NONE) -> Reply:
     """A one-line reply with its enhanced status code (RFC 2034)."""
     return Reply(code, (f"{status} {text}",), action)
+
+
+# RFC 5321 4.5.3.1.10: the client sends the recipients over the limit in a later transaction; this
+# is no protocol error, so it neither counts towards max_errors nor refuses the transaction.
+TOO_MANY_RECIPIENTS = reply(452, "4.5.3", "Too many recipients")
 
 
 class MessageRefused(Exception):
@@ -189,10 +207,9 @@ class _Refusal(Exception):
 
 @dataclass(slots=True)
 class _Chunk:
-    """A BDAT chunk being read: where its bytes go, or the reply that refuses it."""
+    """A BDAT chunk being read (one the session takes; refused ones are discarded)."""
 
     last: bool
-    refusal: Reply | None
 
 
 @dataclass(slots=True)
@@ -262,6 +279,11 @@ class SmtpSession:
 
     async def on_line(self, line: bytes) -> Reply:
         """One line from the client (with its CRLF): a command, or an AUTH response."""
+        if not line.endswith(b"\r\n"):
+            # RFC 5321 2.3.8: lines end with CRLF only. A bare LF (or CR, below) is refused,
+            # never taken as a line end, as the DATA reader does (lines.py).
+            self._sasl = None
+            return self._counted(reply(500, "5.5.2", "Line must end with CRLF"))
         if self._sasl is not None:
             return self._counted(await self._sasl_step(strip_eol(line)))
         return self._counted(await self._command(line))
@@ -296,7 +318,8 @@ class SmtpSession:
 
     def _counted(self, answer: Reply) -> Reply:
         """Counts error replies; too many end the session (defence against probing)."""
-        if answer.code >= 400 and answer.action is not Action.CLOSE:
+        if answer.code >= 400 and answer.action is not Action.CLOSE \
+                and answer is not TOO_MANY_RECIPIENTS:
             self.errors += 1
             if self.errors >= self.policy.max_errors:
                 return reply(421, "4.7.0", f"{self.policy.hostname} Too many errors",
@@ -539,7 +562,7 @@ class SmtpSession:
         if rest is None:
             return reply(501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]")
         if len(txn.recipients) >= self.policy.max_recipients:
-            return reply(452, "4.5.3", "Too many recipients")  # RFC 5321 4.5.3.1.10
+            return TOO_MANY_RECIPIENTS
         path, params = _split_path(rest, "5.1.3")
         if params and not self.esmtp:
             return reply(555, "5.5.4", "Parameters need EHLO")
@@ -637,21 +660,34 @@ class SmtpSession:
             return reply(501, "5.5.4", "Syntax: BDAT size [LAST]", Action.CLOSE)
         size = int(parts[0])
         refusal = self._ready_for_message()
-        # RFC 3030 2: the octets are read and thrown away even when the command is refused.
-        self._chunk = _Chunk(last=len(parts) == 2, refusal=refusal)
-        self._chunking = self._chunking or refusal is None
+        if refusal is not None:
+            # RFC 3030 2: the octets are on their way and are read and thrown away; chunks
+            # pipelined after a failed one land here too, as they find no transaction.
+            return _discard_chunk(refusal, size)
+        txn = self.txn
+        assert txn is not None
+        if self._chunk_size + size > self.policy.max_message_size:
+            # Known from the size alone: answer at once, keep none of the octets (RFC 3030 2:
+            # a failed chunk fails the transaction).
+            too_big = reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+            self.backend.transaction_done(txn, self._chunk_size + size, too_big)
+            self._reset_transaction()
+            if size > self.policy.max_message_size:
+                # More than any message may hold: rather than read it all, hang up after the
+                # reply (its 552 tells the client not to retry as is).
+                return reply(552, "5.3.4", "Message size exceeds fixed maximum message size; "
+                             "closing connection", Action.CLOSE)
+            return _discard_chunk(too_big, size)
+        self._chunk = _Chunk(last=len(parts) == 2)
+        self._chunking = True
         return Reply(0, (), Action.READ_CHUNK, size)
 
     def on_chunk(self, piece: bytes) -> None:
         """Octets of the current BDAT chunk (any number of pieces)."""
         chunk = self._chunk
-        if chunk is None or chunk.refusal is not None:
+        if chunk is None:
             return
         self._chunk_size += len(piece)
-        if self._chunk_size > self.policy.max_message_size:
-            self._chunk_parts = []
-            chunk.refusal = reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
-            return
         self._chunk_parts.append(piece)
 
     async def on_chunk_end(self) -> Reply:
@@ -659,13 +695,6 @@ class SmtpSession:
         assert chunk is not None
         self._chunk = None
         txn = self.txn
-        if chunk.refusal is not None:
-            if txn is not None:
-                # RFC 3030 2: a failed chunk fails the transaction; pipelined chunks after it
-                # find no transaction and are discarded too.
-                self.backend.transaction_done(txn, self._chunk_size, chunk.refusal)
-                self._reset_transaction()
-            return self._counted(chunk.refusal)
         assert txn is not None
         if not chunk.last:
             return reply(250, "2.0.0", f"{self._chunk_size} octets received so far")
@@ -697,6 +726,10 @@ class SmtpSession:
         txn.protocol = self._protocol_name(txn)
         txn.account = self.account
         txn.client_ip = self.policy.client_ip
+        refusal = await self._check_header(content)
+        if refusal is not None:
+            self.backend.transaction_done(txn, len(content), refusal)
+            return refusal
         try:
             queue_id = await self.backend.deliver(txn, content)
         except QuotaExceeded:
@@ -712,8 +745,54 @@ class SmtpSession:
         self.backend.transaction_done(txn, len(content), answer)
         return answer
 
+    async def _check_header(self, content: bytes) -> Reply | None:
+        """The refusal of a looping message, or of a submitted one whose From: the user does
+        not own; None when the header section is fine. Reads the header section only."""
+        header = header_section(content)
+        if count_received(header, MAX_RECEIVED) > MAX_RECEIVED:
+            # RFC 5321 6.3: a loop-detection limit on Received fields, 554 5.4.6 (RFC 3463).
+            return reply(554, "5.4.6", f"Routing loop detected: more than {MAX_RECEIVED} "
+                         "Received header fields")
+        if self.policy.submission and self.account is not None:
+            return await self._check_from(header, self.account)
+        return None
+
+    async def _check_from(self, header: bytes, account: Account) -> Reply | None:
+        """RFC 6409 8.1 lets a submission server check the message's author. Every mailbox of
+        the From: field (RFC 5322 3.6.2) must be one the user may send as, by the rule MAIL FROM
+        follows; a field that is missing, repeated (RFC 5322 3.6: exactly one) or not a strict
+        mailbox-list is refused, so that no reader can be shown an author we did not check."""
+        fields = from_fields(header)
+        if not fields:
+            return reply(550, "5.7.1", "Message has no From: header field")
+        if len(fields) > 1:
+            return reply(550, "5.7.1", "Message has more than one From: header field")
+        try:
+            written = parse_mailbox_list(fields[0])
+        except InvalidInput as exc:
+            return reply(550, "5.7.1", _printable(f"Cannot read the From: header field: {exc}"))
+        unique = list(dict.fromkeys(written))
+        if len(unique) > MAX_FROM_MAILBOXES:
+            return reply(550, "5.7.1", f"More than {MAX_FROM_MAILBOXES} addresses in From:")
+        for text in unique:
+            try:
+                address = parse_address(text)
+            except InvalidInput:
+                address = None
+            if address is None or not await self.backend.owns_address(account, address):
+                shown = _printable(text)[:300]
+                return reply(550, "5.7.1", f"From: header address <{shown}> not owned by "
+                             f"{account.address}")
+        return None
+
 
 # -- parsing helpers ---------------------------------------------------------------------------
+
+
+def _discard_chunk(refusal: Reply, size: int) -> Reply:
+    """``refusal``, to be written before the chunk's ``size`` octets are read and dropped. (Should
+    it turn into "too many errors", the driver hangs up instead.)"""
+    return Reply(refusal.code, refusal.lines, Action.DISCARD_CHUNK, size)
 
 
 def _printable(text: str) -> str:

@@ -20,12 +20,14 @@ from mailstead.store.interfaces import Account, MetadataStore
 
 
 class AuthFailed(Exception):
-    """Login refused. ``temporary`` is True for a lockout (SMTP 454 4.7.0, IMAP [UNAVAILABLE]),
-    False for bad credentials (SMTP 535 5.7.8, IMAP [AUTHENTICATIONFAILED])."""
+    """Login refused. ``temporary`` is True when the limiter holds the source back (SMTP 454
+    4.7.0, IMAP [UNAVAILABLE], POP3 [SYS/TEMP], HTTP 429 with ``retry_after`` seconds), False
+    for bad credentials (SMTP 535 5.7.8, IMAP [AUTHENTICATIONFAILED], POP3 [AUTH], HTTP 401)."""
 
-    def __init__(self, message: str, temporary: bool = False) -> None:
+    def __init__(self, message: str, temporary: bool = False, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.temporary = temporary
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -57,23 +59,36 @@ class AccountService:
     # -- login --
 
     async def authenticate(self, username: str, password: str, remote_ip: str) -> Account:
-        """Returns the account, or raises AuthFailed after the rate limiter's delay."""
-        ip_key = f"ip:{remote_ip}"
+        """Returns the account, or raises AuthFailed after the rate limiter's delay (the
+        policy is in mailstead.auth.ratelimit: sources are blocked, accounts never are)."""
         try:
             address = parse_address(username).key
         except InvalidInput:
             address = username.lower()
-        acct_key = f"acct:{address}"
-        if self.limiter.is_locked(ip_key, acct_key):
-            log_event("auth.locked", client=remote_ip, user=address)
-            raise AuthFailed("too many failed logins, try again later", temporary=True)
-        account = await self.store.get_account(address)
-        if account is not None and await self._password_ok(account.password_hash, password):
-            self.limiter.record_success(acct_key)
-            return account
-        if account is None:
-            await asyncio.to_thread(verify_password, dummy_hash(), password)
-        delay = self.limiter.record_failure(ip_key, acct_key)
+        guess = hmac.new(self._cache_key, f"{address}\0{password}".encode("utf-8", "replace"),
+                         hashlib.sha256).hexdigest()
+        verdict = self.limiter.admit(remote_ip, address, guess)
+        if verdict.refused:
+            log_event("auth.locked", client=remote_ip, user=address, reason=verdict.reason,
+                      retry_after=f"{verdict.retry_after:.0f}")
+            raise AuthFailed("too many failed logins, try again later", temporary=True,
+                             retry_after=verdict.retry_after)
+        done = False
+        try:
+            if verdict.wait > 0:
+                await asyncio.sleep(verdict.wait)
+            account = await self.store.get_account(address)
+            if account is not None and await self._password_ok(account.password_hash, password):
+                self.limiter.record_success(remote_ip, address, guess)
+                done = True
+                return account
+            if account is None:
+                await asyncio.to_thread(verify_password, dummy_hash(), password)
+            delay = self.limiter.record_failure(remote_ip, address, guess)
+            done = True
+        finally:
+            if not done:  # cancelled (the client left) or the store failed
+                self.limiter.release(remote_ip, guess)
         log_event("auth.failed", client=remote_ip, user=address, delay=f"{delay:.1f}")
         await asyncio.sleep(delay)
         raise AuthFailed("invalid credentials")

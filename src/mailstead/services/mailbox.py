@@ -66,7 +66,8 @@ _DELETED = int(SystemFlag.DELETED)
 def normalize_name(name: str) -> str:
     """Checks a mailbox name and returns its stored form ("INBOX" upper-cased as a first level,
     one trailing separator dropped, RFC 9051 6.3.4). Names that could escape or confuse are
-    refused with InvalidInput: empty levels, leading '/', '.' and '..' levels, NUL and other
+    refused with InvalidInput: empty levels, leading '/', '.' and '..' levels, a leading '~'
+    (a home directory to servers that map names to paths, RFC 3501 5.1.3), NUL and other
     controls, the LIST wildcards '*' and '%', invalid UTF-8."""
     if name.endswith(SEPARATOR) and len(name) > 1:
         name = name[:-1]
@@ -80,7 +81,10 @@ def normalize_name(name: str) -> str:
         raise InvalidInput("mailbox name too long")
     if name.startswith(SEPARATOR):
         raise InvalidInput("mailbox name must not start with '/'")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or c in "*%" for c in name):
+    if name.startswith("~"):
+        raise InvalidInput("mailbox name must not start with '~'")
+    # RFC 9051 5.1: no C0 or C1 controls, DEL, LINE SEPARATOR or PARAGRAPH SEPARATOR.
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "*%\u2028\u2029" for c in name):
         raise InvalidInput("mailbox name contains a control character or a wildcard")
     levels = name.split(SEPARATOR)
     if len(levels) > MAX_LEVELS:
@@ -797,6 +801,11 @@ class MailboxService:
         """Takes messages out again (a MULTIAPPEND whose later message failed)."""
         if uids:
             await self.store.expunge(mailbox.id, uids)
+
+    async def message_bytes(self, mailbox: Mailbox, uid: int) -> bytes | None:
+        """The bytes of one message of any mailbox (CATENATE's URLs), None if there is none."""
+        rows = await self.store.get_messages(mailbox.id, [uid])
+        return await self.read_blob(rows[0].blob_id, rows[0].size) if rows else None
 
     async def read_blob(self, blob_id: str, size: int | None = None) -> bytes:
         """The message bytes, hash-checked (CorruptBlob rather than bad bytes). A small file

@@ -4,10 +4,13 @@ own aliases, and the settings a mail client needs (also served as Thunderbird au
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass
 from html import escape
+
+from starlette.exceptions import HTTPException
 
 from mailstead import bootstrap
 from mailstead.auth.passwords import check_password_rules, hash_password
@@ -125,10 +128,10 @@ async def change_password(state: WebState, account: Account, *, current: str, ne
     try:
         await state.services.accounts.authenticate(account.address, current, client_ip)
     except AuthFailed as exc:
-        raise InvalidInput(
-            "too many wrong passwords; try again later" if exc.temporary
-            else "the current password is wrong"
-        ) from None
+        if exc.temporary:  # 429 with Retry-After (RFC 6585 section 4), like the login
+            raise HTTPException(429, "too many wrong passwords; try again later", headers={
+                "Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
+        raise InvalidInput("the current password is wrong") from None
     if new != confirm:
         raise InvalidInput("the two new passwords differ")
     check_password_rules(new, state.cfg.auth.min_password_length)

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -136,8 +137,9 @@ async def _basic_account(request: Request) -> Account:
         return await state.services.accounts.authenticate(user, password,
                                                           security.client_ip(request))
     except AuthFailed as exc:
-        if exc.temporary:
-            raise HTTPException(429, "too many failed logins; try again later") from None
+        if exc.temporary:  # RFC 6585 section 4: 429 MAY say how long to wait
+            raise HTTPException(429, "too many failed logins; try again later", headers={
+                "Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
         raise HTTPException(401, "wrong address or password") from None
 
 
@@ -300,7 +302,7 @@ async def me(ctx: Ctx) -> m.Me:
 
 
 @endpoint("POST", "/api/password", "Change your password (ends other sessions and tokens)",
-          "account", body=m.PasswordIn, response=m.TokenOut, errors=COMMON)
+          "account", body=m.PasswordIn, response=m.TokenOut, errors=(*COMMON, 429))
 async def change_password(ctx: Ctx) -> m.TokenOut:
     body: m.PasswordIn = ctx.body
     account = await accountops.change_password(

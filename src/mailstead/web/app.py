@@ -150,8 +150,10 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     if status >= 500:
         log_event("web.error", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
     if request.url.path.startswith("/api/"):
-        headers = {"WWW-Authenticate": 'Bearer realm="mailstead"'} if status == 401 else None
-        return JSONResponse({"error": text}, status_code=status, headers=headers)
+        headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="mailstead"'
+        return JSONResponse({"error": text}, status_code=status, headers=headers or None)
     if request.method == "POST" and 400 <= status < 500 and status not in (401, 403, 413):
         back = _same_site_referer(request)
         if back is not None:  # show the reason on the page the form came from

@@ -3,6 +3,8 @@ policy of our domains."""
 
 from __future__ import annotations
 
+import math
+
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -61,6 +63,7 @@ async def login_submit(request: Request) -> Response:
     username = field(form, "username").strip()
     target = _safe_next(field(form, "next"))
     error = ""
+    retry_after = 0.0
     if not security.same_origin(request) or not security.check_pre_session_token(
         state, request, field(form, "csrf")
     ):
@@ -73,16 +76,20 @@ async def login_submit(request: Request) -> Response:
         except AuthFailed as exc:
             error = ("Too many failed logins. Wait a few minutes and try again."
                      if exc.temporary else "Wrong address or password.")
+            retry_after = exc.retry_after
             log_event("web.login_failed", user=username, client=security.client_ip(request))
         else:
             log_event("web.login", user=account.address, client=security.client_ip(request))
             response = RedirectResponse(target, status_code=303)
             security.start_session(state, response, account)
             return response
-    return render(request, "login.html", {
+    page_response = render(request, "login.html", {
         "next": target, "error": error, "insecure": _insecure_origin(request),
         "username": username, "title": "Log in",
     }, status_code=401 if "Wrong" in error else 429 if "Too many" in error else 403)
+    if page_response.status_code == 429:  # RFC 6585 section 4
+        page_response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return page_response
 
 
 @page
