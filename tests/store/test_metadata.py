@@ -694,5 +694,7 @@ async def test_sort_fields(store: MetadataStore) -> None:
     assert not full.bare and plain.bare and plain.references is None
     [narrow, _] = await store.sort_fields(box.id, {"subject"})
     assert (narrow.subject, narrow.from_, narrow.date, narrow.size) == ("Re: x", "", None, 0)
+    assert [r.uid for r in await store.sort_fields(box.id, (), after_uid=1)] == [2]
+    assert [r.uid for r in await store.sort_fields(box.id, (), limit=1)] == [1]
     with pytest.raises(ValueError):
         await store.sort_fields(box.id, {"env_subject; DROP TABLE messages"})

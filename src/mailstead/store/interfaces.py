@@ -191,10 +191,12 @@ class MetadataStore(Protocol):
         """Full rows in UID order; all of them when ``uids`` is None."""
 
     async def sort_fields(
-        self, mailbox_id: int, wanted: Collection[str] = SORT_FIELDS
+        self, mailbox_id: int, wanted: Collection[str] = SORT_FIELDS, after_uid: int = 0,
+        limit: int | None = None,
     ) -> list[SortFields]:
-        """Every message's SORT/THREAD fields, in UID order: uid, internal_date and bare
-        always, the others when named in ``wanted`` (a subset of SORT_FIELDS)."""
+        """The SORT/THREAD fields of the messages above ``after_uid`` (at most ``limit`` of
+        them), in UID order: uid, internal_date and bare always, the others when named in
+        ``wanted`` (a subset of SORT_FIELDS)."""
 
     async def update_flags(
         self,

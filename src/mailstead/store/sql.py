@@ -954,7 +954,9 @@ _BARE = (
 )
 
 
-def sort_fields(db: Db, mailbox_id: int, wanted: Collection[str]) -> list[SortFields]:
+def sort_fields(
+    db: Db, mailbox_id: int, wanted: Collection[str], after_uid: int, limit: int | None
+) -> list[SortFields]:
     unknown = set(wanted) - SORT_FIELDS
     if unknown:
         raise ValueError(f"unknown sort fields {sorted(unknown)}")
@@ -962,8 +964,8 @@ def sort_fields(db: Db, mailbox_id: int, wanted: Collection[str]) -> list[SortFi
     with gc_paused():
         rows = db.rows(
             f"SELECT uid, internal_date, {cols}, {_BARE} FROM messages WHERE mailbox_id = ? "
-            "ORDER BY uid",
-            (mailbox_id,),
+            "AND uid > ? ORDER BY uid" + ("" if limit is None else f" LIMIT {int(limit)}"),
+            (mailbox_id, after_uid),
         )
         return list(map(_new_sort_fields, repeat(SortFields), rows))
 
@@ -1443,9 +1445,10 @@ class SqlStore(ABC):
         return await self._read(get_messages, mailbox_id, None if uids is None else list(uids))
 
     async def sort_fields(
-        self, mailbox_id: int, wanted: Collection[str] = SORT_FIELDS
+        self, mailbox_id: int, wanted: Collection[str] = SORT_FIELDS, after_uid: int = 0,
+        limit: int | None = None,
     ) -> list[SortFields]:
-        return await self._read(sort_fields, mailbox_id, frozenset(wanted))
+        return await self._read(sort_fields, mailbox_id, frozenset(wanted), after_uid, limit)
 
     async def update_flags(
         self,
