@@ -1,7 +1,7 @@
 """IMAP load benchmark against a real ``mailstead serve`` process.
 
     .venv/bin/python bench/imap_load.py [--clients 20] [--seconds 10] [--idle 1000]
-                                        [--big 100000] [--inbox 200]
+                                        [--big 100000] [--inbox 200] [--no-sort]
 
 Phases, each printing its figures:
 1. ``UID FETCH 1:* (FLAGS)`` on a mailbox of ``--big`` messages (and the SELECT before it).
@@ -9,11 +9,16 @@ Phases, each printing its figures:
    (FLAGS), UID FETCH n (BODY.PEEK[]), UID STORE +/-FLAGS, UID SEARCH UNSEEN, NOOP, IDLE/DONE,
    and every 50 commands LOGOUT + reconnect + LOGIN (the credential cache at work). Prints
    commands per second and p50/p99 latency, overall and per command.
-3. ``--idle`` connections logged in, INBOX selected, in IDLE: the server's resident memory
+3. ``--sort`` (on by default with ``--big``): SORT (several criteria), ESORT and THREAD
+   (REFERENCES, ORDEREDSUBJECT) on the big mailbox, whose messages carry varied envelopes
+   (subjects with Re:/[list] prefixes, senders, dates, reply chains with some missing
+   parents); also the longest wait of another client's NOOP while they run.
+4. ``--idle`` connections logged in, INBOX selected, in IDLE: the server's resident memory
    before and after (per connection, and extrapolated to 10,000), then how long until every
    one of them hears about a message APPENDed by another client.
 
-Targets on 2 cores: UID FETCH 1:* (FLAGS) on 100,000 messages < 0.5 s; >= 2,000 commands/s
+Targets on 2 cores: UID FETCH 1:* (FLAGS) on 100,000 messages < 0.5 s; SORT and THREAD on
+them < 0.5 s each; >= 2,000 commands/s
 with 20 busy clients; 10,000 idle connections < 300 MB server RSS (measure that with
 ``--idle 10000``; a smaller count prints only a guess).
 The server runs in its own process (plaintext IMAP on 127.0.0.1, loopback login allowed) so
@@ -34,13 +39,13 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from mailstead import bootstrap
 from mailstead.config import Config
 from mailstead.store.factory import make_blob_store, make_metadata_store
-from mailstead.store.interfaces import Delivery, NewMessage, SystemFlag
+from mailstead.store.interfaces import Delivery, Envelope, NewMessage, SystemFlag
 
 USER = "bench@example.test"
 PASSWORD = "bench-Passw0rd!"
@@ -135,6 +140,31 @@ def sample_message(n: int) -> bytes:
     ).encode()
 
 
+def big_envelope(n: int, now: datetime) -> Envelope:
+    """Varied envelopes for SORT and THREAD: threads of up to 5 messages (1 in 10 has lost
+    its first message: a dummy parent), reply subjects, 97 senders, shuffled sent dates."""
+    thread, k = divmod(n, 5)
+    topic = f"Topic {thread % 7919}"
+    subject = topic if k == 0 else ("Re: " if k % 2 else "[list] Re: ") + topic
+    lost = thread % 10 == 0  # this thread's first message is not in the mailbox
+
+    def msg_id(j: int) -> str:
+        if lost and j == 0:
+            return f"<gone{thread}@big.example>"
+        return f"<{thread * 5 + j}@big.example>"
+
+    ids = [msg_id(j) for j in range(k)]
+    return Envelope(
+        subject=subject,
+        from_=f"Sender {n % 97} <sender{n % 97}@example.org>",
+        to=USER,
+        date=now - timedelta(minutes=(n * 7919) % 100_003),
+        message_id=f"<{n}@big.example>" if k or not lost else f"<other{n}@big.example>",
+        in_reply_to=ids[-1] if ids else "",
+        references=" ".join(ids),
+    )
+
+
 async def populate(cfg: Config, inbox: int, big: int) -> None:
     store = make_metadata_store(cfg)
     blobs = make_blob_store(cfg)
@@ -164,8 +194,10 @@ async def populate(cfg: Config, inbox: int, big: int) -> None:
             blob_id, size = templates[(start // batch) % len(templates)]
             deliveries = [
                 Delivery(big_box.id, NewMessage(
-                    blob_id=blob_id, size=size, internal_date=now,
+                    blob_id=blob_id, size=size + (start + i) % 1000,
+                    internal_date=now - timedelta(seconds=big - start - i),
                     flags=SystemFlag.SEEN if (start + i) % 4 else 0,
+                    envelope=big_envelope(start + i, now),
                 ))
                 for i in range(min(batch, big - start))
             ]
@@ -241,6 +273,49 @@ async def big_fetch(port: int, pid: int) -> None:
     print(f"  UID FETCH 1:* (FLAGS): best {min(times) * 1000:.0f} ms, "
           f"median {statistics.median(times) * 1000:.0f} ms ({size / 1e6:.1f} MB answer; "
           f"server CPU {statistics.median(cpu) * 1000:.0f} ms)")
+
+
+async def big_sort(port: int, pid: int) -> None:
+    client = await Client.connect(port)
+    await client.login()
+    await client.command("SELECT Big")
+    probe = await Client.connect(port)
+    await probe.login()
+    commands = [
+        "SORT (DATE) UTF-8 ALL", "SORT (ARRIVAL) UTF-8 ALL", "SORT (REVERSE SUBJECT) UTF-8 ALL",
+        "SORT (FROM DATE) UTF-8 ALL", "SORT (DISPLAYFROM) UTF-8 ALL", "SORT (SIZE) UTF-8 UNSEEN",
+        "UID SORT RETURN (MIN MAX COUNT) (DATE) UTF-8 ALL",
+        "THREAD REFERENCES UTF-8 ALL", "THREAD ORDEREDSUBJECT UTF-8 ALL",
+    ]
+    for command in commands:
+        times, cpu, waits = [], [], []
+        size = 0
+        for _ in range(3):
+            stop = asyncio.Event()
+
+            async def noop_probe(stop: asyncio.Event) -> float:
+                worst = 0.0
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    await probe.command("NOOP")
+                    worst = max(worst, time.perf_counter() - t0)
+                    await asyncio.sleep(0.01)
+                return worst
+
+            prober = asyncio.create_task(noop_probe(stop))
+            start, cpu_start = time.perf_counter(), cpu_seconds(pid)
+            answer = await client.command_bulk(command)
+            times.append(time.perf_counter() - start)
+            cpu.append(cpu_seconds(pid) - cpu_start)
+            stop.set()
+            waits.append(await prober)
+            size = len(answer)
+        print(f"  {command}: best {min(times) * 1000:.0f} ms, median "
+              f"{statistics.median(times) * 1000:.0f} ms (server CPU "
+              f"{statistics.median(cpu) * 1000:.0f} ms; {size / 1e6:.2f} MB answer; "
+              f"other client's NOOP waited at most {max(waits) * 1000:.0f} ms)")
+    client.close()
+    probe.close()
 
 
 async def busy(port: int, clients: int, seconds: float, inbox: int, pid: int) -> None:
@@ -357,6 +432,8 @@ async def main() -> None:
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--big", type=int, default=100_000)
     parser.add_argument("--inbox", type=int, default=200)
+    parser.add_argument("--sort", action=argparse.BooleanOptionalAction, default=True,
+                        help="SORT and THREAD on the big mailbox")
     args = parser.parse_args()
     raise_fd_limit(args.idle + args.clients + 200)
     with tempfile.TemporaryDirectory(prefix="mailstead-imap-bench-") as tmp:
@@ -380,6 +457,8 @@ async def main() -> None:
             print(f"server pid {proc.pid}: RSS {rss_mb(proc.pid):.0f} MB at start")
             if args.big:
                 await big_fetch(port, proc.pid)
+            if args.big and args.sort:
+                await big_sort(port, proc.pid)
             if args.clients:
                 await busy(port, args.clients, args.seconds, args.inbox, proc.pid)
             if args.idle:

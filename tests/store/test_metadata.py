@@ -673,3 +673,28 @@ async def test_version_1_subscription_flags_become_subscriptions(tmp_path: Path)
         assert {b.name for b in await store.list_mailboxes(1)} == {"INBOX", "Old news"}
     finally:
         await store.close()
+
+
+async def test_sort_fields(store: MetadataStore) -> None:
+    """SORT/THREAD read only the columns they need; a row without envelope is flagged bare."""
+    alice = await make_account(store, "sorter@example.test")
+    box = await inbox(store, alice)
+    env = Envelope(subject="Re: x", from_="A <a@example.org>", to="b@example.org",
+                   cc="c@example.org", date=datetime(2024, 5, 17, 11, 0, tzinfo=UTC),
+                   message_id="<1@x>", in_reply_to="<0@x>", references="<0@x>")
+    with_env = NewMessage(blob_id=blob(1), size=321, internal_date=WHEN, envelope=env)
+    bare = NewMessage(blob_id=blob(2), size=5, internal_date=WHEN)
+    await store.store_message([Delivery(box.id, with_env), Delivery(box.id, bare)])
+    full, plain = await store.sort_fields(box.id)
+    assert (full.uid, full.size, full.subject, full.from_, full.to, full.cc) == (
+        1, 321, "Re: x", "A <a@example.org>", "b@example.org", "c@example.org")
+    assert full.date == int(env.date.timestamp()) * 1_000_000  # type: ignore[union-attr]
+    assert (full.message_id, full.in_reply_to, full.references) == ("<1@x>", "<0@x>", "<0@x>")
+    assert full.internal_date == int(WHEN.timestamp() * 1_000_000)
+    assert not full.bare and plain.bare and plain.references is None
+    [narrow, _] = await store.sort_fields(box.id, {"subject"})
+    assert (narrow.subject, narrow.from_, narrow.date, narrow.size) == ("Re: x", "", None, 0)
+    assert [r.uid for r in await store.sort_fields(box.id, (), after_uid=1)] == [2]
+    assert [r.uid for r in await store.sort_fields(box.id, (), limit=1)] == [1]
+    with pytest.raises(ValueError):
+        await store.sort_fields(box.id, {"env_subject; DROP TABLE messages"})

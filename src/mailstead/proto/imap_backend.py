@@ -7,7 +7,7 @@ The session (pure code) talks to the client through ``ClientIO`` and to mail thr
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -20,6 +20,7 @@ from mailstead.core.models import (
     Mailbox,
     MailboxStatus,
     MessageMeta,
+    SortFields,
 )
 
 
@@ -131,6 +132,10 @@ class SelectedView(Protocol):
     def take_updates(self, allow_expunge: bool) -> Updates: ...
     async def flag_states(self, uids: Sequence[int]) -> list[FlagState]: ...
     async def messages(self, uids: Sequence[int]) -> list[MessageMeta]: ...
+    async def sort_fields(self, wanted: Collection[str]) -> list[SortFields]:
+        """SORT/THREAD fields (those ``wanted``, see MetadataStore.sort_fields) of every
+        stored message of the mailbox, in UID order; may include messages this view has not
+        announced yet."""
     async def body(self, blob_id: str, size: int | None = None) -> bytes: ...
     async def store_flags(
         self,

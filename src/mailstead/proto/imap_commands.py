@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from mailstead.proto import imap_cmd_fetch, imap_cmd_mailbox, imap_cmd_message, imap_search
+from mailstead.proto import (
+    imap_cmd_fetch,
+    imap_cmd_mailbox,
+    imap_cmd_message,
+    imap_cmd_sort,
+    imap_search,
+)
 from mailstead.proto.imap_format import Reply
 from mailstead.proto.imap_parse import Command
 from mailstead.proto.imap_session import ImapSession, State
@@ -59,4 +65,8 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "UID COPY": (SELECTED, imap_cmd_message.cmd_copy),
     "MOVE": (SELECTED, imap_cmd_message.cmd_copy),
     "UID MOVE": (SELECTED, imap_cmd_message.cmd_copy),
+    "SORT": (SELECTED, imap_cmd_sort.cmd_sort),
+    "UID SORT": (SELECTED, imap_cmd_sort.cmd_sort),
+    "THREAD": (SELECTED, imap_cmd_sort.cmd_thread),
+    "UID THREAD": (SELECTED, imap_cmd_sort.cmd_thread),
 }

@@ -319,6 +319,25 @@ class SearchArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class SortArgs:
+    """SORT (RFC 5256 3), with ESORT's RETURN options (RFC 5267 3)."""
+
+    criteria: tuple[tuple[str, bool], ...]  # (sort key, reversed)
+    charset: str
+    key: SearchKey
+    return_options: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadArgs:
+    """THREAD (RFC 5256 3)."""
+
+    algorithm: str
+    charset: str
+    key: SearchKey
+
+
+@dataclass(frozen=True, slots=True)
 class FetchArgs:
     numbers: SequenceSet
     items: tuple[FetchItem, ...]
@@ -359,7 +378,8 @@ class QuotaRootArgs:
 CommandArgs = (
     NoArgs | LoginArgs | AuthenticateArgs | EnableArgs | SelectArgs | MailboxArgs | CreateArgs
     | RenameArgs | ListArgs | StatusArgs | AppendArgs | SearchArgs | FetchArgs | StoreArgs
-    | CopyArgs | UidExpungeArgs | IdArgs | QuotaRootArgs | CompressArgs
+    | CopyArgs | UidExpungeArgs | IdArgs | QuotaRootArgs | CompressArgs | SortArgs
+    | ThreadArgs
 )
 
 
@@ -1249,6 +1269,67 @@ def _setquota(r: _Reader) -> CommandArgs:
     return QuotaRootArgs(root)
 
 
+SORT_KEYS = frozenset(
+    {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
+)
+SORT_CHARSETS = ("US-ASCII", "UTF-8")
+
+
+def _sort_charset(r: _Reader) -> tuple[str, str]:
+    """The charset of SORT/THREAD (mandatory, RFC 5256 3) and the one to decode the search
+    strings with: an unsupported charset is answered NO [BADCHARSET] by the command."""
+    charset = r.astring().upper()
+    return charset, charset if charset in SORT_CHARSETS else "latin-1"
+
+
+def _search_keys(r: _Reader, charset: str) -> SearchKey:
+    keys = [_search_key(r, charset, 0)]
+    while r.maybe_sp():
+        keys.append(_search_key(r, charset, 0))
+    return keys[0] if len(keys) == 1 else SkAnd(tuple(keys))
+
+
+def _sort(r: _Reader) -> CommandArgs:
+    """SORT [RETURN (options)] (criteria) charset search-keys (RFC 5256 3, RFC 5267 3)."""
+    r.sp()
+    returns: tuple[str, ...] | None = None
+    if r.peek_is(b"RETURN ("):
+        r.pos += 7
+        options = [w.upper() for w in r.paren_list("atom")]
+        for option in options:
+            if option not in ("MIN", "MAX", "ALL", "COUNT"):
+                raise r.error(f"unknown SORT return option {option}")
+        returns = tuple(options) or ("ALL",)
+        r.sp()
+    words = r.paren_list("atom")
+    criteria: list[tuple[str, bool]] = []
+    reverse = False
+    for word in (w.upper() for w in words):
+        if word == "REVERSE" and not reverse:
+            reverse = True
+            continue
+        if word not in SORT_KEYS:
+            raise r.error(f"unknown sort criterion {word}")
+        criteria.append((word, reverse))
+        reverse = False
+    if reverse or not criteria:
+        raise r.error("SORT needs sort criteria (REVERSE must precede one)")
+    r.sp()
+    charset, decode_as = _sort_charset(r)
+    r.sp()
+    return SortArgs(tuple(criteria), charset, _search_keys(r, decode_as), returns)
+
+
+def _thread(r: _Reader) -> CommandArgs:
+    """THREAD algorithm charset search-keys (RFC 5256 3)."""
+    r.sp()
+    algorithm = r.atom().upper()
+    r.sp()
+    charset, decode_as = _sort_charset(r)
+    r.sp()
+    return ThreadArgs(algorithm, charset, _search_keys(r, decode_as))
+
+
 _COMMANDS = {
     "CAPABILITY": _no_args, "NOOP": _no_args, "LOGOUT": _no_args, "STARTTLS": _no_args,
     "CHECK": _no_args, "CLOSE": _no_args, "UNSELECT": _no_args, "EXPUNGE": _no_args,
@@ -1261,4 +1342,5 @@ _COMMANDS = {
     "UID SEARCH": _search, "UID FETCH": _fetch, "UID STORE": _store, "UID COPY": _copy,
     "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge,
     "ID": _id, "GETQUOTA": _quota_root, "GETQUOTAROOT": _mailbox_only, "SETQUOTA": _setquota,
+    "SORT": _sort, "UID SORT": _sort, "THREAD": _thread, "UID THREAD": _thread,
 }

@@ -202,8 +202,8 @@ class ImapSession:
             "SEARCHRES", "WITHIN", "SPECIAL-USE", "CREATE-SPECIAL-USE", "CHILDREN",
             "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
             f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY", "CATENATE",
-            "COMPRESS=DEFLATE",
-            "STATUS=SIZE",
+            "COMPRESS=DEFLATE", "STATUS=SIZE", "SORT", "SORT=DISPLAY", "ESORT",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
         ]
         return " ".join(caps)
 

@@ -1241,6 +1241,7 @@ def parse_envelope_fields(data: bytes) -> Envelope:
         date=date,
         message_id=first.get("message-id", ""),
         in_reply_to=first.get("in-reply-to", ""),
+        references=first.get("references", "").replace("\r", "").replace("\n", ""),
     )
 
 

@@ -19,7 +19,7 @@ import bisect
 import contextlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
@@ -39,6 +39,7 @@ from mailstead.store.interfaces import (
     MessageMeta,
     MetadataStore,
     NewMessage,
+    SortFields,
     SystemFlag,
 )
 
@@ -47,6 +48,7 @@ MAX_NAME_BYTES = 512
 MAX_LEVELS = 16
 # Above this many wanted messages, read every flag row once instead of an IN (...) query.
 BULK_FLAGS = 500
+SORT_SLICE = 10_000  # rows per store read of a SORT or THREAD
 LOG_ENTRIES = 20_000  # changes each shared mailbox state remembers for its views
 SMALL_BLOB = 128 * 1024  # read without a thread hop
 # Message files are immutable (named by their hash): small ones read lately are kept.
@@ -375,6 +377,17 @@ class MailboxView:
             return [s for s in states if s.uid in wanted]
         rows = await self.store.get_messages(self.mailbox.id, uids)
         return [FlagState(m.uid, m.modseq, m.flags, m.keywords) for m in rows]
+
+    async def sort_fields(self, wanted: Collection[str]) -> list[SortFields]:
+        """Read in slices of SORT_SLICE rows, so other sessions' store reads (a NOOP's, a
+        SELECT's) get their turn between them instead of waiting for 100,000 rows."""
+        rows: list[SortFields] = []
+        while True:
+            after = rows[-1].uid if rows else 0
+            part = await self.store.sort_fields(self.mailbox.id, wanted, after, SORT_SLICE)
+            rows += part
+            if len(part) < SORT_SLICE:
+                return rows
 
     async def messages(self, uids: Sequence[int]) -> list[MessageMeta]:
         if not uids:

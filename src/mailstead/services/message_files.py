@@ -228,13 +228,13 @@ class _Helper(asyncio.SubprocessProtocol):
 def _envelope_to_bytes(env: Envelope) -> bytes:
     date = None if env.date is None else env.date.isoformat()
     return marshal.dumps((env.subject, env.from_, env.to, env.cc, date, env.message_id,
-                          env.in_reply_to))
+                          env.in_reply_to, env.references))
 
 
 def _envelope_from_bytes(data: bytes) -> Envelope:
-    subject, from_, to, cc, date, message_id, in_reply_to = marshal.loads(data)
+    subject, from_, to, cc, date, message_id, in_reply_to, references = marshal.loads(data)
     return Envelope(subject, from_, to, cc, None if date is None else datetime.fromisoformat(date),
-                    message_id, in_reply_to)
+                    message_id, in_reply_to, references)
 
 
 # -- the helper process ----------------------------------------------------------------------

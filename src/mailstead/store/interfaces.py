@@ -11,12 +11,13 @@ committed and fsync'd. A power cut right after it loses nothing. Blobs are made 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Literal, Protocol
 
 from mailstead.core.models import (
     DEFAULT_MAILBOXES,
+    SORT_FIELDS,
     SPECIAL_USES,
     SYSTEM_FLAG_NAMES,
     Account,
@@ -36,11 +37,13 @@ from mailstead.core.models import (
     QueueRecipient,
     QueueState,
     RecipientStatus,
+    SortFields,
     SystemFlag,
 )
 
 __all__ = [
     "DEFAULT_MAILBOXES",
+    "SORT_FIELDS",
     "SPECIAL_USES",
     "SYSTEM_FLAG_NAMES",
     "Account",
@@ -62,6 +65,7 @@ __all__ = [
     "QueueRecipient",
     "QueueState",
     "RecipientStatus",
+    "SortFields",
     "SystemFlag",
 ]
 
@@ -185,6 +189,14 @@ class MetadataStore(Protocol):
         self, mailbox_id: int, uids: Iterable[int] | None = None
     ) -> list[MessageMeta]:
         """Full rows in UID order; all of them when ``uids`` is None."""
+
+    async def sort_fields(
+        self, mailbox_id: int, wanted: Collection[str] = SORT_FIELDS, after_uid: int = 0,
+        limit: int | None = None,
+    ) -> list[SortFields]:
+        """The SORT/THREAD fields of the messages above ``after_uid`` (at most ``limit`` of
+        them), in UID order: uid, internal_date and bare always, the others when named in
+        ``wanted`` (a subset of SORT_FIELDS)."""
 
     async def update_flags(
         self,
