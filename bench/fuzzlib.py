@@ -37,7 +37,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailstead.core.errors import QuotaExceeded
-from mailstead.proto import dmap, dmtp, imap_parse, imap_sexpr, lines, mime, pop3, smtp
+from mailstead.proto import (
+    dmap,
+    dmtp,
+    imap_format,
+    imap_parse,
+    imap_sexpr,
+    lines,
+    mime,
+    pop3,
+    smtp,
+)
 from mailstead.store.interfaces import Account
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -583,6 +593,10 @@ def imap_run(data: bytes) -> object:
             parsed = imap_parse.parse_command(command)
         except imap_parse.ParseError as exc:
             outcome.append(str(exc).split(" at ")[0][:30])  # without the position
+            # The BAD answer the session sends must stay one line (no response injection).
+            wire = imap_format.tagged(exc.tag, "BAD", f"Error in IMAP command: {exc}", exc.code)
+            if wire.count(b"\n") != 1 or wire.count(b"\r") != 1:
+                raise AssertionError(f"BAD response breaks the line: {wire[:200]!r}") from exc
             continue
         outcome.append(f"{parsed.name} {type(parsed.args).__name__}")
         args = parsed.args

@@ -17,11 +17,16 @@ from datetime import date, datetime, timedelta, timezone
 # Errors and framing
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 class ParseError(Exception):
     """The command is malformed. ``tag`` is "*" when even the tag could not be read."""
 
     def __init__(self, message: str, tag: str = "*", code: str = "") -> None:
-        super().__init__(message)
+        # Messages quote client text, which a literal may fill with CR LF: control characters
+        # are escaped, so the BAD response stays one line (no response of the client's making).
+        super().__init__(_CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", message))
         self.tag = tag
         self.code = code  # optional response code, e.g. "BADCHARSET (US-ASCII UTF-8)"
 
@@ -874,7 +879,7 @@ def _search(r: _Reader) -> CommandArgs:
 def _charset_known(charset: str) -> bool:
     try:
         "".encode(charset)
-    except LookupError:
+    except (LookupError, ValueError):  # unknown; a name that is no str; the "undefined" codec
         return False
     return True
 
@@ -897,7 +902,7 @@ def _search_string(r: _Reader, charset: str) -> str:
     raw = r.astring_bytes()
     try:
         return raw.decode(charset)
-    except (UnicodeDecodeError, LookupError):
+    except (ValueError, LookupError):  # not that charset; UnicodeError for IDNA and the like
         raise r.error(f"search string is not valid {charset}") from None
 
 
