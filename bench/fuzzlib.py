@@ -456,6 +456,14 @@ class SmtpFuzzBackend:
         pass
 
 
+def _check_lines(wire: bytes) -> None:
+    """A reply is whole CRLF lines: a bare CR or LF (say, echoed from the client's input)
+    would make the client read a line the server did not mean (Java's readLine, which the
+    DMTP/DMAP seed clients use, ends a line at a lone CR too)."""
+    if not wire.endswith(b"\r\n") or lines.has_bare_cr_or_lf(wire):
+        raise AssertionError(f"reply breaks the line framing: {wire[:200]!r}")
+
+
 def _check_reply(r: smtp.Reply) -> None:
     """A reply that would break the wire protocol is a crash too."""
     if r.action is smtp.Action.READ_CHUNK:
@@ -682,8 +690,7 @@ def pop3_run(data: bytes) -> object:
             answer = session.line_too_long()
         else:
             answer = drive(session.receive(line))
-        if not answer.data.endswith(b"\r\n"):
-            raise AssertionError(f"reply without CRLF: {answer.data[-20:]!r}")
+        _check_lines(answer.data)
         outcome.append(answer.data[:4])
         if answer.start_tls:
             session.tls_started()
@@ -800,7 +807,7 @@ def dmtp_run(data: bytes) -> object:
             answer = session.line_too_long()
         else:
             answer = drive(session.receive(line))
-        answer.wire  # noqa: B018 - must encode
+        _check_lines(answer.wire)
         outcome.append(answer.text[:8])
         if answer.close:
             break
@@ -878,6 +885,8 @@ def dmap_run(data: bytes) -> object:
             answer = session.line_too_long()
         else:
             answer = drive(session.receive(line))
+        if answer.data:  # empty after the startsecure confirmation
+            _check_lines(answer.data)
         outcome.append(answer.data[:6])
         if answer.close:
             break
