@@ -9,6 +9,14 @@ Crashing inputs, inputs over the CPU bound and each parser's slowest input are s
 bench/out/ (fuzz-<parser>-*.bin, with a .txt traceback beside each crash). The exit status is 1
 when any parser crashed or went over the bound. The machine is shared: run it under
 ``nice -n 10``. See bench/fuzzlib.py for the targets and the mutations.
+
+``--engine atheris`` hands one parser's target to libFuzzer instead (coverage-guided, when
+``pip install atheris`` works on the machine; it is not a project dependency):
+
+    .venv/bin/python bench/fuzz.py --engine atheris --parser mime --inputs 200000
+
+libFuzzer prints its own statistics; crashes and inputs over the bound (``-timeout``) are saved
+as bench/out/atheris-<parser>-crash-*, the corpus it grew in bench/out/atheris-<parser>-corpus/.
 """
 
 from __future__ import annotations
@@ -41,7 +49,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="random seed (runs are repeatable)")
     parser.add_argument("--bound", type=float, default=CPU_BOUND,
                         help="CPU seconds one input may cost before it counts as a failure")
+    parser.add_argument("--engine", choices=("mutate", "atheris"), default="mutate",
+                        help="mutate: this script's own fuzzer; atheris: libFuzzer (one parser)")
     args = parser.parse_args()
+    if args.engine == "atheris":
+        if not args.parser or len(args.parser) != 1:
+            parser.error("--engine atheris fuzzes one --parser at a time")
+        return run_atheris(args.parser[0], args.inputs, args.bound, args.seed)
     failed = False
     for name in args.parser or list(available):
         target = available[name]()
@@ -58,6 +72,32 @@ def main() -> int:
             print(f"    slowest input ({cpu * 1000:.1f} ms, {len(data)} bytes): "
                   f"{OUT_DIR / f'fuzz-{name}-slowest.bin'}", flush=True)
     return 1 if failed else 0
+
+
+def run_atheris(name: str, inputs: int, bound: float, seed: int) -> int:
+    try:
+        import atheris  # type: ignore[import-not-found]
+    except ImportError:
+        print("atheris is not installed: .venv/bin/pip install atheris", file=sys.stderr)
+        return 2
+    atheris.instrument_all()  # coverage of everything imported so far: mailstead.proto
+    target = targets()[name]()
+    corpus = OUT_DIR / f"atheris-{name}-corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    for i, seed_input in enumerate(target.seeds):
+        (corpus / f"seed-{i}").write_bytes(seed_input)
+
+    def one_input(data: bytes) -> None:
+        try:
+            target.run(data)
+        except target.allowed:
+            pass
+
+    atheris.Setup([sys.argv[0], f"-runs={inputs}", f"-timeout={max(1, round(bound))}",
+                   f"-seed={seed}", "-max_len=16384", "-rss_limit_mb=4096",
+                   f"-artifact_prefix={OUT_DIR}/atheris-{name}-", str(corpus)], one_input)
+    atheris.Fuzz()  # exits the process when done
+    return 0
 
 
 if __name__ == "__main__":
