@@ -104,7 +104,7 @@ def test_imap_parse_command_raises_only_parse_error(data: bytes) -> None:
         pass
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.text(max_size=300))
 def test_decoded_header_and_address_lists_never_raise(value: str) -> None:
     mime.decoded_header(value)
