@@ -21,6 +21,7 @@ reported.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import itertools
 import random
@@ -45,6 +46,7 @@ from mailstead.proto import (
     imap_sexpr,
     lines,
     mime,
+    mutf7,
     pop3,
     smtp,
 )
@@ -594,13 +596,20 @@ def imap_commands(stream: bytes) -> Iterable[bytes]:
             yield data[:-1]
 
 
+def vars_of(args: object) -> list[object]:
+    """The field values of a command's arguments dataclass."""
+    if not dataclasses.is_dataclass(args):
+        return []
+    return [getattr(args, f.name) for f in dataclasses.fields(args)]
+
+
 def imap_run(data: bytes) -> object:
     outcome: list[str] = []
     for command in imap_commands(data):
         try:
             parsed = imap_parse.parse_command(command)
         except imap_parse.ParseError as exc:
-            outcome.append(str(exc).split(" at ")[0][:30])  # without the position
+            outcome.append(" ".join(str(exc).split()[:2]))  # the kind, not the quoted text
             # The BAD answer the session sends must stay one line (no response injection).
             wire = imap_format.tagged(exc.tag, "BAD", f"Error in IMAP command: {exc}", exc.code)
             if wire.count(b"\n") != 1 or wire.count(b"\r") != 1:
@@ -608,6 +617,15 @@ def imap_run(data: bytes) -> object:
             continue
         outcome.append(f"{parsed.name} {type(parsed.args).__name__}")
         args = parsed.args
+        for value in vars_of(args):
+            if isinstance(value, str):  # mailbox names: what the session does with them
+                try:
+                    decoded = mutf7.decode(value)
+                except mutf7.MUTF7Error:
+                    continue
+                if mutf7.encode(decoded) != value:
+                    raise AssertionError(f"mUTF-7 does not round-trip: {value!r}")
+                imap_format.astring(decoded, utf8=False)
         if isinstance(args, imap_parse.FetchArgs):
             for item in args.items:  # the section specs FETCH hands to mime.section
                 if isinstance(item.section, imap_parse.Section):
