@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fuzzlib import CPU_BOUND, OUT_DIR, Report, fuzz, targets
+from bench.fuzzlib import CPU_BOUND, OUT_DIR, Report, fuzz, scaling, targets
 
 
 def line(report: Report) -> str:
@@ -49,6 +49,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="random seed (runs are repeatable)")
     parser.add_argument("--bound", type=float, default=CPU_BOUND,
                         help="CPU seconds one input may cost before it counts as a failure")
+    parser.add_argument("--scaling", action="store_true",
+                        help="time large hostile inputs at n and 4n instead (a ratio near 16 "
+                        "means the cost is quadratic)")
     parser.add_argument("--engine", choices=("mutate", "atheris"), default="mutate",
                         help="mutate: this script's own fuzzer; atheris: libFuzzer (one parser)")
     args = parser.parse_args()
@@ -56,6 +59,8 @@ def main() -> int:
         if not args.parser or len(args.parser) != 1:
             parser.error("--engine atheris fuzzes one --parser at a time")
         return run_atheris(args.parser[0], args.inputs, args.bound, args.seed)
+    if args.scaling:
+        return print_scaling()
     failed = False
     for name in args.parser or list(available):
         target = available[name]()
@@ -71,6 +76,16 @@ def main() -> int:
             cpu, data = report.slowest[0]
             print(f"    slowest input ({cpu * 1000:.1f} ms, {len(data)} bytes): "
                   f"{OUT_DIR / f'fuzz-{name}-slowest.bin'}", flush=True)
+    return 1 if failed else 0
+
+
+def print_scaling() -> int:
+    failed = False
+    for row in scaling():
+        flag = "  <- grows faster than the input" if row.ratio > 8 and row.cpu_4n > 0.05 else ""
+        failed = failed or bool(flag)
+        print(f"{row.name:24} n={row.n:>6}: {row.cpu_n * 1000:8.1f} ms   4n ({row.size:>8,} "
+              f"bytes): {row.cpu_4n * 1000:8.1f} ms   x{row.ratio:5.1f}{flag}", flush=True)
     return 1 if failed else 0
 
 

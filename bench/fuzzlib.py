@@ -1001,3 +1001,65 @@ def targets() -> dict[str, Callable[[], Target]]:
 
 
 __all__ = ["CPU_BOUND", "Finding", "Report", "Target", "fuzz", "run_one", "targets"]
+
+
+# -- large hostile inputs: does the cost grow in proportion? ---------------------------------
+# The mutation fuzzer keeps inputs under MAX_INPUT, where a quadratic loop still looks cheap.
+# These build one pathological input of size n per shape; ``scaling`` times n and 4n: a cost
+# that grows 16-fold (quadratic) rather than 4-fold shows up as the ratio.
+
+LARGE: dict[str, tuple[str, Callable[[int], bytes]]] = {
+    "mime rfc2231 sections": ("mime", lambda n: b"Content-Type: text/plain; " + b"".join(
+        b"name*%d*=%%41; " % i for i in range(n)) + b"\r\n\r\nx"),
+    "mime address list": ("mime", lambda n: b"To: " + b"a@b.test, " * n + b"\r\n\r\nx"),
+    "mime nested comments": ("mime", lambda n: b"From: " + b"(" * n + b"a@b\r\n\r\nx"),
+    "mime encoded words": ("mime", lambda n: b"Subject: " + b"=?utf-8?b?w6k=?= " * n + b"\r\n"
+                           b"\r\nx"),
+    "mime parts": ("mime", lambda n: b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+                   + b"--b\r\n\r\nx\r\n" * n),
+    "mime folded header": ("mime", lambda n: b"X: a\r\n" + b" b\r\n" * n + b"\r\nx"),
+    "mime many fields": ("mime", lambda n: b"X: a\r\n" * n + b"\r\nx"),
+    "imap sequence set": ("imap", lambda n: b"a FETCH " + b"1:2," * n + b"3 FLAGS\r\n"),
+    "imap literals": ("imap", lambda n: b"a LOGIN {1}\r\na {1}\r\nb\r\n" * n),
+    "imap flags": ("imap", lambda n: b"a STORE 1 FLAGS (" + b"\\Seen " * n + b")\r\n"),
+    "imap search keys": ("imap", lambda n: b"a SEARCH " + b"NOT ALL " * min(n, 40)
+                         + b"FROM x " * n + b"\r\n"),
+    "imap quoted": ("imap", lambda n: b"a LOGIN \"" + b"\\\\" * n + b"\" x\r\n"),
+    "smtp commands": ("smtp", lambda n: b"EHLO c\r\n" + b"NOOP\r\n" * n),
+    "smtp recipients": ("smtp", lambda n: b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n"
+                        + b"RCPT TO:<alice@example.test>\r\nRSET\r\nMAIL FROM:<a@b.test>\r\n" * n),
+    "smtp message": ("smtp", lambda n: b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example"
+                     b".test>\r\nDATA\r\n" + b"..x\r\n" * n + b".\r\n"),
+    "pop3 commands": ("pop3", lambda n: b"USER alice\r\nPASS secret\r\n" + b"LIST\r\n" * n),
+    "dmtp recipients": ("dmtp", lambda n: b"begin\r\nto " + b"b@example.test," * n + b"\r\n"),
+    "dmtp data": ("dmtp", lambda n: b"begin\r\nfrom a@example.test\r\nto b@example.test\r\n"
+                  b"subject s\r\ndata " + b"x " * n + b"\r\nsend\r\n"),
+    "dmap lines": ("dmap", lambda n: b"show x\r\n" * n),
+    "lines data": ("lines", lambda n: b"a\r\n" * n + b".\r\n"),
+}
+
+
+@dataclass
+class Scaling:
+    name: str
+    n: int
+    size: int  # bytes of the 4n input
+    cpu_n: float
+    cpu_4n: float
+
+    @property
+    def ratio(self) -> float:
+        return self.cpu_4n / self.cpu_n if self.cpu_n > 0 else 0.0
+
+
+def scaling(n: int = 5000, bound: float = 30.0) -> list[Scaling]:
+    """CPU time of each LARGE shape at n and 4n (best of three, to damp a shared machine)."""
+    built = {name: factory() for name, factory in targets().items()}
+    out = []
+    for shape, (parser, make) in LARGE.items():
+        target = built[parser]
+        small, large = make(n), make(4 * n)
+        cpu_small = min(run_one(target, small, bound)[0] for _ in range(3))
+        cpu_large = min(run_one(target, large, bound)[0] for _ in range(3))
+        out.append(Scaling(shape, n, len(large), cpu_small, cpu_large))
+    return out

@@ -431,10 +431,11 @@ def _combine_params(raw: list[tuple[str, str]]) -> dict[str, str]:
     for base, parts in sections.items():
         charset = ""
         chunks: list[bytes] = []
-        for index in sorted(parts):
+        ordered = sorted(parts)  # once: sorting in the loop made many sections quadratic
+        for index in ordered:
             value, encoded = parts[index]
             if encoded:
-                if index == sorted(parts)[0]:
+                if index == ordered[0]:
                     pieces = value.split("'", 2)
                     if len(pieces) == 3:
                         charset, _lang, value = pieces
