@@ -13,7 +13,7 @@ from bench.fuzzlib import Report, Target, fuzz, run_one, targets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailstead.proto import imap_parse, mime
+from mailstead.proto import imap_parse, mime, mutf7
 
 SLICE = {"smtp": 3000, "imap": 3000, "pop3": 3000, "mime": 1500, "dmtp": 3000, "dmap": 2000,
          "lines": 3000}
@@ -67,6 +67,9 @@ FOUND: list[tuple[str, bytes]] = [
     # raise UnicodeEncodeError; "IDNA" passed the check, then its decoder raised UnicodeError.
     ("imap", b"d UID SEARCH CHARSET \xacg'' OR (FROM \"x\" SINCE 1-Feb-2024) SUBJECT x\r\n"),
     ("imap", b"d SEARCH CHARSET IDNA TEXT xn--zz\r\ne SEARCH CHARSET undefined TEXT x\r\n"),
+    # Mailbox names the mUTF-7 decoder took although they are not canonical: "&AOk-&AOk-" (a
+    # null shift, RFC 3501 5.1.3) opened the mailbox "&AOkA6Q-" names, under a second name.
+    ("imap", b"a SELECT INB&AOk-&AOk-x\r\nb CREATE &AOl-\r\n"),
     # A charset name sent as a literal holding CR LF was echoed in the BAD response, splitting
     # it into two lines (a response of the client's making).
     ("imap", b"d SEARCH CHARSET {5}\r\na\r\nbc TEXT x\r\n"),
@@ -113,3 +116,15 @@ def test_imap_parse_command_raises_only_parse_error(data: bytes) -> None:
 def test_decoded_header_and_address_lists_never_raise(value: str) -> None:
     mime.decoded_header(value)
     mime.parse_addresses(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["&AOk-", "&AOl-", "&AOkA6Q-", "&2D3eAA-", "&-", "a", "-", "&",
+                                  ",", "AOk"]), max_size=8).map("".join))
+def test_mutf7_accepts_only_the_canonical_spelling(name: str) -> None:
+    """One mailbox, one name on the wire: what decodes re-encodes to the same text."""
+    try:
+        decoded = mutf7.decode(name)
+    except mutf7.MUTF7Error:
+        return
+    assert mutf7.encode(decoded) == name
