@@ -70,6 +70,18 @@ FOUND: list[tuple[str, bytes]] = [
     # Mailbox names the mUTF-7 decoder took although they are not canonical: "&AOk-&AOk-" (a
     # null shift, RFC 3501 5.1.3) opened the mailbox "&AOkA6Q-" names, under a second name.
     ("imap", b"a SELECT INB&AOk-&AOk-x\r\nb CREATE &AOl-\r\n"),
+    # Numbers: str.isdigit() takes "²", which int() refuses (SMTP SIZE and BDAT, POP3 message
+    # numbers, DMAP ids); int() refuses more than 4300 digits (IMAP numbers, DMAP ids, MIME
+    # RFC 2231 section numbers in an APPENDed message).
+    ("smtp", b"EHLO c\r\nMAIL FROM:<a@b.test> SIZE=\xc2\xb2\r\nMAIL FROM:<a@b.test>\r\n"
+             b"RCPT TO:<alice@example.test>\r\nBDAT \xc2\xb2 LAST\r\n"),
+    ("pop3", b"USER alice\r\nPASS secret\r\nRETR \xc2\xb2\r\nTOP 1 \xc2\xb2\r\n\r\n"),
+    ("pop3", b"USER alice\r\nPASS secret\r\nRETR \xc2\xb2\r\nTOP 1 \xc2\xb2\r\n"),
+    ("imap", b"a FETCH 1 (BODY[]<0." + b"9" * 4400 + b">)\r\nb FETCH " + b"1" * 4400
+             + b" FLAGS\r\n"),
+    ("mime", b"Content-Type: text/plain; name*" + b"9" * 5000 + b"*=x\r\n\r\nbody"),
+    ("dmap", b"login alice@example.test secret\r\nshow \xc2\xb2\r\ndelete " + b"1" * 4400
+             + b"\r\n"),
     # A charset name sent as a literal holding CR LF was echoed in the BAD response, splitting
     # it into two lines (a response of the client's making).
     ("imap", b"d SEARCH CHARSET {5}\r\na\r\nbc TEXT x\r\n"),

@@ -450,7 +450,10 @@ class _Reader:
         if m is None:
             raise self.error(f"expected a number at position {self.pos}")
         self.pos = m.end()
-        value = int(m.group())
+        digits = m.group().lstrip(b"0")
+        if len(digits) > 19:  # past _MAX_NUMBER; and int() refuses over 4300 digits
+            raise self.error(f"number out of range: {digits[:20].decode()}...")
+        value = int(digits or b"0")
         if value > _MAX_NUMBER or (nonzero and value == 0):
             raise self.error(f"number out of range: {value}")
         return value
@@ -558,7 +561,7 @@ class _Reader:
             for end in ends:
                 if end == b"*":
                     values.append(0)
-                elif end.isdigit() and int(end) != 0 and int(end) < 2**32:
+                elif end.isdigit() and len(end.lstrip(b"0")) <= 10 and 0 < int(end) < 2**32:
                     values.append(int(end))
                 else:
                     raise self.error(f"bad sequence number {end.decode('latin-1')!r}")

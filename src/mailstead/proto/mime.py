@@ -396,7 +396,8 @@ def _strip_trailing_comment(text: str) -> str:
     return text
 
 
-_SECTION_PARAM = re.compile(r"([^*]+)\*(?:(\d+)(\*)?)?")
+# Section numbers of at most 9 ASCII digits (int() refuses over 4300; \d takes any script's).
+_SECTION_PARAM = re.compile(r"([^*]+)\*(?:([0-9]{1,9})(\*)?)?")
 
 
 def _decode_charset(b: bytes, charset: str) -> str:
@@ -861,7 +862,7 @@ def bodystructure(
 # Sections: BODY[...] and BINARY[...]
 
 _SECTION_TEXTS = ("HEADER.FIELDS.NOT", "HEADER.FIELDS", "HEADER", "TEXT", "MIME")
-_PART_NUMBERS = re.compile(r"[1-9][0-9]*(?:\.[1-9][0-9]*)*")
+_PART_NUMBERS = re.compile(r"[1-9][0-9]{0,8}(?:\.[1-9][0-9]{0,8})*")  # int() takes them all
 _ATOM_CHARS = re.compile(r"[^(){ \x00-\x1f\x7f%*\"\\\]]+")
 
 
