@@ -717,11 +717,6 @@ class SmtpSession:
 # -- parsing helpers ---------------------------------------------------------------------------
 
 
-def _ascii_digits(text: str) -> bool:
-    """Digits int() takes: str.isdigit() alone also accepts "²" and the like."""
-    return text.isascii() and text.isdigit()
-
-
 def _printable(text: str) -> str:
     """Drops control characters, so a HELO name cannot inject header lines."""
     return "".join(ch for ch in text if ch.isprintable())
@@ -776,6 +771,11 @@ def _xtext(value: str | None, max_length: int) -> str:
     if value is None or len(value) > max_length or not _XTEXT_RE.match(value):
         raise _Refusal(reply(501, "5.5.4", "Invalid xtext parameter value"))
     return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+
+
+def _ascii_digits(text: str) -> bool:
+    """Digits int() takes: str.isdigit() alone also accepts "²" and the like."""
+    return text.isascii() and text.isdigit()
 
 
 def _rcpt_params(params: list[tuple[str, str | None]]) -> tuple[str, str]:
