@@ -522,6 +522,9 @@ def smtp_run(data: bytes) -> object:
             answer = drive(session.on_chunk_end())
             _check_reply(answer)
             codes.append(answer.code)
+        elif answer.action.value == "discard_chunk":  # refused BDAT: its octets are dropped
+            if len(buffer.take(answer.chunk_size)) < answer.chunk_size:
+                break
         elif answer.action is smtp.Action.START_TLS:
             session.tls_started()
         if answer.action is smtp.Action.CLOSE:
