@@ -17,11 +17,16 @@ from datetime import date, datetime, timedelta, timezone
 # Errors and framing
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 class ParseError(Exception):
     """The command is malformed. ``tag`` is "*" when even the tag could not be read."""
 
     def __init__(self, message: str, tag: str = "*", code: str = "") -> None:
-        super().__init__(message)
+        # Messages quote client text, which a literal may fill with CR LF: control characters
+        # are escaped, so the BAD response stays one line (no response of the client's making).
+        super().__init__(_CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", message))
         self.tag = tag
         self.code = code  # optional response code, e.g. "BADCHARSET (US-ASCII UTF-8)"
 
@@ -495,7 +500,10 @@ class _Reader:
         if m is None:
             raise self.error(f"expected a number at position {self.pos}")
         self.pos = m.end()
-        value = int(m.group())
+        digits = m.group().lstrip(b"0")
+        if len(digits) > 19:  # past _MAX_NUMBER; and int() refuses over 4300 digits
+            raise self.error(f"number out of range: {digits[:20].decode()}...")
+        value = int(digits or b"0")
         if value > _MAX_NUMBER or (nonzero and value == 0):
             raise self.error(f"number out of range: {value}")
         return value
@@ -607,7 +615,7 @@ class _Reader:
             for end in ends:
                 if end == b"*":
                     values.append(0)
-                elif end.isdigit() and int(end) != 0 and int(end) < 2**32:
+                elif end.isdigit() and len(end.lstrip(b"0")) <= 10 and 0 < int(end) < 2**32:
                     values.append(int(end))
                 else:
                     raise self.error(f"bad sequence number {end.decode('latin-1')!r}")
@@ -961,7 +969,7 @@ def _search(r: _Reader) -> CommandArgs:
 def _charset_known(charset: str) -> bool:
     try:
         "".encode(charset)
-    except LookupError:
+    except (LookupError, ValueError):  # unknown; a name that is no str; the "undefined" codec
         return False
     return True
 
@@ -984,7 +992,7 @@ def _search_string(r: _Reader, charset: str) -> str:
     raw = r.astring_bytes()
     try:
         return raw.decode(charset)
-    except (UnicodeDecodeError, LookupError):
+    except (ValueError, LookupError):  # not that charset; UnicodeError for IDNA and the like
         raise r.error(f"search string is not valid {charset}") from None
 
 
