@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import RunningServer
-from tests.imap.helpers import Raw, connect, deliver, message, ok
+from tests.imap.helpers import BOB, Raw, connect, deliver, message, ok
 
 BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
@@ -486,3 +486,34 @@ def test_compress_garbage_gets_bye_and_others_are_served(mail_server: RunningSer
         assert time.monotonic() - started < 2
     finally:
         other.close()
+
+
+@BOTH
+def test_unauthenticate_returns_to_a_fresh_login_state(
+        make_server: Callable[..., RunningServer]) -> None:
+    """RFC 8437: UNAUTHENTICATE closes the mailbox without expunging, forgets the user and
+    what was ENABLEd, keeps TLS; another user may then log in on the same connection, and the
+    first user's session slot is free again."""
+    server = make_server(limits={"imap_sessions_per_user_ip": 1})
+    deliver(server, message("keep me"))
+    raw = Raw(server)
+    try:
+        raw.login()
+        assert b"UNAUTHENTICATE" in b"".join(raw.cmd("CAPABILITY"))
+        raw.cmd("ENABLE CONDSTORE")
+        raw.cmd("SELECT INBOX")
+        raw.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        assert raw.cmd("UNAUTHENTICATE")[-1].split()[1] == b"OK"
+        assert raw.cmd("SELECT INBOX")[-1].split()[1] == b"BAD"
+        assert b"AUTH=PLAIN" in b"".join(raw.cmd("CAPABILITY"))
+        other = Raw(server)  # alice's one slot is free again
+        other.login()
+        other.close()
+        raw.login(BOB)
+        assert raw.cmd("UNAUTHENTICATE")[-1].split()[1] == b"OK"
+        raw.login()
+        lines = raw.cmd("SELECT INBOX")
+        assert b"* 1 EXISTS" in lines  # not expunged
+        assert b"MODSEQ" not in raw.cmd("FETCH 1 (FLAGS)")[0]  # CONDSTORE forgotten
+    finally:
+        raw.close()

@@ -1341,7 +1341,7 @@ def _thread(r: _Reader) -> CommandArgs:
 _COMMANDS = {
     "CAPABILITY": _no_args, "NOOP": _no_args, "LOGOUT": _no_args, "STARTTLS": _no_args,
     "CHECK": _no_args, "CLOSE": _no_args, "UNSELECT": _no_args, "EXPUNGE": _no_args,
-    "NAMESPACE": _no_args, "IDLE": _no_args,
+    "NAMESPACE": _no_args, "IDLE": _no_args, "UNAUTHENTICATE": _no_args,
     "LOGIN": _login, "AUTHENTICATE": _authenticate, "ENABLE": _enable, "COMPRESS": _compress,
     "SELECT": _select, "EXAMINE": _select, "CREATE": _create, "DELETE": _mailbox_only,
     "RENAME": _rename, "SUBSCRIBE": _mailbox_only, "UNSUBSCRIBE": _mailbox_only,
