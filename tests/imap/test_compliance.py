@@ -517,3 +517,32 @@ def test_unauthenticate_returns_to_a_fresh_login_state(
         assert b"MODSEQ" not in raw.cmd("FETCH 1 (FLAGS)")[0]  # CONDSTORE forgotten
     finally:
         raw.close()
+
+
+@BOTH
+def test_preview_gives_the_first_words(mail_server: RunningServer) -> None:
+    """RFC 8970: FETCH PREVIEW (and PREVIEW (LAZY)) gives a short plain-text preview: quoted
+    lines and the signature left out, white space collapsed, at most 256 characters."""
+    body = ("Hi Alice,\r\n\r\n> what you wrote before\r\nThe   meeting moves to   Friday.\r\n"
+            + "More words here. " * 40 + "\r\n-- \r\nBob's signature\r\n")
+    deliver(mail_server, message("plain", body=body))
+    html = (b"Subject: html\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+            b"<html><style>p {}</style><p>Caf\xc3\xa9 <b>tonight</b>?</p></html>\r\n")
+    deliver(mail_server, html)
+    deliver(mail_server, b"Subject: empty\r\nContent-Type: image/png\r\n\r\nxx\r\n")
+    raw = Raw(mail_server)
+    raw.login()
+    try:
+        assert b"PREVIEW" in b"".join(raw.cmd("CAPABILITY"))
+        raw.cmd("SELECT INBOX")
+        lines = raw.cmd("FETCH 1:3 (PREVIEW (LAZY))")
+        first = lines[0].split(b"PREVIEW ", 1)[1]
+        text = first.split(b"\r\n", 1)[1] if first.startswith(b"{") else first[1:]
+        assert text.startswith(b"Hi Alice, The meeting moves to Friday. More words")
+        assert b"what you wrote" not in text and b"signature" not in text
+        assert len(text.rstrip(b")").strip(b'"')) <= 256
+        assert lines[1].endswith("{15}\r\nCafé tonight ?)".encode())  # 8-bit: a literal
+        assert lines[2].endswith(b'PREVIEW "")')
+        assert b"\\Seen" not in b"".join(raw.cmd("FETCH 1 (FLAGS)"))  # a preview is a peek
+    finally:
+        raw.close()

@@ -1131,6 +1131,10 @@ def _fetch_att(r: _Reader) -> FetchItem:
     word = m.group().decode().upper()
     r.pos = m.end()
     if r.peek() != ord("["):
+        if word == "PREVIEW":  # RFC 8970 3.1: "PREVIEW" [SP "(" "LAZY" ")"]
+            if r.peek_is(b" (LAZY)"):
+                r.pos += len(b" (LAZY)")  # a preview costs us little: always computed
+            return FetchItem(word)
         if word in _SIMPLE_FETCH:
             return FetchItem(word)
         raise r.error(f"unknown fetch attribute {word}")

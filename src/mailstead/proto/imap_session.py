@@ -203,7 +203,7 @@ class ImapSession:
             "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
             f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY", "CATENATE",
             "COMPRESS=DEFLATE", "STATUS=SIZE", "SORT", "SORT=DISPLAY", "ESORT",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "UNAUTHENTICATE",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "UNAUTHENTICATE", "PREVIEW",
         ]
         return " ".join(caps)
 
