@@ -58,6 +58,7 @@ class _ConnIO:
         self.conn = conn
         self.timeout = timeout
         self._idle_read: asyncio.Task[bytes] | None = None
+        self._command_read: asyncio.Task[bytes] | None = None  # NOTIFY: the next command line
         self._out: list[bytes] = []
         self._pending = 0
 
@@ -134,7 +135,30 @@ class _ConnIO:
             return task.result()
         return None
 
+    async def command_or_change(self, wait_change: Callable[[], Awaitable[None]]) -> bytes | None:
+        """NOTIFY (RFC 5465) between commands: the first line of the next command, or None
+        when ``wait_change`` returned first. Like idle_wait, one read stays pending across
+        wake-ups so no byte of the command is lost; the read's errors (LineTooLong,
+        IdleTimeout, ConnectionClosed) come out as from a plain readline."""
+        if self._command_read is None:
+            self._command_read = asyncio.ensure_future(
+                self.conn.readline(MAX_LINE, self.timeout)
+            )
+        change = asyncio.ensure_future(wait_change())
+        try:
+            await asyncio.wait({self._command_read, change}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not change.done():
+                change.cancel()
+        if self._command_read.done():
+            task, self._command_read = self._command_read, None
+            return task.result()
+        return None
+
     def close(self) -> None:
+        if self._command_read is not None:
+            self._command_read.cancel()
+            self._command_read = None
         if self._idle_read is not None:
             self._idle_read.cancel()
             self._idle_read = None
@@ -222,7 +246,15 @@ class ImapHandler:
                               "tls_on_plaintext")
             while not session.logged_out:
                 try:
-                    data = await self._read_command(conn, io, session)
+                    first = None
+                    notifier = session.notify
+                    if notifier is not None:  # RFC 5465: told between commands, no IDLE
+                        first = await io.command_or_change(notifier.wait)
+                        if first is None:
+                            await notifier.deliver()
+                            await io.drain()
+                            continue
+                    data = await self._read_command(conn, io, session, first)
                 except LineTooLong as exc:
                     await self._line_too_long(conn, io, session, exc.prefix)
                     continue
@@ -256,6 +288,7 @@ class ImapHandler:
             raise
         finally:
             io.close()
+            session.end_notify()
             session.close_view()
             auth.release()
 
@@ -279,15 +312,18 @@ class ImapHandler:
         await session.reject(tag, "Line too long")
 
     async def _read_command(
-        self, conn: Connection, io: _ConnIO, session: ImapSession
+        self, conn: Connection, io: _ConnIO, session: ImapSession, first: bytes | None = None
     ) -> bytes | None:
         """One whole command with its literals inline, without the final CRLF; None when a
-        literal was refused (already answered)."""
-        if conn.pending_input():
-            # Pipelined commands are read without waiting, so without this one session's
-            # stream of them would hold the loop (issue 16): the others get a turn between.
-            await asyncio.sleep(0)
-        line = await conn.readline(MAX_LINE, self.timeout)
+        literal was refused (already answered). ``first``: its first line, already read."""
+        if first is not None:
+            line = first
+        else:
+            if conn.pending_input():
+                # Pipelined commands are read without waiting, so without this one session's
+                # stream of them would hold the loop (issue 16): the others get a turn between.
+                await asyncio.sleep(0)
+            line = await conn.readline(MAX_LINE, self.timeout)
         tag, name = peek_tag_command(line)
         chunks = [line]
         total = len(line)

@@ -150,6 +150,26 @@ class SelectedView(Protocol):
     def close(self) -> None: ...
 
 
+class FeedWatch(Protocol):
+    """A watch on many mailboxes of an account at once (IMAP NOTIFY, RFC 5465): mailbox ids,
+    plus ``LIST_CHANGED`` for changes to the account's mailbox list or subscriptions."""
+
+    def set_ids(self, ids: Collection[int]) -> None:
+        """The mailbox ids watched from now on (the list channel stays watched)."""
+
+    async def wait(self) -> None:
+        """Returns once something watched changed since the last ``take``."""
+
+    def take(self) -> set[int]:
+        """The ids that changed since the last call, each once (``LIST_CHANGED`` included
+        when the mailbox list or subscriptions changed)."""
+
+    def close(self) -> None: ...
+
+
+LIST_CHANGED = 0  # in FeedWatch.take(): the mailbox list or subscriptions changed
+
+
 class MailboxBackend(Protocol):
     max_message_size: int
 
@@ -178,3 +198,4 @@ class MailboxBackend(Protocol):
     async def open(
         self, account_id: int, name: str, *, readonly: bool, track_recent: bool
     ) -> SelectedView: ...
+    def watch_account(self, account_id: int) -> FeedWatch: ...

@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mailstead.core.errors import (
     Conflict,
@@ -56,6 +57,9 @@ from mailstead.proto.imap_parse import (
     SequenceSet,
     parse_command,
 )
+
+if TYPE_CHECKING:
+    from mailstead.proto.imap_notify import Notifier
 
 SERVER_NAME = "mailstead"
 SERVER_VERSION = "0.1.0"
@@ -155,6 +159,7 @@ class ImapSession:
         self.saved_uids: list[int] = []  # SEARCHRES "$" (RFC 5182)
         self.compressed = False  # COMPRESS=DEFLATE (RFC 4978) is on
         self.work: WorkBudget | None = None  # the running command's budget
+        self.notify: Notifier | None = None  # NOTIFY (RFC 5465) is on
 
     # -- modes --
 
@@ -203,7 +208,7 @@ class ImapSession:
             "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
             f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY", "CATENATE",
             "COMPRESS=DEFLATE", "STATUS=SIZE", "SORT", "SORT=DISPLAY", "ESORT",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "NOTIFY",
         ]
         return " ".join(caps)
 
@@ -444,6 +449,12 @@ class ImapSession:
         if self.view is not None:
             self.io.write(fmt.untagged(f"OK [HIGHESTMODSEQ {self.view.modseq}] Highest"))
 
+    def end_notify(self) -> None:
+        """NOTIFY NONE, a new NOTIFY SET, or the end of the session."""
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
+
     def close_view(self) -> None:
         self.saved_uids = []
         if self.view is not None:
@@ -464,6 +475,7 @@ class ImapSession:
 
     async def cmd_logout(self, cmd: Command) -> Reply:
         self.io.write(fmt.untagged("BYE Logging out"))
+        self.end_notify()
         self.close_view()
         self.state = State.LOGOUT
         return Reply("OK", "Logout completed")

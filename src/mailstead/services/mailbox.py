@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
-from mailstead.store.changes import ChangeBus, Watch
+from mailstead.store.changes import ChangeBus, MultiWatch, Watch, account_channel
 from mailstead.store.interfaces import (
     BlobStore,
     Changes,
@@ -865,10 +865,39 @@ class MailboxService:
         view.reported_recent = view.recent_count()
         return view
 
+    def watch_account(self, account_id: int) -> AccountWatch:
+        """IMAP NOTIFY: a watch on chosen mailboxes of an account and on its mailbox list."""
+        return AccountWatch(self.changes.watch_many([account_channel(account_id)]), account_id)
+
     async def _delete_blobs(self, blob_ids: Iterable[str]) -> None:
         for blob_id in blob_ids:
             with contextlib.suppress(Exception):  # a leftover file is only wasted space
                 await asyncio.to_thread(self.blobs.delete, blob_id)
+
+
+class AccountWatch:
+    """FeedWatch over the ChangeBus: one MultiWatch on the mailbox ids and the account's
+    channel (which ``take`` reports as LIST_CHANGED, 0)."""
+
+    def __init__(self, watch: MultiWatch, account_id: int) -> None:
+        self.watch = watch
+        self.channel = account_channel(account_id)
+
+    def set_ids(self, ids: Collection[int]) -> None:
+        self.watch.set_ids([*ids, self.channel])
+
+    async def wait(self) -> None:
+        await self.watch.wait()
+
+    def take(self) -> set[int]:
+        dirty = self.watch.take()
+        if self.channel in dirty:
+            dirty.discard(self.channel)
+            dirty.add(0)
+        return dirty
+
+    def close(self) -> None:
+        self.watch.close()
 
 
 class SpamTrainer(Protocol):
