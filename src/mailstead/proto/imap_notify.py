@@ -309,9 +309,10 @@ class Notifier:
     async def deliver(self) -> None:
         """Tells the client what changed since the last wake-up (each mailbox once)."""
         dirty = self.watch.take()
+        renamed: set[int] = set()
         try:
             if LIST_CHANGED in dirty:
-                await self._list_changes()
+                renamed = await self._list_changes()
             view_id = self._view_id()
             if view_id is not None and view_id in dirty and self.selected is not None:
                 await self._selected_changes()
@@ -321,7 +322,9 @@ class Notifier:
                 if box is None or mailbox_id == view_id:
                     continue
                 if self._events(box) & MESSAGE_EVENTS:
-                    await self._status(box)
+                    # A rename touches the mailbox without changing its messages: without a
+                    # STATUS told before, only note where it stands.
+                    await self._status(box, quiet=mailbox_id in renamed)
                     count += 1
                     if count % STATUS_PAUSE == 0:
                         await self.s.io.pause()
@@ -350,7 +353,7 @@ class Notifier:
             uids = view.uids_in_uid_ranges([(before + 1, view.last_uid)])
             await fetch_for_notify(s, uids, list(group.fetch))
 
-    async def _status(self, box: Mailbox, force: bool = False) -> None:
+    async def _status(self, box: Mailbox, force: bool = False, quiet: bool = False) -> None:
         """``* STATUS`` of a mailbox other than the selected one (RFC 5465 5.2-5.4): MESSAGES
         and UIDNEXT for MessageNew/MessageExpunge, UNSEEN (and HIGHESTMODSEQ with CONDSTORE)
         for FlagChange; sent only when something asked for moved since the last one."""
@@ -363,6 +366,8 @@ class Notifier:
         values = tuple(v for _n, v in items)
         last = self.told.get(box.id)
         self.told[box.id] = values
+        if quiet and last is None:
+            return
         if not force and last is not None:
             compared = 3 if "FLAGCHANGE" in events else 2  # UNSEEN moves with flags
             if "FLAGCHANGE" in events and s.condstore:
@@ -372,7 +377,7 @@ class Notifier:
         pairs = " ".join(f"{n} {v}" for n, v in items)
         s.io.write(b"* STATUS " + s.mailbox_out(box.name) + f" ({pairs})\r\n".encode())
 
-    async def _list_changes(self) -> None:
+    async def _list_changes(self) -> set[int]:
         """MailboxName and SubscriptionChange: compares the account's mailbox list and
         subscriptions with the last ones seen and tells the differences as LIST responses."""
         s = self.s
@@ -380,6 +385,7 @@ class Notifier:
         await self._load()
         out = s.io.write
         renamed: set[str] = set()
+        renamed_ids: set[int] = set()
         for mailbox_id, box in self.boxes.items():
             was = old_boxes.get(mailbox_id)
             if was is None:
@@ -387,6 +393,7 @@ class Notifier:
                     out(self._list_line(box.name, []))
             elif was.name != box.name:
                 renamed.update((was.name, box.name))
+                renamed_ids.add(mailbox_id)
                 if "MAILBOXNAME" in self._events(box) or "MAILBOXNAME" in self._events(was):
                     # RFC 5465 5.4 with RFC 5258 3.5's OLDNAME extended data item.
                     out(self._list_line(box.name, [], b' ("OLDNAME" ('
@@ -407,6 +414,7 @@ class Notifier:
         for mailbox_id in old_boxes.keys() - self.boxes.keys():
             self.told.pop(mailbox_id, None)
         self._rewatch()
+        return renamed_ids
 
     def _list_line(self, name: str, attrs: list[str], extra: bytes = b"") -> bytes:
         if name in self.subscribed and "\\Subscribed" not in attrs:
