@@ -255,3 +255,16 @@ def test_many_notify_sessions_and_an_ordinary_client(
     assert status_of(other.cmd("NOOP")) == b"OK"
     for raw in watchers:
         assert status_of(raw.cmd("LOGOUT")) == b"OK"
+
+
+def test_notify_during_idle(mail_server: RunningServer) -> None:
+    a = _opened(mail_server, "CREATE Lists", "SELECT INBOX")
+    assert status_of(a.cmd("NOTIFY SET (PERSONAL (MessageNew MessageExpunge))")) == b"OK"
+    a.send(b"i1 IDLE\r\n")
+    assert a.readline() == b"+ idling"
+    deliver(mail_server, message("elsewhere"), mailbox="Lists")
+    assert _told(a) == [b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)']
+    deliver(mail_server, message("here"))  # the selected mailbox still wakes IDLE
+    assert _told(a, 2) == [b"* 1 EXISTS", b"* 1 RECENT"]
+    a.send(b"DONE\r\n")
+    assert status_of(a.until("i1")) == b"OK"

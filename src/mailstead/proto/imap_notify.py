@@ -275,7 +275,7 @@ class Notifier:
         view_id = self._view_id()
         ids = [i for i, box in self.boxes.items()
                if i != view_id and self._events(box) & MESSAGE_EVENTS]
-        if view_id is not None and self.selected is not None and self.selected.events:
+        if view_id is not None:  # wakes IDLE; between commands only a SELECTED group tells
             ids.append(view_id)
         self.watched_view = view_id
         self.watch.set_ids(ids)

@@ -632,9 +632,15 @@ class ImapSession:
             await self.io.drain()
             if self.state is State.LOGOUT:  # the selected mailbox went away
                 return Reply("", "")
-            wait = None if self.view is None else _waiter(self.view)
+            notifier = self.notify
+            if notifier is not None:  # RFC 5465: NOTIFY's news flow during IDLE too
+                wait: Callable[[], Awaitable[bool]] | None = _notify_waiter(notifier)
+            else:
+                wait = None if self.view is None else _waiter(self.view)
             line = await self.io.idle_wait(wait)
             if line is None:
+                if notifier is not None and self.notify is notifier:
+                    await notifier.deliver()
                 continue
             if line.rstrip(b"\r\n").upper() == b"DONE":
                 return Reply("OK", "Idle completed")
@@ -644,6 +650,14 @@ class ImapSession:
 def _waiter(view: SelectedView) -> Callable[[], Awaitable[bool]]:
     async def wait() -> bool:
         return await view.wait_change(None)
+
+    return wait
+
+
+def _notify_waiter(notifier: Notifier) -> Callable[[], Awaitable[bool]]:
+    async def wait() -> bool:
+        await notifier.wait()
+        return True
 
     return wait
 
