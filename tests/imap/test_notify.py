@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -268,3 +269,24 @@ def test_notify_during_idle(mail_server: RunningServer) -> None:
     assert _told(a, 2) == [b"* 1 EXISTS", b"* 1 RECENT"]
     a.send(b"DONE\r\n")
     assert status_of(a.until("i1")) == b"OK"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_notify_hears_another_node(
+    make_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """Two nodes sharing PostgreSQL: changes made through one reach a NOTIFY session on the
+    other over the LISTEN/NOTIFY feed, the account's mailbox-list channel included."""
+    shared = {"blob_dir": str(tmp_path / "blobs")}
+    first = make_server(store=shared)
+    second = make_server(data_dir=tmp_path / "second", store=shared, tls={
+        "cert": str(first.cert_file), "key": str(first.cfg.path(first.cfg.tls.key))})
+    a = _opened(first, "CREATE Lists", "SELECT INBOX")
+    assert status_of(a.cmd(FULL)) == b"OK"
+    b = _opened(second)
+    b.cmd("CREATE Elsewhere")
+    assert _told(a) == [b'* LIST () "/" "Elsewhere"']
+    assert status_of(b.cmd(b"APPEND Lists {16+}\r\nSubject: far\r\n\r\n")).startswith(b"OK")
+    assert _told(a) == [b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)']
+    assert status_of(b.cmd(b"APPEND INBOX {16+}\r\nSubject: far\r\n\r\n")).startswith(b"OK")
+    assert _told(a, 3) == [b"* 1 EXISTS", b"* 1 RECENT", b"* 1 FETCH (UID 1 FLAGS (\\Recent))"]
