@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from mailstead.core.errors import NotFound
 from mailstead.core.models import Mailbox
 from mailstead.obs import log_event
 from mailstead.proto.imap_backend import LIST_CHANGED, FeedWatch
@@ -324,7 +325,10 @@ class Notifier:
                 if self._events(box) & MESSAGE_EVENTS:
                     # A rename touches the mailbox without changing its messages: without a
                     # STATUS told before, only note where it stands.
-                    await self._status(box, quiet=mailbox_id in renamed)
+                    try:
+                        await self._status(box, quiet=mailbox_id in renamed)
+                    except NotFound:  # deleted meanwhile: its LIST comes with the list news
+                        continue
                     count += 1
                     if count % STATUS_PAUSE == 0:
                         await self.s.io.pause()
