@@ -290,3 +290,29 @@ def test_notify_hears_another_node(
     assert _told(a) == [b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)']
     assert status_of(b.cmd(b"APPEND INBOX {16+}\r\nSubject: far\r\n\r\n")).startswith(b"OK")
     assert _told(a, 3) == [b"* 1 EXISTS", b"* 1 RECENT", b"* 1 FETCH (UID 1 FLAGS (\\Recent))"]
+
+
+def test_notifications_left_unread_overflow(
+    mail_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that reads none of its news: after NOTIFY_WRITE_SECONDS the server stops
+    (RFC 5465 5.8: NOTIFICATIONOVERFLOW, NOTIFY off) instead of piling them up, and other
+    clients are served meanwhile."""
+    from mailstead.net import imap_server
+
+    monkeypatch.setattr(imap_server, "NOTIFY_WRITE_SECONDS", 1.0)
+    a = _opened(mail_server, "SELECT INBOX")
+    cmd = "NOTIFY SET (SELECTED (MessageNew (BODY.PEEK[]) MessageExpunge))"
+    assert status_of(a.cmd(cmd)) == b"OK"
+    body = ("x" * 998 + "\r\n") * 1000  # 1 MB a message
+    for i in range(16):
+        deliver(mail_server, message(f"big {i}", body=body))
+    other = _opened(mail_server)
+    other.sock.settimeout(5)
+    assert status_of(other.cmd("NOOP")) == b"OK"
+    time.sleep(1.5)
+    seen = _told_until(a, b"* OK [NOTIFICATIONOVERFLOW] Notifications not read; NOTIFY is off")
+    assert any(line.startswith(b"* 1 FETCH") for line in seen)
+    assert status_of(a.cmd("NOOP")) == b"OK"  # the session goes on, without NOTIFY
+    deliver(mail_server, message("after"))
+    assert _silent(a)
