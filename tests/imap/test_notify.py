@@ -316,3 +316,12 @@ def test_notifications_left_unread_overflow(
     assert status_of(a.cmd("NOOP")) == b"OK"  # the session goes on, without NOTIFY
     deliver(mail_server, message("after"))
     assert _silent(a)
+
+
+def test_unauthenticate_ends_notify(mail_server: RunningServer) -> None:
+    a = _opened(mail_server, "CREATE Lists")
+    assert status_of(a.cmd("NOTIFY SET (PERSONAL (MessageNew MessageExpunge))")) == b"OK"
+    assert status_of(a.cmd("UNAUTHENTICATE")) == b"OK"
+    deliver(mail_server, message("unheard"), mailbox="Lists")
+    assert _silent(a)
+    assert status_of(a.cmd("NOOP")) == b"OK"
