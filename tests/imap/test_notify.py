@@ -325,3 +325,24 @@ def test_unauthenticate_ends_notify(mail_server: RunningServer) -> None:
     deliver(mail_server, message("unheard"), mailbox="Lists")
     assert _silent(a)
     assert status_of(a.cmd("NOOP")) == b"OK"
+
+
+def test_imaplib_client_reads_a_notification(mail_server: RunningServer) -> None:
+    from tests.imap.helpers import connect
+
+    client = connect(mail_server)
+    ok = client.create("Lists")[0]
+    assert ok == "OK"
+    typ, _ = client.xatom("NOTIFY", "SET (INBOXES (MessageNew MessageExpunge)) "
+                                    "(SUBSCRIBED (MessageNew MessageExpunge))")
+    assert typ == "OK"
+    deliver(mail_server, message("to imaplib"))
+    client.sock.settimeout(WAIT)
+    assert client.readline() == b'* STATUS "INBOX" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)\r\n'
+    client.sock.settimeout(30)
+    deliver(mail_server, message("not subscribed"), mailbox="Lists")  # nobody told
+    assert client.subscribe("Lists")[0] == "OK"  # now SUBSCRIBED matches it
+    deliver(mail_server, message("subscribed now"), mailbox="Lists")
+    client.sock.settimeout(WAIT)
+    assert client.readline() == b'* STATUS "Lists" (MESSAGES 2 UIDNEXT 3 UNSEEN 2)\r\n'
+    client.logout()
