@@ -346,3 +346,15 @@ def test_imaplib_client_reads_a_notification(mail_server: RunningServer) -> None
     client.sock.settimeout(WAIT)
     assert client.readline() == b'* STATUS "Lists" (MESSAGES 2 UIDNEXT 3 UNSEEN 2)\r\n'
     client.logout()
+
+
+def test_flag_changes_wait_without_flagchange(mail_server: RunningServer) -> None:
+    deliver(mail_server, message("a"))
+    a = _opened(mail_server, "SELECT INBOX")
+    assert status_of(a.cmd("NOTIFY SET (SELECTED (MessageNew MessageExpunge))")) == b"OK"
+    b = _opened(mail_server, "SELECT INBOX")
+    b.cmd("STORE 1 +FLAGS.SILENT (\\Answered)")
+    assert _silent(a)  # not asked for: told at the next command instead
+    assert a.cmd("NOOP")[0] == b"* 1 FETCH (UID 1 FLAGS (\\Answered \\Recent))"
+    deliver(mail_server, message("b"))
+    assert _told(a, 2) == [b"* 2 EXISTS", b"* 2 RECENT"]

@@ -20,8 +20,8 @@ What is told:
 Choices where RFC 5465 leaves room: INBOXES is INBOX (the only mailbox delivery writes to);
 a mailbox matched by several groups follows the first of them; without a SELECTED group the
 selected mailbox gets no unsolicited responses between commands (its changes are reported at
-the next command, as without NOTIFY); flag changes in the selected mailbox are shown with
-its other changes whether or not FlagChange was asked for (RFC 9051 7.5.1 wants them told).
+the next command, as without NOTIFY); likewise its flag changes wait for the next command when
+the SELECTED group lacks FlagChange.
 """
 
 from __future__ import annotations
@@ -346,7 +346,8 @@ class Notifier:
         # 7.5.1's "no EXPUNGE without a command"); SELECTED-DELAYED keeps them for a command
         # that may report them.
         await s.report_updates(
-            allow_expunge=group.filter == "SELECTED" and "MESSAGEEXPUNGE" in events
+            allow_expunge=group.filter == "SELECTED" and "MESSAGEEXPUNGE" in events,
+            allow_flags="FLAGCHANGE" in events,
         )
         if s.view is None or not group.fetch or "MESSAGENEW" not in events:
             return

@@ -307,7 +307,7 @@ class ImapSession:
         allow = cmd.uid or base not in _NO_EXPUNGE
         await self.report_updates(allow)
 
-    async def report_updates(self, allow_expunge: bool) -> None:
+    async def report_updates(self, allow_expunge: bool, allow_flags: bool = True) -> None:
         view = self.view
         if view is None:
             return
@@ -322,7 +322,7 @@ class ImapSession:
         except Exception as exc:  # the store hiccuped: report next time
             log_event("imap.error", logging.ERROR, command="(updates)", error=repr(exc))
             return
-        updates = view.take_updates(allow_expunge)
+        updates = view.take_updates(allow_expunge, allow_flags)
         self.announce_keywords([updates.keywords])
         out = self.io.write
         if updates.expunged:

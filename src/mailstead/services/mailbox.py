@@ -303,7 +303,7 @@ class MailboxView:
         """What changed after ``modseq`` (QRESYNC, VANISHED (EARLIER))."""
         return await self.store.changes_since(self.mailbox.id, modseq)
 
-    def take_updates(self, allow_expunge: bool) -> ViewUpdates:
+    def take_updates(self, allow_expunge: bool, allow_flags: bool = True) -> ViewUpdates:
         out = ViewUpdates()
         if allow_expunge and self.pending_expunge:
             out.expunged = self._apply_expunges(self.pending_expunge)
@@ -318,12 +318,13 @@ class MailboxView:
             if recent != self.reported_recent or out.exists is not None:
                 out.recent = recent
                 self.reported_recent = recent
-        for uid, state in sorted(self.pending_flags.items()):
-            seq = self.seq_of(uid)
-            if seq is not None:
-                out.flags.append((seq, state))
-                out.keywords.update(state.keywords)
-        self.pending_flags.clear()
+        if allow_flags:  # else kept (NOTIFY without FlagChange: told at the next command)
+            for uid, state in sorted(self.pending_flags.items()):
+                seq = self.seq_of(uid)
+                if seq is not None:
+                    out.flags.append((seq, state))
+                    out.keywords.update(state.keywords)
+            self.pending_flags.clear()
         out.keywords.update(self.pending_keywords)
         self.pending_keywords.clear()
         return out
