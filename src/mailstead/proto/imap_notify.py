@@ -214,11 +214,12 @@ async def cmd_notify(s: ImapSession, cmd: Command) -> Reply:
     if problem is not None:
         return problem
     s.end_notify()
-    notifier = Notifier(s, args.groups, s.mailboxes.watch_account(account.id))
+    watch = s.mailboxes.watch_account(account.id)
     try:
+        notifier = Notifier(s, args.groups, watch)  # may refuse a name (bad mUTF-7)
         await notifier.start(args.status)
     except BaseException:
-        notifier.close()
+        watch.close()
         raise
     s.notify = notifier
     return Reply("OK", "NOTIFY completed")
