@@ -39,6 +39,19 @@ def _sets_seen(item: FetchItem) -> bool:
     return item.name in ("RFC822", "RFC822.TEXT")
 
 
+sets_seen = _sets_seen
+
+
+async def fetch_for_notify(s: ImapSession, uids: list[int], items: list[FetchItem]) -> None:
+    """NOTIFY's MessageNew attributes for new messages of the selected mailbox (RFC 5465
+    5.2): the FETCH responses a FETCH of these UIDs would give (no \\Seen is set: NOTIFY
+    refuses the attributes that would set it)."""
+    if {item.name for item in items} <= FLAG_ITEMS:
+        await _fetch_flags(s, uids, items, None)
+    else:
+        await _fetch_messages(s, uids, items, None)
+
+
 async def cmd_fetch(s: ImapSession, cmd: Command) -> Reply:
     args = cmd.args
     assert isinstance(args, FetchArgs)

@@ -10,6 +10,7 @@ from mailstead.proto import (
     imap_cmd_mailbox,
     imap_cmd_message,
     imap_cmd_sort,
+    imap_notify,
     imap_search,
 )
 from mailstead.proto.imap_format import Reply
@@ -51,6 +52,7 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "GETQUOTA": (AUTH, imap_cmd_mailbox.cmd_getquota),
     "GETQUOTAROOT": (AUTH, imap_cmd_mailbox.cmd_getquotaroot),
     "SETQUOTA": (AUTH, imap_cmd_mailbox.cmd_setquota),
+    "NOTIFY": (AUTH, imap_notify.cmd_notify),
     "CHECK": (SELECTED, S.cmd_noop),
     "CLOSE": (SELECTED, S.cmd_close),
     "UNSELECT": (SELECTED, S.cmd_unselect),

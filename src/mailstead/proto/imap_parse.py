@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
+from mailstead.proto.imap_notify import NotifyArgs, parse_notify
+
 # ---------------------------------------------------------------------------------------------
 # Errors and framing
 
@@ -384,7 +386,7 @@ CommandArgs = (
     NoArgs | LoginArgs | AuthenticateArgs | EnableArgs | SelectArgs | MailboxArgs | CreateArgs
     | RenameArgs | ListArgs | StatusArgs | AppendArgs | SearchArgs | FetchArgs | StoreArgs
     | CopyArgs | UidExpungeArgs | IdArgs | QuotaRootArgs | CompressArgs | SortArgs
-    | ThreadArgs
+    | ThreadArgs | NotifyArgs
 )
 
 
@@ -1355,4 +1357,6 @@ _COMMANDS = {
     "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge,
     "ID": _id, "GETQUOTA": _quota_root, "GETQUOTAROOT": _mailbox_only, "SETQUOTA": _setquota,
     "SORT": _sort, "UID SORT": _sort, "THREAD": _thread, "UID THREAD": _thread,
+    "NOTIFY": parse_notify,
 }
+fetch_att = _fetch_att  # for MessageNew's attributes in NOTIFY (imap_notify)
