@@ -270,9 +270,10 @@ class _Input:
             await self.fill()
         return line
 
-    async def message(self, max_size: int) -> DataOutcome:
+    async def message(self, policy: SessionPolicy) -> DataOutcome:
         """The lines after DATA up to <CRLF>.<CRLF>; what follows stays buffered."""
-        reader = DotReader(max_size)
+        reader = DotReader(policy.max_message_size, bare_newlines=policy.bare_newlines,
+                           max_line=policy.max_line)
         rest = reader.feed(self.buffer.take_all())
         while not reader.done:
             await self.fill()
@@ -314,6 +315,8 @@ class SmtpHandler:
             starttls_offered=self.tls_mode == "starttls" and conn.ssl_context is not None,
             plaintext_auth_allowed=cfg.auth.allow_plaintext_on_loopback and conn.is_loopback,
             client_ip=conn.peer_ip,
+            bare_newlines=cfg.smtp.bare_line_feeds,
+            max_line=cfg.smtp.max_line_length,
         )
         backend = SessionBackend(self.services, delivery_service(self.services), conn)
         return SmtpSession(policy, backend, tls_active=conn.is_tls)
@@ -370,7 +373,7 @@ class SmtpHandler:
             if answer.action is Action.READ_DATA:
                 pending.append(answer.encode())
                 await _flush(conn, pending)  # the client waits for 354 before sending
-                outcome = await data.message(session.policy.max_message_size)
+                outcome = await data.message(session.policy)
                 answer = await session.on_data(outcome)
             elif answer.action is Action.READ_CHUNK:
                 await data.chunk(answer.chunk_size, session.on_chunk)
