@@ -13,7 +13,6 @@ from mailstead.core.models import SPECIAL_USES, Mailbox, MailboxStatus
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import imap_url, mime, mime_encoding, mutf7
 from mailstead.proto.imap_format import CommandError, Reply
-from mailstead.proto.lines import normalize_line_ends
 from mailstead.proto.imap_parse import (
     AppendArgs,
     CatenatePart,
@@ -25,6 +24,7 @@ from mailstead.proto.imap_parse import (
     RenameArgs,
     StatusArgs,
 )
+from mailstead.proto.lines import normalize_line_ends
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_session import ImapSession
