@@ -19,7 +19,7 @@ import pytest
 from mailstead.mailsec import dkim
 from tests import dnsworld
 from tests.conftest import PG_DSN
-from tests.delivery.conftest import Node, pg_schema  # noqa: F401  (a fixture)
+from tests.delivery.conftest import Node
 from tests.delivery.helpers import inbox_with, submit
 from tests.smtp.helpers import inbox
 from tests.trust.conftest import publish
