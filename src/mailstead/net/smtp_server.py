@@ -64,6 +64,7 @@ from mailstead.store.interfaces import Account
 T = TypeVar("T")
 
 READ_SIZE = 64 * 1024  # bytes asked of the socket at a time
+OFF_LOOP_SIZE = 1024 * 1024  # a message larger than this is checked in a worker thread
 # How long one session reuses a recipient's route or a domain lookup. Each is two store reads
 # in a thread per RCPT otherwise; a new session always looks afresh, and a removal (made here,
 # by the CLI or by another node) reaches open sessions within this time.
@@ -279,6 +280,10 @@ class _Input:
             await self.fill()
             rest = reader.feed(self.buffer.take_all())
         self.buffer.append(rest)
+        if reader.raw_size > OFF_LOOP_SIZE:
+            # Unstuffing, line-end normalising and the line bound each pass over the whole
+            # message: in a thread for a large one, so other sessions get the loop between steps.
+            return await asyncio.to_thread(reader.finish)
         return reader.finish()
 
     async def chunk(self, size: int, sink: Callable[[bytes], None]) -> None:

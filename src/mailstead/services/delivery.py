@@ -228,10 +228,12 @@ class DeliveryService:
         remote = _remote_recipients(envelope.recipients)
         if not accounts and not remote:
             raise ValueError("a delivery needs at least one recipient")
-        if remote and mime_encoding.has_long_lines(message):
+        if remote and (len(message) > _LONG_CHECK_OFF_LOOP
+                       or mime_encoding.has_long_lines(message)):
             # Lines past RFC 5322's 998 octets are taken in (issue 22), but a server we relay
             # to may refuse them (RFC 5321 4.5.3.1.6): the parts holding them are re-encoded
             # now, before DKIM signing or ARC sealing, so the signature covers what is sent.
+            # (A large message is checked in the thread too.)
             message = await asyncio.to_thread(_shortened, message)
         if self.trust is not None:
             # Signed (our users' mail) or sealed (forwarded mail) before the one blob is
@@ -291,7 +293,12 @@ class DeliveryService:
         return result
 
 
+_LONG_CHECK_OFF_LOOP = 1024 * 1024  # octets
+
+
 def _shortened(message: bytes) -> bytes:
+    if not mime_encoding.has_long_lines(message):
+        return message
     return mime_encoding.shorten_long_lines(message, mime.parse(message))
 
 
