@@ -81,6 +81,9 @@ class Authenticator(Protocol):
     async def login(self, user: str, password: str, ip: str) -> Account:
         """Raises LoginRefused or TooManySessions."""
 
+    def release(self) -> None:
+        """The session is no longer logged in (UNAUTHENTICATE, or the connection ended)."""
+
 
 class QuotaInfo(Protocol):
     @property

@@ -34,6 +34,7 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "AUTHENTICATE": (NOT_AUTH, S.cmd_authenticate),
     "ENABLE": (AUTH, S.cmd_enable),
     "COMPRESS": (AUTH, S.cmd_compress),
+    "UNAUTHENTICATE": (AUTH, S.cmd_unauthenticate),
     "SELECT": (AUTH, S.cmd_select),
     "EXAMINE": (AUTH, S.cmd_select),
     "IDLE": (AUTH, S.cmd_idle),

@@ -203,7 +203,7 @@ class ImapSession:
             "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
             f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY", "CATENATE",
             "COMPRESS=DEFLATE", "STATUS=SIZE", "SORT", "SORT=DISPLAY", "ESORT",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "UNAUTHENTICATE", "PREVIEW",
         ]
         return " ".join(caps)
 
@@ -605,6 +605,17 @@ class ImapSession:
             await view.expunge()
         self.close_view()
         return Reply("OK", "Close completed")
+
+    async def cmd_unauthenticate(self, cmd: Command) -> Reply:
+        """RFC 8437: back to the not-authenticated state as if newly connected, but TLS and
+        COMPRESS stay; the mailbox is closed without expunging, ENABLEd extensions end."""
+        self.close_view()
+        self.auth.release()
+        self.account = None
+        self.enabled.clear()
+        self.condstore = False
+        self.state = State.NOT_AUTHENTICATED
+        return Reply("OK", "Not authenticated any more")
 
     async def cmd_unselect(self, cmd: Command) -> Reply:
         self.require_view()
