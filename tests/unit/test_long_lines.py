@@ -64,6 +64,18 @@ def test_long_header_folded_at_white_space() -> None:
     assert out.endswith(b"Subject: s\r\n\r\nbody\r\n")
 
 
+def test_signed_content_is_left_alone() -> None:
+    signed = (b"--s\r\nContent-Type: text/plain\r\n\r\n" + b"k" * 1500 + b"\r\n--s\r\n"
+              b"Content-Type: application/pgp-signature\r\n\r\nsig\r\n--s--")
+    data = (b"From: a@b.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=m"
+            b"\r\n\r\n--m\r\nContent-Type: multipart/signed; boundary=s; protocol=\"x\"\r\n\r\n"
+            + signed + b"\r\n--m\r\nContent-Type: text/plain\r\n\r\n" + b"t" * 1200
+            + b"\r\n--m--\r\n")
+    out = shorten(data)
+    assert signed in out  # the signature still matches its part
+    assert b"t" * 1200 not in out
+
+
 def test_nothing_long_is_unchanged() -> None:
     data = b"From: a@b.test\r\n\r\n" + b"x" * 998 + b"\r\n"
     assert not mime_encoding.has_long_lines(data)

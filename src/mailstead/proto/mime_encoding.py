@@ -104,12 +104,17 @@ def has_long_lines(data: bytes) -> bool:
     return _longest(data, 0, len(data)) > LINE_LIMIT
 
 
-def _leaves(part: Part) -> list[Part]:
-    if part.children:
-        return [leaf for child in part.children for leaf in _leaves(child)]
+def _alterable(part: Part) -> list[Part]:
+    """``part`` and the parts below it whose bytes may change: not the inside of a
+    multipart/signed, whose signature covers its first part octet for octet (RFC 1847 2.1)."""
+    if part.content_type == ("multipart", "signed"):
+        return [part]
+    found = [part]
+    for child in part.children:
+        found += _alterable(child)
     if part.encapsulated is not None:
-        return _leaves(part.encapsulated)
-    return [part]
+        found += _alterable(part.encapsulated)
+    return found
 
 
 def _fold(line: bytes) -> bytes:
@@ -162,16 +167,19 @@ def shorten_long_lines(data: bytes, root: Part) -> bytes:
     quoted-printable, anything else (or anything with a NUL) in base64, a base64 part re-wrapped;
     a header line is folded at white space. The content each part decodes to is unchanged, and
     parts without a long line are left byte for byte. Long lines outside any part (a multipart
-    preamble) and header lines without white space stay as they are."""
+    preamble), header lines without white space and anything inside a multipart/signed stay as
+    they are."""
     edits: list[tuple[int, int, bytes]] = []
-    for part in root.walk():
+    parts = _alterable(root)
+    for part in parts:
         for f in part.fields:
             if f.end - f.start > LINE_LIMIT and _longest(data, f.start, f.end) > LINE_LIMIT:
                 raw = data[f.start : f.end].removesuffix(_CRLF)
                 folded = _CRLF.join(_fold(line) for line in raw.split(_CRLF))
                 edits.append((f.start, f.start + len(raw), folded))
-    for part in _leaves(root):
-        if part.is_multipart or _longest(data, part.body_start, part.body_end) <= LINE_LIMIT:
+    for part in parts:
+        if (part.is_multipart or part.encapsulated is not None
+                or _longest(data, part.body_start, part.body_end) <= LINE_LIMIT):
             continue
         encoded, cte = _encoded_body(data, part)
         fields_end = part.fields[-1].end if part.fields else part.header_start
