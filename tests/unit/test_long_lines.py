@@ -100,3 +100,17 @@ def test_normalised_data_has_crlf_only_and_keeps_the_rest(data: bytes) -> None:
     assert not has_bare_cr_or_lf(out)
     assert out.replace(b"\r\n", b"") == data.replace(b"\r\n", b"").replace(b"\r", b"").replace(
         b"\n", b"")
+
+
+@given(st.lists(st.sampled_from([
+    b"Content-Type: multipart/mixed; boundary=b\r\n", b"Content-Transfer-Encoding: base64\r\n",
+    b"Content-Transfer-Encoding: quoted-printable\r\n", b"Content-Type: message/rfc822\r\n",
+    b"Content-Type: multipart/signed; boundary=b\r\n", b"\r\n", b"--b\r\n", b"--b--\r\n",
+    b"=" * 1200 + b"\r\n", b"x y" * 500 + b"\r\n", b"\x00" * 1001, b"QUJD" * 300 + b"\r\n",
+    b"Subject: " + b"s " * 600 + b"\r\n",
+]), max_size=12))
+def test_any_message_shortens_without_error(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    out = shorten(data)
+    assert isinstance(out, bytes)
+    assert not has_bare_cr_or_lf(out) or has_bare_cr_or_lf(data)
