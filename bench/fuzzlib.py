@@ -506,7 +506,8 @@ def smtp_run(data: bytes) -> object:
         _check_reply(answer)
         codes.append(answer.code)
         if answer.action is smtp.Action.READ_DATA:
-            reader = lines.DotReader(policy.max_message_size)
+            reader = lines.DotReader(policy.max_message_size,
+                                     bare_newlines=policy.bare_newlines, max_line=policy.max_line)
             rest = reader.feed(buffer.take_all())
             if not reader.done:
                 break
@@ -967,9 +968,12 @@ def lines_run(data: bytes) -> object:
         buffer.append(data[i:i + step])
         while buffer.take_line(64) is not None:
             taken += 1
-    whole = lines.DotReader(4096)
+    # Both settings of [smtp] bare_line_feeds: the end of data must be found at the same
+    # place, and neither may keep a bare CR or LF in what it accepts.
+    mode = "normalize" if len(data) % 2 else "reject"
+    whole = lines.DotReader(4096, bare_newlines=mode)
     rest_whole = whole.feed(data)
-    split = lines.DotReader(4096)
+    split = lines.DotReader(4096, bare_newlines=mode)
     rest_split = b""
     for i in range(0, len(data), step):
         piece = data[i:i + step]

@@ -115,6 +115,18 @@ class LimitsConfig(_Section):
     )
 
 
+class SmtpConfig(_Section):
+    bare_line_feeds: Literal["normalize", "reject"] = Field(
+        "normalize",
+        description="a bare LF or CR inside a message (DATA or BDAT): normalize stores it as "
+        "CRLF (a dot after it never ends the data), reject refuses the message with 550 5.5.2",
+    )
+    max_line_length: int = Field(
+        1_048_576, description="longest line accepted in a message, in octets; a longer one is "
+        "refused with 552 5.3.4", ge=1000,
+    )
+
+
 class AuthConfig(_Section):
     allow_plaintext_on_loopback: bool = Field(
         False,
@@ -398,6 +410,7 @@ class Config(_Section):
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS certificate and key")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="limits and timeouts")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="authentication policy")
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig, description="SMTP message acceptance")
     dmtp: DmtpConfig = Field(default_factory=DmtpConfig, description="DMTP/DMAP compatibility")
     delivery: DeliveryConfig = Field(
         default_factory=DeliveryConfig, description="outbound delivery: queue, DNS, retries"

@@ -158,8 +158,9 @@ def test_too_many_recipients(mail_server: RunningServer) -> None:
     assert inbox(mail_server, BOB) == []
 
 
-def test_overlong_lines(mail_server: RunningServer) -> None:
-    with RawClient(mail_server.ports["smtp"]) as c:
+def test_overlong_lines(make_server: Callable[..., RunningServer]) -> None:
+    server = make_server(smtp={"max_line_length": 100_000})
+    with RawClient(server.ports["smtp"]) as c:
         c.cmd("EHLO client.test")
         assert c.code("NOOP " + "x" * 600) == "500 5.5.2"
         assert c.code("NOOP " + "x" * 100_000) == "500 5.5.2"  # far past any buffer
@@ -167,13 +168,44 @@ def test_overlong_lines(mail_server: RunningServer) -> None:
         c.cmd("MAIL FROM:<carol@remote.test>")
         c.cmd("RCPT TO:<alice@example.test>")
         assert c.cmd("DATA")[0] == 354
-        assert c.code(b"Subject: long\r\n\r\n" + b"y" * 1001 + b"\r\n.\r\n") == "554 5.6.0"
+        # Past RFC 5321's 1000 octets but within the configured bound: taken as it is.
+        assert c.code(b"Subject: long\r\n\r\n" + b"y" * 1001 + b"\r\n.\r\n") == "250 2.0.0"
+        c.cmd("MAIL FROM:<carol@remote.test>")
+        c.cmd("RCPT TO:<alice@example.test>")
+        assert c.cmd("DATA")[0] == 354
+        assert c.cmd(b"Subject: longer\r\n\r\n" + b"z" * 99_999 + b"\r\n.\r\n") == (
+            552, "5.3.4 Message refused: a line is longer than 100000 octets")
         assert c.code("NOOP") == "250 2.0.0"
-    assert inbox(mail_server, ALICE) == []
+    [stored] = inbox(server, ALICE)
+    assert body_of(stored) == b"Subject: long\r\n\r\n" + b"y" * 1001 + b"\r\n"
 
 
-@pytest.mark.parametrize("fake_end", [b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\r.\r\n"])
-def test_bare_lf_smuggling_is_refused(mail_server: RunningServer, fake_end: bytes) -> None:
+SMUGGLING_ENDS = [b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\r.\r\n", b"\r.\r", b"\r\n.\r"]
+
+
+@pytest.mark.parametrize("fake_end", SMUGGLING_ENDS)
+def test_bare_lf_smuggling_is_refused(make_server: Callable[..., RunningServer],
+                                      fake_end: bytes) -> None:
+    server = make_server(smtp={"bare_line_feeds": "reject"})
+    with RawClient(server.ports["smtp"]) as c:
+        c.cmd("EHLO client.test")
+        c.cmd("MAIL FROM:<carol@remote.test>")
+        c.cmd("RCPT TO:<alice@example.test>")
+        assert c.cmd("DATA")[0] == 354
+        c.send(b"Subject: innocent\r\n\r\nhello" + fake_end
+               + b"MAIL FROM:<ceo@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+               + b"Subject: smuggled\r\n\r\nevil\r\n.\r\n")
+        # One reply for the whole thing, today's: nothing was smuggled.
+        assert c.reply() == (550, "5.5.2 Message refused: bare <CR> or <LF> received")
+        assert c.code("NOOP") == "250 2.0.0"  # and no stray replies are waiting
+    assert inbox(server, ALICE) == []
+    assert inbox(server, BOB) == []
+
+
+@BOTH
+@pytest.mark.parametrize("fake_end", SMUGGLING_ENDS)
+def test_bare_lf_smuggling_normalised_into_one_message(mail_server: RunningServer,
+                                                       fake_end: bytes) -> None:
     with RawClient(mail_server.ports["smtp"]) as c:
         c.cmd("EHLO client.test")
         c.cmd("MAIL FROM:<carol@remote.test>")
@@ -182,10 +214,16 @@ def test_bare_lf_smuggling_is_refused(mail_server: RunningServer, fake_end: byte
         c.send(b"Subject: innocent\r\n\r\nhello" + fake_end
                + b"MAIL FROM:<ceo@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
                + b"Subject: smuggled\r\n\r\nevil\r\n.\r\n")
-        assert c.reply()[0] == 550  # one reply for the whole thing: nothing was smuggled
+        assert c.reply()[0] == 250  # one reply for the whole thing: one message
         assert c.code("NOOP") == "250 2.0.0"  # and no stray replies are waiting
-    assert inbox(mail_server, ALICE) == []
+    [stored] = inbox(mail_server, ALICE)
     assert inbox(mail_server, BOB) == []
+    body = body_of(stored)
+    # Everything the attacker sent is the text of the one message, with CRLF line ends only.
+    assert body.startswith(b"Subject: innocent\r\n\r\nhello\r\n")
+    assert body.endswith(b"MAIL FROM:<ceo@example.test>\r\nRCPT TO:<bob@example.test>\r\n"
+                         b"DATA\r\nSubject: smuggled\r\n\r\nevil\r\n")
+    assert body.count(b"\n") == body.count(b"\r\n") == body.count(b"\r")
 
 
 def test_smtputf8_address(mail_server: RunningServer) -> None:
@@ -217,13 +255,14 @@ def test_bdat_chunks_and_binarymime(mail_server: RunningServer) -> None:
         replies = [c.reply() for _ in range(4)]
         assert [r[0] for r in replies] == [250] * 4
         assert replies[3][1].startswith("2.0.0 Ok: queued as")
-        # A chunk with bare LF is refused unless the body is BINARYMIME.
-        bad = b"Subject: x\r\n\r\nhi\n.\r\n"
-        c.send(b"MAIL FROM:<carol@remote.test>\r\nRCPT TO:<bob@example.test>\r\n"
-               + f"BDAT {len(bad)} LAST\r\n".encode() + bad)
-        assert [c.reply()[0] for _ in range(3)] == [250, 250, 550]
-    [chunked] = inbox(mail_server, ALICE)
+        # A chunk with bare LF is made CRLF unless the body is BINARYMIME.
+        lf = b"Subject: lf\n\nhi\n.\r\n"
+        c.send(b"MAIL FROM:<carol@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
+               + f"BDAT {len(lf)} LAST\r\n".encode() + lf)
+        assert [c.reply()[0] for _ in range(3)] == [250, 250, 250]
+    chunked, normalised = inbox(mail_server, ALICE)
     assert body_of(chunked) == text
+    assert body_of(normalised) == b"Subject: lf\r\n\r\nhi\r\n.\r\n"
     [stored] = inbox(mail_server, BOB)
     assert body_of(stored) == binary
 

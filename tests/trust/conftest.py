@@ -10,7 +10,13 @@ import dns.name
 import dns.rdataset
 
 from tests import dnsworld
-from tests.delivery.conftest import dns_world, make_node, mx_port, world_ca  # noqa: F401
+from tests.delivery.conftest import (  # noqa: F401
+    dns_world,
+    make_node,
+    mx_port,
+    pg_schema,
+    world_ca,
+)
 
 TTL = 5
 

@@ -144,7 +144,9 @@ class Client:
         return f"{answer.code} {answer.lines[0].split(' ')[0]}"
 
     async def data(self, raw: bytes) -> Reply:
-        reader = DotReader(self.session.policy.max_message_size)
+        policy = self.session.policy
+        reader = DotReader(policy.max_message_size, bare_newlines=policy.bare_newlines,
+                           max_line=policy.max_line)
         assert reader.feed(raw) == b""
         assert reader.done
         return await self.session.on_data(reader.finish())
@@ -428,7 +430,7 @@ async def test_command_that_is_not_utf8() -> None:
 
 
 async def test_data_with_bare_lf_is_refused_and_nothing_stored() -> None:
-    c = Client()
+    c = Client(bare_newlines="reject")
     await c.envelope("<alice@example.test>")
     await c.cmd("DATA")
     smuggled = b"Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<evil@remote.test>\r\n"
@@ -439,22 +441,51 @@ async def test_data_with_bare_lf_is_refused_and_nothing_stored() -> None:
 
 
 async def test_data_with_bare_cr_is_refused() -> None:
-    c = Client()
+    c = Client(bare_newlines="reject")
     await c.envelope("<alice@example.test>")
     await c.cmd("DATA")
     assert (await c.data(b"Subject: x\r\n\r\nhi\r.\r\nmore\r\n.\r\n")).code == 550
 
 
-async def test_data_with_overlong_line() -> None:
+async def test_data_with_bare_lf_and_cr_is_normalised_by_default() -> None:
     c = Client()
     await c.envelope("<alice@example.test>")
     await c.cmd("DATA")
+    # The ".\r\n" after a bare LF is message text, neither the end nor a stuffed line.
+    answer = await c.data(b"Subject: x\n\nhi\n.\r\nMAIL FROM:<e@remote.test>\r..two\n"
+                          b"..three\r\n..four\r\n.\r\n")
+    assert answer.code == 250
+    [(_txn, stored)] = c.backend.delivered
+    assert stored == (b"Subject: x\r\n\r\nhi\r\n.\r\nMAIL FROM:<e@remote.test>\r\n..two\r\n"
+                      b"..three\r\n.four\r\n")
+
+
+async def test_data_with_overlong_line() -> None:
+    c = Client(max_line=1000)
+    await c.envelope("<alice@example.test>")
+    await c.cmd("DATA")
     answer = await c.data(wire(b"Subject: x\r\n\r\n" + b"a" * 999 + b"\r\n"))
-    assert (answer.code, answer.lines[0][:5]) == (554, "5.6.0")
+    assert (answer.code, answer.lines[0]) == (
+        552, "5.3.4 Message refused: a line is longer than 1000 octets")
     await c.cmd("MAIL FROM:<>")
     await c.cmd("RCPT TO:<alice@example.test>")
     await c.cmd("DATA")
     assert (await c.data(wire(b"x" * 998 + b"\r\n"))).code == 250  # exactly 1000 with CRLF
+
+
+async def test_data_long_lines_accepted_up_to_the_bound() -> None:
+    c = Client(max_message_size=3_000_000)
+    await c.envelope("<alice@example.test>")
+    await c.cmd("DATA")
+    long = b"<p>" + b"a" * 200_000 + b"</p>\r\n"
+    assert (await c.data(wire(b"Subject: x\r\n\r\n" + long))).code == 250
+    assert c.backend.delivered[0][1] == b"Subject: x\r\n\r\n" + long  # stored as received
+    await c.cmd("MAIL FROM:<>")
+    await c.cmd("RCPT TO:<alice@example.test>")
+    await c.cmd("DATA")
+    answer = await c.data(wire(b"Subject: x\r\n\r\n" + b"b" * 1_048_575 + b"\r\n"))
+    assert (answer.code, answer.lines[0]) == (
+        552, "5.3.4 Message refused: a line is longer than 1048576 octets")
 
 
 async def test_data_too_big() -> None:
@@ -698,11 +729,22 @@ async def test_bdat_zero_last_and_binarymime() -> None:
 
 
 async def test_bdat_bare_lf_refused_unless_binary() -> None:
-    c = Client()
+    c = Client(bare_newlines="reject")
     await c.envelope("<alice@example.test>")
     answer = await c.bdat(b"Subject: x\r\n\r\nhi\n.\r\n", last=True)
     assert (answer.code, answer.lines[0][:5]) == (550, "5.5.2")
     assert c.backend.delivered == []
+
+
+async def test_bdat_bare_lf_normalised_and_long_lines_bounded() -> None:
+    c = Client(max_line=1000)
+    await c.envelope("<alice@example.test>")
+    assert (await c.bdat(b"Subject: x\n\nhi\n.\r", last=True)).code == 250
+    assert c.backend.delivered[0][1] == b"Subject: x\r\n\r\nhi\r\n.\r\n"
+    await c.envelope("<alice@example.test>")
+    answer = await c.bdat(b"Subject: x\n\n" + b"y" * 999 + b"\n", last=True)
+    assert (answer.code, answer.lines[0][:5]) == (552, "5.3.4")
+    assert len(c.backend.delivered) == 1
 
 
 async def test_bdat_refused_chunk_is_still_consumed() -> None:
@@ -763,14 +805,49 @@ def test_dot_reader_empty_message() -> None:
     assert reader.done and reader.finish().content == b""
 
 
+FAKE_ENDS = (b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\r.\r\n", b"\r\n.\r", b"\r.\r", b"\n.\r")
+
+
 def test_smuggling_sequences_do_not_end_data() -> None:
-    for fake_end in (b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\r.\r\n", b"\r\n.\r"):
+    for fake_end in FAKE_ENDS:
         reader = DotReader(1000)
         reader.feed(b"hello" + fake_end + b"MAIL FROM:<x@y.test>\r\n")
         assert not reader.done, fake_end
         reader.feed(b".\r\n")
         assert reader.done
         assert reader.finish().problem is DataProblem.BARE_NEWLINE
+
+
+def test_smuggling_sequences_normalised_into_one_message() -> None:
+    for fake_end in FAKE_ENDS:
+        reader = DotReader(1000, bare_newlines="normalize")
+        reader.feed(b"hello" + fake_end + b"MAIL FROM:<x@y.test>\r\n")
+        assert not reader.done, fake_end
+        assert reader.feed(b".\r\nQUIT\r\n") == b"QUIT\r\n"
+        outcome = reader.finish()
+        assert outcome.problem is None
+        assert not has_bare_cr_or_lf(outcome.content)
+        assert outcome.content.startswith(b"hello\r\n")
+        assert outcome.content.endswith(b"MAIL FROM:<x@y.test>\r\n")
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(min_value=0, max_value=400), max_size=5))
+def test_normalised_reader_ends_only_at_crlf_dot_crlf(body: bytes, cuts: list[int]) -> None:
+    # Whatever the client sends, the data ends at the first <CRLF>.<CRLF> of the stream (the
+    # CRLF of the DATA command counts), and the message kept holds CRLF line ends only.
+    stream = body + b"\r\n.\r\n"
+    first = (b"\r\n" + stream).find(b"\r\n.\r\n")
+    reader = DotReader(100_000, bare_newlines="normalize", max_line=100_000)
+    start = 0
+    rest = b""
+    for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
+        rest += reader.feed(stream[start:cut]) if not reader.done else stream[start:cut]
+        start = cut
+    assert reader.done
+    assert rest == stream[first + 3:]
+    outcome = reader.finish()
+    assert outcome.problem is None
+    assert not has_bare_cr_or_lf(outcome.content)
 
 
 def test_dot_reader_too_big_keeps_no_content() -> None:

@@ -64,6 +64,7 @@ from mailstead.store.interfaces import Account
 T = TypeVar("T")
 
 READ_SIZE = 64 * 1024  # bytes asked of the socket at a time
+OFF_LOOP_SIZE = 1024 * 1024  # a message larger than this is checked in a worker thread
 # How long one session reuses a recipient's route or a domain lookup. Each is two store reads
 # in a thread per RCPT otherwise; a new session always looks afresh, and a removal (made here,
 # by the CLI or by another node) reaches open sessions within this time.
@@ -238,14 +239,19 @@ class _Input:
             await self.fill()
         return line
 
-    async def message(self, max_size: int) -> DataOutcome:
+    async def message(self, policy: SessionPolicy) -> DataOutcome:
         """The lines after DATA up to <CRLF>.<CRLF>; what follows stays buffered."""
-        reader = DotReader(max_size)
+        reader = DotReader(policy.max_message_size, bare_newlines=policy.bare_newlines,
+                           max_line=policy.max_line)
         rest = reader.feed(self.buffer.take_all())
         while not reader.done:
             await self.fill()
             rest = reader.feed(self.buffer.take_all())
         self.buffer.append(rest)
+        if reader.raw_size > OFF_LOOP_SIZE:
+            # Unstuffing, line-end normalising and the line bound each pass over the whole
+            # message: in a thread for a large one, so other sessions get the loop between steps.
+            return await asyncio.to_thread(reader.finish)
         return reader.finish()
 
     async def chunk(self, size: int, sink: Callable[[bytes], None]) -> None:
@@ -282,6 +288,8 @@ class SmtpHandler:
             starttls_offered=self.tls_mode == "starttls" and conn.ssl_context is not None,
             plaintext_auth_allowed=cfg.auth.allow_plaintext_on_loopback and conn.is_loopback,
             client_ip=conn.peer_ip,
+            bare_newlines=cfg.smtp.bare_line_feeds,
+            max_line=cfg.smtp.max_line_length,
         )
         backend = SessionBackend(self.services, delivery_service(self.services), conn)
         return SmtpSession(policy, backend, tls_active=conn.is_tls)
@@ -336,7 +344,7 @@ class SmtpHandler:
             if answer.action is Action.READ_DATA:
                 pending.append(answer.encode())
                 await _flush(conn, pending)  # the client waits for 354 before sending
-                outcome = await data.message(session.policy.max_message_size)
+                outcome = await data.message(session.policy)
                 answer = await session.on_data(outcome)
             elif answer.action is Action.READ_CHUNK:
                 await data.chunk(answer.chunk_size, session.on_chunk)

@@ -24,6 +24,7 @@ from mailstead.proto.imap_parse import (
     RenameArgs,
     StatusArgs,
 )
+from mailstead.proto.lines import normalize_line_ends
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_session import ImapSession
@@ -303,6 +304,13 @@ async def cmd_append(s: ImapSession, cmd: Command) -> Reply:
         data = message.data
         if message.parts is not None:
             data = await _catenate(s, account.id, message.parts)
+        if message.binary and len(data) <= s.settings.max_message_size:
+            # RFC 3516 4.3: binary parts are kept as base64
+            data = mime_encoding.base64_binary_parts(data, mime.parse(data))
+        # RFC 9051 2.3.1 and 4.3: message text is CRLF-ended. A message written by a tool that
+        # ends lines with a bare LF (or CR) is kept with CRLF, as Dovecot serves such mail, so
+        # FETCH, RFC822.SIZE and POP3 agree; long lines are kept as they are.
+        data = normalize_line_ends(data)
         if len(data) > s.settings.max_message_size:
             return _reply("NO", "Message too big", "TOOBIG")  # RFC 7889, RFC 4469 6
         if not data:
@@ -311,8 +319,6 @@ async def cmd_append(s: ImapSession, cmd: Command) -> Reply:
     uids: list[int] = []
     try:
         for message, data, bits, keywords in parsed:
-            if message.binary:  # RFC 3516 4.3: binary parts are kept as base64
-                data = mime_encoding.base64_binary_parts(data, mime.parse(data))
             meta = await s.mailboxes.append(box, data, bits, keywords, message.date)
             uids.append(meta.uid)
     except BaseException:

@@ -2,22 +2,28 @@
 
 Pure code: bytes in, bytes out. The network driver reads; these helpers decide what the bytes mean.
 
-SMTP DATA ends only at <CRLF>.<CRLF> (RFC 5321 4.1.1.4). A lone LF or CR anywhere in the message
-is refused rather than repaired: servers that disagree about where a message ends are how SMTP
-smuggling works (CVE-2023-51764, CVE-2023-51765, CVE-2023-51766), and a message holding a bare
-LF could later be relayed to a server that reads it as a line end.
+SMTP DATA ends only at <CRLF>.<CRLF> (RFC 5321 4.1.1.4): servers that disagree about where a
+message ends are how SMTP smuggling works (CVE-2023-51764, CVE-2023-51765, CVE-2023-51766). A lone
+LF or CR inside the message never ends it and never starts a dot-stuffed line; by default it is
+then stored as CRLF (``normalize_line_ends``), so no stored message holds a bare LF that a server
+we relay it to could read as a line end. ``bare_newlines="reject"`` refuses such a message instead
+(Postfix's smtpd_forbid_bare_newline).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Literal
 
 CRLF = b"\r\n"
 END_OF_DATA = b"\r\n.\r\n"
 
 COMMAND_LINE_MAX = 512  # RFC 5321 4.5.3.1.4, including CRLF
 TEXT_LINE_MAX = 1000  # RFC 5321 4.5.3.1.6, including CRLF, not counting a stuffing dot
+MAX_LINE_DEFAULT = 1_048_576  # the longest message line accepted unless configured otherwise
+
+BareNewlines = Literal["normalize", "reject"]
 
 
 def strip_eol(line: bytes) -> bytes:
@@ -35,9 +41,17 @@ def has_bare_cr_or_lf(data: bytes) -> bool:
     return data.count(b"\r") != pairs or data.count(b"\n") != pairs
 
 
-def longest_line(data: bytes) -> int:
-    """Length in octets of the longest CRLF-terminated line, the CRLF included."""
-    if len(data) <= TEXT_LINE_MAX - 2:
+def normalize_line_ends(data: bytes) -> bytes:
+    """``data`` with every bare CR and bare LF turned into CRLF (CRLF pairs are kept)."""
+    if not has_bare_cr_or_lf(data):
+        return data
+    return data.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
+
+
+def longest_line(data: bytes, limit: int = TEXT_LINE_MAX) -> int:
+    """Length in octets of the longest CRLF-terminated line, the CRLF included; any value up to
+    ``limit`` stands for "not longer than ``limit``" when the data is too short to say more."""
+    if len(data) <= limit - 2:
         return len(data) + 2
     return max(map(len, data.split(CRLF))) + 2
 
@@ -154,11 +168,16 @@ class DotReader:
 
     ``feed`` takes bytes in any split; it stops at the end marker and hands back what follows it.
     Past ``max_size`` the content is no longer kept (the sender still has to finish, RFC 1870
-    section 6.3), so a huge message costs no memory.
+    section 6.3), so a huge message costs no memory. ``bare_newlines`` says what a lone CR or LF
+    in the message does (normalised to CRLF, or the message refused); a line longer than
+    ``max_line`` octets (CRLF included) refuses the message.
     """
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, *, bare_newlines: BareNewlines = "reject",
+                 max_line: int = TEXT_LINE_MAX) -> None:
         self.max_size = max_size
+        self.bare_newlines: BareNewlines = bare_newlines
+        self.max_line = max_line
         # Dot-stuffing can add a third (a line "." becomes ".."); past this raw size the content
         # cannot fit however much stuffing it carried.
         self._keep_limit = max_size + max_size // 3 + 3
@@ -199,11 +218,23 @@ class DotReader:
             return DataOutcome(b"", self.raw_size, DataProblem.TOO_BIG)
         raw = b"".join(self._parts)[:-3]  # everything before the final ".\r\n"
         self._parts.clear()
+        # Unstuffed first, then normalised: only a dot after CRLF is a transparency dot (RFC
+        # 5321 4.5.2); one after a bare LF or CR stays, as the end marker needs CRLF on both
+        # sides (4.1.1.4), so "\n.\n", "\n.\r\n", "\r.\r" and "\r\n.\n" end nothing here.
         content = dot_unstuff(raw)
         if len(content) > self.max_size:
             return DataOutcome(b"", len(content), DataProblem.TOO_BIG)
         if has_bare_cr_or_lf(content):
-            return DataOutcome(b"", len(content), DataProblem.BARE_NEWLINE)
-        if content and longest_line(content[:-2]) > TEXT_LINE_MAX:
-            return DataOutcome(b"", len(content), DataProblem.LINE_TOO_LONG)
-        return DataOutcome(content, len(content), None)
+            if self.bare_newlines == "reject":
+                return DataOutcome(b"", len(content), DataProblem.BARE_NEWLINE)
+            content = normalize_line_ends(content)
+            if len(content) > self.max_size:
+                return DataOutcome(b"", len(content), DataProblem.TOO_BIG)
+        return check_lines(content, self.max_line)
+
+
+def check_lines(content: bytes, max_line: int) -> DataOutcome:
+    """``content`` (CRLF line ends only) kept, or refused when a line is over ``max_line``."""
+    if content and longest_line(content.removesuffix(CRLF), max_line) > max_line:
+        return DataOutcome(b"", len(content), DataProblem.LINE_TOO_LONG)
+    return DataOutcome(content, len(content), None)

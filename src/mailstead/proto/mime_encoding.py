@@ -8,6 +8,8 @@ import base64
 import binascii
 from typing import TYPE_CHECKING
 
+from mailstead.proto.lines import normalize_line_ends
+
 if TYPE_CHECKING:
     from mailstead.proto.mime import Part
 
@@ -72,6 +74,125 @@ def base64_binary_parts(data: bytes, root: Part) -> bytes:
                       b"Content-Transfer-Encoding: base64\r\n" + blank_line))
         encoded = encode_base64_lines(data[part.body_start : part.body_end])
         edits.append((part.body_start, part.body_end, encoded.removesuffix(b"\r\n")))
+    if not edits:
+        return data
+    out: list[bytes] = []
+    pos = 0
+    for start, end, replacement in sorted(edits, key=lambda e: (e[0], e[1])):
+        out.append(data[pos:start])
+        out.append(replacement)
+        pos = end
+    out.append(data[pos:])
+    return b"".join(out)
+
+
+# -- lines for servers that keep RFC 5322's limit ------------------------------------------------
+
+LINE_LIMIT = 998  # RFC 5322 2.1.1: a line MUST be at most 998 characters, CRLF excluded
+_CRLF = b"\r\n"
+
+
+def _longest(data: bytes, start: int, end: int) -> int:
+    """Length of the longest line in ``data[start:end]``, line ends excluded."""
+    if end - start <= LINE_LIMIT:
+        return end - start
+    return max(map(len, data[start:end].split(_CRLF)))
+
+
+def has_long_lines(data: bytes) -> bool:
+    """True when a line of ``data`` (CRLF line ends) is longer than RFC 5322 allows."""
+    return _longest(data, 0, len(data)) > LINE_LIMIT
+
+
+def _alterable(part: Part) -> list[Part]:
+    """``part`` and the parts below it whose bytes may change: not the inside of a
+    multipart/signed, whose signature covers its first part octet for octet (RFC 1847 2.1)."""
+    if part.content_type == ("multipart", "signed"):
+        return [part]
+    found = [part]
+    for child in part.children:
+        found += _alterable(child)
+    if part.encapsulated is not None:
+        found += _alterable(part.encapsulated)
+    return found
+
+
+def _fold(line: bytes) -> bytes:
+    """A header line longer than the limit, folded before white space where there is some
+    (RFC 5322 2.2.3: folding is a CRLF inserted before WSP); a run without WSP stays long."""
+    out: list[bytes] = []
+    while len(line) > LINE_LIMIT:
+        cut = max(line.rfind(b" ", 1, LINE_LIMIT), line.rfind(b"\t", 1, LINE_LIMIT))
+        if cut <= 0 or not line[:cut].strip(b" \t"):
+            break
+        out.append(line[:cut])
+        line = line[cut:]
+    out.append(line)
+    return _CRLF.join(out)
+
+
+def _encoded_body(data: bytes, part: Part) -> tuple[bytes, bytes]:
+    """The part's body in an encoding with short lines, and that encoding's name."""
+    body = data[part.body_start : part.body_end]
+    cte = part.transfer_encoding
+    if cte == "base64":
+        return encode_base64_lines(_lenient_base64(body)).removesuffix(_CRLF), b"base64"
+    if cte == "quoted-printable":
+        body = decode_quoted_printable(body)
+    textual = part.content_type[0] in ("text", "message") and b"\x00" not in body
+    if not textual or cte == "binary":
+        return encode_base64_lines(body).removesuffix(_CRLF), b"base64"
+    # RFC 2045 6.7: CRLF stays a hard line break, other lines get soft breaks at 76.
+    # (binascii ends its soft breaks with LF alone when the body holds no CRLF.)
+    encoded = binascii.b2a_qp(body, quotetabs=False, istext=True, header=False)
+    return normalize_line_ends(encoded), b"quoted-printable"
+
+
+def _lenient_base64(body: bytes) -> bytes:
+    cleaned = bytes(c for c in body if c in _B64_ALPHABET)
+    cleaned = cleaned[: len(cleaned) - len(cleaned) % 4] if b"=" not in cleaned else cleaned
+    try:
+        return base64.b64decode(cleaned + b"=" * (-len(cleaned) % 4))
+    except (binascii.Error, ValueError):
+        return body
+
+
+_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+def shorten_long_lines(data: bytes, root: Part) -> bytes:
+    """``data`` with no line over 998 octets where MIME allows it, for a server that keeps RFC
+    5322's limit (RFC 5321 4.5.3.1.6 lets a relay refuse longer lines). Parts holding a longer
+    line are re-encoded, as the RFC 2045 6.7 and 6.8 encodings exist for: text in
+    quoted-printable, anything else (or anything with a NUL) in base64, a base64 part re-wrapped;
+    a header line is folded at white space. The content each part decodes to is unchanged, and
+    parts without a long line are left byte for byte. Long lines outside any part (a multipart
+    preamble), header lines without white space and anything inside a multipart/signed stay as
+    they are."""
+    edits: list[tuple[int, int, bytes]] = []
+    parts = _alterable(root)
+    for part in parts:
+        for f in part.fields:
+            if f.end - f.start > LINE_LIMIT and _longest(data, f.start, f.end) > LINE_LIMIT:
+                raw = data[f.start : f.end].removesuffix(_CRLF)
+                folded = _CRLF.join(_fold(line) for line in raw.split(_CRLF))
+                edits.append((f.start, f.start + len(raw), folded))
+    for part in parts:
+        if (part.is_multipart or part.encapsulated is not None
+                or _longest(data, part.body_start, part.body_end) <= LINE_LIMIT):
+            continue
+        encoded, cte = _encoded_body(data, part)
+        fields_end = part.fields[-1].end if part.fields else part.header_start
+        added = b"Content-Transfer-Encoding: " + cte + _CRLF
+        if part is root and root.get("MIME-Version") is None:
+            added += b"MIME-Version: 1.0\r\n"  # RFC 2045 4: the encoding field needs it
+        for f in part.fields:
+            if f.name.lower() == "content-transfer-encoding":
+                edits = [e for e in edits if e[0] != f.start]
+                edits.append((f.start, f.end, b""))
+        blank_line = b"" if part.header_end > fields_end else _CRLF
+        edits.append((fields_end, fields_end, added + blank_line))
+        edits.append((part.body_start, part.body_end, encoded))
     if not edits:
         return data
     out: list[bytes] = []

@@ -31,9 +31,13 @@ from mailstead.proto.headers import (
 )
 from mailstead.proto.lines import (
     COMMAND_LINE_MAX,
+    MAX_LINE_DEFAULT,
+    BareNewlines,
     DataOutcome,
     DataProblem,
+    check_lines,
     has_bare_cr_or_lf,
+    normalize_line_ends,
     strip_eol,
 )
 
@@ -195,6 +199,8 @@ class SessionPolicy:
     starttls_offered: bool  # this connection may upgrade with STARTTLS
     plaintext_auth_allowed: bool  # AUTH without TLS is allowed (loopback client, config says so)
     client_ip: str = ""
+    bare_newlines: BareNewlines = "normalize"  # a lone CR or LF in a message: CRLF, or refused
+    max_line: int = MAX_LINE_DEFAULT  # longest message line accepted, CRLF included
 
 
 class _Refusal(Exception):
@@ -643,7 +649,7 @@ class SmtpSession:
             # The reply Postfix gives (smtpd_forbid_bare_newline); RFC 5321 2.3.8.
             answer = reply(550, "5.5.2", "Message refused: bare <CR> or <LF> received")
         elif outcome.problem is DataProblem.LINE_TOO_LONG:
-            answer = reply(554, "5.6.0", "Message refused: line longer than 1000 octets")
+            answer = self._line_too_long()
         else:
             return self._counted(await self._deliver(txn, outcome.content))
         self.backend.transaction_done(txn, outcome.size, answer)
@@ -701,13 +707,31 @@ class SmtpSession:
             return reply(250, "2.0.0", f"{self._chunk_size} octets received so far")
         content = b"".join(self._chunk_parts)
         self._reset_transaction()
-        if txn.body != "BINARYMIME" and has_bare_cr_or_lf(content):
+        if txn.body != "BINARYMIME":
             # Only binary bodies may hold lone CR or LF (RFC 3030 3); elsewhere they would turn
-            # into a smuggling vector when the message is relayed with DATA.
-            answer = reply(550, "5.5.2", "Message refused: bare <CR> or <LF> received")
-            self.backend.transaction_done(txn, len(content), answer)
-            return self._counted(answer)
+            # into a smuggling vector when the message is relayed with DATA: made CRLF, or the
+            # message refused, as after DATA. (BDAT has no dot-stuffing to undo.)
+            answer: Reply | None = None
+            if has_bare_cr_or_lf(content):
+                if self.policy.bare_newlines == "reject":
+                    answer = reply(550, "5.5.2", "Message refused: bare <CR> or <LF> received")
+                else:
+                    content = normalize_line_ends(content)
+                    if len(content) > self.policy.max_message_size:
+                        answer = reply(552, "5.3.4",
+                                       "Message size exceeds fixed maximum message size")
+            if answer is None and check_lines(content, self.policy.max_line).problem:
+                answer = self._line_too_long()
+            if answer is not None:
+                self.backend.transaction_done(txn, len(content), answer)
+                return self._counted(answer)
         return self._counted(await self._deliver(txn, content))
+
+    def _line_too_long(self) -> Reply:
+        # RFC 5321 4.5.3.1.6 lets a server take lines longer than 1000 octets; past our own
+        # bound the message is refused for good, as too big a message is (RFC 3463 5.3.4).
+        return reply(552, "5.3.4",
+                     f"Message refused: a line is longer than {self.policy.max_line} octets")
 
     # -- handing the message over -----------------------------------------------------------
 

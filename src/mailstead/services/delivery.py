@@ -22,6 +22,7 @@ from email.utils import format_datetime
 from typing import Protocol
 
 from mailstead.core.errors import NotFound
+from mailstead.proto import mime, mime_encoding
 from mailstead.services.message_files import MessageFileWriter, with_blob
 from mailstead.services.spam import SpamVerdict
 from mailstead.store.blob_fs import FsBlobStore
@@ -227,6 +228,13 @@ class DeliveryService:
         remote = _remote_recipients(envelope.recipients)
         if not accounts and not remote:
             raise ValueError("a delivery needs at least one recipient")
+        if remote and (len(message) > _LONG_CHECK_OFF_LOOP
+                       or mime_encoding.has_long_lines(message)):
+            # Lines past RFC 5322's 998 octets are taken in (issue 22), but a server we relay
+            # to may refuse them (RFC 5321 4.5.3.1.6): the parts holding them are re-encoded
+            # now, before DKIM signing or ARC sealing, so the signature covers what is sent.
+            # (A large message is checked in the thread too.)
+            message = await asyncio.to_thread(_shortened, message)
         if self.trust is not None:
             # Signed (our users' mail) or sealed (forwarded mail) before the one blob is
             # written, so every copy and the queue entry carry the same bytes.
@@ -283,6 +291,15 @@ class DeliveryService:
         if accounts and self.after_local_delivery is not None:
             await self.after_local_delivery(envelope, result, first)
         return result
+
+
+_LONG_CHECK_OFF_LOOP = 1024 * 1024  # octets
+
+
+def _shortened(message: bytes) -> bytes:
+    if not mime_encoding.has_long_lines(message):
+        return message
+    return mime_encoding.shorten_long_lines(message, mime.parse(message))
 
 
 def unique_accounts(recipients: Sequence[InboundRecipient]) -> list[Account]:
