@@ -10,6 +10,7 @@ from mailstead.proto import (
     imap_cmd_mailbox,
     imap_cmd_message,
     imap_cmd_sort,
+    imap_context,
     imap_search,
 )
 from mailstead.proto.imap_format import Reply
@@ -69,4 +70,5 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "UID SORT": (SELECTED, imap_cmd_sort.cmd_sort),
     "THREAD": (SELECTED, imap_cmd_sort.cmd_thread),
     "UID THREAD": (SELECTED, imap_cmd_sort.cmd_thread),
+    "CANCELUPDATE": (SELECTED, imap_context.cmd_cancelupdate),
 }

@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mailstead.core.errors import (
     Conflict,
@@ -56,6 +57,9 @@ from mailstead.proto.imap_parse import (
     SequenceSet,
     parse_command,
 )
+
+if TYPE_CHECKING:
+    from mailstead.proto.imap_context import Contexts
 
 SERVER_NAME = "mailstead"
 SERVER_VERSION = "0.1.0"
@@ -155,6 +159,7 @@ class ImapSession:
         self.saved_uids: list[int] = []  # SEARCHRES "$" (RFC 5182)
         self.compressed = False  # COMPRESS=DEFLATE (RFC 4978) is on
         self.work: WorkBudget | None = None  # the running command's budget
+        self.contexts: Contexts | None = None  # SEARCH/SORT RETURN (UPDATE), imap_context.py
 
     # -- modes --
 
@@ -203,7 +208,7 @@ class ImapSession:
             "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
             f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY", "CATENATE",
             "COMPRESS=DEFLATE", "STATUS=SIZE", "SORT", "SORT=DISPLAY", "ESORT",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "CONTEXT=SEARCH", "CONTEXT=SORT",
         ]
         return " ".join(caps)
 
@@ -319,6 +324,9 @@ class ImapSession:
         updates = view.take_updates(allow_expunge)
         self.announce_keywords([updates.keywords])
         out = self.io.write
+        contexts = self.contexts  # RFC 5267 4.3: results kept up to date (imap_context.py)
+        if contexts is not None:
+            out(contexts.expunged(view, updates.expunged))
         if updates.expunged:
             if self.qresync:  # RFC 7162 3.2.10: VANISHED replaces EXPUNGE
                 uids = sorted(uid for _seq, uid in updates.expunged)
@@ -331,6 +339,8 @@ class ImapSession:
             out(b"* %d RECENT\r\n" % updates.recent)
         for seq, state in updates.flags:
             out(self.flags_fetch_line(seq, state.uid, state.flags, state.keywords, state.modseq))
+        if contexts is not None:
+            await contexts.report(self, updates, allow_expunge)
 
     def announce_keywords(self, keyword_sets: Iterable[AbstractSet[str]]) -> None:
         """Sends FLAGS (and PERMANENTFLAGS) again when keywords the client was not told of
@@ -446,6 +456,7 @@ class ImapSession:
 
     def close_view(self) -> None:
         self.saved_uids = []
+        self.contexts = None  # contexts belong to the selected mailbox (RFC 5267 4.3)
         if self.view is not None:
             self.view.close()
             self.view = None
