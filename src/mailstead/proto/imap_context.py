@@ -317,8 +317,8 @@ async def _sort_entries(s: ImapSession, view: SelectedView,
     missing = [u for u in uids if u not in metas]
     if missing:
         with s.waiting():
-            for row in await view.messages(missing):
-                metas[row.uid] = row
+            for found in await view.messages(missing):
+                metas[found.uid] = found
     rows: list[SortFields] = []
     for u in uids:
         meta = metas.get(u)
