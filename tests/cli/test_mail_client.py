@@ -29,9 +29,10 @@ def run_mail(server: RunningServer, *args: str, user: str = ALICE, stdin: str = 
         env={**os.environ, "MAILSTEAD_PASSWORD": password})
 
 
-def mx_send(server: RunningServer, subject: str, body: str = "Hello Alice.") -> None:
+def mx_send(server: RunningServer, subject: str, body: str = "Hello Alice.",
+            date: str = "Wed, 02 Dec 2026 10:00:00 +0000") -> None:
     raw = (f"From: Carol <carol@remote.test>\r\nTo: {ALICE}\r\nSubject: {subject}\r\n"
-           f"Date: Wed, 02 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{subject.replace(' ', '.')}"
+           f"Date: {date}\r\nMessage-ID: <{subject.replace(' ', '.')}"
            f"@remote.test>\r\n\r\n{body}\r\n").encode()
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as client:
         client.sendmail("carol@remote.test", [ALICE], raw)
@@ -57,6 +58,23 @@ def test_send_list_and_read_from_the_command_line(mail_server: RunningServer,
     assert "Subject: Quarterly report" in shown.stdout
     assert "Attached: report.csv" in shown.stdout
     assert shown.stdout.endswith("Numbers attached.\n")
+
+
+def test_mail_list_is_newest_sent_first_through_server_side_sort(
+        mail_server: RunningServer) -> None:
+    """The list comes in the server's SORT (REVERSE DATE) order: a message that arrived
+    last but was written first is listed last."""
+    for subject, day in (("Written second", "03"), ("Written third", "04"),
+                         ("Written first", "01")):
+        raw = (f"From: carol@remote.test\r\nTo: {ALICE}\r\nSubject: {subject}\r\n"
+               f"Date: Wed, {day} Dec 2026 10:00:00 +0000\r\n\r\nhi\r\n").encode()
+        with smtplib.SMTP("127.0.0.1", mail_server.ports["smtp"], timeout=30) as client:
+            client.sendmail("carol@remote.test", [ALICE], raw)
+    listed = run_mail(mail_server, "mail", "list")
+    assert listed.returncode == 0, listed.stderr
+    subjects = [line.split("  ")[-1] for line in listed.stdout.splitlines()]
+    assert [next(s for s in ("third", "second", "first") if s in line)
+            for line in subjects] == ["third", "second", "first"], listed.stdout
 
 
 def test_wrong_password_is_one_line_and_exit_1(mail_server: RunningServer) -> None:
@@ -89,7 +107,8 @@ async def until(condition: Callable[[], bool], pilot: object, seconds: float = 2
 async def test_the_terminal_client_reads_replies_and_marks_spam(
         mail_server: RunningServer) -> None:
     await asyncio.to_thread(mx_send, mail_server, "Lunch on Friday", "Shall we meet at noon?")
-    await asyncio.to_thread(mx_send, mail_server, "Cheap watches")
+    await asyncio.to_thread(mx_send, mail_server, "Cheap watches", "Buy now.",
+                            "Thu, 03 Dec 2026 10:00:00 +0000")
     app = MailApp(client_for(mail_server))
     async with app.run_test(size=(140, 45)) as pilot:
         await until(lambda: len(app.summaries) == 2, pilot)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import RunningServer
-from tests.imap.helpers import Raw, connect, deliver, message, ok
+from tests.imap.helpers import BOB, Raw, connect, deliver, message, ok
 
 BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
@@ -486,3 +486,63 @@ def test_compress_garbage_gets_bye_and_others_are_served(mail_server: RunningSer
         assert time.monotonic() - started < 2
     finally:
         other.close()
+
+
+@BOTH
+def test_unauthenticate_returns_to_a_fresh_login_state(
+        make_server: Callable[..., RunningServer]) -> None:
+    """RFC 8437: UNAUTHENTICATE closes the mailbox without expunging, forgets the user and
+    what was ENABLEd, keeps TLS; another user may then log in on the same connection, and the
+    first user's session slot is free again."""
+    server = make_server(limits={"imap_sessions_per_user_ip": 1})
+    deliver(server, message("keep me"))
+    raw = Raw(server)
+    try:
+        raw.login()
+        assert b"UNAUTHENTICATE" in b"".join(raw.cmd("CAPABILITY"))
+        raw.cmd("ENABLE CONDSTORE")
+        raw.cmd("SELECT INBOX")
+        raw.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        assert raw.cmd("UNAUTHENTICATE")[-1].split()[1] == b"OK"
+        assert raw.cmd("SELECT INBOX")[-1].split()[1] == b"BAD"
+        assert b"AUTH=PLAIN" in b"".join(raw.cmd("CAPABILITY"))
+        other = Raw(server)  # alice's one slot is free again
+        other.login()
+        other.close()
+        raw.login(BOB)
+        assert raw.cmd("UNAUTHENTICATE")[-1].split()[1] == b"OK"
+        raw.login()
+        lines = raw.cmd("SELECT INBOX")
+        assert b"* 1 EXISTS" in lines  # not expunged
+        assert b"MODSEQ" not in raw.cmd("FETCH 1 (FLAGS)")[0]  # CONDSTORE forgotten
+    finally:
+        raw.close()
+
+
+@BOTH
+def test_preview_gives_the_first_words(mail_server: RunningServer) -> None:
+    """RFC 8970: FETCH PREVIEW (and PREVIEW (LAZY)) gives a short plain-text preview: quoted
+    lines and the signature left out, white space collapsed, at most 256 characters."""
+    body = ("Hi Alice,\r\n\r\n> what you wrote before\r\nThe   meeting moves to   Friday.\r\n"
+            + "More words here. " * 40 + "\r\n-- \r\nBob's signature\r\n")
+    deliver(mail_server, message("plain", body=body))
+    html = (b"Subject: html\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+            b"<html><style>p {}</style><p>Caf\xc3\xa9 <b>tonight</b>?</p></html>\r\n")
+    deliver(mail_server, html)
+    deliver(mail_server, b"Subject: empty\r\nContent-Type: image/png\r\n\r\nxx\r\n")
+    raw = Raw(mail_server)
+    raw.login()
+    try:
+        assert b"PREVIEW" in b"".join(raw.cmd("CAPABILITY"))
+        raw.cmd("SELECT INBOX")
+        lines = raw.cmd("FETCH 1:3 (PREVIEW (LAZY))")
+        first = lines[0].split(b"PREVIEW ", 1)[1]
+        text = first.split(b"\r\n", 1)[1] if first.startswith(b"{") else first[1:]
+        assert text.startswith(b"Hi Alice, The meeting moves to Friday. More words")
+        assert b"what you wrote" not in text and b"signature" not in text
+        assert len(text.rstrip(b")").strip(b'"')) <= 256
+        assert lines[1].endswith("{15}\r\nCafé tonight ?)".encode())  # 8-bit: a literal
+        assert lines[2].endswith(b'PREVIEW "")')
+        assert b"\\Seen" not in b"".join(raw.cmd("FETCH 1 (FLAGS)"))  # a preview is a peek
+    finally:
+        raw.close()

@@ -34,7 +34,9 @@ def test_round_trip(text: str) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["a&b", "&AOk", "Ré", "&AEE-", "&A/k-", "tab\there", "&AOk&-"],
+    # The last two, found by bench/fuzz.py, are other spellings of "éé" and "é": a null shift
+    # between two base64 runs (RFC 3501 5.1.3), and unused low bits set in the last character.
+    ["a&b", "&AOk", "Ré", "&AEE-", "&A/k-", "tab\there", "&AOk&-", "&AOk-&AOk-", "&AOl-"],
 )
 def test_strict_decoding(bad: str) -> None:
     with pytest.raises(mutf7.MUTF7Error):

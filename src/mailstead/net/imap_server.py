@@ -33,6 +33,7 @@ from mailstead.proto.imap_backend import (
     TooManySessions,
 )
 from mailstead.proto.imap_format import CommandError
+from mailstead.proto.imap_notify import Notifier
 from mailstead.proto.imap_parse import LiteralMarker, literal_marker, peek_tag_command
 from mailstead.proto.imap_session import ImapSession, SessionSettings, State
 from mailstead.proto.lines import is_http_request, is_tls_handshake
@@ -46,6 +47,8 @@ MAX_LINE = 64 * 1024
 # literals (MULTIAPPEND: one a message); 100,000 one-byte ones are an attack on the parser.
 MAX_LITERALS = 1000
 MAX_OTHER_COMMAND = 1024 * 1024
+# NOTIFY (RFC 5465 5.8): news a client leaves unread this long end its notifications.
+NOTIFY_WRITE_SECONDS = 60.0
 
 
 class _ConnIO:
@@ -58,6 +61,7 @@ class _ConnIO:
         self.conn = conn
         self.timeout = timeout
         self._idle_read: asyncio.Task[bytes] | None = None
+        self._command_read: asyncio.Task[bytes] | None = None  # NOTIFY: the next command line
         self._out: list[bytes] = []
         self._pending = 0
 
@@ -134,7 +138,41 @@ class _ConnIO:
             return task.result()
         return None
 
+    @property
+    def command_read_pending(self) -> bool:
+        """A read started by command_or_change is still waiting (NOTIFY ended meanwhile)."""
+        return self._command_read is not None
+
+    async def command_or_change(
+        self, wait_change: Callable[[], Awaitable[None]] | None
+    ) -> bytes | None:
+        """NOTIFY (RFC 5465) between commands: the first line of the next command, or None
+        when ``wait_change`` returned first. Like idle_wait, one read stays pending across
+        wake-ups so no byte of the command is lost; the read's errors (LineTooLong,
+        IdleTimeout, ConnectionClosed) come out as from a plain readline."""
+        if self._command_read is None:
+            self._command_read = asyncio.ensure_future(
+                self.conn.readline(MAX_LINE, self.timeout)
+            )
+        if wait_change is None:
+            await asyncio.wait({self._command_read})
+        else:
+            change = asyncio.ensure_future(wait_change())
+            try:
+                await asyncio.wait({self._command_read, change},
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not change.done():
+                    change.cancel()
+        if self._command_read.done():
+            task, self._command_read = self._command_read, None
+            return task.result()
+        return None
+
     def close(self) -> None:
+        if self._command_read is not None:
+            self._command_read.cancel()
+            self._command_read = None
         if self._idle_read is not None:
             self._idle_read.cancel()
             self._idle_read = None
@@ -222,7 +260,19 @@ class ImapHandler:
                               "tls_on_plaintext")
             while not session.logged_out:
                 try:
-                    data = await self._read_command(conn, io, session)
+                    first = None
+                    notifier = session.notify
+                    if notifier is not None or io.command_read_pending:
+                        # RFC 5465: told between commands, no IDLE (a read begun while
+                        # NOTIFY was on is finished even if it is off now).
+                        first = await io.command_or_change(
+                            notifier.wait if notifier is not None else None
+                        )
+                        if first is None:
+                            if notifier is not None:
+                                await self._notify(conn, io, session, notifier)
+                            continue
+                    data = await self._read_command(conn, io, session, first)
                 except LineTooLong as exc:
                     await self._line_too_long(conn, io, session, exc.prefix)
                     continue
@@ -256,8 +306,27 @@ class ImapHandler:
             raise
         finally:
             io.close()
+            session.end_notify()
             session.close_view()
             auth.release()
+
+    async def _notify(
+        self, conn: Connection, io: _ConnIO, session: ImapSession, notifier: Notifier
+    ) -> None:
+        """Tells the news NOTIFY asked for. A client that does not read them for
+        NOTIFY_WRITE_SECONDS gets no more (RFC 5465 5.8): NOTIFICATIONOVERFLOW, NOTIFY off,
+        and the session goes back to waiting for commands (with the autologout timer)."""
+        async def tell() -> None:
+            await notifier.deliver()
+            await io.drain()
+
+        try:
+            await asyncio.wait_for(tell(), NOTIFY_WRITE_SECONDS)
+        except TimeoutError:
+            log_event("imap.notify_overflow", session=conn.session_id, client=conn.peer_ip)
+            session.end_notify()
+            io.write(b"* OK [NOTIFICATIONOVERFLOW] Notifications not read; NOTIFY is off\r\n")
+            io.flush()
 
     def _hang_up(
         self, conn: Connection, io: _ConnIO, session: ImapSession, text: str, reason: str
@@ -279,15 +348,18 @@ class ImapHandler:
         await session.reject(tag, "Line too long")
 
     async def _read_command(
-        self, conn: Connection, io: _ConnIO, session: ImapSession
+        self, conn: Connection, io: _ConnIO, session: ImapSession, first: bytes | None = None
     ) -> bytes | None:
         """One whole command with its literals inline, without the final CRLF; None when a
-        literal was refused (already answered)."""
-        if conn.pending_input():
-            # Pipelined commands are read without waiting, so without this one session's
-            # stream of them would hold the loop (issue 16): the others get a turn between.
-            await asyncio.sleep(0)
-        line = await conn.readline(MAX_LINE, self.timeout)
+        literal was refused (already answered). ``first``: its first line, already read."""
+        if first is not None:
+            line = first
+        else:
+            if conn.pending_input():
+                # Pipelined commands are read without waiting, so without this one session's
+                # stream of them would hold the loop (issue 16): the others get a turn between.
+                await asyncio.sleep(0)
+            line = await conn.readline(MAX_LINE, self.timeout)
         tag, name = peek_tag_command(line)
         chunks = [line]
         total = len(line)

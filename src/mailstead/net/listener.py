@@ -68,6 +68,11 @@ class Connection:
     # COMPRESS=DEFLATE (net/deflate.py): what each write goes through, and the inflating task.
     compress: Callable[[bytes], bytes] | None = None
     pump: asyncio.Future[None] | None = None
+    # The idle timeout of every protocol: one timer per connection, moved on only when it
+    # fires (a timer set and cancelled around every read cost more than the read's own work).
+    _waiting_since: float | None = field(default=None, repr=False)  # the pending read began
+    _timeout: float = field(default=0.0, repr=False)
+    _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     @property
     def is_loopback(self) -> bool:
@@ -81,15 +86,56 @@ class Connection:
         obj = self.writer.get_extra_info("ssl_object")
         return describe(obj) if self.is_tls else ""
 
+    # -- the idle timeout --
+
+    def _wait_from_now(self, timeout: float | None) -> None:
+        """A read starts: it may wait at most ``timeout`` seconds (None: forever)."""
+        if timeout is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._waiting_since = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_at(self._waiting_since + timeout, self._idle_check)
+
+    def _idle_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        since = self._waiting_since
+        if since is not None and loop.time() >= since + self._timeout:
+            self._timer = None
+            # Ends the pending read with IdleTimeout; the reader is not read again after it.
+            self.reader.set_exception(IdleTimeout())
+            return
+        start = loop.time() if since is None else since  # a later read starts later still
+        self._timer = loop.call_at(start + self._timeout, self._idle_check)
+
+    def _stop_waiting(self) -> None:
+        self._waiting_since = None
+
+    # -- reading --
+
     async def readline(self, max_length: int, timeout: float | None) -> bytes:
         """Reads one line ending in LF (CR LF kept). Raises LineTooLong (after consuming the
         whole line, so the session can go on), ConnectionClosed, or IdleTimeout."""
+        self._wait_from_now(timeout)
         try:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for costs a task per line.
-            async with asyncio.timeout(timeout):
-                return await self._readline_raw(max_length)
-        except TimeoutError:
-            raise IdleTimeout() from None
+            return await self._readline_raw(max_length)
+        finally:
+            self._stop_waiting()
+
+    async def read_some(self, size: int, timeout: float | None) -> bytes:
+        """What the client has sent, at most ``size`` octets (at least one: b"" never comes
+        back, end of input raises ConnectionClosed)."""
+        self._wait_from_now(timeout)
+        try:
+            data = await self.reader.read(size)
+        except (ConnectionError, OSError):
+            raise ConnectionClosed() from None
+        finally:
+            self._stop_waiting()
+        if not data:
+            raise ConnectionClosed()
+        return data
 
     async def _readline_raw(self, max_length: int) -> bytes:
         try:
@@ -123,13 +169,13 @@ class Connection:
                 raise ConnectionClosed() from None
 
     async def readexactly(self, n: int, timeout: float | None) -> bytes:
+        self._wait_from_now(timeout)
         try:
-            async with asyncio.timeout(timeout):
-                return await self.reader.readexactly(n)
-        except TimeoutError:
-            raise IdleTimeout() from None
+            return await self.reader.readexactly(n)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             raise ConnectionClosed() from None
+        finally:
+            self._stop_waiting()
 
     async def peek(self, size: int, timeout: float | None) -> bytes:
         """Up to ``size`` bytes the client has sent, left unread: waits for the first byte
@@ -140,14 +186,20 @@ class Connection:
         wait = getattr(reader, "_wait_for_data", None)
         if not isinstance(buffer, bytearray) or wait is None:
             return b""  # not asyncio's StreamReader: nothing to peek at
+        self._wait_from_now(timeout)
         try:
-            async with asyncio.timeout(timeout):
-                while not buffer and not reader.at_eof():
-                    await wait("peek")
-        except TimeoutError:
-            raise IdleTimeout() from None
+            while not buffer and not reader.at_eof():
+                failed = reader.exception()
+                if failed is not None:
+                    raise failed
+                await wait("peek")
         except (ConnectionError, OSError):
             raise ConnectionClosed() from None
+        finally:
+            self._stop_waiting()
+        failed = reader.exception()
+        if failed is not None and not buffer:
+            raise failed
         return bytes(buffer[:size])
 
     def pending_input(self) -> bool:
@@ -184,6 +236,9 @@ class Connection:
         return discarded
 
     async def close(self) -> None:
+        if self._timer is not None:  # no timer may outlive the connection
+            self._timer.cancel()
+            self._timer = None
         if self.pump is not None:
             self.pump.cancel()
         with contextlib.suppress(Exception):

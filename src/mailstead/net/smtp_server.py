@@ -226,44 +226,12 @@ class _Input:
         self.conn = conn
         self.timeout = timeout
         self.buffer = InputBuffer()
-        # The idle timeout: one timer per connection, moved on only when it fires, since a
-        # timer set and cancelled around every read cost more than the read's own work.
-        self._waiting_since: float | None = None  # when the pending read began
-        self._timer: asyncio.TimerHandle | None = None
 
     def pending(self) -> bool:
         return len(self.buffer) > 0 or self.conn.pending_input()
 
     async def fill(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._waiting_since = loop.time()
-        if self._timer is None:
-            self._timer = loop.call_at(self._waiting_since + self.timeout, self._idle_check)
-        try:
-            data = await self.conn.reader.read(READ_SIZE)
-        except (ConnectionError, OSError):
-            raise ConnectionClosed() from None
-        finally:
-            self._waiting_since = None
-        if not data:
-            raise ConnectionClosed()
-        self.buffer.append(data)
-
-    def _idle_check(self) -> None:
-        loop = asyncio.get_running_loop()
-        since = self._waiting_since
-        if since is not None and loop.time() >= since + self.timeout:
-            self._timer = None
-            # Ends the read with IdleTimeout; the reader is not read again after it.
-            self.conn.reader.set_exception(IdleTimeout())
-            return
-        start = loop.time() if since is None else since  # a later read starts later still
-        self._timer = loop.call_at(start + self.timeout, self._idle_check)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.buffer.append(await self.conn.read_some(READ_SIZE, self.timeout))
 
     async def line(self, max_length: int) -> bytes | LineTooLong:
         while (line := self.buffer.take_line(max_length)) is None:
@@ -349,8 +317,6 @@ class SmtpHandler:
             pending.append(session.internal_error_reply().encode())
             with contextlib.suppress(Exception):
                 await _flush(conn, pending)
-        finally:
-            data.close()  # no timer may outlive the session
 
     async def _serve(
         self, conn: Connection, session: SmtpSession, data: _Input, pending: list[bytes]

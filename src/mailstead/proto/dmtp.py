@@ -49,6 +49,7 @@ MAX_HASH = 256
 HASH_HEADER = "X-DMTP-Hash"
 INTEGRITY_HEADER = "X-DMTP-Integrity"
 INTEGRITY_KEYWORD = "$IntegrityFailed"
+_LINE_BREAKS = {0x0D: " ", 0x0A: " "}  # str.translate table: CR and LF become spaces
 
 
 @dataclass
@@ -174,6 +175,9 @@ class DmtpSession:
         return Reply(GREETING).wire
 
     def error(self, reason: str) -> Reply:
+        # A reason may quote the client's line, which can hold a lone CR: the seed's clients
+        # (Java's readLine) end a line there too, and would read the rest as the next reply.
+        reason = reason.translate(_LINE_BREAKS)
         self.errors_in_a_row += 1
         if self.errors_in_a_row >= self.max_errors:
             return Reply(f"error {reason}\r\nerror too many errors, closing connection",

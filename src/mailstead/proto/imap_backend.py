@@ -81,6 +81,9 @@ class Authenticator(Protocol):
     async def login(self, user: str, password: str, ip: str) -> Account:
         """Raises LoginRefused or TooManySessions."""
 
+    def release(self) -> None:
+        """The session is no longer logged in (UNAUTHENTICATE, or the connection ended)."""
+
 
 class QuotaInfo(Protocol):
     @property
@@ -129,7 +132,9 @@ class SelectedView(Protocol):
     async def wait_change(self, timeout: float | None) -> bool: ...
     async def refresh(self, force: bool = False) -> None: ...
     async def changes_since(self, modseq: int) -> Changes: ...
-    def take_updates(self, allow_expunge: bool) -> Updates: ...
+    def take_updates(self, allow_expunge: bool, allow_flags: bool = True) -> Updates:
+        """What to tell; expunges only if ``allow_expunge``, flag changes only if
+        ``allow_flags`` (else they wait for a later call)."""
     async def flag_states(self, uids: Sequence[int]) -> list[FlagState]: ...
     async def messages(self, uids: Sequence[int]) -> list[MessageMeta]: ...
     async def sort_fields(self, wanted: Collection[str]) -> list[SortFields]:
@@ -148,6 +153,26 @@ class SelectedView(Protocol):
     async def expunge(self, uids: Sequence[int] | None = None) -> list[int]: ...
     async def copy(self, uids: Sequence[int], target: Mailbox, move: bool) -> CopyResult: ...
     def close(self) -> None: ...
+
+
+class FeedWatch(Protocol):
+    """A watch on many mailboxes of an account at once (IMAP NOTIFY, RFC 5465): mailbox ids,
+    plus ``LIST_CHANGED`` for changes to the account's mailbox list or subscriptions."""
+
+    def set_ids(self, ids: Collection[int]) -> None:
+        """The mailbox ids watched from now on (the list channel stays watched)."""
+
+    async def wait(self) -> None:
+        """Returns once something watched changed since the last ``take``."""
+
+    def take(self) -> set[int]:
+        """The ids that changed since the last call, each once (``LIST_CHANGED`` included
+        when the mailbox list or subscriptions changed)."""
+
+    def close(self) -> None: ...
+
+
+LIST_CHANGED = 0  # in FeedWatch.take(): the mailbox list or subscriptions changed
 
 
 class MailboxBackend(Protocol):
@@ -178,3 +203,4 @@ class MailboxBackend(Protocol):
     async def open(
         self, account_id: int, name: str, *, readonly: bool, track_recent: bool
     ) -> SelectedView: ...
+    def watch_account(self, account_id: int) -> FeedWatch: ...

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from mailstead.core.errors import CorruptBlob
 from mailstead.core.models import FlagState, MessageMeta, SystemFlag
 from mailstead.proto import imap_format as fmt
-from mailstead.proto import imap_sexpr, mime
+from mailstead.proto import imap_sexpr, mime, mime_preview
 from mailstead.proto.imap_format import CommandError, Reply
 from mailstead.proto.imap_parse import Command, FetchArgs, FetchItem, QresyncParams
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 FLAG_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})
 TEXT_ITEMS = frozenset({"BODY[]", "BINARY", "BINARY.SIZE", "RFC822", "RFC822.HEADER",
-                        "RFC822.TEXT", "ENVELOPE", "BODY", "BODYSTRUCTURE"})
+                        "RFC822.TEXT", "ENVELOPE", "BODY", "BODYSTRUCTURE", "PREVIEW"})
 ROWS_PER_CHUNK = 200
 SEEN = int(SystemFlag.SEEN)  # plain ints: IntFlag arithmetic is slow in per-message loops
 LINES_PER_WRITE = 2000
@@ -37,6 +37,19 @@ def _sets_seen(item: FetchItem) -> bool:
     if item.name in ("BODY[]", "BINARY"):
         return not item.peek
     return item.name in ("RFC822", "RFC822.TEXT")
+
+
+sets_seen = _sets_seen
+
+
+async def fetch_for_notify(s: ImapSession, uids: list[int], items: list[FetchItem]) -> None:
+    """NOTIFY's MessageNew attributes for new messages of the selected mailbox (RFC 5465
+    5.2): the FETCH responses a FETCH of these UIDs would give (no \\Seen is set: NOTIFY
+    refuses the attributes that would set it)."""
+    if {item.name for item in items} <= FLAG_ITEMS:
+        await _fetch_flags(s, uids, items, None)
+    else:
+        await _fetch_messages(s, uids, items, None)
 
 
 async def cmd_fetch(s: ImapSession, cmd: Command) -> Reply:
@@ -242,6 +255,9 @@ async def _render(
             parts.append(b"MODSEQ (%d)" % modseq)
         elif name == "INTERNALDATE":
             parts.append(b"INTERNALDATE " + fmt.internal_date(meta.internal_date))
+        elif name == "PREVIEW":
+            text = mime_preview.preview(await msg.bytes(), await msg.root())
+            parts.append(b"PREVIEW " + imap_sexpr.encode(text, s.utf8))
         elif name == "RFC822.SIZE":
             parts.append(b"RFC822.SIZE %d" % meta.size)
         elif name == "ENVELOPE":

@@ -11,6 +11,7 @@ from mailstead.proto import (
     imap_cmd_message,
     imap_cmd_sort,
     imap_context,
+    imap_notify,
     imap_search,
 )
 from mailstead.proto.imap_format import Reply
@@ -35,6 +36,7 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "AUTHENTICATE": (NOT_AUTH, S.cmd_authenticate),
     "ENABLE": (AUTH, S.cmd_enable),
     "COMPRESS": (AUTH, S.cmd_compress),
+    "UNAUTHENTICATE": (AUTH, S.cmd_unauthenticate),
     "SELECT": (AUTH, S.cmd_select),
     "EXAMINE": (AUTH, S.cmd_select),
     "IDLE": (AUTH, S.cmd_idle),
@@ -51,6 +53,7 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "GETQUOTA": (AUTH, imap_cmd_mailbox.cmd_getquota),
     "GETQUOTAROOT": (AUTH, imap_cmd_mailbox.cmd_getquotaroot),
     "SETQUOTA": (AUTH, imap_cmd_mailbox.cmd_setquota),
+    "NOTIFY": (AUTH, imap_notify.cmd_notify),
     "CHECK": (SELECTED, S.cmd_noop),
     "CLOSE": (SELECTED, S.cmd_close),
     "UNSELECT": (SELECTED, S.cmd_unselect),

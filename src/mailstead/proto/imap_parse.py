@@ -13,15 +13,22 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
+from mailstead.proto.imap_notify import NotifyArgs, parse_notify
+
 # ---------------------------------------------------------------------------------------------
 # Errors and framing
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ParseError(Exception):
     """The command is malformed. ``tag`` is "*" when even the tag could not be read."""
 
     def __init__(self, message: str, tag: str = "*", code: str = "") -> None:
-        super().__init__(message)
+        # Messages quote client text, which a literal may fill with CR LF: control characters
+        # are escaped, so the BAD response stays one line (no response of the client's making).
+        super().__init__(_CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", message))
         self.tag = tag
         self.code = code  # optional response code, e.g. "BADCHARSET (US-ASCII UTF-8)"
 
@@ -388,7 +395,7 @@ CommandArgs = (
     NoArgs | LoginArgs | AuthenticateArgs | EnableArgs | SelectArgs | MailboxArgs | CreateArgs
     | RenameArgs | ListArgs | StatusArgs | AppendArgs | SearchArgs | FetchArgs | StoreArgs
     | CopyArgs | UidExpungeArgs | IdArgs | QuotaRootArgs | CompressArgs | SortArgs
-    | ThreadArgs | CancelUpdateArgs
+    | ThreadArgs | CancelUpdateArgs | NotifyArgs
 )
 
 
@@ -504,7 +511,10 @@ class _Reader:
         if m is None:
             raise self.error(f"expected a number at position {self.pos}")
         self.pos = m.end()
-        value = int(m.group())
+        digits = m.group().lstrip(b"0")
+        if len(digits) > 19:  # past _MAX_NUMBER; and int() refuses over 4300 digits
+            raise self.error(f"number out of range: {digits[:20].decode()}...")
+        value = int(digits or b"0")
         if value > _MAX_NUMBER or (nonzero and value == 0):
             raise self.error(f"number out of range: {value}")
         return value
@@ -616,7 +626,7 @@ class _Reader:
             for end in ends:
                 if end == b"*":
                     values.append(0)
-                elif end.isdigit() and int(end) != 0 and int(end) < 2**32:
+                elif end.isdigit() and len(end.lstrip(b"0")) <= 10 and 0 < int(end) < 2**32:
                     values.append(int(end))
                 else:
                     raise self.error(f"bad sequence number {end.decode('latin-1')!r}")
@@ -967,7 +977,7 @@ def _search(r: _Reader) -> CommandArgs:
 def _charset_known(charset: str) -> bool:
     try:
         "".encode(charset)
-    except LookupError:
+    except (LookupError, ValueError):  # unknown; a name that is no str; the "undefined" codec
         return False
     return True
 
@@ -990,7 +1000,7 @@ def _search_string(r: _Reader, charset: str) -> str:
     raw = r.astring_bytes()
     try:
         return raw.decode(charset)
-    except (UnicodeDecodeError, LookupError):
+    except (ValueError, LookupError):  # not that charset; UnicodeError for IDNA and the like
         raise r.error(f"search string is not valid {charset}") from None
 
 
@@ -1129,6 +1139,10 @@ def _fetch_att(r: _Reader) -> FetchItem:
     word = m.group().decode().upper()
     r.pos = m.end()
     if r.peek() != ord("["):
+        if word == "PREVIEW":  # RFC 8970 3.1: "PREVIEW" [SP "(" "LAZY" ")"]
+            if r.peek_is(b" (LAZY)"):
+                r.pos += len(b" (LAZY)")  # a preview costs us little: always computed
+            return FetchItem(word)
         if word in _SIMPLE_FETCH:
             return FetchItem(word)
         raise r.error(f"unknown fetch attribute {word}")
@@ -1388,7 +1402,7 @@ def _cancelupdate(r: _Reader) -> CommandArgs:
 _COMMANDS = {
     "CAPABILITY": _no_args, "NOOP": _no_args, "LOGOUT": _no_args, "STARTTLS": _no_args,
     "CHECK": _no_args, "CLOSE": _no_args, "UNSELECT": _no_args, "EXPUNGE": _no_args,
-    "NAMESPACE": _no_args, "IDLE": _no_args,
+    "NAMESPACE": _no_args, "IDLE": _no_args, "UNAUTHENTICATE": _no_args,
     "LOGIN": _login, "AUTHENTICATE": _authenticate, "ENABLE": _enable, "COMPRESS": _compress,
     "SELECT": _select, "EXAMINE": _select, "CREATE": _create, "DELETE": _mailbox_only,
     "RENAME": _rename, "SUBSCRIBE": _mailbox_only, "UNSUBSCRIBE": _mailbox_only,
@@ -1399,4 +1413,6 @@ _COMMANDS = {
     "ID": _id, "GETQUOTA": _quota_root, "GETQUOTAROOT": _mailbox_only, "SETQUOTA": _setquota,
     "SORT": _sort, "UID SORT": _sort, "THREAD": _thread, "UID THREAD": _thread,
     "CANCELUPDATE": _cancelupdate,
+    "NOTIFY": parse_notify,
 }
+fetch_att = _fetch_att  # for MessageNew's attributes in NOTIFY (imap_notify)

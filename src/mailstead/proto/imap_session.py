@@ -60,6 +60,7 @@ from mailstead.proto.imap_parse import (
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_context import Contexts
+    from mailstead.proto.imap_notify import Notifier
 
 SERVER_NAME = "mailstead"
 SERVER_VERSION = "0.1.0"
@@ -160,6 +161,7 @@ class ImapSession:
         self.compressed = False  # COMPRESS=DEFLATE (RFC 4978) is on
         self.work: WorkBudget | None = None  # the running command's budget
         self.contexts: Contexts | None = None  # SEARCH/SORT RETURN (UPDATE), imap_context.py
+        self.notify: Notifier | None = None  # NOTIFY (RFC 5465) is on
 
     # -- modes --
 
@@ -208,7 +210,8 @@ class ImapSession:
             "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE",
             f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY", "CATENATE",
             "COMPRESS=DEFLATE", "STATUS=SIZE", "SORT", "SORT=DISPLAY", "ESORT",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "CONTEXT=SEARCH", "CONTEXT=SORT",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "UNAUTHENTICATE", "PREVIEW",
+            "NOTIFY", "CONTEXT=SEARCH", "CONTEXT=SORT",
         ]
         return " ".join(caps)
 
@@ -306,7 +309,7 @@ class ImapSession:
         allow = cmd.uid or base not in _NO_EXPUNGE
         await self.report_updates(allow)
 
-    async def report_updates(self, allow_expunge: bool) -> None:
+    async def report_updates(self, allow_expunge: bool, allow_flags: bool = True) -> None:
         view = self.view
         if view is None:
             return
@@ -321,7 +324,7 @@ class ImapSession:
         except Exception as exc:  # the store hiccuped: report next time
             log_event("imap.error", logging.ERROR, command="(updates)", error=repr(exc))
             return
-        updates = view.take_updates(allow_expunge)
+        updates = view.take_updates(allow_expunge, allow_flags)
         self.announce_keywords([updates.keywords])
         out = self.io.write
         contexts = self.contexts  # RFC 5267 4.3: results kept up to date (imap_context.py)
@@ -454,6 +457,12 @@ class ImapSession:
         if self.view is not None:
             self.io.write(fmt.untagged(f"OK [HIGHESTMODSEQ {self.view.modseq}] Highest"))
 
+    def end_notify(self) -> None:
+        """NOTIFY NONE, a new NOTIFY SET, or the end of the session."""
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
+
     def close_view(self) -> None:
         self.saved_uids = []
         self.contexts = None  # contexts belong to the selected mailbox (RFC 5267 4.3)
@@ -475,6 +484,7 @@ class ImapSession:
 
     async def cmd_logout(self, cmd: Command) -> Reply:
         self.io.write(fmt.untagged("BYE Logging out"))
+        self.end_notify()
         self.close_view()
         self.state = State.LOGOUT
         return Reply("OK", "Logout completed")
@@ -617,6 +627,18 @@ class ImapSession:
         self.close_view()
         return Reply("OK", "Close completed")
 
+    async def cmd_unauthenticate(self, cmd: Command) -> Reply:
+        """RFC 8437: back to the not-authenticated state as if newly connected, but TLS and
+        COMPRESS stay; the mailbox is closed without expunging, ENABLEd extensions end."""
+        self.end_notify()  # NOTIFY belongs to the user who set it
+        self.close_view()
+        self.auth.release()
+        self.account = None
+        self.enabled.clear()
+        self.condstore = False
+        self.state = State.NOT_AUTHENTICATED
+        return Reply("OK", "Not authenticated any more")
+
     async def cmd_unselect(self, cmd: Command) -> Reply:
         self.require_view()
         self.close_view()
@@ -631,9 +653,15 @@ class ImapSession:
             await self.io.drain()
             if self.state is State.LOGOUT:  # the selected mailbox went away
                 return Reply("", "")
-            wait = None if self.view is None else _waiter(self.view)
+            notifier = self.notify
+            if notifier is not None:  # RFC 5465: NOTIFY's news flow during IDLE too
+                wait: Callable[[], Awaitable[bool]] | None = _notify_waiter(notifier)
+            else:
+                wait = None if self.view is None else _waiter(self.view)
             line = await self.io.idle_wait(wait)
             if line is None:
+                if notifier is not None and self.notify is notifier:
+                    await notifier.deliver()
                 continue
             if line.rstrip(b"\r\n").upper() == b"DONE":
                 return Reply("OK", "Idle completed")
@@ -643,6 +671,14 @@ class ImapSession:
 def _waiter(view: SelectedView) -> Callable[[], Awaitable[bool]]:
     async def wait() -> bool:
         return await view.wait_change(None)
+
+    return wait
+
+
+def _notify_waiter(notifier: Notifier) -> Callable[[], Awaitable[bool]]:
+    async def wait() -> bool:
+        await notifier.wait()
+        return True
 
     return wait
 

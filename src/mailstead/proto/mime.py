@@ -480,7 +480,8 @@ def _strip_trailing_comment(text: str) -> str:
     return text
 
 
-_SECTION_PARAM = re.compile(r"([^*]+)\*(?:(\d+)(\*)?)?")
+# Section numbers of at most 9 ASCII digits (int() refuses over 4300; \d takes any script's).
+_SECTION_PARAM = re.compile(r"([^*]+)\*(?:([0-9]{1,9})(\*)?)?")
 
 
 def _decode_charset(b: bytes, charset: str) -> str:
@@ -515,10 +516,11 @@ def _combine_params(raw: list[tuple[str, str]]) -> dict[str, str]:
     for base, parts in sections.items():
         charset = ""
         chunks: list[bytes] = []
-        for index in sorted(parts):
+        ordered = sorted(parts)  # once: sorting in the loop made many sections quadratic
+        for index in ordered:
             value, encoded = parts[index]
             if encoded:
-                if index == sorted(parts)[0]:
+                if index == ordered[0]:
                     pieces = value.split("'", 2)
                     if len(pieces) == 3:
                         charset, _lang, value = pieces
@@ -944,7 +946,7 @@ def bodystructure(
 # Sections: BODY[...] and BINARY[...]
 
 _SECTION_TEXTS = ("HEADER.FIELDS.NOT", "HEADER.FIELDS", "HEADER", "TEXT", "MIME")
-_PART_NUMBERS = re.compile(r"[1-9][0-9]*(?:\.[1-9][0-9]*)*")
+_PART_NUMBERS = re.compile(r"[1-9][0-9]{0,8}(?:\.[1-9][0-9]{0,8})*")  # int() takes them all
 _ATOM_CHARS = re.compile(r"[^(){ \x00-\x1f\x7f%*\"\\\]]+")
 
 

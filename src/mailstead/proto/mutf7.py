@@ -59,6 +59,10 @@ def decode(name: str) -> str:
         if end < 0:
             raise MUTF7Error("unterminated '&' sequence")
         chunk = name[i + 1 : end]
+        if chunk and name.startswith("-&", end) and name[end + 2 : end + 3] not in ("-", ""):
+            # RFC 3501 5.1.3: null shifts ("-&" while in BASE64) are not permitted; one run
+            # of characters is one sequence, or two spellings would name one mailbox.
+            raise MUTF7Error("two adjacent base64 sequences")
         i = end + 1
         if not chunk:
             out.append("&")
@@ -77,6 +81,9 @@ def _decode_chunk(chunk: str) -> str:
         raise MUTF7Error(f"bad base64 in {chunk!r}") from None
     if len(raw) % 2:
         raise MUTF7Error(f"odd UTF-16 length in {chunk!r}")
+    if base64.b64encode(raw).decode("ascii").rstrip("=") != b64:
+        # Unused low bits set in the last character: another spelling of the same name.
+        raise MUTF7Error(f"non-canonical base64 in {chunk!r}")
     try:
         text = raw.decode("utf-16-be")
     except UnicodeDecodeError:

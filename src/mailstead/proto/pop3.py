@@ -264,7 +264,7 @@ class Pop3Session:
 
     def _message_index(self, arg: str) -> int | Reply:
         """0-based index of a live message from a message-number argument, or the -ERR."""
-        if not arg.isdigit():
+        if not (arg.isascii() and arg.isdigit()):  # isdigit() alone takes "²", int() does not
             return self._error(err("invalid message number"))
         assert self.maildrop is not None
         number = int(arg)
@@ -442,7 +442,7 @@ class Pop3Session:
     async def _top(self, args: str) -> Reply:
         number, _, count = args.partition(" ")
         count = count.strip()
-        if not count.isdigit():
+        if not (count.isascii() and count.isdigit()):
             return self._error(err("usage: TOP message lines"))
         index = self._message_index(number)
         if isinstance(index, Reply):

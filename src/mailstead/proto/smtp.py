@@ -527,7 +527,8 @@ class SmtpSession:
     def _mail_params(self, params: list[tuple[str, str | None]], txn: Transaction) -> None:
         for key, value in params:
             if key == "SIZE":  # RFC 1870
-                if value is None or not value.isdigit() or len(value) > 20:
+                # isascii: str.isdigit() also takes "²", which int() refuses.
+                if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                     raise _Refusal(reply(501, "5.5.4", "Invalid SIZE value"))
                 txn.declared_size = int(value)
             elif key == "BODY":  # RFC 6152, RFC 3030 3
@@ -652,7 +653,7 @@ class SmtpSession:
 
     async def _bdat(self, arg: str) -> Reply:
         parts = arg.split()
-        if not 1 <= len(parts) <= 2 or not parts[0].isdigit() or len(parts[0]) > 20 or (
+        if not 1 <= len(parts) <= 2 or not _ascii_digits(parts[0]) or len(parts[0]) > 20 or (
             len(parts) == 2 and parts[1].upper() != "LAST"
         ):
             # Without a size we cannot tell where the chunk ends: the rest would be read as
@@ -849,6 +850,11 @@ def _xtext(value: str | None, max_length: int) -> str:
     if value is None or len(value) > max_length or not _XTEXT_RE.match(value):
         raise _Refusal(reply(501, "5.5.4", "Invalid xtext parameter value"))
     return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+
+
+def _ascii_digits(text: str) -> bool:
+    """Digits int() takes: str.isdigit() alone also accepts "²" and the like."""
+    return text.isascii() and text.isdigit()
 
 
 def _rcpt_params(params: list[tuple[str, str | None]]) -> tuple[str, str]:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
-from mailstead.store.changes import ChangeBus, Watch
+from mailstead.store.changes import ChangeBus, MultiWatch, Watch, account_channel
 from mailstead.store.interfaces import (
     BlobStore,
     Changes,
@@ -303,7 +303,7 @@ class MailboxView:
         """What changed after ``modseq`` (QRESYNC, VANISHED (EARLIER))."""
         return await self.store.changes_since(self.mailbox.id, modseq)
 
-    def take_updates(self, allow_expunge: bool) -> ViewUpdates:
+    def take_updates(self, allow_expunge: bool, allow_flags: bool = True) -> ViewUpdates:
         out = ViewUpdates()
         if allow_expunge and self.pending_expunge:
             out.expunged = self._apply_expunges(self.pending_expunge)
@@ -318,12 +318,13 @@ class MailboxView:
             if recent != self.reported_recent or out.exists is not None:
                 out.recent = recent
                 self.reported_recent = recent
-        for uid, state in sorted(self.pending_flags.items()):
-            seq = self.seq_of(uid)
-            if seq is not None:
-                out.flags.append((seq, state))
-                out.keywords.update(state.keywords)
-        self.pending_flags.clear()
+        if allow_flags:  # else kept (NOTIFY without FlagChange: told at the next command)
+            for uid, state in sorted(self.pending_flags.items()):
+                seq = self.seq_of(uid)
+                if seq is not None:
+                    out.flags.append((seq, state))
+                    out.keywords.update(state.keywords)
+            self.pending_flags.clear()
         out.keywords.update(self.pending_keywords)
         self.pending_keywords.clear()
         return out
@@ -865,10 +866,39 @@ class MailboxService:
         view.reported_recent = view.recent_count()
         return view
 
+    def watch_account(self, account_id: int) -> AccountWatch:
+        """IMAP NOTIFY: a watch on chosen mailboxes of an account and on its mailbox list."""
+        return AccountWatch(self.changes.watch_many([account_channel(account_id)]), account_id)
+
     async def _delete_blobs(self, blob_ids: Iterable[str]) -> None:
         for blob_id in blob_ids:
             with contextlib.suppress(Exception):  # a leftover file is only wasted space
                 await asyncio.to_thread(self.blobs.delete, blob_id)
+
+
+class AccountWatch:
+    """FeedWatch over the ChangeBus: one MultiWatch on the mailbox ids and the account's
+    channel (which ``take`` reports as LIST_CHANGED, 0)."""
+
+    def __init__(self, watch: MultiWatch, account_id: int) -> None:
+        self.watch = watch
+        self.channel = account_channel(account_id)
+
+    def set_ids(self, ids: Collection[int]) -> None:
+        self.watch.set_ids([*ids, self.channel])
+
+    async def wait(self) -> None:
+        await self.watch.wait()
+
+    def take(self) -> set[int]:
+        dirty = self.watch.take()
+        if self.channel in dirty:
+            dirty.discard(self.channel)
+            dirty.add(0)
+        return dirty
+
+    def close(self) -> None:
+        self.watch.close()
 
 
 class SpamTrainer(Protocol):

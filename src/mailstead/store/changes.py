@@ -3,6 +3,11 @@
 Stores call ``publish`` from the event loop after a commit that touched a mailbox; watchers wake
 and ask the store what changed. On PostgreSQL the store also relays LISTEN/NOTIFY from other
 nodes into ``publish``.
+
+Besides mailbox ids (positive), the feed carries one id per account (``account_channel``, a
+negative number) published when the account's list of mailboxes or subscriptions changed
+(CREATE, DELETE, RENAME, SUBSCRIBE): IMAP NOTIFY (RFC 5465) listens to it. Being plain ints
+they travel over PostgreSQL's feed like mailbox ids.
 """
 
 from __future__ import annotations
@@ -10,6 +15,11 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
+
+
+def account_channel(account_id: int) -> int:
+    """The feed id announcing changes to an account's mailbox list or subscriptions."""
+    return -account_id
 
 
 class Watch:
@@ -29,6 +39,9 @@ class Watch:
         self.event.clear()
         return True
 
+    def fire(self, mailbox_id: int) -> None:
+        self.event.set()
+
     def close(self) -> None:
         self.bus._unsubscribe(self)
 
@@ -39,23 +52,67 @@ class Watch:
         self.close()
 
 
+class MultiWatch:
+    """One watcher of many feed ids (IMAP NOTIFY: every mailbox of an account and its
+    account channel). A publish costs O(1) per id it names; the watcher learns which ids fired
+    since the last ``take``, each once however often it fired (coalesced)."""
+
+    def __init__(self, bus: ChangeBus) -> None:
+        self.bus = bus
+        self.ids: set[int] = set()
+        self.dirty: set[int] = set()
+        self.event = asyncio.Event()
+
+    def fire(self, mailbox_id: int) -> None:
+        self.dirty.add(mailbox_id)
+        self.event.set()
+
+    def set_ids(self, ids: Iterable[int]) -> None:
+        wanted = set(ids)
+        for i in self.ids - wanted:
+            self.bus._drop(i, self)
+        for i in wanted - self.ids:
+            self.bus._watches[i].add(self)
+        self.ids = wanted
+        self.dirty &= wanted
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+    def take(self) -> set[int]:
+        self.event.clear()
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+    def close(self) -> None:
+        self.set_ids(())
+
+
 class ChangeBus:
     def __init__(self) -> None:
-        self._watches: defaultdict[int, set[Watch]] = defaultdict(set)
+        self._watches: defaultdict[int, set[Watch | MultiWatch]] = defaultdict(set)
 
     def watch(self, mailbox_id: int) -> Watch:
         w = Watch(self, mailbox_id)
         self._watches[mailbox_id].add(w)
         return w
 
+    def watch_many(self, ids: Iterable[int] = ()) -> MultiWatch:
+        w = MultiWatch(self)
+        w.set_ids(ids)
+        return w
+
     def _unsubscribe(self, w: Watch) -> None:
-        watchers = self._watches.get(w.mailbox_id)
+        self._drop(w.mailbox_id, w)
+
+    def _drop(self, mailbox_id: int, w: Watch | MultiWatch) -> None:
+        watchers = self._watches.get(mailbox_id)
         if watchers is not None:
             watchers.discard(w)
             if not watchers:
-                del self._watches[w.mailbox_id]
+                del self._watches[mailbox_id]
 
     def publish(self, mailbox_ids: Iterable[int]) -> None:
         for mailbox_id in set(mailbox_ids):
             for w in self._watches.get(mailbox_id, ()):
-                w.event.set()
+                w.fire(mailbox_id)

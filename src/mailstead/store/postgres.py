@@ -164,18 +164,34 @@ class PostgresStore(SqlStore):
         pool = self._pool
         if pool is None:
             raise RuntimeError("store is not open")
-        for attempt in range(RETRIES):
+        conflicts = reconnects = 0
+        while True:
+            committing = False
+            conn: Conn | None = None
             try:
                 with pool.connection() as conn, conn.transaction():
                     # Binary results: ints and booleans arrive without text parsing.
                     db = PgDb(conn.cursor(binary=True))
                     value = op(db)
                     self._notify(db)
+                    committing = True  # leaving the block sends COMMIT
                 return value, db.touched
             except (errors.DeadlockDetected, errors.SerializationFailure):
-                if attempt == RETRIES - 1:
+                # Rolled back whole: safe to run again.
+                conflicts += 1
+                if conflicts == RETRIES:
                     raise
-        raise AssertionError("unreachable")
+            except psycopg.OperationalError:
+                # A connection the pool kept may have died with the server (a PostgreSQL
+                # restart). Broken before COMMIT was sent, the transaction stored nothing, so
+                # it runs again on another connection, once the pool has dropped its other
+                # dead ones. Broken during COMMIT, the outcome is unknown: the error goes up
+                # and nothing is acknowledged (SMTP answers 451, the client retries).
+                if committing or conn is None or not conn.broken or reconnects == RETRIES:
+                    raise
+                reconnects += 1
+                log_event("store.connection_lost", retry=reconnects)
+                pool.check()
 
     def _notify(self, db: PgDb) -> None:
         """Queues the change notification in the transaction: sent only if it commits."""

@@ -28,7 +28,7 @@ from itertools import repeat
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from mailstead.core.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
-from mailstead.store.changes import ChangeBus
+from mailstead.store.changes import ChangeBus, account_channel
 from mailstead.store.gcpause import gc_paused
 from mailstead.store.interfaces import (
     DEFAULT_MAILBOXES,
@@ -604,6 +604,7 @@ def create_mailbox(db: Db, account_id: int, name: str, special_use: str | None) 
         raise NotFound(f"no account with id {account_id}") from None
     assert row is not None
     db.touched.add(row[0])
+    db.touched.add(account_channel(account_id))
     return _mailbox(row)
 
 
@@ -650,6 +651,7 @@ def rename_mailbox(db: Db, account_id: int, old: str, new: str) -> None:
     db.run_many("DELETE FROM subscriptions WHERE account_id = ? AND name = ?",
                 [(account_id, name) for name in old_names])
     db.touched.update(i for _, i in renames)
+    db.touched.add(account_channel(account_id))
 
 
 def _drop_mailbox(db: Db, mailbox_id: int, account_id: int) -> list[str]:
@@ -670,6 +672,7 @@ def _drop_mailbox(db: Db, mailbox_id: int, account_id: int) -> list[str]:
 
 
 def delete_mailbox(db: Db, account_id: int, name: str) -> list[str]:
+    db.touched.add(account_channel(account_id))
     return _drop_mailbox(db, _mailbox_id(db, account_id, name), account_id)
 
 
@@ -681,6 +684,7 @@ def set_subscribed(db: Db, account_id: int, name: str, subscribed: bool) -> None
         _subscribe(db, account_id, [name])
     else:
         db.run("DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, name))
+    db.touched.add(account_channel(account_id))
 
 
 def list_subscriptions(db: Db, account_id: int) -> list[str]:
