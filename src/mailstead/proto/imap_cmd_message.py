@@ -38,6 +38,8 @@ async def cmd_store(s: ImapSession, cmd: Command) -> Reply:
         uids, mode, bits, keywords, args.unchangedsince  # type: ignore[arg-type]
     )
     failed = set(result.failed_uids)
+    if s.contexts is not None:  # own changes are not reported back: CONTEXT updates need them
+        s.contexts.touch([st.uid for st in result.changed])
     if mode != "remove":  # the mailbox's FLAGS list grows, silent or not (RFC 9051 7.3.5)
         s.announce_keywords([keywords])
     if not args.silent:

@@ -263,6 +263,37 @@ def _sort_keys(criterion: str, rows: list[SortFields], subjects: SubjectKeys,
     return [address_key(value, display) for value in map(attrgetter(field), rows)]
 
 
+class Reversed:
+    """A sort key compared the other way round (a REVERSE criterion inside a tuple key)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: Reversed) -> bool:
+        return bool(other.value < self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reversed) and bool(self.value == other.value)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def order_keys(criteria: tuple[tuple[str, bool], ...], rows: list[SortFields]
+               ) -> list[tuple[Any, ...]]:
+    """One tuple per row that orders the rows as ``sort_order`` does: the criteria in turn
+    (REVERSE ones compared the other way), then the UID (mailbox order, RFC 5256 3). Used to
+    place a message in a kept sorted result (CONTEXT=SORT, imap_context.py)."""
+    subjects, addresses = SubjectKeys(), _Addresses()
+    columns: list[list[Any]] = []
+    for criterion, reverse in criteria:
+        keys = _sort_keys(criterion, rows, subjects, addresses)
+        columns.append([Reversed(k) for k in keys] if reverse else keys)
+    columns.append([r.uid for r in rows])
+    return list(zip(*columns, strict=True))
+
+
 async def sort_order(s: ImapSession, rows: list[SortFields],
                      criteria: tuple[tuple[str, bool], ...]) -> list[int]:
     """The positions of ``rows`` (in mailbox order) sorted by the criteria in turn, REVERSE
@@ -297,17 +328,30 @@ async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
     shown = [r.uid for r in found.rows] if cmd.uid else found.seqs
     numbers = [shown[i] for i in order]
     highest = found.highest_modseq
+    if args.return_options is not None and "UPDATE" in args.return_options:
+        # CONTEXT=SORT (RFC 5267 4.3): the sorted result kept, each message with its keys
+        from mailstead.proto import imap_context
+
+        with collector_paused():
+            keys = order_keys(args.criteria, found.rows)
+            ordered = [keys[i] for i in order]
+            uids = [found.rows[i].uid for i in order]
+        await s.checkpoint()
+        imap_context.start(s, cmd, args.key, frozenset(s.saved_uids), args.criteria, ordered,
+                           uids, s.require_view().last_uid)
     if args.return_options is None:
         line = "* SORT" + (" " + " ".join(map(str, numbers)) if numbers else "")
         if with_modseq and numbers:
             line += f" (MODSEQ {highest})"  # RFC 7162 3.1.5
         s.io.write(line.encode() + b"\r\n")
     else:
-        s.io.write(_esort(cmd, args.return_options, numbers, highest if with_modseq else 0))
+        s.io.write(_esort(cmd, args.return_options, numbers, highest if with_modseq else 0,
+                          args.partial))
     return Reply("OK", "Sort completed")
 
 
-def _esort(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq: int) -> bytes:
+def _esort(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq: int,
+           partial: tuple[int, int] | None = None) -> bytes:
     """RFC 5267 3: the ESEARCH response, where MIN and MAX are the first and last message of
     the sorted result and ALL lists the result in sort order."""
     parts = [f"* ESEARCH (TAG {fmt.quoted(cmd.tag)})"]
@@ -322,6 +366,10 @@ def _esort(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq: i
         parts.append(f"COUNT {len(numbers)}")
     if numbers and "ALL" in options:
         parts.append(f"ALL {ordered_set(numbers)}")
+    if partial is not None:  # RFC 5267 4.4: positions in the sorted result
+        from mailstead.proto.imap_context import partial_data, partial_slice
+
+        parts.append(partial_data(partial, numbers[partial_slice(len(numbers), partial)], True))
     if modseq and numbers:
         parts.append(f"MODSEQ {modseq}")
     return (" ".join(parts) + "\r\n").encode()

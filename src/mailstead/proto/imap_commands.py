@@ -10,6 +10,7 @@ from mailstead.proto import (
     imap_cmd_mailbox,
     imap_cmd_message,
     imap_cmd_sort,
+    imap_context,
     imap_notify,
     imap_search,
 )
@@ -72,4 +73,5 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "UID SORT": (SELECTED, imap_cmd_sort.cmd_sort),
     "THREAD": (SELECTED, imap_cmd_sort.cmd_thread),
     "UID THREAD": (SELECTED, imap_cmd_sort.cmd_thread),
+    "CANCELUPDATE": (SELECTED, imap_context.cmd_cancelupdate),
 }

@@ -323,6 +323,7 @@ class SearchArgs:
     key: SearchKey
     charset: str = "US-ASCII"
     return_options: tuple[str, ...] | None = None  # None: plain SEARCH syntax (no RETURN)
+    partial: tuple[int, int] | None = None  # PARTIAL range (RFC 5267 4.4, RFC 9394)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +334,7 @@ class SortArgs:
     charset: str
     key: SearchKey
     return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None  # PARTIAL range (RFC 5267 4.4, RFC 9394)
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,11 +384,18 @@ class QuotaRootArgs:
     root: str
 
 
+@dataclass(frozen=True, slots=True)
+class CancelUpdateArgs:
+    """CANCELUPDATE tag... (RFC 5267 4.5)."""
+
+    tags: tuple[str, ...]
+
+
 CommandArgs = (
     NoArgs | LoginArgs | AuthenticateArgs | EnableArgs | SelectArgs | MailboxArgs | CreateArgs
     | RenameArgs | ListArgs | StatusArgs | AppendArgs | SearchArgs | FetchArgs | StoreArgs
     | CopyArgs | UidExpungeArgs | IdArgs | QuotaRootArgs | CompressArgs | SortArgs
-    | ThreadArgs | NotifyArgs
+    | ThreadArgs | CancelUpdateArgs | NotifyArgs
 )
 
 
@@ -944,13 +953,10 @@ def _catenate_parts(r: _Reader) -> tuple[CatenatePart, ...]:
 def _search(r: _Reader) -> CommandArgs:
     r.sp()
     returns: tuple[str, ...] | None = None
-    if r.peek_is(b"RETURN ("):  # ESEARCH (RFC 4731)
+    partial = None
+    if r.peek_is(b"RETURN ("):  # ESEARCH (RFC 4731), CONTEXT=SEARCH (RFC 5267 4)
         r.pos += 7
-        options = [w.upper() for w in r.paren_list("atom")]
-        for option in options:
-            if option not in ("MIN", "MAX", "ALL", "COUNT", "SAVE"):
-                raise r.error(f"unknown SEARCH return option {option}")
-        returns = tuple(options) or ("ALL",)
+        returns, partial = _returns(r, ("MIN", "MAX", "ALL", "COUNT", "SAVE"), "SEARCH")
         r.sp()
     charset = "US-ASCII"
     if r.peek_is(b"CHARSET "):
@@ -965,7 +971,7 @@ def _search(r: _Reader) -> CommandArgs:
     while r.maybe_sp():
         keys.append(_search_key(r, charset, 0))
     key = keys[0] if len(keys) == 1 else SkAnd(tuple(keys))
-    return SearchArgs(key, charset, returns)
+    return SearchArgs(key, charset, returns, partial)
 
 
 def _charset_known(charset: str) -> bool:
@@ -1307,13 +1313,10 @@ def _sort(r: _Reader) -> CommandArgs:
     """SORT [RETURN (options)] (criteria) charset search-keys (RFC 5256 3, RFC 5267 3)."""
     r.sp()
     returns: tuple[str, ...] | None = None
-    if r.peek_is(b"RETURN ("):
+    partial = None
+    if r.peek_is(b"RETURN ("):  # ESORT (RFC 5267 3), CONTEXT=SORT (RFC 5267 4)
         r.pos += 7
-        options = [w.upper() for w in r.paren_list("atom")]
-        for option in options:
-            if option not in ("MIN", "MAX", "ALL", "COUNT"):
-                raise r.error(f"unknown SORT return option {option}")
-        returns = tuple(options) or ("ALL",)
+        returns, partial = _returns(r, ("MIN", "MAX", "ALL", "COUNT"), "SORT")
         r.sp()
     words = r.paren_list("atom")
     criteria: list[tuple[str, bool]] = []
@@ -1331,7 +1334,7 @@ def _sort(r: _Reader) -> CommandArgs:
     r.sp()
     charset, decode_as = _sort_charset(r)
     r.sp()
-    return SortArgs(tuple(criteria), charset, _search_keys(r, decode_as), returns)
+    return SortArgs(tuple(criteria), charset, _search_keys(r, decode_as), returns, partial)
 
 
 def _thread(r: _Reader) -> CommandArgs:
@@ -1342,6 +1345,58 @@ def _thread(r: _Reader) -> CommandArgs:
     charset, decode_as = _sort_charset(r)
     r.sp()
     return ThreadArgs(algorithm, charset, _search_keys(r, decode_as))
+
+
+def _returns(
+    r: _Reader, known: tuple[str, ...], command: str
+) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """The RETURN options of SEARCH / SORT: those of ESEARCH / ESORT, plus CONTEXT, UPDATE
+    and ``PARTIAL range`` (RFC 5267 4.2-4.4). An empty list means ALL (RFC 4731 3.1)."""
+    words = r.paren_list("atom")
+    options: list[str] = []
+    partial = None
+    i = 0
+    while i < len(words):
+        option = words[i].upper()
+        if option == "PARTIAL" and partial is None and i + 1 < len(words):
+            partial = partial_range(words[i + 1])
+            if partial is None:
+                raise r.error(f"bad PARTIAL range {words[i + 1]}")
+            i += 1
+        elif option not in (*known, "CONTEXT", "UPDATE"):
+            raise r.error(f"unknown {command} return option {option}")
+        options.append(option)
+        i += 1
+    if partial is not None and "ALL" in options:  # RFC 9394 3.1: one or the other
+        raise r.error("PARTIAL and ALL cannot be combined")
+    return tuple(options) or ("ALL",), partial
+
+
+def partial_range(text: str) -> tuple[int, int] | None:
+    """``first:last`` positions in a result, from 1 (RFC 5267 4.4), or ``-first:-last``
+    counted from the end (RFC 9394 3.1), either way round; None when malformed."""
+    first, colon, last = text.partition(":")
+    negative = first.startswith("-")
+    if not colon or last.startswith("-") != negative:
+        return None
+    a, b = first.removeprefix("-"), last.removeprefix("-")
+    if not (a.isdigit() and b.isdigit() and a.isascii() and b.isascii()):
+        return None
+    lo, hi = sorted((int(a), int(b)))
+    if lo == 0 or hi >= 2**32:
+        return None
+    return (-lo, -hi) if negative else (lo, hi)
+
+
+def _cancelupdate(r: _Reader) -> CommandArgs:
+    """CANCELUPDATE 1*(SP tag-string) (RFC 5267 4.5)."""
+    tags = []
+    while r.maybe_sp():
+        r.count()
+        tags.append(r.astring())
+    if not tags:
+        raise r.error("CANCELUPDATE needs the tag of a search")
+    return CancelUpdateArgs(tuple(tags))
 
 
 _COMMANDS = {
@@ -1357,6 +1412,7 @@ _COMMANDS = {
     "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge,
     "ID": _id, "GETQUOTA": _quota_root, "GETQUOTAROOT": _mailbox_only, "SETQUOTA": _setquota,
     "SORT": _sort, "UID SORT": _sort, "THREAD": _thread, "UID THREAD": _thread,
+    "CANCELUPDATE": _cancelupdate,
     "NOTIFY": parse_notify,
 }
 fetch_att = _fetch_att  # for MessageNew's attributes in NOTIFY (imap_notify)

@@ -449,8 +449,18 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     numbers = [uid if cmd.uid else seq for seq, uid, _modseq in found]
     highest = max((modseq for _seq, _uid, modseq in found), default=0)
     options = args.return_options or ()
+    if "UPDATE" in options:  # CONTEXT=SEARCH (RFC 5267 4.3): keep the result up to date
+        from mailstead.proto import imap_context
+
+        uids = [uid for _seq, uid, _modseq in found]
+        imap_context.start(s, cmd, args.key, scope.saved, None, uids, uids, scope.largest_uid)
     if "SAVE" in options:
-        s.saved_uids = _saved(options, sorted(uid for _seq, uid, _modseq in found))
+        kept = [uid for _seq, uid, _modseq in found]
+        if args.partial is not None:  # RFC 9394 3.1: SAVE keeps what PARTIAL returns
+            from mailstead.proto.imap_context import partial_slice
+
+            kept = kept[partial_slice(len(kept), args.partial)]
+        s.saved_uids = _saved(options, kept)
         if options == ("SAVE",):  # RFC 5182 2.1: nothing else asked, nothing sent
             return Reply("OK", "Search completed (result saved)")
     if args.return_options is None and not s.rev2:
@@ -461,7 +471,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     else:
         options = args.return_options or ("ALL",)
         modseq = _esearch_modseq(options, found) if with_modseq else 0
-        s.io.write(_esearch(cmd, options, numbers, modseq))
+        s.io.write(_esearch(cmd, options, numbers, modseq, args.partial))
     return Reply("OK", "Search completed")
 
 
@@ -493,8 +503,10 @@ def _saved(options: tuple[str, ...], uids: list[int]) -> list[int]:
     return sorted(keep)
 
 
-def _esearch(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq: int) -> bytes:
-    """``* ESEARCH (TAG "a1") UID MIN 2 COUNT 3`` (RFC 4731 3.1)."""
+def _esearch(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq: int,
+             partial: tuple[int, int] | None = None) -> bytes:
+    """``* ESEARCH (TAG "a1") UID MIN 2 COUNT 3`` (RFC 4731 3.1), ``PARTIAL (1:10 ...)``
+    (RFC 5267 4.4)."""
     parts = [f"* ESEARCH (TAG {fmt.quoted(cmd.tag)})"]
     if cmd.uid:
         parts.append("UID")
@@ -507,6 +519,10 @@ def _esearch(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq:
         parts.append(f"COUNT {len(numbers)}")
     if numbers and "ALL" in options:
         parts.append(f"ALL {fmt.sequence_set(numbers)}")
+    if partial is not None:
+        from mailstead.proto.imap_context import partial_data, partial_slice
+
+        parts.append(partial_data(partial, numbers[partial_slice(len(numbers), partial)], False))
     if modseq and numbers:
         parts.append(f"MODSEQ {modseq}")
     return (" ".join(parts) + "\r\n").encode()

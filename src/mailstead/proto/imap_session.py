@@ -59,6 +59,7 @@ from mailstead.proto.imap_parse import (
 )
 
 if TYPE_CHECKING:
+    from mailstead.proto.imap_context import Contexts
     from mailstead.proto.imap_notify import Notifier
 
 SERVER_NAME = "mailstead"
@@ -159,6 +160,7 @@ class ImapSession:
         self.saved_uids: list[int] = []  # SEARCHRES "$" (RFC 5182)
         self.compressed = False  # COMPRESS=DEFLATE (RFC 4978) is on
         self.work: WorkBudget | None = None  # the running command's budget
+        self.contexts: Contexts | None = None  # SEARCH/SORT RETURN (UPDATE), imap_context.py
         self.notify: Notifier | None = None  # NOTIFY (RFC 5465) is on
 
     # -- modes --
@@ -209,7 +211,7 @@ class ImapSession:
             f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY", "CATENATE",
             "COMPRESS=DEFLATE", "STATUS=SIZE", "SORT", "SORT=DISPLAY", "ESORT",
             "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "UNAUTHENTICATE", "PREVIEW",
-            "NOTIFY",
+            "NOTIFY", "CONTEXT=SEARCH", "CONTEXT=SORT",
         ]
         return " ".join(caps)
 
@@ -325,6 +327,9 @@ class ImapSession:
         updates = view.take_updates(allow_expunge, allow_flags)
         self.announce_keywords([updates.keywords])
         out = self.io.write
+        contexts = self.contexts  # RFC 5267 4.3: results kept up to date (imap_context.py)
+        if contexts is not None:
+            out(contexts.expunged(view, updates.expunged))
         if updates.expunged:
             if self.qresync:  # RFC 7162 3.2.10: VANISHED replaces EXPUNGE
                 uids = sorted(uid for _seq, uid in updates.expunged)
@@ -337,6 +342,8 @@ class ImapSession:
             out(b"* %d RECENT\r\n" % updates.recent)
         for seq, state in updates.flags:
             out(self.flags_fetch_line(seq, state.uid, state.flags, state.keywords, state.modseq))
+        if contexts is not None:
+            await contexts.report(self, updates, allow_expunge)
 
     def announce_keywords(self, keyword_sets: Iterable[AbstractSet[str]]) -> None:
         """Sends FLAGS (and PERMANENTFLAGS) again when keywords the client was not told of
@@ -458,6 +465,7 @@ class ImapSession:
 
     def close_view(self) -> None:
         self.saved_uids = []
+        self.contexts = None  # contexts belong to the selected mailbox (RFC 5267 4.3)
         if self.view is not None:
             self.view.close()
             self.view = None
