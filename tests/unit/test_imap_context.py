@@ -72,9 +72,9 @@ def test_partial_slice_examples() -> None:
     assert items[partial_slice(10, (-1, -3))] == [8, 9, 10]
     assert items[partial_slice(10, (-9, -20))] == [1, 2]
     assert items[partial_slice(10, (-11, -20))] == []
-    assert partial_data((1, 3), [5, 6, 7], False) == "PARTIAL (1:3 5:7)"
-    assert partial_data((-1, -3), [9, 4, 5], True) == "PARTIAL (-1:-3 9,4:5)"
-    assert partial_data((1, 3), [], False) == "PARTIAL (1:3 NIL)"
+    assert partial_data((1, 3), [5, 6, 7]) == "PARTIAL (1:3 5:7)"
+    assert partial_data((-1, -3), [9, 4, 5]) == "PARTIAL (-1:-3 9,4:5)"
+    assert partial_data((1, 3), []) == "PARTIAL (1:3 NIL)"
 
 
 @given(st.integers(0, 50), st.integers(1, 60), st.integers(1, 60), st.booleans())

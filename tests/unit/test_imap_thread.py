@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailstead.proto.base_subject import SubjectKeys, base_subject, casemap
-from mailstead.proto.imap_cmd_sort import ordered_set
+from mailstead.proto.imap_format import sequence_set
 from mailstead.proto.imap_thread import (
     ThreadMessage,
     format_threads,
@@ -143,7 +143,7 @@ def test_references_field_and_ordered_set() -> None:
     raw = b"Subject: x\r\nReferences: <a@x>\r\n <b@x>\r\n\r\nReferences: <body@x>\r\n"
     assert parse_envelope_fields(raw).references.split() == ["<a@x>", "<b@x>"]
     assert parse_envelope_fields(b"Subject: x\r\n\r\n").references == ""
-    assert ordered_set([5, 1, 2, 3, 9, 7, 8]) == "5,1:3,9,7:8"
+    assert sequence_set([5, 1, 2, 3, 9, 7, 8]) == "5,1:3,9,7:8"  # a sorted result's order
 
 
 @st.composite

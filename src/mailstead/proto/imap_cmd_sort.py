@@ -24,7 +24,6 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mailstead.core.models import SortFields
-from mailstead.proto import imap_format as fmt
 from mailstead.proto import mime
 from mailstead.proto.base_subject import SubjectKeys, casemap
 from mailstead.proto.imap_format import Reply
@@ -42,6 +41,7 @@ from mailstead.proto.imap_search import (
     Need,
     Scope,
     compile_key,
+    esearch_response,
     need,
     resolve,
     uses_modseq,
@@ -345,47 +345,9 @@ async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
             line += f" (MODSEQ {highest})"  # RFC 7162 3.1.5
         s.io.write(line.encode() + b"\r\n")
     else:
-        s.io.write(_esort(cmd, args.return_options, numbers, highest if with_modseq else 0,
-                          args.partial))
+        modseq = highest if with_modseq else 0
+        s.io.write(esearch_response(cmd, args.return_options, numbers, modseq, args.partial))
     return Reply("OK", "Sort completed")
-
-
-def _esort(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq: int,
-           partial: tuple[int, int] | None = None) -> bytes:
-    """RFC 5267 3: the ESEARCH response, where MIN and MAX are the first and last message of
-    the sorted result and ALL lists the result in sort order."""
-    parts = [f"* ESEARCH (TAG {fmt.quoted(cmd.tag)})"]
-    if cmd.uid:
-        parts.append("UID")
-    if numbers:
-        if "MIN" in options:
-            parts.append(f"MIN {numbers[0]}")
-        if "MAX" in options:
-            parts.append(f"MAX {numbers[-1]}")
-    if "COUNT" in options:
-        parts.append(f"COUNT {len(numbers)}")
-    if numbers and "ALL" in options:
-        parts.append(f"ALL {ordered_set(numbers)}")
-    if partial is not None:  # RFC 5267 4.4: positions in the sorted result
-        from mailstead.proto.imap_context import partial_data, partial_slice
-
-        parts.append(partial_data(partial, numbers[partial_slice(len(numbers), partial)], True))
-    if modseq and numbers:
-        parts.append(f"MODSEQ {modseq}")
-    return (" ".join(parts) + "\r\n").encode()
-
-
-def ordered_set(numbers: list[int]) -> str:
-    """A sequence-set that keeps the given order: only ascending runs become ranges."""
-    out: list[str] = []
-    i = 0
-    while i < len(numbers):
-        j = i
-        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
-            j += 1
-        out.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
-        i = j + 1
-    return ",".join(out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,23 +68,11 @@ def partial_slice(count: int, partial: tuple[int, int]) -> slice:
     return slice(max(start, 0), max(stop, 0))
 
 
-def partial_data(partial: tuple[int, int], numbers: list[int], ordered: bool) -> str:
-    """``PARTIAL (1:100 uid-set)`` or ``PARTIAL (1:100 NIL)``; ``numbers`` is the window.
-    A sorted result keeps its order (only ascending runs become ranges)."""
+def partial_data(partial: tuple[int, int], numbers: list[int]) -> str:
+    """``PARTIAL (1:100 uid-set)`` or ``PARTIAL (1:100 NIL)``; ``numbers`` is the window (a
+    sorted result keeps its order)."""
     lo, hi = partial
-    if not numbers:
-        shown = "NIL"
-    elif ordered:
-        shown = ordered_set(numbers)
-    else:
-        shown = fmt.sequence_set(numbers)
-    return f"PARTIAL ({lo}:{hi} {shown})"
-
-
-def ordered_set(numbers: list[int]) -> str:
-    from mailstead.proto.imap_cmd_sort import ordered_set as ordered
-
-    return ordered(numbers)
+    return f"PARTIAL ({lo}:{hi} {fmt.sequence_set(numbers) if numbers else 'NIL'})"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,7 +103,9 @@ def parse_flags(names: Iterable[str]) -> tuple[int, frozenset[str]]:
 
 
 def sequence_set(numbers: Iterable[int]) -> str:
-    """Ascending numbers -> compact set "1:3,7,9:10" (empty string for none)."""
+    """Numbers -> compact set "1:3,7,9:10" (empty string for none). Their order is kept:
+    only ascending runs become ranges, so a sorted result (SORT's ESEARCH ALL, RFC 5267)
+    reads back in its order ("5,1:3,9,7:8")."""
     out: list[str] = []
     start = prev = -1
     for n in numbers:

@@ -471,7 +471,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     else:
         options = args.return_options or ("ALL",)
         modseq = _esearch_modseq(options, found) if with_modseq else 0
-        s.io.write(_esearch(cmd, options, numbers, modseq, args.partial))
+        s.io.write(esearch_response(cmd, options, numbers, modseq, args.partial))
     return Reply("OK", "Search completed")
 
 
@@ -503,10 +503,11 @@ def _saved(options: tuple[str, ...], uids: list[int]) -> list[int]:
     return sorted(keep)
 
 
-def _esearch(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq: int,
-             partial: tuple[int, int] | None = None) -> bytes:
+def esearch_response(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq: int,
+                     partial: tuple[int, int] | None = None) -> bytes:
     """``* ESEARCH (TAG "a1") UID MIN 2 COUNT 3`` (RFC 4731 3.1), ``PARTIAL (1:10 ...)``
-    (RFC 5267 4.4)."""
+    (RFC 5267 4.4). For SORT's ESEARCH (RFC 5267 3) ``numbers`` come in sort order: MIN and
+    MAX are then the first and last of the sorted result, ALL and PARTIAL keep its order."""
     parts = [f"* ESEARCH (TAG {fmt.quoted(cmd.tag)})"]
     if cmd.uid:
         parts.append("UID")
@@ -522,7 +523,7 @@ def _esearch(cmd: Command, options: tuple[str, ...], numbers: list[int], modseq:
     if partial is not None:
         from mailstead.proto.imap_context import partial_data, partial_slice
 
-        parts.append(partial_data(partial, numbers[partial_slice(len(numbers), partial)], False))
+        parts.append(partial_data(partial, numbers[partial_slice(len(numbers), partial)]))
     if modseq and numbers:
         parts.append(f"MODSEQ {modseq}")
     return (" ".join(parts) + "\r\n").encode()
