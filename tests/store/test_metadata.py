@@ -650,7 +650,7 @@ async def test_version_1_subscription_flags_become_subscriptions(tmp_path: Path)
     import sqlite3
 
     from mailstead.store.changes import ChangeBus
-    from mailstead.store.sql import load_migrations, split_statements
+    from mailstead.store.sql_base import load_migrations, split_statements
     from mailstead.store.sqlite import SqliteStore
 
     path = tmp_path / "meta.db"

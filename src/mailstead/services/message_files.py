@@ -61,7 +61,8 @@ from mailstead.obs import log_event
 from mailstead.proto.mime import parse_envelope_fields
 from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.interfaces import Delivery, Envelope, MessageMeta, QueueEntry
-from mailstead.store.sql import Db, store_message
+from mailstead.store.sql_base import Db
+from mailstead.store.sql_messages import store_message
 from mailstead.store.sqlite import commit_batch, connect
 
 _FRAME = struct.Struct(">cI")  # tag, then the length of the payload that follows

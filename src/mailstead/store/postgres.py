@@ -28,7 +28,8 @@ from psycopg_pool import ConnectionPool
 from mailstead.core.errors import Conflict, NotFound
 from mailstead.obs import log_event
 from mailstead.store.changes import ChangeBus
-from mailstead.store.sql import Db, Row, SqlStore, apply_migrations
+from mailstead.store.sql import SqlStore
+from mailstead.store.sql_base import Db, Row, apply_migrations
 
 T = TypeVar("T")
 

@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 
 from mailstead.core.errors import Conflict, NotFound
 from mailstead.store.changes import ChangeBus
-from mailstead.store.sql import Db, Row, SqlStore, apply_migrations
+from mailstead.store.sql import SqlStore
+from mailstead.store.sql_base import Db, Row, apply_migrations
 
 T = TypeVar("T")
 
