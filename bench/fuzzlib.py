@@ -41,8 +41,10 @@ from mailstead.core.errors import QuotaExceeded
 from mailstead.proto import (
     dmap,
     dmtp,
+    imap_args,
     imap_format,
     imap_parse,
+    imap_reader,
     imap_sexpr,
     lines,
     mime,
@@ -586,9 +588,9 @@ def imap_commands(stream: bytes) -> Iterable[bytes]:
             return
         line = stream[pos:end + 1]
         pos = end + 1
-        imap_parse.peek_tag_command(line)
+        imap_reader.peek_tag_command(line)
         chunks = [line]
-        marker = imap_parse.literal_marker(line)
+        marker = imap_reader.literal_marker(line)
         while marker is not None:
             if marker.size > IMAP_LITERAL_LIMIT or pos + marker.size > n:
                 return
@@ -600,7 +602,7 @@ def imap_commands(stream: bytes) -> Iterable[bytes]:
             line = stream[pos:end + 1]
             pos = end + 1
             chunks.append(line)
-            marker = imap_parse.literal_marker(line)
+            marker = imap_reader.literal_marker(line)
         data = b"".join(chunks)
         if data.endswith(b"\r\n"):
             yield data[:-2]
@@ -620,7 +622,7 @@ def imap_run(data: bytes) -> object:
     for command in imap_commands(data):
         try:
             parsed = imap_parse.parse_command(command)
-        except imap_parse.ParseError as exc:
+        except imap_reader.ParseError as exc:
             outcome.append(" ".join(str(exc).split()[:2]))  # the kind, not the quoted text
             # The BAD answer the session sends must stay one line (no response injection).
             wire = imap_format.tagged(exc.tag, "BAD", f"Error in IMAP command: {exc}", exc.code)
@@ -638,9 +640,9 @@ def imap_run(data: bytes) -> object:
                 if mutf7.encode(decoded) != value:
                     raise AssertionError(f"mUTF-7 does not round-trip: {value!r}")
                 imap_format.astring(decoded, utf8=False)
-        if isinstance(args, imap_parse.FetchArgs):
+        if isinstance(args, imap_args.FetchArgs):
             for item in args.items:  # the section specs FETCH hands to mime.section
-                if isinstance(item.section, imap_parse.Section):
+                if isinstance(item.section, imap_args.Section):
                     _ = item.section.spec
     return frozenset(itertools.pairwise(outcome))
 

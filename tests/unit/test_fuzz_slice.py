@@ -13,7 +13,7 @@ from bench.fuzzlib import Report, Target, fuzz, run_one, targets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailstead.proto import imap_parse, mime, mutf7
+from mailstead.proto import imap_parse, imap_reader, mime, mutf7
 
 SLICE = {"smtp": 3000, "imap": 3000, "pop3": 3000, "mime": 1500, "dmtp": 3000, "dmap": 2000,
          "lines": 3000}
@@ -119,7 +119,7 @@ def test_mime_parse_and_views_never_raise(data: bytes) -> None:
 def test_imap_parse_command_raises_only_parse_error(data: bytes) -> None:
     try:
         imap_parse.parse_command(data)
-    except imap_parse.ParseError:
+    except imap_reader.ParseError:
         pass
 
 

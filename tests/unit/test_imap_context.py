@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailstead.core.models import Envelope, MessageMeta
+from mailstead.proto.imap_args import CancelUpdateArgs, SearchArgs, SkAll, SortArgs
 from mailstead.proto.imap_cmd_sort import order_keys
 from mailstead.proto.imap_context import (
     UpdateContext,
@@ -19,15 +20,8 @@ from mailstead.proto.imap_context import (
     partial_slice,
     sort_row,
 )
-from mailstead.proto.imap_parse import (
-    CancelUpdateArgs,
-    ParseError,
-    SearchArgs,
-    SkAll,
-    SortArgs,
-    parse_command,
-    partial_range,
-)
+from mailstead.proto.imap_parse import parse_command, partial_range
+from mailstead.proto.imap_reader import ParseError
 
 
 def test_partial_range() -> None:

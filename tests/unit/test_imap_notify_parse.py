@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailstead.proto import imap_parse as p
+from mailstead.proto import imap_reader
 from mailstead.proto.imap_notify import EventGroup, NotifyArgs
 
 
@@ -38,7 +39,7 @@ def test_notify_none_and_set() -> None:
     b"a NOTIFY SET (PERSONAL NONE) trailing", b"a NOTIFY NONE extra",
 ])
 def test_notify_syntax_errors(bad: bytes) -> None:
-    with pytest.raises(p.ParseError):
+    with pytest.raises(imap_reader.ParseError):
         p.parse_command(bad)
 
 
@@ -46,5 +47,5 @@ def test_notify_syntax_errors(bad: bytes) -> None:
 def test_notify_never_crashes(tail: bytes) -> None:
     try:
         p.parse_command(b"a NOTIFY SET " + tail)
-    except p.ParseError:
+    except imap_reader.ParseError:
         pass

@@ -34,7 +34,7 @@ from mailstead.proto.imap_backend import (
 )
 from mailstead.proto.imap_format import CommandError
 from mailstead.proto.imap_notify import Notifier
-from mailstead.proto.imap_parse import LiteralMarker, literal_marker, peek_tag_command
+from mailstead.proto.imap_reader import LiteralMarker, literal_marker, peek_tag_command
 from mailstead.proto.imap_session import ImapSession, SessionSettings, State
 from mailstead.proto.lines import is_http_request, is_tls_handshake
 from mailstead.services.accounts import AccountService, AuthFailed

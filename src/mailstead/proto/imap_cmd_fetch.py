@@ -16,8 +16,8 @@ from mailstead.core.errors import CorruptBlob
 from mailstead.core.models import FlagState, MessageMeta, SystemFlag
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import imap_sexpr, mime, mime_preview
+from mailstead.proto.imap_args import Command, FetchArgs, FetchItem, QresyncParams
 from mailstead.proto.imap_format import CommandError, Reply
-from mailstead.proto.imap_parse import Command, FetchArgs, FetchItem, QresyncParams
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_backend import SelectedView

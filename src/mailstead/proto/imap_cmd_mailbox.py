@@ -12,8 +12,7 @@ from mailstead.core.errors import InvalidInput, NotFound
 from mailstead.core.models import SPECIAL_USES, Mailbox, MailboxStatus
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import imap_url, mime, mime_encoding, mutf7
-from mailstead.proto.imap_format import CommandError, Reply
-from mailstead.proto.imap_parse import (
+from mailstead.proto.imap_args import (
     AppendArgs,
     CatenatePart,
     Command,
@@ -24,6 +23,7 @@ from mailstead.proto.imap_parse import (
     RenameArgs,
     StatusArgs,
 )
+from mailstead.proto.imap_format import CommandError, Reply
 from mailstead.proto.lines import normalize_line_ends
 
 if TYPE_CHECKING:

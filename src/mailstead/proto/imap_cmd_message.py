@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mailstead.proto import imap_format as fmt
+from mailstead.proto.imap_args import Command, CopyArgs, StoreArgs, UidExpungeArgs
 from mailstead.proto.imap_format import CommandError, Reply
-from mailstead.proto.imap_parse import Command, CopyArgs, StoreArgs, UidExpungeArgs
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_backend import SelectedView

@@ -26,15 +26,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from mailstead.core.models import SortFields
 from mailstead.proto import mime
 from mailstead.proto.base_subject import SubjectKeys, casemap
+from mailstead.proto.imap_args import Command, SearchKey, SkAll, SortArgs, ThreadArgs
 from mailstead.proto.imap_format import Reply
-from mailstead.proto.imap_parse import (
-    SORT_CHARSETS,
-    Command,
-    SearchKey,
-    SkAll,
-    SortArgs,
-    ThreadArgs,
-)
+from mailstead.proto.imap_parse import SORT_CHARSETS
 from mailstead.proto.imap_search import (
     CHUNK,
     Candidate,

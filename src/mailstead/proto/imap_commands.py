@@ -14,8 +14,8 @@ from mailstead.proto import (
     imap_notify,
     imap_search,
 )
+from mailstead.proto.imap_args import Command
 from mailstead.proto.imap_format import Reply
-from mailstead.proto.imap_parse import Command
 from mailstead.proto.imap_session import ImapSession, State
 
 Handler = Callable[[ImapSession, Command], Awaitable[Reply]]

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from mailstead.core.models import MessageMeta, SortFields
 from mailstead.proto import imap_format as fmt
+from mailstead.proto.imap_args import CancelUpdateArgs, Command, SearchKey
 from mailstead.proto.imap_format import Reply
-from mailstead.proto.imap_parse import CancelUpdateArgs, Command, SearchKey
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_backend import SelectedView, Updates

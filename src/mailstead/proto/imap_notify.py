@@ -38,7 +38,8 @@ from mailstead.proto.imap_backend import LIST_CHANGED, FeedWatch
 from mailstead.proto.imap_format import Reply
 
 if TYPE_CHECKING:
-    from mailstead.proto.imap_parse import Command, FetchItem, _Reader
+    from mailstead.proto.imap_args import Command, FetchItem
+    from mailstead.proto.imap_reader import _Reader
     from mailstead.proto.imap_session import ImapSession
 
 SELECTED_FILTERS = frozenset({"SELECTED", "SELECTED-DELAYED"})

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING
 from mailstead.core.models import SYSTEM_FLAG_NAMES, MessageMeta
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import mime
-from mailstead.proto.imap_format import Reply
-from mailstead.proto.imap_parse import (
+from mailstead.proto.imap_args import (
     Command,
     SearchArgs,
     SearchKey,
@@ -39,6 +38,7 @@ from mailstead.proto.imap_parse import (
     SkSize,
     SkText,
 )
+from mailstead.proto.imap_format import Reply
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_session import ImapSession

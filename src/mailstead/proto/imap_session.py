@@ -34,6 +34,16 @@ from mailstead.core.models import Account
 from mailstead.obs import log_event
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import mutf7
+from mailstead.proto.imap_args import (
+    AuthenticateArgs,
+    Command,
+    CompressArgs,
+    EnableArgs,
+    IdArgs,
+    LoginArgs,
+    SelectArgs,
+    SequenceSet,
+)
 from mailstead.proto.imap_backend import (
     Authenticator,
     ClientGone,
@@ -45,18 +55,8 @@ from mailstead.proto.imap_backend import (
     TooManySessions,
 )
 from mailstead.proto.imap_format import CommandError, Reply
-from mailstead.proto.imap_parse import (
-    AuthenticateArgs,
-    Command,
-    CompressArgs,
-    EnableArgs,
-    IdArgs,
-    LoginArgs,
-    ParseError,
-    SelectArgs,
-    SequenceSet,
-    parse_command,
-)
+from mailstead.proto.imap_parse import parse_command
+from mailstead.proto.imap_reader import ParseError
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_context import Contexts
