@@ -48,6 +48,8 @@ from mailstead.proto import (
     imap_sexpr,
     lines,
     mime,
+    mime_address,
+    mime_imap,
     mutf7,
     pop3,
     smtp,
@@ -641,7 +643,7 @@ def imap_run(data: bytes) -> object:
                     raise AssertionError(f"mUTF-7 does not round-trip: {value!r}")
                 imap_format.astring(decoded, utf8=False)
         if isinstance(args, imap_args.FetchArgs):
-            for item in args.items:  # the section specs FETCH hands to mime.section
+            for item in args.items:  # the section specs FETCH hands to mime_imap.section
                 if isinstance(item.section, imap_args.Section):
                     _ = item.section.spec
     return frozenset(itertools.pairwise(outcome))
@@ -752,9 +754,9 @@ POP3_TOKENS = [b"USER ", b"PASS ", b"STAT", b"LIST ", b"UIDL ", b"RETR ", b"TOP 
 def mime_run(data: bytes) -> object:
     """Everything IMAP FETCH, SEARCH and delivery build from a message."""
     root = mime.parse(data)
-    imap_sexpr.encode(mime.bodystructure(data, root, extended=True, imap4rev2=True))
-    mime.bodystructure(data, root, extended=False)
-    imap_sexpr.encode(mime.envelope(data, root), utf8_ok=True)
+    imap_sexpr.encode(mime_imap.bodystructure(data, root, extended=True, imap4rev2=True))
+    mime_imap.bodystructure(data, root, extended=False)
+    imap_sexpr.encode(mime_imap.envelope(data, root), utf8_ok=True)
     mime.text_for_search(data, root)
     mime.parse_envelope_fields(data)
     mime.has_attachment(root)
@@ -762,14 +764,14 @@ def mime_run(data: bytes) -> object:
         value = root.get(name)
         if value is not None:
             mime.decoded_header(value)
-            mime.parse_addresses(value)
+            mime_address.parse_addresses(value)
     parts = 0
     for spec in ("", "HEADER", "TEXT", "1", "1.MIME", "2", "1.1", "2.HEADER",
                  "1.2.TEXT", "HEADER.FIELDS (From Subject)", "1.HEADER.FIELDS.NOT (To)"):
-        mime.section(data, root, spec)
+        mime_imap.section(data, root, spec)
     for part_spec in ("1", "2", "1.1", "1.2", "3"):
         try:
-            body = mime.binary_section(data, root, part_spec)
+            body = mime_imap.binary_section(data, root, part_spec)
         except mime.UnknownEncoding:
             body = None
         parts += body is not None

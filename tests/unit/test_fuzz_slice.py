@@ -13,7 +13,7 @@ from bench.fuzzlib import Report, Target, fuzz, run_one, targets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailstead.proto import imap_parse, imap_reader, mime, mutf7
+from mailstead.proto import imap_parse, imap_reader, mime, mime_address, mutf7
 
 SLICE = {"smtp": 3000, "imap": 3000, "pop3": 3000, "mime": 1500, "dmtp": 3000, "dmap": 2000,
          "lines": 3000}
@@ -127,7 +127,7 @@ def test_imap_parse_command_raises_only_parse_error(data: bytes) -> None:
 @given(st.text(max_size=300))
 def test_decoded_header_and_address_lists_never_raise(value: str) -> None:
     mime.decoded_header(value)
-    mime.parse_addresses(value)
+    mime_address.parse_addresses(value)
 
 
 @settings(max_examples=300, deadline=None)

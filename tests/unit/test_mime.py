@@ -14,10 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from imapclient.response_parser import parse_fetch_response
 
-from mailstead.proto import mime
+from mailstead.proto import mime, mime_imap
 from mailstead.proto.imap_sexpr import encode
-from mailstead.proto.mime import Part, SectionSpec, SectionSpecError, UnknownEncoding
+from mailstead.proto.mime import Part, SectionSpecError, UnknownEncoding
 from mailstead.proto.mime_encoding import decode_quoted_printable
+from mailstead.proto.mime_imap import SectionSpec
 
 
 def crlf(text: str) -> bytes:
@@ -26,15 +27,15 @@ def crlf(text: str) -> bytes:
 
 
 def bs(data: bytes, extended: bool = True) -> bytes:
-    return encode(mime.bodystructure(data, mime.parse(data), extended))
+    return encode(mime_imap.bodystructure(data, mime.parse(data), extended))
 
 
 def env(data: bytes) -> bytes:
-    return encode(mime.envelope(data, mime.parse(data)))
+    return encode(mime_imap.envelope(data, mime.parse(data)))
 
 
 def sec(data: bytes, spec: str) -> bytes | None:
-    return mime.section(data, mime.parse(data), spec)
+    return mime_imap.section(data, mime.parse(data), spec)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,10 +294,10 @@ Content-Transfer-Encoding: quoted-printable
 
 def test_mixed_binary_and_attachment() -> None:
     root = mime.parse(MIXED)
-    assert mime.binary_section(MIXED, root, "2") == PDF
-    assert mime.binary_section(MIXED, root, "1.2") == b"<p>See <b>attached</b>.</p>"
-    assert mime.binary_section(MIXED, root, "") == MIXED
-    assert mime.binary_section(MIXED, root, "4") is None
+    assert mime_imap.binary_section(MIXED, root, "2") == PDF
+    assert mime_imap.binary_section(MIXED, root, "1.2") == b"<p>See <b>attached</b>.</p>"
+    assert mime_imap.binary_section(MIXED, root, "") == MIXED
+    assert mime_imap.binary_section(MIXED, root, "4") is None
     assert mime.has_attachment(root)
     attachment = root.children[1]
     assert attachment.filename == "report.pdf"
@@ -482,7 +483,7 @@ def test_utf8_headers_are_kept_as_utf8_strings() -> None:
         + b' (({3}\r\n\xe6\x9d\x8e NIL "li" ' + encode("例子.example") + b")) NIL NIL NIL NIL)"
     )
     # A UTF8=ACCEPT session may send them quoted (RFC 9051 / RFC 6855).
-    accepted = encode(mime.envelope(UTF8_HEADERS), utf8_ok=True)
+    accepted = encode(mime_imap.envelope(UTF8_HEADERS), utf8_ok=True)
     assert b'"Gr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln"' in accepted
     fields = mime.parse_envelope_fields(UTF8_HEADERS)
     assert fields.subject == "Grüße aus Köln"
@@ -495,7 +496,7 @@ def test_raw_latin1_header_octets_do_not_break_parsing() -> None:
     message = b"Subject: Caf\xe9 cr\xe8me\r\nFrom: Ren\xe9 <rene@example.test>\r\n\r\nbody\r\n"
     root = mime.parse(message)
     assert root.get("Subject") == "Café crème"
-    assert mime.envelope(message, root)[1] == "Café crème"
+    assert mime_imap.envelope(message, root)[1] == "Café crème"
     assert mime.parse_envelope_fields(message).from_ == "René <rene@example.test>"
     assert sec(message, "HEADER.FIELDS (SUBJECT)") == b"Subject: Caf\xe9 cr\xe8me\r\n\r\n"
 
@@ -536,7 +537,7 @@ In-Reply-To: <a@example.test>
 x
 """
     )
-    envelope = mime.envelope(message)
+    envelope = mime_imap.envelope(message)
     assert envelope[1] == "=?UTF-8?B?UsOpc3Vtw6k=?="
     assert encode(envelope[2]) == b'(("=?UTF-8?Q?Andr=C3=A9?=" NIL "andre" "example.test"))'
     assert encode(envelope[5]) == (
@@ -563,7 +564,7 @@ Reply-To:
 
 """
     )
-    envelope = mime.envelope(message)
+    envelope = mime_imap.envelope(message)
     assert encode(envelope[3]) == b'((NIL "@relay.test,@hub.test" "mary" "x.test"))'
     # Reply-To present but empty: same as From (RFC 3501 section 7.4.2).
     assert encode(envelope[4]) == b'(("Joe Q. Public" NIL "john.q.public" "example.com"))'
@@ -624,7 +625,7 @@ def test_message_without_body() -> None:
     assert bs(message) == (
         b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 0 0 NIL NIL NIL NIL)'
     )
-    assert mime.envelope(message)[1] == "nobody"
+    assert mime_imap.envelope(message)[1] == "nobody"
 
 
 def test_message_without_header() -> None:
@@ -707,7 +708,7 @@ def test_invalid_content_type_falls_back_to_text_plain() -> None:
         b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "x-weird" 4 1)'
     )
     with pytest.raises(UnknownEncoding) as caught:
-        mime.binary_section(message, root, "1")
+        mime_imap.binary_section(message, root, "1")
     assert caught.value.encoding == "x-weird"
 
 
@@ -783,11 +784,11 @@ A/8
 """
     )
     root = mime.parse(message)
-    assert mime.binary_section(message, root, "1") == b"Caf\xe9 cr\xe8me, soft break"
-    assert mime.binary_section(message, root, "2") == b"\x00\x01\x02\x03\xff"
+    assert mime_imap.binary_section(message, root, "1") == b"Caf\xe9 cr\xe8me, soft break"
+    assert mime_imap.binary_section(message, root, "2") == b"\x00\x01\x02\x03\xff"
     assert "café crème, soft break" in mime.text_for_search(message, root).lower()
     with pytest.raises(SectionSpecError):
-        mime.binary_section(message, root, "1.MIME")
+        mime_imap.binary_section(message, root, "1.MIME")
 
 
 def test_search_text_strips_html_and_decodes_charsets() -> None:
@@ -809,7 +810,7 @@ def test_hostile_nesting_is_bounded() -> None:
     level = b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n"
     message = b"".join(level % (i, i) for i in range(depth)) + b"\r\nleaf\r\n"
     root = mime.parse(message)
-    encode(mime.bodystructure(message, root))  # no RecursionError
+    encode(mime_imap.bodystructure(message, root))  # no RecursionError
     levels = 0
     part: Part | None = root
     while part is not None and part.children:
@@ -858,7 +859,7 @@ def test_many_parts_are_bounded() -> None:
     ],
 )
 def test_parse_section_spec(text: str, parsed: SectionSpec, echo: str) -> None:
-    assert mime.parse_section_spec(text) == parsed
+    assert mime_imap.parse_section_spec(text) == parsed
     assert str(parsed) == echo
 
 
@@ -882,12 +883,13 @@ def test_parse_section_spec(text: str, parsed: SectionSpec, echo: str) -> None:
 )
 def test_bad_section_specs(text: str) -> None:
     with pytest.raises(SectionSpecError):
-        mime.parse_section_spec(text)
+        mime_imap.parse_section_spec(text)
 
 
 def test_section_accepts_a_parsed_spec() -> None:
-    spec = mime.parse_section_spec("HEADER.FIELDS (SUBJECT)")
-    assert mime.section(SIMPLE, mime.parse(SIMPLE), spec) == b"Subject: Lunch tomorrow?\r\n\r\n"
+    spec = mime_imap.parse_section_spec("HEADER.FIELDS (SUBJECT)")
+    expected = b"Subject: Lunch tomorrow?\r\n\r\n"
+    assert mime_imap.section(SIMPLE, mime.parse(SIMPLE), spec) == expected
 
 
 # --------------------------------------------------------------------------------------------
@@ -911,21 +913,21 @@ def check_offsets(part: Part, lo: int, hi: int) -> None:
 def exercise(data: bytes) -> None:
     root = mime.parse(data)
     check_offsets(root, 0, len(data))
-    assert mime.section(data, root, "") == data
-    header = mime.section(data, root, "HEADER")
-    text = mime.section(data, root, "TEXT")
+    assert mime_imap.section(data, root, "") == data
+    header = mime_imap.section(data, root, "HEADER")
+    text = mime_imap.section(data, root, "TEXT")
     assert header is not None and text is not None and header + text == data
-    encode(mime.bodystructure(data, root))
-    encode(mime.bodystructure(data, root, extended=False))
-    encode(mime.envelope(data, root))
+    encode(mime_imap.bodystructure(data, root))
+    encode(mime_imap.bodystructure(data, root, extended=False))
+    encode(mime_imap.envelope(data, root))
     mime.text_for_search(data, root)
     mime.parse_envelope_fields(data)
     mime.has_attachment(root)
     for spec in ("1", "1.MIME", "2.1", "1.HEADER", "2.TEXT", "HEADER.FIELDS (FROM SUBJECT)"):
-        mime.section(data, root, spec)
+        mime_imap.section(data, root, spec)
     for numbers in ("1", "2", "1.1", "2.2"):
         try:
-            mime.binary_section(data, root, numbers)
+            mime_imap.binary_section(data, root, numbers)
         except UnknownEncoding:
             pass
 
@@ -996,9 +998,9 @@ def as_imaplib_response(response: bytes) -> list[bytes | tuple[bytes, bytes]]:
 def client_view(data: bytes) -> dict[bytes, Any]:
     root = mime.parse(data)
     response = b"1 (BODYSTRUCTURE %s ENVELOPE %s BODY %s)" % (
-        encode(mime.bodystructure(data, root)),
-        encode(mime.envelope(data, root)),
-        encode(mime.bodystructure(data, root, extended=False)),
+        encode(mime_imap.bodystructure(data, root)),
+        encode(mime_imap.envelope(data, root)),
+        encode(mime_imap.bodystructure(data, root, extended=False)),
     )
     parsed = parse_fetch_response(as_imaplib_response(response), uid_is_key=False)
     return dict(parsed[1])
@@ -1078,16 +1080,16 @@ def test_single_part_attachment_message() -> None:
     )
     root = mime.parse(message)
     assert mime.has_attachment(root)
-    assert mime.binary_section(message, root, "1") == b"PK\x05\x06"
+    assert mime_imap.binary_section(message, root, "1") == b"PK\x05\x06"
 
 
 def test_section_with_a_hand_built_spec() -> None:
     root = mime.parse(MIXED)
-    assert mime.section(MIXED, root, SectionSpec((1, 2), "mime")) == sec(MIXED, "1.2.MIME")
-    assert mime.section(MIXED, root, SectionSpec((0,))) is None
-    assert mime.section(MIXED, root, SectionSpec((1, -1))) is None
+    assert mime_imap.section(MIXED, root, SectionSpec((1, 2), "mime")) == sec(MIXED, "1.2.MIME")
+    assert mime_imap.section(MIXED, root, SectionSpec((0,))) is None
+    assert mime_imap.section(MIXED, root, SectionSpec((1, -1))) is None
     with pytest.raises(SectionSpecError):
-        mime.section(MIXED, root, SectionSpec((), "BODY"))
+        mime_imap.section(MIXED, root, SectionSpec((), "BODY"))
 
 
 def test_bodystructure_joins_rfc2231_continuations() -> None:
@@ -1128,9 +1130,10 @@ hi
     )
     root = mime.parse(message)
     inner = crlf("Subject: Grüße\n\nhi")
-    rev1 = encode(mime.bodystructure(message, root, extended=False))
+    rev1 = encode(mime_imap.bodystructure(message, root, extended=False))
     assert rev1 == b'(("message" "global" NIL NIL NIL "7BIT" %d) "mixed")' % len(inner)
-    rev2 = encode(mime.bodystructure(message, root, extended=False, imap4rev2=True), utf8_ok=True)
+    rev2 = encode(mime_imap.bodystructure(message, root, extended=False, imap4rev2=True),
+                  utf8_ok=True)
     assert rev2 == (
         b'(("message" "global" NIL NIL NIL "7BIT" %d' % len(inner)
         + b' (NIL "Gr\xc3\xbc\xc3\x9fe" NIL NIL NIL NIL NIL NIL NIL NIL)'

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailstead.proto.mime import _parse_address_list, parse_addresses
+from mailstead.proto.mime_address import _parse_address_list, parse_addresses
 
 # Pieces chosen to sit on the shortcut's edges: atoms, dots, specials, white space of every
 # kind the tokenizer knows and some it does not, encoded words, quotes and comments.

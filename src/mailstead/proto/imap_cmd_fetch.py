@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from mailstead.core.errors import CorruptBlob
 from mailstead.core.models import FlagState, MessageMeta, SystemFlag
 from mailstead.proto import imap_format as fmt
-from mailstead.proto import imap_sexpr, mime, mime_preview
+from mailstead.proto import imap_sexpr, mime, mime_imap, mime_preview
 from mailstead.proto.imap_args import Command, FetchArgs, FetchItem, QresyncParams
 from mailstead.proto.imap_format import CommandError, Reply
 
@@ -261,16 +261,16 @@ async def _render(
         elif name == "RFC822.SIZE":
             parts.append(b"RFC822.SIZE %d" % meta.size)
         elif name == "ENVELOPE":
-            value = mime.envelope(await msg.bytes(), await msg.root())
+            value = mime_imap.envelope(await msg.bytes(), await msg.root())
             parts.append(b"ENVELOPE " + imap_sexpr.encode(value, s.utf8))
         elif name in ("BODY", "BODYSTRUCTURE"):
-            value = mime.bodystructure(await msg.bytes(), await msg.root(), name != "BODY")
+            value = mime_imap.bodystructure(await msg.bytes(), await msg.root(), name != "BODY")
             parts.append(name.encode() + b" " + imap_sexpr.encode(value, s.utf8))
         elif name == "RFC822":
             parts.append(b"RFC822 " + imap_sexpr.literal(await msg.bytes()))
         elif name in ("RFC822.HEADER", "RFC822.TEXT"):
-            spec = mime.SectionSpec((), name.removeprefix("RFC822."))
-            content = mime.section(await msg.bytes(), await msg.root(), spec) or b""
+            spec = mime_imap.SectionSpec((), name.removeprefix("RFC822."))
+            content = mime_imap.section(await msg.bytes(), await msg.root(), spec) or b""
             parts.append(name.encode() + b" " + imap_sexpr.literal(content))
         elif name == "BODY[]":
             parts.append(await _body_section(msg, item))
@@ -299,8 +299,8 @@ async def _body_section(msg: _Message, item: FetchItem) -> bytes:
     if not section.part and not section.text:
         content: bytes | None = data
     else:
-        spec = mime.SectionSpec(section.part, section.text, section.fields)
-        content = mime.section(data, await msg.root(), spec)
+        spec = mime_imap.SectionSpec(section.part, section.text, section.fields)
+        content = mime_imap.section(data, await msg.root(), spec)
     if content is None:  # no such part
         return label + b" NIL"
     suffix, content = _partial(content, item)
@@ -312,7 +312,7 @@ async def _binary_section(msg: _Message, item: FetchItem) -> bytes:
     part = ".".join(str(n) for n in item.section.part)
     data = await msg.bytes()
     try:
-        content = mime.binary_section(data, await msg.root(), part)
+        content = mime_imap.binary_section(data, await msg.root(), part)
     except mime.UnknownEncoding:
         raise CommandError("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
     label = item.name.encode() + b"[" + part.encode() + b"]"

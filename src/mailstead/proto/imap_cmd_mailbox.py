@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from mailstead.core.errors import InvalidInput, NotFound
 from mailstead.core.models import SPECIAL_USES, Mailbox, MailboxStatus
 from mailstead.proto import imap_format as fmt
-from mailstead.proto import imap_url, mime, mime_encoding, mutf7
+from mailstead.proto import imap_url, mime, mime_encoding, mime_imap, mutf7
 from mailstead.proto.imap_args import (
     AppendArgs,
     CatenatePart,
@@ -374,7 +374,7 @@ async def _url_data(s: ImapSession, account_id: int, url: str) -> bytes:
         raise bad
     if ref.section:
         try:
-            content = mime.section(data, mime.parse(data), ref.section)
+            content = mime_imap.section(data, mime.parse(data), ref.section)
         except mime.SectionSpecError:
             raise bad from None
         if content is None:

@@ -24,7 +24,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mailstead.core.models import SortFields
-from mailstead.proto import mime
+from mailstead.proto import mime, mime_address
 from mailstead.proto.base_subject import SubjectKeys, casemap
 from mailstead.proto.imap_args import Command, SearchKey, SkAll, SortArgs, ThreadArgs
 from mailstead.proto.imap_format import Reply
@@ -227,7 +227,7 @@ class _Addresses:
 
     @staticmethod
     def _first(value: str, display: bool) -> str:
-        for name, _adl, mailbox, host in mime.parse_addresses(value) if value else []:
+        for name, _adl, mailbox, host in mime_address.parse_addresses(value) if value else []:
             if mailbox is None or host is None:
                 continue  # a group's start or end: its members follow
             if not display:

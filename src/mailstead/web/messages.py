@@ -7,7 +7,7 @@ from __future__ import annotations
 import binascii
 from dataclasses import dataclass, field
 
-from mailstead.proto import mime
+from mailstead.proto import mime, mime_imap
 from mailstead.web.sanitize import html_to_text
 
 
@@ -175,7 +175,7 @@ def part_content(data: bytes, path: str) -> PartContent | None:
         return None
     root = mime.parse(data)
     numbers = tuple(int(n) for n in path.split("."))
-    part = mime.find_part(root, numbers)
+    part = mime_imap.find_part(root, numbers)
     if part is None or part.is_multipart:
         return None
     return PartContent(_decoded_body(data, part), part.mime_type, _filename(part, path))
