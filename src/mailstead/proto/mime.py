@@ -31,7 +31,7 @@ from urllib.parse import unquote_to_bytes
 
 from mailstead.core.models import Envelope
 from mailstead.proto.mime_address import _skip_comment, parse_addresses
-from mailstead.proto.mime_encoding import decode_quoted_printable
+from mailstead.proto.mime_encoding import decode_base64, decode_quoted_printable
 
 __all__ = [
     "HeaderField",
@@ -615,12 +615,6 @@ def _quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _base64_decode(b: bytes) -> bytes:
-    clean = re.sub(rb"[^A-Za-z0-9+/]", b"", b)
-    if len(clean) % 4 == 1:  # a lone trailing sextet carries no whole octet
-        clean = clean[:-1]
-    return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
-
 
 def decode_transfer_encoding(body: bytes, encoding: str) -> bytes:
     """Undo a Content-Transfer-Encoding (RFC 2045 section 6). Raises UnknownEncoding."""
@@ -628,7 +622,7 @@ def decode_transfer_encoding(body: bytes, encoding: str) -> bytes:
     if encoding in IDENTITY_ENCODINGS or not encoding:
         return body
     if encoding == "base64":
-        return _base64_decode(body)
+        return decode_base64(body)
     if encoding == "quoted-printable":
         return decode_quoted_printable(body)
     raise UnknownEncoding(encoding)

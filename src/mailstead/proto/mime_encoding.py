@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import TYPE_CHECKING
 
 from mailstead.proto.lines import normalize_line_ends
@@ -14,6 +15,16 @@ if TYPE_CHECKING:
     from mailstead.proto.mime import Part
 
 BASE64_LINE = 76  # RFC 2045 6.8: encoded lines are at most 76 characters
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def decode_base64(body: bytes) -> bytes:
+    """A base64 body decoded leniently (RFC 2045 6.8: characters outside the alphabet are
+    ignored); a lone trailing sextet, which carries no whole octet, is dropped."""
+    clean = _NOT_BASE64.sub(b"", body)
+    if len(clean) % 4 == 1:
+        clean = clean[:-1]
+    return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
 
 
 def decode_quoted_printable(body: bytes) -> bytes:
@@ -61,19 +72,33 @@ def base64_binary_parts(data: bytes, root: Part) -> bytes:
     in an ordinary literal (RFC 9051 4.3: no NUL), so, as Dovecot does, the server stores it
     base64-encoded: BODY[] then shows a valid MIME message, and BINARY[] still gives back the
     exact octets (decoded). Parts without binary content are left byte for byte."""
-    edits: list[tuple[int, int, bytes]] = []
+    edits: list[Edit] = []
     for part in _binary_leaves(root):
         if part.is_multipart or not _is_binary(data, part):
             continue
-        fields_end = part.fields[-1].end if part.fields else part.header_start
-        for f in part.fields:
-            if f.name.lower() == "content-transfer-encoding":
-                edits.append((f.start, f.end, b""))
-        blank_line = b"" if part.header_end > fields_end else b"\r\n"
-        edits.append((fields_end, fields_end,
-                      b"Content-Transfer-Encoding: base64\r\n" + blank_line))
         encoded = encode_base64_lines(data[part.body_start : part.body_end])
-        edits.append((part.body_start, part.body_end, encoded.removesuffix(b"\r\n")))
+        edits += _reencoded(part, encoded.removesuffix(b"\r\n"), b"base64")
+    return _apply(data, edits)
+
+
+Edit = tuple[int, int, bytes]  # replace data[start:end] with these octets
+
+
+def _reencoded(part: Part, body: bytes, cte: bytes, added: bytes = b"") -> list[Edit]:
+    """The edits that give ``part`` a new body in encoding ``cte``: its Content-Transfer-
+    Encoding fields go, the new one (and ``added`` fields) is put at the end of its header."""
+    fields_end = part.fields[-1].end if part.fields else part.header_start
+    edits = [(f.start, f.end, b"") for f in part.fields
+             if f.name.lower() == "content-transfer-encoding"]
+    blank_line = b"" if part.header_end > fields_end else b"\r\n"
+    edits.append((fields_end, fields_end,
+                  b"Content-Transfer-Encoding: " + cte + b"\r\n" + added + blank_line))
+    edits.append((part.body_start, part.body_end, body))
+    return edits
+
+
+def _apply(data: bytes, edits: list[Edit]) -> bytes:
+    """``data`` with the (non-overlapping) edits made."""
     if not edits:
         return data
     out: list[bytes] = []
@@ -136,7 +161,7 @@ def _encoded_body(data: bytes, part: Part) -> tuple[bytes, bytes]:
     body = data[part.body_start : part.body_end]
     cte = part.transfer_encoding
     if cte == "base64":
-        return encode_base64_lines(_lenient_base64(body)).removesuffix(_CRLF), b"base64"
+        return encode_base64_lines(decode_base64(body)).removesuffix(_CRLF), b"base64"
     if cte == "quoted-printable":
         body = decode_quoted_printable(body)
     textual = part.content_type[0] in ("text", "message") and b"\x00" not in body
@@ -148,18 +173,6 @@ def _encoded_body(data: bytes, part: Part) -> tuple[bytes, bytes]:
     return normalize_line_ends(encoded), b"quoted-printable"
 
 
-def _lenient_base64(body: bytes) -> bytes:
-    cleaned = bytes(c for c in body if c in _B64_ALPHABET)
-    cleaned = cleaned[: len(cleaned) - len(cleaned) % 4] if b"=" not in cleaned else cleaned
-    try:
-        return base64.b64decode(cleaned + b"=" * (-len(cleaned) % 4))
-    except (binascii.Error, ValueError):
-        return body
-
-
-_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
-
-
 def shorten_long_lines(data: bytes, root: Part) -> bytes:
     """``data`` with no line over 998 octets where MIME allows it, for a server that keeps RFC
     5322's limit (RFC 5321 4.5.3.1.6 lets a relay refuse longer lines). Parts holding a longer
@@ -169,7 +182,7 @@ def shorten_long_lines(data: bytes, root: Part) -> bytes:
     parts without a long line are left byte for byte. Long lines outside any part (a multipart
     preamble), header lines without white space and anything inside a multipart/signed stay as
     they are."""
-    edits: list[tuple[int, int, bytes]] = []
+    edits: list[Edit] = []
     parts = _alterable(root)
     for part in parts:
         for f in part.fields:
@@ -182,24 +195,10 @@ def shorten_long_lines(data: bytes, root: Part) -> bytes:
                 or _longest(data, part.body_start, part.body_end) <= LINE_LIMIT):
             continue
         encoded, cte = _encoded_body(data, part)
-        fields_end = part.fields[-1].end if part.fields else part.header_start
-        added = b"Content-Transfer-Encoding: " + cte + _CRLF
+        added = b""
         if part is root and root.get("MIME-Version") is None:
-            added += b"MIME-Version: 1.0\r\n"  # RFC 2045 4: the encoding field needs it
-        for f in part.fields:
-            if f.name.lower() == "content-transfer-encoding":
-                edits = [e for e in edits if e[0] != f.start]
-                edits.append((f.start, f.end, b""))
-        blank_line = b"" if part.header_end > fields_end else _CRLF
-        edits.append((fields_end, fields_end, added + blank_line))
-        edits.append((part.body_start, part.body_end, encoded))
-    if not edits:
-        return data
-    out: list[bytes] = []
-    pos = 0
-    for start, end, replacement in sorted(edits, key=lambda e: (e[0], e[1])):
-        out.append(data[pos:start])
-        out.append(replacement)
-        pos = end
-    out.append(data[pos:])
-    return b"".join(out)
+            added = b"MIME-Version: 1.0\r\n"  # RFC 2045 4: the encoding field needs it
+        replaced = {f.start for f in part.fields if f.name.lower() == "content-transfer-encoding"}
+        edits = [e for e in edits if e[0] not in replaced]  # a folded CTE field goes anyway
+        edits += _reencoded(part, encoded, cte, added)
+    return _apply(data, edits)
