@@ -351,8 +351,26 @@ class MetricsConfig(_Section):
         10.0, description="seconds between two StatsD reports", gt=0
     )
     statsd_prefix: str = Field("mailstead", description="prefix of every StatsD metric name")
+    monitor: str = Field(
+        "", description="host:port of a 'mailstead monitor' to send usage statistics to over "
+        "UDP, tagged with this node's name (empty: off)"
+    )
+    monitor_interval: float = Field(
+        2.0, description="seconds between two reports to the monitor", gt=0
+    )
+    node_name: str = Field(
+        "", description="this node's name in the monitor's per-server counts (empty: hostname)"
+    )
+    monitor_page: str = Field(
+        "", description="address of the monitor's web page (e.g. http://127.0.0.1:9125/), "
+        "linked from the admin console's overview (empty: no link)"
+    )
+    monitor_addresses: Literal["off", "hashed", "plain"] = Field(
+        "off", description="per-message events to the monitor name sender and recipient: 'off' "
+        "(counts per protocol only), 'hashed' (local part hashed, domain kept) or 'plain'"
+    )
 
-    @field_validator("statsd")
+    @field_validator("statsd", "monitor")
     @classmethod
     def _host_and_port(cls, value: str) -> str:
         if value:
@@ -360,11 +378,13 @@ class MetricsConfig(_Section):
         return value
 
 
-def host_and_port(text: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` for IPv6); ValueError when it is not that."""
+def host_and_port(text: str, *, bind: bool = False) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6); ValueError when it is not that. An address to
+    ``bind`` may have port 0 (any free port)."""
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    lowest = 0 if bind else 1
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
         raise ValueError(f"{text!r} is not host:port")
     return host, int(port)
 
@@ -391,6 +411,24 @@ class SpamConfig(_Section):
     bayes_min_ham: int = Field(
         20, description="good messages a user must have trained before the filter speaks", ge=1
     )
+
+
+class MonitorConfig(_Section):
+    listen: str = Field(
+        "127.0.0.1:8125", description="UDP host:port where 'mailstead monitor' receives the "
+        "nodes' statistics (their metrics.monitor)"
+    )
+    http: str = Field(
+        "127.0.0.1:9125", description="host:port of the monitor's JSON (/stats.json) and "
+        "Prometheus (/metrics) pages (empty: none)"
+    )
+
+    @field_validator("listen", "http")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        if value:
+            host_and_port(value, bind=True)
+        return value
 
 
 class LogConfig(_Section):
@@ -428,6 +466,9 @@ class Config(_Section):
         default_factory=SpamConfig, description="spam scoring and the learning filter"
     )
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
+    monitor: MonitorConfig = Field(
+        default_factory=MonitorConfig, description="'mailstead monitor': where it listens"
+    )
 
     # Not read from the file: where it was loaded from.
     data_dir: Path = Field(default=Path(DEFAULT_DATA_DIR), exclude=True)

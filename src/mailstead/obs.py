@@ -7,11 +7,15 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 _logger = logging.getLogger("mailstead")
 # How many times each event happened in this process (the admin console's live statistics).
 EVENT_COUNTS: Counter[str] = Counter()
+# Called with each event's name and fields before it is logged (the monitor's per-message
+# events): a tap must be quick and must not raise.
+EVENT_TAPS: list[Callable[[str, dict[str, Any]], None]] = []
 
 
 class _Formatter(logging.Formatter):
@@ -53,6 +57,8 @@ def _quote(value: Any) -> str:
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
     """``log_event("smtp.delivered", session="ab12", queue_id="...", size=123)``."""
     EVENT_COUNTS[event] += 1
+    for tap in EVENT_TAPS:
+        tap(event, fields)
     if not _logger.isEnabledFor(level):
         return
     parts = [event] + [f"{k}={_quote(v)}" for k, v in fields.items() if v is not None]

@@ -51,7 +51,8 @@ def build(services: Services) -> None:
 
 def start(services: Services, background: list[asyncio.Task[None]]) -> None:
     """Starts the background work of the services ``build`` made: the outbound queue workers
-    (``delivery.workers`` of them; 0 leaves mail queued), the blob sweeper, StatsD reports."""
+    (``delivery.workers`` of them; 0 leaves mail queued), the blob sweeper, StatsD and
+    monitor reports."""
     from mailstead.queue.scheduler import QueueRunner
     from mailstead.services.delivery import delivery_service
 
@@ -65,6 +66,11 @@ def start(services: Services, background: list[asyncio.Task[None]]) -> None:
 
         background.append(asyncio.create_task(
             report_to_statsd(services.cfg.metrics, services.statistics)))
+    if services.cfg.metrics.monitor:
+        from mailstead.services.metrics import report_to_monitor
+
+        background.append(asyncio.create_task(
+            report_to_monitor(services.cfg.metrics, services.statistics)))
 
 
 BLOB_SWEEP_INTERVAL = 60.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import socket
@@ -25,7 +26,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mailstead.config import MetricsConfig, host_and_port
-from mailstead.obs import EVENT_COUNTS, log_event
+from mailstead.obs import EVENT_COUNTS, EVENT_TAPS, log_event
 from mailstead.store.interfaces import MetadataStore
 
 DATAGRAM_SIZE = 1400  # bytes: below a typical MTU, so a report is never fragmented
@@ -158,25 +159,129 @@ def datagrams(lines: list[str], size: int = DATAGRAM_SIZE) -> list[bytes]:
     return packets
 
 
-async def report_to_statsd(
-    cfg: MetricsConfig, figures_now: Callable[[], Awaitable[dict[str, Any]]]
+async def _send_reports(
+    target: str, interval: float, report: Callable[[dict[str, Any]], list[str]],
+    figures_now: Callable[[], Awaitable[dict[str, Any]]],
 ) -> None:
-    """Sends a report of ``figures_now()`` every ``statsd_interval`` seconds until cancelled."""
-    host, port = host_and_port(cfg.statsd)  # checked when the config was loaded
+    """Sends ``report(figures_now())`` to ``target`` (host:port) over UDP every ``interval``
+    seconds until cancelled."""
+    host, port = host_and_port(target)  # checked when the config was loaded
     loop = asyncio.get_running_loop()
     transport, _protocol = await loop.create_datagram_endpoint(
         asyncio.DatagramProtocol, remote_addr=(host, port), family=socket.AF_UNSPEC)
-    reported: Counter[str] = Counter()
     try:
         while True:
-            await asyncio.sleep(cfg.statsd_interval)
+            await asyncio.sleep(interval)
             try:
                 figures = await figures_now()
             except Exception as exc:  # the store is away for now: the next report catches up
-                log_event("metrics.statsd_failed", logging.WARNING, error=str(exc))
+                log_event("metrics.report_failed", logging.WARNING, to=target, error=str(exc))
                 continue
-            for packet in datagrams(statsd_lines(figures, reported, cfg.statsd_prefix)):
+            for packet in datagrams(report(figures)):
                 transport.sendto(packet)  # UDP: a lost report is only a lost report
     finally:
         with contextlib.suppress(Exception):
             transport.close()
+
+
+async def report_to_statsd(
+    cfg: MetricsConfig, figures_now: Callable[[], Awaitable[dict[str, Any]]]
+) -> None:
+    """Sends a report of ``figures_now()`` every ``statsd_interval`` seconds until cancelled."""
+    reported: Counter[str] = Counter()
+    await _send_reports(cfg.statsd, cfg.statsd_interval,
+                        lambda figures: statsd_lines(figures, reported, cfg.statsd_prefix),
+                        figures_now)
+
+
+# -- the mailstead monitor ---------------------------------------------------------------------
+
+MAX_PENDING_EVENTS = 10_000  # per report: past it, message events are counted, not itemised
+
+
+def _tag_value(text: str) -> str:
+    """A DogStatsD tag value: no separators of the line format in it."""
+    return "".join("_" if c in ",|# " or not c.isprintable() else c for c in text)[:200]
+
+
+def hide_local_part(address: str) -> str:
+    """``h-<12 hex>@domain``: who it was stays private, which domain stays visible."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = address, ""
+    digest = hashlib.sha256(local.lower().encode("utf-8", "replace")).hexdigest()[:12]
+    return f"h-{digest}@{domain.lower()}" if domain else f"h-{digest}"
+
+
+class MessageEvents:
+    """An ``obs.EVENT_TAPS`` tap that turns each accepted or sent message into monitor lines
+    ``<prefix>.message:1|c|#proto:..,dir:in|out,from:..,to:..`` (one per recipient)."""
+
+    def __init__(self, prefix: str, addresses: str) -> None:
+        self.prefix = prefix
+        self.addresses = addresses  # off | hashed | plain
+        self.pending: list[str] = []
+        self.unlisted = 0
+
+    def _name(self, address: str) -> str:
+        address = address.strip().strip("<>")
+        if not address:
+            return "<>"
+        return _tag_value(address if self.addresses == "plain" else hide_local_part(address))
+
+    def _add(self, proto: str, direction: str, sender: str | None, recipients: list[str]) -> None:
+        for recipient in recipients or [""]:
+            if len(self.pending) >= MAX_PENDING_EVENTS:
+                self.unlisted += 1
+                continue
+            tags = f"proto:{_tag_value(proto)},dir:{direction}"
+            if self.addresses != "off":
+                if sender is not None:
+                    tags += f",from:{self._name(sender)}"
+                if recipient:
+                    tags += f",to:{self._name(recipient)}"
+            self.pending.append(f"{self.prefix}.message:1|c|#{tags}")
+
+    def __call__(self, event: str, fields: dict[str, Any]) -> None:
+        if event == "smtp.transaction" and int(fields.get("code") or 0) // 100 == 2:
+            recipients = [r for r in str(fields.get("recipients") or "").split(",") if r]
+            self._add(str(fields.get("listener") or "smtp"), "in", str(fields.get("sender")),
+                      recipients)
+        elif event == "dmtp.delivered":
+            self._add("dmtp", "in", str(fields.get("sender") or ""), [])
+        elif event == "web.sent":
+            self._add("web", "in", str(fields.get("user") or ""), [])
+        elif event == "queue.attempt" and fields.get("result") == "delivered":
+            self._add("smtp", "out", None, [str(fields.get("recipient") or "")])
+
+    def drain(self) -> list[str]:
+        lines, self.pending = self.pending, []
+        if self.unlisted:
+            lines.append(f"{self.prefix}.message:{self.unlisted}|c|#proto:unlisted,dir:in")
+            self.unlisted = 0
+        return lines
+
+
+def node_name(cfg: MetricsConfig) -> str:
+    return _tag_value(cfg.node_name or socket.gethostname())
+
+
+async def report_to_monitor(
+    cfg: MetricsConfig, figures_now: Callable[[], Awaitable[dict[str, Any]]]
+) -> None:
+    """Sends the StatsD report and the message events, each line tagged ``node:<name>``, to
+    the ``mailstead monitor`` at ``metrics.monitor`` every ``monitor_interval`` seconds."""
+    reported: Counter[str] = Counter()
+    events = MessageEvents(cfg.statsd_prefix, cfg.monitor_addresses)
+    tag = f"node:{node_name(cfg)}"
+
+    def report(figures: dict[str, Any]) -> list[str]:
+        lines = [f"{line}|#{tag}" for line in statsd_lines(figures, reported,
+                                                            cfg.statsd_prefix)]
+        return lines + [line.replace("|#", f"|#{tag},", 1) for line in events.drain()]
+
+    EVENT_TAPS.append(events)
+    try:
+        await _send_reports(cfg.monitor, cfg.monitor_interval, report, figures_now)
+    finally:
+        EVENT_TAPS.remove(events)

@@ -50,6 +50,7 @@ async def dashboard(request: Request) -> Response:
     state = web_state(request)
     return render(request, "admin/dashboard.html", {
         "stats": await adminops.statistics(state), "section": "dashboard", "title": "Admin",
+        "monitor_page": state.services.cfg.metrics.monitor_page,
     })
 
 

@@ -14,6 +14,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from mailstead.config import ListenerConfig
 from mailstead.core.errors import ConfigError
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from mailstead.web.state import WebState
 
 
-def _bind(address: str, port: int) -> socket.socket:
+def bind_tcp(address: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -55,6 +56,34 @@ class WebServer:
         await self.server.shutdown()
 
 
+async def start_uvicorn(app: ASGIApp, sock: socket.socket,
+                        ssl_context: ssl.SSLContext | None = None) -> uvicorn.Server:
+    """uvicorn serving ``app`` on the bound ``sock`` in the running loop; the caller runs
+    ``server.main_loop()`` as a task and awaits ``server.shutdown()`` to stop it."""
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        ws="none",
+        http="h11",
+        timeout_graceful_shutdown=3,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
+    config.load()
+    config.ssl = ssl_context
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    try:
+        await server.startup(sockets=[sock])
+    except BaseException:
+        sock.close()
+        raise
+    return server
+
+
 async def start_web(
     services: Services,
     name: str,
@@ -73,28 +102,8 @@ async def start_web(
         raise ConfigError(f"listeners.{name}.tls: implicit needs a certificate at tls.cert")
     state = WebState(services, listeners, https=lc.tls == "implicit")
     app = build_app(state)
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        ws="none",
-        http="h11",
-        timeout_graceful_shutdown=3,
-        h11_max_incomplete_event_size=64 * 1024,
-    )
-    config.load()
-    config.ssl = ssl_context if lc.tls == "implicit" else None
-    server = uvicorn.Server(config)
-    server.lifespan = config.lifespan_class(config)
-    sock = _bind(lc.address, lc.port)
-    try:
-        await server.startup(sockets=[sock])
-    except BaseException:
-        sock.close()
-        raise
+    sock = bind_tcp(lc.address, lc.port)
+    server = await start_uvicorn(app, sock, ssl_context if lc.tls == "implicit" else None)
     listener = Listener(name=name, protocol=lc.protocol, address=lc.address, port=lc.port,
                         tls_mode=lc.tls, server=server.servers[0])
     return WebServer(state, server, sock, listener)
