@@ -473,3 +473,26 @@ def test_openapi_document_lists_every_endpoint(api: Api) -> None:
     assert ("GET", "/api/folders/{folder_id}/messages/{uid}") in operations
     assert ("POST", "/api/admin/queue/{queue_id}/recall") in operations
     assert len(operations) == len(ENDPOINTS)
+
+
+def test_snippet_is_the_first_text_part_only(shared_server: RunningServer, api: Api) -> None:
+    """The list's snippet is the start of the message's own text: the plain alternative (not
+    the HTML again after it), never an attached text file."""
+    user = new_user(shared_server)
+    client = api(user)
+    message = (
+        "From: sender@remote.example\r\nTo: {user}\r\nSubject: snippet check\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=outer\r\n\r\n"
+        "--outer\r\nContent-Type: multipart/alternative; boundary=inner\r\n\r\n"
+        "--inner\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Plain words first.\r\n> quoted line\r\n-- \r\nsignature\r\n"
+        "--inner\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        "<p>HTML words again</p>\r\n--inner--\r\n"
+        "--outer\r\nContent-Type: text/plain; name=notes.txt\r\n"
+        "Content-Disposition: attachment; filename=notes.txt\r\n\r\n"
+        "attached secret notes\r\n--outer--\r\n").replace("{user}", user).encode()
+    send_smtp(shared_server.ports["smtp"], "sender@remote.example", [user], message)
+    listed = client.get(f"/api/folders/{_folder(client, 'INBOX')}/messages",
+                        params={"subject": "snippet check"}).json()["messages"]
+    assert listed[0]["snippet"] == "Plain words first."
+    assert listed[0]["has_attachment"] is True

@@ -16,7 +16,9 @@ def preview(data: bytes, root: mime.Part | None = None) -> str:
     """The first words of the message's first text part (HTML made text), quoted lines
     (``>``) and the signature left out, white space collapsed (RFC 8970 3.1: no more than
     256 characters, UTF-8, not cut inside a character). "" when there is no text."""
-    parts = mime.text_parts(data, root)
+    # The message's own text: not a text file attached to it, nor a forwarded message's.
+    parts = [(part, text) for part, text in mime.text_parts(data, root)
+             if part.disposition != "attachment" and not part.filename]
     if not parts:
         return ""
     plain = [text for part, text in parts if part.content_type[1] == "plain"]

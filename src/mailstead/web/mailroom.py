@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from mailstead.core.errors import InvalidInput, NotFound
 from mailstead.proto import mime
+from mailstead.proto.mime_preview import preview
 from mailstead.services.mailbox import MailboxService, MailboxView
 from mailstead.store.interfaces import Account, Mailbox, MessageMeta, SystemFlag
 
@@ -25,6 +26,7 @@ SORT_KEYS = ("date", "from", "subject", "size")
 MAX_ID = 2**62  # larger numbers name nothing (and would overflow the store's integers)
 SEARCH_SCAN_LIMIT = 5000  # body / attachment search reads at most this many newest messages
 SUMMARY_CACHE = 20_000
+SNIPPET_CHARS = 160
 FLAG_NAMES = {"seen": SystemFlag.SEEN, "flagged": SystemFlag.FLAGGED,
               "answered": SystemFlag.ANSWERED, "draft": SystemFlag.DRAFT}
 
@@ -167,9 +169,12 @@ def thread_groups(metas: Sequence[MessageMeta]) -> dict[int, int]:
 
 
 def summarize(data: bytes) -> Summary:
+    """Whether it has attachments, and its snippet: the start of its first text part only
+    (the same text as IMAP's PREVIEW), never an attachment's text."""
     root = mime.parse(data)
-    text = mime.text_for_search(data, root)
-    snippet = " ".join(text.split())[:160]
+    snippet = preview(data, root)
+    if len(snippet) > SNIPPET_CHARS:
+        snippet = snippet[:SNIPPET_CHARS].rsplit(" ", 1)[0] or snippet[:SNIPPET_CHARS]
     return Summary(mime.has_attachment(root), snippet)
 
 
