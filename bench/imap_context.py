@@ -110,6 +110,7 @@ async def main() -> None:
                 data_dir).listeners} | {"imap": {"address": "127.0.0.1", "port": 0,
                                                   "enabled": True, "tls": "none"}},
             "auth": {"allow_plaintext_on_loopback": True},
+            "trust": {"dns": "off"},  # loopback only: the system's resolvers are not asked
         }
         cfg = bootstrap.build_config(data_dir, overrides)
         await bootstrap.initialise(cfg, demo_domain=None)

@@ -252,6 +252,7 @@ async def main() -> None:
                 for name in wanted},
             "auth": {"allow_plaintext_on_loopback": True},
             "delivery": {"workers": 0},
+            "trust": {"dns": "off"},  # loopback only: the system's resolvers are not asked
         }
         cfg = bootstrap.build_config(data_dir, overrides)
         await bootstrap.initialise(cfg, demo_domain=None)

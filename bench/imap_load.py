@@ -445,6 +445,7 @@ async def main() -> None:
             "auth": {"allow_plaintext_on_loopback": True},
             "limits": {"max_connections": 20_000, "max_connections_per_ip": 20_000,
                        "imap_sessions_per_user_ip": 20_000},
+            "trust": {"dns": "off"},  # loopback only: the system's resolvers are not asked
         }
         cfg = bootstrap.build_config(data_dir, overrides)
         await bootstrap.initialise(cfg, demo_domain=None)

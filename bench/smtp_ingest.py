@@ -112,6 +112,8 @@ def prepare_mailstead(data_dir: Path, users: int, more: dict[str, Any] | None = 
         "hostname": "mail.bench.test",
         "listeners": listeners,
         "limits": {"max_connections_per_ip": 100_000, "max_connections": 100_000},
+        # Loopback only: inbound checks run (they give temperror) but ask no outside resolver.
+        "trust": {"dns": "off"},
     }, more or {}))
 
     async def setup() -> None:

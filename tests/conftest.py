@@ -108,6 +108,9 @@ def test_config_overrides() -> dict[str, Any]:
         "listeners": {name: {"address": "127.0.0.1", "port": 0} for name in LISTEN_NAMES},
         "auth": {"failure_delay": 0.01},
         "dmtp": {"hmac_secret": "test-secret"},
+        # Inbound checks look nothing up unless a test gives them resolvers (its DNS world):
+        # the system's resolvers are never asked.
+        "trust": {"dns": "off"},
         # No outbound queue workers: mail for remote domains stays queued where tests look at
         # it, and no lookup ever reaches the system's resolver (tests/delivery turns them on).
         "delivery": {"workers": 0},

@@ -313,6 +313,16 @@ class TrustConfig(_Section):
     arc_domain: str = Field(
         "", description="domain whose keys seal ARC sets; empty: the hostname's parent domain"
     )
+    dns: Literal["system", "off"] = Field(
+        "system", description="where inbound checks (SPF, DKIM, ARC, DMARC) and 'mailstead dns "
+        "--check' look names up when delivery.resolvers is empty: 'system' (the resolvers in "
+        "resolv_conf, even while delivery.internet is off: lookups only, no mail leaves) or "
+        "'off' (no lookups: the checks are not enforced, and serve says so at start)"
+    )
+    resolv_conf: str = Field(
+        "/etc/resolv.conf", description="the system's resolver configuration, read when dns = "
+        "'system'"
+    )
     verify_timeout: float = Field(
         20.0, description="seconds all checks of one message may take before it is accepted "
         "unjudged", gt=0,

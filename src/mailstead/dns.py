@@ -22,7 +22,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from mailstead.config import DeliveryConfig
+from mailstead.config import DeliveryConfig, TrustConfig
 from mailstead.core.errors import ConfigError
 
 
@@ -78,14 +78,15 @@ def parse_nameserver(spec: str) -> tuple[str, int]:
 class DnsPythonResolver:
     """The real resolver: dnspython's stub resolver with a small cache (TTLs respected)."""
 
-    def __init__(self, nameservers: list[tuple[str, int]] | None, timeout: float = 10.0) -> None:
+    def __init__(self, nameservers: list[tuple[str, int]] | None, timeout: float = 10.0,
+                 resolv_conf: str = "/etc/resolv.conf") -> None:
         if nameservers:
             self._resolver = dns.asyncresolver.Resolver(configure=False)
             self._resolver.nameservers = [
                 dns.nameserver.Do53Nameserver(host, port) for host, port in nameservers
             ]
         else:
-            self._resolver = dns.asyncresolver.Resolver(configure=True)
+            self._resolver = dns.asyncresolver.Resolver(filename=resolv_conf, configure=True)
         self._resolver.lifetime = timeout
         self._resolver.cache = dns.resolver.LRUCache(4096)
 
@@ -144,22 +145,25 @@ class DnsPythonResolver:
 
 
 class OfflineResolver:
-    """Stands in while ``[delivery] internet`` is off and no resolver is configured: every
-    lookup fails temporarily, so no query leaves this machine (mail waits in the queue)."""
+    """Stands in while ``[delivery] internet`` is off and no resolver is configured (or for
+    inbound checks, ``[trust] dns = "off"``): every lookup fails temporarily, so no query
+    leaves this machine (mail waits in the queue; checks say temperror)."""
 
-    REASON = "outbound mail to the internet is off ([delivery] internet = false)"
+    def __init__(self, reason: str = "outbound mail to the internet is off "
+                 "([delivery] internet = false)") -> None:
+        self.reason = reason
 
     async def mx(self, domain: str) -> list[MxRecord]:
-        raise DnsTemporaryError(f"{domain} MX: {self.REASON}")
+        raise DnsTemporaryError(f"{domain} MX: {self.reason}")
 
     async def addresses(self, host: str) -> list[str]:
-        raise DnsTemporaryError(f"{host} A: {self.REASON}")
+        raise DnsTemporaryError(f"{host} A: {self.reason}")
 
     async def txt(self, name: str) -> list[str]:
-        raise DnsTemporaryError(f"{name} TXT: {self.REASON}")
+        raise DnsTemporaryError(f"{name} TXT: {self.reason}")
 
     async def records(self, name: str, rdtype: str) -> list[str]:
-        raise DnsTemporaryError(f"{name} {rdtype}: {self.REASON}")
+        raise DnsTemporaryError(f"{name} {rdtype}: {self.reason}")
 
 
 def is_loopback(address: str) -> bool:
@@ -183,3 +187,18 @@ def make_resolver(cfg: DeliveryConfig) -> Resolver:
         if not servers:
             return OfflineResolver()
     return DnsPythonResolver(servers or None, cfg.dns_timeout)
+
+
+CHECKS_OFF = 'inbound DNS lookups are off ([trust] dns = "off" and no [delivery] resolvers)'
+
+
+def make_check_resolver(delivery: DeliveryConfig, trust: TrustConfig) -> Resolver:
+    """The resolver of inbound checks (SPF, DKIM, ARC, DMARC) and of ``dns --check``: the
+    configured ``delivery.resolvers`` when there are some (the same as outbound mail), else
+    the system's (``trust.resolv_conf``) even while ``delivery.internet`` is off, for a
+    lookup sends no mail; none when ``trust.dns`` is "off"."""
+    if delivery.resolvers:
+        return make_resolver(delivery)
+    if trust.dns == "off":
+        return OfflineResolver(CHECKS_OFF)
+    return DnsPythonResolver(None, delivery.dns_timeout, trust.resolv_conf)

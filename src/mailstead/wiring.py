@@ -6,6 +6,7 @@ and the store, and starts their background tasks. Each service adds itself here 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 def build(services: Services) -> None:
     """Creates the delivery, queue, trust, mailbox and spam services (no background work yet:
     the listeners are bound between ``build`` and ``start``)."""
-    from mailstead.dns import make_resolver
+    from mailstead.dns import CHECKS_OFF, make_check_resolver, make_resolver
     from mailstead.mailsec.inbound import TrustService
     from mailstead.queue.delivered import DeliveredNotices
     from mailstead.queue.scheduler import QueueRunner
@@ -32,7 +33,12 @@ def build(services: Services) -> None:
     services.extra["sendcap"] = SendingCap(services.cfg.web)
     resolver = make_resolver(services.cfg.delivery)
     services.extra["dns"] = resolver
-    trust = TrustService(services.cfg, resolver, services.accounts.is_local_domain)
+    cfg = services.cfg
+    if cfg.trust.verify_inbound and cfg.trust.dns == "off" and not cfg.delivery.resolvers:
+        log_event("trust.checks_unenforced", logging.WARNING, reason=CHECKS_OFF,
+                  effect="SPF, DKIM and DMARC of inbound mail give temperror, nothing refused")
+    trust = TrustService(cfg, make_check_resolver(cfg.delivery, cfg.trust),
+                         services.accounts.is_local_domain)
     services.extra["trust"] = trust
     delivery.trust = trust
     services.extra["queue"] = QueueRunner(services.cfg, services.store, services.blobs, resolver,

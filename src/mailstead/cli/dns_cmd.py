@@ -8,7 +8,7 @@ import click
 
 from mailstead.cli.common import config_for, data_option, fail, run_async
 from mailstead.core.addresses import normalize_domain
-from mailstead.dns import make_resolver
+from mailstead.dns import CHECKS_OFF, make_check_resolver
 from mailstead.mailsec import dnsrecords
 
 
@@ -24,7 +24,9 @@ async def dns(domain: str, check_: bool, data: Path | None) -> None:
     if not check_:
         click.echo(dnsrecords.zone_text(cfg, domain), nl=False)
         return
-    results = await dnsrecords.check(make_resolver(cfg.delivery), cfg, domain)
+    if cfg.trust.dns == "off" and not cfg.delivery.resolvers:
+        fail(f"nothing checked: {CHECKS_OFF}")
+    results = await dnsrecords.check(make_check_resolver(cfg.delivery, cfg.trust), cfg, domain)
     bad = 0
     for record, problem in results:
         status = problem or "ok"

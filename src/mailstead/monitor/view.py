@@ -33,9 +33,11 @@ def tables(snap: dict[str, Any], top: int = TOP_ADDRESSES) -> list[tuple[str, li
     addresses = [[a, *(_count(w, what, window) for window in ("1h", "total")
                        for what in ("sent", "received"))] for a, w in busiest]
     return [
-        ("servers", ["server", "seen", "msgs 1m", "msgs 1h", "msgs total", "connections",
-                     "queue", "logins failed 1h"], servers),
-        ("messages by protocol", ["protocol", "1m", "1h", "total"], protocols),
+        ("servers (messages count once per recipient)",
+         ["server", "seen", "msgs 1m", "msgs 1h", "msgs total", "connections", "queue",
+          "logins failed 1h"], servers),
+        ("messages by protocol (in, and out delivered)", ["protocol", "1m", "1h", "total"],
+         protocols),
         (f"busiest addresses (top {top}, last hour)",
          ["address", "sent 1h", "received 1h", "sent total", "received total"], addresses),
     ]
