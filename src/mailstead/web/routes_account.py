@@ -14,7 +14,7 @@ from mailstead.core.errors import Conflict, InvalidInput, NotFound
 from mailstead.mailsec import dnsrecords, mta_sts
 from mailstead.obs import log_event
 from mailstead.services.accounts import AuthFailed
-from mailstead.web import accountops, security
+from mailstead.web import accountops, clientsetup, security
 from mailstead.web.pages import (
     field,
     mailroom,
@@ -249,6 +249,48 @@ async def autoconfig(request: Request) -> Response:
                     headers={"Cache-Control": "public, max-age=3600"})
 
 
+async def autodiscover(request: Request) -> Response:
+    """Outlook's autodiscover (POST /autodiscover/autodiscover.xml, on the mail domain or on
+    autodiscover.<domain>): the settings for the address in the request."""
+    state = web_state(request)
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > clientsetup.AUTODISCOVER_MAX_BODY:
+            return Response(clientsetup.autodiscover_error(600, "Request too large"),
+                            status_code=413, media_type="application/xml")
+    text = clientsetup.requested_address(body)
+    try:
+        domain = parse_address(text).domain if text else ""
+    except InvalidInput:
+        domain = ""
+    if not domain:
+        return Response(clientsetup.autodiscover_error(600, "Invalid Request: no EMailAddress"),
+                        status_code=400, media_type="application/xml")
+    if await state.store.get_domain(domain) is None:
+        return Response(clientsetup.autodiscover_error(
+            600, f"{domain} is not a mail domain here"), status_code=404,
+            media_type="application/xml")
+    assert text is not None
+    return Response(clientsetup.autodiscover_xml(state, parse_address(text).key),
+                    media_type="application/xml", headers={"Cache-Control": "no-store"})
+
+
+@page
+async def settings_mobileconfig(request: Request) -> Response:
+    """The signed-in user's Apple configuration profile, as a download."""
+    state = web_state(request)
+    account = session_of(request).account
+    try:
+        profile = clientsetup.mobileconfig(state, account.address)
+    except LookupError as exc:
+        raise InvalidInput(f"no profile: {exc}") from None
+    filename = f"{account.address.replace('@', '-at-')}.mobileconfig"
+    return Response(profile, media_type="application/x-apple-aspen-config",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                             "Cache-Control": "no-store"})
+
+
 async def mta_sts_policy(request: Request) -> Response:
     """RFC 8461 3.3: the policy of <domain>, served on mta-sts.<domain> (text/plain)."""
     state = web_state(request)
@@ -275,4 +317,8 @@ routes = [
     Route("/.well-known/autoconfig/mail/config-v1.1.xml", autoconfig),
     Route("/mail/config-v1.1.xml", autoconfig),
     Route(mta_sts.POLICY_PATH, mta_sts_policy),
+    Route("/settings/mobileconfig", settings_mobileconfig),
+    *(Route(path, autodiscover, methods=["POST"])
+      for path in ("/autodiscover/autodiscover.xml", "/Autodiscover/Autodiscover.xml",
+                   "/AutoDiscover/AutoDiscover.xml")),
 ]
