@@ -139,6 +139,9 @@ class App:
                     f"({self.cfg.path(self.cfg.tls.cert)})"
                 )
             handler = factory(self.services, name, lc)
+            prepare = getattr(handler, "prepare", None)
+            if prepare is not None:  # what it needs from the store before the first client
+                await prepare()
             listener = await start_listener(
                 name=name,
                 protocol=lc.protocol,

@@ -54,13 +54,13 @@ def ensure_certificate(cfg: Config, copy_from: tuple[Path, Path] | None = None) 
 
 
 async def add_domain(store: MetadataStore, name: str, cfg: Config | None = None) -> str:
-    """Adds the domain; with ``cfg``, also creates its DKIM keys (trust.dkim_dir)."""
+    """Adds the domain; with ``cfg``, also creates its DKIM keys (in the store)."""
     domain = normalize_domain(name)
     await store.add_domain(domain)
     if cfg is not None:
-        from mailstead.mailsec.dkim import ensure_keys
+        from mailstead.mailsec.dkim_keys import DkimKeyring
 
-        ensure_keys(cfg.path(cfg.trust.dkim_dir), domain)
+        await DkimKeyring(store, cfg.path(cfg.trust.dkim_dir)).keyset(domain)
     return domain
 
 

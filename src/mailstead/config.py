@@ -190,8 +190,9 @@ class WebConfig(_Section):
     )
     session_secret_file: str = Field(
         "web/session.key",
-        description="key signing web sessions and API tokens (created at start; share it "
-        "between nodes), relative to the data dir",
+        description="where an earlier version kept the key signing web sessions and API "
+        "tokens (relative to the data dir); it is moved into the store, which every node "
+        "shares, the first time it is needed",
     )
     session_hours: int = Field(12, description="hours a web login lasts", ge=1)
     page_size: int = Field(50, description="messages per page in the webmail list", ge=5, le=500)
@@ -327,7 +328,10 @@ class TrustConfig(_Section):
         20.0, description="seconds all checks of one message may take before it is accepted "
         "unjudged", gt=0,
     )
-    dkim_dir: str = Field("dkim", description="where DKIM keys are kept (relative: data dir)")
+    dkim_dir: str = Field(
+        "dkim", description="where an earlier version kept DKIM keys (relative: data dir); "
+        "they are moved into the store, which every node shares, when first needed"
+    )
     mta_sts: bool = Field(
         True, description="fetch receiving domains' MTA-STS policies (RFC 8461): under "
         "'enforce' deliver only to the MX hosts they name, over TLS with a verified certificate "

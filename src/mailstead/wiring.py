@@ -21,6 +21,7 @@ def build(services: Services) -> None:
     """Creates the delivery, queue, trust, mailbox and spam services (no background work yet:
     the listeners are bound between ``build`` and ``start``)."""
     from mailstead.dns import CHECKS_OFF, make_check_resolver, make_resolver
+    from mailstead.mailsec.dkim_keys import DkimKeyring
     from mailstead.mailsec.inbound import TrustService
     from mailstead.queue.delivered import DeliveredNotices
     from mailstead.queue.scheduler import QueueRunner
@@ -37,8 +38,10 @@ def build(services: Services) -> None:
     if cfg.trust.verify_inbound and cfg.trust.dns == "off" and not cfg.delivery.resolvers:
         log_event("trust.checks_unenforced", logging.WARNING, reason=CHECKS_OFF,
                   effect="SPF, DKIM and DMARC of inbound mail give temperror, nothing refused")
+    keyring = DkimKeyring(services.store, cfg.path(cfg.trust.dkim_dir))
+    services.extra["dkim"] = keyring
     trust = TrustService(cfg, make_check_resolver(cfg.delivery, cfg.trust),
-                         services.accounts.is_local_domain)
+                         services.accounts.is_local_domain, keyring)
     services.extra["trust"] = trust
     delivery.trust = trust
     services.extra["queue"] = QueueRunner(services.cfg, services.store, services.blobs, resolver,

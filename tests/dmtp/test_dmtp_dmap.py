@@ -9,7 +9,6 @@ import imaplib
 import os
 import smtplib
 import socket
-import stat
 from collections.abc import Callable
 
 import pytest
@@ -327,8 +326,10 @@ def assert_served_promptly(server: RunningServer) -> None:
 
 
 def test_startsecure_full_session(server: RunningServer) -> None:
-    key_file = server.cfg.path("dmap/server_key.pem")
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    # The private key is in the store (shared by every node), not in the data directory.
+    assert not server.cfg.path("dmap/server_key.pem").exists()
+    stored = server.run(server.services.store.get_secret("dmap.rsa_key"))
+    assert stored is not None and stored.startswith("-----BEGIN")
     digest = seed_hash(BOB, ALICE, "secret plans", "meet at noon")
     dmtp_send(server, BOB, ALICE, "secret plans", "meet at noon", digest)
     [(uid, _f, _k)] = inbox_rows(server, ALICE)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import dns.name
 import dns.rdataset
 
+from mailstead.core.models import DkimKey
+from mailstead.mailsec.dkim_keys import dkim_keyring
 from tests import dnsworld
 from tests.delivery.conftest import (  # noqa: F401
+    Node,
     dns_world,
     make_node,
     mx_port,
@@ -33,3 +36,12 @@ def publish(world: dnsworld.DnsWorld, name: str, rdtype: str, *values: str) -> N
     texts = [_quoted(v) if rdtype == "TXT" else v for v in values]
     rdataset = dns.rdataset.from_text("IN", rdtype, TTL, *texts)
     zone.replace_rdataset(dns.name.from_text(name), rdataset)
+
+
+def dkim_records(node: Node, domain: str) -> list[tuple[str, str]]:
+    """The DKIM records the node publishes for ``domain`` (made in its store if need be)."""
+    return node.server.run(dkim_keyring(node.server.services).published(domain))
+
+
+def signing_key(node: Node, domain: str) -> DkimKey:
+    return node.server.run(dkim_keyring(node.server.services).signing_key(domain))

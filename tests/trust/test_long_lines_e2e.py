@@ -16,13 +16,12 @@ from collections.abc import Callable
 
 import pytest
 
-from mailstead.mailsec import dkim
 from tests import dnsworld
 from tests.conftest import PG_DSN
 from tests.delivery.conftest import Node
 from tests.delivery.helpers import inbox_with, submit
 from tests.smtp.helpers import inbox
-from tests.trust.conftest import publish
+from tests.trust.conftest import dkim_records, publish
 
 ALPHA, BETA, GAMMA = "alpha-l.test", "beta-l.test", "gamma-l.test"
 HTML = ("<html><body>" + "<p>Grüße, word</p>" * 12_000 + "</body></html>").encode()
@@ -34,9 +33,7 @@ def _publish_domain(world: dnsworld.DnsWorld, node: Node) -> None:
     publish(world, f"mx.{domain}", "A", node.ip)
     publish(world, domain, "TXT", f"v=spf1 ip4:{node.ip} -all")
     publish(world, f"_dmarc.{domain}", "TXT", "v=DMARC1; p=reject")
-    root = node.data_dir / "dkim"
-    dkim.create_keys(root, domain)
-    for name, value in dkim.published_records(root, domain):
+    for name, value in dkim_records(node, domain):
         publish(world, name, "TXT", value)
 
 

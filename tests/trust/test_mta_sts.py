@@ -66,7 +66,7 @@ def _nodes(make_node: Callable[..., Node], world: dnsworld.DnsWorld, https_port:
     beta_cfg = beta.server.services.cfg
     for domain in (GOOD, spoofed):
         publish(world, f"mta-sts.{domain}", "A", beta.ip)
-        [txt] = [r for r in dnsrecords.expected_records(beta_cfg, domain)
+        [txt] = [r for r in dnsrecords.expected_records(beta_cfg, domain, [])
                  if r.name == f"_mta-sts.{domain}"]
         publish(world, txt.name, "TXT", txt.value)
     return alpha, beta

@@ -22,7 +22,7 @@ from mailstead.mailsec import arc, dkim
 from tests import dnsworld
 from tests.delivery.conftest import Node
 from tests.delivery.helpers import fetch_inbox, inbox_with, make_message, submit, wait_for
-from tests.trust.conftest import publish
+from tests.trust.conftest import dkim_records, publish, signing_key
 
 ALPHA, BETA, GAMMA = "alpha-t.test", "beta-t.test", "gamma-t.test"
 
@@ -33,9 +33,7 @@ def _publish_domain(world: dnsworld.DnsWorld, node: Node, dmarc: str) -> None:
     publish(world, f"mx.{domain}", "A", node.ip)
     publish(world, domain, "TXT", f"v=spf1 ip4:{node.ip} -all")
     publish(world, f"_dmarc.{domain}", "TXT", dmarc)
-    root = node.data_dir / "dkim"
-    dkim.create_keys(root, domain)
-    for name, value in dkim.published_records(root, domain):
+    for name, value in dkim_records(node, domain):
         publish(world, name, "TXT", value)
 
 
@@ -163,7 +161,7 @@ def test_message_altered_in_transit_fails_dkim(
         nodes: tuple[Node, Node, Node], mx_port: int) -> None:
     alpha, beta, _ = nodes
     original = make_message(f"alice@{ALPHA}", [f"bob@{BETA}"], "amount", body="Pay 10 EUR.\r\n")
-    signed = dkim.sign_message(alpha.data_dir / "dkim", ALPHA, original) + original
+    signed = dkim.sign_message(signing_key(alpha, ALPHA), ALPHA, original) + original
     altered = signed.replace(b"Pay 10 EUR.", b"Pay 9999 EUR.")
     # Sent from alpha's address, so SPF (and through it DMARC) still passes.
     code, _ = _send_to_mx(beta, mx_port, f"alice@{ALPHA}", f"bob@{BETA}", altered,
@@ -210,7 +208,7 @@ def test_dns_check_names_missing_records(
     publish(dns_world, "autoconfig.delta-t.test", "CNAME", "mx.delta-t.test.")
     publish(dns_world, "mta-sts.delta-t.test", "A", delta.ip)  # A records do as well
     publish(dns_world, "_imaps._tcp.delta-t.test", "SRV", f"0 1 {imaps_port} mx.delta-t.test.")
-    for name, value in dkim.published_records(delta.data_dir / "dkim", "delta-t.test"):
+    for name, value in dkim_records(delta, "delta-t.test"):
         assert name in zone.output
         publish(dns_world, name, "TXT", value)
     checked = runner.invoke(cli, ["dns", "--check", "delta-t.test", "--data", str(delta.data_dir)])
@@ -289,7 +287,7 @@ def test_an_arc_seal_of_a_sealer_not_trusted_does_not_overrule_dmarc(
     _, beta, gamma = nodes
     forged = make_message(f"ceo@{ALPHA}", [f"bob@{BETA}"], "sealed forgery")
     claims = f"Authentication-Results: {gamma.hostname}; dkim=pass; dmarc=pass\r\n".encode()
-    sealed = arc.seal(gamma.data_dir / "dkim", GAMMA, gamma.hostname, forged, claims)
+    sealed = arc.seal(signing_key(gamma, GAMMA), GAMMA, gamma.hostname, forged, claims)
     assert b"ARC-Seal:" in sealed
     code, reply = _send_to_mx(beta, mx_port, "mallory@elsewhere.test", f"bob@{BETA}", sealed)
     assert (code, reply[:5]) == (550, b"5.7.1"), reply

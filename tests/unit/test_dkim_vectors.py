@@ -6,6 +6,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+from mailstead.core.models import DkimKeySet
 from mailstead.dns import DnsNotFound, MxRecord
 from mailstead.mailsec import dkim as ours
 
@@ -89,10 +90,12 @@ MESSAGE = (b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: 
            b"Hello.\r\n")
 
 
-async def test_own_signatures_verify_and_oversign(tmp_path: Path) -> None:
-    fields = ours.sign_message(tmp_path, "example.org", MESSAGE)
+async def test_own_signatures_verify_and_oversign() -> None:
+    key = ours.generate_keys()
+    fields = ours.sign_message(key, "example.org", MESSAGE)
     signed = fields + MESSAGE
-    resolver = TxtOnly(dict(ours.published_records(tmp_path, "example.org")))
+    keyset = DkimKeySet("example.org", key.selector, (key,))
+    resolver = TxtOnly(dict(ours.published_records(keyset)))
     results = await ours.verify_message(resolver, signed)
     assert [(r.result, r.algorithm) for r in results] == [
         ("pass", "rsa-sha256"), ("pass", "ed25519-sha256")]
@@ -107,15 +110,11 @@ async def test_own_signatures_verify_and_oversign(tmp_path: Path) -> None:
     assert {r.result for r in await ours.verify_message(resolver, altered)} == {"fail"}
 
 
-def test_keys_are_private_and_rotation_keeps_old_selector(tmp_path: Path) -> None:
-    first = ours.create_keys(tmp_path, "example.org")
-    for algorithm in ours.ALGORITHMS:
-        mode = (tmp_path / "example.org" / f"{first}.{algorithm}.pem").stat().st_mode
+def test_key_files_of_earlier_versions_read_back(tmp_path: Path) -> None:
+    first, second = ours.generate_keys(), ours.generate_keys()
+    ours.write_key_files(tmp_path, "example.org", second.selector, [first, second])
+    for algorithm in ("rsa", "ed25519"):
+        mode = (tmp_path / "example.org" / f"{first.selector}.{algorithm}.pem").stat().st_mode
         assert stat.S_IMODE(mode) == 0o600
-    second = ours.create_keys(tmp_path, "example.org", selector=first + "b")
-    data = ours.read_selectors(tmp_path, "example.org")
-    assert data == {"active": second, "all": [first, second]}
-    names = [name for name, _ in ours.published_records(tmp_path, "example.org")]
-    assert names == [f"{first}-rsa._domainkey.example.org", f"{first}-ed._domainkey.example.org",
-                     f"{second}-rsa._domainkey.example.org",
-                     f"{second}-ed._domainkey.example.org"]
+    assert ours.read_key_files(tmp_path, "example.org") == (second.selector, [first, second])
+    assert ours.read_key_files(tmp_path, "example.net") is None

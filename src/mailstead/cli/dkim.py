@@ -1,4 +1,5 @@
-"""``mailstead dkim list|rotate|remove``: a domain's selectors; a new one; a retired one gone."""
+"""``mailstead dkim list|rotate|remove``: a domain's selectors; a new one; a retired one gone.
+The keys are in the store, so every node sharing it signs with the same selector."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from mailstead.cli.common import config_for, data_option, fail, json_option, print_rows
+from mailstead.cli.common import data_option, fail, json_option, open_store, print_rows, run_async
 from mailstead.core.addresses import normalize_domain
-from mailstead.mailsec import dkim as keys
+from mailstead.mailsec.dkim_keys import DkimKeyring
 
 
 @click.group("dkim")
@@ -19,15 +20,17 @@ def dkim() -> None:
 @dkim.command("rotate")
 @click.argument("domain")
 @data_option
-def rotate(domain: str, data: Path | None) -> None:
+@run_async
+async def rotate(domain: str, data: Path | None) -> None:
     """New RSA-2048 and Ed25519 keys for DOMAIN under a new selector (signing uses it at
-    once: publish its records first, see 'mailstead dns')."""
-    cfg = config_for(data)
+    once, on every node within 30 seconds: publish its records first, see 'mailstead dns')."""
     domain = normalize_domain(domain)
-    root = cfg.path(cfg.trust.dkim_dir)
-    selector = keys.create_keys(root, domain)
+    async with open_store(data) as (cfg, store, _blobs):
+        keyring = DkimKeyring(store, cfg.path(cfg.trust.dkim_dir))
+        selector = await keyring.rotate(domain)
+        records = await keyring.published(domain)
     click.echo(f"new selector {selector} for {domain}; publish:")
-    for name, value in keys.published_records(root, domain):
+    for name, value in records:
         if name.startswith(selector):
             click.echo(f'{name}.\tIN\tTXT\t"{value[:250]}" "{value[250:]}"')
 
@@ -36,16 +39,16 @@ def rotate(domain: str, data: Path | None) -> None:
 @click.argument("domain")
 @data_option
 @json_option
-def list_selectors(domain: str, data: Path | None, as_json: bool) -> None:
+@run_async
+async def list_selectors(domain: str, data: Path | None, as_json: bool) -> None:
     """The selectors kept for DOMAIN (all still published), the active one marked."""
-    cfg = config_for(data)
     domain = normalize_domain(domain)
-    found = keys.read_selectors(cfg.path(cfg.trust.dkim_dir), domain)
-    active = found.get("active")
-    selectors = [s for s in found.get("all", []) if isinstance(s, str)]  # type: ignore[attr-defined]
-    if not selectors and not as_json:
+    async with open_store(data) as (cfg, store, _blobs):
+        found = await DkimKeyring(store, cfg.path(cfg.trust.dkim_dir)).existing(domain)
+    if found is None and not as_json:
         fail(f"{domain} has no DKIM keys yet (mailstead domain add makes them)")
-    rows = [{"selector": s, "active": s == active} for s in selectors]
+    rows = [{"selector": k.selector, "active": k.selector == found.active}
+            for k in found.keys] if found else []
     print_rows(rows, as_json, ["selector", "active"])
 
 
@@ -53,12 +56,13 @@ def list_selectors(domain: str, data: Path | None, as_json: bool) -> None:
 @click.argument("domain")
 @click.argument("selector")
 @data_option
-def remove(domain: str, selector: str, data: Path | None) -> None:
+@run_async
+async def remove(domain: str, selector: str, data: Path | None) -> None:
     """Delete a retired SELECTOR of DOMAIN (after its DNS records are gone)."""
-    cfg = config_for(data)
     domain = normalize_domain(domain)
-    try:
-        keys.remove_selector(cfg.path(cfg.trust.dkim_dir), domain, selector)
-    except (KeyError, ValueError) as exc:
-        fail(str(exc.args[0]))
+    async with open_store(data) as (_cfg, store, _blobs):
+        try:
+            await store.remove_dkim_selector(domain, selector)
+        except (KeyError, ValueError) as exc:
+            fail(str(exc.args[0]))
     click.echo(f"removed selector {selector} of {domain}; unpublish its records")

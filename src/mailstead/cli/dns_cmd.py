@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
-from mailstead.cli.common import config_for, data_option, fail, run_async
+from mailstead.cli.common import data_option, fail, open_store, run_async
 from mailstead.core.addresses import normalize_domain
 from mailstead.dns import CHECKS_OFF, make_check_resolver
 from mailstead.mailsec import dnsrecords
+from mailstead.mailsec.dkim_keys import DkimKeyring
 
 
 @click.command("dns")
@@ -19,14 +20,16 @@ from mailstead.mailsec import dnsrecords
 @run_async
 async def dns(domain: str, check_: bool, data: Path | None) -> None:
     """Print the DNS records DOMAIN must publish, in zone-file form."""
-    cfg = config_for(data)
-    domain = normalize_domain(domain)
+    async with open_store(data) as (cfg, store, _blobs):
+        domain = normalize_domain(domain)
+        keys = await DkimKeyring(store, cfg.path(cfg.trust.dkim_dir)).published(domain)
     if not check_:
-        click.echo(dnsrecords.zone_text(cfg, domain), nl=False)
+        click.echo(dnsrecords.zone_text(cfg, domain, keys), nl=False)
         return
     if cfg.trust.dns == "off" and not cfg.delivery.resolvers:
         fail(f"nothing checked: {CHECKS_OFF}")
-    results = await dnsrecords.check(make_check_resolver(cfg.delivery, cfg.trust), cfg, domain)
+    results = await dnsrecords.check(make_check_resolver(cfg.delivery, cfg.trust), cfg, domain,
+                                     keys)
     bad = 0
     for record, problem in results:
         status = problem or "ok"

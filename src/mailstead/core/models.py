@@ -244,3 +244,26 @@ class Delivery:
 
     mailbox_id: int
     message: NewMessage
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """One DKIM selector's key pair (PKCS#8 PEM): RSA-2048 and Ed25519 sign side by side."""
+
+    selector: str
+    rsa_pem: str
+    ed25519_pem: str
+    created: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKeySet:
+    """A domain's DKIM keys as the store keeps them for every node: ``active`` signs, the
+    others stay published until removed (rotation overlap)."""
+
+    domain: str
+    active: str
+    keys: tuple[DkimKey, ...]
+
+    def key(self, selector: str) -> DkimKey:
+        return next(k for k in self.keys if k.selector == selector)

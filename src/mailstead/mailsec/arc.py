@@ -10,20 +10,18 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import re
-from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
 
+from mailstead.core.models import DkimKey
 from mailstead.dns import Resolver
 from mailstead.mailsec.dkim import (
     KeyCache,
     _dkimpy_key,
-    _load_private,
     dns_selector,
-    ensure_keys,
     header_fields,
-    key_dir,
     prefetch_keys,
+    private_key,
     signature_tags,
 )
 
@@ -77,17 +75,15 @@ def newest_set(message: bytes) -> tuple[str, str]:
     return seals[newest], dmarc
 
 
-def seal(dkim_root: Path, domain: str, authserv_id: str, message: bytes,
+def seal(key: DkimKey, domain: str, authserv_id: str, message: bytes,
          auth_results: bytes) -> bytes:
     """The ARC set (AAR, AMS, AS) for ``auth_results`` + ``message``, prepended; the message
     unchanged when sealing is not possible here."""
     if not can_seal():
         return message
-    selector = ensure_keys(dkim_root, domain)
-    key = _load_private(key_dir(dkim_root, domain) / f"{selector}.rsa.pem")
     whole = auth_results + message
-    fields = dkim.arc_sign(whole, dns_selector(selector, "rsa").encode(), domain.encode(),
-                           _dkimpy_key(key), authserv_id.encode(),
+    fields = dkim.arc_sign(whole, dns_selector(key.selector, "rsa").encode(), domain.encode(),
+                           _dkimpy_key(private_key(key, "rsa")), authserv_id.encode(),
                            include_headers=[b"from", b"to", b"cc", b"subject", b"date",
                                             b"message-id", b"mime-version",
                                             b"content-type"])

@@ -1,9 +1,8 @@
 """DKIM (RFC 6376, RFC 8463): per-domain keys, signing outbound mail, verifying inbound mail.
 
-The cryptography and canonicalisation are dkimpy's. Keys live in the data directory:
-``dkim/<domain>/<selector>.rsa.pem`` and ``<selector>.ed25519.pem`` (mode 0600), with the
-selectors in ``dkim/<domain>/selectors.json`` ({"active": "...", "all": [...]}): the active one
-signs, older ones stay published until removed. Verification looks the keys up through the
+The cryptography and canonicalisation are dkimpy's. Keys live in the store, shared by every
+node (``DkimKeyring`` in dkim_keys.py): the active selector signs, older ones stay published
+until removed. Verification looks the keys up through the
 injected Resolver first, then hands dkimpy a lookup function that answers from what was
 fetched, so the event loop never waits on DNS inside dkimpy.
 """
@@ -25,6 +24,7 @@ import dkim  # type: ignore[import-untyped]
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from mailstead.core.models import DkimKey, DkimKeySet
 from mailstead.dns import DnsError, Resolver
 
 Algorithm = Literal["rsa", "ed25519"]
@@ -45,97 +45,42 @@ DkimResultCode = Literal["pass", "fail", "neutral", "temperror", "permerror", "n
 # -- keys -------------------------------------------------------------------------------------
 
 
-def key_dir(dkim_root: Path, domain: str) -> Path:
-    return dkim_root / domain.lower()
-
-
 def new_selector(now: datetime | None = None) -> str:
     """Selectors named by date plus a short random part, so a rotation never reuses one."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d")
     return f"ms{stamp}{secrets.token_hex(2)}"
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
-def _pem(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
+def _pem(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> str:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+                             serialization.NoEncryption()).decode("ascii")
 
 
-def read_selectors(dkim_root: Path, domain: str) -> dict[str, object]:
-    path = key_dir(dkim_root, domain) / "selectors.json"
-    if not path.exists():
-        return {"active": "", "all": []}
-    data: dict[str, object] = json.loads(path.read_text(encoding="utf-8"))
-    return data
+def generate_keys(selector: str | None = None) -> DkimKey:
+    """A new RSA-2048 and Ed25519 key pair under a new selector."""
+    return DkimKey(selector or new_selector(),
+                   _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+                   _pem(ed25519.Ed25519PrivateKey.generate()))
 
 
-def _write_selectors(dkim_root: Path, domain: str, data: dict[str, object]) -> None:
-    path = key_dir(dkim_root, domain) / "selectors.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    tmp.replace(path)
+def private_key(key: DkimKey, algorithm: Algorithm
+                ) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+    pem = key.rsa_pem if algorithm == "rsa" else key.ed25519_pem
+    loaded = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
+    if not isinstance(loaded, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        raise ValueError(f"selector {key.selector}: not an RSA or Ed25519 key")
+    return loaded
 
 
-def create_keys(dkim_root: Path, domain: str, selector: str | None = None) -> str:
-    """A new RSA-2048 and Ed25519 key pair under a new selector, made the active one; the
-    previous selectors stay listed (still published) until removed. Returns the selector."""
-    selector = selector or new_selector()
-    folder = key_dir(dkim_root, domain)
-    _write_private(folder / f"{selector}.rsa.pem",
-                   _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
-    _write_private(folder / f"{selector}.ed25519.pem", _pem(ed25519.Ed25519PrivateKey.generate()))
-    data = read_selectors(dkim_root, domain)
-    known = [s for s in data.get("all", []) if isinstance(s, str) and s != selector]  # type: ignore[attr-defined]
-    _write_selectors(dkim_root, domain, {"active": selector, "all": [*known, selector]})
-    return selector
-
-
-def remove_selector(dkim_root: Path, domain: str, selector: str) -> None:
-    """Forgets a retired selector and deletes its keys (unpublish its records first). The
-    active selector signs today's mail and cannot be removed: rotate first."""
-    data = read_selectors(dkim_root, domain)
-    kept = [s for s in data.get("all", []) if isinstance(s, str)]  # type: ignore[attr-defined]
-    if selector not in kept:
-        raise KeyError(f"{domain} has no DKIM selector {selector!r}")
-    if selector == data.get("active"):
-        raise ValueError(f"{selector} is the active selector of {domain}: rotate first")
-    _write_selectors(dkim_root, domain,
-                     {"active": data.get("active"), "all": [s for s in kept if s != selector]})
-    for algorithm in ALGORITHMS:
-        (key_dir(dkim_root, domain) / f"{selector}.{algorithm}.pem").unlink(missing_ok=True)
-
-
-def ensure_keys(dkim_root: Path, domain: str) -> str:
-    """The active selector, creating keys the first time a domain signs."""
-    active = read_selectors(dkim_root, domain).get("active")
-    if isinstance(active, str) and active and \
-            (key_dir(dkim_root, domain) / f"{active}.rsa.pem").exists():
-        return active
-    return create_keys(dkim_root, domain)
-
-
-def _load_private(path: Path) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
-        raise ValueError(f"{path}: not an RSA or Ed25519 key")
-    return key
-
-
-def public_record(dkim_root: Path, domain: str, selector: str, algorithm: Algorithm) -> str:
+def public_record(key: DkimKey, algorithm: Algorithm) -> str:
     """The TXT record for <selector>._domainkey.<domain> (RFC 6376 3.6.1, RFC 8463 4)."""
-    key = _load_private(key_dir(dkim_root, domain) / f"{selector}.{algorithm}.pem")
-    if isinstance(key, rsa.RSAPrivateKey):
-        der = key.public_key().public_bytes(serialization.Encoding.DER,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    private = private_key(key, algorithm)
+    if isinstance(private, rsa.RSAPrivateKey):
+        der = private.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
         return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw,
-                                        serialization.PublicFormat.Raw)
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw,
+                                            serialization.PublicFormat.Raw)
     return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
 
 
@@ -148,15 +93,43 @@ def dns_selector(selector: str, algorithm: Algorithm) -> str:
     return f"{selector}-{'rsa' if algorithm == 'rsa' else 'ed'}"
 
 
-def published_records(dkim_root: Path, domain: str) -> list[tuple[str, str]]:
+def published_records(keyset: DkimKeySet) -> list[tuple[str, str]]:
     """(name, TXT value) for every selector still kept, both algorithms."""
-    data = read_selectors(dkim_root, domain)
-    out = []
-    for selector in data.get("all", []):  # type: ignore[attr-defined]
-        for algorithm in ALGORITHMS:
-            out.append((record_name(selector, algorithm, domain),
-                        public_record(dkim_root, domain, selector, algorithm)))
-    return out
+    return [(record_name(key.selector, algorithm, keyset.domain), public_record(key, algorithm))
+            for key in keyset.keys for algorithm in ALGORITHMS]
+
+
+def read_key_files(dkim_root: Path, domain: str) -> tuple[str, list[DkimKey]] | None:
+    """(active selector, keys) from the files of earlier versions (``dkim/<domain>/
+    selectors.json`` and ``<selector>.<alg>.pem``), to move them into the store; None when
+    there are none."""
+    folder = dkim_root / domain.lower()
+    try:
+        data = json.loads((folder / "selectors.json").read_text(encoding="utf-8"))
+        keys = [DkimKey(selector, (folder / f"{selector}.rsa.pem").read_text("ascii"),
+                        (folder / f"{selector}.ed25519.pem").read_text("ascii"))
+                for selector in data.get("all", []) if isinstance(selector, str)]
+    except (OSError, ValueError, AttributeError):
+        return None
+    active = data.get("active")
+    if not keys or not isinstance(active, str) or active not in {k.selector for k in keys}:
+        return None
+    return active, keys
+
+
+def write_key_files(dkim_root: Path, domain: str, active: str, keys: list[DkimKey]) -> None:
+    """Writes keys in the files' layout (mode 0600): for tools and tests that prepare a data
+    directory before a node first starts; the node moves them into its store."""
+    folder = dkim_root / domain.lower()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for key in keys:
+        for algorithm, pem in (("rsa", key.rsa_pem), ("ed25519", key.ed25519_pem)):
+            fd = os.open(folder / f"{key.selector}.{algorithm}.pem",
+                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(pem)
+    (folder / "selectors.json").write_text(
+        json.dumps({"active": active, "all": [k.selector for k in keys]}), encoding="utf-8")
 
 
 def _dkimpy_key(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
@@ -179,19 +152,18 @@ def _header_names(message: bytes) -> list[str]:
     return [n.decode("ascii").lower() for n in names]
 
 
-def sign_message(dkim_root: Path, domain: str, message: bytes) -> bytes:
+def sign_message(key: DkimKey, domain: str, message: bytes) -> bytes:
     """DKIM-Signature fields (RSA and Ed25519, relaxed/relaxed) to prepend to ``message``
     (RFC 8463 5: both, so verifiers without Ed25519 still find an RSA one)."""
-    selector = ensure_keys(dkim_root, domain)
     present = _header_names(message)
     headers = [h for h in OVERSIGNED + SIGNED_IF_PRESENT if h in present]
     headers += [h for h in OVERSIGNED]  # once more: the oversigning
     fields = b""
     for algorithm in ALGORITHMS:
-        key = _load_private(key_dir(dkim_root, domain) / f"{selector}.{algorithm}.pem")
         signer = dkim.DKIM(message)
         field = signer.sign(
-            dns_selector(selector, algorithm).encode(), domain.encode(), _dkimpy_key(key),
+            dns_selector(key.selector, algorithm).encode(), domain.encode(),
+            _dkimpy_key(private_key(key, algorithm)),
             signature_algorithm=SIGNATURE_ALGORITHM[algorithm],
             canonicalize=(b"relaxed", b"relaxed"),
             include_headers=[h.encode() for h in headers],

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from mailstead.config import Config
 from mailstead.dns import DnsError, DnsNotFound, Resolver
-from mailstead.mailsec import dkim, mta_sts
+from mailstead.mailsec import mta_sts
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,19 +48,18 @@ def configured_listeners(cfg: Config) -> list[tuple[str, int, str]]:
     return [(li.protocol, li.port, li.tls) for li in cfg.listeners.values() if li.enabled]
 
 
-def expected_records(cfg: Config, domain: str,
+def expected_records(cfg: Config, domain: str, dkim_records: list[tuple[str, str]],
                      listeners: list[tuple[str, int, str]] | None = None) -> list[Record]:
-    """Every record ``domain`` should publish. ``listeners`` (protocol, port, TLS mode) give
-    the SRV ports: the running ones when known, else those of the config."""
+    """Every record ``domain`` should publish, with its DKIM keys' ``dkim_records`` (name,
+    value: ``DkimKeyring.published``). ``listeners`` (protocol, port, TLS mode) give the SRV
+    ports: the running ones when known, else those of the config."""
     host = cfg.hostname
-    root = cfg.path(cfg.trust.dkim_dir)
-    dkim.ensure_keys(root, domain)
     sts_id = mta_sts.policy_id(served_mta_sts_policy(cfg))
     records = [
         Record(domain, "MX", f"10 {host}.", "mail for the domain goes to this server"),
         Record(domain, "TXT", "v=spf1 mx -all", "SPF (RFC 7208): only our MX sends for it"),
     ]
-    for name, value in dkim.published_records(root, domain):
+    for name, value in dkim_records:
         records.append(Record(name, "TXT", value, "DKIM public key (RFC 6376, RFC 8463)"))
     records += [
         Record(f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}",
@@ -84,19 +83,20 @@ def expected_records(cfg: Config, domain: str,
     return records
 
 
-def zone_text(cfg: Config, domain: str) -> str:
+def zone_text(cfg: Config, domain: str, dkim_records: list[tuple[str, str]]) -> str:
     lines = [f"; DNS records for {domain} (served by {cfg.hostname})"]
-    for record in expected_records(cfg, domain):
+    for record in expected_records(cfg, domain, dkim_records):
         lines.append(f"; {record.why}")
         lines.append(record.zone_line())
     return "\n".join(lines) + "\n"
 
 
-async def check(resolver: Resolver, cfg: Config, domain: str) -> list[tuple[Record, str]]:
+async def check(resolver: Resolver, cfg: Config, domain: str,
+                dkim_records: list[tuple[str, str]]) -> list[tuple[Record, str]]:
     """(record, problem) for each expected record; problem "" when it is published as
     expected."""
     out: list[tuple[Record, str]] = []
-    for record in expected_records(cfg, domain):
+    for record in expected_records(cfg, domain, dkim_records):
         try:
             if record.rdtype == "MX":
                 found = [f"{m.preference} {m.exchange}." for m in await resolver.mx(record.name)]

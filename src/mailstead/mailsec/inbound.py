@@ -12,12 +12,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from mailstead.config import Config
 from mailstead.dns import Resolver
 from mailstead.mailsec import arc, authresults, dkim, dmarc
+from mailstead.mailsec.dkim_keys import DkimKeyring
 from mailstead.mailsec.spf import ResolverSpfDns, SpfResult, check_sender
 from mailstead.obs import log_event
 
@@ -35,12 +35,13 @@ class Verdict:
 
 class TrustService:
     def __init__(self, cfg: Config, resolver: Resolver,
-                 is_local_domain: Callable[[str], Awaitable[bool]]) -> None:
+                 is_local_domain: Callable[[str], Awaitable[bool]],
+                 keyring: DkimKeyring) -> None:
         self.cfg = cfg
         self.resolver = resolver
         self.is_local_domain = is_local_domain
         self.hostname = cfg.hostname
-        self.dkim_root: Path = cfg.path(cfg.trust.dkim_dir)
+        self.keyring = keyring
 
     # -- outbound ----------------------------------------------------------------------------
 
@@ -51,7 +52,8 @@ class TrustService:
         domain = dmarc.from_domain(message)
         if domain is None or not await self.is_local_domain(domain):
             return message
-        fields = await asyncio.to_thread(dkim.sign_message, self.dkim_root, domain, message)
+        key = await self.keyring.signing_key(domain)
+        fields = await asyncio.to_thread(dkim.sign_message, key, domain, message)
         return fields + message
 
     async def seal_forwarded(self, message: bytes, auth_results: bytes) -> bytes:
@@ -62,7 +64,8 @@ class TrustService:
         if not domain:
             return message
         try:
-            return await asyncio.to_thread(arc.seal, self.dkim_root, domain, self.hostname,
+            key = await self.keyring.signing_key(domain)
+            return await asyncio.to_thread(arc.seal, key, domain, self.hostname,
                                            message, auth_results)
         except Exception as exc:  # an unsealed forward is still better than none
             log_event("trust.arc_seal_failed", logging.WARNING, error=str(exc))

@@ -5,8 +5,8 @@ get the message in their INBOX, remote ones are queued. Because DMTP has no logi
 other domains is accepted only from loopback clients (otherwise it would be an open relay).
 DMAP reads and deletes in the INBOX of the same store IMAP and POP3 use; message ids are UIDs.
 
-The DMAP RSA key is made on first start at ``<data>/dmap/server_key.pem`` (mode 0600); its
-public half is written next to it as ``server_pub.pem`` for clients (the seed's clients look
+The DMAP RSA key is made once for the whole site and kept in the store (services/secrets.py);
+its public half is written to ``<data>/dmap/server_pub.pem`` for clients (the seed's clients look
 for it as ``keys/client/<component-id>_pub.pem``; the component id is ``hostname``).
 """
 
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from mailstead.config import Config, ListenerConfig
+from mailstead.config import ListenerConfig
 from mailstead.core.addresses import parse_address
 from mailstead.core.errors import CorruptBlob, MailsteadError, NotFound, QuotaExceeded
 from mailstead.net.listener import Connection, IdleTimeout, LineTooLong
@@ -36,6 +36,7 @@ from mailstead.proto.dmap import DmapMailbox, DmapRefused, ListedMessage, ShownM
 from mailstead.proto.dmtp import DmtpMessage, DmtpRefused
 from mailstead.services.accounts import AuthFailed, Route
 from mailstead.services.delivery import InboundEnvelope, InboundRecipient, delivery_service
+from mailstead.services.secrets import DMAP_KEY, shared_secret
 from mailstead.store.interfaces import Account, Mailbox, MessageMeta
 
 if TYPE_CHECKING:
@@ -247,26 +248,20 @@ class AccountsBackend:
         return self.key
 
 
-def load_or_create_key(cfg: Config) -> rsa.RSAPrivateKey:
-    """The DMAP RSA key, generated on first use (2048 bits, mode 0600)."""
-    path = cfg.path(KEY_FILE)
-    if not path.exists():
+async def load_or_create_key(services: Services) -> rsa.RSAPrivateKey:
+    """The DMAP RSA key (2048 bits), shared by every node through the store: moved in from
+    ``dmap/server_key.pem`` where an earlier version made it, else generated once. Its public
+    half is written to ``dmap/server_pub.pem`` for the seed's clients."""
+    cfg = services.cfg
+    pem = await shared_secret(
+        services.store, DMAP_KEY,
+        lambda: dmap_crypto.generate_private_key_pem().decode("ascii"), cfg.path(KEY_FILE))
+    key = dmap_crypto.load_private_key(pem.encode("ascii"))
+    public = dmap_crypto.public_key_pem(key)
+    path = cfg.path(PUBLIC_KEY_FILE)
+    if not path.exists() or path.read_bytes() != public:
         path.parent.mkdir(parents=True, exist_ok=True)
-        pem = dmap_crypto.generate_private_key_pem()
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process made it meanwhile: use theirs
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-                f.flush()
-                os.fsync(f.fileno())
-            log_event("dmap.key_created", path=str(path))
-    key = dmap_crypto.load_private_key(path.read_bytes())
-    public = cfg.path(PUBLIC_KEY_FILE)
-    if not public.exists():
-        _write_public(public, dmap_crypto.public_key_pem(key))
+        _write_public(path, public)
     return key
 
 
@@ -280,13 +275,19 @@ class DmapHandler:
     def __init__(self, services: Services, listener_name: str, config: ListenerConfig) -> None:
         self.services = services
         self.listener_name = listener_name
-        self.key = load_or_create_key(services.cfg)
+        self.key: rsa.RSAPrivateKey | None = None  # loaded from the store on first use
 
     def busy_reply(self) -> bytes:
         return b"error too many connections\r\n"
 
+    async def prepare(self) -> None:
+        """Before the listener opens: the key, and its public half on disk for clients."""
+        self.key = await load_or_create_key(self.services)
+
     async def handle(self, conn: Connection) -> None:
         cfg = self.services.cfg
+        if self.key is None:
+            self.key = await load_or_create_key(self.services)
         backend = AccountsBackend(self.services, conn, self.key, cfg.hostname)
         session = dmap.DmapSession(backend, max_errors=cfg.limits.max_errors)
         await conn.send(session.greeting())

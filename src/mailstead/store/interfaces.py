@@ -25,6 +25,8 @@ from mailstead.core.models import (
     Changes,
     CopyResult,
     Delivery,
+    DkimKey,
+    DkimKeySet,
     Domain,
     Envelope,
     FlagState,
@@ -52,6 +54,8 @@ __all__ = [
     "Changes",
     "CopyResult",
     "Delivery",
+    "DkimKey",
+    "DkimKeySet",
     "Domain",
     "Envelope",
     "FlagState",
@@ -154,6 +158,25 @@ class MetadataStore(Protocol):
 
     async def unlock_maildrop(self, mailbox_id: int, owner: str) -> None:
         """Gives the lock back, if ``owner`` still holds it."""
+
+    # -- state every node shares --
+    async def dkim_keys(self, domain: str) -> DkimKeySet | None:
+        """The domain's DKIM keys and its active selector; None before it has any."""
+
+    async def add_dkim_keys(self, domain: str, keys: list[DkimKey], active: str, *,
+                            only_if_none: bool = False) -> bool:
+        """Stores keys and makes ``active`` sign. ``only_if_none``: only if the domain has no
+        keys yet; False (nothing written) when another node was first."""
+
+    async def remove_dkim_selector(self, domain: str, selector: str) -> None:
+        """Forgets a retired selector (KeyError if unknown; ValueError if active)."""
+
+    async def get_secret(self, name: str) -> str | None:
+        """A secret all nodes share (DMAP key, web session secret...), or None."""
+
+    async def put_secret(self, name: str, value: str, *, replace: bool = False) -> str:
+        """Stores a shared secret; without ``replace`` the value already there wins. Returns
+        the value stored."""
 
     # -- the learning spam filter --
     async def spam_totals(self, account_id: int) -> tuple[int, int]:

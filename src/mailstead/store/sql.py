@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from mailstead.store import sql_shared
 from mailstead.store.changes import ChangeBus
 from mailstead.store.interfaces import (
     SORT_FIELDS,
@@ -35,6 +36,8 @@ from mailstead.store.interfaces import (
     Changes,
     CopyResult,
     Delivery,
+    DkimKey,
+    DkimKeySet,
     Domain,
     FlagState,
     FlagUpdate,
@@ -245,6 +248,23 @@ class SqlStore(ABC):
 
     async def unlock_maildrop(self, mailbox_id: int, owner: str) -> None:
         await self._write(unlock_maildrop, mailbox_id, owner)
+
+    # -- state every node shares --
+    async def dkim_keys(self, domain: str) -> DkimKeySet | None:
+        return await self._read(sql_shared.dkim_keys, domain)
+
+    async def add_dkim_keys(self, domain: str, keys: list[DkimKey], active: str, *,
+                            only_if_none: bool = False) -> bool:
+        return await self._write(sql_shared.add_dkim_keys, domain, keys, active, only_if_none)
+
+    async def remove_dkim_selector(self, domain: str, selector: str) -> None:
+        await self._write(sql_shared.remove_dkim_selector, domain, selector)
+
+    async def get_secret(self, name: str) -> str | None:
+        return await self._read(sql_shared.get_secret, name)
+
+    async def put_secret(self, name: str, value: str, *, replace: bool = False) -> str:
+        return await self._write(sql_shared.put_secret, name, value, replace)
 
     async def spam_totals(self, account_id: int) -> tuple[int, int]:
         return await self._read(spam_totals, account_id)

@@ -11,6 +11,7 @@ from mailstead.auth.passwords import check_password_rules, hash_password
 from mailstead.core.addresses import normalize_domain, parse_address
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
 from mailstead.mailsec import dnsrecords
+from mailstead.mailsec.dkim_keys import dkim_keyring
 from mailstead.obs import log_event
 from mailstead.queue.manage import retry_now
 from mailstead.queue.recall import RecallReport, recall_and_tell
@@ -20,10 +21,12 @@ from mailstead.web.state import WebState
 RECALL_WAIT = 20.0  # seconds to wait for a worker holding the entry before marking it
 
 
-def dns_records(state: WebState, domain: str) -> list[dnsrecords.Record]:
+async def dns_records(state: WebState, domain: str) -> list[dnsrecords.Record]:
     """What to publish so the world can deliver to ``domain`` and trust its mail: the same
     records as ``mailstead dns``, with the ports of the listeners running now."""
-    return dnsrecords.expected_records(state.cfg, domain, list(state.listener_ports().values()))
+    keys = await dkim_keyring(state.services).published(domain)
+    return dnsrecords.expected_records(state.cfg, domain, keys,
+                                       list(state.listener_ports().values()))
 
 
 # -- domains, users, aliases --

@@ -622,7 +622,7 @@ async def admin_domain_dns(ctx: Ctx) -> list[m.DnsRecord]:
     if await ctx.state.store.get_domain(name) is None:
         raise NotFound(f"no domain {name}")
     return [m.DnsRecord(name=r.name, type=r.rdtype, value=r.value, purpose=r.why)
-            for r in adminops.dns_records(ctx.state, name)]
+            for r in await adminops.dns_records(ctx.state, name)]
 
 
 def _user(row: adminops.UserRow) -> m.UserOut:

@@ -66,7 +66,7 @@ async def domains_page(request: Request) -> Response:
     selected = request.query_params.get("domain") or (domains[0].name if domains else "")
     return render(request, "admin/domains.html", {
         "domains": domains, "selected": selected,
-        "records": adminops.dns_records(state, selected) if selected else [],
+        "records": await adminops.dns_records(state, selected) if selected else [],
         "section": "domains", "title": "Domains",
     })
 

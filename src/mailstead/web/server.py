@@ -94,13 +94,14 @@ async def start_web(
     """Binds the listener and starts serving the web app on the running loop. ``listeners``
     is the App's list (filled as it starts), read for the client settings pages."""
     from mailstead.web.app import build_app
-    from mailstead.web.state import WebState
+    from mailstead.web.state import WebState, session_key
 
     if lc.tls == "starttls":
         raise ConfigError(f"listeners.{name}.tls: http has no STARTTLS (use none or implicit)")
     if lc.tls == "implicit" and ssl_context is None:
         raise ConfigError(f"listeners.{name}.tls: implicit needs a certificate at tls.cert")
-    state = WebState(services, listeners, https=lc.tls == "implicit")
+    state = WebState(services, listeners, https=lc.tls == "implicit",
+                     secret=await session_key(services))
     app = build_app(state)
     sock = bind_tcp(lc.address, lc.port)
     server = await start_uvicorn(app, sock, ssl_context if lc.tls == "implicit" else None)

@@ -7,7 +7,6 @@ Built once per web listener by ``server.start_web``; handlers reach it as
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import time
 from collections import deque
@@ -19,6 +18,7 @@ from starlette.templating import Jinja2Templates
 from mailstead.net.listener import Listener
 from mailstead.services.delivery import DeliveryService, delivery_service
 from mailstead.services.mailbox import MailboxService
+from mailstead.services.secrets import WEB_SESSION, shared_secret
 
 if TYPE_CHECKING:
     from mailstead.app import Services
@@ -27,22 +27,13 @@ HERE = Path(__file__).parent
 SECRET_BYTES = 32
 
 
-def load_or_create_secret(path: Path) -> bytes:
-    """The signing key: read from ``path``, or made (random, mode 0600) on first start."""
-    if path.exists():
-        data = path.read_bytes().strip()
-        if len(data) >= SECRET_BYTES:
-            return data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(SECRET_BYTES).encode("ascii")
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    return key
+async def session_key(services: Services) -> bytes:
+    """The key signing web sessions and API tokens: shared by every node through the store
+    (moved in from ``web.session_secret_file`` where an earlier version made it)."""
+    text = await shared_secret(services.store, WEB_SESSION,
+                               lambda: secrets.token_hex(SECRET_BYTES),
+                               services.cfg.path(services.cfg.web.session_secret_file))
+    return text.encode("ascii")
 
 
 class SlidingWindow:
@@ -71,14 +62,15 @@ class SlidingWindow:
 
 
 class WebState:
-    def __init__(self, services: Services, listeners: list[Listener], *, https: bool) -> None:
+    def __init__(self, services: Services, listeners: list[Listener], *, https: bool,
+                 secret: bytes) -> None:
         self.services = services
         self.cfg = services.cfg
         self.store = services.store
         self.listeners = listeners
         self.https = https
         self.closing = asyncio.Event()
-        self.secret = load_or_create_secret(self.cfg.path(self.cfg.web.session_secret_file))
+        self.secret = secret
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.signups = SlidingWindow(self.cfg.web.signup_per_ip_per_day, 86_400)
         # Per (account id, UTC day): recipients sent from the web, for the new-account cap.
