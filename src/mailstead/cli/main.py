@@ -46,6 +46,10 @@ cli.add_command(monitor)
 @click.option("--hostname", default="mail.example.test", help="this server's host name")
 @click.option("--domain", "domain_name", default="example.test", help="first mail domain")
 @click.option("--store-url", default=None, help="sqlite:///FILE (default) or postgresql://...")
+@click.option("--pg-schema", default=None, metavar="NAME",
+              help="PostgreSQL schema of the store (default public; made if missing)")
+@click.option("--existing-schema", is_flag=True,
+              help="allow a PostgreSQL schema that already holds other tables than mailstead's")
 @click.option("--demo-user", default="demo", help="local part of the demo account")
 @click.option("--no-demo", is_flag=True, help="create no domain and no account")
 @click.option("--force", is_flag=True, help="rewrite the config of an existing data dir")
@@ -55,6 +59,8 @@ async def init(
     hostname: str,
     domain_name: str,
     store_url: str | None,
+    pg_schema: str | None,
+    existing_schema: bool,
     demo_user: str,
     no_demo: bool,
     force: bool,
@@ -65,12 +71,19 @@ async def init(
     if (data_dir / CONFIG_FILE).exists() and not force:
         fail(f"{data_dir / CONFIG_FILE} exists already (use --force to rewrite it)")
     overrides: dict[str, object] = {"hostname": hostname}
+    store: dict[str, str] = {}
     if store_url:
-        overrides["store"] = {"url": store_url}
+        store["url"] = store_url
+    if pg_schema:
+        store["pg_schema"] = pg_schema
+    if store:
+        overrides["store"] = store
     try:
         cfg = bootstrap.build_config(data_dir, overrides)
     except ValueError as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
+    if cfg.store.url.startswith("postgresql"):
+        await _check_pg_schema(cfg.store.url, cfg.store.pg_schema, existing_schema)
     password = await bootstrap.initialise(
         cfg, demo_domain=None if no_demo else domain_name, demo_user=demo_user
     )
@@ -78,6 +91,22 @@ async def init(
     if password is not None:
         click.echo(f"demo account: {demo_user}@{domain_name}  password: {password}")
         click.echo(f"(also saved in {data_dir / bootstrap.DEMO_PASSWORD_FILE})")
+
+
+async def _check_pg_schema(url: str, schema: str, allowed: bool) -> None:
+    """init writes into a schema only if it is new, empty or already mailstead's, or when
+    --existing-schema says another application's tables may share it."""
+    from mailstead.store.postgres import schema_state
+
+    try:
+        state = await asyncio.to_thread(schema_state, url, schema)
+    except Exception as exc:  # a driver error: say which store could not be reached
+        raise ConfigError(f"store.url: cannot connect to {url}: {exc}".splitlines()[0]) from None
+    if state == "foreign" and not allowed:
+        fail(f"PostgreSQL schema {schema!r} holds tables that are not mailstead's: choose "
+             "another with --pg-schema, or pass --existing-schema to share it", 2)
+    if state == "mailstead":
+        click.echo(f"joining the mailstead store in PostgreSQL schema {schema!r}")
 
 
 @cli.command()

@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg import errors, sql
@@ -224,3 +224,20 @@ class PostgresStore(SqlStore):
         if schema != self.schema or node == self.node:
             return  # another site, or our own change (published locally already)
         self.changes.publish(int(i) for i in ids.split())
+
+
+def schema_state(url: str, schema: str) -> Literal["absent", "empty", "mailstead", "foreign"]:
+    """What ``schema`` of the database at ``url`` holds: nothing ("absent" or "empty"), a
+    mailstead store ("mailstead": it has our schema_version table), or tables of something
+    else ("foreign"), which ``init`` must not write into unless told to."""
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                              (schema,)).fetchone()
+        if exists is None:
+            return "absent"
+        tables = {row[0] for row in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            (schema,)).fetchall()}
+    if not tables:
+        return "empty"
+    return "mailstead" if "schema_version" in tables else "foreign"
