@@ -123,6 +123,8 @@ class App:
 
         wiring.build(self.services)
         ctx = self._ssl_context()
+        # One context for every listener: a renewed certificate loaded into it reaches them all.
+        self.services.extra["tls_context"] = ctx
         for name, lc in self.cfg.listeners.items():
             if not lc.enabled:
                 continue

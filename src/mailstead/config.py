@@ -427,6 +427,33 @@ class SpamConfig(_Section):
     )
 
 
+class AcmeConfig(_Section):
+    enabled: bool = Field(
+        False, description="get and renew a real certificate over ACME (RFC 8555, HTTP-01 on "
+        "an http listener that answers on port 80 of every name)"
+    )
+    directory: str = Field(
+        "https://acme-v02.api.letsencrypt.org/directory",
+        description="the ACME server's directory URL (Let's Encrypt by default)",
+    )
+    email: str = Field("", description="contact address given to the ACME server (optional)")
+    names: list[str] = Field(
+        default_factory=list, description="names the certificate is for (empty: the hostname, "
+        "and mta-sts.<domain> and autoconfig.<domain> of every mail domain)"
+    )
+    renew_before_days: float = Field(
+        30, description="renew when the certificate has fewer days left than this", gt=0
+    )
+    check_interval: float = Field(
+        3600, description="seconds between two looks at the certificate (renewal due? a newer "
+        "one from another node?)", gt=0
+    )
+    ca_bundle: str = Field(
+        "", description="CA file to trust for the ACME server's own HTTPS (a private or test "
+        "ACME server); empty: the system's"
+    )
+
+
 class MonitorConfig(_Section):
     listen: str = Field(
         "127.0.0.1:8125", description="UDP host:port where 'mailstead monitor' receives the "
@@ -480,6 +507,9 @@ class Config(_Section):
         default_factory=SpamConfig, description="spam scoring and the learning filter"
     )
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
+    acme: AcmeConfig = Field(
+        default_factory=AcmeConfig, description="real certificates over ACME (RFC 8555)"
+    )
     monitor: MonitorConfig = Field(
         default_factory=MonitorConfig, description="'mailstead monitor': where it listens"
     )

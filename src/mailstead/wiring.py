@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,14 @@ def start(services: Services, background: list[asyncio.Task[None]]) -> None:
 
         background.append(asyncio.create_task(
             report_to_statsd(services.cfg.metrics, services.statistics)))
+    if services.cfg.acme.enabled:
+        from mailstead.services.certificates import CertificateService
+
+        context = services.extra.get("tls_context")
+        certificates = CertificateService(
+            services, context if isinstance(context, ssl.SSLContext) else None)
+        services.extra["certificates"] = certificates
+        background.append(asyncio.create_task(certificates.run()))
     if services.cfg.metrics.monitor:
         from mailstead.services.metrics import report_to_monitor
 

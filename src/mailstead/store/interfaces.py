@@ -178,6 +178,9 @@ class MetadataStore(Protocol):
         """Stores a shared secret; without ``replace`` the value already there wins. Returns
         the value stored."""
 
+    async def delete_secret(self, name: str) -> None:
+        """Forgets a shared secret (nothing happens if there is none)."""
+
     # -- the learning spam filter --
     async def spam_totals(self, account_id: int) -> tuple[int, int]:
         """(spam, good) messages the account has trained."""

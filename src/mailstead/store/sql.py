@@ -266,6 +266,9 @@ class SqlStore(ABC):
     async def put_secret(self, name: str, value: str, *, replace: bool = False) -> str:
         return await self._write(sql_shared.put_secret, name, value, replace)
 
+    async def delete_secret(self, name: str) -> None:
+        await self._write(sql_shared.delete_secret, name)
+
     async def spam_totals(self, account_id: int) -> tuple[int, int]:
         return await self._read(spam_totals, account_id)
 

@@ -63,3 +63,7 @@ def put_secret(db: Db, name: str, value: str, replace: bool) -> str:
            "ON CONFLICT (name) DO NOTHING", (name, value, _now()))
     stored = db.value("SELECT value FROM shared_secrets WHERE name = ?", (name,))
     return str(stored)
+
+
+def delete_secret(db: Db, name: str) -> None:
+    db.run("DELETE FROM shared_secrets WHERE name = ?", (name,))

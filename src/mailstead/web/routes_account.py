@@ -14,6 +14,7 @@ from mailstead.core.errors import Conflict, InvalidInput, NotFound
 from mailstead.mailsec import dnsrecords, mta_sts
 from mailstead.obs import log_event
 from mailstead.services.accounts import AuthFailed
+from mailstead.services.certificates import CHALLENGE_PREFIX
 from mailstead.web import accountops, clientsetup, security
 from mailstead.web.pages import (
     field,
@@ -291,6 +292,18 @@ async def settings_mobileconfig(request: Request) -> Response:
                              "Cache-Control": "no-store"})
 
 
+async def acme_challenge(request: Request) -> Response:
+    """RFC 8555 8.3: the key authorization of an HTTP-01 challenge one of our nodes is
+    answering (the ACME server may reach any node: the answers are in the store)."""
+    token = request.path_params.get("token", "")
+    answer = await web_state(request).store.get_secret(CHALLENGE_PREFIX + token) \
+        if token and len(token) <= 200 else None
+    if answer is None:
+        return Response("no such challenge\n", status_code=404, media_type="text/plain")
+    return Response(answer, media_type="application/octet-stream",
+                    headers={"Cache-Control": "no-store"})
+
+
 async def mta_sts_policy(request: Request) -> Response:
     """RFC 8461 3.3: the policy of <domain>, served on mta-sts.<domain> (text/plain)."""
     state = web_state(request)
@@ -317,6 +330,7 @@ routes = [
     Route("/.well-known/autoconfig/mail/config-v1.1.xml", autoconfig),
     Route("/mail/config-v1.1.xml", autoconfig),
     Route(mta_sts.POLICY_PATH, mta_sts_policy),
+    Route("/.well-known/acme-challenge/{token}", acme_challenge),
     Route("/settings/mobileconfig", settings_mobileconfig),
     *(Route(path, autodiscover, methods=["POST"])
       for path in ("/autodiscover/autodiscover.xml", "/Autodiscover/Autodiscover.xml",
