@@ -171,3 +171,14 @@ def test_message_events_are_bounded_and_hide_addresses() -> None:
     assert len(lines) == 10_001 and lines[-1] == "ms.message:5|c|#proto:unlisted,dir:in"
     assert "a@b.test" not in lines[0] and "@b.test" in lines[0]
     assert events.drain() == []
+
+
+def test_gauges_of_a_node_s_workers_add_up_where_they_are_per_process() -> None:
+    tally = Tally()
+    for worker, connections in (("0", 3), ("1", 4)):
+        samples, _ = parse_datagram(
+            f"ms.connections_open:{connections}|g|#node:n,worker:{worker}\n"
+            f"ms.queue_messages:7|g|#node:n,worker:{worker}".encode())
+        tally.record(samples, "127.0.0.1:1", 1000.0)
+    gauges = tally.snapshot(1000.0)["servers"]["n"]["gauges"]
+    assert gauges == {"connections_open": 7, "queue_messages": 7}

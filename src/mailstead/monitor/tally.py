@@ -18,6 +18,7 @@ BUCKET_SECONDS = 10
 HOUR = 3600
 WINDOWS = {"1m": 60, "1h": HOUR}
 OTHER = "(other)"
+MAX_WORKERS = 64  # worker processes told apart per server
 
 
 class Windowed:
@@ -56,6 +57,11 @@ class Windowed:
         return out
 
 
+# Gauges that each worker process of a node reports for itself (summed over its workers); the
+# others describe the whole node or its store, and every worker reports the same value.
+PER_PROCESS_GAUGES = ("connections",)
+
+
 @dataclass
 class ServerState:
     name: str
@@ -63,7 +69,19 @@ class ServerState:
     first_seen: float
     last_seen: float
     counters: Windowed = field(default_factory=Windowed)
-    gauges: dict[str, float] = field(default_factory=dict)
+    by_worker: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def gauges(self) -> dict[str, float]:
+        """The node's gauges: per-process ones summed over its workers, others the latest."""
+        out: dict[str, float] = {}
+        for gauges in self.by_worker.values():
+            for metric, value in gauges.items():
+                if metric.startswith(PER_PROCESS_GAUGES):
+                    out[metric] = out.get(metric, 0) + value
+                else:
+                    out[metric] = max(out.get(metric, value), value)
+        return out
 
 
 def _metric(name: str) -> str:
@@ -118,7 +136,10 @@ class Tally:
                                   source, now)
             metric = _metric(sample.name)
             if sample.kind == "g":
-                server.gauges[metric] = sample.value
+                worker = sample.tags.get("worker", "")[:20]
+                if worker not in server.by_worker and len(server.by_worker) >= MAX_WORKERS:
+                    worker = OTHER
+                server.by_worker.setdefault(worker, {})[metric] = sample.value
                 continue
             if sample.kind != "c":
                 continue  # timings and sets: not shown (yet)
