@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mailstead.core.base_subject import SubjectKeys, casemap, thread_keys
@@ -129,8 +129,8 @@ def _file_keys(meta: MessageMeta, data: bytes, names: tuple[str, ...]) -> tuple[
         "arrival": _micros(meta.internal_date), "size": meta.size,
         "sent": _micros(env.date if env.date is not None else meta.internal_date),
         "from": env.from_, "to": env.to, "cc": env.cc, "subject_key": keys.subject,
-        "reply": int(keys.reply), "thread_id": keys.message_id, "thread_parents": keys.parents,
-        "known": 1,
+        "reply": int(keys.reply), "thread_id": keys.message_id,
+        "thread_parents": keys.parents or "",
     }
     return (meta.uid, *(known[name] for name in names))
 
@@ -182,48 +182,89 @@ async def _select(s: ImapSession, key: SearchKey) -> tuple[list[int], list[int],
     return seqs, uids, highest
 
 
-async def _matching(s: ImapSession, key: SearchKey, names: tuple[str, ...],
-                    unknown_if: str) -> Found:
-    """The messages the search key selects with the sort keys ``names`` (see
+async def _matching(s: ImapSession, selected: tuple[list[int], list[int], int],
+                    names: tuple[str, ...], unknown_if: str) -> Found:
+    """The messages ``_select`` selected with the sort keys ``names`` (see
     MetadataStore.sort_columns), read in one pass over only those columns. A message whose
     ``unknown_if`` key is None has its keys taken from its file (see ``_file_keys``)."""
     view = s.require_view()
-    seqs, uids, highest = await _select(s, key)
+    seqs, uids, highest = selected
     if unknown_if not in names:
         names = (*names, unknown_if)
     with s.waiting():
         stored = await view.sort_columns(names)
     await s.checkpoint()
     with collector_paused():
-        stored_uids = list(map(itemgetter(0), stored))
-        rows: list[tuple[Any, ...] | None]
-        if stored_uids[: len(uids)] == uids:  # the usual case: the whole mailbox, in order
-            rows = list(stored[: len(uids)])
+        if stored[0][: len(uids)] != uids:  # not simply the whole mailbox in order
+            where = dict(zip(stored[0], range(len(stored[0])), strict=True))
+            places: list[int | None] = [where.get(uid) for uid in uids]
+            if None in places:  # expunged meanwhile by another session
+                kept = [(seq, p) for seq, p in zip(seqs, places, strict=True) if p is not None]
+                seqs, places = [seq for seq, _p in kept], [p for _seq, p in kept]
+            stored = [list(map(column.__getitem__, cast(list[int], places)))
+                      for column in stored]
         else:
-            rows = list(map(dict(zip(stored_uids, stored, strict=True)).get, uids))
-        if None in rows:  # expunged meanwhile by another session
-            kept = [(seq, r) for seq, r in zip(seqs, rows, strict=True) if r is not None]
-            seqs, rows = [seq for seq, _r in kept], [r for _seq, r in kept]
+            stored = [column[: len(uids)] for column in stored]
     await s.checkpoint()
-    flag = names.index(unknown_if) + 1
-    unknown = [i for i, row in enumerate(rows) if row is not None and row[flag] is None]
-    if unknown:  # rows whose keys only the message file has
+    keys = {name: stored[n + 1] for n, name in enumerate(names)}
+    flags = keys[unknown_if]
+    if None in flags:  # rows whose keys only the message file has
+        unknown = [i for i, value in enumerate(flags) if value is None]
         with s.waiting():
-            metas = {m.uid: m for m in await view.messages([uids[i] for i in unknown])}
+            metas = {m.uid: m for m in await view.messages([stored[0][i] for i in unknown])}
         for i in unknown:
-            row = rows[i]
-            meta = metas.get(row[0]) if row is not None else None
-            if meta is not None:
-                with s.waiting():
-                    data = await view.body(meta.blob_id, meta.size)
-                rows[i] = _file_keys(meta, data, names)
-                await s.checkpoint()
-    with collector_paused():
-        columns = list(zip(*rows, strict=True)) if rows else [()] * (len(names) + 1)
-        found = Found(seqs, list(columns[0]), {name: list(columns[n + 1])
-                                               for n, name in enumerate(names)}, highest)
-    await s.checkpoint()
-    return found
+            meta = metas.get(stored[0][i])
+            if meta is None:  # expunged meanwhile: sorts as a message without any field
+                for name, column in keys.items():
+                    if column[i] is None:
+                        column[i] = 0 if name == "reply" else ""
+                continue
+            with s.waiting():
+                data = await view.body(meta.blob_id, meta.size)
+            for column, value in zip(stored, _file_keys(meta, data, names), strict=True):
+                column[i] = value
+            await s.checkpoint()
+    return Found(seqs, stored[0], keys, highest)
+
+
+class Results:
+    """The last few SORT and THREAD results over big selections, kept by this process so a
+    client that repeats one (a webmail refreshing its list) is answered without reading or
+    sorting 100,000 rows again. A result depends only on the messages selected, whose
+    stored keys never change for a UID while the UIDVALIDITY stays: it is reused only for
+    exactly the same UIDs (and sequence numbers, which a THREAD shows) in the same mailbox,
+    compared in full (a few milliseconds for 100,000). Only an optimisation: every worker
+    process keeps its own."""
+
+    ENTRIES = 4
+    MIN_MESSAGES = 1000  # smaller selections are cheap to answer afresh
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[tuple[Any, ...], tuple[list[int], list[int], Any]] = \
+            OrderedDict()
+
+    def get(self, key: tuple[Any, ...], uids: list[int], seqs: list[int]) -> Any:
+        found = self._kept.get(_result_key(key))
+        if found is None or found[0] != uids or found[1] != seqs:
+            return None
+        self._kept.move_to_end(_result_key(key))
+        return found[2]
+
+    def put(self, key: tuple[Any, ...], uids: list[int], seqs: list[int], value: Any) -> None:
+        if len(uids) < self.MIN_MESSAGES:
+            return
+        self._kept[_result_key(key)] = (uids, seqs, value)
+        self._kept.move_to_end(_result_key(key))
+        while len(self._kept) > self.ENTRIES:
+            self._kept.popitem(last=False)
+
+
+def _result_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    mailbox = key[0]
+    return (mailbox.id, mailbox.uidvalidity, *key[1:])
+
+
+RESULTS = Results()
 
 
 def _charset_ok(charset: str) -> Reply | None:
@@ -355,22 +396,29 @@ async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
     if with_modseq:
         s.enable_condstore()
     names = tuple(dict.fromkeys(_COLUMN[criterion] for criterion, _reverse in args.criteria))
-    found = await _matching(s, args.key, names, "subject_key")
-    order = await sort_order(s, found.keys, len(found.uids), args.criteria)
-    shown = found.uids if cmd.uid else found.seqs
+    selected = await _select(s, args.key)
+    seqs, uids, highest = selected
+    kept_as = (s.require_view().mailbox, "SORT", args.criteria)
+    updates = args.return_options is not None and "UPDATE" in args.return_options
+    order = None if updates else RESULTS.get(kept_as, uids, seqs)
+    if order is None:
+        found = await _matching(s, selected, names, "subject_key")
+        seqs, uids = found.seqs, found.uids
+        order = await sort_order(s, found.keys, len(uids), args.criteria)
+        RESULTS.put(kept_as, uids, seqs, order)
+    shown = uids if cmd.uid else seqs
     numbers = [shown[i] for i in order]
-    highest = found.highest_modseq
-    if args.return_options is not None and "UPDATE" in args.return_options:
+    if updates:
         # CONTEXT=SORT (RFC 5267 4.3): the sorted result kept, each message with its keys
         from mailstead.proto import imap_context
 
         with collector_paused():
-            keys = key_tuples(args.criteria, found.keys, found.uids)
+            keys = key_tuples(args.criteria, found.keys, uids)
             ordered = [keys[i] for i in order]
-            uids = [found.uids[i] for i in order]
+            sorted_uids = [uids[i] for i in order]
         await s.checkpoint()
         imap_context.start(s, cmd, args.key, frozenset(s.saved_uids), args.criteria, ordered,
-                           uids, s.require_view().last_uid)
+                           sorted_uids, s.require_view().last_uid)
     if args.return_options is None:
         line = "* SORT" + (" " + " ".join(map(str, numbers)) if numbers else "")
         if with_modseq and numbers:
@@ -401,16 +449,21 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
     names: tuple[str, ...] = ("sent", "subject_key")
     if wants_refs:
         names += ("reply", "thread_id", "thread_parents")
-    found = await _matching(s, args.key, names, names[-1])
-    keys = found.keys
-    cols = ThreadColumns(found.uids if cmd.uid else found.seqs, keys["sent"],
-                         keys["subject_key"], keys.get("reply", []), keys.get("thread_id", []),
-                         keys.get("thread_parents", []))
-    if wants_refs:
-        forest = await _drive(s, references_steps(cols))
-        with collector_paused():
-            text = format_threads(forest)
-    else:
-        text = await _drive(s, ordered_subject_steps(cols))
+    selected = await _select(s, args.key)
+    kept_as = (s.require_view().mailbox, "THREAD", args.algorithm, cmd.uid)
+    text = RESULTS.get(kept_as, selected[1], selected[0])
+    if text is None:
+        found = await _matching(s, selected, names, names[-1])
+        keys = found.keys
+        cols = ThreadColumns(found.uids if cmd.uid else found.seqs, keys["sent"],
+                             keys["subject_key"], keys.get("reply", []),
+                             keys.get("thread_id", []), keys.get("thread_parents", []))
+        if wants_refs:
+            forest = await _drive(s, references_steps(cols))
+            with collector_paused():
+                text = format_threads(forest)
+        else:
+            text = await _drive(s, ordered_subject_steps(cols))
+        RESULTS.put(kept_as, found.uids, found.seqs, text)
     s.io.write(("* THREAD" + (" " + text if text else "")).encode() + b"\r\n")
     return Reply("OK", "Thread completed")

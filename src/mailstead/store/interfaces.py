@@ -193,9 +193,10 @@ class MetadataStore(Protocol):
     async def sort_columns(
         self, mailbox_id: int, columns: Sequence[str], after_uid: int = 0,
         limit: int | None = None,
-    ) -> list[tuple[Any, ...]]:
+    ) -> list[list[Any]]:
         """SORT/THREAD keys of the messages above ``after_uid`` (at most ``limit`` of them),
-        in UID order: one tuple per message, its uid then the ``columns`` named: "arrival"
+        in UID order, column-wise: a list of their UIDs, then one list per name in
+        ``columns``: "arrival"
         (internal date), "sent" (Date: else internal date), "size" (microseconds, octets),
         "from", "to", "cc" (envelope fields), and the keys stored at delivery
         (core/base_subject.thread_keys) "subject_key", "reply", "thread_id" and

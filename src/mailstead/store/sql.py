@@ -281,7 +281,7 @@ class SqlStore(ABC):
     async def sort_columns(
         self, mailbox_id: int, columns: Sequence[str], after_uid: int = 0,
         limit: int | None = None,
-    ) -> list[tuple[Any, ...]]:
+    ) -> list[list[Any]]:
         return await self._read(sort_columns, mailbox_id, tuple(columns), after_uid, limit)
 
     async def sort_fields(
