@@ -285,7 +285,7 @@ def sent_date(f: SortFields) -> int:
     return f.internal_date if date is None else date
 
 
-class _Addresses:
+class Addresses:
     """First address of an address field, memoised per distinct field value."""
 
     def __init__(self) -> None:
@@ -312,7 +312,7 @@ class _Addresses:
         return ""
 
 
-def _sort_keys(criterion: str, keys: dict[str, list[Any]], addresses: _Addresses
+def _sort_keys(criterion: str, keys: dict[str, list[Any]], addresses: Addresses
                ) -> list[Any]:
     """Each message's key for one criterion (RFC 5256 3, RFC 5957 4), from the columns of
     ``_matching``."""
@@ -358,7 +358,7 @@ def key_tuples(criteria: tuple[tuple[str, bool], ...], keys: dict[str, list[Any]
     """One tuple per message that orders the messages as ``sort_order`` does: the criteria
     in turn (REVERSE ones compared the other way), then the UID (mailbox order, RFC 5256 3).
     Used to place a message in a kept sorted result (CONTEXT=SORT, imap_context.py)."""
-    addresses = _Addresses()
+    addresses = Addresses()
     columns: list[list[Any]] = []
     for criterion, reverse in criteria:
         column = _sort_keys(criterion, keys, addresses)
@@ -374,7 +374,7 @@ async def sort_order(s: ImapSession, keys: dict[str, list[Any]], count: int,
     order (RFC 5256 3). One stable sort per criterion, the last criterion first: Python's
     sort keeps equal items in their order even with reverse=True."""
     order = list(range(count))
-    addresses = _Addresses()
+    addresses = Addresses()
     for criterion, reverse in reversed(criteria):
         with collector_paused():
             column = _sort_keys(criterion, keys, addresses)

@@ -403,3 +403,18 @@ def thread_numbers(forest: Forest) -> list[int]:
             found.append(forest.numbers[forest.msg[c]])
         stack.extend(forest.kids.get(c, ()))
     return found
+
+
+def members(forest: Forest, top: int) -> list[tuple[int, int]]:
+    """The messages of one thread (a container of ``forest.top``) as (number, depth), in
+    the order the THREAD response lists them; a dummy's children sit at its depth."""
+    found: list[tuple[int, int]] = []
+    stack = [(top, 0)]
+    while stack:
+        c, depth = stack.pop()
+        i = forest.msg[c]
+        if i >= 0:
+            found.append((forest.numbers[i], depth))
+        below = depth + 1 if i >= 0 else depth
+        stack.extend((kid, below) for kid in reversed(forest.kids.get(c, ())))
+    return found
