@@ -73,7 +73,10 @@ def _ranks(sent: list[Any]) -> tuple[list[int], list[int]]:
     """The messages in sent-date order, ties in mailbox order, and each message's place in
     that order (one int to compare instead of a (date, position) pair)."""
     by_date = sorted(range(len(sent)), key=sent.__getitem__)  # stable: ties stay in order
-    return by_date, sorted(range(len(sent)), key=by_date.__getitem__)
+    rank = [0] * len(sent)
+    for place, i in enumerate(by_date):
+        rank[i] = place
+    return by_date, rank
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,30 +370,37 @@ def format_threads(forest: Forest) -> str:
     """The thread lists of the THREAD response: "(2)(3 6 (4 23)(44 7 96))" (RFC 5256
     section 4): a message with one child continues its list; several children each open a
     nested list; a dummy shows only its children."""
+    kids, msg = forest.kids, forest.msg
+    labels = list(map(str, forest.numbers))
     out: list[str] = []
-    kids, msg, numbers = forest.kids, forest.msg, forest.numbers
-    stack: list[int | str] = []
+    append = out.append
+    stack: list[int] = []  # containers, and _OPEN / _CLOSE for the parentheses
     for c in reversed(forest.top):
-        stack += [")", c, "("]
+        stack += (_CLOSE, c, _OPEN)
     while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            out.append(item)
+        c = stack.pop()
+        if c < 0:
+            append("(" if c == _OPEN else ")")
             continue
-        lead = ""
-        if msg[item] >= 0:
-            out.append(str(numbers[msg[item]]))
-            lead = " "
-        children = kids.get(item)
-        if not children:
-            continue
-        if len(children) == 1:
-            stack += [children[0], lead]
-        else:
+        while True:  # down a chain of only children without the stack
+            i = msg[c]
+            children = kids.get(c)
+            if i >= 0:
+                append(labels[i])
+                if children:
+                    append(" ")
+            if not children:
+                break
+            if len(children) == 1:
+                c = children[0]
+                continue
             for kid in reversed(children):
-                stack += [")", kid, "("]
-            stack.append(lead)
+                stack += (_CLOSE, kid, _OPEN)
+            break
     return "".join(out)
+
+
+_OPEN, _CLOSE = -1, -2
 
 
 def thread_numbers(forest: Forest) -> list[int]:
