@@ -1,4 +1,4 @@
-"""SORT and THREAD over the keys stored at delivery (migration 0006): messages stored before
+"""SORT and THREAD over the keys stored at delivery (migration 0010): messages stored before
 it (keys unknown, or References never recorded) answer the same, and a result kept for a
 repeated command (imap_cmd_sort.Results) is never reused once the messages differ."""
 
@@ -21,7 +21,7 @@ ORDERED = b"(6 7)(1 (2)(3)(4)(5))"
 
 
 def _as_before_migration(db: Db) -> None:
-    """Rows stored before 0006 (no keys), two of them also before 0005 (no References)."""
+    """Rows stored before 0010 (no keys), two of them also before 0005 (no References)."""
     db.run("UPDATE messages SET sort_subject = NULL, sort_reply = NULL, thread_id = NULL, "
            "thread_parents = NULL")
     db.run("UPDATE messages SET env_references = NULL WHERE uid IN (2, 4)")

@@ -1,4 +1,4 @@
-"""The SORT/THREAD keys stored at delivery (migration 0006, core/base_subject.thread_keys):
+"""The SORT/THREAD keys stored at delivery (migration 0010, core/base_subject.thread_keys):
 read column-wise, carried by COPY, and filled in for rows stored before the migration."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ async def test_copy_keeps_the_keys(store: MetadataStore) -> None:
 
 
 def _forget_keys(db: Db) -> None:
-    """As rows stored before migration 0006 (and one before 0005: no References) are."""
+    """As rows stored before migration 0010 (and one before 0005: no References) are."""
     db.run("UPDATE messages SET sort_subject = NULL, sort_reply = NULL, thread_id = NULL, "
            "thread_parents = NULL")
     db.run("UPDATE messages SET env_references = NULL WHERE uid = 2")
@@ -88,7 +88,7 @@ async def test_backfill_fills_rows_stored_before(store: SqlStore) -> None:
 
 
 async def test_migration_from_version_5_backfills(tmp_path: Path) -> None:
-    """A store made before migration 0006 gets the keys of its messages when opened."""
+    """A store made before migration 0010 gets the keys of its messages when opened."""
     path = tmp_path / "meta.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied BIGINT)")

@@ -112,13 +112,14 @@ def apply_migrations(db: Db) -> int:
         for statement in split_statements(text, db.dialect):
             db.run(statement)
         db.run("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, _now()))
-        if version == THREAD_KEYS_VERSION:
-            backfill_thread_keys(db)
+        for step in AFTER_MIGRATION.findall(text):  # Python work the SQL cannot do
+            PYTHON_STEPS[step](db)
         current = version
     return int(current)
 
 
-THREAD_KEYS_VERSION = 6  # the migration that added the stored SORT/THREAD keys
+# A migration's line "-- then: name" runs PYTHON_STEPS[name] right after its statements.
+AFTER_MIGRATION = re.compile(r"^-- then: (\w+)$", re.M)
 BACKFILL_BATCH = 5000
 
 
@@ -135,7 +136,7 @@ def stored_thread_keys(subject: str, from_: str, to: str, cc: str, date: int | N
 
 
 def backfill_thread_keys(db: Db) -> None:
-    """Fills the stored SORT/THREAD keys (migration 0006) of the rows stored before it, in
+    """Fills the stored SORT/THREAD keys (migration 0010) of the rows stored before it, in
     batches of BACKFILL_BATCH rows."""
     after = 0
     while True:
@@ -151,6 +152,9 @@ def backfill_thread_keys(db: Db) -> None:
             "thread_parents = ? WHERE id = ?",
             [(*stored_thread_keys(*r[1:]), r[0]) for r in rows],
         )
+
+
+PYTHON_STEPS: dict[str, Callable[[Db], None]] = {"backfill_thread_keys": backfill_thread_keys}
 
 
 # ---------------------------------------------------------------------------------------------
