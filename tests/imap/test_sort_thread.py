@@ -179,25 +179,32 @@ def test_thread_both_algorithms(raw: Raw) -> None:
     assert b"* THREAD" in lines
 
 
+TREE = [  # (Message-ID, References, Subject, day)
+    ("a", "<root@x>", "Re: Plan", 2),
+    ("b", "<root@x> <a@x>", "Re: Plan", 3),
+    ("c", "<root@x>", "Re: Plan", 4),
+    ("d", "<root@x> <a@x> <b@x>", "Re: Plan", 5),
+    ("e", "<root@x> <a@x>", "Re: Plan", 6),
+    ("f", "", "Other topic", 1),
+    ("g", "", "Re: Other topic", 7),
+]
+
+
+def append_tree(raw: Raw) -> None:
+    """APPENDs TREE, each message's body 10 octets a day of its date."""
+    for mid, refs, subject, day in TREE:
+        extra = f"References: {refs}\r\n" if refs else ""
+        data = build("p@example.org", ALICE, "", subject,
+                     f"{day:02d} Mar 2024 10:00:00 +0000", f"<{mid}@x>", extra, 10 * day)
+        append(raw, data, "01-Apr-2024 10:00:00 +0000")
+
+
 def test_thread_reply_tree_with_missing_parent(mail_server: RunningServer) -> None:
     """A realistic discussion: the original is missing (deleted), replies form a tree, one
     reply lost its References and is joined to the thread by its subject."""
     raw = Raw(mail_server)
     raw.login()
-    tree = [  # (Message-ID, References, Subject, day)
-        ("a", "<root@x>", "Re: Plan", 2),
-        ("b", "<root@x> <a@x>", "Re: Plan", 3),
-        ("c", "<root@x>", "Re: Plan", 4),
-        ("d", "<root@x> <a@x> <b@x>", "Re: Plan", 5),
-        ("e", "<root@x> <a@x>", "Re: Plan", 6),
-        ("f", "", "Other topic", 1),
-        ("g", "", "Re: Other topic", 7),
-    ]
-    for mid, refs, subject, day in tree:
-        extra = f"References: {refs}\r\n" if refs else ""
-        data = build("p@example.org", ALICE, "", subject,
-                     f"{day:02d} Mar 2024 10:00:00 +0000", f"<{mid}@x>", extra, 10)
-        append(raw, data, "01-Apr-2024 10:00:00 +0000")
+    append_tree(raw)
     raw.cmd("SELECT INBOX")
     # root (missing) -> a -> (b -> d, e), c ; f <- g by subject
     assert thread(raw, "THREAD REFERENCES UTF-8 ALL") == b"(6 7)((1 (2 4)(5))(3))"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailstead.proto.base_subject import SubjectKeys, base_subject, casemap
+from mailstead.core.base_subject import base_subject, casemap
 from mailstead.proto.imap_format import sequence_set
 from mailstead.proto.imap_thread import (
     ThreadMessage,
@@ -62,7 +62,7 @@ def msg(number: int, day: int, subject: str = "s", mid: str = "", irt: str = "",
 
 
 def refs_threads(messages: list[ThreadMessage]) -> str:
-    return format_threads(references(messages, SubjectKeys()))
+    return format_threads(references(messages))
 
 
 def test_rfc_example_thread_shape() -> None:
@@ -128,7 +128,7 @@ def test_ordered_subject() -> None:
     messages = [msg(1, 3, "Lunch"), msg(2, 1, "Invoice"), msg(3, 4, "Re: lunch"),
                 msg(4, 5, "[list] Lunch"), msg(5, 2, "Re: Invoice")]
     # Threads by the date of their first message; children of the first, by date.
-    assert ordered_subject(messages, SubjectKeys()) == "(2 5)(1 (3)(4))"
+    assert ordered_subject(messages) == "(2 5)(1 (3)(4))"
 
 
 def test_long_chain_needs_no_recursion() -> None:
@@ -165,7 +165,7 @@ def mailboxes(draw: st.DrawFn) -> list[ThreadMessage]:
 @settings(max_examples=300, deadline=None)
 @given(mailboxes())
 def test_every_message_threaded_exactly_once(messages: list[ThreadMessage]) -> None:
-    top = references(messages, SubjectKeys())
+    top = references(messages)
     expected = sorted(m.number for m in messages)
     assert sorted(thread_numbers(top)) == expected
     text = format_threads(top)
@@ -175,5 +175,5 @@ def test_every_message_threaded_exactly_once(messages: list[ThreadMessage]) -> N
         depth += {"(": 1, ")": -1}.get(ch, 0)
         assert depth >= 0
     assert depth == 0 and "()" not in text
-    plain = ordered_subject(messages, SubjectKeys())
+    plain = ordered_subject(messages)
     assert sorted(int(n) for n in re.findall(r"\d+", plain)) == expected

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import email
 import email.policy
-from datetime import UTC, datetime
 
 import pytest
 
 from mailstead.core.errors import InvalidInput
-from mailstead.store.interfaces import Envelope, MessageMeta
 from mailstead.web.compose import Draft, build_message, envelope_recipients, reply_draft
-from mailstead.web.mailroom import base_subject, thread_groups
 from mailstead.web.messages import part_content, read_message
 from mailstead.web.sanitize import clean_html, html_to_text, text_to_html
 from tests.web import samples
@@ -153,23 +150,3 @@ def test_reply_all_leaves_out_our_own_addresses() -> None:
     assert "> hello" in draft.text
 
 
-# -- threads --
-
-
-def _meta(uid: int, subject: str, message_id: str, in_reply_to: str = "") -> MessageMeta:
-    return MessageMeta(uid, 1, uid, 1, 0, frozenset(), datetime.now(UTC), 10, "b",
-                       Envelope(subject=subject, message_id=message_id, in_reply_to=in_reply_to))
-
-
-def test_threads_join_replies_by_reference_and_by_subject() -> None:
-    metas = [
-        _meta(1, "Lunch?", "<a@x>"),
-        _meta(2, "Re: Lunch?", "<b@x>", "<a@x>"),
-        _meta(3, "RE: Fwd: lunch?", "<c@x>", "<gone@x>"),  # parent not here: subject joins
-        _meta(4, "Hello", "<d@x>"),
-        _meta(5, "Hello", "<e@x>"),  # same subject, no reply: separate conversations
-    ]
-    groups = thread_groups(metas)
-    assert groups[1] == groups[2] == groups[3]
-    assert len({groups[1], groups[4], groups[5]}) == 3
-    assert base_subject("Re: AW: Fwd: Lunch?") == "lunch?"

@@ -69,6 +69,7 @@ class Summary:
     date: datetime | None
     flags: frozenset[str]
     size: int
+    depth: int = 0  # in a threaded list: how many replies deep (0 starts a thread)
 
     @property
     def seen(self) -> bool:
@@ -153,12 +154,30 @@ class MailClient:
             self.imap.select_folder(folder)
             self._selected = folder
 
-    def summaries(self, folder: str, limit: int = 500) -> list[Summary]:
+    def can_thread(self) -> bool:
+        return bool(self.imap.has_capability("THREAD=REFERENCES"))
+
+    def summaries(self, folder: str, limit: int = 500, threaded: bool = False
+                  ) -> list[Summary]:
         """The newest ``limit`` messages of the folder, newest first: by the date they were
         sent when the server can SORT (RFC 5256; it orders them, no header is fetched for
-        that), else by arrival."""
+        that), else by arrival. ``threaded``: grouped in conversations by the server's UID
+        THREAD REFERENCES (RFC 5256), the thread with the newest arrival first, each reply
+        below what it answers (``Summary.depth``); ClientError when the server cannot."""
         self._select(folder)
-        if self.imap.has_capability("SORT"):
+        depths: dict[int, int] = {}
+        if threaded:
+            if not self.can_thread():
+                raise ClientError("the server cannot thread (no THREAD=REFERENCES)")
+            threads = [thread_members(t) for t in self.imap.thread("REFERENCES")]
+            threads.sort(key=lambda members: max(uid for uid, _depth in members), reverse=True)
+            uids: list[int] = []
+            for members in threads:
+                if len(uids) >= limit:
+                    break
+                uids += [uid for uid, _depth in members]
+                depths.update(members)
+        elif self.imap.has_capability("SORT"):
             uids = self.imap.sort(["REVERSE", "DATE", "REVERSE", "ARRIVAL"])[:limit]
         else:
             uids = sorted(self.imap.search("ALL"), reverse=True)[:limit]
@@ -179,7 +198,7 @@ class MailClient:
             out.append(Summary(
                 uid=uid, sender=name or address, subject=str(parsed.get("Subject", "")),
                 date=date, flags=frozenset(_flag_text(f) for f in data.get(b"FLAGS", ())),
-                size=int(data.get(b"RFC822.SIZE", 0))))
+                size=int(data.get(b"RFC822.SIZE", 0)), depth=depths.get(uid, 0)))
         out.sort(key=lambda s: order[s.uid])
         return out
 
@@ -295,6 +314,25 @@ class MailClient:
 
 
 _ROLES = {"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged"}
+
+
+def thread_members(thread: Sequence[Any]) -> list[tuple[int, int]]:
+    """(uid, depth) of each message of one thread as IMAPClient parses a THREAD response
+    (RFC 5256 4: "(3 6 (4 23)(44 7 96))" is (3, 6, (4, 23), (44, 7, 96))): a number
+    continues the chain one level deeper, a nested list is a branch from where it stands."""
+    found: list[tuple[int, int]] = []
+    stack: list[tuple[Sequence[Any], int]] = [(thread, 0)]
+    while stack:
+        items, depth = stack.pop()
+        branches = []
+        for item in items:
+            if isinstance(item, int):
+                found.append((item, depth))
+                depth += 1
+            else:
+                branches.append((item, depth))
+        stack += reversed(branches)
+    return found
 
 
 def readable_text(message: EmailMessage) -> str:

@@ -2,7 +2,8 @@
 message below. Works with any IMAP server and SMTP submission server (connection.py).
 
 Keys: Enter reads, c composes, r replies, f flags, d deletes (to Trash), j marks as spam
-(to Junk), n as not spam (back to INBOX), g refreshes, q quits. In the compose screen,
+(to Junk), n as not spam (back to INBOX), t switches between the list by date and the
+conversations (the server's THREAD=REFERENCES), g refreshes, q quits. In the compose screen,
 Ctrl+S sends and Escape cancels. Every server call runs in a worker thread, one at a time,
 so the screen never freezes on the network.
 """
@@ -80,7 +81,8 @@ class MailApp(App[None]):
         Binding("c", "compose", "Compose"), Binding("r", "reply", "Reply"),
         Binding("f", "flag", "Flag"), Binding("d", "delete", "Delete"),
         Binding("j", "junk", "Spam"), Binding("n", "not_junk", "Not spam"),
-        Binding("g", "refresh", "Refresh"), Binding("q", "quit", "Quit"),
+        Binding("t", "threads", "Threads"), Binding("g", "refresh", "Refresh"),
+        Binding("q", "quit", "Quit"),
     ]
     DEFAULT_CSS = """
     #folders { width: 26; border-right: solid $primary; }
@@ -95,6 +97,7 @@ class MailApp(App[None]):
         self.folder = "INBOX"
         self.summaries: list[Summary] = []
         self.letter: Letter | None = None
+        self.threaded = False  # conversations (UID THREAD REFERENCES) instead of by date
         self._lock = asyncio.Lock()
 
     def compose(self) -> ComposeResult:
@@ -139,15 +142,18 @@ class MailApp(App[None]):
             menu.highlighted = names.index(self.folder)
 
     async def load_messages(self) -> None:
-        found = await self.call(self.client.summaries, self.folder)
+        found = await self.call(self.client.summaries, self.folder, 500, self.threaded)
         self.summaries = found or []
         table = self.query_one("#messages", DataTable)
         table.clear()
         for s in self.summaries:
             mark = ("*" if s.flagged else " ") + (" " if s.seen else "N")
             when = s.date.strftime("%Y-%m-%d %H:%M") if s.date else ""
-            table.add_row(mark, s.sender[:30], s.subject[:80], when, key=str(s.uid))
-        self.status(f"{self.folder}: {len(self.summaries)} messages")
+            subject = ("  " * min(s.depth - 1, 10) + "└ " if s.depth else "") + s.subject
+            table.add_row(mark, s.sender[:30], subject[:80], when, key=str(s.uid))
+        if found is not None:
+            shown = "conversations" if self.threaded else "by date"
+            self.status(f"{self.folder}: {len(self.summaries)} messages, {shown}")
 
     def current(self) -> Summary | None:
         table = self.query_one("#messages", DataTable)
@@ -246,6 +252,13 @@ class MailApp(App[None]):
 
     async def action_not_junk(self) -> None:
         await self._change("marked as not spam", self.client.junk, False)
+
+    async def action_threads(self) -> None:
+        if not self.threaded and not await self.call(self.client.can_thread):
+            self.status("this server cannot thread (no THREAD=REFERENCES)")
+            return
+        self.threaded = not self.threaded
+        await self.load_messages()
 
     async def action_refresh(self) -> None:
         await self.load_folders()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from mailstead.core.models import (
     Account,
@@ -141,6 +141,10 @@ class SelectedView(Protocol):
         """SORT/THREAD fields (those ``wanted``, see MetadataStore.sort_fields) of every
         stored message of the mailbox, in UID order; may include messages this view has not
         announced yet."""
+    async def sort_columns(self, columns: Sequence[str]) -> list[list[Any]]:
+        """SORT/THREAD keys (``columns``, see MetadataStore.sort_columns) of every stored
+        message of the mailbox, in UID order, column-wise, the UIDs first; may include
+        messages this view has not announced yet."""
     async def body(self, blob_id: str, size: int | None = None) -> bytes: ...
     async def store_flags(
         self,

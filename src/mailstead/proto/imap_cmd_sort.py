@@ -2,11 +2,12 @@
 THREAD (RFC 5256 3, ORDEREDSUBJECT and REFERENCES). Pure code.
 
 The messages are chosen by the SEARCH evaluator (imap_search.compile_key): flag-only keys
-from the flag rows, others over the full rows. What a sort needs of a message (subject,
-addresses, Date:, Message-ID, In-Reply-To, References) comes from the envelope columns
-parsed at delivery, read in one query of only the columns wanted (SelectedView.sort_fields);
-a message file is read only when a search key needs its text, or for a row stored without
-envelope columns (or, for THREAD=REFERENCES, before References was kept).
+from the flag rows, others over the full rows. What a sort needs of a message comes from
+the store in one query of only the columns wanted (SelectedView.sort_columns): dates, size,
+addresses, and the keys computed once at delivery (core/base_subject.thread_keys: the base
+subject's comparison key, the msg-ids to thread by), so a SORT or THREAD parses nothing per
+message. A message file is read only when a search key needs its text, or for a row stored
+without envelope columns (or, for THREAD=REFERENCES, before References was kept).
 
 The per-message work is cut in steps with ``ImapSession.checkpoint`` between them (a turn
 for the other sessions every few milliseconds, and the per-command work budget, issue 16),
@@ -17,15 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import gc
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from mailstead.core.models import SortFields
+from mailstead.core.base_subject import SubjectKeys, casemap, thread_keys
+from mailstead.core.models import MessageMeta, SortFields
 from mailstead.proto import mime, mime_address
-from mailstead.proto.base_subject import SubjectKeys, casemap
 from mailstead.proto.imap_args import Command, SearchKey, SkAll, SortArgs, ThreadArgs
 from mailstead.proto.imap_format import Reply
 from mailstead.proto.imap_parse import SORT_CHARSETS
@@ -42,7 +43,7 @@ from mailstead.proto.imap_search import (
 )
 from mailstead.proto.imap_thread import (
     Steps,
-    ThreadMessage,
+    ThreadColumns,
     format_threads,
     ordered_subject_steps,
     references_steps,
@@ -52,10 +53,11 @@ if TYPE_CHECKING:
     from mailstead.proto.imap_session import ImapSession
 
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
-_WANTED = {  # the stored field each sort criterion reads (SortFields)
-    "ARRIVAL": "", "CC": "cc", "DATE": "date", "FROM": "from_", "SIZE": "size",
-    "SUBJECT": "subject", "TO": "to", "DISPLAYFROM": "from_", "DISPLAYTO": "to",
+_COLUMN = {  # the key each sort criterion reads (MetadataStore.sort_columns)
+    "ARRIVAL": "arrival", "CC": "cc", "DATE": "sent", "FROM": "from", "SIZE": "size",
+    "SUBJECT": "subject_key", "TO": "to", "DISPLAYFROM": "from", "DISPLAYTO": "to",
 }
+_ADDRESSES = frozenset({"CC", "FROM", "TO", "DISPLAYFROM", "DISPLAYTO"})
 
 
 T = TypeVar("T")
@@ -75,18 +77,20 @@ async def _drive(s: ImapSession, steps: Steps[T]) -> T:
 
 @dataclass(slots=True)
 class Found:
-    """The matching messages, in mailbox order: sequence numbers and sort fields side by
-    side (lists, so the per-message work runs in C where it can)."""
+    """The matching messages, in mailbox order: sequence numbers, UIDs and one list per sort
+    key asked for (named as MetadataStore.sort_columns names them), side by side, so the
+    per-message work runs in C where it can."""
 
     seqs: list[int]
-    rows: list[SortFields]
+    uids: list[int]
+    keys: dict[str, list[Any]]
     highest_modseq: int = 0
 
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
     """Holds the cyclic garbage collector off during one synchronous step that builds many
-    acyclic objects (rows, thread tree nodes): its collections would re-scan them all, for
+    acyclic objects (rows, key lists): its collections would re-scan them all, for
     nothing, several times (as store/gcpause.py does for big listings; this module may not
     import the store). Never held across an await. Should a store thread pause and resume
     the collector meanwhile, every interleaving still leaves it on in the end."""
@@ -116,10 +120,24 @@ def _from_message(f: SortFields, data: bytes) -> SortFields:
     )
 
 
-async def _matching(s: ImapSession, key: SearchKey, wanted: frozenset[str]) -> Found:
-    """The messages the search key selects (the SEARCH evaluator, imap_search.compile_key),
-    in mailbox order, with the sort fields ``wanted`` (see SortFields), and their highest
-    MODSEQ."""
+def _file_keys(meta: MessageMeta, data: bytes, names: tuple[str, ...]) -> tuple[Any, ...]:
+    """A row of ``sort_columns`` for a message whose stored keys are unknown (stored without
+    envelope columns, or before References was kept): from its file."""
+    env = mime.parse_envelope_fields(data)
+    keys = thread_keys(env.subject, env.message_id, env.in_reply_to, env.references)
+    known = {
+        "arrival": _micros(meta.internal_date), "size": meta.size,
+        "sent": _micros(env.date if env.date is not None else meta.internal_date),
+        "from": env.from_, "to": env.to, "cc": env.cc, "subject_key": keys.subject,
+        "reply": int(keys.reply), "thread_id": keys.message_id,
+        "thread_parents": keys.parents or "",
+    }
+    return (meta.uid, *(known[name] for name in names))
+
+
+async def _select(s: ImapSession, key: SearchKey) -> tuple[list[int], list[int], int]:
+    """The sequence numbers and UIDs of the messages the search key selects (the SEARCH
+    evaluator, imap_search.compile_key), in mailbox order, and their highest MODSEQ."""
     view = s.require_view()
     scope = Scope(view.exists, view.last_uid, datetime.now(UTC), frozenset(s.saved_uids))
     test = compile_key(key, scope)
@@ -129,8 +147,8 @@ async def _matching(s: ImapSession, key: SearchKey, wanted: frozenset[str]) -> F
     uids: list[int] = []
     highest = 0
     if isinstance(key, SkAll):
-        seqs, uids = list(range(1, len(all_uids) + 1)), all_uids  # no test to run
-    elif need(key) is Need.FLAGS:
+        return list(range(1, len(all_uids) + 1)), all_uids, 0  # no test to run
+    if need(key) is Need.FLAGS:
         # Flag, set and MODSEQ keys (and ALL) are answered from the flag rows.
         with s.waiting():
             states = await view.flag_states(all_uids)
@@ -142,55 +160,111 @@ async def _matching(s: ImapSession, key: SearchKey, wanted: frozenset[str]) -> F
                 seqs.append(seq)
                 uids.append(st.uid)
                 highest = max(highest, st.modseq)
-    else:
-        for start in range(0, len(all_uids), CHUNK):
-            with s.waiting():
-                metas = await view.messages(all_uids[start : start + CHUNK])
-            for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
-                await s.checkpoint()
-                if seq is None:
-                    continue
-                c = Candidate(seq, meta.uid, meta.modseq, meta.flags, meta.keywords,
-                              recent(meta.uid), meta)
-                result = test(c)
-                if result is None:  # as SEARCH does: the text, one key scan at a time
-                    with s.waiting():
-                        c.data = await view.body(meta.blob_id, meta.size)
-                    result = await resolve(c, test, s)
-                if result:
-                    seqs.append(seq)
-                    uids.append(meta.uid)
-                    highest = max(highest, meta.modseq)
+        return seqs, uids, highest
+    for start in range(0, len(all_uids), CHUNK):
+        with s.waiting():
+            metas = await view.messages(all_uids[start : start + CHUNK])
+        for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
+            await s.checkpoint()
+            if seq is None:
+                continue
+            c = Candidate(seq, meta.uid, meta.modseq, meta.flags, meta.keywords,
+                          recent(meta.uid), meta)
+            result = test(c)
+            if result is None:  # as SEARCH does: the text, one key scan at a time
+                with s.waiting():
+                    c.data = await view.body(meta.blob_id, meta.size)
+                result = await resolve(c, test, s)
+            if result:
+                seqs.append(seq)
+                uids.append(meta.uid)
+                highest = max(highest, meta.modseq)
+    return seqs, uids, highest
+
+
+async def _matching(s: ImapSession, selected: tuple[list[int], list[int], int],
+                    names: tuple[str, ...], unknown_if: str) -> Found:
+    """The messages ``_select`` selected with the sort keys ``names`` (see
+    MetadataStore.sort_columns), read in one pass over only those columns. A message whose
+    ``unknown_if`` key is None has its keys taken from its file (see ``_file_keys``)."""
+    view = s.require_view()
+    seqs, uids, highest = selected
+    if unknown_if not in names:
+        names = (*names, unknown_if)
     with s.waiting():
-        stored = await view.sort_fields(wanted)
+        stored = await view.sort_columns(names)
     await s.checkpoint()
     with collector_paused():
-        stored_uids = list(map(attrgetter("uid"), stored))
-        rows: list[SortFields | None]
-        if stored_uids[: len(uids)] == uids:  # the usual case: the whole mailbox, in order
-            rows = list(stored[: len(uids)])
+        if stored[0][: len(uids)] != uids:  # not simply the whole mailbox in order
+            where = dict(zip(stored[0], range(len(stored[0])), strict=True))
+            places: list[int | None] = [where.get(uid) for uid in uids]
+            if None in places:  # expunged meanwhile by another session
+                kept = [(seq, p) for seq, p in zip(seqs, places, strict=True) if p is not None]
+                seqs, places = [seq for seq, _p in kept], [p for _seq, p in kept]
+            stored = [list(map(column.__getitem__, cast(list[int], places)))
+                      for column in stored]
         else:
-            rows = list(map(dict(zip(stored_uids, stored, strict=True)).get, uids))
-    if None in rows:  # expunged meanwhile by another session
-        kept = [(seq, r) for seq, r in zip(seqs, rows, strict=True) if r is not None]
-        seqs, rows = [seq for seq, _r in kept], [r for _seq, r in kept]
-    found = Found(seqs, cast(list[SortFields], rows), highest)
-    refs = "references" in wanted
-    unknown = [i for i, row in enumerate(found.rows)
-               if row.bare or (refs and row.references is None)]
-    if unknown:  # rows stored without (some) envelope columns: the message file answers
-        with s.waiting():
-            metas = await view.messages([found.rows[i].uid for i in unknown])
-        files = {m.uid: m for m in metas}
-        for i in unknown:
-            stored_row = files.get(found.rows[i].uid)
-            if stored_row is not None:
-                with s.waiting():
-                    data = await view.body(stored_row.blob_id, stored_row.size)
-                found.rows[i] = _from_message(found.rows[i], data)
-                await s.checkpoint()
+            stored = [column[: len(uids)] for column in stored]
     await s.checkpoint()
-    return found
+    keys = {name: stored[n + 1] for n, name in enumerate(names)}
+    flags = keys[unknown_if]
+    if None in flags:  # rows whose keys only the message file has
+        unknown = [i for i, value in enumerate(flags) if value is None]
+        with s.waiting():
+            metas = {m.uid: m for m in await view.messages([stored[0][i] for i in unknown])}
+        for i in unknown:
+            meta = metas.get(stored[0][i])
+            if meta is None:  # expunged meanwhile: sorts as a message without any field
+                for name, column in keys.items():
+                    if column[i] is None:
+                        column[i] = 0 if name == "reply" else ""
+                continue
+            with s.waiting():
+                data = await view.body(meta.blob_id, meta.size)
+            for column, value in zip(stored, _file_keys(meta, data, names), strict=True):
+                column[i] = value
+            await s.checkpoint()
+    return Found(seqs, stored[0], keys, highest)
+
+
+class Results:
+    """The last few SORT and THREAD results over big selections, kept by this process so a
+    client that repeats one (a webmail refreshing its list) is answered without reading or
+    sorting 100,000 rows again. A result depends only on the messages selected, whose
+    stored keys never change for a UID while the UIDVALIDITY stays: it is reused only for
+    exactly the same UIDs (and sequence numbers, which a THREAD shows) in the same mailbox,
+    compared in full (a few milliseconds for 100,000). Only an optimisation: every worker
+    process keeps its own."""
+
+    ENTRIES = 4
+    MIN_MESSAGES = 1000  # smaller selections are cheap to answer afresh
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[tuple[Any, ...], tuple[list[int], list[int], Any]] = \
+            OrderedDict()
+
+    def get(self, key: tuple[Any, ...], uids: list[int], seqs: list[int]) -> Any:
+        found = self._kept.get(_result_key(key))
+        if found is None or found[0] != uids or found[1] != seqs:
+            return None
+        self._kept.move_to_end(_result_key(key))
+        return found[2]
+
+    def put(self, key: tuple[Any, ...], uids: list[int], seqs: list[int], value: Any) -> None:
+        if len(uids) < self.MIN_MESSAGES:
+            return
+        self._kept[_result_key(key)] = (uids, seqs, value)
+        self._kept.move_to_end(_result_key(key))
+        while len(self._kept) > self.ENTRIES:
+            self._kept.popitem(last=False)
+
+
+def _result_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    mailbox = key[0]
+    return (mailbox.id, mailbox.uidvalidity, *key[1:])
+
+
+RESULTS = Results()
 
 
 def _charset_ok(charset: str) -> Reply | None:
@@ -211,7 +285,7 @@ def sent_date(f: SortFields) -> int:
     return f.internal_date if date is None else date
 
 
-class _Addresses:
+class Addresses:
     """First address of an address field, memoised per distinct field value."""
 
     def __init__(self) -> None:
@@ -238,23 +312,16 @@ class _Addresses:
         return ""
 
 
-def _sort_keys(criterion: str, rows: list[SortFields], subjects: SubjectKeys,
-               addresses: _Addresses) -> list[Any]:
-    """Each row's key for one criterion (RFC 5256 3, RFC 5957 4)."""
-    if criterion == "ARRIVAL":
-        return list(map(attrgetter("internal_date"), rows))
-    if criterion == "DATE":
-        return list(map(sent_date, rows))
-    if criterion == "SIZE":
-        return list(map(attrgetter("size"), rows))
-    if criterion == "SUBJECT":
-        subject_key = subjects.get
-        return [subject_key(r.subject)[2] for r in rows]
-    field = {"FROM": "from_", "DISPLAYFROM": "from_", "TO": "to", "DISPLAYTO": "to",
-             "CC": "cc"}[criterion]
+def _sort_keys(criterion: str, keys: dict[str, list[Any]], addresses: Addresses
+               ) -> list[Any]:
+    """Each message's key for one criterion (RFC 5256 3, RFC 5957 4), from the columns of
+    ``_matching``."""
+    column = keys[_COLUMN[criterion]]
+    if criterion not in _ADDRESSES:
+        return column  # numbers, or the stored comparison key of the base subject
     display = criterion.startswith("DISPLAY")
     address_key = addresses.key
-    return [address_key(value, display) for value in map(attrgetter(field), rows)]
+    return [address_key(value, display) for value in column]
 
 
 class Reversed:
@@ -276,32 +343,44 @@ class Reversed:
 
 def order_keys(criteria: tuple[tuple[str, bool], ...], rows: list[SortFields]
                ) -> list[tuple[Any, ...]]:
-    """One tuple per row that orders the rows as ``sort_order`` does: the criteria in turn
-    (REVERSE ones compared the other way), then the UID (mailbox order, RFC 5256 3). Used to
-    place a message in a kept sorted result (CONTEXT=SORT, imap_context.py)."""
-    subjects, addresses = SubjectKeys(), _Addresses()
+    """One tuple per row that orders the rows as ``sort_order`` does (see ``key_tuples``)."""
+    subject_key = SubjectKeys().get
+    keys: dict[str, list[Any]] = {
+        "arrival": [r.internal_date for r in rows], "sent": [sent_date(r) for r in rows],
+        "size": [r.size for r in rows], "subject_key": [subject_key(r.subject)[2] for r in rows],
+        "from": [r.from_ for r in rows], "to": [r.to for r in rows], "cc": [r.cc for r in rows],
+    }
+    return key_tuples(criteria, keys, [r.uid for r in rows])
+
+
+def key_tuples(criteria: tuple[tuple[str, bool], ...], keys: dict[str, list[Any]],
+               uids: list[int]) -> list[tuple[Any, ...]]:
+    """One tuple per message that orders the messages as ``sort_order`` does: the criteria
+    in turn (REVERSE ones compared the other way), then the UID (mailbox order, RFC 5256 3).
+    Used to place a message in a kept sorted result (CONTEXT=SORT, imap_context.py)."""
+    addresses = Addresses()
     columns: list[list[Any]] = []
     for criterion, reverse in criteria:
-        keys = _sort_keys(criterion, rows, subjects, addresses)
-        columns.append([Reversed(k) for k in keys] if reverse else keys)
-    columns.append([r.uid for r in rows])
+        column = _sort_keys(criterion, keys, addresses)
+        columns.append([Reversed(k) for k in column] if reverse else column)
+    columns.append(uids)
     return list(zip(*columns, strict=True))
 
 
-async def sort_order(s: ImapSession, rows: list[SortFields],
+async def sort_order(s: ImapSession, keys: dict[str, list[Any]], count: int,
                      criteria: tuple[tuple[str, bool], ...]) -> list[int]:
-    """The positions of ``rows`` (in mailbox order) sorted by the criteria in turn, REVERSE
-    turning one around; rows equal under every criterion stay in mailbox order (RFC 5256 3).
-    One stable sort per criterion, the last criterion first: Python's sort keeps equal items
-    in their order even with reverse=True."""
-    order = list(range(len(rows)))
-    subjects, addresses = SubjectKeys(), _Addresses()
+    """The positions of the ``count`` messages (in mailbox order) sorted by the criteria in
+    turn, REVERSE turning one around; messages equal under every criterion stay in mailbox
+    order (RFC 5256 3). One stable sort per criterion, the last criterion first: Python's
+    sort keeps equal items in their order even with reverse=True."""
+    order = list(range(count))
+    addresses = Addresses()
     for criterion, reverse in reversed(criteria):
         with collector_paused():
-            keys = _sort_keys(criterion, rows, subjects, addresses)
+            column = _sort_keys(criterion, keys, addresses)
         await s.checkpoint()
         with collector_paused():
-            order.sort(key=keys.__getitem__, reverse=reverse)
+            order.sort(key=column.__getitem__, reverse=reverse)
         await s.checkpoint()
     return order
 
@@ -316,23 +395,30 @@ async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
     with_modseq = uses_modseq(args.key)
     if with_modseq:
         s.enable_condstore()
-    wanted = frozenset(_WANTED[criterion] for criterion, _reverse in args.criteria) - {""}
-    found = await _matching(s, args.key, wanted)
-    order = await sort_order(s, found.rows, args.criteria)
-    shown = [r.uid for r in found.rows] if cmd.uid else found.seqs
+    names = tuple(dict.fromkeys(_COLUMN[criterion] for criterion, _reverse in args.criteria))
+    selected = await _select(s, args.key)
+    seqs, uids, highest = selected
+    kept_as = (s.require_view().mailbox, "SORT", args.criteria)
+    updates = args.return_options is not None and "UPDATE" in args.return_options
+    order = None if updates else RESULTS.get(kept_as, uids, seqs)
+    if order is None:
+        found = await _matching(s, selected, names, "subject_key")
+        seqs, uids = found.seqs, found.uids
+        order = await sort_order(s, found.keys, len(uids), args.criteria)
+        RESULTS.put(kept_as, uids, seqs, order)
+    shown = uids if cmd.uid else seqs
     numbers = [shown[i] for i in order]
-    highest = found.highest_modseq
-    if args.return_options is not None and "UPDATE" in args.return_options:
+    if updates:
         # CONTEXT=SORT (RFC 5267 4.3): the sorted result kept, each message with its keys
         from mailstead.proto import imap_context
 
         with collector_paused():
-            keys = order_keys(args.criteria, found.rows)
+            keys = key_tuples(args.criteria, found.keys, uids)
             ordered = [keys[i] for i in order]
-            uids = [found.rows[i].uid for i in order]
+            sorted_uids = [uids[i] for i in order]
         await s.checkpoint()
         imap_context.start(s, cmd, args.key, frozenset(s.saved_uids), args.criteria, ordered,
-                           uids, s.require_view().last_uid)
+                           sorted_uids, s.require_view().last_uid)
     if args.return_options is None:
         line = "* SORT" + (" " + " ".join(map(str, numbers)) if numbers else "")
         if with_modseq and numbers:
@@ -360,24 +446,24 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
     if uses_modseq(args.key):
         s.enable_condstore()
     wants_refs = args.algorithm == "REFERENCES"
-    wanted = {"subject", "date"}
+    names: tuple[str, ...] = ("sent", "subject_key")
     if wants_refs:
-        wanted |= {"message_id", "in_reply_to", "references"}
-    found = await _matching(s, args.key, frozenset(wanted))
-    shown = [r.uid for r in found.rows] if cmd.uid else found.seqs
-    with collector_paused():
-        messages = [
-            ThreadMessage(number, seq, sent_date(r), r.subject, r.message_id, r.in_reply_to,
-                          r.references or "")
-            for number, seq, r in zip(shown, found.seqs, found.rows, strict=True)
-        ]
-    await s.checkpoint()
-    subjects = SubjectKeys()
-    if wants_refs:
-        top = await _drive(s, references_steps(messages, subjects))
-        with collector_paused():
-            text = format_threads(top)
-    else:
-        text = await _drive(s, ordered_subject_steps(messages, subjects))
+        names += ("reply", "thread_id", "thread_parents")
+    selected = await _select(s, args.key)
+    kept_as = (s.require_view().mailbox, "THREAD", args.algorithm, cmd.uid)
+    text = RESULTS.get(kept_as, selected[1], selected[0])
+    if text is None:
+        found = await _matching(s, selected, names, names[-1])
+        keys = found.keys
+        cols = ThreadColumns(found.uids if cmd.uid else found.seqs, keys["sent"],
+                             keys["subject_key"], keys.get("reply", []),
+                             keys.get("thread_id", []), keys.get("thread_parents", []))
+        if wants_refs:
+            forest = await _drive(s, references_steps(cols))
+            with collector_paused():
+                text = format_threads(forest)
+        else:
+            text = await _drive(s, ordered_subject_steps(cols))
+        RESULTS.put(kept_as, found.uids, found.seqs, text)
     s.io.write(("* THREAD" + (" " + text if text else "")).encode() + b"\r\n")
     return Reply("OK", "Thread completed")

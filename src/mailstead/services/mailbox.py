@@ -19,10 +19,11 @@ import bisect
 import contextlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from functools import partial
+from typing import Any, Literal, Protocol, TypeVar
 
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
 from mailstead.store.changes import ChangeBus, MultiWatch, Watch, account_channel
@@ -49,6 +50,7 @@ MAX_LEVELS = 16
 # Above this many wanted messages, read every flag row once instead of an IN (...) query.
 BULK_FLAGS = 500
 SORT_SLICE = 10_000  # rows per store read of a SORT or THREAD
+R = TypeVar("R", bound=tuple[Any, ...])
 LOG_ENTRIES = 20_000  # changes each shared mailbox state remembers for its views
 SMALL_BLOB = 128 * 1024  # read without a thread hop
 # Message files are immutable (named by their hash): small ones read lately are kept.
@@ -380,12 +382,27 @@ class MailboxView:
         return [FlagState(m.uid, m.modseq, m.flags, m.keywords) for m in rows]
 
     async def sort_fields(self, wanted: Collection[str]) -> list[SortFields]:
-        """Read in slices of SORT_SLICE rows, so other sessions' store reads (a NOOP's, a
-        SELECT's) get their turn between them instead of waiting for 100,000 rows."""
-        rows: list[SortFields] = []
+        return await self._in_slices(partial(self.store.sort_fields, self.mailbox.id, wanted))
+
+    async def sort_columns(self, columns: Sequence[str]) -> list[list[Any]]:
+        """Column-wise, read in slices as ``_in_slices`` does."""
+        found: list[list[Any]] = [[] for _ in range(len(columns) + 1)]
         while True:
-            after = rows[-1].uid if rows else 0
-            part = await self.store.sort_fields(self.mailbox.id, wanted, after, SORT_SLICE)
+            after = found[0][-1] if found[0] else 0
+            part = await self.store.sort_columns(self.mailbox.id, columns, after, SORT_SLICE)
+            for column, more in zip(found, part, strict=True):
+                column += more
+            if len(part[0]) < SORT_SLICE:
+                return found
+
+    @staticmethod
+    async def _in_slices(read: Callable[[int, int], Awaitable[list[R]]]) -> list[R]:
+        """Read in slices of SORT_SLICE rows (each a tuple, its UID first), so other
+        sessions' store reads (a NOOP's, a SELECT's) get their turn between them instead of
+        waiting for 100,000 rows."""
+        rows: list[R] = []
+        while True:
+            part = await read(rows[-1][0] if rows else 0, SORT_SLICE)
             rows += part
             if len(part) < SORT_SLICE:
                 return rows

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from mailstead.core.models import (
     DEFAULT_MAILBOXES,
@@ -215,6 +215,18 @@ class MetadataStore(Protocol):
         self, mailbox_id: int, uids: Iterable[int] | None = None
     ) -> list[MessageMeta]:
         """Full rows in UID order; all of them when ``uids`` is None."""
+
+    async def sort_columns(
+        self, mailbox_id: int, columns: Sequence[str], after_uid: int = 0,
+        limit: int | None = None,
+    ) -> list[list[Any]]:
+        """SORT/THREAD keys of the messages above ``after_uid`` (at most ``limit`` of them),
+        in UID order, column-wise: a list of their UIDs, then one list per name in
+        ``columns``: "arrival"
+        (internal date), "sent" (Date: else internal date), "size" (microseconds, octets),
+        "from", "to", "cc" (envelope fields), and the keys stored at delivery
+        (core/base_subject.thread_keys) "subject_key", "reply", "thread_id" and
+        "thread_parents", each None when only the message file knows them."""
 
     async def sort_fields(
         self, mailbox_id: int, wanted: Collection[str] = SORT_FIELDS, after_uid: int = 0,

@@ -95,6 +95,7 @@ from mailstead.store.sql_messages import (
     get_messages,
     list_flags,
     reap_blobs,
+    sort_columns,
     sort_fields,
     store_message,
     update_flags,
@@ -299,6 +300,12 @@ class SqlStore(ABC):
         self, mailbox_id: int, uids: Iterable[int] | None = None
     ) -> list[MessageMeta]:
         return await self._read(get_messages, mailbox_id, None if uids is None else list(uids))
+
+    async def sort_columns(
+        self, mailbox_id: int, columns: Sequence[str], after_uid: int = 0,
+        limit: int | None = None,
+    ) -> list[list[Any]]:
+        return await self._read(sort_columns, mailbox_id, tuple(columns), after_uid, limit)
 
     async def sort_fields(
         self, mailbox_id: int, wanted: Collection[str] = SORT_FIELDS, after_uid: int = 0,

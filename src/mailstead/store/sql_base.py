@@ -14,6 +14,7 @@ from importlib import resources
 from itertools import repeat
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from mailstead.core.base_subject import thread_keys
 from mailstead.core.errors import InvalidInput, NotFound, QuotaExceeded
 from mailstead.store.interfaces import (
     Account,
@@ -111,8 +112,49 @@ def apply_migrations(db: Db) -> int:
         for statement in split_statements(text, db.dialect):
             db.run(statement)
         db.run("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, _now()))
+        for step in AFTER_MIGRATION.findall(text):  # Python work the SQL cannot do
+            PYTHON_STEPS[step](db)
         current = version
     return int(current)
+
+
+# A migration's line "-- then: name" runs PYTHON_STEPS[name] right after its statements.
+AFTER_MIGRATION = re.compile(r"^-- then: (\w+)$", re.M)
+BACKFILL_BATCH = 5000
+
+
+def stored_thread_keys(subject: str, from_: str, to: str, cc: str, date: int | None,
+                       message_id: str, in_reply_to: str, references: str | None
+                       ) -> tuple[str | None, int | None, str | None, str | None]:
+    """The values of the columns sort_subject, sort_reply, thread_id and thread_parents of a
+    message with these envelope columns: all NULL for a row stored without envelope (only
+    its file knows), thread_parents NULL when References was not recorded."""
+    if not (subject or from_ or to or cc or date is not None or message_id or in_reply_to):
+        return None, None, None, None
+    keys = thread_keys(subject, message_id, in_reply_to, references)
+    return keys.subject, int(keys.reply), keys.message_id, keys.parents
+
+
+def backfill_thread_keys(db: Db) -> None:
+    """Fills the stored SORT/THREAD keys (migration 0010) of the rows stored before it, in
+    batches of BACKFILL_BATCH rows."""
+    after = 0
+    while True:
+        rows = db.rows(
+            "SELECT id, env_subject, env_from, env_to, env_cc, env_date, env_message_id, "
+            "env_in_reply_to, env_references FROM messages WHERE id > ? AND sort_subject IS NULL "
+            f"ORDER BY id LIMIT {BACKFILL_BATCH}", (after,))
+        if not rows:
+            return
+        after = rows[-1][0]
+        db.run_many(
+            "UPDATE messages SET sort_subject = ?, sort_reply = ?, thread_id = ?, "
+            "thread_parents = ? WHERE id = ?",
+            [(*stored_thread_keys(*r[1:]), r[0]) for r in rows],
+        )
+
+
+PYTHON_STEPS: dict[str, Callable[[Db], None]] = {"backfill_thread_keys": backfill_thread_keys}
 
 
 # ---------------------------------------------------------------------------------------------

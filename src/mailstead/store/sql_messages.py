@@ -35,6 +35,7 @@ from mailstead.store.sql_base import (
     decode_keywords,
     encode_keywords,
     from_micros,
+    stored_thread_keys,
     to_micros,
 )
 from mailstead.store.sql_mailboxes import (
@@ -51,7 +52,8 @@ from mailstead.store.sql_queue import (
 INSERT_MESSAGE = (
     "INSERT INTO messages (mailbox_id, uid, modseq, sysflags, keywords, internal_date, size, "
     "blob_id, env_subject, env_from, env_to, env_cc, env_date, env_message_id, env_in_reply_to, "
-    "env_references) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "env_references, sort_subject, sort_reply, thread_id, thread_parents) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -81,6 +83,7 @@ def store_message(
     for i, delivery in enumerate(deliveries):
         uid, modseq, _account_id = allocated[i]
         m, env = delivery.message, delivery.message.envelope
+        date = None if env.date is None else to_micros(env.date)
         message_id = db.value(
             INSERT_MESSAGE + " RETURNING id",
             (
@@ -96,10 +99,12 @@ def store_message(
                 env.from_,
                 env.to,
                 env.cc,
-                None if env.date is None else to_micros(env.date),
+                date,
                 env.message_id,
                 env.in_reply_to,
                 env.references,
+                *stored_thread_keys(env.subject, env.from_, env.to, env.cc, date,
+                                    env.message_id, env.in_reply_to, env.references),
             ),
         )
         db.touched.add(delivery.mailbox_id)
@@ -184,6 +189,33 @@ def sort_fields(
             (mailbox_id, after_uid),
         )
         return list(map(_new_sort_fields, repeat(SortFields), rows))
+
+
+# The expressions behind the names ``sort_columns`` accepts (see MetadataStore.sort_columns).
+SORT_COLUMN_SQL = {
+    "arrival": "internal_date", "sent": "COALESCE(env_date, internal_date)", "size": "size",
+    "from": "env_from", "to": "env_to", "cc": "env_cc", "subject_key": "sort_subject",
+    "reply": "sort_reply", "thread_id": "thread_id", "thread_parents": "thread_parents",
+}
+
+
+def sort_columns(db: Db, mailbox_id: int, columns: Sequence[str], after_uid: int,
+                 limit: int | None) -> list[list[Any]]:
+    unknown = set(columns) - SORT_COLUMN_SQL.keys()
+    if unknown:
+        raise ValueError(f"unknown sort columns {sorted(unknown)}")
+    cols = "".join(", " + SORT_COLUMN_SQL[name] for name in columns)
+    with gc_paused():
+        rows = db.rows(
+            f"SELECT uid{cols} FROM messages WHERE mailbox_id = ? AND uid > ? ORDER BY uid"
+            + ("" if limit is None else f" LIMIT {int(limit)}"),
+            (mailbox_id, after_uid),
+        )
+        # Columns, not rows: the row tuples die here, before the collector is back on, so
+        # it never scans 100,000 of them.
+        if not rows:
+            return [[] for _ in range(len(columns) + 1)]
+        return list(map(list, zip(*rows, strict=True)))
 
 
 _new_sort_fields: Callable[[type[SortFields], Iterable[Any]], SortFields] = (
@@ -292,7 +324,8 @@ def copy_messages(
         _change_usage(db, dst_account, sum(r[7] for r in rows), count, check=True)
     db.run_many(
         INSERT_MESSAGE,
-        [(dst_mailbox_id, first_uid + n, modseq, *r[4:]) for n, r in enumerate(rows)],
+        [(dst_mailbox_id, first_uid + n, modseq, *r[4:], *stored_thread_keys(*r[9:]))
+         for n, r in enumerate(rows)],
     )
     db.touched.add(dst_mailbox_id)
     if move:

@@ -6,17 +6,17 @@ another user's mailbox (a foreign mailbox id is simply "not found")."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from mailstead.core.errors import InvalidInput, NotFound
 from mailstead.proto import mime
 from mailstead.proto.mime_preview import preview
+from mailstead.services import mail_order
 from mailstead.services.mailbox import MailboxService, MailboxView
 from mailstead.store.interfaces import Account, Mailbox, MessageMeta, SystemFlag
 
@@ -30,8 +30,6 @@ SNIPPET_CHARS = 160
 FLAG_NAMES = {"seen": SystemFlag.SEEN, "flagged": SystemFlag.FLAGGED,
               "answered": SystemFlag.ANSWERED, "draft": SystemFlag.DRAFT}
 
-_REPLY_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs|tr)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
-_MSGID = re.compile(r"<[^<>\s]+>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,46 +126,6 @@ def message_date(meta: MessageMeta) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def base_subject(subject: str) -> str:
-    """The subject without Re:/Fwd: prefixes, lower-cased, for threading."""
-    return _REPLY_PREFIX.sub("", subject).strip().lower()
-
-
-def thread_groups(metas: Sequence[MessageMeta]) -> dict[int, int]:
-    """uid -> conversation number. Messages join through In-Reply-To, and replies (Re:, Fwd:)
-    whose parent is not here join the conversation with the same base subject."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def union(a: str, b: str) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[ra] = rb
-
-    own_id: dict[int, str] = {}
-    replied_subjects = {base_subject(m.envelope.subject) for m in metas
-                        if _REPLY_PREFIX.match(m.envelope.subject)}
-    for m in metas:
-        found = _MSGID.search(m.envelope.message_id)
-        mid = found.group(0).lower() if found else f"uid:{m.uid}"
-        own_id[m.uid] = mid
-        find(mid)
-        reply_to = _MSGID.search(m.envelope.in_reply_to)
-        if reply_to:
-            union(mid, reply_to.group(0).lower())
-        base = base_subject(m.envelope.subject)
-        if base and base in replied_subjects:
-            union(mid, "subject:" + base)
-    roots: dict[str, int] = {}
-    return {uid: roots.setdefault(find(mid), len(roots)) for uid, mid in own_id.items()}
-
-
 def summarize(data: bytes) -> Summary:
     """Whether it has attachments, and its snippet: the start of its first text part only
     (the same text as IMAP's PREVIEW), never an attachment's text."""
@@ -215,16 +173,6 @@ def _envelope_match(meta: MessageMeta, q: SearchQuery) -> bool:
     if q.since and when < datetime.combine(q.since, time.min, UTC):
         return False
     return not (q.before and when >= datetime.combine(q.before + timedelta(days=1), time.min, UTC))
-
-
-def _sort_key(sort: str) -> Callable[[MessageMeta], Any]:
-    if sort == "from":
-        return lambda m: (m.envelope.from_.lower(), m.uid)
-    if sort == "subject":
-        return lambda m: (base_subject(m.envelope.subject), m.uid)
-    if sort == "size":
-        return lambda m: (m.size, m.uid)
-    return lambda m: (message_date(m), m.uid)
 
 
 class Mailroom:
@@ -327,10 +275,14 @@ class Mailroom:
         if query.search.active:
             metas, truncated = await self._search(metas, query.search)
         sort = query.sort if query.sort in SORT_KEYS else "date"
-        metas.sort(key=_sort_key(sort), reverse=query.order == "desc")
+        # The order of IMAP SORT and the threads of THREAD=REFERENCES (RFC 5256), from the
+        # mailbox service over the keys stored per message
+        order = await mail_order.sorted_uids(self.store, box.id, sort, query.order == "desc")
+        by_uid = {m.uid: m for m in metas}
+        metas = [by_uid[uid] for uid in order if uid in by_uid]
         entries: list[tuple[MessageMeta, int, bool]]
         if query.threads:
-            groups = thread_groups(metas)
+            groups = await self._thread_groups(box)
             sizes: dict[int, int] = {}
             unseen: dict[int, bool] = {}
             for m in metas:
@@ -355,13 +307,22 @@ class Mailroom:
         rows = [Row(m, await self.summary(m), size, unseen_) for m, size, unseen_ in chosen]
         return ListPage(rows, total, page, pages, truncated)
 
-    async def conversation(self, box: Mailbox, meta: MessageMeta) -> list[MessageMeta]:
-        """The messages of ``meta``'s conversation in this folder, oldest first."""
-        metas = await self.store.get_messages(box.id)
-        groups = thread_groups(metas)
-        mine = groups.get(meta.uid)
-        same = [m for m in metas if groups.get(m.uid) == mine]
-        return sorted(same, key=lambda m: (message_date(m), m.uid))
+    async def _thread_groups(self, box: Mailbox) -> dict[int, int]:
+        """uid -> its conversation's number (THREAD=REFERENCES), the newest one first."""
+        threads = await mail_order.conversations(self.store, box.id)
+        return {uid: n for n, thread in enumerate(threads) for uid, _depth in thread.messages}
+
+    async def conversation(self, box: Mailbox, meta: MessageMeta
+                           ) -> list[tuple[MessageMeta, int]]:
+        """The messages of ``meta``'s conversation in this folder with their depth, in
+        thread order: each reply below what it answers, siblings oldest first."""
+        for thread in await mail_order.conversations(self.store, box.id):
+            uids = [uid for uid, _depth in thread.messages]
+            if meta.uid in uids:
+                by_uid = {m.uid: m for m in await self.store.get_messages(box.id, uids)}
+                return [(by_uid[uid], depth) for uid, depth in thread.messages
+                        if uid in by_uid]
+        return [(meta, 0)]
 
     # -- reading --
 
@@ -376,9 +337,7 @@ class Mailroom:
 
     async def neighbours(self, box: Mailbox, uid: int) -> tuple[int | None, int | None]:
         """(newer uid, older uid) in date order, for next/previous links."""
-        metas = sorted(await self.store.get_messages(box.id), key=_sort_key("date"),
-                       reverse=True)
-        uids = [m.uid for m in metas]
+        uids = await mail_order.sorted_uids(self.store, box.id, "date", descending=True)
         if uid not in uids:
             return None, None
         i = uids.index(uid)

@@ -1,5 +1,5 @@
-"""The base subject of a message (RFC 5256 section 2.1) and the i;unicode-casemap comparison
-key (RFC 5051) used by SORT and THREAD. Pure code.
+"""The base subject of a message (RFC 5256 section 2.1), the i;unicode-casemap comparison
+key (RFC 5051) used by SORT and THREAD, and the keys a store keeps for them. Pure code.
 
 The collation: RFC 5051 maps each character to its titlecase form and decomposes the result
 (NFKD). Python has no per-character simple titlecase mapping, so this uses the usual
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import NamedTuple
 
 # Step 1: tabs, continuations (folded lines) and runs of blanks become one space.
 _BLANKS = re.compile(r"[ \t\r\n]{2,}|[\t\r\n]")
@@ -101,3 +102,43 @@ class SubjectKeys:
             if len(self._seen) < _CACHE_MAX:
                 self._seen[subject] = found
         return found
+
+
+# ---------------------------------------------------------------------------------------------
+# What a store keeps per message so SORT and THREAD need no per-message parsing
+
+
+_MSG_ID = re.compile(r"<([^<>\s]+)>")
+
+
+def message_ids(value: str) -> list[str]:
+    """The msg-ids of a header value, without angle brackets (compared case-sensitively)."""
+    return _MSG_ID.findall(value)
+
+
+class ThreadKeys(NamedTuple):
+    """Computed once at delivery and stored beside the envelope columns: ``subject`` is the
+    comparison key of the base subject (RFC 5256 2.1, i;unicode-casemap), ``reply`` whether
+    extracting it removed a reply/forward marker, ``message_id`` the first msg-id of the
+    Message-ID field ("" when none), ``parents`` the msg-ids THREAD=REFERENCES links the
+    message under, space-separated: those of References, else the first of In-Reply-To
+    (RFC 5256 5, step 1). ``parents`` is None when References was not recorded."""
+
+    subject: str
+    reply: bool
+    message_id: str
+    parents: str | None
+
+
+def thread_keys(subject: str, message_id: str, in_reply_to: str,
+                references: str | None) -> ThreadKeys:
+    """The stored SORT/THREAD keys of a message from its (RFC 2047-decoded) envelope fields."""
+    base, reply = base_subject(subject)
+    ids = message_ids(message_id)
+    parents: str | None = None
+    if references is not None:
+        refs = message_ids(references)
+        if not refs and in_reply_to:
+            refs = message_ids(in_reply_to)[:1]
+        parents = " ".join(refs)
+    return ThreadKeys(casemap(base), reply, ids[0] if ids else "", parents)
