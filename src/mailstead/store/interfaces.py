@@ -29,6 +29,7 @@ from mailstead.core.models import (
     Envelope,
     FlagState,
     FlagUpdate,
+    ListEntry,
     Mailbox,
     MailboxStatus,
     MessageMeta,
@@ -56,6 +57,7 @@ __all__ = [
     "Envelope",
     "FlagState",
     "FlagUpdate",
+    "ListEntry",
     "Mailbox",
     "MailboxStatus",
     "MessageMeta",
@@ -127,6 +129,20 @@ class MetadataStore(Protocol):
     async def alias_destinations(self, source: str) -> list[str]: ...
 
     # -- mailboxes --
+    async def site_secret(self, name: str, candidate: str) -> str:
+        """The site-wide secret ``name``, stored as ``candidate`` when there is none yet."""
+    async def list_entries(self, scope: Literal["user", "domain"], owner: str
+                           ) -> list[ListEntry]:
+        """The allow/block list entries of an account or a domain (NotFound if none such)."""
+    async def add_list_entry(self, scope: Literal["user", "domain"], owner: str, kind: str,
+                             pattern: str, action: str, max_entries: int) -> ListEntry:
+        """Conflict when the entry exists, InvalidInput past ``max_entries``."""
+    async def remove_list_entry(self, scope: Literal["user", "domain"], owner: str, kind: str,
+                                pattern: str) -> int: ...
+    async def entries_for_accounts(self, account_ids: Sequence[int]
+                                   ) -> dict[int, list[ListEntry]]:
+        """Each account's entries and those of its domain."""
+
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None: ...
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
