@@ -9,8 +9,10 @@ from __future__ import annotations
 import dns.name
 import dns.rdataset
 
+from mailstead.mailsec import dkim
 from tests import dnsworld
 from tests.delivery.conftest import (  # noqa: F401
+    Node,
     dns_world,
     make_node,
     mx_port,
@@ -33,3 +35,16 @@ def publish(world: dnsworld.DnsWorld, name: str, rdtype: str, *values: str) -> N
     texts = [_quoted(v) if rdtype == "TXT" else v for v in values]
     rdataset = dns.rdataset.from_text("IN", rdtype, TTL, *texts)
     zone.replace_rdataset(dns.name.from_text(name), rdataset)
+
+
+def publish_domain(world: dnsworld.DnsWorld, node: Node, dmarc_policy: str = "reject") -> None:
+    """A node's domain in the world: MX, SPF of its address, DMARC, its DKIM keys."""
+    domain = node.domain
+    publish(world, domain, "MX", f"10 mx.{domain}.")
+    publish(world, f"mx.{domain}", "A", node.ip)
+    publish(world, domain, "TXT", f"v=spf1 ip4:{node.ip} -all")
+    publish(world, f"_dmarc.{domain}", "TXT", f"v=DMARC1; p={dmarc_policy}")
+    root = node.data_dir / "dkim"
+    dkim.create_keys(root, domain)
+    for name, value in dkim.published_records(root, domain):
+        publish(world, name, "TXT", value)

@@ -22,28 +22,15 @@ from collections.abc import Callable
 
 import pytest
 
-from mailstead.mailsec import dkim
 from tests import dnsworld
 from tests.conftest import PG_DSN
 from tests.delivery.conftest import Node
 from tests.delivery.helpers import inbox_with, make_message, report_parts, submit
 from tests.smtp.helpers import inbox
-from tests.trust.conftest import publish
+from tests.trust.conftest import publish, publish_domain
 
 ORIG, FWD, FAR, NOMAIL = "orig-s.test", "a-s.test", "b-s.test", "nomail-s.test"
 SENDER = f"sender@{ORIG}"
-
-
-def _publish_domain(world: dnsworld.DnsWorld, node: Node, dmarc_policy: str) -> None:
-    domain = node.domain
-    publish(world, domain, "MX", f"10 mx.{domain}.")
-    publish(world, f"mx.{domain}", "A", node.ip)
-    publish(world, domain, "TXT", f"v=spf1 ip4:{node.ip} -all")
-    publish(world, f"_dmarc.{domain}", "TXT", f"v=DMARC1; p={dmarc_policy}")
-    root = node.data_dir / "dkim"
-    dkim.create_keys(root, domain)
-    for name, value in dkim.published_records(root, domain):
-        publish(world, name, "TXT", value)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -60,11 +47,11 @@ def nodes(request: pytest.FixtureRequest, make_node: Callable[..., Node],
                     forwarding={"srs_domain": FWD})
     far = make_node("127.0.0.7", f"mx.{FAR}", FAR, users=("bob",), store=store(),
                     trust={"arc_trusted_sealers": [FWD]}, forwarding={"srs_domain": FAR})
-    _publish_domain(dns_world, orig, "reject")
+    publish_domain(dns_world, orig, "reject")
     # The forwarder's and the far side's own notices (From: MAILER-DAEMON@mx.<domain>) are
     # not DKIM-signed: their domains ask for no DMARC enforcement here.
-    _publish_domain(dns_world, fwd, "none")
-    _publish_domain(dns_world, far, "none")
+    publish_domain(dns_world, fwd, "none")
+    publish_domain(dns_world, far, "none")
     publish(dns_world, NOMAIL, "MX", "0 .")  # RFC 7505: takes no mail
     fwd.server.add_alias(f"alice@{FWD}", f"bob@{FAR}")
     fwd.server.add_alias(f"lost@{FWD}", f"nobody@{FAR}")
