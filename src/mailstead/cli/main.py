@@ -17,6 +17,7 @@ from mailstead.cli.admin import alias, domain, user
 from mailstead.cli.common import config_for, data_option, fail, open_store, run_async
 from mailstead.cli.dkim import dkim
 from mailstead.cli.dns_cmd import dns
+from mailstead.cli.lists import lists
 from mailstead.cli.mail_cmd import client, mail
 from mailstead.cli.queue import queue
 from mailstead.config import CONFIG_FILE, apply_listen_override, render_toml, resolve_data_dir
@@ -33,6 +34,7 @@ def cli() -> None:
 cli.add_command(domain)
 cli.add_command(user)
 cli.add_command(alias)
+cli.add_command(lists)
 cli.add_command(queue)
 cli.add_command(dkim)
 cli.add_command(dns)

@@ -14,7 +14,7 @@ from mailstead.core.errors import Conflict, InvalidInput, NotFound
 from mailstead.mailsec import dnsrecords, mta_sts
 from mailstead.obs import log_event
 from mailstead.services.accounts import AuthFailed
-from mailstead.web import accountops, security
+from mailstead.web import accountops, routes_lists, security
 from mailstead.web.pages import (
     field,
     mailroom,
@@ -167,6 +167,7 @@ async def settings_page(request: Request) -> Response:
         "clients": accountops.client_settings(state, account.address),
         "password_rules": accountops.password_rules(state.cfg.auth.min_password_length),
         "token": "", "title": "Settings",
+        **await routes_lists.settings_context(state, account),
         "autoconfig_url": f"{request.url.scheme}://{request.url.netloc}"
                           f"/.well-known/autoconfig/mail/config-v1.1.xml"
                           f"?emailaddress={account.address}",
@@ -215,6 +216,7 @@ async def settings_token(request: Request) -> Response:
         "clients": accountops.client_settings(state, account.address),
         "password_rules": accountops.password_rules(state.cfg.auth.min_password_length),
         "token": token, "title": "Settings",
+        **await routes_lists.settings_context(state, account),
         "autoconfig_url": f"{request.url.scheme}://{request.url.netloc}"
                           f"/.well-known/autoconfig/mail/config-v1.1.xml"
                           f"?emailaddress={account.address}",
