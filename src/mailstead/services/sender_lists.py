@@ -157,6 +157,7 @@ class SenderLists:
         self.store = store
         self.cfg = cfg
         self._cache: dict[int, tuple[float, list[ListEntry]]] = {}
+        self._any = (0.0, False)  # (until when, whether any entry exists)
 
     # -- editing (web, API, CLI) --
 
@@ -168,19 +169,29 @@ class SenderLists:
         kind, pattern, action = normalize_entry(kind, pattern, action)
         entry = await self.store.add_list_entry(scope, owner, kind, pattern, action,
                                                 self.cfg.max_entries)
-        self._cache.clear()
+        self._forget()
         return entry
 
     async def remove(self, scope: Scope, owner: str, kind: str, pattern: str) -> int:
         kind, pattern, _action = normalize_entry(kind, pattern)
         removed = await self.store.remove_list_entry(scope, owner, kind, pattern)
-        self._cache.clear()
+        self._forget()
         return removed
+
+    def _forget(self) -> None:
+        """Changes made through this process count at once (other processes: within
+        CACHE_SECONDS)."""
+        self._cache.clear()
+        self._any = (0.0, False)
 
     # -- deciding --
 
     async def _of(self, accounts: Sequence[Account]) -> dict[int, list[ListEntry]]:
         now = time.monotonic()
+        if self._any[0] <= now:  # most sites have no lists: one look a second, not one a RCPT
+            self._any = (now + CACHE_SECONDS, await self.store.any_list_entries())
+        if not self._any[1]:
+            return {}
         found: dict[int, list[ListEntry]] = {}
         missing = []
         for account in accounts:

@@ -69,6 +69,7 @@ from mailstead.store.sql_base import (
 )
 from mailstead.store.sql_lists import (
     add_list_entry,
+    any_list_entries,
     entries_for_accounts,
     list_entries,
     remove_list_entry,
@@ -237,6 +238,9 @@ class SqlStore(ABC):
     async def remove_list_entry(self, scope: Literal["user", "domain"], owner: str, kind: str,
                                 pattern: str) -> int:
         return await self._write(remove_list_entry, scope, owner, kind, pattern)
+
+    async def any_list_entries(self) -> bool:
+        return await self._read(any_list_entries)
 
     async def entries_for_accounts(self, account_ids: Sequence[int]
                                    ) -> dict[int, list[ListEntry]]:

@@ -84,6 +84,10 @@ def remove_list_entry(db: Db, scope: Scope, owner: str, kind: str, pattern: str)
                   (owner_id, kind, pattern))
 
 
+def any_list_entries(db: Db) -> bool:
+    return db.value("SELECT 1 FROM sender_lists LIMIT 1") is not None
+
+
 def entries_for_accounts(db: Db, account_ids: Sequence[int]) -> dict[int, list[ListEntry]]:
     """Each account's own entries and its domain's, in one query."""
     if not account_ids:
