@@ -33,7 +33,7 @@ from mailstead.proto.headers import from_fields, header_section, parse_mailbox_l
 from mailstead.services.spam import SpamVerdict
 from mailstead.store.interfaces import Account, ListEntry, MetadataStore
 
-CACHE_SECONDS = 1.0  # how long one process reuses an account's entries
+CACHE_SECONDS = 1.0  # how long one process goes without looking for changes of the lists
 CACHE_ENTRIES = 10_000
 MAX_PATTERN = 255
 
@@ -107,37 +107,63 @@ def _specificity(entry: ListEntry) -> tuple[int, int, int, int]:
     return (entry.scope == "user", *detail, entry.kind == "block")
 
 
-def decide(entries: Sequence[ListEntry], senders: Sequence[tuple[str, str]], client_ip: str,
-           trust_addresses: bool = True) -> Decision | None:
-    """The deciding entry for mail from ``senders`` ((label, address) pairs, e.g. ("sender",
-    MAIL FROM)) sent from ``client_ip``, or None when no entry matches."""
-    ip = _ip(client_ip) if client_ip else None
-    keys = []
-    for label, address in senders:
-        try:
-            parsed = parse_address(address)
-        except InvalidInput:
-            continue
-        keys.append((label, parsed.without_tag().key, parsed.domain))
-    best: tuple[tuple[int, int, int, int], Decision] | None = None
-    for entry in entries:
-        matched = ""
-        if "/" in entry.pattern:
-            if ip is not None:
-                network = ipaddress.ip_network(entry.pattern)
-                if ip.version == network.version and ip in network:
-                    matched = f"client {client_ip}"
-        elif entry.kind == "block" or trust_addresses:
-            for label, key, domain in keys:
-                if key == entry.pattern or domain == entry.pattern \
-                        or domain.endswith("." + entry.pattern):
-                    matched = f"{label} {key}"
-                    break
-        if matched:
+Rank = tuple[int, int, int, int]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Matcher:
+    """One account's entries (its own and its domain's) indexed for matching: addresses and
+    domains by name (a sender's domain and each parent looked up), IP ranges parsed once."""
+
+    __slots__ = ("addresses", "domains", "networks")
+
+    def __init__(self, entries: Sequence[ListEntry]) -> None:
+        self.addresses: dict[str, list[tuple[Rank, ListEntry]]] = {}
+        self.domains: dict[str, list[tuple[Rank, ListEntry]]] = {}
+        self.networks: list[tuple[Network, Rank, ListEntry]] = []
+        for entry in entries:
             rank = _specificity(entry)
+            if "/" in entry.pattern:
+                self.networks.append((ipaddress.ip_network(entry.pattern), rank, entry))
+            elif "@" in entry.pattern:
+                self.addresses.setdefault(entry.pattern, []).append((rank, entry))
+            else:
+                self.domains.setdefault(entry.pattern, []).append((rank, entry))
+
+    def __bool__(self) -> bool:
+        return bool(self.addresses or self.domains or self.networks)
+
+    def decide(self, senders: Sequence[tuple[str, str]], client_ip: str,
+               trust_addresses: bool = True) -> Decision | None:
+        """The deciding entry for mail from ``senders`` ((label, address) pairs, e.g.
+        ("sender", MAIL FROM)) sent from ``client_ip``, or None when no entry matches."""
+        best: tuple[Rank, Decision] | None = None
+
+        def consider(rank: Rank, entry: ListEntry, matched: str) -> None:
+            nonlocal best
             if best is None or rank > best[0]:
                 best = (rank, Decision(entry, matched))
-    return None if best is None else best[1]
+
+        if self.networks and client_ip:
+            ip = _ip(client_ip)
+            for network, rank, entry in self.networks:
+                if ip is not None and ip.version == network.version and ip in network:
+                    consider(rank, entry, f"client {client_ip}")
+        if self.addresses or self.domains:
+            for label, address in senders:
+                try:
+                    parsed = parse_address(address)
+                except InvalidInput:
+                    continue
+                key = parsed.without_tag().key
+                candidates = list(self.addresses.get(key, ()))
+                labels = parsed.domain.split(".")
+                for n in range(len(labels)):
+                    candidates += self.domains.get(".".join(labels[n:]), ())
+                for rank, entry in candidates:
+                    if entry.kind == "block" or trust_addresses:
+                        consider(rank, entry, f"{label} {key}")
+        return None if best is None else best[1]
 
 
 def header_from(message: bytes) -> str:
@@ -156,8 +182,11 @@ class SenderLists:
     def __init__(self, store: MetadataStore, cfg: ListsConfig) -> None:
         self.store = store
         self.cfg = cfg
-        self._cache: dict[int, tuple[float, list[ListEntry]]] = {}
-        self._any = (0.0, False)  # (until when, whether any entry exists)
+        # Each account's entries, kept while the lists' version stays the same; the version
+        # is read again after CACHE_SECONDS, so a change made on another node counts by then.
+        self._cache: dict[int, Matcher] = {}
+        self._version = 0
+        self._checked = 0.0
 
     # -- editing (web, API, CLI) --
 
@@ -181,32 +210,28 @@ class SenderLists:
     def _forget(self) -> None:
         """Changes made through this process count at once (other processes: within
         CACHE_SECONDS)."""
-        self._cache.clear()
-        self._any = (0.0, False)
+        self._checked = 0.0
 
     # -- deciding --
 
-    async def _of(self, accounts: Sequence[Account]) -> dict[int, list[ListEntry]]:
+    async def _of(self, accounts: Sequence[Account]) -> dict[int, Matcher]:
         now = time.monotonic()
-        if self._any[0] <= now:  # most sites have no lists: one look a second, not one a RCPT
-            self._any = (now + CACHE_SECONDS, await self.store.any_list_entries())
-        if not self._any[1]:
-            return {}
-        found: dict[int, list[ListEntry]] = {}
-        missing = []
-        for account in accounts:
-            cached = self._cache.get(account.id)
-            if cached is not None and cached[0] > now:
-                found[account.id] = cached[1]
-            else:
-                missing.append(account.id)
+        if self._checked <= now:  # one look a second at the version, whatever the traffic
+            version = await self.store.lists_version()
+            self._checked = now + CACHE_SECONDS
+            if version != self._version:
+                self._version = version
+                self._cache.clear()
+        if not self._version:
+            return {}  # no list was ever set: the usual case costs nothing more
+        found = {a.id: self._cache[a.id] for a in accounts if a.id in self._cache}
+        missing = [a.id for a in accounts if a.id not in found]
         if missing:
             fresh = await self.store.entries_for_accounts(missing)
             if len(self._cache) >= CACHE_ENTRIES:
                 self._cache.clear()
             for account_id, entries in fresh.items():
-                self._cache[account_id] = (now + CACHE_SECONDS, entries)
-                found[account_id] = entries
+                found[account_id] = self._cache[account_id] = Matcher(entries)
         return found
 
     async def rcpt_refusal(self, accounts: Sequence[Account], sender: str,
@@ -215,8 +240,8 @@ class SenderLists:
         if not accounts:
             return None
         lists = await self._of(accounts)
-        decisions = [decide(lists.get(a.id, ()), [("sender", sender)], client_ip)
-                     for a in accounts]
+        decisions = [m.decide([("sender", sender)], client_ip) if (m := lists.get(a.id))
+                     else None for a in accounts]
         first = decisions[0]
         if first is None or any(d is None or d.entry.kind != "block"
                                 or d.entry.action != "refuse" for d in decisions):
@@ -236,7 +261,8 @@ class SenderLists:
             senders.append(("From", author))
         found = {}
         for account in accounts:
-            decision = decide(lists.get(account.id, ()), senders, client_ip, not dmarc_failed)
+            matcher = lists.get(account.id)
+            decision = matcher.decide(senders, client_ip, not dmarc_failed) if matcher else None
             if decision is not None:
                 found[account.id] = decision
         return found

@@ -139,8 +139,8 @@ class MetadataStore(Protocol):
         """Conflict when the entry exists, InvalidInput past ``max_entries``."""
     async def remove_list_entry(self, scope: Literal["user", "domain"], owner: str, kind: str,
                                 pattern: str) -> int: ...
-    async def any_list_entries(self) -> bool:
-        """Whether any account or domain has a list entry at all."""
+    async def lists_version(self) -> int:
+        """A number that every change of any allow/block list increases (0: none ever)."""
     async def entries_for_accounts(self, account_ids: Sequence[int]
                                    ) -> dict[int, list[ListEntry]]:
         """Each account's entries and those of its domain."""

@@ -69,9 +69,9 @@ from mailstead.store.sql_base import (
 )
 from mailstead.store.sql_lists import (
     add_list_entry,
-    any_list_entries,
     entries_for_accounts,
     list_entries,
+    lists_version,
     remove_list_entry,
     site_secret,
 )
@@ -239,8 +239,8 @@ class SqlStore(ABC):
                                 pattern: str) -> int:
         return await self._write(remove_list_entry, scope, owner, kind, pattern)
 
-    async def any_list_entries(self) -> bool:
-        return await self._read(any_list_entries)
+    async def lists_version(self) -> int:
+        return await self._read(lists_version)
 
     async def entries_for_accounts(self, account_ids: Sequence[int]
                                    ) -> dict[int, list[ListEntry]]:

@@ -73,6 +73,7 @@ def add_list_entry(db: Db, scope: Scope, owner: str, kind: str, pattern: str, ac
     row = db.one(f"INSERT INTO sender_lists ({column}, kind, pattern, action, created) "
                  "VALUES (?, ?, ?, ?, ?) RETURNING id", params)
     assert row is not None
+    _bump(db)
     found = db.one(f"SELECT {_COLS} WHERE l.id = ?", (row[0],))
     assert found is not None
     return _entry(found)
@@ -80,12 +81,19 @@ def add_list_entry(db: Db, scope: Scope, owner: str, kind: str, pattern: str, ac
 
 def remove_list_entry(db: Db, scope: Scope, owner: str, kind: str, pattern: str) -> int:
     column, owner_id = _owner(db, scope, owner)
-    return db.run(f"DELETE FROM sender_lists WHERE {column} = ? AND kind = ? AND pattern = ?",
-                  (owner_id, kind, pattern))
+    removed = db.run(f"DELETE FROM sender_lists WHERE {column} = ? AND kind = ? AND "
+                     "pattern = ?", (owner_id, kind, pattern))
+    if removed:
+        _bump(db)
+    return removed
 
 
-def any_list_entries(db: Db) -> bool:
-    return db.value("SELECT 1 FROM sender_lists LIMIT 1") is not None
+def lists_version(db: Db) -> int:
+    return int(db.value("SELECT version FROM sender_lists_version WHERE id = 1") or 0)
+
+
+def _bump(db: Db) -> None:
+    db.run("UPDATE sender_lists_version SET version = version + 1 WHERE id = 1")
 
 
 def entries_for_accounts(db: Db, account_ids: Sequence[int]) -> dict[int, list[ListEntry]]:

@@ -19,3 +19,10 @@ CREATE TABLE sender_lists (
 );
 CREATE INDEX sender_lists_account ON sender_lists (account_id);
 CREATE INDEX sender_lists_domain ON sender_lists (domain_id);
+-- Bumped with every change of the lists, so each process reads one number a second and
+-- fetches entries again only after a change.
+CREATE TABLE sender_lists_version (
+    id INTEGER PRIMARY KEY,
+    version BIGINT NOT NULL
+);
+INSERT INTO sender_lists_version (id, version) VALUES (1, 0);
