@@ -431,6 +431,9 @@ class SmtpFuzzBackend:
             return _Route()
         return _Route(remote=(text,))
 
+    async def check_recipient(self, txn: smtp.Transaction, route: Any) -> smtp.Reply | None:
+        return None
+
     async def quota_state(self, account: Account, size: int) -> smtp.QuotaState:
         if account.address.startswith("full"):
             return "full"

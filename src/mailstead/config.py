@@ -472,6 +472,27 @@ class MonitorConfig(_Section):
         return value
 
 
+class ForwardingConfig(_Section):
+    srs: bool = Field(
+        True, description="rewrite the envelope sender of mail forwarded to remote addresses "
+        "(aliases, Sieve redirect) with SRS (SRS0=hash=time=domain=local@srs_domain), so the "
+        "next server's SPF checks pass; bounces to such addresses are reversed to the sender"
+    )
+    srs_domain: str = Field(
+        "", description="domain of the rewritten senders (must be one of ours, with our MX); "
+        "empty: the first of 'domains', else the first local domain"
+    )
+    srs_max_age_days: int = Field(
+        21, description="days an SRS address stays valid for bounces", ge=1, le=1000
+    )
+
+
+class ListsConfig(_Section):
+    max_entries: int = Field(
+        1000, description="allow and block list entries a user or a domain may hold", ge=1
+    )
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
@@ -505,6 +526,12 @@ class Config(_Section):
     )
     spam: SpamConfig = Field(
         default_factory=SpamConfig, description="spam scoring and the learning filter"
+    )
+    forwarding: ForwardingConfig = Field(
+        default_factory=ForwardingConfig, description="forwarding to remote addresses (SRS)"
+    )
+    lists: ListsConfig = Field(
+        default_factory=ListsConfig, description="allow and block lists of senders"
     )
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
     acme: AcmeConfig = Field(

@@ -27,7 +27,9 @@ def build(services: Services) -> None:
     from mailstead.queue.delivered import DeliveredNotices
     from mailstead.queue.scheduler import QueueRunner
     from mailstead.services.delivery import DeliveryService
+    from mailstead.services.forwarding import Forwarding
     from mailstead.services.mailbox import MailboxService
+    from mailstead.services.sender_lists import SenderLists
     from mailstead.services.spam import SpamService
 
     delivery = DeliveryService(services.store, services.blobs, services.cfg.hostname)
@@ -45,6 +47,11 @@ def build(services: Services) -> None:
                          services.accounts.is_local_domain, keyring)
     services.extra["trust"] = trust
     delivery.trust = trust
+    forwarding = Forwarding(services.cfg, services.store, services.accounts.is_local_domain)
+    services.extra["forwarding"] = forwarding
+    delivery.forwarding = forwarding
+    services.accounts.forwarding = forwarding
+    services.extra["lists"] = SenderLists(services.store, services.cfg.lists)
     services.extra["queue"] = QueueRunner(services.cfg, services.store, services.blobs, resolver,
                                           delivery, services.accounts)
     delivery.after_local_delivery = DeliveredNotices(delivery, services.accounts)

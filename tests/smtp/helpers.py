@@ -126,3 +126,11 @@ class RawClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def header_field(headers: str, name: str) -> str:
+    """The unfolded value of the first ``name`` field in ``headers``."""
+    for line in headers.replace("\r\n\t", " ").split("\r\n"):
+        if line.lower().startswith(name.lower() + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {name} in {headers!r}")

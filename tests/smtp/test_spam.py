@@ -16,6 +16,7 @@ from mailstead.spam.rules import GTUBE
 from tests.conftest import DOMAIN, PASSWORD, RunningServer
 from tests.imap.helpers import connect, ok
 from tests.smtp.helpers import ALICE, BOB, inbox
+from tests.smtp.helpers import header_field as field
 
 BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
@@ -35,13 +36,6 @@ def send(server: RunningServer, raw: bytes, *rcpts: str) -> None:
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as client:
         client.ehlo("client.remote.test")
         client.sendmail("carol@remote.test", list(rcpts) or [ALICE], raw)
-
-
-def field(headers: str, name: str) -> str:
-    for line in headers.replace("\r\n\t", " ").split("\r\n"):
-        if line.lower().startswith(name.lower() + ":"):
-            return line.split(":", 1)[1].strip()
-    raise AssertionError(f"no {name} in {headers!r}")
 
 
 @BOTH

@@ -45,3 +45,14 @@ def dkim_records(node: Node, domain: str) -> list[tuple[str, str]]:
 
 def signing_key(node: Node, domain: str) -> DkimKey:
     return node.server.run(dkim_keyring(node.server.services).signing_key(domain))
+
+
+def publish_domain(world: dnsworld.DnsWorld, node: Node, dmarc_policy: str = "reject") -> None:
+    """A node's domain in the world: MX, SPF of its address, DMARC, its DKIM keys."""
+    domain = node.domain
+    publish(world, domain, "MX", f"10 mx.{domain}.")
+    publish(world, f"mx.{domain}", "A", node.ip)
+    publish(world, domain, "TXT", f"v=spf1 ip4:{node.ip} -all")
+    publish(world, f"_dmarc.{domain}", "TXT", f"v=DMARC1; p={dmarc_policy}")
+    for name, value in dkim_records(node, domain):
+        publish(world, name, "TXT", value)

@@ -21,20 +21,10 @@ from tests.conftest import PG_DSN
 from tests.delivery.conftest import Node
 from tests.delivery.helpers import inbox_with, submit
 from tests.smtp.helpers import inbox
-from tests.trust.conftest import dkim_records, publish
+from tests.trust.conftest import publish_domain
 
 ALPHA, BETA, GAMMA = "alpha-l.test", "beta-l.test", "gamma-l.test"
 HTML = ("<html><body>" + "<p>Grüße, word</p>" * 12_000 + "</body></html>").encode()
-
-
-def _publish_domain(world: dnsworld.DnsWorld, node: Node) -> None:
-    domain = node.domain
-    publish(world, domain, "MX", f"10 mx.{domain}.")
-    publish(world, f"mx.{domain}", "A", node.ip)
-    publish(world, domain, "TXT", f"v=spf1 ip4:{node.ip} -all")
-    publish(world, f"_dmarc.{domain}", "TXT", "v=DMARC1; p=reject")
-    for name, value in dkim_records(node, domain):
-        publish(world, name, "TXT", value)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -50,7 +40,7 @@ def nodes(request: pytest.FixtureRequest, make_node: Callable[..., Node],
     gamma = make_node("127.0.0.4", f"mx.{GAMMA}", GAMMA, users=("carol",),
                       trust={"arc_trusted_sealers": [BETA]})
     for node in (alpha, beta, gamma):
-        _publish_domain(dns_world, node)
+        publish_domain(dns_world, node)
     beta.server.add_alias(f"fwd@{BETA}", f"carol@{GAMMA}")
     return alpha, beta, gamma
 

@@ -82,6 +82,9 @@ class FakeBackend:
                 route.remote.append(target)
         return route
 
+    async def check_recipient(self, txn: Transaction, route: Route) -> Reply | None:
+        return None
+
     async def quota_state(self, acct: Account, size: int) -> QuotaState:
         if acct.quota_bytes and size > acct.quota_bytes:
             return "too_big"

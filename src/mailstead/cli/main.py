@@ -17,6 +17,7 @@ from mailstead.cli.admin import alias, domain, user
 from mailstead.cli.common import config_for, data_option, fail, open_store, run_async
 from mailstead.cli.dkim import dkim
 from mailstead.cli.dns_cmd import dns
+from mailstead.cli.lists import lists
 from mailstead.cli.mail_cmd import client, mail
 from mailstead.cli.monitor_cmd import monitor
 from mailstead.cli.queue import queue
@@ -34,6 +35,7 @@ def cli() -> None:
 cli.add_command(domain)
 cli.add_command(user)
 cli.add_command(alias)
+cli.add_command(lists)
 cli.add_command(queue)
 cli.add_command(dkim)
 cli.add_command(dns)

@@ -68,6 +68,20 @@ class Alias:
 
 
 @dataclass(frozen=True, slots=True)
+class ListEntry:
+    """One allow or block list entry of an account (``scope`` "user", ``owner`` its address)
+    or of a domain (``scope`` "domain", ``owner`` the domain name)."""
+
+    id: int
+    scope: Literal["user", "domain"]
+    owner: str
+    kind: Literal["allow", "block"]
+    pattern: str  # "user@example.org", "example.org" (and its subdomains) or "192.0.2.0/24"
+    action: Literal["", "refuse", "junk"]  # what a block entry does; "" for allow entries
+    created: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Mailbox:
     id: int
     account_id: int

@@ -48,6 +48,7 @@ from mailstead.proto.smtp import (
     SessionPolicy,
     SmtpSession,
     Transaction,
+    reply,
 )
 from mailstead.services.accounts import AuthFailed
 from mailstead.services.delivery import (
@@ -58,6 +59,13 @@ from mailstead.services.delivery import (
     unique_accounts,
 )
 from mailstead.services.sendcap import SendingCapExceeded, sending_cap
+from mailstead.services.sender_lists import (
+    Decision,
+    allows_any,
+    apply_decisions,
+    refusal,
+    sender_lists,
+)
 from mailstead.services.spam import spam_service, strip_spam_fields
 from mailstead.store.interfaces import Account
 
@@ -95,6 +103,16 @@ class SessionBackend:
     def forget_routes(self) -> None:
         self._routes.clear()
         self._domains.clear()
+
+    async def check_recipient(self, txn: Transaction, route: RouteLike) -> Reply | None:
+        """Forged SRS addresses and the recipients' block lists (RFC 5321 4.2.5 leaves the
+        policy to us; 550 5.7.1 as other policy refusals)."""
+        refused = getattr(route, "refusal", "")
+        lists = sender_lists(self.services)
+        if not refused and lists is not None and txn.account is None and route.local:
+            found = await lists.rcpt_refusal(route.local, txn.sender, self.conn.peer_ip)
+            refused = found.reason if found is not None else ""
+        return None if not refused else reply(550, "5.7.1", _printable(refused))
 
     async def quota_state(self, account: Account, size: int) -> QuotaState:
         if not account.quota_bytes and not account.quota_messages:
@@ -152,17 +170,20 @@ class SessionBackend:
             message, junk, auth_results = verdict.message, verdict.action == "junk", \
                 verdict.headers
             trusted_forward = verdict.trusted_forward
+        accounts = unique_accounts(envelope.recipients)
+        decisions = await self._list_decisions(txn, envelope, accounts, message, auth_results)
         spam, spam_fields = None, b""
         scorer = spam_service(self.services)
         if scorer is not None and txn.account is None:  # MX traffic only, as for trust
             message = strip_spam_fields(message)
             base = scorer.rules_verdict(message, auth_results, trusted_forward)
             self._spam_score = base.score
-            if scorer.refuses(base):
+            if scorer.refuses(base) and not allows_any(decisions):
                 raise MessageRefused(f"this message looks like spam (score {base.score:.1f})")
-            spam = await scorer.judge(message, base, unique_accounts(envelope.recipients))
+            spam = await scorer.judge(message, base, accounts)
             spam_fields = base.header_fields()
             self._spam_score = max(v.score for v in spam.values()) if spam else base.score
+        spam = apply_decisions(decisions, accounts, spam, self.services.cfg.spam)
         cap = sending_cap(self.services.extra, self.services.cfg.web)
         if txn.account is not None:
             try:
@@ -184,6 +205,21 @@ class SessionBackend:
             cap.record(txn.account, len(txn.recipients))
         self._queue_id = result.queue_id
         return result.queue_id
+
+    async def _list_decisions(self, txn: Transaction, envelope: InboundEnvelope,
+                              accounts: list[Account], message: bytes, auth_results: bytes
+                              ) -> dict[int, Decision]:
+        """The recipients' allow/block list entries that decide for this message; raises
+        MessageRefused when every recipient blocks it."""
+        lists = sender_lists(self.services)
+        if lists is None or txn.account is not None or not accounts:
+            return {}
+        decisions = await lists.at_data(accounts, txn.sender, message, txn.client_ip,
+                                        b"dmarc=fail" in auth_results)
+        refused = refusal(decisions, accounts, any(r.remote for r in envelope.recipients))
+        if refused:
+            raise MessageRefused(refused)
+        return decisions
 
     def transaction_done(self, txn: Transaction, size: int, result: Reply) -> None:
         log_event(
@@ -380,6 +416,10 @@ class SmtpHandler:
             log_event("smtp.pipelined_after_starttls", session=conn.session_id,
                       client=conn.peer_ip)
         return True
+
+
+def _printable(text: str) -> str:
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:400]
 
 
 def _drop(piece: bytes) -> None:

@@ -169,6 +169,8 @@ class SmtpBackend(Protocol):
     async def route(self, address: Address) -> RouteLike:
         """Accounts and remote addresses that mail for ``address`` goes to; empty if unknown."""
 
+    async def check_recipient(self, txn: Transaction, route: RouteLike) -> Reply | None: ...
+
     async def quota_state(self, account: Account, size: int) -> QuotaState:
         """"full" when the account cannot take more now, "too_big" when ``size`` alone can
         never fit its quota."""
@@ -595,6 +597,8 @@ class SmtpSession:
         if not route.local and not self.policy.submission \
                 and not await self.backend.is_local_domain(address.domain):
             return self._refuse_rcpt(txn, reply(550, "5.7.1", "Relay access denied"))
+        if (refused := await self.backend.check_recipient(txn, route)) is not None:
+            return self._refuse_rcpt(txn, refused)
         if not route.local and not route.remote:
             return self._refuse_rcpt(txn, reply(550, "5.1.1", f"<{address}>: user unknown"))
         for account in route.local:

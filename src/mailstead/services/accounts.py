@@ -9,14 +9,19 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mailstead.auth.passwords import dummy_hash, verify_password
 from mailstead.auth.ratelimit import AuthLimiter
 from mailstead.config import AuthConfig
 from mailstead.core.addresses import Address, parse_address
 from mailstead.core.errors import InvalidInput
+from mailstead.mailsec import srs
 from mailstead.obs import log_event
 from mailstead.store.interfaces import Account, MetadataStore
+
+if TYPE_CHECKING:
+    from mailstead.services.forwarding import Forwarding
 
 
 class AuthFailed(Exception):
@@ -36,6 +41,7 @@ class Route:
 
     local: list[Account] = field(default_factory=list)
     remote: list[str] = field(default_factory=list)
+    refusal: str = ""  # why an address of ours is refused (a forged SRS address), if it is
 
     @property
     def empty(self) -> bool:
@@ -55,6 +61,8 @@ class AccountService:
         self._cache: dict[tuple[str, bytes], float] = {}
         self._cache_key = secrets.token_bytes(32)
         self._verifying: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
+        # SRS reversal of bounces to forwarded mail (services/forwarding.py; wiring sets it).
+        self.forwarding: Forwarding | None = None
 
     # -- login --
 
@@ -126,6 +134,13 @@ class AccountService:
         stripped for lookup only. An empty Route means "no such user"."""
         route = Route()
         seen: set[str] = set()
+        if self.forwarding is not None and srs.is_srs(address.local) \
+                and await self.is_local_domain(address.domain):
+            try:
+                address = parse_address(await self.forwarding.reverse(address.local))
+            except (srs.SrsError, InvalidInput) as exc:
+                route.refusal = f"<{address}>: {exc}"
+                return route
         await self._expand(address, route, seen, 0)
         return route
 

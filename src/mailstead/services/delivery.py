@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mailstead.core.errors import NotFound
 from mailstead.proto import mime, mime_encoding
@@ -38,6 +38,9 @@ from mailstead.store.interfaces import (
     QueueRecipient,
 )
 from mailstead.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from mailstead.services.forwarding import Forwarding
 
 
 class TrustHooks(Protocol):
@@ -123,6 +126,8 @@ class DeliveryService:
         # holds the creation time, so a re-created account never meets an old entry.
         self._inboxes: dict[tuple[int, datetime], int] = {}
         self.trust: TrustHooks | None = None  # DKIM signing and ARC sealing (mailsec)
+        # The SRS rewrite of the sender of forwarded mail (services/forwarding.py).
+        self.forwarding: Forwarding | None = None
         # Runs once local copies are committed (the 'delivered' DSNs of queue.delivered).
         self.after_local_delivery: AfterDelivery | None = None
         self._date: tuple[tuple[int, timedelta | None], str] = ((-1, None), "")
@@ -242,6 +247,12 @@ class DeliveryService:
                 message = await self.trust.sign_outbound(message)
             elif remote:
                 message = await self.trust.seal_forwarded(message, auth_results)
+        sender = envelope.sender
+        if remote and envelope.account is None and self.forwarding is not None:
+            # Forwarded (an alias or a Sieve redirect to a remote address): the queued copy
+            # goes out from an SRS address of ours, so SPF passes at the next server and its
+            # bounces come back to us for reversal. Local copies keep the original sender.
+            sender = await self.forwarding.forward_sender(sender)
         head = self.trace_fields(envelope, queue_id, now, local=bool(accounts)) + auth_results
         spam = spam or {}
         verdicts = [spam.get(a.id) for a in accounts]
@@ -266,7 +277,7 @@ class DeliveryService:
         if remote:
             entry = QueueEntry(
                 id=queue_id,
-                sender=envelope.sender,
+                sender=sender,
                 recipients=remote,
                 blob_id="",
                 size=len(datas[entry_part][0]),

@@ -40,15 +40,21 @@ class SpamVerdict:
     is_spam: bool
     tests: tuple[str, ...]  # names of the rules that matched
     required: float
+    note: str = ""  # why an allow or block list overrode the score (services/sender_lists)
 
     def header_fields(self) -> bytes:
         flag = "YES" if self.is_spam else "NO"
         stars = "*" * max(0, min(int(self.score), 50))
         tests = ",".join(self.tests) or "none"
+        note = f"X-Spam-List: {_printable(self.note)}\r\n" if self.note else ""
         return (f"X-Spam-Flag: {flag}\r\nX-Spam-Score: {self.score:.1f}\r\n"
                 f"X-Spam-Level: {stars}\r\nX-Spam-Status: {'Yes' if self.is_spam else 'No'}, "
                 f"score={self.score:.1f} required={self.required:.1f}\r\n\ttests={tests}\r\n"
-                ).encode("ascii")
+                f"{note}").encode("ascii")
+
+
+def _printable(text: str) -> str:
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:300]
 
 
 def strip_spam_fields(message: bytes) -> bytes:

@@ -31,6 +31,7 @@ from mailstead.core.models import (
     Envelope,
     FlagState,
     FlagUpdate,
+    ListEntry,
     Mailbox,
     MailboxStatus,
     MessageMeta,
@@ -60,6 +61,7 @@ __all__ = [
     "Envelope",
     "FlagState",
     "FlagUpdate",
+    "ListEntry",
     "Mailbox",
     "MailboxStatus",
     "MessageMeta",
@@ -131,6 +133,20 @@ class MetadataStore(Protocol):
     async def alias_destinations(self, source: str) -> list[str]: ...
 
     # -- mailboxes --
+    async def list_entries(self, scope: Literal["user", "domain"], owner: str
+                           ) -> list[ListEntry]:
+        """The allow/block list entries of an account or a domain (NotFound if none such)."""
+    async def add_list_entry(self, scope: Literal["user", "domain"], owner: str, kind: str,
+                             pattern: str, action: str, max_entries: int) -> ListEntry:
+        """Conflict when the entry exists, InvalidInput past ``max_entries``."""
+    async def remove_list_entry(self, scope: Literal["user", "domain"], owner: str, kind: str,
+                                pattern: str) -> int: ...
+    async def lists_version(self) -> int:
+        """A number that every change of any allow/block list increases (0: none ever)."""
+    async def entries_for_accounts(self, account_ids: Sequence[int]
+                                   ) -> dict[int, list[ListEntry]]:
+        """Each account's entries and those of its domain."""
+
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None: ...
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...

@@ -41,6 +41,7 @@ from mailstead.store.interfaces import (
     Domain,
     FlagState,
     FlagUpdate,
+    ListEntry,
     Mailbox,
     MailboxStatus,
     MessageMeta,
@@ -68,6 +69,13 @@ from mailstead.store.sql_accounts import (
 from mailstead.store.sql_base import (
     Db,
     Op,
+)
+from mailstead.store.sql_lists import (
+    add_list_entry,
+    entries_for_accounts,
+    list_entries,
+    lists_version,
+    remove_list_entry,
 )
 from mailstead.store.sql_mailboxes import (
     claim_recent,
@@ -216,6 +224,27 @@ class SqlStore(ABC):
 
     async def alias_destinations(self, source: str) -> list[str]:
         return await self._read(alias_destinations, source)
+
+    # -- allow and block lists --
+    async def list_entries(self, scope: Literal["user", "domain"], owner: str
+                           ) -> list[ListEntry]:
+        return await self._read(list_entries, scope, owner)
+
+    async def add_list_entry(self, scope: Literal["user", "domain"], owner: str, kind: str,
+                             pattern: str, action: str, max_entries: int) -> ListEntry:
+        return await self._write(add_list_entry, scope, owner, kind, pattern, action,
+                                 max_entries)
+
+    async def remove_list_entry(self, scope: Literal["user", "domain"], owner: str, kind: str,
+                                pattern: str) -> int:
+        return await self._write(remove_list_entry, scope, owner, kind, pattern)
+
+    async def lists_version(self) -> int:
+        return await self._read(lists_version)
+
+    async def entries_for_accounts(self, account_ids: Sequence[int]
+                                   ) -> dict[int, list[ListEntry]]:
+        return await self._read(entries_for_accounts, list(account_ids))
 
     # -- mailboxes --
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]:

@@ -749,4 +749,6 @@ async def openapi_document(request: Request) -> Response:
     return JSONResponse(build_document(ENDPOINTS, web_state(request).cfg.hostname))
 
 
+from mailstead.web import api_lists  # noqa: E402, F401  (registers its endpoints)
+
 routes = [Route("/api/openapi.json", openapi_document), *(_route(ep) for ep in ENDPOINTS)]

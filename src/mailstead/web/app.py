@@ -25,7 +25,14 @@ from mailstead.core.errors import (
     QuotaExceeded,
 )
 from mailstead.obs import log_event
-from mailstead.web import api, routes_account, routes_admin, routes_mail, routes_metrics
+from mailstead.web import (
+    api,
+    routes_account,
+    routes_admin,
+    routes_lists,
+    routes_mail,
+    routes_metrics,
+)
 from mailstead.web.accountops import SignupRefused
 from mailstead.web.mailroom import SummaryCache
 from mailstead.web.pages import redirect, render
@@ -208,7 +215,8 @@ def build_app(state: WebState) -> Starlette:
         HTTPException, MailsteadError, SendRefused, SignupRefused, ValueError, Exception)}
     app = Starlette(
         routes=[
-            *routes_account.routes, *routes_mail.routes, *routes_admin.routes, *api.routes,
+            *routes_account.routes, *routes_mail.routes, *routes_admin.routes,
+            *routes_lists.routes, *api.routes,
             *routes_metrics.routes,
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],

@@ -15,7 +15,7 @@ from mailstead.mailsec import dnsrecords, mta_sts
 from mailstead.obs import log_event
 from mailstead.services.accounts import AuthFailed
 from mailstead.services.certificates import CHALLENGE_PREFIX
-from mailstead.web import accountops, clientsetup, security
+from mailstead.web import accountops, clientsetup, routes_lists, security
 from mailstead.web.pages import (
     field,
     mailroom,
@@ -168,6 +168,7 @@ async def settings_page(request: Request) -> Response:
         "clients": accountops.client_settings(state, account.address),
         "password_rules": accountops.password_rules(state.cfg.auth.min_password_length),
         "token": "", "title": "Settings",
+        **await routes_lists.settings_context(state, account),
         "autoconfig_url": f"{request.url.scheme}://{request.url.netloc}"
                           f"/.well-known/autoconfig/mail/config-v1.1.xml"
                           f"?emailaddress={account.address}",
@@ -216,6 +217,7 @@ async def settings_token(request: Request) -> Response:
         "clients": accountops.client_settings(state, account.address),
         "password_rules": accountops.password_rules(state.cfg.auth.min_password_length),
         "token": token, "title": "Settings",
+        **await routes_lists.settings_context(state, account),
         "autoconfig_url": f"{request.url.scheme}://{request.url.netloc}"
                           f"/.well-known/autoconfig/mail/config-v1.1.xml"
                           f"?emailaddress={account.address}",
