@@ -480,7 +480,8 @@ class ForwardingConfig(_Section):
     )
     srs_domain: str = Field(
         "", description="domain of the rewritten senders (must be one of ours, with our MX); "
-        "empty: the first of 'domains', else the first local domain"
+        "empty: the domain of our address that forwards (the alias's), else the first of "
+        "'domains', else the first local domain"
     )
     srs_max_age_days: int = Field(
         21, description="days an SRS address stays valid for bounces", ge=1, le=1000

@@ -84,11 +84,13 @@ def test_alpha_to_beta_passes_everything_and_forward_to_gamma_keeps_passing(
     assert results["dkim"] == ["pass", "pass"]  # RSA and Ed25519
     assert results["dmarc"] == ["pass"]
     assert str(arrived["Received-SPF"]).startswith("pass")
-    # The alias forwarded it from beta's address: SPF of alpha fails there, yet the message
-    # still passes DMARC at gamma.
+    # The alias forwarded it with an SRS sender in beta's own domain (the alias's): SPF passes
+    # for beta at gamma, and DMARC passes through alpha's DKIM signature.
     [forwarded] = inbox_with(gamma, f"carol@{GAMMA}")
     at_gamma = _results(forwarded, gamma.hostname)
-    assert at_gamma["spf"] == ["fail"]
+    assert str(forwarded["Return-Path"]).startswith("<SRS0=")
+    assert str(forwarded["Return-Path"]).endswith(f"@{BETA}>")
+    assert at_gamma["spf"] == ["pass"]
     assert at_gamma["dmarc"] == ["pass"]
     assert "pass" in at_gamma["dkim"]
 
@@ -259,7 +261,7 @@ def test_forward_changed_by_beta_passes_dmarc_at_gamma_only_through_arc(
         "Sent through beta's forwarder\n")
     at_gamma = _results(forwarded, gamma.hostname)
     assert at_gamma["dkim"] == ["fail", "fail"]
-    assert at_gamma["spf"] == ["fail"]
+    assert at_gamma["spf"] == ["pass"]  # for beta's SRS address: not aligned with alpha
     assert at_gamma["dmarc"] == ["fail"]
     assert at_gamma["arc"] == ["pass"]
     # Beta's own verdict travels in its ARC-Authentication-Results (i=1).

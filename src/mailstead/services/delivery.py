@@ -252,7 +252,8 @@ class DeliveryService:
             # Forwarded (an alias or a Sieve redirect to a remote address): the queued copy
             # goes out from an SRS address of ours, so SPF passes at the next server and its
             # bounces come back to us for reversal. Local copies keep the original sender.
-            sender = await self.forwarding.forward_sender(sender)
+            via = next((r.address for r in envelope.recipients if r.remote), "")
+            sender = await self.forwarding.forward_sender(sender, via.rpartition("@")[2])
         head = self.trace_fields(envelope, queue_id, now, local=bool(accounts)) + auth_results
         spam = spam or {}
         verdicts = [spam.get(a.id) for a in accounts]

@@ -61,11 +61,16 @@ class Forwarding:
                 self._domain = min(domains, key=lambda d: (d.created, d.id)).name
         return self._domain
 
-    async def forward_sender(self, sender: str) -> str:
-        """The envelope sender for a copy of ``sender``'s message that we forward."""
+    async def forward_sender(self, sender: str, via: str = "") -> str:
+        """The envelope sender for a copy of ``sender``'s message that we forward. ``via``
+        is the domain of our address that forwards it (the alias's, the Sieve user's): the
+        SRS address is in that domain, whose SPF names us, unless srs_domain says otherwise."""
         if not self.settings.srs or not sender:
             return sender
-        domain = await self.srs_domain()
+        domain = self.settings.srs_domain.lower()
+        if not domain and via and await self.is_local_domain(via.lower()):
+            domain = via.lower()
+        domain = domain or await self.srs_domain()
         sender_domain = sender.rpartition("@")[2].lower()
         if not domain or sender_domain == domain or await self.is_local_domain(sender_domain):
             return sender  # our own senders pass SPF as they are
