@@ -18,6 +18,7 @@ from mailstead.cli.common import config_for, data_option, fail, open_store, run_
 from mailstead.cli.dkim import dkim
 from mailstead.cli.dns_cmd import dns
 from mailstead.cli.mail_cmd import client, mail
+from mailstead.cli.mailmove_cmd import export_cmd, import_cmd
 from mailstead.cli.queue import queue
 from mailstead.config import CONFIG_FILE, apply_listen_override, render_toml, resolve_data_dir
 from mailstead.core.errors import ConfigError, CorruptBlob, NotFound
@@ -38,6 +39,8 @@ cli.add_command(dkim)
 cli.add_command(dns)
 cli.add_command(client)
 cli.add_command(mail)
+cli.add_command(import_cmd)
+cli.add_command(export_cmd)
 
 
 @cli.command()

@@ -807,6 +807,25 @@ class MailboxService:
         stored = await self.store.store_message([Delivery(mailbox.id, message)])
         return stored[0]
 
+    async def append_many(self, items: Sequence[tuple[Mailbox, NewMessage, bytes]]
+                          ) -> list[MessageMeta]:
+        """A batch of APPENDs (an import): every file written, one flush, then every row in
+        one transaction. The ``blob_id`` of each NewMessage is filled in here."""
+        for _box, _message, data in items:
+            if len(data) > self.max_message_size:
+                raise InvalidInput("message too big")
+
+        def write_all() -> list[str]:
+            ids = [self.blobs.write(data) for _box, _message, data in items]
+            self.blobs.flush()  # files durable before the rows that name them
+            return ids
+
+        blob_ids = await asyncio.to_thread(write_all)
+        return await self.store.store_message([
+            Delivery(box.id, replace(message, blob_id=blob_id))
+            for (box, message, _data), blob_id in zip(items, blob_ids, strict=True)
+        ])
+
     async def remove(self, mailbox: Mailbox, uids: Sequence[int]) -> None:
         """Takes messages out again (a MULTIAPPEND whose later message failed)."""
         if uids:
