@@ -18,7 +18,7 @@ from mailstead.config import Config
 from mailstead.core.errors import NotFound
 from mailstead.core.models import Account
 from mailstead.mailmove import export as exporting
-from mailstead.mailmove.imap_pull import ImapAccount, Puller
+from mailstead.mailmove.imap_pull import ImapAccount, Puller, check_security
 from mailstead.mailmove.importer import Importer, ImportReport
 from mailstead.mailmove.sources import (
     SourceMessage,
@@ -173,6 +173,7 @@ async def import_imap(address: str, host: str, port: int | None, security: str |
     remote = ImapAccount(host, login, password, port=port,
                          security=security,  # type: ignore[arg-type]
                          insecure=insecure, cafile=cafile)
+    check_security(remote)  # before any output
     started = time.monotonic()
     async with open_mailboxes(data, address) as (_cfg, mailboxes, account):
         with ProgressBar("imap", None) as bar:

@@ -171,8 +171,9 @@ class Puller:
         if exists == 0:
             return
         known = await self.importer.known_keys(box)
+        uids = await asyncio.to_thread(client.search, "ALL")
         listing = await asyncio.to_thread(
-            client.fetch, "1:*", [b"RFC822.SIZE", b"INTERNALDATE", b"FLAGS", HEADER_ITEM])
+            client.fetch, uids, [b"RFC822.SIZE", b"INTERNALDATE", b"FLAGS", HEADER_ITEM])
         missing: list[int] = []
         for uid, fields in sorted(listing.items()):
             envelope = parse_envelope_fields(to_crlf(_header_part(fields)))

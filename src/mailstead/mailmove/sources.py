@@ -279,12 +279,14 @@ def count_maildir(root: Path) -> int:
 
 
 def _message_files(directory: Path) -> list[Path]:
+    """The files of cur/ and new/, in the order of their names (which start with the time of
+    delivery)."""
     files: list[Path] = []
-    for sub in ("new", "cur"):
+    for sub in ("cur", "new"):
         part = directory / sub
         if part.is_dir():
-            files += sorted(p for p in part.iterdir() if p.is_file())
-    return files
+            files += [p for p in part.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: p.name)
 
 
 def read_maildir(root: Path) -> Iterator[SourceMessage]:
