@@ -111,7 +111,7 @@ def test_maildir_tree_import(mail_server: RunningServer, tmp_path: Path) -> None
         "Café": [(("\\Draft",), True)],
         "Projects/2026": [((), True)],
     }
-    assert account["Sent"][0][2] == b"Message-ID: <sent@example.org>\r\nSubject: sent\r\n\r\nbody\r\n"
+    assert account["Sent"][0][2] == crlf(b"Message-ID: <sent@example.org>\nSubject: sent\n\nbody\n")
 
 
 def populate(server: RunningServer, user: str) -> None:
