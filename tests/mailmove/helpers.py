@@ -24,9 +24,11 @@ from tests.conftest import PASSWORD, RunningServer, mailstead_cmd
 Account = dict[str, list[tuple[tuple[str, ...], datetime, bytes]]]
 
 
-def ms(data: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def ms(data: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+       ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(mailstead_cmd(*args, "--data", str(data)), input=stdin,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def ok(data: Path, *args: str, stdin: str | None = None) -> str:
