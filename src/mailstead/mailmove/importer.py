@@ -110,6 +110,7 @@ class Importer:
         self._known: dict[int, set[Key]] = {}
         self._pending: list[tuple[Mailbox, _Prepared]] = []
         self._dry_boxes = 0
+        self._inflight: asyncio.Future[None] | None = None
 
     # -- folders --
 
@@ -201,8 +202,20 @@ class Importer:
             await self.flush()
 
     async def flush(self) -> None:
+        """Starts storing the pending batch; it runs while the next one is read and parsed
+        (one batch in flight: the previous one is waited for first)."""
+        await self._settle()
         pending, self._pending = self._pending, []
-        if pending and not self.dry_run:
+        if pending:
+            self._inflight = asyncio.ensure_future(self._store(pending))
+
+    async def _settle(self) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight
+
+    async def _store(self, pending: list[tuple[Mailbox, _Prepared]]) -> None:
+        if not self.dry_run:
             await self.mailboxes.append_many(
                 [(box, p.message, p.source.data) for box, p in pending])
         for box, _p in pending:
@@ -213,4 +226,5 @@ class Importer:
 
     async def finish(self) -> ImportReport:
         await self.flush()
+        await self._settle()
         return self.report

@@ -51,6 +51,7 @@ BULK_FLAGS = 500
 SORT_SLICE = 10_000  # rows per store read of a SORT or THREAD
 LOG_ENTRIES = 20_000  # changes each shared mailbox state remembers for its views
 SMALL_BLOB = 128 * 1024  # read without a thread hop
+BULK_WRITERS = 4  # threads writing the files of one append_many
 # Message files are immutable (named by their hash): small ones read lately are kept.
 BLOB_CACHE_BYTES = 16 * 1024 * 1024
 # Message rows (less their flags) that a shared mailbox state keeps for small FETCHes.
@@ -815,12 +816,15 @@ class MailboxService:
             if len(data) > self.max_message_size:
                 raise InvalidInput("message too big")
 
-        def write_all() -> list[str]:
-            ids = [self.blobs.write(data) for _box, _message, data in items]
-            self.blobs.flush()  # files durable before the rows that name them
-            return ids
+        def write(part: Sequence[tuple[Mailbox, NewMessage, bytes]]) -> list[str]:
+            return [self.blobs.write(data) for _box, _message, data in part]
 
-        blob_ids = await asyncio.to_thread(write_all)
+        # A few threads: file writes are system calls that wait on the disk, not on the GIL.
+        step = max(1, -(-len(items) // BULK_WRITERS))
+        parts = await asyncio.gather(*(asyncio.to_thread(write, items[i : i + step])
+                                       for i in range(0, len(items), step)))
+        await asyncio.to_thread(self.blobs.flush)  # files durable before the rows naming them
+        blob_ids = [blob_id for part in parts for blob_id in part]
         return await self.store.store_message([
             Delivery(box.id, replace(message, blob_id=blob_id))
             for (box, message, _data), blob_id in zip(items, blob_ids, strict=True)
