@@ -162,14 +162,15 @@ def count_mbox(path: Path) -> int:
         return count
 
 
-def read_mbox(path: Path, folder: str = "INBOX", variant: str = "mboxrd"
-              ) -> Iterator[SourceMessage]:
+def read_mbox(path: Path, folder: str = "INBOX", variant: str = "mboxrd",
+              label: str | None = None) -> Iterator[SourceMessage]:
     """The messages of an mbox file. A "From " line at the start of the file or after a blank
     line separates messages; the blank line before it is the separator's, not the message's.
     mboxrd takes one ">" off every ">...>From " line; mboxo only turns ">From " back into
     "From " (RFC 4155 describes both)."""
     quoted = re.compile(rb"^>(>*From )" if variant == "mboxrd" else rb"^>(From )")
     number = 0
+    label = label or path.name
     with path.open("rb") as fh:
         separator: bytes | None = None
         lines: list[bytes] = []
@@ -178,7 +179,7 @@ def read_mbox(path: Path, folder: str = "INBOX", variant: str = "mboxrd"
             if line.startswith(b"From ") and previous_blank:
                 if separator is not None or lines:
                     number += 1
-                    yield _mbox_message(path, number, folder, separator, lines)
+                    yield _mbox_message(label, number, folder, separator, lines)
                 separator, lines = line, []
                 previous_blank = False
                 continue
@@ -188,10 +189,10 @@ def read_mbox(path: Path, folder: str = "INBOX", variant: str = "mboxrd"
             lines.append(line)
         if separator is not None or lines:
             number += 1
-            yield _mbox_message(path, number, folder, separator, lines)
+            yield _mbox_message(label, number, folder, separator, lines)
 
 
-def _mbox_message(path: Path, number: int, folder: str, separator: bytes | None,
+def _mbox_message(label: str, number: int, folder: str, separator: bytes | None,
                   lines: list[bytes]) -> SourceMessage:
     if lines and lines[-1] in (b"\n", b"\r\n"):
         lines.pop()  # the blank line before the next separator
@@ -199,7 +200,7 @@ def _mbox_message(path: Path, number: int, folder: str, separator: bytes | None,
     flags, keywords = flags_from_headers(fields)
     when = from_line_date(separator) if separator else None
     return SourceMessage(folder, to_crlf(data), flags, keywords, when,
-                         origin=f"{path.name} #{number}")
+                         origin=f"{label} #{number}")
 
 
 # ---------------------------------------------------------------------------------------------
