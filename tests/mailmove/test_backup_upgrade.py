@@ -4,6 +4,7 @@ failing migration that leaves the old schema as it was (SQLite and PostgreSQL)."
 
 from __future__ import annotations
 
+import json
 import secrets
 import smtplib
 import sqlite3
@@ -112,6 +113,22 @@ def test_restore_refuses_a_tampered_backup(mail_server: RunningServer, tmp_path:
     assert proc.returncode == 1
     assert "extra.sh is not in its SHA256SUMS" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_backup_of_a_postgresql_deployment(mail_server: RunningServer, tmp_path: Path) -> None:
+    """Files and keys, checked by the manifest; the database is pg_dump's (README)."""
+    client = imap(mail_server, ALICE)
+    client.append("INBOX", b"Message-ID: <pg@x>\r\nSubject: pg\r\n\r\nkept\r\n")
+    client.logout()
+    out = ok(mail_server.data_dir, "backup", str(tmp_path / "bk"))
+    assert "backed up 1 message files" in out and "pg_dump" in out
+    manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
+    assert manifest["backend"] == "postgresql" and manifest["store_included"] is False
+    ok(tmp_path / "restored", "restore", str(tmp_path / "bk"))
+    assert (tmp_path / "restored" / "tls" / "key.pem").read_bytes() == \
+        (mail_server.data_dir / "tls" / "key.pem").read_bytes()
+    assert len(list((tmp_path / "restored" / "blobs").rglob("*.eml"))) == 1
 
 
 @pytest.fixture

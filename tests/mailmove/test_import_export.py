@@ -39,6 +39,7 @@ def crlf(data: bytes) -> bytes:
     return data.replace(b"\n", b"\r\n")
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_mbox_import_dry_run_then_real(mail_server: RunningServer, tmp_path: Path) -> None:
     mbox = tmp_path / "old.mbox"
     mbox.write_bytes(MBOX)
