@@ -216,10 +216,8 @@ def test_export_then_import_round_trips_byte_for_byte(
     dest = tmp_path / f"export.{fmt}"
     out = ok(data, "export", ALICE, str(dest), "--format", fmt)
     assert "exported 9 messages" in out
-    if fmt == "mbox":
-        for file in sorted(dest.rglob("*.mbox")):
-            folder = str(file.relative_to(dest))[: -len(".mbox")]
-            ok(data, "import", "mbox", BOB, str(file), "--folder", folder)
+    if fmt == "mbox":  # a directory of .mbox files: each its folder
+        ok(data, "import", "mbox", BOB, str(dest))
     else:
         tree = dest
         if fmt == "tar.gz":
@@ -228,3 +226,15 @@ def test_export_then_import_round_trips_byte_for_byte(
             tree = tmp_path / "unpacked" / "Maildir"
         ok(data, "import", "maildir", BOB, str(tree))
     assert read_account(imap(mail_server, BOB)) == read_account(imap(mail_server, ALICE))
+
+
+def test_mbox_separators_without_blank_lines(tmp_path: Path) -> None:
+    """A writer that left no blank line: a real From_ line still separates, and an unquoted
+    "From " line of a body (no date) does not."""
+    mbox = tmp_path / "tight.mbox"
+    mbox.write_bytes(b"From a@x Sat Dec  5 10:00:00 2026\nSubject: 1\n\nhi\nFrom me, hello\n"
+                     b"From b@x Sun Dec  6 11:00:00 2026\nSubject: 2\n\ntwo\n")
+    first, second = read_mbox(mbox)
+    assert first.data == b"Subject: 1\r\n\r\nhi\r\nFrom me, hello\r\n"
+    assert second.data == b"Subject: 2\r\n\r\ntwo\r\n"
+    assert second.internal_date == datetime(2026, 12, 6, 11, 0, tzinfo=UTC)

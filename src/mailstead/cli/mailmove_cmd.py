@@ -116,8 +116,9 @@ def import_cmd() -> None:
 @import_cmd.command("mbox")
 @click.argument("address")
 @click.argument("files", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--folder", default="INBOX", show_default=True, help="mailbox to import into")
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--folder", default="INBOX", show_default=True,
+              help="mailbox to import files into (a directory's NAME.mbox files go to NAME)")
 @click.option("--variant", type=click.Choice(["mboxrd", "mboxo"]), default="mboxrd",
               show_default=True, help="how '>From ' lines are unescaped")
 @dry_run_option
@@ -125,12 +126,17 @@ def import_cmd() -> None:
 @run_async
 async def import_mbox(address: str, files: tuple[Path, ...], folder: str, variant: str,
                       dry_run: bool, data: Path | None) -> None:
-    """Import mbox FILES (flags from Status/X-Status/X-Keywords) into ADDRESS."""
-    total = sum(count_mbox(f) for f in files)
+    """Import mbox FILES (flags from Status/X-Status/X-Keywords) into ADDRESS. A directory
+    (as `export --format mbox` writes) gives each NAME.mbox below it the folder NAME."""
+    plan = [(f, folder) for f in files if not f.is_dir()]
+    for directory in (f for f in files if f.is_dir()):
+        plan += [(m, m.relative_to(directory).as_posix().removesuffix(".mbox"))
+                 for m in sorted(directory.rglob("*.mbox")) if m.is_file()]
+    total = sum(count_mbox(f) for f, _folder in plan)
 
     def messages() -> Iterable[SourceMessage]:
-        for f in files:
-            yield from read_mbox(f, folder, variant)
+        for f, target in plan:
+            yield from read_mbox(f, target, variant)
 
     _exit_for(await _import(data, address, dry_run, "mbox", total, messages()))
 

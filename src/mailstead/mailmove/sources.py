@@ -164,8 +164,8 @@ def count_mbox(path: Path) -> int:
 
 def read_mbox(path: Path, folder: str = "INBOX", variant: str = "mboxrd",
               label: str | None = None) -> Iterator[SourceMessage]:
-    """The messages of an mbox file. A "From " line at the start of the file or after a blank
-    line separates messages; the blank line before it is the separator's, not the message's.
+    """The messages of an mbox file, separated by "From " lines; the blank line before one is
+    the separator's, not the message's.
     mboxrd takes one ">" off every ">...>From " line; mboxo only turns ">From " back into
     "From " (RFC 4155 describes both)."""
     quoted = re.compile(rb"^>(>*From )" if variant == "mboxrd" else rb"^>(From )")
@@ -176,7 +176,10 @@ def read_mbox(path: Path, folder: str = "INBOX", variant: str = "mboxrd",
         lines: list[bytes] = []
         previous_blank = True
         for line in fh:
-            if line.startswith(b"From ") and previous_blank:
+            # RFC 4155: writers quote every "From " line of a body, so one at the start of a
+            # line separates; for files whose writer did not, it must follow a blank line or
+            # look like a real separator (a sender and an asctime date).
+            if line.startswith(b"From ") and (previous_blank or from_line_date(line)):
                 if separator is not None or lines:
                     number += 1
                     yield _mbox_message(label, number, folder, separator, lines)
