@@ -154,6 +154,11 @@ def test_imap_pull_from_second_mailstead(make_server: Callable[..., RunningServe
     assert sorted(b for _f, _d, b in read_account(imap(target, BOB))["INBOX"]) == \
         sorted(b for _f, _d, b in want["INBOX"])
 
+    proc = ms(target.data_dir, *args, stdin="wrong-password\n")
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()[-1:]
+    assert line.startswith("mailstead: IMAP server 127.0.0.1: "), proc.stderr
+
 
 def test_imap_pull_refuses_plain_text_to_a_remote_host(mail_server: RunningServer) -> None:
     proc = ms(mail_server.data_dir, "import", "imap", BOB, "--host", "192.0.2.1",

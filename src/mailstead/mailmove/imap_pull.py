@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from imapclient import IMAPClient
 
-from mailstead.core.errors import InvalidInput
+from mailstead.core.errors import InvalidInput, MailsteadError
 from mailstead.core.models import SYSTEM_FLAG_NAMES
 from mailstead.mailmove.importer import Importer, message_key
 from mailstead.mailmove.sources import SourceMessage, to_crlf
@@ -153,13 +153,20 @@ class Puller:
         self.client: IMAPClient | None = None
 
     async def run(self) -> None:
-        self.client = await asyncio.to_thread(connect, self.account)
+        try:
+            self.client = await asyncio.to_thread(connect, self.account)
+        except IMAPClient.Error as exc:
+            raise PullFailed(f"IMAP server {self.account.host}: {_text(exc)}") from None
         try:
             folders = await asyncio.to_thread(list_folders, self.client)
             for folder in folders:
-                await self._folder(self.client, folder)
-            await self.importer.finish()
+                try:
+                    await self._folder(self.client, folder)
+                except IMAPClient.Error as exc:
+                    raise PullFailed(f"IMAP server {self.account.host}, folder "
+                                     f"{folder.remote}: {_text(exc)}") from None
         finally:
+            await self.importer.finish()  # what was read is stored: a rerun resumes after it
             await asyncio.to_thread(_logout, self.client)
 
     async def _folder(self, client: IMAPClient, folder: RemoteFolder) -> None:
@@ -197,6 +204,17 @@ class Puller:
                     _internal_date(listing[uid].get(b"INTERNALDATE")),
                     origin=f"{folder.remote} UID {uid}", special_use=folder.special_use))
             await self.importer.add(items)
+
+
+class PullFailed(MailsteadError):
+    """The other server refused or broke off (login failed, a command failed)."""
+
+
+def _text(exc: Exception) -> str:
+    text = str(exc)
+    if text.startswith("b'") or text.startswith('b"'):
+        text = text[2:-1]
+    return text or type(exc).__name__
 
 
 def _logout(client: IMAPClient) -> None:
