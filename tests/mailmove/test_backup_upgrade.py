@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from mailstead import bootstrap
-from mailstead.config import Config, deep_merge
+from mailstead.config import Config, deep_merge, load_config
+from mailstead.mailmove.backup import backup_before_upgrade
 from mailstead.store.changes import ChangeBus
 from mailstead.store.snapshot import sqlite_version
 from mailstead.store.sql_base import EXTRA_MIGRATIONS_ENV, apply_migrations, known_version
@@ -171,6 +172,14 @@ def test_upgrade_from_version_one(data: Path,
     assert sqlite_version(copy) == 1
     assert "kept@old.test" in ok(data, "user", "list")
     assert "up to date" in ok(data, "migrate", "--dry-run")
+
+
+def test_upgrade_copies_keep_the_newest(data: Path) -> None:
+    cfg = load_config(data)
+    made = [backup_before_upgrade(cfg, known_version(), keep=2) for _ in range(4)]
+    kept = sorted((data / "backups").glob("*.sqlite3"))
+    assert kept == sorted(p for p in made[-2:] if p is not None)
+    assert backup_before_upgrade(cfg, known_version(), keep=0) is None
 
 
 def test_newer_schema_is_refused(data: Path) -> None:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -197,10 +196,11 @@ def backup_before_upgrade(cfg: Config, version: int, keep: int) -> Path | None:
     if sqlite is None or keep <= 0 or version == 0 or not sqlite.exists():
         return None
     folder = cfg.data_dir / UPGRADE_BACKUPS
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     target = folder / f"{sqlite.stem}-v{version}-{stamp}.sqlite3"
     backup_sqlite(sqlite, target)
-    copies = sorted(folder.glob(f"{sqlite.stem}-v*-*.sqlite3"), key=lambda p: p.stat().st_mtime)
+    copies = sorted(folder.glob(f"{sqlite.stem}-v*-*.sqlite3"),
+                    key=lambda p: (p.stat().st_mtime, p.name))
     for old in copies[:-keep]:
         old.unlink()
     return target
