@@ -825,9 +825,10 @@ class MailboxService:
                                        for i in range(0, len(items), step)))
         await asyncio.to_thread(self.blobs.flush)  # files durable before the rows naming them
         blob_ids = [blob_id for part in parts for blob_id in part]
-        return await self.store.store_message([
-            Delivery(box.id, replace(message, blob_id=blob_id))
-            for (box, message, _data), blob_id in zip(items, blob_ids, strict=True)
+        return await self.store.store_message([  # (no dataclasses.replace: 10x its cost)
+            Delivery(box.id, NewMessage(blob_id, m.size, m.internal_date, m.flags, m.keywords,
+                                        m.envelope))
+            for (box, m, _data), blob_id in zip(items, blob_ids, strict=True)
         ])
 
     async def remove(self, mailbox: Mailbox, uids: Sequence[int]) -> None:
