@@ -22,6 +22,7 @@ from mailstead.mailmove.imap_pull import ImapAccount, Security
 from mailstead.services.mailbox import normalize_name
 from mailstead.web.pages import (
     field,
+    mailroom,
     page,
     read_form,
     redirect,
@@ -45,7 +46,8 @@ def _work_dir(request: Request) -> Path:
 async def import_status(request: Request) -> Response:
     state = web_state(request)
     job = state.imports.latest(session_of(request).account)
-    return render(request, "import.html", {"job": job, "title": "Import"})
+    return render(request, "import.html", {"job": job, "title": "Import",
+                                           "folders": await mailroom(request).folders()})
 
 
 @page
