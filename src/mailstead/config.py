@@ -63,6 +63,10 @@ class StoreConfig(_Section):
     pg_schema: str = Field(
         "public", description="PostgreSQL schema holding mailstead's tables (one per site)"
     )
+    migration_backups: int = Field(
+        3, description="SQLite: copies of the store that `serve` and `migrate` take into "
+        "backups/ before a schema upgrade, newest kept (0: take none)", ge=0,
+    )
 
     @field_validator("url")
     @classmethod

@@ -60,6 +60,9 @@ def build(services: Services) -> None:
     mailboxes = MailboxService(services.store, services.blobs, services.changes,
                                services.cfg.limits.max_message_size)
     services.extra["mailbox"] = mailboxes
+    from mailstead.mailmove.jobs import ImportJobs
+
+    services.extra["imports"] = ImportJobs(mailboxes)  # the webmail's background imports
     if services.cfg.spam.enabled:
         spam = SpamService(services.cfg.spam, services.store, services.blobs)
         services.extra["spam"] = spam
@@ -74,6 +77,7 @@ def start(services: Services, background: list[asyncio.Task[None]]) -> None:
     from mailstead.services.delivery import delivery_service
 
     background.append(asyncio.create_task(_close_on_stop(delivery_service(services).close)))
+    background.append(asyncio.create_task(_close_on_stop(services.extra["imports"].close)))
     queue = services.extra["queue"]
     assert isinstance(queue, QueueRunner)
     queue.start(background)

@@ -19,8 +19,10 @@ from mailstead.cli.dkim import dkim
 from mailstead.cli.dns_cmd import dns
 from mailstead.cli.lists import lists
 from mailstead.cli.mail_cmd import client, mail
+from mailstead.cli.mailmove_cmd import export_cmd, import_cmd
 from mailstead.cli.monitor_cmd import monitor
 from mailstead.cli.queue import queue
+from mailstead.cli.upkeep_cmd import backup, before_serve, migrate, restore
 from mailstead.config import CONFIG_FILE, apply_listen_override, render_toml, resolve_data_dir
 from mailstead.core.errors import ConfigError, CorruptBlob, NotFound
 from mailstead.obs import setup_logging
@@ -42,6 +44,10 @@ cli.add_command(dns)
 cli.add_command(client)
 cli.add_command(mail)
 cli.add_command(monitor)
+cli.add_command(import_cmd)
+cli.add_command(export_cmd)
+for _command in (backup, restore, migrate):
+    cli.add_command(_command)
 
 
 @cli.command()
@@ -126,6 +132,7 @@ def serve(listen: tuple[str, ...], data: Path | None) -> None:
         cfg = config_for(data)
         for spec in listen:
             apply_listen_override(cfg, spec)
+        before_serve(cfg)
     except ConfigError as exc:
         fail(str(exc), 2)
     setup_logging(cfg.log.level)

@@ -34,3 +34,8 @@ class CorruptBlob(MailsteadError):
 
 class ConfigError(MailsteadError):
     """The configuration file is wrong. The message names the option and why."""
+
+
+class SchemaError(ConfigError):
+    """The store's schema cannot be used by this binary: newer than it knows, or a migration
+    failed (and was rolled back). ``mailstead serve`` exits 2 with this one line."""

@@ -6,16 +6,18 @@ flags the SystemFlag bit mask)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from itertools import repeat
+from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from mailstead.core.base_subject import thread_keys
-from mailstead.core.errors import InvalidInput, NotFound, QuotaExceeded
+from mailstead.core.errors import InvalidInput, NotFound, QuotaExceeded, SchemaError
 from mailstead.store.interfaces import (
     Account,
     Domain,
@@ -81,14 +83,37 @@ ID_COLUMN = {
 }
 
 
-def load_migrations() -> list[tuple[int, str]]:
-    """(version, SQL text) of every file in store/migrations, in version order."""
+# A test hook: a directory of extra migration files (to check that a failing one leaves the
+# schema as it was). Never set in production.
+EXTRA_MIGRATIONS_ENV = "MAILSTEAD_EXTRA_MIGRATIONS"
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL text) of every migration, in version order: the files of
+    store/migrations, and those of $MAILSTEAD_EXTRA_MIGRATIONS when set (tests only)."""
     found = []
     for entry in (resources.files("mailstead.store") / "migrations").iterdir():
         match = MIGRATION_FILE.match(entry.name)
         if match:
-            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    extra = os.environ.get(EXTRA_MIGRATIONS_ENV)
+    if extra:
+        for path in Path(extra).iterdir():
+            match = MIGRATION_FILE.match(path.name)
+            if match:
+                found.append((int(match.group(1)), path.name, path.read_text(encoding="utf-8")))
     return sorted(found)
+
+
+def load_migrations() -> list[tuple[int, str]]:
+    """(version, SQL text) of every migration, in version order."""
+    return [(version, text) for version, _name, text in migration_files()]
+
+
+def known_version() -> int:
+    """The newest schema version this binary knows."""
+    files = migration_files()
+    return files[-1][0] if files else 0
 
 
 def split_statements(text: str, dialect: str) -> list[str]:
@@ -98,19 +123,47 @@ def split_statements(text: str, dialect: str) -> list[str]:
     return [s.strip() for s in re.split(r";\s*$", body, flags=re.M) if s.strip()]
 
 
-def apply_migrations(db: Db) -> int:
-    """Applies pending migrations inside the caller's transaction (which must already hold the
-    backend's migration lock); returns the schema version reached."""
+def schema_version(db: Db) -> int:
+    """The version the store is at (0 for an empty one)."""
+    if db.dialect == "sqlite":
+        exists = db.value("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                          "name = 'schema_version'")
+    else:
+        exists = db.value("SELECT 1 FROM information_schema.tables WHERE table_name = "
+                          "'schema_version' AND table_schema = current_schema()")
+    if not exists:
+        return 0
+    return int(db.value("SELECT COALESCE(MAX(version), 0) FROM schema_version") or 0)
+
+
+def check_not_newer(current: int) -> None:
+    known = known_version()
+    if current > known:
+        raise SchemaError(f"the store's schema is version {current}, newer than this mailstead "
+                          f"knows ({known}): run the newer mailstead (or restore a backup)")
+
+
+def apply_migrations(db: Db, upto: int | None = None) -> int:
+    """Applies pending migrations (up to version ``upto``, all when None) inside the caller's
+    transaction, which must already hold the backend's migration lock: one that fails rolls
+    back with the whole transaction, so the schema stays as it was (SchemaError). Refuses a
+    schema newer than this binary knows. Returns the schema version reached."""
     db.run(
         "CREATE TABLE IF NOT EXISTS schema_version "
         "(version INTEGER PRIMARY KEY, applied BIGINT NOT NULL)"
     )
     current = db.value("SELECT COALESCE(MAX(version), 0) FROM schema_version") or 0
-    for version, text in load_migrations():
-        if version <= current:
+    check_not_newer(current)
+    start = current
+    for version, name, text in migration_files():
+        if version <= current or (upto is not None and version > upto):
             continue
-        for statement in split_statements(text, db.dialect):
-            db.run(statement)
+        try:
+            for statement in split_statements(text, db.dialect):
+                db.run(statement)
+        except Exception as exc:
+            raise SchemaError(f"migration {name} failed ({exc}); the schema stays at version "
+                              f"{start}") from exc
         db.run("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, _now()))
         for step in AFTER_MIGRATION.findall(text):  # Python work the SQL cannot do
             PYTHON_STEPS[step](db)

@@ -31,6 +31,7 @@ from mailstead.web import (
     routes_admin,
     routes_lists,
     routes_mail,
+    routes_mailmove,
     routes_metrics,
 )
 from mailstead.web.accountops import SignupRefused
@@ -217,7 +218,7 @@ def build_app(state: WebState) -> Starlette:
         routes=[
             *routes_account.routes, *routes_mail.routes, *routes_admin.routes,
             *routes_lists.routes, *api.routes,
-            *routes_metrics.routes,
+            *routes_metrics.routes, *routes_mailmove.routes,
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         middleware=[Middleware(SecurityHeaders, https=state.https),

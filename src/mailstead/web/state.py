@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from starlette.templating import Jinja2Templates
 
+from mailstead.mailmove.jobs import ImportJobs
 from mailstead.net.listener import Listener
 from mailstead.services.delivery import DeliveryService, delivery_service
 from mailstead.services.mailbox import MailboxService
@@ -88,6 +89,14 @@ class WebState:
         )
         self.services.extra["mailbox"] = made
         return made
+
+    @property
+    def imports(self) -> ImportJobs:
+        """The background imports of the webmail (wiring makes them)."""
+        jobs = self.services.extra.get("imports")
+        if not isinstance(jobs, ImportJobs):
+            jobs = self.services.extra["imports"] = ImportJobs(self.mailboxes)
+        return jobs
 
     @property
     def delivery(self) -> DeliveryService:
