@@ -245,8 +245,8 @@ class _Input:
                            max_line=policy.max_line)
         rest = reader.feed(self.buffer.take_all())
         while not reader.done:
-            await self.fill()
-            rest = reader.feed(self.buffer.take_all())
+            # Straight from the socket to the reader: the buffer would copy each chunk twice.
+            rest = reader.feed(await self.conn.read_some(READ_SIZE, self.timeout))
         self.buffer.append(rest)
         if reader.raw_size > OFF_LOOP_SIZE:
             # Unstuffing, line-end normalising and the line bound each pass over the whole

@@ -18,6 +18,12 @@ from mailstead.core.errors import InvalidInput
 from mailstead.obs import log_event
 from mailstead.store.interfaces import Account, MetadataStore
 
+# How long a domain found local is taken as local without asking the store again. Only "yes"
+# is kept: a domain added is seen at once, one removed (here, by the CLI or another node)
+# within this time, as an open SMTP session's recipient cache promises (net/smtp_server.py).
+LOCAL_DOMAIN_SECONDS = 1.0
+LOCAL_DOMAINS_KEPT = 1024
+
 
 class AuthFailed(Exception):
     """Login refused. ``temporary`` is True when the limiter holds the source back (SMTP 454
@@ -55,6 +61,7 @@ class AccountService:
         self._cache: dict[tuple[str, bytes], float] = {}
         self._cache_key = secrets.token_bytes(32)
         self._verifying: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
+        self._local_domains: dict[str, float] = {}  # domain -> until when it is known local
 
     # -- login --
 
@@ -119,7 +126,16 @@ class AccountService:
     # -- routing --
 
     async def is_local_domain(self, domain: str) -> bool:
-        return await self.store.get_domain(domain.lower()) is not None
+        name = domain.lower()
+        now = time.monotonic()
+        if self._local_domains.get(name, 0.0) > now:
+            return True  # every recipient of every session asks: no store read each time
+        if await self.store.get_domain(name) is None:
+            return False
+        if len(self._local_domains) >= LOCAL_DOMAINS_KEPT:
+            self._local_domains.clear()
+        self._local_domains[name] = now + LOCAL_DOMAIN_SECONDS
+        return True
 
     async def route(self, address: Address) -> Route:
         """Expands aliases (recursively, with a depth cap), then the catch-all. Plus-tags are
