@@ -19,8 +19,8 @@ from mailstead.obs import log_event
 from mailstead.store.interfaces import Account, MetadataStore
 
 # How long a domain found local is taken as local without asking the store again. Only "yes"
-# is kept: a domain added is seen at once, one removed (here, by the CLI or another node)
-# within this time, as an open SMTP session's recipient cache promises (net/smtp_server.py).
+# is kept: a domain added is seen at once, one removed through this process's store at once
+# too (``accounts_version``), one removed by the CLI or another node within this time.
 LOCAL_DOMAIN_SECONDS = 1.0
 LOCAL_DOMAINS_KEPT = 1024
 
@@ -61,7 +61,8 @@ class AccountService:
         self._cache: dict[tuple[str, bytes], float] = {}
         self._cache_key = secrets.token_bytes(32)
         self._verifying: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
-        self._local_domains: dict[str, float] = {}  # domain -> until when it is known local
+        # domain -> (until when it is known local, the store's accounts_version then)
+        self._local_domains: dict[str, tuple[float, int]] = {}
 
     # -- login --
 
@@ -128,13 +129,16 @@ class AccountService:
     async def is_local_domain(self, domain: str) -> bool:
         name = domain.lower()
         now = time.monotonic()
-        if self._local_domains.get(name, 0.0) > now:
+        version = getattr(self.store, "accounts_version", None)
+        known = self._local_domains.get(name)
+        if known is not None and known[0] > now and known[1] == version:
             return True  # every recipient of every session asks: no store read each time
         if await self.store.get_domain(name) is None:
             return False
-        if len(self._local_domains) >= LOCAL_DOMAINS_KEPT:
-            self._local_domains.clear()
-        self._local_domains[name] = now + LOCAL_DOMAIN_SECONDS
+        if isinstance(version, int):
+            if len(self._local_domains) >= LOCAL_DOMAINS_KEPT:
+                self._local_domains.clear()
+            self._local_domains[name] = (now + LOCAL_DOMAIN_SECONDS, version)
         return True
 
     async def route(self, address: Address) -> Route:
