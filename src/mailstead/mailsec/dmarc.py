@@ -51,6 +51,8 @@ class DmarcResult:
     problem: str = ""
 
 
+# The same few records come with every message of a sender: parsed once.
+@lru_cache(maxsize=1024)
 def parse_record(text: str) -> DmarcRecord | None:
     """6.3: "v=DMARC1; p=..." (v first, p required); None when it is not a DMARC record."""
     tags: dict[str, str] = {}
