@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
+import dns.zone
 import pytest
 
 from mailstead.core.errors import ConfigError
-from mailstead.dns import DnsPythonResolver, DnsTemporaryError, MxRecord, parse_nameserver
+from mailstead.dns import (
+    DnsNotFound,
+    DnsPythonResolver,
+    DnsTemporaryError,
+    MxRecord,
+    parse_nameserver,
+)
 from mailstead.queue.routing import RoutingFailure, mx_hosts, order_mx
 from tests import dnsworld
 
@@ -72,3 +80,30 @@ def test_resolver_addresses_from_config() -> None:
     for bad in ("", "192.0.2.1:x", "[2001:db8::1"):
         with pytest.raises(ConfigError):
             parse_nameserver(bad)
+
+
+async def test_answers_kept_and_shared_by_askers_at_once() -> None:
+    # An authoritative server of our own on a free loopback port, asked directly: it counts
+    # the queries that reach it.
+    zone = dns.zone.from_text(
+        "$TTL 300\nremote.test. SOA ns.test. h.test. 1 3600 600 86400 300\n"
+        'remote.test. NS ns.test.\nremote.test. TXT "v=spf1 -all"\n',
+        origin="remote.test.", relativize=False)
+    authority = dnsworld.Authority([zone])
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: dnsworld._Udp(authority),
+                                                       local_addr=("127.0.0.1", 0))
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        resolver = DnsPythonResolver([("127.0.0.1", port)], timeout=5)
+        answers = await asyncio.gather(*(resolver.txt("remote.test") for _ in range(10)))
+        assert answers == [["v=spf1 -all"]] * 10
+        assert await resolver.txt("REMOTE.test") == ["v=spf1 -all"]  # kept, any case
+        assert await resolver.txt("remote.test") == ["v=spf1 -all"]
+        assert authority.asked == [("remote.test.", "TXT")]  # one query for all of them
+        # A name that does not exist: every asker hears so, and nothing wrong is kept.
+        failures = await asyncio.gather(*(resolver.txt("nx.remote.test") for _ in range(3)),
+                                        return_exceptions=True)
+        assert all(isinstance(f, DnsNotFound) for f in failures)
+    finally:
+        transport.close()

@@ -853,6 +853,24 @@ def test_normalised_reader_ends_only_at_crlf_dot_crlf(body: bytes, cuts: list[in
     assert not has_bare_cr_or_lf(outcome.content)
 
 
+@given(st.lists(st.sampled_from([b"\r", b"\n", b".", b"\r\n", b"a", b"\r\n.\r\n"]),
+                max_size=40),
+       st.lists(st.integers(min_value=0, max_value=200), max_size=8))
+def test_dot_reader_any_split_reads_as_whole(pieces: list[bytes], cuts: list[int]) -> None:
+    # The seam between two chunks (a marker begun in one, ended in the next, chunks of one or
+    # two octets) changes neither where the data ends nor what it holds.
+    stream = b"".join(pieces) + b"\r\n.\r\n"
+    whole = DotReader(100_000, bare_newlines="normalize", max_line=100_000)
+    expected_rest = whole.feed(stream)
+    split = DotReader(100_000, bare_newlines="normalize", max_line=100_000)
+    start, rest = 0, b""
+    for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
+        rest += split.feed(stream[start:cut]) if not split.done else stream[start:cut]
+        start = cut
+    assert split.done and rest == expected_rest
+    assert split.finish() == whole.finish()
+
+
 def test_dot_reader_too_big_keeps_no_content() -> None:
     reader = DotReader(1024)
     for _ in range(100):

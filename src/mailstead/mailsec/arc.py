@@ -24,6 +24,7 @@ from mailstead.mailsec.dkim import (
     private_key,
     signature_tags,
 )
+from mailstead.proto.headers import header_lines
 
 ARC_FIELDS = ("ARC-Seal", "ARC-Message-Signature")
 
@@ -44,7 +45,7 @@ def _verify_chain(message: bytes, cache: KeyCache) -> str:
 
 def has_seal(message: bytes) -> bool:
     """Whether the header holds an ARC-Seal field (no chain to verify otherwise)."""
-    head = message.split(b"\r\n\r\n", 1)[0].lower()
+    head = header_lines(message).lower()
     return b"\narc-seal:" in b"\n" + head
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from mailstead.mailsec.dkim import DkimResult
 from mailstead.mailsec.dmarc import DmarcResult
 from mailstead.mailsec.spf import SpfResult
+from mailstead.proto.headers import header_lines
 
 _SAFE = re.compile(r"[^A-Za-z0-9.@+=_\-:\[\]]")
 
@@ -23,11 +24,11 @@ def _value(text: str) -> str:
 
 def remove_forged(message: bytes, authserv_id: str) -> bytes:
     """Drops Authentication-Results fields whose authserv-id is ours (RFC 8601 5)."""
+    if b"authentication-results" not in header_lines(message).lower():
+        return message  # nothing to drop: spares splitting the header into lines
     head, sep, body = message.partition(b"\r\n\r\n")
     if not sep:
         head, body = message, b""
-    if b"authentication-results" not in head.lower():
-        return message  # nothing to drop: spares splitting the header into lines
     lines = head.split(b"\r\n")
     kept: list[bytes] = []
     skipping = False

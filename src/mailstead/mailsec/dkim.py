@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from mailstead.core.models import DkimKey, DkimKeySet
 from mailstead.dns import DnsError, Resolver
+from mailstead.proto.headers import header_lines
 
 Algorithm = Literal["rsa", "ed25519"]
 ALGORITHMS: tuple[Algorithm, ...] = ("rsa", "ed25519")
@@ -147,7 +148,7 @@ def _dkimpy_key(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
 
 
 def _header_names(message: bytes) -> list[str]:
-    head = message.split(b"\r\n\r\n", 1)[0]
+    head = header_lines(message)
     names = re.findall(rb"^([!-9;-~]+)[ \t]*:", head, re.M)
     return [n.decode("ascii").lower() for n in names]
 
@@ -200,7 +201,7 @@ def signature_tags(value: bytes) -> dict[str, str]:
 
 def header_fields(message: bytes, name: str) -> list[bytes]:
     """Values of every header field called ``name`` (in order)."""
-    head = message.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    head = header_lines(message) + b"\r\n"
     pattern = rb"^" + re.escape(name.encode()) + rb"[ \t]*:((?:.*\r\n)(?:[ \t].*\r\n)*)"
     return [m for m in re.findall(pattern, head, re.M | re.I)]
 
@@ -273,7 +274,7 @@ def _verify_all(message: bytes, cache: KeyCache) -> list[DkimResult]:
 def may_be_signed(message: bytes) -> bool:
     """False when the header holds no DKIM-Signature field for sure (most mail on an MX
     is unsigned: no key lookups and no thread then)."""
-    return b"dkim-signature" in message.split(b"\r\n\r\n", 1)[0].lower()
+    return b"dkim-signature" in header_lines(message).lower()
 
 
 async def verify_message(resolver: Resolver, message: bytes) -> list[DkimResult]:

@@ -16,6 +16,7 @@ from publicsuffixlist import PublicSuffixList
 
 from mailstead.dns import DnsNotFound, DnsTemporaryError, Resolver
 from mailstead.mailsec.dkim import DkimResult
+from mailstead.proto.headers import header_lines
 
 DmarcResultCode = Literal["pass", "fail", "none", "temperror", "permerror"]
 Policy = Literal["none", "quarantine", "reject"]
@@ -50,6 +51,8 @@ class DmarcResult:
     problem: str = ""
 
 
+# The same few records come with every message of a sender: parsed once.
+@lru_cache(maxsize=1024)
 def parse_record(text: str) -> DmarcRecord | None:
     """6.3: "v=DMARC1; p=..." (v first, p required); None when it is not a DMARC record."""
     tags: dict[str, str] = {}
@@ -102,7 +105,7 @@ def aligned(a: str, b: str, mode: str) -> bool:
 
 def from_domain(message: bytes) -> str | None:
     """The RFC5322.From domain; None when there is not exactly one From with one domain."""
-    head = message.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    head = header_lines(message).decode("utf-8", "replace")
     values = []
     current: list[str] | None = None
     for line in head.split("\r\n"):

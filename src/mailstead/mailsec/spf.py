@@ -230,6 +230,9 @@ def _parse_mechanism(term: str) -> _Mechanism:
     return mech
 
 
+# The same few records come with every message of a sender: parsed once (the result is
+# only read after parsing).
+@lru_cache(maxsize=1024)
 def parse_record(text: str) -> _Record:
     """A "v=spf1 ..." record (version already checked) -> its terms; raises _PermError."""
     if not text.isascii():

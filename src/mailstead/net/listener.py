@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import secrets
+import os
+import random
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,15 @@ from mailstead.net.tls import describe
 from mailstead.obs import log_event
 
 STREAM_LIMIT = 256 * 1024  # asyncio buffer cap; protocol line limits are checked below it
+
+# Session ids only tell log lines apart: drawn from a generator seeded once per process (and
+# again in a forked child), not from os.urandom, a system call for every connection.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def new_session_id() -> str:
+    return f"{_ids.getrandbits(48):012x}"
 
 
 class ConnectionClosed(Exception):
@@ -63,7 +73,7 @@ class Connection:
     peer_port: int
     local_port: int
     ssl_context: ssl.SSLContext | None
-    session_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    session_id: str = field(default_factory=new_session_id)
     is_tls: bool = False
     # COMPRESS=DEFLATE (net/deflate.py): what each write goes through, and the inflating task.
     compress: Callable[[bytes], bytes] | None = None
@@ -243,7 +253,8 @@ class Connection:
             self.pump.cancel()
         with contextlib.suppress(Exception):
             self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
+            async with asyncio.timeout(2):  # no task of its own, as wait_for would make
+                await self.writer.wait_closed()
 
 
 class ConnectionCaps:

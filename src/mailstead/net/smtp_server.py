@@ -15,7 +15,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from mailstead.app import Services
 from mailstead.config import ListenerConfig
@@ -73,36 +73,62 @@ T = TypeVar("T")
 
 READ_SIZE = 64 * 1024  # bytes asked of the socket at a time
 OFF_LOOP_SIZE = 1024 * 1024  # a message larger than this is checked in a worker thread
-# How long one session reuses a recipient's route or a domain lookup. Each is two store reads
-# in a thread per RCPT otherwise; a new session always looks afresh, and a removal (made here,
-# by the CLI or by another node) reaches open sessions within this time.
+# How long the sessions of a listener reuse a recipient's route or a domain lookup (store reads
+# in a thread for every RCPT otherwise, most of what a one-message connection costs). A change
+# made through this process's store drops them at once (``accounts_version``); one made by the
+# CLI or another node reaches them within this time.
 ROUTE_CACHE_SECONDS = 1.0
-ROUTE_CACHE_ENTRIES = 256
+ROUTE_CACHE_ENTRIES = 4096
+
+
+class RecentLookups(Generic[T]):
+    """Answers of less than ROUTE_CACHE_SECONDS ago, shared by the sessions of a listener."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.entries: dict[str, tuple[float, int, T]] = {}
+
+    async def get(self, key: str, look_up: Callable[[], Awaitable[T]]) -> T:
+        version = getattr(self.store, "accounts_version", None)
+        if not isinstance(version, int):
+            return await look_up()  # a store that cannot tell when accounts change
+        now = time.monotonic()
+        cached = self.entries.get(key)
+        if cached is not None and cached[0] > now and cached[1] == version:
+            return cached[2]
+        found = await look_up()
+        if len(self.entries) >= ROUTE_CACHE_ENTRIES:
+            self.entries.clear()
+        # Tagged with the version from before the look-up: a change committed meanwhile
+        # makes the entry stale at once.
+        self.entries[key] = (now + ROUTE_CACHE_SECONDS, version, found)
+        return found
 
 
 class SessionBackend:
     """The session's view of the server for one connection (``proto.smtp.SmtpBackend``)."""
 
-    def __init__(self, services: Services, delivery: DeliveryService, conn: Connection) -> None:
+    def __init__(self, services: Services, delivery: DeliveryService, conn: Connection,
+                 routes: RecentLookups[RouteLike], domains: RecentLookups[bool]) -> None:
         self.services = services
         self.delivery = delivery
         self.conn = conn
         self._queue_id = ""
         self._spam_score: float | None = None
-        self._routes: dict[str, tuple[float, RouteLike]] = {}
-        self._domains: dict[str, tuple[float, bool]] = {}
+        self._routes = routes
+        self._domains = domains
 
     async def is_local_domain(self, domain: str) -> bool:
-        return await _recent(self._domains, domain.lower(),
-                             lambda: self.services.accounts.is_local_domain(domain))
+        return await self._domains.get(domain.lower(),
+                                       lambda: self.services.accounts.is_local_domain(domain))
 
     async def route(self, address: Address) -> RouteLike:
-        return await _recent(self._routes, str(address),
-                             lambda: self.services.accounts.route(address))
+        return await self._routes.get(str(address),
+                                      lambda: self.services.accounts.route(address))
 
     def forget_routes(self) -> None:
-        self._routes.clear()
-        self._domains.clear()
+        self._routes.entries.clear()
+        self._domains.entries.clear()
 
     async def check_recipient(self, txn: Transaction, route: RouteLike) -> Reply | None:
         """Forged SRS addresses and the recipients' block lists (RFC 5321 4.2.5 leaves the
@@ -241,20 +267,6 @@ class SessionBackend:
         self._spam_score = None
 
 
-async def _recent(cache: dict[str, tuple[float, T]], key: str,
-                  look_up: Callable[[], Awaitable[T]]) -> T:
-    """``look_up()``, or its answer of less than ROUTE_CACHE_SECONDS ago in ``cache``."""
-    now = time.monotonic()
-    cached = cache.get(key)
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    found = await look_up()
-    if len(cache) >= ROUTE_CACHE_ENTRIES:
-        cache.clear()  # a session naming many recipients gains nothing from keeping them
-    cache[key] = (now + ROUTE_CACHE_SECONDS, found)
-    return found
-
-
 class _Input:
     """The connection's unread bytes, filled by large reads: one read serves many pipelined
     commands, and a whole small message is usually one read."""
@@ -281,8 +293,8 @@ class _Input:
                            max_line=policy.max_line)
         rest = reader.feed(self.buffer.take_all())
         while not reader.done:
-            await self.fill()
-            rest = reader.feed(self.buffer.take_all())
+            # Straight from the socket to the reader: the buffer would copy each chunk twice.
+            rest = reader.feed(await self.conn.read_some(READ_SIZE, self.timeout))
         self.buffer.append(rest)
         if reader.raw_size > OFF_LOOP_SIZE:
             # Unstuffing, line-end normalising and the line bound each pass over the whole
@@ -308,6 +320,8 @@ class SmtpHandler:
         self.submission = lc.protocol == "submission"
         self.tls_mode = lc.tls
         self.timeout = float(services.cfg.limits.smtp_idle_timeout)
+        self.routes: RecentLookups[RouteLike] = RecentLookups(services.store)
+        self.domains: RecentLookups[bool] = RecentLookups(services.store)
 
     def busy_reply(self) -> bytes:
         host = self.services.cfg.hostname
@@ -327,7 +341,8 @@ class SmtpHandler:
             bare_newlines=cfg.smtp.bare_line_feeds,
             max_line=cfg.smtp.max_line_length,
         )
-        backend = SessionBackend(self.services, delivery_service(self.services), conn)
+        backend = SessionBackend(self.services, delivery_service(self.services), conn,
+                                 self.routes, self.domains)
         return SmtpSession(policy, backend, tls_active=conn.is_tls)
 
     async def handle(self, conn: Connection) -> None:

@@ -25,6 +25,14 @@ def header_section(message: bytes) -> bytes:
     return message if end < 0 else message[: end + 2]
 
 
+def header_lines(message: bytes) -> bytes:
+    """The header fields up to the empty line, without its CRLF (the whole message without
+    one): ``message.split(b"\\r\\n\\r\\n", 1)[0]`` without copying the body, which is
+    most of a large message and which the checks that read only the header never look at."""
+    end = message.find(b"\r\n\r\n")
+    return message if end < 0 else message[:end]
+
+
 def count_received(header: bytes, stop_after: int) -> int:
     """``Received:`` fields in ``header``, counted up to ``stop_after + 1`` (enough to tell a
     message over the limit without counting all of a hostile one's)."""

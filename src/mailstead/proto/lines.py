@@ -192,14 +192,20 @@ class DotReader:
         when there are none); ``done`` tells whether the marker was seen."""
         if self.done:
             return chunk
-        window = self._recent + chunk
-        found = window.find(END_OF_DATA)
-        if found < 0:
-            self._keep(chunk)
-            self._recent = window[-4:]
-            return b""
-        cut = found + len(END_OF_DATA) - len(self._recent)
-        self._keep(chunk[:cut])
+        # A marker begun in the previous chunk ends in this one's first 4 bytes; one that lies
+        # wholly in this chunk is searched for in place (the chunk is not copied to look).
+        seam = self._recent + chunk[:4]
+        found = seam.find(END_OF_DATA)
+        if found >= 0:
+            cut = found + len(END_OF_DATA) - len(self._recent)
+        else:
+            found = chunk.find(END_OF_DATA)
+            if found < 0:
+                self._keep(chunk)
+                self._recent = (self._recent + chunk[-4:])[-4:]
+                return b""
+            cut = found + len(END_OF_DATA)
+        self._keep(chunk[:cut] if cut < len(chunk) else chunk)
         self.done = True
         return chunk[cut:]
 
@@ -216,7 +222,7 @@ class DotReader:
             raise ValueError("end of data not reached")
         if self.raw_size > self._keep_limit:
             return DataOutcome(b"", self.raw_size, DataProblem.TOO_BIG)
-        raw = b"".join(self._parts)[:-3]  # everything before the final ".\r\n"
+        raw = _joined_without_tail(self._parts, 3)  # everything before the final ".\r\n"
         self._parts.clear()
         # Unstuffed first, then normalised: only a dot after CRLF is a transparency dot (RFC
         # 5321 4.5.2); one after a bare LF or CR stays, as the end marker needs CRLF on both
@@ -231,6 +237,20 @@ class DotReader:
             if len(content) > self.max_size:
                 return DataOutcome(b"", len(content), DataProblem.TOO_BIG)
         return check_lines(content, self.max_line)
+
+
+def _joined_without_tail(parts: list[bytes], drop: int) -> bytes:
+    """``b"".join(parts)[:-drop]`` without copying the whole of a large message twice: the
+    tail is cut from the last parts before they are joined."""
+    parts = list(parts)
+    while drop and parts:
+        last = parts.pop()
+        if len(last) > drop:
+            parts.append(last[:-drop])
+            drop = 0
+        else:
+            drop -= len(last)
+    return b"".join(parts)
 
 
 def check_lines(content: bytes, max_line: int) -> DataOutcome:

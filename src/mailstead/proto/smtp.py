@@ -245,22 +245,6 @@ class SmtpSession:
         self._chunking = False  # a BDAT was accepted in this transaction
         self._chunk_parts: list[bytes] = []
         self._chunk_size = 0
-        self._handlers: dict[str, Callable[[str], Awaitable[Reply]]] = {
-            "EHLO": self._ehlo,
-            "HELO": self._helo,
-            "MAIL": self._mail,
-            "RCPT": self._rcpt,
-            "DATA": self._data,
-            "BDAT": self._bdat,
-            "RSET": self._rset,
-            "NOOP": self._noop,
-            "QUIT": self._quit,
-            "VRFY": self._vrfy,
-            "EXPN": self._expn,
-            "HELP": self._help,
-            "STARTTLS": self._starttls,
-            "AUTH": self._auth,
-        }
 
     # -- replies the driver asks for ----------------------------------------------------------
 
@@ -313,14 +297,14 @@ class SmtpSession:
         verb = verb.upper()
         if len(line) > _LINE_LIMITS.get(verb, COMMAND_LINE_MAX):
             return reply(500, "5.5.2", "Line too long")
-        handler = self._handlers.get(verb)
+        handler = _HANDLERS.get(verb)
         if handler is None:
             if verb in _HTTP_VERBS:
                 # Browsers tricked into posting to port 25 (cross-protocol attacks): hang up.
                 return reply(554, "5.7.0", "This is a mail server", Action.CLOSE)
             return reply(500, "5.5.1", "Command not recognized")
         try:
-            return await handler(arg)
+            return await handler(self, arg)
         except _Refusal as refusal:
             return refusal.reply
 
@@ -816,6 +800,16 @@ class SmtpSession:
 
 
 # -- parsing helpers ---------------------------------------------------------------------------
+
+
+# The command handlers, made once rather than as bound methods for every session.
+_HANDLERS: dict[str, Callable[[SmtpSession, str], Awaitable[Reply]]] = {
+    "EHLO": SmtpSession._ehlo, "HELO": SmtpSession._helo, "MAIL": SmtpSession._mail,
+    "RCPT": SmtpSession._rcpt, "DATA": SmtpSession._data, "BDAT": SmtpSession._bdat,
+    "RSET": SmtpSession._rset, "NOOP": SmtpSession._noop, "QUIT": SmtpSession._quit,
+    "VRFY": SmtpSession._vrfy, "EXPN": SmtpSession._expn, "HELP": SmtpSession._help,
+    "STARTTLS": SmtpSession._starttls, "AUTH": SmtpSession._auth,
+}
 
 
 def _discard_chunk(refusal: Reply, size: int) -> Reply:

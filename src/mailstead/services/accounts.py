@@ -23,6 +23,12 @@ from mailstead.store.interfaces import Account, MetadataStore
 if TYPE_CHECKING:
     from mailstead.services.forwarding import Forwarding
 
+# How long a domain found local is taken as local without asking the store again. Only "yes"
+# is kept: a domain added is seen at once, one removed through this process's store at once
+# too (``accounts_version``), one removed by the CLI or another node within this time.
+LOCAL_DOMAIN_SECONDS = 1.0
+LOCAL_DOMAINS_KEPT = 1024
+
 
 class AuthFailed(Exception):
     """Login refused. ``temporary`` is True when the limiter holds the source back (SMTP 454
@@ -63,6 +69,8 @@ class AccountService:
         self._verifying: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
         # SRS reversal of bounces to forwarded mail (services/forwarding.py; wiring sets it).
         self.forwarding: Forwarding | None = None
+        # domain -> (until when it is known local, the store's accounts_version then)
+        self._local_domains: dict[str, tuple[float, int]] = {}
 
     # -- login --
 
@@ -127,7 +135,19 @@ class AccountService:
     # -- routing --
 
     async def is_local_domain(self, domain: str) -> bool:
-        return await self.store.get_domain(domain.lower()) is not None
+        name = domain.lower()
+        now = time.monotonic()
+        version = getattr(self.store, "accounts_version", None)
+        known = self._local_domains.get(name)
+        if known is not None and known[0] > now and known[1] == version:
+            return True  # every recipient of every session asks: no store read each time
+        if await self.store.get_domain(name) is None:
+            return False
+        if isinstance(version, int):
+            if len(self._local_domains) >= LOCAL_DOMAINS_KEPT:
+                self._local_domains.clear()
+            self._local_domains[name] = (now + LOCAL_DOMAIN_SECONDS, version)
+        return True
 
     async def route(self, address: Address) -> Route:
         """Expands aliases (recursively, with a depth cap), then the catch-all. Plus-tags are

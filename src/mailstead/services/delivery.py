@@ -13,8 +13,8 @@ Return-Path before relaying (a relay must not send one, RFC 5321 4.4).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -92,10 +92,19 @@ _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _BASE32_PAIRS = [a + b for a in _BASE32 for b in _BASE32]  # every 10 bits as two characters
 
 
+# Random octets drawn from the system a page at a time, not a system call per message; a
+# forked child starts with none, so it never repeats its parent's ids.
+_RANDOM_POOL = bytearray()
+os.register_at_fork(after_in_child=_RANDOM_POOL.clear)
+
+
 def new_queue_id() -> str:
     """12 upper-case base32 characters (60 random bits): short enough for a log line. Made
     from a table, not base64.b32encode, which is Python code and costs twice as much."""
-    n = secrets.randbits(60)
+    if len(_RANDOM_POOL) < 8:
+        _RANDOM_POOL[:] = os.urandom(4096)
+    n = int.from_bytes(_RANDOM_POOL[-8:], "big") >> 4
+    del _RANDOM_POOL[-8:]
     pairs = _BASE32_PAIRS
     return (pairs[n >> 50] + pairs[(n >> 40) & 1023] + pairs[(n >> 30) & 1023]
             + pairs[(n >> 20) & 1023] + pairs[(n >> 10) & 1023] + pairs[n & 1023])

@@ -123,7 +123,7 @@ class MessageFileWriter:
         if helper is None:
             helper = await self._start()
         future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
-        helper.send(_FRAME.pack(tag, len(payload)) + payload, future)
+        helper.send(_FRAME.pack(tag, len(payload)), payload, future)
         return await future
 
     async def _start(self) -> _Helper:
@@ -173,11 +173,13 @@ class _Helper(asyncio.SubprocessProtocol):
         self.transport = cast(asyncio.SubprocessTransport, transport)
         self.stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
 
-    def send(self, frame: bytes, future: asyncio.Future[_Answer]) -> None:
+    def send(self, head: bytes, payload: bytes, future: asyncio.Future[_Answer]) -> None:
         if self.stdin is None or self.stdin.is_closing():
             raise WriterStopped("the message file writer is stopping")
         self.waiting.append(future)
-        self.stdin.write(frame)
+        # The frame's head and payload written as they are: joining them would copy the
+        # message once more on its way to the helper.
+        self.stdin.writelines((head, payload))
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         self.unread += data

@@ -140,6 +140,10 @@ class SqlStore(ABC):
 
     def __init__(self, changes: ChangeBus) -> None:
         self.changes = changes
+        # Counts the changes to domains, accounts and aliases made through this object: a
+        # cache of their lookups (recipient routes) whose entry is older drops it at once.
+        # Changes made elsewhere (the CLI, another node) reach such caches by their age.
+        self.accounts_version = 0
 
     @abstractmethod
     async def open(self) -> None: ...
@@ -164,9 +168,17 @@ class SqlStore(ABC):
             self.changes.publish(touched)  # on the event loop, after the commit
         return value
 
+    async def _write_accounts(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``_write`` of a change to domains, accounts or aliases: counted in
+        ``accounts_version`` (also when it fails: it may have committed before failing)."""
+        try:
+            return await self._write(op, *args, **kwargs)
+        finally:
+            self.accounts_version += 1
+
     # -- domains --
     async def add_domain(self, name: str) -> Domain:
-        return await self._write(add_domain, name)
+        return await self._write_accounts(add_domain, name)
 
     async def get_domain(self, name: str) -> Domain | None:
         return await self._read(get_domain, name)
@@ -175,7 +187,7 @@ class SqlStore(ABC):
         return await self._read(list_domains)
 
     async def remove_domain(self, name: str) -> None:
-        await self._write(remove_domain, name)
+        await self._write_accounts(remove_domain, name)
 
     # -- accounts --
     async def add_account(
@@ -187,7 +199,7 @@ class SqlStore(ABC):
         quota_messages: int = 0,
         is_admin: bool = False,
     ) -> Account:
-        return await self._write(
+        return await self._write_accounts(
             add_account, address, password_hash, quota_bytes, quota_messages, is_admin
         )
 
@@ -201,23 +213,23 @@ class SqlStore(ABC):
         return await self._read(list_accounts, domain)
 
     async def set_password(self, address: str, password_hash: str) -> None:
-        await self._write(set_password, address, password_hash)
+        await self._write_accounts(set_password, address, password_hash)
 
     async def set_quota(self, address: str, quota_bytes: int, quota_messages: int) -> None:
-        await self._write(set_quota, address, quota_bytes, quota_messages)
+        await self._write_accounts(set_quota, address, quota_bytes, quota_messages)
 
     async def remove_account(self, address: str) -> list[str]:
-        return await self._write(remove_account, address)
+        return await self._write_accounts(remove_account, address)
 
     async def quota_usage(self, account_id: int) -> tuple[int, int]:
         return await self._read(quota_usage, account_id)
 
     # -- aliases --
     async def add_alias(self, source: str, destination: str) -> Alias:
-        return await self._write(add_alias, source, destination)
+        return await self._write_accounts(add_alias, source, destination)
 
     async def remove_alias(self, source: str, destination: str | None = None) -> int:
-        return await self._write(remove_alias, source, destination)
+        return await self._write_accounts(remove_alias, source, destination)
 
     async def list_aliases(self, domain: str | None = None) -> list[Alias]:
         return await self._read(list_aliases, domain)
