@@ -92,7 +92,8 @@ def start(services: Services, background: list[asyncio.Task[None]]) -> None:
 
         context = services.extra.get("tls_context")
         certificates = CertificateService(
-            services, context if isinstance(context, ssl.SSLContext) else None)
+            services.cfg, services.store,
+            context if isinstance(context, ssl.SSLContext) else None)
         services.extra["certificates"] = certificates
         background.append(asyncio.create_task(certificates.run()))
     if services.cfg.metrics.monitor:

@@ -25,16 +25,15 @@ import ssl
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from mailstead.config import Config
 from mailstead.obs import log_event
-
-if TYPE_CHECKING:
-    from mailstead.app import Services
+from mailstead.store.interfaces import MetadataStore
 
 ACCOUNT_KEY = "acme.account_key"
 CERT_CHAIN = "tls.cert_chain"
@@ -118,10 +117,10 @@ def _order(directory: str, ca_bundle: str, email: str, account_pem: str, names: 
 
 
 class CertificateService:
-    def __init__(self, services: Services, context: ssl.SSLContext | None) -> None:
-        self.services = services
-        self.cfg = services.cfg
-        self.store = services.store
+    def __init__(self, cfg: Config, store: MetadataStore, context: ssl.SSLContext | None
+                 ) -> None:
+        self.cfg = cfg
+        self.store = store
         self.context = context
         self.serving = ""  # the chain this node has loaded
 
