@@ -39,9 +39,9 @@ def build(services: Services) -> None:
                                           delivery, services.accounts)
     delivery.after_local_delivery = DeliveredNotices(delivery, services.accounts)
     if hasattr(services.store, "active_sieve_script"):  # the SQL stores (sieve/service.py)
-        from mailstead.sieve.service import SieveService
+        from mailstead.sieve.service import SieveService, sieve_store
 
-        sieve = SieveService(services.store, delivery, services.accounts)  # type: ignore[arg-type]
+        sieve = SieveService(sieve_store(services.store), delivery, services.accounts)
         services.extra["sieve"] = sieve
         delivery.rules = sieve
 

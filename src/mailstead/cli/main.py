@@ -19,6 +19,7 @@ from mailstead.cli.dkim import dkim
 from mailstead.cli.dns_cmd import dns
 from mailstead.cli.mail_cmd import client, mail
 from mailstead.cli.queue import queue
+from mailstead.cli.sieve_cmd import sieve
 from mailstead.config import CONFIG_FILE, apply_listen_override, render_toml, resolve_data_dir
 from mailstead.core.errors import ConfigError, CorruptBlob, NotFound
 from mailstead.obs import setup_logging
@@ -38,6 +39,7 @@ cli.add_command(dkim)
 cli.add_command(dns)
 cli.add_command(client)
 cli.add_command(mail)
+cli.add_command(sieve)
 
 
 @cli.command()

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, cast
 
 from mailstead.core.addresses import parse_address
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
@@ -68,6 +68,13 @@ class SieveStore(Protocol):
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
     async def create_mailbox(self, account_id: int, name: str,
                              special_use: str | None = None) -> Mailbox: ...
+
+
+def sieve_store(store: object) -> SieveStore:
+    """``store`` as a SieveStore (the SQL stores are); TypeError for one that is not."""
+    if not hasattr(store, "active_sieve_script"):
+        raise TypeError(f"{type(store).__name__} keeps no Sieve scripts")
+    return cast(SieveStore, store)
 
 
 def check_name(name: str) -> str:
