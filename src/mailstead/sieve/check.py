@@ -121,6 +121,7 @@ class Script:
     commands: list[Command]
     requires: frozenset[str]
     includes: list[tuple[str, str, bool]]  # (scope, name, optional) named by include
+    tests: frozenset[str] = frozenset()  # the names of the tests it uses
 
 
 def compile_script(text: str) -> Script:
@@ -128,13 +129,15 @@ def compile_script(text: str) -> Script:
     commands = parse(text)
     checker = _Checker()
     checker.block(commands, top=True)
-    return Script(commands, frozenset(checker.requires), checker.includes)
+    return Script(commands, frozenset(checker.requires), checker.includes,
+                  frozenset(checker.tests))
 
 
 class _Checker:
     def __init__(self) -> None:
         self.requires: set[str] = set()
         self.includes: list[tuple[str, str, bool]] = []
+        self.tests: set[str] = set()
         self.requires_open = True  # RFC 5228 3.2: require comes before any other command
 
     def block(self, commands: list[Command], top: bool = False) -> None:
@@ -191,10 +194,12 @@ class _Checker:
         if spec.tests == "many" and count == 0:
             raise SieveSyntaxError(f"{node.name} takes a test list", node.line)
         for test in node.tests:
+            self.tests.add(test.name)
             test_spec = _TEST_SPECS.get(test.name)
             if test_spec is None:
                 raise SieveSyntaxError(f"unknown test {test.name!r}", test.line)
             self.node(test, test_spec, "test")
+            _settle_match(test)
 
     def arguments(self, node: Command | Test, spec: Spec) -> None:
         args = node.args
@@ -247,6 +252,20 @@ class _Checker:
 
 
 _RELATIONS = ("gt", "ge", "lt", "le", "eq", "ne")
+_MATCH_TYPES = ("is", "contains", "matches", "count", "value")
+
+
+def _settle_match(test: Test) -> None:
+    """The match type, relation and comparator, read once rather than per message."""
+    test.match = next((m for m in _MATCH_TYPES if m in test.tags), "is")
+    relation = test.tags.get(test.match)
+    if isinstance(relation, StringList):
+        test.relation = relation.items[0].lower()
+    comparator = test.tags.get("comparator")
+    if isinstance(comparator, StringList):
+        test.comparator = comparator.items[0].lower()
+    if test.comparator == "i;ascii-numeric" and test.match in ("contains", "matches"):
+        raise SieveSyntaxError(f"i;ascii-numeric cannot do :{test.match}", test.line)
 _KIND_NAMES = {"str": "string", "strlist": "string list", "num": "number"}
 
 

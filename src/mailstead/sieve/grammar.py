@@ -36,6 +36,7 @@ class Tag:
 class StringList:
     items: tuple[str, ...]
     single: bool  # written as one string rather than a [list]
+    plain: bool = True  # no "${" in any item: nothing for the variables extension to expand
 
 
 Arg = Tag | int | StringList
@@ -49,6 +50,10 @@ class Test:
     line: int
     tags: dict[str, Arg | None] = field(default_factory=dict)
     positional: list[Arg] = field(default_factory=list)
+    # Filled by check.py: the match type, its relation (RFC 5231) and the comparator.
+    match: str = "is"
+    relation: str = ""
+    comparator: str = "i;ascii-casemap"
 
 
 @dataclass(slots=True)
@@ -238,7 +243,7 @@ class _Parser:
                 args.append(int(tok.value))
             elif tok.kind == "string":
                 self.take()
-                args.append(StringList((str(tok.value),), True))
+                args.append(StringList((str(tok.value),), True, "${" not in str(tok.value)))
             elif tok.kind == "punct" and tok.value == "[":
                 args.append(self.string_list())
             else:
@@ -269,7 +274,7 @@ class _Parser:
                 raise SieveSyntaxError("string list too long", tok.line)
             sep = self.take()
             if sep.kind == "punct" and sep.value == "]":
-                return StringList(tuple(items), False)
+                return StringList(tuple(items), False, not any("${" in i for i in items))
             if not (sep.kind == "punct" and sep.value == ","):
                 raise SieveSyntaxError(f"expected ',' or ']', found {_shown(sep)}", sep.line)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 
 from mailstead.proto import mime
+from mailstead.proto.headers import header_section
 from mailstead.sieve import match
 from mailstead.sieve.check import Script
 from mailstead.sieve.grammar import Arg, Command, StringList, Test
@@ -32,6 +33,11 @@ MAX_HEADER_VALUES = 200  # fields of one name that a test looks at
 
 class SieveRuntimeError(Exception):
     pass
+
+
+# Tests that compare values against keys (the others answer by themselves).
+_VALUE_TESTS = frozenset({"header", "address", "envelope", "body", "string", "date",
+                          "currentdate", "hasflag", "spamtest"})
 
 
 @dataclass(slots=True)
@@ -80,12 +86,22 @@ class Context:
     # (scope, name) -> script, for include (loaded before the run: this code does no I/O)
     scripts: Mapping[tuple[str, str], Script] = field(default_factory=dict)
     _root: mime.Part | None = None
+    _head: mime.Part | None = None
 
     @property
     def root(self) -> mime.Part:
+        """The whole part tree (for the body test)."""
         if self._root is None:
             self._root = mime.parse(self.message)
         return self._root
+
+    @property
+    def head(self) -> mime.Part:
+        """The top-level header fields only: what most tests read, parsed without the body."""
+        if self._head is None:
+            self._head = self._root if self._root is not None else \
+                mime.parse(header_section(self.message))
+        return self._head
 
 
 class _Stop(Exception):
@@ -120,6 +136,9 @@ class Interpreter:
         self.included_once: set[tuple[str, str]] = set()
         self.frames: list[_Frame] = []
         self.explicit_keep = False
+        self._fields: dict[str, list[str]] | None = None  # lower-case name -> raw values
+        self._decoded: dict[str, list[str]] = {}
+        self._addresses: dict[str, list[str]] = {}
 
     # -- running ------------------------------------------------------------------------
 
@@ -343,22 +362,29 @@ class Interpreter:
         items = self.strings(arg)
         return items[0] if items else ""
 
-    def strings(self, arg: Arg | None) -> list[str]:
+    def strings(self, arg: Arg | None) -> Sequence[str]:
         if not isinstance(arg, StringList):
-            return []
+            return ()
+        if arg.plain or not self.frames[-1].variables:
+            return arg.items
         return [self.expand(s) for s in arg.items]
 
     def tag_string(self, node: Command | Test, tag: str) -> str | None:
         return self.string(node.tags[tag]) if tag in node.tags else None
 
-    def tag_strings(self, node: Command | Test, tag: str) -> list[str]:
+    def tag_strings(self, node: Command | Test, tag: str) -> Sequence[str]:
         return self.strings(node.tags.get(tag))
 
     # -- tests --------------------------------------------------------------------------
 
     def test(self, t: Test) -> bool:
-        self.step()
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise SieveRuntimeError("the script ran too long")
         name = t.name
+        if name in _VALUE_TESTS:
+            values, keys = self.values_and_keys(t)
+            return self.compare(t, values, keys)
         if name == "true":
             return True
         if name == "false":
@@ -371,8 +397,7 @@ class Interpreter:
             return any(self.test(sub) for sub in t.tests)
         if name == "exists":
             names = {n.lower() for n in self.strings(t.positional[0])}
-            present = {f.name.lower() for f in self.ctx.root.fields}
-            return names <= present
+            return all(name in self.fields() for name in names)
         if name == "size":
             limit = _int(t.positional[0])
             size = len(self.ctx.message)
@@ -382,30 +407,25 @@ class Interpreter:
         values, keys = self.values_and_keys(t)
         return self.compare(t, values, keys)
 
-    def compare(self, t: Test, values: list[str], keys: list[str]) -> bool:
-        match_type = next((m for m in ("is", "contains", "matches", "count", "value")
-                           if m in t.tags), "is")
-        relation = self.string(t.tags.get(match_type)) if match_type in ("count", "value") \
-            else ""
-        default = "i;ascii-casemap"
-        comparator = (self.string(t.tags["comparator"]).lower() if "comparator" in t.tags
-                      else default)
-        if comparator == "i;ascii-numeric" and match_type in ("contains", "matches"):
-            raise SieveRuntimeError(f"i;ascii-numeric cannot do :{match_type}")
-        ok, captured = match.test_values(values, keys, match_type, relation, comparator)
+    def compare(self, t: Test, values: Sequence[str], keys: Sequence[str]) -> bool:
+        ok, captured = match.test_values(values, keys, t.match, t.relation, t.comparator)
         if ok and captured is not None and self.frames[-1].variables:
             self.matched = [c[:MAX_VARIABLE] for c in captured]  # RFC 5229 3.2
         return ok
 
-    def values_and_keys(self, t: Test) -> tuple[list[str], list[str]]:
+    def values_and_keys(self, t: Test) -> tuple[Sequence[str], Sequence[str]]:
         name = t.name
         pos = t.positional
         if name == "header":
             return self.header_values(t, self.strings(pos[0])), self.strings(pos[1])
         if name == "address":
             found = []
-            for value in self.header_values(t, self.strings(pos[0]), decode=False):
-                found += [addr for _n, addr in email.utils.getaddresses([value])]
+            if "index" in t.tags:
+                for value in self.header_values(t, self.strings(pos[0]), decode=False):
+                    found += _addresses_in(value)
+            else:
+                for header in self.strings(pos[0]):
+                    found += self.addresses(header.lower())
             return [_address_part(a, t) for a in found], self.strings(pos[1])
         if name == "envelope":
             parts = {p.lower() for p in self.strings(pos[0])}
@@ -443,15 +463,43 @@ class Interpreter:
             return [self.spam_value("percent" in t.tags)], self.strings(pos[0])
         raise SieveRuntimeError(f"test {name} cannot run")
 
-    def header_values(self, t: Test, names: list[str], decode: bool = True) -> list[str]:
-        wanted = {n.lower() for n in names}
-        values = [f.value for f in self.ctx.root.fields if f.name.lower() in wanted]
+    def fields(self) -> dict[str, list[str]]:
+        if self._fields is None:
+            self._fields = {}
+            for f in self.ctx.head.fields:
+                found = self._fields.setdefault(f.name.lower(), [])
+                if len(found) < MAX_HEADER_VALUES:
+                    found.append(f.value)
+        return self._fields
+
+    def decoded(self, name: str) -> list[str]:
+        found = self._decoded.get(name)
+        if found is None:
+            found = self._decoded[name] = [mime.decoded_header(v)
+                                           for v in self.fields().get(name, ())]
+        return found
+
+    def addresses(self, name: str) -> list[str]:
+        found = self._addresses.get(name)
+        if found is None:
+            found = self._addresses[name] = [a for v in self.fields().get(name, ())
+                                             for a in _addresses_in(v)]
+        return found
+
+    def header_values(self, t: Test, names: Sequence[str], decode: bool = True
+                      ) -> Sequence[str]:
+        if len(names) == 1:
+            name = names[0].lower()
+            values = self.decoded(name) if decode else self.fields().get(name, [])
+        else:
+            wanted = {n.lower() for n in names}
+            values = [f.value for f in self.ctx.head.fields if f.name.lower() in wanted]
+            values = [mime.decoded_header(v) if decode else v for v in values]
         if "index" in t.tags:  # RFC 5260 6: count from the top, or with :last from the end
             index = _int(t.tags["index"])
             position = len(values) - index if "last" in t.tags else index - 1
             values = [values[position]] if 0 <= position < len(values) and index > 0 else []
-        values = values[:MAX_HEADER_VALUES]
-        return [mime.decoded_header(v) if decode else v for v in values]
+        return values[:MAX_HEADER_VALUES]
 
     def body_values(self, t: Test) -> list[str]:
         data = self.ctx.message
@@ -511,6 +559,19 @@ def _flag_set(items: Sequence[str]) -> set[str]:
 
 def _box_key(name: str) -> str:
     return "INBOX" if name.upper() == "INBOX" else name
+
+
+_SIMPLE_FIELD = re.compile(r'(?:[^<>@,;:"()\\]*<(?P<a>[^<>\s]+)>'
+                           r'|(?P<b>[^\s<>@,;:"()\\]+@[^\s<>,;:"()\\]+))\s*')
+
+
+def _addresses_in(value: str) -> list[str]:
+    """The addresses of an address-list field: the common one-address forms by one regex,
+    anything else by email.utils (quoted names, groups, comments)."""
+    m = _SIMPLE_FIELD.fullmatch(value.strip())
+    if m is not None:
+        return [m.group("a") or m.group("b")]
+    return [addr for _n, addr in email.utils.getaddresses([value])]
 
 
 def _address_part(address: str, t: Test) -> str:

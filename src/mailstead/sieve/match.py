@@ -25,6 +25,12 @@ def _fold(text: str, comparator: str) -> str:
     return casefold_ascii(text) if comparator == "i;ascii-casemap" else text
 
 
+@lru_cache(maxsize=4096)
+def _fold_key(text: str, comparator: str) -> str:
+    """A key folded once: the same keys come back with every message."""
+    return _fold(text, comparator)
+
+
 def numeric_key(text: str) -> int | None:
     """i;ascii-numeric (RFC 4790 9.1): the leading digits as a number; None (positive
     infinity) when the string does not start with a digit."""
@@ -41,7 +47,7 @@ def compare(a: str, b: str, comparator: str) -> int:
         if na is None or nb is None:
             return 0 if na is nb else (1 if na is None else -1)
         return (na > nb) - (na < nb)
-    fa, fb = _fold(a, comparator), _fold(b, comparator)
+    fa, fb = _fold(a, comparator), _fold_key(b, comparator)
     return (fa > fb) - (fa < fb)
 
 
@@ -166,12 +172,13 @@ def test_values(values: Sequence[str], keys: Sequence[str], match_type: str,
         return any(relation_holds(relation, count, k, comparator) for k in keys), None
     for value in values:
         value = value[:MAX_VALUE]
+        folded = _fold(value, comparator) if match_type == "contains" else value
         for key in keys:
             if match_type == "is":
                 if compare(value, key, comparator) == 0:
                     return True, None
             elif match_type == "contains":
-                if _fold(key, comparator) in _fold(value, comparator):
+                if _fold_key(key, comparator) in folded:
                     return True, None
             elif match_type == "matches":
                 found = glob_match(value, key, comparator)

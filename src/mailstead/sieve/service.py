@@ -66,6 +66,7 @@ class SieveStore(Protocol):
     async def note_vacation_reply(self, account_id: int, sender: str, handle: str, now: int,
                                   until: int) -> bool: ...
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None: ...
     async def create_mailbox(self, account_id: int, name: str,
                              special_use: str | None = None) -> Mailbox: ...
 
@@ -101,6 +102,7 @@ class SieveService:
         self.delivery = delivery
         self.accounts = accounts
         self._active: dict[int, tuple[float, Script | None]] = {}
+        self._boxes: dict[tuple[int, str], tuple[float, Mailbox]] = {}
         self._compiled: OrderedDict[str, Script | SieveSyntaxError] = OrderedDict()
 
     # -- managing scripts ----------------------------------------------------------------
@@ -161,6 +163,20 @@ class SieveService:
         self._active[account.id] = (now + SCRIPT_CACHE_SECONDS, script)
         return script
 
+    async def _mailbox(self, account: Account, name: str) -> Mailbox | None:
+        """The named mailbox, remembered a few seconds: a rule files many messages in one."""
+        now = time.monotonic()
+        key = (account.id, name)
+        cached = self._boxes.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        box = await self.store.get_mailbox(account.id, name)
+        if len(self._boxes) > 50_000:
+            self._boxes.clear()
+        if box is not None:
+            self._boxes[key] = (now + SCRIPT_CACHE_SECONDS, box)
+        return box
+
     async def _included(self, account: Account, script: Script
                         ) -> dict[tuple[str, str], Script]:
         """Every script ``include`` can reach from ``script`` (RFC 6609), loaded up front."""
@@ -199,8 +215,11 @@ class SieveService:
             if script is None:
                 return None
             recipient = _recipient_of(envelope, account)
-            boxes = await self.store.list_mailboxes(account.id)
-            by_name = {b.name: b for b in boxes}
+            # The mailboxes are read only when the script may ask about them (RFC 5490
+            # mailboxexists), else per fileinto target below: most messages need neither.
+            by_name: dict[str, Mailbox | None] = {}
+            if "mailboxexists" in script.tests:
+                by_name = {b.name: b for b in await self.store.list_mailboxes(account.id)}
             ctx = Context(
                 message=message, envelope_from=envelope.sender, envelope_to=recipient,
                 now=datetime.now(UTC), mailboxes=frozenset(by_name),
@@ -218,14 +237,16 @@ class SieveService:
             return None
 
     async def _carry_out(self, envelope: InboundEnvelope, message: bytes, account: Account,
-                         recipient: str, outcome: Outcome, by_name: dict[str, Mailbox],
+                         recipient: str, outcome: Outcome, by_name: dict[str, Mailbox | None],
                          ctx: Context, can_refuse: bool) -> RulePlan:
         copies: list[tuple[int | None, frozenset[str]]] = []
         for name, flags, create in outcome.targets():
             if name == "INBOX":
                 copies.append((None, flags))  # the box the spam verdict chose
                 continue
-            box = by_name.get(name)
+            if name not in by_name:
+                by_name[name] = await self._mailbox(account, name)
+            box = by_name[name]
             if box is None and create:  # RFC 5490 3.2 fileinto :create
                 box = await self.store.create_mailbox(account.id, name)
                 by_name[name] = box
@@ -248,7 +269,7 @@ class SieveService:
                 notices.append(("reject", envelope.sender,
                                 _rejection(outcome.reject, envelope.sender, recipient, ctx,
                                            self.delivery)))
-        log_event("sieve.done", user=account.address, copies=len(copies),
+        log_event("sieve.done", logging.DEBUG, user=account.address, copies=len(copies),
                   redirects=len(outcome.redirects) or None,
                   reject="yes" if outcome.reject is not None else None,
                   vacation="asked" if outcome.vacation is not None else None)
@@ -294,7 +315,7 @@ class SieveService:
     async def _vacation(self, envelope: InboundEnvelope, account: Account, recipient: str,
                         ctx: Context, vacation: Vacation) -> None:
         own = [recipient, account.address, *vacation.addresses]
-        why_not = should_reply(envelope.sender, ctx.root, own)
+        why_not = should_reply(envelope.sender, ctx.head, own)
         if why_not:
             log_event("sieve.vacation_skipped", user=account.address, reason=why_not)
             return
@@ -305,7 +326,7 @@ class SieveService:
             log_event("sieve.vacation_skipped", user=account.address,
                       reason="answered in this period")
             return
-        reply = build_reply(vacation, sender=envelope.sender, to=recipient, root=ctx.root,
+        reply = build_reply(vacation, sender=envelope.sender, to=recipient, root=ctx.head,
                             now=datetime.now(UTC), hostname=self.delivery.hostname)
         # RFC 3834 3.3 / RFC 5230 4.5: sent with the null reverse-path (send_notice does).
         await send_notice(self.delivery, self.accounts, envelope.sender, reply,
@@ -324,7 +345,7 @@ def _rejection(reason: str, to: str, recipient: str, ctx: Context,
                delivery: DeliveryService) -> bytes:
     """A plain notice that the recipient's rules refused the message (RFC 5429 2.1 allows a
     DSN or an MDN; this is the readable part of one)."""
-    subject = mime.decoded_header(ctx.root.get("Subject") or "")
+    subject = mime.decoded_header(ctx.head.get("Subject") or "")
     text = (f"Your message to {recipient} was refused by the recipient's mail rules.\r\n"
             f"Subject: {subject[:200]}\r\n\r\nReason given:\r\n{reason[:4000]}\r\n")
     head = (f"From: Mail Delivery System <MAILER-DAEMON@{delivery.hostname}>\r\n"
