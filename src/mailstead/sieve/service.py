@@ -89,6 +89,8 @@ def check_script(text: str) -> Script:
     """Compiles ``text``; InvalidInput (with the line) when it is too large or wrong."""
     if len(text.encode("utf-8", "surrogateescape")) > MAX_SCRIPT_BYTES:
         raise InvalidInput(f"the script is larger than {MAX_SCRIPT_BYTES} octets")
+    if "\x00" in text:
+        raise InvalidInput("the script holds a NUL character")
     try:
         return compile_script(text)
     except SieveSyntaxError as exc:

@@ -25,7 +25,15 @@ from mailstead.core.errors import (
     QuotaExceeded,
 )
 from mailstead.obs import log_event
-from mailstead.web import api, routes_account, routes_admin, routes_mail, routes_metrics
+from mailstead.web import (
+    api,
+    api_sieve,
+    routes_account,
+    routes_admin,
+    routes_mail,
+    routes_metrics,
+    routes_rules,
+)
 from mailstead.web.accountops import SignupRefused
 from mailstead.web.mailroom import SummaryCache
 from mailstead.web.pages import redirect, render
@@ -209,7 +217,7 @@ def build_app(state: WebState) -> Starlette:
     app = Starlette(
         routes=[
             *routes_account.routes, *routes_mail.routes, *routes_admin.routes, *api.routes,
-            *routes_metrics.routes,
+            *routes_metrics.routes, *routes_rules.routes, *api_sieve.routes,
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         middleware=[Middleware(SecurityHeaders, https=state.https),
