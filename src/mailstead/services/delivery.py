@@ -275,7 +275,8 @@ class DeliveryService:
         if self.rules is not None and accounts:
             # After the spam verdict (issue 19). Refusing in the SMTP reply is possible only
             # when the message has this one recipient; else the rules send a notice.
-            can_refuse = len(envelope.recipients) == 1 and not remote and len(accounts) == 1
+            can_refuse = (len(envelope.recipients) == 1 and not remote and len(accounts) == 1
+                          and "SMTP" in envelope.protocol)  # an SMTP reply can carry it
             plans = await self.rules.plan(envelope, message, accounts, verdicts, can_refuse)
             refused = next((p.refuse for p in plans if p is not None and p.refuse), None)
             if refused is not None:
