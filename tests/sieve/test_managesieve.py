@@ -136,3 +136,12 @@ def test_sieve_connect_uploads_and_activates(mail_server: RunningServer, tmp_pat
                       b"From: carol@remote.test\r\nSubject: weekly report\r\n\r\nFigures.\r\n")
     assert len(inbox(mail_server, ALICE, "Reports")) == 1
     assert inbox(mail_server, ALICE) == []
+
+
+def test_hostile_input_gets_no_and_then_bye(mail_server: RunningServer) -> None:
+    c = Client(mail_server)
+    assert c.command(b'PUTSCRIPT "x" {99999999+}')[-1].startswith(b"NO")  # literal too large
+    assert c.command(b'"unterminated')[-1].startswith(b"NO")
+    assert c.command(b"X" * 9000)[-1].startswith(b"NO")  # line too long
+    replies = [c.command(b"NONSENSE")[-1] for _ in range(7)]
+    assert replies[-1].startswith(b"BYE")  # too many errors: the server hangs up
