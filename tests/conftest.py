@@ -45,6 +45,7 @@ DOMAIN = "example.test"
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 LISTEN_NAMES = (
     "smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "dmtp", "dmap", "http",
+    "managesieve",
 )
 
 

@@ -59,6 +59,7 @@ _HANDLERS: dict[str, tuple[str, str]] = {
     "pop3": ("mailstead.net.pop3_server", "make_pop3_handler"),
     "dmtp": ("mailstead.net.dmtp_server", "make_dmtp_handler"),
     "dmap": ("mailstead.net.dmtp_server", "make_dmap_handler"),
+    "managesieve": ("mailstead.net.managesieve_server", "make_managesieve_handler"),
 }
 
 

@@ -22,7 +22,7 @@ DATA_ENV = "MAILSTEAD_DATA"
 DEFAULT_DATA_DIR = "var"
 
 TlsMode = Literal["none", "starttls", "implicit"]
-Protocol = Literal["smtp", "submission", "imap", "pop3", "dmtp", "dmap", "http"]
+Protocol = Literal["smtp", "submission", "imap", "pop3", "dmtp", "dmap", "http", "managesieve"]
 
 
 class _Section(BaseModel):
@@ -50,6 +50,7 @@ def _default_listeners() -> dict[str, ListenerConfig]:
         "dmtp": L(protocol="dmtp", port=2626, enabled=False),
         "dmap": L(protocol="dmap", port=2627, enabled=False),
         "http": L(protocol="http", port=8080),
+        "managesieve": L(protocol="managesieve", port=4190, tls="starttls"),  # RFC 5804
     }
 
 
@@ -96,6 +97,9 @@ class LimitsConfig(_Section):
         1800, description="IMAP autologout: seconds without a command (IDLE re-arms it)", ge=1
     )
     pop3_idle_timeout: int = Field(600, description="seconds a POP3 client may stay idle", ge=1)
+    managesieve_idle_timeout: int = Field(
+        600, description="seconds a ManageSieve client may stay idle", ge=1
+    )
     max_connections: int = Field(20_000, description="open connections in total", ge=1)
     max_connections_per_ip: int = Field(
         50, description="open connections from one IP address", ge=1

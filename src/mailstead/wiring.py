@@ -55,6 +55,12 @@ def build(services: Services) -> None:
     services.extra["queue"] = QueueRunner(services.cfg, services.store, services.blobs, resolver,
                                           delivery, services.accounts)
     delivery.after_local_delivery = DeliveredNotices(delivery, services.accounts)
+    if hasattr(services.store, "active_sieve_script"):  # the SQL stores (sieve/service.py)
+        from mailstead.sieve.service import SieveService, sieve_store
+
+        sieve = SieveService(sieve_store(services.store), delivery, services.accounts)
+        services.extra["sieve"] = sieve
+        delivery.rules = sieve
 
     # One MailboxService for IMAP and the webmail, built here so it knows the spam filter.
     mailboxes = MailboxService(services.store, services.blobs, services.changes,

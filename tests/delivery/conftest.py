@@ -29,7 +29,7 @@ from tests.conftest import PASSWORD, PG_DSN, RunningServer, pg_available
 
 NODE_LISTENERS = ("smtp", "submission", "imap")
 ALL_LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s",
-                 "dmtp", "dmap", "http")
+                 "dmtp", "dmap", "http", "managesieve")
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from mailstead.cli.mail_cmd import client, mail
 from mailstead.cli.mailmove_cmd import export_cmd, import_cmd
 from mailstead.cli.monitor_cmd import monitor
 from mailstead.cli.queue import queue
+from mailstead.cli.sieve_cmd import sieve
 from mailstead.cli.upkeep_cmd import backup, before_serve, migrate, restore
 from mailstead.config import CONFIG_FILE, apply_listen_override, render_toml, resolve_data_dir
 from mailstead.core.errors import ConfigError, CorruptBlob, NotFound
@@ -48,6 +49,7 @@ cli.add_command(import_cmd)
 cli.add_command(export_cmd)
 for _command in (backup, restore, migrate):
     cli.add_command(_command)
+cli.add_command(sieve)
 
 
 @cli.command()

@@ -55,6 +55,7 @@ from mailstead.services.delivery import (
     DeliveryService,
     InboundEnvelope,
     InboundRecipient,
+    RefusedByRules,
     delivery_service,
     unique_accounts,
 )
@@ -222,6 +223,8 @@ class SessionBackend:
                                                  spam_fields=spam_fields)
         except QuotaExceeded:
             raise
+        except RefusedByRules as exc:  # a Sieve reject of a one-recipient message (RFC 5429)
+            raise MessageRefused(str(exc)) from None
         except Exception as exc:
             self.forget_routes()  # e.g. an account removed since RCPT: the retry looks afresh
             log_event("smtp.delivery_error", logging.ERROR, session=self.conn.session_id,

@@ -22,6 +22,7 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING, Protocol
 
 from mailstead.core.errors import NotFound
+from mailstead.core.models import SYSTEM_FLAG_NAMES, SystemFlag
 from mailstead.proto import mime, mime_encoding
 from mailstead.services.message_files import MessageFileWriter, with_blob
 from mailstead.services.spam import SpamVerdict
@@ -88,6 +89,28 @@ class DeliveryResult:
 AfterDelivery = Callable[[InboundEnvelope, DeliveryResult, bytes], Awaitable[None]]
 
 
+class RefusedByRules(Exception):
+    """A recipient's rules refuse the message (Sieve reject, RFC 5429) while the sender can
+    still be told in the SMTP reply: nothing was stored."""
+
+
+@dataclass(slots=True)
+class RulePlan:
+    """What one account's mail rules (Sieve, sieve/service.py) decided for its copy."""
+
+    # (mailbox id, or None for the box the spam verdict chose; IMAP flag names) per copy;
+    # none at all: the copy is discarded, redirected or refused.
+    copies: list[tuple[int | None, frozenset[str]]]
+    refuse: str | None = None  # only when deliver allowed it: refuse at SMTP time
+    after: Callable[[], Awaitable[None]] | None = None  # once the copies are stored
+
+
+class DeliveryRules(Protocol):
+    async def plan(self, envelope: InboundEnvelope, message: bytes,
+                   accounts: Sequence[Account], verdicts: Sequence[SpamVerdict | None],
+                   can_refuse: bool) -> list[RulePlan | None]: ...
+
+
 _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _BASE32_PAIRS = [a + b for a in _BASE32 for b in _BASE32]  # every 10 bits as two characters
 
@@ -139,6 +162,7 @@ class DeliveryService:
         self.forwarding: Forwarding | None = None
         # Runs once local copies are committed (the 'delivered' DSNs of queue.delivered).
         self.after_local_delivery: AfterDelivery | None = None
+        self.rules: DeliveryRules | None = None  # per-recipient Sieve (sieve/service.py)
         self._date: tuple[tuple[int, timedelta | None], str] = ((-1, None), "")
 
     async def close(self) -> None:
@@ -268,19 +292,37 @@ class DeliveryService:
         verdicts = [spam.get(a.id) for a in accounts]
         is_spam = [v is not None and v.is_spam for v in verdicts]
         boxes = await self._box_ids(accounts, [junk or s for s in is_spam])
+        plans: Sequence[RulePlan | None] = [None] * len(accounts)
+        if self.rules is not None and accounts:
+            # After the spam verdict (issue 19). Refusing in the SMTP reply is possible only
+            # when the message has this one recipient; else the rules send a notice.
+            can_refuse = (len(envelope.recipients) == 1 and not remote and len(accounts) == 1
+                          and "SMTP" in envelope.protocol)  # an SMTP reply can carry it
+            plans = await self.rules.plan(envelope, message, accounts, verdicts, can_refuse)
+            refused = next((p.refuse for p in plans if p is not None and p.refuse), None)
+            if refused is not None:
+                raise RefusedByRules(refused)
         # One file per distinct header: usually one, since verdicts differ only once the
         # recipients have trained their filters. Blob id and envelope are filled in once
         # each file is written.
         parts: dict[bytes, list[Delivery]] = {}
-        for box_id, verdict, spammy in zip(boxes, verdicts, is_spam, strict=True):
+        for box_id, verdict, spammy, plan in zip(boxes, verdicts, is_spam, plans, strict=True):
             fields = verdict.header_fields() if verdict is not None else b""
             flagged = keywords | {"$Junk"} if spammy else keywords
             data_len = len(head) + len(fields) + len(message)
-            parts.setdefault(fields, []).append(Delivery(box_id, NewMessage(
-                blob_id="", size=data_len, internal_date=now, keywords=flagged)))
+            copies = [(None, frozenset[str]())] if plan is None else plan.copies
+            for target, names in copies:
+                system, extra = _flag_bits(names)
+                parts.setdefault(fields, []).append(Delivery(
+                    box_id if target is None else target, NewMessage(
+                        blob_id="", size=data_len, internal_date=now, flags=system,
+                        keywords=flagged | extra)))
         if remote:
             parts.setdefault(spam_fields, [])
         ordered = list(parts.items())
+        if not ordered:  # every local copy discarded or redirected by the rules, none remote
+            await self._after_rules(plans)
+            return DeliveryResult(queue_id, "", 0)
         entry_part = [f for f, _d in ordered].index(spam_fields) if remote else 0
         datas = [(head + fields + message, deliveries) for fields, deliveries in ordered]
         entry = None
@@ -311,7 +353,33 @@ class DeliveryService:
                                 [r.address for r in remote])
         if accounts and self.after_local_delivery is not None:
             await self.after_local_delivery(envelope, result, first)
+        await self._after_rules(plans)
         return result
+
+    @staticmethod
+    async def _after_rules(plans: Sequence[RulePlan | None]) -> None:
+        for plan in plans:
+            if plan is not None and plan.after is not None:
+                await plan.after()
+
+
+def _flag_bits(names: frozenset[str]) -> tuple[int, frozenset[str]]:
+    """IMAP flag names as the SystemFlag bits and the keywords they are."""
+    if not names:
+        return 0, frozenset()
+    system, keywords = 0, set()
+    for name in names:
+        bit = _SYSTEM_FLAGS.get(name.lower())
+        if bit is not None:
+            system |= bit
+        elif not name.startswith("\\") and _KEYWORD.fullmatch(name):
+            keywords.add(name)
+    return system, frozenset(keywords)
+
+
+_SYSTEM_FLAGS = {name.lower(): int(bit) for name, bit in SYSTEM_FLAG_NAMES.items()
+                 if bit != SystemFlag.DELETED}
+_KEYWORD = re.compile(r"[!#$&'+\-.0-9:<>=?@A-Z^_`a-z|~]{1,100}")  # IMAP atom, no specials
 
 
 _LONG_CHECK_OFF_LOOP = 1024 * 1024  # octets

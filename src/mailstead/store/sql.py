@@ -118,6 +118,18 @@ from mailstead.store.sql_queue import (
     recall_pending,
     update_queue_entry,
 )
+from mailstead.store.sql_sieve import (
+    active_sieve_script,
+    delete_sieve_script,
+    get_global_sieve_script,
+    get_sieve_script,
+    list_sieve_scripts,
+    note_vacation_reply,
+    put_global_sieve_script,
+    put_sieve_script,
+    rename_sieve_script,
+    set_active_sieve_script,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -321,6 +333,39 @@ class SqlStore(ABC):
     async def train_spam(self, account_id: int, message: str, tokens: Sequence[int],
                          is_spam: bool) -> bool:
         return await self._write(train_spam, account_id, message, list(tokens), is_spam)
+
+    # -- Sieve (sql_sieve) --
+    async def list_sieve_scripts(self, account_id: int) -> list[tuple[str, bool]]:
+        return await self._read(list_sieve_scripts, account_id)
+
+    async def get_sieve_script(self, account_id: int, name: str) -> str | None:
+        return await self._read(get_sieve_script, account_id, name)
+
+    async def active_sieve_script(self, account_id: int) -> tuple[str, str] | None:
+        return await self._read(active_sieve_script, account_id)
+
+    async def put_sieve_script(self, account_id: int, name: str, script: str,
+                               max_count: int = 0) -> None:
+        await self._write(put_sieve_script, account_id, name, script, max_count)
+
+    async def set_active_sieve_script(self, account_id: int, name: str) -> None:
+        await self._write(set_active_sieve_script, account_id, name)
+
+    async def delete_sieve_script(self, account_id: int, name: str) -> None:
+        await self._write(delete_sieve_script, account_id, name)
+
+    async def rename_sieve_script(self, account_id: int, old: str, new: str) -> None:
+        await self._write(rename_sieve_script, account_id, old, new)
+
+    async def get_global_sieve_script(self, name: str) -> str | None:
+        return await self._read(get_global_sieve_script, name)
+
+    async def put_global_sieve_script(self, name: str, script: str) -> None:
+        await self._write(put_global_sieve_script, name, script)
+
+    async def note_vacation_reply(self, account_id: int, sender: str, handle: str, now: int,
+                                  until: int) -> bool:
+        return await self._write(note_vacation_reply, account_id, sender, handle, now, until)
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         return await self._read(mailbox_status, mailbox_id)

@@ -27,12 +27,14 @@ from mailstead.core.errors import (
 from mailstead.obs import log_event
 from mailstead.web import (
     api,
+    api_sieve,
     routes_account,
     routes_admin,
     routes_lists,
     routes_mail,
     routes_mailmove,
     routes_metrics,
+    routes_rules,
 )
 from mailstead.web.accountops import SignupRefused
 from mailstead.web.mailroom import SummaryCache
@@ -218,7 +220,8 @@ def build_app(state: WebState) -> Starlette:
         routes=[
             *routes_account.routes, *routes_mail.routes, *routes_admin.routes,
             *routes_lists.routes, *api.routes,
-            *routes_metrics.routes, *routes_mailmove.routes,
+            *routes_metrics.routes, *routes_mailmove.routes, *routes_rules.routes,
+            *api_sieve.routes,
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         middleware=[Middleware(SecurityHeaders, https=state.https),

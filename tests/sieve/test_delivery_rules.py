@@ -1,0 +1,149 @@
+"""Sieve at delivery, as users see it: real messages over SMTP (smtplib) through each user's
+active script, on both stores: fileinto a new folder, flags, redirect to another local user,
+reject in the SMTP reply, vacation once per period and never to a list or the null sender,
+and a broken script that keeps mail in INBOX."""
+
+from __future__ import annotations
+
+import smtplib
+from datetime import UTC, datetime
+from email.utils import format_datetime, make_msgid
+
+import pytest
+
+from mailstead.sieve.service import SieveService
+from tests.conftest import RunningServer
+from tests.smtp.helpers import ALICE, BOB, inbox, queue
+
+BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+
+
+def mail(subject: str, body: str = "Hello.", *, to: str = ALICE, extra: str = "",
+         sender: str = "carol@remote.test") -> bytes:
+    return (f"From: Carol <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Date: {format_datetime(datetime.now(UTC))}\r\nMessage-ID: {make_msgid()}\r\n"
+            f"{extra}\r\n{body}\r\n").encode()
+
+
+def send(server: RunningServer, raw: bytes, *rcpts: str, sender: str = "carol@remote.test"
+         ) -> None:
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as client:
+        client.ehlo("client.remote.test")
+        client.sendmail(sender, list(rcpts) or [ALICE], raw)
+
+
+def sieve(server: RunningServer) -> SieveService:
+    found = server.services.extra["sieve"]
+    assert isinstance(found, SieveService)
+    return found
+
+
+def activate(server: RunningServer, address: str, text: str, name: str = "main") -> None:
+    async def go() -> None:
+        account = await server.services.store.get_account(address)
+        assert account is not None
+        await sieve(server).put(account, name, text)
+        await sieve(server).activate(account, name)
+
+    server.run(go())
+
+
+def subjects(server: RunningServer, address: str, box: str = "INBOX") -> list[str]:
+    found = []
+    for stored in inbox(server, address, box):
+        for line in stored.headers.split("\r\n"):
+            if line.startswith("Subject: "):
+                found.append(line[9:])
+    return found
+
+
+@BOTH
+def test_fileinto_new_folder_with_flags(mail_server: RunningServer) -> None:
+    activate(mail_server, ALICE, r'''
+require ["fileinto", "mailbox", "imap4flags", "variables"];
+if header :matches "List-Id" "*<*.lists.test>" {
+    fileinto :create :flags ["\\Seen", "$List"] "Lists/${2}";
+    stop;
+}
+if header :contains "subject" "urgent" { addflag "\\Flagged"; }
+''')
+    send(mail_server, mail("weekly digest", extra="List-Id: Devs <devs.lists.test>\r\n"))
+    send(mail_server, mail("URGENT: call me"))
+    [listed] = inbox(mail_server, ALICE, "Lists/devs")
+    assert listed.meta.flags & 1  # \Seen
+    assert "$List" in listed.meta.keywords
+    [urgent] = inbox(mail_server, ALICE)
+    assert urgent.meta.flags & 4  # \Flagged
+    assert "URGENT" in urgent.headers
+
+
+@BOTH
+def test_redirect_to_another_local_user(mail_server: RunningServer) -> None:
+    activate(mail_server, ALICE, 'if address :domain "from" "remote.test" '
+                                 '{ redirect "bob@example.test"; }')
+    activate(mail_server, BOB, 'require "fileinto"; fileinto "INBOX";')
+    send(mail_server, mail("for bob"))
+    assert subjects(mail_server, ALICE) == []  # redirected, no implicit keep
+    [copy] = inbox(mail_server, BOB)
+    assert "Return-Path: <carol@remote.test>" in copy.headers  # the envelope sender stays
+
+
+@BOTH
+def test_broken_script_keeps_mail_in_inbox(mail_server: RunningServer) -> None:
+    # Passes the check but fails at run time: a missing included script.
+    activate(mail_server, ALICE, 'require ["include", "fileinto"]; include "missing"; '
+                                 'fileinto "Elsewhere";')
+    send(mail_server, mail("still here"))
+    assert subjects(mail_server, ALICE) == ["still here"]
+
+
+def test_reject_in_the_smtp_reply_and_by_notice(mail_server: RunningServer) -> None:
+    activate(mail_server, ALICE, 'require "reject"; if header :contains "subject" "offer" '
+                                 '{ reject "No offers, thanks."; }')
+    with pytest.raises(smtplib.SMTPDataError) as caught:
+        send(mail_server, mail("special offer"))
+    assert caught.value.smtp_code == 550
+    assert b"No offers" in caught.value.smtp_error
+    assert subjects(mail_server, ALICE) == []
+    # Two recipients: bob gets it, carol (remote) is told by a notice in the queue.
+    send(mail_server, mail("another offer"), ALICE, BOB)
+    assert subjects(mail_server, BOB) == ["another offer"]
+    assert subjects(mail_server, ALICE) == []
+    assert [e.recipients[0].address for e in queue(mail_server)] == ["carol@remote.test"]
+
+
+VACATION = '''require ["vacation"];
+vacation :days 1 :subject "Away" :addresses ["alice@example.test"] "Back on Monday.";
+'''
+
+
+@BOTH
+def test_vacation_once_per_period_never_to_lists_or_null(mail_server: RunningServer) -> None:
+    activate(mail_server, ALICE, VACATION)
+    send(mail_server, mail("one"))
+    send(mail_server, mail("two"))  # same sender within the period: no second reply
+    send(mail_server, mail("list", extra="List-Id: <x.lists.test>\r\n"), sender="dan@remote.test")
+    send(mail_server, mail("bulk", extra="Precedence: bulk\r\n"), sender="erin@remote.test")
+    send(mail_server, mail("auto", extra="Auto-Submitted: auto-generated\r\n"),
+         sender="fay@remote.test")
+    send(mail_server, mail("bounce"), sender="")
+    send(mail_server, mail("bcc", to="someone@else.test"), sender="gil@remote.test")
+    assert len(subjects(mail_server, ALICE)) == 7  # every message kept
+    replies = queue(mail_server)
+    assert [e.recipients[0].address for e in replies] == ["carol@remote.test"]
+    [reply] = replies
+    assert reply.sender == ""  # RFC 3834 3.3: the null reverse-path
+    data = mail_server.services.blobs.get(reply.blob_id)
+    assert b"Auto-Submitted: auto-replied" in data
+    assert b"Subject: Away" in data
+    assert b"Back on Monday." in data
+
+
+@BOTH
+def test_spamtest_and_numeric_compare(mail_server: RunningServer) -> None:
+    activate(mail_server, ALICE, """
+require ["fileinto", "mailbox", "spamtest", "relational", "comparator-i;ascii-numeric"];
+if spamtest :value "le" :comparator "i;ascii-numeric" "3" { fileinto :create "Clean"; }
+""")
+    send(mail_server, mail("lunch", "Shall we meet at noon?"))
+    assert subjects(mail_server, ALICE, "Clean") == ["lunch"]
