@@ -404,6 +404,11 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     args = cmd.args
     assert isinstance(args, SearchArgs)
     view = s.require_view()
+    from mailstead.proto.imap_context import tag_in_use
+
+    refused = tag_in_use(s, cmd, args.return_options)
+    if refused is not None:
+        return refused
     with_modseq = uses_modseq(args.key)
     if with_modseq:
         s.enable_condstore()
