@@ -312,6 +312,7 @@ def test_catenate_builds_a_message_from_text_and_urls(mail_server: RunningServer
         raw.close()
 
 
+@BOTH
 def test_catenate_past_the_size_limit_is_toobig(make_server: Callable[..., RunningServer]) -> None:
     server = make_server(limits={"max_message_size": 4096})
     raw = Raw(server)

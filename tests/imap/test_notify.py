@@ -161,6 +161,7 @@ def test_notify_list_attributes_and_the_implicit_noop(mail_server: RunningServer
     a.close()
     b.close()
 
+@BOTH
 def test_notify_fetch_attributes_and_a_split_command(mail_server: RunningServer) -> None:
     a = _opened(mail_server, "ENABLE IMAP4rev2", "SELECT INBOX")
     cmd = ("NOTIFY SET (SELECTED (MessageNew (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)] "
@@ -198,6 +199,7 @@ def test_selected_delayed_keeps_expunges_for_a_command(mail_server: RunningServe
     assert b"* 1 EXPUNGE" in lines
 
 
+@BOTH
 def test_notify_set_status_and_other_filters(mail_server: RunningServer) -> None:
     a = _opened(mail_server, "CREATE Lists", "CREATE Lists/Sub", "CREATE Other")
     deliver(mail_server, message("x"), mailbox="Lists/Sub")
@@ -291,6 +293,7 @@ def test_many_notify_sessions_and_an_ordinary_client(
         assert status_of(raw.cmd("LOGOUT")) == b"OK"
 
 
+@BOTH
 def test_notify_during_idle(mail_server: RunningServer) -> None:
     a = _opened(mail_server, "CREATE Lists", "SELECT INBOX")
     assert status_of(a.cmd("NOTIFY SET (PERSONAL (MessageNew MessageExpunge))")) == b"OK"
@@ -351,6 +354,7 @@ def test_notifications_left_unread_overflow(
     assert _silent(a)
 
 
+@BOTH
 def test_unauthenticate_ends_notify(mail_server: RunningServer) -> None:
     a = _opened(mail_server, "CREATE Lists")
     assert status_of(a.cmd("NOTIFY SET (PERSONAL (MessageNew MessageExpunge))")) == b"OK"
@@ -360,6 +364,7 @@ def test_unauthenticate_ends_notify(mail_server: RunningServer) -> None:
     assert status_of(a.cmd("NOOP")) == b"OK"
 
 
+@BOTH
 def test_imaplib_client_reads_a_notification(mail_server: RunningServer) -> None:
     from tests.imap.helpers import connect
 
@@ -383,6 +388,7 @@ def test_imaplib_client_reads_a_notification(mail_server: RunningServer) -> None
     client.logout()
 
 
+@BOTH
 def test_flag_changes_wait_without_flagchange(mail_server: RunningServer) -> None:
     deliver(mail_server, message("a"))
     a = _opened(mail_server, "SELECT INBOX")
