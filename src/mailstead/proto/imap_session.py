@@ -61,6 +61,7 @@ from mailstead.proto.imap_reader import ParseError
 if TYPE_CHECKING:
     from mailstead.proto.imap_context import Contexts
     from mailstead.proto.imap_notify import Notifier
+    from mailstead.proto.imap_urlauth import UrlAuthBackend
 
 SERVER_NAME = "mailstead"
 SERVER_VERSION = "0.1.0"
@@ -162,6 +163,7 @@ class ImapSession:
         self.work: WorkBudget | None = None  # the running command's budget
         self.contexts: Contexts | None = None  # SEARCH/SORT RETURN (UPDATE), imap_context.py
         self.notify: Notifier | None = None  # NOTIFY (RFC 5465) is on
+        self.urlauth: UrlAuthBackend | None = None  # URLAUTH (RFC 4467), set by the server
 
     # -- modes --
 
@@ -218,6 +220,8 @@ class ImapSession:
             "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "UNAUTHENTICATE", "PREVIEW",
             "NOTIFY", "CONTEXT=SEARCH", "CONTEXT=SORT", "UIDONLY",
         ]
+        if self.urlauth is not None:
+            caps.append("URLAUTH")
         return " ".join(caps)
 
     def greeting(self) -> bytes:
