@@ -214,20 +214,24 @@ class _Auth:
             self.slot = None
 
 
+def shared_mailboxes(services: Services) -> MailboxService:
+    """The one MailboxService of this process (wiring builds it; made here if it did not)."""
+    existing = services.extra.get("mailbox")
+    if isinstance(existing, MailboxService):
+        return existing
+    made = MailboxService(services.store, services.blobs, services.changes,
+                          services.cfg.limits.max_message_size)
+    services.extra["mailbox"] = made
+    return made
+
+
 class ImapHandler:
     def __init__(self, services: Services, listener_name: str, lc: ListenerConfig) -> None:
         self.services = services
         self.listener_name = listener_name
         self.lc = lc
         cfg = services.cfg
-        existing = services.extra.get("mailbox")
-        if isinstance(existing, MailboxService):
-            self.mailboxes = existing
-        else:
-            self.mailboxes = MailboxService(
-                services.store, services.blobs, services.changes, cfg.limits.max_message_size
-            )
-            services.extra["mailbox"] = self.mailboxes
+        self.mailboxes = shared_mailboxes(services)
         self.urlauth = UrlAuthService(services.store, self.mailboxes)  # RFC 4467
         limits = cfg.limits
         self.timeout = float(limits.imap_idle_timeout)

@@ -134,8 +134,8 @@ def _allowed(access: str, user: str | None, submitter: str | None) -> bool:
     """RFC 4467 3: may this requester use a URL with this access identifier?"""
     if access == "anonymous":
         return True
-    if access == "authuser":
-        return user is not None
+    if access == "authuser":  # the submission server is an authorised user too
+        return user is not None or submitter is not None
     kind, _plus, who = access.partition("+")
     who = who.lower()
     if kind == "user":
