@@ -110,6 +110,8 @@ def test_resetkey_invalidates_and_genurlauth_refuses_bad_urls(mail_server: Runni
     assert again == url  # the same key until RESETKEY
     bob = _session(mail_server, BOB)
     assert _fetched(bob, url) is not None
+    # RFC 4467 8: SELECT and EXAMINE tell the mechanisms (this session is over TLS).
+    assert b"* OK [URLMECH INTERNAL] URLAUTH mechanisms" in bob.cmd("EXAMINE INBOX")
     lines = alice.cmd("RESETKEY INBOX INTERNAL")
     assert status_of(lines) == b"OK [URLMECH INTERNAL]", lines
     assert _fetched(bob, url) is None  # RESETKEY: URLs of the old key stop working

@@ -623,6 +623,9 @@ class ImapSession:
         out(fmt.untagged(f"OK [UIDVALIDITY {view.mailbox.uidvalidity}] UIDs valid"))
         out(fmt.untagged(f"OK [UIDNEXT {view.uidnext}] Predicted next UID"))
         out(fmt.untagged(f"OK [HIGHESTMODSEQ {view.modseq}] Highest"))
+        if self.urlauth is not None and self.io.is_tls:
+            # RFC 4467 8: URLMECH in SELECT/EXAMINE, only where the session is not snooped.
+            out(fmt.untagged("OK [URLMECH INTERNAL] URLAUTH mechanisms"))
         if self.rev2:  # RFC 9051 6.3.2: the mailbox's LIST response
             out(b'* LIST () "/" ' + self.mailbox_out(view.mailbox.name) + b"\r\n")
         self.view = view

@@ -335,4 +335,6 @@ async def cmd_resetkey(s: ImapSession, cmd: Command) -> Reply:
     if box is None:
         return Reply("NO", "Mailbox does not exist", "NONEXISTENT")
     await backend.reset_access_keys(account.id, box)
-    return Reply("OK", "Key reset", "URLMECH " + " ".join(MECHANISMS))
+    # RFC 4467 8: URLMECH may come in RESETKEY's tagged OK; RFC 4467 10: only over TLS.
+    code = "URLMECH " + " ".join(MECHANISMS) if s.io.is_tls else ""
+    return Reply("OK", "Key reset", code)
