@@ -32,7 +32,7 @@ from urllib.parse import unquote
 from mailstead.core.models import Mailbox
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import imap_sexpr, imap_url
-from mailstead.proto.imap_format import Reply
+from mailstead.proto.imap_format import CommandError, Reply
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_args import Command
@@ -247,8 +247,6 @@ def parse_resetkey(r: _Reader) -> ResetKeyArgs:
 
 def _backend(s: ImapSession) -> UrlAuthBackend:
     if s.urlauth is None:
-        from mailstead.proto.imap_format import CommandError
-
         raise CommandError("BAD", "URLAUTH is not offered here")
     return s.urlauth
 
