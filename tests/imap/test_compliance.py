@@ -3,6 +3,7 @@ SQLite and PostgreSQL where the store decides the answer."""
 
 from __future__ import annotations
 
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import RunningServer
-from tests.imap.helpers import BOB, Raw, connect, deliver, message, ok
+from tests.imap.helpers import BOB, Raw, connect, deliver, message, ok, status_of
 
 BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
@@ -311,6 +312,7 @@ def test_catenate_builds_a_message_from_text_and_urls(mail_server: RunningServer
         raw.close()
 
 
+@BOTH
 def test_catenate_past_the_size_limit_is_toobig(make_server: Callable[..., RunningServer]) -> None:
     server = make_server(limits={"max_message_size": 4096})
     raw = Raw(server)
@@ -546,3 +548,32 @@ def test_preview_gives_the_first_words(mail_server: RunningServer) -> None:
         assert b"\\Seen" not in b"".join(raw.cmd("FETCH 1 (FLAGS)"))  # a preview is a peek
     finally:
         raw.close()
+
+
+@BOTH
+def test_status_size_is_the_sum_of_the_message_sizes(mail_server: RunningServer) -> None:
+    """STATUS=SIZE (RFC 8438): SIZE is the mailbox's size in octets, what summing each
+    message's RFC822.SIZE would give; it follows APPEND and EXPUNGE, and LIST-STATUS gives it
+    too."""
+    raw = Raw(mail_server)
+    raw.login()
+    [caps] = [ln for ln in raw.cmd("CAPABILITY") if ln.startswith(b"* CAPABILITY")]
+    assert b" STATUS=SIZE" in caps
+    assert b'* STATUS "INBOX" (SIZE 0 MESSAGES 0)' in raw.cmd("STATUS INBOX (SIZE MESSAGES)")
+    for i in range(3):
+        deliver(mail_server, message(f"Sized {i}", body="x" * (100 * i) + "\r\n"))
+    raw.cmd("SELECT INBOX")
+    sizes = [int(m.group(1)) for ln in raw.cmd("FETCH 1:* (RFC822.SIZE)")
+             if (m := re.search(rb"RFC822\.SIZE (\d+)", ln))]
+    assert len(sizes) == 3
+    raw.cmd("UNSELECT")
+    assert f'* STATUS "INBOX" (SIZE {sum(sizes)})'.encode() in raw.cmd("STATUS INBOX (SIZE)")
+    raw.cmd("SELECT INBOX")
+    raw.cmd("STORE 2 +FLAGS.SILENT (\\Deleted)")
+    raw.cmd("EXPUNGE")
+    raw.cmd("UNSELECT")
+    left = sizes[0] + sizes[2]
+    assert f'* STATUS "INBOX" (SIZE {left})'.encode() in raw.cmd("STATUS INBOX (SIZE)")
+    lines = raw.cmd('LIST "" INBOX RETURN (STATUS (SIZE))')
+    assert f'* STATUS "INBOX" (SIZE {left})'.encode() in lines, lines
+    assert status_of(raw.cmd("STATUS INBOX (SIZE BOGUS)")) == b"BAD"

@@ -6,6 +6,7 @@ changes travel through the LISTEN/NOTIFY feed's account channel too."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,11 +33,17 @@ def _opened(server: RunningServer, *commands: str) -> Raw:
     return raw
 
 
+def _uv(line: bytes) -> bytes:
+    """A STATUS line with its UIDVALIDITY value (a timestamp-like number) written as n."""
+    return re.sub(rb"UIDVALIDITY \d+", b"UIDVALIDITY n", line)
+
+
 def _told(raw: Raw, count: int = 1) -> list[bytes]:
-    """The next ``count`` lines the server sends on its own (no command is sent)."""
+    """The next ``count`` lines the server sends on its own (no command is sent), with
+    UIDVALIDITY values written as n."""
     raw.sock.settimeout(WAIT)
     try:
-        return [raw.readline() for _ in range(count)]
+        return [_uv(raw.readline()) for _ in range(count)]
     finally:
         raw.sock.settimeout(30)
 
@@ -76,7 +83,7 @@ def test_notify_tells_each_change_without_a_command(mail_server: RunningServer) 
 
     # A new message elsewhere: STATUS (RFC 5465 5.2).
     assert status_of(b.cmd(b"APPEND Lists {16+}\r\nSubject: two\r\n\r\n")).startswith(b"OK")
-    assert _told(a) == [b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)']
+    assert _told(a) == [b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY n UNSEEN 1)']
 
     # Flags changed by another session in the selected mailbox.
     assert status_of(b.cmd("SELECT INBOX")).startswith(b"OK")
@@ -93,24 +100,24 @@ def test_notify_tells_each_change_without_a_command(mail_server: RunningServer) 
     b.cmd("UNSELECT")
     assert status_of(b.cmd("SELECT Lists")).startswith(b"OK")
     b.cmd("STORE 1 +FLAGS.SILENT (\\Seen)")
-    assert _told(a) == [b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UNSEEN 0)']
+    assert _told(a) == [b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY n UNSEEN 0)']
     b.cmd("UNSELECT")
 
     # Mailbox names (RFC 5465 5.4) and subscriptions (5.5) as LIST responses.
     b.cmd("CREATE Foo")
-    assert _told(a) == [b'* LIST () "/" "Foo"']
+    assert _told(a) == [b'* LIST (\\HasNoChildren) "/" "Foo"']
     b.cmd("RENAME Foo Bar")
-    assert _told(a) == [b'* LIST () "/" "Bar" ("OLDNAME" ("Foo"))']
+    assert _told(a) == [b'* LIST (\\HasNoChildren) "/" "Bar" ("OLDNAME" ("Foo"))']
     b.cmd("SUBSCRIBE Bar")
-    assert _told(a) == [b'* LIST (\\Subscribed) "/" "Bar"']
+    assert _told(a) == [b'* LIST (\\HasNoChildren \\Subscribed) "/" "Bar"']
     b.cmd("UNSUBSCRIBE Bar")
-    assert _told(a) == [b'* LIST () "/" "Bar"']
+    assert _told(a) == [b'* LIST (\\HasNoChildren) "/" "Bar"']
     b.cmd("DELETE Bar")
     assert _told(a) == [b'* LIST (\\NonExistent) "/" "Bar"']
 
     # A delivery through the store (as SMTP does) reaches A too, selected or not.
     deliver(mail_server, message("smtp one"), mailbox="Lists")
-    assert _told(a) == [b'* STATUS "Lists" (MESSAGES 2 UIDNEXT 3 UNSEEN 1)']
+    assert _told(a) == [b'* STATUS "Lists" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY n UNSEEN 1)']
     uid = deliver(mail_server, message("smtp two"))
     assert _told(a, 3) == [b"* 1 EXISTS", b"* 1 RECENT",
                            f"* 1 FETCH (UID {uid} FLAGS (\\Recent))".encode()]
@@ -131,6 +138,30 @@ def test_notify_tells_each_change_without_a_command(mail_server: RunningServer) 
     b.close()
 
 
+
+@BOTH
+def test_notify_list_attributes_and_the_implicit_noop(mail_server: RunningServer) -> None:
+    """RFC 5465 3.1: NOTIFY SET returns the selected mailbox's pending changes at once;
+    5.4/5.5: LIST responses carry the attributes LIST would give (children, special use,
+    \\Subscribed exactly when subscribed, \\NonExistent for a name that is no mailbox)."""
+    a = _opened(mail_server, "CREATE Box", "SELECT INBOX")
+    deliver(mail_server, message("pending"))
+    lines = a.cmd("NOTIFY SET (SELECTED (MessageNew MessageExpunge)) "
+                  "(PERSONAL (MessageNew MessageExpunge MailboxName SubscriptionChange))")
+    assert b"* 1 EXISTS" in lines and status_of(lines) == b"OK", lines
+    b = _opened(mail_server)
+    b.cmd("CREATE Box/Kid")
+    assert _told(a) == [b'* LIST (\\HasNoChildren) "/" "Box/Kid"']
+    b.cmd("SUBSCRIBE Box")
+    assert _told(a) == [b'* LIST (\\HasChildren \\Subscribed) "/" "Box"']
+    b.cmd("UNSUBSCRIBE Trash")  # new accounts' default folders start subscribed
+    assert _told(a) == [b'* LIST (\\HasNoChildren \\Trash) "/" "Trash"']
+    b.cmd("DELETE Box/Kid")
+    assert _told(a) == [b'* LIST (\\NonExistent) "/" "Box/Kid"']
+    a.close()
+    b.close()
+
+@BOTH
 def test_notify_fetch_attributes_and_a_split_command(mail_server: RunningServer) -> None:
     a = _opened(mail_server, "ENABLE IMAP4rev2", "SELECT INBOX")
     cmd = ("NOTIFY SET (SELECTED (MessageNew (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)] "
@@ -168,27 +199,31 @@ def test_selected_delayed_keeps_expunges_for_a_command(mail_server: RunningServe
     assert b"* 1 EXPUNGE" in lines
 
 
+@BOTH
 def test_notify_set_status_and_other_filters(mail_server: RunningServer) -> None:
     a = _opened(mail_server, "CREATE Lists", "CREATE Lists/Sub", "CREATE Other")
     deliver(mail_server, message("x"), mailbox="Lists/Sub")
     lines = a.cmd("NOTIFY SET STATUS (SUBTREE Lists (MessageNew MessageExpunge)) "
                   "(INBOXES (MessageNew MessageExpunge))")
     assert status_of(lines) == b"OK"
-    assert lines[:-1] == [
-        b'* STATUS "INBOX" (MESSAGES 0 UIDNEXT 1 UNSEEN 0)',
-        b'* STATUS "Lists" (MESSAGES 0 UIDNEXT 1 UNSEEN 0)',
-        b'* STATUS "Lists/Sub" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)',
+    # RFC 5465 3.1: STATUS gives MESSAGES, UIDNEXT and UIDVALIDITY before the tagged OK.
+    told = re.search(rb"UIDVALIDITY \d+", lines[1])
+    assert told is not None and told.group() in a.cmd("STATUS Lists (UIDVALIDITY)")[0]
+    assert [_uv(ln) for ln in lines[:-1]] == [
+        b'* STATUS "INBOX" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY n UNSEEN 0)',
+        b'* STATUS "Lists" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY n UNSEEN 0)',
+        b'* STATUS "Lists/Sub" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY n UNSEEN 1)',
     ]
     deliver(mail_server, message("y"), mailbox="Other")  # not watched
     deliver(mail_server, message("z"), mailbox="Lists/Sub")
-    assert _told(a) == [b'* STATUS "Lists/Sub" (MESSAGES 2 UIDNEXT 3 UNSEEN 2)']
+    assert _told(a) == [b'* STATUS "Lists/Sub" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY n UNSEEN 2)']
     deliver(mail_server, message("w"))
-    assert _told(a) == [b'* STATUS "INBOX" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)']
+    assert _told(a) == [b'* STATUS "INBOX" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY n UNSEEN 1)']
     lines = a.cmd("NOTIFY SET (MAILBOXES (Other) (MessageNew MessageExpunge))")
     assert status_of(lines) == b"OK"
     deliver(mail_server, message("v"))  # INBOX no longer watched
     deliver(mail_server, message("u"), mailbox="Other")
-    assert _told(a) == [b'* STATUS "Other" (MESSAGES 2 UIDNEXT 3 UNSEEN 2)']
+    assert _told(a) == [b'* STATUS "Other" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY n UNSEEN 2)']
 
 
 @BOTH
@@ -258,13 +293,14 @@ def test_many_notify_sessions_and_an_ordinary_client(
         assert status_of(raw.cmd("LOGOUT")) == b"OK"
 
 
+@BOTH
 def test_notify_during_idle(mail_server: RunningServer) -> None:
     a = _opened(mail_server, "CREATE Lists", "SELECT INBOX")
     assert status_of(a.cmd("NOTIFY SET (PERSONAL (MessageNew MessageExpunge))")) == b"OK"
     a.send(b"i1 IDLE\r\n")
     assert a.readline() == b"+ idling"
     deliver(mail_server, message("elsewhere"), mailbox="Lists")
-    assert _told(a) == [b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)']
+    assert _told(a) == [b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY n UNSEEN 1)']
     deliver(mail_server, message("here"))  # the selected mailbox still wakes IDLE
     assert _told(a, 2) == [b"* 1 EXISTS", b"* 1 RECENT"]
     a.send(b"DONE\r\n")
@@ -285,9 +321,9 @@ def test_notify_hears_another_node(
     assert status_of(a.cmd(FULL)) == b"OK"
     b = _opened(second)
     b.cmd("CREATE Elsewhere")
-    assert _told(a) == [b'* LIST () "/" "Elsewhere"']
+    assert _told(a) == [b'* LIST (\\HasNoChildren) "/" "Elsewhere"']
     assert status_of(b.cmd(b"APPEND Lists {16+}\r\nSubject: far\r\n\r\n")).startswith(b"OK")
-    assert _told(a) == [b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)']
+    assert _told(a) == [b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY n UNSEEN 1)']
     assert status_of(b.cmd(b"APPEND INBOX {16+}\r\nSubject: far\r\n\r\n")).startswith(b"OK")
     assert _told(a, 3) == [b"* 1 EXISTS", b"* 1 RECENT", b"* 1 FETCH (UID 1 FLAGS (\\Recent))"]
 
@@ -318,6 +354,7 @@ def test_notifications_left_unread_overflow(
     assert _silent(a)
 
 
+@BOTH
 def test_unauthenticate_ends_notify(mail_server: RunningServer) -> None:
     a = _opened(mail_server, "CREATE Lists")
     assert status_of(a.cmd("NOTIFY SET (PERSONAL (MessageNew MessageExpunge))")) == b"OK"
@@ -327,6 +364,7 @@ def test_unauthenticate_ends_notify(mail_server: RunningServer) -> None:
     assert status_of(a.cmd("NOOP")) == b"OK"
 
 
+@BOTH
 def test_imaplib_client_reads_a_notification(mail_server: RunningServer) -> None:
     from tests.imap.helpers import connect
 
@@ -338,16 +376,19 @@ def test_imaplib_client_reads_a_notification(mail_server: RunningServer) -> None
     assert typ == "OK"
     deliver(mail_server, message("to imaplib"))
     client.sock.settimeout(WAIT)
-    assert client.readline() == b'* STATUS "INBOX" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)\r\n'
+    assert _uv(client.readline()) == (
+        b'* STATUS "INBOX" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY n UNSEEN 1)\r\n')
     client.sock.settimeout(30)
     deliver(mail_server, message("not subscribed"), mailbox="Lists")  # nobody told
     assert client.subscribe("Lists")[0] == "OK"  # now SUBSCRIBED matches it
     deliver(mail_server, message("subscribed now"), mailbox="Lists")
     client.sock.settimeout(WAIT)
-    assert client.readline() == b'* STATUS "Lists" (MESSAGES 2 UIDNEXT 3 UNSEEN 2)\r\n'
+    assert _uv(client.readline()) == (
+        b'* STATUS "Lists" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY n UNSEEN 2)\r\n')
     client.logout()
 
 
+@BOTH
 def test_flag_changes_wait_without_flagchange(mail_server: RunningServer) -> None:
     deliver(mail_server, message("a"))
     a = _opened(mail_server, "SELECT INBOX")

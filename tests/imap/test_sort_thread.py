@@ -199,6 +199,7 @@ def append_tree(raw: Raw) -> None:
         append(raw, data, "01-Apr-2024 10:00:00 +0000")
 
 
+@BOTH
 def test_thread_reply_tree_with_missing_parent(mail_server: RunningServer) -> None:
     """A realistic discussion: the original is missing (deleted), replies form a tree, one
     reply lost its References and is joined to the thread by its subject."""
@@ -211,6 +212,7 @@ def test_thread_reply_tree_with_missing_parent(mail_server: RunningServer) -> No
     assert thread(raw, "THREAD ORDEREDSUBJECT UTF-8 ALL") == b"(6 7)(1 (2)(3)(4)(5))"
 
 
+@BOTH
 def test_rows_without_envelope_read_the_message(mail_server: RunningServer) -> None:
     """Messages stored without the envelope columns still sort by their own header."""
     deliver(mail_server, message("Zebra"))

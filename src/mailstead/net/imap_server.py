@@ -39,6 +39,7 @@ from mailstead.proto.imap_session import ImapSession, SessionSettings, State
 from mailstead.proto.lines import is_http_request, is_tls_handshake
 from mailstead.services.accounts import AccountService, AuthFailed
 from mailstead.services.mailbox import MailboxService
+from mailstead.services.urlauth import UrlAuthService
 from mailstead.store.interfaces import Account
 
 MAX_LINE = 64 * 1024
@@ -213,20 +214,25 @@ class _Auth:
             self.slot = None
 
 
+def shared_mailboxes(services: Services) -> MailboxService:
+    """The one MailboxService of this process (wiring builds it; made here if it did not)."""
+    existing = services.extra.get("mailbox")
+    if isinstance(existing, MailboxService):
+        return existing
+    made = MailboxService(services.store, services.blobs, services.changes,
+                          services.cfg.limits.max_message_size)
+    services.extra["mailbox"] = made
+    return made
+
+
 class ImapHandler:
     def __init__(self, services: Services, listener_name: str, lc: ListenerConfig) -> None:
         self.services = services
         self.listener_name = listener_name
         self.lc = lc
         cfg = services.cfg
-        existing = services.extra.get("mailbox")
-        if isinstance(existing, MailboxService):
-            self.mailboxes = existing
-        else:
-            self.mailboxes = MailboxService(
-                services.store, services.blobs, services.changes, cfg.limits.max_message_size
-            )
-            services.extra["mailbox"] = self.mailboxes
+        self.mailboxes = shared_mailboxes(services)
+        self.urlauth = UrlAuthService(services.store, self.mailboxes)  # RFC 4467
         limits = cfg.limits
         self.timeout = float(limits.imap_idle_timeout)
         # Whole command, literals included: a message plus room for the command around it.
@@ -252,6 +258,7 @@ class ImapHandler:
         auth = _Auth(self.services.accounts, conn.session_id, self.services.caps,
                      self.services.cfg.limits.imap_sessions_per_user_ip)
         session = ImapSession(auth, self.mailboxes, io, self._settings(conn))
+        session.urlauth = self.urlauth
         try:
             io.write(session.greeting())
             await io.drain()

@@ -22,6 +22,7 @@ from mailstead.config import ListenerConfig
 from mailstead.core.addresses import Address, parse_address
 from mailstead.core.errors import InvalidInput, QuotaExceeded
 from mailstead.mailsec.inbound import trust_service
+from mailstead.net.imap_server import shared_mailboxes
 from mailstead.net.listener import (
     Connection,
     ConnectionClosed,
@@ -29,6 +30,7 @@ from mailstead.net.listener import (
     ProtocolHandler,
 )
 from mailstead.obs import log_event
+from mailstead.proto.imap_urlauth import fetch_authorized
 from mailstead.proto.lines import (
     DataOutcome,
     DotReader,
@@ -68,6 +70,7 @@ from mailstead.services.sender_lists import (
     sender_lists,
 )
 from mailstead.services.spam import spam_service, strip_spam_fields
+from mailstead.services.urlauth import UrlAuthService
 from mailstead.store.interfaces import Account
 
 T = TypeVar("T")
@@ -325,6 +328,9 @@ class SmtpHandler:
         self.timeout = float(services.cfg.limits.smtp_idle_timeout)
         self.routes: RecentLookups[RouteLike] = RecentLookups(services.store)
         self.domains: RecentLookups[bool] = RecentLookups(services.store)
+        self.urlauth: UrlAuthService | None = None
+        if self.submission:  # BURL (RFC 4468) reads our own IMAP URLs
+            self.urlauth = UrlAuthService(services.store, shared_mailboxes(services))
 
     def busy_reply(self) -> bytes:
         host = self.services.cfg.hostname
@@ -346,7 +352,17 @@ class SmtpHandler:
         )
         backend = SessionBackend(self.services, delivery_service(self.services), conn,
                                  self.routes, self.domains)
-        return SmtpSession(policy, backend, tls_active=conn.is_tls)
+        session = SmtpSession(policy, backend, tls_active=conn.is_tls)
+        if self.urlauth is not None:
+            session.url_fetcher = self._fetch_url
+        return session
+
+    async def _fetch_url(self, url: str, address: str) -> bytes | None:
+        """BURL's data: a URLAUTH URL of this server, read as the submission server acting
+        for ``address`` (RFC 4467 "submit+", RFC 4468 3.2)."""
+        assert self.urlauth is not None
+        return await fetch_authorized(self.urlauth, self.services.cfg.hostname, url,
+                                      submitter=address)
 
     async def handle(self, conn: Connection) -> None:
         session = self._session(conn)

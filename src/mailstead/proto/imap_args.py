@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from mailstead.proto.imap_notify import NotifyArgs
+from mailstead.proto.imap_urlauth import GenUrlAuthArgs, ResetKeyArgs, UrlFetchArgs
 
 # ---------------------------------------------------------------------------------------------
 # Values
@@ -332,7 +333,7 @@ CommandArgs = (
     NoArgs | LoginArgs | AuthenticateArgs | EnableArgs | SelectArgs | MailboxArgs | CreateArgs
     | RenameArgs | ListArgs | StatusArgs | AppendArgs | SearchArgs | FetchArgs | StoreArgs
     | CopyArgs | UidExpungeArgs | IdArgs | QuotaRootArgs | CompressArgs | SortArgs
-    | ThreadArgs | CancelUpdateArgs | NotifyArgs
+    | ThreadArgs | CancelUpdateArgs | NotifyArgs | GenUrlAuthArgs | UrlFetchArgs | ResetKeyArgs
 )
 
 

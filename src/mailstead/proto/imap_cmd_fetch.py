@@ -18,6 +18,7 @@ from mailstead.proto import imap_format as fmt
 from mailstead.proto import imap_sexpr, mime, mime_imap, mime_preview
 from mailstead.proto.imap_args import Command, FetchArgs, FetchItem, QresyncParams
 from mailstead.proto.imap_format import CommandError, Reply
+from mailstead.proto.imap_uidonly import fetch_head
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_backend import SelectedView
@@ -62,7 +63,9 @@ async def cmd_fetch(s: ImapSession, cmd: Command) -> Reply:
         s.enable_condstore()  # RFC 7162 3.1
     if args.vanished and not (cmd.uid and s.qresync):
         return Reply("BAD", "VANISHED needs UID FETCH and QRESYNC enabled")  # RFC 7162 3.2.6
-    if cmd.uid and "UID" not in names:  # RFC 9051 6.4.9: UID FETCH always returns the UID
+    if cmd.uid and "UID" not in names and not s.uidonly:
+        # RFC 9051 6.4.9: UID FETCH always returns the UID (under UIDONLY it leads the
+        # UIDFETCH line, RFC 9586 3.3).
         items.insert(0, FetchItem("UID"))
     if args.changedsince is not None and "MODSEQ" not in names:
         items.append(FetchItem("MODSEQ"))
@@ -100,7 +103,7 @@ async def _fetch_flags(
     seqs = view.seqs_of([st.uid for st in states])
     if any(item.name == "FLAGS" for item in items):
         s.announce_keywords([st.keywords for st in states])
-    render = _flags_renderer(tuple(item.name for item in items), not s.rev2, view)
+    render = _flags_renderer(tuple(item.name for item in items), not s.rev2, view, s.uidonly)
     for start in range(0, len(states), LINES_PER_WRITE):
         end = start + LINES_PER_WRITE
         s.io.write(render(seqs[start:end], states[start:end]))
@@ -114,15 +117,21 @@ async def _fetch_flags(
 Renderer = Callable[[Sequence[int | None], Sequence[FlagState]], bytes]
 
 
-def _flags_renderer(order: tuple[str, ...], rev1: bool, view: SelectedView) -> Renderer:
+def _flags_renderer(
+    order: tuple[str, ...], rev1: bool, view: SelectedView, uidonly: bool
+) -> Renderer:
     """Formats ``* n FETCH (...)`` lines of UID / FLAGS / MODSEQ items for a slice of
     messages. The usual orders are spelled out as comprehensions: this runs once per message
-    of FETCH 1:* on huge mailboxes (a None sequence number is a message not in the view)."""
+    of FETCH 1:* on huge mailboxes (a None sequence number is a message not in the view).
+    Under UIDONLY the lines are ``* uid UIDFETCH (...)`` (RFC 9586 3.3)."""
     recent = view.recent_checker() if rev1 else (lambda uid: False)
     flags = fmt.flag_list
 
     def render(seqs: Sequence[int | None], states: Sequence[FlagState]) -> bytes:
         pairs = zip(seqs, states, strict=True)
+        if uidonly:
+            return b"".join([_general(order, None, st, recent) for q, st in pairs
+                             if q is not None])
         if order == ("UID", "FLAGS"):
             return b"".join([
                 b"* %d FETCH (UID %d FLAGS %s)\r\n"
@@ -140,8 +149,9 @@ def _flags_renderer(order: tuple[str, ...], rev1: bool, view: SelectedView) -> R
 
 
 def _general(
-    order: tuple[str, ...], seq: int, st: FlagState, recent: Callable[[int], bool]
+    order: tuple[str, ...], seq: int | None, st: FlagState, recent: Callable[[int], bool]
 ) -> bytes:
+    """One FETCH line; ``seq`` None makes it a UIDFETCH line (UIDONLY, RFC 9586 3.3)."""
     parts = []
     for name in order:
         if name == "UID":
@@ -150,7 +160,8 @@ def _general(
             parts.append(b"FLAGS " + fmt.flag_list(st.flags, st.keywords, recent(st.uid)))
         else:
             parts.append(b"MODSEQ (%d)" % st.modseq)
-    return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+    head = fetch_head(seq is None, seq or 0, st.uid)
+    return head + b" ".join(parts) + b")\r\n"
 
 
 async def _fetch_messages(
@@ -280,7 +291,7 @@ async def _render(
         parts.append(b"FLAGS " + fmt.flag_list(flags, keywords, recent))
         if s.condstore and not any(item.name == "MODSEQ" for item in items):
             parts.append(b"MODSEQ (%d)" % modseq)
-    return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+    return fetch_head(s.uidonly, seq, meta.uid) + b" ".join(parts) + b")\r\n"
 
 
 def _partial(content: bytes, item: FetchItem) -> tuple[bytes, bytes]:

@@ -5,13 +5,12 @@ MULTIAPPEND, APPENDLIMIT) and QUOTA (RFC 9208). Pure code.
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
 from mailstead.core.errors import InvalidInput, NotFound
 from mailstead.core.models import SPECIAL_USES, Mailbox, MailboxStatus
 from mailstead.proto import imap_format as fmt
-from mailstead.proto import imap_url, mime, mime_encoding, mime_imap, mutf7
+from mailstead.proto import imap_url, imap_urlauth, mime, mime_encoding, mutf7
 from mailstead.proto.imap_args import (
     AppendArgs,
     CatenatePart,
@@ -353,6 +352,13 @@ async def _catenate(s: ImapSession, account_id: int, parts: tuple[CatenatePart, 
 
 async def _url_data(s: ImapSession, account_id: int, url: str) -> bytes:
     bad = CommandError("NO", "The URL names no message of yours", f"BADURL {fmt.quoted(url)}")
+    if s.urlauth is not None and imap_urlauth.is_authorized(url):
+        # RFC 4469 5 with RFC 4467: a URLAUTH URL may name another user's message.
+        data = await imap_urlauth.fetch_authorized(
+            s.urlauth, s.settings.hostname, url, user=s.require_account().address)
+        if data is None:
+            raise bad
+        return data
     try:
         ref = imap_url.parse_message_url(url)
     except imap_url.BadUrl:
@@ -360,30 +366,18 @@ async def _url_data(s: ImapSession, account_id: int, url: str) -> bytes:
     account = s.require_account()
     if ref.user is not None and ref.user.lower() != account.address.lower():
         raise bad
-    names = [ref.mailbox]  # RFC 5092 3: UTF-8; some clients put the modified UTF-7 form
-    with contextlib.suppress(mutf7.MUTF7Error):
-        names.append(mutf7.decode(ref.mailbox))
-    box = None
-    for name in names:
-        with contextlib.suppress(InvalidInput):
-            box = box or await s.mailboxes.find(account_id, name)
+
+    async def find(name: str) -> Mailbox | None:
+        return await s.mailboxes.find(account_id, name)
+
+    box = await imap_url.find_mailbox(find, ref.mailbox)
     if box is None or ref.uidvalidity not in (None, box.uidvalidity):
         raise bad
     data = await s.mailboxes.message_bytes(box, ref.uid)
-    if data is None:
+    content = None if data is None else imap_url.named_part(data, ref)
+    if content is None:
         raise bad
-    if ref.section:
-        try:
-            content = mime_imap.section(data, mime.parse(data), ref.section)
-        except mime.SectionSpecError:
-            raise bad from None
-        if content is None:
-            raise bad
-        data = content
-    if ref.partial is not None:
-        origin, length = ref.partial
-        data = data[origin:] if length is None else data[origin : origin + length]
-    return data
+    return content
 
 
 # ---------------------------------------------------------------------------------------------

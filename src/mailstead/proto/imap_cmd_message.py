@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from mailstead.proto import imap_format as fmt
 from mailstead.proto.imap_args import Command, CopyArgs, StoreArgs, UidExpungeArgs
 from mailstead.proto.imap_format import CommandError, Reply
+from mailstead.proto.imap_uidonly import fetch_head
 
 if TYPE_CHECKING:
     from mailstead.proto.imap_backend import SelectedView
@@ -64,8 +65,10 @@ async def cmd_store(s: ImapSession, cmd: Command) -> Reply:
         for st in result.changed:
             seq = view.seq_of(st.uid)
             if seq is not None:
-                uid_part = b"UID %d " % st.uid if cmd.uid or s.qresync else b""
-                lines.append(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, uid_part, st.modseq))
+                with_uid = (cmd.uid or s.qresync) and not s.uidonly
+                uid_part = b"UID %d " % st.uid if with_uid else b""
+                head = fetch_head(s.uidonly, seq, st.uid)  # RFC 9586 3.3: UIDFETCH
+                lines.append(head + b"%sMODSEQ (%d))\r\n" % (uid_part, st.modseq))
         s.io.write(b"".join(lines))
     if failed:
         numbers = sorted(

@@ -389,7 +389,9 @@ async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
     args = cmd.args
     assert isinstance(args, SortArgs)
     s.require_view()
-    refused = _charset_ok(args.charset)
+    from mailstead.proto.imap_context import tag_in_use
+
+    refused = _charset_ok(args.charset) or tag_in_use(s, cmd, args.return_options)
     if refused is not None:
         return refused
     with_modseq = uses_modseq(args.key)

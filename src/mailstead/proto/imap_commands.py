@@ -13,6 +13,7 @@ from mailstead.proto import (
     imap_context,
     imap_notify,
     imap_search,
+    imap_urlauth,
 )
 from mailstead.proto.imap_args import Command
 from mailstead.proto.imap_format import Reply
@@ -54,6 +55,9 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "GETQUOTAROOT": (AUTH, imap_cmd_mailbox.cmd_getquotaroot),
     "SETQUOTA": (AUTH, imap_cmd_mailbox.cmd_setquota),
     "NOTIFY": (AUTH, imap_notify.cmd_notify),
+    "GENURLAUTH": (AUTH, imap_urlauth.cmd_genurlauth),
+    "URLFETCH": (AUTH, imap_urlauth.cmd_urlfetch),
+    "RESETKEY": (AUTH, imap_urlauth.cmd_resetkey),
     "CHECK": (SELECTED, S.cmd_noop),
     "CLOSE": (SELECTED, S.cmd_close),
     "UNSELECT": (SELECTED, S.cmd_unselect),

@@ -330,6 +330,18 @@ async def _sort_entries(s: ImapSession, view: SelectedView,
 # Starting and ending contexts
 
 
+def tag_in_use(s: ImapSession, cmd: Command, options: tuple[str, ...] | None) -> Reply | None:
+    """RFC 5267 4.3: UPDATE with a tag that a kept context already uses SHALL be rejected
+    with BAD (the updates are told by tag, so two contexts must not share one). Checked
+    before the search runs."""
+    if options is None or "UPDATE" not in options:
+        return None
+    contexts = s.contexts
+    if contexts is not None and cmd.tag in contexts.active:
+        return Reply("BAD", "Tag reuse: an update context already has this tag")
+    return None
+
+
 def start(s: ImapSession, cmd: Command, key: SearchKey, saved: frozenset[int],
           criteria: tuple[tuple[str, bool], ...] | None, order: list[Any],
           uids: list[int], seen_uid: int) -> None:
@@ -348,11 +360,11 @@ def start(s: ImapSession, cmd: Command, key: SearchKey, saved: frozenset[int],
     contexts.seen_uid = min(contexts.seen_uid, seen_uid)
     ctx = UpdateContext(cmd.tag, cmd.uid, key, saved, criteria, order,
                         dict(zip(uids, order, strict=True)))
-    contexts.active[cmd.tag] = ctx  # a tag used again replaces its old context
+    contexts.active[cmd.tag] = ctx  # a new tag: tag_in_use refused a kept one
 
 
 async def cmd_cancelupdate(s: ImapSession, cmd: Command) -> Reply:
-    """RFC 5267 4.5: ends the named contexts; no more updates for them."""
+    """RFC 5267 4.3.5: ends the named contexts; no more updates for them."""
     args = cmd.args
     assert isinstance(args, CancelUpdateArgs)
     contexts = s.contexts

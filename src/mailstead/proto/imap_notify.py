@@ -215,6 +215,9 @@ async def cmd_notify(s: ImapSession, cmd: Command) -> Reply:
     if problem is not None:
         return problem
     s.end_notify()
+    # RFC 5465 3.1: a successful NOTIFY SET MUST return the selected mailbox's accumulated
+    # changes at once (an implicit NOOP): the store is asked even if no change was announced.
+    s.force_refresh = True
     watch = s.mailboxes.watch_account(account.id)
     try:
         notifier = Notifier(s, args.groups, watch)  # may refuse a name (bad mUTF-7)
@@ -361,14 +364,19 @@ class Notifier:
             await fetch_for_notify(s, uids, list(group.fetch))
 
     async def _status(self, box: Mailbox, force: bool = False, quiet: bool = False) -> None:
-        """``* STATUS`` of a mailbox other than the selected one (RFC 5465 5.2-5.4): MESSAGES
+        """``* STATUS`` of a mailbox other than the selected one (RFC 5465 5.1-5.3): MESSAGES
         and UIDNEXT for MessageNew/MessageExpunge, UNSEEN (and HIGHESTMODSEQ with CONDSTORE)
-        for FlagChange; sent only when something asked for moved since the last one."""
+        for FlagChange; sent only when something asked for moved since the last one.
+        UIDVALIDITY is always there: RFC 5465 3.1 has the STATUS sent for NOTIFY SET STATUS
+        carry MESSAGES, UIDNEXT and UIDVALIDITY (and UIDVALIDITY with HIGHESTMODSEQ for
+        FlagChange under CONDSTORE, as 5.1 asks of a flag change elsewhere too), and 5.1 wants
+        a changed UIDVALIDITY told."""
         s = self.s
         events = self._events(box)
         st = await s.mailboxes.status(box)
-        items = [("MESSAGES", st.messages), ("UIDNEXT", st.uidnext), ("UNSEEN", st.unseen)]
-        if s.condstore:
+        items = [("MESSAGES", st.messages), ("UIDNEXT", st.uidnext),
+                 ("UIDVALIDITY", st.uidvalidity), ("UNSEEN", st.unseen)]
+        if s.condstore:  # RFC 5465 5.2, 5.3: HIGHESTMODSEQ MUST be there with CONDSTORE
             items.append(("HIGHESTMODSEQ", st.highestmodseq))
         values = tuple(v for _n, v in items)
         last = self.told.get(box.id)
@@ -376,9 +384,9 @@ class Notifier:
         if quiet and last is None:
             return
         if not force and last is not None:
-            compared = 3 if "FLAGCHANGE" in events else 2  # UNSEEN moves with flags
+            compared = 4 if "FLAGCHANGE" in events else 3  # UNSEEN moves with flags
             if "FLAGCHANGE" in events and s.condstore:
-                compared = 4
+                compared = 5
             if last[:compared] == values[:compared]:
                 return
         pairs = " ".join(f"{n} {v}" for n, v in items)
@@ -397,17 +405,17 @@ class Notifier:
             was = old_boxes.get(mailbox_id)
             if was is None:
                 if "MAILBOXNAME" in self._events(box):
-                    out(self._list_line(box.name, []))
+                    out(self._list_line(box.name))
             elif was.name != box.name:
                 renamed.update((was.name, box.name))
                 renamed_ids.add(mailbox_id)
                 if "MAILBOXNAME" in self._events(box) or "MAILBOXNAME" in self._events(was):
                     # RFC 5465 5.4 with RFC 5258 3.5's OLDNAME extended data item.
-                    out(self._list_line(box.name, [], b' ("OLDNAME" ('
+                    out(self._list_line(box.name, b' ("OLDNAME" ('
                                         + s.mailbox_out(was.name) + b"))"))
         for mailbox_id, was in old_boxes.items():
             if mailbox_id not in self.boxes and "MAILBOXNAME" in self._events(was):
-                out(self._list_line(was.name, ["\\NonExistent"]))
+                out(self._list_line(was.name))
         by_name = {b.name: b for b in self.boxes.values()}
         for name in sorted(self.subscribed ^ old_subs):
             if name in renamed:
@@ -417,15 +425,26 @@ class Notifier:
             )
             if named is None or "SUBSCRIPTIONCHANGE" not in self._events(named):
                 continue
-            out(self._list_line(name, ["\\Subscribed"] if name in self.subscribed else []))
+            out(self._list_line(name))
         for mailbox_id in old_boxes.keys() - self.boxes.keys():
             self.told.pop(mailbox_id, None)
         self._rewatch()
         return renamed_ids
 
-    def _list_line(self, name: str, attrs: list[str], extra: bytes = b"") -> bytes:
-        if name in self.subscribed and "\\Subscribed" not in attrs:
-            attrs = [*attrs, "\\Subscribed"]
+    def _list_line(self, name: str, extra: bytes = b"") -> bytes:
+        """``* LIST`` of a name as it stands now. RFC 5465 5.4: \\NonExistent for a name that
+        is no mailbox (any more); 5.4 (SHOULD) \\HasChildren / \\HasNoChildren, 5.5: the
+        attributes computed as LIST would, \\Subscribed if and only if the name is."""
+        box = next((b for b in self.boxes.values() if b.name == name), None)
+        if box is None:
+            attrs = ["\\NonExistent"]
+        else:
+            below = name + "/"
+            children = any(b.name.startswith(below) for b in self.boxes.values())
+            attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
+            if box.special_use:
+                attrs.append(box.special_use)
+        if name in self.subscribed:
+            attrs.append("\\Subscribed")
         return (f"* LIST ({' '.join(attrs)}) \"/\" ".encode() + self.s.mailbox_out(name)
                 + extra + b"\r\n")
-

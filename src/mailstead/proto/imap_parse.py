@@ -67,6 +67,7 @@ from mailstead.proto.imap_reader import (
     ParseError,
     _Reader,
 )
+from mailstead.proto.imap_urlauth import parse_genurlauth, parse_resetkey, parse_urlfetch
 
 # ---------------------------------------------------------------------------------------------
 # Commands
@@ -798,5 +799,6 @@ _COMMANDS = {
     "SORT": _sort, "UID SORT": _sort, "THREAD": _thread, "UID THREAD": _thread,
     "CANCELUPDATE": _cancelupdate,
     "NOTIFY": parse_notify,
+    "GENURLAUTH": parse_genurlauth, "URLFETCH": parse_urlfetch, "RESETKEY": parse_resetkey,
 }
 fetch_att = _fetch_att  # for MessageNew's attributes in NOTIFY (imap_notify)

@@ -71,16 +71,21 @@ def need(key: SearchKey) -> Need:
     return Need.FLAGS
 
 
-def uses_modseq(key: SearchKey) -> bool:
-    if isinstance(key, SkModseq):
+def any_key(key: SearchKey, test: Callable[[SearchKey], bool]) -> bool:
+    """True when ``test`` holds for a key anywhere in the tree (AND, OR, NOT looked into)."""
+    if test(key):
         return True
     if isinstance(key, SkAnd):
-        return any(uses_modseq(k) for k in key.keys)
+        return any(any_key(k, test) for k in key.keys)
     if isinstance(key, SkOr):
-        return uses_modseq(key.left) or uses_modseq(key.right)
+        return any_key(key.left, test) or any_key(key.right, test)
     if isinstance(key, SkNot):
-        return uses_modseq(key.key)
+        return any_key(key.key, test)
     return False
+
+
+def uses_modseq(key: SearchKey) -> bool:
+    return any_key(key, lambda k: isinstance(k, SkModseq))
 
 
 @dataclass(slots=True)
@@ -399,6 +404,11 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     args = cmd.args
     assert isinstance(args, SearchArgs)
     view = s.require_view()
+    from mailstead.proto.imap_context import tag_in_use
+
+    refused = tag_in_use(s, cmd, args.return_options)
+    if refused is not None:
+        return refused
     with_modseq = uses_modseq(args.key)
     if with_modseq:
         s.enable_condstore()

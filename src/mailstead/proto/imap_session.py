@@ -33,7 +33,7 @@ from mailstead.core.errors import (
 from mailstead.core.models import Account
 from mailstead.obs import log_event
 from mailstead.proto import imap_format as fmt
-from mailstead.proto import mutf7
+from mailstead.proto import imap_uidonly, mutf7
 from mailstead.proto.imap_args import (
     AuthenticateArgs,
     Command,
@@ -61,6 +61,7 @@ from mailstead.proto.imap_reader import ParseError
 if TYPE_CHECKING:
     from mailstead.proto.imap_context import Contexts
     from mailstead.proto.imap_notify import Notifier
+    from mailstead.proto.imap_urlauth import UrlAuthBackend
 
 SERVER_NAME = "mailstead"
 SERVER_VERSION = "0.1.0"
@@ -133,7 +134,7 @@ _HANDLERS: dict[str, tuple[frozenset[State], _Handler]] | None = None  # imap_co
 
 # RFC 9051 7.5.1: no EXPUNGE while answering these (sequence numbers must not shift).
 _NO_EXPUNGE = frozenset({"FETCH", "STORE", "SEARCH", "COPY"})
-ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "IMAP4REV2"})
+ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "IMAP4REV2", "UIDONLY"})
 
 
 class ImapSession:
@@ -162,6 +163,7 @@ class ImapSession:
         self.work: WorkBudget | None = None  # the running command's budget
         self.contexts: Contexts | None = None  # SEARCH/SORT RETURN (UPDATE), imap_context.py
         self.notify: Notifier | None = None  # NOTIFY (RFC 5465) is on
+        self.urlauth: UrlAuthBackend | None = None  # URLAUTH (RFC 4467), set by the server
 
     # -- modes --
 
@@ -172,6 +174,11 @@ class ImapSession:
     @property
     def qresync(self) -> bool:
         return "QRESYNC" in self.enabled
+
+    @property
+    def uidonly(self) -> bool:
+        """UIDONLY (RFC 9586) is enabled: messages are named by UID alone (imap_uidonly.py)."""
+        return "UIDONLY" in self.enabled
 
     @property
     def utf8(self) -> bool:
@@ -211,8 +218,10 @@ class ImapSession:
             f"APPENDLIMIT={self.settings.max_message_size}", "MULTIAPPEND", "BINARY", "CATENATE",
             "COMPRESS=DEFLATE", "STATUS=SIZE", "SORT", "SORT=DISPLAY", "ESORT",
             "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "UNAUTHENTICATE", "PREVIEW",
-            "NOTIFY", "CONTEXT=SEARCH", "CONTEXT=SORT",
+            "NOTIFY", "CONTEXT=SEARCH", "CONTEXT=SORT", "UIDONLY",
         ]
+        if self.urlauth is not None:
+            caps.append("URLAUTH")
         return " ".join(caps)
 
     def greeting(self) -> bytes:
@@ -278,6 +287,10 @@ class ImapSession:
         states, handler = _HANDLERS[cmd.name]
         if self.state not in states:
             return Reply("BAD", f"{cmd.name} is not allowed in the {self.state.value} state")
+        if self.uidonly:
+            refused = imap_uidonly.refusal(cmd)
+            if refused is not None:
+                return refused
         try:
             return await handler(self, cmd)
         except CommandError as exc:
@@ -331,7 +344,8 @@ class ImapSession:
         if contexts is not None:
             out(contexts.expunged(view, updates.expunged))
         if updates.expunged:
-            if self.qresync:  # RFC 7162 3.2.10: VANISHED replaces EXPUNGE
+            # RFC 7162 3.2.10 and RFC 9586 3.4: VANISHED replaces EXPUNGE
+            if self.qresync or self.uidonly:
                 uids = sorted(uid for _seq, uid in updates.expunged)
                 out(fmt.untagged(f"VANISHED {fmt.sequence_set(uids)}"))
             else:
@@ -379,11 +393,12 @@ class ImapSession:
         """``* seq FETCH (UID n FLAGS (...) MODSEQ (m))`` for changes and STORE replies."""
         assert self.view is not None
         recent = not self.rev2 and self.view.is_recent(uid)
-        parts = [b"UID %d" % uid] if with_uid else []
+        uidonly = self.uidonly  # RFC 9586 3.3: the UID leads the UIDFETCH line instead
+        parts = [b"UID %d" % uid] if with_uid and not uidonly else []
         parts.append(b"FLAGS " + fmt.flag_list(flags, keywords, recent))
         if self.condstore:
             parts.append(b"MODSEQ (%d)" % modseq)
-        return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+        return imap_uidonly.fetch_head(uidonly, seq, uid) + b" ".join(parts) + b")\r\n"
 
     # -- helpers for command handlers --
 
@@ -603,11 +618,14 @@ class ImapSession:
         out(b"* %d EXISTS\r\n" % view.exists)
         if not self.rev2:
             out(b"* %d RECENT\r\n" % view.recent_count())
-            if view.first_unseen:
+            if view.first_unseen and not self.uidonly:  # RFC 9586 3: no sequence numbers
                 out(fmt.untagged(f"OK [UNSEEN {view.first_unseen}] First unseen"))
         out(fmt.untagged(f"OK [UIDVALIDITY {view.mailbox.uidvalidity}] UIDs valid"))
         out(fmt.untagged(f"OK [UIDNEXT {view.uidnext}] Predicted next UID"))
         out(fmt.untagged(f"OK [HIGHESTMODSEQ {view.modseq}] Highest"))
+        if self.urlauth is not None and self.io.is_tls:
+            # RFC 4467 8: URLMECH in SELECT/EXAMINE, only where the session is not snooped.
+            out(fmt.untagged("OK [URLMECH INTERNAL] URLAUTH mechanisms"))
         if self.rev2:  # RFC 9051 6.3.2: the mailbox's LIST response
             out(b'* LIST () "/" ' + self.mailbox_out(view.mailbox.name) + b"\r\n")
         self.view = view

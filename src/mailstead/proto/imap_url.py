@@ -1,16 +1,23 @@
 """IMAP URLs (RFC 5092) naming a message or a part of one, as CATENATE (RFC 4469) takes them.
-Pure code: parsing only; the APPEND command resolves them against the user's own mailboxes.
+Pure code: parsing, and finding what a URL names through the caller's mailbox lookups.
 
 Accepted: ``imap://[user[;AUTH=...]@]host[:port]/mailbox[;UIDVALIDITY=n]/;UID=n
 [/;SECTION=s][/;PARTIAL=o[.l]]`` and the same without the ``imap://...`` part (an absolute
-path, RFC 5092 7). URLAUTH-authorised URLs (RFC 4467) are not: they are refused as BADURL.
+path, RFC 5092 7). URLAUTH-authorised URLs (RFC 4467) are read by imap_urlauth.py, which
+takes their message part from here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import unquote
+
+from mailstead.core.errors import InvalidInput
+from mailstead.proto import mime, mime_imap, mutf7
 
 _SERVER = re.compile(r"imap://(?:(?P<user>[^@/]*)@)?[^/]*", re.IGNORECASE)
 _MESSAGE = re.compile(
@@ -69,3 +76,37 @@ def parse_message_url(url: str) -> MessageUrl:
         section=unquote(m.group("section") or ""),
         partial=None if origin is None else (int(origin), int(length) if length else None),
     )
+
+
+Box = TypeVar("Box")
+
+
+async def find_mailbox(find: Callable[[str], Awaitable[Box | None]], name: str) -> Box | None:
+    """The mailbox a URL names: RFC 5092 3 says UTF-8, but some clients put the modified
+    UTF-7 form; ``find`` looks a name up (None when there is no such mailbox)."""
+    names = [name]
+    with contextlib.suppress(mutf7.MUTF7Error):
+        names.append(mutf7.decode(name))
+    for candidate in names:
+        with contextlib.suppress(InvalidInput):  # not a valid name: not this one
+            box = await find(candidate)
+            if box is not None:
+                return box
+    return None
+
+
+def named_part(data: bytes, ref: MessageUrl) -> bytes | None:
+    """What the URL names of the message ``data``: what ``FETCH BODY.PEEK[section]<partial>``
+    would give, None when the section does not exist."""
+    if ref.section:
+        try:
+            content = mime_imap.section(data, mime.parse(data), ref.section)
+        except mime.SectionSpecError:
+            return None
+        if content is None:
+            return None
+        data = content
+    if ref.partial is not None:
+        origin, length = ref.partial
+        data = data[origin:] if length is None else data[origin : origin + length]
+    return data

@@ -18,7 +18,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from mailstead.core.addresses import Address, parse_address
 from mailstead.core.errors import InvalidInput, QuotaExceeded
@@ -40,6 +40,9 @@ from mailstead.proto.lines import (
     normalize_line_ends,
     strip_eol,
 )
+
+if TYPE_CHECKING:
+    from mailstead.proto.smtp_burl import UrlFetcher
 
 # Extensions lengthen the 512-octet command line (RFC 5321 4.5.3.1.4): SIZE adds 26 (RFC 1870),
 # DSN 100 to MAIL and 500 to RCPT (RFC 3461 4), AUTH= 500 to MAIL (RFC 4954 5), and the AUTH
@@ -245,6 +248,7 @@ class SmtpSession:
         self._chunking = False  # a BDAT was accepted in this transaction
         self._chunk_parts: list[bytes] = []
         self._chunk_size = 0
+        self.url_fetcher: UrlFetcher | None = None  # BURL (RFC 4468, smtp_burl.py), if offered
 
     # -- replies the driver asks for ----------------------------------------------------------
 
@@ -356,6 +360,10 @@ class SmtpSession:
             ext.append("AUTH PLAIN LOGIN")
         if self.tls_active:
             ext.append("REQUIRETLS")  # RFC 8689 4.1: only over TLS
+        if self.policy.submission and self.url_fetcher is not None:
+            from mailstead.proto.smtp_burl import ehlo_keyword
+
+            ext.append(ehlo_keyword(self.policy.hostname))
         ext.append("HELP")
         return ext
 
@@ -673,9 +681,20 @@ class SmtpSession:
                 return reply(552, "5.3.4", "Message size exceeds fixed maximum message size; "
                              "closing connection", Action.CLOSE)
             return _discard_chunk(too_big, size)
-        self._chunk = _Chunk(last=len(parts) == 2)
-        self._chunking = True
+        self.start_chunk(last=len(parts) == 2)
         return Reply(0, (), Action.READ_CHUNK, size)
+
+    def start_chunk(self, last: bool) -> None:
+        """A chunk of the message begins (BDAT, or BURL's data)."""
+        self._chunk = _Chunk(last=last)
+        self._chunking = True
+
+    async def _burl(self, arg: str) -> Reply:
+        if self.url_fetcher is None or not self.policy.submission:
+            return reply(500, "5.5.1", "Command not recognized")
+        from mailstead.proto.smtp_burl import burl
+
+        return await burl(self, self.url_fetcher, arg)
 
     def on_chunk(self, piece: bytes) -> None:
         """Octets of the current BDAT chunk (any number of pieces)."""
@@ -806,6 +825,7 @@ class SmtpSession:
 _HANDLERS: dict[str, Callable[[SmtpSession, str], Awaitable[Reply]]] = {
     "EHLO": SmtpSession._ehlo, "HELO": SmtpSession._helo, "MAIL": SmtpSession._mail,
     "RCPT": SmtpSession._rcpt, "DATA": SmtpSession._data, "BDAT": SmtpSession._bdat,
+    "BURL": SmtpSession._burl,
     "RSET": SmtpSession._rset, "NOOP": SmtpSession._noop, "QUIT": SmtpSession._quit,
     "VRFY": SmtpSession._vrfy, "EXPN": SmtpSession._expn, "HELP": SmtpSession._help,
     "STARTTLS": SmtpSession._starttls, "AUTH": SmtpSession._auth,

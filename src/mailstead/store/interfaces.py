@@ -167,6 +167,13 @@ class MetadataStore(Protocol):
     async def list_subscriptions(self, account_id: int) -> list[str]:
         """Every subscribed name, including those whose mailbox no longer exists."""
 
+    async def mailbox_access_key(self, mailbox_id: int, new_key: str | None = None) -> str | None:
+        """The mailbox's URLAUTH access key (hex, RFC 4467 2.2), None when it has none; with
+        ``new_key`` that key is stored first if the mailbox has none yet."""
+
+    async def reset_access_keys(self, account_id: int, mailbox_id: int | None) -> None:
+        """RESETKEY: forgets the access key of one mailbox, or of all the account's."""
+
     async def lock_maildrop(self, mailbox_id: int, owner: str, lease_seconds: float) -> bool:
         """Takes or renews the POP3 lock of a mailbox for ``lease_seconds``: True when
         ``owner`` holds it now, False when another owner's lease has not run out. Every node

@@ -86,8 +86,10 @@ from mailstead.store.sql_mailboxes import (
     list_mailboxes,
     list_subscriptions,
     lock_maildrop,
+    mailbox_access_key,
     mailbox_status,
     rename_mailbox,
+    reset_access_keys,
     set_subscribed,
     spam_token_counts,
     spam_totals,
@@ -296,6 +298,14 @@ class SqlStore(ABC):
 
     async def list_subscriptions(self, account_id: int) -> list[str]:
         return await self._read(list_subscriptions, account_id)
+
+    async def mailbox_access_key(self, mailbox_id: int, new_key: str | None = None) -> str | None:
+        if new_key is None:
+            return await self._read(mailbox_access_key, mailbox_id, None)
+        return await self._write(mailbox_access_key, mailbox_id, new_key)
+
+    async def reset_access_keys(self, account_id: int, mailbox_id: int | None) -> None:
+        await self._write(reset_access_keys, account_id, mailbox_id)
 
     async def lock_maildrop(self, mailbox_id: int, owner: str, lease_seconds: float) -> bool:
         return await self._write(lock_maildrop, mailbox_id, owner, lease_seconds)

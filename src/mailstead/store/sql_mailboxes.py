@@ -300,3 +300,26 @@ def _next_modseq(db: Db, mailbox_id: int) -> int:
             (mailbox_id,),
         )
     )
+
+
+def mailbox_access_key(db: Db, mailbox_id: int, new_key: str | None) -> str | None:
+    """The mailbox's URLAUTH access key (RFC 4467 2.2, hex); with ``new_key`` one is stored
+    first when there is none (two sessions asking at once get the same key)."""
+    if new_key is not None:
+        db.run(
+            "INSERT INTO mailbox_access_keys (mailbox_id, account_id, access_key) "
+            "SELECT id, account_id, ? FROM mailboxes WHERE id = ? ON CONFLICT DO NOTHING",
+            (new_key, mailbox_id),
+        )
+    value = db.value("SELECT access_key FROM mailbox_access_keys WHERE mailbox_id = ?",
+                     (mailbox_id,))
+    return None if value is None else str(value)
+
+
+def reset_access_keys(db: Db, account_id: int, mailbox_id: int | None) -> None:
+    """RESETKEY (RFC 4467 7): forgets the keys of one mailbox or of all the account's."""
+    if mailbox_id is None:
+        db.run("DELETE FROM mailbox_access_keys WHERE account_id = ?", (account_id,))
+    else:
+        db.run("DELETE FROM mailbox_access_keys WHERE account_id = ? AND mailbox_id = ?",
+               (account_id, mailbox_id))
