@@ -393,7 +393,8 @@ class MailboxView:
     async def messages(self, uids: Sequence[int]) -> list[MessageMeta]:
         if not uids:
             return []
-        if len(uids) > META_CACHED_FETCH:
+        # A small mailbox is kept whole (SEARCH SUBJECT reads every row, again and again).
+        if len(uids) > META_CACHED_FETCH and len(self.uids) > META_CACHE // 2:
             if len(uids) == len(self.uids):
                 return await self.store.get_messages(self.mailbox.id)
             return await self.store.get_messages(self.mailbox.id, uids)
@@ -421,6 +422,7 @@ class MailboxView:
             st = shared.states[i]
             if st.modseq > row.modseq:  # else the row read is as new or newer
                 row = replace(row, modseq=st.modseq, flags=st.flags, keywords=st.keywords)
+                cached[uid] = row  # brought up to date once, not at every FETCH
             out.append(row)
         return out
 
