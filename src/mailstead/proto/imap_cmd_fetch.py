@@ -114,6 +114,10 @@ async def _fetch_flags(
 Renderer = Callable[[Sequence[int | None], Sequence[FlagState]], bytes]
 
 
+def _never(uid: int) -> bool:
+    return False
+
+
 def _flags_renderer(order: tuple[str, ...], rev1: bool, view: SelectedView) -> Renderer:
     """Formats ``* n FETCH (...)`` lines of UID / FLAGS / MODSEQ items for a slice of
     messages. The usual orders are spelled out as comprehensions: this runs once per message
@@ -159,6 +163,7 @@ async def _fetch_messages(
     view = s.require_view()
     set_seen = not view.readonly and any(_sets_seen(item) for item in items)
     wants_flags = any(item.name == "FLAGS" for item in items)
+    recent_of = view.recent_checker() if not s.rev2 else _never  # \Recent: IMAP4rev1 only
     found = 0
     pending = 0
     damaged: CorruptBlob | None = None
@@ -183,8 +188,8 @@ async def _fetch_messages(
                 continue
             state = changed.get(meta.uid)
             try:
-                line = await _render(s, seq, meta, items, state, add_flags=state is not None
-                                     and not wants_flags)
+                line = await _render(s, seq, meta, items, state, state is not None
+                                     and not wants_flags, recent_of)
             except CorruptBlob as exc:
                 # Nothing of this message is sent; the others still are, and the command
                 # ends NO [CORRUPTION] (imap_session) so the client knows one is missing.
@@ -248,13 +253,13 @@ async def _render(
     items: list[FetchItem],
     new_state: FlagState | None,
     add_flags: bool,
+    recent_of: Callable[[int], bool],
 ) -> bytes:
-    view = s.require_view()
     msg = _Message(s, meta)
     flags, keywords, modseq = meta.flags, meta.keywords, meta.modseq
     if new_state is not None:
         flags, keywords, modseq = new_state.flags, new_state.keywords, new_state.modseq
-    recent = not s.rev2 and view.is_recent(meta.uid)
+    recent = recent_of(meta.uid)
     parts: list[bytes] = []
     # One message's answer holds at most a few copies of the message (BODY[] and RFC822
     # together, say), not a hundred: each item is built in memory before it is sent.

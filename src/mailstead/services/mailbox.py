@@ -332,14 +332,18 @@ class MailboxView:
     def _apply_expunges(self, gone: set[int]) -> list[tuple[int, int]]:
         """Removes expunged UIDs; returns (seq, uid) as reported one after another, each
         number counted after the previous removals (RFC 9051 7.5.1)."""
-        reported = []
-        removed = 0
-        for index, uid in enumerate(self.uids):
-            if uid in gone:
-                reported.append((index + 1 - removed, uid))
-                removed += 1
-        self.uids = array("Q", (u for u in self.uids if u not in gone))
-        return reported
+        uids = self.uids  # ascending: each expunged UID found by bisection, not a scan
+        found = []
+        for uid in gone:
+            i = bisect.bisect_left(uids, uid)
+            if i < len(uids) and uids[i] == uid:
+                found.append(i)
+        found.sort()
+        kept = array("Q", uids)  # a copy: the array may be shared with the mailbox's state
+        for i in reversed(found):
+            del kept[i]
+        self.uids = kept
+        return [(i + 1 - removed, uids[i]) for removed, i in enumerate(found)]
 
     # -- reading messages --
 
