@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
 from mailstead.store.changes import ChangeBus, MultiWatch, Watch, account_channel
@@ -339,10 +339,7 @@ class MailboxView:
             if i < len(uids) and uids[i] == uid:
                 found.append(i)
         found.sort()
-        kept = array("Q", uids)  # a copy: the array may be shared with the mailbox's state
-        for i in reversed(found):
-            del kept[i]
-        self.uids = kept
+        self.uids = _without(uids, found)  # a new array: the old may be the mailbox's state's
         return [(i + 1 - removed, uids[i]) for removed, i in enumerate(found)]
 
     # -- reading messages --
@@ -574,10 +571,10 @@ class _Shared:
             gone = set(changes.vanished)
             for uid in gone:
                 self.metas.pop(uid, None)
-            if any(self.index_of(u) >= 0 for u in gone):
-                keep = [i for i, u in enumerate(self.uids) if u not in gone]
-                self.uids = array("Q", (self.uids[i] for i in keep))
-                self.states = [self.states[i] for i in keep]
+            positions = sorted(i for i in map(self.index_of, gone) if i >= 0)
+            if positions:  # new objects: views may hold the old ones
+                self.uids, self.states = _without(self.uids, positions), _without(
+                    self.states, positions)
             new = [(u, st) for u, st in zip(new_uids, new_states, strict=True) if u not in gone]
             new_uids = [u for u, _st in new]
             new_states = [st for _u, st in new]
@@ -615,6 +612,21 @@ class _Shared:
             latest.pop(uid, None)
         changed = [latest[uid] for uid in sorted(latest)]
         return Changes(changed=changed, vanished=vanished, highestmodseq=max(since, self.modseq))
+
+
+S = TypeVar("S", "array[int]", "list[FlagState]")
+
+
+def _without(items: S, positions: list[int]) -> S:
+    """A new ``items`` without the (ascending) ``positions``: the runs between them copied
+    at C speed, not a Python pass over a 100,000-message mailbox per expunge."""
+    out = items[:0]
+    start = 0
+    for i in positions:
+        out += items[start:i]
+        start = i + 1
+    out += items[start:]
+    return out
 
 
 def _by_modseq(st: FlagState) -> int:
