@@ -683,8 +683,10 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="mailstead's [server] workers, where that option exists")
     args = parser.parse_args()
-    if args.quick:
-        args.rounds, args.seconds, args.inbox, args.big = 2, 3.0, 100, 5000
+    if args.quick:  # small sizes for what was not given explicitly
+        for name, value in (("rounds", 2), ("seconds", 3.0), ("inbox", 100), ("big", 5000)):
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     mixes = [m for m in args.mixes.split(",") if m]
     if not os.path.exists(DOVECOT):
         raise SystemExit(f"{DOVECOT} not found: install Debian's dovecot-imapd")
