@@ -31,7 +31,7 @@ def tree(blob_id: str, data: bytes) -> mime.Part:
         return found
     part = mime.parse(data)
     _trees[blob_id] = part
-    if len(_trees) > TREES:
+    while len(_trees) > TREES:
         _trees.popitem(last=False)
     return part
 
