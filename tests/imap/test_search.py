@@ -89,6 +89,20 @@ CASES = [
     ("OR (FROM carol SEEN) DELETED", [1, 3]),
     ("NOT OR BODY payment FROM carol", [3]),
     ("UNSEEN BODY payment", [2]),
+    # Message sets ANDed with other keys (only the messages inside the sets are read) and
+    # system flags ANDed (tested on the flag bits): the answers must not change.
+    ("2:* FROM carol", [4]),
+    ("UID 1:3 FROM carol", [1]),
+    ("UID 1:3 2:* FROM carol", []),
+    ("1,4 UID 4:* SUBJECT lunch", [4]),
+    ("5:* FROM carol", [4]),  # "*" is 4: the set is 4:5
+    ("UID 99:100 SUBJECT lunch", []),
+    ("3:2 UNSEEN", [2, 3]),
+    ("FLAGGED SEEN", [1]),
+    ("UNSEEN UNDELETED", [2, 4]),
+    ("DELETED DRAFT UNSEEN", [3]),
+    ("SEEN UNSEEN", []),
+    ("(UNSEEN UNDRAFT) UNANSWERED", [4]),
 ]
 
 

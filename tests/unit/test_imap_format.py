@@ -38,6 +38,17 @@ def test_flags() -> None:
         fmt.parse_flags(["\\Important"])
 
 
+def test_internal_date_same_instant_in_two_zones() -> None:
+    """The answers are memoised: equal instants in other zones must still print apart."""
+    utc = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
+    paris = utc.astimezone(timezone(timedelta(hours=1)))
+    assert utc == paris
+    for _ in range(2):
+        assert fmt.internal_date(utc) == b'"01-Mar-2024 10:00:00 +0000"'
+        assert fmt.internal_date(paris) == b'"01-Mar-2024 11:00:00 +0100"'
+        assert fmt.internal_date(datetime(2024, 3, 1, 10, 0)) == b'"01-Mar-2024 10:00:00 +0000"'
+
+
 def test_internal_date_and_replies() -> None:
     when = datetime(1996, 7, 17, 2, 44, 25, tzinfo=timezone(-timedelta(hours=7)))
     assert fmt.internal_date(when) == b'"17-Jul-1996 02:44:25 -0700"'

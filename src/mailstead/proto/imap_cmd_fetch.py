@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from mailstead.core.errors import CorruptBlob
 from mailstead.core.models import FlagState, MessageMeta, SystemFlag
+from mailstead.proto import imap_fetch_cache, imap_sexpr, mime, mime_imap, mime_preview
 from mailstead.proto import imap_format as fmt
-from mailstead.proto import imap_sexpr, mime, mime_imap, mime_preview
-from mailstead.proto.imap_args import Command, FetchArgs, FetchItem, QresyncParams
+from mailstead.proto.imap_args import Command, FetchArgs, FetchItem, QresyncParams, Section
 from mailstead.proto.imap_format import CommandError, Reply
 from mailstead.proto.imap_uidonly import fetch_head
 
@@ -117,6 +117,10 @@ async def _fetch_flags(
 Renderer = Callable[[Sequence[int | None], Sequence[FlagState]], bytes]
 
 
+def _never(uid: int) -> bool:
+    return False
+
+
 def _flags_renderer(
     order: tuple[str, ...], rev1: bool, view: SelectedView, uidonly: bool
 ) -> Renderer:
@@ -124,7 +128,7 @@ def _flags_renderer(
     messages. The usual orders are spelled out as comprehensions: this runs once per message
     of FETCH 1:* on huge mailboxes (a None sequence number is a message not in the view).
     Under UIDONLY the lines are ``* uid UIDFETCH (...)`` (RFC 9586 3.3)."""
-    recent = view.recent_checker() if rev1 else (lambda uid: False)
+    recent = view.recent_checker() if rev1 else _never
     flags = fmt.flag_list
 
     def render(seqs: Sequence[int | None], states: Sequence[FlagState]) -> bytes:
@@ -170,6 +174,7 @@ async def _fetch_messages(
     view = s.require_view()
     set_seen = not view.readonly and any(_sets_seen(item) for item in items)
     wants_flags = any(item.name == "FLAGS" for item in items)
+    recent_of = view.recent_checker() if not s.rev2 else _never  # \Recent: IMAP4rev1 only
     found = 0
     pending = 0
     damaged: CorruptBlob | None = None
@@ -194,8 +199,8 @@ async def _fetch_messages(
                 continue
             state = changed.get(meta.uid)
             try:
-                line = await _render(s, seq, meta, items, state, add_flags=state is not None
-                                     and not wants_flags)
+                line = await _render(s, seq, meta, items, state, state is not None
+                                     and not wants_flags, recent_of)
             except CorruptBlob as exc:
                 # Nothing of this message is sent; the others still are, and the command
                 # ends NO [CORRUPTION] (imap_session) so the client knows one is missing.
@@ -230,9 +235,26 @@ class _Message:
     async def root(self) -> mime.Part:
         data = await self.bytes()
         if self.tree is None:
-            self.tree = mime.parse(data)
+            self.tree = imap_fetch_cache.tree(self.meta.blob_id, data)
             await self.s.checkpoint()
         return self.tree
+
+
+async def _structure(msg: _Message, name: str) -> bytes:
+    """ENVELOPE, BODY or BODYSTRUCTURE, encoded: computed once per message file (and session
+    mode), as the file never changes."""
+    blob_id, utf8 = msg.meta.blob_id, msg.s.utf8
+    cached = imap_fetch_cache.encoded(blob_id, name, utf8)
+    if cached is not None:
+        return cached
+    data, root = await msg.bytes(), await msg.root()
+    if name == "ENVELOPE":
+        value = mime_imap.envelope(data, root)
+    else:
+        value = mime_imap.bodystructure(data, root, name != "BODY")
+    encoded = imap_sexpr.encode(value, utf8)
+    imap_fetch_cache.remember(blob_id, name, utf8, encoded)
+    return encoded
 
 
 async def _render(
@@ -242,56 +264,84 @@ async def _render(
     items: list[FetchItem],
     new_state: FlagState | None,
     add_flags: bool,
+    recent_of: Callable[[int], bool],
 ) -> bytes:
-    view = s.require_view()
     msg = _Message(s, meta)
     flags, keywords, modseq = meta.flags, meta.keywords, meta.modseq
     if new_state is not None:
         flags, keywords, modseq = new_state.flags, new_state.keywords, new_state.modseq
-    recent = not s.rev2 and view.is_recent(meta.uid)
+    recent = recent_of(meta.uid)
     parts: list[bytes] = []
     # One message's answer holds at most a few copies of the message (BODY[] and RFC822
     # together, say), not a hundred: each item is built in memory before it is sent.
     room = 4 * meta.size + (1 << 20)
+    built = 0
+    utf8 = s.utf8
     for item in items:
-        if sum(len(p) for p in parts) > room:
-            raise CommandError("NO", "Too much data asked for one message", "LIMIT")
-        await s.checkpoint()
-        name = item.name
-        if name == "UID":
-            parts.append(b"UID %d" % meta.uid)
-        elif name == "FLAGS":
-            parts.append(b"FLAGS " + fmt.flag_list(flags, keywords, recent))
-        elif name == "MODSEQ":
-            parts.append(b"MODSEQ (%d)" % modseq)
-        elif name == "INTERNALDATE":
-            parts.append(b"INTERNALDATE " + fmt.internal_date(meta.internal_date))
-        elif name == "PREVIEW":
-            text = mime_preview.preview(await msg.bytes(), await msg.root())
-            parts.append(b"PREVIEW " + imap_sexpr.encode(text, s.utf8))
-        elif name == "RFC822.SIZE":
-            parts.append(b"RFC822.SIZE %d" % meta.size)
-        elif name == "ENVELOPE":
-            value = mime_imap.envelope(await msg.bytes(), await msg.root())
-            parts.append(b"ENVELOPE " + imap_sexpr.encode(value, s.utf8))
-        elif name in ("BODY", "BODYSTRUCTURE"):
-            value = mime_imap.bodystructure(await msg.bytes(), await msg.root(), name != "BODY")
-            parts.append(name.encode() + b" " + imap_sexpr.encode(value, s.utf8))
-        elif name == "RFC822":
-            parts.append(b"RFC822 " + imap_sexpr.literal(await msg.bytes()))
-        elif name in ("RFC822.HEADER", "RFC822.TEXT"):
-            spec = mime_imap.SectionSpec((), name.removeprefix("RFC822."))
-            content = mime_imap.section(await msg.bytes(), await msg.root(), spec) or b""
-            parts.append(name.encode() + b" " + imap_sexpr.literal(content))
-        elif name == "BODY[]":
-            parts.append(await _body_section(msg, item))
-        else:
-            parts.append(await _binary_section(msg, item))
+        if parts:
+            built += len(parts[-1])
+            if built > room:
+                raise CommandError("NO", "Too much data asked for one message", "LIMIT")
+        part = _item_now(item, meta, flags, keywords, modseq, recent, utf8)
+        if part is None:
+            await s.checkpoint()
+            part = await _item_later(msg, item)
+        parts.append(part)
     if add_flags:
         parts.append(b"FLAGS " + fmt.flag_list(flags, keywords, recent))
         if s.condstore and not any(item.name == "MODSEQ" for item in items):
             parts.append(b"MODSEQ (%d)" % modseq)
     return fetch_head(s.uidonly, seq, meta.uid) + b" ".join(parts) + b")\r\n"
+
+
+_STRUCTURES = {"ENVELOPE": b"ENVELOPE ", "BODY": b"BODY ", "BODYSTRUCTURE": b"BODYSTRUCTURE "}
+
+
+def _item_now(
+    item: FetchItem, meta: MessageMeta, flags: int, keywords: frozenset[str], modseq: int,
+    recent: bool, utf8: bool,
+) -> bytes | None:
+    """An item answered from the row or from the per-file cache, without waiting; None
+    when it needs the message file (``_item_later``)."""
+    name = item.name
+    if name == "UID":
+        return b"UID %d" % meta.uid
+    if name == "FLAGS":
+        return b"FLAGS " + fmt.flag_list(flags, keywords, recent)
+    if name == "MODSEQ":
+        return b"MODSEQ (%d)" % modseq
+    if name == "INTERNALDATE":
+        return b"INTERNALDATE " + fmt.internal_date(meta.internal_date)
+    if name == "RFC822.SIZE":
+        return b"RFC822.SIZE %d" % meta.size
+    label = _STRUCTURES.get(name)
+    if label is not None:
+        cached = imap_fetch_cache.encoded(meta.blob_id, name, utf8)
+        return None if cached is None else label + cached
+    section = item.section
+    if name == "BODY[]" and section is not None and section.text.startswith("HEADER"):
+        content = imap_fetch_cache.encoded(meta.blob_id, section.spec, False)
+        return None if content is None else _section_answer(section, item, content)
+    return None
+
+
+async def _item_later(msg: _Message, item: FetchItem) -> bytes:
+    """An item that needs the message file (the first time, for the cached ones)."""
+    name = item.name
+    if name == "PREVIEW":
+        text = mime_preview.preview(await msg.bytes(), await msg.root())
+        return b"PREVIEW " + imap_sexpr.encode(text, msg.s.utf8)
+    if name in _STRUCTURES:
+        return _STRUCTURES[name] + await _structure(msg, name)
+    if name == "RFC822":
+        return b"RFC822 " + imap_sexpr.literal(await msg.bytes())
+    if name in ("RFC822.HEADER", "RFC822.TEXT"):
+        spec = mime_imap.SectionSpec((), name.removeprefix("RFC822."))
+        content = mime_imap.section(await msg.bytes(), await msg.root(), spec) or b""
+        return name.encode() + b" " + imap_sexpr.literal(content)
+    if name == "BODY[]":
+        return await _body_section(msg, item)
+    return await _binary_section(msg, item)
 
 
 def _partial(content: bytes, item: FetchItem) -> tuple[bytes, bytes]:
@@ -305,17 +355,30 @@ def _partial(content: bytes, item: FetchItem) -> tuple[bytes, bytes]:
 async def _body_section(msg: _Message, item: FetchItem) -> bytes:
     assert item.section is not None
     section = item.section
-    data = await msg.bytes()
-    label = b"BODY[" + section.spec.encode("utf-8", "surrogateescape") + b"]"
     if not section.part and not section.text:
-        content: bytes | None = data
+        content: bytes | None = await msg.bytes()
+    elif section.text.startswith("HEADER"):
+        # Small, and asked again by every client on every resync (the header fields of the
+        # message list): kept per message file like BODYSTRUCTURE (see _item_now).
+        content = await _section(msg, section)
+        if content is not None:
+            imap_fetch_cache.remember(msg.meta.blob_id, section.spec, False, content)
     else:
-        spec = mime_imap.SectionSpec(section.part, section.text, section.fields)
-        content = mime_imap.section(data, await msg.root(), spec)
+        content = await _section(msg, section)
+    return _section_answer(section, item, content)
+
+
+def _section_answer(section: Section, item: FetchItem, content: bytes | None) -> bytes:
+    label = b"BODY[" + section.spec.encode("utf-8", "surrogateescape") + b"]"
     if content is None:  # no such part
         return label + b" NIL"
     suffix, content = _partial(content, item)
     return label + suffix + b" " + imap_sexpr.literal(content)
+
+
+async def _section(msg: _Message, section: Section) -> bytes | None:
+    spec = mime_imap.SectionSpec(section.part, section.text, section.fields)
+    return mime_imap.section(await msg.bytes(), await msg.root(), spec)
 
 
 async def _binary_section(msg: _Message, item: FetchItem) -> bytes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from mailstead.core.models import SYSTEM_FLAG_NAMES, SystemFlag
 from mailstead.proto import imap_sexpr
@@ -120,8 +120,24 @@ def sequence_set(numbers: Iterable[int]) -> str:
     return ",".join(out)
 
 
+# internal_date's answers, by instant and zone (equal instants in two zones print apart):
+# every FETCH of a message list asks again.
+_DATES: dict[tuple[datetime, tzinfo | None], bytes] = {}
+_DATES_KEPT = 20_000
+
+
 def internal_date(when: datetime) -> bytes:
     """``"17-Jul-1996 02:44:25 -0700"`` (RFC 9051 date-time)."""
+    key = (when, when.tzinfo)
+    found = _DATES.get(key)
+    if found is None:
+        if len(_DATES) >= _DATES_KEPT:
+            _DATES.clear()
+        found = _DATES[key] = _internal_date(when)
+    return found
+
+
+def _internal_date(when: datetime) -> bytes:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     offset = when.utcoffset()

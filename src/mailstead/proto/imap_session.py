@@ -18,7 +18,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -114,13 +114,16 @@ class WorkBudget:
         self._cpu = time.thread_time()
         self._wall = time.perf_counter()
 
-    @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
+    def waiting(self) -> WorkBudget:
+        """``with budget.waiting():`` around an await that waits: not counted as work. The
+        budget is its own context manager (no generator object per wait)."""
+        return self
+
+    def __enter__(self) -> None:
         self.stop()
-        try:
-            yield
-        finally:
-            self.resume()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.resume()
 
 
 class BudgetSpent(CommandError):

@@ -13,10 +13,13 @@ Mapping used by :func:`encode`:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from typing import cast
 
 # Longest string still sent quoted. Longer values go as literals so response lines stay short.
 MAX_QUOTED = 1000
+_NOT_QUOTABLE = re.compile(rb"[\r\n\x00]")  # never inside a quoted string
 
 
 class Atom(str):
@@ -56,17 +59,27 @@ def quoted_or_literal(b: bytes, utf8_ok: bool = False) -> bytes:
     only allowed quoted when ``utf8_ok`` (IMAP4rev2 / UTF8=ACCEPT) and the bytes are valid UTF-8
     (RFC 9051 section 4.3).
     """
-    if len(b) <= MAX_QUOTED and not any(c in b for c in (b"\r", b"\n", b"\x00")):
-        eight_bit = any(c >= 0x80 for c in b)
-        if not eight_bit or (utf8_ok and _is_utf8(b)):
-            return b'"' + b.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    if (len(b) <= MAX_QUOTED and _NOT_QUOTABLE.search(b) is None
+            and (b.isascii() or (utf8_ok and _is_utf8(b)))):
+        if b"\\" in b or b'"' in b:
+            b = b.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        return b'"' + b + b'"'
     return literal(b)
 
 
 def encode(value: object, utf8_ok: bool = False) -> bytes:
     """Encode a value tree (see module docstring) as IMAP response bytes."""
+    # The usual types first, by identity: this runs for every value of every message.
+    kind = type(value)
+    if kind is str:
+        return quoted_or_literal(cast(str, value).encode("utf-8"), utf8_ok)
     if value is None:
         return b"NIL"
+    if kind is list or kind is Unspaced:
+        parts = [encode(v, utf8_ok) for v in cast(list[object], value)]
+        return b"".join(parts) if kind is Unspaced else b"(" + b" ".join(parts) + b")"
+    if kind is int:
+        return b"%d" % cast(int, value)
     if isinstance(value, Atom):
         return value.encode("utf-8")
     if isinstance(value, bool):  # bool is an int subclass; refuse rather than print "True"

@@ -335,14 +335,15 @@ class MailboxView:
     def _apply_expunges(self, gone: set[int]) -> list[tuple[int, int]]:
         """Removes expunged UIDs; returns (seq, uid) as reported one after another, each
         number counted after the previous removals (RFC 9051 7.5.1)."""
-        reported = []
-        removed = 0
-        for index, uid in enumerate(self.uids):
-            if uid in gone:
-                reported.append((index + 1 - removed, uid))
-                removed += 1
-        self.uids = array("Q", (u for u in self.uids if u not in gone))
-        return reported
+        uids = self.uids  # ascending: each expunged UID found by bisection, not a scan
+        found = []
+        for uid in gone:
+            i = bisect.bisect_left(uids, uid)
+            if i < len(uids) and uids[i] == uid:
+                found.append(i)
+        found.sort()
+        self.uids = _without(uids, found)  # a new array: the old may be the mailbox's state's
+        return [(i + 1 - removed, uids[i]) for removed, i in enumerate(found)]
 
     # -- reading messages --
 
@@ -411,7 +412,8 @@ class MailboxView:
     async def messages(self, uids: Sequence[int]) -> list[MessageMeta]:
         if not uids:
             return []
-        if len(uids) > META_CACHED_FETCH:
+        # A small mailbox is kept whole (SEARCH SUBJECT reads every row, again and again).
+        if len(uids) > META_CACHED_FETCH and len(self.uids) > META_CACHE // 2:
             if len(uids) == len(self.uids):
                 return await self.store.get_messages(self.mailbox.id)
             return await self.store.get_messages(self.mailbox.id, uids)
@@ -439,6 +441,7 @@ class MailboxView:
             st = shared.states[i]
             if st.modseq > row.modseq:  # else the row read is as new or newer
                 row = replace(row, modseq=st.modseq, flags=st.flags, keywords=st.keywords)
+                cached[uid] = row  # brought up to date once, not at every FETCH
             out.append(row)
         return out
 
@@ -586,10 +589,10 @@ class _Shared:
             gone = set(changes.vanished)
             for uid in gone:
                 self.metas.pop(uid, None)
-            if any(self.index_of(u) >= 0 for u in gone):
-                keep = [i for i, u in enumerate(self.uids) if u not in gone]
-                self.uids = array("Q", (self.uids[i] for i in keep))
-                self.states = [self.states[i] for i in keep]
+            positions = sorted(i for i in map(self.index_of, gone) if i >= 0)
+            if positions:  # new objects: views may hold the old ones
+                self.uids, self.states = _without(self.uids, positions), _without(
+                    self.states, positions)
             new = [(u, st) for u, st in zip(new_uids, new_states, strict=True) if u not in gone]
             new_uids = [u for u, _st in new]
             new_states = [st for _u, st in new]
@@ -627,6 +630,21 @@ class _Shared:
             latest.pop(uid, None)
         changed = [latest[uid] for uid in sorted(latest)]
         return Changes(changed=changed, vanished=vanished, highestmodseq=max(since, self.modseq))
+
+
+S = TypeVar("S", "array[int]", "list[FlagState]")
+
+
+def _without(items: S, positions: list[int]) -> S:
+    """A new ``items`` without the (ascending) ``positions``: the runs between them copied
+    at C speed, not a Python pass over a 100,000-message mailbox per expunge."""
+    out = items[:0]
+    start = 0
+    for i in positions:
+        out += items[start:i]
+        start = i + 1
+    out += items[start:]
+    return out
 
 
 def _by_modseq(st: FlagState) -> int:

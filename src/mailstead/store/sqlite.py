@@ -33,8 +33,11 @@ from typing import Any, TypeVar
 
 from mailstead.core.errors import Conflict, NotFound
 from mailstead.store.changes import ChangeBus
-from mailstead.store.sql import SqlStore
-from mailstead.store.sql_base import Db, Row, apply_migrations
+from mailstead.store.sql import P, SqlStore
+from mailstead.store.sql_accounts import get_account, get_account_by_id
+from mailstead.store.sql_base import Db, Op, Row, apply_migrations
+from mailstead.store.sql_mailboxes import get_mailbox, get_mailbox_by_id
+from mailstead.store.sql_messages import changes_since, get_messages
 
 T = TypeVar("T")
 
@@ -106,6 +109,18 @@ def _use_wal(conn: sqlite3.Connection) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+# Reads cheap enough to run on the event loop (SqliteStore._read): one or a few rows each.
+_INLINE_READS: frozenset[Callable[..., Any]] = frozenset({
+    changes_since, get_mailbox, get_mailbox_by_id, get_account, get_account_by_id,
+})
+INLINE_ROWS = 50  # get_messages of at most this many UIDs runs inline too
+
+
+def _few(args: tuple[Any, ...]) -> bool:
+    """get_messages(mailbox_id, uids): a short list of UIDs (not None, meaning all)."""
+    return len(args) == 2 and isinstance(args[1], list) and len(args[1]) <= INLINE_ROWS
 
 
 # A pending write: the operation, and where to report its outcome.
@@ -181,6 +196,18 @@ class SqliteStore(SqlStore):
         self._local = threading.local()
 
     # -- reads --
+
+    async def _read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        # A read of a few rows through an index runs right here on the event loop's thread
+        # (on a connection of its own): handing it to a reader thread and back costs more
+        # CPU than the query (a queue, two thread wake-ups, the interpreter lock changing
+        # hands twice: ~50 us, more than a NOOP's own work). WAL readers never wait for the
+        # writer, so this does not stall the loop.
+        if op in _INLINE_READS or (op is get_messages and _few(args)):
+            if self._readers is None:
+                raise RuntimeError("store is not open")
+            return self._read_in_thread(lambda db: op(db, *args, **kwargs))
+        return await self._run_read(lambda db: op(db, *args, **kwargs))
 
     async def _run_read(self, op: Callable[[Db], T]) -> T:
         if self._readers is None:
