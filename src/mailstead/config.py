@@ -393,6 +393,14 @@ class SpamConfig(_Section):
     )
 
 
+class ServerConfig(_Section):
+    workers: int = Field(
+        0, description="processes that serve the listeners (SMTP, IMAP, POP3, DMTP/DMAP, web), "
+        "each on its own core; 0 = one per CPU core, 1 = everything in one process (not to be "
+        "confused with delivery.workers, the outbound queue workers)", ge=0, le=256,
+    )
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
@@ -428,6 +436,9 @@ class Config(_Section):
         default_factory=SpamConfig, description="spam scoring and the learning filter"
     )
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
+    server: ServerConfig = Field(
+        default_factory=ServerConfig, description="processes of mailstead serve"
+    )
 
     # Not read from the file: where it was loaded from.
     data_dir: Path = Field(default=Path(DEFAULT_DATA_DIR), exclude=True)

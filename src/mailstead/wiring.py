@@ -49,13 +49,18 @@ def build(services: Services) -> None:
         mailboxes.trainer = spam
 
 
-def start(services: Services, background: list[asyncio.Task[None]]) -> None:
+def start(services: Services, background: list[asyncio.Task[None]],
+          singletons: bool = True) -> None:
     """Starts the background work of the services ``build`` made: the outbound queue workers
-    (``delivery.workers`` of them; 0 leaves mail queued), the blob sweeper, StatsD reports."""
+    (``delivery.workers`` of them; 0 leaves mail queued), the blob sweeper, StatsD reports.
+    Of several worker processes only one runs these (``singletons``): the queue's leases
+    would keep them apart, but one process polling the queue is enough."""
     from mailstead.queue.scheduler import QueueRunner
     from mailstead.services.delivery import delivery_service
 
     background.append(asyncio.create_task(_close_on_stop(delivery_service(services).close)))
+    if not singletons:
+        return
     queue = services.extra["queue"]
     assert isinstance(queue, QueueRunner)
     queue.start(background)

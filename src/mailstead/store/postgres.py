@@ -223,4 +223,4 @@ class PostgresStore(SqlStore):
         node, _, ids = rest.partition(" ")
         if schema != self.schema or node == self.node:
             return  # another site, or our own change (published locally already)
-        self.changes.publish(int(i) for i in ids.split())
+        self.changes.publish_here(int(i) for i in ids.split())

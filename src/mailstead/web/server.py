@@ -61,9 +61,11 @@ async def start_web(
     lc: ListenerConfig,
     ssl_context: ssl.SSLContext | None,
     listeners: list[Listener],
+    sock: socket.socket | None = None,
 ) -> WebServer:
-    """Binds the listener and starts serving the web app on the running loop. ``listeners``
-    is the App's list (filled as it starts), read for the client settings pages."""
+    """Binds the listener (or takes ``sock``, bound already) and starts serving the web app
+    on the running loop. ``listeners`` is the App's list (filled as it starts), read for the
+    client settings pages."""
     from mailstead.web.app import build_app
     from mailstead.web.state import WebState
 
@@ -89,7 +91,8 @@ async def start_web(
     config.ssl = ssl_context if lc.tls == "implicit" else None
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)
-    sock = _bind(lc.address, lc.port)
+    if sock is None:
+        sock = _bind(lc.address, lc.port)
     try:
         await server.startup(sockets=[sock])
     except BaseException:
