@@ -292,3 +292,28 @@ def _is_zombie_gone(pid: int) -> bool:
         return True
     return state in ("Z", "X")
 
+
+
+def test_a_lockout_earned_in_one_worker_holds_in_the_other(
+    tmp_path: Path, tls_files: tuple[Path, Path], serve_process: Callable[..., ServeProcess],
+) -> None:
+    cfg = prepare(tmp_path / "data", {}, tls_files, auth={"max_failures": 3,
+                                                          "failure_delay": 0.01})
+    server = serve_process(cfg.data_dir)
+    port = server.ports["imap"]
+    by_worker: dict[int, list[imaplib.IMAP4]] = {}
+    for _ in range(40):
+        client = imaplib.IMAP4("127.0.0.1", port)
+        by_worker.setdefault(worker_holding(server, client.sock), []).append(client)
+        if len(by_worker) == 2 and all(len(c) >= 3 for c in by_worker.values()):
+            break
+    first, second = (clients for clients in by_worker.values())
+    for n, client in enumerate(first[:3]):  # three different guesses (a repeat counts once)
+        with pytest.raises(imaplib.IMAP4.error):
+            client.login(ALICE, f"wrong-password-{n}")
+    # The right password, on the other worker: refused without being checked.
+    with pytest.raises(imaplib.IMAP4.error, match=r"UNAVAILABLE|try again later"):
+        second[0].login(ALICE, PASSWORD)
+    for clients in by_worker.values():
+        for client in clients:
+            client.shutdown()
