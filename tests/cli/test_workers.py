@@ -24,11 +24,10 @@ from typing import Any
 
 import pytest
 
-from mailstead import bootstrap
 from mailstead.config import Config, deep_merge
 from mailstead.store.factory import make_blob_store, make_metadata_store
 from tests.conftest import DOMAIN, PASSWORD, ServeProcess, run_outside_loop
-from tests.conftest import test_config_overrides as server_overrides
+from tests.smtp.test_crash import prepare as prepare_smtp_only
 
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
@@ -37,26 +36,12 @@ SERVED = ("smtp", "imap", "pop3")
 
 def prepare(data_dir: Path, store: dict[str, Any], tls_files: tuple[Path, Path],
             **overrides: Any) -> Config:
+    """The crash test's data directory (alice and bob), with SMTP, IMAP and POP3 served by
+    two workers."""
     listeners = {name: {"enabled": name in SERVED} for name in Config().listeners}
-    merged = deep_merge(server_overrides(), {
-        "listeners": listeners, "server": {"workers": 2},
-        "auth": {"allow_plaintext_on_loopback": True},
-    })
-    cfg = bootstrap.build_config(data_dir, deep_merge(deep_merge(merged, store), overrides))
-
-    async def setup() -> None:
-        await bootstrap.initialise(cfg, demo_domain=None, cert_from=tls_files)
-        st = make_metadata_store(cfg)
-        await st.open()
-        try:
-            await bootstrap.add_domain(st, DOMAIN)
-            await bootstrap.add_user(st, ALICE, PASSWORD)
-            await bootstrap.add_user(st, BOB, PASSWORD)
-        finally:
-            await st.close()
-
-    run_outside_loop(setup())
-    return cfg
+    ours = {"listeners": listeners, "server": {"workers": 2},
+            "auth": {"allow_plaintext_on_loopback": True}}
+    return prepare_smtp_only(data_dir, deep_merge(deep_merge(ours, store), overrides), tls_files)
 
 
 # -- which worker holds a connection --
