@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import imaplib
 import os
+import poplib
 import re
 import signal
 import smtplib
@@ -302,3 +303,31 @@ def test_a_lockout_earned_in_one_worker_holds_in_the_other(
     for clients in by_worker.values():
         for client in clients:
             client.shutdown()
+
+
+def test_the_pop3_maildrop_lock_holds_across_workers(
+    tmp_path: Path, tls_files: tuple[Path, Path], serve_process: Callable[..., ServeProcess],
+) -> None:
+    cfg = prepare(tmp_path / "data", {}, tls_files)
+    server = serve_process(cfg.data_dir)
+    port = server.ports["pop3"]
+    by_worker: dict[int, poplib.POP3] = {}
+    spare = []
+    for _ in range(40):
+        client = poplib.POP3("127.0.0.1", port, timeout=30)
+        pid = worker_holding(server, client.sock)
+        if pid in by_worker:
+            spare.append(client)
+        else:
+            by_worker[pid] = client
+        if len(by_worker) == 2:
+            break
+    first, second = by_worker.values()
+    first.user(ALICE)
+    first.pass_(PASSWORD)
+    second.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"IN-USE"):
+        second.pass_(PASSWORD)
+    first.quit()
+    for client in spare:
+        client.quit()
