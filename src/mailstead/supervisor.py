@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import os
 import secrets
 import shutil
@@ -152,6 +153,10 @@ class Supervisor:
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        # What the supervisor imported stays shared with the workers: the collector of a
+        # worker leaves these objects alone, so their pages are not copied into each worker.
+        gc.collect()
+        gc.freeze()
         try:
             for index in range(self.count):
                 self._spawn(index)
