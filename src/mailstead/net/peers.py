@@ -29,6 +29,7 @@ import mmap
 import os
 import socket
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from mailstead.obs import log_event
 
 IDS_PER_DATAGRAM = 8192  # 64 KiB of ids, below the datagram size Linux allows by default
 RECEIVE_BUFFER = 4 << 20
+MAX_BACKLOG = 100_000  # datagrams kept for one busy sibling before they are dropped
+FLUSH_DELAY = 0.002  # seconds before a busy sibling is tried again
 
 
 @dataclass
@@ -74,12 +77,18 @@ class PeerChannel:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         self.sock.setblocking(False)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Datagrams a busy sibling could not take yet, in order, sent again shortly.
+        self._backlog: dict[str, deque[bytes]] = {}
+        self._flushing: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
     def close(self) -> None:
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self.sock.fileno())
@@ -91,14 +100,41 @@ class PeerChannel:
     def send(self, kind: bytes, payload: bytes) -> None:
         datagram = kind + payload
         for peer in self.peers:
-            try:
-                self.sock.sendto(datagram, peer)
-            except (FileNotFoundError, ConnectionRefusedError):
-                pass  # that sibling is not running now (restarting)
-            except BlockingIOError:
-                log_event("peers.dropped", peer=peer, kind=kind.decode())
-            except OSError as exc:
-                log_event("peers.send_failed", peer=peer, error=str(exc))
+            queued = self._backlog.get(peer)
+            if queued is not None:  # keeps the order behind what waits already
+                if len(queued) < MAX_BACKLOG:
+                    queued.append(datagram)
+                else:
+                    log_event("peers.dropped", peer=peer, kind=kind.decode())
+            elif not self._sendto(peer, datagram):
+                self._backlog[peer] = deque([datagram])
+                self._schedule_flush()
+
+    def _sendto(self, peer: str, datagram: bytes) -> bool:
+        """False when the sibling's queue is full (it is busy): try again shortly."""
+        try:
+            self.sock.sendto(datagram, peer)
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass  # that sibling is not running now (restarting)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            log_event("peers.send_failed", peer=peer, error=str(exc))
+        return True
+
+    def _schedule_flush(self) -> None:
+        if self._loop is not None and self._flushing is None:
+            self._flushing = self._loop.call_later(FLUSH_DELAY, self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = None
+        for peer, queued in list(self._backlog.items()):
+            while queued and self._sendto(peer, queued[0]):
+                queued.popleft()
+            if not queued:
+                del self._backlog[peer]
+        if self._backlog:
+            self._schedule_flush()
 
     def _readable(self) -> None:
         for _ in range(256):  # then let the loop run other callbacks
