@@ -296,7 +296,6 @@ def _worker_main(cfg: Config, context: WorkerContext, ready_w: int, ready_r: int
         print(f"mailstead: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        traceback.print_exc()
         print(f"mailstead: worker {context.index}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
