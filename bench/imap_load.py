@@ -228,16 +228,45 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
     return proc, port
 
 
+def _tree(pid: int) -> list[str]:
+    """The server and its descendants (worker processes, message file helpers)."""
+    from smtp_ingest import descendants
+
+    return descendants(pid)
+
+
+def _memory_kib(pid: int, field: str, file: str) -> int:
+    total = 0
+    for one in _tree(pid):
+        try:
+            lines = Path(f"/proc/{one}/{file}").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in lines if line.startswith(field))
+    return total
+
+
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident memory of every process of the server, added up (pages the workers share
+    since the fork count once per worker: see pss_mb)."""
+    return _memory_kib(pid, "VmRSS:", "status") / 1024
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size of the server's processes: shared pages split between them, so
+    the sum is the memory the server really holds."""
+    return _memory_kib(pid, "Pss:", "smaps_rollup") / 1024
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = 0
+    for one in _tree(pid):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -389,7 +418,7 @@ async def idle_connections(port: int, count: int, pid: int) -> None:
     after = rss_mb(pid)
     per = (after - before) / max(count, 1) * 1024
     print(f"idle: {count} connections in IDLE: server RSS {before:.0f} MB -> {after:.0f} MB "
-          f"({per:.0f} KiB each)")
+          f"({per:.0f} KiB each; PSS {pss_mb(pid):.0f} MB, all processes)")
     if count < 10_000:
         # Memory freed by earlier phases is reused first, so growth over a warm heap
         # understates the cost of a connection: only --idle 10000 measures the target.
@@ -437,6 +466,9 @@ async def main() -> None:
     parser.add_argument("--inbox", type=int, default=200)
     parser.add_argument("--sort", action=argparse.BooleanOptionalAction, default=True,
                         help="SORT and THREAD on the big mailbox")
+    parser.add_argument("--workers", default="",
+                        help="server.workers to run in turn on the same data, e.g. 1,2 "
+                        "(default: the config's, one per core)")
     args = parser.parse_args()
     raise_fd_limit(args.idle + args.clients + 200)
     with tempfile.TemporaryDirectory(prefix="mailstead-imap-bench-") as tmp:
@@ -456,20 +488,30 @@ async def main() -> None:
         await populate(cfg, args.inbox, args.big)
         print(f"setup: {args.inbox} + {args.big} messages stored in "
               f"{time.perf_counter() - start:.1f} s; {os.cpu_count()} CPUs")
-        proc, port = start_server(data_dir)
-        try:
-            print(f"server pid {proc.pid}: RSS {rss_mb(proc.pid):.0f} MB at start")
-            if args.big:
-                await big_fetch(port, proc.pid)
-            if args.big and args.sort:
-                await big_sort(port, proc.pid)
-            if args.clients:
-                await busy(port, args.clients, args.seconds, args.inbox, proc.pid)
-            if args.idle:
-                await idle_connections(port, args.idle, proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        for workers in args.workers.split(",") if args.workers else [""]:
+            if workers:
+                cfg.server.workers = int(workers)
+                bootstrap.write_config(cfg)
+                print(f"\n== server.workers = {workers}")
+            await run_phases(args, data_dir)
+
+
+async def run_phases(args: argparse.Namespace, data_dir: Path) -> None:
+    proc, port = start_server(data_dir)
+    try:
+        print(f"server pid {proc.pid}: RSS {rss_mb(proc.pid):.0f} MB at start "
+              f"({len(_tree(proc.pid))} processes)")
+        if args.big:
+            await big_fetch(port, proc.pid)
+        if args.big and args.sort:
+            await big_sort(port, proc.pid)
+        if args.clients:
+            await busy(port, args.clients, args.seconds, args.inbox, proc.pid)
+        if args.idle:
+            await idle_connections(port, args.idle, proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,20 @@ ROOT = Path(__file__).resolve().parent.parent
 # -- the servers ----------------------------------------------------------------------------
 
 
+def descendants(root: int) -> list[str]:
+    """``root`` and every process below it."""
+    parents: dict[str, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[stat.parent.name] = stat.read_text().rsplit(")", 1)[1].split()[1]
+        except OSError:
+            continue  # a process that just ended
+    pids = [str(root)]
+    for pid in pids:
+        pids += [child for child, parent in parents.items() if parent == pid]
+    return pids
+
+
 @dataclass
 class Server:
     name: str
@@ -50,16 +64,10 @@ class Server:
     port: int
 
     def _pids(self) -> list[str]:
-        """The server's process and its helper processes (mailstead writes message files in
-        one), so CPU and memory figures include every process doing the server's work."""
-        pids = [str(self.proc.pid)]
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                if stat.read_text().rsplit(")", 1)[1].split()[1] == pids[0]:
-                    pids.append(stat.parent.name)
-            except OSError:
-                continue  # a process that just ended
-        return pids
+        """The server's process and all its descendants (worker processes, the helpers that
+        write message files), so CPU and memory figures include every process doing the
+        server's work."""
+        return descendants(self.proc.pid)
 
     @property
     def rss_mib(self) -> float:
@@ -384,11 +392,15 @@ def print_report(reports: list[Report], args: argparse.Namespace) -> None:
     print()
     for r in reports:
         print(f"{r.name:<10} msgs/s of each round: {', '.join(f'{x:.0f}' for x in r.rounds)}")
-    if len(reports) == 2 and reports[1].result.rate:
-        ratio = reports[0].result.rate / reports[1].result.rate
-        pairs = [a / b for a, b in zip(reports[0].rounds, reports[1].rounds, strict=True) if b]
-        print(f"\nratio mailstead / baseline: {ratio:.2f}x messages per second "
-              f"(median of the rounds' ratios: {statistics.median(pairs):.2f}x)")
+    peers = [r for r in reports if r.name == "aiosmtpd"] + reports[:1]
+    for peer in peers:
+        for r in reports:
+            if r is peer or r.name == "aiosmtpd" or not peer.result.rate:
+                continue
+            ratio = r.result.rate / peer.result.rate
+            pairs = [a / b for a, b in zip(r.rounds, peer.rounds, strict=True) if b]
+            print(f"\nratio {r.name} / {peer.name}: {ratio:.2f}x messages per second "
+                  f"(median of the rounds' ratios: {statistics.median(pairs):.2f}x)")
     mean = statistics.mean(reports[0].result.latencies) * 1000 if reports[0].result.latencies \
         else float("nan")
     print(f"{reports[0].name} mean latency {mean:.1f} ms")
@@ -409,6 +421,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     parser.add_argument("--no-spam", action="store_true",
                         help="turn mailstead's spam scoring off (spam.enabled = false)")
+    parser.add_argument("--workers", default="",
+                        help="mailstead's server.workers, e.g. 1,2 to compare one process with "
+                        "two workers in the same run (default: the config's, one per core)")
     parser.add_argument("--baseline-server", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
@@ -420,10 +435,13 @@ def main() -> None:
     reports: list[Report] = []
     try:
         if args.only != "baseline":
-            prepare_mailstead(workdir / "mailstead", args.users,
-                              {"spam": {"enabled": False}} if args.no_spam else None)
-            reports.append(Report("mailstead", start_mailstead(workdir / "mailstead",
-                                                               args.profile)))
+            for workers in args.workers.split(",") if args.workers else [""]:
+                name = f"ms-w{workers}" if workers else "mailstead"
+                more: dict[str, Any] = {"spam": {"enabled": False}} if args.no_spam else {}
+                if workers:
+                    more["server"] = {"workers": int(workers)}
+                prepare_mailstead(workdir / name, args.users, more)
+                reports.append(Report(name, start_mailstead(workdir / name, args.profile)))
         if args.only != "mailstead":
             reports.append(Report("aiosmtpd", start_baseline(workdir / "baseline")))
         disk = fsync_ms(workdir / "probe", args.size)

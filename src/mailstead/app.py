@@ -1,7 +1,7 @@
 """Composition root: builds the concrete objects from the config, starts and stops everything.
 
 Only this module (and the CLI, for admin commands) constructs stores and services. A protocol
-joins ``mailstead serve`` by adding its handler factory to ``_handler_factory``.
+joins ``mailstead serve`` by adding its handler factory to ``_HANDLERS``.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -20,6 +21,14 @@ from mailstead.auth.ratelimit import AuthLimiter
 from mailstead.config import Config, ListenerConfig
 from mailstead.core.errors import ConfigError
 from mailstead.net.listener import ConnectionCaps, Listener, ProtocolHandler, start_listener
+from mailstead.net.peers import (
+    PeerChannel,
+    SharedAuthLimiter,
+    WorkerContext,
+    connect_peers,
+    forward_changes,
+)
+from mailstead.net.sharedcaps import SharedConnectionCaps
 from mailstead.net.tls import server_context
 from mailstead.obs import log_event
 from mailstead.services import metrics
@@ -45,7 +54,7 @@ class Services:
 
     async def statistics(self) -> dict[str, Any]:
         """This process's figures for the admin console, the API, /metrics and StatsD."""
-        return await metrics.statistics(self.store, self.caps.open_by_protocol, self.started)
+        return await metrics.statistics(self.store, self.caps.open_counts(), self.started)
 
 
 HandlerFactory = Callable[[Services, str, ListenerConfig], ProtocolHandler]
@@ -63,7 +72,7 @@ _HANDLERS: dict[str, tuple[str, str]] = {
 }
 
 
-def _handler_factory(protocol: str) -> HandlerFactory | None:
+def handler_factory(protocol: str) -> HandlerFactory | None:
     """The handler factory for a listener's protocol, or None if that protocol is not built."""
     entry = _HANDLERS.get(protocol)
     if entry is None:
@@ -79,21 +88,52 @@ def _handler_factory(protocol: str) -> HandlerFactory | None:
     return factory
 
 
+def ssl_context_for(cfg: Config) -> ssl.SSLContext | None:
+    """The listeners' TLS context, or None when no certificate is configured."""
+    cert, key = cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key)
+    if not cert.exists() or not key.exists():
+        return None
+    try:
+        return server_context(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"tls.cert/tls.key: cannot load {cert} / {key}: {exc}") from None
+
+
 class App:
-    def __init__(self, cfg: Config) -> None:
+    """One process's server. ``worker`` is set in the worker processes of ``serve`` (see
+    supervisor.py): the listening sockets come bound, and caps, login limits and the change
+    feed are shared with the sibling workers (net/sharedcaps.py, net/peers.py)."""
+
+    def __init__(self, cfg: Config, worker: WorkerContext | None = None) -> None:
         self.cfg = cfg
+        self.worker = worker
         self.changes = ChangeBus()
         self.store = make_metadata_store(cfg, self.changes)
         self.blobs = make_blob_store(cfg)
-        self.limiter = AuthLimiter.from_config(cfg.auth)
-        self.caps = ConnectionCaps(cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
+        limits = cfg.limits
+        self.peers: PeerChannel | None = None
+        if worker is None:
+            self.limiter = AuthLimiter.from_config(cfg.auth)
+            self.caps = ConnectionCaps(limits.max_connections, limits.max_connections_per_ip)
+        else:
+            self.limiter = SharedAuthLimiter.from_config(cfg.auth)
+            self.caps = SharedConnectionCaps(
+                limits.max_connections, limits.max_connections_per_ip, worker.caps,
+                worker.count, worker.index)
+            self.peers = PeerChannel(worker.peer_dir, worker.index, worker.count)
+            self.changes.forward = forward_changes(self.peers)
+            connect_peers(self.peers, self.limiter, self.changes.publish_here)
+            if self.store.backend == "postgresql":
+                # Siblings' NOTIFYs would repeat what the peer channel told us sooner.
+                self.store.node = worker.group  # type: ignore[attr-defined]
         self.services = Services(
             cfg=cfg,
             store=self.store,
             blobs=self.blobs,
             changes=self.changes,
             limiter=self.limiter,
-            accounts=AccountService(self.store, cfg.auth, self.limiter),
+            accounts=AccountService(self.store, cfg.auth, self.limiter,
+                                    worker.secret if worker else None),
             caps=self.caps,
         )
         self.listeners: list[Listener] = []
@@ -102,13 +142,7 @@ class App:
         self.web_servers: list[Any] = []  # mailstead.web.server.WebServer, imported lazily
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        cert, key = self.cfg.path(self.cfg.tls.cert), self.cfg.path(self.cfg.tls.key)
-        if not cert.exists() or not key.exists():
-            return None
-        try:
-            return server_context(cert, key)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"tls.cert/tls.key: cannot load {cert} / {key}: {exc}") from None
+        return ssl_context_for(self.cfg)
 
     async def start(self) -> list[Listener]:
         # Blob writes, password hashes and store reads run in threads; the default pool
@@ -116,6 +150,8 @@ class App:
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=32, thread_name_prefix="mailstead")
         )
+        if self.peers is not None:
+            self.peers.start()
         await self.store.open()
         for domain in self.cfg.domains:
             if await self.store.get_domain(domain.lower()) is None:
@@ -126,13 +162,18 @@ class App:
         ctx = self._ssl_context()
         # One context for every listener: a renewed certificate loaded into it reaches them all.
         self.services.extra["tls_context"] = ctx
+        self.services.extra["worker_index"] = self.worker.index if self.worker else None
+        worker = self.worker
         for name, lc in self.cfg.listeners.items():
             if not lc.enabled:
                 continue
+            sock = worker.sockets.get(name) if worker is not None else None
             if lc.protocol == "http":  # an ASGI app under uvicorn, not a ProtocolHandler
-                self.listeners.append(await self._start_web(name, lc, ctx))
+                if worker is not None and not worker.runs_singletons:
+                    continue  # the web runs in worker 0 (supervisor.py)
+                self.listeners.append(await self._start_web(name, lc, ctx, sock))
                 continue
-            factory = _handler_factory(lc.protocol)
+            factory = handler_factory(lc.protocol)
             if factory is None:
                 log_event("listener.skipped", listener=name, reason="protocol not built yet")
                 continue
@@ -155,19 +196,22 @@ class App:
                 handler=handler,
                 caps=self.caps,
                 tasks=self.session_tasks,
+                sock=sock,
             )
             self.listeners.append(listener)
         # Background work (queue workers...) starts only once every listener is bound: a second
         # `serve` on the same data fails at its first bind and leaves the queue alone.
-        wiring.start(self.services, self.background)
+        wiring.start(self.services, self.background,
+                     singletons=worker is None or worker.runs_singletons)
         return self.listeners
 
     async def _start_web(
-        self, name: str, lc: ListenerConfig, ctx: ssl.SSLContext | None
+        self, name: str, lc: ListenerConfig, ctx: ssl.SSLContext | None,
+        sock: socket.socket | None = None,
     ) -> Listener:
         from mailstead.web.server import start_web
 
-        web = await start_web(self.services, name, lc, ctx, self.listeners)
+        web = await start_web(self.services, name, lc, ctx, self.listeners, sock)
         self.web_servers.append(web)
         listener: Listener = web.listener
         return listener
@@ -189,3 +233,5 @@ class App:
                 await asyncio.wait_for(listener.server.wait_closed(), 2)
         self.listeners.clear()
         await self.store.close()
+        if self.peers is not None:
+            self.peers.close()

@@ -502,6 +502,14 @@ class ListsConfig(_Section):
     )
 
 
+class ServerConfig(_Section):
+    workers: int = Field(
+        0, description="processes that serve the listeners (SMTP, IMAP, POP3, DMTP/DMAP, web), "
+        "each on its own core; 0 = one per CPU core, 1 = everything in one process (not to be "
+        "confused with delivery.workers, the outbound queue workers)", ge=0, le=256,
+    )
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
@@ -548,6 +556,9 @@ class Config(_Section):
     )
     monitor: MonitorConfig = Field(
         default_factory=MonitorConfig, description="'mailstead monitor': where it listens"
+    )
+    server: ServerConfig = Field(
+        default_factory=ServerConfig, description="processes of mailstead serve"
     )
 
     # Not read from the file: where it was loaded from.

@@ -75,24 +75,19 @@ def build(services: Services) -> None:
         mailboxes.trainer = spam
 
 
-def start(services: Services, background: list[asyncio.Task[None]]) -> None:
+def start(services: Services, background: list[asyncio.Task[None]],
+          singletons: bool = True) -> None:
     """Starts the background work of the services ``build`` made: the outbound queue workers
     (``delivery.workers`` of them; 0 leaves mail queued), the blob sweeper, StatsD and
-    monitor reports."""
+    monitor reports. Of several worker processes only one runs these (``singletons``): the
+    queue's leases would keep them apart, but one process polling the queue is enough."""
     from mailstead.queue.scheduler import QueueRunner
     from mailstead.services.delivery import delivery_service
 
     background.append(asyncio.create_task(_close_on_stop(delivery_service(services).close)))
     background.append(asyncio.create_task(_close_on_stop(services.extra["imports"].close)))
-    queue = services.extra["queue"]
-    assert isinstance(queue, QueueRunner)
-    queue.start(background)
-    background.append(asyncio.create_task(_sweep_unused_blobs(services)))
-    if services.cfg.metrics.statsd:
-        from mailstead.services.metrics import report_to_statsd
-
-        background.append(asyncio.create_task(
-            report_to_statsd(services.cfg.metrics, services.statistics)))
+    # Every worker process: its own certificate reloads (one of them orders, by a lease in
+    # the store), and its own figures and message events to the monitor (tagged worker:N).
     if services.cfg.acme.enabled:
         from mailstead.services.certificates import CertificateService
 
@@ -106,8 +101,20 @@ def start(services: Services, background: list[asyncio.Task[None]]) -> None:
         from mailstead.services.metrics import report_to_monitor
 
         background.append(asyncio.create_task(
-            report_to_monitor(services.cfg.metrics, services.statistics)))
+            report_to_monitor(services.cfg.metrics, services.statistics,
+                              services.extra.get("worker_index"))))
 
+    if not singletons:
+        return
+    queue = services.extra["queue"]
+    assert isinstance(queue, QueueRunner)
+    queue.start(background)
+    background.append(asyncio.create_task(_sweep_unused_blobs(services)))
+    if services.cfg.metrics.statsd:
+        from mailstead.services.metrics import report_to_statsd
+
+        background.append(asyncio.create_task(
+            report_to_statsd(services.cfg.metrics, services.statistics)))
 
 BLOB_SWEEP_INTERVAL = 60.0
 BLOB_GRACE_SECONDS = 600.0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from mailstead import __version__, bootstrap
+from mailstead import __version__, bootstrap, supervisor
 from mailstead import loop as event_loop
 from mailstead.app import App
 from mailstead.cli.admin import alias, domain, user
@@ -129,7 +129,8 @@ async def _check_pg_schema(url: str, schema: str, allowed: bool) -> None:
 )
 @data_option
 def serve(listen: tuple[str, ...], data: Path | None) -> None:
-    """Run the server in the foreground; prints one 'listening' line per listener."""
+    """Run the server in the foreground; prints one 'listening' line per listener.
+    With server.workers other than 1, one worker process per core serves them all."""
     try:
         cfg = config_for(data)
         for spec in listen:
@@ -138,12 +139,21 @@ def serve(listen: tuple[str, ...], data: Path | None) -> None:
     except ConfigError as exc:
         fail(str(exc), 2)
     setup_logging(cfg.log.level)
+    workers = supervisor.worker_count(cfg)
     try:
-        event_loop.run(_serve(App(cfg)))
+        if workers == 1:
+            event_loop.run(_serve(App(cfg)))
+        else:
+            sys.exit(supervisor.serve(cfg, workers, _echo))
     except ConfigError as exc:
         fail(str(exc), 2)
     except OSError as exc:
         fail(f"cannot listen: {exc.strerror or exc}")
+
+
+def _echo(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
 
 
 async def _serve(app: App) -> None:

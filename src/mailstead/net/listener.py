@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import os
 import random
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from typing import Protocol
 from mailstead.net.tls import describe
 from mailstead.obs import log_event
 
+BACKLOG = 4096
 STREAM_LIMIT = 256 * 1024  # asyncio buffer cap; protocol line limits are checked below it
 
 # Session ids only tell log lines apart: drawn from a generator seeded once per process (and
@@ -259,8 +261,8 @@ class Connection:
 
 class ConnectionCaps:
     """Total and per-IP open connection counters shared by all listeners of a process, and
-    the logged-in sessions per (protocol, user, IP). Kept in process memory for now; this
-    class is the one place that would ask the store instead when caps span workers."""
+    the logged-in sessions per (protocol, user, IP), in process memory. With several worker
+    processes, ``net.sharedcaps.SharedConnectionCaps`` keeps the same counts across them."""
 
     def __init__(self, total: int, per_ip: int) -> None:
         self.total_limit = total
@@ -284,6 +286,10 @@ class ConnectionCaps:
         self.sessions_by_user_ip[key] -= 1
         if self.sessions_by_user_ip[key] <= 0:
             del self.sessions_by_user_ip[key]
+
+    def open_counts(self) -> Counter[str]:
+        """Open connections per protocol (for the statistics)."""
+        return self.open_by_protocol
 
     def acquire(self, ip: str, protocol: str) -> bool:
         if self.open_total >= self.total_limit or self.open_by_ip[ip] >= self.per_ip_limit:
@@ -326,8 +332,10 @@ async def start_listener(
     handler: ProtocolHandler,
     caps: ConnectionCaps,
     tasks: set[asyncio.Task[None]] | None = None,
+    sock: socket.socket | None = None,
 ) -> Listener:
-    """Binds and starts serving. ``tasks`` collects running sessions so shutdown can end them."""
+    """Binds and starts serving (on ``sock`` if given: a socket bound already, the worker
+    processes' shared one). ``tasks`` collects running sessions so shutdown can end them."""
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
@@ -366,15 +374,14 @@ async def start_listener(
             await conn.close()
             log_event("conn.close", session=conn.session_id, listener=name)
 
-    server = await asyncio.start_server(
-        on_connect,
-        host=address,
-        port=port,
-        ssl=ssl_context if tls_mode == "implicit" else None,
-        limit=STREAM_LIMIT,
-        reuse_address=True,
-        backlog=4096,
-    )
+    tls = ssl_context if tls_mode == "implicit" else None
+    if sock is not None:
+        server = await asyncio.start_server(
+            on_connect, sock=sock, ssl=tls, limit=STREAM_LIMIT, backlog=BACKLOG)
+    else:
+        server = await asyncio.start_server(
+            on_connect, host=address, port=port, ssl=tls, limit=STREAM_LIMIT,
+            reuse_address=True, backlog=BACKLOG)
     return Listener(name, protocol, address, port, tls_mode, server)
 
 

@@ -58,14 +58,16 @@ MAX_ALIAS_DEPTH = 8
 
 
 class AccountService:
-    def __init__(self, store: MetadataStore, cfg: AuthConfig, limiter: AuthLimiter) -> None:
+    def __init__(self, store: MetadataStore, cfg: AuthConfig, limiter: AuthLimiter,
+                 cache_key: bytes | None = None) -> None:
         self.store = store
         self.cfg = cfg
         self.limiter = limiter
         # (password hash, keyed digest of the password) -> expiry. Keyed with a per-process
-        # secret so the cache never holds anything that helps an attacker offline.
+        # secret so the cache never holds anything that helps an attacker offline (the worker
+        # processes of one serve share theirs: their limiters compare the same guesses).
         self._cache: dict[tuple[str, bytes], float] = {}
-        self._cache_key = secrets.token_bytes(32)
+        self._cache_key = cache_key or secrets.token_bytes(32)
         self._verifying: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
         # SRS reversal of bounces to forwarded mail (services/forwarding.py; wiring sets it).
         self.forwarding: Forwarding | None = None

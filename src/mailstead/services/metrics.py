@@ -267,13 +267,14 @@ def node_name(cfg: MetricsConfig) -> str:
 
 
 async def report_to_monitor(
-    cfg: MetricsConfig, figures_now: Callable[[], Awaitable[dict[str, Any]]]
+    cfg: MetricsConfig, figures_now: Callable[[], Awaitable[dict[str, Any]]],
+    worker: int | None = None,
 ) -> None:
     """Sends the StatsD report and the message events, each line tagged ``node:<name>``, to
     the ``mailstead monitor`` at ``metrics.monitor`` every ``monitor_interval`` seconds."""
     reported: Counter[str] = Counter()
     events = MessageEvents(cfg.statsd_prefix, cfg.monitor_addresses)
-    tag = f"node:{node_name(cfg)}"
+    tag = f"node:{node_name(cfg)}" + (f",worker:{worker}" if worker is not None else "")
 
     def report(figures: dict[str, Any]) -> list[str]:
         lines = [f"{line}|#{tag}" for line in statsd_lines(figures, reported,

@@ -44,6 +44,15 @@ _temp_numbers = itertools.count()  # next() on it is atomic under the GIL: safe 
 _TEMP_TAG = f"{os.getpid()}-{secrets.token_hex(4)}"
 
 
+def _new_temp_tag() -> None:
+    """A forked worker (supervisor.py) names its temp files apart from its siblings'."""
+    global _TEMP_TAG
+    _TEMP_TAG = f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+os.register_at_fork(after_in_child=_new_temp_tag)
+
+
 def blob_id_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -1,8 +1,9 @@
 """Change feed: who is watching which mailbox (IMAP IDLE, other sessions, webmail).
 
 Stores call ``publish`` from the event loop after a commit that touched a mailbox; watchers wake
-and ask the store what changed. On PostgreSQL the store also relays LISTEN/NOTIFY from other
-nodes into ``publish``.
+and ask the store what changed. ``forward``, when set, sends the same ids to the sibling worker
+processes (net/peers.py), whose channel hands them to ``publish_here``. On PostgreSQL the store
+also relays LISTEN/NOTIFY from other nodes into ``publish_here``.
 
 Besides mailbox ids (positive), the feed carries one id per account (``account_channel``, a
 negative number) published when the account's list of mailboxes or subscriptions changed
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 def account_channel(account_id: int) -> int:
@@ -91,6 +92,8 @@ class MultiWatch:
 class ChangeBus:
     def __init__(self) -> None:
         self._watches: defaultdict[int, set[Watch | MultiWatch]] = defaultdict(set)
+        # Called with each publish's ids after the local watchers were told (the other workers).
+        self.forward: Callable[[set[int]], None] | None = None
 
     def watch(self, mailbox_id: int) -> Watch:
         w = Watch(self, mailbox_id)
@@ -113,6 +116,15 @@ class ChangeBus:
                 del self._watches[mailbox_id]
 
     def publish(self, mailbox_ids: Iterable[int]) -> None:
+        """A commit of this process touched these ids: wakes their watchers here and in the
+        other worker processes."""
+        ids = set(mailbox_ids)
+        self.publish_here(ids)
+        if self.forward is not None and ids:
+            self.forward(ids)
+
+    def publish_here(self, mailbox_ids: Iterable[int]) -> None:
+        """Wakes this process's watchers only (ids that came from elsewhere)."""
         for mailbox_id in set(mailbox_ids):
             for w in self._watches.get(mailbox_id, ()):
                 w.fire(mailbox_id)

@@ -223,7 +223,7 @@ class PostgresStore(SqlStore):
         node, _, ids = rest.partition(" ")
         if schema != self.schema or node == self.node:
             return  # another site, or our own change (published locally already)
-        self.changes.publish(int(i) for i in ids.split())
+        self.changes.publish_here(int(i) for i in ids.split())
 
 
 def schema_state(url: str, schema: str) -> Literal["absent", "empty", "mailstead", "foreign"]:

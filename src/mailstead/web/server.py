@@ -90,9 +90,11 @@ async def start_web(
     lc: ListenerConfig,
     ssl_context: ssl.SSLContext | None,
     listeners: list[Listener],
+    sock: socket.socket | None = None,
 ) -> WebServer:
-    """Binds the listener and starts serving the web app on the running loop. ``listeners``
-    is the App's list (filled as it starts), read for the client settings pages."""
+    """Binds the listener (or takes ``sock``, bound already) and starts serving the web app
+    on the running loop. ``listeners`` is the App's list (filled as it starts), read for the
+    client settings pages."""
     from mailstead.web.app import build_app
     from mailstead.web.state import WebState, session_key
 
@@ -103,7 +105,8 @@ async def start_web(
     state = WebState(services, listeners, https=lc.tls == "implicit",
                      secret=await session_key(services))
     app = build_app(state)
-    sock = bind_tcp(lc.address, lc.port)
+    if sock is None:
+        sock = bind_tcp(lc.address, lc.port)
     server = await start_uvicorn(app, sock, ssl_context if lc.tls == "implicit" else None)
     listener = Listener(name=name, protocol=lc.protocol, address=lc.address, port=lc.port,
                         tls_mode=lc.tls, server=server.servers[0])

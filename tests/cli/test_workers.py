@@ -1,0 +1,333 @@
+"""``mailstead serve`` with two worker processes (supervisor.py): what one worker does, the
+other hears (IDLE across workers on both stores), caps hold across them, a worker killed by
+SIGKILL loses no acknowledged message and is replaced while the other keeps serving, and
+SIGTERM stops them all.
+
+Which worker holds a connection is read the way an administrator would: from /proc (the
+server-side socket of the connection in /proc/net/tcp, and the worker whose descriptors
+include that socket).
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import poplib
+import re
+import signal
+import smtplib
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailstead.config import Config, deep_merge
+from mailstead.store.factory import make_blob_store, make_metadata_store
+from tests.conftest import DOMAIN, PASSWORD, ServeProcess, run_outside_loop
+from tests.smtp.test_crash import prepare as prepare_smtp_only
+
+ALICE = f"alice@{DOMAIN}"
+BOB = f"bob@{DOMAIN}"
+SERVED = ("smtp", "imap", "pop3")
+
+
+def prepare(data_dir: Path, store: dict[str, Any], tls_files: tuple[Path, Path],
+            **overrides: Any) -> Config:
+    """The crash test's data directory (alice and bob), with SMTP, IMAP and POP3 served by
+    two workers."""
+    listeners = {name: {"enabled": name in SERVED} for name in Config().listeners}
+    ours = {"listeners": listeners, "server": {"workers": 2},
+            "auth": {"allow_plaintext_on_loopback": True}}
+    return prepare_smtp_only(data_dir, deep_merge(deep_merge(ours, store), overrides), tls_files)
+
+
+# -- which worker holds a connection --
+
+
+def workers_of(server: ServeProcess) -> list[int]:
+    pid = server.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children]
+
+
+def _server_socket_inode(client: socket.socket) -> str:
+    """The inode of the server's end of ``client``'s TCP connection."""
+    host, port = client.getsockname()[:2]
+    wanted = f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == wanted:  # rem_address of the server's socket is our local address
+            return fields[9]
+    raise AssertionError(f"no server socket for {wanted}")
+
+
+def worker_holding(server: ServeProcess, client: socket.socket) -> int:
+    target = f"socket:[{_server_socket_inode(client)}]"
+    for _ in range(50):
+        for pid in workers_of(server):
+            with_fds = Path(f"/proc/{pid}/fd")
+            try:
+                links = [os.readlink(fd) for fd in with_fds.iterdir()]
+            except OSError:
+                continue
+            if target in links:
+                return pid
+        time.sleep(0.05)  # accepted but not yet handed to the worker's loop
+    raise AssertionError("no worker holds the connection")
+
+
+def imap_login(port: int, user: str = ALICE) -> imaplib.IMAP4:
+    client = imaplib.IMAP4("127.0.0.1", port)
+    client.login(user, PASSWORD)
+    return client
+
+
+def connections_in_each_worker(
+    server: ServeProcess, connect: Callable[[], imaplib.IMAP4], tries: int = 40
+) -> dict[int, imaplib.IMAP4]:
+    """Opens connections until each worker holds one (closing the spare ones at once)."""
+    found: dict[int, imaplib.IMAP4] = {}
+    for _ in range(tries):
+        client = connect()
+        pid = worker_holding(server, client.sock)
+        if pid in found:
+            client.logout()
+        else:
+            found[pid] = client
+        if len(found) == 2:
+            break
+    assert len(found) == 2, "the kernel gave every connection to one worker"
+    return found
+
+
+def send_mail(port: int, subject: str, rcpt: str = ALICE) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.sendmail("carol@remote.test", [rcpt],
+                      f"From: carol@remote.test\r\nSubject: {subject}\r\n\r\nhi\r\n")
+
+
+def idle_until_exists(client: imaplib.IMAP4, heard: dict[int, float], pid: int,
+                      ready: threading.Event) -> None:
+    tag = client._new_tag().decode()  # type: ignore[attr-defined]
+    client.send(f"{tag} IDLE\r\n".encode())
+    assert client.readline().startswith(b"+")
+    ready.set()
+    client.sock.settimeout(20)
+    while True:
+        line = client.readline()
+        if b"EXISTS" in line:
+            heard[pid] = time.monotonic()
+            break
+    client.send(b"DONE\r\n")
+    while not client.readline().startswith(tag.encode()):
+        pass
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_idle_in_one_worker_hears_delivery_in_the_other(
+    tmp_path: Path, store_overrides: dict[str, Any], tls_files: tuple[Path, Path],
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    cfg = prepare(tmp_path / "data", store_overrides, tls_files)
+    server = serve_process(cfg.data_dir)
+    assert len(workers_of(server)) == 2
+    idlers = connections_in_each_worker(server, lambda: imap_login(server.ports["imap"]))
+    heard: dict[int, float] = {}
+    threads = []
+    for pid, client in idlers.items():
+        client.select("INBOX")
+        ready = threading.Event()
+        thread = threading.Thread(target=idle_until_exists, args=(client, heard, pid, ready))
+        thread.start()
+        assert ready.wait(10)
+        threads.append(thread)
+    send_mail(server.ports["smtp"], "across workers")
+    for thread in threads:
+        thread.join(30)
+    assert set(heard) == set(idlers), "an IDLE session in one worker was not told"
+    for client in idlers.values():
+        client.logout()
+
+
+def test_per_ip_and_per_user_caps_hold_across_workers(
+    tmp_path: Path, tls_files: tuple[Path, Path], serve_process: Callable[..., ServeProcess],
+) -> None:
+    cfg = prepare(tmp_path / "data", {}, tls_files,
+                  limits={"max_connections_per_ip": 6, "imap_sessions_per_user_ip": 3})
+    server = serve_process(cfg.data_dir)
+    port = server.ports["imap"]
+    sessions = connections_in_each_worker(server, lambda: imap_login(port))
+    # Two logged in already, one per worker: one more is allowed, the fourth is refused
+    # whichever worker takes it.
+    holders = set(sessions)
+    extra = [imap_login(port)]
+    for _ in range(4):
+        client = imaplib.IMAP4("127.0.0.1", port)
+        with pytest.raises(imaplib.IMAP4.error, match=r"\[LIMIT\]"):
+            client.login(ALICE, PASSWORD)
+        holders.add(worker_holding(server, client.sock))
+        client.logout()
+    assert len(holders) == 2
+    time.sleep(0.5)  # the refused connections' ends reach the server
+    # The per-IP cap: 3 connections are open; 3 more fill it, the 7th is turned away.
+    more = [imaplib.IMAP4("127.0.0.1", port) for _ in range(3)]
+    with pytest.raises((imaplib.IMAP4.abort, imaplib.IMAP4.error, OSError, EOFError)):
+        refused = imaplib.IMAP4("127.0.0.1", port)
+        refused.noop()
+    for client in [*sessions.values(), *extra, *more]:
+        client.logout()
+    # Released everywhere: sessions can log in again.
+    again = [imap_login(port) for _ in range(3)]
+    for client in again:
+        client.logout()
+
+
+def sender(port: int, acked: list[str], stop: threading.Event, name: str) -> None:
+    number = 0
+    while not stop.is_set():
+        subject = f"{name}-{number}"
+        number += 1
+        try:
+            send_mail(port, subject, BOB)
+        except (smtplib.SMTPException, OSError):
+            continue  # its worker was killed mid-message: not acknowledged, may be retried
+        acked.append(subject)
+
+
+def stored_subjects(cfg: Config) -> set[str]:
+    async def read() -> set[str]:
+        st = make_metadata_store(cfg)
+        blobs = make_blob_store(cfg)
+        await st.open()
+        try:
+            account = await st.get_account(BOB)
+            assert account is not None
+            box = await st.get_mailbox(account.id, "INBOX")
+            assert box is not None
+            found = set()
+            for meta in await st.get_messages(box.id):
+                subject = re.search(rb"Subject: (\S+)", blobs.get(meta.blob_id))
+                assert subject is not None
+                found.add(subject.group(1).decode())
+            return found
+        finally:
+            await st.close()
+
+    return run_outside_loop(read())
+
+
+def test_sigkill_of_a_worker_loses_no_acknowledged_message(
+    tmp_path: Path, tls_files: tuple[Path, Path], serve_process: Callable[..., ServeProcess],
+) -> None:
+    cfg = prepare(tmp_path / "data", {}, tls_files)
+    server = serve_process(cfg.data_dir)
+    port = server.ports["smtp"]
+    acked: list[str] = []
+    stop = threading.Event()
+    threads = [threading.Thread(target=sender, args=(port, acked, stop, f"s{i}"))
+               for i in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    victim = workers_of(server)[0]
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(1.0)
+    # The other worker kept serving, and a new one took the victim's place.
+    count = len(acked)
+    time.sleep(1.0)
+    assert len(acked) > count
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    replaced = workers_of(server)
+    assert victim not in replaced
+    assert len(replaced) == 2
+    stored = stored_subjects(cfg)
+    missing = [s for s in acked if s not in stored]
+    assert not missing, f"acknowledged but lost: {missing[:5]}"
+    assert server.terminate() == 0
+
+
+def test_sigterm_stops_every_worker(
+    tmp_path: Path, tls_files: tuple[Path, Path], serve_process: Callable[..., ServeProcess],
+) -> None:
+    cfg = prepare(tmp_path / "data", {}, tls_files)
+    server = serve_process(cfg.data_dir)
+    workers = workers_of(server)
+    client = imap_login(server.ports["imap"])
+    assert server.terminate() == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie_gone(pid)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=2)
+    client.shutdown()
+
+
+def _is_zombie_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+
+def test_a_lockout_earned_in_one_worker_holds_in_the_other(
+    tmp_path: Path, tls_files: tuple[Path, Path], serve_process: Callable[..., ServeProcess],
+) -> None:
+    cfg = prepare(tmp_path / "data", {}, tls_files, auth={"max_failures": 3,
+                                                          "failure_delay": 0.01})
+    server = serve_process(cfg.data_dir)
+    port = server.ports["imap"]
+    by_worker: dict[int, list[imaplib.IMAP4]] = {}
+    for _ in range(40):
+        client = imaplib.IMAP4("127.0.0.1", port)
+        by_worker.setdefault(worker_holding(server, client.sock), []).append(client)
+        if len(by_worker) == 2 and all(len(c) >= 3 for c in by_worker.values()):
+            break
+    first, second = (clients for clients in by_worker.values())
+    for n, client in enumerate(first[:3]):  # three different guesses (a repeat counts once)
+        with pytest.raises(imaplib.IMAP4.error):
+            client.login(ALICE, f"wrong-password-{n}")
+    # The right password, on the other worker: refused without being checked.
+    with pytest.raises(imaplib.IMAP4.error, match=r"UNAVAILABLE|try again later"):
+        second[0].login(ALICE, PASSWORD)
+    for clients in by_worker.values():
+        for client in clients:
+            client.shutdown()
+
+
+def test_the_pop3_maildrop_lock_holds_across_workers(
+    tmp_path: Path, tls_files: tuple[Path, Path], serve_process: Callable[..., ServeProcess],
+) -> None:
+    cfg = prepare(tmp_path / "data", {}, tls_files)
+    server = serve_process(cfg.data_dir)
+    port = server.ports["pop3"]
+    by_worker: dict[int, poplib.POP3] = {}
+    spare = []
+    for _ in range(40):
+        client = poplib.POP3("127.0.0.1", port, timeout=30)
+        pid = worker_holding(server, client.sock)
+        if pid in by_worker:
+            spare.append(client)
+        else:
+            by_worker[pid] = client
+        if len(by_worker) == 2:
+            break
+    first, second = by_worker.values()
+    first.user(ALICE)
+    first.pass_(PASSWORD)
+    second.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"IN-USE"):
+        second.pass_(PASSWORD)
+    first.quit()
+    for client in spare:
+        client.quit()
