@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mailstead.net.balance import BalancedServer, LoadBoard
 from mailstead.net.tls import describe
 from mailstead.obs import log_event
 
@@ -291,6 +292,10 @@ class ConnectionCaps:
         """Open connections per protocol (for the statistics)."""
         return self.open_by_protocol
 
+    def load_board(self) -> LoadBoard | None:
+        """Where worker processes compare their loads (None: this process is the only one)."""
+        return None
+
     def acquire(self, ip: str, protocol: str) -> bool:
         if self.open_total >= self.total_limit or self.open_by_ip[ip] >= self.per_ip_limit:
             return False
@@ -314,7 +319,7 @@ class Listener:
     address: str
     port: int
     tls_mode: str
-    server: asyncio.Server
+    server: asyncio.Server | BalancedServer
 
     @property
     def bound_port(self) -> int:
@@ -375,7 +380,17 @@ async def start_listener(
             log_event("conn.close", session=conn.session_id, listener=name)
 
     tls = ssl_context if tls_mode == "implicit" else None
-    if sock is not None:
+    server: asyncio.Server | BalancedServer
+    board = caps.load_board()
+    if sock is not None and board is not None:  # a worker of several (net/balance.py)
+        loop = asyncio.get_running_loop()
+
+        def factory() -> asyncio.StreamReaderProtocol:
+            reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, on_connect, loop=loop)
+
+        server = BalancedServer(sock, factory, tls, board)
+    elif sock is not None:
         server = await asyncio.start_server(
             on_connect, sock=sock, ssl=tls, limit=STREAM_LIMIT, backlog=BACKLOG)
     else:

@@ -29,13 +29,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import mmap
+import socket
+import weakref
 from collections import Counter
 
 from mailstead.net.listener import ConnectionCaps
 
 SLOTS = 1 << 17  # keys per worker: open addresses + protocols + logged-in (user, address) pairs
-_HEADER = 8  # 64-bit words: generation, total open connections, keys in use, spare
-_GEN, _TOTAL, _USED = 0, 1, 2
+_HEADER = 8  # 64-bit words: generation, total open connections, keys in use, accepted sockets
+_GEN, _TOTAL, _USED, _LOAD = 0, 1, 2, 3
 REGION = 8 * (_HEADER + 2 * SLOTS)  # header, keys, counts
 PROTOCOLS = ("smtp", "submission", "imap", "pop3", "dmtp", "dmap", "http")
 
@@ -66,6 +68,7 @@ class _Region:
             memoryview(words).cast("B")[:] = bytes(len(words) * 8)
         self.header[_TOTAL] = 0
         self.header[_USED] = 0
+        self.header[_LOAD] = 0
 
     def _find(self, key: int) -> int:
         mask = SLOTS - 1
@@ -140,14 +143,36 @@ class _Region:
 
 
 class SharedConnectionCaps(ConnectionCaps):
-    """``ConnectionCaps`` whose counts span every worker (the module docstring says how)."""
+    """``ConnectionCaps`` whose counts span every worker (the module docstring says how),
+    and each worker's open sockets, so new connections go to the least busy one."""
 
     def __init__(self, total: int, per_ip: int, mapping: mmap.mmap, workers: int,
                  index: int) -> None:
         super().__init__(total, per_ip)
         self.regions = [_Region(mapping, i) for i in range(workers)]
         self.mine = self.regions[index]
+        self.siblings = [region for i, region in enumerate(self.regions) if i != index]
         self.mine.clear()  # a predecessor's counts died with it
+        # Sockets this worker accepted that are still open (a transport drops its socket when
+        # the connection ends, TLS handshake failures included): the load it shows siblings.
+        self.accepted: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+    # -- sharing out new connections (net/balance.py) --
+
+    def load_board(self) -> SharedConnectionCaps:
+        return self
+
+    def note_accepted(self, sock: socket.socket) -> None:
+        self.accepted.add(sock)
+        self.mine.header[_LOAD] = len(self.accepted)
+
+    def busier_than_a_sibling(self) -> bool:
+        """Whether another worker holds fewer open connections than this one (so it should
+        take the next one). Siblings' figures may be a little high, never low: each refreshes
+        its own whenever it accepts or is offered a connection."""
+        load = len(self.accepted)
+        self.mine.header[_LOAD] = load
+        return any(region.header[_LOAD] < load for region in self.siblings)
 
     def _sum(self, key: int) -> int:
         return sum(region.count(key) for region in self.regions)
