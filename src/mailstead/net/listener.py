@@ -25,6 +25,8 @@ from mailstead.obs import log_event
 
 BACKLOG = 4096
 STREAM_LIMIT = 256 * 1024  # asyncio buffer cap; protocol line limits are checked below it
+CLOSE_GRACE = 2.0  # seconds a closing connection may take to flush and end TLS politely
+STOP_GRACE = 0.1  # the same while the server stops
 
 # Session ids only tell log lines apart: drawn from a generator seeded once per process (and
 # again in a forked child), not from os.urandom, a system call for every connection.
@@ -254,10 +256,17 @@ class Connection:
             self._timer = None
         if self.pump is not None:
             self.pump.cancel()
-        with contextlib.suppress(Exception):
+        # A TLS close waits for the client's close_notify, which many clients never send:
+        # give it CLOSE_GRACE (less while the server stops), then drop the socket outright.
+        task = asyncio.current_task()
+        grace = STOP_GRACE if task is not None and task.cancelling() else CLOSE_GRACE
+        try:
             self.writer.close()
-            async with asyncio.timeout(2):  # no task of its own, as wait_for would make
+            async with asyncio.timeout(grace):  # no task of its own, as wait_for would make
                 await self.writer.wait_closed()
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.writer.transport.abort()
 
 
 class ConnectionCaps:
