@@ -420,7 +420,7 @@ def search_criteria(query: str) -> list[str]:
         if colon and key == "is" and value.lower() in _SEARCH_STATES:
             criteria.append(_SEARCH_STATES[value.lower()])
             continue
-        if not (colon and key in _SEARCH_KEYS):
+        if not (colon and key in _SEARCH_KEYS and value):
             key, value = "text", word
         # IMAPClient quotes a value with a space, quote or backslash, not one with other
         # atom-specials (RFC 9051 9: "(", "{", "%"...): those become spaces.

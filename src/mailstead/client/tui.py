@@ -128,6 +128,11 @@ class MailApp(App[None]):
         await self.load_messages()
         table.focus()
 
+    async def on_unmount(self) -> None:
+        """Logs out when the client quits (the server need not wait for a timeout)."""
+        async with self._lock:
+            await asyncio.to_thread(self.client.close)
+
     # -- talking to the server --
 
     async def call(self, func: Callable[..., T], *args: Any) -> T | None:
