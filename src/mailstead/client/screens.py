@@ -5,7 +5,7 @@ chose, or None when they pressed Escape."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -16,22 +16,29 @@ from textual.widgets.option_list import Option
 
 from mailstead.client.saving import Saveable, free_path, write_file
 
-_DIALOG_CSS = """
-{name} {{ align: center middle; }}
-{name} > Vertical {{ width: 80%; height: auto; max-height: 80%; border: round $accent;
-                     padding: 0 1; }}
-{name} OptionList {{ height: auto; max-height: 16; }}
-{name} Label {{ width: 100%; }}
-"""
+T = TypeVar("T")
 
 
-class SaveScreen(ModalScreen[Path | None]):
+class Dialog(ModalScreen[T]):
+    """A box in the middle of the screen; Escape dismisses it with None."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    Dialog { align: center middle; }
+    Dialog > Vertical { width: 80%; height: auto; max-height: 80%; border: round $accent;
+                        padding: 0 1; }
+    Dialog OptionList { height: auto; max-height: 16; }
+    Dialog Label { width: 100%; }
+    """
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class SaveScreen(Dialog[Path | None]):
     """Pick what to save (the whole message or an attachment), then where: the path starts
     as a free name in ``folder`` and can be edited. A path that exists is overwritten only
     after a second Enter on that same path. Dismissed with the path written."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
-    DEFAULT_CSS = _DIALOG_CSS.format(name="SaveScreen")
 
     def __init__(self, items: list[Saveable], folder: Path) -> None:
         super().__init__()
@@ -105,15 +112,9 @@ class SaveScreen(ModalScreen[Path | None]):
     def _note(self, text: str) -> None:
         self.query_one("#save-note", Label).update(text)
 
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
-
-class SearchScreen(ModalScreen[str | None]):
+class SearchScreen(Dialog[str | None]):
     """One line of search words; dismissed with what was typed."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
-    DEFAULT_CSS = _DIALOG_CSS.format(name="SearchScreen")
 
     def __init__(self, query: str = "") -> None:
         super().__init__()
@@ -132,15 +133,9 @@ class SearchScreen(ModalScreen[str | None]):
         event.stop()
         self.dismiss(event.value.strip() or None)
 
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
-
-class FolderPickerScreen(ModalScreen[str | None]):
+class FolderPickerScreen(Dialog[str | None]):
     """The folders to move a message to; dismissed with the one picked."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
-    DEFAULT_CSS = _DIALOG_CSS.format(name="FolderPickerScreen")
 
     def __init__(self, folders: list[str], what: str) -> None:
         super().__init__()
@@ -160,6 +155,3 @@ class FolderPickerScreen(ModalScreen[str | None]):
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()  # not the main screen's folder list
         self.dismiss(self.folders[event.option_index])
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
