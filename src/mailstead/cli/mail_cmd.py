@@ -103,7 +103,8 @@ def with_client(func: Callable[..., None]) -> Callable[..., None]:
 @connection_options
 @with_client
 def client(client: MailClient) -> None:
-    """The terminal mail client: read, reply, compose, flag, delete, mark spam."""
+    """The terminal mail client: read, reply, compose, flag, delete, mark spam, move, search,
+    save a message or an attachment."""
     from mailstead.client.tui import MailApp
 
     MailApp(client).run()

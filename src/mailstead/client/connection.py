@@ -12,12 +12,14 @@ from __future__ import annotations
 import email
 import email.policy
 import mimetypes
+import re
+import shlex
 import smtplib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.utils import format_datetime, getaddresses, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +27,7 @@ from typing import Any, Literal
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from mailstead.web.sanitize import html_to_text
+from mailstead.client.html_text import html_to_text
 
 TlsMode = Literal["implicit", "starttls", "none"]
 
@@ -62,6 +64,27 @@ class Folder:
 
 
 @dataclass(frozen=True, slots=True)
+class SpamVerdict:
+    """What a SpamAssassin-style filter wrote into the header (X-Spam-Flag, X-Spam-Score,
+    X-Spam-Status "Yes, score=7.1 required=5.0"): mailstead's spam service does."""
+    is_spam: bool
+    score: float | None
+    required: float | None
+
+    @classmethod
+    def from_header(cls, header: Message) -> SpamVerdict | None:
+        flag = str(header.get("X-Spam-Flag", "")).strip().upper()
+        status = str(header.get("X-Spam-Status", ""))
+        if not flag and not status:
+            return None
+        score = _number(_SCORE.search(status))
+        if score is None:
+            score = _number(_NUMBER.match(str(header.get("X-Spam-Score", "")).strip()))
+        return cls(flag == "YES" or status.strip().lower().startswith("yes"),
+                   score, _number(_REQUIRED.search(status)))
+
+
+@dataclass(frozen=True, slots=True)
 class Summary:
     uid: int
     sender: str
@@ -70,6 +93,7 @@ class Summary:
     flags: frozenset[str]
     size: int
     depth: int = 0  # in a threaded list: how many replies deep (0 starts a thread)
+    spam: SpamVerdict | None = None  # the server's X-Spam-* fields, when it wrote them
 
     @property
     def seen(self) -> bool:
@@ -86,6 +110,7 @@ class Letter:
     message: EmailMessage
     text: str  # what to show: the plain text part, or the HTML part as text
     attachments: list[str] = field(default_factory=list)
+    raw: bytes = b""  # the message as the server keeps it (for saving it whole)
 
     def header(self, name: str) -> str:
         return str(self.message.get(name, ""))
@@ -181,14 +206,34 @@ class MailClient:
             uids = self.imap.sort(["REVERSE", "DATE", "REVERSE", "ARRIVAL"])[:limit]
         else:
             uids = sorted(self.imap.search("ALL"), reverse=True)[:limit]
+        return self._summaries_of(uids, depths)
+
+    def search(self, folder: str, query: str, limit: int = 500) -> list[Summary]:
+        """The messages of the folder that match ``query`` (see ``search_criteria``), found
+        by the server's UID SEARCH (RFC 9051 6.4.4), newest first (server-side SORT when it
+        can, RFC 5256). Non-ASCII words go with CHARSET UTF-8."""
+        criteria = search_criteria(query)
+        charset = None if query.isascii() else "UTF-8"
+        self._select(folder)
+        if self.imap.has_capability("SORT"):
+            uids = self.imap.sort(["REVERSE", "DATE", "REVERSE", "ARRIVAL"], criteria,
+                                  charset or "UTF-8")[:limit]
+        else:
+            uids = sorted(self.imap.search(criteria, charset), reverse=True)[:limit]
+        return self._summaries_of(uids, {})
+
+    def _summaries_of(self, uids: Sequence[int], depths: dict[int, int]) -> list[Summary]:
+        """FLAGS, size and the list's header fields of these messages, in this order."""
         if not uids:
             return []
         order = {uid: i for i, uid in enumerate(uids)}
-        fetched = self.imap.fetch(uids, ["FLAGS", "RFC822.SIZE",
-                                         "BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)]"])
+        fields = " ".join(LIST_FIELDS)
+        fetched = self.imap.fetch(list(uids), ["FLAGS", "RFC822.SIZE",
+                                               f"BODY.PEEK[HEADER.FIELDS ({fields})]"])
         out = []
         for uid, data in fetched.items():
-            head = data.get(b"BODY[HEADER.FIELDS (FROM SUBJECT DATE)]", b"")
+            head = next((value for key, value in data.items()
+                         if key.startswith(b"BODY[HEADER.FIELDS")), b"")
             parsed = email.message_from_bytes(head, policy=email.policy.default)
             name, address = parseaddr(str(parsed.get("From", "")))
             try:
@@ -198,7 +243,8 @@ class MailClient:
             out.append(Summary(
                 uid=uid, sender=name or address, subject=str(parsed.get("Subject", "")),
                 date=date, flags=frozenset(_flag_text(f) for f in data.get(b"FLAGS", ())),
-                size=int(data.get(b"RFC822.SIZE", 0)), depth=depths.get(uid, 0)))
+                size=int(data.get(b"RFC822.SIZE", 0)), depth=depths.get(uid, 0),
+                spam=SpamVerdict.from_header(parsed)))
         out.sort(key=lambda s: order[s.uid])
         return out
 
@@ -212,7 +258,7 @@ class MailClient:
         message = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         return Letter(uid, message, readable_text(message), [
-            part.get_filename() or "(unnamed)" for part in message.iter_attachments()])
+            part.get_filename() or "(unnamed)" for part in message.iter_attachments()], raw)
 
     def set_flag(self, folder: str, uids: Sequence[int], flag: str, on: bool) -> None:
         self._select(folder)
@@ -313,6 +359,8 @@ class MailClient:
         return recipients
 
 
+# The header fields the message list shows (and its marks are made from).
+LIST_FIELDS = ("FROM", "SUBJECT", "DATE", "X-SPAM-FLAG", "X-SPAM-SCORE", "X-SPAM-STATUS")
 _ROLES = {"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged"}
 
 
@@ -348,6 +396,50 @@ def readable_text(message: EmailMessage) -> str:
     text = str(content)
     # The webmail's reading of HTML as text (for its reply quotes): the same job.
     return html_to_text(text) if part.get_content_subtype() == "html" else text
+
+
+_SEARCH_KEYS = {"from": "FROM", "to": "TO", "cc": "CC", "subject": "SUBJECT",
+                "body": "BODY", "text": "TEXT"}
+_SEARCH_STATES = {"unread": "UNSEEN", "read": "SEEN", "flagged": "FLAGGED",
+                  "unflagged": "UNFLAGGED", "answered": "ANSWERED"}
+
+
+def search_criteria(query: str) -> list[str]:
+    """IMAP SEARCH keys for what a user typed: words match anywhere in the message (TEXT),
+    ``from:``, ``to:``, ``cc:``, ``subject:``, ``body:`` narrow a word to that part,
+    ``is:unread|read|flagged|unflagged|answered`` to a state; "quoted words" stay
+    together. All must match. ClientError for an empty query."""
+    try:
+        words = shlex.split(query)
+    except ValueError:  # an unbalanced quote: take the words as they are
+        words = query.split()
+    criteria: list[str] = []
+    for word in words:
+        key, colon, value = word.partition(":")
+        key = key.lower()
+        if colon and key == "is" and value.lower() in _SEARCH_STATES:
+            criteria.append(_SEARCH_STATES[value.lower()])
+            continue
+        if not (colon and key in _SEARCH_KEYS and value):
+            key, value = "text", word
+        # IMAPClient quotes a value with a space, quote or backslash, not one with other
+        # atom-specials (RFC 9051 9: "(", "{", "%"...): those become spaces.
+        value = " ".join(_NOT_ATOM.sub(" ", value).split())
+        if value:
+            criteria += [_SEARCH_KEYS[key], value]
+    if not criteria:
+        raise ClientError("nothing to search for")
+    return criteria
+
+
+_SCORE = re.compile(r"\bscore=(-?\d+(?:\.\d+)?)")
+_REQUIRED = re.compile(r"\brequired=(-?\d+(?:\.\d+)?)")
+_NOT_ATOM = re.compile(r"[(){%*\]\x00-\x1f\x7f]")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _number(match: re.Match[str] | None) -> float | None:
+    return float(match.group(match.lastindex or 0)) if match else None
 
 
 def _flag_text(flag: object) -> str:

@@ -2,10 +2,12 @@
 message below. Works with any IMAP server and SMTP submission server (connection.py).
 
 Keys: Enter reads, c composes, r replies, f flags, d deletes (to Trash), j marks as spam
-(to Junk), n as not spam (back to INBOX), t switches between the list by date and the
-conversations (the server's THREAD=REFERENCES), g refreshes, q quits. In the compose screen,
-Ctrl+S sends and Escape cancels. Every server call runs in a worker thread, one at a time,
-so the screen never freezes on the network.
+(to Junk), n as not spam (back to INBOX), m moves to another folder, s saves the message
+or an attachment to a file, / searches the folder on the server (Escape goes back to the
+whole folder), t switches between the list by date and the conversations (the server's
+THREAD=REFERENCES), g refreshes, q quits. The first column holds marks (marks.py). In the
+compose screen, Ctrl+S sends and Escape cancels. Every server call runs in a worker thread,
+one at a time, so the screen never freezes on the network.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, OptionList,
 from textual.widgets.option_list import Option
 
 from mailstead.client.connection import ClientError, Letter, MailClient, Summary
+from mailstead.client.marks import LEGEND, marks
+from mailstead.client.saving import default_folder, saveables
+from mailstead.client.screens import FolderPickerScreen, SaveScreen, SearchScreen
 
 T = TypeVar("T")
 
@@ -82,6 +87,9 @@ class MailApp(App[None]):
         Binding("f", "flag", "Flag"), Binding("d", "delete", "Delete"),
         Binding("j", "junk", "Spam"), Binding("n", "not_junk", "Not spam"),
         Binding("t", "threads", "Threads"), Binding("g", "refresh", "Refresh"),
+        Binding("m", "move", "Move"), Binding("s", "save", "Save"),
+        Binding("slash", "search", "Search", key_display="/"),
+        Binding("escape", "end_search", "All messages"),
         Binding("q", "quit", "Quit"),
     ]
     DEFAULT_CSS = """
@@ -91,9 +99,11 @@ class MailApp(App[None]):
     #status { height: 1; background: $panel; padding: 0 1; }
     """
 
-    def __init__(self, client: MailClient) -> None:
+    def __init__(self, client: MailClient, save_folder: Path | None = None) -> None:
         super().__init__()
         self.client = client
+        self.save_folder = save_folder  # where "save" suggests files; None: default_folder()
+        self.search_query: str | None = None  # the list shows what it found, when set
         self.folder = "INBOX"
         self.summaries: list[Summary] = []
         self.letter: Letter | None = None
@@ -113,10 +123,15 @@ class MailApp(App[None]):
 
     async def on_mount(self) -> None:
         table = self.query_one("#messages", DataTable)
-        table.add_columns(" ", "From", "Subject", "Date")
+        table.add_columns("", "From", "Subject", "Date")
         await self.load_folders()
         await self.load_messages()
         table.focus()
+
+    async def on_unmount(self) -> None:
+        """Logs out when the client quits (the server need not wait for a timeout)."""
+        async with self._lock:
+            await asyncio.to_thread(self.client.close)
 
     # -- talking to the server --
 
@@ -142,18 +157,25 @@ class MailApp(App[None]):
             menu.highlighted = names.index(self.folder)
 
     async def load_messages(self) -> None:
-        found = await self.call(self.client.summaries, self.folder, 500, self.threaded)
+        found: list[Summary] | None
+        if self.search_query is not None:
+            found = await self.call(self.client.search, self.folder, self.search_query)
+        else:
+            found = await self.call(self.client.summaries, self.folder, 500, self.threaded)
         self.summaries = found or []
         table = self.query_one("#messages", DataTable)
         table.clear()
         for s in self.summaries:
-            mark = ("*" if s.flagged else " ") + (" " if s.seen else "N")
+            mark = marks(s)
             when = s.date.strftime("%Y-%m-%d %H:%M") if s.date else ""
             subject = ("  " * min(s.depth - 1, 10) + "└ " if s.depth else "") + s.subject
             table.add_row(mark, s.sender[:30], subject[:80], when, key=str(s.uid))
-        if found is not None:
+        if found is not None and self.search_query is not None:
+            self.status(f"{self.folder}: {len(self.summaries)} found for "
+                        f"\"{self.search_query}\" (Escape: the whole folder)")
+        elif found is not None:
             shown = "conversations" if self.threaded else "by date"
-            self.status(f"{self.folder}: {len(self.summaries)} messages, {shown}")
+            self.status(f"{self.folder}: {len(self.summaries)} messages, {shown}  ({LEGEND})")
 
     def current(self) -> Summary | None:
         table = self.query_one("#messages", DataTable)
@@ -167,6 +189,7 @@ class MailApp(App[None]):
 
     async def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.folder = str(event.option.id)
+        self.search_query = None
         self.letter = None
         self.query_one("#letter", Static).update("")
         await self.load_messages()
@@ -263,3 +286,61 @@ class MailApp(App[None]):
     async def action_refresh(self) -> None:
         await self.load_folders()
         await self.load_messages()
+
+    # -- save, search, move (issue 21) --
+
+    async def action_save(self) -> None:
+        """The open message, or the one under the cursor: the whole of it or an attachment."""
+        summary = self.current()
+        if summary is None:
+            return
+        letter = self.letter
+        if letter is None or letter.uid != summary.uid:
+            letter = await self.call(self.client.read, self.folder, summary.uid)
+            if letter is None:
+                return
+        folder = self.save_folder or default_folder()
+        self.push_screen(SaveScreen(saveables(letter), folder), self._saved)
+
+    def _saved(self, path: Path | None) -> None:
+        self.status(f"saved to {path}" if path is not None else "not saved")
+
+    def action_search(self) -> None:
+        self.push_screen(SearchScreen(self.search_query or ""), self._search)
+
+    async def _search(self, query: str | None) -> None:
+        if query is None:
+            return
+        self.search_query = query
+        self.letter = None
+        self.query_one("#letter", Static).update("")
+        await self.load_messages()
+        self.refresh_bindings()
+
+    async def action_end_search(self) -> None:
+        if self.search_query is None:
+            return
+        self.search_query = None
+        await self.load_messages()
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "end_search":  # in the footer only while the list shows found ones
+            return self.search_query is not None
+        return True
+
+    async def action_move(self) -> None:
+        summary = self.current()
+        if summary is None:
+            return
+        folders = await self.call(self.client.folders)
+        targets = [f.name for f in folders or [] if f.name != self.folder]
+        if not targets:
+            self.status("no other folder to move to")
+            return
+
+        async def move(target: str | None) -> None:
+            if target is not None:
+                await self._change(f"moved to {target}", self.client.move, target)
+
+        self.push_screen(FolderPickerScreen(targets, f'"{summary.subject[:40]}"'), move)
