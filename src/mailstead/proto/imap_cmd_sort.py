@@ -41,9 +41,11 @@ from mailstead.proto.imap_search import (
     resolve,
     uses_modseq,
 )
+from mailstead.proto.imap_sort_cache import KEY_COLUMNS, LINKS
 from mailstead.proto.imap_thread import (
     Steps,
     ThreadColumns,
+    extend_links,
     format_threads,
     ordered_subject_steps,
     references_steps,
@@ -85,6 +87,7 @@ class Found:
     uids: list[int]
     keys: dict[str, list[Any]]
     highest_modseq: int = 0
+    from_files: bool = False  # some keys were read from message files
 
 
 @contextlib.contextmanager
@@ -192,7 +195,7 @@ async def _matching(s: ImapSession, selected: tuple[list[int], list[int], int],
     if unknown_if not in names:
         names = (*names, unknown_if)
     with s.waiting():
-        stored = await view.sort_columns(names)
+        stored = await KEY_COLUMNS.read(view, names)  # lists kept: copied below
     await s.checkpoint()
     with collector_paused():
         if stored[0][: len(uids)] != uids:  # not simply the whole mailbox in order
@@ -224,7 +227,7 @@ async def _matching(s: ImapSession, selected: tuple[list[int], list[int], int],
             for column, value in zip(stored, _file_keys(meta, data, names), strict=True):
                 column[i] = value
             await s.checkpoint()
-    return Found(seqs, stored[0], keys, highest)
+    return Found(seqs, stored[0], keys, highest, None in flags)
 
 
 class Results:
@@ -461,7 +464,16 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
                              keys["subject_key"], keys.get("reply", []),
                              keys.get("thread_id", []), keys.get("thread_parents", []))
         if wants_refs:
-            forest = await _drive(s, references_steps(cols))
+            # Step 1 over the whole mailbox is kept (imap_sort_cache.LinkCache) and only
+            # extended when new mail came since; never from keys a file gave (rare).
+            mailbox = s.require_view().mailbox
+            cache_key = (mailbox.id, mailbox.uidvalidity)
+            kept = isinstance(args.key, SkAll) and not found.from_files
+            links = LINKS.get(cache_key, found.uids) if kept else None
+            links = await _drive(s, extend_links(cols, links))
+            if kept:
+                LINKS.put(cache_key, found.uids, links)
+            forest = await _drive(s, references_steps(cols, links))
             with collector_paused():
                 text = format_threads(forest)
         else:
