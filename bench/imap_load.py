@@ -385,7 +385,7 @@ async def big_sort(port: int, pid: int) -> None:
     cpu = []
     for n in range(3):
         data = sample_message(2_000_000 + n)
-        await probe.command_bulk(f"APPEND Big {{{len(data)}+}}\r\n" + data.decode())
+        await probe.command(f"APPEND Big {{{len(data)}+}}\r\n" + data.decode())
         client = await Client.connect(port)
         await client.login()
         await client.command("SELECT Big")
