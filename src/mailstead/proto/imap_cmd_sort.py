@@ -6,8 +6,11 @@ from the flag rows, others over the full rows. What a sort needs of a message co
 the store in one query of only the columns wanted (SelectedView.sort_columns): dates, size,
 addresses, and the keys computed once at delivery (core/base_subject.thread_keys: the base
 subject's comparison key, the msg-ids to thread by), so a SORT or THREAD parses nothing per
-message. A message file is read only when a search key needs its text, or for a row stored
-without envelope columns (or, for THREAD=REFERENCES, before References was kept).
+message. The process keeps those columns for the big mailboxes it sorted lately and reads
+only new messages' rows afterwards, and keeps THREAD=REFERENCES' step 1 to extend it with new
+mail (imap_sort_cache.py), whichever session asks. A message file is read only when a search
+key needs its text, or for a row stored without envelope columns (or, for THREAD=REFERENCES,
+before References was kept).
 
 The per-message work is cut in steps with ``ImapSession.checkpoint`` between them (a turn
 for the other sessions every few milliseconds, and the per-command work budget, issue 16),
@@ -97,6 +100,25 @@ def collector_paused() -> Iterator[None]:
     nothing, several times (as store/gcpause.py does for big listings; this module may not
     import the store). Never held across an await. Should a store thread pause and resume
     the collector meanwhile, every interleaving still leaves it on in the end."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def collector_held() -> Iterator[None]:
+    """Holds the cyclic collector off over the whole of a SORT or THREAD after the search,
+    its awaits included: what it builds (key columns, the thread tree's lists) is acyclic
+    and lives until the answer is written, yet each time the collector came back on between
+    two steps it would scan all of it again (a third of a big THREAD's time when other
+    sessions allocate meanwhile). Their cyclic garbage waits that long (a fraction of a
+    second); reference counting frees the rest as usual. The steps' own pauses
+    (``collector_paused``) find it off and leave it off; should two commands overlap, the
+    first to end turns it back on, as only an optimisation is lost."""
     was_on = gc.isenabled()
     gc.disable()
     try:
@@ -407,9 +429,10 @@ async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
     updates = args.return_options is not None and "UPDATE" in args.return_options
     order = None if updates else RESULTS.get(kept_as, uids, seqs)
     if order is None:
-        found = await _matching(s, selected, names, "subject_key")
-        seqs, uids = found.seqs, found.uids
-        order = await sort_order(s, found.keys, len(uids), args.criteria)
+        with collector_held():
+            found = await _matching(s, selected, names, "subject_key")
+            seqs, uids = found.seqs, found.uids
+            order = await sort_order(s, found.keys, len(uids), args.criteria)
         RESULTS.put(kept_as, uids, seqs, order)
     shown = uids if cmd.uid else seqs
     numbers = [shown[i] for i in order]
@@ -458,26 +481,27 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
     kept_as = (s.require_view().mailbox, "THREAD", args.algorithm, cmd.uid)
     text = RESULTS.get(kept_as, selected[1], selected[0])
     if text is None:
-        found = await _matching(s, selected, names, names[-1])
-        keys = found.keys
-        cols = ThreadColumns(found.uids if cmd.uid else found.seqs, keys["sent"],
-                             keys["subject_key"], keys.get("reply", []),
-                             keys.get("thread_id", []), keys.get("thread_parents", []))
-        if wants_refs:
-            # Step 1 over the whole mailbox is kept (imap_sort_cache.LinkCache) and only
-            # extended when new mail came since; never from keys a file gave (rare).
-            mailbox = s.require_view().mailbox
-            cache_key = (mailbox.id, mailbox.uidvalidity)
-            kept = isinstance(args.key, SkAll) and not found.from_files
-            links = LINKS.get(cache_key, found.uids) if kept else None
-            links = await _drive(s, extend_links(cols, links))
-            if kept:
-                LINKS.put(cache_key, found.uids, links)
-            forest = await _drive(s, references_steps(cols, links))
-            with collector_paused():
-                text = format_threads(forest)
-        else:
-            text = await _drive(s, ordered_subject_steps(cols))
-        RESULTS.put(kept_as, found.uids, found.seqs, text)
+        with collector_held():
+            found = await _matching(s, selected, names, names[-1])
+            keys = found.keys
+            cols = ThreadColumns(found.uids if cmd.uid else found.seqs, keys["sent"],
+                                 keys["subject_key"], keys.get("reply", []),
+                                 keys.get("thread_id", []), keys.get("thread_parents", []))
+            if wants_refs:
+                # Step 1 over the whole mailbox is kept (imap_sort_cache.LinkCache) and only
+                # extended when new mail came since; never from keys a file gave (rare).
+                mailbox = s.require_view().mailbox
+                cache_key = (mailbox.id, mailbox.uidvalidity)
+                kept = isinstance(args.key, SkAll) and not found.from_files
+                links = LINKS.get(cache_key, found.uids) if kept else None
+                links = await _drive(s, extend_links(cols, links))
+                if kept:
+                    LINKS.put(cache_key, found.uids, links)
+                forest = await _drive(s, references_steps(cols, links))
+                with collector_paused():
+                    text = format_threads(forest)
+            else:
+                text = await _drive(s, ordered_subject_steps(cols))
+            RESULTS.put(kept_as, found.uids, found.seqs, text)
     s.io.write(("* THREAD" + (" " + text if text else "")).encode() + b"\r\n")
     return Reply("OK", "Thread completed")

@@ -232,17 +232,25 @@ def _prune(msg: list[int], parent: list[int]) -> Steps[tuple[list[int], dict[int
     tree, which stays only with two children or more. Returns the top level and the
     children lists."""
     kids: dict[int, list[int]] = {}
-    for c in range(len(msg)):
-        if c % STEP == STEP - 1:
+    kids_of = kids.get
+    count = len(msg)
+    for start in range(0, count, STEP):
+        if start:
             yield
-        if msg[c] < 0:
-            continue
-        up = parent[c]
-        while up >= 0 and msg[up] < 0 and parent[up] >= 0:  # only dummies' links are read
-            up = parent[up]
-        parent[c] = up
-        if up >= 0:
-            kids.setdefault(up, []).append(c)
+        for c in range(start, min(start + STEP, count)):
+            if msg[c] < 0:
+                continue
+            up = parent[c]
+            if up < 0:
+                continue
+            while msg[up] < 0 and parent[up] >= 0:  # only dummies' links are read
+                up = parent[up]
+            parent[c] = up
+            siblings = kids_of(up)
+            if siblings is None:
+                kids[up] = [c]
+            else:
+                siblings.append(c)
     top: list[int] = []
     for c in [c for c in range(len(msg)) if parent[c] < 0]:
         if msg[c] >= 0:
