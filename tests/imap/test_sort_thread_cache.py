@@ -49,6 +49,17 @@ def _fresh(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> list[objec
             raw.close()
 
 
+def _agree(server: RunningServer, monkeypatch: pytest.MonkeyPatch, *sessions: Raw
+           ) -> list[object]:
+    """Each session, told of the changes (NOOP), answers as a fresh computation does."""
+    for raw in sessions:
+        raw.cmd("NOOP")
+    expected = _fresh(server, monkeypatch)
+    for raw in sessions:
+        assert _answers(raw) == expected
+    return expected
+
+
 def _message(mid: str, refs: str, subject: str, day: int) -> bytes:
     extra = f"References: {refs}\r\n" if refs else ""
     return build(f"u{day}@example.org", ALICE, "", subject,
@@ -73,28 +84,16 @@ def test_new_mail_and_expunges_between_commands(mail_server: RunningServer,
     append(writer, _message("root", "", "Plan", 1), "02-Apr-2024 10:00:00 +0000")
     append(writer, _message("h", "<root@x> <c@x>", "Re: Plan", 8), "02-Apr-2024 10:00:01 +0000")
     append(writer, _message("i", "<gone@x>", "Fwd: Other topic", 9), "02-Apr-2024 10:00:02 +0000")
-    for raw in (first, second):
-        raw.cmd("NOOP")
-    expected = _fresh(mail_server, monkeypatch)
-    assert _answers(first) == expected
-    assert _answers(second) == expected
+    _agree(mail_server, monkeypatch, first, second)
     # An expunge in the middle (sequence numbers shift), then more mail, from the writer.
     writer.cmd("STORE 2 +FLAGS.SILENT (\\Deleted)")
     writer.cmd("EXPUNGE")
-    first.cmd("NOOP")
-    expected = _fresh(mail_server, monkeypatch)
-    assert _answers(first) == expected
+    _agree(mail_server, monkeypatch, first)
     append(writer, _message("j", "<root@x> <a@x> <b@x>", "Re: Plan", 10),
            "02-Apr-2024 10:00:03 +0000")
-    for raw in (first, second):
-        raw.cmd("NOOP")
-    expected = _fresh(mail_server, monkeypatch)
-    assert _answers(second) == expected
-    assert _answers(first) == expected
+    _agree(mail_server, monkeypatch, second, first)
     # Every message expunged, then one new: nothing stale is shown.
     writer.cmd("STORE 1:* +FLAGS.SILENT (\\Deleted)")
     writer.cmd("EXPUNGE")
     append(writer, _message("k", "<root@x>", "Re: Plan", 11), "02-Apr-2024 10:00:04 +0000")
-    first.cmd("NOOP")
-    expected = _fresh(mail_server, monkeypatch)
-    assert expected[0] == b"(1)" and _answers(first) == expected
+    assert _agree(mail_server, monkeypatch, first)[0] == b"(1)"

@@ -95,30 +95,16 @@ class Found:
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
-    """Holds the cyclic garbage collector off during one synchronous step that builds many
-    acyclic objects (rows, key lists): its collections would re-scan them all, for
-    nothing, several times (as store/gcpause.py does for big listings; this module may not
-    import the store). Never held across an await. Should a store thread pause and resume
-    the collector meanwhile, every interleaving still leaves it on in the end."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
-
-
-@contextlib.contextmanager
-def collector_held() -> Iterator[None]:
-    """Holds the cyclic collector off over the whole of a SORT or THREAD after the search,
-    its awaits included: what it builds (key columns, the thread tree's lists) is acyclic
-    and lives until the answer is written, yet each time the collector came back on between
-    two steps it would scan all of it again (a third of a big THREAD's time when other
-    sessions allocate meanwhile). Their cyclic garbage waits that long (a fraction of a
-    second); reference counting frees the rest as usual. The steps' own pauses
-    (``collector_paused``) find it off and leave it off; should two commands overlap, the
-    first to end turns it back on, as only an optimisation is lost."""
+    """Holds the cyclic garbage collector off while many acyclic objects are built (rows,
+    key lists, a thread tree): its collections would re-scan them all, for nothing, several
+    times (as store/gcpause.py does for big listings; this module may not import the store).
+    Over one synchronous step; or over the whole of a SORT or THREAD after its search, its
+    awaits included, as each time the collector came back on between two steps it would
+    scan everything built so far again (a third of a big THREAD's time when other sessions
+    allocate meanwhile): their cyclic garbage waits that long (a fraction of a second),
+    reference counting frees the rest as usual. Nested pauses find it off and leave it off;
+    should a store thread or another command pause and resume it meanwhile, every
+    interleaving still leaves it on in the end (at worst some of a pause is lost)."""
     was_on = gc.isenabled()
     gc.disable()
     try:
@@ -429,7 +415,7 @@ async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
     updates = args.return_options is not None and "UPDATE" in args.return_options
     order = None if updates else RESULTS.get(kept_as, uids, seqs)
     if order is None:
-        with collector_held():
+        with collector_paused():
             found = await _matching(s, selected, names, "subject_key")
             seqs, uids = found.seqs, found.uids
             order = await sort_order(s, found.keys, len(uids), args.criteria)
@@ -481,7 +467,7 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
     kept_as = (s.require_view().mailbox, "THREAD", args.algorithm, cmd.uid)
     text = RESULTS.get(kept_as, selected[1], selected[0])
     if text is None:
-        with collector_held():
+        with collector_paused():
             found = await _matching(s, selected, names, names[-1])
             keys = found.keys
             cols = ThreadColumns(found.uids if cmd.uid else found.seqs, keys["sent"],
