@@ -1,7 +1,8 @@
 """IMAP load benchmark against a real ``mailstead serve`` process.
 
     .venv/bin/python bench/imap_load.py [--clients 20] [--seconds 10] [--idle 1000]
-                                        [--big 100000] [--inbox 200] [--no-sort]
+                                        [--big 100000] [--inbox 200] [--no-sort] [--cold 3]
+                                        [--store-url postgresql://...]
 
 Phases, each printing its figures:
 1. ``UID FETCH 1:* (FLAGS)`` on a mailbox of ``--big`` messages (and the SELECT before it).
@@ -12,7 +13,10 @@ Phases, each printing its figures:
 3. ``--sort`` (on by default with ``--big``): SORT (several criteria), ESORT and THREAD
    (REFERENCES, ORDEREDSUBJECT) on the big mailbox, whose messages carry varied envelopes
    (subjects with Re:/[list] prefixes, senders, dates, reply chains with some missing
-   parents); also the longest wait of another client's NOOP while they run.
+   parents); also the longest wait of another client's NOOP while they run. First, with
+   ``--cold N``, THREAD REFERENCES, THREAD ORDEREDSUBJECT and SORT (DATE) as the first
+   command of N fresh server processes each (nothing kept in memory yet); then each command
+   in a new session of one server (first run, repeats); then THREAD after new mail.
 4. ``--idle`` connections logged in, INBOX selected, in IDLE: the server's resident memory
    before and after (per connection, and extrapolated to 10,000), then how long until every
    one of them hears about a message APPENDed by another client.
@@ -304,19 +308,55 @@ async def big_fetch(port: int, pid: int) -> None:
           f"server CPU {statistics.median(cpu) * 1000:.0f} ms)")
 
 
+SORT_COMMANDS = [
+    "SORT (DATE) UTF-8 ALL", "SORT (ARRIVAL) UTF-8 ALL", "SORT (REVERSE SUBJECT) UTF-8 ALL",
+    "SORT (FROM DATE) UTF-8 ALL", "SORT (DISPLAYFROM) UTF-8 ALL", "SORT (SIZE) UTF-8 UNSEEN",
+    "UID SORT RETURN (MIN MAX COUNT) (DATE) UTF-8 ALL",
+    "THREAD REFERENCES UTF-8 ALL", "THREAD ORDEREDSUBJECT UTF-8 ALL",
+]
+COLD_COMMANDS = ["THREAD REFERENCES UTF-8 ALL", "THREAD ORDEREDSUBJECT UTF-8 ALL",
+                 "SORT (DATE) UTF-8 ALL"]
+
+
+async def _timed(client: Client, command: str, pid: int) -> tuple[float, float, int]:
+    """Wall time, server CPU and answer size of one command."""
+    start, cpu_start = time.perf_counter(), cpu_seconds(pid)
+    answer = await client.command_bulk(command)
+    return time.perf_counter() - start, cpu_seconds(pid) - cpu_start, len(answer)
+
+
+async def cold_sort(data_dir: Path, runs: int) -> None:
+    """The first SORT / THREAD of a server process (nothing kept yet, imap_sort_cache.py):
+    a fresh server per run, a session that selects the big mailbox and sends it."""
+    print(f"  first command of a fresh server process (median of {runs} processes):")
+    for command in COLD_COMMANDS:
+        cpu = []
+        for _ in range(runs):
+            proc, port = start_server(data_dir)
+            try:
+                client = await Client.connect(port)
+                await client.login()
+                await client.command("SELECT Big")
+                cpu.append((await _timed(client, command, proc.pid))[1])
+                client.close()
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        print(f"    {command}: server CPU median {statistics.median(cpu) * 1000:.0f} ms "
+              f"(runs: {', '.join(f'{c * 1000:.0f}' for c in cpu)} ms)")
+
+
 async def big_sort(port: int, pid: int) -> None:
-    client = await Client.connect(port)
-    await client.login()
-    await client.command("SELECT Big")
+    """Each command in a new session (SELECT, then the command three times): its first run
+    there (the process may keep keys from the commands before), then the repeats (the same
+    result again, imap_cmd_sort.Results). Then THREAD REFERENCES in a new session after
+    another session APPENDed a message (the kept step 1 extended)."""
     probe = await Client.connect(port)
     await probe.login()
-    commands = [
-        "SORT (DATE) UTF-8 ALL", "SORT (ARRIVAL) UTF-8 ALL", "SORT (REVERSE SUBJECT) UTF-8 ALL",
-        "SORT (FROM DATE) UTF-8 ALL", "SORT (DISPLAYFROM) UTF-8 ALL", "SORT (SIZE) UTF-8 UNSEEN",
-        "UID SORT RETURN (MIN MAX COUNT) (DATE) UTF-8 ALL",
-        "THREAD REFERENCES UTF-8 ALL", "THREAD ORDEREDSUBJECT UTF-8 ALL",
-    ]
-    for command in commands:
+    for command in SORT_COMMANDS:
+        client = await Client.connect(port)
+        await client.login()
+        await client.command("SELECT Big")
         times, cpu, waits = [], [], []
         size = 0
         for _ in range(3):
@@ -332,21 +372,27 @@ async def big_sort(port: int, pid: int) -> None:
                 return worst
 
             prober = asyncio.create_task(noop_probe(stop))
-            start, cpu_start = time.perf_counter(), cpu_seconds(pid)
-            answer = await client.command_bulk(command)
-            times.append(time.perf_counter() - start)
-            cpu.append(cpu_seconds(pid) - cpu_start)
+            took, used, size = await _timed(client, command, pid)
+            times.append(took)
+            cpu.append(used)
             stop.set()
             waits.append(await prober)
-            size = len(answer)
-        # The first run reads and sorts everything; repeats of the same command over the
-        # same messages reuse its result (imap_cmd_sort.Results).
-        print(f"  {command}: first {times[0] * 1000:.0f} ms (server CPU {cpu[0] * 1000:.0f} "
-              f"ms), best {min(times) * 1000:.0f} ms, median "
-              f"{statistics.median(times) * 1000:.0f} ms (server CPU "
-              f"{statistics.median(cpu) * 1000:.0f} ms; {size / 1e6:.2f} MB answer; "
-              f"other client's NOOP waited at most {max(waits) * 1000:.0f} ms)")
-    client.close()
+        client.close()
+        print(f"  {command}: first in a session {times[0] * 1000:.0f} ms (server CPU "
+              f"{cpu[0] * 1000:.0f} ms), repeated: median {statistics.median(times[1:]) * 1000:.0f}"
+              f" ms (server CPU {statistics.median(cpu[1:]) * 1000:.0f} ms; {size / 1e6:.2f} MB "
+              f"answer; other client's NOOP waited at most {max(waits) * 1000:.0f} ms)")
+    cpu = []
+    for n in range(3):
+        data = sample_message(2_000_000 + n)
+        await probe.command(f"APPEND Big {{{len(data)}+}}\r\n" + data.decode())
+        client = await Client.connect(port)
+        await client.login()
+        await client.command("SELECT Big")
+        cpu.append((await _timed(client, "THREAD REFERENCES UTF-8 ALL", pid))[1])
+        client.close()
+    print(f"  THREAD REFERENCES UTF-8 ALL after new mail, in a new session: server CPU median "
+          f"{statistics.median(cpu) * 1000:.0f} ms")
     probe.close()
 
 
@@ -466,6 +512,12 @@ async def main() -> None:
     parser.add_argument("--inbox", type=int, default=200)
     parser.add_argument("--sort", action=argparse.BooleanOptionalAction, default=True,
                         help="SORT and THREAD on the big mailbox")
+    parser.add_argument("--cold", type=int, default=3,
+                        help="fresh server processes for the first-command SORT/THREAD "
+                        "figures (0: none)")
+    parser.add_argument("--store-url", default="",
+                        help="postgresql://... to run on PostgreSQL (a schema of its own, "
+                        "dropped at the end); default: SQLite in the data directory")
     parser.add_argument("--workers", default="",
                         help="server.workers to run in turn on the same data, e.g. 1,2 "
                         "(default: the config's, one per core)")
@@ -482,18 +534,30 @@ async def main() -> None:
                        "imap_sessions_per_user_ip": 20_000},
             "trust": {"dns": "off"},  # loopback only: the system's resolvers are not asked
         }
+        schema = f"imap_bench_{os.getpid()}"
+        if args.store_url:
+            overrides["store"] = {"url": args.store_url, "pg_schema": schema}
         cfg = bootstrap.build_config(data_dir, overrides)
         await bootstrap.initialise(cfg, demo_domain=None)
         start = time.perf_counter()
         await populate(cfg, args.inbox, args.big)
         print(f"setup: {args.inbox} + {args.big} messages stored in "
               f"{time.perf_counter() - start:.1f} s; {os.cpu_count()} CPUs")
-        for workers in args.workers.split(",") if args.workers else [""]:
-            if workers:
-                cfg.server.workers = int(workers)
-                bootstrap.write_config(cfg)
-                print(f"\n== server.workers = {workers}")
-            await run_phases(args, data_dir)
+        try:
+            if args.big and args.sort and args.cold:
+                await cold_sort(data_dir, args.cold)
+            for workers in args.workers.split(",") if args.workers else [""]:
+                if workers:
+                    cfg.server.workers = int(workers)
+                    bootstrap.write_config(cfg)
+                    print(f"\n== server.workers = {workers}")
+                await run_phases(args, data_dir)
+        finally:
+            if args.store_url:
+                import psycopg
+
+                with psycopg.connect(args.store_url, autocommit=True) as conn:
+                    conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 async def run_phases(args: argparse.Namespace, data_dir: Path) -> None:

@@ -162,3 +162,42 @@ def test_catenate_takes_a_urlauth_url_of_another_user(mail_server: RunningServer
     wrong = url[:-4] + ("0000" if not url.endswith("0000") else "1111")
     lines = bob.cmd(f'APPEND INBOX CATENATE (URL "{wrong}")')
     assert status_of(lines).startswith(b"NO [BADURL"), lines
+
+
+@BOTH
+def test_resetkey_tells_sessions_with_the_mailbox_selected(mail_server: RunningServer) -> None:
+    """RFC 4467 7.1 / 8.1: after RESETKEY, every session that has the mailbox selected gets an
+    untagged OK [URLMECH ...]; the session that asked gets it in its tagged OK instead."""
+    deliver(mail_server, message("Keyed"))
+    watcher = _session(mail_server)
+    watcher.cmd("SELECT INBOX")
+    elsewhere = _session(mail_server)
+    elsewhere.cmd("CREATE Other")
+    elsewhere.cmd("SELECT Other")
+    resetter = _session(mail_server)
+    resetter.cmd("SELECT INBOX")
+    lines = resetter.cmd("RESETKEY INBOX")
+    assert lines == [lines[-1]] and status_of(lines) == b"OK [URLMECH INTERNAL]", lines
+    told = b"* OK [URLMECH INTERNAL] URLAUTH access key reset"
+    noop = watcher.cmd("NOOP")
+    assert noop.count(told) == 1 and status_of(noop) == b"OK", noop
+    assert told not in watcher.cmd("NOOP")  # told once
+    assert told not in elsewhere.cmd("NOOP")  # another mailbox's keys are untouched
+    # An idling session hears it at once.
+    tag = watcher.tag()
+    watcher.send(f"{tag} IDLE\r\n".encode())
+    assert watcher.readline().startswith(b"+ ")
+    resetter.cmd("RESETKEY INBOX INTERNAL")
+    assert watcher.readline() == told
+    watcher.send(b"DONE\r\n")
+    assert status_of(watcher.until(tag)) == b"OK"
+    # RESETKEY without a mailbox: every session with one of the user's mailboxes selected,
+    # the one that asked included (its tagged OK names no mechanism).
+    lines = resetter.cmd("RESETKEY")
+    assert lines[0] == told and status_of(lines) == b"OK", lines
+    assert told in watcher.cmd("NOOP") and told in elsewhere.cmd("NOOP")
+    # Another user's sessions are not told.
+    bob = _session(mail_server, BOB)
+    bob.cmd("SELECT INBOX")
+    resetter.cmd("RESETKEY INBOX")
+    assert told not in bob.cmd("NOOP")

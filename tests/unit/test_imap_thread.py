@@ -13,9 +13,13 @@ from mailstead.core.base_subject import base_subject, casemap
 from mailstead.proto.imap_format import sequence_set
 from mailstead.proto.imap_thread import (
     ThreadMessage,
+    columns,
+    extend_links,
     format_threads,
     ordered_subject,
     references,
+    references_steps,
+    run,
     thread_numbers,
 )
 from mailstead.proto.mime import parse_envelope_fields
@@ -177,3 +181,19 @@ def test_every_message_threaded_exactly_once(messages: list[ThreadMessage]) -> N
     assert depth == 0 and "()" not in text
     plain = ordered_subject(messages)
     assert sorted(int(n) for n in re.findall(r"\d+", plain)) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(mailboxes(), st.integers(0, 40))
+def test_step_one_extended_with_new_messages_is_step_one_afresh(
+        messages: list[ThreadMessage], split: int) -> None:
+    """imap_sort_cache.LinkCache: step 1 over the first messages, extended over the later
+    ones, threads as step 1 over all of them at once; the kept links stay as they were."""
+    cols = columns(messages)
+    links = run(extend_links(columns(messages[:split])))
+    kept = links.copy()
+    extended = run(references_steps(cols, links.copy()))
+    assert format_threads(extended) == format_threads(references(messages))
+    assert run(extend_links(columns(messages[:split]))) == kept
+    again = run(references_steps(cols, run(extend_links(cols, kept.copy()))))
+    assert format_threads(again) == format_threads(extended)

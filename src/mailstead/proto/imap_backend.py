@@ -141,10 +141,11 @@ class SelectedView(Protocol):
         """SORT/THREAD fields (those ``wanted``, see MetadataStore.sort_fields) of every
         stored message of the mailbox, in UID order; may include messages this view has not
         announced yet."""
-    async def sort_columns(self, columns: Sequence[str]) -> list[list[Any]]:
+    async def sort_columns(self, columns: Sequence[str], after_uid: int = 0
+                           ) -> list[list[Any]]:
         """SORT/THREAD keys (``columns``, see MetadataStore.sort_columns) of every stored
-        message of the mailbox, in UID order, column-wise, the UIDs first; may include
-        messages this view has not announced yet."""
+        message of the mailbox above ``after_uid``, in UID order, column-wise, the UIDs
+        first; may include messages this view has not announced yet."""
     async def body(self, blob_id: str, size: int | None = None) -> bytes: ...
     async def store_flags(
         self,

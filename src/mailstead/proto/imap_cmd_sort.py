@@ -6,8 +6,11 @@ from the flag rows, others over the full rows. What a sort needs of a message co
 the store in one query of only the columns wanted (SelectedView.sort_columns): dates, size,
 addresses, and the keys computed once at delivery (core/base_subject.thread_keys: the base
 subject's comparison key, the msg-ids to thread by), so a SORT or THREAD parses nothing per
-message. A message file is read only when a search key needs its text, or for a row stored
-without envelope columns (or, for THREAD=REFERENCES, before References was kept).
+message. The process keeps those columns for the big mailboxes it sorted lately and reads
+only new messages' rows afterwards, and keeps THREAD=REFERENCES' step 1 to extend it with new
+mail (imap_sort_cache.py), whichever session asks. A message file is read only when a search
+key needs its text, or for a row stored without envelope columns (or, for THREAD=REFERENCES,
+before References was kept).
 
 The per-message work is cut in steps with ``ImapSession.checkpoint`` between them (a turn
 for the other sessions every few milliseconds, and the per-command work budget, issue 16),
@@ -41,9 +44,11 @@ from mailstead.proto.imap_search import (
     resolve,
     uses_modseq,
 )
+from mailstead.proto.imap_sort_cache import KEY_COLUMNS, LINKS
 from mailstead.proto.imap_thread import (
     Steps,
     ThreadColumns,
+    extend_links,
     format_threads,
     ordered_subject_steps,
     references_steps,
@@ -85,15 +90,21 @@ class Found:
     uids: list[int]
     keys: dict[str, list[Any]]
     highest_modseq: int = 0
+    from_files: bool = False  # some keys were read from message files
 
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
-    """Holds the cyclic garbage collector off during one synchronous step that builds many
-    acyclic objects (rows, key lists): its collections would re-scan them all, for
-    nothing, several times (as store/gcpause.py does for big listings; this module may not
-    import the store). Never held across an await. Should a store thread pause and resume
-    the collector meanwhile, every interleaving still leaves it on in the end."""
+    """Holds the cyclic garbage collector off while many acyclic objects are built (rows,
+    key lists, a thread tree): its collections would re-scan them all, for nothing, several
+    times (as store/gcpause.py does for big listings; this module may not import the store).
+    Over one synchronous step; or over the whole of a SORT or THREAD after its search, its
+    awaits included, as each time the collector came back on between two steps it would
+    scan everything built so far again (a third of a big THREAD's time when other sessions
+    allocate meanwhile): their cyclic garbage waits that long (a fraction of a second),
+    reference counting frees the rest as usual. Nested pauses find it off and leave it off;
+    should a store thread or another command pause and resume it meanwhile, every
+    interleaving still leaves it on in the end (at worst some of a pause is lost)."""
     was_on = gc.isenabled()
     gc.disable()
     try:
@@ -192,7 +203,7 @@ async def _matching(s: ImapSession, selected: tuple[list[int], list[int], int],
     if unknown_if not in names:
         names = (*names, unknown_if)
     with s.waiting():
-        stored = await view.sort_columns(names)
+        stored = await KEY_COLUMNS.read(view, names)  # lists kept: copied below
     await s.checkpoint()
     with collector_paused():
         if stored[0][: len(uids)] != uids:  # not simply the whole mailbox in order
@@ -224,7 +235,7 @@ async def _matching(s: ImapSession, selected: tuple[list[int], list[int], int],
             for column, value in zip(stored, _file_keys(meta, data, names), strict=True):
                 column[i] = value
             await s.checkpoint()
-    return Found(seqs, stored[0], keys, highest)
+    return Found(seqs, stored[0], keys, highest, None in flags)
 
 
 class Results:
@@ -404,9 +415,10 @@ async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
     updates = args.return_options is not None and "UPDATE" in args.return_options
     order = None if updates else RESULTS.get(kept_as, uids, seqs)
     if order is None:
-        found = await _matching(s, selected, names, "subject_key")
-        seqs, uids = found.seqs, found.uids
-        order = await sort_order(s, found.keys, len(uids), args.criteria)
+        with collector_paused():
+            found = await _matching(s, selected, names, "subject_key")
+            seqs, uids = found.seqs, found.uids
+            order = await sort_order(s, found.keys, len(uids), args.criteria)
         RESULTS.put(kept_as, uids, seqs, order)
     shown = uids if cmd.uid else seqs
     numbers = [shown[i] for i in order]
@@ -455,17 +467,27 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
     kept_as = (s.require_view().mailbox, "THREAD", args.algorithm, cmd.uid)
     text = RESULTS.get(kept_as, selected[1], selected[0])
     if text is None:
-        found = await _matching(s, selected, names, names[-1])
-        keys = found.keys
-        cols = ThreadColumns(found.uids if cmd.uid else found.seqs, keys["sent"],
-                             keys["subject_key"], keys.get("reply", []),
-                             keys.get("thread_id", []), keys.get("thread_parents", []))
-        if wants_refs:
-            forest = await _drive(s, references_steps(cols))
-            with collector_paused():
-                text = format_threads(forest)
-        else:
-            text = await _drive(s, ordered_subject_steps(cols))
-        RESULTS.put(kept_as, found.uids, found.seqs, text)
+        with collector_paused():
+            found = await _matching(s, selected, names, names[-1])
+            keys = found.keys
+            cols = ThreadColumns(found.uids if cmd.uid else found.seqs, keys["sent"],
+                                 keys["subject_key"], keys.get("reply", []),
+                                 keys.get("thread_id", []), keys.get("thread_parents", []))
+            if wants_refs:
+                # Step 1 over the whole mailbox is kept (imap_sort_cache.LinkCache) and only
+                # extended when new mail came since; never from keys a file gave (rare).
+                mailbox = s.require_view().mailbox
+                cache_key = (mailbox.id, mailbox.uidvalidity)
+                kept = isinstance(args.key, SkAll) and not found.from_files
+                links = LINKS.get(cache_key, found.uids) if kept else None
+                links = await _drive(s, extend_links(cols, links))
+                if kept:
+                    LINKS.put(cache_key, found.uids, links)
+                forest = await _drive(s, references_steps(cols, links))
+                with collector_paused():
+                    text = format_threads(forest)
+            else:
+                text = await _drive(s, ordered_subject_steps(cols))
+            RESULTS.put(kept_as, found.uids, found.seqs, text)
     s.io.write(("* THREAD" + (" " + text if text else "")).encode() + b"\r\n")
     return Reply("OK", "Thread completed")

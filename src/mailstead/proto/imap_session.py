@@ -33,7 +33,7 @@ from mailstead.core.errors import (
 from mailstead.core.models import Account
 from mailstead.obs import log_event
 from mailstead.proto import imap_format as fmt
-from mailstead.proto import imap_uidonly, mutf7
+from mailstead.proto import imap_uidonly, imap_urlauth, mutf7
 from mailstead.proto.imap_args import (
     AuthenticateArgs,
     Command,
@@ -49,6 +49,7 @@ from mailstead.proto.imap_backend import (
     ClientGone,
     ClientIO,
     ClientTimeout,
+    FeedWatch,
     LoginRefused,
     MailboxBackend,
     SelectedView,
@@ -167,6 +168,7 @@ class ImapSession:
         self.contexts: Contexts | None = None  # SEARCH/SORT RETURN (UPDATE), imap_context.py
         self.notify: Notifier | None = None  # NOTIFY (RFC 5465) is on
         self.urlauth: UrlAuthBackend | None = None  # URLAUTH (RFC 4467), set by the server
+        self.key_resets: FeedWatch | None = None  # RESETKEY of the selected mailbox's keys
 
     # -- modes --
 
@@ -343,6 +345,8 @@ class ImapSession:
         updates = view.take_updates(allow_expunge, allow_flags)
         self.announce_keywords([updates.keywords])
         out = self.io.write
+        if self.key_resets is not None:
+            imap_urlauth.report_key_resets(self)
         contexts = self.contexts  # RFC 5267 4.3: results kept up to date (imap_context.py)
         if contexts is not None:
             out(contexts.expunged(view, updates.expunged))
@@ -487,6 +491,8 @@ class ImapSession:
         if self.view is not None:
             self.view.close()
             self.view = None
+        if self.key_resets is not None:
+            imap_urlauth.end_key_watch(self)
         if self.state is State.SELECTED:
             self.state = State.AUTHENTICATED
 
@@ -633,6 +639,7 @@ class ImapSession:
             out(b'* LIST () "/" ' + self.mailbox_out(view.mailbox.name) + b"\r\n")
         self.view = view
         self.state = State.SELECTED
+        imap_urlauth.watch_key_resets(self, view.mailbox)
         if args.qresync is not None:
             from mailstead.proto.imap_cmd_fetch import qresync_select
 

@@ -79,6 +79,16 @@ def _ranks(sent: list[Any]) -> tuple[list[int], list[int]]:
     return by_date, rank
 
 
+def _date_keys(sent: list[Any]) -> list[int]:
+    """One int per message that orders the messages by sent date, ties in mailbox order:
+    date * count + place when the dates are ints (the stores' microseconds; no sort
+    needed), else the rank of ``_ranks``."""
+    count = len(sent)
+    if all(type(when) is int for when in sent):
+        return [when * count + i for i, when in enumerate(sent)]
+    return _ranks(sent)[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # ORDEREDSUBJECT
 
@@ -137,60 +147,82 @@ class Forest:
     numbers: list[int]
 
 
-def _is_ancestor(parent: list[int], a: int, b: int) -> bool:
-    """True when container ``a`` is ``b`` or one of its ancestors."""
-    while b >= 0:
-        if b == a:
-            return True
-        b = parent[b]
-    return False
+@dataclass(slots=True)
+class Links:
+    """Step 1 of THREAD=REFERENCES done over the first ``done`` messages: each container's
+    message (-1 for a dummy) and parent (-1 for none), and the container of each msg-id
+    seen. Messages are linked one by one in mailbox order, so the links of a mailbox that
+    only gained messages (higher UIDs, last in that order) are those of the messages it
+    had, extended (``extend_links``): a cache of them (imap_sort_cache.py) spares a big
+    mailbox most of step 1 when new mail came since the last THREAD."""
+
+    msg: list[int] = field(default_factory=list)
+    parent: list[int] = field(default_factory=list)
+    table: dict[str, int] = field(default_factory=dict)
+    done: int = 0
+
+    def copy(self) -> Links:
+        return Links(self.msg[:], self.parent[:], dict(self.table), self.done)
 
 
-def _link_references(cols: ThreadColumns) -> Steps[tuple[list[int], list[int]]]:
-    """Step 1 of THREAD=REFERENCES: the parent of every container (-1 for none), from the
-    references of each message, with dummies for messages not present; returns the
-    containers' messages and parents. A generator (see ``Steps``)."""
+def extend_links(cols: ThreadColumns, links: Links | None = None) -> Steps[Links]:
+    """Step 1 of THREAD=REFERENCES for the messages of ``cols`` past ``links.done`` (all
+    when ``links`` is None), changing ``links`` in place: the parent of every container,
+    from the references of each message, with dummies for messages not present. A
+    generator (see ``Steps``). The loop is written out flat (no call per message or
+    reference): it is most of the time of a big THREAD."""
+    if links is None:
+        links = Links()
     ids, parents = cols.ids, cols.parents
-    msg: list[int] = []
-    parent: list[int] = []
-    table: dict[str, int] = {}
+    msg, parent, table = links.msg, links.parent, links.table
     get = table.get
-    for i in range(len(ids)):
-        if i % STEP == STEP - 1:
+    grow_msg, grow_parent = msg.append, parent.append
+    count = len(ids)
+    for start in range(links.done, count, STEP):
+        if start > links.done:
             yield
-        mid = ids[i]
-        own = get(mid, -1) if mid else -1
-        if own >= 0 and msg[own] < 0:
-            msg[own] = i  # a dummy created by an earlier reference
-        else:
-            # No (valid) Message-ID, or a duplicate of an earlier message's: this message
-            # gets an ID of its own; only the first message keeps a shared one (step 1).
-            if mid and own < 0:
-                table[mid] = len(msg)
-            own = len(msg)
-            msg.append(i)
-            parent.append(-1)
-        # (1.A) link the references in order, never changing an existing parent nor making
-        # a loop (the References field may be truncated or reordered by a MUA)
-        previous = -1
-        refs = parents[i]
-        if refs:
-            for ref in refs.split(" "):
-                node = get(ref, -1)
-                if node < 0:
-                    node = table[ref] = len(msg)  # a dummy until its message turns up
-                    msg.append(-1)
-                    parent.append(-1)
-                if previous >= 0 and parent[node] < 0 and not _is_ancestor(parent, node,
-                                                                             previous):
-                    parent[node] = previous
-                previous = node
-        # (1.B) the last reference is this message's parent, replacing any earlier link
-        # (without references the message is now a root); again no loops
-        parent[own] = -1
-        if previous >= 0 and not _is_ancestor(parent, own, previous):
-            parent[own] = previous
-    return msg, parent
+        for i in range(start, min(start + STEP, count)):
+            mid = ids[i]
+            own = get(mid, -1) if mid else -1
+            if own >= 0 and msg[own] < 0:
+                msg[own] = i  # a dummy created by an earlier reference
+            else:
+                # No (valid) Message-ID, or a duplicate of an earlier message's: this
+                # message gets an ID of its own; only the first keeps a shared one (step 1).
+                if mid and own < 0:
+                    table[mid] = len(msg)
+                own = len(msg)
+                grow_msg(i)
+                grow_parent(-1)
+            # (1.A) link the references in order, never changing an existing parent nor
+            # making a loop (the References field may be truncated or reordered by a MUA)
+            previous = -1
+            refs = parents[i]
+            if refs:
+                for ref in refs.split(" "):
+                    node = get(ref, -1)
+                    if node < 0:
+                        node = table[ref] = len(msg)  # a dummy until its message turns up
+                        grow_msg(-1)
+                        grow_parent(previous)  # new: it can be no ancestor of previous
+                    elif previous >= 0 and parent[node] < 0:
+                        up = previous  # no loop: node is neither previous nor above it
+                        while up >= 0 and up != node:
+                            up = parent[up]
+                        if up < 0:
+                            parent[node] = previous
+                    previous = node
+            # (1.B) the last reference is this message's parent, replacing any earlier link
+            # (without references the message is now a root); again no loops
+            if previous >= 0:
+                up = previous
+                while up >= 0 and up != own:
+                    up = parent[up]
+                parent[own] = previous if up < 0 else -1
+            else:
+                parent[own] = -1
+    links.done = count
+    return links
 
 
 def _prune(msg: list[int], parent: list[int]) -> Steps[tuple[list[int], dict[int, list[int]]]]:
@@ -200,17 +232,25 @@ def _prune(msg: list[int], parent: list[int]) -> Steps[tuple[list[int], dict[int
     tree, which stays only with two children or more. Returns the top level and the
     children lists."""
     kids: dict[int, list[int]] = {}
-    for c in range(len(msg)):
-        if c % STEP == STEP - 1:
+    kids_of = kids.get
+    count = len(msg)
+    for start in range(0, count, STEP):
+        if start:
             yield
-        if msg[c] < 0:
-            continue
-        up = parent[c]
-        while up >= 0 and msg[up] < 0 and parent[up] >= 0:  # only dummies' links are read
-            up = parent[up]
-        parent[c] = up
-        if up >= 0:
-            kids.setdefault(up, []).append(c)
+        for c in range(start, min(start + STEP, count)):
+            if msg[c] < 0:
+                continue
+            up = parent[c]
+            if up < 0:
+                continue
+            while msg[up] < 0 and parent[up] >= 0:  # only dummies' links are read
+                up = parent[up]
+            parent[c] = up
+            siblings = kids_of(up)
+            if siblings is None:
+                kids[up] = [c]
+            else:
+                siblings.append(c)
     top: list[int] = []
     for c in [c for c in range(len(msg)) if parent[c] < 0]:
         if msg[c] >= 0:
@@ -234,10 +274,10 @@ class _Threader:
     def __init__(self, cols: ThreadColumns, msg: list[int], parent: list[int],
                  kids: dict[int, list[int]]) -> None:
         self.cols, self.msg, self.parent, self.kids = cols, msg, parent, kids
-        _by_date, rank = _ranks(cols.sent)
+        order = _date_keys(cols.sent)
         # Each container's order (sent date then mailbox order, RFC 5256 steps 4 and 6);
         # a dummy's is its first child's, set when its children are sorted.
-        self.key = [rank[i] if i >= 0 else 0 for i in msg]
+        self.key = [order[i] if i >= 0 else 0 for i in msg]
 
     def _dummy(self) -> int:
         self.msg.append(-1)
@@ -256,13 +296,6 @@ class _Threader:
         if self.msg[c] < 0:
             self.key[c] = self.key[children[0]]
 
-    def _subject(self, c: int) -> tuple[str, bool]:
-        """The base subject key of a thread and whether its top message is a reply."""
-        i = self.msg[c]
-        if i < 0:
-            return self.cols.subjects[self.msg[self.kids[c][0]]], False
-        return self.cols.subjects[i], bool(self.cols.replies[i])
-
     def sort_top(self, top: list[int]) -> None:
         """Step 4: the top level by sent date, a dummy sorting as its earliest child."""
         for c in top:
@@ -272,39 +305,41 @@ class _Threader:
 
     def group_by_subject(self, top: list[int]) -> Steps[list[int]]:
         """Step 5: top-level threads whose (non-empty) base subjects are equal are
-        gathered."""
-        msg, subject_of = self.msg, self._subject
+        gathered. The subject of a thread is its top message's, or a dummy's first
+        child's; only a message can be a reply."""
+        msg, kids, parent = self.msg, self.kids, self.parent
+        subjects, replies = self.cols.subjects, self.cols.replies
+        keys = [subjects[m] if (m := msg[c]) >= 0 else subjects[msg[kids[c][0]]]
+                for c in top]
+        refwds = [m >= 0 and bool(replies[m]) for m in map(msg.__getitem__, top)]
+        yield
         table: dict[str, int] = {}
         for n, c in enumerate(top):  # (5.B)
-            if n % STEP == STEP - 1:
-                yield
-            key, refwd = subject_of(c)
+            key = keys[n]
             if not key:
                 continue
             held = table.get(key)
             # the first thread of a subject, unless a later one is a dummy or is not a reply
             # while the one held is (and the one held is no dummy)
-            if held is None or (msg[held] >= 0 and (
-                    msg[c] < 0 or (subject_of(held)[1] and not refwd))):
+            if held is None or ((mh := msg[held]) >= 0 and (
+                    msg[c] < 0 or (replies[mh] and not refwds[n]))):
                 table[key] = c
+        yield
         result = list(top)
         dead: set[int] = set()
         for n, c in enumerate(top):  # (5.C)
-            if n % STEP == STEP - 1:
-                yield
-            if self.parent[c] >= 0 or c in dead:
-                continue  # gathered under another thread already
-            key, refwd = subject_of(c)
-            if not key:
-                continue
+            key = keys[n]
+            if not key or parent[c] >= 0 or c in dead:
+                continue  # no subject, or gathered under another thread already
             held = table[key]
             if held == c:
                 continue
-            if msg[held] < 0 and msg[c] < 0:
-                for child in self.kids.pop(c):
+            mh = msg[held]
+            if mh < 0 and msg[c] < 0:
+                for child in kids.pop(c):
                     self._link(held, child)
                 dead.add(c)
-            elif msg[held] < 0 or (refwd and not subject_of(held)[1]):
+            elif mh < 0 or (refwds[n] and not replies[mh]):
                 # under the dummy, or a reply under the thread it replies to
                 self._link(held, c)
             else:
@@ -313,24 +348,25 @@ class _Threader:
                 self._link(dummy, c)
                 table[key] = dummy
                 result.append(dummy)
-        return [c for c in result if self.parent[c] < 0 and c not in dead]
+        return [c for c in result if parent[c] < 0 and c not in dead]
 
     def sort_siblings(self, top: list[int]) -> Steps[list[int]]:
         """Step 6: every set of siblings by sent date, the deepest ones first. Messages
         have only messages as children; dummies, at the top or just under it, go last,
         deepest first, so each sorts by its children's earliest."""
+        msg, by_key = self.msg, self.key.__getitem__
         dummies = []
-        for n, c in enumerate(self.kids):
+        for n, (c, children) in enumerate(self.kids.items()):
             if n % STEP == STEP - 1:
                 yield
-            if self.msg[c] >= 0:
-                self._sort_kids(c)
-            else:
+            if msg[c] < 0:
                 dummies.append(c)
+            elif len(children) > 1:
+                children.sort(key=by_key)
         dummies.sort(key=self._depth, reverse=True)
         for c in dummies:
             self._sort_kids(c)
-        return sorted(top, key=self.key.__getitem__)
+        return sorted(top, key=by_key)
 
     def _depth(self, c: int) -> int:
         depth = 0
@@ -340,9 +376,13 @@ class _Threader:
         return depth
 
 
-def references_steps(cols: ThreadColumns) -> Steps[Forest]:
-    """RFC 5256 THREAD=REFERENCES: the top-level threads, each sorted (see ``Steps``)."""
-    msg, parent = yield from _link_references(cols)  # (1)
+def references_steps(cols: ThreadColumns, links: Links | None = None) -> Steps[Forest]:
+    """RFC 5256 THREAD=REFERENCES: the top-level threads, each sorted (see ``Steps``).
+    ``links``: step 1 done over the first messages already (``extend_links``), extended
+    in place over the others; the later steps work on copies of its lists."""
+    if links is None or links.done != len(cols.ids):
+        links = yield from extend_links(cols, links)  # (1)
+    msg, parent = links.msg[:], links.parent[:]
     top, kids = yield from _prune(msg, parent)  # (2), (3)
     threader = _Threader(cols, msg, parent, kids)
     yield

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote
 
+from mailstead.core.feed_ids import access_key_channel, access_keys_channel
 from mailstead.core.models import Mailbox
 from mailstead.proto import imap_format as fmt
 from mailstead.proto import imap_sexpr, imap_url
@@ -333,6 +334,40 @@ async def cmd_resetkey(s: ImapSession, cmd: Command) -> Reply:
     if box is None:
         return Reply("NO", "Mailbox does not exist", "NONEXISTENT")
     await backend.reset_access_keys(account.id, box)
-    # RFC 4467 8: URLMECH may come in RESETKEY's tagged OK; RFC 4467 10: only over TLS.
-    code = "URLMECH " + " ".join(MECHANISMS) if s.io.is_tls else ""
-    return Reply("OK", "Key reset", code)
+    # RFC 4467 8.1: URLMECH may come in RESETKEY's tagged OK instead of an untagged OK; RFC
+    # 4467 10: only over TLS. So this session's own notice of the reset (watch_key_resets)
+    # is dropped: the tagged OK carries it.
+    if not s.io.is_tls:
+        return Reply("OK", "Key reset")
+    if s.key_resets is not None:
+        s.key_resets.take()
+    return Reply("OK", "Key reset", URLMECH)
+
+
+URLMECH = "URLMECH " + " ".join(MECHANISMS)
+
+
+def watch_key_resets(s: ImapSession, mailbox: Mailbox) -> None:
+    """At SELECT / EXAMINE: listen for RESETKEY of this mailbox's keys, from any session of
+    any worker or node (the change feed), for ``report_key_resets``. Only where URLMECH is
+    told at all (over TLS, RFC 4467 10)."""
+    end_key_watch(s)
+    if s.urlauth is None or not s.io.is_tls:
+        return
+    s.key_resets = s.mailboxes.watch_account(mailbox.account_id)
+    s.key_resets.set_ids([access_key_channel(mailbox.id),
+                          access_keys_channel(mailbox.account_id)])
+
+
+def end_key_watch(s: ImapSession) -> None:
+    if s.key_resets is not None:
+        s.key_resets.close()
+        s.key_resets = None
+
+
+def report_key_resets(s: ImapSession) -> None:
+    """RFC 4467 7.1: after a RESETKEY of the selected mailbox's keys (or of all the user's),
+    the session gets an untagged OK with the URLMECH response code (8.1), with the other
+    updates it is told about. 0 is the watch's "mailbox list changed", not a reset."""
+    if s.key_resets is not None and s.key_resets.take() - {0}:
+        s.io.write(fmt.untagged(f"OK [{URLMECH}] URLAUTH access key reset"))

@@ -386,11 +386,12 @@ class MailboxView:
     async def sort_fields(self, wanted: Collection[str]) -> list[SortFields]:
         return await self._in_slices(partial(self.store.sort_fields, self.mailbox.id, wanted))
 
-    async def sort_columns(self, columns: Sequence[str]) -> list[list[Any]]:
+    async def sort_columns(self, columns: Sequence[str], after_uid: int = 0
+                           ) -> list[list[Any]]:
         """Column-wise, read in slices as ``_in_slices`` does."""
         found: list[list[Any]] = [[] for _ in range(len(columns) + 1)]
         while True:
-            after = found[0][-1] if found[0] else 0
+            after = found[0][-1] if found[0] else after_uid
             part = await self.store.sort_columns(self.mailbox.id, columns, after, SORT_SLICE)
             for column, more in zip(found, part, strict=True):
                 column += more

@@ -8,7 +8,10 @@ also relays LISTEN/NOTIFY from other nodes into ``publish_here``.
 Besides mailbox ids (positive), the feed carries one id per account (``account_channel``, a
 negative number) published when the account's list of mailboxes or subscriptions changed
 (CREATE, DELETE, RENAME, SUBSCRIBE): IMAP NOTIFY (RFC 5465) listens to it. Being plain ints
-they travel over PostgreSQL's feed like mailbox ids.
+they travel over PostgreSQL's feed like mailbox ids. URLAUTH RESETKEY (RFC 4467 7.1) publishes
+``access_key_channel`` (one mailbox's keys) or ``access_keys_channel`` (all of an account's,
+core/feed_ids.py), so that sessions with such a mailbox selected, in any worker
+or node, send the untagged URLMECH response.
 """
 
 from __future__ import annotations

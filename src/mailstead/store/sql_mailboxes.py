@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from mailstead.core.errors import Conflict, NotFound
+from mailstead.core.feed_ids import access_key_channel, access_keys_channel
 from mailstead.store.changes import account_channel
 from mailstead.store.interfaces import (
     Mailbox,
@@ -317,9 +318,15 @@ def mailbox_access_key(db: Db, mailbox_id: int, new_key: str | None) -> str | No
 
 
 def reset_access_keys(db: Db, account_id: int, mailbox_id: int | None) -> None:
-    """RESETKEY (RFC 4467 7): forgets the keys of one mailbox or of all the account's."""
+    """RESETKEY (RFC 4467 7): forgets the keys of one mailbox or of all the account's. The
+    change feed tells the sessions that have such a mailbox selected (RFC 4467 7.1: they get
+    an untagged URLMECH), and wakes them (the mailbox ids) should they be idling."""
     if mailbox_id is None:
         db.run("DELETE FROM mailbox_access_keys WHERE account_id = ?", (account_id,))
+        db.touched.add(access_keys_channel(account_id))
+        db.touched.update(row[0] for row in db.rows(
+            "SELECT id FROM mailboxes WHERE account_id = ?", (account_id,)))
     else:
         db.run("DELETE FROM mailbox_access_keys WHERE account_id = ? AND mailbox_id = ?",
                (account_id, mailbox_id))
+        db.touched.update((access_key_channel(mailbox_id), mailbox_id))
