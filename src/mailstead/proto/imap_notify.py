@@ -277,10 +277,13 @@ class Notifier:
         return view.mailbox.id if view is not None else None
 
     def _rewatch(self) -> None:
-        """Watches the mailboxes with message events (and the selected one if asked)."""
+        """Watches every mailbox of the account (and the selected one), not only those with
+        message events now: which group a mailbox follows is decided when its change is
+        told. A mailbox that joins a group (SUBSCRIBED after a SUBSCRIBE) while its news is
+        already on the way would otherwise miss it: the watch would have dropped the news
+        before the list change that made it count was read."""
         view_id = self._view_id()
-        ids = [i for i, box in self.boxes.items()
-               if i != view_id and self._events(box) & MESSAGE_EVENTS]
+        ids = [i for i in self.boxes if i != view_id]
         if view_id is not None:  # wakes IDLE; between commands only a SELECTED group tells
             ids.append(view_id)
         self.watched_view = view_id
