@@ -103,17 +103,21 @@ TOO_MANY_RECIPIENTS = reply(452, "4.5.3", "Too many recipients")
 class MessageRefused(Exception):
     """Raised by ``SmtpBackend.deliver`` to refuse a message for good (e.g. DMARC reject)."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, code: int = 550, status: str = "5.7.1") -> None:
         super().__init__(text)
         self.text = text
+        self.code = code
+        self.status = status
 
 
 class MessageDeferred(Exception):
     """Raised by ``SmtpBackend.deliver`` to refuse a message for now (e.g. a sending cap)."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, code: int = 450, status: str = "4.7.1") -> None:
         super().__init__(text)
         self.text = text
+        self.code = code
+        self.status = status
 
 
 class AuthRefused(Exception):
@@ -194,6 +198,19 @@ class SmtpBackend(Protocol):
         """Called once per finished transaction (accepted or refused), for the log."""
 
 
+class SessionChecks(Protocol):
+    """The inbound checks of the connect, MAIL and RCPT phases (net/smtp_server.py runs them
+    through checks/chain.py); each answers None to go on, or the refusal. The DATA phase's
+    run inside ``SmtpBackend.deliver``."""
+
+    async def at_connect(self) -> Reply | None: ...
+
+    async def at_mail(self, txn: Transaction) -> Reply | None: ...
+
+    async def at_rcpt(self, txn: Transaction, address: str, route: RouteLike) -> Reply | None:
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class SessionPolicy:
     hostname: str
@@ -249,11 +266,27 @@ class SmtpSession:
         self._chunk_parts: list[bytes] = []
         self._chunk_size = 0
         self.url_fetcher: UrlFetcher | None = None  # BURL (RFC 4468, smtp_burl.py), if offered
+        self.checks: SessionChecks | None = None  # inbound checks per phase, if any
+        self._refused_at_connect = False
 
     # -- replies the driver asks for ----------------------------------------------------------
 
     def greeting(self) -> Reply:
         return Reply(220, (f"{self.policy.hostname} ESMTP mailstead",))
+
+    async def start(self) -> Reply:
+        """The first reply: the greeting, unless a connect check refuses the client. RFC 5321
+        3.1: a refusal is 554 (and the server waits for QUIT, answering 503 meanwhile), or 421
+        and the connection closed for a refusal for now (RFC 5321 3.8)."""
+        if self.checks is None:
+            return self.greeting()
+        refused = await self.checks.at_connect()
+        if refused is None:
+            return self.greeting()
+        if refused.code < 500:
+            return Reply(421, refused.lines, Action.CLOSE)
+        self._refused_at_connect = True
+        return Reply(554, refused.lines)
 
     def timeout_reply(self) -> Reply:
         return reply(421, "4.4.2", f"{self.policy.hostname} Idle timeout, closing connection",
@@ -282,6 +315,9 @@ class SmtpSession:
             return self._counted(reply(500, "5.5.2", "Line must end with CRLF"))
         if self._sasl is not None:
             return self._counted(await self._sasl_step(strip_eol(line)))
+        if self._refused_at_connect and strip_eol(line).upper() != b"QUIT":
+            return self._counted(reply(503, "5.5.1", "Bad sequence of commands: this client "
+                                       "was refused, send QUIT"))
         return self._counted(await self._command(line))
 
     def on_line_too_long(self) -> Reply:
@@ -521,6 +557,11 @@ class SmtpSession:
                              f"{self.account.address}")
         if txn.declared_size > self.policy.max_message_size:
             return reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        if self.checks is not None:
+            txn.helo, txn.account, txn.client_ip = self.helo or "", self.account, \
+                self.policy.client_ip
+            if (refused := await self.checks.at_mail(txn)) is not None:
+                return refused
         self.txn = txn
         return reply(250, "2.1.0", "Sender ok")
 
@@ -601,6 +642,9 @@ class SmtpSession:
             if state == "full":
                 return self._refuse_rcpt(
                     txn, reply(452, "4.2.2", f"<{address}>: mailbox full, try later"))
+        if self.checks is not None and \
+                (refused := await self.checks.at_rcpt(txn, str(address), route)) is not None:
+            return self._refuse_rcpt(txn, refused)
         txn.recipients.append(
             Recipient(str(address), list(route.local), list(route.remote), notify, orcpt))
         return reply(250, "2.1.5", "Recipient ok")
@@ -767,9 +811,9 @@ class SmtpSession:
         except QuotaExceeded:
             answer = reply(452, "4.2.2", "Mailbox full, try again later")
         except MessageRefused as refused:
-            answer = reply(550, "5.7.1", _printable(refused.text))
+            answer = reply(refused.code, refused.status, _printable(refused.text))
         except MessageDeferred as deferred:  # a policy limit, not a fault: RFC 3463 4.7.x
-            answer = reply(450, "4.7.1", _printable(deferred.text))
+            answer = reply(deferred.code, deferred.status, _printable(deferred.text))
         except Exception:  # the backend logged it; the client may retry
             answer = reply(451, "4.3.0", "Local error in processing, try again later")
         else:
