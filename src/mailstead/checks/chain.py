@@ -130,11 +130,12 @@ class CheckChain:
             hook_args = (ctx.message,) if phase == "data" else args
             for verdict in await self._call(loaded, phase, ctx, hook_args):
                 outcome.add(loaded.name, verdict)
+                # At once, so the checks after this one (the spam score) see it.
+                ctx.headers.extend(verdict.headers)
+                ctx.points += verdict.points
+                ctx.tests.extend(verdict.tests)
             if outcome.refused:
                 break
-        ctx.headers.extend(outcome.headers)
-        ctx.points += outcome.points
-        ctx.tests.extend(outcome.tests)
         return outcome
 
     async def _call(self, loaded: Loaded, phase: str, ctx: CheckContext,
