@@ -112,3 +112,11 @@ class FileByWord(DeliveryFilter):
 
 def file_by_word(setup: CheckSetup) -> FileByWord:
     return FileByWord(setup)
+
+
+def broken_factory(setup: CheckSetup) -> Check:
+    raise ValueError("missing option 'url'")
+
+
+def hookless(setup: CheckSetup) -> Check:
+    return Check()
