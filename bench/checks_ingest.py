@@ -12,12 +12,9 @@ NXDOMAIN for every name, as a blocklist answers for a clean client), which SPF a
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -27,7 +24,10 @@ import dns.message
 import dns.rcode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 import smtp_ingest
+
+from mailstead.config import deep_merge
 
 ZONES = ["bl-one.bench.test", "bl-two.bench.test"]
 
@@ -63,16 +63,7 @@ class NxServer:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=3000)
-    parser.add_argument("--sessions", type=int, default=20)
-    parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--users", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--idle", type=int, default=0)
-    args = parser.parse_args()
+    args = smtp_ingest.pair_arguments(__doc__)
     workdir = Path(tempfile.mkdtemp(prefix="checks-bench-"))
     dns_server = NxServer()
     root = smtp_ingest.ROOT
@@ -90,44 +81,24 @@ def main() -> None:
     reports: list[smtp_ingest.Report] = []
     try:
         for name in ("on", "off"):
-            more = smtp_ingest_merge(common, plugins if name == "on" else {})
+            more = deep_merge(common, plugins if name == "on" else {})
             smtp_ingest.prepare_mailstead(workdir / name, args.users, more)
-            server = smtp_ingest.start_mailstead(workdir / name, None)
+            server = smtp_ingest.start_mailstead(workdir / name,
+                                                 args.profile if name == "on" else None)
             reports.append(smtp_ingest.Report(name, server))
         for report in reports:
             report.rss["idle"] = report.rss["after_idle"] = float("nan")
-        for report in reports:
-            asyncio.run(smtp_ingest.run_load(report.server.port, args.warmup, args.sessions,
-                                             args.size, args.users))
-        per_round = [args.messages // args.rounds] * args.rounds
-        for n, messages in enumerate(per_round):
-            for report in reports if n % 2 == 0 else reports[::-1]:
-                report.run_round(messages, args)
+        smtp_ingest.alternate_rounds(reports, args)
         print(f"\n{args.messages} messages of {args.size} bytes per server, {args.sessions} "
               f"sessions, {args.rounds} alternating rounds; 'on': a 4-hook plug-in and the "
               f"DNSBL check ({len(ZONES)} zones, at RCPT); DNS queries answered: "
               f"{dns_server.queries}")
-        for r in reports:
-            print(f"{r.name:<4} {r.result.rate:8.0f} msgs/s  p50 {r.result.percentile(0.5):6.1f}"
-                  f" ms  p99 {r.result.percentile(0.99):6.1f} ms  CPU "
-                  f"{r.cpu_ms_per_message:5.2f} ms/msg  rounds: "
-                  f"{', '.join(f'{x:.0f}' for x in r.rounds)}")
-        on, off = reports
-        pairs = [a / b for a, b in zip(on.rounds, off.rounds, strict=True) if b]
-        print(f"\non / off: {on.result.rate / off.result.rate:.3f}x messages per second "
-              f"(median of the rounds' ratios {statistics.median(pairs):.3f}x); CPU per "
-              f"message {on.cpu_ms_per_message / off.cpu_ms_per_message:.3f}x")
+        smtp_ingest.print_pair(reports, "on / off")
     finally:
         for report in reports:
             report.server.stop()
         dns_server.close()
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def smtp_ingest_merge(a: dict[str, object], b: dict[str, object]) -> dict[str, object]:
-    from mailstead.config import deep_merge
-
-    return deep_merge(a, b)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import ServeProcess
-from tests.smtp.helpers import ALICE
+from tests.smtp.helpers import ALICE, stored_messages
 from tests.smtp.helpers import header_field as field
 from tests.smtp.test_crash import prepare
 
@@ -61,23 +61,7 @@ def test_installed_plug_in_refuses_a_message(
     assert refused == {}
     assert server.terminate() == 0
 
-    from mailstead.store.factory import make_blob_store, make_metadata_store
-    from tests.conftest import run_outside_loop
-
-    async def stored() -> list[bytes]:
-        store = make_metadata_store(cfg)
-        await store.open()
-        try:
-            account = await store.get_account(ALICE)
-            assert account is not None
-            box = await store.get_mailbox(account.id, "INBOX")
-            assert box is not None
-            blobs = make_blob_store(cfg)
-            return [blobs.get(m.blob_id) for m in await store.get_messages(box.id)]
-        finally:
-            await store.close()
-
-    [message] = run_outside_loop(stored())
+    [message] = stored_messages(cfg, ALICE)
     headers = message.split(b"\r\n\r\n", 1)[0].decode()
     assert field(headers, "Subject") == "Lunch on Friday"
     assert field(headers, "X-Example-Check") == "passed"

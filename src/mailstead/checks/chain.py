@@ -224,13 +224,20 @@ def _setup(name: str, cfg: ChecksConfig, hostname: str, resolver: Resolver) -> C
     return CheckSetup(name, table, hostname, resolver, log)
 
 
-def _make(name: str, factory: Callable[..., Any], setup: CheckSetup) -> Any:
+def _make(kind: str, name: str, loader: Callable[[], Callable[..., Any]], cfg: ChecksConfig,
+          hostname: str, resolver: Resolver) -> Any:
+    """Loads the factory of the check or filter ``name`` and makes it; a ConfigError naming
+    it when either fails."""
     try:
-        made = factory(setup)
+        factory = loader()
     except Exception as exc:
-        raise ConfigError(f"check {name}: its factory failed: {type(exc).__name__}: {exc}"
+        raise ConfigError(f"{kind} {name}: cannot load it: {type(exc).__name__}: {exc}"
                           ) from None
-    return made
+    try:
+        return factory(_setup(name, cfg, hostname, resolver))
+    except Exception as exc:
+        raise ConfigError(f"{kind} {name}: its factory failed: {type(exc).__name__}: {exc}"
+                          ) from None
 
 
 def load_checks(cfg: ChecksConfig, hostname: str, resolver: Resolver, *,
@@ -249,12 +256,7 @@ def load_checks(cfg: ChecksConfig, hostname: str, resolver: Resolver, *,
         if loader is None:
             raise ConfigError(f"checks.enabled: no check named {name!r} is installed "
                               f"(found: {', '.join(sorted(available)) or 'none'})")
-        try:
-            factory = loader()
-        except Exception as exc:
-            raise ConfigError(f"check {name}: cannot load it: {type(exc).__name__}: {exc}"
-                              ) from None
-        check = _make(name, factory, _setup(name, cfg, hostname, resolver))
+        check = _make("check", name, loader, cfg, hostname, resolver)
         hooks = _hooks(check)
         if not hooks:
             raise ConfigError(f"check {name}: it has none of the hooks {', '.join(PHASES)}")
@@ -309,20 +311,13 @@ def load_filters(cfg: ChecksConfig, hostname: str, resolver: Resolver) -> Filter
     available = _available(cfg, FILTER_GROUP, cfg.filters)
     made = []
     for name, loader in available.items():
-        try:
-            factory = loader()
-        except Exception as exc:
-            raise ConfigError(f"filter {name}: cannot load it: {type(exc).__name__}: {exc}"
-                              ) from None
-        delivery_filter = _make(name, factory, _setup(name, cfg, hostname, resolver))
+        delivery_filter = _make("filter", name, loader, cfg, hostname, resolver)
         if not callable(getattr(delivery_filter, "deliver", None)):
             raise ConfigError(f"filter {name}: it has no deliver(ctx, message) method")
         made.append((name, delivery_filter))
     if made:
         log_event("filters.loaded", filters=",".join(n for n, _ in made))
     return FilterChain(made, cfg.timeout)
-
-
 
 
 def check_chain(services: object) -> CheckChain:
