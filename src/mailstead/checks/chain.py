@@ -135,6 +135,9 @@ class CheckChain:
                 ctx.points += verdict.points
                 ctx.tests.extend(verdict.tests)
             if outcome.refused:
+                log_event("checks.refused", check=loaded.name, phase=phase,
+                          session=ctx.session_id, client=ctx.client_ip,
+                          reply=f"{outcome.code} {outcome.status}")
                 break
         return outcome
 
