@@ -65,3 +65,16 @@ def test_installed_plug_in_refuses_a_message(
     headers = message.split(b"\r\n\r\n", 1)[0].decode()
     assert field(headers, "Subject") == "Lunch on Friday"
     assert field(headers, "X-Example-Check") == "passed"
+
+
+def test_a_named_plug_in_that_is_missing_stops_serve(
+        tmp_path: Path, tls_files: tuple[Path, Path]) -> None:
+    """Told to run a plug-in that is not installed, serve says which in one line and stops
+    (rather than take mail unchecked)."""
+    cfg = prepare(tmp_path / "data", {"server": {"workers": 1},
+                                      "checks": {"enabled": ["no_lottery"]}}, tls_files)
+    done = subprocess.run([sys.executable, "-m", "mailstead", "serve", "--data",
+                           str(cfg.data_dir), "--listen", "smtp=127.0.0.1:0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "checks.enabled: no check named 'no_lottery' is installed" in done.stderr
