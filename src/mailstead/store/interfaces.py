@@ -298,7 +298,9 @@ class MetadataStore(Protocol):
     # -- outbound queue --
     async def enqueue(self, entry: QueueEntry) -> None: ...
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None: ...
-    async def list_queue(self, include_done: bool = False) -> list[QueueEntry]: ...
+    async def list_queue(self, include_done: bool = False, account_id: int | None = None
+                         ) -> list[QueueEntry]:
+        """The entries, oldest first; ``account_id``: only those that account submitted."""
     async def claim_due(
         self, now: datetime, owner: str, lease_seconds: int, limit: int
     ) -> list[QueueEntry]:

@@ -456,8 +456,9 @@ class SqlStore(ABC):
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None:
         return await self._read(get_queue_entry, queue_id)
 
-    async def list_queue(self, include_done: bool = False) -> list[QueueEntry]:
-        return await self._read(list_queue, include_done)
+    async def list_queue(self, include_done: bool = False, account_id: int | None = None
+                         ) -> list[QueueEntry]:
+        return await self._read(list_queue, include_done, account_id)
 
     async def claim_due(
         self, now: datetime, owner: str, lease_seconds: int, limit: int

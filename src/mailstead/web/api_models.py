@@ -239,6 +239,8 @@ class RecallOut(BaseModel):
     recalled: list[str] = Field(description="recipients that will not get the message")
     delivered: list[str] = Field(description="recipients that had it already")
     failed: list[str] = Field(description="recipients it had bounced for already")
+    recalled_by: str = Field(description='who recalled: "the sender", or "the administrator '
+                             '<address>"')
 
 
 class Stats(BaseModel):

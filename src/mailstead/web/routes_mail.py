@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from mailstead.core.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from mailstead.proto import mime
+from mailstead.queue.outbox import OutboxItem, by_message_id, outbox
 from mailstead.store.interfaces import Mailbox, SystemFlag
 from mailstead.web import sending
 from mailstead.web.compose import Draft, Upload, forward_draft, reply_draft
@@ -92,8 +93,14 @@ async def folder_page(request: Request) -> Response:
     listing = await room.listing(box, query)
     folders = await room.folders()
     base = {k: v for k, v in request.query_params.items() if k != "page"}
+    # Sent: Message-ID -> the queued message a Recall can still stop
+    waiting: dict[str, OutboxItem] = {}
+    if box.special_use == "\\Sent":
+        state = web_state(request)
+        waiting = by_message_id(await outbox(state.store, state.services.blobs, room.account))
     return render(request, "mail.html", {
         "folders": folders, "box": box, "listing": listing, "query": query,
+        "waiting": waiting,
         "params": base, "current_url": str(request.url.path) + (
             "?" + request.url.query if request.url.query else ""),
         "title": box.name,
