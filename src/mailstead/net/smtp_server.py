@@ -52,6 +52,7 @@ from mailstead.proto.smtp import (
     Transaction,
     reply,
 )
+from mailstead.services import spam_log
 from mailstead.services.accounts import AuthFailed
 from mailstead.services.delivery import (
     DeliveryService,
@@ -209,6 +210,7 @@ class SessionBackend:
             base = scorer.rules_verdict(message, auth_results, trusted_forward)
             self._spam_score = base.score
             if scorer.refuses(base) and not allows_any(decisions):
+                await spam_log.refused(self.services.store, envelope.recipients, base)
                 raise MessageRefused(f"this message looks like spam (score {base.score:.1f})")
             spam = await scorer.judge(message, base, accounts)
             spam_fields = base.header_fields()
@@ -235,6 +237,8 @@ class SessionBackend:
             raise
         if txn.account is not None:
             cap.record(txn.account, len(txn.recipients))
+        elif scorer is not None and spam:  # the admin console's last verdicts
+            await spam_log.delivered(self.services.store, envelope.recipients, spam, junk)
         self._queue_id = result.queue_id
         return result.queue_id
 

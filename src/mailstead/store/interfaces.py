@@ -41,6 +41,8 @@ from mailstead.core.models import (
     QueueState,
     RecipientStatus,
     SortFields,
+    SpamAction,
+    SpamVerdictRow,
     SystemFlag,
 )
 
@@ -72,6 +74,8 @@ __all__ = [
     "QueueState",
     "RecipientStatus",
     "SortFields",
+    "SpamAction",
+    "SpamVerdictRow",
     "SystemFlag",
 ]
 
@@ -141,6 +145,16 @@ class MetadataStore(Protocol):
         """Conflict when the entry exists, InvalidInput past ``max_entries``."""
     async def remove_list_entry(self, scope: Literal["user", "domain"], owner: str, kind: str,
                                 pattern: str) -> int: ...
+    # -- the last spam verdicts (admin console) --
+    async def record_spam_verdicts(self, rows: Sequence[SpamVerdictRow], keep: int) -> None:
+        """Adds the verdicts and counts them per action; only the newest ``keep`` rows stay."""
+
+    async def recent_spam_verdicts(self, limit: int) -> list[SpamVerdictRow]:
+        """The newest verdicts first."""
+
+    async def spam_verdict_counts(self) -> dict[str, int]:
+        """Verdicts per action (inbox, junk, reject) since the store began."""
+
     async def lists_version(self) -> int:
         """A number that every change of any allow/block list increases (0: none ever)."""
     async def entries_for_accounts(self, account_ids: Sequence[int]

@@ -243,6 +243,14 @@ class RecallOut(BaseModel):
                              '<address>"')
 
 
+class SpamVerdictOut(BaseModel):
+    at: str = Field(description="when (ISO 8601, UTC)")
+    recipient: str
+    score: float
+    tests: list[str] = Field(description="the rules that matched")
+    action: str = Field(description="inbox, junk or reject")
+
+
 class Stats(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -256,7 +264,9 @@ class Stats(BaseModel):
     connections_total: int
     logins_failed: int
     lockouts: int
-    spam_verdicts: dict[str, int]
+    spam_verdicts: dict[str, int] = Field(description="verdicts per action (inbox, junk, "
+                                          "reject), every node's")
+    spam_recent: list[SpamVerdictOut] = Field(description="the last verdicts, newest first")
     accounts: int
     domains: int
     events: dict[str, Any]
