@@ -9,6 +9,7 @@ while some recipient is still pending: those are the ones a recall can still sto
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -29,41 +30,46 @@ class OutboxItem:
     failed: list[str] = field(default_factory=list)
 
 
-def _head(data: bytes) -> bytes:
+# blob id -> (Message-ID, subject): blobs never change (content-addressed), so an entry never
+# goes stale, and the Sent view, which asks on every render, reads each message once.
+_HEADERS: dict[str, tuple[str, str]] = {}
+_HEADERS_LOCK = threading.Lock()  # filled from worker threads
+CACHED = 4096
+
+
+def _headers(blobs: BlobStore, blob_id: str) -> tuple[str, str]:
+    with _HEADERS_LOCK:
+        known = _HEADERS.get(blob_id)
+    if known is not None:
+        return known
+    try:
+        data = blobs.get(blob_id)
+    except Exception:  # a damaged file: still listed (recallable), without its header
+        return "", ""
     end = data.find(b"\r\n\r\n", 0, HEAD_BYTES)
-    return data[: end + 4] if end >= 0 else data[:HEAD_BYTES]
-
-
-def _item(entry: QueueEntry, data: bytes | None) -> OutboxItem:
-    fields = parse_envelope_fields(_head(data)) if data is not None else None
-
-    def having(status: str) -> list[str]:
-        return [r.address for r in entry.recipients if r.status == status]
-
-    return OutboxItem(
-        queue_id=entry.id,
-        message_id=fields.message_id.strip() if fields else "",
-        subject=fields.subject if fields else "",
-        created=entry.created,
-        pending=having("pending"),
-        delivered=having("delivered"),
-        failed=having("failed"),
-    )
+    fields = parse_envelope_fields(data[: end + 4] if end >= 0 else data[:HEAD_BYTES])
+    found = (fields.message_id.strip(), fields.subject)
+    with _HEADERS_LOCK:
+        if len(_HEADERS) >= CACHED:
+            _HEADERS.pop(next(iter(_HEADERS)))
+        _HEADERS[blob_id] = found
+    return found
 
 
 async def outbox(store: MetadataStore, blobs: BlobStore, account: Account) -> list[OutboxItem]:
     """The account's queued messages with a recipient still pending, oldest first."""
     entries = [e for e in await store.list_queue(False, account_id=account.id)
                if any(r.status == "pending" for r in e.recipients)]
+    heads = await asyncio.to_thread(lambda: [_headers(blobs, e.blob_id) for e in entries])
+    items = []
+    for entry, (message_id, subject) in zip(entries, heads, strict=True):
 
-    def read(entry: QueueEntry) -> bytes | None:
-        try:
-            return blobs.get(entry.blob_id)
-        except Exception:  # a damaged file: still listed (recallable), without its header
-            return None
+        def having(status: str, entry: QueueEntry = entry) -> list[str]:
+            return [r.address for r in entry.recipients if r.status == status]
 
-    contents = await asyncio.to_thread(lambda: [read(e) for e in entries])
-    return [_item(e, data) for e, data in zip(entries, contents, strict=True)]
+        items.append(OutboxItem(entry.id, message_id, subject, entry.created,
+                                having("pending"), having("delivered"), having("failed")))
+    return items
 
 
 def by_message_id(items: list[OutboxItem]) -> dict[str, OutboxItem]:
