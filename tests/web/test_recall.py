@@ -98,6 +98,19 @@ def test_recall_from_the_sent_view(make_server: Callable[..., RunningServer],
         report = _report_text(client)
         assert "You recalled your message \"Lunch plans\"" in report
         assert FAR[1] in report
+
+        # The open message offers Recall too.
+        dinner = _send(client, "Dinner", FAR)
+        page.goto(f"{base_url(server)}/mail/{sent_box}/{dinner['sent_uid']}")
+        ready(page)
+        expect(page.locator("#message-actions .status-waiting")).to_have_text("Waiting")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#message-actions .recall-button").click()
+        expect(page.locator("#notice")).to_contain_text(
+            f'"Dinner" recalled; will not be delivered to {FAR[0]}, {FAR[1]}')
+        expect(page.locator("#message-actions .recall-button")).to_have_count(0)
+        entry = server.run(server.services.store.get_queue_entry(str(dinner["queue_id"])))
+        assert entry is not None and entry.state == "done"
     finally:
         client.close()
 

@@ -166,12 +166,18 @@ async def message_page(request: Request) -> Response:
         blocked = clean_html(message.html, allow_remote_images=False).blocked_images
     newer, older = await room.neighbours(box, uid)
     conversation = await room.conversation(box, meta)
+    queued = None  # a Sent message still waiting in the queue: it can be recalled
+    if box.special_use == "\\Sent" and meta.envelope.message_id:
+        state = web_state(request)
+        queued = by_message_id(await outbox(state.store, state.services.blobs, room.account)
+                               ).get(meta.envelope.message_id.strip())
     return render(request, "message.html", {
         "folders": await room.folders(), "box": box, "meta": meta, "message": message,
         "text_html": text_to_html(message.text) if message.text is not None else "",
         "images": images, "blocked": blocked, "newer": newer, "older": older,
         "conversation": conversation if len(conversation) > 1 else [],
         "flagged": bool(meta.flags & SystemFlag.FLAGGED), "title": message.subject,
+        "queued": queued,
     })
 
 
