@@ -142,7 +142,7 @@ def test_an_admin_recall_names_the_admin(make_server: Callable[..., RunningServe
         login(page, server, ADMIN)
         page.goto(base_url(server) + "/admin/queue")
         page.once("dialog", lambda dialog: dialog.accept())
-        page.locator(f"tr[data-queue-id={by_page}] button[value=recall]").click()
+        page.locator(f"tr[data-queue-id='{by_page}'] button[value=recall]").click()
         expect(page.locator("#notice")).to_contain_text(f"{by_page} recalled")
         entry = server.run(server.services.store.get_queue_entry(by_page))
         assert entry is not None and entry.state == "done"
