@@ -36,6 +36,7 @@ class InboundState:
     spam: dict[int, SpamVerdict] | None = None
     spam_fields: bytes = b""
     spam_score: float | None = None
+    spam_refused: SpamVerdict | None = None  # the rules' verdict that refused the message
     has_remote: bool = False
 
 
@@ -106,6 +107,7 @@ class SpamCheck(Check):
             base = self.scorer.with_points(base, ctx.points, ctx.tests)
         state.spam_score = base.score
         if self.scorer.refuses(base) and not allows_any(state.decisions):
+            state.spam_refused = base
             return reject(550, "5.7.1", f"this message looks like spam (score {base.score:.1f})")
         state.spam = await self.scorer.judge(message, base, ctx.accounts)
         state.spam_fields = base.header_fields()

@@ -54,6 +54,7 @@ from mailstead.proto.smtp import (
     Transaction,
     reply,
 )
+from mailstead.services import spam_log
 from mailstead.services.accounts import AuthFailed
 from mailstead.services.delivery import (
     DeliveryService,
@@ -244,6 +245,8 @@ class SessionBackend:
             raise
         if txn.account is not None:
             cap.record(txn.account, len(txn.recipients))
+        elif spam:  # the admin console's last verdicts
+            await spam_log.delivered(self.services.store, envelope.recipients, spam, state.junk)
         self._queue_id = result.queue_id
         return result.queue_id
 
@@ -259,6 +262,9 @@ class SessionBackend:
         outcome = await self.chain.run("data", ctx)
         self._spam_score = state.spam_score
         if outcome.action == "reject":
+            if state.spam_refused is not None:  # the admin console's last verdicts
+                await spam_log.refused(self.services.store, envelope.recipients,
+                                       state.spam_refused)
             raise MessageRefused(outcome.text, outcome.code, outcome.status)
         if outcome.action == "tempfail":
             raise MessageDeferred(outcome.text, outcome.code, outcome.status)
