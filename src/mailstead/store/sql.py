@@ -122,9 +122,11 @@ from mailstead.store.sql_queue import (
 )
 from mailstead.store.sql_sieve import (
     active_sieve_script,
+    delete_global_sieve_script,
     delete_sieve_script,
     get_global_sieve_script,
     get_sieve_script,
+    list_global_sieve_scripts,
     list_sieve_scripts,
     note_vacation_reply,
     put_global_sieve_script,
@@ -372,6 +374,12 @@ class SqlStore(ABC):
 
     async def put_global_sieve_script(self, name: str, script: str) -> None:
         await self._write(put_global_sieve_script, name, script)
+
+    async def list_global_sieve_scripts(self) -> list[str]:
+        return await self._read(list_global_sieve_scripts)
+
+    async def delete_global_sieve_script(self, name: str) -> None:
+        await self._write(delete_global_sieve_script, name)
 
     async def note_vacation_reply(self, account_id: int, sender: str, handle: str, now: int,
                                   until: int) -> bool:

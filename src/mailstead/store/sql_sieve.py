@@ -83,6 +83,16 @@ def get_global_sieve_script(db: Db, name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def list_global_sieve_scripts(db: Db) -> list[str]:
+    return [str(r[0]) for r in db.rows("SELECT name FROM sieve_global_scripts ORDER BY name")]
+
+
+def delete_global_sieve_script(db: Db, name: str) -> None:
+    if db.value("SELECT 1 FROM sieve_global_scripts WHERE name = ?", (name,)) is None:
+        raise NotFound(f"no global script {name!r}")
+    db.run("DELETE FROM sieve_global_scripts WHERE name = ?", (name,))
+
+
 def put_global_sieve_script(db: Db, name: str, script: str) -> None:
     db.run("DELETE FROM sieve_global_scripts WHERE name = ?", (name,))
     db.run("INSERT INTO sieve_global_scripts (name, script, updated) VALUES (?, ?, ?)",
