@@ -141,6 +141,11 @@ class SieveService:
     async def delete_global(self, name: str) -> None:
         await self.store.delete_global_sieve_script(name)
 
+    def forget(self) -> None:
+        """Scripts or mailboxes changed in another process (the CLI): read them again."""
+        self._active.clear()
+        self._boxes.clear()
+
     def _compile(self, text: str) -> Script:
         """Compiled scripts by text (a few hundred kept): a script runs for every message."""
         found = self._compiled.get(text)

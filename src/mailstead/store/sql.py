@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from mailstead.store import sql_shared
-from mailstead.store.changes import ChangeBus
+from mailstead.store.changes import SETTINGS_CHANGED, ChangeBus
 from mailstead.store.interfaces import (
     SORT_FIELDS,
     Account,
@@ -148,6 +148,10 @@ class WriteResult:
     touched: set[int]
 
 
+def _touch_settings(db: Db) -> None:
+    db.touched.add(SETTINGS_CHANGED)
+
+
 class SqlStore(ABC):
     """MetadataStore over the operations above. Subclasses provide open/close and the two
     runners; ``_run_write`` must return only after the transaction committed durably."""
@@ -183,6 +187,11 @@ class SqlStore(ABC):
         if touched:
             self.changes.publish(touched)  # on the event loop, after the commit
         return value
+
+    async def announce_settings_changed(self) -> None:
+        """Tells the servers of this store (on SQLite the local ones, store/announce.py; on
+        PostgreSQL every node) that settings changed here: they drop their caches of them."""
+        await self._write(_touch_settings)
 
     async def _write_accounts(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``_write`` of a change to domains, accounts or aliases: counted in
