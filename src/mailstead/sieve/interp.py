@@ -630,4 +630,6 @@ def date_part(when: datetime, part: str) -> str:
 
 def evaluate(script: Script, ctx: Context) -> Outcome:
     """The actions ``script`` asks for ``ctx``; raises SieveRuntimeError."""
+    if "body" in script.tests and ctx._head is None:
+        ctx._head = ctx.root  # the body test parses it all: the header fields come with it
     return Interpreter(ctx).run(script)
