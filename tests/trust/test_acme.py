@@ -20,6 +20,8 @@ import pytest
 import trustme
 from cryptography import x509
 
+from mailstead.config import Config
+from mailstead.services.acme_alpn import TLS_ALPN_01, challenge_method
 from mailstead.services.certificates import CERT_CHAIN, cert_names, certificate_service
 from tests.conftest import PASSWORD, RunningServer, require_binary
 
@@ -171,6 +173,7 @@ def test_another_node_serves_the_store_s_certificate(
     assert served.serial_number == issued.serial_number
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_certificate_over_tls_alpn_01_on_the_tls_listener(
         make_server: Callable[..., RunningServer], pebble: Pebble) -> None:
     """RFC 8737: no http listener answers (port 0), the names are proved on the implicit-TLS
@@ -184,3 +187,15 @@ def test_certificate_over_tls_alpn_01_on_the_tls_listener(
     assert served_certificate(server.ports["submissions"]).serial_number == issued.serial_number
     service = certificate_service(server.services)
     assert service is not None and service.alpn is not None and not service.alpn.pending
+
+
+def test_auto_challenge_is_tls_alpn_only_where_443_is_bound_and_80_is_not() -> None:
+    cfg = Config()
+    assert challenge_method(cfg, True) == "http-01"  # neither bound: HTTP-01 as before
+    cfg.listeners["imaps"].port = 443
+    assert challenge_method(cfg, True) == TLS_ALPN_01
+    assert challenge_method(cfg, False) == "http-01"  # no certificate to hand out at all
+    cfg.listeners["http"].port = 80
+    assert challenge_method(cfg, True) == "http-01"  # any node answers HTTP-01
+    cfg.acme.challenge = "tls-alpn-01"
+    assert challenge_method(cfg, True) == TLS_ALPN_01
