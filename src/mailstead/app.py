@@ -33,6 +33,7 @@ from mailstead.net.tls import server_context
 from mailstead.obs import log_event
 from mailstead.services import metrics
 from mailstead.services.accounts import AccountService
+from mailstead.store.announce import AnnounceListener
 from mailstead.store.changes import ChangeBus
 from mailstead.store.factory import make_blob_store, make_metadata_store
 from mailstead.store.interfaces import BlobStore, MetadataStore
@@ -136,10 +137,19 @@ class App:
                                     worker.secret if worker else None),
             caps=self.caps,
         )
+        # Commits of the CLI on the same SQLite data reach this process (store/announce.py).
+        self.announcer = AnnounceListener(cfg.data_dir, self.changes.publish_here) \
+            if self.store.backend == "sqlite" else None
+        self.changes.settings_hooks.append(self._settings_changed)
         self.listeners: list[Listener] = []
         self.session_tasks: set[asyncio.Task[None]] = set()
         self.background: list[asyncio.Task[None]] = []
         self.web_servers: list[Any] = []  # mailstead.web.server.WebServer, imported lazily
+
+    def _settings_changed(self) -> None:
+        """Another process changed domains, accounts or aliases: route caches drop theirs."""
+        if hasattr(self.store, "accounts_version"):
+            self.store.accounts_version += 1
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         return ssl_context_for(self.cfg)
@@ -153,6 +163,8 @@ class App:
         if self.peers is not None:
             self.peers.start()
         await self.store.open()
+        if self.announcer is not None:
+            self.announcer.start()
         for domain in self.cfg.domains:
             if await self.store.get_domain(domain.lower()) is None:
                 await self.store.add_domain(domain.lower())
@@ -232,6 +244,8 @@ class App:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.server.wait_closed(), 2)
         self.listeners.clear()
+        if self.announcer is not None:
+            self.announcer.close()
         await self.store.close()
         if self.peers is not None:
             self.peers.close()

@@ -467,6 +467,12 @@ class AcmeConfig(_Section):
         "", description="CA file to trust for the ACME server's own HTTPS (a private or test "
         "ACME server); empty: the system's"
     )
+    challenge: Literal["auto", "http-01", "tls-alpn-01"] = Field(
+        "auto", description="how names are proved: http-01 (an http listener answering port "
+        "80, any node), tls-alpn-01 (RFC 8737, a TLS listener answering port 443, the node "
+        "that orders), or auto: http-01 where an http listener is on port 80, else "
+        "tls-alpn-01 where a TLS listener is on 443"
+    )
 
 
 class MonitorConfig(_Section):

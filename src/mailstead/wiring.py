@@ -51,7 +51,8 @@ def build(services: Services) -> None:
     services.extra["forwarding"] = forwarding
     delivery.forwarding = forwarding
     services.accounts.forwarding = forwarding
-    services.extra["lists"] = SenderLists(services.store, services.cfg.lists)
+    lists = services.extra["lists"] = SenderLists(services.store, services.cfg.lists)
+    services.changes.settings_hooks.append(lists.forget)  # the CLI changed some (announce.py)
     services.extra["queue"] = QueueRunner(services.cfg, services.store, services.blobs, resolver,
                                           delivery, services.accounts)
     delivery.after_local_delivery = DeliveredNotices(delivery, services.accounts)
@@ -60,6 +61,7 @@ def build(services: Services) -> None:
 
         sieve = SieveService(sieve_store(services.store), delivery, services.accounts)
         services.extra["sieve"] = sieve
+        services.changes.settings_hooks.append(sieve.forget)
         delivery.rules = sieve
 
     # One MailboxService for IMAP and the webmail, built here so it knows the spam filter.

@@ -5,9 +5,13 @@ and a broken script that keeps mail in INBOX."""
 
 from __future__ import annotations
 
+import shutil
 import smtplib
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime, make_msgid
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +151,20 @@ if spamtest :value "le" :comparator "i;ascii-numeric" "3" { fileinto :create "Cl
 """)
     send(mail_server, mail("lunch", "Shall we meet at noon?"))
     assert subjects(mail_server, ALICE, "Clean") == ["lunch"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_script_change_on_one_node_counts_at_once_on_another(
+        mail_server: RunningServer, make_server: Callable[..., RunningServer],
+        store_overrides: dict[str, object], tmp_path: Path) -> None:
+    """Both nodes on one PostgreSQL store: node two has just cached that Alice has no
+    script; node one activates one, and node two's next delivery runs it (the change feed
+    tells it; the cache alone would keep the old answer for SCRIPT_CACHE_SECONDS)."""
+    shutil.copytree(mail_server.data_dir / "tls", tmp_path / "two" / "tls")
+    second = make_server(data_dir=tmp_path / "two", **store_overrides)
+    send(second, mail("before"))
+    activate(mail_server, ALICE, 'require ["fileinto", "mailbox"];\nfileinto :create "Now";\n')
+    time.sleep(0.3)  # LISTEN/NOTIFY's own delay, far below the cache's two seconds
+    send(second, mail("after"))
+    assert subjects(second, ALICE, "Now") == ["after"]  # (its message files)
+    assert subjects(second, ALICE) == ["before"]

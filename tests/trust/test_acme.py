@@ -20,6 +20,8 @@ import pytest
 import trustme
 from cryptography import x509
 
+from mailstead.config import Config
+from mailstead.services.acme_alpn import TLS_ALPN_01, challenge_method
 from mailstead.services.certificates import CERT_CHAIN, cert_names, certificate_service
 from tests.conftest import PASSWORD, RunningServer, require_binary
 
@@ -49,6 +51,7 @@ class Pebble:
     directory: str
     ca_file: Path
     http_port: int  # where pebble validates HTTP-01: our http listener
+    tls_port: int  # where pebble validates TLS-ALPN-01: a TLS listener of ours
 
 
 @pytest.fixture
@@ -61,13 +64,13 @@ def pebble(tmp_path: Path) -> Iterator[Pebble]:
     api_cert.cert_chain_pems[0].write_to_path(str(cert_file))
     api_cert.private_key_pem.write_to_path(str(key_file))
     ca.cert_pem.write_to_path(str(ca_file))
-    dns_port, api_port, http_port = free_port(), free_port(), free_port()
+    dns_port, api_port, http_port, tls_port = free_port(), free_port(), free_port(), free_port()
     config = tmp_path / "pebble.json"
     config.write_text(json.dumps({"pebble": {
         "listenAddress": f"127.0.0.1:{api_port}",
         "managementListenAddress": f"127.0.0.1:{free_port()}",
         "certificate": str(cert_file), "privateKey": str(key_file),
-        "httpPort": http_port, "tlsPort": free_port(),
+        "httpPort": http_port, "tlsPort": tls_port,
         "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
     # Every name resolves to 127.0.0.1 through the mock DNS server; nothing else listens.
     dns = subprocess.Popen(
@@ -81,7 +84,7 @@ def pebble(tmp_path: Path) -> Iterator[Pebble]:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(api_port, server)
-        yield Pebble(f"https://127.0.0.1:{api_port}/dir", ca_file, http_port)
+        yield Pebble(f"https://127.0.0.1:{api_port}/dir", ca_file, http_port, tls_port)
     finally:
         for proc in (server, dns):
             proc.terminate()
@@ -168,3 +171,31 @@ def test_another_node_serves_the_store_s_certificate(
     second = make_server(data_dir=second_dir, **store_overrides, **overrides)
     served = wait_for_cert(second.ports["imaps"], lambda c: names_of(c) == NAMES)
     assert served.serial_number == issued.serial_number
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_certificate_over_tls_alpn_01_on_the_tls_listener(
+        make_server: Callable[..., RunningServer], pebble: Pebble) -> None:
+    """RFC 8737: no http listener answers (port 0), the names are proved on the implicit-TLS
+    listener pebble validates at (standing in for 443)."""
+    overrides = acme_overrides(pebble)
+    overrides["listeners"] = {"http": {"port": 0}, "imaps": {"port": pebble.tls_port}}
+    overrides["acme"] = {**overrides["acme"], "challenge": "tls-alpn-01"}  # type: ignore[dict-item]
+    server = make_server(**overrides)
+    issued = wait_for_cert(pebble.tls_port, lambda c: names_of(c) == NAMES)
+    assert "Pebble" in issued.issuer.rfc4514_string()
+    assert served_certificate(server.ports["submissions"]).serial_number == issued.serial_number
+    service = certificate_service(server.services)
+    assert service is not None and service.alpn is not None and not service.alpn.pending
+
+
+def test_auto_challenge_is_tls_alpn_only_where_443_is_bound_and_80_is_not() -> None:
+    cfg = Config()
+    assert challenge_method(cfg, True) == "http-01"  # neither bound: HTTP-01 as before
+    cfg.listeners["imaps"].port = 443
+    assert challenge_method(cfg, True) == TLS_ALPN_01
+    assert challenge_method(cfg, False) == "http-01"  # no certificate to hand out at all
+    cfg.listeners["http"].port = 80
+    assert challenge_method(cfg, True) == "http-01"  # any node answers HTTP-01
+    cfg.acme.challenge = "tls-alpn-01"
+    assert challenge_method(cfg, True) == TLS_ALPN_01

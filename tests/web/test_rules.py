@@ -5,11 +5,12 @@ check), then real mail over SMTP through what was saved."""
 from __future__ import annotations
 
 import httpx
+import pytest
 from playwright.sync_api import Page, expect
 
 from tests.conftest import PASSWORD, RunningServer
 from tests.smtp.helpers import inbox, queue
-from tests.web.conftest import base_url, new_user
+from tests.web.conftest import ADMIN, base_url, new_user
 from tests.web.helpers import api_client, send_smtp
 from tests.web.test_browser import login, page
 
@@ -104,3 +105,62 @@ def test_vacation_form_and_rule_editor_in_chromium(shared_server: RunningServer,
 def test_rules_page_needs_login(shared_server: RunningServer) -> None:
     response = httpx.get(base_url(shared_server) + "/settings/rules", follow_redirects=False)
     assert response.status_code == 303
+
+
+BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+GLOBAL = 'require ["fileinto", "mailbox"];\nif header :contains "subject" "[ads]" ' \
+         '{ fileinto :create "Ads"; stop; }\n'
+
+
+@BOTH
+def test_admin_api_sets_the_global_script_users_include(web_server: RunningServer) -> None:
+    user = new_user(web_server, "incl")
+    admin = api_client(base_url(web_server), ADMIN, PASSWORD)
+    plain = api_client(base_url(web_server), user, PASSWORD)
+    try:
+        assert plain.get("/api/admin/sieve-global").status_code == 403
+        assert plain.put("/api/admin/sieve-global/ads", json={"script": GLOBAL}
+                         ).status_code == 403
+        bad = admin.put("/api/admin/sieve-global/ads", json={"script": "fileinto;"})
+        assert bad.status_code == 400 and "line 1" in bad.text, bad.text
+        assert admin.get("/api/admin/sieve-global/ads").status_code == 404
+        assert admin.put("/api/admin/sieve-global/ads", json={"script": GLOBAL}
+                         ).status_code == 200
+        assert admin.get("/api/admin/sieve-global").json() == [{"name": "ads", "script": ""}]
+        assert admin.get("/api/admin/sieve-global/ads").json()["script"] == GLOBAL
+        mine = 'require "include";\ninclude :global "ads";\n'
+        assert plain.put("/api/sieve/main", json={"script": mine, "active": True}
+                         ).status_code == 200
+        send_smtp(web_server.ports["smtp"], "carol@remote.example", [user],
+                  mail(user, "[ads] cheap things"))
+        assert len(inbox(web_server, user, "Ads")) == 1
+        assert admin.delete("/api/admin/sieve-global/ads").status_code == 200
+        assert admin.delete("/api/admin/sieve-global/ads").status_code == 404
+    finally:
+        admin.close()
+        plain.close()
+
+
+@BOTH
+def test_admin_sieve_page_in_chromium(web_server: RunningServer, page: Page) -> None:
+    login(page, web_server, ADMIN)
+    page.goto(base_url(web_server) + "/admin")
+    page.click("a[href='/admin/sieve']")
+    expect(page.locator("h1")).to_have_text("Global Sieve scripts")
+    form = page.locator("#global-form")
+    form.locator("input[name=name]").fill("ads")
+    form.locator("textarea").fill('require "fileinto";\nfileinto;\n')
+    form.locator("button[value=check]").click()
+    expect(page.locator("#check-result")).to_contain_text("line 2")
+    expect(page.locator("#global-form input[name=name]")).to_have_value("ads")
+    page.locator("#global-form textarea").fill(GLOBAL)
+    page.locator("#global-form button[value=check]").click()
+    expect(page.locator("#check-result")).to_have_text("Syntax OK.")
+    page.locator("#global-form button[value=save]").click()
+    expect(page.locator("#notice")).to_contain_text("Global script ads saved")
+    expect(page.locator("#global-scripts")).to_contain_text("ads")
+    stored = web_server.run(web_server.services.store.get_global_sieve_script("ads"))  # type: ignore[attr-defined]
+    assert stored == GLOBAL.replace("\n", "\r\n")
+    page.locator("#global-scripts button").click()
+    expect(page.locator("#notice")).to_contain_text("deleted")
+    expect(page.locator("#global-scripts")).to_contain_text("No global scripts")

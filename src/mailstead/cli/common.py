@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import sys
@@ -15,6 +16,8 @@ import click
 
 from mailstead.config import Config, load_config, resolve_data_dir
 from mailstead.core.errors import ConfigError, MailsteadError
+from mailstead.store.announce import announce
+from mailstead.store.changes import ChangeBus
 from mailstead.store.factory import make_blob_store, make_metadata_store
 from mailstead.store.interfaces import BlobStore, MetadataStore
 
@@ -71,7 +74,11 @@ def config_for(data: Path | None) -> Config:
 @asynccontextmanager
 async def open_store(data: Path | None) -> AsyncIterator[tuple[Config, MetadataStore, BlobStore]]:
     cfg = config_for(data)
-    store = make_metadata_store(cfg)
+    bus = ChangeBus()
+    store = make_metadata_store(cfg, bus)
+    if cfg.sqlite_path is not None:
+        # A running server of this data hears our commits at once (store/announce.py).
+        bus.forward = lambda ids: announce(cfg.data_dir, ids)
     try:
         await store.open()
     except MailsteadError:
@@ -80,6 +87,12 @@ async def open_store(data: Path | None) -> AsyncIterator[tuple[Config, MetadataS
         raise ConfigError(f"store.url: cannot open {cfg.store.url}: {exc}") from None
     try:
         yield cfg, store, make_blob_store(cfg)
+        # What the command changed counts at once in the running servers, not when their
+        # caches expire (sieve activate, list and account edits).
+        tell = getattr(store, "announce_settings_changed", None)
+        if tell is not None:
+            with contextlib.suppress(Exception):
+                await tell()
     finally:
         await store.close()
 

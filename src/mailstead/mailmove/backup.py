@@ -23,6 +23,7 @@ from pathlib import Path
 from mailstead import __version__
 from mailstead.config import Config
 from mailstead.core.errors import InvalidInput, MailsteadError
+from mailstead.store.announce import announce_dir
 from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.snapshot import backup_sqlite, current_version, referenced_blobs
 
@@ -69,7 +70,8 @@ def make_backup(cfg: Config, dest: Path) -> BackupSummary:
         raise InvalidInput("the backup must go outside the data directory")
     out = dest / DATA
     out.mkdir(parents=True)
-    skipped: set[Path] = {data_dir / UPGRADE_BACKUPS}
+    # (The running servers' announce sockets are named in run/: nothing to restore.)
+    skipped: set[Path] = {data_dir / UPGRADE_BACKUPS, announce_dir(data_dir)}
     sqlite = cfg.sqlite_path
     version = current_version(cfg)
     if sqlite is not None:

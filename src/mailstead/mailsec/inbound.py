@@ -56,6 +56,22 @@ class TrustService:
         fields = await asyncio.to_thread(dkim.sign_message, key, domain, message)
         return fields + message
 
+    async def sign_notice(self, message: bytes) -> bytes:
+        """A notice we wrote (vacation reply, Sieve refusal, DSN, recall report) signed as
+        our domain: its From domain when ours, else the nearest of our domains above it
+        (MAILER-DAEMON@mx.example.com signed d=example.com, aligned under DMARC's relaxed
+        mode, RFC 7489 3.1.1). Unsigned when no domain of ours fits."""
+        if not self.cfg.trust.sign_outbound:
+            return message
+        from_domain = dmarc.from_domain(message) or self.hostname
+        for domain in [*_and_parents(from_domain), *_and_parents(self.hostname)]:
+            if await self.is_local_domain(domain):
+                key = await self.keyring.signing_key(domain)
+                fields = await asyncio.to_thread(dkim.sign_message, key, domain, message)
+                return fields + message
+        log_event("trust.notice_unsigned", logging.INFO, domain=from_domain)
+        return message
+
     async def seal_forwarded(self, message: bytes, auth_results: bytes) -> bytes:
         """ARC set for a message we forward (RFC 8617), signed with our hostname's domain."""
         if not self.cfg.trust.arc_seal:
@@ -121,6 +137,12 @@ class TrustService:
             elif dmarc_result.disposition == "quarantine":
                 action, reason = "junk", f"DMARC policy of {dmarc_result.from_domain}: quarantine"
         return Verdict(action, fields.encode("utf-8"), message, reason, trusted)
+
+
+def _and_parents(name: str) -> list[str]:
+    """``name`` and the domains above it, short of the top-level one."""
+    labels = name.lower().rstrip(".").split(".")
+    return [".".join(labels[i:]) for i in range(len(labels) - 1)]
 
 
 def _spf_domain(result: SpfResult) -> str:

@@ -9,6 +9,9 @@ only decides when to order, answers HTTP-01, and hands the result to the listene
 - HTTP-01 (RFC 8555 8.3): the key authorization is put in the store under the token, and every
   node's http listener answers ``/.well-known/acme-challenge/<token>`` from there, whichever
   node the ACME server's validation reaches.
+- TLS-ALPN-01 (RFC 8737, services/acme_alpn.py) instead, by ``[acme] challenge`` or, on
+  "auto", where no http listener answers port 80 but a TLS listener is bound to 443: the node
+  that orders answers it on its own TLS listeners.
 - Each node looks every ``[acme] check_interval`` seconds: a certificate in the store newer than
   the one it serves is written to ``[tls] cert``/``key`` and loaded into the SSL context every
   listener shares. Handshakes from then on get it; open connections are not dropped.
@@ -33,6 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mailstead.config import Config
 from mailstead.obs import log_event
+from mailstead.services import acme_alpn
+from mailstead.services.acme_alpn import AlpnResponder
 from mailstead.store.interfaces import MetadataStore
 
 ACCOUNT_KEY = "acme.account_key"
@@ -67,12 +72,15 @@ def cert_names(chain_pem: str) -> set[str]:
 
 
 def _order(directory: str, ca_bundle: str, email: str, account_pem: str, names: list[str],
-           publish: Any, withdraw: Any) -> tuple[str, str]:
+           publish: Any, withdraw: Any, alpn: AlpnResponder | None = None) -> tuple[str, str]:
     """Runs one order to the end (blocking: the acme package is synchronous; called in a
     thread). ``publish(token, validation)`` / ``withdraw(token)`` put the HTTP-01 answers where
-    every node serves them. Returns (full chain PEM, private key PEM)."""
+    every node serves them; with ``alpn`` the names are proved over TLS-ALPN-01 instead (RFC
+    8737, on this node's TLS listener). Returns (full chain PEM, private key PEM)."""
     from acme import challenges, client, crypto_util, errors, messages
     from josepy.jwk import JWKRSA
+
+    acme_alpn.register()  # before the authorizations are read
 
     account_key = serialization.load_pem_private_key(account_pem.encode("ascii"), None)
     assert isinstance(account_key, rsa.RSAPrivateKey)
@@ -93,12 +101,21 @@ def _order(directory: str, ca_bundle: str, email: str, account_pem: str, names: 
                                 serialization.NoEncryption())
     order = acme.new_order(crypto_util.make_csr(key_pem, names))
     answered: list[str] = []
+    proving: list[str] = []
+    method = "http-01" if alpn is None else acme_alpn.TLS_ALPN_01
     try:
         for authz in order.authorizations:
             if authz.body.status == messages.STATUS_VALID:
                 continue  # validated lately (RFC 8555 7.1.4): the server reuses it
             for challenge in authz.body.challenges:
-                if isinstance(challenge.chall, challenges.HTTP01):
+                kind = getattr(challenge.chall, "typ", "")
+                if alpn is not None and kind == acme_alpn.TLS_ALPN_01:
+                    domain = authz.body.identifier.value
+                    alpn.add(domain, challenge.chall.key_authorization(jwk))
+                    proving.append(domain)
+                    acme.answer_challenge(challenge, challenge.chall.response(jwk))
+                    break
+                if alpn is None and isinstance(challenge.chall, challenges.HTTP01):
                     response, validation = challenge.response_and_validation(jwk)
                     token = challenge.chall.encode("token")
                     publish(token, validation)
@@ -107,12 +124,15 @@ def _order(directory: str, ca_bundle: str, email: str, account_pem: str, names: 
                     break
             else:
                 raise RuntimeError(f"{authz.body.identifier.value}: the ACME server offers no "
-                                   "HTTP-01 challenge")
+                                   f"{method} challenge")
         deadline = datetime.now() + timedelta(seconds=ORDER_SECONDS)
         done = acme.poll_and_finalize(order, deadline=deadline)
     finally:
         for token in answered:
             withdraw(token)
+        for domain in proving:
+            assert alpn is not None
+            alpn.remove(domain)
     return done.fullchain_pem, key_pem.decode("ascii")
 
 
@@ -123,6 +143,13 @@ class CertificateService:
         self.store = store
         self.context = context
         self.serving = ""  # the chain this node has loaded
+        # TLS-ALPN-01 (RFC 8737) where chosen (acme_alpn.challenge_method): this node's
+        # listeners answer it through the shared context's SNI callback.
+        self.alpn: AlpnResponder | None = None
+        if context is not None and \
+                acme_alpn.challenge_method(cfg, True) == acme_alpn.TLS_ALPN_01:
+            self.alpn = AlpnResponder()
+            self.alpn.install(context)
 
     async def names(self) -> list[str]:
         if self.cfg.acme.names:
@@ -172,11 +199,12 @@ class CertificateService:
 
         acme = self.cfg.acme
         ca_bundle = str(self.cfg.path(acme.ca_bundle)) if acme.ca_bundle else ""
-        log_event("acme.ordering", names=",".join(names), directory=acme.directory)
+        log_event("acme.ordering", names=",".join(names), directory=acme.directory,
+                  challenge="http-01" if self.alpn is None else acme_alpn.TLS_ALPN_01)
         try:
             chain, key = await asyncio.to_thread(
                 _order, acme.directory, ca_bundle, acme.email, account, names, publish,
-                withdraw)
+                withdraw, self.alpn)
         except Exception as exc:  # the next check tries again; the old certificate serves on
             log_event("acme.failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
             return

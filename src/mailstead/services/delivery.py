@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 class TrustHooks(Protocol):
     async def sign_outbound(self, message: bytes) -> bytes: ...
 
+    async def sign_notice(self, message: bytes) -> bytes: ...
+
     async def seal_forwarded(self, message: bytes, auth_results: bytes) -> bytes: ...
 
 
@@ -76,6 +78,9 @@ class InboundEnvelope:
     requiretls: bool = False  # RFC 8689
     smtputf8: bool = False
     body: str = "7BIT"  # 7BIT, 8BITMIME or BINARYMIME
+    # A notice we wrote (vacation reply, Sieve refusal, DSN, recall report): DKIM-signed as
+    # our domain, never ARC-sealed or SRS-rewritten as if forwarded.
+    generated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,10 +286,13 @@ class DeliveryService:
             # written, so every copy and the queue entry carry the same bytes.
             if envelope.account is not None:
                 message = await self.trust.sign_outbound(message)
+            elif envelope.generated:
+                message = await self.trust.sign_notice(message)
             elif remote:
                 message = await self.trust.seal_forwarded(message, auth_results)
         sender = envelope.sender
-        if remote and envelope.account is None and self.forwarding is not None:
+        if (remote and envelope.account is None and not envelope.generated
+                and self.forwarding is not None):
             # Forwarded (an alias or a Sieve redirect to a remote address): the queued copy
             # goes out from an SRS address of ours, so SPF passes at the next server and its
             # bounces come back to us for reversal. Local copies keep the original sender.

@@ -198,16 +198,16 @@ class SenderLists:
         kind, pattern, action = normalize_entry(kind, pattern, action)
         entry = await self.store.add_list_entry(scope, owner, kind, pattern, action,
                                                 self.cfg.max_entries)
-        self._forget()
+        self.forget()
         return entry
 
     async def remove(self, scope: Scope, owner: str, kind: str, pattern: str) -> int:
         kind, pattern, _action = normalize_entry(kind, pattern)
         removed = await self.store.remove_list_entry(scope, owner, kind, pattern)
-        self._forget()
+        self.forget()
         return removed
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
         """Changes made through this process count at once (other processes: within
         CACHE_SECONDS)."""
         self._checked = 0.0

@@ -168,15 +168,12 @@ class Interpreter:
         finally:
             self.frames.pop()
 
-    def step(self) -> None:
-        self.steps += 1
-        if self.steps > MAX_STEPS:
-            raise SieveRuntimeError("the script ran too long")
-
     def block(self, commands: Sequence[Command]) -> None:
         taken = False  # the last if/elsif chose its branch
         for command in commands:
-            self.step()
+            self.steps += 1
+            if self.steps > MAX_STEPS:
+                raise SieveRuntimeError("the script ran too long")
             name = command.name
             if name == "if":
                 taken = self.test(command.tests[0])
@@ -475,7 +472,8 @@ class Interpreter:
     def decoded(self, name: str) -> list[str]:
         found = self._decoded.get(name)
         if found is None:
-            found = self._decoded[name] = [mime.decoded_header(v)
+            # Field values come unfolded; only those with an encoded word need decoding.
+            found = self._decoded[name] = [mime.decoded_header(v) if "=?" in v else v
                                            for v in self.fields().get(name, ())]
         return found
 
@@ -630,4 +628,6 @@ def date_part(when: datetime, part: str) -> str:
 
 def evaluate(script: Script, ctx: Context) -> Outcome:
     """The actions ``script`` asks for ``ctx``; raises SieveRuntimeError."""
+    if "body" in script.tests and ctx._head is None:
+        ctx._head = ctx.root  # the body test parses it all: the header fields come with it
     return Interpreter(ctx).run(script)

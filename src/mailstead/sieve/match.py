@@ -18,6 +18,8 @@ _ASCII_FOLD = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 def casefold_ascii(text: str) -> str:
     """i;ascii-casemap (RFC 4790 9.2): only A-Z fold, so lengths and offsets stay."""
+    if text.isascii():  # (a flag of the string, not a scan) lower() then folds only A-Z
+        return text.lower()
     return text.translate(_ASCII_FOLD)
 
 

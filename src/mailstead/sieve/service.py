@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -63,6 +64,8 @@ class SieveStore(Protocol):
     async def rename_sieve_script(self, account_id: int, old: str, new: str) -> None: ...
     async def get_global_sieve_script(self, name: str) -> str | None: ...
     async def put_global_sieve_script(self, name: str, script: str) -> None: ...
+    async def list_global_sieve_scripts(self) -> list[str]: ...
+    async def delete_global_sieve_script(self, name: str) -> None: ...
     async def note_vacation_reply(self, account_id: int, sender: str, handle: str, now: int,
                                   until: int) -> bool: ...
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
@@ -130,9 +133,18 @@ class SieveService:
         self._active.pop(account.id, None)
 
     async def put_global(self, name: str, text: str) -> None:
+        """Stores global script ``name`` (RFC 6609 ``include :global``) once it compiles."""
         check_name(name)
         check_script(text)
         await self.store.put_global_sieve_script(name, text)
+
+    async def delete_global(self, name: str) -> None:
+        await self.store.delete_global_sieve_script(name)
+
+    def forget(self) -> None:
+        """Scripts or mailboxes changed in another process (the CLI): read them again."""
+        self._active.clear()
+        self._boxes.clear()
 
     def _compile(self, text: str) -> Script:
         """Compiled scripts by text (a few hundred kept): a script runs for every message."""
@@ -354,6 +366,7 @@ def _rejection(reason: str, to: str, recipient: str, ctx: Context,
             f"To: <{to}>\r\n"
             f"Subject: Message refused: {subject[:100]}\r\n"
             f"Date: {datetime.now(UTC).strftime('%a, %d %b %Y %H:%M:%S +0000')}\r\n"
+            f"Message-ID: <sieve-reject.{secrets.token_hex(10)}@{delivery.hostname}>\r\n"
             "Auto-Submitted: auto-replied (rejected)\r\nMIME-Version: 1.0\r\n"
             "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n")
     return (head + "\r\n" + text).encode("utf-8")

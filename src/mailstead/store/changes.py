@@ -20,6 +20,10 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
+# Not a mailbox: domains, accounts, aliases, Sieve scripts or lists changed in another process
+# (store/announce.py); the caches of them registered in ``ChangeBus.settings_hooks`` drop.
+SETTINGS_CHANGED = 0
+
 
 def account_channel(account_id: int) -> int:
     """The feed id announcing changes to an account's mailbox list or subscriptions."""
@@ -97,6 +101,8 @@ class ChangeBus:
         self._watches: defaultdict[int, set[Watch | MultiWatch]] = defaultdict(set)
         # Called with each publish's ids after the local watchers were told (the other workers).
         self.forward: Callable[[set[int]], None] | None = None
+        # Called when SETTINGS_CHANGED arrives (services' caches of settings drop theirs).
+        self.settings_hooks: list[Callable[[], None]] = []
 
     def watch(self, mailbox_id: int) -> Watch:
         w = Watch(self, mailbox_id)
@@ -128,6 +134,10 @@ class ChangeBus:
 
     def publish_here(self, mailbox_ids: Iterable[int]) -> None:
         """Wakes this process's watchers only (ids that came from elsewhere)."""
-        for mailbox_id in set(mailbox_ids):
+        ids = set(mailbox_ids)
+        if SETTINGS_CHANGED in ids:
+            for hook in self.settings_hooks:
+                hook()
+        for mailbox_id in ids:
             for w in self._watches.get(mailbox_id, ()):
                 w.fire(mailbox_id)

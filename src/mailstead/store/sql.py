@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from mailstead.store import sql_shared
-from mailstead.store.changes import ChangeBus
+from mailstead.store.changes import SETTINGS_CHANGED, ChangeBus
 from mailstead.store.interfaces import (
     SORT_FIELDS,
     Account,
@@ -123,9 +123,11 @@ from mailstead.store.sql_queue import (
 )
 from mailstead.store.sql_sieve import (
     active_sieve_script,
+    delete_global_sieve_script,
     delete_sieve_script,
     get_global_sieve_script,
     get_sieve_script,
+    list_global_sieve_scripts,
     list_sieve_scripts,
     note_vacation_reply,
     put_global_sieve_script,
@@ -150,6 +152,10 @@ T = TypeVar("T")
 class WriteResult:
     value: Any
     touched: set[int]
+
+
+def _touch_settings(db: Db) -> None:
+    db.touched.add(SETTINGS_CHANGED)
 
 
 class SqlStore(ABC):
@@ -187,6 +193,11 @@ class SqlStore(ABC):
         if touched:
             self.changes.publish(touched)  # on the event loop, after the commit
         return value
+
+    async def announce_settings_changed(self) -> None:
+        """Tells the servers of this store (on SQLite the local ones, store/announce.py; on
+        PostgreSQL every node) that settings changed here: they drop their caches of them."""
+        await self._write(_touch_settings)
 
     async def _write_accounts(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``_write`` of a change to domains, accounts or aliases: counted in
@@ -387,6 +398,12 @@ class SqlStore(ABC):
 
     async def put_global_sieve_script(self, name: str, script: str) -> None:
         await self._write(put_global_sieve_script, name, script)
+
+    async def list_global_sieve_scripts(self) -> list[str]:
+        return await self._read(list_global_sieve_scripts)
+
+    async def delete_global_sieve_script(self, name: str) -> None:
+        await self._write(delete_global_sieve_script, name)
 
     async def note_vacation_reply(self, account_id: int, sender: str, handle: str, now: int,
                                   until: int) -> bool:

@@ -6,7 +6,14 @@ Operations over ``Db`` as in the other sql_* modules; ``SqlStore`` exposes them 
 from __future__ import annotations
 
 from mailstead.core.errors import Conflict, NotFound
+from mailstead.store.changes import SETTINGS_CHANGED
 from mailstead.store.sql_base import Db, _now
+
+
+def _changed(db: Db) -> None:
+    """Scripts changed: every process and node drops its cache of active scripts when this
+    commits (the change feed's SETTINGS_CHANGED; sieve/service.py ``forget``)."""
+    db.touched.add(SETTINGS_CHANGED)
 
 
 def list_sieve_scripts(db: Db, account_id: int) -> list[tuple[str, bool]]:
@@ -31,6 +38,7 @@ def active_sieve_script(db: Db, account_id: int) -> tuple[str, str] | None:
 
 def put_sieve_script(db: Db, account_id: int, name: str, script: str, max_count: int) -> None:
     """Stores or replaces a script; Conflict when a new one would pass ``max_count``."""
+    _changed(db)
     exists = db.value(f"SELECT 1 FROM sieve_scripts WHERE account_id = ? AND name = ?"
                       f"{db.for_update}", (account_id, name))
     if exists is not None:
@@ -46,6 +54,7 @@ def put_sieve_script(db: Db, account_id: int, name: str, script: str, max_count:
 
 def set_active_sieve_script(db: Db, account_id: int, name: str) -> None:
     """Makes ``name`` the active script; "" deactivates all (RFC 5804 2.8)."""
+    _changed(db)
     if name and db.value("SELECT 1 FROM sieve_scripts WHERE account_id = ? AND name = ?",
                          (account_id, name)) is None:
         raise NotFound(f"no script {name!r}")
@@ -58,6 +67,7 @@ def set_active_sieve_script(db: Db, account_id: int, name: str) -> None:
 
 def delete_sieve_script(db: Db, account_id: int, name: str) -> None:
     """NotFound when missing; Conflict when active (RFC 5804 2.10)."""
+    _changed(db)
     active = db.value("SELECT active FROM sieve_scripts WHERE account_id = ? AND name = ?",
                       (account_id, name))
     if active is None:
@@ -68,6 +78,7 @@ def delete_sieve_script(db: Db, account_id: int, name: str) -> None:
 
 
 def rename_sieve_script(db: Db, account_id: int, old: str, new: str) -> None:
+    _changed(db)
     if db.value("SELECT 1 FROM sieve_scripts WHERE account_id = ? AND name = ?",
                 (account_id, old)) is None:
         raise NotFound(f"no script {old!r}")
@@ -83,7 +94,19 @@ def get_global_sieve_script(db: Db, name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def list_global_sieve_scripts(db: Db) -> list[str]:
+    return [str(r[0]) for r in db.rows("SELECT name FROM sieve_global_scripts ORDER BY name")]
+
+
+def delete_global_sieve_script(db: Db, name: str) -> None:
+    _changed(db)
+    if db.value("SELECT 1 FROM sieve_global_scripts WHERE name = ?", (name,)) is None:
+        raise NotFound(f"no global script {name!r}")
+    db.run("DELETE FROM sieve_global_scripts WHERE name = ?", (name,))
+
+
 def put_global_sieve_script(db: Db, name: str, script: str) -> None:
+    _changed(db)
     db.run("DELETE FROM sieve_global_scripts WHERE name = ?", (name,))
     db.run("INSERT INTO sieve_global_scripts (name, script, updated) VALUES (?, ?, ?)",
            (name, script, _now()))

@@ -113,4 +113,48 @@ async def put_rules(ctx: Ctx) -> m.Ok:
     return m.Ok(count=1)
 
 
+# -- the admin's global scripts (RFC 6609 include :global) --
+
+
+class GlobalScriptOut(BaseModel):
+    name: str
+    script: str = ""
+
+
+class GlobalScriptIn(BaseModel):
+    script: str = Field(max_length=MAX_SCRIPT_BYTES)
+
+
+@endpoint("GET", "/api/admin/sieve-global", "Global Sieve scripts (for include :global)",
+          "rules", response=list[GlobalScriptOut], admin=True, errors=(401, 403))
+async def list_global(ctx: Ctx) -> list[GlobalScriptOut]:
+    store = sieve_store(sieve_service(ctx.state).store)
+    return [GlobalScriptOut(name=n) for n in await store.list_global_sieve_scripts()]
+
+
+@endpoint("GET", "/api/admin/sieve-global/{name}", "One global Sieve script", "rules",
+          response=GlobalScriptOut, params=(NAME,), admin=True, errors=(401, 403, 404))
+async def get_global(ctx: Ctx) -> GlobalScriptOut:
+    name = ctx.request.path_params["name"]
+    text = await sieve_store(sieve_service(ctx.state).store).get_global_sieve_script(name)
+    if text is None:
+        raise NotFound(f"no global script {name!r}")
+    return GlobalScriptOut(name=name, script=text)
+
+
+@endpoint("PUT", "/api/admin/sieve-global/{name}", "Store a global Sieve script (its syntax "
+          "checked first: 400 with the error)", "rules", body=GlobalScriptIn, params=(NAME,),
+          admin=True, errors=(400, 401, 403))
+async def put_global(ctx: Ctx) -> m.Ok:
+    await sieve_service(ctx.state).put_global(ctx.request.path_params["name"], ctx.body.script)
+    return m.Ok(count=1)
+
+
+@endpoint("DELETE", "/api/admin/sieve-global/{name}", "Delete a global Sieve script", "rules",
+          params=(NAME,), admin=True, errors=(401, 403, 404))
+async def delete_global(ctx: Ctx) -> m.Ok:
+    await sieve_service(ctx.state).delete_global(ctx.request.path_params["name"])
+    return m.Ok(count=1)
+
+
 routes = [_route(ep) for ep in ENDPOINTS if ep.tag == "rules"]

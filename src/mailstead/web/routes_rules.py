@@ -1,4 +1,5 @@
-"""The mail rules page (/settings/rules): vacation form, simple rules, raw Sieve editor."""
+"""The mail rules page (/settings/rules): vacation form, simple rules, raw Sieve editor; and the
+admin console's global Sieve scripts (/admin/sieve), which users' scripts ``include :global``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mailstead.core.errors import InvalidInput
-from mailstead.sieve.service import check_script
+from mailstead.sieve.service import check_name, check_script, sieve_store
 from mailstead.web import pages
 from mailstead.web.pages import page
 from mailstead.web.sieve_rules import (
@@ -103,7 +104,49 @@ async def rules_raw(request: Request) -> Response:
     return pages.redirect("/settings/rules", "Script saved and active.")
 
 
+# -- the admin's global scripts (RFC 6609 include :global) --
+
+
+async def _show_global(request: Request, name: str, script: str | None = None,
+                       check_result: str = "", status_code: int = 200) -> Response:
+    store = sieve_store(sieve_service(pages.web_state(request)).store)
+    if script is None:
+        script = (await store.get_global_sieve_script(name) or "") if name else ""
+    return pages.render(request, "admin/sieve.html", {
+        "names": await store.list_global_sieve_scripts(), "name": name, "script": script,
+        "check_result": check_result, "section": "sieve", "title": "Global Sieve scripts",
+    }, status_code=status_code)
+
+
+@pages.admin_page
+async def global_page(request: Request) -> Response:
+    return await _show_global(request, request.query_params.get("name", ""))
+
+
+@pages.admin_page
+async def global_action(request: Request) -> Response:
+    form = await pages.read_form(request)
+    service = sieve_service(pages.web_state(request))
+    name = pages.field(form, "name").strip()
+    action = pages.field(form, "action")
+    if action == "delete":
+        await service.delete_global(name)
+        return pages.redirect("/admin/sieve", f"Global script {name} deleted.")
+    text = pages.field(form, "script").replace("\r\n", "\n").replace("\n", "\r\n")
+    try:
+        check_name(name)
+        check_script(text)
+    except InvalidInput as exc:
+        return await _show_global(request, name, text, f"Error: {exc}", 400)
+    if action == "check":
+        return await _show_global(request, name, text, "Syntax OK.")
+    await service.put_global(name, text)
+    return pages.redirect("/admin/sieve", f"Global script {name} saved.", name=name)
+
+
 routes = [
+    Route("/admin/sieve", global_page),
+    Route("/admin/sieve", global_action, methods=["POST"]),
     Route("/settings/rules", rules_page),
     Route("/settings/rules/vacation", rules_vacation, methods=["POST"]),
     Route("/settings/rules/simple", rules_simple, methods=["POST"]),
