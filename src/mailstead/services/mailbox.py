@@ -252,10 +252,36 @@ class MailboxView:
             return
         if last <= claimed.get(key, 0):
             return  # another session of this process took them: no write needed
+        if await self.store.first_recent_uid(self.mailbox.id) > last:
+            # A session of another process (or its APPEND) took them: a read, no write.
+            claimed[key] = max(claimed.get(key, 0), last)
+            return
         first = await self.store.claim_recent(self.mailbox.id)
         claimed[key] = max(claimed.get(key, 0), last)
         if first <= last:
             self.recent_ranges.append((first, last))
+
+    async def append(
+        self,
+        data: bytes,
+        flags: int = 0,
+        keywords: frozenset[str] = frozenset(),
+        internal_date: datetime | None = None,
+    ) -> MessageMeta:
+        """APPEND to this (read-write) view's own mailbox: the new message is \\Recent in
+        this session (RFC 3501 6.3.11: the normal new-message actions occur), claimed in
+        the transaction that stores it, so no second write claims it afterwards."""
+        message = await self.service.new_message(data, flags, keywords, internal_date)
+        delivery = Delivery(self.mailbox.id, message)
+        if not self.track_recent or self.readonly:
+            return (await self.store.store_message([delivery]))[0]
+        meta, first = await self.store.append_claiming_recent(delivery)
+        claimed = self.service.claimed_upto
+        key = (self.mailbox.id, self.mailbox.uidvalidity)
+        claimed[key] = max(claimed.get(key, 0), meta.uid)
+        if first <= meta.uid:  # messages delivered before it and not claimed are ours too
+            self.recent_ranges.append((first, meta.uid))
+        return meta
 
     # -- syncing with the store --
 
@@ -830,10 +856,23 @@ class MailboxService:
         envelope: Envelope | None = None,
     ) -> MessageMeta:
         """Stores the bytes durably (blob first, then the row) and returns the new message."""
+        message = await self.new_message(data, flags, keywords, internal_date, envelope)
+        stored = await self.store.store_message([Delivery(mailbox.id, message)])
+        return stored[0]
+
+    async def new_message(
+        self,
+        data: bytes,
+        flags: int = 0,
+        keywords: frozenset[str] = frozenset(),
+        internal_date: datetime | None = None,
+        envelope: Envelope | None = None,
+    ) -> NewMessage:
+        """The message file written durably; the row still to store."""
         if len(data) > self.max_message_size:
             raise InvalidInput("message too big")
         blob_id = await asyncio.to_thread(self.blobs.put, data)
-        message = NewMessage(
+        return NewMessage(
             blob_id=blob_id,
             size=len(data),
             internal_date=internal_date or datetime.now(UTC),
@@ -841,8 +880,6 @@ class MailboxService:
             keywords=keywords,
             envelope=envelope or _envelope(data),
         )
-        stored = await self.store.store_message([Delivery(mailbox.id, message)])
-        return stored[0]
 
     async def append_many(self, items: Sequence[tuple[Mailbox, NewMessage, bytes]]
                           ) -> list[MessageMeta]:

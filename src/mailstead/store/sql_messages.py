@@ -41,6 +41,7 @@ from mailstead.store.sql_base import (
 from mailstead.store.sql_mailboxes import (
     _lock_mailbox,
     _next_modseq,
+    claim_recent,
 )
 from mailstead.store.sql_queue import (
     _insert_queue_entry,
@@ -151,6 +152,13 @@ def _select_by_uids(
     rows = db.rows(f"{base} AND uid BETWEEN ? AND ?{suffix}", (mailbox_id, wanted[0], wanted[-1]))
     keep = set(wanted)
     return [r for r in rows if r[uid_index] in keep]
+
+
+def append_claiming_recent(db: Db, delivery: Delivery) -> tuple[MessageMeta, int]:
+    """An APPEND to the mailbox the session has selected: the message stored and the
+    mailbox's \\Recent messages (it among them) claimed in the same transaction."""
+    stored = store_message(db, [delivery], None)[0]
+    return stored, claim_recent(db, delivery.mailbox_id)
 
 
 def list_flags(db: Db, mailbox_id: int) -> list[FlagState]:

@@ -36,7 +36,7 @@ from mailstead.store.changes import ChangeBus
 from mailstead.store.sql import P, SqlStore
 from mailstead.store.sql_accounts import get_account, get_account_by_id
 from mailstead.store.sql_base import Db, Op, Row, apply_migrations
-from mailstead.store.sql_mailboxes import get_mailbox, get_mailbox_by_id
+from mailstead.store.sql_mailboxes import first_recent_uid, get_mailbox, get_mailbox_by_id
 from mailstead.store.sql_messages import (
     changes_since,
     get_messages,
@@ -120,6 +120,7 @@ def _use_wal(conn: sqlite3.Connection) -> None:
 # Reads cheap enough to run on the event loop (SqliteStore._read): one or a few rows each.
 _INLINE_READS: frozenset[Callable[..., Any]] = frozenset({
     changes_since, get_mailbox, get_mailbox_by_id, get_account, get_account_by_id,
+    first_recent_uid,
 })
 INLINE_ROWS = 50  # get_messages of at most this many UIDs runs inline too
 # Reads of one SELECT statement: SQLite gives a statement a consistent snapshot of its own,
