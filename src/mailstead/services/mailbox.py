@@ -450,19 +450,22 @@ class MailboxView:
         if shared is None:
             return await self.store.get_messages(self.mailbox.id, uids)
         cached = shared.metas
-        if any(uid not in cached for uid in uids):
-            rows = await self.store.get_messages(self.mailbox.id, uids)
-            if len(cached) + len(rows) > META_CACHE:
+        missing = [uid for uid in uids if uid not in cached]
+        fresh: dict[int, MessageMeta] = {}
+        if missing:  # only those rows read
+            if len(cached) + len(missing) > META_CACHE:
                 cached.clear()
+                missing = list(uids)
+            rows = await self.store.get_messages(self.mailbox.id, missing)
             for meta in rows:
-                cached[meta.uid] = meta
+                cached[meta.uid] = fresh[meta.uid] = meta
             shared = await self.service.sync(self.mailbox.id)  # flags may have moved on
             if shared is None:
-                return rows
+                return await self.store.get_messages(self.mailbox.id, uids)
         out = []
         for uid in uids:
             i = shared.index_of(uid)
-            row = cached.get(uid)
+            row = cached.get(uid) or fresh.get(uid)  # (another session may have cleared it)
             if i < 0 or row is None:
                 continue  # expunged
             st = shared.states[i]
