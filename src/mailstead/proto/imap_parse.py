@@ -39,6 +39,7 @@ from mailstead.proto.imap_args import (
     SearchKey,
     Section,
     SelectArgs,
+    SequenceSet,
     SkAge,
     SkAll,
     SkAnd,
@@ -468,10 +469,33 @@ _SIMPLE_FETCH = frozenset(
 )
 
 
+# What follows a FETCH's sequence set (its items and modifiers) -> the parse of it: a client
+# asks for the same items again and again, with other numbers. Frozen values, so shared.
+_FETCH_TAILS: dict[bytes, tuple[tuple[FetchItem, ...], int | None, bool, int]] = {}
+FETCH_TAILS_KEPT = 256
+FETCH_TAIL_BYTES = 1024  # longer ones are parsed each time
+
+
 def _fetch(r: _Reader) -> CommandArgs:
     r.sp()
     numbers = r.sequence_set()
     r.sp()
+    start, counted = r.pos, r.items
+    tail = r.data[start:]
+    known = _FETCH_TAILS.get(tail) if len(tail) <= FETCH_TAIL_BYTES else None
+    if known is not None:
+        r.count(known[3])  # the same limits as when parsed
+        r.pos = len(r.data)
+        return FetchArgs(numbers, known[0], known[1], known[2])
+    args = _fetch_items(r, numbers)
+    if r.at_end() and len(tail) <= FETCH_TAIL_BYTES:
+        if len(_FETCH_TAILS) >= FETCH_TAILS_KEPT:
+            _FETCH_TAILS.clear()
+        _FETCH_TAILS[tail] = (args.items, args.changedsince, args.vanished, r.items - counted)
+    return args
+
+
+def _fetch_items(r: _Reader, numbers: SequenceSet) -> FetchArgs:
     items: list[FetchItem] = []
     if r.peek() == ord("("):
         r.pos += 1
