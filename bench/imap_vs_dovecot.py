@@ -29,7 +29,8 @@ read); then mailstead/Dovecot ratios per round and their medians (a ratio above 
 mailstead is ahead: more commands/s, less CPU per command, less latency). ``--py-spy DIR``
 records each mailstead run with py-spy (found on PATH or as ``PY_SPY``; its sampling runs in
 its own process, non-blocking) into ``DIR/<mix>-r<round>.txt`` as collapsed stacks, which
-``bench/profile_top.py`` summarises.
+``bench/profile_top.py`` summarises; ``--py-spy-gil`` keeps only samples of threads holding
+the interpreter lock (the Python work, not the waits in system calls).
 """
 
 from __future__ import annotations
@@ -664,7 +665,7 @@ def start_py_spy(server: Server, mix: str, args: argparse.Namespace,
     return subprocess.Popen(
         [spy, "record", "--pid", str(server.proc.pid), "--subprocesses", "--nonblocking",
          "--format", "raw", "--rate", "200", "--duration", str(max(1, round(args.seconds))),
-         "--output", str(out)],
+         "--output", str(out), *(["--gil"] if args.py_spy_gil else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -709,6 +710,8 @@ async def main() -> None:
                         help="mailstead's [server] workers, where that option exists")
     parser.add_argument("--py-spy", metavar="DIR", default=None,
                         help="record each mailstead run with py-spy into DIR")
+    parser.add_argument("--py-spy-gil", action="store_true",
+                        help="with --py-spy: only samples holding the interpreter lock")
     args = parser.parse_args()
     if args.quick:  # small sizes for what was not given explicitly
         for name, value in (("rounds", 2), ("seconds", 3.0), ("inbox", 100), ("big", 5000)):
