@@ -62,6 +62,7 @@ META_CACHED_FETCH = 50  # larger FETCHes read rows in bulk anyway
 # Plain ints: IntFlag's "&" runs Python code, too slow in loops over 100,000 messages.
 _SEEN = int(SystemFlag.SEEN)
 _DELETED = int(SystemFlag.DELETED)
+_NO_UID = 1 << 64  # above every UID: (uid, _NO_UID) sorts after each range starting at uid
 
 # ---------------------------------------------------------------------------------------------
 # Names
@@ -211,7 +212,9 @@ class MailboxView:
     # -- \Recent (RFC 3501 2.3.2; IMAP4rev1 only) --
 
     def is_recent(self, uid: int) -> bool:
-        return any(lo <= uid <= hi for lo, hi in self.recent_ranges)
+        ranges = self.recent_ranges  # ascending, disjoint: the one starting at or below uid
+        i = bisect.bisect_right(ranges, (uid, _NO_UID)) - 1
+        return i >= 0 and uid <= ranges[i][1]
 
     def recent_checker(self) -> Callable[[int], bool]:
         """A fast ``is_recent`` for loops over many messages."""
@@ -221,6 +224,15 @@ class MailboxView:
             lo, hi = self.recent_ranges[0]
             return lambda uid: lo <= uid <= hi
         return self.is_recent
+
+    def _add_recent(self, first: int, last: int) -> None:
+        """Claimed UIDs first..last (above every range so far), joined to the last range
+        when they follow it: a session that APPENDs again and again keeps one range."""
+        ranges = self.recent_ranges
+        if ranges and first <= ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], max(last, ranges[-1][1]))
+        else:
+            ranges.append((first, last))
 
     def seqs_of(self, uids: Sequence[int]) -> list[int | None]:
         """Sequence numbers of ascending UIDs (None for those not in the view); linear when
@@ -248,7 +260,7 @@ class MailboxView:
             first = max(self.mailbox.first_recent_uid, claimed.get(key, 0) + 1,
                         self.recent_ranges[-1][1] + 1 if self.recent_ranges else 0)
             if first <= last:
-                self.recent_ranges.append((first, last))
+                self._add_recent(first, last)
             return
         if last <= claimed.get(key, 0):
             return  # another session of this process took them: no write needed
@@ -259,7 +271,7 @@ class MailboxView:
         first = await self.store.claim_recent(self.mailbox.id)
         claimed[key] = max(claimed.get(key, 0), last)
         if first <= last:
-            self.recent_ranges.append((first, last))
+            self._add_recent(first, last)
 
     async def append(
         self,
@@ -280,7 +292,7 @@ class MailboxView:
         key = (self.mailbox.id, self.mailbox.uidvalidity)
         claimed[key] = max(claimed.get(key, 0), meta.uid)
         if first <= meta.uid:  # messages delivered before it and not claimed are ours too
-            self.recent_ranges.append((first, meta.uid))
+            self._add_recent(first, meta.uid)
         return meta
 
     # -- syncing with the store --
