@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/imap_load.py [--clients 20] [--seconds 10] [--idle 1000]
                                         [--big 100000] [--inbox 200] [--no-sort] [--cold 3]
-                                        [--store-url postgresql://...]
+                                        [--cold-only] [--store-url postgresql://...]
 
 Phases, each printing its figures:
 1. ``UID FETCH 1:* (FLAGS)`` on a mailbox of ``--big`` messages (and the SELECT before it).
@@ -515,6 +515,8 @@ async def main() -> None:
     parser.add_argument("--cold", type=int, default=3,
                         help="fresh server processes for the first-command SORT/THREAD "
                         "figures (0: none)")
+    parser.add_argument("--cold-only", action="store_true",
+                        help="only the first-command SORT/THREAD figures (--cold processes)")
     parser.add_argument("--store-url", default="",
                         help="postgresql://... to run on PostgreSQL (a schema of its own, "
                         "dropped at the end); default: SQLite in the data directory")
@@ -546,7 +548,8 @@ async def main() -> None:
         try:
             if args.big and args.sort and args.cold:
                 await cold_sort(data_dir, args.cold)
-            for workers in args.workers.split(",") if args.workers else [""]:
+            rounds = args.workers.split(",") if args.workers else [""]
+            for workers in [] if args.cold_only else rounds:
                 if workers:
                     cfg.server.workers = int(workers)
                     bootstrap.write_config(cfg)

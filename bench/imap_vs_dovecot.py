@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/imap_vs_dovecot.py [--quick] [--rounds 3] [--seconds 10]
         [--clients 10] [--users 2] [--inbox 300] [--big 100000] [--mixes long,login,big]
-        [--dovecot-login default|performance] [--workers N]
+        [--dovecot-login default|performance] [--workers N] [--py-spy DIR]
 
 Installs nothing: it needs Debian's ``dovecot-imapd`` (/usr/sbin/dovecot) and starts a private
 Dovecot (its own dovecot.conf, base_dir, state_dir and log file in a temporary directory;
@@ -26,7 +26,11 @@ Per run it prints commands/s, p50/p99 latency, the servers' CPU-seconds per 1,00
 (every process of the server, exited children included: for Dovecot master, imap, imap-login,
 auth, indexer...) and their memory (sum of PSS over the processes, RSS where PSS cannot be
 read); then mailstead/Dovecot ratios per round and their medians (a ratio above 1 means
-mailstead is ahead: more commands/s, less CPU per command, less latency).
+mailstead is ahead: more commands/s, less CPU per command, less latency). ``--py-spy DIR``
+records each mailstead run with py-spy (found on PATH or as ``PY_SPY``; its sampling runs in
+its own process, non-blocking) into ``DIR/<mix>-r<round>.txt`` as collapsed stacks, which
+``bench/profile_top.py`` summarises; ``--py-spy-gil`` keeps only samples of threads holding
+the interpreter lock (the Python work, not the waits in system calls).
 """
 
 from __future__ import annotations
@@ -619,6 +623,7 @@ async def measure(server: Server, mix: str, args: argparse.Namespace, users: lis
         memory = tree_memory_mb(server.proc.pid)
 
     sampler = asyncio.create_task(sample_memory())
+    spy = start_py_spy(server, mix, args, seed)
     if mix == "login":
         stats = await run_login(server.port, users, args.clients, args.seconds, args.inbox, seed)
     elif mix == "long":
@@ -630,6 +635,9 @@ async def measure(server: Server, mix: str, args: argparse.Namespace, users: lis
     await sampler
     elapsed = time.perf_counter() - t0
     cpu = tree_cpu(server.proc.pid) - cpu0
+    processes = len(list(process_tree(server.proc.pid)))
+    if spy is not None:
+        spy.wait()
     gen1 = resource.getrusage(resource.RUSAGE_SELF)
     generator = gen1.ru_utime + gen1.ru_stime - gen0.ru_utime - gen0.ru_stime
     count = len(stats.latencies)
@@ -637,11 +645,29 @@ async def measure(server: Server, mix: str, args: argparse.Namespace, users: lis
                     pct(stats.latencies, 99) * 1000, cpu / max(count, 1) * 1000, memory)
     print(f"  {mix:<5} {server.name:<9} {result.rate:8,.0f} commands/s  p50 {result.p50:6.2f} ms"
           f"  p99 {result.p99:7.2f} ms  server CPU {result.cpu_per_k:5.2f} s/1000 commands "
-          f"({cpu:.1f} s)  memory {memory:6.1f} MB"
+          f"({cpu:.1f} s, {processes} processes)  memory {memory:6.1f} MB"
           + (f"  {stats.sessions / elapsed:,.0f} sessions/s" if mix == "login" else "")
           + (f"  {stats.errors} errors" if stats.errors else "")
           + f"  [generator CPU {generator:.1f} s]", flush=True)
     return result
+
+
+def start_py_spy(server: Server, mix: str, args: argparse.Namespace,
+                  seed: int) -> subprocess.Popen[bytes] | None:
+    """py-spy recording mailstead (all its worker processes) for the run's length."""
+    if not args.py_spy or server.name != "mailstead":
+        return None
+    spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--py-spy: py-spy not found (PATH or PY_SPY)")
+    Path(args.py_spy).mkdir(parents=True, exist_ok=True)
+    out = Path(args.py_spy) / f"{mix}-r{seed + 1}.txt"
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(server.proc.pid), "--subprocesses", "--nonblocking",
+         "--format", "raw", "--rate", "200", "--duration", str(max(1, round(args.seconds))),
+         "--output", str(out), *(["--gil"] if args.py_spy_gil else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
 
 
 def ratios(ms: Result, dc: Result) -> tuple[float, float, float, float]:
@@ -682,6 +708,10 @@ async def main() -> None:
                         "connection (default) or long-lived processes (high-performance)")
     parser.add_argument("--workers", type=int, default=None,
                         help="mailstead's [server] workers, where that option exists")
+    parser.add_argument("--py-spy", metavar="DIR", default=None,
+                        help="record each mailstead run with py-spy into DIR")
+    parser.add_argument("--py-spy-gil", action="store_true",
+                        help="with --py-spy: only samples holding the interpreter lock")
     args = parser.parse_args()
     if args.quick:  # small sizes for what was not given explicitly
         for name, value in (("rounds", 2), ("seconds", 3.0), ("inbox", 100), ("big", 5000)):

@@ -180,6 +180,38 @@ def test_idle_in_one_worker_hears_delivery_in_the_other(
         client.logout()
 
 
+def test_a_message_appended_in_one_worker_is_recent_there_only(
+    tmp_path: Path, store_overrides: dict[str, Any], tls_files: tuple[Path, Path],
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    """RFC 3501 2.3.2 across workers: the session that APPENDs to its selected mailbox has
+    the message as \\Recent (claimed with the APPEND); a session of the other worker is told
+    of it (EXISTS) without \\Recent, and no third session gets it either."""
+    cfg = prepare(tmp_path / "data", store_overrides, tls_files)
+    server = serve_process(cfg.data_dir)
+    port = server.ports["imap"]
+    sessions = list(connections_in_each_worker(server, lambda: imap_login(port)).values())
+    for client in sessions:
+        assert client.select("INBOX")[0] == "OK"
+    appender, other = sessions
+    message = b"From: carol@remote.test\r\nSubject: appended\r\n\r\nhi\r\n"
+    assert appender.append("INBOX", "", None, message)[0] == "OK"
+    appender.noop()
+    assert appender.fetch("1", "(FLAGS)")[1] == [b"1 (FLAGS (\\Recent))"]
+    deadline = time.monotonic() + 10
+    while True:
+        assert other.noop()[0] == "OK"
+        if b"1" in (other.response("EXISTS")[1] or []):
+            break
+        assert time.monotonic() < deadline, "the other worker's session was not told"
+        time.sleep(0.05)
+    assert other.fetch("1", "(FLAGS)")[1] == [b"1 (FLAGS ())"]
+    third = imap_login(port)
+    assert third.status("INBOX", "(MESSAGES RECENT)")[1] == [b'"INBOX" (MESSAGES 1 RECENT 0)']
+    for client in [*sessions, third]:
+        client.logout()
+
+
 def test_per_ip_and_per_user_caps_hold_across_workers(
     tmp_path: Path, tls_files: tuple[Path, Path], serve_process: Callable[..., ServeProcess],
 ) -> None:

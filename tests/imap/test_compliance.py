@@ -50,6 +50,44 @@ def test_examine_reports_recent_like_select_and_leaves_it(mail_server: RunningSe
         watcher.close()
 
 
+@BOTH
+def test_append_to_the_selected_mailbox_is_recent_in_that_session_only(
+        mail_server: RunningServer) -> None:
+    """RFC 3501 6.3.11 with 2.3.2: a message APPENDed to the mailbox the session has selected
+    is \\Recent there (as is mail delivered before it that nobody took yet), and in no other
+    session; a message APPENDed from elsewhere is \\Recent in the first session told of it."""
+    a, b, c = Raw(mail_server), Raw(mail_server), Raw(mail_server)
+    try:
+        for conn in (a, b, c):
+            conn.login()
+        assert b"* 0 RECENT" in a.cmd("SELECT INBOX")
+        assert b"* 0 RECENT" in b.cmd("SELECT INBOX")
+        deliver(mail_server, message("delivered before the append"))
+        data = message("appended by a")
+        a.send(b"ap APPEND INBOX {%d+}\r\n%s\r\n" % (len(data), data))
+        lines = a.until("ap") + a.cmd("NOOP")  # told with the APPEND's answer or after
+        assert b"* 2 EXISTS" in lines and b"* 2 RECENT" in lines, lines
+        assert b"[APPENDUID " in lines[lines.index(b"* 2 RECENT") + 1]
+        assert a.cmd("FETCH 1:2 (FLAGS)")[:2] == [b"* 1 FETCH (FLAGS (\\Recent))",
+                                                 b"* 2 FETCH (FLAGS (\\Recent))"]
+        lines = b.cmd("NOOP")
+        assert b"* 2 EXISTS" in lines and b"* 0 RECENT" in lines, lines
+        assert b.cmd("FETCH 1:2 (FLAGS)")[:2] == [b"* 1 FETCH (FLAGS ())",
+                                                 b"* 2 FETCH (FLAGS ())"]
+        assert c.cmd("STATUS INBOX (RECENT)")[0] == b'* STATUS "INBOX" (RECENT 0)'
+        # From a session with another mailbox selected: the first session to hear of it.
+        assert status_of(c.cmd("SELECT Drafts")) == b"OK [READ-WRITE]"
+        assert _append(c, message("appended by c")) == 3
+        lines = b.cmd("NOOP")
+        assert b"* 3 EXISTS" in lines and b"* 1 RECENT" in lines, lines
+        assert b.cmd("FETCH 3 (FLAGS)")[0] == b"* 3 FETCH (FLAGS (\\Recent))"
+        lines = a.cmd("NOOP")
+        assert b"* 3 EXISTS" in lines and b"* 2 RECENT" in lines, lines
+    finally:
+        for conn in (a, b, c):
+            conn.close()
+
+
 def _flags_before_fetch(lines: list[bytes], known: set[str]) -> set[str]:
     """Checks, the way a strict client does, that every keyword a FETCH shows was named by a
     FLAGS response before it; returns the FLAGS known after ``lines``."""

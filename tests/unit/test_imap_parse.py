@@ -77,6 +77,36 @@ def test_fetch_attributes() -> None:
             parse(bad)
 
 
+def test_fetch_items_kept_by_text_parse_the_same_and_keep_the_limits() -> None:
+    """A FETCH's items (a STORE's flags) are parsed once per text (imap_parse._TAILS): the
+    same items with other numbers give the same answer; limits and errors hold on every use."""
+    p._TAILS.clear()
+    tail = b"(UID FLAGS BODY.PEEK[HEADER.FIELDS (From To)] ENVELOPE)"
+    first = parse(b"a UID FETCH 1:5 " + tail).args
+    second = parse(b"b UID FETCH 7 " + tail).args
+    assert isinstance(first, pa.FetchArgs) and isinstance(second, pa.FetchArgs)
+    assert first.items == second.items and second.numbers.ranges == ((7, 7),)
+    assert ("FETCH", tail) in p._TAILS
+    flags = b"+FLAGS.SILENT (\\Seen $Work)"
+    stored = [parse(b"s%d UID STORE %d " % (n, n) + flags).args for n in (3, 9)]
+    assert isinstance(stored[1], pa.StoreArgs) and stored[1].numbers.ranges == ((9, 9),)
+    assert (stored[1].mode, stored[1].silent, stored[1].flags) == ("add", True, ("\\Seen", "$Work"))
+    assert stored[0].flags == stored[1].flags and ("STORE", flags) in p._TAILS
+    # The same text after a FETCH's numbers is not a STORE's.
+    with pytest.raises(pr.ParseError):
+        parse(b"t FETCH 1 " + flags)
+    for bad in [b"c FETCH 1 (FLAGS", b"c FETCH 1 (FLAGS) extra"]:
+        for _ in range(2):  # refused again: a failed parse is not kept
+            with pytest.raises(pr.ParseError):
+                parse(bad)
+    # Too many attributes: refused every time, never kept.
+    many = b"(" + b" ".join([b"UID"] * (pr.MAX_FETCH_ITEMS + 1)) + b")"
+    for _ in range(2):
+        with pytest.raises(pr.ParseError) as info:
+            parse(b"d FETCH 1 " + many)
+        assert info.value.code == "LIMIT"
+
+
 def test_store() -> None:
     cmd = parse(b"a STORE 1:3 (UNCHANGEDSINCE 12) -FLAGS.SILENT \\Seen $Junk")
     assert cmd.args == pa.StoreArgs(

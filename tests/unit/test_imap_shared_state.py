@@ -47,3 +47,19 @@ def test_trimmed_log_raises_the_floor(monkeypatch: pytest.MonkeyPatch) -> None:
         shared.apply(Changes([FlagState(1, m, m % 2, frozenset())], [], m))
     assert shared.floor > 10  # a view synced to 10 must ask the store instead
     assert [st.modseq for st in shared.changes_after(shared.floor).changed] == [16]
+
+
+def test_recent_ranges_join_and_answer_by_bisection() -> None:
+    """A view's \\Recent UIDs: claims that follow each other make one range (a session
+    APPENDing again and again), others stay apart; every UID answered as a scan would."""
+    view = mailbox.MailboxView.__new__(mailbox.MailboxView)
+    view.recent_ranges = []
+    view.uids = mailbox.array("Q", range(1, 31))
+    for first, last in [(3, 5), (6, 6), (9, 12), (13, 13), (20, 20), (22, 25)]:
+        view._add_recent(first, last)
+    assert view.recent_ranges == [(3, 6), (9, 13), (20, 20), (22, 25)]
+    expected = {3, 4, 5, 6, 9, 10, 11, 12, 13, 20, 22, 23, 24, 25}
+    check = view.recent_checker()
+    assert {u for u in range(0, 31) if view.is_recent(u)} == expected
+    assert {u for u in range(0, 31) if check(u)} == expected
+    assert view.recent_count() == len(expected)

@@ -157,6 +157,14 @@ class SelectedView(Protocol):
     ) -> FlagUpdate: ...
     async def expunge(self, uids: Sequence[int] | None = None) -> list[int]: ...
     async def copy(self, uids: Sequence[int], target: Mailbox, move: bool) -> CopyResult: ...
+    async def append(
+        self,
+        data: bytes,
+        flags: int = 0,
+        keywords: frozenset[str] = frozenset(),
+        internal_date: datetime | None = None,
+    ) -> MessageMeta:
+        """APPEND to this view's own mailbox (its \\Recent claimed by this session)."""
     def close(self) -> None: ...
 
 

@@ -76,7 +76,8 @@ async def cmd_fetch(s: ImapSession, cmd: Command) -> Reply:
         found = await _fetch_flags(s, uids, items, args.changedsince)
     else:
         found = await _fetch_messages(s, uids, items, args.changedsince)
-    await s.io.drain()
+    # No drain here: the responses go out with the tagged reply, in one send (ImapSession
+    # drains after it); a large FETCH drained on the way already.
     if found < len(uids) and not cmd.uid:
         # RFC 9051 7.1: another session expunged some of them; their EXPUNGE comes later.
         return Reply("NO", "Some of the requested messages no longer exist", "EXPUNGEISSUED")

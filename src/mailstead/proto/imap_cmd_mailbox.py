@@ -316,9 +316,13 @@ async def cmd_append(s: ImapSession, cmd: Command) -> Reply:
             return _reply("NO", "Empty message", "CANNOT")
         parsed.append((message, data, bits, keywords))
     uids: list[int] = []
+    view = s.view if s.view is not None and s.view.mailbox.id == box.id else None
     try:
         for message, data, bits, keywords in parsed:
-            meta = await s.mailboxes.append(box, data, bits, keywords, message.date)
+            if view is not None:  # the selected mailbox: \Recent for this session
+                meta = await view.append(data, bits, keywords, message.date)
+            else:
+                meta = await s.mailboxes.append(box, data, bits, keywords, message.date)
             uids.append(meta.uid)
     except BaseException:
         # RFC 3502 3: MULTIAPPEND is all or nothing.

@@ -46,6 +46,7 @@ from mailstead.proto.imap_search import (
 )
 from mailstead.proto.imap_sort_cache import KEY_COLUMNS, LINKS
 from mailstead.proto.imap_thread import (
+    Links,
     Steps,
     ThreadColumns,
     extend_links,
@@ -448,6 +449,14 @@ async def cmd_sort(s: ImapSession, cmd: Command) -> Reply:
 # THREAD
 
 
+async def _references_text(s: ImapSession, cols: ThreadColumns, links: Links | None) -> str:
+    """Steps 2 to 6 and the response text. The thread tree (a list per container with
+    children) dies on return, while the caller still holds the collector off: back on, its
+    first collection would otherwise scan every one of those lists (30 ms on 100,000)."""
+    forest = await _drive(s, references_steps(cols, links))
+    return format_threads(forest)
+
+
 async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
     args = cmd.args
     assert isinstance(args, ThreadArgs)
@@ -483,9 +492,7 @@ async def cmd_thread(s: ImapSession, cmd: Command) -> Reply:
                 links = await _drive(s, extend_links(cols, links))
                 if kept:
                     LINKS.put(cache_key, found.uids, links)
-                forest = await _drive(s, references_steps(cols, links))
-                with collector_paused():
-                    text = format_threads(forest)
+                text = await _references_text(s, cols, links)
             else:
                 text = await _drive(s, ordered_subject_steps(cols))
             RESULTS.put(kept_as, found.uids, found.seqs, text)

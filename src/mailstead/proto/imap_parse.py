@@ -12,6 +12,8 @@ grammar of each command.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 from mailstead.proto.imap_args import (
     AppendArgs,
@@ -39,6 +41,7 @@ from mailstead.proto.imap_args import (
     SearchKey,
     Section,
     SelectArgs,
+    SequenceSet,
     SkAge,
     SkAll,
     SkAnd,
@@ -468,10 +471,44 @@ _SIMPLE_FETCH = frozenset(
 )
 
 
-def _fetch(r: _Reader) -> CommandArgs:
+# What follows the sequence set of a FETCH or STORE (its items, flags and modifiers) -> the
+# parse of it: a client asks for the same items again and again, with other numbers. The
+# values are frozen, so shared; (class, fields after ``numbers``, items counted).
+_NumberedArgs = FetchArgs | StoreArgs
+_TAILS: dict[tuple[str, bytes], tuple[type[_NumberedArgs], tuple[Any, ...], int]] = {}
+TAILS_KEPT = 512
+TAIL_BYTES = 1024  # longer ones are parsed each time
+
+
+def _kept_tail(r: _Reader, kind: str,
+               parse: Callable[[_Reader, SequenceSet], _NumberedArgs]) -> _NumberedArgs:
+    """``parse(r, numbers)`` of a command whose sequence set comes first (after one space),
+    answered from ``_TAILS`` when its text after the numbers was parsed before."""
     r.sp()
     numbers = r.sequence_set()
     r.sp()
+    counted = r.items
+    tail = r.data[r.pos:]
+    key = (kind, tail)
+    known = _TAILS.get(key) if len(tail) <= TAIL_BYTES else None
+    if known is not None:
+        r.count(known[2])  # the same limits as when parsed
+        r.pos = len(r.data)
+        return known[0](numbers, *known[1])
+    args = parse(r, numbers)
+    if r.at_end() and len(tail) <= TAIL_BYTES:
+        if len(_TAILS) >= TAILS_KEPT:
+            _TAILS.clear()
+        rest = tuple(getattr(args, name) for name in type(args).__slots__[1:])
+        _TAILS[key] = (type(args), rest, r.items - counted)
+    return args
+
+
+def _fetch(r: _Reader) -> CommandArgs:
+    return _kept_tail(r, "FETCH", _fetch_items)
+
+
+def _fetch_items(r: _Reader, numbers: SequenceSet) -> FetchArgs:
     items: list[FetchItem] = []
     if r.peek() == ord("("):
         r.pos += 1
@@ -594,9 +631,10 @@ def _section(r: _Reader) -> Section:
 
 
 def _store(r: _Reader) -> CommandArgs:
-    r.sp()
-    numbers = r.sequence_set()
-    r.sp()
+    return _kept_tail(r, "STORE", _store_items)
+
+
+def _store_items(r: _Reader, numbers: SequenceSet) -> StoreArgs:
     unchangedsince = None
     if r.peek() == ord("("):  # store-modifiers (RFC 7162 3.1.3)
         r.pos += 1

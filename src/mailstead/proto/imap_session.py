@@ -96,11 +96,17 @@ class WorkBudget:
     sessions, and past ``limit`` the command fails with NO [LIMIT] (RFC 5530)."""
 
     SLICE = 0.005  # longest run between two turns of the other sessions
+    # Below this much running time, the wall clock stands in for the CPU time: a thread's CPU
+    # time never exceeds the wall time it ran, so the budget is never undercounted, and most
+    # commands end before reading the thread's CPU clock once (a system call, where
+    # perf_counter is not). Past it every run is measured with time.thread_time.
+    EXACT_AFTER = 0.02
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self.used = 0.0
-        self._cpu = time.thread_time()
+        self._exact = False  # running time measured with thread_time from the next resume
+        self._cpu = 0.0
         self._wall = time.perf_counter()
 
     def due(self) -> bool:
@@ -108,11 +114,16 @@ class WorkBudget:
 
     def stop(self) -> bool:
         """Adds the work since the last resume; True when the budget is spent."""
-        self.used += time.thread_time() - self._cpu
+        if self._exact:
+            self.used += time.thread_time() - self._cpu
+        else:
+            self.used += time.perf_counter() - self._wall
+            self._exact = self.used >= self.EXACT_AFTER
         return self.used > self.limit
 
     def resume(self) -> None:
-        self._cpu = time.thread_time()
+        if self._exact:
+            self._cpu = time.thread_time()
         self._wall = time.perf_counter()
 
     def waiting(self) -> WorkBudget:

@@ -62,6 +62,7 @@ META_CACHED_FETCH = 50  # larger FETCHes read rows in bulk anyway
 # Plain ints: IntFlag's "&" runs Python code, too slow in loops over 100,000 messages.
 _SEEN = int(SystemFlag.SEEN)
 _DELETED = int(SystemFlag.DELETED)
+_NO_UID = 1 << 64  # above every UID: (uid, _NO_UID) sorts after each range starting at uid
 
 # ---------------------------------------------------------------------------------------------
 # Names
@@ -211,7 +212,9 @@ class MailboxView:
     # -- \Recent (RFC 3501 2.3.2; IMAP4rev1 only) --
 
     def is_recent(self, uid: int) -> bool:
-        return any(lo <= uid <= hi for lo, hi in self.recent_ranges)
+        ranges = self.recent_ranges  # ascending, disjoint: the one starting at or below uid
+        i = bisect.bisect_right(ranges, (uid, _NO_UID)) - 1
+        return i >= 0 and uid <= ranges[i][1]
 
     def recent_checker(self) -> Callable[[int], bool]:
         """A fast ``is_recent`` for loops over many messages."""
@@ -221,6 +224,15 @@ class MailboxView:
             lo, hi = self.recent_ranges[0]
             return lambda uid: lo <= uid <= hi
         return self.is_recent
+
+    def _add_recent(self, first: int, last: int) -> None:
+        """Claimed UIDs first..last (above every range so far), joined to the last range
+        when they follow it: a session that APPENDs again and again keeps one range."""
+        ranges = self.recent_ranges
+        if ranges and first <= ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], max(last, ranges[-1][1]))
+        else:
+            ranges.append((first, last))
 
     def seqs_of(self, uids: Sequence[int]) -> list[int | None]:
         """Sequence numbers of ascending UIDs (None for those not in the view); linear when
@@ -248,14 +260,40 @@ class MailboxView:
             first = max(self.mailbox.first_recent_uid, claimed.get(key, 0) + 1,
                         self.recent_ranges[-1][1] + 1 if self.recent_ranges else 0)
             if first <= last:
-                self.recent_ranges.append((first, last))
+                self._add_recent(first, last)
             return
         if last <= claimed.get(key, 0):
             return  # another session of this process took them: no write needed
+        if await self.store.first_recent_uid(self.mailbox.id) > last:
+            # A session of another process (or its APPEND) took them: a read, no write.
+            claimed[key] = max(claimed.get(key, 0), last)
+            return
         first = await self.store.claim_recent(self.mailbox.id)
         claimed[key] = max(claimed.get(key, 0), last)
         if first <= last:
-            self.recent_ranges.append((first, last))
+            self._add_recent(first, last)
+
+    async def append(
+        self,
+        data: bytes,
+        flags: int = 0,
+        keywords: frozenset[str] = frozenset(),
+        internal_date: datetime | None = None,
+    ) -> MessageMeta:
+        """APPEND to this (read-write) view's own mailbox: the new message is \\Recent in
+        this session (RFC 3501 6.3.11: the normal new-message actions occur), claimed in
+        the transaction that stores it, so no second write claims it afterwards."""
+        message = await self.service.new_message(data, flags, keywords, internal_date)
+        delivery = Delivery(self.mailbox.id, message)
+        if not self.track_recent or self.readonly:
+            return (await self.store.store_message([delivery]))[0]
+        meta, first = await self.store.append_claiming_recent(delivery)
+        claimed = self.service.claimed_upto
+        key = (self.mailbox.id, self.mailbox.uidvalidity)
+        claimed[key] = max(claimed.get(key, 0), meta.uid)
+        if first <= meta.uid:  # messages delivered before it and not claimed are ours too
+            self._add_recent(first, meta.uid)
+        return meta
 
     # -- syncing with the store --
 
@@ -424,19 +462,22 @@ class MailboxView:
         if shared is None:
             return await self.store.get_messages(self.mailbox.id, uids)
         cached = shared.metas
-        if any(uid not in cached for uid in uids):
-            rows = await self.store.get_messages(self.mailbox.id, uids)
-            if len(cached) + len(rows) > META_CACHE:
+        missing = [uid for uid in uids if uid not in cached]
+        fresh: dict[int, MessageMeta] = {}
+        if missing:  # only those rows read
+            if len(cached) + len(missing) > META_CACHE:
                 cached.clear()
+                missing = list(uids)
+            rows = await self.store.get_messages(self.mailbox.id, missing)
             for meta in rows:
-                cached[meta.uid] = meta
+                cached[meta.uid] = fresh[meta.uid] = meta
             shared = await self.service.sync(self.mailbox.id)  # flags may have moved on
             if shared is None:
-                return rows
+                return await self.store.get_messages(self.mailbox.id, uids)
         out = []
         for uid in uids:
             i = shared.index_of(uid)
-            row = cached.get(uid)
+            row = cached.get(uid) or fresh.get(uid)  # (another session may have cleared it)
             if i < 0 or row is None:
                 continue  # expunged
             st = shared.states[i]
@@ -830,10 +871,23 @@ class MailboxService:
         envelope: Envelope | None = None,
     ) -> MessageMeta:
         """Stores the bytes durably (blob first, then the row) and returns the new message."""
+        message = await self.new_message(data, flags, keywords, internal_date, envelope)
+        stored = await self.store.store_message([Delivery(mailbox.id, message)])
+        return stored[0]
+
+    async def new_message(
+        self,
+        data: bytes,
+        flags: int = 0,
+        keywords: frozenset[str] = frozenset(),
+        internal_date: datetime | None = None,
+        envelope: Envelope | None = None,
+    ) -> NewMessage:
+        """The message file written durably; the row still to store."""
         if len(data) > self.max_message_size:
             raise InvalidInput("message too big")
         blob_id = await asyncio.to_thread(self.blobs.put, data)
-        message = NewMessage(
+        return NewMessage(
             blob_id=blob_id,
             size=len(data),
             internal_date=internal_date or datetime.now(UTC),
@@ -841,8 +895,6 @@ class MailboxService:
             keywords=keywords,
             envelope=envelope or _envelope(data),
         )
-        stored = await self.store.store_message([Delivery(mailbox.id, message)])
-        return stored[0]
 
     async def append_many(self, items: Sequence[tuple[Mailbox, NewMessage, bytes]]
                           ) -> list[MessageMeta]:

@@ -235,6 +235,13 @@ class MetadataStore(Protocol):
         """Atomically hands the \\Recent messages to the caller: returns the old
         first_recent_uid and moves it to uidnext (RFC 3501 2.3.2)."""
 
+    async def first_recent_uid(self, mailbox_id: int) -> int:
+        """The first UID not claimed as \\Recent yet (a read: no claim); 0 for no mailbox."""
+
+    async def append_claiming_recent(self, delivery: Delivery) -> tuple[MessageMeta, int]:
+        """``store_message`` of one delivery and ``claim_recent`` of its mailbox, in one
+        transaction: (the new message, the old first_recent_uid)."""
+
     # -- messages --
     async def store_message(
         self, deliveries: Sequence[Delivery], queue_entry: QueueEntry | None = None

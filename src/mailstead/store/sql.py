@@ -82,6 +82,7 @@ from mailstead.store.sql_mailboxes import (
     claim_recent,
     create_mailbox,
     delete_mailbox,
+    first_recent_uid,
     get_mailbox,
     get_mailbox_by_id,
     list_mailboxes,
@@ -98,6 +99,7 @@ from mailstead.store.sql_mailboxes import (
     unlock_maildrop,
 )
 from mailstead.store.sql_messages import (
+    append_claiming_recent,
     blob_ids_after,
     blob_unused,
     changes_since,
@@ -414,6 +416,12 @@ class SqlStore(ABC):
 
     async def claim_recent(self, mailbox_id: int) -> int:
         return await self._write(claim_recent, mailbox_id)
+
+    async def first_recent_uid(self, mailbox_id: int) -> int:
+        return await self._read(first_recent_uid, mailbox_id)
+
+    async def append_claiming_recent(self, delivery: Delivery) -> tuple[MessageMeta, int]:
+        return await self._write(append_claiming_recent, delivery)
 
     # -- messages --
     async def store_message(

@@ -291,6 +291,12 @@ def claim_recent(db: Db, mailbox_id: int) -> int:
     return int(first_recent)
 
 
+def first_recent_uid(db: Db, mailbox_id: int) -> int:
+    """The first UID nobody has claimed as \\Recent yet (0 for no such mailbox)."""
+    value = db.value("SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,))
+    return 0 if value is None else int(value)
+
+
 def _next_modseq(db: Db, mailbox_id: int) -> int:
     """One new MODSEQ for everything an operation changes in the mailbox (RFC 7162 3.1: it
     only has to be greater than every earlier one)."""

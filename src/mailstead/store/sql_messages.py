@@ -41,6 +41,7 @@ from mailstead.store.sql_base import (
 from mailstead.store.sql_mailboxes import (
     _lock_mailbox,
     _next_modseq,
+    claim_recent,
 )
 from mailstead.store.sql_queue import (
     _insert_queue_entry,
@@ -151,6 +152,13 @@ def _select_by_uids(
     rows = db.rows(f"{base} AND uid BETWEEN ? AND ?{suffix}", (mailbox_id, wanted[0], wanted[-1]))
     keep = set(wanted)
     return [r for r in rows if r[uid_index] in keep]
+
+
+def append_claiming_recent(db: Db, delivery: Delivery) -> tuple[MessageMeta, int]:
+    """An APPEND to the mailbox the session has selected: the message stored and the
+    mailbox's \\Recent messages (it among them) claimed in the same transaction."""
+    stored = store_message(db, [delivery], None)[0]
+    return stored, claim_recent(db, delivery.mailbox_id)
 
 
 def list_flags(db: Db, mailbox_id: int) -> list[FlagState]:
@@ -339,21 +347,25 @@ def copy_messages(
     )
 
 
+# One statement (one snapshot, one round trip; on SQLite it needs no BEGIN): the changed
+# messages (kind 0), the vanished UIDs (kind 1) and the mailbox's HIGHESTMODSEQ (kind 2).
+_CHANGES_SINCE = (
+    f"SELECT 0, {FLAG_COLS} FROM messages WHERE mailbox_id = ? AND modseq > ? "
+    "UNION ALL SELECT 1, uid, 0, 0, '' FROM vanished WHERE mailbox_id = ? AND modseq > ? "
+    "UNION ALL SELECT 2, highestmodseq, 0, 0, '' FROM mailboxes WHERE id = ? "
+    "ORDER BY 1, 2"
+)
+
+
 def changes_since(db: Db, mailbox_id: int, modseq: int) -> Changes:
-    highestmodseq = db.value("SELECT highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,))
-    if highestmodseq is None:
+    rows = db.rows(_CHANGES_SINCE, (mailbox_id, modseq, mailbox_id, modseq, mailbox_id))
+    if not rows or rows[-1][0] != 2:
         raise NotFound(f"no mailbox with id {mailbox_id}")
-    changed = db.rows(
-        f"SELECT {FLAG_COLS} FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
-        (mailbox_id, modseq),
-    )
-    vanished = db.rows(
-        "SELECT uid FROM vanished WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
-        (mailbox_id, modseq),
-    )
+    highestmodseq = rows.pop()[1]
+    changed = [r[1:] for r in rows if r[0] == 0]
     return Changes(
         changed=_flag_states(changed),
-        vanished=[r[0] for r in vanished],
+        vanished=[r[1] for r in rows[len(changed):]],
         highestmodseq=int(highestmodseq),
     )
 
