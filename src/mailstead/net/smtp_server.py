@@ -21,7 +21,9 @@ from mailstead.app import Services
 from mailstead.config import ListenerConfig
 from mailstead.core.addresses import Address, parse_address
 from mailstead.core.errors import InvalidInput, QuotaExceeded
+from mailstead.core.models import Integrity
 from mailstead.mailsec.inbound import trust_service
+from mailstead.mailsec.integrity import dkim_integrity
 from mailstead.net.imap_server import shared_mailboxes
 from mailstead.net.listener import (
     Connection,
@@ -192,6 +194,7 @@ class SessionBackend:
             body=txn.body,
         )
         junk, auth_results, trusted_forward = False, b"", False
+        integrity: Integrity | None = None  # shown to readers (mailsec/integrity.py)
         trust = trust_service(self.services)
         if trust is not None and txn.account is None:  # MX traffic, not our users' submissions
             verdict = await trust.verify_inbound(txn.client_ip, txn.helo, txn.sender, message)
@@ -200,6 +203,7 @@ class SessionBackend:
             message, junk, auth_results = verdict.message, verdict.action == "junk", \
                 verdict.headers
             trusted_forward = verdict.trusted_forward
+            integrity = dkim_integrity(auth_results, trust.hostname)
         accounts = unique_accounts(envelope.recipients)
         decisions = await self._list_decisions(txn, envelope, accounts, message, auth_results)
         spam, spam_fields = None, b""
@@ -223,7 +227,7 @@ class SessionBackend:
         try:
             result = await self.delivery.deliver(envelope, message, junk=junk,
                                                  auth_results=auth_results, spam=spam,
-                                                 spam_fields=spam_fields)
+                                                 spam_fields=spam_fields, integrity=integrity)
         except QuotaExceeded:
             raise
         except RefusedByRules as exc:  # a Sieve reject of a one-recipient message (RFC 5429)
