@@ -9,7 +9,8 @@ the JSON API and the IMAP keywords (core/models.INTEGRITY_KEYWORDS) all show tha
   wrote at ingest (RFC 8601 5: only a field whose authserv-id is ours is believed; the SMTP
   server removes incoming fields that claim our name): a passing signature of the From domain
   (relaxed alignment, as DMARC) is *verified*, a signature that does not verify is *failed*,
-  no signature (or only a third party's) is *unsigned*.
+  no signature (or only a third party's) is *unsigned*. A signature whose key could not be
+  looked up (temperror) leaves it unknown.
 
 Pure functions: no I/O, so each case is a unit test.
 """
@@ -86,7 +87,8 @@ def dkim_integrity(auth_results: bytes, authserv_id: str,
     """The state of mail from outside, from our Authentication-Results field in
     ``auth_results`` (the header fields we prepended, or the message's header). The From
     domain is ``from_domain``, else the header.from our DMARC result named. None when we
-    did not judge the message (no field of ours: verification off or it timed out)."""
+    did not judge the message (no field of ours: verification off or it timed out) or could
+    not look a signing key up."""
     results = _our_results(auth_results, authserv_id)
     if results is None:
         return None
@@ -99,4 +101,6 @@ def dkim_integrity(auth_results: bytes, authserv_id: str,
         return "verified"
     if any(r["result"] in _BROKEN for r in dkim):
         return "failed"
+    if any(r["result"] == "temperror" for r in dkim):
+        return None  # signed, but the key could not be looked up: not known either way
     return "unsigned"
