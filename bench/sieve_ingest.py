@@ -11,10 +11,8 @@ every message (a flag), one files a tenth of them (by subject) into a folder.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -70,18 +68,7 @@ def add_scripts(data_dir: Path, users: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=3000)
-    parser.add_argument("--sessions", type=int, default=20)
-    parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--users", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--idle", type=int, default=0)
-    parser.add_argument("--profile", help="run the server with scripts under cProfile, "
-                                          "writing this file")
-    args = parser.parse_args()
+    args = smtp_ingest.pair_arguments(__doc__)
     workdir = Path(tempfile.mkdtemp(prefix="sieve-bench-"))
     reports: list[smtp_ingest.Report] = []
     try:
@@ -98,34 +85,15 @@ def main() -> None:
         if args.idle == 0:
             for report in reports:
                 report.rss["idle"] = report.rss["after_idle"] = float("nan")
-        measure(reports, args)
+        smtp_ingest.alternate_rounds(reports, args)
         print(f"\n{args.messages} messages of {args.size} bytes per server, {args.sessions} "
               f"sessions, {args.users} recipients each with (sieve) or without (none) a "
               f"20-rule script, {args.rounds} alternating rounds")
-        for r in reports:
-            print(f"{r.name:<6} {r.result.rate:8.0f} msgs/s  p50 {r.result.percentile(0.5):6.1f}"
-                  f" ms  p99 {r.result.percentile(0.99):6.1f} ms  CPU "
-                  f"{r.cpu_ms_per_message:5.2f} ms/msg  rounds: "
-                  f"{', '.join(f'{x:.0f}' for x in r.rounds)}")
-        sieve, none = reports
-        pairs = [a / b for a, b in zip(sieve.rounds, none.rounds, strict=True) if b]
-        print(f"\nsieve / none: {sieve.result.rate / none.result.rate:.3f}x messages per second"
-              f" (median of the rounds' ratios {statistics.median(pairs):.3f}x); CPU per "
-              f"message {sieve.cpu_ms_per_message / none.cpu_ms_per_message:.3f}x")
+        smtp_ingest.print_pair(reports, "sieve / none")
     finally:
         for report in reports:
             report.server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def measure(reports: list[smtp_ingest.Report], args: argparse.Namespace) -> None:
-    for report in reports:
-        asyncio.run(smtp_ingest.run_load(report.server.port, args.warmup, args.sessions,
-                                         args.size, args.users))
-    per_round = [args.messages // args.rounds] * args.rounds
-    for n, messages in enumerate(per_round):
-        for report in reports if n % 2 == 0 else reports[::-1]:
-            report.run_round(messages, args)
 
 
 if __name__ == "__main__":

@@ -406,6 +406,50 @@ def print_report(reports: list[Report], args: argparse.Namespace) -> None:
     print(f"{reports[0].name} mean latency {mean:.1f} ms")
 
 
+# -- shared by the benches that compare two mailstead servers (sieve_ingest, checks_ingest) --
+
+
+def pair_arguments(doc: str | None) -> argparse.Namespace:
+    """The load options of a two-server comparison."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--idle", type=int, default=0)
+    parser.add_argument("--profile", help="run the first server under cProfile, writing this "
+                                          "file")
+    return parser.parse_args()
+
+
+def alternate_rounds(reports: list[Report], args: argparse.Namespace) -> None:
+    """Warms each server up, then runs the rounds, alternating which goes first."""
+    for report in reports:
+        asyncio.run(run_load(report.server.port, args.warmup, args.sessions, args.size,
+                             args.users))
+    per_round = [args.messages // args.rounds] * args.rounds
+    for n, messages in enumerate(per_round):
+        for report in reports if n % 2 == 0 else reports[::-1]:
+            report.run_round(messages, args)
+
+
+def print_pair(reports: list[Report], label: str) -> None:
+    """Each server's figures, then the first's rate and CPU per message over the second's."""
+    for r in reports:
+        print(f"{r.name:<6} {r.result.rate:8.0f} msgs/s  p50 {r.result.percentile(0.5):6.1f}"
+              f" ms  p99 {r.result.percentile(0.99):6.1f} ms  CPU "
+              f"{r.cpu_ms_per_message:5.2f} ms/msg  rounds: "
+              f"{', '.join(f'{x:.0f}' for x in r.rounds)}")
+    first, second = reports
+    pairs = [a / b for a, b in zip(first.rounds, second.rounds, strict=True) if b]
+    print(f"\n{label}: {first.result.rate / second.result.rate:.3f}x messages per second"
+          f" (median of the rounds' ratios {statistics.median(pairs):.3f}x); CPU per "
+          f"message {first.cpu_ms_per_message / second.cpu_ms_per_message:.3f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -251,14 +251,16 @@ def mailstead_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "mailstead", *args]
 
 
-def start_serve_process(data_dir: Path, *listen: str, timeout: float = 30) -> ServeProcess:
-    """Runs ``mailstead serve --data DIR --listen ...`` and waits for its 'ready' line."""
+def start_serve_process(data_dir: Path, *listen: str, timeout: float = 30,
+                        env: dict[str, str] | None = None) -> ServeProcess:
+    """Runs ``mailstead serve --data DIR --listen ...`` and waits for its 'ready' line.
+    ``env``: variables set for it on top of this process's (PYTHONPATH for a plug-in)."""
     cmd = mailstead_cmd("serve", "--data", str(data_dir))
     for spec in listen:
         cmd += ["--listen", spec]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     sp = ServeProcess(proc)
     timer = threading.Timer(timeout, proc.kill)
@@ -282,8 +284,8 @@ def start_serve_process(data_dir: Path, *listen: str, timeout: float = 30) -> Se
 def serve_process() -> Iterator[Callable[..., ServeProcess]]:
     running: list[ServeProcess] = []
 
-    def start(data_dir: Path, *listen: str) -> ServeProcess:
-        sp = start_serve_process(data_dir, *listen)
+    def start(data_dir: Path, *listen: str, env: dict[str, str] | None = None) -> ServeProcess:
+        sp = start_serve_process(data_dir, *listen, env=env)
         running.append(sp)
         return sp
 

@@ -12,7 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticUndefined
 
 from mailstead.core.errors import ConfigError
@@ -502,6 +509,82 @@ class ListsConfig(_Section):
     )
 
 
+class DnsblConfig(_Section):
+    zones: list[str] = Field(
+        default_factory=list, description="DNS blocklist zones (e.g. zen.spamhaus.org) asked "
+        "about each client address (reversed IPv4 octets or IPv6 nibbles under the zone) "
+        "through the inbound checks' resolver; empty: the dnsbl check is off"
+    )
+    phase: Literal["connect", "rcpt"] = Field(
+        "connect", description="when a listed client is judged: 'connect' (554 before the "
+        "greeting) or 'rcpt' (each RCPT refused, so postmaster@ can still be reached)"
+    )
+    action: Literal["reject", "score"] = Field(
+        "reject", description="'reject' refuses a listed client (554 5.7.1); 'score' adds "
+        "'points' to the spam score of its mail instead"
+    )
+    points: float = Field(5.0, description="spam points a listing adds when action = 'score'")
+    exempt: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"], description="client networks "
+        "never looked up"
+    )
+
+
+class ChecksConfig(_Section):
+    # Extra tables are the plug-ins' own options: [checks.NAME] (plain values and lists).
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    enabled: list[str] = Field(
+        default_factory=list, description="plug-in checks to run, in this order (names of "
+        "entry points of the group 'mailstead.checks', of 'modules', or 'dnsbl'); empty: every "
+        "installed one, then 'modules', then dnsbl when it has zones"
+    )
+    modules: list[str] = Field(
+        default_factory=list, description="checks loaded by module path, 'pkg.mod:factory' or "
+        "'name=pkg.mod:factory' (for a plug-in that is not installed as a package)"
+    )
+    filters: list[str] = Field(
+        default_factory=list, description="delivery filters loaded by module path (besides "
+        "entry points of the group 'mailstead.filters')"
+    )
+    entry_points: bool = Field(
+        True, description="load the plug-ins installed packages offer as entry points"
+    )
+    submission: bool = Field(
+        False, description="run the plug-ins on the submission listeners too (our users' "
+        "mail); the built-in checks never judge it"
+    )
+    timeout: float = Field(
+        10.0, description="seconds one hook of one plug-in may take; longer counts as an "
+        "error", gt=0,
+    )
+    on_error: Literal["accept", "tempfail"] = Field(
+        "accept", description="what a plug-in that fails or times out says: 'accept' (logged "
+        "and ignored) or 'tempfail' (451 4.3.0: the client tries again later)"
+    )
+    dnsbl: DnsblConfig = Field(
+        default_factory=DnsblConfig, description="the DNS blocklist check shipped with mailstead"
+    )
+
+    @field_validator("modules", "filters")
+    @classmethod
+    def _specs(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            target = spec.partition("=")[2] if "=" in spec else spec
+            if ":" not in target:
+                raise ValueError(f"{spec!r} is not 'package.module:factory'")
+        return value
+
+    @model_validator(mode="after")
+    def _plugin_tables(self) -> ChecksConfig:
+        for name, table in (self.model_extra or {}).items():
+            if not isinstance(table, dict) or not all(
+                    isinstance(v, bool | int | float | str | list) for v in table.values()):
+                raise ValueError(f"checks.{name} must be a table of plain values (the options "
+                                 "of the check of that name)")
+        return self
+
+
 class ServerConfig(_Section):
     workers: int = Field(
         0, description="processes that serve the listeners (SMTP, IMAP, POP3, DMTP/DMAP, web), "
@@ -559,6 +642,9 @@ class Config(_Section):
     )
     server: ServerConfig = Field(
         default_factory=ServerConfig, description="processes of mailstead serve"
+    )
+    checks: ChecksConfig = Field(
+        default_factory=ChecksConfig, description="inbound check and delivery filter plug-ins"
     )
 
     # Not read from the file: where it was loaded from.
@@ -687,6 +773,10 @@ def _render_section(model: BaseModel, header: str | None, out: list[str],
         else:
             out.append(f"\n# {description}")
             _render_section(value, full, out)
+    for name, table in (model.model_extra or {}).items():
+        if isinstance(table, dict):  # a plug-in's own options ([checks.NAME])
+            out.append(f"\n[{header}.{name}]" if header else f"\n[{name}]")
+            out.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
 
 
 def render_toml(cfg: Config) -> str:

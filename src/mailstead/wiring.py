@@ -69,10 +69,36 @@ def build(services: Services) -> None:
     from mailstead.mailmove.jobs import ImportJobs
 
     services.extra["imports"] = ImportJobs(mailboxes)  # the webmail's background imports
+    spam = None
     if services.cfg.spam.enabled:
         spam = SpamService(services.cfg.spam, services.store, services.blobs)
         services.extra["spam"] = spam
         mailboxes.trainer = spam
+    build_checks(services, trust, spam)
+
+
+def build_checks(services: Services, trust: object, spam: object) -> None:
+    """The inbound check chain (built-in checks around the configured plug-ins) and the
+    delivery filters (checks/chain.py). A plug-in that cannot be loaded stops the start with
+    a ConfigError naming it."""
+    from mailstead.checks.builtin import builtin_checks
+    from mailstead.checks.chain import load_checks, load_filters
+    from mailstead.dns import make_check_resolver
+    from mailstead.mailsec.inbound import TrustService
+    from mailstead.services.delivery import delivery_service
+    from mailstead.services.sender_lists import sender_lists
+    from mailstead.services.spam import SpamService
+
+    cfg = services.cfg
+    resolver = make_check_resolver(cfg.delivery, cfg.trust)
+    before, after = builtin_checks(trust if isinstance(trust, TrustService) else None,
+                                   sender_lists(services),
+                                   spam if isinstance(spam, SpamService) else None)
+    services.extra["checks"] = load_checks(cfg.checks, cfg.hostname, resolver,
+                                           before=before, after=after)
+    filters = load_filters(cfg.checks, cfg.hostname, resolver)
+    if filters:
+        delivery_service(services).filters = filters
 
 
 def start(services: Services, background: list[asyncio.Task[None]],
@@ -86,6 +112,9 @@ def start(services: Services, background: list[asyncio.Task[None]],
 
     background.append(asyncio.create_task(_close_on_stop(delivery_service(services).close)))
     background.append(asyncio.create_task(_close_on_stop(services.extra["imports"].close)))
+    checks = services.extra.get("checks")
+    if checks is not None:
+        background.append(asyncio.create_task(_close_on_stop(checks.close)))
     # Every worker process: its own certificate reloads (one of them orders, by a lease in
     # the store), and its own figures and message events to the monitor (tagged worker:N).
     if services.cfg.acme.enabled:

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from mailstead.config import Config, deep_merge
-from mailstead.store.factory import make_blob_store, make_metadata_store
-from tests.conftest import DOMAIN, PASSWORD, ServeProcess, run_outside_loop
+from tests.conftest import DOMAIN, PASSWORD, ServeProcess
+from tests.smtp.helpers import stored_messages
 from tests.smtp.test_crash import prepare as prepare_smtp_only
 
 ALICE = f"alice@{DOMAIN}"
@@ -226,25 +226,12 @@ def sender(port: int, acked: list[str], stop: threading.Event, name: str) -> Non
 
 
 def stored_subjects(cfg: Config) -> set[str]:
-    async def read() -> set[str]:
-        st = make_metadata_store(cfg)
-        blobs = make_blob_store(cfg)
-        await st.open()
-        try:
-            account = await st.get_account(BOB)
-            assert account is not None
-            box = await st.get_mailbox(account.id, "INBOX")
-            assert box is not None
-            found = set()
-            for meta in await st.get_messages(box.id):
-                subject = re.search(rb"Subject: (\S+)", blobs.get(meta.blob_id))
-                assert subject is not None
-                found.add(subject.group(1).decode())
-            return found
-        finally:
-            await st.close()
-
-    return run_outside_loop(read())
+    found = set()
+    for data in stored_messages(cfg, BOB):
+        subject = re.search(rb"Subject: (\S+)", data)
+        assert subject is not None
+        found.add(subject.group(1).decode())
+    return found
 
 
 def test_sigkill_of_a_worker_loses_no_acknowledged_message(

@@ -7,8 +7,9 @@ import socket
 import ssl
 from dataclasses import dataclass
 
+from mailstead.config import Config
 from mailstead.store.interfaces import MessageMeta, QueueEntry
-from tests.conftest import DOMAIN, RunningServer
+from tests.conftest import DOMAIN, RunningServer, run_outside_loop
 
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
@@ -43,6 +44,27 @@ def inbox(server: RunningServer, address: str, mailbox: str = "INBOX") -> list[S
         return await store.get_messages(box.id)
 
     return [Stored(m, server.services.blobs.get(m.blob_id)) for m in server.run(rows())]
+
+
+def stored_messages(cfg: Config, address: str, mailbox: str = "INBOX") -> list[bytes]:
+    """The messages of a mailbox of a server that is not running here (a ``mailstead serve``
+    subprocess), read from its data directory."""
+    from mailstead.store.factory import make_blob_store, make_metadata_store
+
+    async def read() -> list[bytes]:
+        store = make_metadata_store(cfg)
+        blobs = make_blob_store(cfg)
+        await store.open()
+        try:
+            account = await store.get_account(address)
+            assert account is not None, address
+            box = await store.get_mailbox(account.id, mailbox)
+            assert box is not None
+            return [blobs.get(meta.blob_id) for meta in await store.get_messages(box.id)]
+        finally:
+            await store.close()
+
+    return run_outside_loop(read())
 
 
 def queue(server: RunningServer) -> list[QueueEntry]:

@@ -347,6 +347,28 @@ def test_settings_page(shared_server: RunningServer, page: Page) -> None:
     shot(page, "09-settings")
 
 
+def _spam_verdicts(server: RunningServer) -> None:
+    """Good mail, spam and GTUBE through the MX, for the overview's spam panel."""
+    import smtplib
+
+    from mailstead.spam.rules import GTUBE
+
+    head = f"From: Carol <carol@remote.example>\r\nTo: {BOB}\r\nSubject: "
+    send_smtp(server.ports["smtp"], "carol@remote.example", [BOB],
+              (head + "Minutes\r\nDate: Sun, 06 Dec 2026 10:00:00 +0000\r\n\r\n"
+               "The minutes of the planning meeting are attached below.\r\n").encode())
+    send_smtp(server.ports["smtp"], "win@prizes.example", [BOB], (
+        f"From: \"service@bank.test\" <win@prizes.example>\r\nTo: {BOB}\r\n"
+        "Subject: YOU HAVE WON THE LOTTERY!!\r\nContent-Type: text/html\r\n\r\n"
+        "<p>Act now: wire transfer at http://192.0.2.7/claim</p>\r\n").encode())
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as smtp:
+        smtp.ehlo("mx.remote.example")
+        smtp.mail("carol@remote.example")
+        smtp.rcpt(BOB)
+        code, _text = smtp.data((head + "test\r\n\r\n").encode() + GTUBE + b"\r\n")
+    assert code == 550
+
+
 def test_admin_console_and_recall(shared_server: RunningServer, page: Page) -> None:
     sender = new_user(shared_server, "outbound")
     now = datetime.now(UTC)
@@ -358,9 +380,11 @@ def test_admin_console_and_recall(shared_server: RunningServer, page: Page) -> N
         created=now, next_attempt=now + timedelta(hours=1), account_id=None,
     )
     shared_server.run(shared_server.services.store.enqueue(entry))
+    _spam_verdicts(shared_server)
     login(page, shared_server, ADMIN)
     page.click(".top-nav >> text=Admin")
     expect(page.locator("[data-stat=queue_size]")).to_have_text(re.compile(r"[1-9]"))
+    expect(page.locator("#spam-recent tr[data-action=reject]")).not_to_have_count(0)
     shot(page, "10-admin-overview")
     page.click(".admin-nav a:has-text('Domains')")
     expect(page.locator("#dns-records")).to_contain_text("v=spf1")

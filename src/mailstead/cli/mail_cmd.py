@@ -22,7 +22,7 @@ import click
 from mailstead.cli.common import data_option, fail
 from mailstead.client.connection import ClientError, MailClient, Settings, TlsMode
 from mailstead.client.marks import INTEGRITY_WORDS, integrity_mark
-from mailstead.config import load_config, resolve_data_dir
+from mailstead.config import Config, load_config, resolve_data_dir
 from mailstead.core.errors import ConfigError
 
 P = ParamSpec("P")
@@ -45,6 +45,9 @@ def connection_options(func: Callable[P, T]) -> Callable[P, T]:
         click.option("--insecure", is_flag=True,
                      help="accept any certificate (only for a server you own)"),
         click.option("--password-stdin", is_flag=True, help="read the password from stdin"),
+        click.option("--web-url", default=None, metavar="URL",
+                     help="mailstead's web address, for recall (default: the local "
+                     "server's http listener; none with --host)"),
         data_option,
     ]
     decorated: Any = func
@@ -55,7 +58,7 @@ def connection_options(func: Callable[P, T]) -> Callable[P, T]:
 
 def _settings(user: str, host: str | None, imap_port: int | None, smtp_port: int | None,
               starttls: bool, cafile: str | None, insecure: bool, password_stdin: bool,
-              data: Path | None) -> Settings:
+              web_url: str | None, data: Path | None) -> Settings:
     password = os.environ.get(PASSWORD_ENV, "")
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -64,7 +67,8 @@ def _settings(user: str, host: str | None, imap_port: int | None, smtp_port: int
     tls: TlsMode = "starttls" if starttls else "implicit"
     if host is not None:
         return Settings(user, password, host, imap_port or (143 if starttls else 993), tls,
-                        smtp_port or (587 if starttls else 465), tls, cafile, not insecure)
+                        smtp_port or (587 if starttls else 465), tls, cafile, not insecure,
+                        web_url=web_url)
     try:  # the local server: its own listeners and certificate
         cfg = load_config(resolve_data_dir(data))
     except ConfigError as exc:
@@ -76,7 +80,19 @@ def _settings(user: str, host: str | None, imap_port: int | None, smtp_port: int
     address = "127.0.0.1" if imap.address in ("0.0.0.0", "::", "") else imap.address
     return Settings(user, password, address, imap_port or imap.port, tls,
                     smtp_port or smtp.port, tls, cafile or str(cfg.path(cfg.tls.cert)),
-                    not insecure)
+                    not insecure, web_url=web_url or _local_web_url(cfg))
+
+
+def _local_web_url(cfg: Config) -> str | None:
+    """The local server's first enabled http listener, as a URL (None without one)."""
+    for listener in cfg.listeners.values():
+        if listener.protocol == "http" and listener.enabled:
+            host = "127.0.0.1" if listener.address in ("0.0.0.0", "::", "") \
+                else listener.address
+            host = f"[{host}]" if ":" in host else host
+            scheme = "https" if listener.tls == "implicit" else "http"
+            return f"{scheme}://{host}:{listener.port}"
+    return None
 
 
 def with_client(func: Callable[..., None]) -> Callable[..., None]:
@@ -86,9 +102,9 @@ def with_client(func: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(func)
     def wrapper(user: str, host: str | None, imap_port: int | None, smtp_port: int | None,
                 starttls: bool, cafile: str | None, insecure: bool, password_stdin: bool,
-                data: Path | None, **kwargs: Any) -> None:
+                web_url: str | None, data: Path | None, **kwargs: Any) -> None:
         client = MailClient(_settings(user, host, imap_port, smtp_port, starttls, cafile,
-                                      insecure, password_stdin, data))
+                                      insecure, password_stdin, web_url, data))
         try:
             client.connect()
             func(client, **kwargs)

@@ -15,6 +15,7 @@ import click
 
 from mailstead.auth.ratelimit import AuthLimiter
 from mailstead.cli.common import data_option, json_option, open_store, print_rows, run_async
+from mailstead.core.addresses import parse_address
 from mailstead.core.errors import NotFound
 from mailstead.queue.manage import delete_entry, retry_now
 from mailstead.queue.recall import recall_and_tell
@@ -151,15 +152,19 @@ async def queue_retry(
 @click.argument("queue_id")
 @click.option("--as", "as_user", default=None, metavar="ADDRESS",
               help="recall on behalf of this account: only its own messages")
+@click.option("--by", "by", default=None, metavar="ADDRESS",
+              help="the administrator recalling, named in the report to the sender")
 @click.option("--wait", "wait_seconds", default=60.0, show_default=True,
               help="seconds to wait for a worker that is sending it right now")
 @data_option
 @json_option
 @run_async
-async def queue_recall(queue_id: str, as_user: str | None, wait_seconds: float,
-                       data: Path | None, as_json: bool) -> None:
+async def queue_recall(queue_id: str, as_user: str | None, by: str | None,
+                       wait_seconds: float, data: Path | None, as_json: bool) -> None:
     """Recall a queued message: recipients not reached yet will never get it; the sender is
-    told (here and in the INBOX) which recipients already had it."""
+    told (here and in the INBOX) which recipients already had it, and who recalled it (the
+    sender with --as, else the administrator, named with --by)."""
+    admin = str(parse_address(by)) if by else None  # checked before anything is recalled
     async with open_store(data) as (cfg, store, blobs):
         account = None
         if as_user is not None:
@@ -171,13 +176,13 @@ async def queue_recall(queue_id: str, as_user: str | None, wait_seconds: float,
         try:
             report = await recall_and_tell(
                 store, blobs, delivery, AccountService(store, cfg.auth, limiter), queue_id,
-                account=account, wait_seconds=wait_seconds)
+                account=account, by=admin, wait_seconds=wait_seconds)
         finally:
             await delivery.close()
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
-    click.echo(f"recalled {queue_id}")
+    click.echo(f"recalled {queue_id} (by {report.recalled_by})")
     for title, addresses in (("recalled (will not receive it)", report.recalled),
                              ("already delivered", report.delivered),
                              ("failed earlier", report.failed)):

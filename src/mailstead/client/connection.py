@@ -49,6 +49,7 @@ class Settings:
     cafile: str | None = None  # e.g. the server's self-signed certificate
     verify: bool = True  # False: accept any certificate (never for a server you do not own)
     timeout: float = 30.0
+    web_url: str | None = None  # mailstead's web API (recall); None: not offered
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.cafile)

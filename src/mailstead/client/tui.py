@@ -5,7 +5,9 @@ Keys: Enter reads, c composes, r replies, f flags, d deletes (to Trash), j marks
 (to Junk), n as not spam (back to INBOX), m moves to another folder, s saves the message
 or an attachment to a file, / searches the folder on the server (Escape goes back to the
 whole folder), t switches between the list by date and the conversations (the server's
-THREAD=REFERENCES), g refreshes, q quits. The first column holds marks (marks.py). In the
+THREAD=REFERENCES), R recalls a sent message still waiting in mailstead's queue (through its
+web API: --web-url, or the local server's http listener) and shows each recipient's outcome,
+g refreshes, q quits. The first column holds marks (marks.py). In the
 compose screen, Ctrl+S sends and Escape cancels. Every server call runs in a worker thread,
 one at a time, so the screen never freezes on the network.
 """
@@ -29,6 +31,7 @@ from mailstead.client.connection import ClientError, Letter, MailClient, Summary
 from mailstead.client.marks import INTEGRITY_WORDS, LEGEND, marks
 from mailstead.client.saving import default_folder, saveables
 from mailstead.client.screens import FolderPickerScreen, SaveScreen, SearchScreen
+from mailstead.client.webapi import WebApi
 
 T = TypeVar("T")
 
@@ -88,6 +91,7 @@ class MailApp(App[None]):
         Binding("j", "junk", "Spam"), Binding("n", "not_junk", "Not spam"),
         Binding("t", "threads", "Threads"), Binding("g", "refresh", "Refresh"),
         Binding("m", "move", "Move"), Binding("s", "save", "Save"),
+        Binding("R", "recall", "Recall", key_display="R"),
         Binding("slash", "search", "Search", key_display="/"),
         Binding("escape", "end_search", "All messages"),
         Binding("q", "quit", "Quit"),
@@ -108,6 +112,8 @@ class MailApp(App[None]):
         self.summaries: list[Summary] = []
         self.letter: Letter | None = None
         self.threaded = False  # conversations (UID THREAD REFERENCES) instead of by date
+        web_url = client.settings.web_url
+        self.web = WebApi(client.settings, web_url) if web_url else None  # for recall
         self._lock = asyncio.Lock()
 
     def compose(self) -> ComposeResult:
@@ -132,6 +138,8 @@ class MailApp(App[None]):
         """Logs out when the client quits (the server need not wait for a timeout)."""
         async with self._lock:
             await asyncio.to_thread(self.client.close)
+            if self.web is not None:
+                await asyncio.to_thread(self.web.close)
 
     # -- talking to the server --
 
@@ -346,3 +354,32 @@ class MailApp(App[None]):
                 await self._change(f"moved to {target}", self.client.move, target)
 
         self.push_screen(FolderPickerScreen(targets, f'"{summary.subject[:40]}"'), move)
+
+    # -- recall (issue 21) --
+
+    async def action_recall(self) -> None:
+        """Recalls the message under the cursor (a Sent copy) if it still waits in the
+        server's queue; each recipient's outcome goes to the reading pane."""
+        summary = self.current()
+        if summary is None:
+            return
+        web = self.web
+        if web is None:
+            self.status("recall needs mailstead's web address: start with --web-url")
+            return
+        letter = await self.call(self.client.read, self.folder, summary.uid)
+        if letter is None:
+            return
+        message_id = letter.header("Message-ID").strip()
+        if not message_id:
+            self.status("this message has no Message-ID: it cannot be matched to the queue")
+            return
+        self.status("recalling...")
+        outcome = await self.call(web.recall, message_id)
+        if outcome is None:
+            return
+        self.letter = None
+        self.query_one("#letter", Static).update("\n".join(outcome.lines()))
+        self.status(f"recalled: {len(outcome.recalled)} recipient(s) will not get it"
+                    + (f", {len(outcome.delivered)} had it already" if outcome.delivered
+                       else ""))

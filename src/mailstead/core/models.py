@@ -95,6 +95,20 @@ class ListEntry:
     created: datetime
 
 
+SpamAction = Literal["inbox", "junk", "reject"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpamVerdictRow:
+    """One spam verdict as the admin console lists it: for one recipient of one message."""
+
+    at: datetime
+    recipient: str
+    score: float
+    tests: tuple[str, ...]  # the rules that matched
+    action: SpamAction  # filed in the inbox, in Junk, or refused at DATA
+
+
 @dataclass(frozen=True, slots=True)
 class Mailbox:
     id: int

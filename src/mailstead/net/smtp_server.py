@@ -18,11 +18,13 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from mailstead.app import Services
+from mailstead.checks import CheckContext
+from mailstead.checks.builtin import inbound_state
+from mailstead.checks.chain import CheckChain, Outcome, check_chain
 from mailstead.config import ListenerConfig
 from mailstead.core.addresses import Address, parse_address
 from mailstead.core.errors import InvalidInput, QuotaExceeded
 from mailstead.core.models import Integrity
-from mailstead.mailsec.inbound import trust_service
 from mailstead.mailsec.integrity import dkim_integrity
 from mailstead.net.imap_server import shared_mailboxes
 from mailstead.net.listener import (
@@ -54,6 +56,7 @@ from mailstead.proto.smtp import (
     Transaction,
     reply,
 )
+from mailstead.services import spam_log
 from mailstead.services.accounts import AuthFailed
 from mailstead.services.delivery import (
     DeliveryService,
@@ -64,14 +67,7 @@ from mailstead.services.delivery import (
     unique_accounts,
 )
 from mailstead.services.sendcap import SendingCapExceeded, sending_cap
-from mailstead.services.sender_lists import (
-    Decision,
-    allows_any,
-    apply_decisions,
-    refusal,
-    sender_lists,
-)
-from mailstead.services.spam import spam_service, strip_spam_fields
+from mailstead.services.sender_lists import apply_decisions
 from mailstead.services.urlauth import UrlAuthService
 from mailstead.store.interfaces import Account
 
@@ -115,7 +111,8 @@ class SessionBackend:
     """The session's view of the server for one connection (``proto.smtp.SmtpBackend``)."""
 
     def __init__(self, services: Services, delivery: DeliveryService, conn: Connection,
-                 routes: RecentLookups[RouteLike], domains: RecentLookups[bool]) -> None:
+                 routes: RecentLookups[RouteLike], domains: RecentLookups[bool],
+                 chain: CheckChain, submission: bool = False) -> None:
         self.services = services
         self.delivery = delivery
         self.conn = conn
@@ -123,6 +120,42 @@ class SessionBackend:
         self._spam_score: float | None = None
         self._routes = routes
         self._domains = domains
+        # The inbound checks (checks/chain.py) and what they know of this session.
+        self.chain = chain
+        self.ctx = CheckContext(client_ip=conn.peer_ip, listener=conn.listener,
+                                session_id=conn.session_id, submission=submission)
+        self._connect_said = Outcome()  # headers and points of the connect phase
+
+    # -- inbound checks per phase (proto.smtp.SessionChecks) --------------------------------
+
+    async def at_connect(self) -> Reply | None:
+        if not self.chain.has("connect"):
+            return None
+        outcome = await self.chain.run("connect", self.ctx)
+        self._connect_said = outcome
+        return _refusal_reply(outcome)
+
+    async def at_mail(self, txn: Transaction) -> Reply | None:
+        ctx = self.ctx
+        ctx.helo, ctx.tls = txn.helo, self.conn.is_tls
+        ctx.account = txn.account.address if txn.account is not None else None
+        ctx.sender, ctx.recipients, ctx.accounts, ctx.message = txn.sender, [], (), b""
+        ctx.notes = {}
+        said = self._connect_said
+        ctx.headers, ctx.points, ctx.tests = list(said.headers), said.points, list(said.tests)
+        if not self.chain.has("mail"):
+            return None
+        return _refusal_reply(await self.chain.run("mail", ctx, txn.sender))
+
+    async def at_rcpt(self, txn: Transaction, address: str, route: RouteLike) -> Reply | None:
+        ctx = self.ctx
+        if self.chain.has("rcpt"):
+            ctx.accounts = list(route.local)
+            refused = _refusal_reply(await self.chain.run("rcpt", ctx, address))
+            if refused is not None:
+                return refused
+        ctx.recipients.append(address)
+        return None
 
     async def is_local_domain(self, domain: str) -> bool:
         return await self._domains.get(domain.lower(),
@@ -137,13 +170,9 @@ class SessionBackend:
         self._domains.entries.clear()
 
     async def check_recipient(self, txn: Transaction, route: RouteLike) -> Reply | None:
-        """Forged SRS addresses and the recipients' block lists (RFC 5321 4.2.5 leaves the
-        policy to us; 550 5.7.1 as other policy refusals)."""
+        """Forged SRS addresses (RFC 5321 4.2.5 leaves the policy to us; 550 5.7.1 as other
+        policy refusals). The recipients' block lists are a check (checks/builtin.py)."""
         refused = getattr(route, "refusal", "")
-        lists = sender_lists(self.services)
-        if not refused and lists is not None and txn.account is None and route.local:
-            found = await lists.rcpt_refusal(route.local, txn.sender, self.conn.peer_ip)
-            refused = found.reason if found is not None else ""
         return None if not refused else reply(550, "5.7.1", _printable(refused))
 
     async def quota_state(self, account: Account, size: int) -> QuotaState:
@@ -193,31 +222,15 @@ class SessionBackend:
             smtputf8=txn.smtputf8,
             body=txn.body,
         )
-        junk, auth_results, trusted_forward = False, b"", False
-        integrity: Integrity | None = None  # shown to readers (mailsec/integrity.py)
-        trust = trust_service(self.services)
-        if trust is not None and txn.account is None:  # MX traffic, not our users' submissions
-            verdict = await trust.verify_inbound(txn.client_ip, txn.helo, txn.sender, message)
-            if verdict.action == "reject":
-                raise MessageRefused(verdict.reason)
-            message, junk, auth_results = verdict.message, verdict.action == "junk", \
-                verdict.headers
-            trusted_forward = verdict.trusted_forward
-            integrity = dkim_integrity(auth_results, trust.hostname)
         accounts = unique_accounts(envelope.recipients)
-        decisions = await self._list_decisions(txn, envelope, accounts, message, auth_results)
-        spam, spam_fields = None, b""
-        scorer = spam_service(self.services)
-        if scorer is not None and txn.account is None:  # MX traffic only, as for trust
-            message = strip_spam_fields(message)
-            base = scorer.rules_verdict(message, auth_results, trusted_forward)
-            self._spam_score = base.score
-            if scorer.refuses(base) and not allows_any(decisions):
-                raise MessageRefused(f"this message looks like spam (score {base.score:.1f})")
-            spam = await scorer.judge(message, base, accounts)
-            spam_fields = base.header_fields()
-            self._spam_score = max(v.score for v in spam.values()) if spam else base.score
-        spam = apply_decisions(decisions, accounts, spam, self.services.cfg.spam)
+        message = await self._run_data_checks(txn, envelope, accounts, message)
+        state = inbound_state(self.ctx)
+        spam = apply_decisions(state.decisions, accounts, state.spam, self.services.cfg.spam)
+        # Shown to readers (mailsec/integrity.py): from the Authentication-Results the trust
+        # check wrote, naming our hostname; none for our users' own mail.
+        integrity: Integrity | None = (
+            dkim_integrity(state.auth_results, self.services.cfg.hostname)
+            if txn.account is None else None)
         cap = sending_cap(self.services.extra, self.services.cfg.web)
         if txn.account is not None:
             try:
@@ -225,9 +238,10 @@ class SessionBackend:
             except SendingCapExceeded as exc:
                 raise MessageDeferred(str(exc)) from None
         try:
-            result = await self.delivery.deliver(envelope, message, junk=junk,
-                                                 auth_results=auth_results, spam=spam,
-                                                 spam_fields=spam_fields, integrity=integrity)
+            result = await self.delivery.deliver(envelope, message, junk=state.junk,
+                                                 auth_results=state.auth_results, spam=spam,
+                                                 spam_fields=state.spam_fields,
+                                                 integrity=integrity)
         except QuotaExceeded:
             raise
         except RefusedByRules as exc:  # a Sieve reject of a one-recipient message (RFC 5429)
@@ -239,23 +253,33 @@ class SessionBackend:
             raise
         if txn.account is not None:
             cap.record(txn.account, len(txn.recipients))
+        elif spam:  # the admin console's last verdicts
+            await spam_log.delivered(self.services.store, envelope.recipients, spam, state.junk)
         self._queue_id = result.queue_id
         return result.queue_id
 
-    async def _list_decisions(self, txn: Transaction, envelope: InboundEnvelope,
-                              accounts: list[Account], message: bytes, auth_results: bytes
-                              ) -> dict[int, Decision]:
-        """The recipients' allow/block list entries that decide for this message; raises
-        MessageRefused when every recipient blocks it."""
-        lists = sender_lists(self.services)
-        if lists is None or txn.account is not None or not accounts:
-            return {}
-        decisions = await lists.at_data(accounts, txn.sender, message, txn.client_ip,
-                                        b"dmarc=fail" in auth_results)
-        refused = refusal(decisions, accounts, any(r.remote for r in envelope.recipients))
-        if refused:
-            raise MessageRefused(refused)
-        return decisions
+    async def _run_data_checks(self, txn: Transaction, envelope: InboundEnvelope,
+                               accounts: list[Account], message: bytes) -> bytes:
+        """The DATA phase of the checks (trust, lists, plug-ins, spam); the message to store,
+        headed by the fields the checks added. Raises MessageRefused / MessageDeferred."""
+        ctx = self.ctx
+        ctx.helo, ctx.sender, ctx.accounts, ctx.message = txn.helo, txn.sender, accounts, message
+        ctx.account = txn.account.address if txn.account is not None else None
+        state = inbound_state(ctx)
+        state.has_remote = any(r.remote for r in envelope.recipients)
+        outcome = await self.chain.run("data", ctx)
+        self._spam_score = state.spam_score
+        if outcome.action == "reject":
+            if state.spam_refused is not None:  # the admin console's last verdicts
+                await spam_log.refused(self.services.store, envelope.recipients,
+                                       state.spam_refused)
+            raise MessageRefused(outcome.text, outcome.code, outcome.status)
+        if outcome.action == "tempfail":
+            raise MessageDeferred(outcome.text, outcome.code, outcome.status)
+        if not ctx.headers:
+            return ctx.message
+        added = "".join(f"{name}: {value}\r\n" for name, value in ctx.headers)
+        return added.encode("utf-8") + ctx.message
 
     def transaction_done(self, txn: Transaction, size: int, result: Reply) -> None:
         log_event(
@@ -355,8 +379,10 @@ class SmtpHandler:
             max_line=cfg.smtp.max_line_length,
         )
         backend = SessionBackend(self.services, delivery_service(self.services), conn,
-                                 self.routes, self.domains)
+                                 self.routes, self.domains, check_chain(self.services),
+                                 self.submission)
         session = SmtpSession(policy, backend, tls_active=conn.is_tls)
+        session.checks = backend
         if self.urlauth is not None:
             session.url_fetcher = self._fetch_url
         return session
@@ -370,9 +396,14 @@ class SmtpHandler:
 
     async def handle(self, conn: Connection) -> None:
         session = self._session(conn)
-        pending: list[bytes] = [session.greeting().encode()]
+        pending: list[bytes] = []
         data = _Input(conn, self.timeout)
         try:
+            first = await session.start()  # the greeting, or a connect check's refusal
+            pending.append(first.encode())
+            if first.action is Action.CLOSE:
+                await _flush(conn, pending)
+                return
             if not conn.is_tls:
                 await _flush(conn, pending)
                 # A client speaking TLS to a plaintext port (it wanted 465): no line will come.
@@ -458,6 +489,12 @@ class SmtpHandler:
 
 def _printable(text: str) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text)[:400]
+
+
+def _refusal_reply(outcome: Outcome) -> Reply | None:
+    if not outcome.refused:
+        return None
+    return reply(outcome.code, outcome.status, _printable(outcome.text))
 
 
 def _drop(piece: bytes) -> None:

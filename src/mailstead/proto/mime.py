@@ -662,17 +662,18 @@ def text_parts(data: bytes, root: Part | None = None) -> list[tuple[Part, str]]:
     left as HTML), for SEARCH and the spam filter's tokens."""
     if root is None:
         root = parse(data)
-    found: list[tuple[Part, str]] = []
-    for part in root.walk():
-        if part.is_multipart or part.content_type[0] != "text":
-            continue
-        body = data[part.body_start : part.body_end]
-        try:
-            body = decode_transfer_encoding(body, part.transfer_encoding)
-        except (UnknownEncoding, binascii.Error):
-            pass
-        found.append((part, _decode_charset(body, part.charset or "utf-8")))
-    return found
+    return [(part, part_text(data, part)) for part in root.walk()
+            if not part.is_multipart and part.content_type[0] == "text"]
+
+
+def part_text(data: bytes, part: Part) -> str:
+    """One part's body as text: transfer encoding and charset undone (HTML left as HTML)."""
+    body = data[part.body_start : part.body_end]
+    try:
+        body = decode_transfer_encoding(body, part.transfer_encoding)
+    except (UnknownEncoding, binascii.Error):
+        pass
+    return _decode_charset(body, part.charset or "utf-8")
 
 
 def text_for_search(data: bytes, root: Part | None = None) -> str:

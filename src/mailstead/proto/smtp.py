@@ -10,17 +10,16 @@ SMTPUTF8 (6531), ENHANCEDSTATUSCODES (2034, codes from 3463), DSN (3461), STARTT
 PLAIN/LOGIN (4954, 4616), REQUIRETLS (8689).
 """
 
+
 from __future__ import annotations
 
 import base64
 import binascii
-import re
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING, Literal, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from mailstead.core.addresses import Address, parse_address
+from mailstead.core.addresses import parse_address
 from mailstead.core.errors import InvalidInput, QuotaExceeded
 from mailstead.core.models import Account
 from mailstead.proto.headers import (
@@ -31,8 +30,6 @@ from mailstead.proto.headers import (
 )
 from mailstead.proto.lines import (
     COMMAND_LINE_MAX,
-    MAX_LINE_DEFAULT,
-    BareNewlines,
     DataOutcome,
     DataProblem,
     check_lines,
@@ -40,180 +37,50 @@ from mailstead.proto.lines import (
     normalize_line_ends,
     strip_eol,
 )
+from mailstead.proto.smtp_parse import (
+    _after_keyword,
+    _ascii_digits,
+    _discard_chunk,
+    _mailbox,
+    _printable,
+    _rcpt_params,
+    _Refusal,
+    _split_path,
+    _xtext,
+)
+from mailstead.proto.smtp_types import (
+    LONGEST_LINE,
+    MAX_FROM_MAILBOXES,
+    MAX_RECEIVED,
+    TOO_MANY_RECIPIENTS,
+    Action,
+    AuthRefused,
+    BodyType,
+    MessageDeferred,
+    MessageRefused,
+    QuotaState,
+    Recipient,
+    Reply,
+    RouteLike,
+    SessionChecks,
+    SessionPolicy,
+    SmtpBackend,
+    Transaction,
+    reply,
+)
 
 if TYPE_CHECKING:
     from mailstead.proto.smtp_burl import UrlFetcher
 
-# Extensions lengthen the 512-octet command line (RFC 5321 4.5.3.1.4): SIZE adds 26 (RFC 1870),
-# DSN 100 to MAIL and 500 to RCPT (RFC 3461 4), AUTH= 500 to MAIL (RFC 4954 5), and the AUTH
-# command with its initial response may reach 12288 (RFC 4954 4). These round the sums up.
-LONGEST_LINE = 12288
+__all__ = [
+    "LONGEST_LINE", "MAX_FROM_MAILBOXES", "MAX_RECEIVED", "TOO_MANY_RECIPIENTS", "Action",
+    "AuthRefused", "BodyType", "MessageDeferred", "MessageRefused", "QuotaState", "Recipient",
+    "Reply", "RouteLike", "SessionChecks", "SessionPolicy", "SmtpBackend", "SmtpSession",
+    "Transaction", "reply",
+]
+
 _LINE_LIMITS = {"MAIL": 2048, "RCPT": 1024, "AUTH": LONGEST_LINE}
-
-_XTEXT_RE = re.compile(r"^(?:[!-*,-<>-~]|\+[0-9A-F]{2})*$")  # RFC 3461 4: xchar / hexchar
-_NOTIFY_VALUES = {"SUCCESS", "FAILURE", "DELAY"}
 _HTTP_VERBS = {"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS"}
-
-# RFC 5321 6.3: a message that has passed more hops than this is looping. The RFC asks for a limit
-# of at least 100 Received fields; one more than that is refused.
-MAX_RECEIVED = 100
-# Distinct addresses a submitted From: field may name (each is one ownership look-up).
-MAX_FROM_MAILBOXES = 100
-
-BodyType = Literal["7BIT", "8BITMIME", "BINARYMIME"]
-QuotaState = Literal["ok", "full", "too_big"]
-
-
-class Action(Enum):
-    """What the driver does after writing a reply."""
-
-    NONE = "none"
-    READ_DATA = "read_data"  # read the message up to <CRLF>.<CRLF>, then call on_data
-    READ_CHUNK = "read_chunk"  # read chunk_size octets (on_chunk), then call on_chunk_end
-    DISCARD_CHUNK = "discard_chunk"  # write the reply now, then read and drop chunk_size octets
-    START_TLS = "start_tls"  # handshake, then call tls_started
-    CLOSE = "close"  # hang up
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    code: int
-    lines: tuple[str, ...]
-    action: Action = Action.NONE
-    chunk_size: int = 0  # for READ_CHUNK and DISCARD_CHUNK
-
-    def encode(self) -> bytes:
-        """Wire form: "250-..." for every line but the last, "250 ..." for the last."""
-        last = len(self.lines) - 1
-        return "".join(
-            f"{self.code}{' ' if i == last else '-'}{line}\r\n" for i, line in enumerate(self.lines)
-        ).encode("utf-8")
-
-
-def reply(code: int, status: str, text: str, action: Action = Action.NONE) -> Reply:
-    """A one-line reply with its enhanced status code (RFC 2034)."""
-    return Reply(code, (f"{status} {text}",), action)
-
-
-# RFC 5321 4.5.3.1.10: the client sends the recipients over the limit in a later transaction; this
-# is no protocol error, so it neither counts towards max_errors nor refuses the transaction.
-TOO_MANY_RECIPIENTS = reply(452, "4.5.3", "Too many recipients")
-
-
-class MessageRefused(Exception):
-    """Raised by ``SmtpBackend.deliver`` to refuse a message for good (e.g. DMARC reject)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-
-class MessageDeferred(Exception):
-    """Raised by ``SmtpBackend.deliver`` to refuse a message for now (e.g. a sending cap)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-
-class AuthRefused(Exception):
-    """The backend refused a login. ``temporary`` marks a lockout (454) rather than bad
-    credentials (535)."""
-
-    def __init__(self, temporary: bool = False) -> None:
-        super().__init__("temporary" if temporary else "invalid credentials")
-        self.temporary = temporary
-
-
-class RouteLike(Protocol):
-    """Where one recipient's mail goes (``mailstead.services.accounts.Route`` fits)."""
-
-    @property
-    def local(self) -> Sequence[Account]: ...
-
-    @property
-    def remote(self) -> Sequence[str]: ...
-
-
-@dataclass(slots=True)
-class Recipient:
-    address: str  # as accepted, domain normalised
-    local: list[Account]
-    remote: list[str]
-    notify: str = ""  # DSN NOTIFY, upper case, comma separated
-    orcpt: str = ""  # DSN ORCPT, xtext decoded: "rfc822;bob@example.org"
-
-
-@dataclass(slots=True)
-class Transaction:
-    """One mail transaction: MAIL, its RCPTs, and how the message was announced."""
-
-    sender: str  # "" is the null reverse-path
-    body: BodyType = "7BIT"
-    smtputf8: bool = False
-    declared_size: int = 0
-    ret: str = ""  # DSN RET: FULL or HDRS
-    envid: str = ""  # DSN ENVID, xtext decoded
-    requiretls: bool = False
-    recipients: list[Recipient] = field(default_factory=list)
-    rcpt_refused: int = 0
-    # Filled in when the message is handed to the backend:
-    helo: str = ""
-    protocol: str = ""  # Received "with" keyword: ESMTP, ESMTPSA, UTF8SMTPS... (RFC 3848, 6531)
-    account: Account | None = None
-    client_ip: str = ""
-
-
-class SmtpBackend(Protocol):
-    """What the session needs from the rest of the server."""
-
-    async def is_local_domain(self, domain: str) -> bool: ...
-
-    async def route(self, address: Address) -> RouteLike:
-        """Accounts and remote addresses that mail for ``address`` goes to; empty if unknown."""
-
-    async def check_recipient(self, txn: Transaction, route: RouteLike) -> Reply | None: ...
-
-    async def quota_state(self, account: Account, size: int) -> QuotaState:
-        """"full" when the account cannot take more now, "too_big" when ``size`` alone can
-        never fit its quota."""
-
-    async def authenticate(self, username: str, password: str) -> Account:
-        """The account, or AuthRefused (after any rate-limit delay)."""
-
-    async def owns_address(self, account: Account, address: Address) -> bool: ...
-
-    def postmaster(self) -> Address | None:
-        """The address an unqualified ``<postmaster>`` means (RFC 5321 4.5.1)."""
-
-    async def deliver(self, txn: Transaction, message: bytes) -> str:
-        """Stores the message durably for every recipient; returns its queue id. Raises
-        QuotaExceeded when a mailbox cannot take it."""
-
-    def transaction_done(self, txn: Transaction, size: int, result: Reply) -> None:
-        """Called once per finished transaction (accepted or refused), for the log."""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionPolicy:
-    hostname: str
-    submission: bool  # RFC 6409 rules: AUTH required, sender must be owned, any recipient
-    max_message_size: int
-    max_recipients: int
-    max_errors: int
-    starttls_offered: bool  # this connection may upgrade with STARTTLS
-    plaintext_auth_allowed: bool  # AUTH without TLS is allowed (loopback client, config says so)
-    client_ip: str = ""
-    bare_newlines: BareNewlines = "normalize"  # a lone CR or LF in a message: CRLF, or refused
-    max_line: int = MAX_LINE_DEFAULT  # longest message line accepted, CRLF included
-
-
-class _Refusal(Exception):
-    """Raised inside a command handler to answer with ``reply``."""
-
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.lines[0])
-        self.reply = reply
 
 
 @dataclass(slots=True)
@@ -249,11 +116,27 @@ class SmtpSession:
         self._chunk_parts: list[bytes] = []
         self._chunk_size = 0
         self.url_fetcher: UrlFetcher | None = None  # BURL (RFC 4468, smtp_burl.py), if offered
+        self.checks: SessionChecks | None = None  # inbound checks per phase, if any
+        self._refused_at_connect = False
 
     # -- replies the driver asks for ----------------------------------------------------------
 
     def greeting(self) -> Reply:
         return Reply(220, (f"{self.policy.hostname} ESMTP mailstead",))
+
+    async def start(self) -> Reply:
+        """The first reply: the greeting, unless a connect check refuses the client. RFC 5321
+        3.1: a refusal is 554 (and the server waits for QUIT, answering 503 meanwhile), or 421
+        and the connection closed for a refusal for now (RFC 5321 3.8)."""
+        if self.checks is None:
+            return self.greeting()
+        refused = await self.checks.at_connect()
+        if refused is None:
+            return self.greeting()
+        if refused.code < 500:
+            return Reply(421, refused.lines, Action.CLOSE)
+        self._refused_at_connect = True
+        return Reply(554, refused.lines)
 
     def timeout_reply(self) -> Reply:
         return reply(421, "4.4.2", f"{self.policy.hostname} Idle timeout, closing connection",
@@ -282,6 +165,9 @@ class SmtpSession:
             return self._counted(reply(500, "5.5.2", "Line must end with CRLF"))
         if self._sasl is not None:
             return self._counted(await self._sasl_step(strip_eol(line)))
+        if self._refused_at_connect and strip_eol(line).upper() != b"QUIT":
+            return self._counted(reply(503, "5.5.1", "Bad sequence of commands: this client "
+                                       "was refused, send QUIT"))
         return self._counted(await self._command(line))
 
     def on_line_too_long(self) -> Reply:
@@ -521,6 +407,11 @@ class SmtpSession:
                              f"{self.account.address}")
         if txn.declared_size > self.policy.max_message_size:
             return reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        if self.checks is not None:
+            txn.helo, txn.account, txn.client_ip = self.helo or "", self.account, \
+                self.policy.client_ip
+            if (refused := await self.checks.at_mail(txn)) is not None:
+                return refused
         self.txn = txn
         return reply(250, "2.1.0", "Sender ok")
 
@@ -601,6 +492,9 @@ class SmtpSession:
             if state == "full":
                 return self._refuse_rcpt(
                     txn, reply(452, "4.2.2", f"<{address}>: mailbox full, try later"))
+        if self.checks is not None and \
+                (refused := await self.checks.at_rcpt(txn, str(address), route)) is not None:
+            return self._refuse_rcpt(txn, refused)
         txn.recipients.append(
             Recipient(str(address), list(route.local), list(route.remote), notify, orcpt))
         return reply(250, "2.1.5", "Recipient ok")
@@ -767,9 +661,9 @@ class SmtpSession:
         except QuotaExceeded:
             answer = reply(452, "4.2.2", "Mailbox full, try again later")
         except MessageRefused as refused:
-            answer = reply(550, "5.7.1", _printable(refused.text))
+            answer = reply(refused.code, refused.status, _printable(refused.text))
         except MessageDeferred as deferred:  # a policy limit, not a fault: RFC 3463 4.7.x
-            answer = reply(450, "4.7.1", _printable(deferred.text))
+            answer = reply(deferred.code, deferred.status, _printable(deferred.text))
         except Exception:  # the backend logged it; the client may retry
             answer = reply(451, "4.3.0", "Local error in processing, try again later")
         else:
@@ -818,9 +712,6 @@ class SmtpSession:
         return None
 
 
-# -- parsing helpers ---------------------------------------------------------------------------
-
-
 # The command handlers, made once rather than as bound methods for every session.
 _HANDLERS: dict[str, Callable[[SmtpSession, str], Awaitable[Reply]]] = {
     "EHLO": SmtpSession._ehlo, "HELO": SmtpSession._helo, "MAIL": SmtpSession._mail,
@@ -830,90 +721,3 @@ _HANDLERS: dict[str, Callable[[SmtpSession, str], Awaitable[Reply]]] = {
     "VRFY": SmtpSession._vrfy, "EXPN": SmtpSession._expn, "HELP": SmtpSession._help,
     "STARTTLS": SmtpSession._starttls, "AUTH": SmtpSession._auth,
 }
-
-
-def _discard_chunk(refusal: Reply, size: int) -> Reply:
-    """``refusal``, to be written before the chunk's ``size`` octets are read and dropped. (Should
-    it turn into "too many errors", the driver hangs up instead.)"""
-    return Reply(refusal.code, refusal.lines, Action.DISCARD_CHUNK, size)
-
-
-def _printable(text: str) -> str:
-    """Drops control characters, so a HELO name cannot inject header lines."""
-    return "".join(ch for ch in text if ch.isprintable())
-
-
-def _after_keyword(arg: str, keyword: str) -> str | None:
-    """``FROM:<a> X`` -> ``<a> X`` (case-insensitive keyword; spaces after ':' tolerated)."""
-    arg = arg.lstrip(" ")
-    if arg[: len(keyword)].upper() != keyword:
-        return None
-    return arg[len(keyword):].lstrip(" ")
-
-
-def _split_path(rest: str, status: str) -> tuple[str, list[tuple[str, str | None]]]:
-    """``<path> K=V K2`` -> ("path", [("K", "V"), ("K2", None)]); keys upper-cased."""
-    if not rest.startswith("<"):
-        raise _Refusal(reply(501, status, "Address must be in angle brackets: <user@domain>"))
-    end = rest.find(">")
-    if end < 0:
-        raise _Refusal(reply(501, status, "Missing '>' after address"))
-    path = rest[1:end]
-    params: list[tuple[str, str | None]] = []
-    seen: set[str] = set()
-    tail = rest[end + 1:]
-    if tail and not tail.startswith(" "):
-        raise _Refusal(reply(501, "5.5.4", "Space expected after address"))
-    for word in tail.split():
-        key, sep, value = word.partition("=")
-        key = key.upper()
-        if not key or key in seen or (sep and not value):
-            raise _Refusal(reply(501, "5.5.4", f"Invalid parameter {word}"))
-        seen.add(key)
-        params.append((key, value if sep else None))
-    return path, params
-
-
-def _mailbox(path: str, status: str, role: str) -> Address:
-    """Parses a path's mailbox, refusing what mail relays are abused with."""
-    if path.startswith("@"):
-        # RFC 5321 3.6.1 lets a server decline source routes; we always do.
-        raise _Refusal(reply(553, status, f"Source routes are not accepted in the {role}"))
-    if path.startswith('"'):
-        raise _Refusal(reply(553, status, f"Quoted local parts are not accepted in the {role}"))
-    try:
-        return parse_address(path)
-    except InvalidInput as exc:
-        raise _Refusal(reply(553, status, f"Bad {role} address: {exc}")) from None
-
-
-def _xtext(value: str | None, max_length: int) -> str:
-    """Validates and decodes RFC 3461 4 xtext (``+2B`` is '+')."""
-    if value is None or len(value) > max_length or not _XTEXT_RE.match(value):
-        raise _Refusal(reply(501, "5.5.4", "Invalid xtext parameter value"))
-    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
-
-
-def _ascii_digits(text: str) -> bool:
-    """Digits int() takes: str.isdigit() alone also accepts "²" and the like."""
-    return text.isascii() and text.isdigit()
-
-
-def _rcpt_params(params: list[tuple[str, str | None]]) -> tuple[str, str]:
-    notify = orcpt = ""
-    for key, value in params:
-        if key == "NOTIFY":  # RFC 3461 4.1: NEVER alone, or a list of the others
-            items = (value or "").upper().split(",")
-            if items != ["NEVER"] and not (items and set(items) <= _NOTIFY_VALUES
-                                           and len(set(items)) == len(items)):
-                raise _Refusal(reply(501, "5.5.4", "Invalid NOTIFY value"))
-            notify = ",".join(items)
-        elif key == "ORCPT":  # RFC 3461 4.2: addr-type ";" xtext
-            decoded = _xtext(value, 500)
-            addr_type, sep, original = decoded.partition(";")
-            if not sep or not addr_type or not original:
-                raise _Refusal(reply(501, "5.5.4", "Invalid ORCPT value"))
-            orcpt = decoded
-        else:
-            raise _Refusal(reply(555, "5.5.4", f"Unsupported parameter {key}"))
-    return notify, orcpt

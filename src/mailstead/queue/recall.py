@@ -8,6 +8,9 @@ A worker may hold the entry at that moment. Recall waits for the worker to let i
 marking, and waits again if a worker took it in between, then reports what the store says at
 the end: a recipient that a worker reached just before the recall shows as delivered, never as
 recalled.
+
+The report names who recalled: the sender (a recall on behalf of the submitting account), or an
+administrator, by address when known ("recalled by the administrator <root@example.org>").
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ class RecallReport:
     delivered: list[str] = field(default_factory=list)  # had it already
     failed: list[str] = field(default_factory=list)  # had bounced already
     notice_queue_id: str | None = None  # the report put in the sender's mailbox
+    recalled_by: str = "the sender"  # or "the administrator" / "the administrator <addr>"
 
     def as_dict(self) -> dict[str, object]:
         return {
             "queue_id": self.queue_id,
             "sender": self.sender,
+            "recalled_by": self.recalled_by,
             "recalled": self.recalled,
             "delivered": self.delivered,
             "failed": self.failed,
@@ -64,24 +69,34 @@ async def _when_free(store: MetadataStore, queue_id: str, wait_seconds: float) -
         await asyncio.sleep(LEASE_POLL)
 
 
+def recaller(account: Account | None, by: str | None) -> str:
+    """Who recalled, as the report says it: ``by`` (an administrator's address) wins; else
+    the sender when acting for the submitting ``account``; else an unnamed administrator."""
+    if by:
+        return f"the administrator <{by}>"
+    return "the sender" if account is not None else "the administrator"
+
+
 async def recall(
     store: MetadataStore,
     queue_id: str,
     *,
     account: Account | None = None,
+    by: str | None = None,
     wait_seconds: float = 60.0,
 ) -> RecallReport:
     """Recalls ``queue_id``. With ``account``, only that account's own message (the submitter);
-    without, any (an administrator)."""
+    without, any (an administrator). ``by``: the administrator's address, for the report."""
     entry = await store.get_queue_entry(queue_id)
     if entry is None or (account is not None and entry.account_id != account.id):
         raise NotFound(f"no queued message {queue_id}" + (" of yours" if account else ""))
+    who = recaller(account, by)
     await _when_free(store, queue_id, wait_seconds)
-    await store.recall_pending(queue_id, datetime.now(UTC), "recalled by the sender")
+    await store.recall_pending(queue_id, datetime.now(UTC), f"recalled by {who}")
     # A worker that claimed the entry just before our write may be sending: let it finish,
     # so the report says what really happened.
     final = await _when_free(store, queue_id, wait_seconds)
-    report = RecallReport(queue_id, final.sender)
+    report = RecallReport(queue_id, final.sender, recalled_by=who)
     for recipient in final.recipients:
         if recipient.status == "recalled":
             report.recalled.append(recipient.address)
@@ -89,7 +104,7 @@ async def recall(
             report.delivered.append(recipient.address)
         elif recipient.status == "failed":
             report.failed.append(recipient.address)
-    log_event("queue.recall", queue_id=queue_id, recalled=len(report.recalled),
+    log_event("queue.recall", queue_id=queue_id, by=who, recalled=len(report.recalled),
               delivered=len(report.delivered), failed=len(report.failed))
     return report
 
@@ -101,8 +116,13 @@ def report_message(report: RecallReport, subject: str, hostname: str, now: datet
         return [title, *(f"  {a}" for a in addresses), ""] if addresses else []
 
     about = f'"{subject}"' if subject else "without subject"
+    if report.recalled_by == "the sender":
+        opening = f"You recalled your message {about} (queue id {report.queue_id})."
+    else:
+        opening = (f"Your message {about} (queue id {report.queue_id}) was recalled by "
+                   f"{report.recalled_by}.")
     lines = [
-        f"You recalled your message {about} (queue id {report.queue_id}).",
+        opening,
         "",
         *block("Recalled: these recipients will not receive it:", report.recalled),
         *block("Already delivered before the recall (it cannot be taken back there):",
@@ -133,10 +153,11 @@ async def recall_and_tell(
     queue_id: str,
     *,
     account: Account | None = None,
+    by: str | None = None,
     wait_seconds: float = 60.0,
 ) -> RecallReport:
     """``recall``, then the report to the sender's mailbox (not for the null sender)."""
-    report = await recall(store, queue_id, account=account, wait_seconds=wait_seconds)
+    report = await recall(store, queue_id, account=account, by=by, wait_seconds=wait_seconds)
     if not report.sender:
         return report
     entry = await store.get_queue_entry(queue_id)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Protocol
 
+from mailstead.checks import Filing, FilterContext, FilterHook
 from mailstead.core.errors import NotFound
 from mailstead.core.models import INTEGRITY_KEYWORDS, SYSTEM_FLAG_NAMES, Integrity, SystemFlag
 from mailstead.proto import mime, mime_encoding
@@ -163,6 +164,8 @@ class DeliveryService:
         # Runs once local copies are committed (the 'delivered' DSNs of queue.delivered).
         self.after_local_delivery: AfterDelivery | None = None
         self.rules: DeliveryRules | None = None  # per-recipient Sieve (sieve/service.py)
+        # Plug-in delivery filters (checks/chain.py FilterChain): mailbox, flags, headers.
+        self.filters: FilterHook | None = None
         self._date: tuple[tuple[int, timedelta | None], str] = ((-1, None), "")
 
     async def close(self) -> None:
@@ -297,6 +300,9 @@ class DeliveryService:
         verdicts = [spam.get(a.id) for a in accounts]
         is_spam = [v is not None and v.is_spam for v in verdicts]
         boxes = await self._box_ids(accounts, [junk or s for s in is_spam])
+        filings: list[Filing | None] = [None] * len(accounts)
+        if self.filters:
+            filings, boxes = await self._filter(envelope, message, accounts, verdicts, boxes)
         plans: Sequence[RulePlan | None] = [None] * len(accounts)
         if self.rules is not None and accounts:
             # After the spam verdict (issue 19). Refusing in the SMTP reply is possible only
@@ -311,13 +317,18 @@ class DeliveryService:
         # recipients have trained their filters. Blob id and envelope are filled in once
         # each file is written.
         parts: dict[bytes, list[Delivery]] = {}
-        for box_id, verdict, spammy, plan in zip(boxes, verdicts, is_spam, plans, strict=True):
+        for box_id, verdict, spammy, plan, filing in zip(boxes, verdicts, is_spam, plans,
+                                                         filings, strict=True):
             fields = verdict.header_fields() if verdict is not None else b""
+            set_flags: frozenset[str] = frozenset()
+            if filing is not None:
+                fields += "".join(f"{n}: {v}\r\n" for n, v in filing.headers).encode("utf-8")
+                set_flags = filing.flags
             flagged = keywords | {"$Junk"} if spammy else keywords
             data_len = len(head) + len(fields) + len(message)
             copies = [(None, frozenset[str]())] if plan is None else plan.copies
             for target, names in copies:
-                system, extra = _flag_bits(names)
+                system, extra = _flag_bits(names | set_flags)
                 parts.setdefault(fields, []).append(Delivery(
                     box_id if target is None else target, NewMessage(
                         blob_id="", size=data_len, internal_date=now, flags=system,
@@ -360,6 +371,28 @@ class DeliveryService:
             await self.after_local_delivery(envelope, result, first)
         await self._after_rules(plans)
         return result
+
+    async def _filter(self, envelope: InboundEnvelope, message: bytes,
+                      accounts: Sequence[Account], verdicts: Sequence[SpamVerdict | None],
+                      boxes: list[int]) -> tuple[list[Filing | None], list[int]]:
+        """Each account's filing by the delivery filters, and the mailbox of its copy (the one
+        a filter named, when the account has it; else the one the spam verdict chose)."""
+        assert self.filters is not None
+        filings: list[Filing | None] = []
+        chosen = list(boxes)
+        for index, (account, verdict) in enumerate(zip(accounts, verdicts, strict=True)):
+            filing = await self.filters.run(FilterContext(
+                account=account.address, sender=envelope.sender,
+                recipients=[r.address for r in envelope.recipients],
+                client_ip=envelope.client_ip, is_spam=verdict is not None and verdict.is_spam,
+                spam_score=verdict.score if verdict is not None else None,
+                authenticated=envelope.account is not None), message)
+            filings.append(filing)
+            if filing.mailbox:
+                box = await self.store.get_mailbox(account.id, filing.mailbox)
+                if box is not None:
+                    chosen[index] = box.id
+        return filings, chosen
 
     @staticmethod
     async def _after_rules(plans: Sequence[RulePlan | None]) -> None:

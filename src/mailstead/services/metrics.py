@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from mailstead.config import MetricsConfig, host_and_port
 from mailstead.obs import EVENT_COUNTS, EVENT_TAPS, log_event
+from mailstead.services import spam_log
 from mailstead.store.interfaces import MetadataStore
 
 DATAGRAM_SIZE = 1400  # bytes: below a typical MTU, so a report is never fragmented
@@ -43,8 +44,7 @@ async def statistics(
     """Counters since this process started (at ``started``, a time.time()), and what is
     happening now: ``connections`` are the open ones by protocol."""
     queue = await store.list_queue(False)
-    spam = {event.split(".", 1)[1]: n for event, n in EVENT_COUNTS.items()
-            if event.startswith("spam.")}
+    spam_counts, spam_recent = await spam_log.panel(store)  # every node's, from the store
     return {
         "uptime_seconds": int(time.time() - started),
         "messages_in": _sum((), ("smtp.transaction", "dmtp.delivered")),
@@ -57,7 +57,8 @@ async def statistics(
         "connections_total": sum(connections.values()),
         "logins_failed": EVENT_COUNTS.get("auth.failed", 0),
         "lockouts": EVENT_COUNTS.get("auth.locked", 0),
-        "spam_verdicts": spam,
+        "spam_verdicts": spam_counts,
+        "spam_recent": spam_recent,
         "accounts": len(await store.list_accounts(None)),
         "domains": len(await store.list_domains()),
         "events": dict(sorted(EVENT_COUNTS.items())),

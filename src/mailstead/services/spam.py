@@ -77,6 +77,11 @@ class SpamService:
         hits = rules.score(message, auth_results, datetime.now(UTC), trusted_forward)
         return self._verdict([h.name for h in hits], sum(h.score for h in hits))
 
+    def with_points(self, base: SpamVerdict, points: float, tests: Sequence[str]
+                    ) -> SpamVerdict:
+        """``base`` with the points and test names of other checks (plug-ins) added."""
+        return self._verdict((*base.tests, *tests), base.score + points)
+
     def refuses(self, verdict: SpamVerdict) -> bool:
         """Whether the MX should refuse the message outright (by the rules alone)."""
         return bool(self.cfg.reject_score) and verdict.score >= self.cfg.reject_score

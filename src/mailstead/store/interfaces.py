@@ -41,6 +41,8 @@ from mailstead.core.models import (
     QueueState,
     RecipientStatus,
     SortFields,
+    SpamAction,
+    SpamVerdictRow,
     SystemFlag,
 )
 
@@ -72,6 +74,8 @@ __all__ = [
     "QueueState",
     "RecipientStatus",
     "SortFields",
+    "SpamAction",
+    "SpamVerdictRow",
     "SystemFlag",
 ]
 
@@ -141,6 +145,16 @@ class MetadataStore(Protocol):
         """Conflict when the entry exists, InvalidInput past ``max_entries``."""
     async def remove_list_entry(self, scope: Literal["user", "domain"], owner: str, kind: str,
                                 pattern: str) -> int: ...
+    # -- the last spam verdicts (admin console) --
+    async def record_spam_verdicts(self, rows: Sequence[SpamVerdictRow], keep: int) -> None:
+        """Adds the verdicts and counts them per action; only the newest ``keep`` rows stay."""
+
+    async def recent_spam_verdicts(self, limit: int) -> list[SpamVerdictRow]:
+        """The newest verdicts first."""
+
+    async def spam_verdict_counts(self) -> dict[str, int]:
+        """Verdicts per action (inbox, junk, reject) since the store began."""
+
     async def lists_version(self) -> int:
         """A number that every change of any allow/block list increases (0: none ever)."""
     async def entries_for_accounts(self, account_ids: Sequence[int]
@@ -298,7 +312,9 @@ class MetadataStore(Protocol):
     # -- outbound queue --
     async def enqueue(self, entry: QueueEntry) -> None: ...
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None: ...
-    async def list_queue(self, include_done: bool = False) -> list[QueueEntry]: ...
+    async def list_queue(self, include_done: bool = False, account_id: int | None = None
+                         ) -> list[QueueEntry]:
+        """The entries, oldest first; ``account_id``: only those that account submitted."""
     async def claim_due(
         self, now: datetime, owner: str, lease_seconds: int, limit: int
     ) -> list[QueueEntry]:

@@ -47,6 +47,7 @@ from mailstead.store.interfaces import (
     MessageMeta,
     QueueEntry,
     SortFields,
+    SpamVerdictRow,
 )
 from mailstead.store.sql_accounts import (
     add_account,
@@ -131,6 +132,11 @@ from mailstead.store.sql_sieve import (
     put_sieve_script,
     rename_sieve_script,
     set_active_sieve_script,
+)
+from mailstead.store.sql_spam_log import (
+    recent_spam_verdicts,
+    record_spam_verdicts,
+    spam_verdict_counts,
 )
 
 P = ParamSpec("P")
@@ -264,6 +270,15 @@ class SqlStore(ABC):
     async def remove_list_entry(self, scope: Literal["user", "domain"], owner: str, kind: str,
                                 pattern: str) -> int:
         return await self._write(remove_list_entry, scope, owner, kind, pattern)
+
+    async def record_spam_verdicts(self, rows: Sequence[SpamVerdictRow], keep: int) -> None:
+        await self._write(record_spam_verdicts, list(rows), keep)
+
+    async def recent_spam_verdicts(self, limit: int) -> list[SpamVerdictRow]:
+        return await self._read(recent_spam_verdicts, limit)
+
+    async def spam_verdict_counts(self) -> dict[str, int]:
+        return await self._read(spam_verdict_counts)
 
     async def lists_version(self) -> int:
         return await self._read(lists_version)
@@ -456,8 +471,9 @@ class SqlStore(ABC):
     async def get_queue_entry(self, queue_id: str) -> QueueEntry | None:
         return await self._read(get_queue_entry, queue_id)
 
-    async def list_queue(self, include_done: bool = False) -> list[QueueEntry]:
-        return await self._read(list_queue, include_done)
+    async def list_queue(self, include_done: bool = False, account_id: int | None = None
+                         ) -> list[QueueEntry]:
+        return await self._read(list_queue, include_done, account_id)
 
     async def claim_due(
         self, now: datetime, owner: str, lease_seconds: int, limit: int

@@ -63,9 +63,12 @@ def get_queue_entry(db: Db, queue_id: str) -> QueueEntry | None:
     return None if row is None else _queue_entry(row)
 
 
-def list_queue(db: Db, include_done: bool) -> list[QueueEntry]:
-    where = "" if include_done else " WHERE state <> 'done'"
-    rows = db.rows(f"SELECT {QUEUE_COLS} FROM queue{where} ORDER BY created, id")
+def list_queue(db: Db, include_done: bool, account_id: int | None = None) -> list[QueueEntry]:
+    terms = ([] if include_done else ["state <> 'done'"]) + (
+        [] if account_id is None else ["account_id = ?"])
+    where = f" WHERE {' AND '.join(terms)}" if terms else ""
+    params = () if account_id is None else (account_id,)
+    rows = db.rows(f"SELECT {QUEUE_COLS} FROM queue{where} ORDER BY created, id", params)
     return [_queue_entry(r) for r in rows]
 
 

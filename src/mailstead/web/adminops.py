@@ -179,10 +179,11 @@ async def retry(state: WebState, queue_id: str) -> QueueEntry:
     return await require_entry(state, queue_id)
 
 
-async def recall(state: WebState, queue_id: str, account: Account | None = None
-                 ) -> RecallReport:
+async def recall(state: WebState, queue_id: str, account: Account | None = None,
+                 by: str | None = None) -> RecallReport:
     """Stops delivery to the recipients not reached yet and tells the sender (issue 6's
-    recall). ``account``: only that account's own messages (others are "not found")."""
+    recall). ``account``: only that account's own messages (others are "not found");
+    ``by``: the administrator recalling (named in the report)."""
     entry = await require_entry(state, queue_id)
     if account is not None and entry.account_id != account.id:
         raise NotFound(f"no queued message {queue_id}")
@@ -191,9 +192,9 @@ async def recall(state: WebState, queue_id: str, account: Account | None = None
     services = state.services
     report = await recall_and_tell(
         state.store, services.blobs, state.delivery, services.accounts, queue_id,
-        account=account, wait_seconds=RECALL_WAIT,
+        account=account, by=by, wait_seconds=RECALL_WAIT,
     )
-    log_event("web.recall", queue_id=queue_id, by=account.address if account else "admin")
+    log_event("web.recall", queue_id=queue_id, by=report.recalled_by)
     return report
 
 

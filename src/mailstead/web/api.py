@@ -734,14 +734,16 @@ async def admin_queue_retry(ctx: Ctx) -> m.QueueItem:
 
 def _recall_out(report: RecallReport) -> m.RecallOut:
     return m.RecallOut(queue_id=report.queue_id, recalled=report.recalled,
-                       delivered=report.delivered, failed=report.failed)
+                       delivered=report.delivered, failed=report.failed,
+                       recalled_by=report.recalled_by)
 
 
 @endpoint("POST", "/api/admin/queue/{queue_id}/recall",
           "Recall any queued message: recipients not reached yet will not get it", "admin",
           response=m.RecallOut, params=(QUEUE_ID,), admin=True, errors=(400, 401, 403, 404))
 async def admin_queue_recall(ctx: Ctx) -> m.RecallOut:
-    return _recall_out(await adminops.recall(ctx.state, ctx.request.path_params["queue_id"]))
+    return _recall_out(await adminops.recall(ctx.state, ctx.request.path_params["queue_id"],
+                                             by=ctx.user.address))
 
 
 async def openapi_document(request: Request) -> Response:
@@ -750,6 +752,7 @@ async def openapi_document(request: Request) -> Response:
     return JSONResponse(build_document(ENDPOINTS, web_state(request).cfg.hostname))
 
 
-from mailstead.web import api_lists  # noqa: E402, F401  (registers its endpoints)
+# These register their endpoints (GET /api/outbox is routes_outbox's).
+from mailstead.web import api_lists, routes_outbox  # noqa: E402, F401
 
 routes = [Route("/api/openapi.json", openapi_document), *(_route(ep) for ep in ENDPOINTS)]

@@ -243,6 +243,16 @@ class RecallOut(BaseModel):
     recalled: list[str] = Field(description="recipients that will not get the message")
     delivered: list[str] = Field(description="recipients that had it already")
     failed: list[str] = Field(description="recipients it had bounced for already")
+    recalled_by: str = Field(description='who recalled: "the sender", or "the administrator '
+                             '<address>"')
+
+
+class SpamVerdictOut(BaseModel):
+    at: str = Field(description="when (ISO 8601, UTC)")
+    recipient: str
+    score: float
+    tests: list[str] = Field(description="the rules that matched")
+    action: str = Field(description="inbox, junk or reject")
 
 
 class Stats(BaseModel):
@@ -258,7 +268,9 @@ class Stats(BaseModel):
     connections_total: int
     logins_failed: int
     lockouts: int
-    spam_verdicts: dict[str, int]
+    spam_verdicts: dict[str, int] = Field(description="verdicts per action (inbox, junk, "
+                                          "reject), every node's")
+    spam_recent: list[SpamVerdictOut] = Field(description="the last verdicts, newest first")
     accounts: int
     domains: int
     events: dict[str, Any]

@@ -34,6 +34,7 @@ from mailstead.web import (
     routes_mail,
     routes_mailmove,
     routes_metrics,
+    routes_outbox,
     routes_rules,
 )
 from mailstead.web.accountops import SignupRefused
@@ -221,7 +222,7 @@ def build_app(state: WebState) -> Starlette:
             *routes_account.routes, *routes_mail.routes, *routes_admin.routes,
             *routes_lists.routes, *api.routes,
             *routes_metrics.routes, *routes_mailmove.routes, *routes_rules.routes,
-            *api_sieve.routes,
+            *api_sieve.routes, *routes_outbox.routes,
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         middleware=[Middleware(SecurityHeaders, https=state.https),

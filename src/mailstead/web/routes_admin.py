@@ -152,7 +152,7 @@ async def queue_action(request: Request) -> Response:
     form = await read_form(request)
     queue_id = field(form, "id")
     if field(form, "action") == "recall":
-        report = await adminops.recall(state, queue_id)
+        report = await adminops.recall(state, queue_id, by=session_of(request).account.address)
         text = f"Message {queue_id} recalled: {len(report.recalled)} recipient(s) will not get it"
         if report.delivered:
             text += f"; already delivered to {', '.join(report.delivered)}"

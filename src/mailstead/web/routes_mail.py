@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from mailstead.core.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from mailstead.proto import mime
+from mailstead.queue.outbox import OutboxItem, by_message_id, outbox
 from mailstead.store.interfaces import Mailbox, SystemFlag
 from mailstead.web import sending
 from mailstead.web.compose import Draft, Upload, forward_draft, reply_draft
@@ -92,8 +93,14 @@ async def folder_page(request: Request) -> Response:
     listing = await room.listing(box, query)
     folders = await room.folders()
     base = {k: v for k, v in request.query_params.items() if k != "page"}
+    # Sent: Message-ID -> the queued message a Recall can still stop
+    waiting: dict[str, OutboxItem] = {}
+    if box.special_use == "\\Sent":
+        state = web_state(request)
+        waiting = by_message_id(await outbox(state.store, state.services.blobs, room.account))
     return render(request, "mail.html", {
         "folders": folders, "box": box, "listing": listing, "query": query,
+        "waiting": waiting,
         "params": base, "current_url": str(request.url.path) + (
             "?" + request.url.query if request.url.query else ""),
         "title": box.name,
@@ -159,12 +166,18 @@ async def message_page(request: Request) -> Response:
         blocked = clean_html(message.html, allow_remote_images=False).blocked_images
     newer, older = await room.neighbours(box, uid)
     conversation = await room.conversation(box, meta)
+    queued = None  # a Sent message still waiting in the queue: it can be recalled
+    if box.special_use == "\\Sent" and meta.envelope.message_id:
+        state = web_state(request)
+        queued = by_message_id(await outbox(state.store, state.services.blobs, room.account)
+                               ).get(meta.envelope.message_id.strip())
     return render(request, "message.html", {
         "folders": await room.folders(), "box": box, "meta": meta, "message": message,
         "text_html": text_to_html(message.text) if message.text is not None else "",
         "images": images, "blocked": blocked, "newer": newer, "older": older,
         "conversation": conversation if len(conversation) > 1 else [],
         "flagged": bool(meta.flags & SystemFlag.FLAGGED), "title": message.subject,
+        "queued": queued,
     })
 
 

@@ -191,6 +191,25 @@
         a.textContent = k; b.textContent = v; tr.append(a, b); body.append(tr);
       });
     };
+    // The last spam verdicts: time, recipient, score, tests, action (textContent only).
+    const fillVerdicts = (body, rows) => {
+      body.replaceChildren();
+      if (!rows.length) {
+        const tr = document.createElement("tr"), td = document.createElement("td");
+        td.colSpan = 5; td.className = "muted"; td.textContent = "No verdicts yet"; tr.append(td); body.append(tr);
+      }
+      rows.forEach((v) => {
+        const tr = document.createElement("tr");
+        tr.dataset.action = v.action;
+        const cells = [v.at.slice(0, 19).replace("T", " "), v.recipient, v.score.toFixed(1)];
+        cells.forEach((text) => { const td = document.createElement("td"); td.textContent = text; tr.append(td); });
+        const tests = document.createElement("td"), code = document.createElement("code");
+        code.textContent = v.tests.join(", ") || "none"; tests.append(code);
+        const action = document.createElement("td"), tag = document.createElement("span");
+        tag.className = `tag spam-${v.action}`; tag.textContent = v.action; action.append(tag);
+        tr.append(tests, action); body.append(tr);
+      });
+    };
     $$("[data-format=duration]").forEach((el) => { el.textContent = duration(+el.textContent); });
     const refresh = async () => {
       const response = await fetch(stats.dataset.stats, { credentials: "same-origin" });
@@ -204,6 +223,7 @@
         const entries = Object.entries(data[body.dataset.statTable] || {});
         fillTable(body, entries, body.dataset.statTable === "spam_verdicts" ? "No verdicts yet" : "None");
       });
+      $$("[data-stat-rows]").forEach((body) => fillVerdicts(body, data[body.dataset.statRows] || []));
     };
     setInterval(refresh, 3000);
   }
