@@ -196,13 +196,13 @@ async def test_marks_show_the_spam_verdict(
     async with app.run_test(size=(140, 45)) as pilot:
         await until(lambda: len(app.summaries) == 1, pilot)
         table = app.query_one("#messages")
-        assert str(table.get_row_at(0)[0]) == " N "  # type: ignore[attr-defined]
+        assert str(table.get_row_at(0)[0]) == " N -"  # type: ignore[attr-defined]
         assert app.summaries[0].spam is not None and not app.summaries[0].spam.is_spam
         assert "S spam" in _shown(app, "#status")  # the legend
         app.folder = "Junk"
         await app.load_messages()
         await until(lambda: len(app.summaries) == 1, pilot)
-        assert str(table.get_row_at(0)[0]) == " NS"  # type: ignore[attr-defined]
+        assert str(table.get_row_at(0)[0]) == " NS-"  # type: ignore[attr-defined]
         spam = app.summaries[0].spam
         assert spam is not None and spam.is_spam and spam.score is not None \
             and spam.score >= 1000
@@ -213,11 +213,14 @@ def test_marks_come_from_flags_keywords_and_scores() -> None:
         return Summary(1, "Carol", "Hi", None, frozenset(flags), 10, spam=spam)
 
     doubtful = SpamVerdict(False, 3.1, 5.0)
-    assert marks(summary({"\\Seen"}, None)) == "   "
-    assert marks(summary({"\\Flagged"}, SpamVerdict(False, 0.0, 5.0))) == "*N "
-    assert marks(summary({"\\Seen"}, doubtful)) == "  ~"
-    assert marks(summary({"\\Seen", "$Junk"}, doubtful)) == "  S"  # the user said so
-    assert marks(summary({"\\Seen", "$NotJunk"}, SpamVerdict(True, 9, 5))) == "   "
+    assert marks(summary({"\\Seen"}, None)) == "    "
+    assert marks(summary({"\\Flagged"}, SpamVerdict(False, 0.0, 5.0))) == "*N  "
+    assert marks(summary({"\\Seen"}, doubtful)) == "  ~ "
+    assert marks(summary({"\\Seen", "$Junk"}, doubtful)) == "  S "  # the user said so
+    assert marks(summary({"\\Seen", "$NotJunk"}, SpamVerdict(True, 9, 5))) == "    "
+    assert marks(summary({"\\Seen", "$IntegrityVerified"}, None)) == "   V"
+    assert marks(summary({"$IntegrityUnsigned"}, None)) == " N -"
+    assert marks(summary({"\\Seen", "$IntegrityFailed", "$Junk"}, None)) == "  S!"
     head = email.message_from_bytes(b"X-Spam-Flag: NO\r\nX-Spam-Status: No, score=-0.5 "
                                     b"required=5.0\r\n\ttests=none\r\n\r\n",
                                     policy=email.policy.default)

@@ -126,10 +126,10 @@ def test_dmtp_send_then_read_over_dmap(server: RunningServer) -> None:
     digest = seed_hash("carol@example.org", to, "greetings", "hello from  the seed")
     dmtp_send(server, "carol@example.org", to, "greetings", "hello from  the seed", digest)
     [(uid, _flags, keywords)] = inbox_rows(server, ALICE)
-    assert keywords == frozenset()
+    assert keywords == frozenset({"$IntegrityVerified"})
     assert len(inbox_rows(server, BOB)) == 1
     raw = stored_message(server, ALICE, uid)
-    assert b"\r\nX-DMTP-Integrity" not in raw and f"X-DMTP-Hash: {digest}".encode() in raw
+    assert b"\r\nX-DMTP-Integrity: pass\r\n" in raw and f"X-DMTP-Hash: {digest}".encode() in raw
     assert b"with DMTP id" in raw  # the Received field of the SMTP delivery path
 
     client = dmap_login(server)
@@ -153,13 +153,17 @@ def test_dmtp_send_then_read_over_dmap(server: RunningServer) -> None:
     assert len(inbox_rows(server, BOB)) == 1
 
 
-@pytest.mark.parametrize("hash_line", ["d3JvbmcgaGFzaA==", None], ids=["wrong", "missing"])
-def test_bad_hash_is_delivered_but_marked(server: RunningServer, hash_line: str | None) -> None:
+@pytest.mark.parametrize(("hash_line", "keyword", "value"), [
+    ("d3JvbmcgaGFzaA==", "$IntegrityFailed", b"fail"), (None, "$IntegrityUnsigned", b"none"),
+], ids=["wrong", "missing"])
+def test_bad_hash_is_delivered_but_marked(server: RunningServer, hash_line: str | None,
+                                          keyword: str, value: bytes) -> None:
+    """A wrong hash is "failed"; a missing one only "unsigned", not the same as tampering."""
     dmtp_send(server, BOB, ALICE, "tampered", "pay 1000 euros", hash_line)
     [(uid, flags, keywords)] = inbox_rows(server, ALICE)
-    assert keywords == frozenset({"$IntegrityFailed"}) and not flags & SystemFlag.SEEN
+    assert keywords == frozenset({keyword}) and not flags & SystemFlag.SEEN
     raw = stored_message(server, ALICE, uid)
-    assert b"\r\nX-DMTP-Integrity: fail\r\n" in raw
+    assert b"\r\nX-DMTP-Integrity: " + value + b"\r\n" in raw
     client = dmap_login(server)
     shown = client.until_ok(f"show {uid}")
     # The stored hash is returned as received, so the client can see it does not verify.
@@ -249,7 +253,7 @@ def test_dmtp_mail_is_readable_over_imap(server: RunningServer) -> None:
     first = data[0]
     assert isinstance(first, tuple)
     flags, body = first
-    assert b"$IntegrityFailed" in flags and b"read me in IMAP" in body
+    assert b"$IntegrityUnsigned" in flags and b"read me in IMAP" in body
     imap.logout()
 
 

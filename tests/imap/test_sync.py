@@ -78,6 +78,11 @@ def test_idle_wakes_on_smtp_delivery(mail_server: RunningServer) -> None:
     assert raw.readline() == b"+ idling"
     with smtplib.SMTP("127.0.0.1", mail_server.ports["smtp"], timeout=30) as smtp:
         smtp.sendmail("carol@example.org", [ALICE], message("while idling"))
+    # The message brings a keyword the mailbox had not seen (its integrity, unsigned): the
+    # new FLAGS come first (RFC 9051 7.3.5), then the permanent ones.
+    flags = raw.readline()
+    assert flags.startswith(b"* FLAGS (") and b"$IntegrityUnsigned" in flags
+    assert raw.readline().startswith(b"* OK [PERMANENTFLAGS (")
     assert raw.readline() == b"* 1 EXISTS"
     assert raw.readline() == b"* 1 RECENT"
     raw.send(b"DONE\r\n")

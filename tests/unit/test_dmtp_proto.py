@@ -129,7 +129,7 @@ def test_to_rfc5322() -> None:
     message = DmtpMessage("a@x.test", ["b@x.test", "c@y.test"], "Grüße\r", "text ünïcode", "h=")
     raw = to_rfc5322(
         message, date=datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC), message_id="<1@x.test>",
-        integrity_failed=True,
+        integrity="fail",
     )
     assert b"\n" not in raw.replace(b"\r\n", b"")
     parsed = message_from_bytes(raw, policy=default)
@@ -149,7 +149,7 @@ def test_to_rfc5322() -> None:
 def test_to_rfc5322_survives_control_characters(text: str) -> None:
     message = DmtpMessage("a@x.test", ["b@x.test"], text, text, text)
     raw = to_rfc5322(message, date=datetime(2024, 1, 2, tzinfo=UTC), message_id="<1@x.test>",
-                     integrity_failed=False)
+                     integrity=None)
     assert b"\x00" not in raw
     assert b"\n" not in raw.replace(b"\r\n", b"") and b"\r" not in raw.replace(b"\r\n", b"")
     head = raw.split(b"\r\n\r\n", 1)[0].decode()

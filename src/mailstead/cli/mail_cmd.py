@@ -21,6 +21,7 @@ import click
 
 from mailstead.cli.common import data_option, fail
 from mailstead.client.connection import ClientError, MailClient, Settings, TlsMode
+from mailstead.client.marks import INTEGRITY_WORDS, integrity_mark
 from mailstead.config import Config, load_config, resolve_data_dir
 from mailstead.core.errors import ConfigError
 
@@ -137,10 +138,11 @@ def mail() -> None:
 @connection_options
 @with_client
 def list_mail(client: MailClient, folder: str, limit: int) -> None:
-    """The newest messages of a folder: UID, flags, date, sender, subject."""
+    """The newest messages of a folder: UID, marks (N new, * flagged, then integrity: V
+    verified, - unsigned, ! failed), date, sender, subject."""
     for s in client.summaries(folder, limit):
         when = s.date.strftime("%Y-%m-%d %H:%M") if s.date else "-"
-        mark = ("N" if not s.seen else " ") + ("*" if s.flagged else " ")
+        mark = ("N" if not s.seen else " ") + ("*" if s.flagged else " ") + integrity_mark(s)
         click.echo(f"{s.uid:>6} {mark} {when:16} {s.sender[:28]:28} {s.subject}")
 
 
@@ -155,6 +157,8 @@ def read_mail(client: MailClient, uid: int, folder: str) -> None:
     for name in ("From", "To", "Cc", "Date", "Subject", "X-Spam-Status"):
         if letter.header(name):
             click.echo(f"{name}: {letter.header(name)}")
+    if letter.integrity is not None:
+        click.echo(f"Integrity: {INTEGRITY_WORDS[letter.integrity]}")
     if letter.attachments:
         click.echo("Attached: " + ", ".join(letter.attachments))
     click.echo("")

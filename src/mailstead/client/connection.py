@@ -28,6 +28,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
 from mailstead.client.html_text import html_to_text
+from mailstead.core.models import Integrity, integrity_of_keywords
 
 TlsMode = Literal["implicit", "starttls", "none"]
 
@@ -104,6 +105,11 @@ class Summary:
     def flagged(self) -> bool:
         return "\\Flagged" in self.flags
 
+    @property
+    def integrity(self) -> Integrity | None:
+        """The server's integrity decision (keyword set at delivery, core/models)."""
+        return integrity_of_keywords(self.flags)
+
 
 @dataclass(frozen=True, slots=True)
 class Letter:
@@ -112,6 +118,7 @@ class Letter:
     text: str  # what to show: the plain text part, or the HTML part as text
     attachments: list[str] = field(default_factory=list)
     raw: bytes = b""  # the message as the server keeps it (for saving it whole)
+    integrity: Integrity | None = None  # from the keywords the server set at delivery
 
     def header(self, name: str) -> str:
         return str(self.message.get(name, ""))
@@ -252,14 +259,16 @@ class MailClient:
     def read(self, folder: str, uid: int) -> Letter:
         """The whole message; reading it marks it \\Seen, as in any client."""
         self._select(folder)
-        fetched = self.imap.fetch([uid], ["BODY[]"])
+        fetched = self.imap.fetch([uid], ["BODY[]", "FLAGS"])
         if uid not in fetched:
             raise ClientError(f"no message with UID {uid} in {folder}")
         raw = fetched[uid][b"BODY[]"]
+        keywords = frozenset(_flag_text(f) for f in fetched[uid].get(b"FLAGS", ()))
         message = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         return Letter(uid, message, readable_text(message), [
-            part.get_filename() or "(unnamed)" for part in message.iter_attachments()], raw)
+            part.get_filename() or "(unnamed)" for part in message.iter_attachments()], raw,
+            integrity_of_keywords(keywords))
 
     def set_flag(self, folder: str, uids: Sequence[int], flag: str, on: bool) -> None:
         self._select(folder)

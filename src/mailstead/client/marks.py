@@ -5,6 +5,8 @@ more function in ``MARKS`` (and one more line in ``LEGEND``).
     *  flagged            N  new (not yet read)
     S  spam: the server's filter said so, or the user did ($Junk)
     ~  doubtful: not spam, but scored at least half of what would make it spam
+    V  integrity verified: the sender's signature (DKIM, or the DMTP hash) matches
+    -  unsigned: nothing to check       !  integrity failed: a signature that does not match
 """
 
 from __future__ import annotations
@@ -40,10 +42,25 @@ def spam_mark(summary: Summary) -> str:
     return " "
 
 
-# In the order they show. (The message integrity mark goes here too, after the spam mark.)
-MARKS: list[Callable[[Summary], str]] = [flag_mark, new_mark, spam_mark]
+INTEGRITY_MARKS = {"verified": "V", "unsigned": "-", "failed": "!"}
+# What `mail read` and the message view say.
+INTEGRITY_WORDS = {
+    "verified": "verified (the sender's signature matches)",
+    "unsigned": "unsigned (no signature to check)",
+    "failed": "FAILED (a signature does not match: the message may have been changed)",
+}
 
-LEGEND = "marks: * flagged  N new  S spam  ~ doubtful"
+
+def integrity_mark(summary: Summary) -> str:
+    """The server's integrity decision, from the keyword it set at delivery."""
+    state = summary.integrity
+    return " " if state is None else INTEGRITY_MARKS[state]
+
+
+# In the order they show.
+MARKS: list[Callable[[Summary], str]] = [flag_mark, new_mark, spam_mark, integrity_mark]
+
+LEGEND = "marks: * flagged  N new  S spam  ~ doubtful  V verified  - unsigned  ! failed"
 
 
 def marks(summary: Summary) -> str:

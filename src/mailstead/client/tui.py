@@ -28,7 +28,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, OptionList,
 from textual.widgets.option_list import Option
 
 from mailstead.client.connection import ClientError, Letter, MailClient, Summary
-from mailstead.client.marks import LEGEND, marks
+from mailstead.client.marks import INTEGRITY_WORDS, LEGEND, marks
 from mailstead.client.saving import default_folder, saveables
 from mailstead.client.screens import FolderPickerScreen, SaveScreen, SearchScreen
 from mailstead.client.webapi import WebApi
@@ -218,6 +218,8 @@ class MailApp(App[None]):
         spam = letter.header("X-Spam-Status")
         if spam:
             lines.append(f"Spam:    {spam}")
+        if letter.integrity is not None:
+            lines.append(f"Integrity: {INTEGRITY_WORDS[letter.integrity]}")
         if letter.attachments:
             lines.append("Attached: " + ", ".join(letter.attachments))
         self.query_one("#letter", Static).update("\n".join(lines) + "\n\n" + letter.text)

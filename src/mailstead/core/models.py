@@ -10,6 +10,20 @@ from datetime import datetime
 from enum import IntFlag
 from typing import Literal, NamedTuple
 
+Integrity = Literal["verified", "unsigned", "failed"]
+INTEGRITY_STATES: tuple[Integrity, ...] = ("verified", "unsigned", "failed")
+# The IMAP keyword each state sets at delivery, so IMAP clients (ours too) can show it.
+INTEGRITY_KEYWORDS: dict[Integrity, str] = {
+    "verified": "$IntegrityVerified", "unsigned": "$IntegrityUnsigned",
+    "failed": "$IntegrityFailed",
+}
+
+
+def integrity_of_keywords(keywords: frozenset[str] | set[str]) -> Integrity | None:
+    """The state named by a message's keywords ("failed" first, should several be set)."""
+    order: tuple[Integrity, ...] = ("failed", "verified", "unsigned")
+    return next((state for state in order if INTEGRITY_KEYWORDS[state] in keywords), None)
+
 
 class SystemFlag(IntFlag):
     """IMAP system flags, stored as a bit mask so "unseen" counts use an index-free integer test."""
@@ -133,6 +147,7 @@ class NewMessage:
     flags: int = 0  # SystemFlag bits
     keywords: frozenset[str] = frozenset()
     envelope: Envelope = field(default_factory=Envelope)
+    integrity: Integrity | None = None  # decided at delivery (mailsec/integrity.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +162,9 @@ class MessageMeta:
     size: int
     blob_id: str
     envelope: Envelope
+    # What the reader is told: "verified", "unsigned" or "failed"; None when unknown or not
+    # applicable (our users' own mail, APPEND, messages stored before it was recorded).
+    integrity: Integrity | None = None
 
 
 class SortFields(NamedTuple):

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mailstead.config import ListenerConfig
 from mailstead.core.addresses import parse_address
 from mailstead.core.errors import CorruptBlob, MailsteadError, NotFound, QuotaExceeded
+from mailstead.mailsec.integrity import DMTP_HEADER_VALUES, dmtp_integrity
 from mailstead.net.listener import Connection, IdleTimeout, LineTooLong
 from mailstead.obs import log_event
 from mailstead.proto import dmap, dmap_crypto, dmtp
@@ -68,9 +69,9 @@ class DeliveryBackend:
 
     async def send(self, message: DmtpMessage) -> None:
         cfg = self.services.cfg
-        # Integrity (the seed's DMTP2 hash): a message that fails still arrives, marked.
-        secret = cfg.dmtp.hmac_secret
-        failed = bool(secret) and not dmtp.hash_verifies(secret, message)
+        # Integrity (the seed's DMTP2 hash): verified, unsigned (no hash) or failed; a
+        # message that fails still arrives, marked (mailsec/integrity.py).
+        integrity = dmtp_integrity(cfg.dmtp.hmac_secret, message)
         # In a thread: building a message of a 200 KiB data line takes a while, and the
         # event loop serves everyone else meanwhile.
         raw = await asyncio.to_thread(
@@ -78,7 +79,7 @@ class DeliveryBackend:
             message,
             date=datetime.now(UTC),
             message_id=f"<{secrets.token_hex(12)}@{cfg.hostname}>",
-            integrity_failed=failed,
+            integrity=None if integrity is None else DMTP_HEADER_VALUES[integrity],
         )
         recipients = []
         for address in message.recipients:
@@ -91,9 +92,9 @@ class DeliveryBackend:
             sender=message.sender, recipients=recipients, protocol="DMTP",
             client_ip=self.conn.peer_ip,
         )
-        keywords = frozenset({dmtp.INTEGRITY_KEYWORD}) if failed else frozenset()
         try:
-            result = await delivery_service(self.services).deliver(envelope, raw, keywords)
+            result = await delivery_service(self.services).deliver(envelope, raw,
+                                                                   integrity=integrity)
         except QuotaExceeded:
             raise DmtpRefused("mailbox full") from None
         except (MailsteadError, LookupError) as exc:
@@ -101,7 +102,7 @@ class DeliveryBackend:
             raise DmtpRefused("could not deliver, try again later") from None
         log_event("dmtp.delivered", session=self.conn.session_id, queue_id=result.queue_id,
                   sender=message.sender, local=len(result.stored), queued=len(result.queued),
-                  integrity="fail" if failed else "pass" if secret else "unchecked")
+                  integrity=integrity or "unchecked")
 
 
 class DmtpHandler:

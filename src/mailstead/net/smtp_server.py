@@ -24,6 +24,8 @@ from mailstead.checks.chain import CheckChain, Outcome, check_chain
 from mailstead.config import ListenerConfig
 from mailstead.core.addresses import Address, parse_address
 from mailstead.core.errors import InvalidInput, QuotaExceeded
+from mailstead.core.models import Integrity
+from mailstead.mailsec.integrity import dkim_integrity
 from mailstead.net.imap_server import shared_mailboxes
 from mailstead.net.listener import (
     Connection,
@@ -224,6 +226,11 @@ class SessionBackend:
         message = await self._run_data_checks(txn, envelope, accounts, message)
         state = inbound_state(self.ctx)
         spam = apply_decisions(state.decisions, accounts, state.spam, self.services.cfg.spam)
+        # Shown to readers (mailsec/integrity.py): from the Authentication-Results the trust
+        # check wrote, naming our hostname; none for our users' own mail.
+        integrity: Integrity | None = (
+            dkim_integrity(state.auth_results, self.services.cfg.hostname)
+            if txn.account is None else None)
         cap = sending_cap(self.services.extra, self.services.cfg.web)
         if txn.account is not None:
             try:
@@ -233,7 +240,8 @@ class SessionBackend:
         try:
             result = await self.delivery.deliver(envelope, message, junk=state.junk,
                                                  auth_results=state.auth_results, spam=spam,
-                                                 spam_fields=state.spam_fields)
+                                                 spam_fields=state.spam_fields,
+                                                 integrity=integrity)
         except QuotaExceeded:
             raise
         except RefusedByRules as exc:  # a Sieve reject of a one-recipient message (RFC 5429)

@@ -48,7 +48,6 @@ MAX_HASH = 256
 
 HASH_HEADER = "X-DMTP-Hash"
 INTEGRITY_HEADER = "X-DMTP-Integrity"
-INTEGRITY_KEYWORD = "$IntegrityFailed"
 _LINE_BREAKS = {0x0D: " ", 0x0A: " "}  # str.translate table: CR and LF become spaces
 
 
@@ -128,9 +127,10 @@ def to_rfc5322(
     *,
     date: datetime,
     message_id: str,
-    integrity_failed: bool,
+    integrity: str | None,
 ) -> bytes:
-    """The RFC 5322 message (CRLF line ends) that DMTP ``send`` stores or relays."""
+    """The RFC 5322 message (CRLF line ends) that DMTP ``send`` stores or relays, with an
+    X-DMTP-Integrity field of value ``integrity`` unless it is None (hash not checked)."""
     msg = EmailMessage(policy=SMTP)
     msg["From"] = _header_safe(message.sender)
     msg["To"] = ", ".join(_header_safe(r) for r in message.recipients)
@@ -139,8 +139,8 @@ def to_rfc5322(
     msg["Message-ID"] = message_id
     if message.hash:
         msg[HASH_HEADER] = _header_safe(message.hash.strip())
-    if integrity_failed:
-        msg[INTEGRITY_HEADER] = "fail"
+    if integrity is not None:  # "pass", "none" or "fail" (mailsec/integrity.py)
+        msg[INTEGRITY_HEADER] = integrity
     msg.set_content(_body_safe(message.data) + "\n")
     return msg.as_bytes()
 

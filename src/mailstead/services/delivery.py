@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from mailstead.checks import Filing, FilterContext, FilterHook
 from mailstead.core.errors import NotFound
-from mailstead.core.models import SYSTEM_FLAG_NAMES, SystemFlag
+from mailstead.core.models import INTEGRITY_KEYWORDS, SYSTEM_FLAG_NAMES, Integrity, SystemFlag
 from mailstead.proto import mime, mime_encoding
 from mailstead.services.message_files import MessageFileWriter, with_blob
 from mailstead.services.spam import SpamVerdict
@@ -260,6 +260,7 @@ class DeliveryService:
         self, envelope: InboundEnvelope, message: bytes, keywords: frozenset[str] = frozenset(),
         *, junk: bool = False, auth_results: bytes = b"",
         spam: Mapping[int, SpamVerdict] | None = None, spam_fields: bytes = b"",
+        integrity: Integrity | None = None,
     ) -> DeliveryResult:
         """Stores ``message`` for every recipient in one transaction; see the module doc.
         ``keywords`` are IMAP keywords set on the local copies (DMTP: $IntegrityFailed).
@@ -267,7 +268,11 @@ class DeliveryService:
         recipient account's verdict: its X-Spam fields head that account's copy (one file per
         distinct set of fields), and a spam verdict files the copy in Junk with $Junk set.
         ``spam_fields`` head the copy that is queued for remote recipients.
+        ``integrity`` (mailsec/integrity.py) is stored with each local copy, which also gets
+        its keyword (core/models.INTEGRITY_KEYWORDS) for IMAP clients.
         Raises QuotaExceeded (nothing stored) when a mailbox cannot take it."""
+        if integrity is not None:
+            keywords = keywords | {INTEGRITY_KEYWORDS[integrity]}
         now = datetime.now(UTC)
         queue_id = new_queue_id()
         accounts = unique_accounts(envelope.recipients)
@@ -335,7 +340,7 @@ class DeliveryService:
                 parts.setdefault(fields, []).append(Delivery(
                     box_id if target is None else target, NewMessage(
                         blob_id="", size=data_len, internal_date=now, flags=system,
-                        keywords=flagged | extra)))
+                        keywords=flagged | extra, integrity=integrity)))
         if remote:
             parts.setdefault(spam_fields, [])
         ordered = list(parts.items())

@@ -264,7 +264,8 @@ MAILBOX_COLS = (
 )
 MESSAGE_COLS = (
     "id, mailbox_id, uid, modseq, sysflags, keywords, internal_date, size, blob_id, env_subject, "
-    "env_from, env_to, env_cc, env_date, env_message_id, env_in_reply_to, env_references"
+    "env_from, env_to, env_cc, env_date, env_message_id, env_in_reply_to, env_references, "
+    "integrity"
 )
 FLAG_COLS = "uid, modseq, sysflags, keywords"
 QUEUE_COLS = (
@@ -324,6 +325,7 @@ def _message(row: Row) -> MessageMeta:
             in_reply_to=row[15],
             references=row[16],
         ),
+        integrity=row[17],
     )
 
 

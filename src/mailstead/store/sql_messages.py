@@ -53,8 +53,8 @@ from mailstead.store.sql_queue import (
 INSERT_MESSAGE = (
     "INSERT INTO messages (mailbox_id, uid, modseq, sysflags, keywords, internal_date, size, "
     "blob_id, env_subject, env_from, env_to, env_cc, env_date, env_message_id, env_in_reply_to, "
-    "env_references, sort_subject, sort_reply, thread_id, thread_parents) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "env_references, sort_subject, sort_reply, thread_id, thread_parents, integrity) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -106,6 +106,7 @@ def store_message(
                 env.references,
                 *stored_thread_keys(env.subject, env.from_, env.to, env.cc, date,
                                     env.message_id, env.in_reply_to, env.references),
+                m.integrity,
             ),
         )
         db.touched.add(delivery.mailbox_id)
@@ -121,6 +122,7 @@ def store_message(
                 size=m.size,
                 blob_id=m.blob_id,
                 envelope=env,
+                integrity=m.integrity,
             )
         )
     blob_counts = _count_blobs(((d.message.blob_id,) for d in deliveries), 0)
@@ -330,9 +332,10 @@ def copy_messages(
     if not (move and same_account):
         # RFC 9208 4.2: COPY/MOVE into an account over quota fails ([OVERQUOTA]).
         _change_usage(db, dst_account, sum(r[7] for r in rows), count, check=True)
+    # MESSAGE_COLS: r[4:17] sysflags .. env_references, r[17] integrity (INSERT_MESSAGE's last).
     db.run_many(
         INSERT_MESSAGE,
-        [(dst_mailbox_id, first_uid + n, modseq, *r[4:], *stored_thread_keys(*r[9:]))
+        [(dst_mailbox_id, first_uid + n, modseq, *r[4:17], *stored_thread_keys(*r[9:17]), r[17])
          for n, r in enumerate(rows)],
     )
     db.touched.add(dst_mailbox_id)

@@ -228,6 +228,7 @@ def _summary(box: Mailbox, meta: MessageMeta, row: Row | None = None) -> dict[st
         "has_attachment": row.summary.has_attachment if row else False,
         "snippet": row.summary.snippet if row else "",
         "thread_size": row.thread_size if row else 1,
+        "integrity": meta.integrity,
     }
 
 

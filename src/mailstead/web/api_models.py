@@ -82,6 +82,10 @@ class MessageSummary(BaseModel):
     has_attachment: bool
     snippet: str
     thread_size: int = 1
+    integrity: Literal["verified", "unsigned", "failed"] | None = Field(
+        default=None, description="verified: the sender's signature (DKIM of the From domain, "
+        "or the DMTP hash) matches; unsigned: nothing to check; failed: a signature that does "
+        "not match; null: unknown or not applicable (e.g. our users' own mail)")
 
     model_config = ConfigDict(populate_by_name=True)
 
