@@ -193,6 +193,10 @@ def test_webmail_badges_on_list_and_message(server: RunningServer, page: Page) -
     failed = rows.filter(has_text="changed on the way").locator(".integrity")
     expect(failed).to_have_text("✗ Failed")
     expect(failed).to_have_attribute("title", re.compile("does not match"))
+    # Unsigned (most mail) is a quiet mark in the list; its words are in the tooltip.
+    quiet = rows.filter(has_text="Lunch on Friday").locator(".integrity")
+    expect(quiet).to_have_text("○")
+    expect(quiet).to_have_attribute("title", re.compile("no signature"))
     # The badges stand out as a reader would see them: green, grey, red.
     colours = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll(
         '.integrity')].map(e => [e.dataset.integrity, getComputedStyle(e).backgroundColor]))""")
@@ -209,6 +213,9 @@ def test_webmail_badges_on_list_and_message(server: RunningServer, page: Page) -
     page.go_back()
     rows.filter(has_text="Invoice 2291").locator(".cell-subject a").click()
     expect(page.locator("#message-integrity .integrity")).to_have_text("✓ Signature verified")
+    page.go_back()
+    rows.filter(has_text="Lunch on Friday").locator(".cell-subject a").click()
+    expect(page.locator("#message-integrity .integrity")).to_have_text("○ Unsigned")
     page.go_back()
     rows.filter(has_text="A note from Bob").locator(".cell-subject a").click()
     expect(page.locator("#message-subject")).to_contain_text("A note from Bob")
