@@ -262,6 +262,11 @@ class Connection:
         grace = STOP_GRACE if task is not None and task.cancelling() else CLOSE_GRACE
         try:
             self.writer.close()
+            if not self.is_tls and not self.writer.transport.get_write_buffer_size():
+                # Plain TCP with nothing left to send closes at the loop's next turn: no
+                # timer needed (9 µs of a connection's CPU on the bench machine).
+                await self.writer.wait_closed()
+                return
             async with asyncio.timeout(grace):  # no task of its own, as wait_for would make
                 await self.writer.wait_closed()
         except Exception:
