@@ -17,6 +17,7 @@ import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 from mailstead.net.balance import BalancedServer, LoadBoard
@@ -65,6 +66,14 @@ class ProtocolHandler(Protocol):
         """Sent, then the connection closed, when a connection cap is reached."""
 
 
+@lru_cache(maxsize=4096)  # asked for every session, parsed once per client address
+def _is_loopback(peer_ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(peer_ip).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class Connection:
     """One client connection: framing helpers plus what a session needs to know about it."""
@@ -91,15 +100,13 @@ class Connection:
 
     @property
     def is_loopback(self) -> bool:
-        try:
-            return ipaddress.ip_address(self.peer_ip).is_loopback
-        except ValueError:
-            return False
+        return _is_loopback(self.peer_ip)
 
     @property
     def tls_description(self) -> str:
-        obj = self.writer.get_extra_info("ssl_object")
-        return describe(obj) if self.is_tls else ""
+        if not self.is_tls:  # most MX connections: no transport lookup for the TLS object
+            return ""
+        return describe(self.writer.get_extra_info("ssl_object"))
 
     # -- the idle timeout --
 
