@@ -903,6 +903,29 @@ def test_dot_reader_round_trip(lines: list[bytes], cuts: list[int], after: bytes
     assert reader.finish().content == content
 
 
+@given(pieces=st.lists(st.sampled_from([b"a", b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.",
+                                         b"\r\n.\r\n"]), max_size=30),
+       cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8))
+def test_dot_reader_matches_the_reference_on_any_wire(pieces: list[bytes], cuts: list[int]) -> None:
+    """Wherever the chunks split it, the reader ends at the first <CRLF>.<CRLF> (the CRLF of
+    the DATA command included) and keeps what a plain unstuff-then-normalise would: it skips
+    unstuffing only when it saw no line starting with a dot."""
+    wire = b"".join(pieces) + b"\r\n.\r\n"
+    marker = (b"\r\n" + wire).find(b"\r\n.\r\n")
+    reader = DotReader(100_000, bare_newlines="normalize", max_line=100_000)
+    leftover = b""
+    start = 0
+    for cut in [*sorted(c % (len(wire) + 1) for c in cuts), len(wire)]:
+        leftover += reader.feed(wire[start:cut]) if not reader.done else wire[start:cut]
+        start = cut
+    assert reader.done
+    assert leftover == wire[marker + 3 :]
+    expected = dot_unstuff(wire[:marker])
+    if has_bare_cr_or_lf(expected):
+        expected = expected.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    assert reader.finish().content == expected
+
+
 @given(st.binary(max_size=200))
 def test_stuffing_round_trip(data: bytes) -> None:
     content = data.replace(b"\r", b"").replace(b"\n", b"\r\n")
