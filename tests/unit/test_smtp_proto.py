@@ -887,19 +887,24 @@ lines_st = st.lists(
 )
 
 
+def _fed_in_pieces(reader: DotReader, stream: bytes, cuts: list[int]) -> bytes:
+    """Feeds ``stream`` cut at ``cuts`` (modulo its length); what came after the end marker."""
+    leftover = b""
+    start = 0
+    for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
+        leftover += reader.feed(stream[start:cut]) if not reader.done else stream[start:cut]
+        start = cut
+    return leftover
+
+
 @given(lines=lines_st, cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=6),
        after=st.binary(max_size=20))
 def test_dot_reader_round_trip(lines: list[bytes], cuts: list[int], after: bytes) -> None:
     content = b"".join(line + b"\r\n" for line in lines)
     stream = dot_stuff(content) + b".\r\n" + after
     reader = DotReader(100_000)
-    leftover = b""
-    start = 0
-    for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
-        leftover += reader.feed(stream[start:cut]) if not reader.done else stream[start:cut]
-        start = cut
+    assert _fed_in_pieces(reader, stream, cuts) == after
     assert reader.done
-    assert leftover == after
     assert reader.finish().content == content
 
 
@@ -913,13 +918,8 @@ def test_dot_reader_matches_the_reference_on_any_wire(pieces: list[bytes], cuts:
     wire = b"".join(pieces) + b"\r\n.\r\n"
     marker = (b"\r\n" + wire).find(b"\r\n.\r\n")
     reader = DotReader(100_000, bare_newlines="normalize", max_line=100_000)
-    leftover = b""
-    start = 0
-    for cut in [*sorted(c % (len(wire) + 1) for c in cuts), len(wire)]:
-        leftover += reader.feed(wire[start:cut]) if not reader.done else wire[start:cut]
-        start = cut
+    assert _fed_in_pieces(reader, wire, cuts) == wire[marker + 3 :]
     assert reader.done
-    assert leftover == wire[marker + 3 :]
     expected = dot_unstuff(wire[:marker])
     if has_bare_cr_or_lf(expected):
         expected = expected.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
