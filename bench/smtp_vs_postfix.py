@@ -130,6 +130,29 @@ def cpu_seconds(root: int) -> float:
     return ticks / CLK_TCK
 
 
+def role_of(pid: int, root: int) -> str:
+    """mailstead's process roles: the message-file helper (``-m ...message_files``), the
+    supervisor (the root when it forked workers) and the workers (the root when it did not)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "ended"
+    if b"message_files" in cmdline:
+        return "helper"
+    return "supervisor" if pid == root and len(tree(root)) > 2 else "worker"
+
+
+def cpu_by_role(root: int) -> dict[str, float]:
+    """CPU-seconds of each role of mailstead's tree (its own time, no reaped children)."""
+    roles: dict[str, float] = {}
+    for pid in tree(root):
+        fields = _stat(pid)
+        if fields is not None:
+            role = role_of(pid, root)
+            roles[role] = roles.get(role, 0.0) + sum(int(x) for x in fields[11:13]) / CLK_TCK
+    return roles
+
+
 def rss_mib(root: int) -> float:
     kib = 0
     for pid in tree(root):
@@ -289,9 +312,14 @@ class Postfix(Server):
 class Mailstead(Server):
     name = "mailstead"
 
-    def __init__(self, workdir: Path, resolver: str, profile: str | None) -> None:
-        self.data = workdir / "mailstead"
-        prepare_mailstead(self.data, 1, {"delivery": {"resolvers": [resolver]}})
+    def __init__(self, workdir: Path, resolver: str, profile: str | None,
+                 workers: int | None = None) -> None:
+        more: dict[str, dict[str, object]] = {"delivery": {"resolvers": [resolver]}}
+        if workers is not None:  # None: the default, one worker per core
+            self.name = f"mailstead-w{workers}"
+            more["server"] = {"workers": workers}
+        self.data = workdir / self.name
+        prepare_mailstead(self.data, 1, more)
         cmd = [sys.executable]
         if profile:
             cmd += ["-m", "cProfile", "-o", profile]
@@ -332,6 +360,7 @@ class Round:
     rate: float  # accepted msgs/s
     to_mailbox: float  # seconds from start until all were in the mailbox
     cpu: float  # server CPU-seconds
+    roles: dict[str, float] = field(default_factory=dict)  # mailstead's CPU-seconds by role
 
 
 @dataclass
@@ -349,6 +378,8 @@ class Result:
 
 def smtp_source(server: Server, row: Row, messages: int, sessions: int) -> Round:
     before_cpu = cpu_seconds(server.root_pid)
+    mailstead = isinstance(server, Mailstead)
+    before_roles = cpu_by_role(server.root_pid) if mailstead else {}
     before = server.delivered()
     cmd = [SMTP_SOURCE, "-s", str(sessions), "-l", str(row.size), "-m", str(messages),
            "-f", SENDER, "-t", RCPT, "-M", HELO]
@@ -366,7 +397,10 @@ def smtp_source(server: Server, row: Row, messages: int, sessions: int) -> Round
                                f"{messages} messages reached the mailbox")
         time.sleep(0.02)
     in_mailbox = time.perf_counter() - start
-    return Round(messages / accepted, in_mailbox, cpu_seconds(server.root_pid) - before_cpu)
+    after_roles = cpu_by_role(server.root_pid) if mailstead else {}
+    roles = {role: cpu - before_roles.get(role, 0.0) for role, cpu in after_roles.items()}
+    return Round(messages / accepted, in_mailbox, cpu_seconds(server.root_pid) - before_cpu,
+                 roles)
 
 
 async def _reply(reader: asyncio.StreamReader) -> bytes:
@@ -441,7 +475,7 @@ def report(row: Row, results: dict[str, Result], messages: int) -> dict[str, flo
     """Prints the row; returns each server's median CPU milliseconds per message."""
     print(f"\n{row.name}: {row.size // 1024} KiB, "
           f"{'connection reused (-d)' if row.reuse else 'a new connection per message'}")
-    print(f"  {'server':<10} {'msgs/s':>8} {'to mailbox s':>12} {'CPU s/1000':>10} "
+    print(f"  {'server':<12} {'msgs/s':>8} {'to mailbox s':>12} {'CPU s/1000':>10} "
           f"{'cores':>6} {'RSS MiB':>8} {'p50 ms':>7} {'p99 ms':>7}")
     for name, r in results.items():
         rate = statistics.median(x.rate for x in r.rounds)
@@ -450,13 +484,22 @@ def report(row: Row, results: dict[str, Result], messages: int) -> dict[str, flo
         # CPU the server got while smtp-source ran: on a loaded machine one process gets a
         # smaller share than twenty, which caps its msgs/s whatever each message costs.
         cores = statistics.median(x.cpu * x.rate / messages for x in r.rounds)
-        print(f"  {name:<10} {rate:8.0f} {mailbox:12.2f} {cpu:10.2f} {cores:6.2f} {r.rss:8.1f} "
+        print(f"  {name:<12} {rate:8.0f} {mailbox:12.2f} {cpu:10.2f} {cores:6.2f} {r.rss:8.1f} "
               f"{r.pct(0.5):7.1f} {r.pct(0.99):7.1f}")
-    if len(results) == 2:
-        ms, pf = results["mailstead"], results["postfix"]
+    for name, r in results.items():
+        roles = sorted({role for x in r.rounds for role in x.roles})
+        if roles:
+            per = {role: statistics.median(x.roles.get(role, 0.0) for x in r.rounds)
+                   for role in roles}
+            split = ", ".join(f"{role} {cpu * 1000 / messages:.2f}" for role, cpu in per.items())
+            print(f"  {name} CPU s/1000 by role: {split}")
+    pf = results.get("postfix")
+    for name, ms in results.items():
+        if pf is None or name == "postfix":
+            continue
         ratios = [a.rate / b.rate for a, b in zip(ms.rounds, pf.rounds, strict=True)]
         cpus = [a.cpu / b.cpu for a, b in zip(ms.rounds, pf.rounds, strict=True) if b.cpu]
-        print(f"  mailstead / postfix msgs/s per round: "
+        print(f"  {name} / postfix msgs/s per round: "
               f"{', '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f}x"
               f"; CPU ratio median {statistics.median(cpus) if cpus else float('nan'):.2f}")
     return {name: statistics.median(x.cpu for x in r.rounds) * 1000 / messages
@@ -485,6 +528,9 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(r.name for r in ROWS))
     parser.add_argument("--only", choices=["mailstead", "postfix"])
     parser.add_argument("--profile", help="run mailstead under cProfile, writing this file")
+    parser.add_argument("--workers", default="",
+                        help="comma-separated [server] workers counts, one mailstead each "
+                             "(default: its own default, one per core)")
     args = parser.parse_args()
     if args.quick:
         args.messages, args.rounds, args.latency = 200, 2, 100
@@ -507,7 +553,8 @@ def main() -> None:
     servers: list[Server] = []
     try:
         if args.only != "postfix":
-            servers.append(Mailstead(workdir, world.resolver, args.profile))
+            counts = [int(n) for n in args.workers.split(",") if n] or [None]
+            servers += [Mailstead(workdir, world.resolver, args.profile, n) for n in counts]
         if args.only != "mailstead":
             servers.append(Postfix(workdir))
         print(f"{args.messages} messages per server, row and round, {args.rounds} rounds "

@@ -887,20 +887,43 @@ lines_st = st.lists(
 )
 
 
+def _fed_in_pieces(reader: DotReader, stream: bytes, cuts: list[int]) -> bytes:
+    """Feeds ``stream`` cut at ``cuts`` (modulo its length); what came after the end marker."""
+    leftover = b""
+    start = 0
+    for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
+        leftover += reader.feed(stream[start:cut]) if not reader.done else stream[start:cut]
+        start = cut
+    return leftover
+
+
 @given(lines=lines_st, cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=6),
        after=st.binary(max_size=20))
 def test_dot_reader_round_trip(lines: list[bytes], cuts: list[int], after: bytes) -> None:
     content = b"".join(line + b"\r\n" for line in lines)
     stream = dot_stuff(content) + b".\r\n" + after
     reader = DotReader(100_000)
-    leftover = b""
-    start = 0
-    for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
-        leftover += reader.feed(stream[start:cut]) if not reader.done else stream[start:cut]
-        start = cut
+    assert _fed_in_pieces(reader, stream, cuts) == after
     assert reader.done
-    assert leftover == after
     assert reader.finish().content == content
+
+
+@given(pieces=st.lists(st.sampled_from([b"a", b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.",
+                                         b"\r\n.\r\n"]), max_size=30),
+       cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8))
+def test_dot_reader_matches_the_reference_on_any_wire(pieces: list[bytes], cuts: list[int]) -> None:
+    """Wherever the chunks split it, the reader ends at the first <CRLF>.<CRLF> (the CRLF of
+    the DATA command included) and keeps what a plain unstuff-then-normalise would: it skips
+    unstuffing only when it saw no line starting with a dot."""
+    wire = b"".join(pieces) + b"\r\n.\r\n"
+    marker = (b"\r\n" + wire).find(b"\r\n.\r\n")
+    reader = DotReader(100_000, bare_newlines="normalize", max_line=100_000)
+    assert _fed_in_pieces(reader, wire, cuts) == wire[marker + 3 :]
+    assert reader.done
+    expected = dot_unstuff(wire[:marker])
+    if has_bare_cr_or_lf(expected):
+        expected = expected.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    assert reader.finish().content == expected
 
 
 @given(st.binary(max_size=200))

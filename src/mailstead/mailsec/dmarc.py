@@ -27,8 +27,10 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+@lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
-    """3.2: the public suffix plus one label (the domain itself if it is a suffix)."""
+    """3.2: the public suffix plus one label (the domain itself if it is a suffix); kept, as
+    the same few sender domains come with message after message."""
     domain = domain.lower().rstrip(".")
     return _psl().privatesuffix(domain) or domain
 

@@ -78,6 +78,13 @@ class SpfResult:
     problem: str = ""  # why permerror/temperror, for logs and headers
 
 
+@lru_cache(maxsize=1024)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An ip4/ip6 mechanism's network, parsed once: the same records come with every message
+    of a sender (checked at parse time, so this does not raise)."""
+    return ipaddress.ip_network(text, strict=False)
+
+
 class _PermError(Exception):
     pass
 
@@ -342,8 +349,7 @@ class SpfChecker:
             if address.version != self.ip.version:
                 continue
             prefix = bits if bits is not None else address.max_prefixlen
-            network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
-            if self.ip in network:
+            if self.ip in _network(f"{address}/{prefix}"):
                 return True
         return False
 
@@ -400,11 +406,11 @@ class SpfChecker:
         if mech.name == "all":
             return True
         if mech.name == "ip4":
-            return self.ip.version == 4 and self.ip in ipaddress.ip_network(
-                f"{mech.network}/{32 if mech.cidr4 is None else mech.cidr4}", strict=False)
+            return self.ip.version == 4 and self.ip in _network(
+                f"{mech.network}/{32 if mech.cidr4 is None else mech.cidr4}")
         if mech.name == "ip6":
-            return self.ip.version == 6 and self.ip in ipaddress.ip_network(
-                f"{mech.network}/{128 if mech.cidr6 is None else mech.cidr6}", strict=False)
+            return self.ip.version == 6 and self.ip in _network(
+                f"{mech.network}/{128 if mech.cidr6 is None else mech.cidr6}")
         self.budget.lookup()  # every other mechanism queries DNS (4.6.4)
         target = await self.expand(mech.domain_spec, domain) if mech.domain_spec else domain
         if mech.name == "include":

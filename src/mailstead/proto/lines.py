@@ -18,6 +18,8 @@ from typing import Literal
 
 CRLF = b"\r\n"
 END_OF_DATA = b"\r\n.\r\n"
+DOT_LINE = b"\r\n."  # a line that starts with a dot: the end marker or a stuffed line
+END_TAIL = END_OF_DATA[len(DOT_LINE):]
 
 COMMAND_LINE_MAX = 512  # RFC 5321 4.5.3.1.4, including CRLF
 TEXT_LINE_MAX = 1000  # RFC 5321 4.5.3.1.6, including CRLF, not counting a stuffing dot
@@ -186,6 +188,10 @@ class DotReader:
         self._recent = CRLF
         self.raw_size = 0
         self.done = False
+        # Whether some line may start with a transparency dot: the search for the end marker
+        # looks for <CRLF>"." and sees them, so a message without any (most) is not scanned a
+        # second time to unstuff it. Only ever errs towards True (unstuffing then runs).
+        self._dots = False
 
     def feed(self, chunk: bytes) -> bytes:
         """Consumes ``chunk`` up to the end marker. Returns the bytes after the marker (empty
@@ -195,11 +201,13 @@ class DotReader:
         # A marker begun in the previous chunk ends in this one's first 4 bytes; one that lies
         # wholly in this chunk is searched for in place (the chunk is not copied to look).
         seam = self._recent + chunk[:4]
+        if DOT_LINE in seam:
+            self._dots = True
         found = seam.find(END_OF_DATA)
         if found >= 0:
             cut = found + len(END_OF_DATA) - len(self._recent)
         else:
-            found = chunk.find(END_OF_DATA)
+            found = self._find_end(chunk)
             if found < 0:
                 self._keep(chunk)
                 self._recent = (self._recent + chunk[-4:])[-4:]
@@ -208,6 +216,20 @@ class DotReader:
         self._keep(chunk[:cut] if cut < len(chunk) else chunk)
         self.done = True
         return chunk[cut:]
+
+    def _find_end(self, chunk: bytes) -> int:
+        """Where the first end marker lies wholly in ``chunk``, or -1. Until a line starting
+        with a dot is seen, each <CRLF>"." found is either the marker or such a line; after
+        one, the marker is searched for directly (a message of dot lines costs no loop)."""
+        if self._dots:
+            return chunk.find(END_OF_DATA)
+        found = chunk.find(DOT_LINE)
+        if found < 0:
+            return -1
+        if chunk.startswith(END_TAIL, found + len(DOT_LINE)):
+            return found
+        self._dots = True
+        return chunk.find(END_OF_DATA, found)
 
     def _keep(self, part: bytes) -> None:
         self.raw_size += len(part)
@@ -227,7 +249,7 @@ class DotReader:
         # Unstuffed first, then normalised: only a dot after CRLF is a transparency dot (RFC
         # 5321 4.5.2); one after a bare LF or CR stays, as the end marker needs CRLF on both
         # sides (4.1.1.4), so "\n.\n", "\n.\r\n", "\r.\r" and "\r\n.\n" end nothing here.
-        content = dot_unstuff(raw)
+        content = dot_unstuff(raw) if self._dots else raw
         if len(content) > self.max_size:
             return DataOutcome(b"", len(content), DataProblem.TOO_BIG)
         if has_bare_cr_or_lf(content):
