@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailstead.core.errors import QuotaExceeded
+from mailstead.mailsec.integrity import DMTP_HEADER_VALUES, dmtp_integrity
 from mailstead.proto import (
     dmap,
     dmtp,
@@ -826,9 +827,9 @@ class _FuzzDmtpBackend:
 
     async def send(self, message: dmtp.DmtpMessage) -> None:
         # What the DMTP service does with a message it accepts.
-        integrity = dmtp.hash_verifies(DMTP_SECRET, message)
+        state = dmtp_integrity(DMTP_SECRET, message)
         dmtp.to_rfc5322(message, date=_CREATED, message_id="<fuzz@example.test>",
-                        integrity_failed=not integrity)
+                        integrity=None if state is None else DMTP_HEADER_VALUES[state])
 
 
 def dmtp_run(data: bytes) -> object:
