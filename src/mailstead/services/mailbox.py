@@ -600,6 +600,11 @@ class _Shared:
         self.vanished_modseqs: list[int] = []
         self.vanished_uids: list[int] = []
         self.metas: dict[int, MessageMeta] = {}  # uid -> row as read (its flags may be old)
+        # Whether ``states`` are exactly the store's rows as of ``modseq``: the listing a SELECT
+        # installs may hold changes newer than the MODSEQ read before it, until a catch-up
+        # (one snapshot that covers every change after ``modseq``) has been applied.
+        self.exact = False
+        self._counts: tuple[int, int, int] | None = None  # (modseq, unseen, deleted)
 
     @property
     def loaded(self) -> bool:
@@ -610,6 +615,8 @@ class _Shared:
         self.states = states
         self.modseq = self.floor = modseq
         self.applied = generation
+        self.exact = False
+        self._counts = None
 
     def index_of(self, uid: int) -> int:
         i = bisect.bisect_left(self.uids, uid)
@@ -648,7 +655,23 @@ class _Shared:
             self.vanished_modseqs.append(top)
             self.vanished_uids.append(uid)
         self.modseq = top
+        self.exact = True
+        self._counts = None
         self._trim()
+
+    def flag_counts(self) -> tuple[int, int]:
+        """(unseen, deleted) among the current states, counted once per MODSEQ."""
+        counts = self._counts
+        if counts is None or counts[0] != self.modseq:
+            unseen = deleted = 0
+            for st in self.states:
+                flags = st.flags
+                if not flags & _SEEN:
+                    unseen += 1
+                if flags & _DELETED:
+                    deleted += 1
+            counts = self._counts = (self.modseq, unseen, deleted)
+        return counts[1], counts[2]
 
     def _trim(self) -> None:
         if len(self.log_modseqs) > LOG_ENTRIES:
@@ -850,6 +873,28 @@ class MailboxService:
         return await self.store.list_subscriptions(account_id)
 
     async def status(self, mailbox: Mailbox) -> MailboxStatus:
+        return await self.store.mailbox_status(mailbox.id)
+
+    async def fresh_status(self, mailbox: Mailbox, sizes: bool) -> MailboxStatus:
+        """STATUS of ``mailbox``, a row read from the store during the calling command. When
+        a session here has the mailbox selected, and its shared state is the store's exact
+        snapshot at the row's HIGHESTMODSEQ (every change, in any worker or node, raises it:
+        same MODSEQ, same messages and flags), the counts come from memory; else (or when
+        ``sizes`` are wanted, which memory does not keep) from the store."""
+        shared = self._feeds.get(mailbox.id)
+        if not sizes and shared is not None and shared.loaded:
+            if shared.modseq < mailbox.highestmodseq or not shared.exact:
+                # Behind: one catch-up query brings it (and every view here) up to date.
+                await self.sync(mailbox.id, force=True)
+            if shared.exact and shared.modseq == mailbox.highestmodseq:
+                unseen, deleted = shared.flag_counts()
+                uids = shared.uids
+                first_recent = bisect.bisect_left(uids, mailbox.first_recent_uid)
+                return MailboxStatus(
+                    messages=len(uids), unseen=unseen, recent=len(uids) - first_recent,
+                    size=0, uidnext=mailbox.uidnext, uidvalidity=mailbox.uidvalidity,
+                    highestmodseq=mailbox.highestmodseq, deleted=deleted, deleted_size=0,
+                )
         return await self.store.mailbox_status(mailbox.id)
 
     async def quota(self, account_id: int) -> Quota:
