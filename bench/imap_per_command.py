@@ -91,6 +91,8 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=400)
     parser.add_argument("--inbox", type=int, default=300)
     parser.add_argument("--only", default="", help="comma-separated command name prefixes")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="mailstead's [server] workers (1: one process, for cProfile)")
     args = parser.parse_args()
     only = {o.strip() for o in args.only.split(",") if o.strip()} or None
     if not os.path.exists(DOVECOT):
@@ -100,7 +102,7 @@ async def main() -> None:
         top = Path(tmp)
         (top / "mailstead").mkdir()
         (top / "dovecot").mkdir()
-        cfg = mailstead_config(top / "mailstead", free_port(), None)
+        cfg = mailstead_config(top / "mailstead", free_port(), args.workers)
         await bootstrap.initialise(cfg, demo_domain=None)
         await populate_mailstead(cfg, users, 0)
         servers = [start_mailstead(top / "mailstead", cfg.listeners["imap"].port),

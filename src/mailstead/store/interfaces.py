@@ -91,6 +91,9 @@ class MetadataStore(Protocol):
     """
 
     backend: str  # "sqlite" or "postgresql"
+    # True when ``changes_since`` answers without suspending the caller (run on the event
+    # loop itself): callers may then await it directly, with no task to share it.
+    changes_inline: bool
 
     async def open(self) -> None:
         """Connect and apply pending migrations."""

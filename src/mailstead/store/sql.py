@@ -165,6 +165,7 @@ class SqlStore(ABC):
     runners; ``_run_write`` must return only after the transaction committed durably."""
 
     backend: str
+    changes_inline = False
 
     def __init__(self, changes: ChangeBus) -> None:
         self.changes = changes

@@ -142,6 +142,7 @@ _STOP = None
 
 class SqliteStore(SqlStore):
     backend = "sqlite"
+    changes_inline = True  # changes_since is in _INLINE_READS
 
     def __init__(self, path: Path, changes: ChangeBus) -> None:
         super().__init__(changes)
