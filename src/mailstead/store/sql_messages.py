@@ -162,7 +162,7 @@ def append_claiming_recent(db: Db, delivery: Delivery) -> tuple[MessageMeta, int
 
 
 def list_flags(db: Db, mailbox_id: int) -> list[FlagState]:
-    with gc_paused():
+    with gc_paused(keeps=True):  # a SELECT keeps them as the mailbox's shared state
         rows = db.rows(
             f"SELECT {FLAG_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
         )
