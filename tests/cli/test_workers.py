@@ -221,6 +221,15 @@ def _status_numbers(client: imaplib.IMAP4, items: str) -> dict[str, int]:
     return {words[i].decode(): int(words[i + 1]) for i in range(0, len(words), 2)}
 
 
+def _flags_told(response: tuple[str, list[Any]]) -> bytes:
+    """The last FETCH of message 1 in a STORE's answer (imaplib also hands back the changes
+    reported earlier)."""
+    typ, data = response
+    assert typ == "OK", data
+    told = [d for d in data if isinstance(d, bytes) and d.startswith(b"1 (")]
+    return told[-1]
+
+
 def test_status_in_one_worker_is_current_right_after_changes_in_the_other(
     tmp_path: Path, store_overrides: dict[str, Any], tls_files: tuple[Path, Path],
     serve_process: Callable[..., ServeProcess],
@@ -254,6 +263,17 @@ def test_status_in_one_worker_is_current_right_after_changes_in_the_other(
         assert (expunged["MESSAGES"], expunged["DELETED"]) == (0, 0)
         assert expunged["UIDNEXT"] == appended["UIDNEXT"]
         before = expunged
+    # A STORE that would change nothing is decided on a read of what is committed now: the
+    # other worker's change just before it always counts.
+    assert changer.append("INBOX", "", None, message)[0] == "OK"
+    assert asker.noop()[0] == "OK" and changer.noop()[0] == "OK"  # NOOP asks the store
+    for _ in range(5):
+        assert changer.store("1", "-FLAGS.SILENT", "(\\Seen)")[0] == "OK"
+        assert b"\\Seen" in _flags_told(asker.store("1", "+FLAGS", "(\\Seen)"))
+        assert _status_numbers(changer, "UNSEEN MESSAGES SIZE")["UNSEEN"] == 0
+        assert changer.store("1", "+FLAGS.SILENT", "(\\Seen)")[0] == "OK"
+        assert b"\\Seen" not in _flags_told(asker.store("1", "-FLAGS", "(\\Seen)"))
+        assert _status_numbers(changer, "UNSEEN MESSAGES SIZE")["UNSEEN"] == 1
     for client in (asker, changer):
         client.logout()
 

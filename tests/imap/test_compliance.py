@@ -665,3 +665,33 @@ def test_status_of_a_selected_mailbox_is_current_right_after_another_sessions_ch
     finally:
         for conn in (a, b, c):
             conn.close()
+
+
+@BOTH
+def test_a_store_that_changes_nothing_answers_the_current_flags_and_keeps_the_modseq(
+        mail_server: RunningServer) -> None:
+    """RFC 9051 6.4.6 and RFC 7162 3.1.3: STORE +FLAGS of a flag the message has (set by
+    another session just before) answers the message's flags and leaves its MODSEQ; the same
+    STORE right after the other session removed the flag sets it again."""
+    deliver(mail_server, message("one"))
+    a, b = Raw(mail_server), Raw(mail_server)
+    try:
+        for conn in (a, b):
+            conn.login()
+            assert status_of(conn.cmd("SELECT INBOX (CONDSTORE)")) == b"OK [READ-WRITE]"
+        for _ in range(3):
+            assert status_of(b.cmd("STORE 1 +FLAGS.SILENT (\\Seen)")) == b"OK"
+            modseq = _status(b, "HIGHESTMODSEQ")["HIGHESTMODSEQ"]
+            lines = a.cmd("STORE 1 +FLAGS (\\Seen)")
+            told = [x for x in lines if x.startswith(b"* 1 FETCH")]
+            assert b"\\Seen" in told[-1] and told[-1].endswith(b"MODSEQ (%d))" % modseq), lines
+            assert _status(a, "HIGHESTMODSEQ")["HIGHESTMODSEQ"] == modseq
+            assert status_of(b.cmd("STORE 1 -FLAGS.SILENT (\\Seen)")) == b"OK"
+            lines = a.cmd("STORE 1 +FLAGS (\\Seen)")
+            told = [x for x in lines if x.startswith(b"* 1 FETCH")]
+            new = b"MODSEQ (%d))" % (modseq + 2)
+            assert b"\\Seen" in told[-1] and told[-1].endswith(new), lines
+            assert status_of(b.cmd("STORE 1 -FLAGS.SILENT (\\Seen)")) == b"OK"
+    finally:
+        for conn in (a, b):
+            conn.close()

@@ -49,6 +49,7 @@ MAX_NAME_BYTES = 512
 MAX_LEVELS = 16
 # Above this many wanted messages, read every flag row once instead of an IN (...) query.
 BULK_FLAGS = 500
+FEW_FLAGS = 50  # a STORE of at most this many messages first reads whether it changes any
 SORT_SLICE = 10_000  # rows per store read of a SORT or THREAD
 R = TypeVar("R", bound=tuple[Any, ...])
 LOG_ENTRIES = 20_000  # changes each shared mailbox state remembers for its views
@@ -501,6 +502,14 @@ class MailboxView:
         unchanged_since: int | None = None,
     ) -> FlagUpdate:
         self._writable()
+        if unchanged_since is None and len(uids) <= FEW_FLAGS:
+            # A STORE that would change nothing (+FLAGS \Seen on a seen message: half of
+            # what clients send) is answered from one read of what is committed now, with no
+            # write transaction; it takes effect at that read, before any later change.
+            now = await self.store.flags_of(self.mailbox.id, uids)
+            if not any(_changes(st, mode, flags, keywords) for st in now):
+                return FlagUpdate(changed=[], failed_uids=[],
+                                  highestmodseq=max((st.modseq for st in now), default=0))
         result = await self.store.update_flags(
             self.mailbox.id, uids, mode, flags, keywords, unchanged_since
         )
@@ -710,6 +719,15 @@ def _without(items: S, positions: list[int]) -> S:
         start = i + 1
     out += items[start:]
     return out
+
+
+def _changes(st: FlagState, mode: str, flags: int, keywords: frozenset[str]) -> bool:
+    """Whether a STORE of ``mode`` would change the message (as store.update_flags decides)."""
+    if mode == "add":
+        return st.flags | flags != st.flags or not keywords <= st.keywords
+    if mode == "remove":
+        return st.flags & ~flags != st.flags or not keywords.isdisjoint(st.keywords)
+    return st.flags != flags or st.keywords != keywords
 
 
 def _by_modseq(st: FlagState) -> int:

@@ -258,6 +258,10 @@ class MetadataStore(Protocol):
     async def list_flags(self, mailbox_id: int) -> list[FlagState]:
         """Every message's uid, modseq and flags, in UID order (SELECT, FETCH FLAGS)."""
 
+    async def flags_of(self, mailbox_id: int, uids: Sequence[int]) -> list[FlagState]:
+        """The uid, modseq and flags of a few messages (those of ``uids`` that exist), in UID
+        order, as committed now (a STORE that would change nothing needs no write)."""
+
     async def get_messages(
         self, mailbox_id: int, uids: Iterable[int] | None = None
     ) -> list[MessageMeta]:
