@@ -212,6 +212,72 @@ def test_a_message_appended_in_one_worker_is_recent_there_only(
         client.logout()
 
 
+def _status_numbers(client: imaplib.IMAP4, items: str) -> dict[str, int]:
+    typ, data = client.status("INBOX", f"({items})")
+    assert typ == "OK", data
+    raw = data[0]
+    assert isinstance(raw, bytes)
+    words = raw[raw.index(b"(") + 1:raw.rindex(b")")].split()
+    return {words[i].decode(): int(words[i + 1]) for i in range(0, len(words), 2)}
+
+
+def _flags_told(response: tuple[str, list[Any]]) -> bytes:
+    """The last FETCH of message 1 in a STORE's answer (imaplib also hands back the changes
+    reported earlier)."""
+    typ, data = response
+    assert typ == "OK", data
+    told = [d for d in data if isinstance(d, bytes) and d.startswith(b"1 (")]
+    return told[-1]
+
+
+def test_status_in_one_worker_is_current_right_after_changes_in_the_other(
+    tmp_path: Path, store_overrides: dict[str, Any], tls_files: tuple[Path, Path],
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    """RFC 9051 6.3.11 across workers: STATUS in a worker where INBOX is selected (its counts
+    may come from memory) tells each APPEND, STORE and EXPUNGE the other worker answered OK
+    for just before, without waiting for the change feed, and agrees with SIZE (the store)."""
+    cfg = prepare(tmp_path / "data", store_overrides, tls_files)
+    server = serve_process(cfg.data_dir)
+    port = server.ports["imap"]
+    asker, changer = connections_in_each_worker(server, lambda: imap_login(port)).values()
+    assert asker.select("INBOX")[0] == "OK"
+    assert changer.select("INBOX")[0] == "OK"
+    items = "MESSAGES UNSEEN UIDNEXT RECENT DELETED HIGHESTMODSEQ"
+    before = _status_numbers(asker, items)
+    message = b"From: carol@remote.test\r\nSubject: appended\r\n\r\nhi\r\n"
+    for _ in range(5):
+        assert changer.append("INBOX", "", None, message)[0] == "OK"
+        appended = _status_numbers(asker, items)
+        assert appended["MESSAGES"] == before["MESSAGES"] + 1
+        assert appended["UNSEEN"] == before["UNSEEN"] + 1
+        assert appended["UIDNEXT"] > before["UIDNEXT"]
+        assert appended["HIGHESTMODSEQ"] > before["HIGHESTMODSEQ"]
+        assert _status_numbers(asker, "MESSAGES SIZE")["MESSAGES"] == appended["MESSAGES"]
+        assert changer.store("1:*", "+FLAGS", "(\\Seen \\Deleted)")[0] == "OK"
+        stored = _status_numbers(asker, items)
+        assert (stored["UNSEEN"], stored["DELETED"]) == (0, appended["MESSAGES"])
+        assert stored["HIGHESTMODSEQ"] > appended["HIGHESTMODSEQ"]
+        assert changer.expunge()[0] == "OK"
+        expunged = _status_numbers(asker, items)
+        assert (expunged["MESSAGES"], expunged["DELETED"]) == (0, 0)
+        assert expunged["UIDNEXT"] == appended["UIDNEXT"]
+        before = expunged
+    # A STORE that would change nothing is decided on a read of what is committed now: the
+    # other worker's change just before it always counts.
+    assert changer.append("INBOX", "", None, message)[0] == "OK"
+    assert asker.noop()[0] == "OK" and changer.noop()[0] == "OK"  # NOOP asks the store
+    for _ in range(5):
+        assert changer.store("1", "-FLAGS.SILENT", "(\\Seen)")[0] == "OK"
+        assert b"\\Seen" in _flags_told(asker.store("1", "+FLAGS", "(\\Seen)"))
+        assert _status_numbers(changer, "UNSEEN MESSAGES SIZE")["UNSEEN"] == 0
+        assert changer.store("1", "+FLAGS.SILENT", "(\\Seen)")[0] == "OK"
+        assert b"\\Seen" not in _flags_told(asker.store("1", "-FLAGS", "(\\Seen)"))
+        assert _status_numbers(changer, "UNSEEN MESSAGES SIZE")["UNSEEN"] == 1
+    for client in (asker, changer):
+        client.logout()
+
+
 def test_per_ip_and_per_user_caps_hold_across_workers(
     tmp_path: Path, tls_files: tuple[Path, Path], serve_process: Callable[..., ServeProcess],
 ) -> None:

@@ -615,3 +615,83 @@ def test_status_size_is_the_sum_of_the_message_sizes(mail_server: RunningServer)
     lines = raw.cmd('LIST "" INBOX RETURN (STATUS (SIZE))')
     assert f'* STATUS "INBOX" (SIZE {left})'.encode() in lines, lines
     assert status_of(raw.cmd("STATUS INBOX (SIZE BOGUS)")) == b"BAD"
+
+
+def _status(raw: Raw, items: str) -> dict[str, int]:
+    lines = raw.cmd(f"STATUS INBOX ({items})")
+    assert status_of(lines) == b"OK", lines
+    line = next(x for x in lines if x.startswith(b"* STATUS "))
+    words = line[line.index(b"(") + 1:line.rindex(b")")].split()
+    return {words[i].decode(): int(words[i + 1]) for i in range(0, len(words), 2)}
+
+
+@BOTH
+def test_status_of_a_selected_mailbox_is_current_right_after_another_sessions_change(
+        mail_server: RunningServer) -> None:
+    """RFC 9051 6.3.11: STATUS gives the mailbox as it is now. A session with INBOX selected
+    (its counts may come from the shared state in memory) asks STATUS right after another
+    session's APPEND, STORE and EXPUNGE, with no NOOP between: each change is in the answer,
+    and the answer equals what a session without INBOX selected (the store) is told."""
+    items = "MESSAGES UNSEEN UIDNEXT UIDVALIDITY RECENT DELETED HIGHESTMODSEQ"
+    deliver(mail_server, message("one"))
+    deliver(mail_server, message("two"))
+    a, b, c = Raw(mail_server), Raw(mail_server), Raw(mail_server)
+    try:
+        for conn in (a, b, c):
+            conn.login()
+        assert status_of(a.cmd("SELECT INBOX")) == b"OK [READ-WRITE]"
+        assert status_of(b.cmd("SELECT INBOX")) == b"OK [READ-WRITE]"
+        first = _status(a, items)
+        assert (first["MESSAGES"], first["UNSEEN"], first["DELETED"]) == (2, 2, 0)
+        for step in range(6):
+            uid = _append(b, message(f"appended {step}"))
+            after_append = _status(a, items)
+            assert after_append["MESSAGES"] == first["MESSAGES"] + 1
+            assert after_append["UIDNEXT"] == uid + 1
+            assert after_append == _status(c, items)
+            assert status_of(b.cmd(f"UID STORE {uid} +FLAGS (\\Seen \\Deleted)")) == b"OK"
+            after_store = _status(a, items)
+            assert after_store["UNSEEN"] == after_append["UNSEEN"] - 1
+            assert after_store["DELETED"] == 1
+            assert after_store["HIGHESTMODSEQ"] > after_append["HIGHESTMODSEQ"]
+            assert after_store == _status(c, items)
+            assert status_of(b.cmd(f"UID EXPUNGE {uid}")) == b"OK"
+            after_expunge = _status(a, items)
+            assert after_expunge["MESSAGES"] == after_append["MESSAGES"] - 1
+            assert after_expunge["DELETED"] == 0
+            assert after_expunge == _status(c, items)
+        sized = _status(a, "MESSAGES SIZE")
+        assert sized["MESSAGES"] == 2 and sized["SIZE"] > 0
+    finally:
+        for conn in (a, b, c):
+            conn.close()
+
+
+@BOTH
+def test_a_store_that_changes_nothing_answers_the_current_flags_and_keeps_the_modseq(
+        mail_server: RunningServer) -> None:
+    """RFC 9051 6.4.6 and RFC 7162 3.1.3: STORE +FLAGS of a flag the message has (set by
+    another session just before) answers the message's flags and leaves its MODSEQ; the same
+    STORE right after the other session removed the flag sets it again."""
+    deliver(mail_server, message("one"))
+    a, b = Raw(mail_server), Raw(mail_server)
+    try:
+        for conn in (a, b):
+            conn.login()
+            assert status_of(conn.cmd("SELECT INBOX (CONDSTORE)")) == b"OK [READ-WRITE]"
+        for _ in range(3):
+            assert status_of(b.cmd("STORE 1 +FLAGS.SILENT (\\Seen)")) == b"OK"
+            modseq = _status(b, "HIGHESTMODSEQ")["HIGHESTMODSEQ"]
+            lines = a.cmd("STORE 1 +FLAGS (\\Seen)")
+            told = [x for x in lines if x.startswith(b"* 1 FETCH")]
+            assert b"\\Seen" in told[-1] and told[-1].endswith(b"MODSEQ (%d))" % modseq), lines
+            assert _status(a, "HIGHESTMODSEQ")["HIGHESTMODSEQ"] == modseq
+            assert status_of(b.cmd("STORE 1 -FLAGS.SILENT (\\Seen)")) == b"OK"
+            lines = a.cmd("STORE 1 +FLAGS (\\Seen)")
+            told = [x for x in lines if x.startswith(b"* 1 FETCH")]
+            new = b"MODSEQ (%d))" % (modseq + 2)
+            assert b"\\Seen" in told[-1] and told[-1].endswith(new), lines
+            assert status_of(b.cmd("STORE 1 -FLAGS.SILENT (\\Seen)")) == b"OK"
+    finally:
+        for conn in (a, b):
+            conn.close()

@@ -265,7 +265,9 @@ def _status_value(s: ImapSession, item: str, st: MailboxStatus) -> int:
 
 
 async def _write_status(s: ImapSession, box: Mailbox, items: tuple[str, ...]) -> None:
-    st = await s.mailboxes.status(box)
+    """``box`` was read from the store by this command (STATUS, LIST-STATUS)."""
+    sizes = "SIZE" in items or "DELETED-STORAGE" in items
+    st = await s.mailboxes.fresh_status(box, sizes)
     pairs = " ".join(f"{item} {_status_value(s, item, st)}" for item in items)
     s.io.write(b"* STATUS " + s.mailbox_out(box.name) + f" ({pairs})\r\n".encode())
 

@@ -91,6 +91,9 @@ class MetadataStore(Protocol):
     """
 
     backend: str  # "sqlite" or "postgresql"
+    # True when ``changes_since`` answers without suspending the caller (run on the event
+    # loop itself): callers may then await it directly, with no task to share it.
+    changes_inline: bool
 
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -254,6 +257,10 @@ class MetadataStore(Protocol):
 
     async def list_flags(self, mailbox_id: int) -> list[FlagState]:
         """Every message's uid, modseq and flags, in UID order (SELECT, FETCH FLAGS)."""
+
+    async def flags_of(self, mailbox_id: int, uids: Sequence[int]) -> list[FlagState]:
+        """The uid, modseq and flags of a few messages (those of ``uids`` that exist), in UID
+        order, as committed now (a STORE that would change nothing needs no write)."""
 
     async def get_messages(
         self, mailbox_id: int, uids: Iterable[int] | None = None

@@ -105,6 +105,7 @@ from mailstead.store.sql_messages import (
     changes_since,
     copy_messages,
     expunge,
+    flags_of,
     get_messages,
     list_flags,
     reap_blobs,
@@ -165,6 +166,7 @@ class SqlStore(ABC):
     runners; ``_run_write`` must return only after the transaction committed durably."""
 
     backend: str
+    changes_inline = False
 
     def __init__(self, changes: ChangeBus) -> None:
         self.changes = changes
@@ -431,6 +433,9 @@ class SqlStore(ABC):
 
     async def list_flags(self, mailbox_id: int) -> list[FlagState]:
         return await self._read(list_flags, mailbox_id)
+
+    async def flags_of(self, mailbox_id: int, uids: Sequence[int]) -> list[FlagState]:
+        return await self._read(flags_of, mailbox_id, list(uids))
 
     async def get_messages(
         self, mailbox_id: int, uids: Iterable[int] | None = None

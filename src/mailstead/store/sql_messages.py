@@ -163,8 +163,13 @@ def append_claiming_recent(db: Db, delivery: Delivery) -> tuple[MessageMeta, int
     return stored, claim_recent(db, delivery.mailbox_id)
 
 
+def flags_of(db: Db, mailbox_id: int, uids: Sequence[int]) -> list[FlagState]:
+    """FlagStates of a few UIDs (those that exist), in UID order: one statement."""
+    return _flag_states(_select_by_uids(db, FLAG_COLS, mailbox_id, uids, 0))
+
+
 def list_flags(db: Db, mailbox_id: int) -> list[FlagState]:
-    with gc_paused():
+    with gc_paused(keeps=True):  # a SELECT keeps them as the mailbox's shared state
         rows = db.rows(
             f"SELECT {FLAG_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
         )

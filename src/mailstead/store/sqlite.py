@@ -39,6 +39,7 @@ from mailstead.store.sql_base import Db, Op, Row, apply_migrations
 from mailstead.store.sql_mailboxes import first_recent_uid, get_mailbox, get_mailbox_by_id
 from mailstead.store.sql_messages import (
     changes_since,
+    flags_of,
     get_messages,
     list_flags,
     sort_columns,
@@ -122,16 +123,16 @@ _INLINE_READS: frozenset[Callable[..., Any]] = frozenset({
     changes_since, get_mailbox, get_mailbox_by_id, get_account, get_account_by_id,
     first_recent_uid,
 })
-INLINE_ROWS = 50  # get_messages of at most this many UIDs runs inline too
+INLINE_ROWS = 50  # get_messages and flags_of of at most this many UIDs run inline too
 # Reads of one SELECT statement: SQLite gives a statement a consistent snapshot of its own,
 # so they run without BEGIN ... ROLLBACK around them (two statements fewer per read).
 _ONE_STATEMENT: frozenset[Callable[..., Any]] = _INLINE_READS | {
-    get_messages, list_flags, sort_columns, sort_fields,
+    flags_of, get_messages, list_flags, sort_columns, sort_fields,
 }
 
 
 def _few(args: tuple[Any, ...]) -> bool:
-    """get_messages(mailbox_id, uids): a short list of UIDs (not None, meaning all)."""
+    """get_messages/flags_of(mailbox_id, uids): a short list of UIDs (not None: all)."""
     return len(args) == 2 and isinstance(args[1], list) and len(args[1]) <= INLINE_ROWS
 
 
@@ -142,6 +143,7 @@ _STOP = None
 
 class SqliteStore(SqlStore):
     backend = "sqlite"
+    changes_inline = True  # changes_since is in _INLINE_READS
 
     def __init__(self, path: Path, changes: ChangeBus) -> None:
         super().__init__(changes)
@@ -216,7 +218,7 @@ class SqliteStore(SqlStore):
         # hands twice: ~50 us, more than a NOOP's own work). WAL readers never wait for the
         # writer, so this does not stall the loop.
         one = op in _ONE_STATEMENT
-        if op in _INLINE_READS or (op is get_messages and _few(args)):
+        if op in _INLINE_READS or ((op is get_messages or op is flags_of) and _few(args)):
             if self._readers is None:
                 raise RuntimeError("store is not open")
             return op(self._db(), *args, **kwargs)
