@@ -1,18 +1,21 @@
-"""The shared per-mailbox flag state behind IMAP views (services/mailbox.py ``_Shared``): what
-it answers for "changes since m" must match what the store would say."""
+"""The shared per-mailbox flag state behind IMAP views (services/mailbox_state.py
+``SharedMailboxState``): what it answers for "changes since m" must match what the store
+would say."""
 
 from __future__ import annotations
 
+from array import array
+
 import pytest
 
-from mailstead.services import mailbox
-from mailstead.services.mailbox import _Shared
+from mailstead.services import mailbox_state, mailbox_view
+from mailstead.services.mailbox_state import SharedMailboxState
 from mailstead.store.changes import ChangeBus
 from mailstead.store.interfaces import Changes, FlagState
 
 
-def _state(*states: FlagState) -> _Shared:
-    shared = _Shared(ChangeBus().watch(1))
+def _state(*states: FlagState) -> SharedMailboxState:
+    shared = SharedMailboxState(ChangeBus().watch(1))
     shared.install(list(states), modseq=10, generation=0)
     return shared
 
@@ -41,7 +44,7 @@ def test_new_message_expunged_in_the_same_round_never_appears() -> None:
 
 
 def test_trimmed_log_raises_the_floor(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mailbox, "LOG_ENTRIES", 4)
+    monkeypatch.setattr(mailbox_state, "LOG_ENTRIES", 4)
     shared = _state(FlagState(1, 5, 0, frozenset()))
     for m in range(11, 17):
         shared.apply(Changes([FlagState(1, m, m % 2, frozenset())], [], m))
@@ -52,9 +55,9 @@ def test_trimmed_log_raises_the_floor(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_recent_ranges_join_and_answer_by_bisection() -> None:
     """A view's \\Recent UIDs: claims that follow each other make one range (a session
     APPENDing again and again), others stay apart; every UID answered as a scan would."""
-    view = mailbox.MailboxView.__new__(mailbox.MailboxView)
+    view = mailbox_view.MailboxView.__new__(mailbox_view.MailboxView)
     view.recent_ranges = []
-    view.uids = mailbox.array("Q", range(1, 31))
+    view.uids = array("Q", range(1, 31))
     for first, last in [(3, 5), (6, 6), (9, 12), (13, 13), (20, 20), (22, 25)]:
         view._add_recent(first, last)
     assert view.recent_ranges == [(3, 6), (9, 13), (20, 20), (22, 25)]

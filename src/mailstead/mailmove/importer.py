@@ -20,7 +20,8 @@ from mailstead.core.errors import Conflict, InvalidInput, NotFound
 from mailstead.core.models import Account, Envelope, Mailbox, MessageMeta, NewMessage
 from mailstead.mailmove.sources import SourceMessage, header_date, role_of
 from mailstead.proto.mime import parse_envelope_fields
-from mailstead.services.mailbox import MailboxService, normalize_name
+from mailstead.services.mailbox import MailboxService
+from mailstead.services.mailbox_names import normalize_name
 
 BATCH = 500  # messages per durable batch
 READ_CHUNK = 200  # messages taken from a (blocking) source per thread hop

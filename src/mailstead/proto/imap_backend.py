@@ -2,7 +2,7 @@
 
 The session (pure code) talks to the client through ``ClientIO`` and to mail through
 ``MailboxBackend`` / ``SelectedView``; the network layer supplies real objects
-(net/imap_server.py with services/mailbox.py), tests may supply fakes.
+(net/imap_server.py with services/mailbox_view.py), tests may supply fakes.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from mailstead.core.errors import InvalidInput, NotFound
 from mailstead.proto import mime
 from mailstead.proto.mime_preview import preview
 from mailstead.services import mail_order
-from mailstead.services.mailbox import MailboxService, MailboxView
+from mailstead.services.mailbox import MailboxService
+from mailstead.services.mailbox_view import MailboxView
 from mailstead.store.interfaces import Account, Mailbox, MessageMeta, SystemFlag
 
 # Display order of the special folders; the others follow alphabetically.

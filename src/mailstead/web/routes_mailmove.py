@@ -19,7 +19,7 @@ from starlette.routing import Route
 from mailstead.core.errors import InvalidInput
 from mailstead.mailmove import export
 from mailstead.mailmove.imap_pull import ImapAccount, Security
-from mailstead.services.mailbox import normalize_name
+from mailstead.services.mailbox_names import normalize_name
 from mailstead.web.pages import (
     field,
     mailroom,
