@@ -1181,3 +1181,30 @@ def test_header_of_many_tiny_fields_parses_in_linear_time() -> None:
     root = mime.parse(data)
     assert len(root.fields) == mime.MAX_FIELDS
     assert data[root.body_start:] == b"body\r\n"
+
+
+def _regex_delimiters(data: bytes, marker: bytes, start: int, end: int
+                      ) -> list[tuple[int, int, bool]]:
+    """The reference: RFC 2046 5.1.1 delimiter lines as one regex finds them."""
+    pattern = re.compile(rb"^" + re.escape(marker) + rb"(--)?[ \t]*(?:\r?\n|\Z)", re.MULTILINE)
+    return [(m.start(), m.end(), m.group(1) is not None)
+            for m in pattern.finditer(data, start, end)]
+
+
+_WIRE_PIECES = [b"--b", b"--b--", b"--", b"-", b"b", b"\r\n", b"\n", b"\r", b" ", b"\t", b"x",
+                b"--bb", b"\r\n--b\r\n", b"\n--b--  \n"]
+
+
+@settings(max_examples=2000)
+@given(st.lists(st.sampled_from(_WIRE_PIECES), max_size=30), st.integers(0, 5),
+       st.integers(0, 5))
+def test_boundary_delimiters_are_found_as_the_rfc_2046_regex_finds_them(
+        pieces: list[bytes], cut_start: int, cut_end: int) -> None:
+    data = b"".join(pieces)
+    start, end = min(cut_start, len(data)), max(len(data) - cut_end, 0)
+    if start > end:
+        start = end
+    if start > 0 and data[start - 1:start] != b"\n":
+        return  # a body always starts after a line end (the header's blank line)
+    assert list(mime._delimiters(data, b"--b", start, end)) == \
+        _regex_delimiters(data, b"--b", start, end)
