@@ -1208,3 +1208,20 @@ def test_boundary_delimiters_are_found_as_the_rfc_2046_regex_finds_them(
         return  # a body always starts after a line end (the header's blank line)
     assert list(mime._delimiters(data, b"--b", start, end)) == \
         _regex_delimiters(data, b"--b", start, end)
+
+
+@pytest.mark.parametrize("data", [
+    b"From: A <a@x.test>\r\nTo: b@y.test, \"C D\" <c@z.test>\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n"
+    b"Date: Mon, 01 Jan 2024 03:05:00 +0000\r\nMessage-ID: <1@x.test>\r\n"
+    b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\n"
+    b"hi\r\n--zz\r\nContent-Type: message/rfc822\r\n\r\nFrom: inner@q.test\r\nSubject: in\r\n"
+    b"\r\nbody\r\n--zz--\r\n",
+    b"Subject: no body",
+    b"\r\n\r\nno header at all",
+    b"".join(b"Received: from h%d\r\n" % i for i in range(12_000))
+    + b"From: late@x.test\r\nSubject: late\r\n\r\nbody",
+])
+def test_envelope_from_the_header_alone_equals_the_full_parse(data: bytes) -> None:
+    """FETCH ENVELOPE parses only the header when no part tree is kept (imap_cmd_fetch)."""
+    assert mime_imap.envelope(data, mime.parse_header_only(data)) == \
+        mime_imap.envelope(data, mime.parse(data))

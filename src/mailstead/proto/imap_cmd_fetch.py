@@ -248,10 +248,13 @@ async def _structure(msg: _Message, name: str) -> bytes:
     cached = imap_fetch_cache.encoded(blob_id, name, utf8)
     if cached is not None:
         return cached
-    data, root = await msg.bytes(), await msg.root()
+    data = await msg.bytes()
     if name == "ENVELOPE":
+        # The header is enough: the body's parts are parsed only if another item needs them.
+        root = msg.tree or imap_fetch_cache.kept_tree(blob_id) or mime.parse_header_only(data)
         value = mime_imap.envelope(data, root)
     else:
+        root = await msg.root()
         value = mime_imap.bodystructure(data, root, name != "BODY")
     encoded = imap_sexpr.encode(value, utf8)
     imap_fetch_cache.remember(blob_id, name, utf8, encoded)

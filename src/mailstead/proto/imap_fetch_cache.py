@@ -36,6 +36,14 @@ def tree(blob_id: str, data: bytes) -> mime.Part:
     return part
 
 
+def kept_tree(blob_id: str) -> mime.Part | None:
+    """The part tree of message file ``blob_id`` if one is kept, else None."""
+    found = _trees.get(blob_id)
+    if found is not None:
+        _trees.move_to_end(blob_id)
+    return found
+
+
 def encoded(blob_id: str, item: str, utf8: bool) -> bytes | None:
     """The encoded value of FETCH ``item`` (ENVELOPE, BODY, BODYSTRUCTURE, or a section spec
     such as ``HEADER.FIELDS (FROM TO)``) of a message file, as ``remember`` kept it for a
