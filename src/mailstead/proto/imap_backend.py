@@ -147,6 +147,9 @@ class SelectedView(Protocol):
         message of the mailbox above ``after_uid``, in UID order, column-wise, the UIDs
         first; may include messages this view has not announced yet."""
     async def body(self, blob_id: str, size: int | None = None) -> bytes: ...
+    def body_now(self, blob_id: str, size: int) -> bytes | None:
+        """The bytes when they can be read without waiting (a small message file, read on
+        the spot), else None: ``body`` then reads them."""
     async def store_flags(
         self,
         uids: Sequence[int],

@@ -326,6 +326,15 @@ class MailboxService:
         is read right here: that costs less than handing it to a thread and back."""
         if size is None or size > SMALL_BLOB:
             return await asyncio.to_thread(self.blobs.get, blob_id)
+        data = self.read_small_blob(blob_id, size)
+        assert data is not None
+        return data
+
+    def read_small_blob(self, blob_id: str, size: int) -> bytes | None:
+        """``read_blob`` of a small file, right here (no thread, no await); None for a file
+        larger than ``SMALL_BLOB``, which ``read_blob`` hands to a thread."""
+        if size > SMALL_BLOB:
+            return None
         cache = self._blob_cache
         data = cache.get(blob_id)
         if data is not None:

@@ -424,6 +424,9 @@ class MailboxView:
     async def body(self, blob_id: str, size: int | None = None) -> bytes:
         return await self.service.read_blob(blob_id, size)
 
+    def body_now(self, blob_id: str, size: int) -> bytes | None:
+        return self.service.read_small_blob(blob_id, size)
+
     # -- changing messages --
 
     async def store_flags(
