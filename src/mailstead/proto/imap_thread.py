@@ -364,13 +364,13 @@ class _Threader:
         have only messages as children; dummies, at the top or just under it, go last,
         deepest first, so each sorts by its children's earliest."""
         msg, by_key = self.msg, self.key.__getitem__
-        dummies = []
-        for n, (c, children) in enumerate(self.kids.items()):
+        dummies = [c for c in self.kids if msg[c] < 0]
+        yield
+        several = [(c, children) for c, children in self.kids.items() if len(children) > 1]
+        for n, (c, children) in enumerate(several):
             if n % STEP == STEP - 1:
                 yield
-            if msg[c] < 0:
-                dummies.append(c)
-            elif len(children) > 1:
+            if msg[c] >= 0:
                 children.sort(key=by_key)
         dummies.sort(key=self._depth, reverse=True)
         for c in dummies:
