@@ -309,23 +309,32 @@ class _Threader:
         child's; only a message can be a reply."""
         msg, kids, parent = self.msg, self.kids, self.parent
         subjects, replies = self.cols.subjects, self.cols.replies
-        keys = [subjects[m] if (m := msg[c]) >= 0 else subjects[msg[kids[c][0]]]
-                for c in top]
-        refwds = [m >= 0 and bool(replies[m]) for m in map(msg.__getitem__, top)]
-        yield
+        keys: list[str] = []
+        refwds: list[bool] = []
+        add_key, add_refwd = keys.append, refwds.append
         table: dict[str, int] = {}
-        for n, c in enumerate(top):  # (5.B)
-            key = keys[n]
+        held_of = table.get
+        for c in top:  # (5.B), one pass that also notes each thread's subject
+            m = msg[c]
+            if m >= 0:
+                key = subjects[m]
+                refwd = bool(replies[m])
+            else:
+                key = subjects[msg[kids[c][0]]]
+                refwd = False
+            add_key(key)
+            add_refwd(refwd)
             if not key:
                 continue
-            held = table.get(key)
+            held = held_of(key)
             # the first thread of a subject, unless a later one is a dummy or is not a reply
             # while the one held is (and the one held is no dummy)
             if held is None or ((mh := msg[held]) >= 0 and (
-                    msg[c] < 0 or (replies[mh] and not refwds[n]))):
+                    m < 0 or (replies[mh] and not refwd))):
                 table[key] = c
         yield
         result = list(top)
+        link = self._link
         dead: set[int] = set()
         for n, c in enumerate(top):  # (5.C)
             key = keys[n]
@@ -337,15 +346,15 @@ class _Threader:
             mh = msg[held]
             if mh < 0 and msg[c] < 0:
                 for child in kids.pop(c):
-                    self._link(held, child)
+                    link(held, child)
                 dead.add(c)
             elif mh < 0 or (refwds[n] and not replies[mh]):
                 # under the dummy, or a reply under the thread it replies to
-                self._link(held, c)
+                link(held, c)
             else:
                 dummy = self._dummy()
-                self._link(dummy, held)
-                self._link(dummy, c)
+                link(dummy, held)
+                link(dummy, c)
                 table[key] = dummy
                 result.append(dummy)
         return [c for c in result if parent[c] < 0 and c not in dead]
@@ -355,13 +364,13 @@ class _Threader:
         have only messages as children; dummies, at the top or just under it, go last,
         deepest first, so each sorts by its children's earliest."""
         msg, by_key = self.msg, self.key.__getitem__
-        dummies = []
-        for n, (c, children) in enumerate(self.kids.items()):
+        dummies = [c for c in self.kids if msg[c] < 0]
+        yield
+        several = [(c, children) for c, children in self.kids.items() if len(children) > 1]
+        for n, (c, children) in enumerate(several):
             if n % STEP == STEP - 1:
                 yield
-            if msg[c] < 0:
-                dummies.append(c)
-            elif len(children) > 1:
+            if msg[c] >= 0:
                 children.sort(key=by_key)
         dummies.sort(key=self._depth, reverse=True)
         for c in dummies:
@@ -410,21 +419,23 @@ def format_threads(forest: Forest) -> str:
     """The thread lists of the THREAD response: "(2)(3 6 (4 23)(44 7 96))" (RFC 5256
     section 4): a message with one child continues its list; several children each open a
     nested list; a dummy shows only its children."""
-    kids, msg = forest.kids, forest.msg
+    kids_of, msg = forest.kids.get, forest.msg
     labels = list(map(str, forest.numbers))
     out: list[str] = []
     append = out.append
+    opening, closing = _OPEN, _CLOSE
     stack: list[int] = []  # containers, and _OPEN / _CLOSE for the parentheses
     for c in reversed(forest.top):
-        stack += (_CLOSE, c, _OPEN)
+        stack += (closing, c, opening)
+    pop = stack.pop
     while stack:
-        c = stack.pop()
+        c = pop()
         if c < 0:
-            append("(" if c == _OPEN else ")")
+            append("(" if c == opening else ")")
             continue
         while True:  # down a chain of only children without the stack
             i = msg[c]
-            children = kids.get(c)
+            children = kids_of(c)
             if i >= 0:
                 append(labels[i])
                 if children:
@@ -435,7 +446,7 @@ def format_threads(forest: Forest) -> str:
                 c = children[0]
                 continue
             for kid in reversed(children):
-                stack += (_CLOSE, kid, _OPEN)
+                stack += (closing, kid, opening)
             break
     return "".join(out)
 
