@@ -253,7 +253,7 @@ class SessionBackend:
             raise
         if txn.account is not None:
             cap.record(txn.account, len(txn.recipients))
-        elif spam:  # the admin console's last verdicts
+        elif state.spam is not None and spam:  # scored here: the console's last verdicts
             await spam_log.delivered(self.services.store, envelope.recipients, spam, state.junk)
         self._queue_id = result.queue_id
         return result.queue_id
