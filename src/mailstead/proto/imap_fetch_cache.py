@@ -25,9 +25,8 @@ _encoded_bytes = 0
 
 def tree(blob_id: str, data: bytes) -> mime.Part:
     """The part tree of ``data``, the bytes of message file ``blob_id``."""
-    found = _trees.get(blob_id)
+    found = kept_tree(blob_id)
     if found is not None:
-        _trees.move_to_end(blob_id)
         return found
     part = mime.parse(data)
     _trees[blob_id] = part
