@@ -133,9 +133,12 @@ class FsBlobStore:
             os.close(fd)
 
     def path(self, blob_id: str) -> Path:
+        return Path(self._path_text(blob_id))
+
+    def _path_text(self, blob_id: str) -> str:
         if not BLOB_ID.match(blob_id):
             raise InvalidInput(f"not a blob id: {blob_id!r}")
-        return self.root / blob_id[:2] / (blob_id + SUFFIX)
+        return f"{self._root}/{blob_id[:2]}/{blob_id}{SUFFIX}"
 
     def put(self, data: bytes) -> str:
         """Writes the message file; returns once it is durable."""
@@ -190,12 +193,10 @@ class FsBlobStore:
         return blob_id
 
     def get(self, blob_id: str) -> bytes:
-        if not BLOB_ID.match(blob_id):
-            raise InvalidInput(f"not a blob id: {blob_id!r}")
         try:
             # os calls on a str path: pathlib and a buffered file object cost more than the
             # read of a small message file itself (FETCH reads thousands in one command).
-            fd = os.open(f"{self._root}/{blob_id[:2]}/{blob_id}{SUFFIX}", os.O_RDONLY)
+            fd = os.open(self._path_text(blob_id), os.O_RDONLY)
             try:
                 size = os.fstat(fd).st_size
                 data = os.read(fd, size + 1)
