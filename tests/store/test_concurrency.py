@@ -325,3 +325,25 @@ async def test_sqlite_deliveries_wait_for_another_process_without_blocking_the_l
         assert (await store.mailbox_status(box.id)).messages == 20
     finally:
         await store.close()
+
+
+async def test_status_read_during_deliveries_is_one_snapshot(store: MetadataStore) -> None:
+    """A status read while deliveries commit sees one moment: MESSAGES and UIDNEXT agree (no
+    expunges here, so MESSAGES = UIDNEXT - 1). On PostgreSQL a read runs REPEATABLE READ: under
+    READ COMMITTED its two statements could straddle a commit (seen: MESSAGES 2, UIDNEXT 2)."""
+    box = await inbox(store, await make_account(store))
+    seen: list[tuple[int, int]] = []
+    done = False
+
+    async def reader() -> None:
+        while not done:
+            status = await store.mailbox_status(box.id)
+            seen.append((status.messages, status.uidnext))
+
+    task = asyncio.create_task(reader())
+    for n in range(60):
+        await asyncio.gather(*(deliver(store, box, 100 * n + k) for k in range(3)))
+    done = True
+    await task
+    assert seen and all(messages == uidnext - 1 for messages, uidnext in seen), [
+        pair for pair in seen if pair[0] != pair[1] - 1][:5]

@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
 import psycopg
-from psycopg import errors, sql
+from psycopg import IsolationLevel, errors, sql
 from psycopg_pool import ConnectionPool
 
 from mailstead.core.errors import Conflict, NotFound
@@ -31,6 +31,7 @@ from mailstead.store.changes import ChangeBus
 from mailstead.store.sql import SqlStore
 from mailstead.store.sql_base import Db, Row, apply_migrations
 
+REPEATABLE_READ = IsolationLevel.REPEATABLE_READ
 T = TypeVar("T")
 
 POOL_SIZE = 8
@@ -149,19 +150,24 @@ class PostgresStore(SqlStore):
     # -- runners --
 
     async def _run_read(self, op: Callable[[Db], T]) -> T:
-        value, _touched = await self._in_thread(op)
+        value, _touched = await self._in_thread(op, True)
         return value
 
     async def _run_write(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
-        return await self._in_thread(op)
+        return await self._in_thread(op, False)
 
-    async def _in_thread(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
+    async def _in_thread(self, op: Callable[[Db], T], read: bool) -> tuple[T, set[int]]:
         if self._threads is None:
             raise RuntimeError("store is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._transaction, op)
+        return await loop.run_in_executor(self._threads, self._transaction, op, read)
 
-    def _transaction(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
+    def _transaction(self, op: Callable[[Db], T], read: bool) -> tuple[T, set[int]]:
+        """``op`` in one transaction. A read runs REPEATABLE READ, READ ONLY: all its
+        statements see one snapshot, as a SQLite read transaction does (under READ COMMITTED
+        each statement takes its own, so a STATUS could count a message that arrived after
+        it read UIDNEXT). A read-only transaction never fails to serialize; the BEGIN says
+        the level, no extra round trip."""
         pool = self._pool
         if pool is None:
             raise RuntimeError("store is not open")
@@ -170,12 +176,16 @@ class PostgresStore(SqlStore):
             committing = False
             conn: Conn | None = None
             try:
-                with pool.connection() as conn, conn.transaction():
-                    # Binary results: ints and booleans arrive without text parsing.
-                    db = PgDb(conn.cursor(binary=True))
-                    value = op(db)
-                    self._notify(db)
-                    committing = True  # leaving the block sends COMMIT
+                with pool.connection() as conn:
+                    if conn.read_only is not read:  # set only on a change: no lock taken
+                        conn.isolation_level = REPEATABLE_READ if read else None
+                        conn.read_only = read
+                    with conn.transaction():
+                        # Binary results: ints and booleans arrive without text parsing.
+                        db = PgDb(conn.cursor(binary=True))
+                        value = op(db)
+                        self._notify(db)
+                        committing = True  # leaving the block sends COMMIT
                 return value, db.touched
             except (errors.DeadlockDetected, errors.SerializationFailure):
                 # Rolled back whole: safe to run again.
