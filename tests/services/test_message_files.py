@@ -25,7 +25,7 @@ from mailstead.services.message_files import (
 )
 from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.changes import ChangeBus
-from mailstead.store.interfaces import Delivery, NewMessage, SystemFlag
+from mailstead.store.interfaces import Delivery, NewMessage, SpamVerdictRow, SystemFlag
 from mailstead.store.sqlite import SqliteStore
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: bob@example.test\r\n"
@@ -201,6 +201,47 @@ async def test_deliveries_commit_their_rows_after_the_flush_and_a_refused_one_fa
     assert [m.uid for m in await store.get_messages(alice_inbox)] == [1, 2, 3, 4]
     assert len(await store.get_messages(bob_inbox)) == 1
     assert await store.quota_usage(bob.id) == (len(datas[4]), 1)
+
+
+async def test_spam_log_rows_commit_with_their_message_and_never_fail_it(
+        with_rows: tuple[SqliteStore, MessageFileWriter]) -> None:
+    """The spam log rows of a delivery commit in the helper's transaction: those of a stored
+    message land, those of a refused one do not, and a log that cannot be written costs only
+    its rows, never the message."""
+    store, writer = with_rows
+    alice = await store.add_account("alice@example.test", "x")
+    bob = await store.add_account("bob@example.test", "x", quota_messages=1)
+    boxes = [await store.get_mailbox(a.id, "INBOX") for a in (alice, bob)]
+    alice_inbox, bob_inbox = (box.id for box in boxes if box is not None)
+    now = datetime.now(UTC)
+
+    def to(mailbox_id: int) -> list[Delivery]:
+        return [Delivery(mailbox_id, NewMessage(blob_id="", size=len(MESSAGE),
+                                                internal_date=now))]
+
+    def logged(who: str, score: float) -> list[SpamVerdictRow]:
+        return [SpamVerdictRow(now, who, score, ("TEST_RULE",), "inbox")]
+
+    outcomes = await asyncio.gather(
+        writer.deliver_parts([(MESSAGE + b"1", to(alice_inbox))], None, 0,
+                             logged("alice@example.test", 1.0)),
+        writer.deliver_parts([(MESSAGE + b"2", to(bob_inbox))], None, 0,
+                             logged("bob@example.test", 2.0)),
+        writer.deliver_parts([(MESSAGE + b"3", to(bob_inbox))], None, 0,  # over bob's quota
+                             logged("bob@example.test", 3.0)),
+        return_exceptions=True)
+    assert isinstance(outcomes[2], QuotaExceeded)
+    recent = await store.recent_spam_verdicts(10)
+    assert sorted((r.recipient, r.score) for r in recent) == [
+        ("alice@example.test", 1.0), ("bob@example.test", 2.0)]
+    assert await store.spam_verdict_counts() == {"inbox": 2}
+
+    # The log's table gone (a stand-in for any failure of its own): the mail still lands.
+    await store._write(lambda db: db.run("DROP TABLE spam_verdicts"))
+    blob_ids, stored, _touched = await writer.deliver_parts(
+        [(MESSAGE + b"4", to(alice_inbox))], None, 0, logged("alice@example.test", 4.0))
+    assert stored[0].blob_id == blob_ids[0]
+    assert [m.uid for m in await store.get_messages(alice_inbox)] == [1, 2]
 
 
 async def test_the_helper_and_the_store_writer_take_turns(

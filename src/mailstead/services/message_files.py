@@ -10,7 +10,10 @@ message and one read per batch of answers.
 
 With a SQLite store the helper also commits the rows of the deliveries it writes (``deliver``):
 once the batch's files are flushed, one transaction adds every message row and queue entry of
-the batch, and its fsync'd COMMIT is the batch's second and last wait. Files are durable before
+the batch, and its fsync'd COMMIT is the batch's second and last wait. The spam log's rows
+of those messages (services/spam_log.py) go into the same transaction, once per batch: a
+commit of their own in the store's writer thread cost a fifth of a worker's CPU per message
+(issue 24), and they become visible with the message, as before. Files are durable before
 any row naming them commits, as with the store's own writer, and the rows skip a round trip
 through the event loop and the writer thread, whose every statement waits for the interpreter
 lock (bench/smtp_ingest.py: 17% more messages per second, median of five A/B pairs). The
@@ -19,8 +22,8 @@ turn.
 
 Both pipes carry the same frames: a tag byte, a 4-byte big-endian length, then the payload.
 To the helper: ``m`` and the message, or ``d`` and a pickle of (parts, queue entry, the
-entry's part), each part a (message file, its deliveries), their blob ids and envelopes left
-for the helper to fill in. From the helper, one per
+entry's part, spam log rows), each part a (message file, its deliveries), their blob ids and
+envelopes left for the helper to fill in. From the helper, one per
 request and in the same order: for ``m``, ``+`` with the SHA-256 (64 hex digits) and the
 envelope fields (``marshal``: both ends run the same interpreter, and it costs a tenth of
 JSON) once the file is durable; for ``d``, ``*`` with a pickle of (blob ids, stored rows,
@@ -57,12 +60,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
+from mailstead.core.models import SPAM_LOG_KEEP
 from mailstead.obs import log_event
 from mailstead.proto.mime import parse_envelope_fields
 from mailstead.store.blob_fs import FsBlobStore
-from mailstead.store.interfaces import Delivery, Envelope, MessageMeta, QueueEntry
+from mailstead.store.interfaces import (
+    Delivery,
+    Envelope,
+    MessageMeta,
+    QueueEntry,
+    SpamVerdictRow,
+)
 from mailstead.store.sql_base import Db
 from mailstead.store.sql_messages import store_message
+from mailstead.store.sql_spam_log import record_spam_verdicts
 from mailstead.store.sqlite import commit_batch, connect
 
 _FRAME = struct.Struct(">cI")  # tag, then the length of the payload that follows
@@ -106,15 +117,18 @@ class MessageFileWriter:
         return blob_ids[0], stored, touched
 
     async def deliver_parts(self, parts: Sequence[tuple[bytes, Sequence[Delivery]]],
-                            queue_entry: QueueEntry | None, entry_part: int = 0
+                            queue_entry: QueueEntry | None, entry_part: int = 0,
+                            verdict_log: Sequence[SpamVerdictRow] = ()
                             ) -> tuple[list[str], list[MessageMeta], set[int]]:
         """``deliver`` for a message stored as several files (each recipient group's copy
         with its own header fields), all rows in one transaction; the queue entry names the
-        file of ``parts[entry_part]``. Returns each part's blob id."""
+        file of ``parts[entry_part]``. Returns each part's blob id. ``verdict_log``: spam
+        log rows committed with the message's rows (when those commit), a failure of their
+        own costing only the log rows."""
         if self.database is None:
             raise RuntimeError("deliver needs the writer to know the SQLite database")
-        request = pickle.dumps(([(data, list(d)) for data, d in parts], queue_entry, entry_part),
-                               pickle.HIGHEST_PROTOCOL)
+        request = pickle.dumps(([(data, list(d)) for data, d in parts], queue_entry, entry_part,
+                                list(verdict_log)), pickle.HIGHEST_PROTOCOL)
         blob_ids, stored, touched = await self._request(b"d", request)
         return cast(list[str], blob_ids), cast(list[MessageMeta], stored), cast(set[int], touched)
 
@@ -267,6 +281,9 @@ def _failure(text: str) -> bytes:
     return _frame(b"-", text.encode("utf-8", "replace"))
 
 
+_Item = tuple[list[Delivery], QueueEntry | None, list[SpamVerdictRow]]
+
+
 class _Rows:
     """The helper's writing connection to the SQLite store, opened at the first delivery."""
 
@@ -274,16 +291,41 @@ class _Rows:
         self.database = database
         self.conn: sqlite3.Connection | None = None
 
-    def commit(self, items: list[tuple[list[Delivery], QueueEntry | None]]
-               ) -> list[tuple[bool, Any]]:
+    def commit(self, items: list[_Item]) -> list[tuple[bool, Any]]:
+        """Each item's rows, and after them the spam log rows of the items that stored, in
+        one transaction; an outcome per item."""
         if self.conn is None:
             self.conn = connect(self.database)
-        return commit_batch(self.conn, [_storing(deliveries, entry) for deliveries, entry in items])
+        logged: dict[int, list[SpamVerdictRow]] = {}
+        ops: list[Callable[[Db], object]] = [
+            _storing(index, item, logged) for index, item in enumerate(items)]
+        if any(item[2] for item in items):
+            # An operation of its own: if it fails, commit_batch rolls it back alone, and the
+            # mail is stored without its log lines (the log never fails a delivery).
+            ops.append(lambda db: _log_verdicts(db, logged))
+        return commit_batch(self.conn, ops)[: len(items)]
 
 
-def _storing(deliveries: list[Delivery], entry: QueueEntry | None
+def _storing(index: int, item: _Item, logged: dict[int, list[SpamVerdictRow]]
              ) -> Callable[[Db], list[MessageMeta]]:
-    return lambda db: store_message(db, deliveries, entry)
+    deliveries, entry, verdict_log = item
+
+    def store(db: Db) -> list[MessageMeta]:
+        # Run again after a failure of another item (each in its SAVEPOINT then): only a run
+        # that stored leaves its log rows.
+        logged.pop(index, None)
+        stored = store_message(db, deliveries, entry)
+        if verdict_log:
+            logged[index] = verdict_log
+        return stored
+
+    return store
+
+
+def _log_verdicts(db: Db, logged: dict[int, list[SpamVerdictRow]]) -> None:
+    rows = [row for index in sorted(logged) for row in logged[index]]
+    if rows:
+        record_spam_verdicts(db, rows, SPAM_LOG_KEEP)
 
 
 def with_blob(deliveries: Sequence[Delivery], entry: QueueEntry | None, blob_id: str,
@@ -310,15 +352,15 @@ def write_batch(blobs: FsBlobStore, batch: list[tuple[bytes, bytes]],
     """The answers for ``batch``: its files written and flushed, then its deliveries' rows
     committed in one transaction."""
     answers: list[bytes] = []
-    pending: list[tuple[int, list[str], tuple[list[Delivery], QueueEntry | None]]] = []
+    pending: list[tuple[int, list[str], _Item]] = []
     for tag, payload in batch:
         try:
             if tag == b"d":
                 if rows is None:
                     raise RuntimeError("this helper has no database for the rows")
-                parts, entry, entry_part = pickle.loads(payload)
+                parts, entry, entry_part, verdict_log = pickle.loads(payload)
             else:
-                parts, entry, entry_part = [(payload, [])], None, 0
+                parts, entry, entry_part, verdict_log = [(payload, [])], None, 0, []
             blob_ids: list[str] = []
             filled: list[Delivery] = []
             for data, deliveries in parts:
@@ -332,7 +374,7 @@ def write_batch(blobs: FsBlobStore, batch: list[tuple[bytes, bytes]],
         if tag == b"d":
             queued = None if entry is None else dataclasses.replace(
                 entry, blob_id=blob_ids[entry_part])
-            pending.append((len(answers), blob_ids, (filled, queued)))
+            pending.append((len(answers), blob_ids, (filled, queued, verdict_log)))
             answers.append(b"")  # once the rows are committed
         else:
             answers.append(_frame(b"+", blob_ids[0].encode() + _envelope_to_bytes(envelope)))
