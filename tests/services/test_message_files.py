@@ -19,8 +19,10 @@ from mailstead.services.message_files import (
     MessageFileWriter,
     WriterStopped,
     _Helper,
+    _SharedHelperConnection,
     _take_frames,
     serve,
+    start_shared,
     write_batch,
 )
 from mailstead.store.blob_fs import FsBlobStore
@@ -267,3 +269,48 @@ async def test_the_helper_and_the_store_writer_take_turns(
     messages = await store.get_messages(inbox.id)
     assert [m.uid for m in messages] == list(range(1, 61))
     assert [m.uid for m in messages if m.flags & SystemFlag.SEEN] == list(range(1, 21))
+
+
+async def test_workers_share_one_helper_that_batches_them_together(
+        tmp_path: Path, with_rows: tuple[SqliteStore, MessageFileWriter]) -> None:
+    """The supervisor's shared helper (serve_shared): two writers (two workers) each hear their
+    own answers, their rows commit, and when the helper dies what it did not answer fails,
+    while the next request reaches the helper started again at the same socket."""
+    store, _own = with_rows
+    alice = await store.add_account("alice@example.test", "x")
+    inbox = await store.get_mailbox(alice.id, "INBOX")
+    assert inbox is not None
+    now = datetime.now(UTC)
+    path = tmp_path / "files"
+    shared = start_shared(tmp_path / "blobs", store.path, path)
+    writers = [MessageFileWriter(tmp_path / "blobs", store.path, path) for _ in range(2)]
+
+    def to(data: bytes) -> list[Delivery]:
+        return [Delivery(inbox.id, NewMessage(blob_id="", size=len(data), internal_date=now))]
+
+    try:
+        datas = [MESSAGE + str(n).encode() for n in range(40)]
+        answers = await asyncio.gather(*(writers[n % 2].deliver(d, to(d), None)
+                                         for n, d in enumerate(datas)))
+        blobs = FsBlobStore(tmp_path / "blobs")
+        for (blob_id, stored, _touched), data in zip(answers, datas, strict=True):
+            assert blobs.get(blob_id) == data and stored[0].blob_id == blob_id
+        assert len(await store.get_messages(inbox.id)) == 40
+        assert all(isinstance(w._helper, _SharedHelperConnection) for w in writers)
+
+        os.kill(shared.pid, signal.SIGSTOP)
+        waiting = asyncio.ensure_future(writers[0].submit(MESSAGE + b"lost"))
+        await asyncio.sleep(0.2)
+        os.kill(shared.pid, signal.SIGKILL)
+        with pytest.raises(WriterStopped):
+            await asyncio.wait_for(waiting, 10)
+        assert shared.process is not None
+        shared.process.wait()
+        shared.start()  # as the supervisor does
+        again, _ = await writers[0].submit(MESSAGE + b"again")
+        assert blobs.get(again) == MESSAGE + b"again"
+    finally:
+        for writer in writers:
+            await writer.close()
+        shared.stop()
+    assert shared.process.returncode == 0  # it ended with its control pipe

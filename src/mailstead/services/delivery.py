@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from mailstead.checks import Filing, FilterContext, FilterHook
@@ -150,17 +151,20 @@ def _fold(fields: list[str]) -> str:
 
 
 class DeliveryService:
-    def __init__(self, store: MetadataStore, blobs: BlobStore, hostname: str) -> None:
+    def __init__(self, store: MetadataStore, blobs: BlobStore, hostname: str,
+                 shared_files: Path | None = None) -> None:
         self.store = store
         self.hostname = hostname
         if not isinstance(blobs, FsBlobStore):
             raise TypeError("delivery writes message files: it needs an FsBlobStore")
         # Message files of all sessions are written and parsed by a helper process in
         # batches, one flush each (why a process: services/message_files.py). With SQLite it
-        # commits their rows too, after the flush.
+        # commits their rows too, after the flush. The worker processes of one serve share
+        # one helper (``shared_files``, supervisor.py): batches twice the size.
         self._sqlite = store if isinstance(store, SqliteStore) else None
         self._files = MessageFileWriter(blobs.root,
-                                        None if self._sqlite is None else self._sqlite.path)
+                                        None if self._sqlite is None else self._sqlite.path,
+                                        shared_files)
         # INBOX mailbox id per account. An account's INBOX row lives as long as the account
         # (it cannot be deleted; RENAME INBOX moves messages, RFC 9051 6.3.6), and the key
         # holds the creation time, so a re-created account never meets an old entry.
