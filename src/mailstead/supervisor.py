@@ -47,7 +47,7 @@ from mailstead.core.errors import ConfigError
 from mailstead.net.listener import BACKLOG
 from mailstead.net.peers import WorkerContext
 from mailstead.net.sharedcaps import make_mapping
-from mailstead.obs import log_event
+from mailstead.obs import flush_logs, log_event
 from mailstead.services.message_files import SharedHelper, start_shared
 from mailstead.store.factory import make_blob_store, make_metadata_store
 
@@ -262,6 +262,7 @@ class Supervisor:
                 traceback.print_exc()
             finally:
                 with contextlib.suppress(Exception):
+                    flush_logs()  # os._exit runs no atexit hook
                     sys.stdout.flush()
                     sys.stderr.flush()
                 os._exit(code)
