@@ -535,7 +535,10 @@ class _Settler:
                 for written in batches:
                     written.answers[:] = [_failure(f"committing: {exc}")] * len(written.answers)
             for written in batches:
-                self.answer(written)
+                # A reader gone (our parent died): its answers are lost, but the batches
+                # still queued are settled all the same, as the helper always did.
+                with contextlib.suppress(OSError):
+                    self.answer(written)
 
 
 def serve(root: Path, stdin: int = 0, stdout: int = 1, database: Path | None = None) -> None:
