@@ -170,6 +170,8 @@ class App:
                 await self.store.add_domain(domain.lower())
         from mailstead import wiring
 
+        if self.worker is not None and self.worker.message_files is not None:
+            self.services.extra["shared_message_files"] = self.worker.message_files
         wiring.build(self.services)
         ctx = self._ssl_context()
         # One context for every listener: a renewed certificate loaded into it reaches them all.

@@ -47,7 +47,8 @@ from mailstead.core.errors import ConfigError
 from mailstead.net.listener import BACKLOG
 from mailstead.net.peers import WorkerContext
 from mailstead.net.sharedcaps import make_mapping
-from mailstead.obs import log_event
+from mailstead.obs import flush_logs, log_event
+from mailstead.services.message_files import SharedHelper, start_shared
 from mailstead.store.factory import make_blob_store, make_metadata_store
 
 STOP_TIMEOUT = 20.0  # seconds the workers get to close their sessions on SIGTERM
@@ -150,6 +151,11 @@ class Supervisor:
         self.announced = False
         self.ready_r, self.ready_w = os.pipe()
         os.set_blocking(self.ready_r, False)
+        # One message-file helper for every worker (services/message_files.py serve_shared):
+        # started before them, and again when it dies (RESTART_SPACING), its socket kept.
+        self.files: SharedHelper | None = None
+        self.files_started = 0.0
+        self.files_due: float | None = None
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -158,11 +164,17 @@ class Supervisor:
         gc.collect()
         gc.freeze()
         try:
+            if self.count > 1:
+                self.files = start_shared(self.cfg.path(self.cfg.store.blob_dir),
+                                          self.cfg.sqlite_path, self.peer_dir / "files")
+                self.files_started = time.monotonic()
             for index in range(self.count):
                 self._spawn(index)
             return self._supervise()
         finally:
             self._stop_all()
+            if self.files is not None:  # after the workers: what they sent is answered
+                self.files.stop()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             os.close(self.ready_r)
             os.close(self.ready_w)
@@ -181,6 +193,10 @@ class Supervisor:
             if failed is not None:
                 return failed
             now = time.monotonic()
+            if self.files is not None and self.files_due is not None and self.files_due <= now:
+                self.files_due = None
+                self.files.start()
+                self.files_started = now
             for index, when in list(self.due.items()):
                 if when <= now:
                     del self.due[index]
@@ -211,6 +227,11 @@ class Supervisor:
                 return None
             if pid == 0:
                 return None
+            if self.files is not None and pid == self.files.pid:
+                log_event("serve.message_files_died", pid=pid,
+                          status=os.waitstatus_to_exitcode(status))
+                self.files_due = max(time.monotonic(), self.files_started + RESTART_SPACING)
+                continue
             index = self.pids.pop(pid, None)
             if index is None:
                 continue
@@ -225,18 +246,23 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         context = WorkerContext(index=index, count=self.count, peer_dir=self.peer_dir,
                                 group=self.group, caps=self.caps, secret=self.secret,
-                                sockets=self.sockets)
+                                sockets=self.sockets,
+                                message_files=None if self.files is None
+                                else self.peer_dir / "files")
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                if self.files is not None:
+                    self.files.close_in_child()
                 code = _worker_main(self.cfg, context, self.ready_w, self.ready_r)
             except BaseException:
                 traceback.print_exc()
             finally:
                 with contextlib.suppress(Exception):
+                    flush_logs()  # os._exit runs no atexit hook
                     sys.stdout.flush()
                     sys.stderr.flush()
                 os._exit(code)

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailstead.obs import log_event
@@ -32,7 +33,9 @@ def build(services: Services) -> None:
     from mailstead.services.sender_lists import SenderLists
     from mailstead.services.spam import SpamService
 
-    delivery = DeliveryService(services.store, services.blobs, services.cfg.hostname)
+    shared = services.extra.get("shared_message_files")  # supervisor.py's, if any
+    delivery = DeliveryService(services.store, services.blobs, services.cfg.hostname,
+                               shared if isinstance(shared, Path) else None)
     services.extra["delivery"] = delivery
     services.extra["sendcap"] = SendingCap(services.cfg.web)
     resolver = make_resolver(services.cfg.delivery)

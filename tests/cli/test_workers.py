@@ -49,9 +49,11 @@ def prepare(data_dir: Path, store: dict[str, Any], tls_files: tuple[Path, Path],
 
 
 def workers_of(server: ServeProcess) -> list[int]:
+    """The supervisor's children but its shared message-file helper."""
     pid = server.proc.pid
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(c) for c in children]
+    return [int(c) for c in children
+            if b"message_files" not in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 def _server_socket_inode(client: socket.socket) -> str:

@@ -19,13 +19,15 @@ from mailstead.services.message_files import (
     MessageFileWriter,
     WriterStopped,
     _Helper,
+    _SharedHelperConnection,
     _take_frames,
     serve,
+    start_shared,
     write_batch,
 )
 from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.changes import ChangeBus
-from mailstead.store.interfaces import Delivery, NewMessage, SystemFlag
+from mailstead.store.interfaces import Delivery, NewMessage, SpamVerdictRow, SystemFlag
 from mailstead.store.sqlite import SqliteStore
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: bob@example.test\r\n"
@@ -203,6 +205,47 @@ async def test_deliveries_commit_their_rows_after_the_flush_and_a_refused_one_fa
     assert await store.quota_usage(bob.id) == (len(datas[4]), 1)
 
 
+async def test_spam_log_rows_commit_with_their_message_and_never_fail_it(
+        with_rows: tuple[SqliteStore, MessageFileWriter]) -> None:
+    """The spam log rows of a delivery commit in the helper's transaction: those of a stored
+    message land, those of a refused one do not, and a log that cannot be written costs only
+    its rows, never the message."""
+    store, writer = with_rows
+    alice = await store.add_account("alice@example.test", "x")
+    bob = await store.add_account("bob@example.test", "x", quota_messages=1)
+    boxes = [await store.get_mailbox(a.id, "INBOX") for a in (alice, bob)]
+    alice_inbox, bob_inbox = (box.id for box in boxes if box is not None)
+    now = datetime.now(UTC)
+
+    def to(mailbox_id: int) -> list[Delivery]:
+        return [Delivery(mailbox_id, NewMessage(blob_id="", size=len(MESSAGE),
+                                                internal_date=now))]
+
+    def logged(who: str, score: float) -> list[SpamVerdictRow]:
+        return [SpamVerdictRow(now, who, score, ("TEST_RULE",), "inbox")]
+
+    outcomes = await asyncio.gather(
+        writer.deliver_parts([(MESSAGE + b"1", to(alice_inbox))], None, 0,
+                             logged("alice@example.test", 1.0)),
+        writer.deliver_parts([(MESSAGE + b"2", to(bob_inbox))], None, 0,
+                             logged("bob@example.test", 2.0)),
+        writer.deliver_parts([(MESSAGE + b"3", to(bob_inbox))], None, 0,  # over bob's quota
+                             logged("bob@example.test", 3.0)),
+        return_exceptions=True)
+    assert isinstance(outcomes[2], QuotaExceeded)
+    recent = await store.recent_spam_verdicts(10)
+    assert sorted((r.recipient, r.score) for r in recent) == [
+        ("alice@example.test", 1.0), ("bob@example.test", 2.0)]
+    assert await store.spam_verdict_counts() == {"inbox": 2}
+
+    # The log's table gone (a stand-in for any failure of its own): the mail still lands.
+    await store._write(lambda db: db.run("DROP TABLE spam_verdicts"))
+    blob_ids, stored, _touched = await writer.deliver_parts(
+        [(MESSAGE + b"4", to(alice_inbox))], None, 0, logged("alice@example.test", 4.0))
+    assert stored[0].blob_id == blob_ids[0]
+    assert [m.uid for m in await store.get_messages(alice_inbox)] == [1, 2]
+
+
 async def test_the_helper_and_the_store_writer_take_turns(
         with_rows: tuple[SqliteStore, MessageFileWriter]) -> None:
     """The helper's connection is a second writer beside the store's own: deliveries and flag
@@ -226,3 +269,48 @@ async def test_the_helper_and_the_store_writer_take_turns(
     messages = await store.get_messages(inbox.id)
     assert [m.uid for m in messages] == list(range(1, 61))
     assert [m.uid for m in messages if m.flags & SystemFlag.SEEN] == list(range(1, 21))
+
+
+async def test_workers_share_one_helper_that_batches_them_together(
+        tmp_path: Path, with_rows: tuple[SqliteStore, MessageFileWriter]) -> None:
+    """The supervisor's shared helper (serve_shared): two writers (two workers) each hear their
+    own answers, their rows commit, and when the helper dies what it did not answer fails,
+    while the next request reaches the helper started again at the same socket."""
+    store, _own = with_rows
+    alice = await store.add_account("alice@example.test", "x")
+    inbox = await store.get_mailbox(alice.id, "INBOX")
+    assert inbox is not None
+    now = datetime.now(UTC)
+    path = tmp_path / "files"
+    shared = start_shared(tmp_path / "blobs", store.path, path)
+    writers = [MessageFileWriter(tmp_path / "blobs", store.path, path) for _ in range(2)]
+
+    def to(data: bytes) -> list[Delivery]:
+        return [Delivery(inbox.id, NewMessage(blob_id="", size=len(data), internal_date=now))]
+
+    try:
+        datas = [MESSAGE + str(n).encode() for n in range(40)]
+        answers = await asyncio.gather(*(writers[n % 2].deliver(d, to(d), None)
+                                         for n, d in enumerate(datas)))
+        blobs = FsBlobStore(tmp_path / "blobs")
+        for (blob_id, stored, _touched), data in zip(answers, datas, strict=True):
+            assert blobs.get(blob_id) == data and stored[0].blob_id == blob_id
+        assert len(await store.get_messages(inbox.id)) == 40
+        assert all(isinstance(w._helper, _SharedHelperConnection) for w in writers)
+
+        os.kill(shared.pid, signal.SIGSTOP)
+        waiting = asyncio.ensure_future(writers[0].submit(MESSAGE + b"lost"))
+        await asyncio.sleep(0.2)
+        os.kill(shared.pid, signal.SIGKILL)
+        with pytest.raises(WriterStopped):
+            await asyncio.wait_for(waiting, 10)
+        assert shared.process is not None
+        shared.process.wait()
+        shared.start()  # as the supervisor does
+        again, _ = await writers[0].submit(MESSAGE + b"again")
+        assert blobs.get(again) == MESSAGE + b"again"
+    finally:
+        for writer in writers:
+            await writer.close()
+        shared.stop()
+    assert shared.process.returncode == 0  # it ended with its control pipe

@@ -114,8 +114,10 @@ class ListEntry:
 
 
 SpamAction = Literal["inbox", "junk", "reject"]
+SPAM_LOG_KEEP = 1000  # spam log rows kept in the store (services/spam_log.py)
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class SpamVerdictRow:
     """One spam verdict as the admin console lists it: for one recipient of one message."""

@@ -54,6 +54,7 @@ class WorkerContext:
     caps: mmap.mmap  # the shared connection counters (net/sharedcaps.py)
     secret: bytes  # keys the password digests the limiters compare (the same in every worker)
     sockets: dict[str, socket.socket] = field(default_factory=dict)  # listener -> bound socket
+    message_files: Path | None = None  # where the shared message-file helper listens
 
     @property
     def runs_singletons(self) -> bool:

@@ -237,11 +237,14 @@ class SessionBackend:
                 cap.check(txn.account, len(txn.recipients))
             except SendingCapExceeded as exc:
                 raise MessageDeferred(str(exc)) from None
+        # The admin console's last verdicts, for mail scored here: stored with the message.
+        logged = spam_log.delivered_rows(envelope.recipients, spam, state.junk) \
+            if txn.account is None and state.spam is not None and spam else []
         try:
             result = await self.delivery.deliver(envelope, message, junk=state.junk,
                                                  auth_results=state.auth_results, spam=spam,
                                                  spam_fields=state.spam_fields,
-                                                 integrity=integrity)
+                                                 integrity=integrity, verdict_log=logged)
         except QuotaExceeded:
             raise
         except RefusedByRules as exc:  # a Sieve reject of a one-recipient message (RFC 5429)
@@ -253,8 +256,6 @@ class SessionBackend:
             raise
         if txn.account is not None:
             cap.record(txn.account, len(txn.recipients))
-        elif state.spam is not None and spam:  # scored here: the console's last verdicts
-            await spam_log.delivered(self.services.store, envelope.recipients, spam, state.junk)
         self._queue_id = result.queue_id
         return result.queue_id
 

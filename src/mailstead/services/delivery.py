@@ -19,12 +19,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from mailstead.checks import Filing, FilterContext, FilterHook
 from mailstead.core.errors import NotFound
 from mailstead.core.models import INTEGRITY_KEYWORDS, SYSTEM_FLAG_NAMES, Integrity, SystemFlag
 from mailstead.proto import mime, mime_encoding
+from mailstead.services import spam_log
 from mailstead.services.message_files import MessageFileWriter, with_blob
 from mailstead.services.spam import SpamVerdict
 from mailstead.store.blob_fs import FsBlobStore
@@ -38,6 +40,7 @@ from mailstead.store.interfaces import (
     NewMessage,
     QueueEntry,
     QueueRecipient,
+    SpamVerdictRow,
 )
 from mailstead.store.sqlite import SqliteStore
 
@@ -148,17 +151,20 @@ def _fold(fields: list[str]) -> str:
 
 
 class DeliveryService:
-    def __init__(self, store: MetadataStore, blobs: BlobStore, hostname: str) -> None:
+    def __init__(self, store: MetadataStore, blobs: BlobStore, hostname: str,
+                 shared_files: Path | None = None) -> None:
         self.store = store
         self.hostname = hostname
         if not isinstance(blobs, FsBlobStore):
             raise TypeError("delivery writes message files: it needs an FsBlobStore")
         # Message files of all sessions are written and parsed by a helper process in
         # batches, one flush each (why a process: services/message_files.py). With SQLite it
-        # commits their rows too, after the flush.
+        # commits their rows too, after the flush. The worker processes of one serve share
+        # one helper (``shared_files``, supervisor.py): batches twice the size.
         self._sqlite = store if isinstance(store, SqliteStore) else None
         self._files = MessageFileWriter(blobs.root,
-                                        None if self._sqlite is None else self._sqlite.path)
+                                        None if self._sqlite is None else self._sqlite.path,
+                                        shared_files)
         # INBOX mailbox id per account. An account's INBOX row lives as long as the account
         # (it cannot be deleted; RENAME INBOX moves messages, RFC 9051 6.3.6), and the key
         # holds the creation time, so a re-created account never meets an old entry.
@@ -239,11 +245,14 @@ class DeliveryService:
         return ids
 
     async def _store(self, parts: list[tuple[bytes, list[Delivery]]], entry: QueueEntry | None,
-                     entry_part: int) -> tuple[list[str], list[MessageMeta]]:
+                     entry_part: int, verdict_log: Sequence[SpamVerdictRow]
+                     ) -> tuple[list[str], list[MessageMeta]]:
         """The files, then the rows naming them: in one request to the helper with SQLite,
-        else the files from the helper and the rows from the store (one transaction)."""
+        else the files from the helper and the rows from the store (one transaction). The
+        spam log rows: with the message's (SQLite), else written once it is stored."""
         if self._sqlite is not None:
-            blob_ids, stored, touched = await self._files.deliver_parts(parts, entry, entry_part)
+            blob_ids, stored, touched = await self._files.deliver_parts(
+                parts, entry, entry_part, verdict_log)
             self._sqlite.changes.publish(touched)  # as the store does after its commits
             return blob_ids, stored
         blob_ids, filled, queued = [], [], None
@@ -254,13 +263,15 @@ class DeliveryService:
             blob_ids.append(blob_id)
             filled += part_rows
             queued = part_entry or queued
-        return blob_ids, await self.store.store_message(filled, queued)
+        stored = await self.store.store_message(filled, queued)
+        await spam_log.write(self.store, verdict_log)
+        return blob_ids, stored
 
     async def deliver(
         self, envelope: InboundEnvelope, message: bytes, keywords: frozenset[str] = frozenset(),
         *, junk: bool = False, auth_results: bytes = b"",
         spam: Mapping[int, SpamVerdict] | None = None, spam_fields: bytes = b"",
-        integrity: Integrity | None = None,
+        integrity: Integrity | None = None, verdict_log: Sequence[SpamVerdictRow] = (),
     ) -> DeliveryResult:
         """Stores ``message`` for every recipient in one transaction; see the module doc.
         ``keywords`` are IMAP keywords set on the local copies (DMTP: $IntegrityFailed).
@@ -270,6 +281,8 @@ class DeliveryService:
         ``spam_fields`` head the copy that is queued for remote recipients.
         ``integrity`` (mailsec/integrity.py) is stored with each local copy, which also gets
         its keyword (core/models.INTEGRITY_KEYWORDS) for IMAP clients.
+        ``verdict_log``: the spam log rows of the message (services/spam_log.py), stored
+        with it; never a cause of failure.
         Raises QuotaExceeded (nothing stored) when a mailbox cannot take it."""
         if integrity is not None:
             keywords = keywords | {INTEGRITY_KEYWORDS[integrity]}
@@ -345,6 +358,7 @@ class DeliveryService:
             parts.setdefault(spam_fields, [])
         ordered = list(parts.items())
         if not ordered:  # every local copy discarded or redirected by the rules, none remote
+            await spam_log.write(self.store, verdict_log)
             await self._after_rules(plans)
             return DeliveryResult(queue_id, "", 0)
         entry_part = [f for f, _d in ordered].index(spam_fields) if remote else 0
@@ -367,7 +381,7 @@ class DeliveryService:
                 body_8bit=envelope.body != "7BIT",
             )
         try:
-            blob_ids, stored = await self._store(datas, entry, entry_part)
+            blob_ids, stored = await self._store(datas, entry, entry_part, verdict_log)
         except NotFound:
             for account in accounts:  # an account went away since RCPT: look INBOXes up afresh
                 self._inboxes.pop((account.id, account.created), None)

@@ -3,8 +3,10 @@
 One row per local recipient of each judged message, written when the message is filed
 (``delivered``: "inbox" or "junk") or refused at DATA for its score (``refused``: "reject").
 The store keeps the newest ``KEEP`` rows (older ones are pruned as new ones come) and counts
-every verdict per action. Writing the log never fails a delivery: the message is already
-stored when it is written, and an error only costs the log line.
+every verdict per action. Writing the log never fails a delivery: the rows of a filed
+message are committed by the delivery service in the message's own transaction, but as an
+operation of their own that fails alone (SQLite), or after the message (other stores); an
+error only costs the log line.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+from mailstead.core.models import SPAM_LOG_KEEP
 from mailstead.obs import log_event
-from mailstead.services.delivery import InboundRecipient
 from mailstead.services.spam import SpamVerdict
 from mailstead.store.interfaces import MetadataStore, SpamAction, SpamVerdictRow
 
-KEEP = 1000  # rows kept in the store
+if TYPE_CHECKING:  # delivery imports this module: it writes the rows of a filed message
+    from mailstead.services.delivery import InboundRecipient
+
+KEEP = SPAM_LOG_KEEP  # rows kept in the store
 RECENT = 20  # rows the admin console shows
 
 
@@ -31,7 +37,7 @@ def _first_address(recipients: Sequence[InboundRecipient]) -> dict[int, str]:
     return found
 
 
-async def _write(store: MetadataStore, rows: list[SpamVerdictRow]) -> None:
+async def write(store: MetadataStore, rows: Sequence[SpamVerdictRow]) -> None:
     if not rows:
         return
     try:
@@ -42,8 +48,15 @@ async def _write(store: MetadataStore, rows: list[SpamVerdictRow]) -> None:
 
 async def delivered(store: MetadataStore, recipients: Sequence[InboundRecipient],
                     verdicts: Mapping[int, SpamVerdict], junk: bool = False) -> None:
+    """Writes the rows ``delivered_rows`` makes."""
+    await write(store, delivered_rows(recipients, verdicts, junk))
+
+
+def delivered_rows(recipients: Sequence[InboundRecipient], verdicts: Mapping[int, SpamVerdict],
+                   junk: bool = False) -> list[SpamVerdictRow]:
     """The verdicts of a filed message: "junk" where it went to Junk (spam, or every copy
-    by ``junk``: a DMARC quarantine), else "inbox"."""
+    by ``junk``: a DMARC quarantine), else "inbox". The delivery service stores them with
+    the message (``DeliveryService.deliver``'s ``verdict_log``)."""
     now = datetime.now(UTC)
     rows = []
     for account_id, address in _first_address(recipients).items():
@@ -53,14 +66,14 @@ async def delivered(store: MetadataStore, recipients: Sequence[InboundRecipient]
         action: SpamAction = "junk" if junk or verdict.is_spam else "inbox"
         rows.append(SpamVerdictRow(now, address, round(verdict.score, 2), verdict.tests,
                                    action))
-    await _write(store, rows)
+    return rows
 
 
 async def refused(store: MetadataStore, recipients: Sequence[InboundRecipient],
                   verdict: SpamVerdict) -> None:
     """A message refused for its score: one "reject" row per recipient."""
     now = datetime.now(UTC)
-    await _write(store, [SpamVerdictRow(now, r.address, round(verdict.score, 2), verdict.tests,
+    await write(store, [SpamVerdictRow(now, r.address, round(verdict.score, 2), verdict.tests,
                                         "reject") for r in recipients])
 
 
