@@ -180,7 +180,7 @@ def extend_links(cols: ThreadColumns, links: Links | None = None) -> Steps[Links
         links = Links()
     ids, parents = cols.ids, cols.parents
     msg, parent, table = links.msg, links.parent, links.table
-    get = table.get
+    claim = table.setdefault  # one lookup that also adds
     grow_msg, grow_parent = msg.append, parent.append
     count = len(ids)
     for start in range(links.done, count, STEP):
@@ -188,20 +188,19 @@ def extend_links(cols: ThreadColumns, links: Links | None = None) -> Steps[Links
             yield
         for i in range(start, min(start + STEP, count)):
             mid = ids[i]
-            own = get(mid, -1) if mid else -1
-            if own >= 0 and msg[own] < 0:
+            new = len(msg)
+            own = claim(mid, new) if mid else new
+            if own != new and msg[own] < 0:
                 msg[own] = i  # a dummy created by an earlier reference
                 walk = _WALK  # it may have descendants: (1.B) looks for a loop
             else:
-                # No (valid) Message-ID, or a duplicate of an earlier message's: this
-                # message gets an ID of its own; only the first keeps a shared one (step 1).
-                # A new container has no descendants; only a reference to its own msg-id
-                # (through the table) can give it some below.
-                walk = _NO_WALK
-                if mid and own < 0:
-                    table[mid] = len(msg)
-                    walk = _WALK_IF_NAMED
-                own = len(msg)
+                # A msg-id seen first (now in the table), or none (no valid Message-ID)
+                # or a duplicate of an earlier message's: this message gets an ID of its
+                # own; only the first keeps a shared one (step 1). A new container has no
+                # descendants; only a reference to its own msg-id (through the table) can
+                # give it some below.
+                walk = _WALK_IF_NAMED if own == new and mid else _NO_WALK
+                own = new
                 grow_msg(i)
                 grow_parent(-1)
             # (1.A) link the references in order, never changing an existing parent nor
@@ -210,9 +209,9 @@ def extend_links(cols: ThreadColumns, links: Links | None = None) -> Steps[Links
             refs = parents[i]
             if refs:
                 for ref in refs.split(" "):
-                    node = get(ref, -1)
-                    if node < 0:
-                        node = table[ref] = len(msg)  # a dummy until its message turns up
+                    new = len(msg)
+                    node = claim(ref, new)
+                    if node == new:  # a dummy until its message turns up
                         grow_msg(-1)
                         grow_parent(previous)  # new: it can be no ancestor of previous
                     elif previous >= 0 and parent[node] < 0:
