@@ -1,5 +1,6 @@
 """The SORT/THREAD keys stored at delivery (migration 0010, core/base_subject.thread_keys):
-read column-wise, carried by COPY, and filled in for rows stored before the migration."""
+read column-wise, carried by COPY, and filled in for rows stored before the migration; on
+SQLite read from a covering index (migration 0013)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ from mailstead.core.base_subject import casemap
 from mailstead.store.changes import ChangeBus
 from mailstead.store.interfaces import Delivery, Envelope, MetadataStore, NewMessage
 from mailstead.store.sql import SqlStore
-from mailstead.store.sql_base import Db, backfill_thread_keys, load_migrations, split_statements
-from mailstead.store.sqlite import SqliteStore
+from mailstead.store.sql_base import (
+    Db,
+    apply_migrations,
+    backfill_thread_keys,
+    load_migrations,
+    split_statements,
+)
+from mailstead.store.sql_messages import SORT_COLUMN_SQL
+from mailstead.store.sqlite import SqliteDb, SqliteStore
 from tests.store.helpers import WHEN, blob, inbox, make_account
 
 KEYS = ("subject_key", "reply", "thread_id", "thread_parents")
@@ -115,3 +123,40 @@ async def test_migration_from_version_5_backfills(tmp_path: Path) -> None:
             ["old news", 1, "old@x", "a@x b@x"], [None, None, None, None]]
     finally:
         await store.close()
+
+
+THREAD_READ = ("sent", "subject_key", "reply", "thread_id", "thread_parents")
+
+
+def _plan(conn: sqlite3.Connection) -> str:
+    cols = ", ".join(SORT_COLUMN_SQL[name] for name in THREAD_READ)
+    rows = conn.execute(f"EXPLAIN QUERY PLAN SELECT uid, {cols} FROM messages WHERE "
+                        "mailbox_id = ? AND uid > ? ORDER BY uid LIMIT 10", (1, 0)).fetchall()
+    return " ".join(str(row[-1]) for row in rows)
+
+
+async def test_thread_keys_read_from_the_covering_index(tmp_path: Path) -> None:
+    """Migration 0013 (SQLite): what a THREAD reads comes from messages_sort_keys alone, on
+    a new store and on one made at version 12 (upgraded when opened)."""
+    fresh = SqliteStore(tmp_path / "new.db", ChangeBus())
+    await fresh.open()
+    await fresh.close()
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    assert apply_migrations(SqliteDb(conn), upto=12) == 12
+    conn.execute("COMMIT")
+    assert "COVERING INDEX messages_sort_keys" not in _plan(conn)
+    conn.close()
+    old = SqliteStore(path, ChangeBus())
+    await old.open()
+    try:
+        box_id = await _store_three(old)
+        uids, *keys = await old.sort_columns(box_id, KEYS)
+        assert uids == [1, 2, 3] and keys[2] == ["1@x", "2@x", None]
+    finally:
+        await old.close()
+    for db in ("new.db", "old.db"):
+        conn = sqlite3.connect(tmp_path / db)
+        assert "COVERING INDEX messages_sort_keys" in _plan(conn), db
+        conn.close()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import add, attrgetter, eq, lt, mul, not_
 from typing import Any, NamedTuple, TypeVar, cast
 
 from mailstead.core.base_subject import thread_keys
@@ -82,10 +83,11 @@ def _ranks(sent: list[Any]) -> tuple[list[int], list[int]]:
 def _date_keys(sent: list[Any]) -> list[int]:
     """One int per message that orders the messages by sent date, ties in mailbox order:
     date * count + place when the dates are ints (the stores' microseconds; no sort
-    needed), else the rank of ``_ranks``."""
+    needed, and computed in C: no Python loop over the messages), else the rank of
+    ``_ranks``."""
     count = len(sent)
-    if all(type(when) is int for when in sent):
-        return [when * count + i for i, when in enumerate(sent)]
+    if set(map(type, sent)) <= {int}:
+        return list(map(add, map(mul, sent, repeat(count)), range(count)))
     return _ranks(sent)[1]
 
 
@@ -135,14 +137,17 @@ def ordered_subject_steps(cols: ThreadColumns) -> Steps[str]:
 # REFERENCES
 
 
+Kids = list[list[int] | None]  # the children of each container, by container
+
+
 @dataclass(slots=True)
 class Forest:
     """The thread tree: ``top`` the containers at the top level in order, ``kids`` the
-    children of each container that has some, in order; ``msg`` the message index each
+    children of each container in order (None for none); ``msg`` the message index each
     container holds (-1 for a dummy, standing for a referenced message not threaded)."""
 
     top: list[int]
-    kids: dict[int, list[int]]
+    kids: Kids
     msg: list[int]
     numbers: list[int]
 
@@ -175,7 +180,7 @@ def extend_links(cols: ThreadColumns, links: Links | None = None) -> Steps[Links
         links = Links()
     ids, parents = cols.ids, cols.parents
     msg, parent, table = links.msg, links.parent, links.table
-    get = table.get
+    claim = table.setdefault  # one lookup that also adds
     grow_msg, grow_parent = msg.append, parent.append
     count = len(ids)
     for start in range(links.done, count, STEP):
@@ -183,15 +188,19 @@ def extend_links(cols: ThreadColumns, links: Links | None = None) -> Steps[Links
             yield
         for i in range(start, min(start + STEP, count)):
             mid = ids[i]
-            own = get(mid, -1) if mid else -1
-            if own >= 0 and msg[own] < 0:
+            new = len(msg)
+            own = claim(mid, new) if mid else new
+            if own != new and msg[own] < 0:
                 msg[own] = i  # a dummy created by an earlier reference
+                walk = _WALK  # it may have descendants: (1.B) looks for a loop
             else:
-                # No (valid) Message-ID, or a duplicate of an earlier message's: this
-                # message gets an ID of its own; only the first keeps a shared one (step 1).
-                if mid and own < 0:
-                    table[mid] = len(msg)
-                own = len(msg)
+                # A msg-id seen first (now in the table), or none (no valid Message-ID)
+                # or a duplicate of an earlier message's: this message gets an ID of its
+                # own; only the first keeps a shared one (step 1). A new container has no
+                # descendants; only a reference to its own msg-id (through the table) can
+                # give it some below.
+                walk = _WALK_IF_NAMED if own == new and mid else _NO_WALK
+                own = new
                 grow_msg(i)
                 grow_parent(-1)
             # (1.A) link the references in order, never changing an existing parent nor
@@ -200,9 +209,9 @@ def extend_links(cols: ThreadColumns, links: Links | None = None) -> Steps[Links
             refs = parents[i]
             if refs:
                 for ref in refs.split(" "):
-                    node = get(ref, -1)
-                    if node < 0:
-                        node = table[ref] = len(msg)  # a dummy until its message turns up
+                    new = len(msg)
+                    node = claim(ref, new)
+                    if node == new:  # a dummy until its message turns up
                         grow_msg(-1)
                         grow_parent(previous)  # new: it can be no ancestor of previous
                     elif previous >= 0 and parent[node] < 0:
@@ -213,8 +222,13 @@ def extend_links(cols: ThreadColumns, links: Links | None = None) -> Steps[Links
                             parent[node] = previous
                     previous = node
             # (1.B) the last reference is this message's parent, replacing any earlier link
-            # (without references the message is now a root); again no loops
+            # (without references the message is now a root); again no loops. A new
+            # container is no ancestor of ``previous`` unless its msg-id is among the
+            # references (``in`` on the text: a cheap test that errs only towards the walk).
             if previous >= 0:
+                if walk == _NO_WALK or (walk == _WALK_IF_NAMED and mid not in refs):
+                    parent[own] = previous
+                    continue
                 up = previous
                 while up >= 0 and up != own:
                     up = parent[up]
@@ -225,72 +239,89 @@ def extend_links(cols: ThreadColumns, links: Links | None = None) -> Steps[Links
     return links
 
 
-def _prune(msg: list[int], parent: list[int]) -> Steps[tuple[list[int], dict[int, list[int]]]]:
+_NO_WALK, _WALK_IF_NAMED, _WALK = 0, 1, 2  # extend_links: when (1.B) looks for a loop
+
+
+def _prune(msg: list[int], parent: list[int]
+           ) -> Steps[tuple[list[int], Kids, list[int]]]:
     """Steps 2 and 3: the roots; dummies without children go; a dummy's children take its
     place, except at the top level when there are several of them. So every message's
     parent becomes its nearest ancestor that is a message, or the dummy at the root of its
-    tree, which stays only with two children or more. Returns the top level and the
-    children lists."""
-    kids: dict[int, list[int]] = {}
-    kids_of = kids.get
+    tree, which stays only with two children or more. Returns the top level, the
+    children lists and the containers given a second child (only their lists need
+    sorting, step 6)."""
     count = len(msg)
+    kids: Kids = [None] * count
+    crowded: list[int] = []
     for start in range(0, count, STEP):
         if start:
             yield
-        for c in range(start, min(start + STEP, count)):
-            if msg[c] < 0:
-                continue
-            up = parent[c]
-            if up < 0:
+        # Only parent[c] changes, after it was read: the slice is what the loop reads.
+        for c, up in enumerate(parent[start : start + STEP], start):
+            if up < 0 or msg[c] < 0:
                 continue
             while msg[up] < 0 and parent[up] >= 0:  # only dummies' links are read
                 up = parent[up]
             parent[c] = up
-            siblings = kids_of(up)
+            siblings = kids[up]
             if siblings is None:
                 kids[up] = [c]
             else:
                 siblings.append(c)
+                if len(siblings) == 2:
+                    crowded.append(up)
     top: list[int] = []
-    for c in [c for c in range(len(msg)) if parent[c] < 0]:
+    # The roots, listed first (in C) as the loop makes more: a lone child of a dummy
+    for c in list(compress(range(count), map(eq, parent, repeat(-1)))):
         if msg[c] >= 0:
             top.append(c)
             continue
-        children = kids.get(c)
+        children = kids[c]
         if children is None:
             continue  # a dummy with no message below: gone
         if len(children) == 1:
             parent[children[0]] = -1
-            del kids[c]
+            kids[c] = None
             top.append(children[0])
         else:
             top.append(c)
-    return top, kids
+    return top, kids, crowded
 
 
 class _Threader:
     """Steps 4 to 6 over the pruned tree (containers are ints, see the module docstring)."""
 
     def __init__(self, cols: ThreadColumns, msg: list[int], parent: list[int],
-                 kids: dict[int, list[int]]) -> None:
+                 kids: Kids, crowded: list[int]) -> None:
         self.cols, self.msg, self.parent, self.kids = cols, msg, parent, kids
-        order = _date_keys(cols.sent)
-        # Each container's order (sent date then mailbox order, RFC 5256 steps 4 and 6);
-        # a dummy's is its first child's, set when its children are sorted.
-        self.key = [order[i] if i >= 0 else 0 for i in msg]
+        self.crowded = crowded  # every container given a second child
+        # Each container's order (sent date then mailbox order, RFC 5256 steps 4 and 6),
+        # gathered in C; a dummy's is its first child's, set when its children are sorted
+        # (steps 4 and 6), before any sort reads it: until then it holds a meaningless
+        # value (the last message's, msg -1). Dummies left in the tree now are all at the
+        # top level (step 3), and step 5 gives the dummies it makes their keys in step 6.
+        self.key = list(map(_date_keys(cols.sent).__getitem__, msg))
 
     def _dummy(self) -> int:
         self.msg.append(-1)
         self.parent.append(-1)
         self.key.append(0)
+        self.kids.append(None)
         return len(self.msg) - 1
 
     def _link(self, parent: int, child: int) -> None:
         self.parent[child] = parent
-        self.kids.setdefault(parent, []).append(child)
+        siblings = self.kids[parent]
+        if siblings is None:
+            self.kids[parent] = [child]
+        else:
+            siblings.append(child)
+            if len(siblings) == 2:
+                self.crowded.append(parent)
 
     def _sort_kids(self, c: int) -> None:
         children = self.kids[c]
+        assert children is not None
         if len(children) > 1:
             children.sort(key=self.key.__getitem__)
         if self.msg[c] < 0:
@@ -306,49 +337,47 @@ class _Threader:
     def group_by_subject(self, top: list[int]) -> Steps[list[int]]:
         """Step 5: top-level threads whose (non-empty) base subjects are equal are
         gathered. The subject of a thread is its top message's, or a dummy's first
-        child's; only a message can be a reply."""
+        child's; only a message can be a reply. What is read per thread is gathered by
+        ``map`` in C: the threads' messages lie all over memory, and a Python loop would
+        wait for each in turn."""
         msg, kids, parent = self.msg, self.kids, self.parent
         subjects, replies = self.cols.subjects, self.cols.replies
-        keys: list[str] = []
-        refwds: list[bool] = []
-        add_key, add_refwd = keys.append, refwds.append
-        table: dict[str, int] = {}
-        held_of = table.get
-        for c in top:  # (5.B), one pass that also notes each thread's subject
-            m = msg[c]
-            if m >= 0:
-                key = subjects[m]
-                refwd = bool(replies[m])
-            else:
-                key = subjects[msg[kids[c][0]]]
-                refwd = False
-            add_key(key)
-            add_refwd(refwd)
-            if not key:
-                continue
-            held = held_of(key)
-            # the first thread of a subject, unless a later one is a dummy or is not a reply
-            # while the one held is (and the one held is no dummy)
-            if held is None or ((mh := msg[held]) >= 0 and (
-                    m < 0 or (replies[mh] and not refwd))):
-                table[key] = c
+        heads = list(map(msg.__getitem__, top))  # each thread's message, -1 for a dummy
+        dummies = -1 in heads
+        firsts = [m if m >= 0 else msg[kids[c][0]]  # type: ignore[index]
+                  for c, m in zip(top, heads, strict=True)] if dummies else heads
+        keys = list(map(subjects.__getitem__, firsts))
+        refwds = list(map(replies.__getitem__, firsts))
+        if dummies:
+            refwds = [r if m >= 0 else 0 for r, m in zip(refwds, heads, strict=True)]
+        # (5.B) the thread each subject gathers under: its first thread that is a dummy,
+        # else its first that is not a reply, else its first (later ones overwrite
+        # earlier ones in a dict, hence the reversed lists)
+        table = dict(zip(reversed(keys), reversed(top), strict=True))
+        plain = list(map(not_, refwds))
+        table.update(zip(reversed(list(compress(keys, plain))),
+                         reversed(list(compress(top, plain))), strict=True))
+        if dummies:
+            gone = list(map(lt, heads, repeat(0)))
+            table.update(zip(reversed(list(compress(keys, gone))),
+                             reversed(list(compress(top, gone))), strict=True))
+        table.pop("", None)  # an empty subject gathers nothing
         yield
         result = list(top)
         link = self._link
         dead: set[int] = set()
-        for n, c in enumerate(top):  # (5.C)
-            key = keys[n]
-            if not key or parent[c] >= 0 or c in dead:
-                continue  # no subject, or gathered under another thread already
-            held = table[key]
-            if held == c:
-                continue
+        held_of = table.get
+        for c, key, refwd in zip(top, keys, refwds, strict=True):  # (5.C)
+            held = held_of(key)
+            if held is None or held == c or parent[c] >= 0 or c in dead:
+                continue  # no subject, the thread held, or gathered under another already
             mh = msg[held]
             if mh < 0 and msg[c] < 0:
-                for child in kids.pop(c):
+                for child in kids[c] or ():
                     link(held, child)
+                kids[c] = None
                 dead.add(c)
-            elif mh < 0 or (refwds[n] and not replies[mh]):
+            elif mh < 0 or (refwd and not replies[mh]):
                 # under the dummy, or a reply under the thread it replies to
                 link(held, c)
             else:
@@ -357,20 +386,23 @@ class _Threader:
                 link(dummy, c)
                 table[key] = dummy
                 result.append(dummy)
-        return [c for c in result if parent[c] < 0 and c not in dead]
+        alive = list(compress(result, map(eq, map(parent.__getitem__, result), repeat(-1))))
+        return [c for c in alive if c not in dead] if dead else alive
 
     def sort_siblings(self, top: list[int]) -> Steps[list[int]]:
         """Step 6: every set of siblings by sent date, the deepest ones first. Messages
         have only messages as children; dummies, at the top or just under it, go last,
         deepest first, so each sorts by its children's earliest."""
-        msg, by_key = self.msg, self.key.__getitem__
-        dummies = [c for c in self.kids if msg[c] < 0]
-        yield
-        several = [(c, children) for c, children in self.kids.items() if len(children) > 1]
-        for n, (c, children) in enumerate(several):
+        msg, kids, by_key = self.msg, self.kids, self.key.__getitem__
+        # Only a container given a second child has siblings to sort. Every dummy left
+        # with children has two or more (step 3 removed the others, step 5 makes them
+        # with two); one emptied by step 5 has none.
+        dummies = [c for c in self.crowded if msg[c] < 0 and kids[c] is not None]
+        for n, c in enumerate(self.crowded):
             if n % STEP == STEP - 1:
                 yield
-            if msg[c] >= 0:
+            children = kids[c]
+            if msg[c] >= 0 and children is not None:
                 children.sort(key=by_key)
         dummies.sort(key=self._depth, reverse=True)
         for c in dummies:
@@ -392,8 +424,8 @@ def references_steps(cols: ThreadColumns, links: Links | None = None) -> Steps[F
     if links is None or links.done != len(cols.ids):
         links = yield from extend_links(cols, links)  # (1)
     msg, parent = links.msg[:], links.parent[:]
-    top, kids = yield from _prune(msg, parent)  # (2), (3)
-    threader = _Threader(cols, msg, parent, kids)
+    top, kids, crowded = yield from _prune(msg, parent)  # (2), (3)
+    threader = _Threader(cols, msg, parent, kids, crowded)
     yield
     threader.sort_top(top)  # (4)
     yield
@@ -418,40 +450,44 @@ def run(steps: Steps[T]) -> T:
 def format_threads(forest: Forest) -> str:
     """The thread lists of the THREAD response: "(2)(3 6 (4 23)(44 7 96))" (RFC 5256
     section 4): a message with one child continues its list; several children each open a
-    nested list; a dummy shows only its children."""
-    kids_of, msg = forest.kids.get, forest.msg
-    labels = list(map(str, forest.numbers))
-    out: list[str] = []
+    nested list; a dummy shows only its children. Each container's label (None for a
+    dummy) is gathered in C first, so the walk reads one list where it would read two."""
+    kids = forest.kids
+    labels: list[str | None] = list(map(str, forest.numbers))
+    labels.append(None)  # msg -1: a dummy
+    label = list(map(labels.__getitem__, forest.msg))
+    out: list[str | None] = []
     append = out.append
-    opening, closing = _OPEN, _CLOSE
-    stack: list[int] = []  # containers, and _OPEN / _CLOSE for the parentheses
-    for c in reversed(forest.top):
-        stack += (closing, c, opening)
+    # containers, and _CLOSE for a list's closing parenthesis; a container opens its list
+    stack = [_CLOSE, 0] * len(forest.top)
+    stack[1::2] = forest.top[::-1]
     pop = stack.pop
     while stack:
         c = pop()
         if c < 0:
-            append("(" if c == opening else ")")
+            append(")")
             continue
+        append("(")
         while True:  # down a chain of only children without the stack
-            i = msg[c]
-            children = kids_of(c)
-            if i >= 0:
-                append(labels[i])
-                if children:
-                    append(" ")
-            if not children:
+            children = kids[c]
+            if children is None:
+                append(label[c])
                 break
+            text = label[c]
+            if text is not None:
+                append(text)
+                append(" ")
             if len(children) == 1:
                 c = children[0]
                 continue
-            for kid in reversed(children):
-                stack += (closing, kid, opening)
+            more = [_CLOSE, 0] * len(children)
+            more[1::2] = children[::-1]
+            stack += more
             break
-    return "".join(out)
+    return "".join(out)  # type: ignore[arg-type]  # a leaf is a message: never None
 
 
-_OPEN, _CLOSE = -1, -2
+_CLOSE = -1
 
 
 def thread_numbers(forest: Forest) -> list[int]:
@@ -462,7 +498,7 @@ def thread_numbers(forest: Forest) -> list[int]:
         c = stack.pop()
         if forest.msg[c] >= 0:
             found.append(forest.numbers[forest.msg[c]])
-        stack.extend(forest.kids.get(c, ()))
+        stack.extend(forest.kids[c] or ())
     return found
 
 
@@ -477,5 +513,5 @@ def members(forest: Forest, top: int) -> list[tuple[int, int]]:
         if i >= 0:
             found.append((forest.numbers[i], depth))
         below = depth + 1 if i >= 0 else depth
-        stack.extend((kid, below) for kid in reversed(forest.kids.get(c, ())))
+        stack.extend((kid, below) for kid in reversed(forest.kids[c] or ()))
     return found

@@ -122,11 +122,14 @@ class MailboxView:
         return self.uids[seq - 1]
 
     def uids_in_seq_ranges(self, ranges: Iterable[tuple[int, int]]) -> list[int]:
-        """UIDs of the given (low, high) sequence ranges, ascending, without duplicates."""
+        """UIDs of the given (low, high) sequence ranges, ascending, without duplicates (one
+        range is a slice of the ascending UIDs already: not sorted again)."""
         picked: list[int] = []
+        count = 0
         for lo, hi in ranges:
             picked.extend(self.uids[lo - 1 : hi])
-        return sorted(set(picked)) if len(picked) > 1 else picked
+            count += 1
+        return sorted(set(picked)) if count > 1 else picked
 
     def uids_in_uid_ranges(self, ranges: Iterable[tuple[int, int]]) -> list[int]:
         picked: list[int] = []

@@ -207,7 +207,22 @@ def backfill_thread_keys(db: Db) -> None:
         )
 
 
-PYTHON_STEPS: dict[str, Callable[[Db], None]] = {"backfill_thread_keys": backfill_thread_keys}
+SORT_KEYS_INDEX = (
+    "CREATE INDEX messages_sort_keys ON messages (mailbox_id, uid, env_date, internal_date, "
+    "sort_subject, sort_reply, thread_id, thread_parents)"
+)
+
+
+def sort_keys_index(db: Db) -> None:
+    """Migration 0013: the covering index of the SORT/THREAD keys, on SQLite only (the
+    migration file says why)."""
+    if db.dialect == "sqlite":
+        db.run(SORT_KEYS_INDEX)
+
+
+PYTHON_STEPS: dict[str, Callable[[Db], None]] = {
+    "backfill_thread_keys": backfill_thread_keys, "sort_keys_index": sort_keys_index,
+}
 
 
 # ---------------------------------------------------------------------------------------------

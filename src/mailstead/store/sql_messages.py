@@ -207,6 +207,8 @@ def sort_fields(
 
 
 # The expressions behind the names ``sort_columns`` accepts (see MetadataStore.sort_columns).
+# On SQLite the index messages_sort_keys (migration 0013) holds all but the addresses and
+# the size: a SORT by date or subject, or a THREAD, reads no table row.
 SORT_COLUMN_SQL = {
     "arrival": "internal_date", "sent": "COALESCE(env_date, internal_date)", "size": "size",
     "from": "env_from", "to": "env_to", "cc": "env_cc", "subject_key": "sort_subject",

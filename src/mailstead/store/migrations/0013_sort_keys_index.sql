@@ -1,0 +1,9 @@
+-- A covering index of what a SORT or THREAD reads of each message (RFC 5256; the columns of
+-- sql_messages.sort_columns: the dates, the base subject's key, the reply flag and the
+-- msg-ids THREAD=REFERENCES links by), so a big mailbox's keys are read from the index
+-- alone instead of looking each row up in the table (a cold THREAD REFERENCES on 100,000
+-- messages: 30-40 ms less CPU; about 100 bytes more per message on disk).
+-- SQLite only (sql_base.sort_keys_index): PostgreSQL caps an index entry at a third of a
+-- page, which a long References field would exceed (the delivery would then fail), and
+-- reads only all-visible pages from the index alone, which the flag updates keep clearing.
+-- then: sort_keys_index
