@@ -742,6 +742,57 @@ def parse_header_only(data: bytes) -> Part:
     return Part(0, header_end, header_end, len(data), fields)
 
 
+# A top-level header as ``_parse_header`` reads it in the common case: from the first octet,
+# only field lines and their continuations, then an empty line. Anything else (a stray line,
+# a bare CR, no empty line) is left to ``parse``.
+_PLAIN_HEADER = re.compile(rb"(?:[!-9;-~]+[ \t]*:[^\n]*+\n(?:[ \t][^\n]*+\n)*+)*+\r?\n")
+_ANY_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:([^\n]*+\n(?:[ \t][^\n]*+\n)*+)", re.MULTILINE)
+
+
+def field_finder(names: frozenset[str] | None) -> re.Pattern[bytes]:
+    """What ``scan_header`` looks for: the fields called one of ``names`` (any case), or every
+    field for None. A name that cannot be a field name (RFC 5322 2.2) finds nothing."""
+    if names is None:
+        return _ANY_FIELD
+    usable = sorted(n.encode("ascii") for n in names
+                    if n and n.isascii() and all("!" <= c <= "~" and c != ":" for c in n))
+    if not usable:
+        return re.compile(rb"(?!)")  # nothing
+    alternatives = b"|".join(re.escape(n) for n in usable)
+    return re.compile(rb"^(" + alternatives + rb")[ \t]*:([^\n]*+\n(?:[ \t][^\n]*+\n)*+)",
+                      re.MULTILINE | re.IGNORECASE)
+
+
+def scan_header(data: bytes, finder: re.Pattern[bytes]) -> tuple[list[HeaderField], int] | None:
+    """The top-level header fields that ``finder`` (from ``field_finder``) names, in their
+    order, and where the header ends; exactly what ``parse`` finds for them (same names,
+    values and offsets), without building the others. None for a header that ``parse`` must
+    read itself (see _PLAIN_HEADER, or more fields than MAX_FIELDS)."""
+    m = _PLAIN_HEADER.match(data)
+    if m is None:
+        return None
+    end = m.end()
+    if data.count(b"\n", 0, end) > MAX_FIELDS:
+        return None
+    fields = [HeaderField(f.group(1).decode("ascii"), _unfold(f.group(2)), f.start(), f.end())
+              for f in finder.finditer(data, 0, end)]
+    return fields, end
+
+
+def single_part(data: bytes, header_end: int, fields: list[HeaderField]) -> Part | None:
+    """The part tree ``parse`` would build for a message whose top-level header ends at
+    ``header_end`` and whose first Content-Type, Content-Transfer-Encoding and
+    Content-Disposition fields (where present) are among ``fields``, when that tree is one
+    leaf (not multipart, not an encapsulated message); else None. ``fields`` are kept as the
+    part's fields."""
+    part = Part(0, header_end, header_end, len(data), list(fields))
+    _apply_content_headers(part, ("text", "plain"))
+    if part.is_multipart or _is_message(part):
+        return None
+    part.lines = _count_lines(data, part.body_start, part.body_end)
+    return part
+
+
 def parse_envelope_fields(data: bytes) -> Envelope:
     """The store's envelope columns, parsed once at delivery / APPEND time."""
     fields, _header_end = _parse_header(data, 0, len(data))  # the body is not needed here

@@ -125,7 +125,7 @@ class _Frame:
 
 
 class Interpreter:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, finder: re.Pattern[bytes] | None = None) -> None:
         self.ctx = ctx
         self.out = Outcome()
         self.flags: set[str] = set()  # the internal variable of imap4flags (RFC 5232 3)
@@ -136,6 +136,12 @@ class Interpreter:
         self.included_once: set[tuple[str, str]] = set()
         self.frames: list[_Frame] = []
         self.explicit_keep = False
+        # The header fields the scripts read, scanned for once (mime.scan_header) rather than
+        # parsing the whole header; the fields of ctx.head when the scan cannot say.
+        self.finder = finder
+        self._scanned: list[mime.HeaderField] | None = None
+        self._header_end = -1  # where the scanned header ends (-1: it was parsed instead)
+        self._body_root: mime.Part | None = None
         self._fields: dict[str, list[str]] | None = None  # lower-case name -> raw values
         self._decoded: dict[str, list[str]] = {}
         self._addresses: dict[str, list[str]] = {}
@@ -460,10 +466,23 @@ class Interpreter:
             return [self.spam_value("percent" in t.tags)], self.strings(pos[0])
         raise SieveRuntimeError(f"test {name} cannot run")
 
+    def scanned(self) -> list[mime.HeaderField]:
+        """The top-level header fields the scripts may read (at least those), in order."""
+        if self._scanned is None:
+            ctx = self.ctx
+            found = None
+            if ctx._head is None and self.finder is not None:
+                found = mime.scan_header(ctx.message, self.finder)
+            if found is None:
+                self._scanned = ctx.head.fields
+            else:
+                self._scanned, self._header_end = found
+        return self._scanned
+
     def fields(self) -> dict[str, list[str]]:
         if self._fields is None:
             self._fields = {}
-            for f in self.ctx.head.fields:
+            for f in self.scanned():
                 found = self._fields.setdefault(f.name.lower(), [])
                 if len(found) < MAX_HEADER_VALUES:
                     found.append(f.value)
@@ -491,7 +510,7 @@ class Interpreter:
             values = self.decoded(name) if decode else self.fields().get(name, [])
         else:
             wanted = {n.lower() for n in names}
-            values = [f.value for f in self.ctx.head.fields if f.name.lower() in wanted]
+            values = [f.value for f in self.scanned() if f.name.lower() in wanted]
             values = [mime.decoded_header(v) if decode else v for v in values]
         if "index" in t.tags:  # RFC 5260 6: count from the top, or with :last from the end
             index = _int(t.tags["index"])
@@ -501,7 +520,7 @@ class Interpreter:
 
     def body_values(self, t: Test) -> list[str]:
         data = self.ctx.message
-        root = self.ctx.root
+        root = self.body_root()
         if "raw" in t.tags:
             return [data[root.body_start : root.body_end][:MAX_BODY].decode("utf-8", "replace")]
         kinds = [k.lower() for k in self.strings(t.tags["content"])] if "content" in t.tags \
@@ -511,6 +530,20 @@ class Interpreter:
             if _type_matches(part.mime_type, kinds):
                 found.append(text[:MAX_BODY])
         return found
+
+    def body_root(self) -> mime.Part:
+        """The message's part tree; for a message of one part whose header was scanned, that
+        part made from the scanned fields (the header is not parsed twice)."""
+        ctx = self.ctx
+        if ctx._root is not None:
+            return ctx._root
+        if self._body_root is None:
+            fields = self.scanned()
+            if self._header_end >= 0:
+                self._body_root = mime.single_part(ctx.message, self._header_end, fields)
+            if self._body_root is None:
+                self._body_root = ctx.root
+        return self._body_root
 
     def zoned(self, t: Test, when: datetime) -> datetime:
         if "originalzone" in t.tags:
@@ -628,6 +661,7 @@ def date_part(when: datetime, part: str) -> str:
 
 def evaluate(script: Script, ctx: Context) -> Outcome:
     """The actions ``script`` asks for ``ctx``; raises SieveRuntimeError."""
-    if "body" in script.tests and ctx._head is None:
-        ctx._head = ctx.root  # the body test parses it all: the header fields come with it
-    return Interpreter(ctx).run(script)
+    # The fields the scripts name are scanned for; any field when an included script runs
+    # too (its names are not known here).
+    finder = script.finder if not ctx.scripts else mime.field_finder(None)
+    return Interpreter(ctx, finder).run(script)
