@@ -167,3 +167,38 @@ def test_glob_agrees_with_fnmatch(pattern: str, value: str) -> None:
         i += 1
     expected = re.fullmatch(regex, value, re.S) is not None
     assert (glob_match(value, pattern, "i;octet") is not None) == expected
+
+
+_SAME_MESSAGES = [
+    MSG,
+    b"To: Bob <bob@example.test>,\r\n\tcarol@remote.test\r\nCC: \"A, B\" <ab@x.test>\r\n"
+    b"cc: d@EXAMPLE.test\r\nSubject: Caf\xc3\xa9 CAF\xc3\x89\r\nFrom: <>\r\n\r\nbody\r\n",
+    b"Subject: bare LF header\nTo: alice@example.test\nX-Stray\n\nbody\n",
+    b"From: no-at-sign\r\nSubject:\r\n\r\n",
+]
+_SAME_TESTS = [
+    'header :contains "subject" "CAF\u00c9"', 'header :contains "subject" "caf\u00e9"',
+    'header :contains "subject" ""', 'header :is "subject" ""',
+    'header :is "to" "alice@example.test"', 'header :is :comparator "i;octet" "Subject" '
+    '"caf\u00e9 [dev] release"', 'header :contains ["to", "cc"] "BOB"',
+    'header :contains ["TO", "x-none"] ["zz", "ALICE"]', 'header :is "x-count" "42"',
+    'address :localpart "from" "carol"', 'address :domain ["to", "cc"] "EXAMPLE.test"',
+    'address :all :comparator "i;octet" "from" "carol@remote.test"',
+    'address :is "from" "Carol"', 'address :contains :domain "from" "remote"',
+    'address :localpart "from" "no-at-sign"', 'address :domain "from" ""',
+    'envelope :domain "to" "example.test"', 'envelope :all ["from", "to"] "carol@remote.test"',
+    'envelope :localpart :contains "to" "+TAG"', 'envelope :is ["to", "bogus"] "x"',
+    'exists ["subject", "x-count"]', 'exists "x-none"', 'exists "SUBJECT"',
+]
+
+
+@pytest.mark.parametrize("test", _SAME_TESTS)
+def test_specialised_tests_answer_as_the_general_path(test: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """interp._fast_form's answers equal those of Interpreter.test's general path."""
+    from mailstead.sieve import interp
+
+    text = f'require ["envelope", "imap4flags"];\nif {test} {{ addflag "yes"; }}'
+    fast = [run(text, m).keep_flags for m in _SAME_MESSAGES]
+    monkeypatch.setattr(interp, "_fast_form", lambda _t: None)
+    assert [run(text, m).keep_flags for m in _SAME_MESSAGES] == fast

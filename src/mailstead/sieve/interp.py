@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from typing import cast
 
 from mailstead.proto import mime
 from mailstead.proto.headers import header_section
@@ -384,6 +385,11 @@ class Interpreter:
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise SieveRuntimeError("the script ran too long")
+        fast = t.fast
+        if fast is None:
+            fast = t.fast = _fast_form(t) or _no_fast_form
+        if fast is not _no_fast_form:
+            return fast(self)
         name = t.name
         if name in _VALUE_TESTS:
             values, keys = self.values_and_keys(t)
@@ -568,6 +574,87 @@ class Interpreter:
         return str(1 + round(share * 9))
 
 
+# -- tests in their specialised form ----------------------------------------------------------
+# The common shapes (header, address, envelope with :is or :contains and i;ascii-casemap or
+# i;octet, exists; every string literal, no :index) answer as the general path of
+# Interpreter.test does, with the keys folded once per script rather than once per message
+# and without its dispatch: a script runs its tests for every message it is delivered.
+
+_FastTest = Callable[[Interpreter], bool]
+_FAST_TAGS = frozenset({"is", "contains", "comparator", "localpart", "domain", "all"})
+_FOLDS: dict[str, Callable[[str], str]] = {"i;ascii-casemap": match.casefold_ascii,
+                                           "i;octet": str}
+
+
+def _no_fast_form(_interp: Interpreter) -> bool:
+    raise AssertionError("a marker, never called")
+
+
+def _fast_form(t: Test) -> _FastTest | None:
+    """``t`` as one function of the interpreter, or None when it has no such form."""
+    args = t.positional
+    if not all(isinstance(a, StringList) and a.plain for a in args):
+        return None  # a string may name a variable (RFC 5229): the general path expands it
+    strings = [cast(StringList, a).items for a in args]
+    if t.name == "exists":
+        wanted = frozenset(n.lower() for n in strings[0])
+
+        def exists(interp: Interpreter) -> bool:
+            found = interp.fields()
+            return all(n in found for n in wanted)
+        return exists
+    fold = _FOLDS.get(t.comparator)
+    if (t.name not in ("header", "address", "envelope") or t.tags.keys() - _FAST_TAGS
+            or t.match not in ("is", "contains") or fold is None):
+        return None
+    values = _fast_values(t, strings[0])
+    if t.match == "contains":
+        keys = tuple(fold(k) for k in strings[1])
+
+        def contains(interp: Interpreter) -> bool:
+            for value in values(interp):
+                folded = fold(value[: match.MAX_VALUE])
+                for key in keys:
+                    if key in folded:
+                        return True
+            return False
+        return contains
+    equal = frozenset(fold(k) for k in strings[1])
+
+    def is_(interp: Interpreter) -> bool:
+        return any(fold(value[: match.MAX_VALUE]) in equal for value in values(interp))
+    return is_
+
+
+def _fast_values(t: Test, names: Sequence[str]) -> Callable[[Interpreter], Sequence[str]]:
+    """What Interpreter.values_and_keys gives ``t`` (without :index) as its values."""
+    if t.name == "header":
+        if len(names) == 1:
+            name = names[0].lower()
+            return lambda interp: interp.decoded(name)
+        return lambda interp: interp.header_values(t, names)
+    part: Callable[[str], str] = (_localpart if "localpart" in t.tags
+                                  else _domain if "domain" in t.tags else str)
+    if t.name == "address":
+        lowered = [n.lower() for n in names]
+        return lambda interp: [part(a) for n in lowered for a in interp.addresses(n)]
+    parts = {n.lower() for n in names}
+    which = [w for w in ("from", "to") if w in parts]
+
+    def envelope(interp: Interpreter) -> list[str]:
+        ctx = interp.ctx
+        return [part(ctx.envelope_from if w == "from" else ctx.envelope_to) for w in which]
+    return envelope
+
+
+def _localpart(address: str) -> str:
+    return address.rpartition("@")[0] if "@" in address else address
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2] if "@" in address else ""
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 
@@ -607,9 +694,9 @@ def _addresses_in(value: str) -> list[str]:
 
 def _address_part(address: str, t: Test) -> str:
     if "localpart" in t.tags:
-        return address.rpartition("@")[0] if "@" in address else address
+        return _localpart(address)
     if "domain" in t.tags:
-        return address.rpartition("@")[2] if "@" in address else ""
+        return _domain(address)
     return address
 
 
