@@ -1276,6 +1276,10 @@ def _same_as_parse(data: bytes) -> None:
     b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n\r\nhi\r\n--zz--\r\n",
     b"Content-Type: multipart/mixed\r\n\r\nno boundary\r\n",
     b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nbody\r\n",
+    b"Content-Type: text/html; name=\"" + b"n" * 3000 + b"\"\r\nContent-Disposition: inline"
+    b"\r\nContent-Transfer-Encoding: base64\r\n\r\nPGI+aGk8L2I+\r\n",
+    b"Content-Type: text/plain; charset*=utf-8''caf%C3%A9\r\ncontent-type: text/html\r\n"
+    b"Content-Disposition: attachment; filename=\"=?utf-8?q?a=C3=A9?=\"\r\n\r\nx\r\n",
     b"\r\n\r\nno header at all",
     b"".join(b"Received: from h%d\r\n" % i for i in range(12_000))
     + b"From: late@x.test\r\nSubject: late\r\n\r\nbody",

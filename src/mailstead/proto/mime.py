@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 from mailstead.core.models import Envelope
@@ -785,11 +786,43 @@ def single_part(data: bytes, header_end: int, fields: list[HeaderField]) -> Part
     Content-Disposition fields (where present) are among ``fields``, when that tree is one
     leaf (not multipart, not an encapsulated message); else None. ``fields`` are kept as the
     part's fields."""
-    part = Part(0, header_end, header_end, len(data), list(fields))
+    first: dict[str, str] = {}
+    for f in fields:
+        name = f.name.lower()
+        if name in _CONTENT_FIELDS and name not in first:
+            first[name] = f.value
+    content = (first.get("content-type"), first.get("content-transfer-encoding"),
+               first.get("content-disposition"))
+    size = len(content[0] or "") + len(content[1] or "") + len(content[2] or "")
+    model = _leaf_model(*content) if size <= _MODEL_SIZE else _leaf_model.__wrapped__(*content)
+    if model is None:
+        return None
+    return Part(0, header_end, header_end, len(data), list(fields),
+                raw_type=model.raw_type, raw_subtype=model.raw_subtype,
+                raw_params=list(model.raw_params), params=dict(model.params),
+                type_defaulted=model.type_defaulted,
+                raw_transfer_encoding=model.raw_transfer_encoding,
+                raw_disposition=model.raw_disposition,
+                disposition_params=list(model.disposition_params), filename=model.filename,
+                lines=_count_lines(data, header_end, len(data)))
+
+
+_CONTENT_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
+_MODEL_SIZE = 2048  # characters of the three fields past which a model is not kept
+
+
+@lru_cache(maxsize=256)
+def _leaf_model(content_type: str | None, transfer_encoding: str | None,
+                disposition: str | None) -> Part | None:
+    """What _apply_content_headers makes of these fields (it reads no other), as a part
+    ``single_part`` copies; None for a multipart or a message. Kept: most messages carry
+    one of a few Content-Type values."""
+    named = (("Content-Type", content_type), ("Content-Transfer-Encoding", transfer_encoding),
+             ("Content-Disposition", disposition))
+    part = Part(0, 0, 0, 0, [HeaderField(n, v, 0, 0) for n, v in named if v is not None])
     _apply_content_headers(part, ("text", "plain"))
     if part.is_multipart or _is_message(part):
         return None
-    part.lines = _count_lines(data, part.body_start, part.body_end)
     return part
 
 

@@ -575,13 +575,14 @@ class Interpreter:
 
 
 # -- tests in their specialised form ----------------------------------------------------------
-# The common shapes (header, address, envelope with :is or :contains and i;ascii-casemap or
-# i;octet, exists; every string literal, no :index) answer as the general path of
+# The common shapes (header, address, envelope with :is, :contains or :matches and
+# i;ascii-casemap or i;octet, exists; every string literal, no :index) answer as the general path of
 # Interpreter.test does, with the keys folded once per script rather than once per message
 # and without its dispatch: a script runs its tests for every message it is delivered.
 
 _FastTest = Callable[[Interpreter], bool]
-_FAST_TAGS = frozenset({"is", "contains", "comparator", "localpart", "domain", "all"})
+_FAST_TAGS = frozenset({"is", "contains", "matches", "comparator", "localpart", "domain",
+                        "all"})
 _FOLDS: dict[str, Callable[[str], str]] = {"i;ascii-casemap": match.casefold_ascii,
                                            "i;octet": str}
 
@@ -605,9 +606,24 @@ def _fast_form(t: Test) -> _FastTest | None:
         return exists
     fold = _FOLDS.get(t.comparator)
     if (t.name not in ("header", "address", "envelope") or t.tags.keys() - _FAST_TAGS
-            or t.match not in ("is", "contains") or fold is None):
+            or t.match not in ("is", "contains", "matches") or fold is None):
         return None
     values = _fast_values(t, strings[0])
+    if t.match == "matches":
+        patterns = [match.glob_runs(k, t.comparator) for k in strings[1]]
+
+        def matches(interp: Interpreter) -> bool:
+            for value in values(interp):
+                value = value[: match.MAX_VALUE]
+                folded = fold(value)
+                for runs in patterns:
+                    found = match.glob_match_runs(value, folded, runs)
+                    if found is not None:
+                        if interp.frames[-1].variables:  # RFC 5229 3.2
+                            interp.matched = [c[:MAX_VARIABLE] for c in (value, *found)]
+                        return True
+            return False
+        return matches
     if t.match == "contains":
         keys = tuple(fold(k) for k in strings[1])
 
