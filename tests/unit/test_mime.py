@@ -1260,6 +1260,9 @@ def _same_as_parse(data: bytes) -> None:
              root.transfer_encoding, root.lines, root.disposition, root.filename)
         assert [t for _p, t in mime.text_parts(data, part)] == \
             [t for _p, t in mime.text_parts(data, root)]
+        model = mime.leaf_model(fields)
+        assert model is not None and model.mime_type == root.mime_type
+        assert mime.leaf_text(data, end, model) == mime.part_text(data, root)
 
 
 @pytest.mark.parametrize("data", [

@@ -207,3 +207,35 @@ def test_specialised_tests_answer_as_the_general_path(test: str,
     fast = [run(text, m).keep_flags for m in _SAME_MESSAGES]
     monkeypatch.setattr(interp, "_fast_form", lambda _t: None)
     assert [run(text, m).keep_flags for m in _SAME_MESSAGES] == fast
+
+
+_BODY_MESSAGES = [
+    MSG,
+    b"Subject: plain\r\n\r\nThe Build is GREEN.\r\n",
+    b"Content-Type: text/html; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable"
+    b"\r\n\r\n<p>caf=E9 green</p>\r\n",
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    b"Y2Fmw6kgZ3JlZW4=\r\n",
+    b"Content-Type: application/octet-stream\r\n\r\ngreen\r\n",
+    b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n\r\ngreen one\r\n--zz\r\n"
+    b"Content-Type: text/html\r\n\r\n<b>green</b>\r\n--zz--\r\n",
+    b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ngreen\r\n",
+    b"Subject: bare LF\n\ngreen\n",
+]
+_BODY_TESTS = [
+    'body :contains "green"', 'body :text :contains "GREEN"', 'body :raw :contains "=E9"',
+    'body :content "text/html" :contains "green"', 'body :content "text" :contains "caf\u00e9"',
+    'body :content ["application", "image"] :contains "green"', 'body :content "" :is ""',
+    'body :matches "*green*"', 'body :contains :comparator "i;octet" "GREEN"',
+]
+
+
+@pytest.mark.parametrize("test", _BODY_TESTS)
+def test_body_of_a_scanned_message_is_that_of_its_parsed_tree(test: str) -> None:
+    """The body test reads a one-part message from its scanned header (interp.body_values)
+    as from the message's parsed part tree (RFC 5173 5: :raw, :content, :text)."""
+    from mailstead.proto import mime
+
+    text = f'require ["body", "imap4flags"];\nif {test} {{ addflag "yes"; }}'
+    scanned = [run(text, m).keep_flags for m in _BODY_MESSAGES]
+    assert [run(text, m, _root=mime.parse(m)).keep_flags for m in _BODY_MESSAGES] == scanned

@@ -698,12 +698,16 @@ def text_parts(data: bytes, root: Part | None = None) -> list[tuple[Part, str]]:
 
 def part_text(data: bytes, part: Part) -> str:
     """One part's body as text: transfer encoding and charset undone (HTML left as HTML)."""
-    body = data[part.body_start : part.body_end]
+    return _body_text(data[part.body_start : part.body_end], part.transfer_encoding,
+                      part.charset)
+
+
+def _body_text(body: bytes, transfer_encoding: str, charset: str | None) -> str:
     try:
-        body = decode_transfer_encoding(body, part.transfer_encoding)
+        body = decode_transfer_encoding(body, transfer_encoding)
     except (UnknownEncoding, binascii.Error):
         pass
-    return _decode_charset(body, part.charset or "utf-8")
+    return _decode_charset(body, charset or "utf-8")
 
 
 def text_for_search(data: bytes, root: Part | None = None) -> str:
@@ -773,8 +777,8 @@ def scan_header(data: bytes, finder: re.Pattern[bytes]) -> tuple[list[HeaderFiel
     if m is None:
         return None
     end = m.end()
-    if data.count(b"\n", 0, end) > MAX_FIELDS:
-        return None
+    if end > MAX_FIELDS and data.count(b"\n", 0, end) > MAX_FIELDS:
+        return None  # (a header of fewer octets cannot have more lines)
     fields = [HeaderField(f.group(1).decode("ascii"), _unfold(f.group(2)), f.start(), f.end())
               for f in finder.finditer(data, 0, end)]
     return fields, end
@@ -786,15 +790,7 @@ def single_part(data: bytes, header_end: int, fields: list[HeaderField]) -> Part
     Content-Disposition fields (where present) are among ``fields``, when that tree is one
     leaf (not multipart, not an encapsulated message); else None. ``fields`` are kept as the
     part's fields."""
-    first: dict[str, str] = {}
-    for f in fields:
-        name = f.name.lower()
-        if name in _CONTENT_FIELDS and name not in first:
-            first[name] = f.value
-    content = (first.get("content-type"), first.get("content-transfer-encoding"),
-               first.get("content-disposition"))
-    size = len(content[0] or "") + len(content[1] or "") + len(content[2] or "")
-    model = _leaf_model(*content) if size <= _MODEL_SIZE else _leaf_model.__wrapped__(*content)
+    model = leaf_model(fields)
     if model is None:
         return None
     return Part(0, header_end, header_end, len(data), list(fields),
@@ -805,6 +801,27 @@ def single_part(data: bytes, header_end: int, fields: list[HeaderField]) -> Part
                 raw_disposition=model.raw_disposition,
                 disposition_params=list(model.disposition_params), filename=model.filename,
                 lines=_count_lines(data, header_end, len(data)))
+
+
+def leaf_model(fields: list[HeaderField]) -> Part | None:
+    """What a message's content fields (the first of each name among ``fields``) make of its
+    one part: a Part with no offsets, shared (not to be changed); None when they make it a
+    multipart or a message (see single_part)."""
+    first: dict[str, str] = {}
+    for f in fields:
+        name = f.name.lower()
+        if name in _CONTENT_FIELDS and name not in first:
+            first[name] = f.value
+    content = (first.get("content-type"), first.get("content-transfer-encoding"),
+               first.get("content-disposition"))
+    size = len(content[0] or "") + len(content[1] or "") + len(content[2] or "")
+    return _leaf_model(*content) if size <= _MODEL_SIZE else _leaf_model.__wrapped__(*content)
+
+
+def leaf_text(data: bytes, header_end: int, model: Part) -> str:
+    """``part_text`` of the part ``single_part`` would build with ``model`` (its body runs
+    from ``header_end`` to the end of ``data``), without building it."""
+    return _body_text(data[header_end:], model.transfer_encoding, model.charset)
 
 
 _CONTENT_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")

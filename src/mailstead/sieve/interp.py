@@ -145,6 +145,7 @@ class Interpreter:
         self._body_root: mime.Part | None = None
         self._fields: dict[str, list[str]] | None = None  # lower-case name -> raw values
         self._decoded: dict[str, list[str]] = {}
+        self._folded: dict[str, list[str]] = {}
         self._addresses: dict[str, list[str]] = {}
 
     # -- running ------------------------------------------------------------------------
@@ -502,6 +503,14 @@ class Interpreter:
                                            for v in self.fields().get(name, ())]
         return found
 
+    def folded(self, name: str) -> list[str]:
+        """decoded(name), each value cut at match.MAX_VALUE and folded (i;ascii-casemap)."""
+        found = self._folded.get(name)
+        if found is None:
+            found = self._folded[name] = [match.casefold_ascii(v[: match.MAX_VALUE])
+                                          for v in self.decoded(name)]
+        return found
+
     def addresses(self, name: str) -> list[str]:
         found = self._addresses.get(name)
         if found is None:
@@ -526,11 +535,20 @@ class Interpreter:
 
     def body_values(self, t: Test) -> list[str]:
         data = self.ctx.message
+        kinds = [k.lower() for k in self.strings(t.tags["content"])] if "content" in t.tags \
+            else ["text"]
+        if "raw" not in t.tags and self.ctx._root is None:
+            fields = self.scanned()
+            model = mime.leaf_model(fields) if self._header_end >= 0 else None
+            if model is not None:
+                # One part, whose header was scanned: what text_parts finds in it, read
+                # without building its tree (body_root).
+                if model.content_type[0] != "text" or not _type_matches(model.mime_type, kinds):
+                    return []
+                return [mime.leaf_text(data, self._header_end, model)[:MAX_BODY]]
         root = self.body_root()
         if "raw" in t.tags:
             return [data[root.body_start : root.body_end][:MAX_BODY].decode("utf-8", "replace")]
-        kinds = [k.lower() for k in self.strings(t.tags["content"])] if "content" in t.tags \
-            else ["text"]
         found = []
         for part, text in mime.text_parts(data, root):
             if _type_matches(part.mime_type, kinds):
@@ -624,12 +642,12 @@ def _fast_form(t: Test) -> _FastTest | None:
                         return True
             return False
         return matches
+    folded_values = _fast_folded(t, strings[0], values, fold)
     if t.match == "contains":
         keys = tuple(fold(k) for k in strings[1])
 
         def contains(interp: Interpreter) -> bool:
-            for value in values(interp):
-                folded = fold(value[: match.MAX_VALUE])
+            for folded in folded_values(interp):
                 for key in keys:
                     if key in folded:
                         return True
@@ -638,8 +656,18 @@ def _fast_form(t: Test) -> _FastTest | None:
     equal = frozenset(fold(k) for k in strings[1])
 
     def is_(interp: Interpreter) -> bool:
-        return any(fold(value[: match.MAX_VALUE]) in equal for value in values(interp))
+        return not equal.isdisjoint(folded_values(interp))
     return is_
+
+
+def _fast_folded(t: Test, names: Sequence[str], values: Callable[[Interpreter], Sequence[str]],
+                 fold: Callable[[str], str]) -> Callable[[Interpreter], Sequence[str]]:
+    """``values``, each cut at match.MAX_VALUE and folded by the comparator; a header's
+    read from the interpreter's folded fields (one field is often tested many times)."""
+    if t.name == "header" and len(names) == 1 and t.comparator == "i;ascii-casemap":
+        name = names[0].lower()
+        return lambda interp: interp.folded(name)
+    return lambda interp: [fold(v[: match.MAX_VALUE]) for v in values(interp)]
 
 
 def _fast_values(t: Test, names: Sequence[str]) -> Callable[[Interpreter], Sequence[str]]:
