@@ -184,7 +184,15 @@ class Interpreter:
                 raise SieveRuntimeError("the script ran too long")
             name = command.name
             if name == "if":
-                taken = self.test(command.tests[0])
+                t = command.tests[0]
+                fast = t.fast
+                if fast is None or fast is _no_fast_form:
+                    taken = self.test(t)
+                else:  # Interpreter.test, less a call: most commands are such ifs
+                    self.steps += 1
+                    if self.steps > MAX_STEPS:
+                        raise SieveRuntimeError("the script ran too long")
+                    taken = fast(self)
                 if taken:
                     self.block(command.block or [])
             elif name == "elsif":
@@ -645,6 +653,17 @@ def _fast_form(t: Test) -> _FastTest | None:
     folded_values = _fast_folded(t, strings[0], values, fold)
     if t.match == "contains":
         keys = tuple(fold(k) for k in strings[1])
+        if t.name == "header" and len(strings[0]) == 1 and t.comparator == "i;ascii-casemap":
+            field = strings[0][0].lower()  # the most common test of all, with one call less
+
+            def contains_field(interp: Interpreter) -> bool:
+                values = interp._folded.get(field)
+                for folded in values if values is not None else interp.folded(field):
+                    for key in keys:
+                        if key in folded:
+                            return True
+                return False
+            return contains_field
 
         def contains(interp: Interpreter) -> bool:
             for folded in folded_values(interp):
