@@ -42,6 +42,12 @@ def test_header_decoding_and_matches_variables() -> None:
     assert boxes(out) == ["lists/dev/release"]
 
 
+def test_header_of_several_fields_decodes_encoded_words() -> None:
+    out = run('require "fileinto";\n'
+              'if header :contains ["x-none", "subject"] "caf\u00e9 [dev]" { fileinto "A"; }')
+    assert boxes(out) == ["A"]
+
+
 def test_address_envelope_parts() -> None:
     out = run('require ["envelope", "fileinto"];\n'
               'if allof (address :domain "from" "REMOTE.test", '

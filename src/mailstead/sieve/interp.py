@@ -534,7 +534,8 @@ class Interpreter:
         else:
             wanted = {n.lower() for n in names}
             values = [f.value for f in self.scanned() if f.name.lower() in wanted]
-            values = [mime.decoded_header(v) if decode else v for v in values]
+            if decode:  # as decoded(): a value comes unfolded, so only "=?" needs decoding
+                values = [mime.decoded_header(v) if "=?" in v else v for v in values]
         if "index" in t.tags:  # RFC 5260 6: count from the top, or with :last from the end
             index = _int(t.tags["index"])
             position = len(values) - index if "last" in t.tags else index - 1
