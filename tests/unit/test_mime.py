@@ -1225,3 +1225,75 @@ def test_envelope_from_the_header_alone_equals_the_full_parse(data: bytes) -> No
     """FETCH ENVELOPE parses only the header when no part tree is kept (imap_cmd_fetch)."""
     assert mime_imap.envelope(data, mime.parse_header_only(data)) == \
         mime_imap.envelope(data, mime.parse(data))
+
+
+# --------------------------------------------------------------------------------------------
+# scan_header / single_part (Sieve reads only the fields its tests name): what parse finds.
+
+_SCAN_NAMES = [None, frozenset({"subject", "to"}), frozenset({"content-type", "from", "x-8bit"}),
+               frozenset({"k", "x-a.b", "nope", "caf\xe9", "a:b", ""})]
+
+
+def _same_as_parse(data: bytes) -> None:
+    root = mime.parse(data)
+    for names in _SCAN_NAMES:
+        found = mime.scan_header(data, mime.field_finder(names))
+        if found is None:
+            continue
+        fields, end = found
+        assert end == root.header_end
+        expected = [f for f in root.fields if names is None or f.name.lower() in names]
+        assert [(f.name, f.value, f.start, f.end) for f in fields] == \
+            [(f.name, f.value, f.start, f.end) for f in expected]
+        if names is not None and {"content-type", "content-transfer-encoding",
+                                  "content-disposition"} - names:
+            continue
+        part = mime.single_part(data, end, fields)
+        if part is None:  # left to parse: a multipart (even an unusable one) or a message
+            declared = (root.get("Content-Type") or "").lower()
+            assert root.is_multipart or root.content_type[0] == "message" or \
+                "multipart" in declared
+            continue
+        assert (part.body_start, part.body_end, part.mime_type, part.params,
+                part.transfer_encoding, part.lines, part.disposition, part.filename) == \
+            (root.body_start, root.body_end, root.mime_type, root.params,
+             root.transfer_encoding, root.lines, root.disposition, root.filename)
+        assert [t for _p, t in mime.text_parts(data, part)] == \
+            [t for _p, t in mime.text_parts(data, root)]
+        model = mime.leaf_model(fields)
+        assert model is not None and model.mime_type == root.mime_type
+        assert mime.leaf_text(data, end, model) == mime.part_text(data, root)
+
+
+@pytest.mark.parametrize("data", [
+    b"From: A <a@x.test>\r\nTo: b@y.test,\r\n\tc@z.test\r\nSubject: hi\r\nK: kelvin\r\n\r\nbody",
+    b"Subject : spaced\r\nsubject:\tlower\r\nSUBJECT: upper\r\nX-A.B: dots\r\n\r\n",
+    b"Subject: bare LF\nTo: t@x\n\nbody\n",
+    b"Subject: x\r\nnot a field line\r\nTo: late@x\r\n\r\nbody",
+    b" Subject: starts folded\r\n\r\nbody",
+    b"Subject: no blank line",
+    b"Subject: \xe9t\xe9\r\nTo: \xc3\xa9\r\nX-8bit: a\x00b\r\n\r\n",
+    b"Subject: x\r\r\nTo: y\r\n\r\n",
+    b"Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: "
+    b"quoted-printable\r\n\r\ncaf=E9 here\r\n",
+    b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n\r\nhi\r\n--zz--\r\n",
+    b"Content-Type: multipart/mixed\r\n\r\nno boundary\r\n",
+    b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nbody\r\n",
+    b"Content-Type: text/html; name=\"" + b"n" * 3000 + b"\"\r\nContent-Disposition: inline"
+    b"\r\nContent-Transfer-Encoding: base64\r\n\r\nPGI+aGk8L2I+\r\n",
+    b"Content-Type: text/plain; charset*=utf-8''caf%C3%A9\r\ncontent-type: text/html\r\n"
+    b"Content-Disposition: attachment; filename=\"=?utf-8?q?a=C3=A9?=\"\r\n\r\nx\r\n",
+    b"\r\n\r\nno header at all",
+    b"".join(b"Received: from h%d\r\n" % i for i in range(12_000))
+    + b"From: late@x.test\r\nSubject: late\r\n\r\nbody",
+])
+def test_scanned_fields_are_those_parse_finds(data: bytes) -> None:
+    _same_as_parse(data)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(FRAGMENTS, LINE_END), max_size=40), st.booleans())
+def test_scanned_fields_of_message_shaped_input_are_those_parse_finds(
+        lines: list[tuple[str, str]], trailing: bool) -> None:
+    data = "".join(fragment + end for fragment, end in lines).encode("latin-1")
+    _same_as_parse(data if trailing else data.rstrip(b"\r\n"))

@@ -42,6 +42,12 @@ def test_header_decoding_and_matches_variables() -> None:
     assert boxes(out) == ["lists/dev/release"]
 
 
+def test_header_of_several_fields_decodes_encoded_words() -> None:
+    out = run('require "fileinto";\n'
+              'if header :contains ["x-none", "subject"] "caf\u00e9 [dev]" { fileinto "A"; }')
+    assert boxes(out) == ["A"]
+
+
 def test_address_envelope_parts() -> None:
     out = run('require ["envelope", "fileinto"];\n'
               'if allof (address :domain "from" "REMOTE.test", '
@@ -167,3 +173,75 @@ def test_glob_agrees_with_fnmatch(pattern: str, value: str) -> None:
         i += 1
     expected = re.fullmatch(regex, value, re.S) is not None
     assert (glob_match(value, pattern, "i;octet") is not None) == expected
+
+
+_SAME_MESSAGES = [
+    MSG,
+    b"To: Bob <bob@example.test>,\r\n\tcarol@remote.test\r\nCC: \"A, B\" <ab@x.test>\r\n"
+    b"cc: d@EXAMPLE.test\r\nSubject: Caf\xc3\xa9 CAF\xc3\x89\r\nFrom: <>\r\n\r\nbody\r\n",
+    b"Subject: bare LF header\nTo: alice@example.test\nX-Stray\n\nbody\n",
+    b"From: no-at-sign\r\nSubject:\r\n\r\n",
+]
+_SAME_TESTS = [
+    'header :contains "subject" "CAF\u00c9"', 'header :contains "subject" "caf\u00e9"',
+    'header :contains "subject" ""', 'header :is "subject" ""',
+    'header :is "to" "alice@example.test"', 'header :is :comparator "i;octet" "Subject" '
+    '"caf\u00e9 [dev] release"', 'header :contains ["to", "cc"] "BOB"',
+    'header :contains ["TO", "x-none"] ["zz", "ALICE"]', 'header :is "x-count" "42"',
+    'address :localpart "from" "carol"', 'address :domain ["to", "cc"] "EXAMPLE.test"',
+    'address :all :comparator "i;octet" "from" "carol@remote.test"',
+    'address :is "from" "Carol"', 'address :contains :domain "from" "remote"',
+    'address :localpart "from" "no-at-sign"', 'address :domain "from" ""',
+    'envelope :domain "to" "example.test"', 'envelope :all ["from", "to"] "carol@remote.test"',
+    'envelope :localpart :contains "to" "+TAG"', 'envelope :is ["to", "bogus"] "x"',
+    'exists ["subject", "x-count"]', 'exists "x-none"', 'exists "SUBJECT"',
+    'header :matches "subject" "*[*]*"', 'header :matches "subject" ["x*", "CAF? *"]',
+    'header :matches :comparator "i;octet" "subject" "CAF? *"',
+    'header :matches ["to", "cc"] "*@*"', 'address :matches :domain "from" "*.test"',
+    'address :matches :localpart ["to", "cc"] "?*"', 'envelope :matches "to" "*+*@*"',
+]
+
+
+@pytest.mark.parametrize("test", _SAME_TESTS)
+def test_specialised_tests_answer_as_the_general_path(test: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """interp._fast_form's answers equal those of Interpreter.test's general path."""
+    from mailstead.sieve import interp
+
+    text = (f'require ["envelope", "imap4flags", "variables"];\n'
+            f'if {test} {{ addflag "yes:${{0}}|${{1}}|${{2}}"; }}')
+    fast = [run(text, m).keep_flags for m in _SAME_MESSAGES]
+    monkeypatch.setattr(interp, "_fast_form", lambda _t: None)
+    assert [run(text, m).keep_flags for m in _SAME_MESSAGES] == fast
+
+
+_BODY_MESSAGES = [
+    MSG,
+    b"Subject: plain\r\n\r\nThe Build is GREEN.\r\n",
+    b"Content-Type: text/html; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable"
+    b"\r\n\r\n<p>caf=E9 green</p>\r\n",
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    b"Y2Fmw6kgZ3JlZW4=\r\n",
+    b"Content-Type: application/octet-stream\r\n\r\ngreen\r\n",
+    b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n\r\ngreen one\r\n--zz\r\n"
+    b"Content-Type: text/html\r\n\r\n<b>green</b>\r\n--zz--\r\n",
+    b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ngreen\r\n",
+    b"Subject: bare LF\n\ngreen\n",
+]
+_BODY_TESTS = [
+    'body :contains "green"', 'body :text :contains "GREEN"', 'body :raw :contains "=E9"',
+    'body :content "text/html" :contains "green"', 'body :content "text" :contains "caf\u00e9"',
+    'body :content ["application", "image"] :contains "green"', 'body :content "" :is ""',
+    'body :matches "*green*"', 'body :contains :comparator "i;octet" "GREEN"',
+]
+
+
+@pytest.mark.parametrize("test", _BODY_TESTS)
+def test_body_of_a_scanned_message_is_that_of_its_parsed_tree(test: str) -> None:
+    """The body test reads a one-part message from its scanned header (interp.body_values)
+    as from the message's parsed part tree (RFC 5173 5: :raw, :content, :text)."""
+    from mailstead.proto import mime
+
+    text = f'require ["body", "imap4flags"];\nif {test} {{ addflag "yes"; }}'
+    scanned = [run(text, m).keep_flags for m in _BODY_MESSAGES]
+    assert [run(text, m, _root=mime.parse(m)).keep_flags for m in _BODY_MESSAGES] == scanned

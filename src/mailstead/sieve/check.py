@@ -8,8 +8,10 @@ are known and carry their values, its positional arguments have the right kinds.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
+from mailstead.proto import mime
 from mailstead.sieve.grammar import (
     Arg,
     Command,
@@ -116,12 +118,20 @@ _EXCLUSIVE = (
 )
 
 
+# Header fields the body test reads to find the message's parts (RFC 5173 5).
+_BODY_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
+
+
 @dataclass(slots=True)
 class Script:
     commands: list[Command]
     requires: frozenset[str]
     includes: list[tuple[str, str, bool]]  # (scope, name, optional) named by include
     tests: frozenset[str] = frozenset()  # the names of the tests it uses
+    # The header fields its tests can read (lower-case), None when a name comes from a
+    # variable; what the interpreter scans the header for (mime.field_finder).
+    header_names: frozenset[str] | None = None
+    finder: re.Pattern[bytes] = field(default_factory=lambda: mime.field_finder(None))
 
 
 def compile_script(text: str) -> Script:
@@ -129,8 +139,9 @@ def compile_script(text: str) -> Script:
     commands = parse(text)
     checker = _Checker()
     checker.block(commands, top=True)
+    names = None if checker.header_names is None else frozenset(checker.header_names)
     return Script(commands, frozenset(checker.requires), checker.includes,
-                  frozenset(checker.tests))
+                  frozenset(checker.tests), names, mime.field_finder(names))
 
 
 class _Checker:
@@ -138,6 +149,7 @@ class _Checker:
         self.requires: set[str] = set()
         self.includes: list[tuple[str, str, bool]] = []
         self.tests: set[str] = set()
+        self.header_names: set[str] | None = set()
         self.requires_open = True  # RFC 5228 3.2: require comes before any other command
 
     def block(self, commands: list[Command], top: bool = False) -> None:
@@ -200,6 +212,21 @@ class _Checker:
                 raise SieveSyntaxError(f"unknown test {test.name!r}", test.line)
             self.node(test, test_spec, "test")
             _settle_match(test)
+            self.note_header_names(test)
+
+    def note_header_names(self, test: Test) -> None:
+        """Adds the header fields ``test`` reads to ``header_names`` (None: any may be)."""
+        if self.header_names is None:
+            return
+        if test.name == "body":
+            self.header_names.update(_BODY_FIELDS)
+        if test.name not in ("header", "address", "exists", "date"):
+            return
+        names = test.positional[0] if test.positional else None
+        if not isinstance(names, StringList) or not names.plain:
+            self.header_names = None  # named by a variable (RFC 5229): known at run time
+            return
+        self.header_names.update(n.lower() for n in names.items)
 
     def arguments(self, node: Command | Test, spec: Spec) -> None:
         args = node.args

@@ -11,7 +11,9 @@ Pure code: no I/O. Every bound is here so a hostile script costs little to parse
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 MAX_SCRIPT_BYTES = 256 * 1024
 MAX_NESTING = 32  # blocks and tests inside tests
@@ -54,6 +56,9 @@ class Test:
     match: str = "is"
     relation: str = ""
     comparator: str = "i;ascii-casemap"
+    # Set by interp.py the first time the test runs: its specialised form, or a marker that
+    # it has none (the node belongs to a compiled script, which is reused for every message).
+    fast: Callable[[Any], bool] | None = None
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from typing import cast
 
 from mailstead.proto import mime
 from mailstead.proto.headers import header_section
@@ -125,7 +126,7 @@ class _Frame:
 
 
 class Interpreter:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, finder: re.Pattern[bytes] | None = None) -> None:
         self.ctx = ctx
         self.out = Outcome()
         self.flags: set[str] = set()  # the internal variable of imap4flags (RFC 5232 3)
@@ -136,8 +137,15 @@ class Interpreter:
         self.included_once: set[tuple[str, str]] = set()
         self.frames: list[_Frame] = []
         self.explicit_keep = False
+        # The header fields the scripts read, scanned for once (mime.scan_header) rather than
+        # parsing the whole header; the fields of ctx.head when the scan cannot say.
+        self.finder = finder
+        self._scanned: list[mime.HeaderField] | None = None
+        self._header_end = -1  # where the scanned header ends (-1: it was parsed instead)
+        self._body_root: mime.Part | None = None
         self._fields: dict[str, list[str]] | None = None  # lower-case name -> raw values
         self._decoded: dict[str, list[str]] = {}
+        self._folded: dict[str, list[str]] = {}
         self._addresses: dict[str, list[str]] = {}
 
     # -- running ------------------------------------------------------------------------
@@ -176,7 +184,15 @@ class Interpreter:
                 raise SieveRuntimeError("the script ran too long")
             name = command.name
             if name == "if":
-                taken = self.test(command.tests[0])
+                t = command.tests[0]
+                fast = t.fast
+                if fast is None or fast is _no_fast_form:
+                    taken = self.test(t)
+                else:  # Interpreter.test, less a call: most commands are such ifs
+                    self.steps += 1
+                    if self.steps > MAX_STEPS:
+                        raise SieveRuntimeError("the script ran too long")
+                    taken = fast(self)
                 if taken:
                     self.block(command.block or [])
             elif name == "elsif":
@@ -378,6 +394,11 @@ class Interpreter:
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise SieveRuntimeError("the script ran too long")
+        fast = t.fast
+        if fast is None:
+            fast = t.fast = _fast_form(t) or _no_fast_form
+        if fast is not _no_fast_form:
+            return fast(self)
         name = t.name
         if name in _VALUE_TESTS:
             values, keys = self.values_and_keys(t)
@@ -460,10 +481,23 @@ class Interpreter:
             return [self.spam_value("percent" in t.tags)], self.strings(pos[0])
         raise SieveRuntimeError(f"test {name} cannot run")
 
+    def scanned(self) -> list[mime.HeaderField]:
+        """The top-level header fields the scripts may read (at least those), in order."""
+        if self._scanned is None:
+            ctx = self.ctx
+            found = None
+            if ctx._head is None and self.finder is not None:
+                found = mime.scan_header(ctx.message, self.finder)
+            if found is None:
+                self._scanned = ctx.head.fields
+            else:
+                self._scanned, self._header_end = found
+        return self._scanned
+
     def fields(self) -> dict[str, list[str]]:
         if self._fields is None:
             self._fields = {}
-            for f in self.ctx.head.fields:
+            for f in self.scanned():
                 found = self._fields.setdefault(f.name.lower(), [])
                 if len(found) < MAX_HEADER_VALUES:
                     found.append(f.value)
@@ -475,6 +509,14 @@ class Interpreter:
             # Field values come unfolded; only those with an encoded word need decoding.
             found = self._decoded[name] = [mime.decoded_header(v) if "=?" in v else v
                                            for v in self.fields().get(name, ())]
+        return found
+
+    def folded(self, name: str) -> list[str]:
+        """decoded(name), each value cut at match.MAX_VALUE and folded (i;ascii-casemap)."""
+        found = self._folded.get(name)
+        if found is None:
+            found = self._folded[name] = [match.casefold_ascii(v[: match.MAX_VALUE])
+                                          for v in self.decoded(name)]
         return found
 
     def addresses(self, name: str) -> list[str]:
@@ -491,8 +533,9 @@ class Interpreter:
             values = self.decoded(name) if decode else self.fields().get(name, [])
         else:
             wanted = {n.lower() for n in names}
-            values = [f.value for f in self.ctx.head.fields if f.name.lower() in wanted]
-            values = [mime.decoded_header(v) if decode else v for v in values]
+            values = [f.value for f in self.scanned() if f.name.lower() in wanted]
+            if decode:  # as decoded(): a value comes unfolded, so only "=?" needs decoding
+                values = [mime.decoded_header(v) if "=?" in v else v for v in values]
         if "index" in t.tags:  # RFC 5260 6: count from the top, or with :last from the end
             index = _int(t.tags["index"])
             position = len(values) - index if "last" in t.tags else index - 1
@@ -501,16 +544,39 @@ class Interpreter:
 
     def body_values(self, t: Test) -> list[str]:
         data = self.ctx.message
-        root = self.ctx.root
-        if "raw" in t.tags:
-            return [data[root.body_start : root.body_end][:MAX_BODY].decode("utf-8", "replace")]
         kinds = [k.lower() for k in self.strings(t.tags["content"])] if "content" in t.tags \
             else ["text"]
+        if "raw" not in t.tags and self.ctx._root is None:
+            fields = self.scanned()
+            model = mime.leaf_model(fields) if self._header_end >= 0 else None
+            if model is not None:
+                # One part, whose header was scanned: what text_parts finds in it, read
+                # without building its tree (body_root).
+                if model.content_type[0] != "text" or not _type_matches(model.mime_type, kinds):
+                    return []
+                return [mime.leaf_text(data, self._header_end, model)[:MAX_BODY]]
+        root = self.body_root()
+        if "raw" in t.tags:
+            return [data[root.body_start : root.body_end][:MAX_BODY].decode("utf-8", "replace")]
         found = []
         for part, text in mime.text_parts(data, root):
             if _type_matches(part.mime_type, kinds):
                 found.append(text[:MAX_BODY])
         return found
+
+    def body_root(self) -> mime.Part:
+        """The message's part tree; for a message of one part whose header was scanned, that
+        part made from the scanned fields (the header is not parsed twice)."""
+        ctx = self.ctx
+        if ctx._root is not None:
+            return ctx._root
+        if self._body_root is None:
+            fields = self.scanned()
+            if self._header_end >= 0:
+                self._body_root = mime.single_part(ctx.message, self._header_end, fields)
+            if self._body_root is None:
+                self._body_root = ctx.root
+        return self._body_root
 
     def zoned(self, t: Test, when: datetime) -> datetime:
         if "originalzone" in t.tags:
@@ -533,6 +599,124 @@ class Interpreter:
         if percent:
             return str(round(share * 100))
         return str(1 + round(share * 9))
+
+
+# -- tests in their specialised form ----------------------------------------------------------
+# The common shapes (header, address, envelope with :is, :contains or :matches and
+# i;ascii-casemap or i;octet, exists; every string literal, no :index) answer as the general path of
+# Interpreter.test does, with the keys folded once per script rather than once per message
+# and without its dispatch: a script runs its tests for every message it is delivered.
+
+_FastTest = Callable[[Interpreter], bool]
+_FAST_TAGS = frozenset({"is", "contains", "matches", "comparator", "localpart", "domain",
+                        "all"})
+_FOLDS: dict[str, Callable[[str], str]] = {"i;ascii-casemap": match.casefold_ascii,
+                                           "i;octet": str}
+
+
+def _no_fast_form(_interp: Interpreter) -> bool:
+    raise AssertionError("a marker, never called")
+
+
+def _fast_form(t: Test) -> _FastTest | None:
+    """``t`` as one function of the interpreter, or None when it has no such form."""
+    args = t.positional
+    if not all(isinstance(a, StringList) and a.plain for a in args):
+        return None  # a string may name a variable (RFC 5229): the general path expands it
+    strings = [cast(StringList, a).items for a in args]
+    if t.name == "exists":
+        wanted = frozenset(n.lower() for n in strings[0])
+
+        def exists(interp: Interpreter) -> bool:
+            found = interp.fields()
+            return all(n in found for n in wanted)
+        return exists
+    fold = _FOLDS.get(t.comparator)
+    if (t.name not in ("header", "address", "envelope") or t.tags.keys() - _FAST_TAGS
+            or t.match not in ("is", "contains", "matches") or fold is None):
+        return None
+    values = _fast_values(t, strings[0])
+    if t.match == "matches":
+        patterns = [match.glob_runs(k, t.comparator) for k in strings[1]]
+
+        def matches(interp: Interpreter) -> bool:
+            for value in values(interp):
+                value = value[: match.MAX_VALUE]
+                folded = fold(value)
+                for runs in patterns:
+                    found = match.glob_match_runs(value, folded, runs)
+                    if found is not None:
+                        if interp.frames[-1].variables:  # RFC 5229 3.2
+                            interp.matched = [c[:MAX_VARIABLE] for c in (value, *found)]
+                        return True
+            return False
+        return matches
+    folded_values = _fast_folded(t, strings[0], values, fold)
+    if t.match == "contains":
+        keys = tuple(fold(k) for k in strings[1])
+        if t.name == "header" and len(strings[0]) == 1 and t.comparator == "i;ascii-casemap":
+            field = strings[0][0].lower()  # the most common test of all, with one call less
+
+            def contains_field(interp: Interpreter) -> bool:
+                values = interp._folded.get(field)
+                for folded in values if values is not None else interp.folded(field):
+                    for key in keys:
+                        if key in folded:
+                            return True
+                return False
+            return contains_field
+
+        def contains(interp: Interpreter) -> bool:
+            for folded in folded_values(interp):
+                for key in keys:
+                    if key in folded:
+                        return True
+            return False
+        return contains
+    equal = frozenset(fold(k) for k in strings[1])
+
+    def is_(interp: Interpreter) -> bool:
+        return not equal.isdisjoint(folded_values(interp))
+    return is_
+
+
+def _fast_folded(t: Test, names: Sequence[str], values: Callable[[Interpreter], Sequence[str]],
+                 fold: Callable[[str], str]) -> Callable[[Interpreter], Sequence[str]]:
+    """``values``, each cut at match.MAX_VALUE and folded by the comparator; a header's
+    read from the interpreter's folded fields (one field is often tested many times)."""
+    if t.name == "header" and len(names) == 1 and t.comparator == "i;ascii-casemap":
+        name = names[0].lower()
+        return lambda interp: interp.folded(name)
+    return lambda interp: [fold(v[: match.MAX_VALUE]) for v in values(interp)]
+
+
+def _fast_values(t: Test, names: Sequence[str]) -> Callable[[Interpreter], Sequence[str]]:
+    """What Interpreter.values_and_keys gives ``t`` (without :index) as its values."""
+    if t.name == "header":
+        if len(names) == 1:
+            name = names[0].lower()
+            return lambda interp: interp.decoded(name)
+        return lambda interp: interp.header_values(t, names)
+    part: Callable[[str], str] = (_localpart if "localpart" in t.tags
+                                  else _domain if "domain" in t.tags else str)
+    if t.name == "address":
+        lowered = [n.lower() for n in names]
+        return lambda interp: [part(a) for n in lowered for a in interp.addresses(n)]
+    parts = {n.lower() for n in names}
+    which = [w for w in ("from", "to") if w in parts]
+
+    def envelope(interp: Interpreter) -> list[str]:
+        ctx = interp.ctx
+        return [part(ctx.envelope_from if w == "from" else ctx.envelope_to) for w in which]
+    return envelope
+
+
+def _localpart(address: str) -> str:
+    return address.rpartition("@")[0] if "@" in address else address
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2] if "@" in address else ""
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -574,9 +758,9 @@ def _addresses_in(value: str) -> list[str]:
 
 def _address_part(address: str, t: Test) -> str:
     if "localpart" in t.tags:
-        return address.rpartition("@")[0] if "@" in address else address
+        return _localpart(address)
     if "domain" in t.tags:
-        return address.rpartition("@")[2] if "@" in address else ""
+        return _domain(address)
     return address
 
 
@@ -628,6 +812,7 @@ def date_part(when: datetime, part: str) -> str:
 
 def evaluate(script: Script, ctx: Context) -> Outcome:
     """The actions ``script`` asks for ``ctx``; raises SieveRuntimeError."""
-    if "body" in script.tests and ctx._head is None:
-        ctx._head = ctx.root  # the body test parses it all: the header fields come with it
-    return Interpreter(ctx).run(script)
+    # The fields the scripts name are scanned for; any field when an included script runs
+    # too (its names are not known here).
+    finder = script.finder if not ctx.scripts else mime.field_finder(None)
+    return Interpreter(ctx, finder).run(script)

@@ -33,13 +33,14 @@ def _fold_key(text: str, comparator: str) -> str:
     return _fold(text, comparator)
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def numeric_key(text: str) -> int | None:
     """i;ascii-numeric (RFC 4790 9.1): the leading digits as a number; None (positive
     infinity) when the string does not start with a digit."""
-    end = 0
-    while end < len(text) and "0" <= text[end] <= "9":
-        end += 1
-    return int(text[:end]) if end else None
+    m = _DIGITS.match(text)
+    return int(m.group()) if m is not None else None
 
 
 def compare(a: str, b: str, comparator: str) -> int:
@@ -102,8 +103,17 @@ def glob_match(value: str, pattern: str, comparator: str) -> list[str] | None:
     run, ``?`` one character, backslash quotes), else None. Stars take as little as they can,
     the last one what is left (RFC 5229 3.2 leaves the split to us)."""
     value = value[:MAX_VALUE]
-    folded, pat = _fold(value, comparator), _fold(pattern, comparator)
-    runs = _glob(pat)
+    return glob_match_runs(value, _fold(value, comparator), _glob(_fold(pattern, comparator)))
+
+
+def glob_runs(pattern: str, comparator: str) -> tuple[_Run, ...]:
+    """``pattern`` made ready for glob_match_runs (once for a key that does not change)."""
+    return _glob(_fold(pattern, comparator))
+
+
+def glob_match_runs(value: str, folded: str, runs: tuple[_Run, ...]) -> list[str] | None:
+    """glob_match for ``value`` (at most MAX_VALUE characters), ``folded`` by the
+    comparator, against a pattern's ``glob_runs``."""
     captures: list[str] = []
     if len(runs) == 1:  # no star: the whole value
         found = _match_at(folded, runs[0], 0, len(folded))
