@@ -219,7 +219,21 @@ def compile_key(key: SearchKey, scope: Scope) -> Predicate:
     if isinstance(key, SkDate):
         return _date_test(key)
     text_key = key
-    return lambda c: _text_matches(text_key, c)
+    field = _ENVELOPE_FIELDS.get(key.where)
+    if field is None:
+        return lambda c: _text_matches(text_key, c)
+    needle = key.value.casefold()
+
+    def envelope_test(c: Candidate) -> bool | None:
+        # _text_matches's first step, with the needle casefolded once per SEARCH.
+        meta = c.meta
+        if meta is not None:
+            value = getattr(meta.envelope, field)
+            if value:
+                return needle in value.casefold()
+        return _text_matches(text_key, c)
+
+    return envelope_test
 
 
 def _all_of(preds: list[Predicate]) -> Predicate:
@@ -452,6 +466,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     all_uids = view.uids_in_seq_ranges([(1, view.exists)]) if view.exists else []
     all_uids = _narrowed(args.key, scope, all_uids)
     found: list[tuple[int, int, int]] = []  # (seq, uid, modseq)
+    work = s.work
     system = _system_flags(args.key)
     if level is Need.FLAGS and system is not None:
         # UNSEEN, FLAGGED...: the commonest searches, tested on the flag bits directly.
@@ -464,7 +479,8 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     elif level is Need.FLAGS:
         states = await view.flag_states(all_uids)
         for seq, st in zip(view.seqs_of([st.uid for st in states]), states, strict=True):
-            await s.checkpoint()  # a thousand keys on 100,000 messages is real work
+            if work is None or work.due():
+                await s.checkpoint()  # a thousand keys on 100,000 messages is real work
             if seq is None:
                 continue
             c = Candidate(seq, st.uid, st.modseq, st.flags, st.keywords, recent(st.uid))
@@ -475,7 +491,8 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
             with s.waiting():
                 metas = await view.messages(all_uids[start : start + CHUNK])
             for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
-                await s.checkpoint()
+                if work is None or work.due():
+                    await s.checkpoint()
                 if seq is None:
                     continue
                 c = Candidate(

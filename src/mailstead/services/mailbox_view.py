@@ -409,12 +409,20 @@ class MailboxView:
             if shared is None:
                 return await self.store.get_messages(self.mailbox.id, uids)
         out = []
-        for uid in uids:
-            i = shared.index_of(uid)
+        # Usually the UIDs are a run of the shared state's (a FETCH of the last 25, a SEARCH
+        # of all): their flag states are then a slice, found with one bisection, not one each.
+        first = shared.index_of(uids[0])
+        wanted = uids if isinstance(uids, list) else list(uids)
+        pairs: Iterable[tuple[int, FlagState]]
+        if first >= 0 and shared.uids[first : first + len(wanted)].tolist() == wanted:
+            pairs = zip(wanted, shared.states[first : first + len(wanted)], strict=True)
+        else:
+            states = shared.states
+            pairs = ((uid, states[i]) for uid in wanted if (i := shared.index_of(uid)) >= 0)
+        for uid, st in pairs:
             row = cached.get(uid) or fresh.get(uid)  # (another session may have cleared it)
-            if i < 0 or row is None:
+            if row is None:
                 continue  # expunged
-            st = shared.states[i]
             if st.modseq > row.modseq:  # else the row read is as new or newer
                 row = replace(row, modseq=st.modseq, flags=st.flags, keywords=st.keywords)
                 cached[uid] = row  # brought up to date once, not at every FETCH
