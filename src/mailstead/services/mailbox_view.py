@@ -278,6 +278,10 @@ class MailboxView:
         return await self.store.changes_since(self.mailbox.id, modseq)
 
     def take_updates(self, allow_expunge: bool, allow_flags: bool = True) -> ViewUpdates:
+        if (not self.pending_expunge and not self.pending_flags and not self.pending_keywords
+                and len(self.uids) == self.reported_exists
+                and (not self.track_recent or self.recent_count() == self.reported_recent)):
+            return ViewUpdates()  # nothing to tell (most commands): no pass over the queues
         out = ViewUpdates()
         if allow_expunge and self.pending_expunge:
             out.expunged = self._apply_expunges(self.pending_expunge)
