@@ -216,11 +216,11 @@ class MailboxView:
         """APPEND to this (read-write) view's own mailbox: the new message is \\Recent in
         this session (RFC 3501 6.3.11: the normal new-message actions occur), claimed in
         the transaction that stores it, so no second write claims it afterwards."""
-        message = await self.service.new_message(data, flags, keywords, internal_date)
+        message, flush = await self.service.new_message(data, flags, keywords, internal_date)
         delivery = Delivery(self.mailbox.id, message)
         if not self.track_recent or self.readonly:
-            return (await self.store.store_message([delivery]))[0]
-        meta, first = await self.store.append_claiming_recent(delivery)
+            return (await self.store.store_message([delivery], before=flush))[0]
+        meta, first = await self.store.append_claiming_recent(delivery, before=flush)
         claimed = self.service.claimed_upto
         key = (self.mailbox.id, self.mailbox.uidvalidity)
         claimed[key] = max(claimed.get(key, 0), meta.uid)

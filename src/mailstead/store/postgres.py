@@ -152,16 +152,24 @@ class PostgresStore(SqlStore):
         value, _touched = await self._in_thread(op)
         return value
 
-    async def _run_write(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
-        return await self._in_thread(op)
+    async def _run_write(
+        self, op: Callable[[Db], T], before: Callable[[], None] | None = None
+    ) -> tuple[T, set[int]]:
+        return await self._in_thread(op, before)
 
-    async def _in_thread(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
+    async def _in_thread(
+        self, op: Callable[[Db], T], before: Callable[[], None] | None = None
+    ) -> tuple[T, set[int]]:
         if self._threads is None:
             raise RuntimeError("store is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._transaction, op)
+        return await loop.run_in_executor(self._threads, self._transaction, op, before)
 
-    def _transaction(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
+    def _transaction(
+        self, op: Callable[[Db], T], before: Callable[[], None] | None = None
+    ) -> tuple[T, set[int]]:
+        if before is not None:
+            before()  # in this thread: one hand-over for both steps
         pool = self._pool
         if pool is None:
             raise RuntimeError("store is not open")
