@@ -138,6 +138,11 @@ class MailboxService:
         finally:
             shared.inflight = None
 
+    def shared_state(self, mailbox_id: int) -> SharedMailboxState | None:
+        """The mailbox's shared state as it is (not caught up), None when none is loaded."""
+        shared = self._feeds.get(mailbox_id)
+        return shared if shared is not None and shared.loaded else None
+
     async def changes_for(self, mailbox_id: int, since: int, force: bool = False) -> Changes:
         """``store.changes_since``, answered from the shared state when it can be."""
         shared = await self.sync(mailbox_id, force)

@@ -450,10 +450,13 @@ class MailboxView:
         unchanged_since: int | None = None,
     ) -> FlagUpdate:
         self._writable()
-        if unchanged_since is None and len(uids) <= FEW_FLAGS:
+        if (unchanged_since is None and len(uids) <= FEW_FLAGS
+                and not self._changes_some(uids, mode, flags, keywords)):
             # A STORE that would change nothing (+FLAGS \Seen on a seen message: half of
             # what clients send) is answered from one read of what is committed now, with no
-            # write transaction; it takes effect at that read, before any later change.
+            # write transaction; it takes effect at that read, before any later change. (One
+            # that the flags this process knows say changes a message goes straight to the
+            # write, which decides on the committed flags itself.)
             now = await self.store.flags_of(self.mailbox.id, uids)
             if not any(would_change(st, mode, flags, keywords) for st in now):
                 return FlagUpdate(changed=[], failed_uids=[],
@@ -470,6 +473,20 @@ class MailboxView:
             if "$junk" in named or "$notjunk" in named:
                 await self._train([s.uid for s in result.changed], "$junk" in named)
         return result
+
+    def _changes_some(self, uids: Sequence[int], mode: str, flags: int,
+                      keywords: frozenset[str]) -> bool:
+        """Whether the mailbox's shared state, as last caught up, says the STORE changes one
+        of ``uids`` (a hint: False when it cannot tell)."""
+        shared = self.service.shared_state(self.mailbox.id)
+        if shared is None:
+            return False
+        states = shared.states
+        for uid in uids:
+            i = shared.index_of(uid)
+            if i >= 0 and would_change(states[i], mode, flags, keywords):
+                return True
+        return False
 
     async def expunge(self, uids: Sequence[int] | None = None) -> list[int]:
         """Removes \\Deleted messages (all of them, or those among ``uids``); the removed
