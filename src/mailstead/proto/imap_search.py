@@ -392,6 +392,32 @@ def _date_test(key: SkDate) -> Predicate:
     return sent_test
 
 
+def _envelope_tests(key: SearchKey) -> list[tuple[str, str]] | None:
+    """(envelope attribute, casefolded string) of each text key when ``key`` is only such
+    keys on envelope fields, ANDed, with UID sets (which ``_narrowed`` has applied); else
+    None."""
+    tests = []
+    for k in key.keys if isinstance(key, SkAnd) else (key,):
+        if isinstance(k, SkText) and k.where in _ENVELOPE_FIELDS:
+            tests.append((_ENVELOPE_FIELDS[k.where], k.value.casefold()))
+        elif not (isinstance(k, SkSet) and k.uid and not k.numbers.saved):
+            return None
+    return tests or None
+
+
+def _envelope_hit(tests: list[tuple[str, str]], meta: MessageMeta) -> bool | None:
+    """Whether the message matches every test; None when a column it needs is empty (the
+    general test then reads the message's own header, as ``_text_matches`` does)."""
+    envelope = meta.envelope
+    for field, needle in tests:
+        value = getattr(envelope, field)
+        if not value:
+            return None
+        if needle not in value.casefold():
+            return False
+    return True
+
+
 def _meta(c: Candidate) -> MessageMeta:
     assert c.meta is not None, "search key needs message rows"
     return c.meta
@@ -487,6 +513,10 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
             if test(c):
                 found.append((seq, st.uid, st.modseq))
     else:
+        # SUBJECT / FROM / TO / CC strings (in UID sets, which _narrowed applied already) are
+        # tested on the envelope columns without a Candidate per message; a message whose
+        # column is empty takes the general test below (which reads its file).
+        envelope = _envelope_tests(args.key)
         for start in range(0, len(all_uids), CHUNK):
             with s.waiting():
                 metas = await view.messages(all_uids[start : start + CHUNK])
@@ -495,6 +525,12 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
                     await s.checkpoint()
                 if seq is None:
                     continue
+                if envelope is not None:
+                    hit = _envelope_hit(envelope, meta)
+                    if hit is not None:
+                        if hit:
+                            found.append((seq, meta.uid, meta.modseq))
+                        continue
                 c = Candidate(
                     seq, meta.uid, meta.modseq, meta.flags, meta.keywords, recent(meta.uid), meta
                 )
