@@ -103,6 +103,13 @@ CASES = [
     ("DELETED DRAFT UNSEEN", [3]),
     ("SEEN UNSEEN", []),
     ("(UNSEEN UNDRAFT) UNANSWERED", [4]),
+    # Envelope strings ANDed (tested on the stored envelope; an empty column, such as Cc
+    # here, is looked up in the message itself).
+    ("SUBJECT lunch FROM carol", [1, 4]),
+    ("UID 1:3 SUBJECT lunch FROM CAROL", [1]),
+    ('SUBJECT ""', [1, 2, 3, 4]),
+    ("FROM carol CC anyone", []),
+    ("SUBJECT re: FROM carol", [4]),
 ]
 
 

@@ -571,6 +571,34 @@ async def test_store_message_with_queue_entry(store: MetadataStore) -> None:
     assert [e.id for e in await store.list_queue()] == ["Q3"]
 
 
+async def test_store_message_runs_before_first(store: MetadataStore) -> None:
+    """``before`` (the message file's flush) runs before the rows commit; when it fails the
+    call fails with its error and nothing is written, while the writes around it go on."""
+    a = await make_account(store)
+    box = await inbox(store, a)
+    calls: list[str] = []
+
+    def flush() -> None:
+        calls.append("flush")
+
+    def broken() -> None:
+        raise OSError(5, "flush failed")
+
+    meta = (await store.store_message([Delivery(box.id, new_message(1))], before=flush))[0]
+    assert calls == ["flush"] and meta.uid == 1
+    _meta, _first = await store.append_claiming_recent(Delivery(box.id, new_message(2)),
+                                                       before=flush)
+    assert calls == ["flush", "flush"]
+    results = await asyncio.gather(
+        store.store_message([Delivery(box.id, new_message(3))], before=broken),
+        store.store_message([Delivery(box.id, new_message(4))], before=flush),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], OSError)
+    assert not isinstance(results[1], BaseException)
+    assert [s.uid for s in await store.list_flags(box.id)] == [1, 2, results[1][0].uid]
+
+
 async def test_claim_due_leases(store: MetadataStore) -> None:
     now = datetime.now(UTC)
     await store.enqueue(queue_entry("due1", 1, next_attempt=now - timedelta(minutes=1)))

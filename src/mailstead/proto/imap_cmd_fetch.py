@@ -179,6 +179,11 @@ async def _fetch_messages(
     found = 0
     pending = 0
     damaged: CorruptBlob | None = None
+    # Items answered from the row and the per-file cache, without a coroutine per message;
+    # a message whose file must be read (the first time, for the cached ones) takes _render.
+    fast = _now_renderers(items, s.utf8)
+    uidonly = s.uidonly
+    work = s.work
     for start in range(0, len(uids), ROWS_PER_CHUNK):
         with s.waiting():
             metas = await view.messages(uids[start : start + ROWS_PER_CHUNK])
@@ -194,19 +199,24 @@ async def _fetch_messages(
         if wants_flags or changed:
             s.announce_keywords([m.keywords for m in metas])
         for meta in metas:
-            await s.checkpoint()  # other sessions run between messages; the budget holds
+            if work is None or work.due():
+                await s.checkpoint()  # other sessions run between messages; the budget holds
             seq = view.seq_of(meta.uid)
             if seq is None:
                 continue
-            state = changed.get(meta.uid)
-            try:
-                line = await _render(s, seq, meta, items, state, state is not None
-                                     and not wants_flags, recent_of)
-            except CorruptBlob as exc:
-                # Nothing of this message is sent; the others still are, and the command
-                # ends NO [CORRUPTION] (imap_session) so the client knows one is missing.
-                damaged = damaged or exc
-                continue
+            state = changed.get(meta.uid) if changed else None
+            line = None
+            if fast is not None and state is None:
+                line = _render_now(fast, meta, recent_of(meta.uid), seq, uidonly)
+            if line is None:
+                try:
+                    line = await _render(s, seq, meta, items, state, state is not None
+                                         and not wants_flags, recent_of)
+                except CorruptBlob as exc:
+                    # Nothing of this message is sent; the others still are, and the command
+                    # ends NO [CORRUPTION] (imap_session) so the client knows one is missing.
+                    damaged = damaged or exc
+                    continue
             s.io.write(line)
             pending += len(line)
             if pending >= DRAIN_BYTES:
@@ -304,6 +314,82 @@ async def _render(
 
 
 _STRUCTURES = {"ENVELOPE": b"ENVELOPE ", "BODY": b"BODY ", "BODYSTRUCTURE": b"BODYSTRUCTURE "}
+# One item of a FETCH answered from the message's row (and \Recent) or the per-file cache
+# alone: its bytes, or None when it needs the message file.
+NowRenderer = Callable[[MessageMeta, bool], bytes | None]
+
+
+def _now_renderers(items: list[FetchItem], utf8: bool) -> list[NowRenderer] | None:
+    """Per-item renderers for what ``_item_now`` answers, made once per FETCH (labels and
+    cache keys worked out here, not per message); None when some item always needs the
+    message file (BODY[], BINARY...)."""
+    out: list[NowRenderer] = []
+    flag_list = fmt.flag_list
+    for item in items:
+        name = item.name
+        if name == "UID":
+            out.append(lambda meta, recent: b"UID %d" % meta.uid)
+        elif name == "FLAGS":
+            out.append(lambda meta, recent: b"FLAGS " + flag_list(meta.flags, meta.keywords,
+                                                                 recent))
+        elif name == "MODSEQ":
+            out.append(lambda meta, recent: b"MODSEQ (%d)" % meta.modseq)
+        elif name == "INTERNALDATE":
+            out.append(lambda meta, recent: b"INTERNALDATE "
+                       + fmt.internal_date(meta.internal_date))
+        elif name == "RFC822.SIZE":
+            out.append(lambda meta, recent: b"RFC822.SIZE %d" % meta.size)
+        elif name in _STRUCTURES:
+            out.append(_cached_structure(name, utf8))
+        elif (name == "BODY[]" and item.section is not None
+              and item.section.text.startswith("HEADER")):
+            out.append(_cached_header(item, item.section))
+        else:
+            return None
+    return out
+
+
+def _cached_structure(name: str, utf8: bool) -> NowRenderer:
+    label = _STRUCTURES[name]
+    encoded = imap_fetch_cache.encoded
+
+    def render(meta: MessageMeta, recent: bool) -> bytes | None:
+        cached = encoded(meta.blob_id, name, utf8)
+        return None if cached is None else label + cached
+
+    return render
+
+
+def _cached_header(item: FetchItem, section: Section) -> NowRenderer:
+    spec = section.spec
+    label = b"BODY[" + spec.encode("utf-8", "surrogateescape") + b"]"
+    encoded = imap_fetch_cache.encoded
+
+    def render(meta: MessageMeta, recent: bool) -> bytes | None:
+        content = encoded(meta.blob_id, spec, False)
+        if content is None:
+            return None
+        suffix, content = _partial(content, item)
+        return label + suffix + b" " + imap_sexpr.literal(content)
+
+    return render
+
+
+def _render_now(renderers: list[NowRenderer], meta: MessageMeta, recent: bool, seq: int,
+                uidonly: bool) -> bytes | None:
+    """One message's FETCH line from ``_now_renderers``; None when an item needs the file, or
+    when the answer is past the bound ``_render`` enforces (which then refuses it)."""
+    parts = []
+    for render in renderers:
+        part = render(meta, recent)
+        if part is None:
+            return None
+        parts.append(part)
+    if len(parts) > 1 and sum(map(len, parts)) - len(parts[-1]) > 4 * meta.size + (1 << 20):
+        return None
+    if uidonly:
+        return fetch_head(True, seq, meta.uid) + b" ".join(parts) + b")\r\n"
+    return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
 
 def _item_now(

@@ -219,7 +219,21 @@ def compile_key(key: SearchKey, scope: Scope) -> Predicate:
     if isinstance(key, SkDate):
         return _date_test(key)
     text_key = key
-    return lambda c: _text_matches(text_key, c)
+    field = _ENVELOPE_FIELDS.get(key.where)
+    if field is None:
+        return lambda c: _text_matches(text_key, c)
+    needle = key.value.casefold()
+
+    def envelope_test(c: Candidate) -> bool | None:
+        # _text_matches's first step, with the needle casefolded once per SEARCH.
+        meta = c.meta
+        if meta is not None:
+            value = getattr(meta.envelope, field)
+            if value:
+                return needle in value.casefold()
+        return _text_matches(text_key, c)
+
+    return envelope_test
 
 
 def _all_of(preds: list[Predicate]) -> Predicate:
@@ -378,6 +392,32 @@ def _date_test(key: SkDate) -> Predicate:
     return sent_test
 
 
+def _envelope_tests(key: SearchKey) -> list[tuple[str, str]] | None:
+    """(envelope attribute, casefolded string) of each text key when ``key`` is only such
+    keys on envelope fields, ANDed, with UID sets (which ``_narrowed`` has applied); else
+    None."""
+    tests = []
+    for k in key.keys if isinstance(key, SkAnd) else (key,):
+        if isinstance(k, SkText) and k.where in _ENVELOPE_FIELDS:
+            tests.append((_ENVELOPE_FIELDS[k.where], k.value.casefold()))
+        elif not (isinstance(k, SkSet) and k.uid and not k.numbers.saved):
+            return None
+    return tests or None
+
+
+def _envelope_hit(tests: list[tuple[str, str]], meta: MessageMeta) -> bool | None:
+    """Whether the message matches every test; None when a column it needs is empty (the
+    general test then reads the message's own header, as ``_text_matches`` does)."""
+    envelope = meta.envelope
+    for field, needle in tests:
+        value = getattr(envelope, field)
+        if not value:
+            return None
+        if needle not in value.casefold():
+            return False
+    return True
+
+
 def _meta(c: Candidate) -> MessageMeta:
     assert c.meta is not None, "search key needs message rows"
     return c.meta
@@ -452,6 +492,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     all_uids = view.uids_in_seq_ranges([(1, view.exists)]) if view.exists else []
     all_uids = _narrowed(args.key, scope, all_uids)
     found: list[tuple[int, int, int]] = []  # (seq, uid, modseq)
+    work = s.work
     system = _system_flags(args.key)
     if level is Need.FLAGS and system is not None:
         # UNSEEN, FLAGGED...: the commonest searches, tested on the flag bits directly.
@@ -464,20 +505,32 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     elif level is Need.FLAGS:
         states = await view.flag_states(all_uids)
         for seq, st in zip(view.seqs_of([st.uid for st in states]), states, strict=True):
-            await s.checkpoint()  # a thousand keys on 100,000 messages is real work
+            if work is None or work.due():
+                await s.checkpoint()  # a thousand keys on 100,000 messages is real work
             if seq is None:
                 continue
             c = Candidate(seq, st.uid, st.modseq, st.flags, st.keywords, recent(st.uid))
             if test(c):
                 found.append((seq, st.uid, st.modseq))
     else:
+        # SUBJECT / FROM / TO / CC strings (in UID sets, which _narrowed applied already) are
+        # tested on the envelope columns without a Candidate per message; a message whose
+        # column is empty takes the general test below (which reads its file).
+        envelope = _envelope_tests(args.key)
         for start in range(0, len(all_uids), CHUNK):
             with s.waiting():
                 metas = await view.messages(all_uids[start : start + CHUNK])
             for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
-                await s.checkpoint()
+                if work is None or work.due():
+                    await s.checkpoint()
                 if seq is None:
                     continue
+                if envelope is not None:
+                    hit = _envelope_hit(envelope, meta)
+                    if hit is not None:
+                        if hit:
+                            found.append((seq, meta.uid, meta.modseq))
+                        continue
                 c = Candidate(
                     seq, meta.uid, meta.modseq, meta.flags, meta.keywords, recent(meta.uid), meta
                 )

@@ -88,7 +88,8 @@ _HTTP_METHODS = (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"CONN
 
 def is_http_request(line: bytes) -> bool:
     """True for an HTTP request line such as ``GET / HTTP/1.1`` (method, target, version)."""
-    parts = line.rstrip(b"\r\n").split(b" ")
+    # At most 4 pieces: a command carrying a message literal is not split into its words.
+    parts = line.rstrip(b"\r\n").split(b" ", 3)
     return (
         len(parts) == 3 and parts[0].upper() in _HTTP_METHODS
         and parts[2].upper().startswith(b"HTTP/")

@@ -22,7 +22,7 @@ import asyncio
 import bisect
 import contextlib
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -137,6 +137,11 @@ class MailboxService:
             shared.applied = max(shared.applied, generation)
         finally:
             shared.inflight = None
+
+    def shared_state(self, mailbox_id: int) -> SharedMailboxState | None:
+        """The mailbox's shared state as it is (not caught up), None when none is loaded."""
+        shared = self._feeds.get(mailbox_id)
+        return shared if shared is not None and shared.loaded else None
 
     async def changes_for(self, mailbox_id: int, since: int, force: bool = False) -> Changes:
         """``store.changes_since``, answered from the shared state when it can be."""
@@ -263,8 +268,8 @@ class MailboxService:
         envelope: Envelope | None = None,
     ) -> MessageMeta:
         """Stores the bytes durably (blob first, then the row) and returns the new message."""
-        message = await self.new_message(data, flags, keywords, internal_date, envelope)
-        stored = await self.store.store_message([Delivery(mailbox.id, message)])
+        message, flush = await self.new_message(data, flags, keywords, internal_date, envelope)
+        stored = await self.store.store_message([Delivery(mailbox.id, message)], before=flush)
         return stored[0]
 
     async def new_message(
@@ -274,11 +279,18 @@ class MailboxService:
         keywords: frozenset[str] = frozenset(),
         internal_date: datetime | None = None,
         envelope: Envelope | None = None,
-    ) -> NewMessage:
-        """The message file written durably; the row still to store."""
+    ) -> tuple[NewMessage, Callable[[], None]]:
+        """The message file written, and what makes it durable: the caller passes that to
+        the store as ``before`` its row (``store_message``), so the writing thread flushes
+        the file and then commits the row, one hand-over of the event loop for both (the
+        answer still waits for both on disk). A small file is written right here: that
+        costs less than handing it to a thread and back."""
         if len(data) > self.max_message_size:
             raise InvalidInput("message too big")
-        blob_id = await asyncio.to_thread(self.blobs.put, data)
+        if len(data) <= SMALL_BLOB:
+            blob_id = self.blobs.write(data)
+        else:
+            blob_id = await asyncio.to_thread(self.blobs.write, data)
         return NewMessage(
             blob_id=blob_id,
             size=len(data),
@@ -286,7 +298,7 @@ class MailboxService:
             flags=flags,
             keywords=keywords,
             envelope=envelope or _envelope(data),
-        )
+        ), self.blobs.flush
 
     async def append_many(self, items: Sequence[tuple[Mailbox, NewMessage, bytes]]
                           ) -> list[MessageMeta]:

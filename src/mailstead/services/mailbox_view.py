@@ -219,11 +219,11 @@ class MailboxView:
         """APPEND to this (read-write) view's own mailbox: the new message is \\Recent in
         this session (RFC 3501 6.3.11: the normal new-message actions occur), claimed in
         the transaction that stores it, so no second write claims it afterwards."""
-        message = await self.service.new_message(data, flags, keywords, internal_date)
+        message, flush = await self.service.new_message(data, flags, keywords, internal_date)
         delivery = Delivery(self.mailbox.id, message)
         if not self.track_recent or self.readonly:
-            return (await self.store.store_message([delivery]))[0]
-        meta, first = await self.store.append_claiming_recent(delivery)
+            return (await self.store.store_message([delivery], before=flush))[0]
+        meta, first = await self.store.append_claiming_recent(delivery, before=flush)
         claimed = self.service.claimed_upto
         key = (self.mailbox.id, self.mailbox.uidvalidity)
         claimed[key] = max(claimed.get(key, 0), meta.uid)
@@ -281,6 +281,10 @@ class MailboxView:
         return await self.store.changes_since(self.mailbox.id, modseq)
 
     def take_updates(self, allow_expunge: bool, allow_flags: bool = True) -> ViewUpdates:
+        if (not self.pending_expunge and not self.pending_flags and not self.pending_keywords
+                and len(self.uids) == self.reported_exists
+                and (not self.track_recent or self.recent_count() == self.reported_recent)):
+            return ViewUpdates()  # nothing to tell (most commands): no pass over the queues
         out = ViewUpdates()
         if allow_expunge and self.pending_expunge:
             out.expunged = self._apply_expunges(self.pending_expunge)
@@ -412,12 +416,20 @@ class MailboxView:
             if shared is None:
                 return await self.store.get_messages(self.mailbox.id, uids)
         out = []
-        for uid in uids:
-            i = shared.index_of(uid)
+        # Usually the UIDs are a run of the shared state's (a FETCH of the last 25, a SEARCH
+        # of all): their flag states are then a slice, found with one bisection, not one each.
+        first = shared.index_of(uids[0])
+        wanted = uids if isinstance(uids, list) else list(uids)
+        pairs: Iterable[tuple[int, FlagState]]
+        if first >= 0 and shared.uids[first : first + len(wanted)].tolist() == wanted:
+            pairs = zip(wanted, shared.states[first : first + len(wanted)], strict=True)
+        else:
+            states = shared.states
+            pairs = ((uid, states[i]) for uid in wanted if (i := shared.index_of(uid)) >= 0)
+        for uid, st in pairs:
             row = cached.get(uid) or fresh.get(uid)  # (another session may have cleared it)
-            if i < 0 or row is None:
+            if row is None:
                 continue  # expunged
-            st = shared.states[i]
             if st.modseq > row.modseq:  # else the row read is as new or newer
                 row = replace(row, modseq=st.modseq, flags=st.flags, keywords=st.keywords)
                 cached[uid] = row  # brought up to date once, not at every FETCH
@@ -441,10 +453,13 @@ class MailboxView:
         unchanged_since: int | None = None,
     ) -> FlagUpdate:
         self._writable()
-        if unchanged_since is None and len(uids) <= FEW_FLAGS:
+        if (unchanged_since is None and len(uids) <= FEW_FLAGS
+                and not self._changes_some(uids, mode, flags, keywords)):
             # A STORE that would change nothing (+FLAGS \Seen on a seen message: half of
             # what clients send) is answered from one read of what is committed now, with no
-            # write transaction; it takes effect at that read, before any later change.
+            # write transaction; it takes effect at that read, before any later change. (One
+            # that the flags this process knows say changes a message goes straight to the
+            # write, which decides on the committed flags itself.)
             now = await self.store.flags_of(self.mailbox.id, uids)
             if not any(would_change(st, mode, flags, keywords) for st in now):
                 return FlagUpdate(changed=[], failed_uids=[],
@@ -461,6 +476,20 @@ class MailboxView:
             if "$junk" in named or "$notjunk" in named:
                 await self._train([s.uid for s in result.changed], "$junk" in named)
         return result
+
+    def _changes_some(self, uids: Sequence[int], mode: str, flags: int,
+                      keywords: frozenset[str]) -> bool:
+        """Whether the mailbox's shared state, as last caught up, says the STORE changes one
+        of ``uids`` (a hint: False when it cannot tell)."""
+        shared = self.service.shared_state(self.mailbox.id)
+        if shared is None:
+            return False
+        states = shared.states
+        for uid in uids:
+            i = shared.index_of(uid)
+            if i >= 0 and would_change(states[i], mode, flags, keywords):
+                return True
+        return False
 
     async def expunge(self, uids: Sequence[int] | None = None) -> list[int]:
         """Removes \\Deleted messages (all of them, or those among ``uids``); the removed

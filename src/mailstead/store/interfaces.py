@@ -11,7 +11,7 @@ committed and fsync'd. A power cut right after it loses nothing. Blobs are made 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -241,18 +241,24 @@ class MetadataStore(Protocol):
     async def first_recent_uid(self, mailbox_id: int) -> int:
         """The first UID not claimed as \\Recent yet (a read: no claim); 0 for no mailbox."""
 
-    async def append_claiming_recent(self, delivery: Delivery) -> tuple[MessageMeta, int]:
+    async def append_claiming_recent(
+        self, delivery: Delivery, before: Callable[[], None] | None = None
+    ) -> tuple[MessageMeta, int]:
         """``store_message`` of one delivery and ``claim_recent`` of its mailbox, in one
         transaction: (the new message, the old first_recent_uid)."""
 
     # -- messages --
     async def store_message(
-        self, deliveries: Sequence[Delivery], queue_entry: QueueEntry | None = None
+        self, deliveries: Sequence[Delivery], queue_entry: QueueEntry | None = None,
+        before: Callable[[], None] | None = None,
     ) -> list[MessageMeta]:
         """Adds one blob to several mailboxes and/or the outbound queue, atomically.
 
         Checks each account's quota inside the transaction (QuotaExceeded, nothing written).
-        Returns the new rows in the order of ``deliveries``.
+        Returns the new rows in the order of ``deliveries``. ``before`` (a blocking call,
+        such as ``BlobStore.flush`` making the message file durable) runs first, in the
+        thread that writes: the rows are committed only after it returned; when it raises,
+        nothing is written and the call raises its error.
         """
 
     async def list_flags(self, mailbox_id: int) -> list[FlagState]:

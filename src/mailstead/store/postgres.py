@@ -153,21 +153,30 @@ class PostgresStore(SqlStore):
         value, _touched = await self._in_thread(op, True)
         return value
 
-    async def _run_write(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
-        return await self._in_thread(op, False)
+    async def _run_write(
+        self, op: Callable[[Db], T], before: Callable[[], None] | None = None
+    ) -> tuple[T, set[int]]:
+        return await self._in_thread(op, False, before)
 
-    async def _in_thread(self, op: Callable[[Db], T], read: bool) -> tuple[T, set[int]]:
+    async def _in_thread(
+        self, op: Callable[[Db], T], read: bool, before: Callable[[], None] | None = None
+    ) -> tuple[T, set[int]]:
         if self._threads is None:
             raise RuntimeError("store is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._transaction, op, read)
+        return await loop.run_in_executor(self._threads, self._transaction, op, read, before)
 
-    def _transaction(self, op: Callable[[Db], T], read: bool) -> tuple[T, set[int]]:
-        """``op`` in one transaction. A read runs REPEATABLE READ, READ ONLY: all its
-        statements see one snapshot, as a SQLite read transaction does (under READ COMMITTED
-        each statement takes its own, so a STATUS could count a message that arrived after
-        it read UIDNEXT). A read-only transaction never fails to serialize; the BEGIN says
-        the level, no extra round trip."""
+    def _transaction(
+        self, op: Callable[[Db], T], read: bool, before: Callable[[], None] | None = None
+    ) -> tuple[T, set[int]]:
+        """``op`` in one transaction (after ``before``, in this thread: one hand-over for
+        both steps). A read runs REPEATABLE READ, READ ONLY: all its statements see one
+        snapshot, as a SQLite read transaction does (under READ COMMITTED each statement
+        takes its own, so a STATUS could count a message that arrived after it read
+        UIDNEXT). A read-only transaction never fails to serialize; the BEGIN says the
+        level, no extra round trip."""
+        if before is not None:
+            before()
         pool = self._pool
         if pool is None:
             raise RuntimeError("store is not open")

@@ -185,9 +185,12 @@ class SqlStore(ABC):
     async def _run_read(self, op: Callable[[Db], T]) -> T: ...
 
     @abstractmethod
-    async def _run_write(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
+    async def _run_write(
+        self, op: Callable[[Db], T], before: Callable[[], None] | None = None
+    ) -> tuple[T, set[int]]:
         """Runs ``op`` in a transaction and commits it (fsync'd); returns its result and the
-        mailbox ids it touched."""
+        mailbox ids it touched. ``before`` runs first in the writing thread (see
+        ``store_message``); if it raises, so does this, with nothing written."""
 
     async def _read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._run_read(lambda db: op(db, *args, **kwargs))
@@ -196,6 +199,14 @@ class SqlStore(ABC):
         value, touched = await self._run_write(lambda db: op(db, *args, **kwargs))
         if touched:
             self.changes.publish(touched)  # on the event loop, after the commit
+        return value
+
+    async def _write_after(self, before: Callable[[], None] | None,
+                           op: Callable[[Db], T]) -> T:
+        """``_write`` of ``op`` with a blocking step run first in the writing thread."""
+        value, touched = await self._run_write(op, before)
+        if touched:
+            self.changes.publish(touched)
         return value
 
     async def announce_settings_changed(self) -> None:
@@ -422,14 +433,18 @@ class SqlStore(ABC):
     async def first_recent_uid(self, mailbox_id: int) -> int:
         return await self._read(first_recent_uid, mailbox_id)
 
-    async def append_claiming_recent(self, delivery: Delivery) -> tuple[MessageMeta, int]:
-        return await self._write(append_claiming_recent, delivery)
+    async def append_claiming_recent(
+        self, delivery: Delivery, before: Callable[[], None] | None = None
+    ) -> tuple[MessageMeta, int]:
+        return await self._write_after(before, lambda db: append_claiming_recent(db, delivery))
 
     # -- messages --
     async def store_message(
-        self, deliveries: Sequence[Delivery], queue_entry: QueueEntry | None = None
+        self, deliveries: Sequence[Delivery], queue_entry: QueueEntry | None = None,
+        before: Callable[[], None] | None = None,
     ) -> list[MessageMeta]:
-        return await self._write(store_message, list(deliveries), queue_entry)
+        rows = list(deliveries)
+        return await self._write_after(before, lambda db: store_message(db, rows, queue_entry))
 
     async def list_flags(self, mailbox_id: int) -> list[FlagState]:
         return await self._read(list_flags, mailbox_id)

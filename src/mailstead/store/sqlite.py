@@ -136,8 +136,10 @@ def _few(args: tuple[Any, ...]) -> bool:
     return len(args) == 2 and isinstance(args[1], list) and len(args[1]) <= INLINE_ROWS
 
 
-# A pending write: the operation, and where to report its outcome.
-_Job = tuple[Callable[[Db], Any], asyncio.Future[tuple[Any, set[int]]]]
+# A pending write: the operation, where to report its outcome, and a blocking step to run
+# before its transaction (a message file's flush: one thread hand-over for both).
+_Job = tuple[Callable[[Db], Any], asyncio.Future[tuple[Any, set[int]]],
+             Callable[[], None] | None]
 _STOP = None
 
 
@@ -259,11 +261,13 @@ class SqliteStore(SqlStore):
 
     # -- writes: group commit --
 
-    async def _run_write(self, op: Callable[[Db], T]) -> tuple[T, set[int]]:
+    async def _run_write(
+        self, op: Callable[[Db], T], before: Callable[[], None] | None = None
+    ) -> tuple[T, set[int]]:
         if self._writer is None:
             raise RuntimeError("store is not open")
         future: asyncio.Future[tuple[Any, set[int]]] = asyncio.get_running_loop().create_future()
-        self._jobs.put((op, future))
+        self._jobs.put((op, future, before))
         value, touched = await future
         return value, touched
 
@@ -295,7 +299,11 @@ class SqliteStore(SqlStore):
             conn.close()
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        _settle(batch, commit_batch(conn, [op for op, _future in batch]))
+        if any(before is not None for _op, _future, before in batch):
+            batch = _run_befores(batch)
+            if not batch:
+                return
+        _settle(batch, commit_batch(conn, [op for op, _future, _before in batch]))
 
     def _checkpoint_loop(self) -> None:
         """PASSIVE checkpoints: copy what readers no longer need, never blocking the writer."""
@@ -384,10 +392,38 @@ def _roll_back(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+def _run_befores(batch: list[_Job]) -> list[_Job]:
+    """Runs the steps that must precede the batch's transaction, each distinct one once (a
+    file flush covers every file written before it began: one serves the whole batch);
+    returns the jobs that go on, after telling those whose step failed."""
+    results: dict[Callable[[], None], Exception | None] = {}
+    kept: list[_Job] = []
+    failed: list[_Job] = []
+    errors: list[Outcome] = []
+    for job in batch:
+        before = job[2]
+        if before is not None:
+            if before not in results:
+                try:
+                    before()
+                    results[before] = None
+                except Exception as exc:  # e.g. OSError from the disk: these jobs fail alone
+                    results[before] = exc
+            error = results[before]
+            if error is not None:
+                failed.append(job)
+                errors.append((False, error))
+                continue
+        kept.append(job)
+    if failed:
+        _settle(failed, errors)
+    return kept
+
+
 def _settle(batch: list[_Job], outcomes: list[Outcome]) -> None:
     """Hands the outcomes to the waiting coroutines, one wake-up per event loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-    for (_op, future), (ok, value) in zip(batch, outcomes, strict=True):
+    for (_op, future, _before), (ok, value) in zip(batch, outcomes, strict=True):
         by_loop.setdefault(future.get_loop(), []).append((future, ok, value))
     for loop, items in by_loop.items():
         try:
