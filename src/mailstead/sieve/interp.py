@@ -151,8 +151,18 @@ class Interpreter:
     # -- running ------------------------------------------------------------------------
 
     def run(self, script: Script) -> Outcome:
+        program = script.program
+        if program is None:
+            program = script.program = _program(script) or _no_program
         try:
-            self.run_script(script)
+            if program is _no_program:
+                self.run_script(script)
+            else:  # as run_script, without counting steps (_program says why it need not)
+                self.frames.append(_Frame(script))
+                try:
+                    program(self)
+                except _Return:
+                    pass
         except _Stop:
             pass
         out = self.out
@@ -717,6 +727,161 @@ def _localpart(address: str) -> str:
 
 def _domain(address: str) -> str:
     return address.rpartition("@")[2] if "@" in address else ""
+
+
+# -- the whole script as closures -------------------------------------------------------------
+# A script without include runs each of its commands and tests at most once (Sieve has no
+# loops), so one of at most MAX_STEPS nodes can never run too long: it runs as a tree of
+# closures made once per compiled script, without Interpreter.block's dispatch and step count.
+# Each node does what the general path does for it; the shapes not written out here call
+# that path (Interpreter.test, Interpreter.action) for the node.
+
+_Step = Callable[[Interpreter], None]
+
+
+def _no_program(_interp: Interpreter) -> None:
+    raise AssertionError("a marker, never called")
+
+
+def _program(script: Script) -> _Step | None:
+    """``script`` as one function of the interpreter, or None when it includes others (or is
+    too large to be sure of the step limit): the general path runs it."""
+    if script.includes or _nodes(script.commands) > MAX_STEPS:
+        return None
+    return _block_form(script.commands)
+
+
+def _nodes(commands: Sequence[Command]) -> int:
+    def tests(t: Test) -> int:
+        return 1 + sum(tests(sub) for sub in t.tests)
+    return sum(1 + sum(tests(t) for t in c.tests) + _nodes(c.block or []) for c in commands)
+
+
+def _nothing(_interp: Interpreter) -> None:
+    return None
+
+
+def _block_form(commands: Sequence[Command]) -> _Step:
+    steps: list[_Step] = []
+    i = 0
+    while i < len(commands):
+        c = commands[i]
+        i += 1
+        if c.name == "require":
+            continue  # (Interpreter.action does nothing for it)
+        if c.name != "if":
+            steps.append(_action_form(c))
+            continue
+        # RFC 5228 3.1: an if with its elsif and else (check.py: these follow an if).
+        branches = [(_test_form(c.tests[0]), _block_form(c.block or []))]
+        while i < len(commands) and commands[i].name == "elsif":
+            branches.append((_test_form(commands[i].tests[0]),
+                             _block_form(commands[i].block or [])))
+            i += 1
+        otherwise = None
+        if i < len(commands) and commands[i].name == "else":
+            otherwise = _block_form(commands[i].block or [])
+            i += 1
+        steps.append(_if_form(branches, otherwise))
+    if not steps:
+        return _nothing
+    if len(steps) == 1:
+        return steps[0]
+    run = tuple(steps)
+
+    def block(interp: Interpreter) -> None:
+        for step in run:
+            step(interp)
+    return block
+
+
+def _if_form(branches: list[tuple[_FastTest, _Step]], otherwise: _Step | None) -> _Step:
+    if len(branches) == 1 and otherwise is None:
+        test, then = branches[0]
+
+        def if_(interp: Interpreter) -> None:
+            if test(interp):
+                then(interp)
+        return if_
+    chain = tuple(branches)
+
+    def if_chain(interp: Interpreter) -> None:
+        for test, then in chain:
+            if test(interp):
+                then(interp)
+                return
+        if otherwise is not None:
+            otherwise(interp)
+    return if_chain
+
+
+def _test_form(t: Test) -> _FastTest:
+    name = t.name
+    if name == "true":
+        return lambda _interp: True
+    if name == "false":
+        return lambda _interp: False
+    if name == "not":
+        sub = _test_form(t.tests[0])
+        return lambda interp: not sub(interp)
+    if name in ("anyof", "allof"):
+        subs = tuple(_test_form(sub) for sub in t.tests)
+        if name == "anyof":
+            return lambda interp: any(sub(interp) for sub in subs)
+        return lambda interp: all(sub(interp) for sub in subs)
+    if name == "size":
+        limit = _int(t.positional[0])
+        if "over" in t.tags:
+            return lambda interp: len(interp.ctx.message) > limit
+        return lambda interp: len(interp.ctx.message) < limit
+    fast = _fast_form(t)
+    if fast is not None:
+        return fast
+    args = t.positional
+    if all(isinstance(a, StringList) and a.plain for a in args):
+        strings = [cast(StringList, a).items for a in args]
+        if name == "spamtest":  # (RFC 5235) values_and_keys and compare, less the dispatch
+            percent = "percent" in t.tags
+            return lambda interp: interp.compare(t, [interp.spam_value(percent)], strings[0])
+        if name == "header":
+            return lambda interp: interp.compare(t, interp.header_values(t, strings[0]),
+                                                 strings[1])
+        if name == "body" and (t.tags.get("content") is None
+                               or cast(StringList, t.tags["content"]).plain):
+            return lambda interp: interp.compare(t, interp.body_values(t), strings[0])
+    return lambda interp: interp.test(t)
+
+
+def _action_form(c: Command) -> _Step:
+    name = c.name
+    if name == "stop":
+        def stop(_interp: Interpreter) -> None:
+            raise _Stop
+        return stop
+    if name == "discard":
+        def discard(interp: Interpreter) -> None:
+            interp.out.implicit_keep = False
+        return discard
+    args = c.positional
+    if not all(isinstance(a, StringList) and a.plain for a in args):
+        return lambda interp: interp.action(c)  # a string may name a variable
+    strings = [cast(StringList, a).items for a in args]
+    if name == "addflag" and len(strings) == 1:  # RFC 5232 3.2, on the internal variable
+        given = frozenset(_flag_set(strings[0]))
+        return lambda interp: interp.flags.update(given)
+    if (name == "fileinto" and "flags" not in c.tags and strings[0]
+            and 0 < len(strings[0][0]) <= 512):
+        box, create, copy = strings[0][0], "create" in c.tags, "copy" in c.tags
+
+        def fileinto(interp: Interpreter) -> None:
+            out = interp.out
+            if len(out.fileinto) >= MAX_FILEINTO:
+                raise SieveRuntimeError("too many fileinto actions")
+            out.fileinto.append((box, frozenset(interp.flags), create))
+            if not copy:
+                out.implicit_keep = False
+        return fileinto
+    return lambda interp: interp.action(c)
 
 
 # -- helpers ----------------------------------------------------------------------------------
