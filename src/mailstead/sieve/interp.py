@@ -130,7 +130,6 @@ class Interpreter:
         self.ctx = ctx
         self.out = Outcome()
         self.flags: set[str] = set()  # the internal variable of imap4flags (RFC 5232 3)
-        self.flag_vars: dict[str, set[str]] = {}
         self.globals: dict[str, str] = {}
         self.matched: list[str] = []
         self.steps = 0
@@ -147,6 +146,8 @@ class Interpreter:
         self._decoded: dict[str, list[str]] = {}
         self._folded: dict[str, list[str]] = {}
         self._addresses: dict[str, list[str]] = {}
+        # Values (and folded values) of the specialised tests, by what they read.
+        self._kept: dict[tuple[str, ...], list[str]] = {}
 
     # -- running ------------------------------------------------------------------------
 
@@ -693,11 +694,29 @@ def _fast_form(t: Test) -> _FastTest | None:
 def _fast_folded(t: Test, names: Sequence[str], values: Callable[[Interpreter], Sequence[str]],
                  fold: Callable[[str], str]) -> Callable[[Interpreter], Sequence[str]]:
     """``values``, each cut at match.MAX_VALUE and folded by the comparator; a header's
-    read from the interpreter's folded fields (one field is often tested many times)."""
+    read from the interpreter's folded fields (one field is often tested many times), the
+    others kept for the evaluation under what they read (several tests read the same)."""
     if t.name == "header" and len(names) == 1 and t.comparator == "i;ascii-casemap":
         name = names[0].lower()
-        return lambda interp: interp.folded(name)
-    return lambda interp: [fold(v[: match.MAX_VALUE]) for v in values(interp)]
+
+        def header(interp: Interpreter) -> Sequence[str]:
+            found = interp._folded.get(name)
+            return found if found is not None else interp.folded(name)
+        return header
+    key = ("folded", t.comparator, *_values_key(t, names))
+
+    def folded(interp: Interpreter) -> Sequence[str]:
+        found = interp._kept.get(key)
+        if found is None:
+            found = interp._kept[key] = [fold(v[: match.MAX_VALUE]) for v in values(interp)]
+        return found
+    return folded
+
+
+def _values_key(t: Test, names: Sequence[str]) -> tuple[str, ...]:
+    """What ``_fast_values`` reads for ``t``: tests with the same key get the same values."""
+    part = "localpart" if "localpart" in t.tags else "domain" if "domain" in t.tags else "all"
+    return (t.name, part if t.name != "header" else "", *(n.lower() for n in names))
 
 
 def _fast_values(t: Test, names: Sequence[str]) -> Callable[[Interpreter], Sequence[str]]:
@@ -706,12 +725,27 @@ def _fast_values(t: Test, names: Sequence[str]) -> Callable[[Interpreter], Seque
         if len(names) == 1:
             name = names[0].lower()
             return lambda interp: interp.decoded(name)
-        return lambda interp: interp.header_values(t, names)
+        wanted = frozenset(n.lower() for n in names)
+
+        def fields(interp: Interpreter) -> list[str]:
+            # as header_values: a value comes unfolded, so only "=?" needs decoding
+            values = [f.value for f in interp.scanned() if f.name.lower() in wanted]
+            return [mime.decoded_header(v) if "=?" in v else v
+                    for v in values[:MAX_HEADER_VALUES]]
+        return fields
     part: Callable[[str], str] = (_localpart if "localpart" in t.tags
                                   else _domain if "domain" in t.tags else str)
     if t.name == "address":
         lowered = [n.lower() for n in names]
-        return lambda interp: [part(a) for n in lowered for a in interp.addresses(n)]
+        key = ("values", *_values_key(t, names))
+
+        def address(interp: Interpreter) -> list[str]:
+            found = interp._kept.get(key)
+            if found is None:
+                found = interp._kept[key] = [part(a) for n in lowered
+                                             for a in interp.addresses(n)]
+            return found
+        return address
     parts = {n.lower() for n in names}
     which = [w for w in ("from", "to") if w in parts]
 
