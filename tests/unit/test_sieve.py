@@ -260,6 +260,9 @@ _PROGRAM_SCRIPTS = [
     'if spamtest :value "ge" :comparator "i;ascii-numeric" "3" { fileinto "Junk"; }\n'
     'if spamtest :percent :value "lt" :comparator "i;ascii-numeric" "50" { addflag "low"; }',
     'if body :contains "GREEN" { fileinto :copy "Green"; }\n'
+    'if body :contains :comparator "i;octet" ["GREEN", "caf\u00e9"] { addflag "o"; }\n'
+    'if body :raw :contains ["=E9", "zz"] { addflag "r"; }\n'
+    'if body :content "text/html" :contains "green" { addflag "h"; }\n'
     'if body :content "text" :matches "*build*" { addflag "b"; }',
     'if header :matches "subject" "* [*] *" { set "tag" "${2}"; addflag "${tag}"; }\n'
     'fileinto "Lists/${tag}"; setflag "only"; addflag ["x y", "X"]; removeflag "y";',

@@ -65,6 +65,8 @@ class Outcome:
         """(mailbox, flags, create) for every copy to store, the implicit keep included."""
         found = list(self.fileinto)
         if self.implicit_keep and self.reject is None:
+            if not found:  # the most common outcome: the implicit keep alone
+                return [("INBOX", self.keep_flags, False)]
             found.append(("INBOX", self.keep_flags, False))
         seen: dict[str, tuple[str, frozenset[str], bool]] = {}
         for box, flags, create in found:  # one copy per mailbox (RFC 5228 4.1)
@@ -517,9 +519,10 @@ class Interpreter:
     def decoded(self, name: str) -> list[str]:
         found = self._decoded.get(name)
         if found is None:
+            fields = self._fields if self._fields is not None else self.fields()
             # Field values come unfolded; only those with an encoded word need decoding.
             found = self._decoded[name] = [mime.decoded_header(v) if "=?" in v else v
-                                           for v in self.fields().get(name, ())]
+                                           for v in fields.get(name, ())]
         return found
 
     def folded(self, name: str) -> list[str]:
@@ -882,6 +885,19 @@ def _test_form(t: Test) -> _FastTest:
                                                  strings[1])
         if name == "body" and (t.tags.get("content") is None
                                or cast(StringList, t.tags["content"]).plain):
+            fold = _FOLDS.get(t.comparator)
+            if t.match == "contains" and fold is not None:
+                keys = tuple(fold(k) for k in strings[0])
+
+                def body_contains(interp: Interpreter) -> bool:
+                    # match.test_values for :contains, with the keys folded once
+                    for text in interp.body_values(t):
+                        folded = fold(text[: match.MAX_VALUE])
+                        for key in keys:
+                            if key in folded:
+                                return True
+                    return False
+                return body_contains
             return lambda interp: interp.compare(t, interp.body_values(t), strings[0])
     return lambda interp: interp.test(t)
 
