@@ -257,8 +257,12 @@ _PROGRAM_SCRIPTS = [
     'if allof (true, not anyof (false, size :over 1)) { addflag "y"; } else { keep; }',
     'if header :value "ge" :comparator "i;ascii-numeric" "x-count" "40" { addflag "$High"; }\n'
     'if header :count "eq" :comparator "i;ascii-numeric" "received" "2" { addflag "two"; }',
-    'if spamtest :value "ge" :comparator "i;ascii-numeric" "3" { fileinto "Junk"; }\n'
-    'if spamtest :percent :value "lt" :comparator "i;ascii-numeric" "50" { addflag "low"; }',
+    'if spamtest :percent :value "lt" :comparator "i;ascii-numeric" "50" { addflag "low"; }\n'
+    'if spamtest :value "eq" :comparator "i;ascii-numeric" "8" { addflag "eight"; }\n'
+    'if spamtest :value "lt" :comparator "i;ascii-numeric" "x" { addflag "below-x"; }\n'
+    'if anyof (false, false, spamtest :count "eq" :comparator "i;ascii-numeric" "1")'
+    ' { addflag "one"; }\n'
+    'if spamtest :value "ge" :comparator "i;ascii-numeric" "3" { fileinto "Junk"; }',
     'if body :contains "GREEN" { fileinto :copy "Green"; }\n'
     'if body :contains :comparator "i;octet" ["GREEN", "caf\u00e9"] { addflag "o"; }\n'
     'if body :raw :contains ["=E9", "zz"] { addflag "r"; }\n'

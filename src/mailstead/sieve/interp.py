@@ -862,10 +862,13 @@ def _test_form(t: Test) -> _FastTest:
         sub = _test_form(t.tests[0])
         return lambda interp: not sub(interp)
     if name in ("anyof", "allof"):
-        subs = tuple(_test_form(sub) for sub in t.tests)
-        if name == "anyof":
-            return lambda interp: any(sub(interp) for sub in subs)
-        return lambda interp: all(sub(interp) for sub in subs)
+        # A chain of two-test closures, first to last, each stopping where the answer is
+        # known (RFC 5228 5.2, 5.3: as any() and all(), without a generator).
+        subs = [_test_form(sub) for sub in t.tests]
+        chained = subs[0]
+        for sub in subs[1:]:
+            chained = _either(chained, sub) if name == "anyof" else _both(chained, sub)
+        return chained
     if name == "size":
         limit = _int(t.positional[0])
         if "over" in t.tags:
@@ -879,6 +882,12 @@ def _test_form(t: Test) -> _FastTest:
         strings = [cast(StringList, a).items for a in args]
         if name == "spamtest":  # (RFC 5235) values_and_keys and compare, less the dispatch
             percent = "percent" in t.tags
+            if (t.match == "value" and t.comparator == "i;ascii-numeric"
+                    and len(strings[0]) == 1):  # the usual form: one number to compare with
+                holds = match.relation(t.relation)
+                key = match.numeric_key(strings[0][0])
+                return lambda interp: holds(match.compare_numbers(
+                    match.numeric_key(interp.spam_value(percent)), key))
             return lambda interp: interp.compare(t, [interp.spam_value(percent)], strings[0])
         if name == "header":
             return lambda interp: interp.compare(t, interp.header_values(t, strings[0]),
@@ -900,6 +909,14 @@ def _test_form(t: Test) -> _FastTest:
                 return body_contains
             return lambda interp: interp.compare(t, interp.body_values(t), strings[0])
     return lambda interp: interp.test(t)
+
+
+def _either(first: _FastTest, second: _FastTest) -> _FastTest:
+    return lambda interp: first(interp) or second(interp)
+
+
+def _both(first: _FastTest, second: _FastTest) -> _FastTest:
+    return lambda interp: first(interp) and second(interp)
 
 
 def _action_form(c: Command) -> _Step:
