@@ -136,7 +136,7 @@ class Script:
     finder: re.Pattern[bytes] = field(default_factory=lambda: mime.field_finder(None))
     # The whole script as one function of the interpreter (sieve/interp.py ``_program``),
     # made at its first run; the compiled script is cached by text, so once per script.
-    program: Callable[[Any], None] | None = None
+    program: Callable[[Any], None] | None = field(default=None, compare=False, repr=False)
 
 
 def compile_script(text: str) -> Script:
