@@ -153,6 +153,21 @@ if spamtest :value "le" :comparator "i;ascii-numeric" "3" { fileinto :create "Cl
     assert subjects(mail_server, ALICE, "Clean") == ["lunch"]
 
 
+@BOTH
+def test_currentdate_reads_the_clock_at_delivery(mail_server: RunningServer) -> None:
+    # RFC 5260 5: currentdate is the time of the evaluation (the service reads the clock only
+    # for a script with a date test).
+    year = datetime.now(UTC).year
+    activate(mail_server, ALICE, f"""
+require ["fileinto", "mailbox", "date", "relational", "comparator-i;ascii-numeric"];
+if currentdate :value "ge" :comparator "i;ascii-numeric" "year" "{year}" {{
+    fileinto :create "Now";
+}}
+""")
+    send(mail_server, mail("dated"))
+    assert subjects(mail_server, ALICE, "Now") == ["dated"]
+
+
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_script_change_on_one_node_counts_at_once_on_another(
         mail_server: RunningServer, make_server: Callable[..., RunningServer],

@@ -245,3 +245,72 @@ def test_body_of_a_scanned_message_is_that_of_its_parsed_tree(test: str) -> None
     text = f'require ["body", "imap4flags"];\nif {test} {{ addflag "yes"; }}'
     scanned = [run(text, m).keep_flags for m in _BODY_MESSAGES]
     assert [run(text, m, _root=mime.parse(m)).keep_flags for m in _BODY_MESSAGES] == scanned
+
+
+_PROGRAM_SCRIPTS = [
+    'if header :contains "subject" "release" { fileinto :create "Rel"; stop; }\n'
+    'addflag "late";',
+    'if header :is "x-none" "a" { addflag "a"; } elsif exists "x-count" { addflag "b"; }\n'
+    'elsif true { addflag "c"; } else { addflag "d"; }\naddflag "after";',
+    'if false { addflag "a"; } elsif false { addflag "b"; } else { discard; }',
+    'if anyof (false, not true, allof (true, size :under 10K)) { addflag "x"; }\n'
+    'if allof (true, not anyof (false, size :over 1)) { addflag "y"; } else { keep; }',
+    'if header :value "ge" :comparator "i;ascii-numeric" "x-count" "40" { addflag "$High"; }\n'
+    'if header :count "eq" :comparator "i;ascii-numeric" "received" "2" { addflag "two"; }',
+    'if spamtest :percent :value "lt" :comparator "i;ascii-numeric" "50" { addflag "low"; }\n'
+    'if spamtest :value "eq" :comparator "i;ascii-numeric" "8" { addflag "eight"; }\n'
+    'if spamtest :value "lt" :comparator "i;ascii-numeric" "x" { addflag "below-x"; }\n'
+    'if anyof (false, false, spamtest :count "eq" :comparator "i;ascii-numeric" "1")'
+    ' { addflag "one"; }\n'
+    'if spamtest :value "ge" :comparator "i;ascii-numeric" "3" { fileinto "Junk"; }',
+    'if body :contains "GREEN" { fileinto :copy "Green"; }\n'
+    'if body :contains :comparator "i;octet" ["GREEN", "caf\u00e9"] { addflag "o"; }\n'
+    'if body :raw :contains ["=E9", "zz"] { addflag "r"; }\n'
+    'if body :content "text/html" :contains "green" { addflag "h"; }\n'
+    'if body :content "text" :matches "*build*" { addflag "b"; }',
+    'if header :matches "subject" "* [*] *" { set "tag" "${2}"; addflag "${tag}"; }\n'
+    'fileinto "Lists/${tag}"; setflag "only"; addflag ["x y", "X"]; removeflag "y";',
+    'addflag "\\\\Seen"; fileinto :flags "\\\\Flagged" "F"; keep :flags "k";\n'
+    'if true { return; } addflag "never";',
+    'if address :domain "from" "remote.test" { redirect "bob@example.test"; }\n'
+    'vacation :days 3 :subject "away" "Gone";',
+    'fileinto "A"; fileinto "a"; fileinto "INBOX"; addflag "f"; fileinto :create "B";',
+    'if envelope :domain "to" "example.test" { reject "no"; }',
+    'if header :contains "subject" "caf\u00e9" { stop; } addflag "not stopped";',
+    'fileinto "";',
+    'if address :matches ["to", "cc"] "*" { set "a" "${1}"; }\n'
+    'if address :matches ["cc", "to"] "*" { set "b" "${1}"; }\n'
+    'if address :domain :is "from" "remote.test" { addflag "d"; }\n'
+    'if address :localpart :is "from" "carol" { addflag "l"; }\n'
+    'if address :localpart :contains ["from", "to"] "AL" { addflag "c"; }\n'
+    'if header :matches ["cc", "to"] "*@*" { set "c" "${2}"; }\n'
+    'if header :is ["to", "subject"] "body" { addflag "s"; } addflag "${a}|${b}|${c}";',
+]
+
+
+@pytest.mark.parametrize("script", _PROGRAM_SCRIPTS)
+def test_whole_script_closures_act_as_the_general_path(script: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """interp._program (a script run as its tree of closures, with the specialised tests)
+    gives the Outcome, or the runtime error, that Interpreter.block's general path gives."""
+    from mailstead.sieve import interp
+
+    text = ('require ["fileinto", "imap4flags", "envelope", "relational", "body", "copy",'
+            ' "comparator-i;ascii-numeric", "spamtest", "spamtestplus", "variables",'
+            ' "mailbox", "include", "vacation", "reject"];\n' + script)
+
+    def outcomes() -> list[Outcome | str]:
+        found: list[Outcome | str] = []
+        for m in [*_SAME_MESSAGES, *_BODY_MESSAGES]:
+            try:
+                found.append(run(text, m, spam_score=4.0))
+            except SieveRuntimeError as exc:
+                found.append(f"error: {exc}")
+        return found
+
+    compiled = compile_script(text)
+    assert interp._program(compiled) is not None
+    closures = outcomes()
+    monkeypatch.setattr(interp, "_program", lambda _s: None)
+    monkeypatch.setattr(interp, "_fast_form", lambda _t: None)
+    assert outcomes() == closures

@@ -9,7 +9,9 @@ are known and carry their values, its positional arguments have the right kinds.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailstead.proto import mime
 from mailstead.sieve.grammar import (
@@ -132,6 +134,9 @@ class Script:
     # variable; what the interpreter scans the header for (mime.field_finder).
     header_names: frozenset[str] | None = None
     finder: re.Pattern[bytes] = field(default_factory=lambda: mime.field_finder(None))
+    # The whole script as one function of the interpreter (sieve/interp.py ``_program``),
+    # made at its first run; the compiled script is cached by text, so once per script.
+    program: Callable[[Any], None] | None = field(default=None, compare=False, repr=False)
 
 
 def compile_script(text: str) -> Script:

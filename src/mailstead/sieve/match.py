@@ -8,7 +8,7 @@ and a pattern full of stars cost a few passes of str.find or of one fixed-length
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 MAX_VALUE = 64 * 1024  # characters of one value that take part in a match
@@ -43,13 +43,17 @@ def numeric_key(text: str) -> int | None:
     return int(m.group()) if m is not None else None
 
 
+def compare_numbers(na: int | None, nb: int | None) -> int:
+    """``compare`` under i;ascii-numeric of two strings with these ``numeric_key``s."""
+    if na is None or nb is None:
+        return 0 if na is nb else (1 if na is None else -1)
+    return (na > nb) - (na < nb)
+
+
 def compare(a: str, b: str, comparator: str) -> int:
     """-1, 0 or 1 as ``a`` orders before, equal to, or after ``b``."""
     if comparator == "i;ascii-numeric":
-        na, nb = numeric_key(a), numeric_key(b)
-        if na is None or nb is None:
-            return 0 if na is nb else (1 if na is None else -1)
-        return (na > nb) - (na < nb)
+        return compare_numbers(numeric_key(a), numeric_key(b))
     fa, fb = _fold(a, comparator), _fold_key(b, comparator)
     return (fa > fb) - (fa < fb)
 
@@ -58,6 +62,11 @@ _RELATION = {
     "gt": lambda c: c > 0, "ge": lambda c: c >= 0, "lt": lambda c: c < 0,
     "le": lambda c: c <= 0, "eq": lambda c: c == 0, "ne": lambda c: c != 0,
 }
+
+
+def relation(name: str) -> Callable[[int], bool]:
+    """Whether a ``compare`` result satisfies the relational ``name`` (RFC 5231 4)."""
+    return _RELATION[name.lower()]
 
 
 def relation_holds(relation: str, a: str, b: str, comparator: str) -> bool:

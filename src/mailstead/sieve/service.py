@@ -49,6 +49,8 @@ MAX_SCRIPTS = 20  # per user
 SCRIPT_CACHE_SECONDS = 2.0  # how long a worker reuses an account's active script
 MAX_REDIRECT_HOPS = 20  # Received fields past which a message is no longer redirected
 _NAME = re.compile(r"[^\x00-\x1f\x7f/]{1,128}")
+_CLOCK_TESTS = frozenset({"date", "currentdate"})  # the tests that read Context.now
+_NO_CLOCK = datetime(1970, 1, 1, tzinfo=UTC)  # Context.now of a script that never reads it
 
 
 class SieveStore(Protocol):
@@ -236,7 +238,10 @@ class SieveService:
                 by_name = {b.name: b for b in await self.store.list_mailboxes(account.id)}
             ctx = Context(
                 message=message, envelope_from=envelope.sender, envelope_to=recipient,
-                now=datetime.now(UTC), mailboxes=frozenset(by_name),
+                # read by the date tests only (RFC 5260); an included script may have them
+                now=(datetime.now(UTC) if script.includes or script.tests & _CLOCK_TESTS
+                     else _NO_CLOCK),
+                mailboxes=frozenset(by_name),
                 spam_score=None if verdict is None else verdict.score,
                 spam_required=5.0 if verdict is None else verdict.required,
                 scripts=await self._included(account, script) if script.includes else {},
@@ -349,9 +354,11 @@ class SieveService:
 
 def _recipient_of(envelope: InboundEnvelope, account: Account) -> str:
     """The address the sender named for this account (an alias, a +tag...)."""
+    wanted = account.id
     for recipient in envelope.recipients:
-        if any(a.id == account.id for a in recipient.local):
-            return recipient.address
+        for local in recipient.local:
+            if local.id == wanted:
+                return recipient.address
     return account.address
 
 
