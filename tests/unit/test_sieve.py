@@ -205,13 +205,13 @@ _SAME_TESTS = [
 @pytest.mark.parametrize("test", _SAME_TESTS)
 def test_specialised_tests_answer_as_the_general_path(test: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """interp._fast_form's answers equal those of Interpreter.test's general path."""
-    from mailstead.sieve import interp
+    """compiled.fast_form's answers equal those of Interpreter.test's general path."""
+    from mailstead.sieve import compiled
 
     text = (f'require ["envelope", "imap4flags", "variables"];\n'
             f'if {test} {{ addflag "yes:${{0}}|${{1}}|${{2}}"; }}')
     fast = [run(text, m).keep_flags for m in _SAME_MESSAGES]
-    monkeypatch.setattr(interp, "_fast_form", lambda _t: None)
+    monkeypatch.setattr(compiled, "fast_form", lambda _t: None)
     assert [run(text, m).keep_flags for m in _SAME_MESSAGES] == fast
 
 
@@ -291,9 +291,10 @@ _PROGRAM_SCRIPTS = [
 @pytest.mark.parametrize("script", _PROGRAM_SCRIPTS)
 def test_whole_script_closures_act_as_the_general_path(script: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """interp._program (a script run as its tree of closures, with the specialised tests)
-    gives the Outcome, or the runtime error, that Interpreter.block's general path gives."""
-    from mailstead.sieve import interp
+    """compiled.compiled_program (a script run as its tree of closures, with the specialised
+    tests) gives the Outcome, or the runtime error, that Interpreter.block's general path
+    gives."""
+    from mailstead.sieve import compiled as compiled_forms
 
     text = ('require ["fileinto", "imap4flags", "envelope", "relational", "body", "copy",'
             ' "comparator-i;ascii-numeric", "spamtest", "spamtestplus", "variables",'
@@ -309,8 +310,8 @@ def test_whole_script_closures_act_as_the_general_path(script: str,
         return found
 
     compiled = compile_script(text)
-    assert interp._program(compiled) is not None
+    assert compiled_forms.compiled_program(compiled) is not None
     closures = outcomes()
-    monkeypatch.setattr(interp, "_program", lambda _s: None)
-    monkeypatch.setattr(interp, "_fast_form", lambda _t: None)
+    monkeypatch.setattr(compiled_forms, "compiled_program", lambda _s: None)
+    monkeypatch.setattr(compiled_forms, "fast_form", lambda _t: None)
     assert outcomes() == closures
