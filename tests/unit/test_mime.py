@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from imapclient.response_parser import parse_fetch_response
 
-from mailstead.proto import mime, mime_imap
+from mailstead.proto import mime, mime_imap, mime_scan
 from mailstead.proto.imap_sexpr import encode
 from mailstead.proto.mime import Part, SectionSpecError, UnknownEncoding
 from mailstead.proto.mime_encoding import decode_quoted_printable
@@ -1237,7 +1237,7 @@ _SCAN_NAMES = [None, frozenset({"subject", "to"}), frozenset({"content-type", "f
 def _same_as_parse(data: bytes) -> None:
     root = mime.parse(data)
     for names in _SCAN_NAMES:
-        found = mime.scan_header(data, mime.field_finder(names))
+        found = mime_scan.scan_header(data, mime_scan.field_finder(names))
         if found is None:
             continue
         fields, end = found
@@ -1248,7 +1248,7 @@ def _same_as_parse(data: bytes) -> None:
         if names is not None and {"content-type", "content-transfer-encoding",
                                   "content-disposition"} - names:
             continue
-        part = mime.single_part(data, end, fields)
+        part = mime_scan.single_part(data, end, fields)
         if part is None:  # left to parse: a multipart (even an unusable one) or a message
             declared = (root.get("Content-Type") or "").lower()
             assert root.is_multipart or root.content_type[0] == "message" or \
@@ -1260,9 +1260,9 @@ def _same_as_parse(data: bytes) -> None:
              root.transfer_encoding, root.lines, root.disposition, root.filename)
         assert [t for _p, t in mime.text_parts(data, part)] == \
             [t for _p, t in mime.text_parts(data, root)]
-        model = mime.leaf_model(fields)
+        model = mime_scan.leaf_model(fields)
         assert model is not None and model.mime_type == root.mime_type
-        assert mime.leaf_text(data, end, model) == mime.part_text(data, root)
+        assert mime_scan.leaf_text(data, end, model) == mime.part_text(data, root)
 
 
 @pytest.mark.parametrize("data", [

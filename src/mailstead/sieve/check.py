@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailstead.proto import mime
+from mailstead.proto import mime_scan
 from mailstead.sieve.grammar import (
     Arg,
     Command,
@@ -131,9 +131,9 @@ class Script:
     includes: list[tuple[str, str, bool]]  # (scope, name, optional) named by include
     tests: frozenset[str] = frozenset()  # the names of the tests it uses
     # The header fields its tests can read (lower-case), None when a name comes from a
-    # variable; what the interpreter scans the header for (mime.field_finder).
+    # variable; what the interpreter scans the header for (mime_scan.field_finder).
     header_names: frozenset[str] | None = None
-    finder: re.Pattern[bytes] = field(default_factory=lambda: mime.field_finder(None))
+    finder: re.Pattern[bytes] = field(default_factory=lambda: mime_scan.field_finder(None))
     # The whole script as one function of the interpreter (sieve/interp.py ``_program``),
     # made at its first run; the compiled script is cached by text, so once per script.
     program: Callable[[Any], None] | None = field(default=None, compare=False, repr=False)
@@ -146,7 +146,7 @@ def compile_script(text: str) -> Script:
     checker.block(commands, top=True)
     names = None if checker.header_names is None else frozenset(checker.header_names)
     return Script(commands, frozenset(checker.requires), checker.includes,
-                  frozenset(checker.tests), names, mime.field_finder(names))
+                  frozenset(checker.tests), names, mime_scan.field_finder(names))
 
 
 class _Checker:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 
-from mailstead.proto import mime
+from mailstead.proto import mime, mime_scan
 from mailstead.proto.headers import header_section
 from mailstead.sieve import match
 from mailstead.sieve.check import Script
@@ -137,7 +137,7 @@ class Interpreter:
         self.included_once: set[tuple[str, str]] = set()
         self.frames: list[_Frame] = []
         self.explicit_keep = False
-        # The header fields the scripts read, scanned for once (mime.scan_header) rather than
+        # The header fields the scripts read, scanned for once (mime_scan.scan_header) rather than
         # parsing the whole header; the fields of ctx.head when the scan cannot say.
         self.finder = finder
         self._scanned: list[mime.HeaderField] | None = None
@@ -503,7 +503,7 @@ class Interpreter:
             ctx = self.ctx
             found = None
             if ctx._head is None and self.finder is not None:
-                found = mime.scan_header(ctx.message, self.finder)
+                found = mime_scan.scan_header(ctx.message, self.finder)
             if found is None:
                 self._scanned = ctx.head.fields
             else:
@@ -565,13 +565,13 @@ class Interpreter:
             else ["text"]
         if "raw" not in t.tags and self.ctx._root is None:
             fields = self.scanned()
-            model = mime.leaf_model(fields) if self._header_end >= 0 else None
+            model = mime_scan.leaf_model(fields) if self._header_end >= 0 else None
             if model is not None:
                 # One part, whose header was scanned: what text_parts finds in it, read
                 # without building its tree (body_root).
                 if model.content_type[0] != "text" or not _type_matches(model.mime_type, kinds):
                     return []
-                return [mime.leaf_text(data, self._header_end, model)[:MAX_BODY]]
+                return [mime_scan.leaf_text(data, self._header_end, model)[:MAX_BODY]]
         root = self.body_root()
         if "raw" in t.tags:
             return [data[root.body_start : root.body_end][:MAX_BODY].decode("utf-8", "replace")]
@@ -590,7 +590,7 @@ class Interpreter:
         if self._body_root is None:
             fields = self.scanned()
             if self._header_end >= 0:
-                self._body_root = mime.single_part(ctx.message, self._header_end, fields)
+                self._body_root = mime_scan.single_part(ctx.message, self._header_end, fields)
             if self._body_root is None:
                 self._body_root = ctx.root
         return self._body_root
@@ -730,5 +730,5 @@ def evaluate(script: Script, ctx: Context) -> Outcome:
     """The actions ``script`` asks for ``ctx``; raises SieveRuntimeError."""
     # The fields the scripts name are scanned for; any field when an included script runs
     # too (its names are not known here).
-    finder = script.finder if not ctx.scripts else mime.field_finder(None)
+    finder = script.finder if not ctx.scripts else mime_scan.field_finder(None)
     return Interpreter(ctx, finder).run(script)
