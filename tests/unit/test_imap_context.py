@@ -20,7 +20,8 @@ from mailstead.proto.imap_context import (
     partial_slice,
     sort_row,
 )
-from mailstead.proto.imap_parse import parse_command, partial_range
+from mailstead.proto.imap_parse import parse_command
+from mailstead.proto.imap_parse_search import partial_range
 from mailstead.proto.imap_reader import ParseError
 
 

@@ -32,7 +32,7 @@ from mailstead.core.models import MessageMeta, SortFields
 from mailstead.proto import mime, mime_address
 from mailstead.proto.imap_args import Command, SearchKey, SkAll, SortArgs, ThreadArgs
 from mailstead.proto.imap_format import Reply
-from mailstead.proto.imap_parse import SORT_CHARSETS
+from mailstead.proto.imap_parse_search import SORT_CHARSETS
 from mailstead.proto.imap_search import (
     CHUNK,
     Candidate,
