@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailstead.core.errors import QuotaExceeded
+from mailstead.core.models import Account
 from mailstead.obs import EVENT_COUNTS
 from mailstead.services.message_files import (
     _FRAME,
@@ -171,15 +172,21 @@ async def with_rows(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, MessageF
         await store.close()
 
 
+async def _alice_and_bob_with_room_for_one(store: SqliteStore) -> tuple[Account, int, int]:
+    """Two accounts, bob's quota one message: (bob, alice's INBOX id, bob's INBOX id)."""
+    alice = await store.add_account("alice@example.test", "x")
+    bob = await store.add_account("bob@example.test", "x", quota_messages=1)
+    boxes = [await store.get_mailbox(a.id, "INBOX") for a in (alice, bob)]
+    alice_inbox, bob_inbox = (box.id for box in boxes if box is not None)
+    return bob, alice_inbox, bob_inbox
+
+
 async def test_deliveries_commit_their_rows_after_the_flush_and_a_refused_one_fails_alone(
         tmp_path: Path, with_rows: tuple[SqliteStore, MessageFileWriter]) -> None:
     """With a SQLite store the helper commits the rows too: every message of the batch lands
     with its file in place, and the one over its quota is refused with QuotaExceeded."""
     store, writer = with_rows
-    alice = await store.add_account("alice@example.test", "x")
-    bob = await store.add_account("bob@example.test", "x", quota_messages=1)
-    boxes = [await store.get_mailbox(a.id, "INBOX") for a in (alice, bob)]
-    alice_inbox, bob_inbox = (box.id for box in boxes if box is not None)
+    bob, alice_inbox, bob_inbox = await _alice_and_bob_with_room_for_one(store)
     now = datetime.now(UTC)
 
     def to(mailbox_id: int, data: bytes) -> list[Delivery]:
@@ -211,10 +218,7 @@ async def test_spam_log_rows_commit_with_their_message_and_never_fail_it(
     message land, those of a refused one do not, and a log that cannot be written costs only
     its rows, never the message."""
     store, writer = with_rows
-    alice = await store.add_account("alice@example.test", "x")
-    bob = await store.add_account("bob@example.test", "x", quota_messages=1)
-    boxes = [await store.get_mailbox(a.id, "INBOX") for a in (alice, bob)]
-    alice_inbox, bob_inbox = (box.id for box in boxes if box is not None)
+    _bob, alice_inbox, bob_inbox = await _alice_and_bob_with_room_for_one(store)
     now = datetime.now(UTC)
 
     def to(mailbox_id: int) -> list[Delivery]:

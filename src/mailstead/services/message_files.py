@@ -243,6 +243,10 @@ class _Helper(asyncio.SubprocessProtocol):
         if not self.stopping:
             code = self.transport.get_returncode() if self.transport is not None else None
             log_event("blobs.writer_exited", logging.ERROR, code=code, waiting=len(self.waiting))
+        self._fail_waiting()
+
+    def _fail_waiting(self) -> None:
+        """Fails the requests still unanswered (they may be retried) and marks the end."""
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -281,12 +285,7 @@ class _SharedHelperConnection(_Helper, asyncio.Protocol):
         self.owner._lost(self)
         if not self.stopping:
             log_event("blobs.shared_writer_lost", logging.WARNING, waiting=len(self.waiting))
-        while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_exception(WriterStopped("the message file writer stopped"))
-        if not self.exited.done():
-            self.exited.set_result(None)
+        self._fail_waiting()
 
     async def stop(self) -> None:
         """Sends EOF: the helper answers what it was sent, then closes our connection."""
