@@ -80,7 +80,7 @@ from mailstead.store.interfaces import (
 from mailstead.store.sql_base import Db
 from mailstead.store.sql_messages import store_message
 from mailstead.store.sql_spam_log import record_spam_verdicts
-from mailstead.store.sqlite import commit_batch, connect
+from mailstead.store.sqlite import commit_batch, connect, take_batches
 
 _FRAME = struct.Struct(">cI")  # tag, then the length of the payload that follows
 READ_SIZE = 1 << 20
@@ -513,21 +513,7 @@ class _Settler:
         self.thread.join()
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = self.queue.get()
-            if first is None:
-                return
-            batches = [first]
-            while True:
-                try:
-                    more = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batches.append(more)
+        for batches in take_batches(self.queue):
             try:
                 settle(self.blobs, batches, self.rows)
             except Exception as exc:  # e.g. the database unreachable: every answer says so

@@ -26,7 +26,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +47,7 @@ from mailstead.store.sql_messages import (
 )
 
 T = TypeVar("T")
+J = TypeVar("J")
 
 MAX_BATCH = 256  # operations per group commit
 READERS = 3  # reader connections (threads)
@@ -274,27 +275,11 @@ class SqliteStore(SqlStore):
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         commits = 0
         try:
-            while True:
-                first = self._jobs.get()
-                if first is _STOP:
-                    return
-                batch = [first]
-                stop = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        job = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is _STOP:
-                        stop = True
-                        break
-                    batch.append(job)
+            for batch in take_batches(self._jobs, MAX_BATCH):
                 self._commit_batch(conn, batch)
                 commits += 1
                 if commits % CHECKPOINT_EVERY == 0:
                     self._checkpoint_now.set()
-                if stop:
-                    return
         finally:
             conn.close()
 
@@ -390,6 +375,29 @@ def _roll_back(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
+
+
+def take_batches(jobs: queue.SimpleQueue[J | None], limit: int | None = None
+                 ) -> Iterator[list[J]]:
+    """What is put on ``jobs``, in order, in batches: each batch waits for its first job, then
+    takes what is queued already (at most ``limit`` in all). Ends at the stop marker (None),
+    once the jobs put before it are yielded: a group commit's loop (the store's writer, the
+    message-file helper's settling thread)."""
+    while True:
+        first = jobs.get()
+        if first is None:
+            return
+        batch = [first]
+        while limit is None or len(batch) < limit:
+            try:
+                job = jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                yield batch
+                return
+            batch.append(job)
+        yield batch
 
 
 def _run_befores(batch: list[_Job]) -> list[_Job]:
