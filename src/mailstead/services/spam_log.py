@@ -1,7 +1,7 @@
 """The spam log: the last verdicts the MX gave, for the admin console's spam panel.
 
 One row per local recipient of each judged message, written when the message is filed
-(``delivered``: "inbox" or "junk") or refused at DATA for its score (``refused``: "reject").
+(``delivered_rows``: "inbox" or "junk") or refused at DATA for its score (``refused``: "reject").
 The store keeps the newest ``KEEP`` rows (older ones are pruned as new ones come) and counts
 every verdict per action. Writing the log never fails a delivery: the rows of a filed
 message are committed by the delivery service in the message's own transaction, but as an
@@ -44,12 +44,6 @@ async def write(store: MetadataStore, rows: Sequence[SpamVerdictRow]) -> None:
         await store.record_spam_verdicts(rows, KEEP)
     except Exception as exc:  # the mail matters more than its log line
         log_event("spam.log_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
-
-
-async def delivered(store: MetadataStore, recipients: Sequence[InboundRecipient],
-                    verdicts: Mapping[int, SpamVerdict], junk: bool = False) -> None:
-    """Writes the rows ``delivered_rows`` makes."""
-    await write(store, delivered_rows(recipients, verdicts, junk))
 
 
 def delivered_rows(recipients: Sequence[InboundRecipient], verdicts: Mapping[int, SpamVerdict],
