@@ -199,7 +199,7 @@ async def _fetch_messages(
         if wants_flags or changed:
             s.announce_keywords([m.keywords for m in metas])
         for meta in metas:
-            if work is None or work.due():
+            if work is not None and work.due():  # checkpoint's own test, without a coroutine
                 await s.checkpoint()  # other sessions run between messages; the budget holds
             seq = view.seq_of(meta.uid)
             if seq is None:
@@ -291,9 +291,7 @@ async def _render(
         flags, keywords, modseq = new_state.flags, new_state.keywords, new_state.modseq
     recent = recent_of(meta.uid)
     parts: list[bytes] = []
-    # One message's answer holds at most a few copies of the message (BODY[] and RFC822
-    # together, say), not a hundred: each item is built in memory before it is sent.
-    room = 4 * meta.size + (1 << 20)
+    room = _answer_room(meta)
     built = 0
     utf8 = s.utf8
     for item in items:
@@ -311,6 +309,13 @@ async def _render(
         if s.condstore and not any(item.name == "MODSEQ" for item in items):
             parts.append(b"MODSEQ (%d)" % modseq)
     return fetch_head(s.uidonly, seq, meta.uid) + b" ".join(parts) + b")\r\n"
+
+
+def _answer_room(meta: MessageMeta) -> int:
+    """The octets one message's answer may hold: at most a few copies of the message (BODY[]
+    and RFC822 together, say), not a hundred, as each item is built in memory before it is
+    sent."""
+    return 4 * meta.size + (1 << 20)
 
 
 _STRUCTURES = {"ENVELOPE": b"ENVELOPE ", "BODY": b"BODY ", "BODYSTRUCTURE": b"BODYSTRUCTURE "}
@@ -385,7 +390,7 @@ def _render_now(renderers: list[NowRenderer], meta: MessageMeta, recent: bool, s
         if part is None:
             return None
         parts.append(part)
-    if len(parts) > 1 and sum(map(len, parts)) - len(parts[-1]) > 4 * meta.size + (1 << 20):
+    if len(parts) > 1 and sum(map(len, parts)) - len(parts[-1]) > _answer_room(meta):
         return None
     if uidonly:
         return fetch_head(True, seq, meta.uid) + b" ".join(parts) + b")\r\n"

@@ -222,15 +222,15 @@ def compile_key(key: SearchKey, scope: Scope) -> Predicate:
     field = _ENVELOPE_FIELDS.get(key.where)
     if field is None:
         return lambda c: _text_matches(text_key, c)
-    needle = key.value.casefold()
+    tests = [(field, key.value.casefold())]
 
     def envelope_test(c: Candidate) -> bool | None:
         # _text_matches's first step, with the needle casefolded once per SEARCH.
         meta = c.meta
         if meta is not None:
-            value = getattr(meta.envelope, field)
-            if value:
-                return needle in value.casefold()
+            hit = _envelope_hit(tests, meta)
+            if hit is not None:
+                return hit
         return _text_matches(text_key, c)
 
     return envelope_test
@@ -505,7 +505,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
     elif level is Need.FLAGS:
         states = await view.flag_states(all_uids)
         for seq, st in zip(view.seqs_of([st.uid for st in states]), states, strict=True):
-            if work is None or work.due():
+            if work is not None and work.due():  # checkpoint's own test
                 await s.checkpoint()  # a thousand keys on 100,000 messages is real work
             if seq is None:
                 continue
@@ -521,7 +521,7 @@ async def cmd_search(s: ImapSession, cmd: Command) -> Reply:
             with s.waiting():
                 metas = await view.messages(all_uids[start : start + CHUNK])
             for seq, meta in zip(view.seqs_of([m.uid for m in metas]), metas, strict=True):
-                if work is None or work.due():
+                if work is not None and work.due():  # checkpoint's own test
                     await s.checkpoint()
                 if seq is None:
                     continue
