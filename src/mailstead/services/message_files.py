@@ -349,6 +349,10 @@ class _Rows:
         self.database = database
         self.conn: sqlite3.Connection | None = None
 
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
     def commit(self, items: list[_Item]) -> list[tuple[bool, Any]]:
         """Each item's rows, and after them the spam log rows of the items that stored, in
         one transaction; an outcome per item."""
@@ -526,13 +530,17 @@ class _Settler:
                     self.answer(written)
 
 
-def serve(root: Path, stdin: int = 0, stdout: int = 1, database: Path | None = None) -> None:
-    # Ctrl-C and a service manager's SIGTERM reach the whole process group: the helper
-    # leaves the stopping to its parent, which closes the pipe once nothing is in flight.
+def _helper_state(root: Path, database: Path | None) -> tuple[FsBlobStore, _Rows | None]:
+    """What a helper process (``serve``, ``serve_shared``) works with. Ctrl-C and a service
+    manager's SIGTERM reach the whole process group: a helper leaves the stopping to its
+    parent, which closes the pipe (or the control pipe) once nothing is in flight."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    blobs = FsBlobStore(root)
-    rows = None if database is None else _Rows(database)
+    return FsBlobStore(root), None if database is None else _Rows(database)
+
+
+def serve(root: Path, stdin: int = 0, stdout: int = 1, database: Path | None = None) -> None:
+    blobs, rows = _helper_state(root, database)
 
     def answer(written: _Written) -> None:
         data = memoryview(b"".join(written.answers))
@@ -547,8 +555,8 @@ def serve(root: Path, stdin: int = 0, stdout: int = 1, database: Path | None = N
         if batch:
             settler.put(write_files(blobs, batch, rows is not None))
     settler.stop()
-    if rows is not None and rows.conn is not None:
-        rows.conn.close()
+    if rows is not None:
+        rows.close()
 
 
 class _Client:
@@ -604,10 +612,7 @@ def serve_shared(root: Path, listener: socket.socket, control: int = 0,
     more CPU per message, issue 24). Each worker hears its answers in the order it asked.
     Ends when ``control`` (the supervisor's pipe) closes, once the batch in hand is answered:
     the supervisor stopped, or died."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    blobs = FsBlobStore(root)
-    rows = None if database is None else _Rows(database)
+    blobs, rows = _helper_state(root, database)
     listener.setblocking(False)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, None)
@@ -687,8 +692,8 @@ def serve_shared(root: Path, listener: socket.socket, control: int = 0,
             client.sock.setblocking(True)
             client.sock.settimeout(STOP_TIMEOUT)
             client.sock.sendall(client.out)
-    if rows is not None and rows.conn is not None:
-        rows.conn.close()
+    if rows is not None:
+        rows.close()
 
 
 def start_shared(root: Path, database: Path | None, path: Path) -> SharedHelper:
