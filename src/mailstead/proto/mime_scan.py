@@ -83,7 +83,7 @@ def leaf_model(fields: list[HeaderField]) -> Part | None:
     first: dict[str, str] = {}
     for f in fields:
         name = f.name.lower()
-        if name in _CONTENT_FIELDS and name not in first:
+        if name in CONTENT_FIELDS and name not in first:
             first[name] = f.value
     content = (first.get("content-type"), first.get("content-transfer-encoding"),
                first.get("content-disposition"))
@@ -97,7 +97,9 @@ def leaf_text(data: bytes, header_end: int, model: Part) -> str:
     return _body_text(data[header_end:], model.transfer_encoding, model.charset)
 
 
-_CONTENT_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
+# The fields that make a part what it is (RFC 2045 5, 6; RFC 2183): what ``leaf_model`` reads,
+# and what a Sieve body test needs scanned (RFC 5173 5).
+CONTENT_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
 _MODEL_SIZE = 2048  # characters of the three fields past which a model is not kept
 
 

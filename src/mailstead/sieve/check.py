@@ -120,10 +120,6 @@ _EXCLUSIVE = (
 )
 
 
-# Header fields the body test reads to find the message's parts (RFC 5173 5).
-_BODY_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
-
-
 @dataclass(slots=True)
 class Script:
     commands: list[Command]
@@ -134,7 +130,7 @@ class Script:
     # variable; what the interpreter scans the header for (mime_scan.field_finder).
     header_names: frozenset[str] | None = None
     finder: re.Pattern[bytes] = field(default_factory=lambda: mime_scan.field_finder(None))
-    # The whole script as one function of the interpreter (sieve/interp.py ``_program``),
+    # The whole script as one function of the interpreter (sieve/compiled.py ``compiled_program``),
     # made at its first run; the compiled script is cached by text, so once per script.
     program: Callable[[Any], None] | None = field(default=None, compare=False, repr=False)
 
@@ -224,7 +220,7 @@ class _Checker:
         if self.header_names is None:
             return
         if test.name == "body":
-            self.header_names.update(_BODY_FIELDS)
+            self.header_names.update(mime_scan.CONTENT_FIELDS)  # to find the parts
         if test.name not in ("header", "address", "exists", "date"):
             return
         names = test.positional[0] if test.positional else None

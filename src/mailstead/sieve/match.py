@@ -69,8 +69,8 @@ def relation(name: str) -> Callable[[int], bool]:
     return _RELATION[name.lower()]
 
 
-def relation_holds(relation: str, a: str, b: str, comparator: str) -> bool:
-    return bool(_RELATION[relation.lower()](compare(a, b, comparator)))
+def relation_holds(name: str, a: str, b: str, comparator: str) -> bool:
+    return bool(relation(name)(compare(a, b, comparator)))
 
 
 # -- :matches -------------------------------------------------------------------------------
