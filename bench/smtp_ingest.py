@@ -26,11 +26,13 @@ import re
 import resource
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,11 +83,31 @@ class Server:
     @property
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server's processes (all their threads)."""
-        ticks = 0
+        return sum(self.cpu_by_role().values())
+
+    def roles(self) -> dict[str, str]:
+        """pid -> what the process is: ``supervisor`` (the one started), ``files`` (the
+        message-file helper, services/message_files.py) or ``workers`` (the others)."""
+        found: dict[str, str] = {}
         for pid in self._pids():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue  # a process that just ended
+            found[pid] = ("supervisor" if pid == str(self.proc.pid)
+                          else "files" if b"message_files" in command else "workers")
+        return found
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds (user + system, all threads) of the server's processes by role."""
+        ticks: dict[str, int] = {"workers": 0, "files": 0, "supervisor": 0}
+        for pid, role in self.roles().items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks[role] += int(fields[11]) + int(fields[12])
+        return {role: n / os.sysconf("SC_CLK_TCK") for role, n in ticks.items()}
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -310,20 +332,65 @@ class Report:
     rounds: list[float] = field(default_factory=list)  # msgs/s of each round
     rss: dict[str, float] = field(default_factory=dict)
     cpu_seconds: float = 0.0
+    cpu_roles: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds
 
     @property
     def cpu_ms_per_message(self) -> float:
         return self.cpu_seconds * 1000 / self.result.messages if self.result.messages else 0.0
 
+    def role_ms_per_message(self, role: str) -> float:
+        return (self.cpu_roles.get(role, 0.0) * 1000 / self.result.messages
+                if self.result.messages else 0.0)
+
     def run_round(self, messages: int, args: argparse.Namespace) -> None:
-        cpu = self.server.cpu_seconds
+        before = self.server.cpu_by_role()
+        spies = start_spies(self, args)
         result = asyncio.run(run_load(self.server.port, messages, args.sessions, args.size,
                                       args.users))
-        self.cpu_seconds += self.server.cpu_seconds - cpu
+        after = self.server.cpu_by_role()
+        stop_spies(spies)
+        for role, seconds in after.items():
+            self.cpu_roles[role] = self.cpu_roles.get(role, 0.0) + seconds - before[role]
+        self.cpu_seconds += sum(after.values()) - sum(before.values())
         self.result.messages += result.messages
         self.result.seconds += result.seconds
         self.result.latencies += result.latencies
         self.rounds.append(result.rate)
+
+
+def start_spies(report: Report, args: argparse.Namespace) -> list[subprocess.Popen[bytes]]:
+    """With ``--py-spy DIR``: py-spy recording each process of the server for one round,
+    one file of collapsed stacks each (``<server>-<role>-<pid>-r<round>.txt``, for
+    bench/profile_top.py). Sampling does not pause the processes (--nonblocking) but takes
+    CPU of its own: the rates of a round that is recorded are not comparable."""
+    folder = getattr(args, "py_spy", None)
+    if not folder:
+        return []
+    spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--py-spy: py-spy not found (PATH or PY_SPY)")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    spies = []
+    for pid, role in report.server.roles().items():
+        if role == "supervisor":
+            continue  # it waits on its workers
+        out = Path(folder) / f"{report.name}-{role}-{pid}-r{len(report.rounds) + 1}.txt"
+        spies.append(subprocess.Popen(
+            [spy, "record", "--pid", pid, "--nonblocking", "--format", "raw", "--rate",
+             "200", "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(0.5)  # attached before the load starts
+    return spies
+
+
+def stop_spies(spies: list[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    for spy in spies:
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
 
 
 def measure(reports: list[Report], args: argparse.Namespace) -> None:
@@ -409,10 +476,14 @@ def print_report(reports: list[Report], args: argparse.Namespace) -> None:
 # -- shared by the benches that compare two mailstead servers (sieve_ingest, checks_ingest) --
 
 
-def pair_arguments(doc: str | None) -> argparse.Namespace:
-    """The load options of a two-server comparison."""
+def pair_arguments(doc: str | None,
+                   extra: Callable[[argparse.ArgumentParser], None] | None = None
+                   ) -> argparse.Namespace:
+    """The load options of a two-server comparison; ``extra`` adds a bench's own."""
     parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--size", type=int, default=4096)
@@ -421,7 +492,11 @@ def pair_arguments(doc: str | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--idle", type=int, default=0)
     parser.add_argument("--profile", help="run the first server under cProfile, writing this "
-                                          "file")
+                                          "file (the supervisor only: the workers are forked "
+                                          "from it; --py-spy sees them)")
+    parser.add_argument("--py-spy", metavar="DIR",
+                        help="record every worker and message-file helper of both servers "
+                        "with py-spy (PATH or PY_SPY), one file per process and round")
     return parser.parse_args()
 
 
@@ -443,6 +518,9 @@ def print_pair(reports: list[Report], label: str) -> None:
               f" ms  p99 {r.result.percentile(0.99):6.1f} ms  CPU "
               f"{r.cpu_ms_per_message:5.2f} ms/msg  rounds: "
               f"{', '.join(f'{x:.0f}' for x in r.rounds)}")
+    print("CPU ms/msg by process: " + ";  ".join(
+        f"{r.name} workers {r.role_ms_per_message('workers'):.3f}, message files "
+        f"{r.role_ms_per_message('files'):.3f}" for r in reports))
     first, second = reports
     pairs = [a / b for a, b in zip(first.rounds, second.rounds, strict=True) if b]
     print(f"\n{label}: {first.result.rate / second.result.rate:.3f}x messages per second"
