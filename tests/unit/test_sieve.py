@@ -227,12 +227,21 @@ _BODY_MESSAGES = [
     b"Content-Type: text/html\r\n\r\n<b>green</b>\r\n--zz--\r\n",
     b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ngreen\r\n",
     b"Subject: bare LF\n\ngreen\n",
+    # Searched as octets where the body is plain ASCII (interp.ascii_text_body), else decoded:
+    b"Subject: empty\r\n\r\n",
+    b"Content-Type: text/plain; charset=\"US-ASCII\"\r\nContent-Transfer-Encoding: 7BIT\r\n"
+    b"\r\nGreen Light\r\n",
+    b"Content-Type: text/plain; charset=utf-16-le\r\n\r\ng\x00r\x00e\x00e\x00n\x00",
+    b"Content-Type: TEXT/plain\r\nContent-Transfer-Encoding: BASE64\r\n\r\nZ3JlZW4=\r\n",
+    b"Subject: long\r\n\r\n" + b"a" * (64 * 1024 - 3) + b"GREEN green\r\n",
 ]
 _BODY_TESTS = [
     'body :contains "green"', 'body :text :contains "GREEN"', 'body :raw :contains "=E9"',
     'body :content "text/html" :contains "green"', 'body :content "text" :contains "caf\u00e9"',
     'body :content ["application", "image"] :contains "green"', 'body :content "" :is ""',
     'body :matches "*green*"', 'body :contains :comparator "i;octet" "GREEN"',
+    'body :contains ["zz", "caf\u00e9"]', 'body :contains ""', 'body :contains "N GREEN"',
+    'body :contains "aagr"', 'body :contains :comparator "i;octet" ["Gree", "nope"]',
 ]
 
 

@@ -149,6 +149,7 @@ class Interpreter:
         self._addresses: dict[str, list[str]] = {}
         # Values (and folded values) of the specialised tests, by what they read.
         self._kept: dict[tuple[str, ...], list[str]] = {}
+        self._lowered: bytes | None = None  # the message, A-Z lowered (ascii_text_body)
 
     # -- running ------------------------------------------------------------------------
 
@@ -581,6 +582,29 @@ class Interpreter:
                 found.append(text[:MAX_BODY])
         return found
 
+    def ascii_text_body(self, lower: bool) -> tuple[bytes, int] | None:
+        """The message (A-Z lowered when ``lower``) and where its body starts, when the
+        body is, octet for octet, the one text that ``body_values`` gives ``body :text``
+        (RFC 5173 5.3): a one-part text/* message whose header was scanned, not in base64
+        or quoted-printable, in an ASCII charset, with only ASCII octets. A test can then
+        search the octets, without decoding and folding a copy of them; None otherwise."""
+        data = self.ctx.message
+        if self.ctx._root is not None or not data.isascii():
+            return None
+        fields = self.scanned()
+        if self._header_end < 0:
+            return None
+        model = mime_scan.leaf_model(fields)
+        if (model is None or model.content_type[0] != "text"
+                or model.transfer_encoding in ("base64", "quoted-printable")
+                or (model.charset or "").strip().strip('"').lower() not in _ASCII_CHARSETS):
+            return None
+        if lower:
+            if self._lowered is None:
+                self._lowered = data.lower()  # bytes.lower folds A-Z only: i;ascii-casemap
+            data = self._lowered
+        return data, self._header_end
+
     def body_root(self) -> mime.Part:
         """The message's part tree; for a message of one part whose header was scanned, that
         part made from the scanned fields (the header is not parsed twice)."""
@@ -678,6 +702,10 @@ def _address_part(address: str, t: Test) -> str:
     if "domain" in t.tags:
         return _domain(address)
     return address
+
+
+# Charsets whose decoding of ASCII octets gives the same characters (mime._decode_charset).
+_ASCII_CHARSETS = frozenset({"", "us-ascii", "ascii", "utf-8"})
 
 
 def _type_matches(mime_type: str, kinds: list[str]) -> bool:
