@@ -35,10 +35,9 @@ ids, stored rows, touched mailbox ids) once the rows are committed, or ``!`` wit
 exception that refused them (QuotaExceeded, NotFound); for any, ``-`` with the reason the
 file failed.
 The helper answers a batch only after the one flush that covers it (``FsBlobStore.flush``), so
-a ``+`` means what ``FsBlobStore.put`` returning means. The flush and the commit run in
+a ``+`` means what ``FsBlobStore.put`` returning means. The flush and the commit run in a
 threads of the helper (``_Settler``) while its loop writes the files of the next messages;
-batches written meanwhile share the next flush, and flushed ones the next commit: that is
-the batching.
+batches written meanwhile share the next flush and commit: that is the batching.
 
 The helper ends when its input closes. If this process dies, even by SIGKILL, the kernel
 closes the pipe: the helper finishes the batch in hand and exits. Files written for messages
