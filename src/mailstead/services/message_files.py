@@ -35,10 +35,9 @@ ids, stored rows, touched mailbox ids) once the rows are committed, or ``!`` wit
 exception that refused them (QuotaExceeded, NotFound); for any, ``-`` with the reason the
 file failed.
 The helper answers a batch only after the one flush that covers it (``FsBlobStore.flush``), so
-a ``+`` means what ``FsBlobStore.put`` returning means. The flush and the commit run in
-threads of the helper (``_Settler``) while its loop writes the files of the next messages;
-batches written meanwhile share the next flush, and flushed ones the next commit: that is
-the batching.
+a ``+`` means what ``FsBlobStore.put`` returning means. The flush and the commit run in a
+thread of the helper (``_Settler``) while its loop writes the files of the next messages;
+batches written meanwhile share the next flush and commit: that is the batching.
 
 The helper ends when its input closes. If this process dies, even by SIGKILL, the kernel
 closes the pipe: the helper finishes the batch in hand and exits. Files written for messages
@@ -507,24 +506,13 @@ def written_rows(blobs: FsBlobStore, parts: Sequence[tuple[bytes, Sequence[Deliv
 def settle(blobs: FsBlobStore, batches: list[_Written], rows: _Rows | None) -> None:
     """The second half: one flush for the files of ``batches``, then one transaction for
     their rows; their answers complete."""
-    flush_batches(blobs, batches)
-    commit_batches(batches, rows)
-
-
-def flush_batches(blobs: FsBlobStore, batches: list[_Written]) -> None:
-    """One flush for the files of ``batches``. When it fails, nothing in them is known to be
-    durable: every answer says so, and none of their rows is to be committed."""
     try:
         blobs.flush()
-    except OSError as exc:
+    except OSError as exc:  # nothing in these batches is known to be durable
         for written in batches:
             written.answers[:] = [_failure(f"flushing message files: {exc}")] * \
                 len(written.answers)
-            written.pending.clear()
-
-
-def commit_batches(batches: list[_Written], rows: _Rows | None) -> None:
-    """One transaction for the rows of ``batches``, whose files are flushed."""
+        return
     pending = [item for written in batches for item in written.pending]
     if not pending or rows is None:
         return
@@ -540,22 +528,12 @@ def commit_batches(batches: list[_Written], rows: _Rows | None) -> None:
             written.answers[index] = _frame(b"!", _pickled_error(value))
 
 
-def _fail_all(batches: list[_Written], reason: str) -> None:
-    for written in batches:
-        written.answers[:] = [_failure(reason)] * len(written.answers)
-        written.pending.clear()
-
-
 class _Settler:
-    """Flushes and commits written batches in threads of their own, so that the next batch's
+    """Flushes and commits written batches in a thread of its own, so that the next batch's
     files are written meanwhile: a flush and a commit wait on the disk, most of a batch's time
     with large messages (100 KiB: the helper waited four fifths of its time, its loop stopped
-    meanwhile). Batches waiting together share one flush; flushed batches waiting together
-    share one commit. The flush of the next batches runs while the rows of the ones flushed
-    before them commit (a row still commits only after its file's flush): with the workers
-    writing the files, the flush and the commit one after the other were the helper's whole
-    cycle, busy four fifths of the time at 100 KiB (issue 24). Each batch's answers go to
-    ``answer`` in the order the batches came."""
+    meanwhile). Batches waiting together share one flush and one commit; each batch's answers
+    go to ``answer`` in the order the batches came."""
 
     def __init__(self, blobs: FsBlobStore, rows: _Rows | None,
                  answer: Callable[[_Written], None]) -> None:
@@ -563,39 +541,24 @@ class _Settler:
         self.rows = rows
         self.answer = answer
         self.queue: queue.SimpleQueue[_Written | None] = queue.SimpleQueue()
-        self.flushed: queue.SimpleQueue[list[_Written] | None] = queue.SimpleQueue()
-        self.flusher = threading.Thread(target=self._flush, name="flush", daemon=True)
-        self.committer = threading.Thread(target=self._commit, name="commit", daemon=True)
-        self.flusher.start()
-        self.committer.start()
+        self.thread = threading.Thread(target=self._run, name="settle", daemon=True)
+        self.thread.start()
 
     def put(self, written: _Written) -> None:
         self.queue.put(written)
 
     def stop(self) -> None:
-        """Settles what was put, then ends the threads."""
+        """Settles what was put, then ends the thread."""
         self.queue.put(None)
-        self.flusher.join()
-        self.committer.join()
+        self.thread.join()
 
-    def _flush(self) -> None:
-        try:
-            for batches in take_batches(self.queue):
-                try:
-                    flush_batches(self.blobs, batches)
-                except Exception as exc:  # an unforeseen failure: these batches fail alone
-                    _fail_all(batches, f"flushing message files: {exc}")
-                self.flushed.put(batches)
-        finally:
-            self.flushed.put(None)  # the committer ends once it has answered the rest
-
-    def _commit(self) -> None:
-        for groups in take_batches(self.flushed):
-            batches = [written for group in groups for written in group]
+    def _run(self) -> None:
+        for batches in take_batches(self.queue):
             try:
-                commit_batches(batches, self.rows)
+                settle(self.blobs, batches, self.rows)
             except Exception as exc:  # e.g. the database unreachable: every answer says so
-                _fail_all(batches, f"committing: {exc}")
+                for written in batches:
+                    written.answers[:] = [_failure(f"committing: {exc}")] * len(written.answers)
             for written in batches:
                 # A reader gone (our parent died): its answers are lost, but the batches
                 # still queued are settled all the same, as the helper always did.
