@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import struct
 import time
 from pathlib import Path
 
 import pytest
 
 from mailstead.core.errors import CorruptBlob, InvalidInput, NotFound
+from mailstead.store import blob_fs
 from mailstead.store.blob_fs import FsBlobStore
 
 MESSAGE = b"From: a@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -171,3 +174,21 @@ def test_earlier_two_level_layout_is_moved_over_once(tmp_path: Path) -> None:
     assert blobs.upgrade_layout() == 0  # done once: the marker says so
     fresh = FsBlobStore(tmp_path / "new")
     assert fresh.upgrade_layout() == 0 and blobs.put(b"x") and fresh.put(b"x")
+
+
+def test_root_spreads_its_directories_where_the_filesystem_can(blobs: FsBlobStore,
+                                                                tmp_path: Path) -> None:
+    """The first put marks the root as the top of a hierarchy (chattr +T) where the
+    filesystem has the flag (ext2/3/4); elsewhere the put works all the same."""
+    if not blob_fs.spread_subdirectories(tmp_path):
+        pytest.skip("this filesystem has no per-directory allocator flags")
+    blob_id = blobs.put(MESSAGE)
+    fd = os.open(blobs.root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, blob_fs._FS_IOC_GETFLAGS,
+                                               struct.pack("i", 0)))[0]
+    finally:
+        os.close(fd)
+    assert flags & blob_fs._FS_TOPDIR_FL
+    assert blobs.get(blob_id) == MESSAGE
+    assert not blob_fs.spread_subdirectories(tmp_path / "missing")

@@ -57,12 +57,21 @@ def normalize_line_ends(data: bytes) -> bytes:
     return data.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
 
 
-def longest_line(data: bytes, limit: int = TEXT_LINE_MAX) -> int:
-    """Length in octets of the longest CRLF-terminated line, the CRLF included; any value up to
-    ``limit`` stands for "not longer than ``limit``" when the data is too short to say more."""
-    if len(data) <= limit - 2:
-        return len(data) + 2
-    return max(map(len, data.split(CRLF))) + 2
+def line_over(data: bytes, limit: int = TEXT_LINE_MAX) -> bool:
+    """Whether a line of ``data`` (CRLF line ends only) is longer than ``limit`` octets, its
+    CRLF included; a last line without one counts as if it had it.
+
+    Jumps from line end to line end ``limit`` octets at a time: the last LF within the next
+    ``limit`` octets (``rfind``, a memrchr) ends the lines that lie wholly among them, and
+    none there means the line starting here is too long. A 100 KiB message costs about a
+    hundred searches, where splitting it into its lines cost a dozen times the time."""
+    size = len(data)
+    end = -1  # the LF ending the lines known to fit (-1: none yet)
+    while size - end + 1 > limit:  # the rest, as one line with its CRLF, might not fit
+        end = data.rfind(b"\n", end + 1, end + limit + 1)
+        if end < 0:
+            return True
+    return False
 
 
 def dot_unstuff(raw: bytes) -> bytes:
@@ -285,6 +294,6 @@ def _joined_without_tail(parts: list[bytes], drop: int) -> bytes:
 
 def check_lines(content: bytes, max_line: int) -> DataOutcome:
     """``content`` (CRLF line ends only) kept, or refused when a line is over ``max_line``."""
-    if content and longest_line(content.removesuffix(CRLF), max_line) > max_line:
+    if line_over(content, max_line):
         return DataOutcome(b"", len(content), DataProblem.LINE_TOO_LONG)
     return DataOutcome(content, len(content), None)
