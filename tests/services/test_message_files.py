@@ -26,7 +26,7 @@ from mailstead.services.message_files import (
     start_shared,
     write_batch,
 )
-from mailstead.store.blob_fs import FsBlobStore
+from mailstead.store.blob_fs import SMALL_BLOB, FsBlobStore
 from mailstead.store.changes import ChangeBus
 from mailstead.store.interfaces import Delivery, NewMessage, SpamVerdictRow, SystemFlag
 from mailstead.store.sqlite import SqliteStore
@@ -301,6 +301,13 @@ async def test_workers_share_one_helper_that_batches_them_together(
             assert blobs.get(blob_id) == data and stored[0].blob_id == blob_id
         assert len(await store.get_messages(inbox.id)) == 40
         assert all(isinstance(w._helper, _SharedHelperConnection) for w in writers)
+        # A message above SMALL_BLOB is written by the worker in a thread, not on its loop.
+        big = MESSAGE + b"y" * (2 * SMALL_BLOB)
+        blob_id, stored, _touched = await writers[1].deliver(big, to(big), None)
+        assert blobs.get(blob_id) == big and stored[0].blob_id == blob_id
+        big_id, _envelope = await writers[0].submit(big + b"2")
+        assert blobs.get(big_id) == big + b"2"
+        assert len(await store.get_messages(inbox.id)) == 41
 
         os.kill(shared.pid, signal.SIGSTOP)
         waiting = asyncio.ensure_future(writers[0].submit(MESSAGE + b"lost"))

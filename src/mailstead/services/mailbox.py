@@ -35,6 +35,7 @@ from mailstead.services.mailbox_names import (
 )
 from mailstead.services.mailbox_state import SharedMailboxState
 from mailstead.services.mailbox_view import MailboxView
+from mailstead.store.blob_fs import SMALL_BLOB
 from mailstead.store.changes import ChangeBus, MultiWatch, account_channel
 from mailstead.store.interfaces import (
     BlobStore,
@@ -48,7 +49,6 @@ from mailstead.store.interfaces import (
     NewMessage,
 )
 
-SMALL_BLOB = 128 * 1024  # read without a thread hop
 BULK_WRITERS = 4  # threads writing the files of one append_many
 # Message files are immutable (named by their hash): small ones read lately are kept.
 BLOB_CACHE_BYTES = 16 * 1024 * 1024

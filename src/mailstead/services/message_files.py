@@ -74,7 +74,7 @@ from typing import Any, cast
 from mailstead.core.models import SPAM_LOG_KEEP
 from mailstead.obs import log_event
 from mailstead.proto.mime import parse_envelope_fields
-from mailstead.store.blob_fs import FsBlobStore
+from mailstead.store.blob_fs import SMALL_BLOB, FsBlobStore
 from mailstead.store.interfaces import (
     Delivery,
     Envelope,
@@ -124,8 +124,9 @@ class MessageFileWriter:
         # their rows: the file's creation, the copy into it and its hash run on every core,
         # not one after another in the one helper, and the message is not copied through the
         # helper's socket (issue 24, 100 KiB: 13-23% more msgs/s, less CPU a message). The
-        # write runs in the event loop: tens of microseconds for a file, as long as ext4 finds
-        # its inode quickly, which the spreading of the fan directories over block groups sees
+        # write of a file up to SMALL_BLOB runs in the event loop (a larger one in a thread, so a
+        # big message never stalls the other sessions): tens of microseconds, as long as ext4
+        # finds its inode quickly, which the spreading of the fan directories over block groups sees
         # to (blob_fs.spread_subdirectories; without it two workers creating files in one busy
         # group raced for the same free inode and it measured worse). A helper of a worker's
         # own (one worker) still writes them: it has the other core.
@@ -136,7 +137,8 @@ class MessageFileWriter:
     async def submit(self, data: bytes) -> tuple[str, Envelope]:
         if self._blobs is not None:
             # Written (not yet durable) here; the helper answers once its flush covers it.
-            blob_id = self._blobs.write(data)
+            blob_id = (self._blobs.write(data) if len(data) <= SMALL_BLOB
+                       else await asyncio.to_thread(self._blobs.write, data))
             written = blob_id.encode() + _envelope_to_bytes(parse_envelope_fields(data))
             blob_id, envelope = await self._request(b"f", written)
         else:
@@ -163,7 +165,11 @@ class MessageFileWriter:
         if self.database is None:
             raise RuntimeError("deliver needs the writer to know the SQLite database")
         if self._blobs is not None:
-            written = written_rows(self._blobs, parts, queue_entry, entry_part)
+            if sum(len(data) for data, _ in parts) <= SMALL_BLOB:
+                written = written_rows(self._blobs, parts, queue_entry, entry_part)
+            else:
+                written = await asyncio.to_thread(
+                    written_rows, self._blobs, parts, queue_entry, entry_part)
             request = pickle.dumps((*written, list(verdict_log)), pickle.HIGHEST_PROTOCOL)
             blob_ids, stored, touched = await self._request(b"w", request)
         else:

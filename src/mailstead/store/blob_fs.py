@@ -41,6 +41,9 @@ BLOB_ID = re.compile(r"^[0-9a-f]{64}$")
 SUFFIX = ".eml"
 LAYOUT_FILE = "LAYOUT"  # in the root: names the layout, so the upgrade check is one stat
 LAYOUT = "ab/<sha256>.eml\n"
+# Up to this size a file is written or read on the event loop: less than a thread hop costs;
+# a larger one goes to a thread, so one big message never stalls the other sessions.
+SMALL_BLOB = 128 * 1024
 _temp_numbers = itertools.count()  # next() on it is atomic under the GIL: safe across threads
 # Random once per process: nodes sharing a blob directory may run under the same pid.
 _TEMP_TAG = f"{os.getpid()}-{secrets.token_hex(4)}"
