@@ -163,7 +163,8 @@ def _touch_settings(db: Db) -> None:
 
 class SqlStore(ABC):
     """MetadataStore over the operations above. Subclasses provide open/close and the two
-    runners; ``_run_write`` must return only after the transaction committed durably."""
+    runners; ``_run_write`` must return only after the transaction committed durably (or, for
+    ``durable=False``, committed)."""
 
     backend: str
     changes_inline = False
@@ -186,11 +187,14 @@ class SqlStore(ABC):
 
     @abstractmethod
     async def _run_write(
-        self, op: Callable[[Db], T], before: Callable[[], None] | None = None
+        self, op: Callable[[Db], T], before: Callable[[], None] | None = None,
+        durable: bool = True,
     ) -> tuple[T, set[int]]:
         """Runs ``op`` in a transaction and commits it (fsync'd); returns its result and the
         mailbox ids it touched. ``before`` runs first in the writing thread (see
-        ``store_message``); if it raises, so does this, with nothing written."""
+        ``store_message``); if it raises, so does this, with nothing written. ``durable``
+        False (flag changes only, ``_write_flags``): committed and visible to every reader
+        when it returns, but its commit does not wait for the disk."""
 
     async def _read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._run_read(lambda db: op(db, *args, **kwargs))
@@ -199,6 +203,24 @@ class SqlStore(ABC):
         value, touched = await self._run_write(lambda db: op(db, *args, **kwargs))
         if touched:
             self.changes.publish(touched)  # on the event loop, after the commit
+        return value
+
+    async def _write_flags(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``_write`` of a change of flags alone (STORE, a \\Recent claim), committed without
+        waiting for the disk, as Dovecot's default (mail_fsync=optimized) does not fsync flag
+        changes either: the fsync was most of a STORE's cost. The trade: a crash of the
+        machine (power cut, kernel panic), or on PostgreSQL of the database server, may lose
+        the flag changes of the last moments before it; a crash or SIGKILL of mailstead loses
+        nothing (SQLite WAL with synchronous=NORMAL: the commit is written to the operating
+        system; PostgreSQL's synchronous_commit=off: it is in the server's log buffers). The
+        next durable commit (a delivery, an APPEND, an EXPUNGE) makes every earlier one
+        durable too, both logs being written and synced in order. Message rows, EXPUNGE and
+        every other write stay durable when acknowledged: files are deleted after an
+        expunge commits."""
+        value, touched = await self._run_write(
+            lambda db: op(db, *args, **kwargs), None, durable=False)
+        if touched:
+            self.changes.publish(touched)
         return value
 
     async def _write_after(self, before: Callable[[], None] | None,
@@ -428,7 +450,7 @@ class SqlStore(ABC):
         return await self._read(mailbox_status, mailbox_id)
 
     async def claim_recent(self, mailbox_id: int) -> int:
-        return await self._write(claim_recent, mailbox_id)
+        return await self._write_flags(claim_recent, mailbox_id)
 
     async def first_recent_uid(self, mailbox_id: int) -> int:
         return await self._read(first_recent_uid, mailbox_id)
@@ -478,7 +500,7 @@ class SqlStore(ABC):
         keywords: frozenset[str] = frozenset(),
         unchanged_since: int | None = None,
     ) -> FlagUpdate:
-        return await self._write(
+        return await self._write_flags(
             update_flags, mailbox_id, list(uids), mode, flags, keywords, unchanged_since
         )
 

@@ -137,10 +137,11 @@ def _few(args: tuple[Any, ...]) -> bool:
     return len(args) == 2 and isinstance(args[1], list) and len(args[1]) <= INLINE_ROWS
 
 
-# A pending write: the operation, where to report its outcome, and a blocking step to run
-# before its transaction (a message file's flush: one thread hand-over for both).
+# A pending write: the operation, where to report its outcome, a blocking step to run
+# before its transaction (a message file's flush: one thread hand-over for both), and
+# whether its commit must reach the disk before it is acknowledged (False: flags only).
 _Job = tuple[Callable[[Db], Any], asyncio.Future[tuple[Any, set[int]]],
-             Callable[[], None] | None]
+             Callable[[], None] | None, bool]
 _STOP = None
 
 
@@ -263,19 +264,29 @@ class SqliteStore(SqlStore):
     # -- writes: group commit --
 
     async def _run_write(
-        self, op: Callable[[Db], T], before: Callable[[], None] | None = None
+        self, op: Callable[[Db], T], before: Callable[[], None] | None = None,
+        durable: bool = True,
     ) -> tuple[T, set[int]]:
         if self._writer is None:
             raise RuntimeError("store is not open")
         future: asyncio.Future[tuple[Any, set[int]]] = asyncio.get_running_loop().create_future()
-        self._jobs.put((op, future, before))
+        self._jobs.put((op, future, before, durable))
         value, touched = await future
         return value, touched
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         commits = 0
+        synced = True  # the connection's synchronous level: FULL (True) or NORMAL
         try:
             for batch in take_batches(self._jobs, MAX_BATCH):
+                # A batch of flag changes alone commits without fsync (SqlStore._write_flags
+                # says why that is safe enough); one durable job makes the whole batch, and
+                # the WAL frames of earlier batches, durable. PRAGMA synchronous cannot change
+                # inside a transaction, so it is switched here, between two, when it differs.
+                durable = any(job[3] for job in batch)
+                if durable is not synced:
+                    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                    synced = durable
                 self._commit_batch(conn, batch)
                 commits += 1
                 if commits % CHECKPOINT_EVERY == 0:
@@ -284,11 +295,11 @@ class SqliteStore(SqlStore):
             conn.close()
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        if any(before is not None for _op, _future, before in batch):
+        if any(job[2] is not None for job in batch):
             batch = _run_befores(batch)
             if not batch:
                 return
-        _settle(batch, commit_batch(conn, [op for op, _future, _before in batch]))
+        _settle(batch, commit_batch(conn, [job[0] for job in batch]))
 
     def _checkpoint_loop(self) -> None:
         """PASSIVE checkpoints: copy what readers no longer need, never blocking the writer."""
@@ -431,7 +442,7 @@ def _run_befores(batch: list[_Job]) -> list[_Job]:
 def _settle(batch: list[_Job], outcomes: list[Outcome]) -> None:
     """Hands the outcomes to the waiting coroutines, one wake-up per event loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-    for (_op, future, _before), (ok, value) in zip(batch, outcomes, strict=True):
+    for (_op, future, _before, _durable), (ok, value) in zip(batch, outcomes, strict=True):
         by_loop.setdefault(future.get_loop(), []).append((future, ok, value))
     for loop, items in by_loop.items():
         try:
