@@ -115,25 +115,39 @@ class MailboxService:
         shared = self._feeds.get(mailbox_id)
         if shared is None or not shared.loaded:
             return None
+        marker = None
+        if force:
+            # Read before the query of this round: a commit after it changes the marker, so
+            # the next forced round asks again even if this one's query saw that commit.
+            marker = self.store.commit_marker()
+            if (marker is not None and marker == shared.marker
+                    and shared.applied == shared.generation):
+                # Nothing was committed anywhere since a forced round read the store: a NOOP
+                # has nothing to ask it (the marker is a pragma, cheaper than the query).
+                force = False
         wanted = self._round(shared, force)
         while shared.applied < wanted:
             if shared.inflight is None and self.store.changes_inline:
                 # The query runs on the loop without a pause: nobody can join it or cancel it
                 # half-way, so it needs no task (NOOP's forced round ~12 µs cheaper).
-                await self._catch_up(mailbox_id, shared)
+                await self._catch_up(mailbox_id, shared, marker)
                 continue
             if shared.inflight is None:
-                shared.inflight = asyncio.ensure_future(self._catch_up(mailbox_id, shared))
+                shared.inflight = asyncio.ensure_future(
+                    self._catch_up(mailbox_id, shared, marker))
                 shared.inflight.add_done_callback(_retrieve)
             # shield: a session that goes away must not cancel the query others wait for
             await asyncio.shield(shared.inflight)
         return shared
 
-    async def _catch_up(self, mailbox_id: int, shared: SharedMailboxState) -> None:
+    async def _catch_up(self, mailbox_id: int, shared: SharedMailboxState,
+                        marker: int | None = None) -> None:
         generation = shared.generation
         try:
             changes = await self.store.changes_since(mailbox_id, shared.modseq)
             shared.apply(changes)
+            if marker is not None:
+                shared.marker = marker
             shared.applied = max(shared.applied, generation)
         finally:
             shared.inflight = None

@@ -54,6 +54,9 @@ class SharedMailboxState:
         # (one snapshot that covers every change after ``modseq``) has been applied.
         self.exact = False
         self._counts: tuple[int, int, int] | None = None  # (modseq, unseen, deleted)
+        # The store's commit marker read right before the last catch-up's query (None: not
+        # known): while it has not changed, a forced round (NOOP) has nothing to ask.
+        self.marker: int | None = None
 
     @property
     def loaded(self) -> bool:
@@ -66,6 +69,7 @@ class SharedMailboxState:
         self.applied = generation
         self.exact = False
         self._counts = None
+        self.marker = None
 
     def index_of(self, uid: int) -> int:
         i = bisect.bisect_left(self.uids, uid)

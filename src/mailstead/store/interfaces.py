@@ -99,6 +99,11 @@ class MetadataStore(Protocol):
     # loop itself): callers may then await it directly, with no task to share it.
     changes_inline: bool
 
+    def commit_marker(self) -> int | None:
+        """A number, read on the event loop, that differs from an earlier one read there
+        whenever anything was committed to the store in between (by any connection or
+        process: SQLite's data_version); None where no such number is cheap (PostgreSQL)."""
+
     async def open(self) -> None:
         """Connect and apply pending migrations."""
 

@@ -176,6 +176,9 @@ class SqlStore(ABC):
         # Changes made elsewhere (the CLI, another node) reach such caches by their age.
         self.accounts_version = 0
 
+    def commit_marker(self) -> int | None:
+        return None
+
     @abstractmethod
     async def open(self) -> None: ...
 

@@ -218,6 +218,13 @@ class SqliteStore(SqlStore):
             self._inline = None
         self._local = threading.local()
 
+    def commit_marker(self) -> int | None:
+        """PRAGMA data_version of this thread's reading connection (the event loop's): it
+        changes whenever another connection, of this process or another, commits."""
+        if self._readers is None:
+            raise RuntimeError("store is not open")
+        return int(self._db().conn.execute("PRAGMA data_version").fetchone()[0])
+
     # -- reads --
 
     async def _read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
