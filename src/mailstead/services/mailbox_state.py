@@ -112,6 +112,29 @@ class SharedMailboxState:
         self._counts = None
         self._trim()
 
+    def before_own_write(self) -> tuple[int, int, int] | None:
+        """Called before a session of this process changes flags: what ``after_own_write``
+        needs to tell whether that change alone happened meanwhile (None: the state is not
+        exactly caught up, so the change will be learnt by a catch-up query as usual)."""
+        if (not self.exact or self.inflight is not None or self.applied != self.generation
+                or self.watch.event.is_set()):
+            return None
+        return self.generation, self.modseq, self.watch.fired
+
+    def after_own_write(self, before: tuple[int, int, int], changed: list[FlagState],
+                        highestmodseq: int) -> None:
+        """The flag change a session here committed, applied without asking the store, when
+        it was the only change: its MODSEQ follows the state's (every change to the mailbox
+        takes the next MODSEQ, so none came between) and its own publish is the only one
+        heard since. That publish is then taken as heard (its event cleared): the other
+        views here are told from the log, and the catch-up query it would cost is saved."""
+        generation, modseq, fired = before
+        if (changed and highestmodseq == modseq + 1 and self.modseq == modseq
+                and self.generation == generation and self.applied == generation
+                and self.inflight is None and self.watch.fired == fired + 1):
+            self.apply(Changes(changed, [], highestmodseq))
+            self.watch.event.clear()
+
     def flag_counts(self) -> tuple[int, int]:
         """(unseen, deleted) among the current states, counted once per MODSEQ."""
         counts = self._counts

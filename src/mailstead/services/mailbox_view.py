@@ -464,9 +464,13 @@ class MailboxView:
             if not any(would_change(st, mode, flags, keywords) for st in now):
                 return FlagUpdate(changed=[], failed_uids=[],
                                   highestmodseq=max((st.modseq for st in now), default=0))
+        shared = self.service.shared_state(self.mailbox.id)
+        before = shared.before_own_write() if shared is not None else None
         result = await self.store.update_flags(
             self.mailbox.id, uids, mode, flags, keywords, unchanged_since
         )
+        if before is not None and shared is not None:
+            shared.after_own_write(before, result.changed, result.highestmodseq)
         for state in result.changed:
             self.own_changes[state.uid] = state.modseq
             self.pending_flags.pop(state.uid, None)

@@ -37,6 +37,7 @@ class Watch:
         self.bus = bus
         self.mailbox_id = mailbox_id
         self.event = asyncio.Event()
+        self.fired = 0  # publishes heard so far (a writer tells its own apart by the count)
 
     async def wait(self, timeout: float | None = None) -> bool:
         """True if woken by a change, False on timeout."""
@@ -48,6 +49,7 @@ class Watch:
         return True
 
     def fire(self, mailbox_id: int) -> None:
+        self.fired += 1
         self.event.set()
 
     def close(self) -> None:
