@@ -41,6 +41,7 @@ from mailstead.store.interfaces import (
     Changes,
     Delivery,
     Envelope,
+    FlagState,
     Mailbox,
     MailboxStatus,
     MessageMeta,
@@ -83,6 +84,18 @@ class MailboxService:
         self._blob_cache: OrderedDict[str, bytes] = OrderedDict()
         self._blob_cache_bytes = 0
         self.trainer: SpamTrainer | None = None  # the spam filter, taught by Junk moves
+        changes.flags_heard = self._flags_heard
+
+    def _flags_heard(self, mailbox_id: int, highestmodseq: int,
+                     changed: Sequence[FlagState]) -> None:
+        """A flag change another worker committed, with its states: the watchers are told
+        as for any change, and the mailbox's shared state takes the states without a
+        catch-up query when they are the only change since it was exact."""
+        shared = self._feeds.get(mailbox_id)
+        before = shared.expect_change() if shared is not None else None
+        self.changes.publish_here((mailbox_id,))
+        if shared is not None and before is not None:
+            shared.known_change(before, changed, highestmodseq)
 
     # -- the shared state of each selected mailbox --
 

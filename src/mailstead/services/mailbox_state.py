@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from array import array
+from collections.abc import Sequence
 from typing import TypeVar
 
 from mailstead.store.changes import Watch
@@ -112,27 +113,28 @@ class SharedMailboxState:
         self._counts = None
         self._trim()
 
-    def before_own_write(self) -> tuple[int, int, int] | None:
-        """Called before a session of this process changes flags: what ``after_own_write``
-        needs to tell whether that change alone happened meanwhile (None: the state is not
-        exactly caught up, so the change will be learnt by a catch-up query as usual)."""
+    def expect_change(self) -> tuple[int, int, int] | None:
+        """Called before a flag change whose states will be known (a session of this
+        process changing flags, or another worker's change heard with its states): what
+        ``known_change`` needs to tell whether that change alone happened meanwhile (None:
+        the state is not exactly caught up; a catch-up query will learn it as usual)."""
         if (not self.exact or self.inflight is not None or self.applied != self.generation
                 or self.watch.event.is_set()):
             return None
         return self.generation, self.modseq, self.watch.fired
 
-    def after_own_write(self, before: tuple[int, int, int], changed: list[FlagState],
-                        highestmodseq: int) -> None:
-        """The flag change a session here committed, applied without asking the store, when
-        it was the only change: its MODSEQ follows the state's (every change to the mailbox
-        takes the next MODSEQ, so none came between) and its own publish is the only one
-        heard since. That publish is then taken as heard (its event cleared): the other
-        views here are told from the log, and the catch-up query it would cost is saved."""
+    def known_change(self, before: tuple[int, int, int], changed: Sequence[FlagState],
+                     highestmodseq: int) -> None:
+        """A committed flag change whose states are known, applied without asking the store
+        when it was the only change: its MODSEQ follows the state's (every change to the
+        mailbox takes the next MODSEQ, so none came between) and its publish is the only one
+        heard since. That publish is then taken as heard (its event cleared): the views here
+        are told from the log, and the catch-up query it would cost is saved."""
         generation, modseq, fired = before
         if (changed and highestmodseq == modseq + 1 and self.modseq == modseq
                 and self.generation == generation and self.applied == generation
                 and self.inflight is None and self.watch.fired == fired + 1):
-            self.apply(Changes(changed, [], highestmodseq))
+            self.apply(Changes(list(changed), [], highestmodseq))
             self.watch.event.clear()
 
     def flag_counts(self) -> tuple[int, int]:

@@ -465,12 +465,12 @@ class MailboxView:
                 return FlagUpdate(changed=[], failed_uids=[],
                                   highestmodseq=max((st.modseq for st in now), default=0))
         shared = self.service.shared_state(self.mailbox.id)
-        before = shared.before_own_write() if shared is not None else None
+        before = shared.expect_change() if shared is not None else None
         result = await self.store.update_flags(
             self.mailbox.id, uids, mode, flags, keywords, unchanged_since
         )
         if before is not None and shared is not None:
-            shared.after_own_write(before, result.changed, result.highestmodseq)
+            shared.known_change(before, result.changed, result.highestmodseq)
         for state in result.changed:
             self.own_changes[state.uid] = state.modseq
             self.pending_flags.pop(state.uid, None)

@@ -503,9 +503,14 @@ class SqlStore(ABC):
         keywords: frozenset[str] = frozenset(),
         unchanged_since: int | None = None,
     ) -> FlagUpdate:
-        return await self._write_flags(
-            update_flags, mailbox_id, list(uids), mode, flags, keywords, unchanged_since
-        )
+        wanted = list(uids)
+        value, touched = await self._run_write(
+            lambda db: update_flags(db, mailbox_id, wanted, mode, flags, keywords,
+                                    unchanged_since),
+            None, durable=False)  # flags alone: as _write_flags, whose comment says why
+        if touched:  # the changed states go to the other workers with the news
+            self.changes.publish_flags(mailbox_id, value.highestmodseq, value.changed)
+        return value
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         return await self._write(expunge, mailbox_id, None if uids is None else list(uids))
