@@ -181,8 +181,9 @@ def receive_changes(deliver: Callable[[Iterable[int]], None]) -> Handler:
     return handle
 
 
-# A flag change with its states (ChangeBus.publish_flags): the sibling applies them to its
-# shared mailbox state instead of asking the store. A large one goes as its mailbox id alone.
+# A flag change or APPEND with its message states (ChangeBus.publish_flags): the sibling
+# applies them to its shared mailbox state instead of asking the store. A large one goes as
+# its mailbox id alone.
 FLAGS = b"f"
 FLAGS_PER_DATAGRAM = 500  # ~25 bytes each: far below the datagram size limit
 

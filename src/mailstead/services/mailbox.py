@@ -88,9 +88,10 @@ class MailboxService:
 
     def _flags_heard(self, mailbox_id: int, highestmodseq: int,
                      changed: Sequence[FlagState]) -> None:
-        """A flag change another worker committed, with its states: the watchers are told
-        as for any change, and the mailbox's shared state takes the states without a
-        catch-up query when they are the only change since it was exact."""
+        """A flag change (or an APPEND) another worker committed, with its message states
+        (ChangeBus.publish_flags): the watchers are told as for any change, and the
+        mailbox's shared state takes the states without a catch-up query when they are the
+        only change since it was exact."""
         shared = self._feeds.get(mailbox_id)
         before = shared.expect_change() if shared is not None else None
         self.changes.publish_here((mailbox_id,))

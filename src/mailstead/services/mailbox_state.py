@@ -114,8 +114,9 @@ class SharedMailboxState:
         self._trim()
 
     def expect_change(self) -> tuple[int, int, int] | None:
-        """Called before a flag change whose states will be known (a session of this
-        process changing flags, or another worker's change heard with its states): what
+        """Called before a change whose message states will be known (a session of this
+        process changing flags or APPENDing, or another worker's such change heard with its
+        states): what
         ``known_change`` needs to tell whether that change alone happened meanwhile (None:
         the state is not exactly caught up; a catch-up query will learn it as usual)."""
         if (not self.exact or self.inflight is not None or self.applied != self.generation

@@ -146,8 +146,9 @@ class ChangeBus:
 
     def publish_flags(self, mailbox_id: int, highestmodseq: int,
                       changed: Sequence[FlagState]) -> None:
-        """``publish`` of a commit that changed flags alone in one mailbox, to HIGHESTMODSEQ
-        ``highestmodseq``: the other workers get the changed states along."""
+        """``publish`` of a commit whose every change to one mailbox is in ``changed``
+        (changed flags, or a new message: no expunge), to HIGHESTMODSEQ ``highestmodseq``:
+        the other workers get the states along."""
         self.publish_here((mailbox_id,))
         if self.forward_flags is not None:
             self.forward_flags(mailbox_id, highestmodseq, changed)

@@ -461,7 +461,15 @@ class SqlStore(ABC):
     async def append_claiming_recent(
         self, delivery: Delivery, before: Callable[[], None] | None = None
     ) -> tuple[MessageMeta, int]:
-        return await self._write_after(before, lambda db: append_claiming_recent(db, delivery))
+        value, touched = await self._run_write(
+            lambda db: append_claiming_recent(db, delivery), before)
+        meta = value[0]
+        if touched == {delivery.mailbox_id}:  # the new message's state goes along
+            self.changes.publish_flags(delivery.mailbox_id, meta.modseq, [
+                FlagState(meta.uid, meta.modseq, int(meta.flags), meta.keywords)])
+        elif touched:
+            self.changes.publish(touched)
+        return value
 
     # -- messages --
     async def store_message(
