@@ -116,9 +116,9 @@ class SharedMailboxState:
     def expect_change(self) -> tuple[int, int, int] | None:
         """Called before a change whose message states will be known (a session of this
         process changing flags or APPENDing, or another worker's such change heard with its
-        states): what
-        ``known_change`` needs to tell whether that change alone happened meanwhile (None:
-        the state is not exactly caught up; a catch-up query will learn it as usual)."""
+        states): what ``known_change`` needs to tell whether that change alone happened
+        meanwhile (None: the state is not exactly caught up; a catch-up query will learn it
+        as usual)."""
         if (not self.exact or self.inflight is not None or self.applied != self.generation
                 or self.watch.event.is_set()):
             return None
