@@ -311,6 +311,11 @@ class SqliteStore(SqlStore):
         try:
             value = op(db)
             conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            _roll_back(conn)
+            if "locked" in str(exc) or "busy" in str(exc):
+                return None  # nothing kept: the writer thread runs it again, waiting its turn
+            raise
         except BaseException:
             _roll_back(conn)
             raise
