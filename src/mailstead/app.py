@@ -27,6 +27,7 @@ from mailstead.net.peers import (
     WorkerContext,
     connect_peers,
     forward_changes,
+    forward_flags,
 )
 from mailstead.net.sharedcaps import SharedConnectionCaps
 from mailstead.net.tls import server_context
@@ -123,7 +124,9 @@ class App:
                 worker.count, worker.index)
             self.peers = PeerChannel(worker.peer_dir, worker.index, worker.count)
             self.changes.forward = forward_changes(self.peers)
-            connect_peers(self.peers, self.limiter, self.changes.publish_here)
+            self.changes.forward_flags = forward_flags(self.peers)
+            connect_peers(self.peers, self.limiter, self.changes.publish_here,
+                          self.changes.flags_from_peer)
             if self.store.backend == "postgresql":
                 # Siblings' NOTIFYs would repeat what the peer channel told us sooner.
                 self.store.node = worker.group  # type: ignore[attr-defined]

@@ -441,3 +441,55 @@ def test_the_pop3_maildrop_lock_holds_across_workers(
     first.quit()
     for client in spare:
         client.quit()
+
+
+def _kill_everything(server: ServeProcess) -> None:
+    """SIGKILL of the supervisor and of every process it started, nothing shut down."""
+    pid = server.proc.pid
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for victim in [pid, *children]:
+        os.kill(victim, signal.SIGKILL)
+    server.proc.wait(10)
+    for child in children:
+        for _ in range(100):
+            if _is_zombie_gone(child):
+                break
+            time.sleep(0.05)
+
+
+def test_a_flag_change_is_seen_in_the_other_worker_and_survives_sigkill(
+    tmp_path: Path, store_overrides: dict[str, Any], tls_files: tuple[Path, Path],
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    """STORE commits without waiting for the disk (SqlStore._write_flags): still, a session in
+    the other worker is told the change at its next command, and a SIGKILL of every server
+    process right after the OK loses none of it."""
+    cfg = prepare(tmp_path / "data", store_overrides, tls_files)
+    server = serve_process(cfg.data_dir)
+    port = server.ports["imap"]
+    changer, watcher = connections_in_each_worker(server, lambda: imap_login(port)).values()
+    message = b"From: carol@remote.test\r\nSubject: flags\r\n\r\nhi\r\n"
+    for _ in range(3):
+        assert changer.append("INBOX", "", None, message)[0] == "OK"
+    assert changer.select("INBOX")[0] == "OK"
+    assert watcher.select("INBOX")[0] == "OK"
+    assert changer.store("1", "+FLAGS.SILENT", "(\\Flagged)")[0] == "OK"
+    assert changer.store("2", "+FLAGS.SILENT", "(\\Seen $Label1)")[0] == "OK"
+    typ, _data = watcher.noop()
+    assert typ == "OK"
+    told = b" ".join(d for d in watcher.untagged_responses.get("FETCH", [])
+                     if isinstance(d, bytes))
+    assert b"\\Flagged" in told and b"$Label1" in told, told
+    assert changer.store("3", "+FLAGS.SILENT", "(\\Answered)")[0] == "OK"
+    _kill_everything(server)
+    again = serve_process(cfg.data_dir)
+    client = imap_login(again.ports["imap"])
+    assert client.select("INBOX")[0] == "OK"
+    typ, data = client.fetch("1:3", "(FLAGS)")
+    assert typ == "OK", data
+    flags = [d for d in data if isinstance(d, bytes)]
+    assert b"\\Flagged" in flags[0]
+    assert b"\\Seen" in flags[1] and b"$Label1" in flags[1]
+    assert b"\\Answered" in flags[2]
+    client.logout()
+    assert again.terminate() == 0

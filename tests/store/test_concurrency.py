@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from mailstead.core.errors import Conflict, QuotaExceeded
+from mailstead.services.mailbox import MailboxService
+from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.changes import ChangeBus
-from mailstead.store.interfaces import Delivery, MetadataStore, SystemFlag
+from mailstead.store.interfaces import Changes, Delivery, MetadataStore, SystemFlag
 from mailstead.store.postgres import PostgresStore
 from mailstead.store.sqlite import SqliteStore
 from tests.store.helpers import (
@@ -347,3 +349,44 @@ async def test_status_read_during_deliveries_is_one_snapshot(store: MetadataStor
     await task
     assert seen and all(messages == uidnext - 1 for messages, uidnext in seen), [
         pair for pair in seen if pair[0] != pair[1] - 1][:5]
+
+
+async def test_a_forced_refresh_sees_an_unannounced_commit_and_skips_the_query_else(
+    make_store: StoreMaker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NOOP's forced round asks the store even when no change was announced (here: made by
+    another store instance on another change bus); on SQLite, when nothing at all was
+    committed since the last forced round, it asks nothing (the commit marker)."""
+    here, elsewhere = make_store(ChangeBus()), make_store(ChangeBus())
+    await here.open()
+    await elsewhere.open()
+    try:
+        box = await inbox(here, await make_account(here))
+        await deliver(here, box, 1)
+        await deliver(here, box, 2)
+        service = MailboxService(here, FsBlobStore(tmp_path / "blobs"), here.changes, 1 << 20)
+        view = await service.open(box.account_id, "INBOX", readonly=False, track_recent=False)
+        await elsewhere.update_flags(box.id, [1], "add", SystemFlag.FLAGGED)
+        await view.refresh(force=True)
+        assert view.take_updates(True).flags[0][1].flags & SystemFlag.FLAGGED
+        queries = 0
+        real = here.changes_since
+
+        async def counted(mailbox_id: int, modseq: int) -> Changes:
+            nonlocal queries
+            queries += 1
+            return await real(mailbox_id, modseq)
+
+        monkeypatch.setattr(here, "changes_since", counted)
+        await view.refresh(force=True)
+        await view.refresh(force=True)
+        if isinstance(here, SqliteStore):
+            assert queries == 0
+        await elsewhere.update_flags(box.id, [2], "add", SystemFlag.SEEN)
+        await view.refresh(force=True)
+        assert [uid for _seq, st in view.take_updates(True).flags for uid in [st.uid]] == [2]
+        assert queries >= 1
+        view.close()
+    finally:
+        await here.close()
+        await elsewhere.close()

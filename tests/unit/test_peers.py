@@ -5,7 +5,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from mailstead.net.peers import PeerChannel, forward_changes, receive_changes
+from mailstead.auth.ratelimit import AuthLimiter
+from mailstead.core.models import FlagState
+from mailstead.net.peers import (
+    FLAGS_PER_DATAGRAM,
+    PeerChannel,
+    connect_peers,
+    forward_changes,
+    forward_flags,
+    receive_changes,
+)
+from mailstead.store.changes import ChangeBus
 
 
 def test_changes_reach_the_sibling_in_order_even_past_its_queue(tmp_path: Path) -> None:
@@ -37,3 +47,33 @@ def test_a_sibling_that_is_not_running_is_skipped(tmp_path: Path) -> None:
         a.close()
 
     asyncio.run(run())
+
+
+def test_a_flag_change_reaches_the_sibling_with_its_states(tmp_path: Path) -> None:
+    """ChangeBus.publish_flags in one worker: the sibling's bus hears the states (and a
+    change of more messages than a datagram carries, its mailbox id alone)."""
+    async def run() -> tuple[list[tuple[int, int, list[FlagState]]], list[int]]:
+        a, b = PeerChannel(tmp_path, 0, 2), PeerChannel(tmp_path, 1, 2)
+        here, there = ChangeBus(), ChangeBus()
+        here.forward = forward_changes(a)
+        here.forward_flags = forward_flags(a)
+        heard: list[tuple[int, int, list[FlagState]]] = []
+        ids: list[int] = []
+        there.flags_heard = lambda box, modseq, states: heard.append((box, modseq, list(states)))
+        connect_peers(b, AuthLimiter(), ids.extend, there.flags_from_peer)
+        a.start()
+        b.start()
+        here.publish_flags(7, 42, [FlagState(3, 42, 1, frozenset({"$Work"}))])
+        many = [FlagState(uid, 43, 2, frozenset()) for uid in range(FLAGS_PER_DATAGRAM + 1)]
+        here.publish_flags(8, 43, many)
+        for _ in range(500):
+            if heard and ids:
+                break
+            await asyncio.sleep(0.01)
+        a.close()
+        b.close()
+        return heard, ids
+
+    heard, ids = asyncio.run(run())
+    assert heard == [(7, 42, [FlagState(3, 42, 1, frozenset({"$Work"}))])]
+    assert ids == [8]

@@ -30,12 +30,14 @@ import os
 import socket
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailstead.auth.ratelimit import AuthLimiter
+from mailstead.core.models import FlagState
 from mailstead.obs import log_event
+from mailstead.store.changes import FlagsHandler
 
 IDS_PER_DATAGRAM = 8192  # 64 KiB of ids, below the datagram size Linux allows by default
 RECEIVE_BUFFER = 4 << 20
@@ -179,6 +181,37 @@ def receive_changes(deliver: Callable[[Iterable[int]], None]) -> Handler:
     return handle
 
 
+# A flag change or APPEND with its message states (ChangeBus.publish_flags): the sibling
+# applies them to its shared mailbox state instead of asking the store. A large one goes as
+# its mailbox id alone.
+FLAGS = b"f"
+FLAGS_PER_DATAGRAM = 500  # ~25 bytes each: far below the datagram size limit
+
+
+def forward_flags(channel: PeerChannel) -> FlagsHandler:
+    """What ``ChangeBus.forward_flags`` calls."""
+    ids = forward_changes(channel)
+
+    def forward(mailbox_id: int, highestmodseq: int, changed: Sequence[FlagState]) -> None:
+        if len(changed) > FLAGS_PER_DATAGRAM:
+            ids({mailbox_id})
+            return
+        rows = [(st.uid, st.modseq, int(st.flags), tuple(st.keywords)) for st in changed]
+        channel.send(FLAGS, marshal.dumps((mailbox_id, highestmodseq, rows)))
+
+    return forward
+
+
+def receive_flags(deliver: FlagsHandler) -> Handler:
+    def handle(payload: bytes) -> None:
+        mailbox_id, highestmodseq, rows = marshal.loads(payload)
+        deliver(mailbox_id, highestmodseq,
+                [FlagState(uid, modseq, flags, frozenset(keywords))
+                 for uid, modseq, flags, keywords in rows])
+
+    return handle
+
+
 # -- the failed-login limiter --
 
 AUTH = b"a"
@@ -213,9 +246,13 @@ class SharedAuthLimiter(AuthLimiter):
 
 
 def connect_peers(channel: PeerChannel, limiter: AuthLimiter,
-                  deliver: Callable[[Iterable[int]], None]) -> None:
-    """Routes the channel's datagrams: changes to ``deliver``, login events to the limiter."""
+                  deliver: Callable[[Iterable[int]], None],
+                  deliver_flags: FlagsHandler | None = None) -> None:
+    """Routes the channel's datagrams: changes to ``deliver`` (flag changes with their states
+    to ``deliver_flags``), login events to the limiter."""
     channel.handlers[CHANGES[0]] = receive_changes(deliver)
+    if deliver_flags is not None:
+        channel.handlers[FLAGS[0]] = receive_flags(deliver_flags)
     if isinstance(limiter, SharedAuthLimiter):
         limiter.channel = channel
         channel.handlers[AUTH[0]] = limiter.replay

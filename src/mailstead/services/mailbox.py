@@ -42,6 +42,7 @@ from mailstead.store.interfaces import (
     Changes,
     Delivery,
     Envelope,
+    FlagState,
     Mailbox,
     MailboxStatus,
     MessageMeta,
@@ -83,6 +84,19 @@ class MailboxService:
         self._blob_cache: OrderedDict[str, bytes] = OrderedDict()
         self._blob_cache_bytes = 0
         self.trainer: SpamTrainer | None = None  # the spam filter, taught by Junk moves
+        changes.flags_heard = self._flags_heard
+
+    def _flags_heard(self, mailbox_id: int, highestmodseq: int,
+                     changed: Sequence[FlagState]) -> None:
+        """A flag change (or an APPEND) another worker committed, with its message states
+        (ChangeBus.publish_flags): the watchers are told as for any change, and the
+        mailbox's shared state takes the states without a catch-up query when they are the
+        only change since it was exact."""
+        shared = self._feeds.get(mailbox_id)
+        before = shared.expect_change() if shared is not None else None
+        self.changes.publish_here((mailbox_id,))
+        if shared is not None and before is not None:
+            shared.known_change(before, changed, highestmodseq)
 
     # -- the shared state of each selected mailbox --
 
@@ -115,25 +129,39 @@ class MailboxService:
         shared = self._feeds.get(mailbox_id)
         if shared is None or not shared.loaded:
             return None
+        marker = None
+        if force:
+            # Read before the query of this round: a commit after it changes the marker, so
+            # the next forced round asks again even if this one's query saw that commit.
+            marker = self.store.commit_marker()
+            if (marker is not None and marker == shared.marker
+                    and shared.applied == shared.generation):
+                # Nothing was committed anywhere since a forced round read the store: a NOOP
+                # has nothing to ask it (the marker is a pragma, cheaper than the query).
+                force = False
         wanted = self._round(shared, force)
         while shared.applied < wanted:
             if shared.inflight is None and self.store.changes_inline:
                 # The query runs on the loop without a pause: nobody can join it or cancel it
                 # half-way, so it needs no task (NOOP's forced round ~12 µs cheaper).
-                await self._catch_up(mailbox_id, shared)
+                await self._catch_up(mailbox_id, shared, marker)
                 continue
             if shared.inflight is None:
-                shared.inflight = asyncio.ensure_future(self._catch_up(mailbox_id, shared))
+                shared.inflight = asyncio.ensure_future(
+                    self._catch_up(mailbox_id, shared, marker))
                 shared.inflight.add_done_callback(_retrieve)
             # shield: a session that goes away must not cancel the query others wait for
             await asyncio.shield(shared.inflight)
         return shared
 
-    async def _catch_up(self, mailbox_id: int, shared: SharedMailboxState) -> None:
+    async def _catch_up(self, mailbox_id: int, shared: SharedMailboxState,
+                        marker: int | None = None) -> None:
         generation = shared.generation
         try:
             changes = await self.store.changes_since(mailbox_id, shared.modseq)
             shared.apply(changes)
+            if marker is not None:
+                shared.marker = marker
             shared.applied = max(shared.applied, generation)
         finally:
             shared.inflight = None

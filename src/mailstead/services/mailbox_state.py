@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from array import array
+from collections.abc import Sequence
 from typing import TypeVar
 
 from mailstead.store.changes import Watch
@@ -54,6 +55,9 @@ class SharedMailboxState:
         # (one snapshot that covers every change after ``modseq``) has been applied.
         self.exact = False
         self._counts: tuple[int, int, int] | None = None  # (modseq, unseen, deleted)
+        # The store's commit marker read right before the last catch-up's query (None: not
+        # known): while it has not changed, a forced round (NOOP) has nothing to ask.
+        self.marker: int | None = None
 
     @property
     def loaded(self) -> bool:
@@ -66,6 +70,7 @@ class SharedMailboxState:
         self.applied = generation
         self.exact = False
         self._counts = None
+        self.marker = None
 
     def index_of(self, uid: int) -> int:
         i = bisect.bisect_left(self.uids, uid)
@@ -107,6 +112,31 @@ class SharedMailboxState:
         self.exact = True
         self._counts = None
         self._trim()
+
+    def expect_change(self) -> tuple[int, int, int] | None:
+        """Called before a change whose message states will be known (a session of this
+        process changing flags or APPENDing, or another worker's such change heard with its
+        states): what ``known_change`` needs to tell whether that change alone happened
+        meanwhile (None: the state is not exactly caught up; a catch-up query will learn it
+        as usual)."""
+        if (not self.exact or self.inflight is not None or self.applied != self.generation
+                or self.watch.event.is_set()):
+            return None
+        return self.generation, self.modseq, self.watch.fired
+
+    def known_change(self, before: tuple[int, int, int], changed: Sequence[FlagState],
+                     highestmodseq: int) -> None:
+        """A committed flag change whose states are known, applied without asking the store
+        when it was the only change: its MODSEQ follows the state's (every change to the
+        mailbox takes the next MODSEQ, so none came between) and its publish is the only one
+        heard since. That publish is then taken as heard (its event cleared): the views here
+        are told from the log, and the catch-up query it would cost is saved."""
+        generation, modseq, fired = before
+        if (changed and highestmodseq == modseq + 1 and self.modseq == modseq
+                and self.generation == generation and self.applied == generation
+                and self.inflight is None and self.watch.fired == fired + 1):
+            self.apply(Changes(list(changed), [], highestmodseq))
+            self.watch.event.clear()
 
     def flag_counts(self) -> tuple[int, int]:
         """(unseen, deleted) among the current states, counted once per MODSEQ."""

@@ -223,7 +223,12 @@ class MailboxView:
         delivery = Delivery(self.mailbox.id, message)
         if not self.track_recent or self.readonly:
             return (await self.store.store_message([delivery], before=flush))[0]
+        shared = self.service.shared_state(self.mailbox.id)
+        before = shared.expect_change() if shared is not None else None
         meta, first = await self.store.append_claiming_recent(delivery, before=flush)
+        if before is not None and shared is not None:  # the new message, without a query
+            shared.known_change(before, [FlagState(meta.uid, meta.modseq, int(meta.flags),
+                                                   meta.keywords)], meta.modseq)
         claimed = self.service.claimed_upto
         key = (self.mailbox.id, self.mailbox.uidvalidity)
         claimed[key] = max(claimed.get(key, 0), meta.uid)
@@ -464,9 +469,13 @@ class MailboxView:
             if not any(would_change(st, mode, flags, keywords) for st in now):
                 return FlagUpdate(changed=[], failed_uids=[],
                                   highestmodseq=max((st.modseq for st in now), default=0))
+        shared = self.service.shared_state(self.mailbox.id)
+        before = shared.expect_change() if shared is not None else None
         result = await self.store.update_flags(
             self.mailbox.id, uids, mode, flags, keywords, unchanged_since
         )
+        if before is not None and shared is not None:
+            shared.known_change(before, result.changed, result.highestmodseq)
         for state in result.changed:
             self.own_changes[state.uid] = state.modseq
             self.pending_flags.pop(state.uid, None)

@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+
+from mailstead.core.models import FlagState
+
+# Callables that carry a flag change in full: (mailbox id, its new HIGHESTMODSEQ, the changes).
+FlagsHandler = Callable[[int, int, Sequence[FlagState]], None]
 
 # Not a mailbox: domains, accounts, aliases, Sieve scripts or lists changed in another process
 # (store/announce.py); the caches of them registered in ``ChangeBus.settings_hooks`` drop.
@@ -37,6 +42,7 @@ class Watch:
         self.bus = bus
         self.mailbox_id = mailbox_id
         self.event = asyncio.Event()
+        self.fired = 0  # publishes heard so far (a writer tells its own apart by the count)
 
     async def wait(self, timeout: float | None = None) -> bool:
         """True if woken by a change, False on timeout."""
@@ -48,6 +54,7 @@ class Watch:
         return True
 
     def fire(self, mailbox_id: int) -> None:
+        self.fired += 1
         self.event.set()
 
     def close(self) -> None:
@@ -103,6 +110,11 @@ class ChangeBus:
         self.forward: Callable[[set[int]], None] | None = None
         # Called when SETTINGS_CHANGED arrives (services' caches of settings drop theirs).
         self.settings_hooks: list[Callable[[], None]] = []
+        # A flag change sent to the other workers with its states (publish_flags), so that
+        # they need not ask the store; and what takes such a change from them (the mailbox
+        # service, which applies it to its shared state when it can).
+        self.forward_flags: FlagsHandler | None = None
+        self.flags_heard: FlagsHandler | None = None
 
     def watch(self, mailbox_id: int) -> Watch:
         w = Watch(self, mailbox_id)
@@ -131,6 +143,26 @@ class ChangeBus:
         self.publish_here(ids)
         if self.forward is not None and ids:
             self.forward(ids)
+
+    def publish_flags(self, mailbox_id: int, highestmodseq: int,
+                      changed: Sequence[FlagState]) -> None:
+        """``publish`` of a commit whose every change to one mailbox is in ``changed``
+        (changed flags, or a new message: no expunge), to HIGHESTMODSEQ ``highestmodseq``:
+        the other workers get the states along."""
+        self.publish_here((mailbox_id,))
+        if self.forward_flags is not None:
+            self.forward_flags(mailbox_id, highestmodseq, changed)
+        elif self.forward is not None:
+            self.forward({mailbox_id})
+
+    def flags_from_peer(self, mailbox_id: int, highestmodseq: int,
+                        changed: Sequence[FlagState]) -> None:
+        """A sibling's ``publish_flags``: like ``publish_here`` of the mailbox, through the
+        handler that may apply the states instead of asking the store."""
+        if self.flags_heard is None:
+            self.publish_here((mailbox_id,))
+        else:
+            self.flags_heard(mailbox_id, highestmodseq, changed)
 
     def publish_here(self, mailbox_ids: Iterable[int]) -> None:
         """Wakes this process's watchers only (ids that came from elsewhere)."""

@@ -6,7 +6,10 @@ the same test suite (tests/store).
 
 Durability contract: when an awaitable below that adds or changes data returns, the change is
 committed and fsync'd. A power cut right after it loses nothing. Blobs are made durable by
-``BlobStore.put`` *before* the metadata that references them is committed.
+``BlobStore.put`` *before* the metadata that references them is committed. The one exception:
+``update_flags`` and ``claim_recent`` (flags alone) return once committed, without waiting for
+the disk (``SqlStore._write_flags`` says why): a crash of the process loses nothing, a crash of
+the machine may lose the last of them; the next durable write makes them durable too.
 """
 
 from __future__ import annotations
@@ -86,7 +89,8 @@ __all__ = [
 class MetadataStore(Protocol):
     """Domains, accounts, aliases, mailboxes, message rows and the outbound queue.
 
-    Every method is a single transaction. Write methods are durable when they return.
+    Every method is a single transaction. Write methods are durable when they return (flag
+    changes: committed, see the module's durability contract).
     Errors: ``NotFound``, ``Conflict``, ``QuotaExceeded`` from ``mailstead.core.errors``.
     """
 
@@ -94,6 +98,11 @@ class MetadataStore(Protocol):
     # True when ``changes_since`` answers without suspending the caller (run on the event
     # loop itself): callers may then await it directly, with no task to share it.
     changes_inline: bool
+
+    def commit_marker(self) -> int | None:
+        """A number, read on the event loop, that differs from an earlier one read there
+        whenever anything was committed to the store in between (by any connection or
+        process: SQLite's data_version); None where no such number is cheap (PostgreSQL)."""
 
     async def open(self) -> None:
         """Connect and apply pending migrations."""

@@ -154,20 +154,24 @@ class PostgresStore(SqlStore):
         return value
 
     async def _run_write(
-        self, op: Callable[[Db], T], before: Callable[[], None] | None = None
+        self, op: Callable[[Db], T], before: Callable[[], None] | None = None,
+        durable: bool = True,
     ) -> tuple[T, set[int]]:
-        return await self._in_thread(op, False, before)
+        return await self._in_thread(op, False, before, durable)
 
     async def _in_thread(
-        self, op: Callable[[Db], T], read: bool, before: Callable[[], None] | None = None
+        self, op: Callable[[Db], T], read: bool, before: Callable[[], None] | None = None,
+        durable: bool = True,
     ) -> tuple[T, set[int]]:
         if self._threads is None:
             raise RuntimeError("store is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._transaction, op, read, before)
+        return await loop.run_in_executor(
+            self._threads, self._transaction, op, read, before, durable)
 
     def _transaction(
-        self, op: Callable[[Db], T], read: bool, before: Callable[[], None] | None = None
+        self, op: Callable[[Db], T], read: bool, before: Callable[[], None] | None = None,
+        durable: bool = True,
     ) -> tuple[T, set[int]]:
         """``op`` in one transaction (after ``before``, in this thread: one hand-over for
         both steps). A read runs REPEATABLE READ, READ ONLY: all its statements see one
@@ -193,7 +197,7 @@ class PostgresStore(SqlStore):
                         # Binary results: ints and booleans arrive without text parsing.
                         db = PgDb(conn.cursor(binary=True))
                         value = op(db)
-                        self._notify(db)
+                        self._notify(db, durable)
                         committing = True  # leaving the block sends COMMIT
                 return value, db.touched
             except (errors.DeadlockDetected, errors.SerializationFailure):
@@ -213,14 +217,23 @@ class PostgresStore(SqlStore):
                 log_event("store.connection_lost", retry=reconnects)
                 pool.check()
 
-    def _notify(self, db: PgDb) -> None:
-        """Queues the change notification in the transaction: sent only if it commits."""
+    def _notify(self, db: PgDb, durable: bool = True) -> None:
+        """Queues the change notification in the transaction: sent only if it commits. A
+        write that need not wait for the disk (``SqlStore._write_flags``) turns
+        synchronous_commit off for its own transaction (set_config's ``true``: SET LOCAL)
+        in the same statement, no round trip of its own (one of its own when no mailbox
+        was touched: a \\Recent claim)."""
         ids = sorted(db.touched)
+        relax = "" if durable else ", set_config('synchronous_commit', 'off', true)"
+        if relax and not ids:
+            db.cur.execute("SELECT set_config('synchronous_commit', 'off', true)")
         for start in range(0, len(ids), IDS_PER_NOTIFY):
             chunk = " ".join(str(i) for i in ids[start : start + IDS_PER_NOTIFY])
             db.cur.execute(
-                "SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.schema} {self.node} {chunk}")
+                f"SELECT pg_notify(%s, %s){relax}",
+                (CHANNEL, f"{self.schema} {self.node} {chunk}"),
             )
+            relax = ""
 
     # -- change feed from other nodes --
 

@@ -163,7 +163,8 @@ def _touch_settings(db: Db) -> None:
 
 class SqlStore(ABC):
     """MetadataStore over the operations above. Subclasses provide open/close and the two
-    runners; ``_run_write`` must return only after the transaction committed durably."""
+    runners; ``_run_write`` must return only after the transaction committed durably (or, for
+    ``durable=False``, committed)."""
 
     backend: str
     changes_inline = False
@@ -174,6 +175,9 @@ class SqlStore(ABC):
         # cache of their lookups (recipient routes) whose entry is older drops it at once.
         # Changes made elsewhere (the CLI, another node) reach such caches by their age.
         self.accounts_version = 0
+
+    def commit_marker(self) -> int | None:
+        return None
 
     @abstractmethod
     async def open(self) -> None: ...
@@ -186,11 +190,14 @@ class SqlStore(ABC):
 
     @abstractmethod
     async def _run_write(
-        self, op: Callable[[Db], T], before: Callable[[], None] | None = None
+        self, op: Callable[[Db], T], before: Callable[[], None] | None = None,
+        durable: bool = True,
     ) -> tuple[T, set[int]]:
         """Runs ``op`` in a transaction and commits it (fsync'd); returns its result and the
         mailbox ids it touched. ``before`` runs first in the writing thread (see
-        ``store_message``); if it raises, so does this, with nothing written."""
+        ``store_message``); if it raises, so does this, with nothing written. ``durable``
+        False (flag changes only, ``_write_flags``): committed and visible to every reader
+        when it returns, but its commit does not wait for the disk."""
 
     async def _read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._run_read(lambda db: op(db, *args, **kwargs))
@@ -199,6 +206,24 @@ class SqlStore(ABC):
         value, touched = await self._run_write(lambda db: op(db, *args, **kwargs))
         if touched:
             self.changes.publish(touched)  # on the event loop, after the commit
+        return value
+
+    async def _write_flags(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``_write`` of a change of flags alone (STORE, a \\Recent claim), committed without
+        waiting for the disk, as Dovecot's default (mail_fsync=optimized) does not fsync flag
+        changes either: the fsync was most of a STORE's cost. The trade: a crash of the
+        machine (power cut, kernel panic), or on PostgreSQL of the database server, may lose
+        the flag changes of the last moments before it; a crash or SIGKILL of mailstead loses
+        nothing (SQLite WAL with synchronous=NORMAL: the commit is written to the operating
+        system; PostgreSQL's synchronous_commit=off: it is in the server's log buffers). The
+        next durable commit (a delivery, an APPEND, an EXPUNGE) makes every earlier one
+        durable too, both logs being written and synced in order. Message rows, EXPUNGE and
+        every other write stay durable when acknowledged: files are deleted after an
+        expunge commits."""
+        value, touched = await self._run_write(
+            lambda db: op(db, *args, **kwargs), None, durable=False)
+        if touched:
+            self.changes.publish(touched)
         return value
 
     async def _write_after(self, before: Callable[[], None] | None,
@@ -428,7 +453,7 @@ class SqlStore(ABC):
         return await self._read(mailbox_status, mailbox_id)
 
     async def claim_recent(self, mailbox_id: int) -> int:
-        return await self._write(claim_recent, mailbox_id)
+        return await self._write_flags(claim_recent, mailbox_id)
 
     async def first_recent_uid(self, mailbox_id: int) -> int:
         return await self._read(first_recent_uid, mailbox_id)
@@ -436,7 +461,15 @@ class SqlStore(ABC):
     async def append_claiming_recent(
         self, delivery: Delivery, before: Callable[[], None] | None = None
     ) -> tuple[MessageMeta, int]:
-        return await self._write_after(before, lambda db: append_claiming_recent(db, delivery))
+        value, touched = await self._run_write(
+            lambda db: append_claiming_recent(db, delivery), before)
+        meta = value[0]
+        if touched == {delivery.mailbox_id}:  # the new message's state goes along
+            self.changes.publish_flags(delivery.mailbox_id, meta.modseq, [
+                FlagState(meta.uid, meta.modseq, int(meta.flags), meta.keywords)])
+        elif touched:
+            self.changes.publish(touched)
+        return value
 
     # -- messages --
     async def store_message(
@@ -478,9 +511,14 @@ class SqlStore(ABC):
         keywords: frozenset[str] = frozenset(),
         unchanged_since: int | None = None,
     ) -> FlagUpdate:
-        return await self._write(
-            update_flags, mailbox_id, list(uids), mode, flags, keywords, unchanged_since
-        )
+        wanted = list(uids)
+        value, touched = await self._run_write(
+            lambda db: update_flags(db, mailbox_id, wanted, mode, flags, keywords,
+                                    unchanged_since),
+            None, durable=False)  # flags alone: as _write_flags, whose comment says why
+        if touched:  # the changed states go to the other workers with the news
+            self.changes.publish_flags(mailbox_id, value.highestmodseq, value.changed)
+        return value
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         return await self._write(expunge, mailbox_id, None if uids is None else list(uids))

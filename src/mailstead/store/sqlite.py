@@ -137,10 +137,11 @@ def _few(args: tuple[Any, ...]) -> bool:
     return len(args) == 2 and isinstance(args[1], list) and len(args[1]) <= INLINE_ROWS
 
 
-# A pending write: the operation, where to report its outcome, and a blocking step to run
-# before its transaction (a message file's flush: one thread hand-over for both).
+# A pending write: the operation, where to report its outcome, a blocking step to run
+# before its transaction (a message file's flush: one thread hand-over for both), and
+# whether its commit must reach the disk before it is acknowledged (False: flags only).
 _Job = tuple[Callable[[Db], Any], asyncio.Future[tuple[Any, set[int]]],
-             Callable[[], None] | None]
+             Callable[[], None] | None, bool]
 _STOP = None
 
 
@@ -156,6 +157,8 @@ class SqliteStore(SqlStore):
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
+        # The event loop's own writing connection, for writes that need no fsync (_run_write).
+        self._inline: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_now = threading.Event()
@@ -210,7 +213,17 @@ class SqliteStore(SqlStore):
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         self._local = threading.local()
+
+    def commit_marker(self) -> int | None:
+        """PRAGMA data_version of this thread's reading connection (the event loop's): it
+        changes whenever another connection, of this process or another, commits."""
+        if self._readers is None:
+            raise RuntimeError("store is not open")
+        return int(self._db().conn.execute("PRAGMA data_version").fetchone()[0])
 
     # -- reads --
 
@@ -263,19 +276,64 @@ class SqliteStore(SqlStore):
     # -- writes: group commit --
 
     async def _run_write(
-        self, op: Callable[[Db], T], before: Callable[[], None] | None = None
+        self, op: Callable[[Db], T], before: Callable[[], None] | None = None,
+        durable: bool = True,
     ) -> tuple[T, set[int]]:
         if self._writer is None:
             raise RuntimeError("store is not open")
+        if not durable and before is None:
+            done = self._write_inline(op)
+            if done is not None:
+                return done
         future: asyncio.Future[tuple[Any, set[int]]] = asyncio.get_running_loop().create_future()
-        self._jobs.put((op, future, before))
+        self._jobs.put((op, future, before, durable))
         value, touched = await future
         return value, touched
 
+    def _write_inline(self, op: Callable[[Db], T]) -> tuple[T, set[int]] | None:
+        """A write that needs no fsync (flags: SqlStore._write_flags), run and committed right
+        here on the event loop when the write lock is free at once: with no fsync to wait
+        for, its commit is a few writes to the log, cheaper than the hand-over to the writer
+        thread and back (a queue, two thread wake-ups, the interpreter lock changing hands
+        at every statement). None when the lock is taken (the writer thread, another
+        process): the caller queues it for the writer, which waits for the lock. The
+        connection never waits for a lock (busy_timeout 0), so the loop never stalls."""
+        conn = self._inline
+        if conn is None:
+            conn = self._inline = connect(self.path)
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return None  # locked (SQLITE_BUSY): the writer thread will wait for it
+        db = SqliteDb(conn)
+        try:
+            value = op(db)
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            _roll_back(conn)
+            if "locked" in str(exc) or "busy" in str(exc):
+                return None  # nothing kept: the writer thread runs it again, waiting its turn
+            raise
+        except BaseException:
+            _roll_back(conn)
+            raise
+        return value, db.touched
+
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         commits = 0
+        synced = True  # the connection's synchronous level: FULL (True) or NORMAL
         try:
             for batch in take_batches(self._jobs, MAX_BATCH):
+                # A batch of flag changes alone commits without fsync (SqlStore._write_flags
+                # says why that is safe enough); one durable job makes the whole batch, and
+                # the WAL frames of earlier batches, durable. PRAGMA synchronous cannot change
+                # inside a transaction, so it is switched here, between two, when it differs.
+                durable = any(job[3] for job in batch)
+                if durable is not synced:
+                    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                    synced = durable
                 self._commit_batch(conn, batch)
                 commits += 1
                 if commits % CHECKPOINT_EVERY == 0:
@@ -284,11 +342,11 @@ class SqliteStore(SqlStore):
             conn.close()
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        if any(before is not None for _op, _future, before in batch):
+        if any(job[2] is not None for job in batch):
             batch = _run_befores(batch)
             if not batch:
                 return
-        _settle(batch, commit_batch(conn, [op for op, _future, _before in batch]))
+        _settle(batch, commit_batch(conn, [job[0] for job in batch]))
 
     def _checkpoint_loop(self) -> None:
         """PASSIVE checkpoints: copy what readers no longer need, never blocking the writer."""
@@ -431,7 +489,7 @@ def _run_befores(batch: list[_Job]) -> list[_Job]:
 def _settle(batch: list[_Job], outcomes: list[Outcome]) -> None:
     """Hands the outcomes to the waiting coroutines, one wake-up per event loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-    for (_op, future, _before), (ok, value) in zip(batch, outcomes, strict=True):
+    for (_op, future, _before, _durable), (ok, value) in zip(batch, outcomes, strict=True):
         by_loop.setdefault(future.get_loop(), []).append((future, ok, value))
     for loop, items in by_loop.items():
         try:
