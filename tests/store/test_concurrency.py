@@ -390,3 +390,25 @@ async def test_a_forced_refresh_sees_an_unannounced_commit_and_skips_the_query_e
     finally:
         await here.close()
         await elsewhere.close()
+
+
+async def test_sqlite_runs_only_a_small_flag_change_on_the_event_loop(tmp_path: Path) -> None:
+    """A STORE of a few UIDs commits on the event loop (no fsync to wait for); a STORE of many
+    UIDs and the \\Recent claim, whose work grows with the mailbox, go to the writer thread,
+    so one session's STORE 1:* never stalls the others. Both are committed and seen."""
+    store = SqliteStore(tmp_path / "meta.db", ChangeBus())
+    await store.open()
+    try:
+        box = await inbox(store, await make_account(store))
+        await asyncio.gather(*(deliver(store, box, n) for n in range(100)))
+        uids = list(range(1, 101))
+        await store.claim_recent(box.id)
+        await store.update_flags(box.id, uids, "add", SystemFlag.SEEN)
+        assert store._inline is None  # neither ran on the loop's own connection
+        await store.update_flags(box.id, [7], "add", SystemFlag.FLAGGED)
+        assert store._inline is not None
+        messages = await store.get_messages(box.id)
+        assert all(m.flags & SystemFlag.SEEN for m in messages)
+        assert [m.uid for m in messages if m.flags & SystemFlag.FLAGGED] == [7]
+    finally:
+        await store.close()

@@ -155,7 +155,7 @@ class PostgresStore(SqlStore):
 
     async def _run_write(
         self, op: Callable[[Db], T], before: Callable[[], None] | None = None,
-        durable: bool = True,
+        durable: bool = True, small: bool = False,
     ) -> tuple[T, set[int]]:
         return await self._in_thread(op, False, before, durable)
 

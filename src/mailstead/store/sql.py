@@ -146,6 +146,9 @@ from mailstead.store.sql_spam_log import (
 
 P = ParamSpec("P")
 T = TypeVar("T")
+# A STORE of up to this many UIDs is small enough for the event loop (_run_write's ``small``):
+# a few hundred microseconds at most; a larger one (1:* on a big mailbox) goes to a thread.
+SMALL_WRITE = 64
 
 # ---------------------------------------------------------------------------------------------
 # The async MetadataStore, written once over the backend's runners
@@ -191,13 +194,15 @@ class SqlStore(ABC):
     @abstractmethod
     async def _run_write(
         self, op: Callable[[Db], T], before: Callable[[], None] | None = None,
-        durable: bool = True,
+        durable: bool = True, small: bool = False,
     ) -> tuple[T, set[int]]:
         """Runs ``op`` in a transaction and commits it (fsync'd); returns its result and the
         mailbox ids it touched. ``before`` runs first in the writing thread (see
         ``store_message``); if it raises, so does this, with nothing written. ``durable``
         False (flag changes only, ``_write_flags``): committed and visible to every reader
-        when it returns, but its commit does not wait for the disk."""
+        when it returns, but its commit does not wait for the disk. ``small``: the caller
+        knows ``op`` does a bounded little work (a few rows), so a store may run it on the
+        event loop itself; never for work that grows with the mailbox."""
 
     async def _read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._run_read(lambda db: op(db, *args, **kwargs))
@@ -515,7 +520,8 @@ class SqlStore(ABC):
         value, touched = await self._run_write(
             lambda db: update_flags(db, mailbox_id, wanted, mode, flags, keywords,
                                     unchanged_since),
-            None, durable=False)  # flags alone: as _write_flags, whose comment says why
+            None, durable=False,  # flags alone: as _write_flags, whose comment says why
+            small=len(wanted) <= SMALL_WRITE)
         if touched:  # the changed states go to the other workers with the news
             self.changes.publish_flags(mailbox_id, value.highestmodseq, value.changed)
         return value

@@ -277,11 +277,11 @@ class SqliteStore(SqlStore):
 
     async def _run_write(
         self, op: Callable[[Db], T], before: Callable[[], None] | None = None,
-        durable: bool = True,
+        durable: bool = True, small: bool = False,
     ) -> tuple[T, set[int]]:
         if self._writer is None:
             raise RuntimeError("store is not open")
-        if not durable and before is None:
+        if small and not durable and before is None:
             done = self._write_inline(op)
             if done is not None:
                 return done
@@ -291,7 +291,8 @@ class SqliteStore(SqlStore):
         return value, touched
 
     def _write_inline(self, op: Callable[[Db], T]) -> tuple[T, set[int]] | None:
-        """A write that needs no fsync (flags: SqlStore._write_flags), run and committed right
+        """A small write (``small``: a STORE of a few UIDs, never work that grows with the
+        mailbox) that needs no fsync (flags: SqlStore._write_flags), run and committed right
         here on the event loop when the write lock is free at once: with no fsync to wait
         for, its commit is a few writes to the log, cheaper than the hand-over to the writer
         thread and back (a queue, two thread wake-ups, the interpreter lock changing hands
