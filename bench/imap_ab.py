@@ -11,7 +11,7 @@ reversed every slice. It prints each slice's commands/s and server CPU µs per c
 process tree), then per SRC the median, and per SRC after the first the median of the
 per-slice ratios to the first. On a machine shared with other work the load drifts within
 seconds: ratios of neighbouring slices tell old from new where two separate runs cannot.
-Wrap it in the bench lock like any measuring run.
+Run nothing else that measures at the same time.
 """
 
 from __future__ import annotations
