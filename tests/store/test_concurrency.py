@@ -18,7 +18,7 @@ import pytest
 from mailstead.core.errors import Conflict, QuotaExceeded
 from mailstead.services.mailbox import MailboxService
 from mailstead.store.blob_fs import FsBlobStore
-from mailstead.store.changes import ChangeBus
+from mailstead.store.changes import ChangeBus, Watch
 from mailstead.store.interfaces import Changes, Delivery, MetadataStore, SystemFlag
 from mailstead.store.postgres import PostgresStore
 from mailstead.store.sqlite import SqliteStore
@@ -205,7 +205,7 @@ KILLED_WRITER = textwrap.dedent(
     import asyncio, sys
     from datetime import UTC, datetime
     from pathlib import Path
-    from mailstead.store.changes import ChangeBus
+    from mailstead.store.changes import ChangeBus, Watch
     from mailstead.store.interfaces import Delivery, NewMessage
     from mailstead.store.postgres import PostgresStore
     from mailstead.store.sqlite import SqliteStore
@@ -282,6 +282,14 @@ async def test_idle_on_one_node_hears_a_delivery_on_another(make_store: StoreMak
         account = await make_account(node_b)
         box, other = await inbox(node_b, account), await inbox(node_b, account, "Sent")
         with bus_a.watch(box.id) as watch, bus_a.watch(other.id) as unrelated:
+            # The account's creation touched both mailboxes; its notice may reach node A only
+            # now, after the watches were made: heard out first, so that what follows is told
+            # by this test's own changes alone (else "unrelated" could fire from it).
+            async def drained(w: Watch) -> None:
+                while await w.wait(0.3):
+                    pass
+
+            await asyncio.gather(drained(watch), drained(unrelated))
             await deliver(node_b, box, 1)
             assert await watch.wait(10)
             await node_b.update_flags(box.id, [1], "add", SystemFlag.SEEN)
