@@ -505,3 +505,39 @@ def test_stopping_the_server_ends_live_update_streams(make_server: MakeServer) -
     reader.join(30)
     assert not reader.is_alive() and lines[0] == "retry: 3000"
     client.close()
+
+
+def test_live_updates_tell_of_mail_that_arrived_before_the_stream_opened(
+        shared_server: RunningServer) -> None:
+    """A page's stream of live updates (server-sent events) starts with the folders' counts
+    when they differ from what the page showed: mail delivered between the page and the
+    stream's start is not left waiting for the next change. One that finds them the same
+    sends nothing until a change."""
+    user = new_user(shared_server, "early")
+    client = WebClient(base_url(shared_server))
+    client.login(user)
+    inbox = _inbox_id(client)
+    [live] = re.findall(r'data-live="([^"]+)"', client.get(f"/mail/{inbox}").text)
+    assert live.startswith("/events?shown=")
+    headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in client.cookies.items())}
+
+    def first_event(url: str, wait: float) -> list[str]:
+        lines: list[str] = []
+        try:
+            with httpx.stream("GET", base_url(shared_server) + url.replace("&amp;", "&"),
+                              headers=headers, timeout=wait) as response:
+                for line in response.iter_lines():
+                    lines.append(line)
+                    if line.startswith("data:"):
+                        break
+        except httpx.ReadTimeout:
+            pass  # nothing more within ``wait``
+        return lines
+
+    assert not any(line.startswith("event:") for line in first_event(live, 1.0))
+    send_smtp(shared_server.ports["smtp"], "dave@friends.example", [user],
+              samples.simple(user, "Early news", "Here before the stream."))
+    lines = first_event(live, 10)
+    assert "event: change" in lines
+    assert f'"{inbox}": 1' in next(line for line in lines if line.startswith("data:"))
+    client.close()

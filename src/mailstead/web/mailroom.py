@@ -50,6 +50,13 @@ class FolderInfo:
         return self.name.count("/")
 
 
+def folders_token(folders: list[FolderInfo]) -> str:
+    """What a page showed of the folders (ids and counts), for the live-update stream: a
+    stream that finds them otherwise when it starts tells the page at once (mail that arrived
+    between the page and the stream's start would else wait for the next change)."""
+    return ".".join(f"{f.id}-{f.messages}-{f.unseen}" for f in folders)
+
+
 @dataclass(slots=True)
 class SearchQuery:
     text: str = ""  # quick search: sender, recipients or subject

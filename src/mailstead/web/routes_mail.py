@@ -20,7 +20,7 @@ from mailstead.queue.outbox import OutboxItem, by_message_id, outbox
 from mailstead.store.interfaces import Mailbox, SystemFlag
 from mailstead.web import sending
 from mailstead.web.compose import Draft, Upload, forward_draft, reply_draft
-from mailstead.web.mailroom import ListQuery, Mailroom, SearchQuery
+from mailstead.web.mailroom import ListQuery, Mailroom, SearchQuery, folders_token
 from mailstead.web.messages import part_content, read_message
 from mailstead.web.pages import (
     field,
@@ -99,7 +99,8 @@ async def folder_page(request: Request) -> Response:
         state = web_state(request)
         waiting = by_message_id(await outbox(state.store, state.services.blobs, room.account))
     return render(request, "mail.html", {
-        "folders": folders, "box": box, "listing": listing, "query": query,
+        "folders": folders, "live": folders_token(folders), "box": box, "listing": listing,
+        "query": query,
         "waiting": waiting,
         "params": base, "current_url": str(request.url.path) + (
             "?" + request.url.query if request.url.query else ""),
@@ -171,8 +172,10 @@ async def message_page(request: Request) -> Response:
         state = web_state(request)
         queued = by_message_id(await outbox(state.store, state.services.blobs, room.account)
                                ).get(meta.envelope.message_id.strip())
+    folders = await room.folders()
     return render(request, "message.html", {
-        "folders": await room.folders(), "box": box, "meta": meta, "message": message,
+        "folders": folders, "live": folders_token(folders), "box": box, "meta": meta,
+        "message": message,
         "text_html": text_to_html(message.text) if message.text is not None else "",
         "images": images, "blocked": blocked, "newer": newer, "older": older,
         "conversation": conversation if len(conversation) > 1 else [],
@@ -439,15 +442,22 @@ async def folders_action(request: Request) -> Response:
 
 @page
 async def events(request: Request) -> Response:
-    """Server-sent events: 'change' with the unread counts whenever a folder changes."""
+    """Server-sent events: 'change' with the unread counts whenever a folder changes, and at
+    once when the folders differ from what the page showed (``shown``: ``folders_token``)."""
     room = mailroom(request)
     state = web_state(request)
+    shown = request.query_params.get("shown")
     boxes = await room.mailboxes.list_mailboxes(room.account.id)
     watches = [state.services.changes.watch(b.id) for b in boxes]
 
     async def stream() -> AsyncIterator[str]:
         try:
             yield "retry: 3000\n\n"
+            if shown is not None:  # the watches are in place: a later change wakes them
+                folders = await room.folders()
+                if folders_token(folders) != shown:
+                    counts = {f.id: f.unseen for f in folders}
+                    yield f"event: change\ndata: {json.dumps({'unseen': counts})}\n\n"
             while not state.closing.is_set():
                 waiters = [asyncio.ensure_future(w.event.wait()) for w in watches]
                 waiters.append(asyncio.ensure_future(state.closing.wait()))
