@@ -20,7 +20,13 @@ from mailstead.queue.outbox import OutboxItem, by_message_id, outbox
 from mailstead.store.interfaces import Mailbox, SystemFlag
 from mailstead.web import sending
 from mailstead.web.compose import Draft, Upload, forward_draft, reply_draft
-from mailstead.web.mailroom import ListQuery, Mailroom, SearchQuery, folders_token
+from mailstead.web.mailroom import (
+    FolderInfo,
+    ListQuery,
+    Mailroom,
+    SearchQuery,
+    folders_token,
+)
 from mailstead.web.messages import part_content, read_message
 from mailstead.web.pages import (
     field,
@@ -456,8 +462,7 @@ async def events(request: Request) -> Response:
             if shown is not None:  # the watches are in place: a later change wakes them
                 folders = await room.folders()
                 if folders_token(folders) != shown:
-                    counts = {f.id: f.unseen for f in folders}
-                    yield f"event: change\ndata: {json.dumps({'unseen': counts})}\n\n"
+                    yield _change_event(folders)
             while not state.closing.is_set():
                 waiters = [asyncio.ensure_future(w.event.wait()) for w in watches]
                 waiters.append(asyncio.ensure_future(state.closing.wait()))
@@ -475,14 +480,19 @@ async def events(request: Request) -> Response:
                 for w in watches:
                     w.event.clear()
                 await asyncio.sleep(0.2)  # let a burst of changes settle into one event
-                counts = {f.id: f.unseen for f in await room.folders()}
-                yield f"event: change\ndata: {json.dumps({'unseen': counts})}\n\n"
+                yield _change_event(await room.folders())
         finally:
             for w in watches:
                 w.close()
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _change_event(folders: list[FolderInfo]) -> str:
+    """The live-update event that gives the page the folders' unread counts."""
+    counts = {f.id: f.unseen for f in folders}
+    return f"event: change\ndata: {json.dumps({'unseen': counts})}\n\n"
 
 
 routes = [
