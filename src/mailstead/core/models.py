@@ -189,6 +189,10 @@ class MessageMeta:
     # applicable (our users' own mail, APPEND, messages stored before it was recorded).
     integrity: Integrity | None = None
 
+    def flag_state(self) -> FlagState:
+        """Its state as a flag change carries it (a new message told to the other sessions)."""
+        return FlagState(self.uid, self.modseq, int(self.flags), self.keywords)
+
 
 class SortFields(NamedTuple):
     """What SORT and THREAD read of one message (RFC 5256), as stored: dates in microseconds

@@ -227,8 +227,7 @@ class MailboxView:
         before = shared.expect_change() if shared is not None else None
         meta, first = await self.store.append_claiming_recent(delivery, before=flush)
         if before is not None and shared is not None:  # the new message, without a query
-            shared.known_change(before, [FlagState(meta.uid, meta.modseq, int(meta.flags),
-                                                   meta.keywords)], meta.modseq)
+            shared.known_change(before, [meta.flag_state()], meta.modseq)
         claimed = self.service.claimed_upto
         key = (self.mailbox.id, self.mailbox.uidvalidity)
         claimed[key] = max(claimed.get(key, 0), meta.uid)

@@ -470,8 +470,7 @@ class SqlStore(ABC):
             lambda db: append_claiming_recent(db, delivery), before)
         meta = value[0]
         if touched == {delivery.mailbox_id}:  # the new message's state goes along
-            self.changes.publish_flags(delivery.mailbox_id, meta.modseq, [
-                FlagState(meta.uid, meta.modseq, int(meta.flags), meta.keywords)])
+            self.changes.publish_flags(delivery.mailbox_id, meta.modseq, [meta.flag_state()])
         elif touched:
             self.changes.publish(touched)
         return value
