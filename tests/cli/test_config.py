@@ -90,3 +90,16 @@ def test_cli_reports_config_error_with_exit_2(tmp_path: Path) -> None:
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "limits.max_errors" in lines[0], proc.stderr
+
+
+def test_every_lazy_command_loads_under_its_own_name() -> None:
+    """`mailstead NAME` imports NAME's module on demand: each name in the map must load the
+    command of that name (a wrong entry would only show when a user types it)."""
+    import click
+
+    from mailstead.cli.main import COMMANDS, cli
+
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name, name
