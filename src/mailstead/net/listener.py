@@ -278,8 +278,15 @@ class Connection:
             self.writer.write(data if self.compress is None else self.compress(data))
 
     async def drain(self) -> None:
+        writer = self.writer
+        transport = writer.transport
+        if (not transport.get_write_buffer_size() and not transport.is_closing()
+                and self.reader.exception() is None):
+            # All sent already (the usual case after a short answer): StreamWriter.drain
+            # would find nothing to wait for, after three coroutine steps.
+            return
         try:
-            await self.writer.drain()
+            await writer.drain()
         except (ConnectionError, OSError):
             raise ConnectionClosed() from None
 
