@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mailstead import bootstrap
+from mailstead.proto import imap_cmd_fetch
 from mailstead.proto.imap_backend import LoginRefused
 from mailstead.proto.imap_session import ImapSession, SessionSettings
 from mailstead.services.mailbox import MailboxService
@@ -132,3 +133,39 @@ async def test_errors_count_towards_bye(parts: tuple[MetadataStore, MailboxServi
     assert io.take().endswith(b"* BAD Error in IMAP command: missing or invalid tag\r\n"
                               b"* BYE Too many invalid commands\r\n")
     assert s.logged_out
+
+
+async def test_fetch_lines_kept_follow_flags_recent_and_items(
+    parts: tuple[MetadataStore, MailboxService],
+) -> None:
+    """FETCH lines answered from the row are kept per row (imap_cmd_fetch._LINES): a second
+    session without \\Recent, a flag change and other items each get their own line."""
+    imap_cmd_fetch._LINES.clear()
+    one, two = RecordingIO(), RecordingIO()
+    a, b = session(parts, one), session(parts, two)
+    for s, io in ((a, one), (b, two)):
+        await s.execute(b"l LOGIN alice@example.test right")
+        io.take()
+    await a.execute(b"p APPEND INBOX () {19}\r\nSubject: hi\r\n\r\nyo\r\n")
+    one.take()
+    await a.execute(b"s SELECT INBOX")  # takes \Recent
+    await b.execute(b"s SELECT INBOX")
+    one.take(), two.take()
+    answers = []
+    for s, io in ((a, one), (a, one), (a, one), (b, two), (b, two)):
+        await s.execute(b"f UID FETCH 1 (FLAGS RFC822.SIZE ENVELOPE)")
+        answers.append(io.take())
+    assert answers[0] == answers[1] == answers[2]  # the last from the kept line
+    assert answers[0].startswith(b"* 1 FETCH (UID 1 FLAGS (\\Recent) RFC822.SIZE 19 ENVELOPE (")
+    assert answers[3] == answers[4] == answers[0].replace(b"FLAGS (\\Recent)", b"FLAGS ()")
+    kept = list(imap_cmd_fetch._LINES.values())
+    assert [entry[2] for entry in kept] == [False]  # b's, in place of a's
+    await b.execute(b"t UID STORE 1 +FLAGS.SILENT (\\Flagged)")
+    two.take()
+    await b.execute(b"f UID FETCH 1 (FLAGS RFC822.SIZE ENVELOPE)")
+    assert two.take().startswith(b"* 1 FETCH (UID 1 FLAGS (\\Flagged) RFC822.SIZE 19 ")
+    await a.execute(b"f UID FETCH 1 (FLAGS RFC822.SIZE ENVELOPE)")
+    assert b"FLAGS (\\Flagged \\Recent) RFC822.SIZE 19 " in one.take()
+    await a.execute(b"g UID FETCH 1 (RFC822.SIZE FLAGS)")
+    assert one.take() == (b"* 1 FETCH (UID 1 RFC822.SIZE 19 FLAGS (\\Flagged \\Recent))\r\n"
+                          b"g OK Fetch completed\r\n")

@@ -367,12 +367,16 @@ class ImapHandler:
                 # stream of them would hold the loop (issue 16): the others get a turn between.
                 await asyncio.sleep(0)
             line = await conn.readline(MAX_LINE, self.timeout)
+        # Most commands are one line without a literal: that line is the command.
+        if not line.endswith((b"}\r\n", b"}\n")) or (marker := literal_marker(line)) is None:
+            if line.endswith(b"\r\n"):
+                return line[:-2]
+            return line[:-1] if line.endswith(b"\n") else line
         tag, name = peek_tag_command(line)
         chunks = [line]
         total = len(line)
         literals = 0
         max_command = self.max_command if name == "APPEND" else MAX_OTHER_COMMAND
-        marker = literal_marker(line)
         while marker is not None:
             literals += 1
             if literals > MAX_LITERALS:

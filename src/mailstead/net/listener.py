@@ -97,6 +97,7 @@ class Connection:
     _waiting_since: float | None = field(default=None, repr=False)  # the pending read began
     _timeout: float = field(default=0.0, repr=False)
     _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    _loop_cache: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
     @property
     def is_loopback(self) -> bool:
@@ -110,18 +111,26 @@ class Connection:
 
     # -- the idle timeout --
 
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The connection's event loop, looked up once: on Python 3.11
+        ``asyncio.get_running_loop()`` makes a getpid system call each time."""
+        loop = self._loop_cache
+        if loop is None:
+            loop = self._loop_cache = asyncio.get_running_loop()
+        return loop
+
     def _wait_from_now(self, timeout: float | None) -> None:
         """A read starts: it may wait at most ``timeout`` seconds (None: forever)."""
         if timeout is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop_cache or self._loop()
         self._timeout = timeout
         self._waiting_since = loop.time()
         if self._timer is None:
             self._timer = loop.call_at(self._waiting_since + timeout, self._idle_check)
 
     def _idle_check(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         since = self._waiting_since
         if since is not None and loop.time() >= since + self._timeout:
             self._timer = None
@@ -139,6 +148,41 @@ class Connection:
     async def readline(self, max_length: int, timeout: float | None) -> bytes:
         """Reads one line ending in LF (CR LF kept). Raises LineTooLong (after consuming the
         whole line, so the session can go on), ConnectionClosed, or IdleTimeout."""
+        reader = self.reader
+        if type(reader) is not asyncio.StreamReader or reader.exception() is not None:
+            return await self._readline_waiting(max_length, timeout)
+        # asyncio's StreamReader, read from its buffer: what readuntil does, without its
+        # coroutine and its generic steps (this runs once per command of every session).
+        buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+        end = buffer.find(b"\n")
+        if end < 0:
+            # The usual case between commands: nothing has come yet. One await of the
+            # reader's own wait; anything unusual (end of input, an error, more bytes than
+            # the reader's limit without an LF) goes the general way, readuntil's.
+            wait = reader._wait_for_data  # type: ignore[attr-defined]
+            self._wait_from_now(timeout)
+            try:
+                while end < 0:
+                    if (reader._eof or reader.exception() is not None  # type: ignore[attr-defined]
+                            or len(buffer) > reader._limit):  # type: ignore[attr-defined]
+                        return await self._readline_raw(max_length)
+                    try:
+                        await wait("readuntil")
+                    except (ConnectionError, OSError):
+                        raise ConnectionClosed() from None
+                    end = buffer.find(b"\n")
+            finally:
+                self._stop_waiting()
+        if end > reader._limit:  # type: ignore[attr-defined]
+            return await self._readline_waiting(max_length, timeout)  # LimitOverrunError
+        line = bytes(buffer[: end + 1])
+        del buffer[: end + 1]
+        reader._maybe_resume_transport()  # type: ignore[attr-defined]
+        if len(line) > max_length:
+            raise LineTooLong(line)
+        return line
+
+    async def _readline_waiting(self, max_length: int, timeout: float | None) -> bytes:
         self._wait_from_now(timeout)
         try:
             return await self._readline_raw(max_length)
@@ -234,8 +278,15 @@ class Connection:
             self.writer.write(data if self.compress is None else self.compress(data))
 
     async def drain(self) -> None:
+        writer = self.writer
+        transport = writer.transport
+        if (not transport.get_write_buffer_size() and not transport.is_closing()
+                and self.reader.exception() is None):
+            # All sent already (the usual case after a short answer): StreamWriter.drain
+            # would find nothing to wait for, after three coroutine steps.
+            return
         try:
-            await self.writer.drain()
+            await writer.drain()
         except (ConnectionError, OSError):
             raise ConnectionClosed() from None
 

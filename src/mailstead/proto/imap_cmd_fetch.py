@@ -182,8 +182,10 @@ async def _fetch_messages(
     # Items answered from the row and the per-file cache, without a coroutine per message;
     # a message whose file must be read (the first time, for the cached ones) takes _render.
     fast = _now_renderers(items, s.utf8)
+    shape = _shape(items, s.utf8) if fast is not None else ()
     uidonly = s.uidonly
     work = s.work
+    lines = _LINES
     for start in range(0, len(uids), ROWS_PER_CHUNK):
         with s.waiting():
             metas = await view.messages(uids[start : start + ROWS_PER_CHUNK])
@@ -207,7 +209,19 @@ async def _fetch_messages(
             state = changed.get(meta.uid) if changed else None
             line = None
             if fast is not None and state is None:
-                line = _render_now(fast, meta, recent_of(meta.uid), seq, uidonly)
+                recent = recent_of(meta.uid)
+                known = lines.get(id(meta))
+                if (known is not None and known[0] is meta and known[1] is shape
+                        and known[2] is recent):
+                    body: bytes | None = known[3]
+                else:
+                    body = _render_now_body(fast, meta, recent)
+                    if body is not None:
+                        if len(lines) >= LINES_KEPT:
+                            lines.clear()
+                        lines[id(meta)] = (meta, shape, recent, body)
+                if body is not None:
+                    line = _line(body, seq, meta.uid, uidonly)
             if line is None:
                 try:
                     line = await _render(s, seq, meta, items, state, state is not None
@@ -380,10 +394,42 @@ def _cached_header(item: FetchItem, section: Section) -> NowRenderer:
     return render
 
 
-def _render_now(renderers: list[NowRenderer], meta: MessageMeta, recent: bool, seq: int,
-                uidonly: bool) -> bytes | None:
-    """One message's FETCH line from ``_now_renderers``; None when an item needs the file, or
-    when the answer is past the bound ``_render`` enforces (which then refuses it)."""
+# The items between the parentheses of FETCH lines answered by _render_now_body, kept per
+# message row: a row (MessageMeta) never changes, a new flag state comes as a new row
+# (MailboxView.messages), and the per-file parts (ENVELOPE, BODYSTRUCTURE, header fields)
+# are of a file that never changes. So a line is known by the row object itself, the FETCH's
+# items (an interned _shape) and \Recent; several sessions or devices fetching the same
+# headers build each line once. Keyed by id(row), the row kept in the entry (an id is
+# reused only once its object is gone, and this entry keeps it alive); bounded.
+LINES_KEPT = 4096
+_LINES: dict[int, tuple[MessageMeta, tuple[object, ...], bool, bytes]] = {}
+_SHAPES: dict[tuple[object, ...], tuple[object, ...]] = {}
+SHAPES_KEPT = 256
+
+
+def _shape(items: list[FetchItem], utf8: bool) -> tuple[object, ...]:
+    """The FETCH's items and mode as one shared object (compared by identity per message)."""
+    key = (utf8, *items)
+    shape = _SHAPES.get(key)
+    if shape is None:
+        if len(_SHAPES) >= SHAPES_KEPT:
+            _SHAPES.clear()
+            _LINES.clear()  # their shapes are no longer the interned ones: never hit again
+        shape = _SHAPES[key] = key
+    return shape
+
+
+def _line(body: bytes, seq: int, uid: int, uidonly: bool) -> bytes:
+    if uidonly:
+        return fetch_head(True, seq, uid) + body + b")\r\n"
+    return b"* %d FETCH (%s)\r\n" % (seq, body)
+
+
+def _render_now_body(renderers: list[NowRenderer], meta: MessageMeta, recent: bool
+                     ) -> bytes | None:
+    """What one message's FETCH line holds between its parentheses, from
+    ``_now_renderers``; None when an item needs the file, or when the answer is past the
+    bound ``_render`` enforces (which then refuses it)."""
     parts = []
     for render in renderers:
         part = render(meta, recent)
@@ -392,9 +438,7 @@ def _render_now(renderers: list[NowRenderer], meta: MessageMeta, recent: bool, s
         parts.append(part)
     if len(parts) > 1 and sum(map(len, parts)) - len(parts[-1]) > _answer_room(meta):
         return None
-    if uidonly:
-        return fetch_head(True, seq, meta.uid) + b" ".join(parts) + b")\r\n"
-    return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+    return b" ".join(parts)
 
 
 def _item_now(
