@@ -216,7 +216,7 @@ async def _fetch_messages(
                     body: bytes | None = known[3]
                 else:
                     body = _render_now_body(fast, meta, recent)
-                    if body is not None:
+                    if body is not None and len(body) <= LINE_KEPT_BYTES:
                         if len(lines) >= LINES_KEPT:
                             lines.clear()
                         lines[id(meta)] = (meta, shape, recent, body)
@@ -402,6 +402,7 @@ def _cached_header(item: FetchItem, section: Section) -> NowRenderer:
 # headers build each line once. Keyed by id(row), the row kept in the entry (an id is
 # reused only once its object is gone, and this entry keeps it alive); bounded.
 LINES_KEPT = 4096
+LINE_KEPT_BYTES = 2048  # longer lines (big header fields) are built each time: <= 8 MiB kept
 _LINES: dict[int, tuple[MessageMeta, tuple[object, ...], bool, bytes]] = {}
 _SHAPES: dict[tuple[object, ...], tuple[object, ...]] = {}
 SHAPES_KEPT = 256
