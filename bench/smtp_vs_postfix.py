@@ -388,7 +388,8 @@ def start_py_spy(server: Server, out: Path) -> subprocess.Popen[bytes]:
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [spy, "record", "--pid", str(server.root_pid), "--subprocesses", "--nonblocking",
-         "--format", "raw", "--rate", "200", "--output", str(out)],
+         "--format", "raw", "--rate", "200", "--output", str(out),
+         *(["--gil"] if os.environ.get("PY_SPY_GIL") else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -585,7 +586,8 @@ def main() -> None:
                              "DIR/<server>-<row>-r<round>.data")
     parser.add_argument("--py-spy", metavar="DIR", default=None,
                         help="record each mailstead round with py-spy (PY_SPY or PATH) into "
-                             "DIR/<server>-<row>-r<round>.txt (bench/profile_top.py reads them)")
+                             "DIR/<server>-<row>-r<round>.txt (bench/profile_top.py reads "
+                             "them); PY_SPY_GIL=1: only samples holding the interpreter lock")
     args = parser.parse_args()
     if args.quick:
         args.messages, args.rounds, args.latency = 200, 2, 100
