@@ -97,6 +97,9 @@ class Connection:
     _waiting_since: float | None = field(default=None, repr=False)  # the pending read began
     _timeout: float = field(default=0.0, repr=False)
     _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    # The connection's loop, looked up at its first read: asyncio.get_running_loop() costs a
+    # getpid() system call each time (its check for a fork), and every read wanted it.
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
     @property
     def is_loopback(self) -> bool:
@@ -114,14 +117,16 @@ class Connection:
         """A read starts: it may wait at most ``timeout`` seconds (None: forever)."""
         if timeout is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         self._timeout = timeout
         self._waiting_since = loop.time()
         if self._timer is None:
             self._timer = loop.call_at(self._waiting_since + timeout, self._idle_check)
 
     def _idle_check(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         since = self._waiting_since
         if since is not None and loop.time() >= since + self._timeout:
             self._timer = None
@@ -268,10 +273,6 @@ class Connection:
             self._timer = None
         if self.pump is not None:
             self.pump.cancel()
-        # A TLS close waits for the client's close_notify, which many clients never send:
-        # give it CLOSE_GRACE (less while the server stops), then drop the socket outright.
-        task = asyncio.current_task()
-        grace = STOP_GRACE if task is not None and task.cancelling() else CLOSE_GRACE
         try:
             self.writer.close()
             if not self.is_tls and not self.writer.transport.get_write_buffer_size():
@@ -279,6 +280,10 @@ class Connection:
                 # timer needed (9 µs of a connection's CPU on the bench machine).
                 await self.writer.wait_closed()
                 return
+            # A TLS close waits for the client's close_notify, which many clients never
+            # send: give it CLOSE_GRACE (less while the server stops), then drop the socket.
+            task = asyncio.current_task()
+            grace = STOP_GRACE if task is not None and task.cancelling() else CLOSE_GRACE
             async with asyncio.timeout(grace):  # no task of its own, as wait_for would make
                 await self.writer.wait_closed()
         except Exception:

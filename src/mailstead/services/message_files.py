@@ -182,7 +182,7 @@ class MessageFileWriter:
         helper = self._helper
         if helper is None:
             helper = await self._start()
-        future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Answer] = helper.loop.create_future()
         helper.send(_FRAME.pack(tag, len(payload)), payload, future)
         return await future
 
@@ -235,7 +235,9 @@ class _Helper(asyncio.SubprocessProtocol):
         self.unread = bytearray()
         self.waiting: deque[asyncio.Future[_Answer]] = deque()
         self.stopping = False  # stop() was called: its exit is expected
-        self.exited = asyncio.get_running_loop().create_future()
+        # Kept: asyncio.get_running_loop() costs a getpid() system call (its fork check).
+        self.loop = asyncio.get_running_loop()
+        self.exited = self.loop.create_future()
         # Frames asked for during this turn of the event loop, sent together at its end.
         self.outgoing: list[bytes] = []
 
@@ -253,7 +255,7 @@ class _Helper(asyncio.SubprocessProtocol):
         # frame's head and payload are kept apart: joining them would copy the message once
         # more on its way to the helper.
         if not self.outgoing:
-            asyncio.get_running_loop().call_soon(self.send_outgoing)
+            self.loop.call_soon(self.send_outgoing)
         self.outgoing += (head, payload)
 
     def send_outgoing(self) -> None:
