@@ -31,6 +31,13 @@ one serve process), shown as "cores".
     .venv/bin/python bench/smtp_vs_postfix.py --quick
     .venv/bin/python bench/smtp_vs_postfix.py --profile /tmp/ms.prof --rows 4k-new --only mailstead
 
+Old code against new on a shared machine (msgs/s there follows the CPU share each server
+gets; the CPU per message of two trees measured in alternating rounds is what tells them
+apart): ``git archive OLD src | tar -x -C /tmp/old`` then ``--ab old=/tmp/old/src`` runs that
+tree's mailstead beside this one for each ``--workers`` count and prints their ratios per
+round. ``--py-spy DIR`` (py-spy from ``PY_SPY`` or PATH; ``PY_SPY_GIL=1`` for the Python work
+only) and ``--perf DIR`` record every mailstead round; ``bench/profile_top.py DIR/*.txt``.
+
 Targets (issue 24): 4 KiB new connection >= 1.5x Postfix, 100 KiB new connection >= 1.2x, both
 reused rows >= 2x, mailstead CPU per connection <= 0.3 ms.
 """
