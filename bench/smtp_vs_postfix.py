@@ -411,10 +411,10 @@ def start_perf(server: Server, out: Path) -> subprocess.Popen[bytes]:
 
 def smtp_source(server: Server, row: Row, messages: int, sessions: int,
                 spy_to: Path | None = None, perf_to: Path | None = None) -> Round:
-    spy = start_py_spy(server, spy_to) if spy_to is not None else None
+    recorders = [start_py_spy(server, spy_to)] if spy_to is not None else []
     if perf_to is not None:
-        spy = start_perf(server, perf_to)
-    if spy is not None:
+        recorders.append(start_perf(server, perf_to))
+    if recorders:
         time.sleep(0.5)  # py-spy attaches to every process first
     before_cpu = cpu_seconds(server.root_pid)
     mailstead = isinstance(server, Mailstead)
@@ -436,9 +436,9 @@ def smtp_source(server: Server, row: Row, messages: int, sessions: int,
                                f"{messages} messages reached the mailbox")
         time.sleep(0.02)
     in_mailbox = time.perf_counter() - start
-    if spy is not None:
-        spy.send_signal(2)
-        spy.wait()
+    for recorder in recorders:
+        recorder.send_signal(2)
+        recorder.wait()
     after_roles = cpu_by_role(server.root_pid) if mailstead else {}
     roles = {role: cpu - before_roles.get(role, 0.0) for role, cpu in after_roles.items()}
     return Round(messages / accepted, in_mailbox, cpu_seconds(server.root_pid) - before_cpu,
