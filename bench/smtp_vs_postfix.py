@@ -31,6 +31,13 @@ one serve process), shown as "cores".
     .venv/bin/python bench/smtp_vs_postfix.py --quick
     .venv/bin/python bench/smtp_vs_postfix.py --profile /tmp/ms.prof --rows 4k-new --only mailstead
 
+Old code against new on a shared machine (msgs/s there follows the CPU share each server
+gets; the CPU per message of two trees measured in alternating rounds is what tells them
+apart): ``git archive OLD src | tar -x -C /tmp/old`` then ``--ab old=/tmp/old/src`` runs that
+tree's mailstead beside this one for each ``--workers`` count and prints their ratios per
+round. ``--py-spy DIR`` (py-spy from ``PY_SPY`` or PATH; ``PY_SPY_GIL=1`` for the Python work
+only) and ``--perf DIR`` record every mailstead round; ``bench/profile_top.py DIR/*.txt``.
+
 Targets (issue 24): 4 KiB new connection >= 1.5x Postfix, 100 KiB new connection >= 1.2x, both
 reused rows >= 2x, mailstead CPU per connection <= 0.3 ms.
 """
@@ -313,11 +320,15 @@ class Mailstead(Server):
     name = "mailstead"
 
     def __init__(self, workdir: Path, resolver: str, profile: str | None,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, src: tuple[str, str] | None = None) -> None:
         more: dict[str, dict[str, object]] = {"delivery": {"resolvers": [resolver]}}
         if workers is not None:  # None: the default, one worker per core
             self.name = f"mailstead-w{workers}"
             more["server"] = {"workers": workers}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if src is not None:  # another tree's code (--ab): its own name, its PYTHONPATH
+            self.name = f"{src[0]}-w{workers}" if workers is not None else src[0]
+            env["PYTHONPATH"] = src[1]
         self.data = workdir / self.name
         prepare_mailstead(self.data, 1, more)
         cmd = [sys.executable]
@@ -326,7 +337,7 @@ class Mailstead(Server):
         cmd += ["-m", "mailstead", "serve", "--data", str(self.data),
                 "--listen", "smtp=127.0.0.1:0"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     text=True, env=env)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             m = re.search(r"^listening smtp \S+:(\d+)", line)
@@ -376,7 +387,35 @@ class Result:
         return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
 
 
-def smtp_source(server: Server, row: Row, messages: int, sessions: int) -> Round:
+def start_py_spy(server: Server, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy recording mailstead (every process of its tree) until stopped (SIGINT)."""
+    spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--py-spy: py-spy not found (PATH or PY_SPY)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(server.root_pid), "--subprocesses", "--nonblocking",
+         "--format", "raw", "--rate", "200", "--output", str(out),
+         *(["--gil"] if os.environ.get("PY_SPY_GIL") else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_perf(server: Server, out: Path) -> subprocess.Popen[bytes]:
+    """perf recording the processes of mailstead's tree (call graphs, kernel included) until
+    stopped (SIGINT); ``perf report -i FILE`` reads it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pids = ",".join(str(pid) for pid in tree(server.root_pid))
+    return subprocess.Popen(["perf", "record", "-g", "-F", "499", "-p", pids, "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def smtp_source(server: Server, row: Row, messages: int, sessions: int,
+                spy_to: Path | None = None, perf_to: Path | None = None) -> Round:
+    recorders = [start_py_spy(server, spy_to)] if spy_to is not None else []
+    if perf_to is not None:
+        recorders.append(start_perf(server, perf_to))
+    if recorders:
+        time.sleep(0.5)  # py-spy attaches to every process first
     before_cpu = cpu_seconds(server.root_pid)
     mailstead = isinstance(server, Mailstead)
     before_roles = cpu_by_role(server.root_pid) if mailstead else {}
@@ -397,6 +436,9 @@ def smtp_source(server: Server, row: Row, messages: int, sessions: int) -> Round
                                f"{messages} messages reached the mailbox")
         time.sleep(0.02)
     in_mailbox = time.perf_counter() - start
+    for recorder in recorders:
+        recorder.send_signal(2)
+        recorder.wait()
     after_roles = cpu_by_role(server.root_pid) if mailstead else {}
     roles = {role: cpu - before_roles.get(role, 0.0) for role, cpu in after_roles.items()}
     return Round(messages / accepted, in_mailbox, cpu_seconds(server.root_pid) - before_cpu,
@@ -502,6 +544,17 @@ def report(row: Row, results: dict[str, Result], messages: int) -> dict[str, flo
         print(f"  {name} / postfix msgs/s per round: "
               f"{', '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f}x"
               f"; CPU ratio median {statistics.median(cpus) if cpus else float('nan'):.2f}")
+    for name, r in results.items():  # --ab: this tree's mailstead against the other's
+        base = re.sub(r"^.*?(-w\d+)?$", r"mailstead\1", name)
+        if name.startswith(("mailstead", "postfix")) or base not in results:
+            continue
+        new = results[base].rounds
+        rates = [a.rate / b.rate for a, b in zip(new, r.rounds, strict=True)]
+        cpus = [a.cpu / b.cpu for a, b in zip(new, r.rounds, strict=True) if b.cpu]
+        print(f"  {base} / {name} msgs/s per round: {', '.join(f'{x:.2f}' for x in rates)}; "
+              f"median {statistics.median(rates):.2f}x; CPU per message ratio per round: "
+              f"{', '.join(f'{x:.2f}' for x in cpus)}; median "
+              f"{statistics.median(cpus) if cpus else float('nan'):.2f}")
     return {name: statistics.median(x.cpu for x in r.rounds) * 1000 / messages
             for name, r in results.items()}
 
@@ -531,6 +584,17 @@ def main() -> None:
     parser.add_argument("--workers", default="",
                         help="comma-separated [server] workers counts, one mailstead each "
                              "(default: its own default, one per core)")
+    parser.add_argument("--ab", metavar="NAME=SRC", action="append", default=[],
+                        help="also run mailstead from another source tree (its src folder, "
+                             "e.g. a git worktree of the code before a change), named NAME, "
+                             "for each --workers count: old and new code side by side")
+    parser.add_argument("--perf", metavar="DIR", default=None,
+                        help="record each mailstead round with perf (call graphs) into "
+                             "DIR/<server>-<row>-r<round>.data")
+    parser.add_argument("--py-spy", metavar="DIR", default=None,
+                        help="record each mailstead round with py-spy (PY_SPY or PATH) into "
+                             "DIR/<server>-<row>-r<round>.txt (bench/profile_top.py reads "
+                             "them); PY_SPY_GIL=1: only samples holding the interpreter lock")
     args = parser.parse_args()
     if args.quick:
         args.messages, args.rounds, args.latency = 200, 2, 100
@@ -555,6 +619,9 @@ def main() -> None:
         if args.only != "postfix":
             counts = [int(n) for n in args.workers.split(",") if n] or [None]
             servers += [Mailstead(workdir, world.resolver, args.profile, n) for n in counts]
+            for name, _, src in (ab.partition("=") for ab in args.ab):
+                servers += [Mailstead(workdir, world.resolver, args.profile, n,
+                                      (name, str(Path(src).resolve()))) for n in counts]
         if args.only != "mailstead":
             servers.append(Postfix(workdir))
         print(f"{args.messages} messages per server, row and round, {args.rounds} rounds "
@@ -567,8 +634,15 @@ def main() -> None:
             results = {s.name: Result() for s in servers}
             for n in range(args.rounds):
                 for server in servers if n % 2 == 0 else servers[::-1]:
+                    spy_to = perf_to = None
+                    if isinstance(server, Mailstead):
+                        label = f"{server.name}-{row.name}-r{n + 1}"
+                        if args.py_spy:
+                            spy_to = Path(args.py_spy) / f"{label}.txt"
+                        if args.perf:
+                            perf_to = Path(args.perf) / f"{label}.data"
                     results[server.name].rounds.append(
-                        smtp_source(server, row, args.messages, args.sessions))
+                        smtp_source(server, row, args.messages, args.sessions, spy_to, perf_to))
             for server in servers:
                 results[server.name].rss = rss_mib(server.root_pid)
                 if args.latency:

@@ -66,6 +66,11 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if level >= logging.WARNING:
             self.flush()
             return
+        due = self.flush_on
+        if due is not None and due.is_running():
+            # A flush is due on a running loop (this one, nearly always): it writes this line
+            # too. Saves looking the loop up, a getpid() system call (asyncio's fork check).
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop in this thread: now

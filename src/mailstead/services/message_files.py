@@ -182,7 +182,7 @@ class MessageFileWriter:
         helper = self._helper
         if helper is None:
             helper = await self._start()
-        future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Answer] = helper.loop.create_future()
         helper.send(_FRAME.pack(tag, len(payload)), payload, future)
         return await future
 
@@ -235,7 +235,11 @@ class _Helper(asyncio.SubprocessProtocol):
         self.unread = bytearray()
         self.waiting: deque[asyncio.Future[_Answer]] = deque()
         self.stopping = False  # stop() was called: its exit is expected
-        self.exited = asyncio.get_running_loop().create_future()
+        # Kept: asyncio.get_running_loop() costs a getpid() system call (its fork check).
+        self.loop = asyncio.get_running_loop()
+        self.exited = self.loop.create_future()
+        # Frames asked for during this turn of the event loop, sent together at its end.
+        self.outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do the same as asyncio's but are not their subclasses: cast.
@@ -246,9 +250,19 @@ class _Helper(asyncio.SubprocessProtocol):
         if self.stdin is None or self.stdin.is_closing():
             raise WriterStopped("the message file writer is stopping")
         self.waiting.append(future)
-        # The frame's head and payload written as they are: joining them would copy the
-        # message once more on its way to the helper.
-        self.stdin.writelines((head, payload))
+        # The frames of every session that asks during this turn of the loop go in one write
+        # at its end: one system call, and one wake-up of the helper, for all of them. The
+        # frame's head and payload are kept apart: joining them would copy the message once
+        # more on its way to the helper.
+        if not self.outgoing:
+            self.loop.call_soon(self.send_outgoing)
+        self.outgoing += (head, payload)
+
+    def send_outgoing(self) -> None:
+        frames, self.outgoing = self.outgoing, []
+        if frames and self.stdin is not None and not self.stdin.is_closing():
+            self.stdin.writelines(frames)
+        # (Else the helper is gone or going: connection_lost fails what waits for it.)
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         self.unread += data
@@ -289,6 +303,7 @@ class _Helper(asyncio.SubprocessProtocol):
 
     async def stop(self) -> None:
         self.stopping = True
+        self.send_outgoing()
         if self.stdin is not None:
             self.stdin.close()  # the helper reads the end of its input and exits
         try:
@@ -323,6 +338,7 @@ class _SharedHelperConnection(_Helper, asyncio.Protocol):
     async def stop(self) -> None:
         """Sends EOF: the helper answers what it was sent, then closes our connection."""
         self.stopping = True
+        self.send_outgoing()
         if self.stdin is not None and not self.stdin.is_closing():
             self.stdin.write_eof()
         try:

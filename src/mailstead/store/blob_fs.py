@@ -31,6 +31,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,20 +157,29 @@ class FsBlobStore:
         self.root = Path(root)
         self._root = str(self.root)
         self._spread = False  # spread_subdirectories was called on the root
+        self._root_fd: int | None = None  # kept open for syncfs
         syncfs = _syncfs_call()
         self._group: GroupSync | None = None
         if syncfs is not None:
             self._group = GroupSync(lambda: self._syncfs(syncfs))
 
+    @property
+    def flushes_fs(self) -> bool:
+        """Whether ``flush`` is a syncfs of the root's filesystem (Linux): it then makes every
+        file written on that filesystem durable, not only the message files."""
+        return self._group is not None
+
     def _syncfs(self, syncfs: Callable[[int], int]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if syncfs(fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
-        finally:
-            os.close(fd)
+        # The root's descriptor is opened once and kept (a flush runs for every batch of
+        # messages: a mkdir, an open and a close less each time).
+        fd = self._root_fd
+        if fd is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            weakref.finalize(self, os.close, fd)
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
 
     def path(self, blob_id: str) -> Path:
         return Path(self._path_text(blob_id))
