@@ -163,12 +163,6 @@ class FsBlobStore:
         if syncfs is not None:
             self._group = GroupSync(lambda: self._syncfs(syncfs))
 
-    @property
-    def flushes_fs(self) -> bool:
-        """Whether ``flush`` is a syncfs of the root's filesystem (Linux): it then makes every
-        file written on that filesystem durable, not only the message files."""
-        return self._group is not None
-
     def _syncfs(self, syncfs: Callable[[int], int]) -> None:
         # The root's descriptor is opened once and kept (a flush runs for every batch of
         # messages: a mkdir, an open and a close less each time).
