@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+from mailstead.proto import mime
 from mailstead.sieve import match
 from mailstead.sieve.check import Script
 from mailstead.sieve.compiled import (
@@ -30,7 +31,14 @@ from mailstead.sieve.compiled import (
     fast_form,
 )
 from mailstead.sieve.grammar import Command, StringList, Test
-from mailstead.sieve.interp import Interpreter, _flag_set, _int
+from mailstead.sieve.interp import (
+    Interpreter,
+    _addresses_in,
+    _domain,
+    _flag_set,
+    _int,
+    _localpart,
+)
 
 MAX_NODES = 600  # commands and tests of a script made into one function
 MAX_DEPTH = 12  # nested blocks, and nested tests, of such a script
@@ -177,8 +185,7 @@ class _Gen:
             return None
         names = strings[0]
         key = ("folded", t.comparator, *_values_key(t, names))
-        getter = _fast_folded(t, names, _fast_values(t, names), fold)
-        values = self.cached(key, lambda: f"{self.const(getter)}(interp)")
+        values = self.cached(key, lambda: self.values(t, names, fold))
 
         def joined() -> str:
             return self.cached(("joined", *key), lambda: f"join({values})")
@@ -202,6 +209,23 @@ class _Gen:
         return "((" + " or ".join(f"{self.const(n)} in {joined()}" for n in needed) + \
             f") and {call})"
 
+    def values(self, t: Test, names: Sequence[str], fold: Callable[[str], str]) -> str:
+        """An expression for the values ``t`` compares, each cut at match.MAX_VALUE and
+        folded by its comparator: a header or address test on one field straight from the
+        message's fields (Interpreter.fields, read once a run), the others through
+        compiled.py's getter."""
+        if len(names) == 1 and t.name in ("header", "address"):
+            fields = self.cached(("fields",), lambda: "interp.fields()")
+            raw = f"{fields}.get({self.const(names[0].lower())})"
+            if t.name == "header":
+                return f"{self.const(_header_values)}({raw}, {self.const(fold)})"
+            part = (_localpart if "localpart" in t.tags else _domain if "domain" in t.tags
+                    else str)
+            return f"{self.const(_address_values)}({raw}, {self.const(part)}, " \
+                f"{self.const(fold)})"
+        getter = _fast_folded(t, names, _fast_values(t, names), fold)
+        return f"{self.const(getter)}(interp)"
+
     # -- the function -------------------------------------------------------------------
 
     def function(self) -> _Program | None:
@@ -219,6 +243,23 @@ class _Gen:
         program = cast(_Program, namespace["program"])
         program.__doc__ = source  # what runs, for a reader in a debugger
         return program
+
+
+def _header_values(raw: list[str] | None, fold: Callable[[str], str]) -> Sequence[str]:
+    """Interpreter.folded for one field's raw values (Interpreter.fields), with ``fold``."""
+    if not raw:
+        return ()
+    # A value comes unfolded, so only one with "=?" needs decoding (Interpreter.decoded).
+    return [fold((mime.decoded_header(v) if "=?" in v else v)[: match.MAX_VALUE])
+            for v in raw]
+
+
+def _address_values(raw: list[str] | None, part: Callable[[str], str],
+                    fold: Callable[[str], str]) -> Sequence[str]:
+    """What compiled.py's address test folds for one field (Interpreter.addresses)."""
+    if not raw:
+        return ()
+    return [fold(part(a)[: match.MAX_VALUE]) for v in raw for a in _addresses_in(v)]
 
 
 def _longest_literal(runs: Sequence[tuple[str, object, int]]) -> str:
