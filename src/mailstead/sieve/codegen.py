@@ -89,6 +89,10 @@ class _Gen:
         # (the same expression at every read: whichever runs first computes it)
         return f"({var} if {var} is not None else ({var} := {make()}))"
 
+    def fields(self) -> str:
+        """The message's header fields the script reads (Interpreter.fields), by name."""
+        return self.cached(("fields",), lambda: "interp.fields()")
+
     def count(self, depth: int) -> None:
         self.nodes += 1
         if self.nodes > MAX_NODES or depth > MAX_DEPTH:
@@ -165,7 +169,17 @@ class _Gen:
         inline = self.inline(t)
         if inline is not None:
             return inline
-        return f"{self.const(_test_form(t))}(interp)"
+        call = f"{self.const(_test_form(t))}(interp)"
+        names = t.positional[0] if t.positional else None
+        if (t.name in ("header", "address") and t.match != "count"
+                and isinstance(names, StringList) and names.plain):
+            # A message without any of the fields gives the test no value to match (every
+            # match type but :count, RFC 5231, then answers no): the closure runs only when
+            # one is there.
+            present = " or ".join(f"{self.const(n.lower())} in {self.fields()}"
+                                  for n in names.items)
+            return f"(({present or 'False'}) and {call})"
+        return call
 
     def inline(self, t: Test) -> str | None:
         """``t`` as an expression over the message's values, for the shapes of
@@ -175,7 +189,7 @@ class _Gen:
             return None
         strings = [cast(StringList, a).items for a in args]
         if t.name == "exists":
-            found = self.cached(("fields",), lambda: "interp.fields()")
+            found = self.fields()
             wanted = sorted({n.lower() for n in strings[0]})
             return "(" + " and ".join(f"{self.const(n)} in {found}" for n in wanted) + ")" \
                 if wanted else "True"
@@ -215,13 +229,16 @@ class _Gen:
         message's fields (Interpreter.fields, read once a run), the others through
         compiled.py's getter."""
         if len(names) == 1 and t.name in ("header", "address"):
-            fields = self.cached(("fields",), lambda: "interp.fields()")
-            raw = f"{fields}.get({self.const(names[0].lower())})"
+            name = names[0].lower()
+            raw = f"{self.fields()}.get({self.const(name)})"
             if t.name == "header":
                 return f"{self.const(_header_values)}({raw}, {self.const(fold)})"
             part = (_localpart if "localpart" in t.tags else _domain if "domain" in t.tags
                     else str)
-            return f"{self.const(_address_values)}({raw}, {self.const(part)}, " \
+            # (the field's addresses parsed once a run, for every part a test takes of them)
+            found = self.cached(("addresses", name),
+                                lambda: f"{self.const(_addresses_of)}({raw})")
+            return f"{self.const(_address_values)}({found}, {self.const(part)}, " \
                 f"{self.const(fold)})"
         getter = _fast_folded(t, names, _fast_values(t, names), fold)
         return f"{self.const(getter)}(interp)"
@@ -254,12 +271,17 @@ def _header_values(raw: list[str] | None, fold: Callable[[str], str]) -> Sequenc
             for v in raw]
 
 
-def _address_values(raw: list[str] | None, part: Callable[[str], str],
-                    fold: Callable[[str], str]) -> Sequence[str]:
-    """What compiled.py's address test folds for one field (Interpreter.addresses)."""
+def _addresses_of(raw: list[str] | None) -> Sequence[str]:
+    """Interpreter.addresses for one field's raw values."""
     if not raw:
         return ()
-    return [fold(part(a)[: match.MAX_VALUE]) for v in raw for a in _addresses_in(v)]
+    return [a for v in raw for a in _addresses_in(v)]
+
+
+def _address_values(addresses: Sequence[str], part: Callable[[str], str],
+                    fold: Callable[[str], str]) -> Sequence[str]:
+    """What compiled.py's address test folds for one field's addresses."""
+    return [fold(part(a)[: match.MAX_VALUE]) for a in addresses]
 
 
 def _longest_literal(runs: Sequence[tuple[str, object, int]]) -> str:

@@ -46,7 +46,11 @@ from mailstead.store.interfaces import Account, Mailbox
 
 MAX_SCRIPT_BYTES = 64 * 1024  # per script stored (ManageSieve PUTSCRIPT, CLI, web)
 MAX_SCRIPTS = 20  # per user
-SCRIPT_CACHE_SECONDS = 2.0  # how long a worker reuses an account's active script
+# How long a worker reuses an account's active script (and those it includes) without asking
+# the store: a safety net only, since every change of a script drops the caches of every
+# process and node at once (the change feed's SETTINGS_CHANGED: ``forget``).
+SCRIPT_CACHE_SECONDS = 60.0
+MAILBOX_CACHE_SECONDS = 2.0  # how long a worker reuses a mailbox a rule files into
 MAX_REDIRECT_HOPS = 20  # Received fields past which a message is no longer redirected
 _NAME = re.compile(r"[^\x00-\x1f\x7f/]{1,128}")
 _CLOCK_TESTS = frozenset({"date", "currentdate"})  # the tests that read Context.now
@@ -108,7 +112,9 @@ class SieveService:
         self.store = store
         self.delivery = delivery
         self.accounts = accounts
-        self._active: dict[int, tuple[float, Script | None]] = {}
+        # account id -> (until, active script, the scripts its includes reach)
+        self._active: dict[int, tuple[float, Script | None,
+                                      dict[tuple[str, str], Script]]] = {}
         self._boxes: dict[tuple[int, str], tuple[float, Mailbox]] = {}
         self._compiled: OrderedDict[str, Script | SieveSyntaxError] = OrderedDict()
 
@@ -165,19 +171,24 @@ class SieveService:
             raise found
         return found
 
-    async def _active_script(self, account: Account) -> Script | None:
+    async def _active_script(self, account: Account
+                             ) -> tuple[Script | None, dict[tuple[str, str], Script]]:
+        """The account's active script and the scripts its includes reach (RFC 6609)."""
         now = time.monotonic()
         cached = self._active.get(account.id)
         if cached is not None and cached[0] > now:
-            return cached[1]
+            return cached[1], cached[2]
         found = await self.store.active_sieve_script(account.id)
         script = None
+        included: dict[tuple[str, str], Script] = {}
         if found is not None:
             script = self._compile(found[1])  # SieveSyntaxError goes to the caller
+            if script.includes:
+                included = await self._included(account, script)
         if len(self._active) > 50_000:
             self._active.clear()
-        self._active[account.id] = (now + SCRIPT_CACHE_SECONDS, script)
-        return script
+        self._active[account.id] = (now + SCRIPT_CACHE_SECONDS, script, included)
+        return script, included
 
     async def _mailbox(self, account: Account, name: str) -> Mailbox | None:
         """The named mailbox, remembered a few seconds: a rule files many messages in one."""
@@ -190,7 +201,7 @@ class SieveService:
         if len(self._boxes) > 50_000:
             self._boxes.clear()
         if box is not None:
-            self._boxes[key] = (now + SCRIPT_CACHE_SECONDS, box)
+            self._boxes[key] = (now + MAILBOX_CACHE_SECONDS, box)
         return box
 
     async def _included(self, account: Account, script: Script
@@ -227,7 +238,7 @@ class SieveService:
     async def _plan_one(self, envelope: InboundEnvelope, message: bytes, account: Account,
                         verdict: SpamVerdict | None, can_refuse: bool) -> RulePlan | None:
         try:
-            script = await self._active_script(account)
+            script, included = await self._active_script(account)
             if script is None:
                 return None
             recipient = _recipient_of(envelope, account)
@@ -244,7 +255,7 @@ class SieveService:
                 mailboxes=frozenset(by_name),
                 spam_score=None if verdict is None else verdict.score,
                 spam_required=5.0 if verdict is None else verdict.required,
-                scripts=await self._included(account, script) if script.includes else {},
+                scripts=included,
             )
             outcome = evaluate(script, ctx)
             return await self._carry_out(envelope, message, account, recipient, outcome,
