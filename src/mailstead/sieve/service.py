@@ -50,7 +50,10 @@ MAX_SCRIPTS = 20  # per user
 # the store: a safety net only, since every change of a script drops the caches of every
 # process and node at once (the change feed's SETTINGS_CHANGED: ``forget``).
 SCRIPT_CACHE_SECONDS = 60.0
-MAILBOX_CACHE_SECONDS = 2.0  # how long a worker reuses a mailbox a rule files into
+# How long a worker reuses a mailbox a rule files into; a safety net as well: a mailbox
+# created, renamed or deleted drops its account's at once (``forget_mailboxes``, from the
+# change feed's account channel).
+MAILBOX_CACHE_SECONDS = 60.0
 MAX_REDIRECT_HOPS = 20  # Received fields past which a message is no longer redirected
 _NAME = re.compile(r"[^\x00-\x1f\x7f/]{1,128}")
 _CLOCK_TESTS = frozenset({"date", "currentdate"})  # the tests that read Context.now
@@ -115,7 +118,7 @@ class SieveService:
         # account id -> (until, active script, the scripts its includes reach)
         self._active: dict[int, tuple[float, Script | None,
                                       dict[tuple[str, str], Script]]] = {}
-        self._boxes: dict[tuple[int, str], tuple[float, Mailbox]] = {}
+        self._boxes: dict[int, dict[str, tuple[float, Mailbox]]] = {}  # account, name
         self._compiled: OrderedDict[str, Script | SieveSyntaxError] = OrderedDict()
 
     # -- managing scripts ----------------------------------------------------------------
@@ -154,6 +157,10 @@ class SieveService:
         self._active.clear()
         self._boxes.clear()
 
+    def forget_mailboxes(self, account_id: int) -> None:
+        """The account's mailbox list changed (here or in another process)."""
+        self._boxes.pop(account_id, None)
+
     def _compile(self, text: str) -> Script:
         """Compiled scripts by text (a few hundred kept): a script runs for every message."""
         found = self._compiled.get(text)
@@ -191,17 +198,20 @@ class SieveService:
         return script, included
 
     async def _mailbox(self, account: Account, name: str) -> Mailbox | None:
-        """The named mailbox, remembered a few seconds: a rule files many messages in one."""
+        """The named mailbox, remembered: a rule files many messages in one."""
         now = time.monotonic()
-        key = (account.id, name)
-        cached = self._boxes.get(key)
+        boxes = self._boxes.get(account.id)
+        cached = None if boxes is None else boxes.get(name)
         if cached is not None and cached[0] > now:
             return cached[1]
         box = await self.store.get_mailbox(account.id, name)
-        if len(self._boxes) > 50_000:
+        if len(self._boxes) > 10_000:
             self._boxes.clear()
         if box is not None:
-            self._boxes[key] = (now + MAILBOX_CACHE_SECONDS, box)
+            boxes = self._boxes.setdefault(account.id, {})
+            if len(boxes) > 256:
+                boxes.clear()
+            boxes[name] = (now + MAILBOX_CACHE_SECONDS, box)
         return box
 
     async def _included(self, account: Account, script: Script
