@@ -26,7 +26,7 @@ from typing import Protocol, cast
 
 from mailstead.core.addresses import parse_address
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
-from mailstead.obs import log_event
+from mailstead.obs import count_event, event_wanted, log_event
 from mailstead.proto import mime
 from mailstead.proto.headers import count_received, header_section
 from mailstead.queue.notices import send_notice
@@ -260,7 +260,8 @@ class SieveService:
             ctx = Context(
                 message=message, envelope_from=envelope.sender, envelope_to=recipient,
                 # read by the date tests only (RFC 5260); an included script may have them
-                now=(datetime.now(UTC) if script.includes or script.tests & _CLOCK_TESTS
+                now=(datetime.now(UTC)
+                     if script.includes or not script.tests.isdisjoint(_CLOCK_TESTS)
                      else _NO_CLOCK),
                 mailboxes=frozenset(by_name),
                 spam_score=None if verdict is None else verdict.score,
@@ -309,11 +310,16 @@ class SieveService:
                 notices.append(("reject", envelope.sender,
                                 _rejection(outcome.reject, envelope.sender, recipient, ctx,
                                            self.delivery)))
-        log_event("sieve.done", logging.DEBUG, user=account.address, copies=len(copies),
-                  redirects=len(outcome.redirects) or None,
-                  reject="yes" if outcome.reject is not None else None,
-                  vacation="asked" if outcome.vacation is not None else None)
+        if event_wanted(logging.DEBUG):
+            log_event("sieve.done", logging.DEBUG, user=account.address, copies=len(copies),
+                      redirects=len(outcome.redirects) or None,
+                      reject="yes" if outcome.reject is not None else None,
+                      vacation="asked" if outcome.vacation is not None else None)
+        else:
+            count_event("sieve.done")  # (every message: its fields only when read)
         vacation = outcome.vacation
+        if not notices and vacation is None:
+            return RulePlan(copies, refuse)
 
         async def after() -> None:
             # The copies are stored: a failure now must not fail the delivery (the client
@@ -327,7 +333,7 @@ class SieveService:
                 log_event("sieve.after_error", logging.ERROR, user=account.address,
                           error=f"{type(exc).__name__}: {exc}")
 
-        return RulePlan(copies, refuse, after if notices or vacation is not None else None)
+        return RulePlan(copies, refuse, after)
 
     async def _redirect(self, envelope: InboundEnvelope, message: bytes, account: Account,
                         addresses: list[str]) -> None:
