@@ -1,26 +1,36 @@
 """SMTP ingest with a 20-rule Sieve script active for every recipient, against the same server
 without scripts (issue 19: the rate may drop by less than 10 %).
 
-Two mailstead servers (subprocesses, SQLite), the same load as bench/smtp_ingest.py (its code):
-``--sessions`` concurrent sessions, rounds alternating between the two servers. The script
-tests headers, addresses, the envelope, sizes, the spam score and the body; one rule matches
-every message (a flag), one files a tenth of them (by subject) into a folder.
+Four mailstead servers (subprocesses, SQLite, one hash seed), two with the script for every
+user (sieve-1, sieve-2) and two without (none-1, none-2), started sieve-1 none-1 none-2
+sieve-2 (A B B A: starting first, which has looked like a handicap on this machine, is no
+one kind's). The load is bench/smtp_ingest.py's client: ``--sessions`` SMTP sessions to each
+server, opened once and kept open, ``--messages`` messages per server
+sent in ``--slices`` short slices per server, the servers taking turns, forward then back
+(A B C D D C B A ...). The script tests headers, addresses, the envelope, sizes, the spam
+score and the body; one rule matches every message (a flag), one files a tenth of them (by
+subject) into a folder.
 
-    .venv/bin/python bench/sieve_ingest.py [--messages 3000] [--sessions 20] [--rounds 6]
-        [--none-first] [--py-spy DIR]
+    .venv/bin/python bench/sieve_ingest.py [--messages 4800] [--sessions 20] [--slices 32]
+        [--none-first] [--aa] [--script FILE] [--py-spy DIR]
 
-Besides the rates, the CPU per message of the workers and of the message-file helper of each
-server. ``--py-spy DIR`` records every process of both servers during each round (the rates
-of such a run are not comparable), for bench/profile_top.py. ``--none-first`` starts the
-server without scripts first: the order is the one asymmetry left between the two (the
-rounds alternate), and on this machine it has shown in runs where neither server had a
-script to run.
+Printed, per kind: messages per second, latency, CPU per message of the workers and of the
+message-file helper; then sieve over none: the rate (the issue's figure) as all messages
+over all time and as the median (with quartiles) of the ratios of the paired slices (sieve-n
+against none-n, run next to each other), and the same for the CPU per message (the servers'
+own work, which the other processes of this shared machine disturb less than the rate).
+``--aa``: no server has a script, what the bench reads when there is no difference.
+``--script FILE`` runs that script instead of the 20 rules (what costs what).
+``--py-spy DIR`` records every worker and message-file helper over all the slices (the rates
+of such a run are not comparable), for bench/profile_top.py. ``--none-first`` starts none-1
+first (none-1 sieve-1 sieve-2 none-2).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -56,7 +66,7 @@ if envelope :localpart "to" "postmaster" { fileinto :create "Admin"; }
 '''
 
 
-def add_scripts(data_dir: Path, users: int) -> None:
+def add_scripts(data_dir: Path, users: int, text: str = RULES) -> None:
     from mailstead.config import load_config
     from mailstead.sieve.service import sieve_store
     from mailstead.store.factory import make_metadata_store
@@ -68,7 +78,7 @@ def add_scripts(data_dir: Path, users: int) -> None:
             for i in range(users):
                 account = await store.get_account(f"user{i}@{smtp_ingest.DOMAIN}")
                 assert account is not None
-                await sieve_store(store).put_sieve_script(account.id, "rules", RULES)
+                await sieve_store(store).put_sieve_script(account.id, "rules", text)
                 await sieve_store(store).set_active_sieve_script(account.id, "rules")
         finally:
             await store.close()
@@ -76,39 +86,55 @@ def add_scripts(data_dir: Path, users: int) -> None:
     asyncio.run(setup())
 
 
-def _order_argument(parser: argparse.ArgumentParser) -> None:
+def _own_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--none-first", action="store_true",
-                        help="start the server without scripts first (on this shared machine "
-                        "the server started first has measured slower, scripts or not)")
+                        help="start a server without scripts first")
+    parser.add_argument("--script", metavar="FILE",
+                        help="this script instead of the 20 rules (to tell what costs what)")
+    parser.add_argument("--aa", action="store_true",
+                        help="no script on either server (A/A): what the bench reads when "
+                        "there is no difference")
 
 
 def main() -> None:
-    args = smtp_ingest.pair_arguments(__doc__, extra=_order_argument)
+    args = smtp_ingest.pair_arguments(__doc__, extra=_own_arguments, slices=True)
     workdir = Path(tempfile.mkdtemp(prefix="sieve-bench-"))
-    reports: list[smtp_ingest.Report] = []
+    # Every server hashes alike (dict and set layouts): one less difference between them
+    # that is not the script.
+    os.environ["PYTHONHASHSEED"] = "1"
+    # Two servers of each kind, started A B B A: the order of starting is no advantage to
+    # either kind (it has looked like one on this machine, with no script on either side).
+    kinds = ("none", "sieve") if args.none_first else ("sieve", "none")
+    order = [kinds[0], kinds[1], kinds[1], kinds[0]]
+    sides: list[smtp_ingest.SliceSide] = []
+    text = Path(args.script).read_text() if args.script else RULES
     try:
-        for name in ("none", "sieve") if args.none_first else ("sieve", "none"):
+        for n, kind in enumerate(order):
+            name = f"{kind}-{1 + order[:n].count(kind)}"
             smtp_ingest.prepare_mailstead(workdir / name, args.users)
-            if name == "sieve":
+            if kind == "sieve" and not args.aa:
                 from mailstead.sieve.check import compile_script
 
-                compile_script(RULES)  # fails loudly here rather than as log lines
-                add_scripts(workdir / name, args.users)
-            server = smtp_ingest.start_mailstead(workdir / name,
-                                                 args.profile if name == "sieve" else None)
-            reports.append(smtp_ingest.Report(f"{name}", server))
-        reports.sort(key=lambda r: r.name != "sieve")  # printed sieve first in either order
-        if args.idle == 0:
-            for report in reports:
-                report.rss["idle"] = report.rss["after_idle"] = float("nan")
-        smtp_ingest.alternate_rounds(reports, args)
+                compile_script(text)  # fails loudly here rather than as log lines
+                add_scripts(workdir / name, args.users, text)
+            sides.append(smtp_ingest.SliceSide(name, smtp_ingest.start_mailstead(workdir / name,
+                                                                                 None)))
+        asyncio.run(smtp_ingest.run_slices(sides, args))
+        sieve = [s for s in sides if s.name.startswith("sieve")]
+        none = [s for s in sides if s.name.startswith("none")]
         print(f"\n{args.messages} messages of {args.size} bytes per server, {args.sessions} "
-              f"sessions, {args.users} recipients each with (sieve) or without (none) a "
-              f"20-rule script, {args.rounds} alternating rounds")
-        smtp_ingest.print_pair(reports, "sieve / none")
+              f"sessions kept open each, {args.users} recipients each with (sieve) or without "
+              f"(none) a 20-rule script{' (--aa: none has one)' if args.aa else ''}"
+              f"{f' (--script {args.script})' if args.script else ''}; 4 servers started "
+              f"{' '.join(s.name for s in sides)}, taking turns in {args.slices} slices each")
+        smtp_ingest.print_slices(smtp_ingest.SliceGroup("sieve", sieve),
+                                 smtp_ingest.SliceGroup("none", none),
+                                 # (sieve-n's slices ran next to none-n's)
+                                 list(zip(sieve, none, strict=True)),
+                                 "sieve / none")
     finally:
-        for report in reports:
-            report.server.stop()
+        for side in sides:
+            side.server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 DOMAIN = "bench.test"
 PASSWORD = "bench-password-1"
@@ -477,19 +477,25 @@ def print_report(reports: list[Report], args: argparse.Namespace) -> None:
 
 
 def pair_arguments(doc: str | None,
-                   extra: Callable[[argparse.ArgumentParser], None] | None = None
-                   ) -> argparse.Namespace:
-    """The load options of a two-server comparison; ``extra`` adds a bench's own."""
+                   extra: Callable[[argparse.ArgumentParser], None] | None = None,
+                   slices: bool = False) -> argparse.Namespace:
+    """The load options of a two-server comparison; ``extra`` adds a bench's own;
+    ``slices``: ``--slices`` (run_slices) rather than ``--rounds`` (alternate_rounds)."""
     parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if extra is not None:
         extra(parser)
-    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--messages", type=int, default=4800 if slices else 3000)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--users", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=400 if slices else 200)
+    if slices:
+        parser.add_argument("--slices", type=int, default=32,
+                            help="slices per server, the servers taking turns, over "
+                            "sessions that stay open")
+    else:
+        parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--idle", type=int, default=0)
     parser.add_argument("--profile", help="run the first server under cProfile, writing this "
                                           "file (the supervisor only: the workers are forked "
@@ -526,6 +532,137 @@ def print_pair(reports: list[Report], label: str) -> None:
     print(f"\n{label}: {first.result.rate / second.result.rate:.3f}x messages per second"
           f" (median of the rounds' ratios {statistics.median(pairs):.3f}x); CPU per "
           f"message {first.cpu_ms_per_message / second.cpu_ms_per_message:.3f}x")
+
+
+# -- many short slices over sessions that stay open (sieve_ingest) ----------------------------
+
+
+@dataclass
+class Slice:
+    messages: int
+    seconds: float
+    cpu: dict[str, float]  # role (Server.roles) -> CPU seconds during the slice
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+    def cpu_ms(self, roles: tuple[str, ...] = ("workers", "files")) -> float:
+        """CPU milliseconds per message of these roles."""
+        return sum(self.cpu.get(r, 0.0) for r in roles) * 1000 / max(self.messages, 1)
+
+
+@dataclass
+class SliceSide:
+    """One server of a sliced comparison, with its sessions and each slice's figures."""
+
+    name: str
+    server: Server
+    sessions: list[Session] = field(default_factory=list)
+    slices: list[Slice] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rounds(self) -> list[float]:  # (what start_spies counts to name its files)
+        return []
+
+    async def send(self, messages: int, args: argparse.Namespace,
+                   bodies: list[bytes]) -> Slice:
+        """``messages`` messages over the open sessions, the CPU of the server's processes
+        read from /proc before and after."""
+        remaining = [messages]
+
+        async def worker(index: int, session: Session) -> None:
+            rcpt = f"user{index % args.users}@{DOMAIN}"
+            while remaining[0] > 0:
+                remaining[0] -= 1
+                body = bodies[remaining[0] % len(bodies)]
+                start = time.perf_counter()
+                await session.send(rcpt, body)
+                self.latencies.append(time.perf_counter() - start)
+
+        before = self.server.cpu_by_role()
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(i, s) for i, s in enumerate(self.sessions)))
+        seconds = time.perf_counter() - start
+        after = self.server.cpu_by_role()
+        return Slice(messages, seconds, {r: after[r] - before[r] for r in after})
+
+
+async def run_slices(sides: list[SliceSide], args: argparse.Namespace) -> None:
+    """Opens ``--sessions`` sessions to each server (kept open: no slice pays for
+    connecting), warms each up, then sends ``--messages`` per server in ``--slices`` slices,
+    the servers taking turns in their order, then in reverse (A B C D D C B A A B ...): a
+    server's slice has the others' next to it in time, so the machine's drift (other work on
+    it, clock speed) weighs on all alike, and the paired slices' ratios show how much the
+    figures move."""
+    bodies = [make_message(args.size, n) for n in range(64)]
+    for side in sides:
+        side.sessions = [await Session.open(side.server.port) for _ in range(args.sessions)]
+        await side.send(args.warmup, args, bodies)
+        side.latencies.clear()
+    spies = [spy for side in sides for spy in start_spies(cast(Report, side), args)]
+    per_slice = args.messages // args.slices
+    try:
+        for n in range(args.slices):
+            for side in sides if n % 2 == 0 else sides[::-1]:
+                side.slices.append(await side.send(per_slice, args, bodies))
+    finally:
+        stop_spies(spies)
+        for side in sides:
+            await asyncio.gather(*(s.close() for s in side.sessions))
+
+
+class SliceGroup:
+    """The slices of one or more servers of the same kind, added up."""
+
+    def __init__(self, name: str, sides: list[SliceSide]) -> None:
+        self.name = name
+        self.sides = sides
+        self.slices = [s for side in sides for s in side.slices]
+        self.latencies = RunResult(0, 0.0, [t for side in sides for t in side.latencies])
+
+    @property
+    def messages(self) -> int:
+        return sum(s.messages for s in self.slices)
+
+    @property
+    def rate(self) -> float:
+        return self.messages / sum(s.seconds for s in self.slices)
+
+    def cpu_ms(self, roles: tuple[str, ...] = ("workers", "files")) -> float:
+        return sum(sum(s.cpu.get(r, 0.0) for r in roles) for s in self.slices) * 1000 \
+            / self.messages
+
+
+def _quartiles(values: list[float]) -> str:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return f"{statistics.median(values):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f})"
+
+
+def print_slices(first: SliceGroup, second: SliceGroup,
+                 pairs: list[tuple[SliceSide, SliceSide]], label: str) -> None:
+    """Each group's rate, latency and CPU per message by role; then the first's over the
+    second's: the rate (all messages over all time, and the median of the paired slices'
+    ratios with its quartiles) and the CPU per message (the servers' own work, the less
+    noisy figure on a shared machine). ``pairs``: the servers whose slices are compared one
+    to one (slice n of each ran next to each other)."""
+    for group in (first, second):
+        timed = group.latencies
+        print(f"{group.name:<7} {group.rate:7.0f} msgs/s (median slice "
+              f"{statistics.median(s.rate for s in group.slices):5.0f})  p50 "
+              f"{timed.percentile(0.5):5.1f} ms  p99 {timed.percentile(0.99):5.1f} ms  "
+              f"CPU ms/msg: workers {group.cpu_ms(('workers',)):.3f}, message files "
+              f"{group.cpu_ms(('files',)):.3f}, both {group.cpu_ms():.3f}")
+    matched = [(a, b) for x, y in pairs for a, b in zip(x.slices, y.slices, strict=True)]
+    print(f"\n{label}, {len(matched)} paired slices of {matched[0][0].messages} messages:")
+    print(f"  rate            {first.rate / second.rate:.3f}x; median of the pairs "
+          + _quartiles([a.rate / b.rate for a, b in matched]))
+    for roles, what in ((("workers", "files"), "CPU/msg both"), (("workers",), "  workers"),
+                        (("files",), "  msg files")):
+        ratios = [a.cpu_ms(roles) / b.cpu_ms(roles) for a, b in matched if b.cpu_ms(roles)]
+        print(f"  {what:<15} {first.cpu_ms(roles) / second.cpu_ms(roles):.3f}x; median of "
+              f"the pairs " + _quartiles(ratios))
 
 
 def main() -> None:

@@ -123,6 +123,17 @@ def _quote(value: Any) -> str:
     return text
 
 
+def event_wanted(level: int) -> bool:
+    """Whether a ``log_event`` at ``level`` would be written or seen by a tap: when not, a
+    caller of a frequent event may ``count_event`` it instead of building its fields."""
+    return bool(EVENT_TAPS) or _logger.isEnabledFor(level)
+
+
+def count_event(event: str) -> None:
+    """What ``log_event`` does for an event that ``event_wanted`` says nobody reads."""
+    EVENT_COUNTS[event] += 1
+
+
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
     """``log_event("smtp.delivered", session="ab12", queue_id="...", size=123)``."""
     EVENT_COUNTS[event] += 1

@@ -65,6 +65,7 @@ def build(services: Services) -> None:
         sieve = SieveService(sieve_store(services.store), delivery, services.accounts)
         services.extra["sieve"] = sieve
         services.changes.settings_hooks.append(sieve.forget)
+        services.changes.account_hooks.append(sieve.forget_mailboxes)
         delivery.rules = sieve
 
     # One MailboxService for IMAP and the webmail, built here so it knows the spam filter.

@@ -82,6 +82,37 @@ if header :contains "subject" "urgent" { addflag "\\Flagged"; }
 
 
 @BOTH
+def test_rule_mailbox_renamed_or_deleted_counts_at_once(mail_server: RunningServer) -> None:
+    """The mailboxes rules file into are remembered (a minute), but a mailbox renamed or
+    deleted drops its account's at once (the change feed's account channel): the next
+    message goes to the mailbox of that name, created again by :create."""
+    activate(mail_server, ALICE, 'require ["fileinto", "mailbox"];\n'
+                                 'fileinto :create "Rules";')
+    send(mail_server, mail("one"))  # (creates it)
+    send(mail_server, mail("one again"))  # (finds it, and remembers it)
+
+    async def rename() -> None:
+        account = await mail_server.services.store.get_account(ALICE)
+        assert account is not None
+        await mail_server.services.store.rename_mailbox(account.id, "Rules", "Old")
+
+    mail_server.run(rename())
+    send(mail_server, mail("two"))
+    assert subjects(mail_server, ALICE, "Old") == ["one", "one again"]
+    assert subjects(mail_server, ALICE, "Rules") == ["two"]
+
+    async def delete() -> None:
+        account = await mail_server.services.store.get_account(ALICE)
+        assert account is not None
+        await mail_server.services.store.delete_mailbox(account.id, "Rules")
+
+    mail_server.run(delete())
+    send(mail_server, mail("three"))
+    assert subjects(mail_server, ALICE, "Rules") == ["three"]
+    assert subjects(mail_server, ALICE) == []
+
+
+@BOTH
 def test_redirect_to_another_local_user(mail_server: RunningServer) -> None:
     activate(mail_server, ALICE, 'if address :domain "from" "remote.test" '
                                  '{ redirect "bob@example.test"; }')

@@ -199,19 +199,29 @@ _SAME_TESTS = [
     'header :matches :comparator "i;octet" "subject" "CAF? *"',
     'header :matches ["to", "cc"] "*@*"', 'address :matches :domain "from" "*.test"',
     'address :matches :localpart ["to", "cc"] "?*"', 'envelope :matches "to" "*+*@*"',
+    'header :matches "subject" ["*zz*", "*\\\\[*"]', 'header :matches "subject" "caf?*"',
+    'header :matches "subject" ["*", "nothing"]', 'header :contains "x-none" ""',
+    'header :contains "subject" ["", "zz"]', 'address :contains ["to", "cc"] ["zz", ".TEST"]',
+    'envelope :contains ["to", "from"] "remote"', 'exists ["to", "TO", "cc"]',
+    'header :is "x-none" ["", "a"]', 'not header :contains "subject" "caf"',
 ]
 
 
 @pytest.mark.parametrize("test", _SAME_TESTS)
 def test_specialised_tests_answer_as_the_general_path(test: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """compiled.fast_form's answers equal those of Interpreter.test's general path."""
-    from mailstead.sieve import compiled
+    """compiled.fast_form's answers, and those of the generated function's inline forms,
+    equal those of Interpreter.test's general path."""
+    from mailstead.sieve import codegen, compiled
 
     text = (f'require ["envelope", "imap4flags", "variables"];\n'
             f'if {test} {{ addflag "yes:${{0}}|${{1}}|${{2}}"; }}')
+    generated = [run(text, m).keep_flags for m in _SAME_MESSAGES]  # (sieve/codegen.py)
+    monkeypatch.setattr(codegen, "generated_program", lambda _s: None)
     fast = [run(text, m).keep_flags for m in _SAME_MESSAGES]
+    assert fast == generated
     monkeypatch.setattr(compiled, "fast_form", lambda _t: None)
+    monkeypatch.setattr(compiled, "compiled_program", lambda _s: None)
     assert [run(text, m).keep_flags for m in _SAME_MESSAGES] == fast
 
 
@@ -287,6 +297,12 @@ _PROGRAM_SCRIPTS = [
     'if envelope :domain "to" "example.test" { reject "no"; }',
     'if header :contains "subject" "caf\u00e9" { stop; } addflag "not stopped";',
     'fileinto "";',
+    'if anyof (header :contains "subject" "zz", not exists "x-count") { addflag "a"; }\n'
+    'elsif allof (size :over 1, header :matches "subject" "*re?ease*") {\n'
+    '  if address :is "from" "carol@remote.test" { addflag "b"; stop; } else { discard; } }\n'
+    'addflag "not stopped";',
+    'if header :matches "subject" "* [*] *" { if header :contains "subject" "dev" {\n'
+    '  addflag "${1}"; } } if true {} elsif false { addflag "no"; }',
     'if address :matches ["to", "cc"] "*" { set "a" "${1}"; }\n'
     'if address :matches ["cc", "to"] "*" { set "b" "${1}"; }\n'
     'if address :domain :is "from" "remote.test" { addflag "d"; }\n'
@@ -300,9 +316,10 @@ _PROGRAM_SCRIPTS = [
 @pytest.mark.parametrize("script", _PROGRAM_SCRIPTS)
 def test_whole_script_closures_act_as_the_general_path(script: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """compiled.compiled_program (a script run as its tree of closures, with the specialised
-    tests) gives the Outcome, or the runtime error, that Interpreter.block's general path
-    gives."""
+    """codegen.generated_program (a script run as one generated function) and
+    compiled.compiled_program's closures (a tree, with the specialised tests) give the
+    Outcome, or the runtime error, that Interpreter.block's general path gives."""
+    from mailstead.sieve import codegen
     from mailstead.sieve import compiled as compiled_forms
 
     text = ('require ["fileinto", "imap4flags", "envelope", "relational", "body", "copy",'
@@ -320,7 +337,24 @@ def test_whole_script_closures_act_as_the_general_path(script: str,
 
     compiled = compile_script(text)
     assert compiled_forms.compiled_program(compiled) is not None
+    assert codegen.generated_program(compiled) is not None
+    generated = outcomes()
+    monkeypatch.setattr(codegen, "generated_program", lambda _s: None)
     closures = outcomes()
+    assert closures == generated
     monkeypatch.setattr(compiled_forms, "compiled_program", lambda _s: None)
     monkeypatch.setattr(compiled_forms, "fast_form", lambda _t: None)
     assert outcomes() == closures
+
+
+def test_a_large_script_runs_as_closures_with_the_same_outcome() -> None:
+    """Past codegen.MAX_NODES a script is not made into one function; it still runs (as
+    compiled.py's closures) with the outcome of the general path."""
+    from mailstead.sieve import codegen
+
+    rules = "".join(f'if header :contains "subject" "word{n}" {{ addflag "f{n}"; }}\n'
+                    for n in range(codegen.MAX_NODES))
+    text = 'require ["imap4flags"];\n' + rules + 'if header :contains "subject" "caf" ' \
+        '{ addflag "hit"; }'
+    assert codegen.generated_program(compile_script(text)) is None
+    assert run(text).keep_flags == frozenset({"hit"})

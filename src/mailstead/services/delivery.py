@@ -119,6 +119,9 @@ class DeliveryRules(Protocol):
                    accounts: Sequence[Account], verdicts: Sequence[SpamVerdict | None],
                    can_refuse: bool) -> list[RulePlan | None]: ...
 
+    def forget(self) -> None:
+        """What the rules remember (scripts, mailboxes) may be stale: read it again."""
+
 
 _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _BASE32_PAIRS = [a + b for a in _BASE32 for b in _BASE32]  # every 10 bits as two characters
@@ -385,6 +388,8 @@ class DeliveryService:
         except NotFound:
             for account in accounts:  # an account went away since RCPT: look INBOXes up afresh
                 self._inboxes.pop((account.id, account.created), None)
+            if self.rules is not None:  # (or a mailbox a rule files into, since it was read)
+                self.rules.forget()
             raise
         first = datas[0][0]
         result = DeliveryResult(queue_id, blob_ids[0], len(first), stored,

@@ -180,7 +180,9 @@ def compiled_program(script: Script) -> _Step | None:
     too large to be sure of the step limit): the general path runs it."""
     if script.includes or _nodes(script.commands) > MAX_STEPS:
         return None
-    return _block_form(script.commands)
+    from mailstead.sieve import codegen  # it builds on this module
+
+    return codegen.generated_program(script) or _block_form(script.commands)
 
 
 def _nodes(commands: Sequence[Command]) -> int:

@@ -26,7 +26,7 @@ from typing import Protocol, cast
 
 from mailstead.core.addresses import parse_address
 from mailstead.core.errors import Conflict, InvalidInput, NotFound
-from mailstead.obs import log_event
+from mailstead.obs import count_event, event_wanted, log_event
 from mailstead.proto import mime
 from mailstead.proto.headers import count_received, header_section
 from mailstead.queue.notices import send_notice
@@ -46,7 +46,14 @@ from mailstead.store.interfaces import Account, Mailbox
 
 MAX_SCRIPT_BYTES = 64 * 1024  # per script stored (ManageSieve PUTSCRIPT, CLI, web)
 MAX_SCRIPTS = 20  # per user
-SCRIPT_CACHE_SECONDS = 2.0  # how long a worker reuses an account's active script
+# How long a worker reuses an account's active script (and those it includes) without asking
+# the store: a safety net only, since every change of a script drops the caches of every
+# process and node at once (the change feed's SETTINGS_CHANGED: ``forget``).
+SCRIPT_CACHE_SECONDS = 60.0
+# How long a worker reuses a mailbox a rule files into; a safety net as well: a mailbox
+# created, renamed or deleted drops its account's at once (``forget_mailboxes``, from the
+# change feed's account channel).
+MAILBOX_CACHE_SECONDS = 60.0
 MAX_REDIRECT_HOPS = 20  # Received fields past which a message is no longer redirected
 _NAME = re.compile(r"[^\x00-\x1f\x7f/]{1,128}")
 _CLOCK_TESTS = frozenset({"date", "currentdate"})  # the tests that read Context.now
@@ -108,8 +115,10 @@ class SieveService:
         self.store = store
         self.delivery = delivery
         self.accounts = accounts
-        self._active: dict[int, tuple[float, Script | None]] = {}
-        self._boxes: dict[tuple[int, str], tuple[float, Mailbox]] = {}
+        # account id -> (until, active script, the scripts its includes reach)
+        self._active: dict[int, tuple[float, Script | None,
+                                      dict[tuple[str, str], Script]]] = {}
+        self._boxes: dict[int, dict[str, tuple[float, Mailbox]]] = {}  # account, name
         self._compiled: OrderedDict[str, Script | SieveSyntaxError] = OrderedDict()
 
     # -- managing scripts ----------------------------------------------------------------
@@ -148,6 +157,10 @@ class SieveService:
         self._active.clear()
         self._boxes.clear()
 
+    def forget_mailboxes(self, account_id: int) -> None:
+        """The account's mailbox list changed (here or in another process)."""
+        self._boxes.pop(account_id, None)
+
     def _compile(self, text: str) -> Script:
         """Compiled scripts by text (a few hundred kept): a script runs for every message."""
         found = self._compiled.get(text)
@@ -165,32 +178,40 @@ class SieveService:
             raise found
         return found
 
-    async def _active_script(self, account: Account) -> Script | None:
+    async def _active_script(self, account: Account
+                             ) -> tuple[Script | None, dict[tuple[str, str], Script]]:
+        """The account's active script and the scripts its includes reach (RFC 6609)."""
         now = time.monotonic()
         cached = self._active.get(account.id)
         if cached is not None and cached[0] > now:
-            return cached[1]
+            return cached[1], cached[2]
         found = await self.store.active_sieve_script(account.id)
         script = None
+        included: dict[tuple[str, str], Script] = {}
         if found is not None:
             script = self._compile(found[1])  # SieveSyntaxError goes to the caller
+            if script.includes:
+                included = await self._included(account, script)
         if len(self._active) > 50_000:
             self._active.clear()
-        self._active[account.id] = (now + SCRIPT_CACHE_SECONDS, script)
-        return script
+        self._active[account.id] = (now + SCRIPT_CACHE_SECONDS, script, included)
+        return script, included
 
     async def _mailbox(self, account: Account, name: str) -> Mailbox | None:
-        """The named mailbox, remembered a few seconds: a rule files many messages in one."""
+        """The named mailbox, remembered: a rule files many messages in one."""
         now = time.monotonic()
-        key = (account.id, name)
-        cached = self._boxes.get(key)
+        boxes = self._boxes.get(account.id)
+        cached = None if boxes is None else boxes.get(name)
         if cached is not None and cached[0] > now:
             return cached[1]
         box = await self.store.get_mailbox(account.id, name)
-        if len(self._boxes) > 50_000:
+        if len(self._boxes) > 10_000:
             self._boxes.clear()
         if box is not None:
-            self._boxes[key] = (now + SCRIPT_CACHE_SECONDS, box)
+            boxes = self._boxes.setdefault(account.id, {})
+            if len(boxes) > 256:
+                boxes.clear()
+            boxes[name] = (now + MAILBOX_CACHE_SECONDS, box)
         return box
 
     async def _included(self, account: Account, script: Script
@@ -227,7 +248,7 @@ class SieveService:
     async def _plan_one(self, envelope: InboundEnvelope, message: bytes, account: Account,
                         verdict: SpamVerdict | None, can_refuse: bool) -> RulePlan | None:
         try:
-            script = await self._active_script(account)
+            script, included = await self._active_script(account)
             if script is None:
                 return None
             recipient = _recipient_of(envelope, account)
@@ -239,12 +260,13 @@ class SieveService:
             ctx = Context(
                 message=message, envelope_from=envelope.sender, envelope_to=recipient,
                 # read by the date tests only (RFC 5260); an included script may have them
-                now=(datetime.now(UTC) if script.includes or script.tests & _CLOCK_TESTS
+                now=(datetime.now(UTC)
+                     if script.includes or not script.tests.isdisjoint(_CLOCK_TESTS)
                      else _NO_CLOCK),
                 mailboxes=frozenset(by_name),
                 spam_score=None if verdict is None else verdict.score,
                 spam_required=5.0 if verdict is None else verdict.required,
-                scripts=await self._included(account, script) if script.includes else {},
+                scripts=included,
             )
             outcome = evaluate(script, ctx)
             return await self._carry_out(envelope, message, account, recipient, outcome,
@@ -288,11 +310,16 @@ class SieveService:
                 notices.append(("reject", envelope.sender,
                                 _rejection(outcome.reject, envelope.sender, recipient, ctx,
                                            self.delivery)))
-        log_event("sieve.done", logging.DEBUG, user=account.address, copies=len(copies),
-                  redirects=len(outcome.redirects) or None,
-                  reject="yes" if outcome.reject is not None else None,
-                  vacation="asked" if outcome.vacation is not None else None)
+        if event_wanted(logging.DEBUG):
+            log_event("sieve.done", logging.DEBUG, user=account.address, copies=len(copies),
+                      redirects=len(outcome.redirects) or None,
+                      reject="yes" if outcome.reject is not None else None,
+                      vacation="asked" if outcome.vacation is not None else None)
+        else:
+            count_event("sieve.done")  # (every message: its fields only when read)
         vacation = outcome.vacation
+        if not notices and vacation is None:
+            return RulePlan(copies, refuse)
 
         async def after() -> None:
             # The copies are stored: a failure now must not fail the delivery (the client
@@ -306,7 +333,7 @@ class SieveService:
                 log_event("sieve.after_error", logging.ERROR, user=account.address,
                           error=f"{type(exc).__name__}: {exc}")
 
-        return RulePlan(copies, refuse, after if notices or vacation is not None else None)
+        return RulePlan(copies, refuse, after)
 
     async def _redirect(self, envelope: InboundEnvelope, message: bytes, account: Account,
                         addresses: list[str]) -> None:

@@ -110,6 +110,9 @@ class ChangeBus:
         self.forward: Callable[[set[int]], None] | None = None
         # Called when SETTINGS_CHANGED arrives (services' caches of settings drop theirs).
         self.settings_hooks: list[Callable[[], None]] = []
+        # Called with the account id when an account's mailbox list changes (a mailbox
+        # created, renamed or deleted: its account_channel), here or in another process.
+        self.account_hooks: list[Callable[[int], None]] = []
         # A flag change sent to the other workers with its states (publish_flags), so that
         # they need not ask the store; and what takes such a change from them (the mailbox
         # service, which applies it to its shared state when it can).
@@ -171,5 +174,8 @@ class ChangeBus:
             for hook in self.settings_hooks:
                 hook()
         for mailbox_id in ids:
+            if mailbox_id < 0:
+                for account_hook in self.account_hooks:
+                    account_hook(-mailbox_id)  # (account_channel)
             for w in self._watches.get(mailbox_id, ()):
                 w.fire(mailbox_id)
