@@ -39,7 +39,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from mailstead import __version__
+from mailstead import __version__, wiring
 from mailstead import loop as event_loop
 from mailstead.app import App, handler_factory, ssl_context_for
 from mailstead.config import Config
@@ -161,6 +161,8 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         # What the supervisor imported stays shared with the workers: the collector of a
         # worker leaves these objects alone, so their pages are not copied into each worker.
+        # So the modules every worker imports as it starts are imported here first.
+        wiring.preload()
         gc.collect()
         gc.freeze()
         try:

@@ -14,7 +14,7 @@ import os
 import random
 import socket
 import ssl
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -389,6 +389,17 @@ class ConnectionCaps:
         self.open_by_protocol[protocol] -= 1
 
 
+def _lighter(protocol: asyncio.StreamReaderProtocol) -> asyncio.StreamReaderProtocol:
+    """asyncio gives each connection's protocol a deque of drain waiters: some 700 bytes of
+    every idle connection, for what is empty except while a write waits for the client. A
+    list does all that is asked of it there (append, remove, iterate) in 56 bytes: 7 MB less
+    for 10,000 idle IMAP connections. Left alone if asyncio changes what it keeps."""
+    waiters = getattr(protocol, "_drain_waiters", None)
+    if type(waiters) is deque and not waiters:
+        protocol._drain_waiters = []  # type: ignore[attr-defined]
+    return protocol
+
+
 @dataclass
 class Listener:
     name: str
@@ -459,21 +470,19 @@ async def start_listener(
     tls = ssl_context if tls_mode == "implicit" else None
     server: asyncio.Server | BalancedServer
     board = caps.load_board()
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.StreamReaderProtocol:  # what asyncio.start_server makes
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+        return _lighter(asyncio.StreamReaderProtocol(reader, on_connect, loop=loop))
+
     if sock is not None and board is not None:  # a worker of several (net/balance.py)
-        loop = asyncio.get_running_loop()
-
-        def factory() -> asyncio.StreamReaderProtocol:
-            reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-            return asyncio.StreamReaderProtocol(reader, on_connect, loop=loop)
-
         server = BalancedServer(sock, factory, tls, board)
     elif sock is not None:
-        server = await asyncio.start_server(
-            on_connect, sock=sock, ssl=tls, limit=STREAM_LIMIT, backlog=BACKLOG)
+        server = await loop.create_server(factory, sock=sock, ssl=tls, backlog=BACKLOG)
     else:
-        server = await asyncio.start_server(
-            on_connect, host=address, port=port, ssl=tls, limit=STREAM_LIMIT,
-            reuse_address=True, backlog=BACKLOG)
+        server = await loop.create_server(
+            factory, host=address, port=port, ssl=tls, reuse_address=True, backlog=BACKLOG)
     return Listener(name, protocol, address, port, tls_mode, server)
 
 

@@ -30,6 +30,53 @@ FlagsHandler = Callable[[int, int, Sequence[FlagState]], None]
 SETTINGS_CHANGED = 0
 
 
+class Signal:
+    """``asyncio.Event``'s ``is_set``/``set``/``clear``/``wait`` for one watcher: no deque of
+    waiters until one waits (a list then, dropped again once set), and no instance dict.
+    Every IMAP session with a mailbox selected holds one, so that is some 0.9 KB less per
+    idle connection than an asyncio.Event (10,000 IDLE sessions: 9 MB)."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if self._value:
+            return
+        self._value = True
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        """Returns (True) once set; at once if set already."""
+        if self._value:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = []
+        waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            if waiter in waiters:  # cancelled: not handed over by set
+                waiters.remove(waiter)
+                if not waiters and self._waiters is waiters:
+                    self._waiters = None
+
+
 def account_channel(account_id: int) -> int:
     """The feed id announcing changes to an account's mailbox list or subscriptions."""
     return -account_id
@@ -41,7 +88,7 @@ class Watch:
     def __init__(self, bus: ChangeBus, mailbox_id: int) -> None:
         self.bus = bus
         self.mailbox_id = mailbox_id
-        self.event = asyncio.Event()
+        self.event = Signal()
         self.fired = 0  # publishes heard so far (a writer tells its own apart by the count)
 
     async def wait(self, timeout: float | None = None) -> bool:
@@ -76,7 +123,7 @@ class MultiWatch:
         self.bus = bus
         self.ids: set[int] = set()
         self.dirty: set[int] = set()
-        self.event = asyncio.Event()
+        self.event = Signal()
 
     def fire(self, mailbox_id: int) -> None:
         self.dirty.add(mailbox_id)
