@@ -63,6 +63,7 @@ class _ConnIO:
         self.timeout = timeout
         self._idle_read: asyncio.Task[bytes] | None = None
         self._command_read: asyncio.Task[bytes] | None = None  # NOTIFY: the next command line
+        self._wake: asyncio.Future[None] | None = None  # idle_wait's, set by _woken
         self._out: list[bytes] = []
         self._pending = 0
 
@@ -122,22 +123,38 @@ class _ConnIO:
     ) -> bytes | None:
         # One read stays pending across wake-ups, so no byte of "DONE" is lost; its timeout
         # is the autologout timer, re-armed by each IDLE (RFC 2177: clients re-IDLE < 30 min).
-        if self._idle_read is None:
-            self._idle_read = asyncio.ensure_future(self.read_line())
-        waiters: set[asyncio.Future[bytes] | asyncio.Future[bool]] = {self._idle_read}
-        change = None
-        if wait_change is not None:
-            change = asyncio.ensure_future(wait_change())
-            waiters.add(change)
+        read = self._idle_read
+        if read is None:
+            read = self._idle_read = asyncio.ensure_future(self.read_line())
+        # What asyncio.wait(FIRST_COMPLETED) does, without its set and its two coroutines
+        # (every idle session sits here). A view's change_waiter is a plain future: no task.
+        change = None if wait_change is None else asyncio.ensure_future(wait_change())
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if not read.done() and (change is None or not change.done()):
+                wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._wake = wake
+                read.add_done_callback(self._woken)
+                if change is not None:
+                    change.add_done_callback(self._woken)
+                try:
+                    await wake
+                finally:
+                    self._wake = None
+                    read.remove_done_callback(self._woken)
+                    if change is not None:
+                        change.remove_done_callback(self._woken)
         finally:
             if change is not None and not change.done():
                 change.cancel()
-        if self._idle_read.done():
-            task, self._idle_read = self._idle_read, None
-            return task.result()
+        if read.done():
+            self._idle_read = None
+            return read.result()
         return None
+
+    def _woken(self, _done: object) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     @property
     def command_read_pending(self) -> bool:

@@ -696,7 +696,7 @@ class ImapSession:
             if notifier is not None:  # RFC 5465: NOTIFY's news flow during IDLE too
                 wait: Callable[[], Awaitable[bool]] | None = _notify_waiter(notifier)
             else:
-                wait = None if self.view is None else _waiter(self.view)
+                wait = None if self.view is None else self.view.change_waiter
             line = await self.io.idle_wait(wait)
             if line is None:
                 if notifier is not None and self.notify is notifier:
@@ -705,13 +705,6 @@ class ImapSession:
             if line.rstrip(b"\r\n").upper() == b"DONE":
                 return Reply("OK", "Idle completed")
             return Reply("BAD", "Expected DONE")
-
-
-def _waiter(view: SelectedView) -> Callable[[], Awaitable[bool]]:
-    async def wait() -> bool:
-        return await view.wait_change(None)
-
-    return wait
 
 
 def _notify_waiter(notifier: Notifier) -> Callable[[], Awaitable[bool]]:

@@ -248,6 +248,11 @@ class MailboxView:
             return False
         return True
 
+    def change_waiter(self) -> asyncio.Future[bool]:
+        """``wait_change(None)`` as a future (IDLE waits for it beside the client's input,
+        without a task of its own for it: some 1.5 KB less per idle session)."""
+        return self.watch.event.waiter()
+
     async def refresh(self, force: bool = False) -> None:
         """Pulls changes made by anyone since the last refresh into the pending queues."""
         if not force and not self.watch.event.is_set():

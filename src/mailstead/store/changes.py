@@ -40,7 +40,7 @@ class Signal:
 
     def __init__(self) -> None:
         self._value = False
-        self._waiters: list[asyncio.Future[None]] | None = None
+        self._waiters: list[asyncio.Future[bool]] | None = None
 
     def is_set(self) -> bool:
         return self._value
@@ -53,16 +53,32 @@ class Signal:
         if waiters:
             for waiter in waiters:
                 if not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_result(True)
 
     def clear(self) -> None:
         self._value = False
+
+    def waiter(self) -> asyncio.Future[bool]:
+        """A future that gets True once this is set (at once if set already): awaited beside
+        other futures, with no task to run a ``wait`` (IMAP IDLE). Cancel it to stop
+        waiting."""
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self._value:
+            waiter.set_result(True)
+            return waiter
+        waiters = self._waiters
+        if waiters is None:
+            self._waiters = [waiter]
+        else:
+            waiters[:] = [w for w in waiters if not w.done()]  # drop the cancelled ones
+            waiters.append(waiter)
+        return waiter
 
     async def wait(self) -> bool:
         """Returns (True) once set; at once if set already."""
         if self._value:
             return True
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         waiters = self._waiters
         if waiters is None:
             waiters = self._waiters = []
