@@ -167,7 +167,9 @@ class ImapSession:
         self.state = State.NOT_AUTHENTICATED
         self.account: Account | None = None
         self.view: SelectedView | None = None
-        self.enabled: set[str] = set()
+        # ENABLEd extensions: the shared empty frozenset until one is (216 bytes less per
+        # session than a set of its own).
+        self.enabled: frozenset[str] = frozenset()
         self.condstore = False  # CONDSTORE-aware (RFC 7162 3.1): MODSEQ in FETCH responses
         self.errors = 0
         self.commands = 0
@@ -602,10 +604,11 @@ class ImapSession:
         newly: list[str] = []
         for cap in cmd.args.capabilities:
             if cap in ENABLEABLE and cap not in self.enabled:
-                self.enabled.add(cap)
+                self.enabled = self.enabled | {cap}
                 newly.append("IMAP4rev2" if cap == "IMAP4REV2" else cap)
                 if cap == "QRESYNC" and "CONDSTORE" not in self.enabled:
-                    self.enabled.add("CONDSTORE")  # RFC 7162 3.2.3: QRESYNC implies it
+                    # RFC 7162 3.2.3: QRESYNC implies it
+                    self.enabled = self.enabled | {"CONDSTORE"}
                 if cap in ("CONDSTORE", "QRESYNC"):
                     self.condstore = True
         self.io.write(fmt.untagged(" ".join(["ENABLED", *newly])))
@@ -673,7 +676,7 @@ class ImapSession:
         self.close_view()
         self.auth.release()
         self.account = None
-        self.enabled.clear()
+        self.enabled = frozenset()
         self.condstore = False
         self.state = State.NOT_AUTHENTICATED
         return Reply("OK", "Not authenticated any more")

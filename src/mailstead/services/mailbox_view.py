@@ -85,9 +85,11 @@ class MailboxView:
         last = self.uids[-1] if self.uids else 0
         self.uidnext = max(mailbox.uidnext, last + 1)
         self.recent_ranges: list[tuple[int, int]] = []
-        self.pending_expunge: set[int] = set()
+        # None rather than an empty set (216 bytes) while there is nothing in them: every
+        # session with a mailbox selected has a view, most of them idle.
+        self.pending_expunge: set[int] | None = None
         self.pending_flags: dict[int, FlagState] = {}
-        self.pending_keywords: set[str] = set()  # keywords of new messages since the last report
+        self.pending_keywords: set[str] | None = None  # of new messages since the last report
         self.own_changes: dict[int, int] = {}  # uid -> modseq of changes this session made
         self.reported_exists = len(self.uids)
         self.reported_recent = 0
@@ -270,16 +272,16 @@ class MailboxView:
             if state.uid > last:
                 new.append(state.uid)
                 if state.keywords:
+                    if self.pending_keywords is None:
+                        self.pending_keywords = set()
                     self.pending_keywords.update(state.keywords)
             elif self.own_changes.get(state.uid, 0) >= state.modseq:
                 continue
-            elif state.uid not in self.pending_expunge and self.seq_of(state.uid) is not None:
+            elif ((self.pending_expunge is None or state.uid not in self.pending_expunge)
+                  and self.seq_of(state.uid) is not None):
                 self.pending_flags[state.uid] = state
         self.own_changes.clear()
-        for uid in changes.vanished:
-            if uid <= last and self.seq_of(uid) is not None:
-                self.pending_expunge.add(uid)
-                self.pending_flags.pop(uid, None)
+        self._mark_gone(uid for uid in changes.vanished if uid <= last)
         if new:
             self.uids.extend(new)
             self.uidnext = max(self.uidnext, new[-1] + 1)
@@ -297,7 +299,7 @@ class MailboxView:
         out = ViewUpdates()
         if allow_expunge and self.pending_expunge:
             out.expunged = self._apply_expunges(self.pending_expunge)
-            self.pending_expunge = set()
+            self.pending_expunge = None
         # Each EXPUNGE already lowered the client's count by one.
         self.reported_exists -= len(out.expunged)
         if self.exists != self.reported_exists:
@@ -315,8 +317,9 @@ class MailboxView:
                     out.flags.append((seq, state))
                     out.keywords.update(state.keywords)
             self.pending_flags.clear()
-        out.keywords.update(self.pending_keywords)
-        self.pending_keywords.clear()
+        if self.pending_keywords:
+            out.keywords.update(self.pending_keywords)
+            self.pending_keywords = None
         return out
 
     def _apply_expunges(self, gone: set[int]) -> list[tuple[int, int]]:
@@ -545,6 +548,8 @@ class MailboxView:
     def _mark_gone(self, uids: Iterable[int]) -> None:
         for uid in uids:
             if self.seq_of(uid) is not None:
+                if self.pending_expunge is None:
+                    self.pending_expunge = set()
                 self.pending_expunge.add(uid)
                 self.pending_flags.pop(uid, None)
 
