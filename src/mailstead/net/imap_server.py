@@ -57,6 +57,7 @@ class _ConnIO:
     each drain (or every WRITE_CHUNK bytes): one send per command instead of one per line."""
 
     WRITE_CHUNK = 64 * 1024
+    __slots__ = ("_command_read", "_idle_read", "_out", "_pending", "_wake", "conn", "timeout")
 
     def __init__(self, conn: Connection, timeout: float) -> None:
         self.conn = conn
@@ -200,6 +201,8 @@ class _Auth:
     """AccountService as the session's Authenticator, with one log line per attempt. A login
     also takes one of the user's session slots for its address (given back by ``release``
     when the connection ends)."""
+
+    __slots__ = ("accounts", "caps", "session_id", "sessions_per_user_ip", "slot")
 
     def __init__(
         self, accounts: AccountService, session_id: str, caps: ConnectionCaps,

@@ -74,7 +74,7 @@ def _is_loopback(peer_ip: str) -> bool:
         return False
 
 
-@dataclass
+@dataclass(slots=True)  # no instance dict: one of these per open connection
 class Connection:
     """One client connection: framing helpers plus what a session needs to know about it."""
 

@@ -101,6 +101,8 @@ def account_channel(account_id: int) -> int:
 class Watch:
     """One watcher of one mailbox. ``wait`` returns when something changed since the last wait."""
 
+    __slots__ = ("bus", "event", "fired", "mailbox_id")  # one per selected mailbox
+
     def __init__(self, bus: ChangeBus, mailbox_id: int) -> None:
         self.bus = bus
         self.mailbox_id = mailbox_id
