@@ -35,7 +35,7 @@ from mailstead.services.mailbox_names import (
 )
 from mailstead.services.mailbox_state import SharedMailboxState
 from mailstead.services.mailbox_view import MailboxView
-from mailstead.store.blob_fs import SMALL_BLOB
+from mailstead.store.blob_fs import SMALL_BLOB, by_size
 from mailstead.store.changes import ChangeBus, MultiWatch, account_channel
 from mailstead.store.interfaces import (
     BlobStore,
@@ -315,10 +315,7 @@ class MailboxService:
         costs less than handing it to a thread and back."""
         if len(data) > self.max_message_size:
             raise InvalidInput("message too big")
-        if len(data) <= SMALL_BLOB:
-            blob_id = self.blobs.write(data)
-        else:
-            blob_id = await asyncio.to_thread(self.blobs.write, data)
+        blob_id = await by_size(len(data), self.blobs.write, data)
         return NewMessage(
             blob_id=blob_id,
             size=len(data),

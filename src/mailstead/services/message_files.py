@@ -74,7 +74,7 @@ from typing import Any, cast
 from mailstead.core.models import SPAM_LOG_KEEP
 from mailstead.obs import log_event
 from mailstead.proto.mime import parse_envelope_fields
-from mailstead.store.blob_fs import SMALL_BLOB, FsBlobStore
+from mailstead.store.blob_fs import FsBlobStore, by_size
 from mailstead.store.interfaces import (
     Delivery,
     Envelope,
@@ -137,8 +137,7 @@ class MessageFileWriter:
     async def submit(self, data: bytes) -> tuple[str, Envelope]:
         if self._blobs is not None:
             # Written (not yet durable) here; the helper answers once its flush covers it.
-            blob_id = (self._blobs.write(data) if len(data) <= SMALL_BLOB
-                       else await asyncio.to_thread(self._blobs.write, data))
+            blob_id = await by_size(len(data), self._blobs.write, data)
             written = blob_id.encode() + _envelope_to_bytes(parse_envelope_fields(data))
             blob_id, envelope = await self._request(b"f", written)
         else:
@@ -165,11 +164,8 @@ class MessageFileWriter:
         if self.database is None:
             raise RuntimeError("deliver needs the writer to know the SQLite database")
         if self._blobs is not None:
-            if sum(len(data) for data, _ in parts) <= SMALL_BLOB:
-                written = written_rows(self._blobs, parts, queue_entry, entry_part)
-            else:
-                written = await asyncio.to_thread(
-                    written_rows, self._blobs, parts, queue_entry, entry_part)
+            written = await by_size(sum(len(data) for data, _ in parts), written_rows,
+                                    self._blobs, parts, queue_entry, entry_part)
             request = pickle.dumps((*written, list(verdict_log)), pickle.HIGHEST_PROTOCOL)
             blob_ids, stored, touched = await self._request(b"w", request)
         else:

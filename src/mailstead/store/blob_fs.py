@@ -18,6 +18,7 @@ and directory. Either way ``put`` returns only once the file survives a power cu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -35,6 +36,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from mailstead.core.errors import CorruptBlob, InvalidInput, NotFound
 
@@ -45,6 +47,15 @@ LAYOUT = "ab/<sha256>.eml\n"
 # Up to this size a file is written or read on the event loop: less than a thread hop costs;
 # a larger one goes to a thread, so one big message never stalls the other sessions.
 SMALL_BLOB = 128 * 1024
+T = TypeVar("T")
+
+
+async def by_size(size: int, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` on a message file of ``size`` bytes (or several, in all): right here
+    up to ``SMALL_BLOB``, in a thread beyond it."""
+    if size <= SMALL_BLOB:
+        return work(*args)
+    return await asyncio.to_thread(work, *args)
 _temp_numbers = itertools.count()  # next() on it is atomic under the GIL: safe across threads
 # Random once per process: nodes sharing a blob directory may run under the same pid.
 _TEMP_TAG = f"{os.getpid()}-{secrets.token_hex(4)}"

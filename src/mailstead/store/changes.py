@@ -75,22 +75,11 @@ class Signal:
         return waiter
 
     async def wait(self) -> bool:
-        """Returns (True) once set; at once if set already."""
+        """Returns (True) once set; at once if set already. A wait cancelled leaves its
+        future cancelled, dropped by the next ``waiter`` or ``set``."""
         if self._value:
             return True
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters
-        if waiters is None:
-            waiters = self._waiters = []
-        waiters.append(waiter)
-        try:
-            await waiter
-            return True
-        finally:
-            if waiter in waiters:  # cancelled: not handed over by set
-                waiters.remove(waiter)
-                if not waiters and self._waiters is waiters:
-                    self._waiters = None
+        return await self.waiter()
 
 
 def account_channel(account_id: int) -> int:
