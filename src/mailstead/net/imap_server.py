@@ -36,7 +36,7 @@ from mailstead.proto.imap_format import CommandError
 from mailstead.proto.imap_notify import Notifier
 from mailstead.proto.imap_reader import LiteralMarker, literal_marker, peek_tag_command
 from mailstead.proto.imap_session import ImapSession, SessionSettings, State
-from mailstead.proto.lines import is_http_request, is_tls_handshake
+from mailstead.proto.lines import is_http_request, is_tls_handshake, strip_eol
 from mailstead.services.accounts import AccountService, AuthFailed
 from mailstead.services.mailbox import MailboxService
 from mailstead.services.urlauth import UrlAuthService
@@ -389,9 +389,7 @@ class ImapHandler:
             line = await conn.readline(MAX_LINE, self.timeout)
         # Most commands are one line without a literal: that line is the command.
         if not line.endswith((b"}\r\n", b"}\n")) or (marker := literal_marker(line)) is None:
-            if line.endswith(b"\r\n"):
-                return line[:-2]
-            return line[:-1] if line.endswith(b"\n") else line
+            return strip_eol(line)
         tag, name = peek_tag_command(line)
         chunks = [line]
         total = len(line)
@@ -420,10 +418,7 @@ class ImapHandler:
             chunks.append(line)
             total += marker.size + len(line)
             marker = literal_marker(line)
-        data = b"".join(chunks)
-        if data.endswith(b"\r\n"):
-            return data[:-2]
-        return data[:-1] if data.endswith(b"\n") else data
+        return strip_eol(b"".join(chunks))
 
     async def _skip_command(
         self, conn: Connection, io: _ConnIO, session: ImapSession, tag: str,
