@@ -12,7 +12,6 @@ we relay it to could read as a line end. ``bare_newlines="reject"`` refuses such
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
@@ -44,16 +43,19 @@ def strip_eol(line: bytes) -> bytes:
     return line
 
 
-_BARE_CR = re.compile(rb"\r(?!\n)")
+# Every octet but CR and LF: ``translate`` deletes them and leaves the line ends in order.
+_NOT_LINE_ENDS = bytes(c for c in range(256) if c not in b"\r\n")
 
 
 def has_bare_cr_or_lf(data: bytes) -> bool:
     """True when a CR or LF appears other than as part of a CRLF pair (RFC 5321 2.3.8).
-    When every CR is followed by an LF, there are as many CRLF pairs as CRs, so an LF outside
-    a pair shows as more LFs than CRs. (Counting CRLF pairs directly, a two-octet search,
-    cost more than the two one-octet counts and the CR search together: 100 KiB in half the
-    time.)"""
-    return data.count(b"\r") != data.count(b"\n") or _BARE_CR.search(data) is not None
+
+    One pass in C: with every other octet deleted, what is left is the message's line ends
+    in order, and without a bare CR or LF that is CRLF repeated. (About 35 us for 100 KiB,
+    where counting the CRs and the LFs and searching for a CR without its LF took 120 us;
+    what is left is two octets a line, so a small copy for text.)"""
+    ends = data.translate(None, _NOT_LINE_ENDS)
+    return len(ends) % 2 != 0 or ends != CRLF * (len(ends) // 2)
 
 
 def normalize_line_ends(data: bytes) -> bytes:
@@ -322,17 +324,17 @@ class DotReader:
 
 
 def _joined_without_tail(parts: list[bytes], drop: int) -> bytes:
-    """``b"".join(parts)[:-drop]`` without copying the whole of a large message twice: the
-    tail is cut from the last parts before they are joined."""
-    parts = list(parts)
-    while drop and parts:
-        last = parts.pop()
+    """``b"".join(parts)[:-drop]`` with one copy: the tail is cut from the last parts (as
+    views, not copies) before they are joined."""
+    pieces: list[bytes | memoryview] = list(parts)
+    while drop and pieces:
+        last = pieces.pop()
         if len(last) > drop:
-            parts.append(last[:-drop])
+            pieces.append(memoryview(last)[:-drop])
             drop = 0
         else:
             drop -= len(last)
-    return b"".join(parts)
+    return b"".join(pieces)
 
 
 def check_lines(content: bytes, max_line: int) -> DataOutcome:
