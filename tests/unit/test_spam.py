@@ -115,3 +115,24 @@ def test_a_trusted_forward_is_not_blamed_for_failing_authentication() -> None:
     hits = {h.name for h in rules.score(raw, b"spf=fail dkim=fail dmarc=fail", NOW,
                                         trusted_forward=True)}
     assert hits == {"MISSING_DATE", "ARC_ALLOW"}
+
+
+@given(st.lists(st.sampled_from([b":", b"/", b"//", b"://", b"a", b"http", b"\r\n"]),
+                max_size=60),
+       st.integers(min_value=0, max_value=80), st.integers(min_value=0, max_value=200))
+def test_link_search_finds_what_a_plain_search_finds(pieces: list[bytes], start: int,
+                                                     end: int) -> None:
+    # Visiting the colons first (and the bulk search after LINK_HOPS of them) changes
+    # nothing: "://" wholly inside [start, end) or not.
+    data = b"".join(pieces)
+    assert rules._has_link(data, start, end) == (data.find(b"://", start, end) >= 0)
+
+
+def test_numeric_link_found_after_many_colons() -> None:
+    head = b"From: a@b.test\r\nTo: c@d.test\r\nSubject: hi\r\n\r\n"
+    for colons in (0, rules.LINK_HOPS - 1, rules.LINK_HOPS, rules.LINK_HOPS + 5):
+        body = b"at 10:30 " * colons + b"see http://192.0.2.1/x\r\n"
+        hits = {h.name for h in rules.score(head + body, b"", NOW)}
+        assert "URL_NUMERIC_IP" in hits, colons
+        assert "URL_NUMERIC_IP" not in {h.name for h in rules.score(
+            head + b"at 10:30 " * colons + b"see http://host.test/x\r\n", b"", NOW)}
