@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailstead.proto import mime
 from mailstead.services.spam import SpamVerdict, strip_spam_fields
 from mailstead.spam import bayes, rules, tokenize
 
@@ -136,3 +137,52 @@ def test_numeric_link_found_after_many_colons() -> None:
         assert "URL_NUMERIC_IP" in hits, colons
         assert "URL_NUMERIC_IP" not in {h.name for h in rules.score(
             head + b"at 10:30 " * colons + b"see http://host.test/x\r\n", b"", NOW)}
+
+
+def _tokens_reading_every_part(message: bytes) -> set[str]:
+    """What ``tokens`` found when it decoded every text part whole (before the bound)."""
+    root = mime.parse(message)
+    found = tokenize.tokens(message.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+    size = 0
+    for part, text in mime.text_parts(message, root):
+        if part.filename:
+            continue
+        text = text[: tokenize.MAX_TEXT - size]
+        size += len(text)
+        found.update("url:" + h.lower().rstrip(".") for h in tokenize._URL_HOST.findall(text))
+        if part.content_type[1] == "html":
+            text = mime.html_to_text(text)
+        found.update(tokenize._words(text))
+        if size >= tokenize.MAX_TEXT:
+            break
+    return found
+
+
+def test_tokens_read_normal_mail_as_before() -> None:
+    qp = "Grüße, €uro: http://shop.test/x".encode()
+    message = (
+        b"From: a@b.test\r\nSubject: Mixed parts\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n"
+        b"--zz\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        + b"".join(b"=%02X" % c for c in qp) + b"\r\n"
+        b"--zz\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(b"<p>Hello <a href='http://link.test'>there</a></p>" * 50)
+        .replace(b"\n", b"\r\n")
+        + b"--zz\r\nContent-Type: text/plain; name=notes.txt\r\n\r\nattachedwords here\r\n"
+        b"--zz--\r\n")
+    found = tokenize.tokens(message)
+    assert found == _tokens_reading_every_part(message)
+    assert {"url:shop.test", "url:link.test", "hello"} <= found
+    assert "attachedwords" not in found
+
+
+def test_tokens_decode_only_the_start_of_a_huge_part() -> None:
+    line = base64.b64encode(b"wordy " * 57) + b"\r\n"  # 76 octets a line, whole quanta
+    head = b"Subject: big\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    bound = tokenize.MAX_TEXT * tokenize.RAW_PER_CHAR
+    huge = head + line * (bound // len(line) + 5000) + base64.b64encode(b"tailword ") + b"\r\n"
+    found = tokenize.tokens(huge)
+    assert "wordy" in found and "tailword" not in found
+    small = head + line * 10 + base64.b64encode(b"tailword ") + b"\r\n"
+    assert "tailword" in tokenize.tokens(small)
