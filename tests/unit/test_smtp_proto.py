@@ -20,6 +20,7 @@ from mailstead.proto.lines import (
     dot_stuff,
     dot_unstuff,
     has_bare_cr_or_lf,
+    normalize_line_ends,
 )
 from mailstead.proto.smtp import (
     Action,
@@ -1026,6 +1027,32 @@ def test_stuffing_round_trip(data: bytes) -> None:
 def test_bare_newline_detection(data: bytes) -> None:
     expected = b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b"")
     assert has_bare_cr_or_lf(data) == expected
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r", b"."]), max_size=40))
+def test_bare_newline_detection_of_line_end_soup(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    expected = b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b"")
+    assert has_bare_cr_or_lf(data) == expected
+
+
+def test_bare_cr_and_lf_apart_are_both_bare() -> None:
+    # As many CRs as LFs, in CR-then-LF order, yet none of them a pair.
+    for data in (b"\ra\n", b"x\r.\ny", b"a\r\nb\rc\nd\r\n", b"\n\r", b"\r\r\n\n"):
+        assert has_bare_cr_or_lf(data), data
+        reader = DotReader(1000)
+        reader.feed(b"Subject: s\r\n\r\n" + data + b"\r\n.\r\n")
+        assert reader.finish().problem is DataProblem.BARE_NEWLINE
+    assert not has_bare_cr_or_lf(b"a\r\nb\r\n\r\n")
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r", b"."]), max_size=40))
+def test_normalize_line_ends_makes_every_line_end_crlf(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    expected = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    assert normalize_line_ends(data) == expected
+    assert normalize_line_ends(data.replace(b"\r", b"")) == \
+        data.replace(b"\r", b"").replace(b"\n", b"\r\n")
 
 
 # -- the input buffer -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ we relay it to could read as a line end. ``bare_newlines="reject"`` refuses such
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
@@ -45,23 +46,34 @@ def strip_eol(line: bytes) -> bytes:
 
 # Every octet but CR and LF: ``translate`` deletes them and leaves the line ends in order.
 _NOT_LINE_ENDS = bytes(c for c in range(256) if c not in b"\r\n")
+_BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 def has_bare_cr_or_lf(data: bytes) -> bool:
     """True when a CR or LF appears other than as part of a CRLF pair (RFC 5321 2.3.8).
 
-    One pass in C: with every other octet deleted, what is left is the message's line ends
-    in order, and without a bare CR or LF that is CRLF repeated. (About 35 us for 100 KiB,
-    where counting the CRs and the LFs and searching for a CR without its LF took 120 us;
-    what is left is two octets a line, so a small copy for text.)"""
+    When no CR lacks its LF (the search for a CR not followed by one), there are as many
+    CRLF pairs as CRs, so an LF outside a pair shows as more LFs than CRs. The CRs and LFs
+    are counted in one pass: ``translate`` deletes every other octet, leaving two octets a
+    line to count (for 100 KiB, ~35 us where two ``count`` passes took ~70 us). The line ends
+    left in order say nothing of what lay between them ("\ra\n" is two bare ones), hence
+    the search."""
     ends = data.translate(None, _NOT_LINE_ENDS)
-    return len(ends) % 2 != 0 or ends != CRLF * (len(ends) // 2)
+    crs = ends.count(b"\r")
+    return crs * 2 != len(ends) or _BARE_CR.search(data) is not None
 
 
 def normalize_line_ends(data: bytes) -> bytes:
     """``data`` with every bare CR and bare LF turned into CRLF (CRLF pairs are kept)."""
     if not has_bare_cr_or_lf(data):
         return data
+    return _to_crlf(data)
+
+
+def _to_crlf(data: bytes) -> bytes:
+    """``data`` with every line end (CRLF, CR or LF) made CRLF."""
+    if b"\r" not in data:  # LF line ends only (a Unix client): one pass
+        return data.replace(b"\n", CRLF)
     return data.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
 
 
@@ -317,7 +329,7 @@ class DotReader:
         if has_bare_cr_or_lf(content):
             if self.bare_newlines == "reject":
                 return DataOutcome(b"", len(content), DataProblem.BARE_NEWLINE)
-            content = normalize_line_ends(content)
+            content = _to_crlf(content)
             if len(content) > self.max_size:
                 return DataOutcome(b"", len(content), DataProblem.TOO_BIG)
         return check_lines(content, self.max_line)
