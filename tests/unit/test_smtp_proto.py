@@ -1040,10 +1040,21 @@ def test_bare_cr_and_lf_apart_are_both_bare() -> None:
     # As many CRs as LFs, in CR-then-LF order, yet none of them a pair.
     for data in (b"\ra\n", b"x\r.\ny", b"a\r\nb\rc\nd\r\n", b"\n\r", b"\r\r\n\n"):
         assert has_bare_cr_or_lf(data), data
+        # Short lines and long ones are checked in two ways (lines.SHORT_LINE).
+        assert has_bare_cr_or_lf(b"y" * 500 + data + b"z" * 500), data
         reader = DotReader(1000)
         reader.feed(b"Subject: s\r\n\r\n" + data + b"\r\n.\r\n")
         assert reader.finish().problem is DataProblem.BARE_NEWLINE
     assert not has_bare_cr_or_lf(b"a\r\nb\r\n\r\n")
+    assert not has_bare_cr_or_lf(b"y" * 500 + b"a\r\nb\r\n\r\n")
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r", b"x" * 60]),
+                max_size=40))
+def test_bare_newline_detection_with_long_and_short_lines(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    expected = b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b"")
+    assert has_bare_cr_or_lf(data) == expected
 
 
 @given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r", b"."]), max_size=40))

@@ -47,6 +47,7 @@ def strip_eol(line: bytes) -> bytes:
 # Every octet but CR and LF: ``translate`` deletes them and leaves the line ends in order.
 _NOT_LINE_ENDS = bytes(c for c in range(256) if c not in b"\r\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
+SHORT_LINE = 20  # octets: lines shorter on average are checked by counting CRLF pairs
 
 
 def has_bare_cr_or_lf(data: bytes) -> bool:
@@ -60,7 +61,13 @@ def has_bare_cr_or_lf(data: bytes) -> bool:
     the search."""
     ends = data.translate(None, _NOT_LINE_ENDS)
     crs = ends.count(b"\r")
-    return crs * 2 != len(ends) or _BARE_CR.search(data) is not None
+    if crs * 2 != len(ends):
+        return True
+    if crs * SHORT_LINE > len(data):
+        # Short lines: the search stops at every CR (~13 ns each), more than counting the
+        # CRLF pairs costs (~1 ns an octet); as many pairs as CRs is the same answer.
+        return data.count(CRLF) != crs
+    return _BARE_CR.search(data) is not None
 
 
 def normalize_line_ends(data: bytes) -> bytes:
