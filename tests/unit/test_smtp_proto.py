@@ -20,6 +20,7 @@ from mailstead.proto.lines import (
     dot_stuff,
     dot_unstuff,
     has_bare_cr_or_lf,
+    normalize_line_ends,
 )
 from mailstead.proto.smtp import (
     Action,
@@ -926,6 +927,96 @@ def test_dot_reader_matches_the_reference_on_any_wire(pieces: list[bytes], cuts:
     assert reader.finish().content == expected
 
 
+def _reference(wire: bytes) -> tuple[bytes, bytes]:
+    """(the message a reader must keep, the octets after the marker), computed the slow way:
+    the first <CRLF>.<CRLF> (the DATA command's CRLF counts), unstuffed, then normalised."""
+    marker = (b"\r\n" + wire).find(b"\r\n.\r\n")
+    content = dot_unstuff(wire[:marker])
+    if has_bare_cr_or_lf(content):
+        content = content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    return content, wire[marker + 3 :]
+
+
+def _read_split(wire: bytes, cuts: list[int]) -> tuple[bytes, bytes]:
+    reader = DotReader(10_000_000, bare_newlines="normalize", max_line=10_000_000)
+    after = _fed_in_pieces(reader, wire, cuts)
+    assert reader.done
+    outcome = reader.finish()
+    assert outcome.problem is None
+    return outcome.content, after
+
+
+HEAD = (b"Received: from a.example.net (a.example.net [192.0.2.1]) by mx.example.org;\r\n"
+        b"From: x@a.example.net\r\nTo: y@b.example.org\r\nSubject: s.t.u.v.w\r\n\r\n")
+BIG = HEAD + (b"Z" * 78 + b"\r\n") * 1300  # 100 KiB, no dot in the body (as smtp-source)
+PROSE = HEAD + b"One. Two. Three. Four. Five. Six. Seven. Eight.\r\n" * 2000  # dense dots
+
+
+@pytest.mark.parametrize("body", [BIG, PROSE], ids=["dotless", "prose"])
+def test_dot_reader_end_marker_split_at_every_octet(body: bytes) -> None:
+    # The marker cut after each of its octets, and the first chunk a large read's worth.
+    wire = body + b".\r\nQUIT\r\n"
+    marker = len(body) - 2
+    for offset in range(6):
+        cuts = [65536, marker + offset]
+        assert _read_split(wire, cuts) == (body, b"QUIT\r\n")
+
+
+@pytest.mark.parametrize("body", [BIG, PROSE], ids=["dotless", "prose"])
+@pytest.mark.parametrize("tail", [b"\r\n", b"\r\n.", b"\r\n..", b"\r", b"\r\n.\r"])
+def test_dot_reader_dot_stuffed_line_at_a_chunk_boundary(body: bytes, tail: bytes) -> None:
+    # A stuffed line, a bare CR and a marker look-alike straddling two reads: the chunk ends
+    # with ``tail`` cut from what follows.
+    cases = [b"\r\n..stuffed\r\nmore\r\n", b"\r\n.\r\n", b"\r\nx\r\n",
+             b"\r\n.\rnot the end\r\n", b"\rbare cr\r\n", b"\r\n..\r\n"]
+    for case in cases:
+        if not case.startswith(tail[:len(case)]) or len(tail) >= len(case):
+            continue
+        wire = body[:-2] + case + b".\r\nRSET\r\n"
+        cut = len(body) - 2 + len(tail)
+        assert _read_split(wire, [cut]) == _reference(wire), (tail, case)
+        assert _read_split(wire, [4096, cut]) == _reference(wire), (tail, case)
+
+
+def test_dot_reader_cr_at_the_end_of_a_chunk() -> None:
+    for rest in (b"\n.\r\n", b"\n..x\r\n.\r\n", b"x\r\n.\r\n", b"\r\n.\r\n"):
+        wire = BIG + b"last line\r" + rest + b"NOOP\r\n"
+        cut = len(BIG) + len(b"last line\r")
+        assert _read_split(wire, [cut]) == _reference(wire), rest
+    reader = DotReader(10_000_000)  # a bare CR refused once the data ends
+    reader.feed(BIG + b"x\r")
+    reader.feed(b"y\r\n.\r\n")
+    assert reader.done and reader.finish().problem is DataProblem.BARE_NEWLINE
+
+
+def test_dot_reader_finds_dot_lines_in_the_header_and_after_many_dots() -> None:
+    for wire in (
+        b"Subject: a\r\n.\r\nMAIL FROM:<x@y.test>\r\n",  # the marker inside the header
+        b"Subject: a\r\n..b\r\n\r\nbody\r\n.\r\n",  # a stuffed header line
+        HEAD + b".\r\nNOOP\r\n",  # the marker right after the blank line
+        HEAD + b"..x\r\n.\r\n",  # a stuffed line right after it
+        PROSE + b"..stuffed after a thousand dots\r\n.\r\nQUIT\r\n",
+        PROSE + b".\r\nQUIT\r\n",
+        HEAD + b"a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z\r\n..z\r\n.\r\n",
+        # The dots visited one by one run out just before a stuffed line or the marker.
+        *(HEAD + b"a" + b"." * n + b"\r\n..x\r\n.\r\n" for n in range(10, 40)),
+        *(HEAD + b"a" + b"." * n + b"\r\n.\r\n" for n in range(10, 40)),
+        *(b"a" + b"." * n + b"\r\n..x\r\n.\r\n" for n in range(10, 40)),
+    ):
+        for cuts in ([], [len(wire) // 2], [1, 2, 3], [len(HEAD) - 1, len(HEAD) + 1]):
+            assert _read_split(wire, cuts) == _reference(wire), (wire[:40], cuts)
+
+
+@given(st.lists(st.sampled_from([b"word", b".", b". ", b"\r\n", b"\r\n.", b"\r\n..",
+                                 b"\r", b"\n", b"x" * 300, b"\r\n\r\n", b"\r\n.\r\n"]),
+                max_size=200),
+       st.lists(st.integers(min_value=0, max_value=20_000), max_size=6))
+def test_dot_reader_long_wires_match_the_reference(pieces: list[bytes], cuts: list[int]) -> None:
+    # Long enough for the visits of the dots to run out and fall back to the bulk search.
+    wire = b"".join(pieces) + b"\r\n.\r\nQUIT\r\n"
+    assert _read_split(wire, cuts) == _reference(wire)
+
+
 @given(st.binary(max_size=200))
 def test_stuffing_round_trip(data: bytes) -> None:
     content = data.replace(b"\r", b"").replace(b"\n", b"\r\n")
@@ -936,6 +1027,43 @@ def test_stuffing_round_trip(data: bytes) -> None:
 def test_bare_newline_detection(data: bytes) -> None:
     expected = b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b"")
     assert has_bare_cr_or_lf(data) == expected
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r", b"."]), max_size=40))
+def test_bare_newline_detection_of_line_end_soup(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    expected = b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b"")
+    assert has_bare_cr_or_lf(data) == expected
+
+
+def test_bare_cr_and_lf_apart_are_both_bare() -> None:
+    # As many CRs as LFs, in CR-then-LF order, yet none of them a pair.
+    for data in (b"\ra\n", b"x\r.\ny", b"a\r\nb\rc\nd\r\n", b"\n\r", b"\r\r\n\n"):
+        assert has_bare_cr_or_lf(data), data
+        # Short lines and long ones are checked in two ways (lines.SHORT_LINE).
+        assert has_bare_cr_or_lf(b"y" * 500 + data + b"z" * 500), data
+        reader = DotReader(1000)
+        reader.feed(b"Subject: s\r\n\r\n" + data + b"\r\n.\r\n")
+        assert reader.finish().problem is DataProblem.BARE_NEWLINE
+    assert not has_bare_cr_or_lf(b"a\r\nb\r\n\r\n")
+    assert not has_bare_cr_or_lf(b"y" * 500 + b"a\r\nb\r\n\r\n")
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r", b"x" * 60]),
+                max_size=40))
+def test_bare_newline_detection_with_long_and_short_lines(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    expected = b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b"")
+    assert has_bare_cr_or_lf(data) == expected
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r", b"."]), max_size=40))
+def test_normalize_line_ends_makes_every_line_end_crlf(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    expected = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    assert normalize_line_ends(data) == expected
+    assert normalize_line_ends(data.replace(b"\r", b"")) == \
+        data.replace(b"\r", b"").replace(b"\n", b"\r\n")
 
 
 # -- the input buffer -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailstead.proto import mime
 from mailstead.services.spam import SpamVerdict, strip_spam_fields
 from mailstead.spam import bayes, rules, tokenize
 
@@ -115,3 +116,73 @@ def test_a_trusted_forward_is_not_blamed_for_failing_authentication() -> None:
     hits = {h.name for h in rules.score(raw, b"spf=fail dkim=fail dmarc=fail", NOW,
                                         trusted_forward=True)}
     assert hits == {"MISSING_DATE", "ARC_ALLOW"}
+
+
+@given(st.lists(st.sampled_from([b":", b"/", b"//", b"://", b"a", b"http", b"\r\n"]),
+                max_size=60),
+       st.integers(min_value=0, max_value=80), st.integers(min_value=0, max_value=200))
+def test_link_search_finds_what_a_plain_search_finds(pieces: list[bytes], start: int,
+                                                     end: int) -> None:
+    # Visiting the colons first (and the bulk search after LINK_HOPS of them) changes
+    # nothing: "://" wholly inside [start, end) or not.
+    data = b"".join(pieces)
+    assert rules._has_link(data, start, end) == (data.find(b"://", start, end) >= 0)
+
+
+def test_numeric_link_found_after_many_colons() -> None:
+    head = b"From: a@b.test\r\nTo: c@d.test\r\nSubject: hi\r\n\r\n"
+    for colons in (0, rules.LINK_HOPS - 1, rules.LINK_HOPS, rules.LINK_HOPS + 5):
+        body = b"at 10:30 " * colons + b"see http://192.0.2.1/x\r\n"
+        hits = {h.name for h in rules.score(head + body, b"", NOW)}
+        assert "URL_NUMERIC_IP" in hits, colons
+        assert "URL_NUMERIC_IP" not in {h.name for h in rules.score(
+            head + b"at 10:30 " * colons + b"see http://host.test/x\r\n", b"", NOW)}
+
+
+def _tokens_reading_every_part(message: bytes) -> set[str]:
+    """What ``tokens`` found when it decoded every text part whole (before the bound)."""
+    root = mime.parse(message)
+    found = tokenize.tokens(message.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+    size = 0
+    for part, text in mime.text_parts(message, root):
+        if part.filename:
+            continue
+        text = text[: tokenize.MAX_TEXT - size]
+        size += len(text)
+        found.update("url:" + h.lower().rstrip(".") for h in tokenize._URL_HOST.findall(text))
+        if part.content_type[1] == "html":
+            text = mime.html_to_text(text)
+        found.update(tokenize._words(text))
+        if size >= tokenize.MAX_TEXT:
+            break
+    return found
+
+
+def test_tokens_read_normal_mail_as_before() -> None:
+    qp = "Grüße, €uro: http://shop.test/x".encode()
+    message = (
+        b"From: a@b.test\r\nSubject: Mixed parts\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n"
+        b"--zz\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        + b"".join(b"=%02X" % c for c in qp) + b"\r\n"
+        b"--zz\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(b"<p>Hello <a href='http://link.test'>there</a></p>" * 50)
+        .replace(b"\n", b"\r\n")
+        + b"--zz\r\nContent-Type: text/plain; name=notes.txt\r\n\r\nattachedwords here\r\n"
+        b"--zz--\r\n")
+    found = tokenize.tokens(message)
+    assert found == _tokens_reading_every_part(message)
+    assert {"url:shop.test", "url:link.test", "hello"} <= found
+    assert "attachedwords" not in found
+
+
+def test_tokens_decode_only_the_start_of_a_huge_part() -> None:
+    line = base64.b64encode(b"wordy " * 57) + b"\r\n"  # 76 octets a line, whole quanta
+    head = b"Subject: big\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    bound = tokenize.MAX_TEXT * tokenize.RAW_PER_CHAR
+    huge = head + line * (bound // len(line) + 5000) + base64.b64encode(b"tailword ") + b"\r\n"
+    found = tokenize.tokens(huge)
+    assert "wordy" in found and "tailword" not in found
+    small = head + line * 10 + base64.b64encode(b"tailword ") + b"\r\n"
+    assert "tailword" in tokenize.tokens(small)

@@ -38,6 +38,7 @@ __all__ = [
     "Part",
     "SectionSpecError",
     "UnknownEncoding",
+    "decode_text",
     "decoded_header",
     "has_attachment",
     "header_value",
@@ -699,6 +700,12 @@ def part_text(data: bytes, part: Part) -> str:
     """One part's body as text: transfer encoding and charset undone (HTML left as HTML)."""
     return _body_text(data[part.body_start : part.body_end], part.transfer_encoding,
                       part.charset)
+
+
+def decode_text(body: bytes, transfer_encoding: str, charset: str | None) -> str:
+    """A text body as text: transfer encoding and charset undone (the spam filter's tokens
+    decode the start of a long part with it)."""
+    return _body_text(body, transfer_encoding, charset)
 
 
 def _body_text(body: bytes, transfer_encoding: str, charset: str | None) -> str:

@@ -27,6 +27,7 @@ PHRASE_SCAN = 2048  # bytes of body searched for the phrases
 # of a part (body_part_scan_size): the search for "://" over all of a 100 KiB message was half
 # of this module's time per message (issue 24), and a link that counts comes early.
 URL_SCAN = 50_000
+LINK_HOPS = 8  # colons visited one by one before the search for "://" goes on in bulk
 _IP_URL = re.compile(rb"(?i)https?://\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
 _ADDRESS_IN_NAME = re.compile(r"[\w.+-]+@([\w-]+(?:\.[\w-]+)+)")
 _AUTH = re.compile(rb"\b(spf|dkim|dmarc)=([a-z]+)")
@@ -97,7 +98,7 @@ def score(message: bytes, auth_results: bytes, now: datetime,
         hit("HTML_ONLY", 0.7, "HTML without a plain text part")
     url_end = body + URL_SCAN
     # The find first: the regex only for a message with a link in its start.
-    if message.find(b"://", body, url_end) >= 0 and _IP_URL.search(message, body, url_end):
+    if _has_link(message, body, url_end) and _IP_URL.search(message, body, url_end):
         hit("URL_NUMERIC_IP", 1.5, "a link to a bare IP address")
     # Spam says what it sells early; the start of the body keeps this cheap for long mail.
     start = message[body : body + PHRASE_SCAN]
@@ -110,6 +111,22 @@ def score(message: bytes, auth_results: bytes, now: datetime,
     else:
         _auth_rules(auth_results, hit)
     return hits
+
+
+def _has_link(message: bytes, start: int, end: int) -> bool:
+    """Whether ``message[start:end]`` holds "://" (a link's scheme separator). The colons are
+    visited first (one-octet ``find``, a memchr): a body without any, or with few (base64,
+    most text), is done in microseconds, where the search for "://" through 50,000 octets
+    took about 30 us. After LINK_HOPS colons that begin no "://", the rest is searched in
+    bulk, so a body full of colons costs no more than before."""
+    for _ in range(LINK_HOPS):
+        colon = message.find(b":", start, end)
+        if colon < 0:
+            return False
+        if message.startswith(b"//", colon + 1, end):
+            return True
+        start = colon + 1
+    return message.find(b"://", start, end) >= 0
 
 
 def _date_rules(value: str | None, now: datetime, hit: HitSink) -> None:
