@@ -49,7 +49,10 @@ class Reply:
 
     def encode(self) -> bytes:
         """Wire form: "250-..." for every line but the last, "250 ..." for the last."""
-        last = len(self.lines) - 1
+        lines = self.lines
+        if len(lines) == 1:  # nearly every reply
+            return f"{self.code} {lines[0]}\r\n".encode()
+        last = len(lines) - 1
         return "".join(
             f"{self.code}{' ' if i == last else '-'}{line}\r\n" for i, line in enumerate(self.lines)
         ).encode("utf-8")
