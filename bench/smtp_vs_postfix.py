@@ -409,11 +409,25 @@ def start_perf(server: Server, out: Path) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def start_strace(server: Server, out: Path) -> list[subprocess.Popen[bytes]]:
+    """strace counting the system calls of each process (its threads included) of mailstead's
+    tree until stopped (SIGINT): one table per process, ``<out>.<role>.<pid>``. It slows the
+    server, so only the counts mean anything."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen(["strace", "-c", "-f", "-o",
+                              f"{out}.{role_of(pid, server.root_pid)}.{pid}", "-p", str(pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for pid in tree(server.root_pid)]
+
+
 def smtp_source(server: Server, row: Row, messages: int, sessions: int,
-                spy_to: Path | None = None, perf_to: Path | None = None) -> Round:
+                spy_to: Path | None = None, perf_to: Path | None = None,
+                strace_to: Path | None = None) -> Round:
     recorders = [start_py_spy(server, spy_to)] if spy_to is not None else []
     if perf_to is not None:
         recorders.append(start_perf(server, perf_to))
+    if strace_to is not None:
+        recorders += start_strace(server, strace_to)
     if recorders:
         time.sleep(0.5)  # py-spy attaches to every process first
     before_cpu = cpu_seconds(server.root_pid)
@@ -595,6 +609,10 @@ def main() -> None:
                         help="record each mailstead round with py-spy (PY_SPY or PATH) into "
                              "DIR/<server>-<row>-r<round>.txt (bench/profile_top.py reads "
                              "them); PY_SPY_GIL=1: only samples holding the interpreter lock")
+    parser.add_argument("--strace", metavar="DIR", default=None,
+                        help="count the system calls of each mailstead round with strace -c "
+                             "into DIR/<server>-<row>-r<round>.<pid> (one table per process "
+                             "and thread; divide by --messages for calls per message)")
     args = parser.parse_args()
     if args.quick:
         args.messages, args.rounds, args.latency = 200, 2, 100
@@ -634,15 +652,18 @@ def main() -> None:
             results = {s.name: Result() for s in servers}
             for n in range(args.rounds):
                 for server in servers if n % 2 == 0 else servers[::-1]:
-                    spy_to = perf_to = None
+                    spy_to = perf_to = strace_to = None
                     if isinstance(server, Mailstead):
                         label = f"{server.name}-{row.name}-r{n + 1}"
                         if args.py_spy:
                             spy_to = Path(args.py_spy) / f"{label}.txt"
                         if args.perf:
                             perf_to = Path(args.perf) / f"{label}.data"
+                        if args.strace:
+                            strace_to = Path(args.strace) / label
                     results[server.name].rounds.append(
-                        smtp_source(server, row, args.messages, args.sessions, spy_to, perf_to))
+                        smtp_source(server, row, args.messages, args.sessions, spy_to, perf_to,
+                                    strace_to))
             for server in servers:
                 results[server.name].rss = rss_mib(server.root_pid)
                 if args.latency:

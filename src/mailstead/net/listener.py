@@ -85,7 +85,6 @@ class Connection:
     tls_mode: str
     peer_ip: str
     peer_port: int
-    local_port: int
     ssl_context: ssl.SSLContext | None
     session_id: str = field(default_factory=new_session_id)
     is_tls: bool = False
@@ -102,6 +101,13 @@ class Connection:
     @property
     def is_loopback(self) -> bool:
         return _is_loopback(self.peer_ip)
+
+    @property
+    def local_port(self) -> int:
+        """The port the client connected to; asked of the socket only when wanted (a
+        getsockname system call no session of ours makes)."""
+        sock = self.writer.get_extra_info("sockname") or ("?", 0)
+        return int(sock[1])
 
     @property
     def tls_description(self) -> str:
@@ -432,7 +438,6 @@ async def start_listener(
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
-        sock = writer.get_extra_info("sockname") or ("?", 0)
         conn = Connection(
             reader=reader,
             writer=writer,
@@ -441,9 +446,9 @@ async def start_listener(
             tls_mode=tls_mode,
             peer_ip=str(peer[0]),
             peer_port=int(peer[1]),
-            local_port=int(sock[1]),
             ssl_context=ssl_context,
             is_tls=tls_mode == "implicit",
+            _loop_cache=loop,
         )
         if not caps.acquire(conn.peer_ip, protocol):
             log_event("conn.refused", listener=name, client=conn.peer_ip, reason="cap")
@@ -451,7 +456,8 @@ async def start_listener(
                 await conn.send(handler.busy_reply())
             await conn.close()
             return
-        task = asyncio.current_task()
+        # The loop named: current_task() would look it up, a getpid() system call on 3.11.
+        task = asyncio.current_task(loop) if tasks is not None else None
         if tasks is not None and task is not None:
             tasks.add(task)  # type: ignore[arg-type]
         log_event("conn.open", session=conn.session_id, listener=name, client=conn.peer_ip,

@@ -405,16 +405,22 @@ class SmtpHandler:
             if first.action is Action.CLOSE:
                 await _flush(conn, pending)
                 return
+            waited = False
             if not conn.is_tls:
                 await _flush(conn, pending)
+                # The client's first bytes (its EHLO, usually whole), read as any input is: a
+                # peek first would cost a wait of its own on every connection.
+                first_bytes = await conn.read_some(READ_SIZE, self.timeout)
                 # A client speaking TLS to a plaintext port (it wanted 465): no line will come.
-                if is_tls_handshake(await conn.peek(3, self.timeout)):
+                if is_tls_handshake(first_bytes[:3]):
                     log_event("smtp.hang_up", session=conn.session_id, client=conn.peer_ip,
                               reason="tls_on_plaintext")
                     await conn.send(f"421 4.7.0 {self.services.cfg.hostname} TLS handshake "
                                     "on a plaintext port\r\n".encode())
                     return
-            await self._serve(conn, session, data, pending)
+                data.buffer.append(first_bytes)
+                waited = True
+            await self._serve(conn, session, data, pending, waited)
         except IdleTimeout:
             pending.append(session.timeout_reply().encode())
             with contextlib.suppress(Exception):
@@ -432,12 +438,15 @@ class SmtpHandler:
             with contextlib.suppress(Exception):
                 await _flush(conn, pending)
 
-    async def _serve(
-        self, conn: Connection, session: SmtpSession, data: _Input, pending: list[bytes]
-    ) -> None:
+    async def _serve(self, conn: Connection, session: SmtpSession, data: _Input,
+                     pending: list[bytes], waited: bool = False) -> None:
+        """``waited``: the input buffered was just read by a wait for it (the other sessions
+        had their turn meanwhile)."""
         while True:
             if not data.pending():
                 await _flush(conn, pending)  # nothing more pipelined: answer before waiting
+            elif waited:
+                waited = False
             else:
                 # Pipelined lines are read without waiting: without a turn here one client's
                 # stream of commands would hold every other session (issue 16).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -94,6 +95,35 @@ class _Chunk:
 class _SaslState:
     mechanism: Literal["PLAIN", "LOGIN"]
     username: str | None = None
+
+
+@functools.lru_cache(maxsize=64)
+def _extensions(max_size: int, starttls: bool, auth: bool, tls: bool, burl_host: str
+                ) -> tuple[str, ...]:
+    """The EHLO keywords (RFC 5321 4.1.1.1), made once for each combination a session can be
+    in rather than for every EHLO of every connection."""
+    ext = [
+        "PIPELINING",
+        f"SIZE {max_size}",
+        "8BITMIME",
+        "BINARYMIME",
+        "CHUNKING",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "DSN",
+    ]
+    if starttls:
+        ext.append("STARTTLS")
+    if auth:
+        ext.append("AUTH PLAIN LOGIN")
+    if tls:
+        ext.append("REQUIRETLS")  # RFC 8689 4.1: only over TLS
+    if burl_host:
+        from mailstead.proto.smtp_burl import ehlo_keyword
+
+        ext.append(ehlo_keyword(burl_host))
+    ext.append("HELP")
+    return tuple(ext)
 
 
 LOGIN_USERNAME = base64.b64encode(b"Username:").decode()
@@ -229,29 +259,15 @@ class SmtpSession:
             return Reply(250, (greeting,))
         return Reply(250, (greeting, *self.extensions()))
 
-    def extensions(self) -> list[str]:
-        ext = [
-            "PIPELINING",
-            f"SIZE {self.policy.max_message_size}",
-            "8BITMIME",
-            "BINARYMIME",
-            "CHUNKING",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
-            "DSN",
-        ]
-        if self.policy.starttls_offered and not self.tls_active:
-            ext.append("STARTTLS")
-        if self.policy.submission and self._auth_allowed() and self.account is None:
-            ext.append("AUTH PLAIN LOGIN")
-        if self.tls_active:
-            ext.append("REQUIRETLS")  # RFC 8689 4.1: only over TLS
-        if self.policy.submission and self.url_fetcher is not None:
-            from mailstead.proto.smtp_burl import ehlo_keyword
-
-            ext.append(ehlo_keyword(self.policy.hostname))
-        ext.append("HELP")
-        return ext
+    def extensions(self) -> tuple[str, ...]:
+        policy = self.policy
+        return _extensions(
+            policy.max_message_size,
+            policy.starttls_offered and not self.tls_active,
+            policy.submission and self._auth_allowed() and self.account is None,
+            self.tls_active,
+            policy.hostname if policy.submission and self.url_fetcher is not None else "",
+        )
 
     async def _rset(self, arg: str) -> Reply:
         if arg.strip():

@@ -30,6 +30,8 @@ def _discard_chunk(refusal: Reply, size: int) -> Reply:
 
 def _printable(text: str) -> str:
     """Drops control characters, so a HELO name cannot inject header lines."""
+    if text.isprintable():  # the usual name: no character to drop, no copy
+        return text
     return "".join(ch for ch in text if ch.isprintable())
 
 

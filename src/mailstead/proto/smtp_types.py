@@ -49,10 +49,14 @@ class Reply:
 
     def encode(self) -> bytes:
         """Wire form: "250-..." for every line but the last, "250 ..." for the last."""
-        last = len(self.lines) - 1
-        return "".join(
-            f"{self.code}{' ' if i == last else '-'}{line}\r\n" for i, line in enumerate(self.lines)
-        ).encode("utf-8")
+        lines = self.lines
+        if len(lines) == 1:  # nearly every reply
+            return f"{self.code} {lines[0]}\r\n".encode()
+        if not lines:
+            return b""
+        code = self.code
+        return (f"{code}-" + f"\r\n{code}-".join(lines[:-1])
+                + f"\r\n{code} {lines[-1]}\r\n").encode("utf-8")
 
 
 def reply(code: int, status: str, text: str, action: Action = Action.NONE) -> Reply:
