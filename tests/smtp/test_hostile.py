@@ -213,6 +213,32 @@ def test_bdat_pipelined_after_a_refused_chunk_is_dropped(make_server: object) ->
     greeted_promptly(server)
 
 
+def test_large_bdat_message_checked_like_data_and_others_served(mail_server: RunningServer
+                                                                 ) -> None:
+    """A BDAT message over 1 MiB is joined and checked (bare LF, line length) off the event
+    loop, as after DATA: bare LFs made CRLF in the stored message, a line over the bound
+    refused, and a second client greeted meanwhile."""
+    lines = b"".join(b"line %07d of a big message\n" % i for i in range(100_000))  # ~3 MiB
+    raw = message("big lf").replace(b"\r\n", b"\n") + lines
+    half = len(raw) // 2
+    too_long = message("long line") + b"x" * (1024 * 1024 + 10) + b"\r\n"
+    with RawClient(mail_server.ports["smtp"]) as c:
+        c.cmd("EHLO client.remote.test")
+        c.cmd("MAIL FROM:<carol@remote.test>")
+        c.cmd("RCPT TO:<alice@example.test>")
+        assert c.code(f"BDAT {half}\r\n".encode() + raw[:half]) == "250 2.0.0"
+        rest = raw[half:]
+        assert c.code(f"BDAT {len(rest)} LAST\r\n".encode() + rest) == "250 2.0.0"
+        greeted_promptly(mail_server)
+        c.cmd("MAIL FROM:<carol@remote.test>")
+        c.cmd("RCPT TO:<alice@example.test>")
+        assert c.code(f"BDAT {len(too_long)} LAST\r\n".encode() + too_long) == "552 5.3.4"
+    [stored] = inbox(mail_server, ALICE)
+    body = stored.data[stored.data.index(b"\r\n\r\n") + 4:]
+    assert body == b"Hello.\r\n" + lines.replace(b"\n", b"\r\n")
+    greeted_promptly(mail_server)
+
+
 # -- 4. more than 100 Received fields: a routing loop ----------------------------------------
 
 

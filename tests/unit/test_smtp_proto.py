@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import pytest
 from hypothesis import given
@@ -14,6 +16,7 @@ from mailstead.core.addresses import Address
 from mailstead.core.errors import QuotaExceeded
 from mailstead.proto.lines import (
     LINE_TOO_LONG,
+    OFF_LOOP_SIZE,
     DataProblem,
     DotReader,
     InputBuffer,
@@ -32,6 +35,8 @@ from mailstead.proto.smtp import (
     Transaction,
 )
 from mailstead.store.interfaces import Account
+
+T = TypeVar("T")
 
 PASSWORD = "pw-correct"
 
@@ -62,6 +67,7 @@ class FakeBackend:
             "alias-of-alice@example.test": ["alice@example.test"],
         }
         self.delivered: list[tuple[Transaction, bytes]] = []
+        self.off_loop_sizes: list[int] = []  # what ``off_loop`` ran: the size of its result
         self.done: list[tuple[Transaction, int, Reply]] = []
         self.locked = False
         self.deliver_error: Exception | None = None
@@ -114,6 +120,11 @@ class FakeBackend:
 
     def transaction_done(self, txn: Transaction, size: int, result: Reply) -> None:
         self.done.append((txn, size, result))
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        result = work()
+        self.off_loop_sizes.append(getattr(result, "size", -1))
+        return result
 
 
 def policy(**overrides: object) -> SessionPolicy:
@@ -749,6 +760,26 @@ async def test_bdat_bare_lf_normalised_and_long_lines_bounded() -> None:
     answer = await c.bdat(b"Subject: x\n\n" + b"y" * 999 + b"\n", last=True)
     assert (answer.code, answer.lines[0][:5]) == (552, "5.3.4")
     assert len(c.backend.delivered) == 1
+
+
+async def test_bdat_large_message_checked_off_the_loop() -> None:
+    """A BDAT message over OFF_LOOP_SIZE is joined and checked through ``off_loop`` (a thread
+    in the server), with the same verdicts as a small one: bare LF made CRLF, long line 552."""
+    body = b"z" * 99 + b"\n"
+    c = Client(max_message_size=4 * OFF_LOOP_SIZE, max_line=1000)
+    await c.envelope("<alice@example.test>")
+    big = b"Subject: x\n\n" + body * (OFF_LOOP_SIZE // 100 + 10)
+    assert (await c.bdat(big[:1000])).code == 250
+    assert (await c.bdat(big[1000:], last=True)).code == 250
+    assert c.backend.delivered[0][1] == big.replace(b"\n", b"\r\n")
+    assert c.backend.off_loop_sizes == [len(big) + big.count(b"\n")]
+    await c.envelope("<alice@example.test>")
+    answer = await c.bdat(big + b"y" * 1000 + b"\n", last=True)
+    assert (answer.code, answer.lines[0][:5]) == (552, "5.3.4")
+    assert len(c.backend.delivered) == 1 and len(c.backend.off_loop_sizes) == 2
+    await c.envelope("<alice@example.test>")
+    assert (await c.bdat(b"Subject: small\r\n\r\nhi\r\n", last=True)).code == 250
+    assert len(c.backend.off_loop_sizes) == 2  # a small message: checked in place
 
 
 async def test_bdat_refused_chunk_is_still_consumed() -> None:

@@ -36,6 +36,7 @@ from mailstead.net.listener import (
 from mailstead.obs import log_event
 from mailstead.proto.imap_urlauth import fetch_authorized
 from mailstead.proto.lines import (
+    OFF_LOOP_SIZE,
     DataOutcome,
     DotReader,
     InputBuffer,
@@ -74,7 +75,6 @@ from mailstead.store.interfaces import Account
 T = TypeVar("T")
 
 READ_SIZE = 64 * 1024  # bytes asked of the socket at a time
-OFF_LOOP_SIZE = 1024 * 1024  # a message larger than this is checked in a worker thread
 # How long the sessions of a listener reuse a recipient's route or a domain lookup (store reads
 # in a thread for every RCPT otherwise, most of what a one-message connection costs). A change
 # made through this process's store drops them at once (``accounts_version``); one made by the
@@ -281,6 +281,9 @@ class SessionBackend:
             return ctx.message
         added = "".join(f"{name}: {value}\r\n" for name, value in ctx.headers)
         return added.encode("utf-8") + ctx.message
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        return await asyncio.to_thread(work)
 
     def transaction_done(self, txn: Transaction, size: int, result: Reply) -> None:
         log_event(

@@ -25,6 +25,9 @@ END_TAIL = END_OF_DATA[len(DOT_LINE):]
 COMMAND_LINE_MAX = 512  # RFC 5321 4.5.3.1.4, including CRLF
 TEXT_LINE_MAX = 1000  # RFC 5321 4.5.3.1.6, including CRLF, not counting a stuffing dot
 MAX_LINE_DEFAULT = 1_048_576  # the longest message line accepted unless configured otherwise
+# A message larger than this is joined and checked in a thread (the checks pass over all of
+# it): other sessions keep the event loop meanwhile.
+OFF_LOOP_SIZE = 1024 * 1024
 
 BareNewlines = Literal["normalize", "reject"]
 
@@ -331,15 +334,34 @@ class DotReader:
         # 5321 4.5.2); one after a bare LF or CR stays, as the end marker needs CRLF on both
         # sides (4.1.1.4), so "\n.\n", "\n.\r\n", "\r.\r" and "\r\n.\n" end nothing here.
         content = dot_unstuff(raw) if self._dots else raw
-        if len(content) > self.max_size:
+        return check_content(content, self.max_size, self.bare_newlines, self.max_line)
+
+
+def check_content(content: bytes, max_size: int, bare_newlines: BareNewlines,
+                  max_line: int) -> DataOutcome:
+    """A message's content (after DATA's unstuffing, or BDAT's chunks joined) kept or
+    refused: too big, a bare CR or LF (RFC 5321 2.3.8: made CRLF, or refused with
+    ``bare_newlines="reject"``), a line over ``max_line``."""
+    if len(content) > max_size:
+        return DataOutcome(b"", len(content), DataProblem.TOO_BIG)
+    if has_bare_cr_or_lf(content):
+        if bare_newlines == "reject":
+            return DataOutcome(b"", len(content), DataProblem.BARE_NEWLINE)
+        content = _to_crlf(content)
+        if len(content) > max_size:
             return DataOutcome(b"", len(content), DataProblem.TOO_BIG)
-        if has_bare_cr_or_lf(content):
-            if self.bare_newlines == "reject":
-                return DataOutcome(b"", len(content), DataProblem.BARE_NEWLINE)
-            content = _to_crlf(content)
-            if len(content) > self.max_size:
-                return DataOutcome(b"", len(content), DataProblem.TOO_BIG)
-        return check_lines(content, self.max_line)
+    return check_lines(content, max_line)
+
+
+def chunked_message(parts: list[bytes], binary: bool, max_size: int,
+                    bare_newlines: BareNewlines, max_line: int) -> DataOutcome:
+    """BDAT's chunks (RFC 3030) as one message. Only a BINARYMIME body may hold lone CR or
+    LF and lines of any length (RFC 3030 3); any other would become a smuggling vector once
+    relayed with DATA, so it gets DATA's checks (BDAT has no dot-stuffing to undo)."""
+    content = b"".join(parts)
+    if binary:
+        return DataOutcome(content, len(content), None)
+    return check_content(content, max_size, bare_newlines, max_line)
 
 
 def _joined_without_tail(parts: list[bytes], drop: int) -> bytes:

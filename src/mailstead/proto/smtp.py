@@ -31,11 +31,10 @@ from mailstead.proto.headers import (
 )
 from mailstead.proto.lines import (
     COMMAND_LINE_MAX,
+    OFF_LOOP_SIZE,
     DataOutcome,
     DataProblem,
-    check_lines,
-    has_bare_cr_or_lf,
-    normalize_line_ends,
+    chunked_message,
     strip_eol,
 )
 from mailstead.proto.smtp_parse import (
@@ -549,6 +548,10 @@ class SmtpSession:
         txn = self.txn
         assert txn is not None
         self._reset_transaction()
+        return await self._settle(txn, outcome)
+
+    async def _settle(self, txn: Transaction, outcome: DataOutcome) -> Reply:
+        """The message of a transaction delivered, or the reply refusing it."""
         if outcome.problem is DataProblem.TOO_BIG:
             answer = reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
         elif outcome.problem is DataProblem.BARE_NEWLINE:
@@ -622,27 +625,14 @@ class SmtpSession:
         assert txn is not None
         if not chunk.last:
             return reply(250, "2.0.0", f"{self._chunk_size} octets received so far")
-        content = b"".join(self._chunk_parts)
+        parts, size = self._chunk_parts, self._chunk_size
         self._reset_transaction()
-        if txn.body != "BINARYMIME":
-            # Only binary bodies may hold lone CR or LF (RFC 3030 3); elsewhere they would turn
-            # into a smuggling vector when the message is relayed with DATA: made CRLF, or the
-            # message refused, as after DATA. (BDAT has no dot-stuffing to undo.)
-            answer: Reply | None = None
-            if has_bare_cr_or_lf(content):
-                if self.policy.bare_newlines == "reject":
-                    answer = reply(550, "5.5.2", "Message refused: bare <CR> or <LF> received")
-                else:
-                    content = normalize_line_ends(content)
-                    if len(content) > self.policy.max_message_size:
-                        answer = reply(552, "5.3.4",
-                                       "Message size exceeds fixed maximum message size")
-            if answer is None and check_lines(content, self.policy.max_line).problem:
-                answer = self._line_too_long()
-            if answer is not None:
-                self.backend.transaction_done(txn, len(content), answer)
-                return self._counted(answer)
-        return self._counted(await self._deliver(txn, content))
+        policy = self.policy
+        check = functools.partial(chunked_message, parts, txn.body == "BINARYMIME",
+                                  policy.max_message_size, policy.bare_newlines, policy.max_line)
+        # Joining and checking pass over the whole message: off the loop for a large one.
+        outcome = await self.backend.off_loop(check) if size > OFF_LOOP_SIZE else check()
+        return await self._settle(txn, outcome)
 
     def _line_too_long(self) -> Reply:
         # RFC 5321 4.5.3.1.6 lets a server take lines longer than 1000 octets; past our own

@@ -5,14 +5,16 @@ policy of a listener. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from mailstead.core.addresses import Address
 from mailstead.core.models import Account
 from mailstead.proto.lines import MAX_LINE_DEFAULT, BareNewlines
+
+T = TypeVar("T")
 
 # Extensions lengthen the 512-octet command line (RFC 5321 4.5.3.1.4): SIZE adds 26 (RFC 1870),
 # DSN 100 to MAIL and 500 to RCPT (RFC 3461 4), AUTH= 500 to MAIL (RFC 4954 5), and the AUTH
@@ -165,6 +167,11 @@ class SmtpBackend(Protocol):
 
     def transaction_done(self, txn: Transaction, size: int, result: Reply) -> None:
         """Called once per finished transaction (accepted or refused), for the log."""
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        """``work()``, a pure step that passes over a whole large message (the checks of a
+        BDAT message over ``lines.OFF_LOOP_SIZE``), run where it does not hold the other
+        sessions (a thread)."""
 
 
 class SessionChecks(Protocol):
