@@ -113,9 +113,16 @@ class MessageFileWriter:
     no worse with 4 KiB, for the same CPU.)"""
 
     def __init__(self, root: Path, database: Path | None = None,
-                 shared: Path | None = None) -> None:
+                 shared: Path | None = None,
+                 publish: Callable[[set[int]], None] | None = None) -> None:
         self.root = Path(root)
         self.database = database
+        # Told the mailbox ids whose rows the helper committed (the change feed's publish):
+        # once per answer read, for every delivery it answers, before any of their callers
+        # resumes (so before any of them replies to its client). One publish per batch, not
+        # one per message: with several workers each publish is a datagram to each sibling
+        # and a wake-up of its loop (issue 24: 4 KiB, two workers).
+        self.publish = publish
         # The helper the supervisor runs for all its workers (``serve_shared``), if any; a
         # helper of our own when it cannot be reached.
         self.shared = shared
@@ -147,8 +154,9 @@ class MessageFileWriter:
     async def deliver(self, data: bytes, deliveries: Sequence[Delivery],
                       queue_entry: QueueEntry | None) -> tuple[str, list[MessageMeta], set[int]]:
         """Writes the file, then commits ``deliveries`` and ``queue_entry`` with its blob id
-        and envelope filled in; returns the blob id, the stored rows and the mailbox ids to
-        publish. Raises what ``store_message`` raised (nothing committed then)."""
+        and envelope filled in; returns the blob id, the stored rows and the mailbox ids they
+        touched (already given to ``publish``, if set). Raises what ``store_message`` raised
+        (nothing committed then)."""
         blob_ids, stored, touched = await self.deliver_parts([(data, deliveries)], queue_entry)
         return blob_ids[0], stored, touched
 
@@ -262,22 +270,35 @@ class _Helper(asyncio.SubprocessProtocol):
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         self.unread += data
+        touched: set[int] = set()
         for tag, payload in _take_frames(self.unread):
-            self._answer(tag, payload)
+            committed = self._answer(tag, payload)
+            if committed:
+                touched |= committed
+        # The futures' callers resume in a later callback of the loop: the change feed hears
+        # of every commit answered here before any of them answers its client.
+        if touched and self.owner.publish is not None:
+            self.owner.publish(touched)
 
-    def _answer(self, tag: bytes, payload: bytes) -> None:
+    def _answer(self, tag: bytes, payload: bytes) -> set[int] | None:
+        """Settles the oldest request; returns the mailbox ids its commit touched, if any
+        (committed whether or not its caller still waits)."""
         future = self.waiting.popleft()
+        if tag == b"*":
+            answer = pickle.loads(payload)
+            if not future.done():
+                future.set_result(answer)
+            return cast(set[int], answer[2])
         if future.done():
-            return  # its caller was cancelled; an unreferenced file is swept later
+            return None  # its caller was cancelled; an unreferenced file is swept later
         if tag == b"-":
             future.set_exception(OSError(payload.decode("utf-8", "replace")))
         elif tag == b"!":
             future.set_exception(pickle.loads(payload))
-        elif tag == b"*":
-            future.set_result(pickle.loads(payload))
         else:
             blob_id = payload[:64].decode("ascii")
             future.set_result((blob_id, _envelope_from_bytes(payload[64:])))
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Called once the process has exited and both pipes are read to the end, so every
