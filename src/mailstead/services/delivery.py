@@ -165,9 +165,9 @@ class DeliveryService:
         # commits their rows too, after the flush. The worker processes of one serve share
         # one helper (``shared_files``, supervisor.py): batches twice the size.
         self._sqlite = store if isinstance(store, SqliteStore) else None
-        self._files = MessageFileWriter(blobs.root,
-                                        None if self._sqlite is None else self._sqlite.path,
-                                        shared_files)
+        self._files = MessageFileWriter(
+            blobs.root, None if self._sqlite is None else self._sqlite.path, shared_files,
+            None if self._sqlite is None else self._sqlite.changes.publish)
         # INBOX mailbox id per account. An account's INBOX row lives as long as the account
         # (it cannot be deleted; RENAME INBOX moves messages, RFC 9051 6.3.6), and the key
         # holds the creation time, so a re-created account never meets an old entry.
@@ -254,9 +254,10 @@ class DeliveryService:
         else the files from the helper and the rows from the store (one transaction). The
         spam log rows: with the message's (SQLite), else written once it is stored."""
         if self._sqlite is not None:
-            blob_ids, stored, touched = await self._files.deliver_parts(
+            # (The writer publishes the touched mailboxes, once for all the deliveries
+            # answered together, as the store does after its commits.)
+            blob_ids, stored, _touched = await self._files.deliver_parts(
                 parts, entry, entry_part, verdict_log)
-            self._sqlite.changes.publish(touched)  # as the store does after its commits
             return blob_ids, stored
         blob_ids, filled, queued = [], [], None
         for index, (data, deliveries) in enumerate(parts):
