@@ -198,7 +198,7 @@ class SqlStore(ABC):
         durable: bool = True, small: bool = False,
     ) -> tuple[T, set[int]]:
         """Runs ``op`` in a transaction and commits it (fsync'd); returns its result and the
-        mailbox ids it touched. ``before`` runs first in the writing thread (see
+        mailbox ids it touched. ``before`` runs first, in a thread (see
         ``store_message``); if it raises, so does this, with nothing written. ``durable``
         False (flag changes only, ``_write_flags``): committed and visible to every reader
         when it returns, but its commit does not wait for the disk. ``small``: the caller

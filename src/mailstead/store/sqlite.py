@@ -8,6 +8,11 @@ operation inside its own SAVEPOINT, so the failing one rolls back alone. With WA
 ``synchronous=FULL`` that COMMIT fsyncs the log, so one fsync covers the whole batch. Futures
 resolve only after COMMIT returned: that is where the durability contract of interfaces.py is kept.
 
+Small writes (a STORE, an APPEND's row, a UID EXPUNGE of a few UIDs) skip the writer thread:
+they commit on the event loop's own connection without waiting for the disk, and a durable one
+is answered after the syncer thread's fdatasync of the log (SqliteStore._sync_log says why
+that is as durable as FULL).
+
 The rows of delivered mail have a second writer: the message file helper process commits them
 on its own connection right after flushing their files (services/message_files.py says why).
 SQLite's write lock takes the two in turn (BEGIN IMMEDIATE waits up to the busy timeout).
