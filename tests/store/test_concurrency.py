@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -410,11 +411,20 @@ async def test_sqlite_runs_only_a_small_flag_change_on_the_event_loop(tmp_path: 
         box = await inbox(store, await make_account(store))
         await asyncio.gather(*(deliver(store, box, n) for n in range(100)))
         uids = list(range(1, 101))
+        inline = 0
+        real = store._write_inline
+
+        def counted(op: Any) -> Any:
+            nonlocal inline
+            inline += 1
+            return real(op)
+
+        store._write_inline = counted  # type: ignore[method-assign]
         await store.claim_recent(box.id)
         await store.update_flags(box.id, uids, "add", SystemFlag.SEEN)
-        assert store._inline is None  # neither ran on the loop's own connection
+        assert inline == 0  # neither ran on the loop's own connection
         await store.update_flags(box.id, [7], "add", SystemFlag.FLAGGED)
-        assert store._inline is not None
+        assert inline == 1
         messages = await store.get_messages(box.id)
         assert all(m.flags & SystemFlag.SEEN for m in messages)
         assert [m.uid for m in messages if m.flags & SystemFlag.FLAGGED] == [7]

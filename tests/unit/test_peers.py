@@ -51,23 +51,26 @@ def test_a_sibling_that_is_not_running_is_skipped(tmp_path: Path) -> None:
 
 def test_a_flag_change_reaches_the_sibling_with_its_states(tmp_path: Path) -> None:
     """ChangeBus.publish_flags in one worker: the sibling's bus hears the states (and a
-    change of more messages than a datagram carries, its mailbox id alone)."""
-    async def run() -> tuple[list[tuple[int, int, list[FlagState]]], list[int]]:
+    change of more messages than a datagram carries, its mailbox id alone); a UID EXPUNGE's
+    vanished UIDs go along the same way."""
+    async def run() -> tuple[list[tuple[int, int, list[FlagState], list[int]]], list[int]]:
         a, b = PeerChannel(tmp_path, 0, 2), PeerChannel(tmp_path, 1, 2)
         here, there = ChangeBus(), ChangeBus()
         here.forward = forward_changes(a)
         here.forward_flags = forward_flags(a)
-        heard: list[tuple[int, int, list[FlagState]]] = []
+        heard: list[tuple[int, int, list[FlagState], list[int]]] = []
         ids: list[int] = []
-        there.flags_heard = lambda box, modseq, states: heard.append((box, modseq, list(states)))
+        there.flags_heard = lambda box, modseq, states, gone: heard.append(
+            (box, modseq, list(states), list(gone)))
         connect_peers(b, AuthLimiter(), ids.extend, there.flags_from_peer)
         a.start()
         b.start()
         here.publish_flags(7, 42, [FlagState(3, 42, 1, frozenset({"$Work"}))])
         many = [FlagState(uid, 43, 2, frozenset()) for uid in range(FLAGS_PER_DATAGRAM + 1)]
         here.publish_flags(8, 43, many)
+        here.publish_flags(7, 43, [], [3, 5])
         for _ in range(500):
-            if heard and ids:
+            if len(heard) == 2 and ids:
                 break
             await asyncio.sleep(0.01)
         a.close()
@@ -75,5 +78,6 @@ def test_a_flag_change_reaches_the_sibling_with_its_states(tmp_path: Path) -> No
         return heard, ids
 
     heard, ids = asyncio.run(run())
-    assert heard == [(7, 42, [FlagState(3, 42, 1, frozenset({"$Work"}))])]
+    assert heard == [(7, 42, [FlagState(3, 42, 1, frozenset({"$Work"}))], []),
+                     (7, 43, [], [3, 5])]
     assert ids == [8]

@@ -181,8 +181,9 @@ def receive_changes(deliver: Callable[[Iterable[int]], None]) -> Handler:
     return handle
 
 
-# A flag change or APPEND with its message states (ChangeBus.publish_flags): the sibling
-# applies them to its shared mailbox state instead of asking the store. A large one goes as
+# A flag change, APPEND or UID EXPUNGE with its message states and vanished UIDs
+# (ChangeBus.publish_flags): the sibling applies them to its shared mailbox state instead of
+# asking the store. A large one goes as
 # its mailbox id alone.
 FLAGS = b"f"
 FLAGS_PER_DATAGRAM = 500  # ~25 bytes each: far below the datagram size limit
@@ -192,22 +193,23 @@ def forward_flags(channel: PeerChannel) -> FlagsHandler:
     """What ``ChangeBus.forward_flags`` calls."""
     ids = forward_changes(channel)
 
-    def forward(mailbox_id: int, highestmodseq: int, changed: Sequence[FlagState]) -> None:
-        if len(changed) > FLAGS_PER_DATAGRAM:
+    def forward(mailbox_id: int, highestmodseq: int, changed: Sequence[FlagState],
+                vanished: Sequence[int]) -> None:
+        if len(changed) + len(vanished) > FLAGS_PER_DATAGRAM:
             ids({mailbox_id})
             return
         rows = [(st.uid, st.modseq, int(st.flags), tuple(st.keywords)) for st in changed]
-        channel.send(FLAGS, marshal.dumps((mailbox_id, highestmodseq, rows)))
+        channel.send(FLAGS, marshal.dumps((mailbox_id, highestmodseq, rows, list(vanished))))
 
     return forward
 
 
 def receive_flags(deliver: FlagsHandler) -> Handler:
     def handle(payload: bytes) -> None:
-        mailbox_id, highestmodseq, rows = marshal.loads(payload)
+        mailbox_id, highestmodseq, rows, vanished = marshal.loads(payload)
         deliver(mailbox_id, highestmodseq,
                 [FlagState(uid, modseq, flags, frozenset(keywords))
-                 for uid, modseq, flags, keywords in rows])
+                 for uid, modseq, flags, keywords in rows], vanished)
 
     return handle
 

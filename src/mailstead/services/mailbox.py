@@ -87,16 +87,16 @@ class MailboxService:
         changes.flags_heard = self._flags_heard
 
     def _flags_heard(self, mailbox_id: int, highestmodseq: int,
-                     changed: Sequence[FlagState]) -> None:
-        """A flag change (or an APPEND) another worker committed, with its message states
-        (ChangeBus.publish_flags): the watchers are told as for any change, and the
-        mailbox's shared state takes the states without a catch-up query when they are the
-        only change since it was exact."""
+                     changed: Sequence[FlagState], vanished: Sequence[int] = ()) -> None:
+        """A flag change (or an APPEND, a UID EXPUNGE) another worker committed, with its
+        message states and vanished UIDs (ChangeBus.publish_flags): the watchers are told as
+        for any change, and the mailbox's shared state takes them without a catch-up query
+        when they are the only change since it was exact."""
         shared = self._feeds.get(mailbox_id)
         before = shared.expect_change() if shared is not None else None
         self.changes.publish_here((mailbox_id,))
         if shared is not None and before is not None:
-            shared.known_change(before, changed, highestmodseq)
+            shared.known_change(before, changed, highestmodseq, vanished)
 
     # -- the shared state of each selected mailbox --
 

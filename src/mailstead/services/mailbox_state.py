@@ -125,17 +125,18 @@ class SharedMailboxState:
         return self.generation, self.modseq, self.watch.fired
 
     def known_change(self, before: tuple[int, int, int], changed: Sequence[FlagState],
-                     highestmodseq: int) -> None:
-        """A committed flag change whose states are known, applied without asking the store
+                     highestmodseq: int, vanished: Sequence[int] = ()) -> None:
+        """A committed flag change (or expunge) whose states (UIDs) are known, applied without
+        asking the store
         when it was the only change: its MODSEQ follows the state's (every change to the
         mailbox takes the next MODSEQ, so none came between) and its publish is the only one
         heard since. That publish is then taken as heard (its event cleared): the views here
         are told from the log, and the catch-up query it would cost is saved."""
         generation, modseq, fired = before
-        if (changed and highestmodseq == modseq + 1 and self.modseq == modseq
+        if ((changed or vanished) and highestmodseq == modseq + 1 and self.modseq == modseq
                 and self.generation == generation and self.applied == generation
                 and self.inflight is None and self.watch.fired == fired + 1):
-            self.apply(Changes(list(changed), [], highestmodseq))
+            self.apply(Changes(list(changed), list(vanished), highestmodseq))
             self.watch.event.clear()
 
     def flag_counts(self) -> tuple[int, int]:

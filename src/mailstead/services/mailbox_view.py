@@ -516,8 +516,18 @@ class MailboxView:
         else:
             states = await self._stored_flag_states(uids)
             deleted = [s.uid for s in states if s.flags & _DELETED]
-            removed = await self.store.expunge(self.mailbox.id, deleted) if deleted else []
+            removed = await self._expunge_known(deleted) if deleted else []
         self._mark_gone(removed)
+        return removed
+
+    async def _expunge_known(self, uids: list[int]) -> list[int]:
+        """The store's expunge of ``uids``, applied to the shared state without a catch-up
+        query when it was the only change meanwhile (as an APPEND's new message is)."""
+        shared = self.service.shared_state(self.mailbox.id)
+        before = shared.expect_change() if shared is not None else None
+        removed, modseq = await self.store.expunge_uids(self.mailbox.id, uids)
+        if before is not None and shared is not None and removed:
+            shared.known_change(before, [], modseq, removed)
         return removed
 
     async def copy(self, uids: Sequence[int], target: Mailbox, move: bool) -> CopyResult:

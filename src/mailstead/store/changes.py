@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from mailstead.core.models import FlagState
 
 # Callables that carry a flag change in full: (mailbox id, its new HIGHESTMODSEQ, the changes).
-FlagsHandler = Callable[[int, int, Sequence[FlagState]], None]
+# (mailbox id, HIGHESTMODSEQ, changed message states, vanished UIDs)
+FlagsHandler = Callable[[int, int, Sequence[FlagState], Sequence[int]], None]
 
 # Not a mailbox: domains, accounts, aliases, Sieve scripts or lists changed in another process
 # (store/announce.py); the caches of them registered in ``ChangeBus.settings_hooks`` drop.
@@ -202,24 +203,24 @@ class ChangeBus:
             self.forward(ids)
 
     def publish_flags(self, mailbox_id: int, highestmodseq: int,
-                      changed: Sequence[FlagState]) -> None:
+                      changed: Sequence[FlagState], vanished: Sequence[int] = ()) -> None:
         """``publish`` of a commit whose every change to one mailbox is in ``changed``
-        (changed flags, or a new message: no expunge), to HIGHESTMODSEQ ``highestmodseq``:
-        the other workers get the states along."""
+        (changed flags, or a new message) and ``vanished`` (expunged UIDs), to HIGHESTMODSEQ
+        ``highestmodseq``: the other workers get the states and UIDs along."""
         self.publish_here((mailbox_id,))
         if self.forward_flags is not None:
-            self.forward_flags(mailbox_id, highestmodseq, changed)
+            self.forward_flags(mailbox_id, highestmodseq, changed, vanished)
         elif self.forward is not None:
             self.forward({mailbox_id})
 
     def flags_from_peer(self, mailbox_id: int, highestmodseq: int,
-                        changed: Sequence[FlagState]) -> None:
+                        changed: Sequence[FlagState], vanished: Sequence[int] = ()) -> None:
         """A sibling's ``publish_flags``: like ``publish_here`` of the mailbox, through the
         handler that may apply the states instead of asking the store."""
         if self.flags_heard is None:
             self.publish_here((mailbox_id,))
         else:
-            self.flags_heard(mailbox_id, highestmodseq, changed)
+            self.flags_heard(mailbox_id, highestmodseq, changed, vanished)
 
     def publish_here(self, mailbox_ids: Iterable[int]) -> None:
         """Wakes this process's watchers only (ids that came from elsewhere)."""

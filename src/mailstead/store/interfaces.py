@@ -318,6 +318,10 @@ class MetadataStore(Protocol):
         """Removes the given messages (or every \\Deleted one when ``uids`` is None); records
         them as vanished with a new MODSEQ; returns the uids removed."""
 
+    async def expunge_uids(self, mailbox_id: int, uids: Sequence[int]) -> tuple[list[int], int]:
+        """``expunge`` of the given messages; also returns the MODSEQ of the change (the
+        mailbox's HIGHESTMODSEQ after it; 0 when nothing was removed)."""
+
     async def copy_messages(
         self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, *, move: bool = False
     ) -> CopyResult:

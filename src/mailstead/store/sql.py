@@ -105,6 +105,7 @@ from mailstead.store.sql_messages import (
     changes_since,
     copy_messages,
     expunge,
+    expunge_with_modseq,
     flags_of,
     get_messages,
     list_flags,
@@ -197,7 +198,7 @@ class SqlStore(ABC):
         durable: bool = True, small: bool = False,
     ) -> tuple[T, set[int]]:
         """Runs ``op`` in a transaction and commits it (fsync'd); returns its result and the
-        mailbox ids it touched. ``before`` runs first in the writing thread (see
+        mailbox ids it touched. ``before`` runs first, in a thread (see
         ``store_message``); if it raises, so does this, with nothing written. ``durable``
         False (flag changes only, ``_write_flags``): committed and visible to every reader
         when it returns, but its commit does not wait for the disk. ``small``: the caller
@@ -232,9 +233,9 @@ class SqlStore(ABC):
         return value
 
     async def _write_after(self, before: Callable[[], None] | None,
-                           op: Callable[[Db], T]) -> T:
+                           op: Callable[[Db], T], small: bool = False) -> T:
         """``_write`` of ``op`` with a blocking step run first in the writing thread."""
-        value, touched = await self._run_write(op, before)
+        value, touched = await self._run_write(op, before, small=small)
         if touched:
             self.changes.publish(touched)
         return value
@@ -466,8 +467,8 @@ class SqlStore(ABC):
     async def append_claiming_recent(
         self, delivery: Delivery, before: Callable[[], None] | None = None
     ) -> tuple[MessageMeta, int]:
-        value, touched = await self._run_write(
-            lambda db: append_claiming_recent(db, delivery), before)
+        value, touched = await self._run_write(  # one row: small (_run_write)
+            lambda db: append_claiming_recent(db, delivery), before, small=True)
         meta = value[0]
         if touched == {delivery.mailbox_id}:  # the new message's state goes along
             self.changes.publish_flags(delivery.mailbox_id, meta.modseq, [meta.flag_state()])
@@ -481,7 +482,9 @@ class SqlStore(ABC):
         before: Callable[[], None] | None = None,
     ) -> list[MessageMeta]:
         rows = list(deliveries)
-        return await self._write_after(before, lambda db: store_message(db, rows, queue_entry))
+        # One message in one mailbox (an APPEND) is a bounded little work: ``small``.
+        return await self._write_after(before, lambda db: store_message(db, rows, queue_entry),
+                                       small=len(rows) == 1 and queue_entry is None)
 
     async def list_flags(self, mailbox_id: int) -> list[FlagState]:
         return await self._read(list_flags, mailbox_id)
@@ -526,7 +529,21 @@ class SqlStore(ABC):
         return value
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
-        return await self._write(expunge, mailbox_id, None if uids is None else list(uids))
+        if uids is None or len(uids) > SMALL_WRITE:  # work that grows with the mailbox
+            return await self._write(expunge, mailbox_id, None if uids is None else list(uids))
+        return (await self.expunge_uids(mailbox_id, uids))[0]
+
+    async def expunge_uids(self, mailbox_id: int, uids: Sequence[int]) -> tuple[list[int], int]:
+        wanted = list(uids)
+        value, touched = await self._run_write(
+            lambda db: expunge_with_modseq(db, mailbox_id, wanted), None,
+            small=len(wanted) <= SMALL_WRITE)  # UID EXPUNGE of a few UIDs: small
+        removed, modseq = value
+        if touched == {mailbox_id}:  # the UIDs go to the other workers with the news
+            self.changes.publish_flags(mailbox_id, modseq, (), removed)
+        elif touched:
+            self.changes.publish(touched)
+        return value
 
     async def copy_messages(
         self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, *, move: bool = False

@@ -285,9 +285,10 @@ def update_flags(
 
 def _remove_messages(
     db: Db, mailbox_id: int, account_id: int, rows: list[Row], *, usage: bool = True
-) -> None:
-    """Deletes (uid, size, blob_id) rows and records them as vanished with a new MODSEQ; with
-    ``usage`` gives their size back to the account. Blob references are the caller's."""
+) -> int:
+    """Deletes (uid, size, blob_id) rows and records them as vanished with a new MODSEQ (the
+    one returned); with ``usage`` gives their size back to the account. Blob references are
+    the caller's."""
     modseq = _next_modseq(db, mailbox_id)
     db.run_many(
         "DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, r[0]) for r in rows]
@@ -299,9 +300,17 @@ def _remove_messages(
     if usage:
         _change_usage(db, account_id, -sum(r[1] for r in rows), -len(rows), check=False)
     db.touched.add(mailbox_id)
+    return modseq
 
 
 def expunge(db: Db, mailbox_id: int, uids: Sequence[int] | None) -> list[int]:
+    return expunge_with_modseq(db, mailbox_id, uids)[0]
+
+
+def expunge_with_modseq(db: Db, mailbox_id: int, uids: Sequence[int] | None
+                        ) -> tuple[list[int], int]:
+    """``expunge``, and the MODSEQ of the change (0 when nothing was removed): the mailbox's
+    HIGHESTMODSEQ after it, which the change feed sends along with the UIDs."""
     account_id = _lock_mailbox(db, mailbox_id)[0]
     if uids is None:
         rows = db.rows(
@@ -312,10 +321,10 @@ def expunge(db: Db, mailbox_id: int, uids: Sequence[int] | None) -> list[int]:
     else:
         rows = _select_by_uids(db, "uid, size, blob_id", mailbox_id, uids, 0)
     if not rows:
-        return []
-    _remove_messages(db, mailbox_id, account_id, rows)
+        return [], 0
+    modseq = _remove_messages(db, mailbox_id, account_id, rows)
     _release_blobs(db, _count_blobs(rows, 2), forget=False)
-    return [r[0] for r in rows]
+    return [r[0] for r in rows], modseq
 
 
 def copy_messages(

@@ -8,6 +8,11 @@ operation inside its own SAVEPOINT, so the failing one rolls back alone. With WA
 ``synchronous=FULL`` that COMMIT fsyncs the log, so one fsync covers the whole batch. Futures
 resolve only after COMMIT returned: that is where the durability contract of interfaces.py is kept.
 
+Small writes (a STORE, an APPEND's row, a UID EXPUNGE of a few UIDs) skip the writer thread:
+they commit on the event loop's own connection without waiting for the disk, and a durable one
+is answered after the syncer thread's fdatasync of the log (SqliteStore._sync_log says why
+that is as durable as FULL).
+
 The rows of delivered mail have a second writer: the message file helper process commits them
 on its own connection right after flushing their files (services/message_files.py says why).
 SQLite's write lock takes the two in turn (BEGIN IMMEDIATE waits up to the busy timeout).
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -54,6 +60,10 @@ READERS = 3  # reader connections (threads)
 CHECKPOINT_EVERY = 64  # commits between two nudges of the checkpointer
 CHECKPOINT_INTERVAL = 1.0  # seconds: the checkpointer also runs this often when idle
 BUSY_TIMEOUT_MS = 30_000  # another process holding the write lock (e.g. the CLI while serving)
+# A small write that finds the write lock taken tries again on the event loop after each of
+# these pauses (seconds; 0: the loop's next turn) before it queues for the writer thread: the
+# lock is mostly held for the few hundred microseconds of another small write's statements.
+INLINE_RETRIES = (0.0, 0.0005, 0.002)
 
 
 class SqliteDb(Db):
@@ -143,6 +153,9 @@ def _few(args: tuple[Any, ...]) -> bool:
 _Job = tuple[Callable[[Db], Any], asyncio.Future[tuple[Any, set[int]]],
              Callable[[], None] | None, bool]
 _STOP = None
+# A flush for the syncer thread, and whom to tell when it is done.
+_Sync = tuple[Callable[[], None], asyncio.Future[None]]
+_Resolution = tuple[asyncio.Future[Any], bool, Any]
 
 
 class SqliteStore(SqlStore):
@@ -163,6 +176,11 @@ class SqliteStore(SqlStore):
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_now = threading.Event()
         self._closing = threading.Event()
+        # Makes the log (the -wal file) durable after a commit on the loop's own connection:
+        # one fdatasync for every commit made before it began (_sync_log).
+        self._log_fd: int | None = None
+        self._syncs: queue.SimpleQueue[_Sync | None] = queue.SimpleQueue()
+        self._syncer: threading.Thread | None = None
 
     async def open(self) -> None:
         if self._writer is not None:
@@ -216,6 +234,13 @@ class SqliteStore(SqlStore):
         if self._inline is not None:
             self._inline.close()
             self._inline = None
+        if self._syncer is not None:
+            self._syncs.put(None)
+            await asyncio.to_thread(self._syncer.join)
+            self._syncer = None
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
         self._local = threading.local()
 
     def commit_marker(self) -> int | None:
@@ -281,24 +306,100 @@ class SqliteStore(SqlStore):
     ) -> tuple[T, set[int]]:
         if self._writer is None:
             raise RuntimeError("store is not open")
-        if small and not durable and before is None:
+        if small:
+            # A small write (a STORE, an APPEND's row, a UID EXPUNGE of a few UIDs) runs its
+            # statements right here on the event loop's own connection: handing it to the
+            # writer thread costs more CPU than the statements (a queue, two thread wake-ups,
+            # and under load the interpreter lock changing hands at every statement, each a
+            # forced switch between the busy loop and the writer). Its commit writes the log
+            # without waiting for the disk; a durable one then waits, in a thread, for an
+            # fdatasync of the log (shared with every commit made before it began) before it
+            # returns: acknowledged only once on disk, as with synchronous=FULL.
+            if before is not None:  # the message file made durable before its row commits
+                await self._in_syncer(before)
+                before = None
             done = self._write_inline(op)
+            for pause in INLINE_RETRIES:
+                if done is not None:
+                    break
+                # The write lock is taken (the writer thread, another process): wait for
+                # the holder here, without a thread, and try again.
+                await asyncio.sleep(pause)
+                if self._writer is None:
+                    raise RuntimeError("store is not open")
+                done = self._write_inline(op)
             if done is not None:
+                if durable:
+                    await self._sync_log()
                 return done
         future: asyncio.Future[tuple[Any, set[int]]] = asyncio.get_running_loop().create_future()
         self._jobs.put((op, future, before, durable))
         value, touched = await future
         return value, touched
 
+    async def _sync_log(self) -> None:
+        """Returns once every commit made so far on the loop's connection is on disk.
+
+        Why this equals synchronous=FULL: with NORMAL, a COMMIT writes its frames to the log
+        (WAL) and publishes them, without the fdatasync FULL makes before publishing; the
+        fdatasync here then makes them durable before the caller is answered. A crash
+        before it loses nothing acknowledged (a power cut may drop this commit, which no one
+        was told of, and the log's checksums end it at the last whole commit). Frames the
+        checkpointer copies into the database file meanwhile are synced there by it (its
+        connection is FULL) before the log may restart. The one difference: other readers
+        may see the row a moment before it is durable (as they see a flag change)."""
+        await self._in_syncer(self._fsync_log)
+
+    async def _in_syncer(self, step: Callable[[], None]) -> None:
+        """``step`` (a flush to disk) run in the syncer thread: cheaper than a thread pool's
+        hand-over, and the steps queued together run once each for all their callers (one
+        fdatasync of the log, one flush of the message files, for every write waiting)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._syncer is None:
+            self._syncer = threading.Thread(target=self._sync_loop, name="sqlite-sync",
+                                            daemon=True)
+            self._syncer.start()
+        self._syncs.put((step, future))
+        await future
+
+    def _sync_loop(self) -> None:
+        for batch in take_batches(self._syncs):
+            done: dict[Callable[[], None], Outcome] = {}
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Resolution]] = {}
+            for step, future in batch:
+                if step not in done:
+                    try:
+                        step()
+                        done[step] = (True, None)
+                    except OSError as exc:
+                        done[step] = (False, exc)
+                by_loop.setdefault(future.get_loop(), []).append((future, *done[step]))
+            for loop, items in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_resolve, items)
+                except RuntimeError:
+                    pass  # that loop is closed: nobody is waiting any more
+
+    def _fsync_log(self) -> None:
+        """fdatasync of the -wal file (Linux syncs the file, whichever descriptor): opened
+        once, and again should the file ever be a new one (it is deleted only when the last
+        connection closes, after a full checkpoint)."""
+        path = f"{self.path}-wal"
+        fd = self._log_fd
+        if fd is None or os.fstat(fd).st_ino != os.stat(path).st_ino:
+            if fd is not None:
+                os.close(fd)
+                self._log_fd = None
+            fd = self._log_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        os.fdatasync(fd)
+
     def _write_inline(self, op: Callable[[Db], T]) -> tuple[T, set[int]] | None:
-        """A small write (``small``: a STORE of a few UIDs, never work that grows with the
-        mailbox) that needs no fsync (flags: SqlStore._write_flags), run and committed right
-        here on the event loop when the write lock is free at once: with no fsync to wait
-        for, its commit is a few writes to the log, cheaper than the hand-over to the writer
-        thread and back (a queue, two thread wake-ups, the interpreter lock changing hands
-        at every statement). None when the lock is taken (the writer thread, another
-        process): the caller queues it for the writer, which waits for the lock. The
-        connection never waits for a lock (busy_timeout 0), so the loop never stalls."""
+        """A small write (``small``: a few rows, never work that grows with the mailbox)
+        run and committed right here on the event loop when the write lock is free at once;
+        the commit does not wait for the disk (synchronous=NORMAL: _run_write syncs the log
+        after it when the write is durable). None when the lock is taken (the writer thread,
+        another process): nothing was written. The connection never waits for a lock
+        (busy_timeout 0), so the loop never stalls."""
         conn = self._inline
         if conn is None:
             conn = self._inline = connect(self.path)
