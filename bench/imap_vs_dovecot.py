@@ -179,7 +179,11 @@ class Client:
                     if status != b"OK":
                         raise ImapError(answer[at:end].decode(errors="replace"))
                     return answer
-            searched = len(buffer)
+                # The tagged line is not whole yet: the next search must find it again (from
+                # len(buffer) it never would, and the generator would wait for ever).
+                searched = at
+            else:
+                searched = len(buffer)
             await self._more()
 
     def close(self) -> None:
