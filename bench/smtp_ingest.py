@@ -95,7 +95,7 @@ class Server:
             except OSError:
                 continue  # a process that just ended
             found[pid] = ("supervisor" if pid == str(self.proc.pid)
-                          else "files" if b"message_files" in command else "workers")
+                          else "files" if b"message_file" in command else "workers")
         return found
 
     def cpu_by_role(self) -> dict[str, float]:

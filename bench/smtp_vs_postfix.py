@@ -138,13 +138,14 @@ def cpu_seconds(root: int) -> float:
 
 
 def role_of(pid: int, root: int) -> str:
-    """mailstead's process roles: the message-file helper (``-m ...message_files``), the
-    supervisor (the root when it forked workers) and the workers (the root when it did not)."""
+    """mailstead's process roles: the message-file helper (``-m ...message_file_helper``;
+    ``message_files`` in older trees), the supervisor (the root when it forked workers) and the
+    workers (the root when it did not)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return "ended"
-    if b"message_files" in cmdline:
+    if b"message_file" in cmdline:  # message_files (older trees) or message_file_helper
         return "helper"
     return "supervisor" if pid == root and len(tree(root)) > 2 else "worker"
 

@@ -48,7 +48,7 @@ from mailstead.net.listener import BACKLOG
 from mailstead.net.peers import WorkerContext
 from mailstead.net.sharedcaps import make_mapping
 from mailstead.obs import flush_logs, log_event
-from mailstead.services.message_files import SharedHelper, start_shared
+from mailstead.services.message_file_helper import SharedHelper, start_shared
 from mailstead.store.factory import make_blob_store, make_metadata_store
 
 STOP_TIMEOUT = 20.0  # seconds the workers get to close their sessions on SIGTERM
@@ -151,7 +151,7 @@ class Supervisor:
         self.announced = False
         self.ready_r, self.ready_w = os.pipe()
         os.set_blocking(self.ready_r, False)
-        # One message-file helper for every worker (services/message_files.py serve_shared):
+        # One message-file helper for every worker (services/message_file_helper.py serve_shared):
         # started before them, and again when it dies (RESTART_SPACING), its socket kept.
         self.files: SharedHelper | None = None
         self.files_started = 0.0

@@ -53,7 +53,7 @@ def workers_of(server: ServeProcess) -> list[int]:
     pid = server.proc.pid
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [int(c) for c in children
-            if b"message_files" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+            if b"message_file" not in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 def _server_socket_inode(client: socket.socket) -> str:

@@ -15,16 +15,13 @@ import pytest
 from mailstead.core.errors import QuotaExceeded
 from mailstead.core.models import Account
 from mailstead.obs import EVENT_COUNTS
+from mailstead.services.message_file_helper import serve, start_shared, write_batch
+from mailstead.services.message_file_wire import FRAME, take_frames
 from mailstead.services.message_files import (
-    _FRAME,
     MessageFileWriter,
     WriterStopped,
     _Helper,
     _SharedHelperConnection,
-    _take_frames,
-    serve,
-    start_shared,
-    write_batch,
 )
 from mailstead.store.blob_fs import SMALL_BLOB, FsBlobStore
 from mailstead.store.changes import ChangeBus
@@ -142,7 +139,7 @@ def test_messages_waiting_together_share_one_flush(tmp_path: Path,
     to_helper, from_us = os.pipe()
     to_us, from_helper = os.pipe()
     datas = [MESSAGE + str(n).encode() for n in range(30)]
-    os.write(from_us, b"".join(_FRAME.pack(b"m", len(d)) + d for d in datas))
+    os.write(from_us, b"".join(FRAME.pack(b"m", len(d)) + d for d in datas))
     os.close(from_us)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
@@ -155,7 +152,7 @@ def test_messages_waiting_together_share_one_flush(tmp_path: Path,
     answers = bytearray(os.read(to_us, 1 << 20))
     os.close(to_us)
     assert flushes == [30]
-    assert [tag for tag, _ in _take_frames(answers)] == [b"+"] * 30
+    assert [tag for tag, _ in take_frames(answers)] == [b"+"] * 30
 
 
 @pytest.fixture

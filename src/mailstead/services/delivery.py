@@ -27,7 +27,8 @@ from mailstead.core.errors import NotFound
 from mailstead.core.models import INTEGRITY_KEYWORDS, SYSTEM_FLAG_NAMES, Integrity, SystemFlag
 from mailstead.proto import mime, mime_encoding
 from mailstead.services import spam_log
-from mailstead.services.message_files import MessageFileWriter, with_blob
+from mailstead.services.message_file_wire import with_blob
+from mailstead.services.message_files import MessageFileWriter
 from mailstead.services.spam import SpamVerdict
 from mailstead.store.blob_fs import FsBlobStore
 from mailstead.store.interfaces import (
