@@ -35,18 +35,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-import dns.zone  # noqa: E402
 from smtp_vs_postfix import (  # noqa: E402
     HELO,
     RCPT,
     SENDER,
-    SENDER_TTL,
-    SENDER_ZONE,
     Mailstead,
     _message,
     _reply,
     cpu_by_role,
-    dnsworld,
+    start_dns_world,
+    stop_all,
     wait_settled,
 )
 
@@ -129,15 +127,7 @@ def main() -> None:
                              "(bench/profile_top.py reads them); it costs CPU, so the figures "
                              "of such a run are not comparable")
     args = parser.parse_args()
-    reason = dnsworld.can_run()
-    unbound = dnsworld.find_unbound()
-    if reason or unbound is None:
-        sys.exit(f"the DNS world cannot run: {reason or 'unbound is missing'}")
-    dnsworld.TTL = SENDER_TTL
-    world = dnsworld.DnsWorld()
-    world.root.zones.append(dns.zone.from_text(SENDER_ZONE, origin="remote.test.",
-                                               relativize=False))
-    world.start(unbound)
+    world = start_dns_world()
     workdir = Path(tempfile.mkdtemp(prefix="smtp-connect-"))
     servers: list[Mailstead] = []
     try:
@@ -179,10 +169,7 @@ def main() -> None:
                       f"{' '.join(f'{r:.3f}' for r in ratios)}; median "
                       f"{statistics.median(ratios):.3f}")
     finally:
-        for server in servers:
-            server.stop()
-        world.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_all(servers, world, workdir)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -584,6 +585,32 @@ def per_connection(cpu_ms: dict[str, dict[str, float]]) -> None:
             print(f"\nCPU per connection ({size} rows): {figures}")
 
 
+def start_dns_world() -> dnsworld.DnsWorld:
+    """The loopback DNS world in which the sender's domain publishes SPF and DMARC (exits
+    with one line when it cannot run here)."""
+    reason = dnsworld.can_run()
+    unbound = dnsworld.find_unbound()
+    if reason or unbound is None:
+        sys.exit(f"the DNS world cannot run: {reason or 'unbound is missing'}")
+    # Answers live 5 minutes, as SPF and DMARC records commonly do (the tests' 5 s would make
+    # every session of a round ask again at once each time they expire).
+    dnsworld.TTL = SENDER_TTL
+    world = dnsworld.DnsWorld()
+    world.root.zones.append(dns.zone.from_text(SENDER_ZONE, origin="remote.test.",
+                                               relativize=False))
+    world.start(unbound)
+    return world
+
+
+def stop_all(servers: Sequence[Server], world: dnsworld.DnsWorld,
+             workdir: Path) -> None:
+    """Stops the servers and the DNS world, and removes the bench's folder."""
+    for server in servers:
+        server.stop()
+    world.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -621,17 +648,7 @@ def main() -> None:
     for binary in (POSTFIX, SMTP_SOURCE):
         if not Path(binary).exists():
             sys.exit(f"{binary} is missing: install Debian's postfix package")
-    reason = dnsworld.can_run()
-    unbound = dnsworld.find_unbound()
-    if reason or unbound is None:
-        sys.exit(f"the DNS world cannot run: {reason or 'unbound is missing'}")
-    # Answers live 5 minutes, as SPF and DMARC records commonly do (the tests' 5 s would make
-    # every session of a round ask again at once each time they expire).
-    dnsworld.TTL = SENDER_TTL
-    world = dnsworld.DnsWorld()
-    world.root.zones.append(dns.zone.from_text(SENDER_ZONE, origin="remote.test.",
-                                               relativize=False))
-    world.start(unbound)
+    world = start_dns_world()
     workdir = Path(tempfile.mkdtemp(prefix="smtp-vs-postfix-"))
     servers: list[Server] = []
     try:
@@ -675,10 +692,7 @@ def main() -> None:
             cpu_ms[row.name] = report(row, results, args.messages)
         per_connection(cpu_ms)
     finally:
-        for server in servers:
-            server.stop()
-        world.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_all(servers, world, workdir)
 
 
 if __name__ == "__main__":
