@@ -1071,13 +1071,30 @@ def test_bare_cr_and_lf_apart_are_both_bare() -> None:
     # As many CRs as LFs, in CR-then-LF order, yet none of them a pair.
     for data in (b"\ra\n", b"x\r.\ny", b"a\r\nb\rc\nd\r\n", b"\n\r", b"\r\r\n\n"):
         assert has_bare_cr_or_lf(data), data
-        # Short lines and long ones are checked in two ways (lines.SHORT_LINE).
+        # Short lines and long ones (the check once took two ways by line length).
         assert has_bare_cr_or_lf(b"y" * 500 + data + b"z" * 500), data
         reader = DotReader(1000)
         reader.feed(b"Subject: s\r\n\r\n" + data + b"\r\n.\r\n")
         assert reader.finish().problem is DataProblem.BARE_NEWLINE
     assert not has_bare_cr_or_lf(b"a\r\nb\r\n\r\n")
     assert not has_bare_cr_or_lf(b"y" * 500 + b"a\r\nb\r\n\r\n")
+
+
+def test_bare_newline_detection_with_every_octet() -> None:
+    # The check scans the octets as Latin-1 text: NUL, the C0 controls below CR (the scan's
+    # fast loop stops at those), 0x85 (NEL) and the other high octets are no line ends.
+    others = bytes(c for c in range(256) if c not in b"\r\n")
+    assert not has_bare_cr_or_lf(others + b"\r\n" + others)
+    for octet in others:
+        one = bytes([octet])
+        assert has_bare_cr_or_lf(b"a\r" + one + b"\nb"), one
+        assert has_bare_cr_or_lf(one + b"\n"), one
+        assert has_bare_cr_or_lf(b"\r" + one), one
+        assert not has_bare_cr_or_lf(one + b"\r\n" + one), one
+    for data in (b"\r", b"\n", b"x\r", b"\nx", b"\r\n\r", b"\n\r\n", b"\r\n" * 50 + b"\r"):
+        assert has_bare_cr_or_lf(data), data
+    assert not has_bare_cr_or_lf(b"")
+    assert not has_bare_cr_or_lf(b"\x00" * 10)
 
 
 @given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r", b"x" * 60]),

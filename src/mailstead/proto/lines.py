@@ -12,9 +12,9 @@ we relay it to could read as a line end. ``bare_newlines="reject"`` refuses such
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import Enum
+from io import IncrementalNewlineDecoder
 from typing import Literal
 
 CRLF = b"\r\n"
@@ -47,30 +47,22 @@ def strip_eol(line: bytes) -> bytes:
     return line
 
 
-# Every octet but CR and LF: ``translate`` deletes them and leaves the line ends in order.
-_NOT_LINE_ENDS = bytes(c for c in range(256) if c not in b"\r\n")
-_BARE_CR = re.compile(rb"\r(?!\n)")
-SHORT_LINE = 20  # octets: lines shorter on average are checked by counting CRLF pairs
+_CRLF_ONLY = (None, "\r\n")  # IncrementalNewlineDecoder.newlines without a bare one
 
 
 def has_bare_cr_or_lf(data: bytes) -> bool:
     """True when a CR or LF appears other than as part of a CRLF pair (RFC 5321 2.3.8).
 
-    When no CR lacks its LF (the search for a CR not followed by one), there are as many
-    CRLF pairs as CRs, so an LF outside a pair shows as more LFs than CRs. The CRs and LFs
-    are counted in one pass: ``translate`` deletes every other octet, leaving two octets a
-    line to count (for 100 KiB, ~35 us where two ``count`` passes took ~70 us). The line ends
-    left in order say nothing of what lay between them ("\ra\n" is two bare ones), hence
-    the search."""
-    ends = data.translate(None, _NOT_LINE_ENDS)
-    crs = ends.count(b"\r")
-    if crs * 2 != len(ends):
-        return True
-    if crs * SHORT_LINE > len(data):
-        # Short lines: the search stops at every CR (~13 ns each), more than counting the
-        # CRLF pairs costs (~1 ns an octet); as many pairs as CRs is the same answer.
-        return data.count(CRLF) != crs
-    return _BARE_CR.search(data) is not None
+    ``io.IncrementalNewlineDecoder`` (C, the universal-newlines scanner of text files) records
+    which kinds of line end a text holds: CRLF, CR alone, LF alone (``newlines``). Told not to
+    translate, it only scans, one pass in C that looks at each character once and at the one
+    after each CR, so "\ra\n" is a CR and an LF, never a pair. The octets are handed over as a
+    Latin-1 text (one character an octet, a copy at memcpy speed). For 100 KiB, ~37 us where
+    counting the line ends and searching for a CR without LF took ~75 us (~130-160 us for
+    short lines). ``final=True``: a CR at the very end is scanned, not held back for more."""
+    decoder = IncrementalNewlineDecoder(None, False)
+    decoder.decode(data.decode("latin-1"), True)
+    return decoder.newlines not in _CRLF_ONLY
 
 
 def normalize_line_ends(data: bytes) -> bytes:
