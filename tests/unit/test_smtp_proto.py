@@ -1054,6 +1054,16 @@ def test_stuffing_round_trip(data: bytes) -> None:
     assert dot_unstuff(dot_stuff(content)) == content
 
 
+@given(st.lists(st.sampled_from([b".", b"..", b"\r\n", b"a", b"\r", b"\n"]), max_size=60))
+def test_dot_unstuff_drops_each_line_s_leading_dot(pieces: list[bytes]) -> None:
+    # RFC 5321 4.5.2: the first octet of every line (CRLF-ended) that is a dot is deleted.
+    raw = b"".join(pieces)
+    expected = b"\r\n".join(line[1:] if line.startswith(b".") else line
+                             for line in raw.split(b"\r\n"))
+    assert dot_unstuff(raw) == expected
+    assert dot_unstuff(b"a\r\n.b\r\n..c\r\n.\r\n.") == b"a\r\nb\r\n.c\r\n\r\n"
+
+
 @given(st.binary(max_size=100))
 def test_bare_newline_detection(data: bytes) -> None:
     expected = b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b"")

@@ -12,6 +12,7 @@ we relay it to could read as a line end. ``bare_newlines="reject"`` refuses such
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from io import IncrementalNewlineDecoder
@@ -21,6 +22,13 @@ CRLF = b"\r\n"
 END_OF_DATA = b"\r\n.\r\n"
 DOT_LINE = b"\r\n."  # a line that starts with a dot: the end marker or a stuffed line
 END_TAIL = END_OF_DATA[len(DOT_LINE):]
+# The same two searched for through many octets: ``bytes.find`` of a 3- or 5-octet needle
+# (CPython's fastsearch) costs ~0.7-3.5 ns an octet on mail text, stopping wherever the needle's
+# last octet occurs, where the regex engine's literal-prefix scan costs ~0.3-0.7 ns (64 KiB of
+# prose ~60 us vs ~21 us, short lines ~250 us vs ~45 us; bench/dot_reader.py). Same matches:
+# a literal pattern searched in [pos, endpos) is ``find(needle, start, end)``.
+_DOT_LINE_RE = re.compile(re.escape(DOT_LINE))
+_END_OF_DATA_RE = re.compile(re.escape(END_OF_DATA))
 
 COMMAND_LINE_MAX = 512  # RFC 5321 4.5.3.1.4, including CRLF
 TEXT_LINE_MAX = 1000  # RFC 5321 4.5.3.1.6, including CRLF, not counting a stuffing dot
@@ -100,7 +108,10 @@ def dot_unstuff(raw: bytes) -> bytes:
     """Removes the transparency dot of every line that starts with one (RFC 5321 4.5.2)."""
     if raw.startswith(b"."):
         raw = raw[1:]
-    return raw.replace(b"\r\n.", b"\r\n")
+    # One left-to-right pass as ``replace(b"\r\n.", b"\r\n")`` (non-overlapping, the same
+    # result) at the regex scan's speed (see _DOT_LINE_RE): 100 KiB of dotted lines
+    # ~140 us vs ~215 us, of prose ~36 us vs ~190 us.
+    return _DOT_LINE_RE.sub(CRLF, raw)
 
 
 def dot_stuff(content: bytes) -> bytes:
@@ -270,13 +281,13 @@ class DotReader:
         DOT_HOPS free ones), the rest of the chunk is searched in bulk, so the visits cost at
         most about what the bulk search costs."""
         if self._dots:
-            return chunk.find(END_OF_DATA)
+            return _search(_END_OF_DATA_RE, chunk, 0, len(chunk))
         pos = 0
         if self.raw_size == 0:  # the first chunk: the header section first, in bulk
             blank = chunk.find(b"\r\n\r\n", 0, HEADER_SCAN)
             if blank >= 0:
                 pos = blank + 4
-                found = chunk.find(DOT_LINE, 0, pos)  # a dot line wholly before ``pos``
+                found = _search(_DOT_LINE_RE, chunk, 0, pos)  # a dot line wholly before pos
                 if found >= 0:
                     return self._dot_line(chunk, found)
         hops = 0
@@ -294,7 +305,7 @@ class DotReader:
                 break  # dense dots: no longer worth visiting one at a time
         # Every dot before ``pos`` is mid-line; a dot line found from pos - 2 has its dot at
         # pos or later.
-        found = chunk.find(DOT_LINE, max(pos - 2, 0))
+        found = _search(_DOT_LINE_RE, chunk, max(pos - 2, 0), len(chunk))
         if found < 0:
             return -1
         return self._dot_line(chunk, found)
@@ -305,7 +316,7 @@ class DotReader:
         if chunk.startswith(END_TAIL, found + len(DOT_LINE)):
             return found
         self._dots = True
-        return chunk.find(END_OF_DATA, found)
+        return _search(_END_OF_DATA_RE, chunk, found, len(chunk))
 
     def _keep(self, part: bytes) -> None:
         self.raw_size += len(part)
@@ -327,6 +338,12 @@ class DotReader:
         # sides (4.1.1.4), so "\n.\n", "\n.\r\n", "\r.\r" and "\r\n.\n" end nothing here.
         content = dot_unstuff(raw) if self._dots else raw
         return check_content(content, self.max_size, self.bare_newlines, self.max_line)
+
+
+def _search(pattern: re.Pattern[bytes], data: bytes, start: int, end: int) -> int:
+    """``data.find(needle, start, end)`` for the literal ``pattern`` of ``needle``."""
+    found = pattern.search(data, start, end)
+    return -1 if found is None else found.start()
 
 
 def check_content(content: bytes, max_size: int, bare_newlines: BareNewlines,
