@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from mailstead.core.addresses import Address
 from mailstead.core.errors import QuotaExceeded
+from mailstead.proto import lines as lines_module
 from mailstead.proto.lines import (
     LINE_TOO_LONG,
     OFF_LOOP_SIZE,
@@ -1088,6 +1089,22 @@ def test_bare_cr_and_lf_apart_are_both_bare() -> None:
         assert reader.finish().problem is DataProblem.BARE_NEWLINE
     assert not has_bare_cr_or_lf(b"a\r\nb\r\n\r\n")
     assert not has_bare_cr_or_lf(b"y" * 500 + b"a\r\nb\r\n\r\n")
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r", b"."]), max_size=40),
+       st.integers(min_value=1, max_value=5))
+def test_bare_newline_detection_in_pieces(pieces: list[bytes], piece: int) -> None:
+    # A large message is scanned SCAN_PIECE octets at a time: a CR at a piece's end, its LF
+    # at the next one's start, must still be a pair.
+    data = b"".join(pieces)
+    expected = b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b"")
+    saved = lines_module.SCAN_PIECE
+    lines_module.SCAN_PIECE = piece
+    try:
+        assert has_bare_cr_or_lf(data) == expected
+        assert not has_bare_cr_or_lf(b"ab\r\ncd\r\n" * 3)
+    finally:
+        lines_module.SCAN_PIECE = saved
 
 
 def test_bare_newline_detection_with_every_octet() -> None:

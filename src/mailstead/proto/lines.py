@@ -55,6 +55,7 @@ def strip_eol(line: bytes) -> bytes:
     return line
 
 
+SCAN_PIECE = 1 << 20  # octets handed to the line-end scan at a time (its text is a copy)
 _CRLF_ONLY = (None, "\r\n")  # IncrementalNewlineDecoder.newlines without a bare one
 
 
@@ -69,7 +70,14 @@ def has_bare_cr_or_lf(data: bytes) -> bool:
     counting the line ends and searching for a CR without LF took ~75 us (~130-160 us for
     short lines). ``final=True``: a CR at the very end is scanned, not held back for more."""
     decoder = IncrementalNewlineDecoder(None, False)
-    decoder.decode(data.decode("latin-1"), True)
+    if len(data) <= SCAN_PIECE:
+        decoder.decode(data.decode("latin-1"), True)
+    else:  # a large message (BDAT, up to max_message_size): no copy of all of it at once
+        view = memoryview(data)
+        for start in range(0, len(data), SCAN_PIECE):
+            # A CR ending a piece is held back by the decoder and seen with the next one.
+            decoder.decode(str(view[start : start + SCAN_PIECE], "latin-1"),
+                           start + SCAN_PIECE >= len(data))
     return decoder.newlines not in _CRLF_ONLY
 
 
