@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from mailstead.core.addresses import Address
 from mailstead.core.errors import QuotaExceeded
+from mailstead.proto import lines as lines_module
 from mailstead.proto.lines import (
     LINE_TOO_LONG,
     OFF_LOOP_SIZE,
@@ -1054,6 +1055,16 @@ def test_stuffing_round_trip(data: bytes) -> None:
     assert dot_unstuff(dot_stuff(content)) == content
 
 
+@given(st.lists(st.sampled_from([b".", b"..", b"\r\n", b"a", b"\r", b"\n"]), max_size=60))
+def test_dot_unstuff_drops_each_line_s_leading_dot(pieces: list[bytes]) -> None:
+    # RFC 5321 4.5.2: the first octet of every line (CRLF-ended) that is a dot is deleted.
+    raw = b"".join(pieces)
+    expected = b"\r\n".join(line[1:] if line.startswith(b".") else line
+                             for line in raw.split(b"\r\n"))
+    assert dot_unstuff(raw) == expected
+    assert dot_unstuff(b"a\r\n.b\r\n..c\r\n.\r\n.") == b"a\r\nb\r\n.c\r\n\r\n"
+
+
 @given(st.binary(max_size=100))
 def test_bare_newline_detection(data: bytes) -> None:
     expected = b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b"")
@@ -1071,13 +1082,46 @@ def test_bare_cr_and_lf_apart_are_both_bare() -> None:
     # As many CRs as LFs, in CR-then-LF order, yet none of them a pair.
     for data in (b"\ra\n", b"x\r.\ny", b"a\r\nb\rc\nd\r\n", b"\n\r", b"\r\r\n\n"):
         assert has_bare_cr_or_lf(data), data
-        # Short lines and long ones are checked in two ways (lines.SHORT_LINE).
+        # Short lines and long ones (the check once took two ways by line length).
         assert has_bare_cr_or_lf(b"y" * 500 + data + b"z" * 500), data
         reader = DotReader(1000)
         reader.feed(b"Subject: s\r\n\r\n" + data + b"\r\n.\r\n")
         assert reader.finish().problem is DataProblem.BARE_NEWLINE
     assert not has_bare_cr_or_lf(b"a\r\nb\r\n\r\n")
     assert not has_bare_cr_or_lf(b"y" * 500 + b"a\r\nb\r\n\r\n")
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r", b"."]), max_size=40),
+       st.integers(min_value=1, max_value=5))
+def test_bare_newline_detection_in_pieces(pieces: list[bytes], piece: int) -> None:
+    # A large message is scanned SCAN_PIECE octets at a time: a CR at a piece's end, its LF
+    # at the next one's start, must still be a pair.
+    data = b"".join(pieces)
+    expected = b"\n" in data.replace(b"\r\n", b"") or b"\r" in data.replace(b"\r\n", b"")
+    saved = lines_module.SCAN_PIECE
+    lines_module.SCAN_PIECE = piece
+    try:
+        assert has_bare_cr_or_lf(data) == expected
+        assert not has_bare_cr_or_lf(b"ab\r\ncd\r\n" * 3)
+    finally:
+        lines_module.SCAN_PIECE = saved
+
+
+def test_bare_newline_detection_with_every_octet() -> None:
+    # The check scans the octets as Latin-1 text: NUL, the C0 controls below CR (the scan's
+    # fast loop stops at those), 0x85 (NEL) and the other high octets are no line ends.
+    others = bytes(c for c in range(256) if c not in b"\r\n")
+    assert not has_bare_cr_or_lf(others + b"\r\n" + others)
+    for octet in others:
+        one = bytes([octet])
+        assert has_bare_cr_or_lf(b"a\r" + one + b"\nb"), one
+        assert has_bare_cr_or_lf(one + b"\n"), one
+        assert has_bare_cr_or_lf(b"\r" + one), one
+        assert not has_bare_cr_or_lf(one + b"\r\n" + one), one
+    for data in (b"\r", b"\n", b"x\r", b"\nx", b"\r\n\r", b"\n\r\n", b"\r\n" * 50 + b"\r"):
+        assert has_bare_cr_or_lf(data), data
+    assert not has_bare_cr_or_lf(b"")
+    assert not has_bare_cr_or_lf(b"\x00" * 10)
 
 
 @given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\n\r", b"x" * 60]),
