@@ -15,7 +15,7 @@ import pytest
 from mailstead.core.errors import QuotaExceeded
 from mailstead.core.models import Account
 from mailstead.obs import EVENT_COUNTS
-from mailstead.services.message_file_helper import serve, start_shared, write_batch
+from mailstead.services.message_file_helper import _Rows, serve, start_shared, write_batch
 from mailstead.services.message_file_wire import FRAME, take_frames
 from mailstead.services.message_files import (
     MessageFileWriter,
@@ -25,8 +25,14 @@ from mailstead.services.message_files import (
 )
 from mailstead.store.blob_fs import SMALL_BLOB, FsBlobStore
 from mailstead.store.changes import ChangeBus
-from mailstead.store.interfaces import Delivery, NewMessage, SpamVerdictRow, SystemFlag
-from mailstead.store.sqlite import SqliteStore
+from mailstead.store.interfaces import (
+    Delivery,
+    NewMessage,
+    QueueEntry,
+    SpamVerdictRow,
+    SystemFlag,
+)
+from mailstead.store.sqlite import CHECKPOINT_EVERY, SqliteStore
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: bob@example.test\r\n"
            b"Subject: =?utf-8?q?caf=C3=A9?=\r\nDate: Mon, 1 Jan 2024 10:00:00 +0200\r\n"
@@ -322,3 +328,36 @@ async def test_workers_share_one_helper_that_batches_them_together(
             await writer.close()
         shared.stop()
     assert shared.process.returncode == 0  # it ended with its control pipe
+
+
+async def test_the_helper_checkpoints_so_its_log_starts_over(tmp_path: Path) -> None:
+    """The helper's connection checkpoints every CHECKPOINT_EVERY commits, between two of
+    its transactions: the log then starts over instead of growing with every commit (each
+    commit's fsync extending the file cost an ext4 journal commit, issue 24)."""
+    store = SqliteStore(tmp_path / "meta.db", ChangeBus())
+    await store.open()
+    await store.add_domain("example.test")
+    alice = await store.add_account("alice@example.test", "x")
+    box = await store.get_mailbox(alice.id, "INBOX")
+    await store.close()
+    assert box is not None
+    rows = _Rows(tmp_path / "meta.db")
+    now = datetime.now(UTC)
+    log = tmp_path / "meta.db-wal"
+
+    def commits(count: int) -> None:
+        for n in range(count):
+            items: list[tuple[list[Delivery], QueueEntry | None, list[SpamVerdictRow]]] = [
+                ([Delivery(box.id, NewMessage(blob_id=f"{n}-{i}", size=10,
+                                              internal_date=now))], None, [])
+                for i in range(3)]
+            assert all(ok for ok, _value in rows.commit(items))
+            rows.checkpoint()
+
+    try:
+        commits(CHECKPOINT_EVERY)
+        first = log.stat().st_size
+        commits(2 * CHECKPOINT_EVERY)
+        assert log.stat().st_size <= first * 1.25  # not three times as long
+    finally:
+        rows.close()

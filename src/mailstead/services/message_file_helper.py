@@ -36,7 +36,7 @@ from mailstead.store.interfaces import (
 from mailstead.store.sql_base import Db
 from mailstead.store.sql_messages import store_message
 from mailstead.store.sql_spam_log import record_spam_verdicts
-from mailstead.store.sqlite import commit_batch, connect, take_batches
+from mailstead.store.sqlite import CHECKPOINT_EVERY, commit_batch, connect, take_batches
 
 READ_SIZE = 1 << 20
 
@@ -50,6 +50,27 @@ class _Rows:
     def __init__(self, database: Path) -> None:
         self.database = database
         self.conn: sqlite3.Connection | None = None
+        self.commits = 0  # since the last checkpoint
+
+    def checkpoint(self) -> None:
+        """Every CHECKPOINT_EVERY commits, a PASSIVE checkpoint on this connection, between
+        two of its transactions (called once a batch is answered). During ingest this is the
+        only writer, so this checkpoint can copy the whole log, and the next commit then
+        writes the log from its start again, over blocks the file already has. The store's
+        checkpointer (another process's thread, once a second) never caught up with a writer
+        that commits every millisecond or two: the log grew without end (9 KiB a 4 KiB
+        message), and each commit's fdatasync, extending the file, waited for a journal
+        commit of the file system, in turn with the syncfs of the next batch's files. Measured
+        (5 messages a commit, syncfs in a thread alongside): commit 0.51 -> 0.30 ms median,
+        0.57 -> 0.33 ms mean with the checkpoints; the log stays ~3 MiB instead of growing."""
+        self.commits += 1
+        if self.conn is None or self.commits < CHECKPOINT_EVERY:
+            return
+        self.commits = 0
+        # Busy (another connection checkpointing, a reader on an old snapshot): this one
+        # copies what it can; the next one goes on.
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def close(self) -> None:
         if self.conn is not None:
@@ -272,6 +293,8 @@ class _Settler:
                 # still queued are settled all the same, as the helper always did.
                 with contextlib.suppress(OSError):
                     self.answer(written)
+            if self.rows is not None:
+                self.rows.checkpoint()  # after the answers: they do not wait for it
 
 
 def _helper_state(root: Path, database: Path | None) -> tuple[FsBlobStore, _Rows | None]:
