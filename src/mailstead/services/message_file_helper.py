@@ -206,10 +206,14 @@ def flush_files(blobs: FsBlobStore, batches: list[_Written]) -> None:
     try:
         blobs.flush()
     except OSError as exc:
-        for written in batches:
-            written.answers[:] = [wire.failure(f"flushing message files: {exc}")] * \
-                len(written.answers)
-            written.pending = []
+        _fail(batches, f"flushing message files: {exc}")
+
+
+def _fail(batches: list[_Written], reason: str) -> None:
+    """Every answer of ``batches`` says ``reason``; none of their rows is committed."""
+    for written in batches:
+        written.answers[:] = [wire.failure(reason)] * len(written.answers)
+        written.pending = []
 
 
 def commit_rows(batches: list[_Written], rows: _Rows | None) -> None:
@@ -272,10 +276,7 @@ class _Settler:
                 try:
                     flush_files(self.blobs, batches)
                 except Exception as exc:  # not an OSError of the flush: fail them all
-                    for written in batches:
-                        written.answers[:] = [wire.failure(f"flushing: {exc}")] * \
-                            len(written.answers)
-                        written.pending = []
+                    _fail(batches, f"flushing: {exc}")
                 self.flushed.put(batches)
         finally:
             self.flushed.put(None)  # the committing thread ends after what came before
@@ -286,8 +287,7 @@ class _Settler:
             try:
                 commit_rows(batches, self.rows)
             except Exception as exc:  # e.g. the database unreachable: every answer says so
-                for written in batches:
-                    written.answers[:] = [wire.failure(f"committing: {exc}")] * len(written.answers)
+                _fail(batches, f"committing: {exc}")
             for written in batches:
                 # A reader gone (our parent died): its answers are lost, but the batches
                 # still queued are settled all the same, as the helper always did.

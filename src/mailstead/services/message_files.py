@@ -62,6 +62,7 @@ from typing import Any, cast
 
 from mailstead.obs import log_event
 from mailstead.proto.mime import parse_envelope_fields
+from mailstead.services import message_file_helper
 from mailstead.services import message_file_wire as wire
 from mailstead.services.message_file_helper import written_rows
 from mailstead.store.blob_fs import FsBlobStore, by_size
@@ -72,8 +73,6 @@ from mailstead.store.interfaces import (
     QueueEntry,
     SpamVerdictRow,
 )
-
-HELPER_MODULE = "mailstead.services.message_file_helper"  # run with python -m
 
 
 class WriterStopped(OSError):
@@ -197,7 +196,8 @@ class MessageFileWriter:
                 return shared
         database = [] if self.database is None else [str(self.database)]
         _process, helper = await loop.subprocess_exec(
-            lambda: _Helper(self), sys.executable, "-m", HELPER_MODULE, str(self.root), *database,
+            lambda: _Helper(self), sys.executable, "-m", message_file_helper.__name__,
+            str(self.root), *database,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None)
         self._helper = helper
         return helper

@@ -56,6 +56,8 @@ async def by_size(size: int, work: Callable[..., T], *args: Any) -> T:
     if size <= SMALL_BLOB:
         return work(*args)
     return await asyncio.to_thread(work, *args)
+
+
 _temp_numbers = itertools.count()  # next() on it is atomic under the GIL: safe across threads
 # Random once per process: nodes sharing a blob directory may run under the same pid.
 _TEMP_TAG = f"{os.getpid()}-{secrets.token_hex(4)}"
